@@ -1,0 +1,130 @@
+"""Connection types: what a connection does after ``settype``.
+
+A client chooses a connection type by name in ``settype``; the server looks
+the name up among the types registered with ``addConnType()`` (``classic``
+and ``ping`` always are) and closes with ``unknownconntype`` otherwise.
+
+A connection type object sees every non-internal packet of its connections
+before the registry does (:meth:`ConnectionType.receive`), and every
+application packet before it is sent (:meth:`ConnectionType.send`).
+
+Thread safety: :meth:`~ConnectionType.init` and
+:meth:`~ConnectionType.receive` run on the network thread;
+:meth:`~ConnectionType.send` on the thread that calls ``send_message()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from .constants import (
+    MODE_CLASSIC,
+    MODE_NOTSET,
+    MODE_PING,
+    PID_PING_REPLY,
+    PID_PING_REQUEST,
+    SIDE_CLIENT,
+    SIDE_SERVER,
+)
+from .version import PROTOVERSION, RELEASE, VERSION
+
+__all__ = ["ConnectionType", "ClassicConnectionType", "PingConnectionType"]
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionType:
+    """Base class of connection types.
+
+    Args:
+        peer: The Server or Client the type is registered on.
+    """
+
+    mode = MODE_NOTSET
+    """The ``MODE_*`` of connections of this type."""
+
+    def __init__(self, peer: Any) -> None:
+        self.peer = peer
+        """The Server or Client."""
+
+    def init(self, cid: int | None) -> None:
+        """Called once the connection chose this type (server: after
+        ``settype`` arrived; client: after ``settype`` was sent)."""
+
+    def receive(self, msg: Any, pid: int, flags: int, cid: int | None) -> bool:
+        """See a received non-internal packet first.
+
+        Returns:
+            ``True`` to process it normally (registry, events, handlers),
+            ``False`` if this type consumed it.
+        """
+        return True
+
+    def send(self, data: Any, pid: int, cid: int | None) -> bool:
+        """See an application packet before it is sent.
+
+        Returns:
+            Whether the ``send`` event is emitted for it.
+        """
+        return True
+
+
+class ClassicConnectionType(ConnectionType):
+    """The default type: the server answers with the registry handshake."""
+
+    mode = MODE_CLASSIC
+
+    def init(self, cid: int | None) -> None:
+        if self.peer.side == SIDE_SERVER:
+            assert cid is not None
+            self.peer._begin_handshake(cid)
+
+
+class PingConnectionType(ConnectionType):
+    """Query a server without a handshake: raw request 64, raw reply 65.
+
+    The server's reply holds the request (``oldmsg``), the server's ping data
+    (``getPingData(msg, cid)`` when the server defines it, see
+    :class:`peng3dnet.ext.ping.PingableServerMixin`) and its ``peng3dnet``
+    version info.  The client stores the reply with ``delay`` (seconds) and
+    ``recvtime`` and closes with reason ``pingcomplete``.
+    """
+
+    mode = MODE_PING
+
+    def init(self, cid: int | None) -> None:
+        if self.peer.side == SIDE_CLIENT:
+            msg = dict(getattr(self.peer, "_ping_extra", {}))
+            msg["time"] = time.time()
+            self.peer._send_raw(None, PID_PING_REQUEST, msg)
+
+    def receive(self, msg: Any, pid: int, flags: int, cid: int | None) -> bool:
+        peer = self.peer
+        if peer.side == SIDE_SERVER:
+            if pid != PID_PING_REQUEST or not isinstance(msg, dict):
+                peer.close_connection(cid, "invalidpingpacket")
+                return False
+            reply: dict[str, Any] = {"oldmsg": msg}
+            get = getattr(peer, "getPingData", None)
+            if get is not None:
+                try:
+                    reply.update(get(msg, cid))
+                except Exception:
+                    log.exception("! getPingData raised; replying without server data")
+            reply["peng3dnet"] = {"version": VERSION, "release": RELEASE, "protoversion": PROTOVERSION}
+            peer._send_raw(cid, PID_PING_REPLY, reply)
+            return False
+        if pid != PID_PING_REPLY or not isinstance(msg, dict):
+            peer.close_connection(None, "invalidpingpacket")
+            return False
+        now = time.time()
+        result = dict(msg)
+        old = msg.get("oldmsg")
+        sent = old.get("time") if isinstance(old, dict) else None
+        result["recvtime"] = now
+        result["delay"] = now - sent if isinstance(sent, (int, float)) else None
+        peer._ping_result = result
+        peer.close_connection(None, "pingcomplete")
+        return False

@@ -1,0 +1,132 @@
+"""Constants of peng3dnet: wire formats, states, modes, sides and the default config.
+
+Everything here is plain data; importing it has no side effects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# --- wire formats -----------------------------------------------------------
+STRUCT_FORMAT_LENGTH32 = "!I"
+"""``struct`` format of the 4-byte length prefix (unsigned, big-endian)."""
+STRUCT_FORMAT_HEADER = "!IH"
+"""``struct`` format of the 6-byte header: packet id and flags."""
+
+MAX_WIRE_LENGTH = 2**32 - 1
+"""Largest length the 32-bit prefix can express."""
+
+FLAG_COMPRESSED = 1 << 0
+"""Flag bit: the body is zlib-compressed."""
+FLAG_ENCRYPTED_AES = 1 << 1
+"""Flag bit reserved by protocol 2 for encryption; never valid on the wire."""
+KNOWN_FLAGS = FLAG_COMPRESSED
+"""Every flag bit a receiver accepts; any other bit makes a packet malformed."""
+
+# --- packet ids -------------------------------------------------------------
+PID_HELLO = 1
+PID_SETTYPE = 2
+PID_HANDSHAKE = 3
+PID_HANDSHAKE_ACCEPT = 4
+PID_CLOSECONN = 16
+PID_FIRST_FREE = 64
+"""Ids below this are reserved for the library."""
+PID_PING_REQUEST = 64
+"""Raw id of a ping request on a ``ping`` connection (not in the registry)."""
+PID_PING_REPLY = 65
+"""Raw id of a ping reply on a ``ping`` connection (not in the registry)."""
+
+# --- connection states (values of protocol.handshake.HandshakeState) ---------
+STATE_INIT = 0
+"""TCP connection made, nothing exchanged yet."""
+STATE_HELLO = 1
+"""``hello`` was exchanged; the client has to choose a connection type."""
+STATE_TYPESET = 2
+"""``settype`` was exchanged; the connection type drives what follows."""
+STATE_HANDSHAKE = 3
+"""``handshake`` (the registry) was exchanged; waiting for ``handshake.accept``."""
+STATE_ACTIVE = 4
+"""Handshake complete; application packets may flow."""
+STATE_CLOSED = 5
+"""Connection closed normally."""
+STATE_ERROR = 6
+"""Connection closed because of a protocol error."""
+
+# --- modes --------------------------------------------------------------------
+MODE_NOTSET = 0
+"""No connection type chosen yet."""
+MODE_CLOSED = 1
+"""The connection is closed."""
+MODE_CLASSIC = 2
+"""A ``classic`` connection: full handshake, registry packets."""
+MODE_PING = 3
+"""A ``ping`` connection: raw request/reply, no registry."""
+
+CONNTYPE_NOTSET = "_notset"
+"""Connection type of a connection that did not choose one yet."""
+CONNTYPE_CLASSIC = "classic"
+"""The default connection type: handshake + registry sync + application packets."""
+CONNTYPE_PING = "ping"
+"""Connection type for server queries (latency, player count) without a handshake."""
+
+# --- sides --------------------------------------------------------------------
+SIDE_SERVER = 0
+"""The server side of a connection."""
+SIDE_CLIENT = 1
+"""The client side of a connection."""
+SIDE_BOTH = 2
+"""Either side (used by :class:`~peng3dnet.packet.SmartPacket`)."""
+
+# --- TLS security levels --------------------------------------------------------
+SSLSEC_NONE = 0
+"""Plain TCP."""
+SSLSEC_WRAPPED = 1
+"""Wrapped in TLS, handshake not finished."""
+SSLSEC_ENCRYPTED = 2
+"""Encrypted, no certificate verified."""
+SSLSEC_SERVERAUTH = 3
+"""Encrypted, the server's certificate was verified by the client."""
+SSLSEC_BOTHAUTH = 4
+"""Encrypted, both certificates verified (mutual authentication)."""
+
+# --- default configuration ------------------------------------------------------
+DEFAULT_CONFIG: dict[str, Any] = {
+    # Addresses. "addr" wins over "addr.host"/"addr.port" when set.
+    "net.server.addr": None,
+    "net.server.addr.host": "0.0.0.0",
+    "net.server.addr.port": 8080,
+    "net.client.addr": None,
+    "net.client.addr.host": "localhost",
+    "net.client.addr.port": 8080,
+    "net.client.connect_timeout": 10.0,
+    # Compression of outgoing bodies.
+    "net.compress.enabled": True,
+    "net.compress.threshold": 8192,
+    "net.compress.level": 6,
+    # TLS (see the README, "Security and limits").
+    "net.ssl.enabled": False,
+    "net.ssl.cafile": None,
+    "net.ssl.server.certfile": None,
+    "net.ssl.server.keyfile": None,
+    "net.ssl.server.force_verify": False,
+    "net.ssl.client.check_hostname": True,
+    "net.ssl.client.force_verify": True,
+    "net.ssl.client.certfile": None,
+    "net.ssl.client.keyfile": None,
+    # Events: True, False or "auto" (blinker always, peng3d when a Peng is given).
+    "net.events.enable": "auto",
+    # Log (at INFO) each event of these kinds; the original printed them.
+    "net.debug.print.recv": False,
+    "net.debug.print.send": False,
+    "net.debug.print.connect": False,
+    "net.debug.print.close": False,
+    # Registry sync at the handshake (client side).
+    "net.registry.autosync": True,
+    "net.registry.missingpacketaction": "closeconnection",
+    # Limits (every input from the network is bounded).
+    "net.limits.max_packet_size": 16 * 1024 * 1024,
+    "net.limits.max_decompressed_size": 16 * 1024 * 1024,
+    "net.limits.recv_queue": 65536,
+    "net.limits.recv_chunk": 256 * 1024,
+}
+"""Default values of every config key; see the README for each key's meaning."""

@@ -1,0 +1,194 @@
+"""The event bus: blinker signals named by peng3d event strings.
+
+Theory of operation
+-------------------
+Each event name (``peng3dnet:client.recv``) is one blinker signal in a
+private :class:`blinker.Namespace`.  A subscription is a *pattern* (an exact
+name, or a ``fnmatch`` pattern such as ``peng3dnet:*``) plus a handler and an
+optional sender.  It is connected to every existing signal whose name
+matches, and to every matching signal created later (extension events).
+
+Handlers take peng3d's signature ``handler(event, data)``, so one function
+can serve both this bus and ``peng.addEventListener``.  They are wrapped in a
+receiver that catches and logs any exception, so a raising handler never
+stops the other handlers or the network loop.
+
+References: by default the bus holds a *strong* reference to the handler (a
+lambda does not vanish); pass ``weak=True`` to hold it weakly (a bound
+method is then dropped when its object dies, and the subscription with it).
+
+Thread safety: subscribe/unsubscribe from any thread.  Handlers run
+synchronously on the thread that emits the event (see the catalog); use
+:class:`~peng3dnet.events.dispatch.MainThreadDispatcher` to run them on the
+game's main thread instead.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import blinker
+
+from .catalog import CATALOG
+
+__all__ = ["ANY", "Handler", "signal", "subscribe", "unsubscribe", "emit", "has_receivers", "namespace"]
+
+log = logging.getLogger(__name__)
+
+ANY = blinker.ANY
+"""Sender wildcard: subscribe to the events of every Server and Client."""
+
+Handler = Callable[[str, dict[str, Any]], Any]
+
+namespace = blinker.Namespace()
+"""The private namespace holding every peng3dnet signal."""
+
+_lock = threading.RLock()
+_subs: list[_Subscription] = []
+_MAGIC = frozenset("*?[")
+
+
+class _Subscription:
+    __slots__ = ("pattern", "sender", "_ref", "_strong", "__weakref__")
+
+    def __init__(self, pattern: str, handler: Handler, sender: Any, weak: bool) -> None:
+        self.pattern = pattern
+        self.sender = sender
+        self._strong: Handler | None = None
+        self._ref: Callable[[], Handler | None] | None = None
+        if weak:
+            if hasattr(handler, "__self__") and hasattr(handler, "__func__"):
+                self._ref = weakref.WeakMethod(handler)  # type: ignore[arg-type]
+            else:
+                self._ref = weakref.ref(handler)
+        else:
+            self._strong = handler
+
+    @property
+    def handler(self) -> Handler | None:
+        if self._strong is not None:
+            return self._strong
+        assert self._ref is not None
+        return self._ref()
+
+    def matches(self, name: str) -> bool:
+        if _MAGIC.isdisjoint(self.pattern):
+            return name == self.pattern
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+    def __call__(self, sender: Any, *, event: str, data: dict[str, Any]) -> None:
+        handler = self.handler
+        if handler is None:
+            _remove(self)
+            return
+        try:
+            handler(event, data)
+        except Exception:
+            log.exception("! event handler %r for %s raised", handler, event)
+
+
+def _connect(sig: blinker.NamedSignal, sub: _Subscription) -> None:
+    sig.connect(sub, sender=sub.sender, weak=False)
+
+
+def _remove(sub: _Subscription) -> None:
+    with _lock:
+        if sub in _subs:
+            _subs.remove(sub)
+        for sig in list(namespace.values()):
+            sig.disconnect(sub)
+
+
+def signal(name: str, doc: str | None = None) -> blinker.NamedSignal:
+    """Return the signal of an event, creating it (and wiring matching
+    pattern subscriptions) on first use.
+
+    Thread safety: any thread.
+    """
+    sig = namespace.get(name)
+    if sig is not None:
+        return sig
+    with _lock:
+        sig = namespace.get(name)
+        if sig is None:
+            sig = namespace.signal(name, doc)
+            for sub in _subs:
+                if sub.matches(name):
+                    _connect(sig, sub)
+        return sig
+
+
+def subscribe(pattern: str, handler: Handler | None = None, *, sender: Any = ANY, weak: bool = False) -> Any:
+    """Subscribe ``handler(event, data)`` to the events matching ``pattern``.
+
+    Usable as a decorator: ``@subscribe("peng3dnet:client.recv")``.
+
+    Args:
+        pattern: An event name, or an ``fnmatch`` pattern (``peng3dnet:*``,
+            ``peng3dnet:server.connection.*``).
+        handler: The callable; omitted when used as a decorator.
+        sender: Only events of this Server or Client (default: all).
+        weak: Hold the handler weakly (see the module doc).
+
+    Returns:
+        The handler (so the decorator leaves the function unchanged).
+
+    Thread safety: any thread.
+    """
+    if handler is None:
+        return lambda func: subscribe(pattern, func, sender=sender, weak=weak)
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"invalid event pattern {pattern!r}")
+    sub = _Subscription(pattern, handler, sender, weak)
+    with _lock:
+        _subs.append(sub)
+        if _MAGIC.isdisjoint(pattern):
+            _connect(signal(pattern), sub)
+        else:
+            for name, sig in list(namespace.items()):
+                if sub.matches(name):
+                    _connect(sig, sub)
+    return handler
+
+
+def unsubscribe(pattern: str, handler: Handler, *, sender: Any = ANY) -> bool:
+    """Remove the subscriptions of ``handler`` to ``pattern`` (and ``sender``).
+
+    Returns:
+        Whether anything was removed.
+
+    Thread safety: any thread.
+    """
+    with _lock:
+        found = [s for s in _subs if s.pattern == pattern and s.sender is sender and s.handler == handler]
+        for sub in found:
+            _remove(sub)
+    return bool(found)
+
+
+def has_receivers(name: str) -> bool:
+    """Whether anyone subscribed to ``name`` (cheap; for the hot path)."""
+    sig = namespace.get(name)
+    return sig is not None and bool(sig.receivers)
+
+
+def emit(name: str, sender: Any, data: dict[str, Any]) -> None:
+    """Deliver an event to its subscribers on the calling thread.
+
+    Thread safety: any thread; handlers run on it.
+    """
+    sig = namespace.get(name)
+    if sig is None:
+        sig = signal(name)
+    if sig.receivers:
+        sig.send(sender, event=name, data=data)
+
+
+for _name, _spec in CATALOG.items():
+    signal(_name, _spec.doc)
+del _name, _spec

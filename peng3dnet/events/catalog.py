@@ -1,0 +1,67 @@
+"""The catalog of peng3dnet events: names, data keys and when they fire.
+
+Every event's data is a dict.  Server events carry ``peng`` and ``server``;
+client events carry ``peng`` and ``client``; the keys listed here come on
+top.  Thread: lifecycle events fire on the network thread; ``send`` events
+fire on the thread that called ``send_message``; ``initialize``/``bind``/
+``connect``/``interrupt``/``stop``/``shutdown`` on the thread that called the
+method.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CATALOG", "EventSpec"]
+
+from typing import NamedTuple
+
+
+class EventSpec(NamedTuple):
+    """One catalog entry."""
+
+    attr: str
+    """Module attribute name of the signal in :mod:`peng3dnet.events`."""
+    keys: tuple[str, ...]
+    """Data keys beyond ``peng`` and ``server``/``client``."""
+    doc: str
+    """When the event fires."""
+
+
+CATALOG: dict[str, EventSpec] = {
+    "peng3dnet:server.initialize": EventSpec("server_initialized", (), "registries set up by initialize(), once"),
+    "peng3dnet:server.bind": EventSpec("server_bound", ("addr",), "listening socket bound by bind(), once"),
+    "peng3dnet:server.start": EventSpec("server_started", (), "main loop about to run (network thread)"),
+    "peng3dnet:server.interrupt": EventSpec("server_interrupted", (), "interrupt() called"),
+    "peng3dnet:server.stop": EventSpec("server_stopped", ("reason",), "main loop told to stop"),
+    "peng3dnet:server.shutdown": EventSpec(
+        "server_shutdown", ("reason", "join", "timeout"), "all clients told to close and the loop stopped"
+    ),
+    "peng3dnet:server.connection.accept": EventSpec(
+        "connection_accepted", ("sock", "addr", "client", "cid"), "connection accepted (network thread)"
+    ),
+    "peng3dnet:server.connection.handshakecomplete": EventSpec(
+        "connection_handshake_completed", ("client",), "handshake done, packets may flow (network thread)"
+    ),
+    "peng3dnet:server.connection.send": EventSpec(
+        "connection_sent", ("client", "pid", "data"), "a packet sent (sending thread)"
+    ),
+    "peng3dnet:server.connection.recv": EventSpec(
+        "connection_received", ("client", "pid", "msg"), "a packet received and decoded (network thread)"
+    ),
+    "peng3dnet:server.connection.close": EventSpec(
+        "connection_closed", ("client", "reason"), "connection closed, once per connection (network thread)"
+    ),
+    "peng3dnet:client.initialize": EventSpec("client_initialized", (), "registries set up, once"),
+    "peng3dnet:client.connect": EventSpec("client_connected", ("addr", "sock"), "TCP connection made"),
+    "peng3dnet:client.start": EventSpec("client_started", (), "main loop about to run (network thread)"),
+    "peng3dnet:client.interrupt": EventSpec("client_interrupted", (), "interrupt() called"),
+    "peng3dnet:client.handshakecomplete": EventSpec(
+        "client_handshake_completed", (), "handshake done, packets may flow (network thread)"
+    ),
+    "peng3dnet:client.send": EventSpec("client_sent", ("pid", "data"), "a packet sent (sending thread)"),
+    "peng3dnet:client.recv": EventSpec(
+        "client_received", ("pid", "msg"), "a packet received and decoded (network thread)"
+    ),
+    "peng3dnet:client.close": EventSpec("client_closed", ("reason",), "connection closed, once (network thread)"),
+    "peng3dnet:client.stop": EventSpec("client_stopped", ("reason",), "main loop told to stop"),
+}
+"""Event name -> :class:`EventSpec`, for every event of the core library."""

@@ -1,0 +1,170 @@
+"""Main-thread delivery of events for pyglet / peng3d games.
+
+Network threads emit events; pyglet and peng3d may only be touched from the
+main thread.  A :class:`MainThreadDispatcher` subscribes on the bus with a
+receiver that only *queues* ``(handler, event, data)``; :meth:`~MainThreadDispatcher.pump`,
+called on the main thread, runs the queued handlers in emission order.  Each
+queued call is taken out of the queue exactly once (``deque.popleft`` is
+atomic), so no event is lost or run twice, whatever thread emitted it.
+
+The one-call recipe for a pyglet game is :func:`attach_to_pyglet`: every
+clock tick it calls ``process()`` of the given Server/Client (so packet
+handlers run on the main thread too) and then pumps the events.
+
+pyglet is imported only inside :meth:`MainThreadDispatcher.attach`; the rest
+works without pyglet (call :meth:`~MainThreadDispatcher.pump` from any loop).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from .bus import ANY, Handler, subscribe, unsubscribe
+
+__all__ = ["MainThreadDispatcher", "attach_to_pyglet"]
+
+log = logging.getLogger(__name__)
+
+
+class MainThreadDispatcher:
+    """Queue events from any thread and run their handlers on one thread.
+
+    Args:
+        peers: Servers/Clients whose ``process()`` :meth:`pump` calls first.
+    """
+
+    def __init__(self, *, peers: Iterable[Any] = ()) -> None:
+        self.peers: list[Any] = list(peers)
+        """Servers/Clients processed by every :meth:`pump`."""
+        self._queue: deque[tuple[Handler, str, dict[str, Any]]] = deque()
+        self._subs: list[tuple[str, Any, Any]] = []
+        self._clock: Any = None
+
+    def subscribe(self, pattern: str, handler: Handler | None = None, *, sender: Any = ANY) -> Any:
+        """Subscribe ``handler(event, data)``; it will run inside :meth:`pump`.
+
+        Same arguments as :func:`peng3dnet.events.subscribe` (always a strong
+        reference); usable as a decorator.
+
+        Thread safety: any thread.
+        """
+        if handler is None:
+            return lambda func: self.subscribe(pattern, func, sender=sender)
+        queue = self._queue
+        target: Handler = handler
+
+        def enqueue(event: str, data: dict[str, Any]) -> None:
+            queue.append((target, event, data))
+
+        self._subs.append((pattern, enqueue, sender, handler))  # type: ignore[arg-type]
+        subscribe(pattern, enqueue, sender=sender)
+        return handler
+
+    def unsubscribe(self, pattern: str, handler: Handler, *, sender: Any = ANY) -> bool:
+        """Remove a subscription made with :meth:`subscribe`.
+
+        Thread safety: any thread.
+        """
+        removed = False
+        for entry in list(self._subs):
+            pat, enqueue, snd, orig = entry  # type: ignore[misc]
+            if pat == pattern and orig == handler and snd is sender:
+                unsubscribe(pat, enqueue, sender=snd)
+                self._subs.remove(entry)
+                removed = True
+        return removed
+
+    @property
+    def pending(self) -> int:
+        """Number of queued handler calls."""
+        return len(self._queue)
+
+    def pump(self, max_events: int | None = None) -> int:
+        """Process the peers' packets, then run queued handlers in order.
+
+        Args:
+            max_events: Run at most this many queued handler calls (the rest
+                stay queued for the next pump); ``None`` for all.
+
+        Returns:
+            The number of handler calls run.
+
+        Thread safety: call it from the one thread that should run the
+        handlers (the main thread).
+        """
+        for peer in self.peers:
+            peer.process()
+        queue = self._queue
+        n = 0
+        while max_events is None or n < max_events:
+            try:
+                handler, event, data = queue.popleft()
+            except IndexError:
+                break
+            n += 1
+            try:
+                handler(event, data)
+            except Exception:
+                log.exception("! main-thread event handler %r for %s raised", handler, event)
+        return n
+
+    def _tick(self, dt: float) -> None:
+        self.pump()
+
+    def attach(self, clock: Any = None, interval: float | None = None) -> MainThreadDispatcher:
+        """Run :meth:`pump` from a pyglet clock (default: ``pyglet.clock``).
+
+        Args:
+            clock: A pyglet clock (module or ``Clock`` instance).
+            interval: Seconds between pumps; ``None`` pumps on every tick
+                (every frame under ``pyglet.app.run()``).
+
+        Returns:
+            ``self``.
+
+        Thread safety: main thread only.
+        """
+        if clock is None:
+            import pyglet.clock as clock  # noqa: PLC0415 - only the game side needs pyglet
+        self.detach()
+        if interval is None:
+            clock.schedule(self._tick)
+        else:
+            clock.schedule_interval(self._tick, interval)
+        self._clock = clock
+        return self
+
+    def detach(self) -> None:
+        """Stop pumping from the clock given to :meth:`attach`.
+
+        Thread safety: main thread only.
+        """
+        if self._clock is not None:
+            self._clock.unschedule(self._tick)
+            self._clock = None
+
+    def close(self) -> None:
+        """Detach and remove every subscription of this dispatcher."""
+        self.detach()
+        for pat, enqueue, snd, _orig in self._subs:  # type: ignore[misc]
+            unsubscribe(pat, enqueue, sender=snd)
+        self._subs.clear()
+        self._queue.clear()
+
+
+def attach_to_pyglet(*peers: Any, clock: Any = None, interval: float | None = None) -> MainThreadDispatcher:
+    """The one call a pyglet game needs: process ``peers`` and deliver events
+    on the main thread every clock tick.
+
+    Example::
+
+        client.runAsync()
+        net = attach_to_pyglet(client)
+        net.subscribe("peng3dnet:client.*", on_net_event)  # runs on the main thread
+
+    Thread safety: main thread only.
+    """
+    return MainThreadDispatcher(peers=peers).attach(clock, interval)

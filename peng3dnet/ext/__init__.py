@@ -1,0 +1,1 @@
+"""Optional features built on the public API (ping, ...)."""

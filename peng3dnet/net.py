@@ -1,0 +1,1374 @@
+"""Server, ClientOnServer and Client: the public facades of peng3dnet.
+
+Theory of operation
+-------------------
+Each Server or Client runs one selector loop (:class:`~peng3dnet.transport.Reactor`)
+on its *network thread* (``runAsync()`` starts it in a daemon thread,
+``runBlocking()`` runs it in the caller's).  Per connection there is one
+:class:`~peng3dnet.protocol.ProtocolConnection` (the sans-I/O core) and one
+:class:`~peng3dnet.transport.Channel` (socket + write buffer), guarded by the
+channel's lock.  The network thread reads, feeds the core, writes what the
+core answers (the handshake runs entirely here), then *releases the lock*
+and acts on the core's outputs: events, hooks, connection types, and the
+hand-off of application packets.
+
+Application packets are decoded on the network thread (so a malformed one
+closes its connection at once and its ``recv`` event fires in order), then
+queued; ``process()`` runs their :meth:`~peng3dnet.packet.Packet.receive`
+handlers on whichever thread calls it: a process thread
+(``process_async()``), or the game loop each frame.  A packet class that
+does not override ``receive`` is not queued at all.  When a connection has
+``net.limits.recv_queue`` packets waiting, reading from it pauses until
+``process()`` catches up (back-pressure, nothing dropped).
+
+``send_message()`` may be called from any thread: it encodes in the
+caller's thread, then appends to the connection under its lock and tries to
+send at once; what the kernel does not take is written by the network thread
+when the socket becomes writable.  It never blocks on the network.
+
+Lifecycle events fire on the network thread, ``send`` events on the sending
+thread; see :mod:`peng3dnet.events` and the README's catalog.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import selectors
+import socket
+import struct
+import threading
+from collections import deque
+from typing import Any
+
+from . import events as _events
+from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
+from .constants import (
+    CONNTYPE_CLASSIC,
+    CONNTYPE_NOTSET,
+    CONNTYPE_PING,
+    MODE_CLOSED,
+    MODE_NOTSET,
+    PID_FIRST_FREE,
+    PID_SETTYPE,
+    SIDE_CLIENT,
+    SIDE_SERVER,
+    SSLSEC_NONE,
+    STRUCT_FORMAT_HEADER,
+    STRUCT_FORMAT_LENGTH32,
+)
+from .errors import (
+    AlreadyRegisteredError,
+    ConnectionClosedError,
+    InvalidAddressError,
+    LocalProtocolError,
+    NetworkError,
+    RegistryError,
+    TimedOutError,
+)
+from .packet import ConnInfo, Packet
+from .packet.internal import INTERNAL_PACKETS
+from .protocol.connection import (
+    ConnectionClosed,
+    ConnTypeRequested,
+    HandshakeCompleted,
+    Output,
+    PacketReceived,
+    PacketSent,
+    ProtocolConnection,
+)
+from .protocol.framing import LENGTH
+from .registry import Registry
+from .transport import EVENT_READ, EVENT_WRITE, Channel, Reactor
+from .util import ConfigView, normalize_addr_socketstyle
+
+__all__ = ["STRUCT_HEADER", "STRUCT_LENGTH32", "Server", "ClientOnServer", "Client"]
+
+log = logging.getLogger(__name__)
+
+STRUCT_HEADER = struct.Struct(STRUCT_FORMAT_HEADER)
+"""The 6-byte packet header: id and flags (``!IH``)."""
+STRUCT_LENGTH32 = struct.Struct(STRUCT_FORMAT_LENGTH32)
+"""The 4-byte length prefix (``!I``)."""
+
+_INTERNAL_IDS = frozenset(pid for _, pid, _ in INTERNAL_PACKETS)
+_CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
+
+
+def _has_receive(pobj: Any) -> bool:
+    return getattr(type(pobj), "receive", None) is not Packet.receive
+
+
+class _Link:
+    """One connection's state: core, channel, connection type and owner."""
+
+    __slots__ = ("proto", "chan", "owner", "cid", "ctobj", "queued", "resume_at", "eof", "local_closed")
+
+    def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
+        self.proto = proto
+        self.chan = chan
+        self.owner = owner
+        self.cid = cid
+        self.ctobj: ConnectionType | None = None
+        self.queued = 0  # packets waiting for process() (network thread adds, process subtracts)
+        self.resume_at = 0
+        self.eof = False
+        self.local_closed = False  # we closed it: drop packets still in the batch
+
+
+class _Peer:
+    """What Server and Client share: config, registry, events, the process
+    queue, the send path and the handling of the core's outputs."""
+
+    side = SIDE_SERVER
+    _role = "server"
+    _thread_name = "peng3dnet Thread"
+
+    def __init__(self, peng: Any = None, cfg: dict[str, Any] | None = None) -> None:
+        self.peng = peng
+        """The ``peng3d.Peng`` instance given, or ``None``."""
+        self.cfg = ConfigView(cfg, peng)
+        """Layered config: ``cfg`` overrides, then ``peng.cfg``, then defaults."""
+        self.registry = Registry()
+        """The packet registry (name <-> id <-> packet object)."""
+        self.conntypes: dict[str, ConnectionType] = {}
+        """Connection types by name."""
+        self._initialized = False
+        self._reactor = Reactor(self._thread_name)
+        self._pqueue: deque[tuple[_Link, Any, Any]] = deque()
+        self._pcond = threading.Condition(threading.Lock())
+        self._pwaiters = 0
+        self._qlock = threading.Lock()
+        self._process_stop = False
+        self._process_thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
+        self._loop_started = False
+        self._loop_done = threading.Event()
+        self._stop_reason: str | None = None
+        prefix = f"peng3dnet:{self._role}."
+        self._ev_recv = prefix + ("connection.recv" if self._role == "server" else "recv")
+        self._ev_send = prefix + ("connection.send" if self._role == "server" else "send")
+        self._sig_recv = _events.signal(self._ev_recv)
+        self._sig_send = _events.signal(self._ev_send)
+
+    # --- events ----------------------------------------------------------------------
+    def _events_on(self) -> bool:
+        return bool(self.cfg["net.events.enable"])
+
+    def _wants(self, sig: Any) -> bool:
+        # The hot-path guard: build no data dict when nobody listens.
+        return (bool(sig.receivers) or self.peng is not None) and self._events_on()
+
+    def _emit(self, event: str, data: dict[str, Any]) -> None:
+        if not self._events_on():
+            return
+        data.setdefault("peng", self.peng)
+        data.setdefault(self._role, self)
+        _events.emit(event, self, data)
+        if self.peng is not None:
+            try:
+                self.peng.sendEvent(event, data)
+            except Exception:
+                log.exception("! peng.sendEvent(%r) raised", event)
+
+    # --- registration ----------------------------------------------------------------
+    def register_packet(self, name: str, obj: Any, n: int | None = None) -> int:
+        """Register a packet object under ``name`` (id ``n`` or the next free).
+
+        Returns:
+            The packet id.
+
+        Raises:
+            AlreadyRegisteredError: Name or id taken.
+            RegistryError: Invalid name or id.
+
+        Thread safety: any thread, before connections are made.
+        """
+        return self.registry.register(name, obj, n)
+
+    def _register_internal(self) -> None:
+        for name, pid, cls in INTERNAL_PACKETS:
+            if name not in self.registry:
+                self.registry.register(name, cls(self.registry, self), pid)
+        for name, cls in ((CONNTYPE_CLASSIC, ClassicConnectionType), (CONNTYPE_PING, PingConnectionType)):
+            if name not in self.conntypes:
+                self.conntypes[name] = cls(self)
+
+    def _call_hooks(self) -> None:
+        names = sorted(dir(self))
+        for prefix in ("_reg_packets_", "_reg_conntypes_"):
+            for name in names:
+                if name.startswith(prefix):
+                    getattr(self, name)()
+
+    # --- connections (shared) ------------------------------------------------------------
+    def _new_proto(self, conntype: str = CONNTYPE_CLASSIC) -> ProtocolConnection:
+        cfg = self.cfg
+        return ProtocolConnection(
+            self.side,
+            registry=self.registry,
+            conntype=conntype,
+            max_packet_size=int(cfg["net.limits.max_packet_size"]),
+            max_decompressed_size=int(cfg["net.limits.max_decompressed_size"]),
+            compress=bool(cfg["net.compress.enabled"]),
+            compress_threshold=int(cfg["net.compress.threshold"]),
+            compress_level=int(cfg["net.compress.level"]),
+            autosync=bool(cfg["net.registry.autosync"]),
+            missing_packet_action=str(cfg["net.registry.missingpacketaction"]),
+        )
+
+    @staticmethod
+    def _prepare_socket(sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def _info(self, link: _Link, state: int | None = None) -> ConnInfo:
+        ct = link.ctobj
+        proto = link.proto
+        if state is None:
+            state = int(proto.state)
+            mode = MODE_CLOSED if not proto.is_open else (ct.mode if ct is not None else MODE_NOTSET)
+        else:
+            mode = ct.mode if ct is not None else MODE_NOTSET
+        return ConnInfo(state, self.side, mode, proto.conntype, SSLSEC_NONE)
+
+    def _on_ready(self, link: _Link, mask: int) -> None:
+        """Selector callback for one connection (network thread)."""
+        chan = link.chan
+        if chan.closed:
+            return
+        if mask & EVENT_WRITE or chan.error is not None:
+            with chan.lock:
+                chan.flush()
+            if chan.error is not None:
+                self._abort(link, "socketerror")
+                return
+            if not chan.out:
+                if chan.closing:
+                    self._closing_flushed(link)
+                else:
+                    chan.update_interest()
+        if mask & EVENT_READ:
+            buf = self._reactor.read_buffer
+            try:
+                n = chan.sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.info("! %s cid=%s: recv failed: %s", self._role, link.cid, exc)
+                self._abort(link, "socketerror")
+                return
+            if chan.closing:
+                if n == 0:  # the peer saw our closeconn and closed: done
+                    chan.close()
+                    self._channel_closed(link)
+                return
+            with chan.lock:
+                proto = link.proto
+                if n:
+                    proto.receive_data(memoryview(buf)[:n])
+                else:
+                    link.eof = True
+                    proto.receive_eof()
+                outs = proto.drain_received()
+                data = proto.data_to_send()
+                if data:
+                    chan.write(data)
+            if outs:
+                self._handle_outputs(link, outs)
+            if link.eof and not chan.closed:
+                chan.close()
+                self._channel_closed(link)
+
+    def _abort(self, link: _Link, reason: str) -> None:
+        """The socket broke: close without a handshake (network thread)."""
+        chan = link.chan
+        with chan.lock:
+            link.eof = True
+            link.proto.receive_eof()
+            outs = link.proto.drain_received()
+        for o in outs:
+            if isinstance(o, ConnectionClosed):
+                o = ConnectionClosed(reason, by_peer=True)
+            self._handle_outputs(link, [o])
+        if not chan.closed:
+            chan.close()
+            self._channel_closed(link)
+
+    def _handle_outputs(self, link: _Link, outs: list[Output]) -> None:
+        """Act on the core's outputs, in order (network thread, lock released)."""
+        for o in outs:
+            t = type(o)
+            if t is PacketReceived:
+                if o.pid in _INTERNAL_IDS:
+                    self._debug_print("recv", link, o.pid, o.msg)
+                    if self._wants(self._sig_recv):
+                        self._emit_conn(self._ev_recv, link, {"pid": o.pid, "msg": o.msg})
+                elif not link.local_closed:
+                    # Packets that preceded the peer's closeconn are delivered.
+                    self._on_app_packet(link, o)
+            elif t is PacketSent:
+                self._debug_print("send", link, o.pid, o.msg)
+                if self._wants(self._sig_send):
+                    self._emit_conn(self._ev_send, link, {"pid": o.pid, "data": o.msg})
+                if o.pid == PID_SETTYPE and self.side == SIDE_CLIENT:
+                    # The client chose its type: hand the connection to it.
+                    ct = self.conntypes.get(link.proto.conntype)
+                    link.ctobj = ct
+                    if ct is not None:
+                        ct.init(link.cid)
+            elif t is ConnTypeRequested:
+                self._on_conntype(link, o.conntype)
+            elif t is HandshakeCompleted:
+                log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
+                link.owner.on_handshake_complete()
+                self._after_handshake(link)
+            elif t is ConnectionClosed:
+                self._on_closed(link, o)
+
+    def _debug_print(self, kind: str, link: _Link, pid: int, msg: Any) -> None:
+        if self.cfg[f"net.debug.print.{kind}"]:
+            log.info("%s %s cid=%s pid=%d %.200r", "<" if kind == "recv" else ">", self._role, link.cid, pid, msg)
+
+    def _on_conntype(self, link: _Link, conntype: str) -> None:
+        ct = self.conntypes.get(conntype)
+        if ct is None:
+            log.info("! server cid=%s: unknown connection type %.64r", link.cid, conntype)
+            self._close_link(link, "unknownconntype")
+            return
+        link.ctobj = ct
+        ct.init(link.cid)
+
+    def _on_app_packet(self, link: _Link, o: PacketReceived) -> None:
+        ct = link.ctobj
+        if ct is not None and not ct.receive(o.msg, o.pid, o.flags, link.cid):
+            return
+        pobj = self.registry.find_obj(o.pid)
+        if pobj is None or o.pid < PID_FIRST_FREE:
+            log.info("! %s cid=%s: unknown packet id %d", self._role, link.cid, o.pid)
+            self._close_link(link, "unknownpacket")
+            return
+        if not type(pobj).check(self._info(link, o.state)):
+            if getattr(pobj, "invalid_action", "close") == "ignore":
+                log.debug("! %s cid=%s: ignored packet %d not valid now", self._role, link.cid, o.pid)
+                return
+            log.info("! %s cid=%s: packet %d not valid now, closing", self._role, link.cid, o.pid)
+            self._close_link(link, "smartpacketinvalid")
+            return
+        self._debug_print("recv", link, o.pid, o.msg)
+        if self._wants(self._sig_recv):
+            self._emit_conn(self._ev_recv, link, {"pid": o.pid, "msg": o.msg})
+        if _has_receive(pobj):
+            self._pqueue.append((link, pobj, o.msg))
+            link.queued += 1
+            limit = int(self.cfg["net.limits.recv_queue"])
+            if link.queued >= limit and not link.chan.paused:
+                link.chan.paused = True
+                link.resume_at = limit // 2
+                link.chan.update_interest()
+                log.debug(
+                    "= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued
+                )
+            if self._pwaiters:
+                with self._pcond:
+                    self._pcond.notify_all()
+
+    def _on_closed(self, link: _Link, o: ConnectionClosed) -> None:
+        chan = link.chan
+        if o.error is not None:
+            log.info("! %s cid=%s: protocol error, closing (%s): %s", self._role, link.cid, o.reason, o.error)
+        else:
+            log.info(
+                "= %s cid=%s: connection closed by %s (%s)",
+                self._role,
+                link.cid,
+                "peer" if o.by_peer else "us",
+                o.reason,
+            )
+        if self.cfg["net.debug.print.close"]:
+            log.info("= %s cid=%s closed: %s", self._role, link.cid, o.reason)
+        chan.closing = True
+        if not chan.closed:
+            if link.eof or chan.error is not None:
+                chan.close()
+                self._channel_closed(link)
+            else:
+                with chan.lock:
+                    flushed = chan.flush()
+                if flushed:
+                    self._closing_flushed(link)
+                else:
+                    chan.update_interest()
+                chan.linger = self._reactor.call_later(_CLOSE_LINGER, lambda: self._force_close(link))
+        self._connection_closed(link, o.reason)
+
+    def _closing_flushed(self, link: _Link) -> None:
+        chan = link.chan
+        chan.shutdown_write()
+        chan.update_interest()
+
+    def _force_close(self, link: _Link) -> None:
+        if not link.chan.closed:
+            link.chan.close()
+            self._channel_closed(link)
+
+    def _close_link(self, link: _Link, reason: str | None) -> None:
+        """Close one connection with ``reason`` (any thread)."""
+        chan = link.chan
+        with chan.lock:
+            if not link.proto.is_open:
+                return
+            link.local_closed = True
+            link.proto.close(reason)
+            outs = link.proto.drain_received()
+            chan.write(link.proto.data_to_send())
+        if self._reactor.in_loop():
+            self._handle_outputs(link, outs)
+        elif self._loop_active():
+            self._reactor.call_soon(self._handle_outputs, link, outs)
+        else:
+            # No loop: nothing else will run; finish here.
+            self._handle_outputs(link, outs)
+            self._force_close(link)
+
+    # --- sending ----------------------------------------------------------------------------
+    def _send(self, link: _Link, ptype: Any, data: Any) -> None:
+        try:
+            pid = self.registry.get_id(ptype)
+        except RegistryError:
+            if isinstance(ptype, int) and not isinstance(ptype, bool):
+                raise RegistryError(f"packet id {ptype} is not registered") from None
+            raise
+        pobj = self.registry.find_obj(pid)
+        if pid in _INTERNAL_IDS:
+            raise LocalProtocolError(f"internal packet {pid} cannot be sent with send_message()")
+        if pobj is not None:
+            if not type(pobj).check(self._info(link), sending=True):
+                if not link.proto.is_open:
+                    raise ConnectionClosedError("connection is closed", link.proto.close_reason)
+                raise LocalProtocolError(
+                    f"packet {self.registry.get_name(pid)!r} cannot be sent now "
+                    f"(state {link.proto.state.name}); wait for the handshake"
+                )
+            repl = pobj.send(data, link.cid)
+            if repl is not None:
+                data = repl
+        ct = link.ctobj
+        announce = ct.send(data, pid, link.cid) if ct is not None else True
+        frame = link.proto.encode_packet(pid, data)  # encode outside the lock
+        chan = link.chan
+        with chan.lock:
+            link.proto.send_frame(frame)
+            chan.write(link.proto.data_to_send())
+            if announce and self._wants(self._sig_send):
+                # Emitted under the lock so it cannot come after the close event.
+                self._emit_conn(self._ev_send, link, {"pid": pid, "data": data})
+        if self.cfg["net.debug.print.send"]:
+            self._debug_print("send", link, pid, data)
+
+    def _send_raw(self, cid: int | None, pid: int, msg: Any) -> None:
+        """Send a packet that is not in the registry (connection types)."""
+        link = self._link(cid)
+        chan = link.chan
+        with chan.lock:
+            link.proto.send_packet(pid, msg)
+            chan.write(link.proto.data_to_send())
+
+    # --- process queue -----------------------------------------------------------------------
+    def _dispatch(self, link: _Link, pobj: Any, msg: Any) -> None:
+        try:
+            pobj.receive(msg, link.cid)
+        except Exception:
+            log.exception("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
+        with self._qlock:
+            link.queued -= 1
+            resume = link.chan.paused and link.queued <= link.resume_at
+            if resume:
+                link.chan.paused = False
+        if resume:
+            self._reactor.call_soon(link.chan.update_interest)
+
+    def process(self, wait: bool = False, timeout: float | None = None) -> int:
+        """Run the handlers of queued packets.
+
+        Args:
+            wait: When nothing is queued, wait for packets first.
+            timeout: Longest wait in seconds (``None``: no limit).
+
+        Returns:
+            The number of packets processed.
+
+        Thread safety: any thread; handlers run on the calling thread.  Call
+        it from one thread only if handlers must not run concurrently.
+        """
+        q = self._pqueue
+        if wait and not q:
+            with self._pcond:
+                self._pwaiters += 1
+                try:
+                    if not q and not self._process_stop:
+                        self._pcond.wait(timeout)
+                finally:
+                    self._pwaiters -= 1
+        n = 0
+        for _ in range(len(q)):
+            try:
+                link, pobj, msg = q.popleft()
+            except IndexError:
+                break
+            self._dispatch(link, pobj, msg)
+            n += 1
+        return n
+
+    def _process_single(self, link: _Link) -> bool:
+        q = self._pqueue
+        for i, item in enumerate(q):
+            if item[0] is link:
+                try:
+                    del q[i]
+                except IndexError:
+                    return False
+                self._dispatch(*item)
+                return True
+        return False
+
+    def process_forever(self) -> None:
+        """Process packets until :meth:`stop`, waiting (not polling) between batches.
+
+        Thread safety: run it on one thread (see :meth:`process_async`).
+        """
+        self._process_stop = False
+        while not self._process_stop:
+            self.process(wait=True)
+        self.process()
+
+    def process_async(self) -> threading.Thread:
+        """Run :meth:`process_forever` in a daemon thread "peng3dnet process Thread".
+
+        Returns:
+            The thread.
+
+        Thread safety: any thread.
+        """
+        t = threading.Thread(target=self.process_forever, name="peng3dnet process Thread", daemon=True)
+        self._process_thread = t
+        t.start()
+        return t
+
+    def _wake_process(self) -> None:
+        with self._pcond:
+            self._pcond.notify_all()
+
+    # --- loop ----------------------------------------------------------------------------------
+    def _run_loop(self, selector: Any) -> None:
+        self._loop_started = True
+        self._loop_done.clear()
+        try:
+            self._reactor.run(selector, self._on_loop_start)
+        finally:
+            try:
+                self._on_loop_exit()
+            finally:
+                self._reactor.close()
+                self._loop_done.set()
+
+    def _loop_active(self) -> bool:
+        return self._loop_started and not self._loop_done.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the network loop has ended.
+
+        Raises:
+            TimedOutError: It did not end within ``timeout`` seconds.
+
+        Thread safety: any thread but the network thread.
+        """
+        if not self._loop_started:
+            return
+        if not self._loop_done.wait(timeout):
+            raise TimedOutError(f"{self._role} loop still running after {timeout} s")
+
+    def _request_stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._process_stop = True
+        self._wake_process()
+        self._reactor.stop()
+
+    def _emit_conn(self, event: str, link: _Link, data: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _after_handshake(self, link: _Link) -> None:
+        pass
+
+    def _connection_closed(self, link: _Link, reason: str | None) -> None:
+        raise NotImplementedError
+
+    def _channel_closed(self, link: _Link) -> None:
+        pass
+
+    def _on_loop_start(self) -> None:
+        raise NotImplementedError
+
+    def _on_loop_exit(self) -> None:
+        raise NotImplementedError
+
+    def _link(self, cid: int | None) -> _Link:
+        raise NotImplementedError
+
+
+def _resolve_addr(addr: Any, cfg: ConfigView, prefix: str) -> tuple[Any, ...]:
+    port = cfg[f"{prefix}.addr.port"]
+    if addr is None:
+        addr = cfg[f"{prefix}.addr"]
+    if addr is None:
+        return normalize_addr_socketstyle((cfg[f"{prefix}.addr.host"], port))
+    return normalize_addr_socketstyle(addr, port)
+
+
+class ClientOnServer:
+    """The server's view of one connected client.
+
+    Args:
+        server: The :class:`Server`.
+        conn: The connected socket.
+        addr: The client's address.
+        cid: The connection id.
+
+    Subclass it and pass the class as ``Server(clientcls=...)`` to add
+    per-client state; the ``on_*`` hooks run on the network thread.
+    """
+
+    def __init__(self, server: Server, conn: socket.socket, addr: Any, cid: int) -> None:
+        self.server = server
+        """The server."""
+        self.conn = conn
+        """The socket."""
+        self.addr = addr
+        """The client's address."""
+        self.cid = cid
+        """The connection id (unique per server, increasing)."""
+        self._link: _Link | None = None
+
+    @property
+    def state(self) -> int:
+        """The connection's ``STATE_*``."""
+        return int(self._link.proto.state) if self._link is not None else 0
+
+    @property
+    def mode(self) -> int:
+        """The connection's ``MODE_*``."""
+        return self.server._info(self._link).mode if self._link is not None else MODE_NOTSET
+
+    @property
+    def conntype(self) -> str:
+        """The connection type name (``CONNTYPE_NOTSET`` before ``settype``)."""
+        return self._link.proto.conntype if self._link is not None else CONNTYPE_NOTSET
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the connection was closed (``None`` while open)."""
+        return self._link.proto.close_reason if self._link is not None else None
+
+    def close(self, reason: str | None = None) -> None:
+        """Close this connection (see :meth:`Server.close_connection`).
+
+        Thread safety: any thread.
+        """
+        self.server.close_connection(self.cid, reason)
+
+    def on_connect(self) -> None:
+        """Hook: the TCP connection was accepted (network thread)."""
+
+    def on_handshake_complete(self) -> None:
+        """Hook: the handshake is complete (network thread).
+
+        The default emits ``peng3dnet:server.connection.handshakecomplete``;
+        call ``super()`` when overriding.  The state is ``STATE_ACTIVE``
+        (unless the peer already closed in the same read).
+        """
+        self.server._emit("peng3dnet:server.connection.handshakecomplete", {"client": self})
+
+    def on_close(self, reason: str | None = None) -> None:
+        """Hook: the connection was closed (network thread).  The close event
+        is emitted by the server whatever this does."""
+
+
+class Server(_Peer):
+    """A peng3dnet server: accepts clients and exchanges packets with them.
+
+    Args:
+        peng: A ``peng3d.Peng`` (events are forwarded to it, its config is
+            consulted), or ``None``.
+        addr: Address to bind (see :func:`~peng3dnet.util.normalize_addr_socketstyle`);
+            default from ``net.server.addr`` / ``net.server.addr.host`` + ``.port``.
+        clientcls: Class of the per-connection objects (a :class:`ClientOnServer`).
+        cfg: Config overrides.
+
+    Thread safety: every method may be called from any thread unless its
+    docstring says otherwise.
+    """
+
+    side = SIDE_SERVER
+    _role = "server"
+    _thread_name = "peng3dnet Server Thread"
+
+    def __init__(
+        self,
+        peng: Any = None,
+        addr: Any = None,
+        clientcls: type[ClientOnServer] | None = None,
+        cfg: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(peng, cfg)
+        self.addr: tuple[Any, ...] = _resolve_addr(addr, self.cfg, "net.server")
+        """Address to bind; after :meth:`bind`, the address actually bound."""
+        self.clientcls = clientcls if clientcls is not None else ClientOnServer
+        """Class of the per-connection objects."""
+        self.clients: dict[int, ClientOnServer] = {}
+        """Open connections: cid -> ClientOnServer."""
+        self.sock: socket.socket | None = None
+        """The listening socket (after :meth:`bind`)."""
+        self._cids = itertools.count(1)
+        self._cid_lock = threading.Lock()
+        self._links: dict[int, _Link] = {}
+        self._open_channels = 0
+        self._chan_cond = threading.Condition()
+        self._shutdown_info: dict[str, Any] | None = None
+
+    # --- peng3d-style API (names fixed) ---
+    def addConnType(self, t: str, obj: ConnectionType) -> None:  # noqa: N802
+        """Register a connection type under the name ``t``.
+
+        Raises:
+            AlreadyRegisteredError: The name is taken.
+
+        Thread safety: any thread, before clients connect.
+        """
+        if t in self.conntypes:
+            raise AlreadyRegisteredError(f"connection type {t!r} is already registered")
+        self.conntypes[t] = obj
+
+    def genCID(self) -> int:  # noqa: N802
+        """Return a new connection id: unique, increasing ints from 1.
+
+        Thread safety: any thread.
+        """
+        with self._cid_lock:
+            return next(self._cids)
+
+    def runBlocking(self, selector: Any = selectors.DefaultSelector) -> None:  # noqa: N802
+        """Run the network loop in the calling thread until :meth:`stop`.
+
+        Calls :meth:`initialize` and :meth:`bind` first if needed.
+
+        Args:
+            selector: The selector class to use.
+
+        Thread safety: the calling thread becomes the network thread.
+        """
+        self.initialize()
+        self.bind()
+        self._run_loop(selector)
+
+    def runAsync(self, selector: Any = selectors.DefaultSelector) -> threading.Thread:  # noqa: N802
+        """Start the network loop in a daemon thread "peng3dnet Server Thread".
+
+        Returns at once, after :meth:`initialize` and :meth:`bind` ran (so
+        :attr:`addr` holds the bound address).
+
+        Returns:
+            The thread.
+        """
+        self.initialize()
+        self.bind()
+        t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)
+        self._thread = t
+        self._loop_started = True
+        self._loop_done.clear()
+        t.start()
+        return t
+
+    def sendEvent(self, event: str, data: dict[str, Any] | None = None) -> None:  # noqa: N802
+        """Emit an event: on the blinker bus and, if a Peng was given, to
+        ``peng.sendEvent``.  Adds the ``peng`` and ``server`` keys.
+
+        Thread safety: any thread; handlers run on it.
+        """
+        self._emit(event, dict(data) if data else {})
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def initialize(self) -> None:
+        """Register the internal packets, the connection types and the mixin
+        hooks (``_reg_packets_*``, ``_reg_conntypes_*``); emit ``initialize``.
+        Repeated calls do nothing."""
+        if self._initialized:
+            return
+        self._initialized = True
+        self._register_internal()
+        self._call_hooks()
+        self._emit("peng3dnet:server.initialize", {})
+
+    def bind(self) -> None:
+        """Create the listening socket and bind it (backlog 128); emit ``bind``
+        with the bound address.  Repeated calls do nothing.
+
+        Raises:
+            NetworkError: The address cannot be bound.
+            InvalidAddressError: The address cannot be resolved.
+        """
+        if self.sock is not None:
+            return
+        self.initialize()
+        host, port = self.addr[0], self.addr[1]
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise InvalidAddressError(f"cannot resolve {host!r}: {exc}") from exc
+        family, socktype, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise NetworkError(f"cannot bind {host!r}:{port}: {exc}") from exc
+        sock.setblocking(False)
+        self.sock = sock
+        self.addr = sock.getsockname()[:2]
+        log.info("= server listening on %s", self.addr)
+        self._emit("peng3dnet:server.bind", {"addr": self.addr})
+
+    def _on_loop_start(self) -> None:
+        assert self.sock is not None
+        self._reactor.register(self.sock, EVENT_READ, self._on_accept)
+        self._emit("peng3dnet:server.start", {})
+
+    def _on_accept(self, mask: int) -> None:
+        assert self.sock is not None
+        for _ in range(64):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: try again on the next wake-up
+                log.warning("! server: accept failed: %s", exc)
+                return
+            self._prepare_socket(sock)
+            self._accepted(sock, addr)
+
+    def _accepted(self, sock: socket.socket, addr: Any) -> None:
+        cid = self.genCID()
+        proto = self._new_proto()
+        client = self.clientcls(self, sock, addr, cid)
+        link = _Link(proto, None, client, cid)  # type: ignore[arg-type]
+        link.chan = Channel(sock, self._reactor, lambda mask: self._on_ready(link, mask))
+        client._link = link
+        self.clients[cid] = client
+        self._links[cid] = link
+        with self._chan_cond:
+            self._open_channels += 1
+        log.info("= server cid=%d: connection from %s", cid, addr)
+        if self.cfg["net.debug.print.connect"]:
+            log.info("= server cid=%d connected from %s", cid, addr)
+        self._emit("peng3dnet:server.connection.accept", {"sock": sock, "addr": addr, "client": client, "cid": cid})
+        try:
+            client.on_connect()
+        except Exception:
+            log.exception("! server cid=%d: on_connect raised", cid)
+        with link.chan.lock:
+            proto.initiate()
+            outs = proto.drain_received()
+            link.chan.write(proto.data_to_send())
+        link.chan.update_interest()
+        self._handle_outputs(link, outs)
+
+    def _begin_handshake(self, cid: int) -> None:
+        link = self._links[cid]
+        with link.chan.lock:
+            link.proto.begin_handshake(self.registry.mapping())
+            outs = link.proto.drain_received()
+            link.chan.write(link.proto.data_to_send())
+        self._handle_outputs(link, outs)
+
+    def _emit_conn(self, event: str, link: _Link, data: dict[str, Any]) -> None:
+        data["client"] = link.owner
+        self._emit(event, data)
+
+    def _connection_closed(self, link: _Link, reason: str | None) -> None:
+        client = link.owner
+        self._emit("peng3dnet:server.connection.close", {"client": client, "reason": reason})
+        try:
+            client.on_close(reason)
+        except Exception:
+            log.exception("! server cid=%s: on_close raised", link.cid)
+        self.clients.pop(link.cid, None)  # type: ignore[arg-type]
+
+    def _channel_closed(self, link: _Link) -> None:
+        self._links.pop(link.cid, None)  # type: ignore[arg-type]
+        with self._chan_cond:
+            self._open_channels -= 1
+            self._chan_cond.notify_all()
+
+    def _link(self, cid: int | None) -> _Link:
+        link = self._links.get(cid) if cid is not None else None
+        if link is None or not link.proto.is_open:
+            raise ConnectionClosedError(f"no open connection with cid {cid!r}")
+        return link
+
+    def _on_loop_exit(self) -> None:
+        # Whatever is still open is closed now, so every connection gets its
+        # close event before stop (and shutdown).
+        for link in list(self._links.values()):
+            if link.proto.is_open:
+                self._close_link(link, "servershutdown")
+            if not link.chan.closed:
+                with link.chan.lock:
+                    link.chan.flush()
+                self._force_close(link)
+        self._reactor.run_calls()
+        self._close_listener()
+        self._emit("peng3dnet:server.stop", {"reason": self._stop_reason or "method"})
+        info = self._shutdown_info
+        if info is not None:
+            self._emit("peng3dnet:server.shutdown", info)
+
+    def _close_listener(self) -> None:
+        if self.sock is not None:
+            self._reactor.unregister(self.sock)
+            self.sock.close()
+
+    # --- public API ------------------------------------------------------------------------------
+    def send_message(self, ptype: Any, data: Any, cid: int) -> None:
+        """Send a message to one client.
+
+        Args:
+            ptype: Packet id, name or registered packet object.
+            data: Any msgpack-serializable value.
+            cid: The connection id.
+
+        Raises:
+            ConnectionClosedError: No open connection with that cid.
+            RegistryError: Unknown packet.
+            LocalProtocolError: The packet cannot be sent now (e.g. before the
+                handshake) or the message cannot be encoded.
+
+        Thread safety: any thread, including packet handlers; never blocks on
+        the network.
+        """
+        self._send(self._link(cid), ptype, data)
+
+    def close_connection(self, cid: int, reason: str | None = None) -> None:
+        """Send ``closeconn`` with ``reason`` after what is queued, then close.
+
+        Unknown or already closed cids are ignored.
+
+        Thread safety: any thread.
+        """
+        link = self._links.get(cid)
+        if link is not None:
+            self._close_link(link, reason)
+
+    def process_single_packet(self, client: ClientOnServer) -> bool:
+        """Run the handler of the oldest queued packet of ``client``.
+
+        Returns:
+            Whether a packet was processed.
+        """
+        link = client._link
+        return link is not None and self._process_single(link)
+
+    def receive_data(self, data: bytes, cid: int) -> None:
+        """Feed bytes to a connection as if they came from its socket.
+
+        Thread safety: any thread; outputs are handled on the network thread
+        when the loop runs.
+        """
+        link = self._links.get(cid)
+        if link is None:
+            raise ConnectionClosedError(f"no connection with cid {cid!r}")
+        with link.chan.lock:
+            link.proto.receive_data(data)
+            outs = link.proto.drain_received()
+            link.chan.write(link.proto.data_to_send())
+        if self._loop_active() and not self._reactor.in_loop():
+            self._reactor.call_soon(self._handle_outputs, link, outs)
+        else:
+            self._handle_outputs(link, outs)
+
+    def receive_packet(self, data: bytes, cid: int) -> None:
+        """Feed one packet (header + body, without the length prefix).
+
+        Thread safety: as :meth:`receive_data`.
+        """
+        self.receive_data(LENGTH.pack(len(data)) + data, cid)
+
+    def interrupt(self) -> None:
+        """Wake the network loop and the process waiters; emit ``interrupt``."""
+        self._emit("peng3dnet:server.interrupt", {})
+        self._reactor.wake()
+        self._wake_process()
+
+    def stop(self) -> None:
+        """Stop the network loop and :meth:`process_forever`.
+
+        Open connections are closed (reason ``servershutdown``), then the
+        loop emits ``stop`` (reason ``"method"``) and returns.  For a
+        graceful stop that delivers everything queued, use :meth:`shutdown`.
+        """
+        active = self._loop_active()
+        self._request_stop("method")
+        if not active:
+            self._close_listener()
+            self._emit("peng3dnet:server.stop", {"reason": "method"})
+
+    def shutdown(self, join: bool = True, timeout: float = 0, reason: str = "servershutdown") -> None:
+        """Close every client with ``reason`` (flushing what is queued), stop.
+
+        Args:
+            join: Wait for the clients to be closed and the loop to end.
+            timeout: Longest wait in seconds; 0 means no limit.
+            reason: The close reason sent to every client.
+
+        Emits ``shutdown`` (with ``reason``, ``join``, ``timeout``) after
+        ``stop``.  Thread safety: any thread; from the network thread (e.g.
+        a handler) it does not wait.
+        """
+        self._shutdown_info = {"reason": reason, "join": join, "timeout": timeout}
+        for link in list(self._links.values()):
+            self._close_link(link, reason)
+        if not self._loop_active():
+            # No loop: nothing can flush; _close_link already closed the sockets.
+            self._request_stop("method")
+            self._close_listener()
+            self._emit("peng3dnet:server.stop", {"reason": "method"})
+            self._emit("peng3dnet:server.shutdown", self._shutdown_info)
+            return
+        wait = join and not self._reactor.in_loop()
+        limit = timeout or None
+        if wait:
+            with self._chan_cond:
+                self._chan_cond.wait_for(lambda: self._open_channels <= 0, limit)
+        self._request_stop("method")  # the loop emits stop, then shutdown
+        if wait:
+            self._loop_done.wait(limit)
+
+
+class Client(_Peer):
+    """A peng3dnet client: one connection to a server.
+
+    Args:
+        peng: A ``peng3d.Peng`` (events are forwarded to it, its config is
+            consulted), or ``None``.
+        addr: Server address; default from ``net.client.addr`` /
+            ``net.client.addr.host`` + ``.port``.
+        cfg: Config overrides.
+        conntype: Connection type to request (``"classic"`` or ``"ping"``).
+
+    Thread safety: every method may be called from any thread unless its
+    docstring says otherwise.
+    """
+
+    side = SIDE_CLIENT
+    _role = "client"
+    _thread_name = "peng3dnet Client Thread"
+
+    def __init__(
+        self, peng: Any = None, addr: Any = None, cfg: dict[str, Any] | None = None, conntype: str = CONNTYPE_CLASSIC
+    ) -> None:
+        super().__init__(peng, cfg)
+        self.addr: tuple[Any, ...] = _resolve_addr(addr, self.cfg, "net.client")
+        """The server's address."""
+        self.conntype = conntype
+        """The connection type requested."""
+        self.sock: socket.socket | None = None
+        """The socket (after :meth:`connect`)."""
+        self.cid = None
+        """Always ``None`` on a client (API symmetry with the server)."""
+        self._link_obj: _Link | None = None
+        self._handshake_done = threading.Event()
+        self._closed = threading.Event()
+        self._ping_result: dict[str, Any] | None = None
+        self.close_reason: str | None = None
+        """Why the connection closed (``None`` while open)."""
+
+    # --- peng3d-style API (names fixed) ---
+    def addConnType(self, t: str, obj: ConnectionType) -> None:  # noqa: N802
+        """Register a connection type under the name ``t``.
+
+        Raises:
+            AlreadyRegisteredError: The name is taken.
+        """
+        if t in self.conntypes:
+            raise AlreadyRegisteredError(f"connection type {t!r} is already registered")
+        self.conntypes[t] = obj
+
+    def runBlocking(self, selector: Any = selectors.DefaultSelector) -> None:  # noqa: N802
+        """Run the network loop in the calling thread until the connection
+        closes or :meth:`stop` is called.  Calls :meth:`initialize` and
+        :meth:`connect` first if needed.
+
+        Thread safety: the calling thread becomes the network thread.
+        """
+        self.initialize()
+        self.connect()
+        self._run_loop(selector)
+
+    def runAsync(self, selector: Any = selectors.DefaultSelector) -> threading.Thread:  # noqa: N802
+        """Connect (if needed) and start the loop in a daemon thread
+        "peng3dnet Client Thread"; returns at once.
+
+        Raises:
+            NetworkError: The connection cannot be made.
+        """
+        self.initialize()
+        self.connect()
+        t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)
+        self._thread = t
+        self._loop_started = True
+        self._loop_done.clear()
+        t.start()
+        return t
+
+    def sendEvent(self, event: str, data: dict[str, Any] | None = None) -> None:  # noqa: N802
+        """Emit an event: on the blinker bus and, if a Peng was given, to
+        ``peng.sendEvent``.  Adds the ``peng`` and ``client`` keys.
+
+        Thread safety: any thread; handlers run on it.
+        """
+        self._emit(event, dict(data) if data else {})
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def initialize(self) -> None:
+        """Register internal packets, connection types and mixin hooks; emit
+        ``initialize``.  Repeated calls do nothing."""
+        if self._initialized:
+            return
+        self._initialized = True
+        self._register_internal()
+        self._call_hooks()
+        self._emit("peng3dnet:client.initialize", {})
+
+    def connect(self) -> None:
+        """Open the TCP connection (blocking, up to ``net.client.connect_timeout``);
+        emit ``connect``.  Repeated calls do nothing.
+
+        Raises:
+            NetworkError: The connection cannot be made.
+            InvalidAddressError: The address cannot be resolved.
+        """
+        if self.sock is not None:
+            return
+        self.initialize()
+        if self.conntype not in self.conntypes:
+            raise LocalProtocolError(f"unknown connection type {self.conntype!r}")
+        timeout = float(self.cfg["net.client.connect_timeout"])
+        try:
+            sock = socket.create_connection(self.addr[:2], timeout=timeout)
+        except socket.gaierror as exc:
+            raise InvalidAddressError(f"cannot resolve {self.addr[0]!r}: {exc}") from exc
+        except OSError as exc:
+            raise NetworkError(f"cannot connect to {self.addr}: {exc}") from exc
+        self._prepare_socket(sock)
+        self.sock = sock
+        proto = self._new_proto(self.conntype)
+        link = _Link(proto, None, self, None)  # type: ignore[arg-type]
+        link.chan = Channel(sock, self._reactor, lambda mask: self._on_ready(link, mask))
+        self._link_obj = link
+        log.info("= client: connected to %s", self.addr)
+        if self.cfg["net.debug.print.connect"]:
+            log.info("= client connected to %s", self.addr)
+        self._emit("peng3dnet:client.connect", {"addr": self.addr, "sock": sock})
+        try:
+            self.on_connect()
+        except Exception:
+            log.exception("! client: on_connect raised")
+
+    def _on_loop_start(self) -> None:
+        link = self._link_obj
+        assert link is not None
+        self._emit("peng3dnet:client.start", {})
+        if link.chan.closed:
+            self._reactor.stop()
+            return
+        link.chan.update_interest()
+
+    def _on_loop_exit(self) -> None:
+        link = self._link_obj
+        if link is not None:
+            if link.proto.is_open:
+                self._close_link(link, "clientstop")
+            if not link.chan.closed:
+                with link.chan.lock:
+                    link.chan.flush()
+                self._force_close(link)
+            self._reactor.run_calls()
+        self._emit("peng3dnet:client.stop", {"reason": self._stop_reason or "method"})
+
+    def _emit_conn(self, event: str, link: _Link, data: dict[str, Any]) -> None:
+        self._emit(event, data)
+
+    def _after_handshake(self, link: _Link) -> None:
+        self._handshake_done.set()
+
+    def _connection_closed(self, link: _Link, reason: str | None) -> None:
+        self.close_reason = reason
+        self._emit("peng3dnet:client.close", {"reason": reason})
+        try:
+            self.on_close(reason)
+        except Exception:
+            log.exception("! client: on_close raised")
+        self._closed.set()
+        self._handshake_done.set()  # wake wait_for_connection()
+
+    def _channel_closed(self, link: _Link) -> None:
+        # A client has one connection: when its socket is gone, the loop ends.
+        self._request_stop("connectionclosed")
+
+    def _link(self, cid: int | None) -> _Link:
+        link = self._link_obj
+        if link is None or not link.proto.is_open:
+            raise ConnectionClosedError("client is not connected", self.close_reason)
+        return link
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def on_connect(self) -> None:
+        """Hook: the TCP connection was made (thread of :meth:`connect`)."""
+
+    def on_handshake_complete(self) -> None:
+        """Hook: the handshake is complete (network thread).  The default
+        emits ``peng3dnet:client.handshakecomplete``; call ``super()``."""
+        self._emit("peng3dnet:client.handshakecomplete", {})
+
+    def on_close(self, reason: str | None = None) -> None:
+        """Hook: the connection closed (network thread).  The close event is
+        emitted whatever this does."""
+
+    # --- public API ------------------------------------------------------------------------------
+    @property
+    def state(self) -> int:
+        """The connection's ``STATE_*`` (``STATE_INIT`` before :meth:`connect`)."""
+        return int(self._link_obj.proto.state) if self._link_obj is not None else 0
+
+    @property
+    def remote_version(self) -> str | None:
+        """The server's version string, once ``hello`` arrived."""
+        return self._link_obj.proto.peer_version if self._link_obj is not None else None
+
+    def send_message(self, ptype: Any, data: Any, cid: None = None) -> None:
+        """Send a message to the server.
+
+        Args:
+            ptype: Packet id, name or registered packet object.
+            data: Any msgpack-serializable value.
+            cid: Ignored (API symmetry with the server).
+
+        Raises:
+            ConnectionClosedError: Not connected.
+            RegistryError: Unknown packet.
+            LocalProtocolError: The packet cannot be sent now (e.g. before the
+                handshake; see :meth:`wait_for_connection`).
+
+        Thread safety: any thread; never blocks on the network.
+        """
+        self._send(self._link(None), ptype, data)
+
+    def close(self, reason: str | None = None) -> None:
+        """Close the connection with ``reason`` (see :meth:`close_connection`)."""
+        self.close_connection(None, reason)
+
+    def close_connection(self, cid: None = None, reason: str | None = None) -> None:
+        """Send ``closeconn`` with ``reason`` after what is queued, then close.
+
+        Thread safety: any thread.
+        """
+        link = self._link_obj
+        if link is not None:
+            self._close_link(link, reason)
+
+    def wait_for_connection(self, timeout: float | None = None) -> None:
+        """Block until the handshake is complete.
+
+        Raises:
+            TimedOutError: Not complete within ``timeout`` seconds.
+            ConnectionClosedError: The connection closed first.
+
+        Thread safety: any thread but the network thread.
+        """
+        if not self._handshake_done.wait(timeout):
+            raise TimedOutError(f"handshake not complete after {timeout} s")
+        if self._closed.is_set():
+            raise ConnectionClosedError(f"connection closed: {self.close_reason}", self.close_reason)
+
+    def wait_for_close(self, timeout: float | None = None) -> None:
+        """Block until the connection is closed.
+
+        Raises:
+            TimedOutError: Still open after ``timeout`` seconds.
+
+        Thread safety: any thread but the network thread.
+        """
+        if not self._closed.wait(timeout):
+            raise TimedOutError(f"connection still open after {timeout} s")
+
+    def process_single_packet(self, client: Any = None) -> bool:
+        """Run the handler of the oldest queued packet.
+
+        Returns:
+            Whether a packet was processed.
+        """
+        link = self._link_obj
+        return link is not None and self._process_single(link)
+
+    def pump_write_buffer(self) -> None:
+        """Write buffered outgoing data now, as far as the socket takes it.
+
+        Thread safety: any thread.
+        """
+        link = self._link_obj
+        if link is None or link.chan.closed:
+            return
+        with link.chan.lock:
+            link.chan.flush()
+        if self._loop_active():
+            self._reactor.call_soon(link.chan.update_interest)
+
+    def receive_data(self, data: bytes, cid: None = None) -> None:
+        """Feed bytes as if they came from the socket (testing, replays)."""
+        link = self._link_obj
+        if link is None:
+            raise ConnectionClosedError("client is not connected")
+        with link.chan.lock:
+            link.proto.receive_data(data)
+            outs = link.proto.drain_received()
+            link.chan.write(link.proto.data_to_send())
+        if self._loop_active() and not self._reactor.in_loop():
+            self._reactor.call_soon(self._handle_outputs, link, outs)
+        else:
+            self._handle_outputs(link, outs)
+
+    def receive_packet(self, data: bytes, cid: None = None) -> None:
+        """Feed one packet (header + body, without the length prefix)."""
+        self.receive_data(LENGTH.pack(len(data)) + data)
+
+    def interrupt(self) -> None:
+        """Wake the network loop and the process waiters; emit ``interrupt``."""
+        self._emit("peng3dnet:client.interrupt", {})
+        self._reactor.wake()
+        self._wake_process()
+
+    def stop(self) -> None:
+        """Close the connection if open (reason ``clientstop``), stop the loop
+        and :meth:`process_forever`; the loop emits ``stop`` (reason ``"method"``)."""
+        active = self._loop_active()
+        self._request_stop("method")
+        if not active:
+            link = self._link_obj
+            if link is not None and link.proto.is_open:
+                self._close_link(link, "clientstop")
+            self._emit("peng3dnet:client.stop", {"reason": "method"})

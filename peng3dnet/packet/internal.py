@@ -1,0 +1,55 @@
+"""The internal packets of protocol version 2 (fixed ids 1-4 and 16).
+
+They are registered in every registry so that the handshake's registry
+comparison matches a version-2 peer's.  The protocol core
+(:mod:`peng3dnet.protocol.connection`) handles them; these objects never
+receive anything through ``process()``.
+"""
+
+from __future__ import annotations
+
+from ..constants import PID_CLOSECONN, PID_HANDSHAKE, PID_HANDSHAKE_ACCEPT, PID_HELLO, PID_SETTYPE
+from . import Packet
+
+__all__ = [
+    "INTERNAL_PACKETS",
+    "HelloPacket",
+    "SetTypePacket",
+    "HandshakePacket",
+    "HandshakeAcceptPacket",
+    "CloseConnectionPacket",
+]
+
+
+class _InternalPacket(Packet):
+    state = None
+
+
+class HelloPacket(_InternalPacket):
+    """``peng3dnet:internal.hello``: server -> client, first packet."""
+
+
+class SetTypePacket(_InternalPacket):
+    """``peng3dnet:internal.settype``: client -> server, the connection type."""
+
+
+class HandshakePacket(_InternalPacket):
+    """``peng3dnet:internal.handshake``: server -> client, the registry."""
+
+
+class HandshakeAcceptPacket(_InternalPacket):
+    """``peng3dnet:internal.handshake.accept``: client -> server, handshake done."""
+
+
+class CloseConnectionPacket(_InternalPacket):
+    """``peng3dnet:internal.closeconn``: either side, with a reason."""
+
+
+INTERNAL_PACKETS: tuple[tuple[str, int, type[Packet]], ...] = (
+    ("peng3dnet:internal.hello", PID_HELLO, HelloPacket),
+    ("peng3dnet:internal.settype", PID_SETTYPE, SetTypePacket),
+    ("peng3dnet:internal.handshake", PID_HANDSHAKE, HandshakePacket),
+    ("peng3dnet:internal.handshake.accept", PID_HANDSHAKE_ACCEPT, HandshakeAcceptPacket),
+    ("peng3dnet:internal.closeconn", PID_CLOSECONN, CloseConnectionPacket),
+)
+"""``(name, id, class)`` of every internal packet, registered by ``initialize()``."""

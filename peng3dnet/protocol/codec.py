@@ -1,0 +1,116 @@
+"""Body codec: msgpack with fixed, safe options and bounded zlib.
+
+Theory of operation
+-------------------
+Encoding is ``msgpack.packb(value)`` with msgpack 1.x defaults (str as str,
+bytes as bin), so our bytes are identical to the original library's for the
+same value.  Bodies longer than the compression threshold are compressed
+with ``zlib.compress`` at the configured level and flagged.
+
+Decoding never trusts the peer: decompression stops at
+``max_decompressed_size`` (a zlib bomb is refused after producing at most
+that many bytes), a truncated or trailing-garbage zlib stream is an error,
+and msgpack is unpacked with ``raw=False, strict_map_key=True`` and must be
+exactly one value.  Every failure is a :class:`~peng3dnet.errors.DecodeError`
+or :class:`~peng3dnet.errors.FrameTooLargeError`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import msgpack
+
+from ..constants import FLAG_COMPRESSED
+from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
+
+__all__ = ["pack", "unpack", "compress_body", "decompress_body", "encode_body", "decode_body"]
+
+
+def pack(value: Any) -> bytes:
+    """Serialize one value with msgpack.
+
+    Raises:
+        LocalProtocolError: The value cannot be represented in msgpack.
+    """
+    try:
+        return msgpack.packb(value)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode message: {exc}") from exc
+
+
+def unpack(body: bytes) -> Any:
+    """Deserialize exactly one msgpack value.
+
+    Raises:
+        DecodeError: The body is not exactly one valid msgpack value.
+    """
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many types; all mean "malformed"
+        raise DecodeError(f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack") from exc
+
+
+def compress_body(body: bytes, level: int) -> bytes:
+    """Compress a body in ``zlib.compress`` format."""
+    return zlib.compress(body, level)
+
+
+def decompress_body(body: bytes, max_size: int) -> bytes:
+    """Decompress a zlib body, producing at most ``max_size`` bytes.
+
+    Raises:
+        FrameTooLargeError: The decompressed body would exceed ``max_size``.
+        DecodeError: The data is not one complete zlib stream.
+    """
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(body, max_size)
+    except zlib.error as exc:
+        raise DecodeError(f"malformed zlib body: {exc}", "invalidcompression") from exc
+    if d.unconsumed_tail:
+        raise FrameTooLargeError(f"compressed body expands beyond {max_size} bytes", "packettoolarge")
+    if not d.eof:
+        # Either truncated, or exactly max_size bytes with more to come.
+        try:
+            rest = d.decompress(b"", 1)
+        except zlib.error as exc:
+            raise DecodeError(f"malformed zlib body: {exc}", "invalidcompression") from exc
+        if rest:
+            raise FrameTooLargeError(f"compressed body expands beyond {max_size} bytes", "packettoolarge")
+        if not d.eof:
+            raise DecodeError("truncated zlib body", "invalidcompression")
+    if d.unused_data:
+        raise DecodeError("trailing data after the zlib stream", "invalidcompression")
+    return out
+
+
+def encode_body(value: Any, *, compress: bool, threshold: int, level: int) -> tuple[int, bytes]:
+    """Encode a message into ``(flags, body)``.
+
+    Args:
+        value: Any msgpack-serializable value.
+        compress: Whether compression is enabled.
+        threshold: Bodies longer than this many bytes are compressed.
+        level: zlib level.
+
+    Raises:
+        LocalProtocolError: The value cannot be encoded.
+    """
+    body = pack(value)
+    if compress and len(body) > threshold:
+        return FLAG_COMPRESSED, compress_body(body, level)
+    return 0, body
+
+
+def decode_body(flags: int, body: bytes, max_decompressed_size: int) -> Any:
+    """Decode a body received with the given flags.
+
+    Raises:
+        DecodeError: Malformed zlib or msgpack.
+        FrameTooLargeError: Decompression would exceed the limit.
+    """
+    if flags & FLAG_COMPRESSED:
+        body = decompress_body(body, max_decompressed_size)
+    return unpack(body)

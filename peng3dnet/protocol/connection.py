@@ -1,0 +1,413 @@
+"""ProtocolConnection: one end of a peng3dnet connection, without I/O.
+
+Theory of operation
+-------------------
+The transport feeds received bytes with :meth:`ProtocolConnection.receive_data`
+(and :meth:`~ProtocolConnection.receive_eof` when ``recv()`` returned
+``b""``), then collects what happened with
+:meth:`~ProtocolConnection.drain_received` and writes out
+:meth:`~ProtocolConnection.data_to_send`.  The application sends with
+:meth:`~ProtocolConnection.send_packet` and closes with
+:meth:`~ProtocolConnection.close`.
+
+The connection owns the handshake: it answers ``hello`` with ``settype``
+(client), reports the requested connection type (server, who then calls
+:meth:`~ProtocolConnection.begin_handshake` or closes), syncs the registry
+and answers ``handshake`` with ``handshake.accept`` (client), and handles
+``closeconn`` on both sides.  Every internal packet it receives or sends by
+itself is reported (``PacketReceived`` / ``PacketSent``) in the order it
+happened, so the events layer can emit them in order.
+
+The receive path never raises for anything the peer sends: a protocol error
+becomes a ``closeconn`` with the error's reason plus a
+:class:`ConnectionClosed` output carrying the error, after the outputs of the
+frames that preceded the bad one.  Anything else escaping is our bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ..constants import (
+    CONNTYPE_CLASSIC,
+    CONNTYPE_NOTSET,
+    PID_CLOSECONN,
+    PID_HANDSHAKE,
+    PID_HANDSHAKE_ACCEPT,
+    PID_HELLO,
+    PID_SETTYPE,
+    SIDE_CLIENT,
+    SIDE_SERVER,
+)
+from ..errors import ConnectionClosedError, HandshakeError, LocalProtocolError, RemoteProtocolError
+from ..registry import Registry
+from ..version import PROTOVERSION, VERSION
+from .codec import decode_body, encode_body
+from .framing import Frame, FrameDecoder, encode_frame
+from .handshake import SENDER, HandshakeInput, HandshakeMachine, HandshakeState
+
+__all__ = [
+    "ProtocolConnection",
+    "Output",
+    "PacketReceived",
+    "PacketSent",
+    "ConnTypeRequested",
+    "HandshakeCompleted",
+    "ConnectionClosed",
+]
+
+I = HandshakeInput  # noqa: E741
+
+_INTERNAL_INPUTS: dict[int, HandshakeInput] = {
+    PID_HELLO: I.HELLO,
+    PID_SETTYPE: I.SETTYPE,
+    PID_HANDSHAKE: I.HANDSHAKE,
+    PID_HANDSHAKE_ACCEPT: I.HANDSHAKE_ACCEPT,
+    PID_CLOSECONN: I.CLOSECONN,
+}
+_SIDE_NAMES = {SIDE_SERVER: "server", SIDE_CLIENT: "client"}
+_MAX_REASON = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PacketReceived:
+    """A packet arrived and was decoded (internal packets included).
+
+    ``state`` is the connection's state when the packet arrived (outputs are
+    handled after a whole read, when the state may have moved on).
+    """
+
+    pid: int
+    flags: int
+    msg: Any
+    state: HandshakeState
+
+
+@dataclass(frozen=True, slots=True)
+class PacketSent:
+    """The connection sent an internal packet by itself (or on request)."""
+
+    pid: int
+    msg: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ConnTypeRequested:
+    """Server side: the client asked for a connection type with ``settype``."""
+
+    conntype: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    """The handshake is complete; application packets may flow."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The connection is closed; nothing will be received any more.
+
+    ``by_peer`` is true when the peer sent ``closeconn`` or closed the
+    socket; ``error`` is set when we closed because of a protocol error.
+    """
+
+    reason: str | None
+    by_peer: bool
+    error: RemoteProtocolError | None = None
+
+
+Output = Union[PacketReceived, PacketSent, ConnTypeRequested, HandshakeCompleted, ConnectionClosed]
+
+
+class ProtocolConnection:
+    """One end of a connection: handshake, framing and codec, no I/O.
+
+    Args:
+        side: ``SIDE_SERVER`` or ``SIDE_CLIENT``.
+        registry: Packet registry; a client's is renumbered at the handshake.
+        conntype: Client side: the connection type to request.
+        version: Version string sent in ``hello``/``handshake``.
+        max_packet_size: Largest accepted frame (length prefix value).
+        max_decompressed_size: Largest accepted decompressed body.
+        compress: Compress bodies above ``compress_threshold``.
+        compress_threshold: Size in bytes above which bodies are compressed.
+        compress_level: zlib level.
+        autosync: Client side: check and adopt the server's registry.
+        missing_packet_action: Client side: ``"closeconnection"`` or
+            ``"ignore"`` when the two registries name different packets.
+        hello_extra: Server side: extra keys for ``hello`` (extension offers).
+        settype_extra: Client side: extra keys for ``settype``.
+
+    Not thread safe: one thread at a time (the transport holds a lock).
+    """
+
+    def __init__(
+        self,
+        side: int,
+        *,
+        registry: Registry | None = None,
+        conntype: str = CONNTYPE_CLASSIC,
+        version: str = VERSION,
+        max_packet_size: int = 16 * 1024 * 1024,
+        max_decompressed_size: int = 16 * 1024 * 1024,
+        compress: bool = True,
+        compress_threshold: int = 8192,
+        compress_level: int = 6,
+        autosync: bool = True,
+        missing_packet_action: str = "closeconnection",
+        hello_extra: dict[str, Any] | None = None,
+        settype_extra: dict[str, Any] | None = None,
+    ) -> None:
+        if side not in (SIDE_SERVER, SIDE_CLIENT):
+            raise ValueError(f"invalid side {side!r}")
+        self.side = side
+        """``SIDE_SERVER`` or ``SIDE_CLIENT``."""
+        self.registry = registry if registry is not None else Registry()
+        """The packet registry used for the handshake."""
+        self.conntype: str = conntype if side == SIDE_CLIENT else CONNTYPE_NOTSET
+        """Connection type: requested (client) or chosen by the peer (server)."""
+        self.version = version
+        self.max_packet_size = max_packet_size
+        self.max_decompressed_size = max_decompressed_size
+        self.compress = compress
+        self.compress_threshold = compress_threshold
+        self.compress_level = compress_level
+        self.autosync = autosync
+        self.missing_packet_action = missing_packet_action
+        self.hello_extra = dict(hello_extra or {})
+        self.settype_extra = dict(settype_extra or {})
+        self.peer_version: str | None = None
+        """Version string the peer announced."""
+        self.peer_hello: dict[str, Any] = {}
+        """Client side: the server's ``hello`` message."""
+        self.peer_settype: dict[str, Any] = {}
+        """Server side: the client's ``settype`` message."""
+        self.close_reason: str | None = None
+        """Why the connection closed (``None`` while open, or if the peer gave none)."""
+        self._machine = HandshakeMachine()
+        self._done = False  # ConnectionClosed was output (exactly once)
+        self._decoder = FrameDecoder(max_packet_size)
+        self._frames: list[Frame] = []
+        self._outputs: list[Output] = []
+        self._out: list[bytes] = []
+
+    # --- state ------------------------------------------------------------------------
+    @property
+    def state(self) -> HandshakeState:
+        """Current :class:`HandshakeState`."""
+        return self._machine.state
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is open (not closed, not failed)."""
+        return self._machine.is_open
+
+    # --- receiving ---------------------------------------------------------------------
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes received from the peer.  Data after the close is ignored."""
+        if self._done:
+            return
+        frames = self._frames
+        error: RemoteProtocolError | None = None
+        try:
+            self._decoder.feed(data, frames)
+        except RemoteProtocolError as exc:
+            error = exc
+        try:
+            for pid, flags, body in frames:
+                if self._done:
+                    break
+                self._handle_frame(pid, flags, body)
+        except RemoteProtocolError as exc:
+            error = exc
+        finally:
+            frames.clear()
+        if error is not None and not self._done:
+            self._fail(error)
+
+    def receive_eof(self) -> None:
+        """The peer closed its side of the socket without (or after) ``closeconn``."""
+        if self._done:
+            return
+        self._machine.process(I.EOF)
+        self._done = True
+        self.close_reason = "socketclose"
+        self._outputs.append(ConnectionClosed("socketclose", by_peer=True))
+
+    def drain_received(self) -> list[Output]:
+        """Return and forget what happened since the last call, in order."""
+        out = self._outputs
+        self._outputs = []
+        return out
+
+    def _handle_frame(self, pid: int, flags: int, body: bytes) -> None:
+        inp = _INTERNAL_INPUTS.get(pid)
+        msg = decode_body(flags, body, self.max_decompressed_size)
+        if inp is None:
+            # Rule 3: application packets are judged by their packet class.
+            self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
+            return
+        if not isinstance(msg, dict):
+            raise HandshakeError(f"malformed {inp.value} packet: body is not a map", "invalidpacket")
+        if inp is I.CLOSECONN:
+            reason = msg.get("reason")
+            if reason is not None and not isinstance(reason, str):
+                reason = repr(reason)
+            if reason is not None and len(reason) > _MAX_REASON:
+                reason = reason[:_MAX_REASON]
+            self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
+            self._machine.process(I.CLOSECONN)
+            self._done = True
+            self.close_reason = reason
+            self._outputs.append(ConnectionClosed(reason, by_peer=True))
+            return
+        if SENDER[inp] == self.side:
+            raise HandshakeError(
+                f"peer sent {inp.value}, which only the {_SIDE_NAMES[self.side]} may send", "invalidside"
+            )
+        self._machine.process(inp)
+        self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
+        if inp is I.HELLO:
+            self._on_hello(msg)
+        elif inp is I.SETTYPE:
+            self._on_settype(msg)
+        elif inp is I.HANDSHAKE:
+            self._on_handshake(msg)
+        else:  # HANDSHAKE_ACCEPT
+            self._outputs.append(HandshakeCompleted())
+
+    def _check_version(self, msg: dict[str, Any]) -> None:
+        if msg.get("protoversion") != PROTOVERSION:
+            raise HandshakeError(
+                f"peer speaks protocol version {msg.get('protoversion')!r}, we speak {PROTOVERSION}",
+                "protoversionmismatch",
+            )
+        version = msg.get("version")
+        self.peer_version = version if isinstance(version, str) else None
+
+    def _on_hello(self, msg: dict[str, Any]) -> None:
+        self._check_version(msg)
+        self.peer_hello = msg
+        settype: dict[str, Any] = {"conntype": self.conntype}
+        settype.update(self.settype_extra)
+        self._send_internal(I.SETTYPE, PID_SETTYPE, settype)
+
+    def _on_settype(self, msg: dict[str, Any]) -> None:
+        conntype = msg.get("conntype", CONNTYPE_CLASSIC)
+        if not isinstance(conntype, str):
+            raise HandshakeError(f"malformed settype packet: conntype {conntype!r}", "invalidpacket")
+        self.conntype = conntype
+        self.peer_settype = msg
+        self._outputs.append(ConnTypeRequested(conntype))
+
+    def _on_handshake(self, msg: dict[str, Any]) -> None:
+        self._check_version(msg)
+        reg = msg.get("registry")
+        if not isinstance(reg, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32
+            for k, v in reg.items()
+        ):
+            raise HandshakeError("malformed handshake packet: bad registry", "invalidpacket")
+        if len(set(reg.values())) != len(reg):
+            raise HandshakeError("malformed handshake packet: duplicate ids in registry", "invalidpacket")
+        if self.autosync:
+            ours = self.registry.names()
+            theirs = set(reg)
+            if ours != theirs and self.missing_packet_action != "ignore":
+                raise HandshakeError(
+                    f"packet registries differ: only ours {sorted(ours - theirs)}, only theirs {sorted(theirs - ours)}",
+                    "packetregmismatch",
+                )
+            self.registry.remap(reg)
+        self._send_internal(I.HANDSHAKE_ACCEPT, PID_HANDSHAKE_ACCEPT, {"success": True})
+        self._outputs.append(HandshakeCompleted())
+
+    # --- sending -----------------------------------------------------------------------
+    def initiate(self) -> None:
+        """Server side: start the conversation by sending ``hello``."""
+        if self.side != SIDE_SERVER:
+            raise ValueError("only the server initiates")
+        hello: dict[str, Any] = {"version": self.version, "protoversion": PROTOVERSION}
+        hello.update(self.hello_extra)
+        self._send_internal(I.HELLO, PID_HELLO, hello)
+
+    def begin_handshake(self, registry: dict[str, int]) -> None:
+        """Server side: send ``handshake`` with the given name -> id map.
+
+        Raises:
+            LocalProtocolError: Not in the ``TYPESET`` state.
+        """
+        if self.side != SIDE_SERVER or self._machine.state is not HandshakeState.TYPESET:
+            raise LocalProtocolError(f"cannot begin the handshake in state {self._machine.state.name}")
+        msg = {"version": self.version, "protoversion": PROTOVERSION, "registry": registry}
+        self._send_internal(I.HANDSHAKE, PID_HANDSHAKE, msg)
+
+    def _send_internal(self, inp: HandshakeInput, pid: int, msg: dict[str, Any]) -> None:
+        self._machine.process(inp)
+        self._out.append(self._encode(pid, msg))
+        self._outputs.append(PacketSent(pid, msg))
+
+    def _encode(self, pid: int, msg: Any) -> bytes:
+        flags, body = encode_body(
+            msg, compress=self.compress, threshold=self.compress_threshold, level=self.compress_level
+        )
+        return encode_frame(pid, flags, body)
+
+    def encode_packet(self, pid: int, msg: Any) -> bytes:
+        """Encode a packet with this connection's compression settings.
+
+        Raises:
+            LocalProtocolError: The message cannot be encoded.
+        """
+        return self._encode(pid, msg)
+
+    def send_packet(self, pid: int, msg: Any) -> None:
+        """Queue an application packet (or a raw one, e.g. for ``ping``).
+
+        Raises:
+            ConnectionClosedError: The connection is closed.
+            LocalProtocolError: The message cannot be encoded.
+        """
+        if not self._machine.is_open:
+            raise ConnectionClosedError("connection is closed", self.close_reason)
+        self._out.append(self._encode(pid, msg))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue an already encoded frame (see :meth:`encode_packet`).
+
+        Raises:
+            ConnectionClosedError: The connection is closed.
+        """
+        if not self._machine.is_open:
+            raise ConnectionClosedError("connection is closed", self.close_reason)
+        self._out.append(frame)
+
+    def data_to_send(self) -> bytes:
+        """Return and forget the bytes to write to the peer."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def close(self, reason: str | None = None) -> None:
+        """Send ``closeconn`` with ``reason`` and close.  Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        msg = {"reason": reason}
+        self._out.append(self._encode(PID_CLOSECONN, msg))
+        self._outputs.append(PacketSent(PID_CLOSECONN, msg))
+        self._machine.process(I.CLOSECONN)
+        self.close_reason = reason
+        self._outputs.append(ConnectionClosed(reason, by_peer=False))
+
+    def _fail(self, error: RemoteProtocolError) -> None:
+        self._done = True
+        msg = {"reason": error.reason}
+        self._out.append(self._encode(PID_CLOSECONN, msg))
+        self._outputs.append(PacketSent(PID_CLOSECONN, msg))
+        self._machine.fail()
+        self.close_reason = error.reason
+        self._outputs.append(ConnectionClosed(error.reason, by_peer=False, error=error))

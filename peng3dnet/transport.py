@@ -1,0 +1,370 @@
+"""Sockets and the selector loop: the only module that does network I/O.
+
+Theory of operation
+-------------------
+A :class:`Reactor` owns one selector and runs it on one thread (the network
+thread).  Other threads talk to it only through :meth:`Reactor.call_soon`,
+which queues a callable and wakes the selector through a ``socketpair()``
+(one byte per batch of calls, never a polling sleep).  Timers
+(:meth:`Reactor.call_later`) bound the ``select()`` timeout.
+
+A :class:`Channel` is one connected socket with its outgoing buffer and its
+lock.  A write first tries ``send()`` directly (from whatever thread sends);
+what the kernel does not take is buffered, and ``EVENT_WRITE`` is registered
+only while the buffer is non-empty.  Reading is paused (the socket
+unregistered for ``EVENT_READ``) when the application asks for back-pressure.
+
+Every :class:`OSError` from a socket becomes a
+:class:`~peng3dnet.errors.NetworkError` here (:func:`map_oserror`); the
+transport never looks at payloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import NetworkError
+
+__all__ = ["Reactor", "Channel", "Timer", "map_oserror"]
+
+log = logging.getLogger(__name__)
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+
+@contextlib.contextmanager
+def map_oserror(what: str) -> Iterator[None]:
+    """Turn any :class:`OSError` raised inside into :class:`NetworkError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise NetworkError(f"{what}: {exc}") from exc
+
+
+class Timer:
+    """A scheduled call; :meth:`cancel` it to prevent it from running."""
+
+    __slots__ = ("when", "fn", "cancelled")
+
+    def __init__(self, when: float, fn: Callable[[], Any]) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Prevent the call (any thread)."""
+        self.cancelled = True
+
+
+class Reactor:
+    """A selector loop with cross-thread calls and timers.
+
+    Args:
+        name: Used in log messages.
+
+    Thread safety: :meth:`call_soon`, :meth:`call_later`, :meth:`wake` and
+    :meth:`stop` from any thread; everything else on the network thread.
+    """
+
+    def __init__(self, name: str = "peng3dnet") -> None:
+        self.name = name
+        self.selector: selectors.BaseSelector | None = None
+        # The wake-up pair exists only while run() does (nothing to wake before).
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._wake_pending = False
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self.thread_id: int | None = None
+        """Ident of the thread running :meth:`run`, ``None`` when not running."""
+        self.running = False
+        """Whether :meth:`run` is executing."""
+        self._stopping = False
+        self.closed = False
+        self.read_buffer = bytearray(256 * 1024)
+        """Scratch buffer for ``recv_into`` (network thread only)."""
+
+    # --- cross-thread ------------------------------------------------------------------
+    def in_loop(self) -> bool:
+        """Whether the caller runs on the network thread."""
+        return self.thread_id == threading.get_ident()
+
+    def wake(self) -> None:
+        """Make a blocked ``select()`` return (coalesced; any thread)."""
+        w = self._wake_w
+        if self._wake_pending or w is None:
+            return
+        self._wake_pending = True
+        try:
+            w.send(b"\0")
+        except OSError:  # buffer full (a wake is pending anyway) or closed
+            pass
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the network thread soon (any thread)."""
+        self._calls.append((fn, args))
+        if not self.in_loop():
+            self.wake()
+
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
+        """Run ``fn()`` on the network thread after ``delay`` seconds."""
+        timer = Timer(time.monotonic() + delay, fn)
+        self.call_soon(self._add_timer, timer)
+        return timer
+
+    def _add_timer(self, timer: Timer) -> None:
+        heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
+
+    def _on_wake(self, mask: int) -> None:
+        self._wake_pending = False
+        assert self._wake_r is not None
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    # --- registration (network thread, or before run()) ----------------------------------------
+    def register(self, sock: socket.socket, mask: int, callback: Callable[[int], Any]) -> None:
+        assert self.selector is not None
+        self.selector.register(sock, mask, callback)
+
+    def modify(self, sock: socket.socket, mask: int, callback: Callable[[int], Any]) -> None:
+        assert self.selector is not None
+        self.selector.modify(sock, mask, callback)
+
+    def unregister(self, sock: socket.socket) -> None:
+        if self.selector is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.selector.unregister(sock)
+
+    # --- the loop ---------------------------------------------------------------------
+    def run(self, selector_cls: Callable[[], selectors.BaseSelector], on_start: Callable[[], Any]) -> None:
+        """Run until :meth:`stop`; calls ``on_start()`` on the loop thread first."""
+        if self.closed:
+            raise RuntimeError("a reactor runs only once")
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.selector = selector_cls()
+        self.selector.register(self._wake_r, EVENT_READ, self._on_wake)
+        self.thread_id = threading.get_ident()
+        self.running = True
+        try:
+            on_start()
+            self._loop()
+        finally:
+            self.running = False
+
+    def _loop(self) -> None:
+        sel = self.selector
+        assert sel is not None
+        calls = self._calls
+        timers = self._timers
+        while not self._stopping:
+            if calls:
+                timeout: float | None = 0
+            elif timers:
+                timeout = max(0.0, timers[0][0] - time.monotonic())
+            else:
+                timeout = None
+            try:
+                ready = sel.select(timeout)
+            except InterruptedError:
+                ready = []
+            for key, mask in ready:
+                try:
+                    key.data(mask)
+                except Exception:
+                    log.exception("! %s: unexpected error in I/O callback", self.name)
+            self.run_calls()
+            if timers:
+                now = time.monotonic()
+                while timers and timers[0][0] <= now:
+                    _, _, timer = heapq.heappop(timers)
+                    if not timer.cancelled:
+                        try:
+                            timer.fn()
+                        except Exception:
+                            log.exception("! %s: unexpected error in timer", self.name)
+
+    def run_calls(self) -> None:
+        """Run the queued cross-thread calls (network thread)."""
+        calls = self._calls
+        for _ in range(len(calls)):
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("! %s: unexpected error in queued call %r", self.name, fn)
+
+    def stop(self) -> None:
+        """Ask the loop to return (any thread); also before :meth:`run` started."""
+        self._stopping = True
+        self.wake()
+
+    def close(self) -> None:
+        """Release the selector and the wake-up sockets (after :meth:`run`)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.selector is not None:
+            self.selector.close()
+        w, r = self._wake_w, self._wake_r
+        self._wake_w = self._wake_r = None
+        if w is not None:
+            w.close()
+        if r is not None:
+            r.close()
+        self.thread_id = None
+
+
+class Channel:
+    """One connected socket: outgoing buffer, interest set and lock.
+
+    Args:
+        sock: A connected, non-blocking socket.
+        reactor: The reactor that will serve it.
+        on_ready: Called with the selector mask on the network thread.
+
+    Thread safety: :meth:`write` with :attr:`lock` held, from any thread;
+    the rest on the network thread.
+    """
+
+    __slots__ = (
+        "sock",
+        "reactor",
+        "on_ready",
+        "lock",
+        "out",
+        "mask",
+        "paused",
+        "closing",
+        "closed",
+        "error",
+        "linger",
+        "shut",
+        "__weakref__",
+    )
+
+    def __init__(self, sock: socket.socket, reactor: Reactor, on_ready: Callable[[int], Any]) -> None:
+        self.sock = sock
+        self.reactor = reactor
+        self.on_ready = on_ready
+        self.lock = threading.RLock()
+        """Guards the protocol connection and :attr:`out`."""
+        self.out = bytearray()
+        """Bytes waiting for the socket to become writable."""
+        self.mask = 0
+        self.paused = False
+        self.closing = False
+        self.closed = False
+        self.error: NetworkError | None = None
+        """The socket error that broke this channel, if any."""
+        self.linger: Timer | None = None
+        self.shut = False
+        """Whether our sending side was shut down (``SHUT_WR``)."""
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now if possible, buffer the rest (lock held).
+
+        A socket error is stored in :attr:`error` and the channel is handed to
+        the network thread to be closed; it is not raised.
+        """
+        if not data or self.closed:
+            return
+        if self.out or self.error is not None:
+            self.out += data
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self.error = NetworkError(f"send: {exc}")
+            self.reactor.call_soon(self.on_ready, EVENT_WRITE)
+            return
+        if n < len(data):
+            self.out += memoryview(data)[n:]
+            if self.reactor.in_loop():
+                self.update_interest()
+            else:
+                self.reactor.call_soon(self.update_interest)
+
+    def flush(self) -> bool:
+        """Write as much of :attr:`out` as the socket takes (network thread, lock held).
+
+        Returns:
+            Whether the buffer is now empty.
+        """
+        out = self.out
+        if out and self.error is None:
+            try:
+                n = self.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self.error = NetworkError(f"send: {exc}")
+                return False
+            if n:
+                del out[:n]
+        return not out
+
+    def update_interest(self) -> None:
+        """Register exactly the events we need now (network thread).
+
+        Before the loop runs there is no selector; the loop calls this again
+        when it starts.
+        """
+        if self.closed or self.reactor.selector is None or self.reactor.closed:
+            return
+        # While closing we keep reading (and discarding) until the peer's EOF:
+        # closing a socket with unread input sends RST, which can destroy our
+        # last bytes (the closeconn) in the peer's receive buffer.
+        reading = self.closing or not self.paused
+        mask = (EVENT_READ if reading else 0) | (EVENT_WRITE if self.out and self.error is None else 0)
+        if mask == self.mask:
+            return
+        try:
+            if self.mask == 0:
+                self.reactor.register(self.sock, mask, self.on_ready)
+            elif mask == 0:
+                self.reactor.unregister(self.sock)
+            else:
+                self.reactor.modify(self.sock, mask, self.on_ready)
+        except (KeyError, ValueError, OSError) as exc:
+            log.debug("! interest update failed: %r", exc)
+        self.mask = mask
+
+    def shutdown_write(self) -> None:
+        """Half-close: tell the peer we will send nothing more (network thread)."""
+        if self.shut or self.closed:
+            return
+        self.shut = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Unregister and close the socket (network thread).  Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.linger is not None:
+            self.linger.cancel()
+        if self.mask:
+            self.reactor.unregister(self.sock)
+            self.mask = 0
+        with contextlib.suppress(OSError):
+            self.sock.close()

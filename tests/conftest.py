@@ -1,0 +1,162 @@
+"""Shared fixtures: servers/clients on loopback with port 0, event recorders."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import msgpack
+import pytest
+
+from peng3dnet import events
+from peng3dnet.net import Client, Server
+from peng3dnet.packet import Packet
+from peng3dnet.protocol.framing import FrameDecoder, encode_frame
+
+
+class EchoPacket(Packet):
+    """Server: echo back. Client: record."""
+
+    def __init__(self, reg, peer, obj=None):
+        super().__init__(reg, peer, obj)
+        self.got: list[Any] = []
+        self.cond = threading.Condition()
+
+    def receive(self, msg, cid=None):
+        if self.peer.side == 0:
+            self.peer.send_message("test:echo", msg, cid)
+        with self.cond:
+            self.got.append(msg)
+            self.cond.notify_all()
+
+    def wait_count(self, n: int, timeout: float = 10.0) -> list[Any]:
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(self.got) >= n, timeout):
+                raise AssertionError(f"got {len(self.got)} of {n} messages")
+            return list(self.got)
+
+
+class Recorder:
+    """Records events of one sender, in order, thread-safely."""
+
+    def __init__(self, sender: Any = events.ANY, pattern: str = "peng3dnet:*") -> None:
+        self.items: list[tuple[str, dict]] = []
+        self.cond = threading.Condition()
+        self.pattern = pattern
+        self.sender = sender
+        events.subscribe(pattern, self, sender=sender)
+
+    def __call__(self, event: str, data: dict) -> None:
+        with self.cond:
+            self.items.append((event, data))
+            self.cond.notify_all()
+
+    def names(self) -> list[str]:
+        with self.cond:
+            return [e for e, _ in self.items]
+
+    def wait_for(self, event: str, count: int = 1, timeout: float = 10.0) -> list[dict]:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: sum(1 for e, _ in self.items if e == event) >= count, timeout)
+            if not ok:
+                raise AssertionError(f"event {event} x{count} not seen; got {[e for e, _ in self.items]}")
+            return [d for e, d in self.items if e == event]
+
+    def close(self) -> None:
+        events.unsubscribe(self.pattern, self, sender=self.sender)
+
+
+def make_server(**cfg: Any) -> Server:
+    cfg.setdefault("net.server.addr", ("127.0.0.1", 0))
+    s = Server(cfg=cfg)
+    s.register_packet("test:echo", EchoPacket(s.registry, s))
+    return s
+
+
+def make_client(server: Server, **cfg: Any) -> Client:
+    c = Client(addr=server.addr, cfg=cfg)
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    return c
+
+
+@pytest.fixture
+def server():
+    s = make_server()
+    s.runAsync()
+    s.process_async()
+    yield s
+    s.shutdown(join=True, timeout=5)
+    s.join(5)
+
+
+@pytest.fixture
+def client_factory(server):
+    made: list[Client] = []
+
+    def factory(**cfg: Any) -> Client:
+        c = make_client(server, **cfg)
+        c.runAsync()
+        c.process_async()
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        c.stop()
+        c.join(5)
+
+
+_raw_peers: list["RawPeer"] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_raw_peers():
+    yield
+    while _raw_peers:
+        _raw_peers.pop().close()
+
+
+class RawPeer:
+    """A hand-driven socket speaking (or abusing) the protocol."""
+
+    def __init__(self, addr) -> None:
+        _raw_peers.append(self)
+        self.sock = socket.create_connection(addr[:2], timeout=10)
+        self.dec = FrameDecoder(64 << 20)
+        self.frames: list = []
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_packet(self, pid: int, msg: Any, flags: int = 0) -> None:
+        self.send(encode_frame(pid, flags, msgpack.packb(msg)))
+
+    def recv_packet(self) -> tuple[int, Any]:
+        while not self.frames:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("peer closed")
+            self.dec.feed(data, self.frames)
+        pid, flags, body = self.frames.pop(0)
+        return pid, msgpack.unpackb(body, raw=False)
+
+    def recv_until_close(self) -> list[tuple[int, Any]]:
+        out = []
+        while True:
+            try:
+                out.append(self.recv_packet())
+            except (EOFError, ConnectionResetError):
+                self.close()
+                return out
+
+    def handshake(self) -> dict[str, int]:
+        assert self.recv_packet()[0] == 1
+        self.send_packet(2, {"conntype": "classic"})
+        pid, msg = self.recv_packet()
+        assert pid == 3
+        self.send_packet(4, {"success": True})
+        return msg["registry"]
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,279 @@
+"""ProtocolConnection: handshake, registry sync, errors, closing; no sockets."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peng3dnet.constants import SIDE_CLIENT, SIDE_SERVER
+from peng3dnet.errors import ConnectionClosedError
+from peng3dnet.protocol.connection import (
+    ConnectionClosed,
+    ConnTypeRequested,
+    HandshakeCompleted,
+    PacketReceived,
+    PacketSent,
+    ProtocolConnection,
+)
+from peng3dnet.protocol.framing import FrameDecoder, encode_frame
+from peng3dnet.protocol.handshake import HandshakeState
+from tests.helpers import ConnectionPair, load_vectors, make_registry
+
+
+def kinds(outs):
+    return [type(o).__name__ for o in outs]
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3])
+def test_classic_handshake(chunk):
+    p = ConnectionPair(server_names=("app:a", "app:b"), client_names=("app:b", "app:a"))
+    p.server.initiate()
+    p.pump(chunk)
+    assert p.server.state is HandshakeState.ACTIVE
+    assert p.client.state is HandshakeState.ACTIVE
+    assert kinds(p.c_out) == ["PacketReceived", "PacketSent", "PacketReceived", "PacketSent", "HandshakeCompleted"]
+    assert kinds(p.s_out) == ["PacketSent", "PacketReceived", "ConnTypeRequested", "PacketSent", "PacketReceived", "HandshakeCompleted"]
+    # The client adopted the server's numbering.
+    assert p.creg.mapping() == p.sreg.mapping()
+
+
+def test_application_packets_both_ways():
+    p = ConnectionPair()
+    p.start()
+    pid = p.sreg.get_id("app:a")
+    p.client.send_packet(pid, {"x": 1})
+    p.server.send_packet(pid, [1, 2])
+    p.pump()
+    assert p.s_out[-1] == PacketReceived(pid, 0, {"x": 1}, HandshakeState.ACTIVE)
+    assert p.c_out[-1] == PacketReceived(pid, 0, [1, 2], HandshakeState.ACTIVE)
+
+
+def test_registry_mismatch_closes_with_reason():
+    p = ConnectionPair(server_names=("app:a",), client_names=("app:other",))
+    p.start()
+    closed = [o for o in p.c_out if isinstance(o, ConnectionClosed)]
+    assert closed and closed[0].reason == "packetregmismatch" and closed[0].error is not None
+    assert [o for o in p.s_out if isinstance(o, ConnectionClosed)] == [ConnectionClosed("packetregmismatch", by_peer=True)]
+    assert p.client.state is HandshakeState.ERROR
+
+
+def test_registry_mismatch_ignored_when_configured():
+    p = ConnectionPair(server_names=("app:a", "app:s"), client_names=("app:c", "app:a"), missing_packet_action="ignore")
+    p.start()
+    assert p.client.state is HandshakeState.ACTIVE
+    assert p.creg.get_id("app:a") == p.sreg.get_id("app:a")
+    assert p.creg.get_id("app:c") not in set(p.sreg.mapping().values())
+
+
+def test_protoversion_mismatch():
+    client = ProtocolConnection(SIDE_CLIENT, registry=make_registry())
+    client.receive_data(encode_frame(1, 0, msgpack.packb({"version": "9", "protoversion": 3})))
+    outs = client.drain_received()
+    assert outs[-1].reason == "protoversionmismatch"
+    frames: list = []
+    FrameDecoder(1 << 20).feed(client.data_to_send(), frames)
+    assert frames == [(16, 0, msgpack.packb({"reason": "protoversionmismatch"}))]
+
+
+def test_server_reports_conntype_and_unknown_is_left_to_caller():
+    server = ProtocolConnection(SIDE_SERVER, registry=make_registry())
+    server.initiate()
+    server.data_to_send()
+    server.receive_data(encode_frame(2, 0, msgpack.packb({"conntype": "weird"})))
+    assert [o for o in server.drain_received() if isinstance(o, ConnTypeRequested)] == [ConnTypeRequested("weird")]
+    server.close("unknownconntype")
+    assert server.drain_received()[-1] == ConnectionClosed("unknownconntype", by_peer=False)
+
+
+def test_settype_without_conntype_means_classic():
+    server = ProtocolConnection(SIDE_SERVER, registry=make_registry())
+    server.initiate()
+    server.receive_data(encode_frame(2, 0, msgpack.packb({})))
+    assert ConnTypeRequested("classic") in server.drain_received()
+
+
+@pytest.mark.parametrize(
+    "frame,reason",
+    [
+        (encode_frame(1, 0, msgpack.packb({"version": "x", "protoversion": 2})), "invalidside"),  # hello to a server
+        (encode_frame(4, 0, msgpack.packb({"success": True})), "invalidstate"),  # accept too early
+        (encode_frame(2, 0, msgpack.packb([1, 2])), "invalidpacket"),  # settype not a map
+        (encode_frame(2, 0, msgpack.packb({"conntype": 5})), "invalidpacket"),
+        (encode_frame(2, 0, b"\xc1"), "invalidmsgpack"),
+        (encode_frame(2, 1, b"not zlib"), "invalidcompression"),
+        (b"\x00\x00\x00\x02\x00\x00", "invalidpacket"),
+    ],
+)
+def test_malformed_input_closes_with_reason(frame, reason):
+    server = ProtocolConnection(SIDE_SERVER, registry=make_registry())
+    server.initiate()
+    server.drain_received()
+    server.data_to_send()
+    server.receive_data(frame)
+    outs = server.drain_received()
+    assert isinstance(outs[-1], ConnectionClosed) and outs[-1].reason == reason
+    assert server.state is HandshakeState.ERROR
+    # closeconn with the reason went out
+    frames: list = []
+    FrameDecoder(1 << 20).feed(server.data_to_send(), frames)
+    assert frames[-1][0] == 16 and msgpack.unpackb(frames[-1][2]) == {"reason": reason}
+    # further data is ignored, nothing more happens
+    server.receive_data(frame)
+    assert server.drain_received() == [] and server.data_to_send() == b""
+
+
+def test_handshake_registry_validation():
+    client = ProtocolConnection(SIDE_CLIENT, registry=make_registry())
+    client.receive_data(encode_frame(1, 0, msgpack.packb({"version": "x", "protoversion": 2})))
+    client.receive_data(encode_frame(3, 0, msgpack.packb({"version": "x", "protoversion": 2, "registry": {"a": "b"}})))
+    assert client.drain_received()[-1].reason == "invalidpacket"
+
+
+def test_closeconn_received():
+    p = ConnectionPair()
+    p.start()
+    p.server.close("servershutdown")
+    p.pump()
+    assert p.c_out[-1] == ConnectionClosed("servershutdown", by_peer=True)
+    assert p.client.close_reason == "servershutdown"
+    with pytest.raises(ConnectionClosedError):
+        p.client.send_packet(64, 1)
+
+
+def test_close_is_idempotent_and_eof():
+    p = ConnectionPair()
+    p.start()
+    p.client.drain_received()
+    p.client.close("bye")
+    p.client.close("again")
+    assert [o for o in p.client.drain_received() if isinstance(o, ConnectionClosed)] == [
+        ConnectionClosed("bye", by_peer=False)
+    ]
+    p.server.receive_eof()
+    assert p.server.drain_received()[-1] == ConnectionClosed("socketclose", by_peer=True)
+    p.server.receive_eof()
+    assert p.server.drain_received() == []
+
+
+def test_outputs_of_frames_before_a_bad_one_are_kept():
+    p = ConnectionPair()
+    p.start()
+    p.s_out.clear()
+    pid = p.sreg.get_id("app:a")
+    p.server.receive_data(encode_frame(pid, 0, msgpack.packb(1)) + encode_frame(pid, 8, b""))
+    outs = p.server.drain_received()
+    assert outs[0] == PacketReceived(pid, 0, 1, HandshakeState.ACTIVE)
+    assert outs[-1].reason == "invalidflags"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=10), st.sampled_from([SIDE_SERVER, SIDE_CLIENT]))
+def test_any_bytes_in_any_state_never_raise(chunks, side):
+    conn = ProtocolConnection(side, registry=make_registry("app:a"), max_packet_size=256)
+    if side == SIDE_SERVER:
+        conn.initiate()
+    for c in chunks:
+        conn.receive_data(c)
+    outs = conn.drain_received()
+    closes = [o for o in outs if isinstance(o, ConnectionClosed)]
+    assert len(closes) <= 1
+    assert conn.state in HandshakeState
+    if closes:
+        assert not conn.is_open
+
+
+packets = st.sampled_from(
+    [
+        (1, {"version": "x", "protoversion": 2}),
+        (2, {"conntype": "classic"}),
+        (2, {"conntype": "ping"}),
+        (3, {"version": "x", "protoversion": 2, "registry": {}}),
+        (4, {"success": True}),
+        (16, {"reason": "r"}),
+        (64, {"time": 1.0}),
+        (65, [1]),
+        (7, None),
+        (1, "notamap"),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(packets, max_size=12), st.sampled_from([SIDE_SERVER, SIDE_CLIENT]))
+def test_any_packet_sequence_ends_valid_or_cleanly_closed(seq, side):
+    """Well-formed frames with any internal/app packet in any order."""
+    conn = ProtocolConnection(side, registry=make_registry())
+    if side == SIDE_SERVER:
+        conn.initiate()
+    n_closed = 0
+    for pid, msg in seq:
+        conn.receive_data(encode_frame(pid, 0, msgpack.packb(msg)))
+        for o in conn.drain_received():
+            n_closed += isinstance(o, ConnectionClosed)
+            if isinstance(o, ConnTypeRequested) and o.conntype == "classic":
+                conn.begin_handshake({})
+    assert n_closed <= 1
+    assert conn.is_open == (n_closed == 0)
+
+
+# --- the original library's real bytes --------------------------------------------
+
+
+def test_original_server_stream_drives_our_client():
+    v = load_vectors()["classic"]
+    reg = make_registry("interop:echo")
+    client = ProtocolConnection(SIDE_CLIENT, registry=reg)
+    data = bytes.fromhex(v["s2c_hex"])
+    for i in range(len(data)):  # byte by byte
+        client.receive_data(data[i : i + 1])
+    outs = client.drain_received()
+    assert HandshakeCompleted() in outs
+    apps = [o for o in outs if isinstance(o, PacketReceived) and o.pid == 64]
+    assert [o.msg for o in apps][:4] == [
+        {"i": 0, "x": 1.5, "name": "p0"},
+        [1, "two", 3.25, None, True],
+        "s2s2s2",
+        {"blob": bytes([0, 1, 255]) * 10, "i": 3},
+    ]
+    assert apps[4].flags == 1 and apps[4].msg == {"big": "z" * 20000, "i": 4}
+    # What we sent back equals the original client's bytes for settype and accept.
+    c2s = bytes.fromhex(v["c2s_hex"])
+    assert client.data_to_send() == c2s[:48]
+
+
+def test_original_client_stream_drives_our_server():
+    v = load_vectors()["classic"]
+    reg = make_registry("interop:echo")
+    server = ProtocolConnection(SIDE_SERVER, registry=reg, version="0.1.3a0")
+    server.initiate()
+    s2c = bytes.fromhex(v["s2c_hex"])
+    assert server.data_to_send() == s2c[:41]  # hello is byte-identical
+    server.receive_data(bytes.fromhex(v["c2s_hex"]))
+    outs = server.drain_received()
+    assert outs[1] == ConnTypeRequested("classic") or ConnTypeRequested("classic") in outs
+    # the handshake must be answered before accept is legal: replay in two steps
+    server = ProtocolConnection(SIDE_SERVER, registry=reg, version="0.1.3a0")
+    server.initiate()
+    c2s = bytes.fromhex(v["c2s_hex"])
+    server.receive_data(c2s[:28])
+    server.begin_handshake(reg.mapping())
+    server.receive_data(c2s[28:])
+    outs = server.drain_received()
+    apps = [o.msg for o in outs if isinstance(o, PacketReceived) and o.pid == 64]
+    assert len(apps) == 6 and apps[-1] == 5000015
+    assert outs[-1] == ConnectionClosed("done", by_peer=True)
+    # our encoding of the same application messages is byte-identical (compression included)
+    sent = b"".join(server.encode_packet(64, m) for m in apps)
+    assert sent == s2c[258:]
+
+
+def test_original_ping_reply_parses():
+    v = load_vectors()["ping"]
+    client = ProtocolConnection(SIDE_CLIENT, registry=make_registry(), conntype="ping")
+    client.receive_data(bytes.fromhex(v["s2c_hex"]))
+    outs = client.drain_received()
+    reply = [o for o in outs if isinstance(o, PacketReceived) and o.pid == 65][0].msg
+    assert reply["name"] == "interop" and reply["peng3dnet"]["protoversion"] == 2
+    assert [o for o in outs if isinstance(o, PacketSent)][0].msg == {"conntype": "ping"}

@@ -1,0 +1,133 @@
+"""Framing: encoder, incremental decoder, limits, and the original's real bytes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peng3dnet.errors import DecodeError, FrameTooLargeError, RemoteProtocolError
+from peng3dnet.protocol.framing import FrameDecoder, encode_frame
+from tests.helpers import load_vectors
+
+MAX = 1 << 20
+
+
+def decode_all(data: bytes, chunks: list[int] | None = None, max_size: int = MAX):
+    dec = FrameDecoder(max_size)
+    out: list = []
+    if chunks is None:
+        dec.feed(data, out)
+    else:
+        pos = 0
+        for c in chunks:
+            dec.feed(data[pos : pos + c], out)
+            pos += c
+        dec.feed(data[pos:], out)
+    return out, dec
+
+
+def test_encode_layout():
+    assert encode_frame(64, 1, b"xyz") == b"\x00\x00\x00\x09" + b"\x00\x00\x00\x40" + b"\x00\x01" + b"xyz"
+
+
+def test_decode_many_in_one_read():
+    frames = [(64 + i, 0, bytes([i]) * i) for i in range(50)]
+    data = b"".join(encode_frame(*f) for f in frames)
+    out, dec = decode_all(data)
+    assert out == frames
+    assert dec.buffered == 0
+
+
+def test_decode_byte_by_byte_every_split_point():
+    frames = [(1, 0, b"\x80"), (65, 1, b"x" * 300), (70000, 0, b"")]
+    data = b"".join(encode_frame(*f) for f in frames)
+    out, _ = decode_all(data, [1] * len(data))
+    assert out == frames
+    for split in range(len(data) + 1):
+        out, _ = decode_all(data, [split])
+        assert out == frames, split
+
+
+def test_partial_frame_is_kept_not_lost():
+    data = encode_frame(64, 0, b"hello")
+    dec = FrameDecoder(MAX)
+    out: list = []
+    dec.feed(data[:3], out)  # inside the length prefix
+    assert out == [] and dec.buffered == 3
+    dec.feed(data[3:12], out)
+    assert out == []
+    dec.feed(data[12:], out)
+    assert out == [(64, 0, b"hello")]
+
+
+def test_length_above_limit_refused_before_buffering():
+    dec = FrameDecoder(1000)
+    out: list = []
+    with pytest.raises(FrameTooLargeError) as ei:
+        dec.feed(b"\xff\xff\xff\xff", out)  # a 4 GiB announcement, nothing else
+    assert ei.value.reason == "packettoolarge"
+    assert dec.buffered == 0
+
+
+def test_length_below_header_is_malformed():
+    with pytest.raises(DecodeError):
+        decode_all(b"\x00\x00\x00\x05" + b"\x00" * 5)
+
+
+@pytest.mark.parametrize("flags", [2, 4, 0x8000, 3])
+def test_unknown_flags_are_malformed(flags):
+    with pytest.raises(DecodeError) as ei:
+        decode_all(encode_frame(64, flags, b"\xc0"))
+    assert ei.value.reason == "invalidflags"
+
+
+def test_frames_before_error_are_delivered_and_decoder_poisoned():
+    good = encode_frame(64, 0, b"\xc0")
+    dec = FrameDecoder(MAX)
+    out: list = []
+    with pytest.raises(DecodeError):
+        dec.feed(good + b"\x00\x00\x00\x01\x00", out)
+    assert out == [(64, 0, b"\xc0")]
+    with pytest.raises(DecodeError):
+        dec.feed(good, [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.sampled_from([0, 1]), st.binary(max_size=300)), max_size=20),
+    st.lists(st.integers(1, 50), max_size=40),
+)
+def test_roundtrip_any_chunking(frames, chunks):
+    data = b"".join(encode_frame(*f) for f in frames)
+    out, dec = decode_all(data, chunks)
+    assert out == frames
+    assert dec.buffered == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000), st.lists(st.integers(1, 64), max_size=30))
+def test_garbage_raises_only_remote_protocol_errors(data, chunks):
+    dec = FrameDecoder(4096)
+    out: list = []
+    pos = 0
+    try:
+        for c in [*chunks, len(data)]:
+            dec.feed(data[pos : pos + c], out)
+            pos += c
+    except RemoteProtocolError:
+        pass
+    # The decoder never holds more than one frame of at most max+4 bytes.
+    assert dec.buffered <= 4096 + 4
+
+
+@pytest.mark.parametrize("session", ["classic", "ping"])
+@pytest.mark.parametrize("direction", ["c2s", "s2c"])
+def test_original_streams_decode_whole_and_bytewise(session, direction):
+    v = load_vectors()[session]
+    data = bytes.fromhex(v[f"{direction}_hex"])
+    expected = [(p["pid"], p["flags"], p["body_len"]) for p in v[f"{direction}_packets"]]
+    for chunks in (None, [1] * len(data), [7] * (len(data) // 7)):
+        out, dec = decode_all(data, chunks)
+        assert [(pid, fl, len(b)) for pid, fl, b in out] == expected
+        assert dec.buffered == 0

@@ -1,0 +1,172 @@
+"""Interop with the original peng3dnet 0.1.3a0, run in its own virtualenv.
+
+.ci/run installs it and sets PENG3DNET_ORIG_PYTHON.  Without it these tests
+fail with a message saying how to get it (nothing is skipped silently).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from peng3dnet import events
+from peng3dnet.errors import ConnectionClosedError
+from peng3dnet.ext.ping import PingableServerMixin, pingServer
+from peng3dnet.net import Client, Server
+from peng3dnet.packet import Packet
+from tests.helpers import wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = os.path.join(HERE, "interop", "orig_peer.py")
+MESSAGES = [
+    {"i": 0, "x": 1.5, "name": "p0"},
+    [1, "two", 3.25, None, True],
+    "s2s2s2",
+    {"blob": bytes([0, 1, 255]) * 10, "i": 3},
+    {"big": "z" * 20000, "i": 4},
+    5000015,
+]
+
+
+def orig_python() -> str:
+    default = os.path.join(HERE, "..", ".venv-orig", "bin", "python")
+    py = os.environ.get("PENG3DNET_ORIG_PYTHON") or default
+    if not os.path.exists(py):
+        pytest.fail(
+            "PENG3DNET_ORIG_PYTHON is not set to a python with peng3dnet==0.1.3a0 installed; "
+            "run `bash .ci/run` (it builds that virtualenv) or set it by hand"
+        )
+    return py
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_peer(mode: str, port: int) -> dict:
+    env = dict(os.environ, PYGLET_SHADOW_WINDOW="0")
+    out = subprocess.run(
+        [orig_python(), PEER, mode, str(port)], capture_output=True, text=True, timeout=60, env=env
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"original peer printed nothing; stderr:\n{out.stderr[-2000:]}"
+    return json.loads(lines[-1])
+
+
+class Echo(Packet):
+    def receive(self, msg, cid=None):
+        self.peer.send_message("interop:echo", msg, cid)
+
+
+class PingServer(PingableServerMixin, Server):
+    pingdata = {"name": "ours", "players": 5}
+
+
+def test_original_client_against_our_server():
+    s = PingServer(addr=("127.0.0.1", 0))
+    s.register_packet("interop:echo", Echo(s.registry, s))
+    closes: list = []
+
+    def on_close(event, data):
+        closes.append(data["reason"])
+
+    events.subscribe("peng3dnet:server.connection.close", on_close, sender=s)
+    s.runAsync()
+    s.process_async()
+    try:
+        r = run_peer("client", s.addr[1])
+        assert r == {"handshake": True, "all": True, "echoed_equal": 6, "n": 6}
+        r = run_peer("ping", s.addr[1])
+        assert r["name"] == "ours" and r["players"] == 5 and r["peng3dnet"]["protoversion"] == 2
+        assert r["delay"] >= 0
+        wait_for(lambda: len(closes) == 2, what="both closes")
+        # the original's ping client sends reason null
+        assert closes[1] in (None, "pingcomplete")
+    finally:
+        events.unsubscribe("peng3dnet:server.connection.close", on_close, sender=s)
+        s.shutdown(timeout=5)
+
+
+def test_our_client_against_original_server():
+    port = free_port()
+    env = dict(os.environ, PYGLET_SHADOW_WINDOW="0")
+    proc = subprocess.Popen(
+        [orig_python(), PEER, "server", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", proc.stderr.read() if proc.stderr else line
+        got: list = []
+        done = threading.Event()
+
+        class Rec(Packet):
+            def receive(self, msg, cid=None):
+                got.append(msg)
+                if len(got) == len(MESSAGES):
+                    done.set()
+
+        c = Client(addr=("127.0.0.1", port))
+        c.register_packet("interop:echo", Rec(c.registry, c))
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(15)
+        assert c.remote_version == "0.1.3a0"
+        for m in MESSAGES:
+            c.send_message("interop:echo", m)
+        assert done.wait(15)
+        assert got == MESSAGES
+        c.close("done")
+        c.wait_for_close(10)
+        c.join(10)
+        r = pingServer(addr=("127.0.0.1", port), timeout=15)
+        assert r["name"] == "interop" and r["players"] == 3
+        assert r["peng3dnet"]["version"] == "0.1.3a0" and r["delay"] >= 0
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+
+
+def test_registry_mismatch_with_original_server():
+    port = free_port()
+    env = dict(os.environ, PYGLET_SHADOW_WINDOW="0")
+    proc = subprocess.Popen(
+        [orig_python(), PEER, "server", str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+        c = Client(addr=("127.0.0.1", port))
+        c.register_packet("something:else", Packet(c.registry, c))
+        c.runAsync()
+        with pytest.raises(ConnectionClosedError):
+            c.wait_for_connection(15)
+        assert c.close_reason == "packetregmismatch"
+        c.join(10)
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+

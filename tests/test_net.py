@@ -1,0 +1,461 @@
+"""Loopback integration tests of Server / Client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import zlib
+
+import msgpack
+import pytest
+
+from peng3dnet import errors
+from peng3dnet.constants import STATE_ACTIVE
+from peng3dnet.ext.ping import PingableServerMixin, pingServer
+from peng3dnet.net import Client, ClientOnServer, Server
+from peng3dnet.packet import Packet, SmartPacket
+from peng3dnet.protocol.framing import encode_frame
+from tests.conftest import EchoPacket, RawPeer, Recorder, make_client, make_server
+from tests.helpers import active_cids, wait_for
+
+
+def test_echo_roundtrip(server, client_factory):
+    c = client_factory()
+    c.wait_for_connection(10)
+    assert c.state == STATE_ACTIVE
+    c.send_message("test:echo", {"hello": [1, 2.5, b"\x00"]})
+    assert c.registry.get_obj("test:echo").wait_count(1) == [{"hello": [1, 2.5, b"\x00"]}]
+
+
+def test_send_by_id_name_and_object(server, client_factory):
+    c = client_factory()
+    c.wait_for_connection(10)
+    obj = c.registry.get_obj("test:echo")
+    c.send_message(c.registry.get_id("test:echo"), 1)
+    c.send_message("test:echo", 2)
+    c.send_message(obj, 3)
+    assert obj.wait_count(3) == [1, 2, 3]
+
+
+def test_large_compressed_message(server, client_factory):
+    c = client_factory()
+    c.wait_for_connection(10)
+    big = {"blob": "z" * 3_000_000}
+    c.send_message("test:echo", big)
+    assert c.registry.get_obj("test:echo").wait_count(1)[0] == big
+
+
+@pytest.mark.parametrize("direction", ["c2s", "s2c"])
+def test_100k_back_to_back_messages_complete_and_in_order(direction):
+    n = 100_000
+    got: list = []
+    done = threading.Event()
+
+    class Sink(Packet):
+        def receive(self, msg, cid=None):
+            got.append(msg)
+            if len(got) == n:
+                done.set()
+
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+    s.register_packet("t:m", Sink(s.registry, s))
+    s.runAsync()
+    s.process_async()
+    c = Client(addr=s.addr)
+    c.register_packet("t:m", Sink(c.registry, c))
+    c.runAsync()
+    c.process_async()
+    try:
+        c.wait_for_connection(10)
+        if direction == "c2s":
+            for i in range(n):
+                c.send_message("t:m", i)
+        else:
+            (cid,) = active_cids(s)
+            for i in range(n):
+                s.send_message("t:m", i, cid)
+        assert done.wait(60), f"only {len(got)} of {n} arrived"
+        assert got == list(range(n))
+    finally:
+        c.stop()
+        c.join(5)
+        s.shutdown(timeout=5)
+
+
+def test_send_before_handshake_is_a_local_error(server):
+    c = make_client(server)
+    c.connect()  # loop not running: no handshake can happen
+    with pytest.raises(errors.LocalProtocolError):
+        c.send_message("test:echo", 1)
+    with pytest.raises(errors.RegistryError):
+        c.send_message("nope:nope", 1)
+    c.stop()
+
+
+def test_unknown_packet_and_closed_cid(server, client_factory):
+    c = client_factory()
+    c.wait_for_connection(10)
+    with pytest.raises(errors.RegistryError):
+        server.send_message("nope:nope", 1, active_cids(server)[0])
+    with pytest.raises(errors.ConnectionClosedError):
+        server.send_message("test:echo", 1, 999999)
+
+
+def test_close_connection_flushes_queued_then_closes_with_reason(server, client_factory):
+    c = client_factory()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(server)
+    for i in range(1000):
+        server.send_message("test:echo", i, cid)
+    server.close_connection(cid, "kicked")
+    c.wait_for_close(10)
+    assert c.close_reason == "kicked"
+    assert c.registry.get_obj("test:echo").wait_count(1000) == list(range(1000))
+
+
+def test_client_close_reason_reaches_server(server, client_factory):
+    rec = Recorder(server, "peng3dnet:server.connection.close")
+    try:
+        c = client_factory()
+        c.wait_for_connection(10)
+        c.close("done")
+        (d,) = rec.wait_for("peng3dnet:server.connection.close")
+        assert d["reason"] == "done"
+        c.wait_for_close(10)
+        c.join(10)  # the client loop ends by itself after the close
+    finally:
+        rec.close()
+
+
+def test_shutdown_delivers_everything_and_closeconn_to_every_client():
+    s = make_server()
+    s.runAsync()
+    s.process_async()
+    clients = [make_client(s) for _ in range(3)]
+    for c in clients:
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+    for cid in active_cids(s, 3):
+        for i in range(500):
+            s.send_message("test:echo", {"i": i, "pad": "x" * 200}, cid)
+    s.shutdown(join=True, timeout=10)
+    for c in clients:
+        c.wait_for_close(10)
+        assert c.close_reason == "servershutdown"
+        assert len(c.registry.get_obj("test:echo").wait_count(500)) == 500
+        c.join(5)
+    s.join(5)
+
+
+def test_unknown_conntype_is_refused(server):
+    peer = RawPeer(server.addr)
+    assert peer.recv_packet()[0] == 1
+    peer.send_packet(2, {"conntype": "teleport"})
+    assert peer.recv_until_close() == [(16, {"reason": "unknownconntype"})]
+
+
+def test_registry_mismatch_client_side(server):
+    c = Client(addr=server.addr)
+    c.register_packet("other:packet", EchoPacket(c.registry, c))
+    c.runAsync()
+    with pytest.raises(errors.ConnectionClosedError):
+        c.wait_for_connection(10)
+    assert c.close_reason == "packetregmismatch"
+    c.join(5)
+
+
+HOSTILE = {
+    "length_below_header": (b"\x00\x00\x00\x03abc", "invalidpacket"),
+    "length_4GiB": (b"\xff\xff\xff\xff", "packettoolarge"),
+    "unknown_flags": (encode_frame(64, 2, msgpack.packb(1)), "invalidflags"),
+    "bad_msgpack": (encode_frame(64, 0, b"\xc1"), "invalidmsgpack"),
+    "bad_zlib": (encode_frame(64, 1, b"garbage"), "invalidcompression"),
+    "zlib_bomb": (encode_frame(64, 1, zlib.compress(b"\0" * (64 << 20), 9)), "packettoolarge"),
+    "unknown_pid": (encode_frame(4000, 0, msgpack.packb(1)), "unknownpacket"),
+    "reserved_pid": (encode_frame(20, 0, msgpack.packb(1)), "unknownpacket"),
+    "hello_from_client": (encode_frame(1, 0, msgpack.packb({"version": "x", "protoversion": 2})), "invalidside"),
+    "handshake_again": (encode_frame(4, 0, msgpack.packb({"success": True})), "invalidstate"),
+    "closeconn_weird_reason": (encode_frame(16, 0, msgpack.packb({"reason": [1, 2]})), "[1, 2]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_peer_closes_only_its_connection(case):
+    payload, reason = HOSTILE[case]
+    s = make_server(**{"net.limits.max_packet_size": 1 << 20, "net.limits.max_decompressed_size": 1 << 20})
+    rec = Recorder(s, "peng3dnet:server.connection.*")
+    s.runAsync()
+    s.process_async()
+    try:
+        good = make_client(s)
+        good.runAsync()
+        good.process_async()
+        good.wait_for_connection(10)
+        bad = RawPeer(s.addr)
+        bad.handshake()
+        bad.send(payload)
+        tail = bad.recv_until_close()
+        if case != "closeconn_weird_reason":
+            assert tail[-1] == (16, {"reason": reason})
+        closes = rec.wait_for("peng3dnet:server.connection.close", 1)
+        assert closes[0]["reason"] == reason
+        # the server and the other connection are unaffected
+        good.send_message("test:echo", "still here")
+        assert good.registry.get_obj("test:echo").wait_count(1) == ["still here"]
+        late = make_client(s)
+        late.runAsync()
+        late.wait_for_connection(10)
+        late.stop()
+        late.join(5)
+        good.stop()
+        good.join(5)
+        rec.wait_for("peng3dnet:server.connection.close", 3)
+        accepts = rec.wait_for("peng3dnet:server.connection.accept", 3)
+        # exactly one close per accepted connection
+        closed_cids = sorted(d["client"].cid for d in rec.wait_for("peng3dnet:server.connection.close", 3))
+        assert closed_cids == sorted(d["cid"] for d in accepts)
+    finally:
+        s.shutdown(timeout=5)
+        rec.close()
+
+
+def test_connection_that_fails_before_handshake_gets_one_close(server):
+    rec = Recorder(server, "peng3dnet:server.connection.*")
+    try:
+        peer = RawPeer(server.addr)
+        peer.recv_packet()
+        peer.close()  # vanish without a word
+        (d,) = rec.wait_for("peng3dnet:server.connection.close")
+        assert d["reason"] == "socketclose"
+        assert "peng3dnet:server.connection.handshakecomplete" not in rec.names()
+    finally:
+        rec.close()
+
+
+class Limited(SmartPacket):
+    side = 0  # only the server sends it
+    invalid_action = "close"
+
+
+class Ignored(SmartPacket):
+    side = 0
+
+
+def test_smartpacket_side_rules():
+    s = make_server()
+    s.register_packet("t:limited", Limited(s.registry, s))
+    s.register_packet("t:ignored", Ignored(s.registry, s))
+    s.runAsync()
+    s.process_async()
+    try:
+        peer = RawPeer(s.addr)
+        reg = peer.handshake()
+        peer.send_packet(reg["t:ignored"], 1)  # ignored, connection stays
+        peer.send_packet(reg["test:echo"], "alive")
+        assert peer.recv_packet() == (reg["test:echo"], "alive")
+        peer.send_packet(reg["t:limited"], 1)
+        assert peer.recv_until_close() == [(16, {"reason": "smartpacketinvalid"})]
+        # a client may not send a server-only packet either
+        c = Client(addr=s.addr)
+        for name in ("test:echo", "t:limited", "t:ignored"):
+            c.register_packet(name, Limited(c.registry, c) if name != "test:echo" else EchoPacket(c.registry, c))
+        c.runAsync()
+        c.wait_for_connection(10)
+        with pytest.raises(errors.LocalProtocolError):
+            c.send_message("t:limited", 1)
+        c.stop()
+        c.join(5)
+    finally:
+        s.shutdown(timeout=5)
+
+
+def test_application_packet_before_handshake_closes(server):
+    peer = RawPeer(server.addr)
+    assert peer.recv_packet()[0] == 1
+    peer.send_packet(2, {"conntype": "classic"})
+    pid, msg = peer.recv_packet()
+    peer.send_packet(msg["registry"]["test:echo"], "too early")
+    assert peer.recv_until_close() == [(16, {"reason": "smartpacketinvalid"})]
+
+
+def test_backpressure_pauses_reading_and_loses_nothing():
+    got: list = []
+
+    class Slow(Packet):
+        def receive(self, msg, cid=None):
+            got.append(msg)
+
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.limits.recv_queue": 100})
+    s.register_packet("t:m", Slow(s.registry, s))
+    s.runAsync()  # nobody calls process() yet
+    try:
+        c = Client(addr=s.addr)
+        c.register_packet("t:m", Slow(c.registry, c))
+        c.runAsync()
+        c.wait_for_connection(10)
+        for i in range(5000):
+            c.send_message("t:m", {"i": i, "pad": "p" * 100})
+        link = next(iter(s._links.values()))
+        wait_for(lambda: link.chan.paused, what="reading to pause")
+        # bounded while paused: the limit plus what one read (256 KiB) held
+        queued = link.queued
+        assert 100 <= queued <= 100 + 256 * 1024 // 100
+        assert queued < 5000  # the rest waits in the kernel, unread
+        total = 0
+        while total < 5000:
+            total += s.process(wait=True, timeout=10)
+        assert [m["i"] for m in got] == list(range(5000))
+        c.stop()
+        c.join(5)
+    finally:
+        s.shutdown(timeout=5)
+
+
+def test_process_wait_and_process_forever_stop_promptly():
+    s = make_server()
+    s.runAsync()
+    try:
+        assert s.process(wait=True, timeout=0.05) == 0  # times out, returns
+        t = s.process_async()
+        assert t.name == "peng3dnet process Thread"
+        s.stop()
+        t.join(5)
+        assert not t.is_alive()
+        s.join(5)
+    finally:
+        s.shutdown(timeout=1)
+
+
+def test_threads_are_named_and_daemon(server, client_factory):
+    c = client_factory()
+    c.wait_for_connection(10)
+    names = {t.name: t.daemon for t in threading.enumerate()}
+    assert names.get("peng3dnet Server Thread") is True
+    assert names.get("peng3dnet Client Thread") is True
+
+
+def test_repeated_calls_are_ignored_and_cids_increase():
+    s = make_server()
+    s.initialize()
+    s.initialize()
+    s.bind()
+    addr = s.addr
+    s.bind()
+    assert s.addr == addr
+    a, b, c = s.genCID(), s.genCID(), s.genCID()
+    assert a < b < c
+    with pytest.raises(errors.AlreadyRegisteredError):
+        s.addConnType("classic", object())
+    s.shutdown()
+
+
+def test_mixin_hooks_called_by_initialize():
+    calls = []
+
+    class M:
+        def _reg_packets_game(self):
+            calls.append("packets")
+            self.register_packet("game:x", Packet(self.registry, self))
+
+        def _reg_conntypes_game(self):
+            calls.append("conntypes")
+
+    class S(M, Server):
+        pass
+
+    s = S(addr=("127.0.0.1", 0))
+    s.initialize()
+    assert calls == ["packets", "conntypes"] and "game:x" in s.registry
+
+
+def test_ping(server):
+    class PS(PingableServerMixin, Server):
+        pingdata = {"name": "srv", "players": 2}
+
+    s = PS(addr=("127.0.0.1", 0))
+    s.runAsync()
+    try:
+        r = pingServer(addr=s.addr, timeout=10)
+        assert r["name"] == "srv" and r["players"] == 2
+        assert r["peng3dnet"]["protoversion"] == 2
+        assert r["delay"] >= 0 and "time" in r["oldmsg"]
+    finally:
+        s.shutdown(timeout=5)
+
+
+def test_ping_with_garbage_request_is_closed(server):
+    peer = RawPeer(server.addr)
+    peer.recv_packet()
+    peer.send_packet(2, {"conntype": "ping"})
+    peer.send_packet(64, [1, 2, 3])
+    assert peer.recv_until_close() == [(16, {"reason": "invalidpingpacket"})]
+
+
+def test_custom_clientcls_and_hooks():
+    seen = []
+
+    class MyClient(ClientOnServer):
+        def on_connect(self):
+            seen.append(("connect", self.cid))
+
+        def on_handshake_complete(self):
+            super().on_handshake_complete()
+            seen.append(("hs", self.conntype, self.state))
+
+        def on_close(self, reason=None):
+            seen.append(("close", reason))
+
+    s = Server(addr=("127.0.0.1", 0), clientcls=MyClient)
+    s.register_packet("test:echo", EchoPacket(s.registry, s))
+    s.runAsync()
+    done = threading.Event()
+
+    class C(Client):
+        def on_close(self, reason=None):
+            done.set()
+
+    try:
+        c = C(addr=s.addr)
+        c.register_packet("test:echo", EchoPacket(c.registry, c))
+        c.runAsync()
+        c.wait_for_connection(10)
+        active_cids(s)
+        assert isinstance(next(iter(s.clients.values())), MyClient)
+        c.close("bye")
+        assert done.wait(10)
+        wait_for(lambda: len(seen) == 3, what="hooks")
+        assert seen == [("connect", 1), ("hs", "classic", STATE_ACTIVE), ("close", "bye")]
+    finally:
+        s.shutdown(timeout=5)
+
+
+def test_ipv6_loopback():
+    if not socket.has_ipv6:
+        pytest.fail("this machine has no IPv6 support; the test needs ::1")
+    s = make_server(**{"net.server.addr": "[::1]:0"})
+    s.runAsync()
+    s.process_async()
+    try:
+        assert s.addr[0] == "::1"
+        c = Client(addr=f"[::1]:{s.addr[1]}")
+        c.register_packet("test:echo", EchoPacket(c.registry, c))
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+        c.send_message("test:echo", "v6")
+        assert c.registry.get_obj("test:echo").wait_count(1) == ["v6"]
+        c.stop()
+        c.join(5)
+    finally:
+        s.shutdown(timeout=5)
+
+
+def test_connect_refused_is_network_error():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    c = Client(addr=("127.0.0.1", port))
+    with pytest.raises(errors.NetworkError):
+        c.connect()

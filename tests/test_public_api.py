@@ -1,0 +1,107 @@
+"""Pins the public names (a rename is a breaking change)."""
+
+from __future__ import annotations
+
+import inspect
+
+import peng3dnet
+from peng3dnet import constants, net
+from peng3dnet.ext import ping
+
+SERVER_API = {
+    "addConnType": "(t, obj)",
+    "bind": "()",
+    "close_connection": "(cid, reason=None)",
+    "genCID": "()",
+    "initialize": "()",
+    "interrupt": "()",
+    "join": "(timeout=None)",
+    "process": "(wait=False, timeout=None)",
+    "process_async": "()",
+    "process_forever": "()",
+    "process_single_packet": "(client)",
+    "receive_data": "(data, cid)",
+    "receive_packet": "(data, cid)",
+    "register_packet": "(name, obj, n=None)",
+    "runAsync": "(selector=<class 'selectors.EpollSelector'>)",
+    "runBlocking": "(selector=<class 'selectors.EpollSelector'>)",
+    "sendEvent": "(event, data=None)",
+    "send_message": "(ptype, data, cid)",
+    "shutdown": "(join=True, timeout=0, reason='servershutdown')",
+    "stop": "()",
+}
+CLIENT_API = {
+    "addConnType": "(t, obj)",
+    "close": "(reason=None)",
+    "close_connection": "(cid=None, reason=None)",
+    "connect": "()",
+    "initialize": "()",
+    "interrupt": "()",
+    "join": "(timeout=None)",
+    "on_close": "(reason=None)",
+    "on_connect": "()",
+    "on_handshake_complete": "()",
+    "process": "(wait=False, timeout=None)",
+    "process_async": "()",
+    "process_forever": "()",
+    "process_single_packet": "(client=None)",
+    "pump_write_buffer": "()",
+    "receive_data": "(data, cid=None)",
+    "receive_packet": "(data, cid=None)",
+    "register_packet": "(name, obj, n=None)",
+    "runAsync": "(selector=<class 'selectors.EpollSelector'>)",
+    "runBlocking": "(selector=<class 'selectors.EpollSelector'>)",
+    "sendEvent": "(event, data=None)",
+    "send_message": "(ptype, data, cid=None)",
+    "stop": "()",
+    "wait_for_connection": "(timeout=None)",
+    "wait_for_close": "(timeout=None)",
+}
+
+
+def sig(func) -> str:
+    s = inspect.signature(func)
+    params = [p for name, p in s.parameters.items() if name != "self"]
+    return str(s.replace(parameters=params, return_annotation=inspect.Signature.empty)).replace("'", "'")
+
+
+def strip_annotations(func) -> str:
+    s = inspect.signature(func)
+    params = [
+        p.replace(annotation=inspect.Parameter.empty) for name, p in s.parameters.items() if name != "self"
+    ]
+    return str(s.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+def test_server_methods():
+    for name, expected in SERVER_API.items():
+        assert strip_annotations(getattr(net.Server, name)) == expected, name
+
+
+def test_client_methods():
+    for name, expected in CLIENT_API.items():
+        assert strip_annotations(getattr(net.Client, name)) == expected, name
+
+
+def test_constructors():
+    assert strip_annotations(net.Server.__init__) == "(peng=None, addr=None, clientcls=None, cfg=None)"
+    assert strip_annotations(net.Client.__init__) == "(peng=None, addr=None, cfg=None, conntype='classic')"
+    assert strip_annotations(net.ClientOnServer.__init__) == "(server, conn, addr, cid)"
+    for name in ("close", "on_close", "on_connect", "on_handshake_complete"):
+        assert hasattr(net.ClientOnServer, name)
+    assert strip_annotations(ping.pingServer).startswith("(peng=None, addr=None, cfg=None, data=None, clientcls=")
+
+
+def test_structs_and_constants():
+    assert net.STRUCT_HEADER.format == "!IH" and net.STRUCT_LENGTH32.format == "!I"
+    assert peng3dnet.PROTOVERSION == 2
+    for name in ("CONNTYPE_CLASSIC", "CONNTYPE_PING", "CONNTYPE_NOTSET", "STATE_ACTIVE", "MODE_CLASSIC",
+                 "SIDE_SERVER", "SIDE_CLIENT", "SSLSEC_NONE", "SSLSEC_BOTHAUTH", "FLAG_COMPRESSED", "DEFAULT_CONFIG",
+                 "STRUCT_FORMAT_HEADER", "STRUCT_FORMAT_LENGTH32"):
+        assert hasattr(constants, name), name
+    assert constants.CONNTYPE_CLASSIC == "classic" and constants.CONNTYPE_PING == "ping"
+
+
+def test_package_exports():
+    for name in peng3dnet.__all__:
+        assert hasattr(peng3dnet, name), name

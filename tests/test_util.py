@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import pytest
+
+from peng3dnet.errors import AlreadyRegisteredError, InvalidAddressError, RegistryError
+from peng3dnet.net import Client, Server
+from peng3dnet.registry import Registry
+from peng3dnet.util import ConfigView, normalize_addr_socketstyle
+
+
+@pytest.mark.parametrize(
+    "addr,expected",
+    [
+        (("h", 1), ("h", 1)),
+        (["h", "2"], ("h", 2)),
+        ("host:80", ("host", 80)),
+        ("host", ("host", 9)),
+        ("[::1]:5", ("::1", 5)),
+        ("[::1]", ("::1", 9)),
+        ("::1", ("::1", 9)),
+        ("fe80::1%eth0", ("fe80::1%eth0", 9)),
+        (("::1", 5, 0, 0), ("::1", 5, 0, 0)),
+    ],
+)
+def test_normalize(addr, expected):
+    assert normalize_addr_socketstyle(addr, 9) == expected
+
+
+@pytest.mark.parametrize("addr", ["", "host:x", "host:70000", "[::1", "[::1]x", ("h",), (1, 2), None, ":5"])
+def test_normalize_invalid(addr):
+    with pytest.raises(InvalidAddressError):
+        normalize_addr_socketstyle(addr, 9)
+
+
+def test_normalize_needs_a_port():
+    with pytest.raises(InvalidAddressError):
+        normalize_addr_socketstyle("host")
+    with pytest.raises(ValueError):  # InvalidAddressError is a ValueError
+        normalize_addr_socketstyle("host:-1")
+
+
+def test_addr_resolution_from_config():
+    assert Server(cfg={"net.server.addr.host": "127.0.0.2", "net.server.addr.port": 7}).addr == ("127.0.0.2", 7)
+    assert Server(cfg={"net.server.addr": "a:1"}).addr == ("a", 1)
+    assert Server(cfg={"net.server.addr": "a", "net.server.addr.port": 3}).addr == ("a", 3)
+    assert Server(addr="b", cfg={"net.server.addr.port": 4}).addr == ("b", 4)
+    assert Client(cfg={"net.client.addr.host": "c", "net.client.addr.port": 5}).addr == ("c", 5)
+
+
+class FakePengCfg:
+    def __init__(self):
+        self.d = {"net.compress.level": 1}
+
+    def __getitem__(self, k):
+        return self.d[k]
+
+
+class FakePeng:
+    def __init__(self):
+        self.cfg = FakePengCfg()
+
+
+def test_config_layering_sees_peng_changes():
+    peng = FakePeng()
+    cfg = ConfigView({"net.compress.threshold": 5}, peng)
+    assert cfg["net.compress.threshold"] == 5
+    assert cfg["net.compress.level"] == 1
+    peng.cfg.d["net.compress.level"] = 9
+    assert cfg["net.compress.level"] == 9
+    assert cfg["net.compress.enabled"] is True
+    with pytest.raises(KeyError):
+        cfg["no.such.key"]
+
+
+def test_registry():
+    r = Registry()
+    ybj = object()
+    assert r.register("a:x", "X") == 64
+    assert r.register("a:y", ybj, 70) == 70
+    assert r.register("a:z", "Z") == 65
+    with pytest.raises(AlreadyRegisteredError):
+        r.register("a:x", 1)
+    with pytest.raises(AlreadyRegisteredError):
+        r.register("a:w", 1, 70)
+    with pytest.raises(RegistryError):
+        r.register("", 1)
+    with pytest.raises(RegistryError):
+        r.register("a:v", 1, -1)
+    assert r.get_id("a:y") == 70 and r.get_name(64) == "a:x" and r.get_obj("a:z") == "Z"
+    assert r.get_id(ybj) == 70  # object lookup
+    with pytest.raises(RegistryError):
+        r.get_id(99)
+    r.remap({"a:x": 70, "a:y": 64, "other": 65})
+    assert r.get_id("a:x") == 70 and r.get_id("a:y") == 64
+    assert r.get_id("a:z") not in (64, 65, 70)  # ours only, moved off taken ids
+    assert len(r) == 3 and "a:z" in r and "other" not in r
