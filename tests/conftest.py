@@ -160,3 +160,35 @@ class RawPeer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@pytest.fixture(scope="session")
+def xvfb_display():
+    """Start our own Xvfb (``-displayfd`` picks a free display); yield ':N'.
+
+    Fails (never skips) with a clear message when Xvfb is not installed.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        pytest.fail("Xvfb is not installed: run `bash .ci/run` (it installs xvfb, xauth, libglu1-mesa, ...)")
+    r, w = os.pipe()
+    proc = subprocess.Popen(
+        [exe, "-displayfd", str(w), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+        pass_fds=(w,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(w)
+    with os.fdopen(r) as f:
+        num = f.readline().strip()
+    if not num:
+        proc.kill()
+        proc.wait()
+        pytest.fail("Xvfb did not report a display number")
+    yield f":{num}"
+    proc.terminate()
+    proc.wait(10)
