@@ -30,6 +30,7 @@ setup(
             "hypothesis>=6",
             "cryptography>=41",
             "ruff>=0.4",
+            "mypy>=1.8",
         ],
     },
     classifiers=[

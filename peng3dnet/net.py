@@ -190,9 +190,13 @@ class _Peer:
         for name, pid, cls in INTERNAL_PACKETS:
             if name not in self.registry:
                 self.registry.register(name, cls(self.registry, self), pid)
-        for name, cls in ((CONNTYPE_CLASSIC, ClassicConnectionType), (CONNTYPE_PING, PingConnectionType)):
-            if name not in self.conntypes:
-                self.conntypes[name] = cls(self)
+        builtin: tuple[tuple[str, type[ConnectionType]], ...] = (
+            (CONNTYPE_CLASSIC, ClassicConnectionType),
+            (CONNTYPE_PING, PingConnectionType),
+        )
+        for ctname, ctcls in builtin:
+            if ctname not in self.conntypes:
+                self.conntypes[ctname] = ctcls(self)
 
     def _call_hooks(self) -> None:
         names = sorted(dir(self))
@@ -301,17 +305,17 @@ class _Peer:
 
     def _handle_outputs(self, link: _Link, outs: list[Output]) -> None:
         """Act on the core's outputs, in order (network thread, lock released)."""
+        queued = False
         for o in outs:
-            t = type(o)
-            if t is PacketReceived:
+            if isinstance(o, PacketReceived):
                 if o.pid in _INTERNAL_IDS:
                     self._debug_print("recv", link, o.pid, o.msg)
                     if self._wants(self._sig_recv):
                         self._emit_conn(self._ev_recv, link, {"pid": o.pid, "msg": o.msg})
                 elif not link.local_closed:
                     # Packets that preceded the peer's closeconn are delivered.
-                    self._on_app_packet(link, o)
-            elif t is PacketSent:
+                    queued = self._on_app_packet(link, o) or queued
+            elif isinstance(o, PacketSent):
                 self._debug_print("send", link, o.pid, o.msg)
                 if self._wants(self._sig_send):
                     self._emit_conn(self._ev_send, link, {"pid": o.pid, "data": o.msg})
@@ -321,14 +325,18 @@ class _Peer:
                     link.ctobj = ct
                     if ct is not None:
                         ct.init(link.cid)
-            elif t is ConnTypeRequested:
+            elif isinstance(o, ConnTypeRequested):
                 self._on_conntype(link, o.conntype)
-            elif t is HandshakeCompleted:
+            elif isinstance(o, HandshakeCompleted):
                 log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
                 link.owner.on_handshake_complete()
                 self._after_handshake(link)
-            elif t is ConnectionClosed:
+            elif isinstance(o, ConnectionClosed):
                 self._on_closed(link, o)
+        if queued and self._pwaiters:
+            # One wake-up per read, not per packet.
+            with self._pcond:
+                self._pcond.notify_all()
 
     def _debug_print(self, kind: str, link: _Link, pid: int, msg: Any) -> None:
         if self.cfg[f"net.debug.print.{kind}"]:
@@ -343,22 +351,24 @@ class _Peer:
         link.ctobj = ct
         ct.init(link.cid)
 
-    def _on_app_packet(self, link: _Link, o: PacketReceived) -> None:
+    def _on_app_packet(self, link: _Link, o: PacketReceived) -> bool:
+        """Check, announce and queue one application packet; return whether
+        it was queued for process() (network thread)."""
         ct = link.ctobj
         if ct is not None and not ct.receive(o.msg, o.pid, o.flags, link.cid):
-            return
+            return False
         pobj = self.registry.find_obj(o.pid)
         if pobj is None or o.pid < PID_FIRST_FREE:
             log.info("! %s cid=%s: unknown packet id %d", self._role, link.cid, o.pid)
             self._close_link(link, "unknownpacket")
-            return
+            return False
         if not type(pobj).check(self._info(link, o.state)):
             if getattr(pobj, "invalid_action", "close") == "ignore":
                 log.debug("! %s cid=%s: ignored packet %d not valid now", self._role, link.cid, o.pid)
-                return
+                return False
             log.info("! %s cid=%s: packet %d not valid now, closing", self._role, link.cid, o.pid)
             self._close_link(link, "smartpacketinvalid")
-            return
+            return False
         self._debug_print("recv", link, o.pid, o.msg)
         if self._wants(self._sig_recv):
             self._emit_conn(self._ev_recv, link, {"pid": o.pid, "msg": o.msg})
@@ -373,9 +383,8 @@ class _Peer:
                 log.debug(
                     "= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued
                 )
-            if self._pwaiters:
-                with self._pcond:
-                    self._pcond.notify_all()
+            return True
+        return False
 
     def _on_closed(self, link: _Link, o: ConnectionClosed) -> None:
         chan = link.chan

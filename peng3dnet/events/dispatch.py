@@ -128,7 +128,9 @@ class MainThreadDispatcher:
         Thread safety: main thread only.
         """
         if clock is None:
-            import pyglet.clock as clock  # noqa: PLC0415 - only the game side needs pyglet
+            import pyglet.clock  # only the game side needs pyglet
+
+            clock = pyglet.clock
         self.detach()
         if interval is None:
             clock.schedule(self._tick)

@@ -59,9 +59,9 @@ def test_every_event_reaches_peng_in_the_same_order_as_the_bus():
     assert {e for e, _ in srec.items} >= {n for n in CATALOG if n.startswith("peng3dnet:server.")} - {
         "peng3dnet:server.interrupt"
     }
-    for e, d in srec.items:
+    for _, d in srec.items:
         assert d["peng"] is speng and d["server"] is s
-    for e, d in crec.items:
+    for _, d in crec.items:
         assert d["peng"] is cpeng and d["client"] is c
     recv = [d for e, d in crec.items if e == "peng3dnet:client.recv" and d["pid"] >= 64]
     assert [d["msg"] for d in recv] == ["hi"]
