@@ -29,12 +29,25 @@ PID_SETTYPE = 2
 PID_HANDSHAKE = 3
 PID_HANDSHAKE_ACCEPT = 4
 PID_CLOSECONN = 16
+PID_HEARTBEAT = 32
+"""Extension ``heartbeat``: liveness probe (only on connections that negotiated it)."""
+PID_HEARTBEAT_ACK = 33
+"""Extension ``heartbeat``: the answer to a probe, echoing its body."""
 PID_FIRST_FREE = 64
 """Ids below this are reserved for the library."""
 PID_PING_REQUEST = 64
 """Raw id of a ping request on a ``ping`` connection (not in the registry)."""
 PID_PING_REPLY = 65
 """Raw id of a ping reply on a ``ping`` connection (not in the registry)."""
+
+EXTENSIONS_KEY = "peng3dnet.extensions"
+"""Key of ``hello`` (server offer) and ``settype`` (client choice) listing
+extensions; a version-2 peer ignores it."""
+EXTENSION_PACKETS: dict[str, dict[str, int]] = {
+    "heartbeat": {"peng3dnet:ext.heartbeat": PID_HEARTBEAT, "peng3dnet:ext.heartbeat.ack": PID_HEARTBEAT_ACK},
+}
+"""Packets of each extension (name -> fixed id); they appear in the
+handshake registry only on connections that negotiated the extension."""
 
 # --- connection states (values of protocol.handshake.HandshakeState) ---------
 STATE_INIT = 0
@@ -123,10 +136,23 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # Registry sync at the handshake (client side).
     "net.registry.autosync": True,
     "net.registry.missingpacketaction": "closeconnection",
+    "net.server.dualstack": False,
+    # Liveness (seconds; 0 turns a timeout off).
+    "net.timeout.handshake": 10.0,
+    "net.timeout.idle": 0.0,
+    "net.heartbeat.enabled": True,
+    "net.heartbeat.interval": 5.0,
+    "net.heartbeat.timeout": 20.0,
     # Limits (every input from the network is bounded).
     "net.limits.max_packet_size": 16 * 1024 * 1024,
     "net.limits.max_decompressed_size": 16 * 1024 * 1024,
     "net.limits.recv_queue": 65536,
-    "net.limits.recv_chunk": 256 * 1024,
+    "net.limits.max_clients": 2048,
+    "net.limits.write_buffer": 32 * 1024 * 1024,
+    "net.limits.write_buffer_action": "close",
+    "net.limits.rate.packets": 20000.0,
+    "net.limits.rate.bytes": 32 * 1024 * 1024.0,
+    "net.limits.rate.burst": 2.0,
+    "net.limits.rate.action": "close",
 }
 """Default values of every config key; see the README for each key's meaning."""

@@ -14,6 +14,9 @@ Hierarchy::
     +-- InvalidAddressError(ValueError)
     +-- ConnectionClosedError
     +-- NetworkError                wraps OSError at the transport boundary
+    |   +-- TLSError                TLS handshake failed (bad certificate, no TLS peer)
+    +-- TLSConfigError(ValueError)  TLS enabled with missing/unusable files
+    +-- WriteBufferFullError        a slow reader's write buffer is at its cap
     +-- TimedOutError(TimeoutError)
 
 Contract: the receive path of the protocol core raises only
@@ -37,6 +40,9 @@ __all__ = [
     "InvalidAddressError",
     "ConnectionClosedError",
     "NetworkError",
+    "TLSError",
+    "TLSConfigError",
+    "WriteBufferFullError",
     "TimedOutError",
 ]
 
@@ -119,6 +125,20 @@ class ConnectionClosedError(Peng3dNetError):
 
 class NetworkError(Peng3dNetError):
     """An operating-system level network error (wraps :class:`OSError`)."""
+
+
+class TLSError(NetworkError):
+    """The TLS handshake failed: certificate not trusted, wrong hostname,
+    certificate required and missing, or the peer does not speak TLS."""
+
+
+class TLSConfigError(Peng3dNetError, ValueError):
+    """TLS is enabled but configured with missing or unusable files."""
+
+
+class WriteBufferFullError(Peng3dNetError):
+    """The connection's write buffer is at ``net.limits.write_buffer`` and
+    ``net.limits.write_buffer_action`` is ``"raise"``: the message was not queued."""
 
 
 class TimedOutError(Peng3dNetError, TimeoutError):

@@ -36,12 +36,15 @@ import itertools
 import logging
 import selectors
 import socket
+import ssl
 import struct
 import threading
+import time
 from collections import deque
 from typing import Any
 
 from . import events as _events
+from . import tls as _tls
 from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
 from .constants import (
     CONNTYPE_CLASSIC,
@@ -49,11 +52,13 @@ from .constants import (
     CONNTYPE_PING,
     MODE_CLOSED,
     MODE_NOTSET,
+    PID_CLOSECONN,
     PID_FIRST_FREE,
     PID_SETTYPE,
     SIDE_CLIENT,
     SIDE_SERVER,
     SSLSEC_NONE,
+    SSLSEC_WRAPPED,
     STRUCT_FORMAT_HEADER,
     STRUCT_FORMAT_LENGTH32,
 )
@@ -65,6 +70,8 @@ from .errors import (
     NetworkError,
     RegistryError,
     TimedOutError,
+    TLSError,
+    WriteBufferFullError,
 )
 from .packet import ConnInfo, Packet
 from .packet.internal import INTERNAL_PACKETS
@@ -72,17 +79,19 @@ from .protocol.connection import (
     ConnectionClosed,
     ConnTypeRequested,
     HandshakeCompleted,
+    HeartbeatAcked,
     Output,
     PacketReceived,
     PacketSent,
     ProtocolConnection,
 )
-from .protocol.framing import LENGTH
+from .protocol.framing import LENGTH, encode_frame
+from .protocol.handshake import HandshakeState
 from .registry import Registry
-from .transport import EVENT_READ, EVENT_WRITE, Channel, Reactor
+from .transport import EVENT_READ, EVENT_WRITE, WOULD_BLOCK, Channel, Reactor
 from .util import ConfigView, normalize_addr_socketstyle
 
-__all__ = ["STRUCT_HEADER", "STRUCT_LENGTH32", "Server", "ClientOnServer", "Client"]
+__all__ = ["STRUCT_HEADER", "STRUCT_LENGTH32", "Server", "ClientOnServer", "Client", "ConnectionStats", "ServerStats"]
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +108,110 @@ def _has_receive(pobj: Any) -> bool:
     return getattr(type(pobj), "receive", None) is not Packet.receive
 
 
+class ConnectionStats:
+    """Counters of one connection (read them from any thread; they are
+    updated on the network and sending threads without a lock, so a read
+    may be one packet behind)."""
+
+    __slots__ = ("bytes_in", "bytes_out", "packets_in", "packets_out", "rtt", "_since", "_seen", "_wall0")
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        """Bytes received (as read from the socket, after TLS)."""
+        self.bytes_out = 0
+        """Bytes queued for sending (frames, internal packets included)."""
+        self.packets_in = 0
+        """Packets received (internal packets included)."""
+        self.packets_out = 0
+        """Packets sent with ``send_message`` plus internal packets."""
+        self.rtt: float | None = None
+        """Last round-trip time in seconds (heartbeat extension), or ``None``."""
+        self._since = time.monotonic()
+        self._seen = self._since
+        self._wall0 = time.time() - self._since
+
+    @property
+    def connected_since(self) -> float:
+        """Wall-clock time (``time.time()``) the connection was made."""
+        return self._wall0 + self._since
+
+    @property
+    def last_seen(self) -> float:
+        """Wall-clock time bytes were last received."""
+        return self._wall0 + self._seen
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict of every counter."""
+        return {
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "rtt": self.rtt,
+            "connected_since": self.connected_since,
+            "last_seen": self.last_seen,
+        }
+
+
+class ServerStats:
+    """Totals of a server, open and closed connections together (read from
+    any thread; see :class:`ConnectionStats`)."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.connections_total = 0
+        """Connections accepted so far."""
+        self.connections_refused = 0
+        """Connections refused because of ``net.limits.max_clients``."""
+        self._closed = {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
+
+    def _add_closed(self, stats: ConnectionStats) -> None:
+        for key in self._closed:
+            self._closed[key] += getattr(stats, key)
+
+    def _total(self, key: str) -> int:
+        live = sum(getattr(link.stats, key) for link in list(self._server._links.values()))
+        return self._closed[key] + live
+
+    @property
+    def connections_open(self) -> int:
+        """Connections open now."""
+        return len(self._server._links)
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes received, all connections."""
+        return self._total("bytes_in")
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes sent, all connections."""
+        return self._total("bytes_out")
+
+    @property
+    def packets_in(self) -> int:
+        """Packets received, all connections."""
+        return self._total("packets_in")
+
+    @property
+    def packets_out(self) -> int:
+        """Packets sent, all connections."""
+        return self._total("packets_out")
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict of every counter."""
+        keys = ("connections_total", "connections_refused", "connections_open", "bytes_in", "bytes_out",
+                "packets_in", "packets_out")
+        return {k: getattr(self, k) for k in keys}
+
+
 class _Link:
     """One connection's state: core, channel, connection type and owner."""
 
-    __slots__ = ("proto", "chan", "owner", "cid", "ctobj", "queued", "resume_at", "eof", "local_closed")
+    __slots__ = (
+        "proto", "chan", "owner", "cid", "ctobj", "queued", "resume_at", "eof", "local_closed",
+        "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "first_read", "tls_server",
+    )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
         self.proto = proto
@@ -114,6 +223,14 @@ class _Link:
         self.resume_at = 0
         self.eof = False
         self.local_closed = False  # we closed it: drop packets still in the batch
+        self.stats = ConnectionStats()
+        self.sslsec = SSLSEC_NONE
+        self.hb_sent = 0.0
+        self.rate_p = 0.0  # token buckets (packets, bytes), refilled at rate_t
+        self.rate_b = 0.0
+        self.rate_t = 0.0
+        self.first_read = True
+        self.tls_server = False
 
 
 class _Peer:
@@ -219,6 +336,7 @@ class _Peer:
             compress_level=int(cfg["net.compress.level"]),
             autosync=bool(cfg["net.registry.autosync"]),
             missing_packet_action=str(cfg["net.registry.missingpacketaction"]),
+            extensions={"heartbeat"} if cfg["net.heartbeat.enabled"] else frozenset(),
         )
 
     @staticmethod
@@ -238,12 +356,15 @@ class _Peer:
             mode = MODE_CLOSED if not proto.is_open else (ct.mode if ct is not None else MODE_NOTSET)
         else:
             mode = ct.mode if ct is not None else MODE_NOTSET
-        return ConnInfo(state, self.side, mode, proto.conntype, SSLSEC_NONE)
+        return ConnInfo(state, self.side, mode, proto.conntype, link.sslsec)
 
     def _on_ready(self, link: _Link, mask: int) -> None:
         """Selector callback for one connection (network thread)."""
         chan = link.chan
         if chan.closed:
+            return
+        if chan.tls_pending:
+            self._tls_step(link)
             return
         if mask & EVENT_WRITE or chan.error is not None:
             with chan.lock:
@@ -257,48 +378,152 @@ class _Peer:
                 else:
                     chan.update_interest()
         if mask & EVENT_READ:
-            buf = self._reactor.read_buffer
+            self._read(link)
+
+    def _read(self, link: _Link) -> None:
+        chan = link.chan
+        buf = self._reactor.read_buffer
+        view = memoryview(buf)
+        total = 0
+        eof = False
+        with chan.lock:  # TLS objects must not be used by two threads at once
             try:
                 n = chan.sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                return
+                if n == 0:
+                    eof = True
+                elif chan.closing:
+                    # draining while we wait for the peer's EOF: discard
+                    while n and isinstance(chan.sock, ssl.SSLSocket) and chan.sock.pending():
+                        n = chan.sock.recv_into(buf)
+                    return
+                else:
+                    proto = link.proto
+                    if link.first_read and link.sslsec == SSLSEC_NONE and self.side == SIDE_SERVER:
+                        link.first_read = False
+                        if view[:2] == b"\x16\x03":  # a TLS ClientHello on a plaintext server
+                            log.info("! server cid=%s: client speaks TLS, TLS is not enabled here", link.cid)
+                            link.local_closed = True
+                            proto.receive_eof("tlsnotenabled")
+                            eof = True
+                            n = 0
+                    while n:
+                        total += n
+                        proto.receive_data(view[:n])
+                        if not (isinstance(chan.sock, ssl.SSLSocket) and chan.sock.pending()):
+                            break
+                        n = chan.sock.recv_into(buf)
+                        eof = n == 0
+            except WOULD_BLOCK:
+                if not total:
+                    return
             except OSError as exc:
                 log.info("! %s cid=%s: recv failed: %s", self._role, link.cid, exc)
-                self._abort(link, "socketerror")
-                return
-            if chan.closing:
-                if n == 0:  # the peer saw our closeconn and closed: done
-                    chan.close()
-                    self._channel_closed(link)
-                return
-            with chan.lock:
-                proto = link.proto
-                if n:
-                    proto.receive_data(memoryview(buf)[:n])
+                eof = True
+                if not chan.closing:
+                    link.proto.receive_eof("socketerror")
+            finally:
+                view.release()
+            if eof:
+                if chan.closing:
+                    pass
                 else:
                     link.eof = True
-                    proto.receive_eof()
-                outs = proto.drain_received()
-                data = proto.data_to_send()
-                if data:
-                    chan.write(data)
-            if outs:
-                self._handle_outputs(link, outs)
-            if link.eof and not chan.closed:
+                    link.proto.receive_eof()
+            outs = link.proto.drain_received()
+            data = link.proto.data_to_send()
+            if data:
+                chan.write(data)
+                link.stats.bytes_out += len(data)
+        if eof and chan.closing:  # the peer saw our closeconn and closed: done
+            chan.close()
+            self._channel_closed(link)
+            return
+        stats = link.stats
+        stats.bytes_in += total
+        stats._seen = time.monotonic()
+        if outs:
+            if self.side == SIDE_SERVER and not self._rate_ok(link, total, outs):
+                return
+            self._handle_outputs(link, outs)
+        if link.eof and not chan.closed:
+            chan.close()
+            self._channel_closed(link)
+
+    def _rate_ok(self, link: _Link, nbytes: int, outs: list[Output]) -> bool:
+        """Token buckets per connection (server side).  Return whether to go on."""
+        cfg = self.cfg
+        rate_p = float(cfg["net.limits.rate.packets"])
+        rate_b = float(cfg["net.limits.rate.bytes"])
+        if rate_p <= 0 and rate_b <= 0:
+            return True
+        burst = float(cfg["net.limits.rate.burst"])
+        now = link.stats._seen
+        if link.rate_t == 0.0:
+            link.rate_p, link.rate_b, link.rate_t = rate_p * burst, rate_b * burst, now
+        dt = now - link.rate_t
+        link.rate_t = now
+        link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
+        link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
+        npackets = sum(1 for o in outs if isinstance(o, PacketReceived))
+        link.rate_p -= npackets
+        link.rate_b -= nbytes
+        if (rate_p <= 0 or link.rate_p >= 0) and (rate_b <= 0 or link.rate_b >= 0):
+            return True
+        if cfg["net.limits.rate.action"] == "drop":
+            kept = [o for o in outs if not (isinstance(o, PacketReceived) and o.pid >= PID_FIRST_FREE)]
+            log.debug("! server cid=%s: over the rate limit, dropped %d packets", link.cid, len(outs) - len(kept))
+            self._handle_outputs(link, kept)
+            return False
+        log.info("! server cid=%s: over the rate limit, closing", link.cid)
+        self._handle_outputs(link, [o for o in outs if not isinstance(o, PacketReceived) or o.pid < PID_FIRST_FREE])
+        self._close_link(link, "ratelimit")
+        return False
+
+    def _tls_step(self, link: _Link) -> None:
+        """Drive a non-blocking server-side TLS handshake (network thread)."""
+        chan = link.chan
+        sock = chan.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            with chan.lock:
+                sock.do_handshake()
+        except ssl.SSLWantReadError:
+            chan.tls_pending = EVENT_READ
+            chan.update_interest()
+            return
+        except ssl.SSLWantWriteError:
+            chan.tls_pending = EVENT_WRITE
+            chan.update_interest()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            log.info("! %s cid=%s: TLS handshake failed: %s", self._role, link.cid, exc)
+            chan.tls_pending = 0
+            link.local_closed = True
+            with chan.lock:
+                link.proto.receive_eof("tlserror")
+                outs = link.proto.drain_received()
+            self._handle_outputs(link, outs)
+            if not chan.closed:
                 chan.close()
                 self._channel_closed(link)
+            return
+        chan.tls_pending = 0
+        link.sslsec = _tls.security_level(sock, True)
+        log.info("= server cid=%s: TLS established (%s, level %d)", link.cid, sock.version(), link.sslsec)
+        chan.update_interest()
+        self._start_protocol(link)
+
+    def _start_protocol(self, link: _Link) -> None:
+        raise NotImplementedError
 
     def _abort(self, link: _Link, reason: str) -> None:
         """The socket broke: close without a handshake (network thread)."""
         chan = link.chan
         with chan.lock:
             link.eof = True
-            link.proto.receive_eof()
+            link.proto.receive_eof(reason)
             outs = link.proto.drain_received()
-        for o in outs:
-            if isinstance(o, ConnectionClosed):
-                o = ConnectionClosed(reason, by_peer=True)
-            self._handle_outputs(link, [o])
+        self._handle_outputs(link, outs)
         if not chan.closed:
             chan.close()
             self._channel_closed(link)
@@ -308,6 +533,7 @@ class _Peer:
         queued = False
         for o in outs:
             if isinstance(o, PacketReceived):
+                link.stats.packets_in += 1
                 if o.pid in _INTERNAL_IDS:
                     self._debug_print("recv", link, o.pid, o.msg)
                     if self._wants(self._sig_recv):
@@ -316,6 +542,7 @@ class _Peer:
                     # Packets that preceded the peer's closeconn are delivered.
                     queued = self._on_app_packet(link, o) or queued
             elif isinstance(o, PacketSent):
+                link.stats.packets_out += 1
                 self._debug_print("send", link, o.pid, o.msg)
                 if self._wants(self._sig_send):
                     self._emit_conn(self._ev_send, link, {"pid": o.pid, "data": o.msg})
@@ -331,12 +558,73 @@ class _Peer:
                 log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
                 link.owner.on_handshake_complete()
                 self._after_handshake(link)
+            elif isinstance(o, HeartbeatAcked):
+                self._on_heartbeat_ack(link, o.msg)
             elif isinstance(o, ConnectionClosed):
                 self._on_closed(link, o)
         if queued and self._pwaiters:
             # One wake-up per read, not per packet.
             with self._pcond:
                 self._pcond.notify_all()
+
+    def _on_heartbeat_ack(self, link: _Link, msg: Any) -> None:
+        sent = msg.get("t") if isinstance(msg, dict) else None
+        if not isinstance(sent, float):
+            return
+        rtt = max(0.0, time.monotonic() - sent)
+        link.stats.rtt = rtt
+        event = "peng3dnet:server.connection.heartbeat" if self.side == SIDE_SERVER else "peng3dnet:client.heartbeat"
+        if self._events_on():
+            self._emit_conn(event, link, {"rtt": rtt, "stats": link.stats.as_dict()})
+
+    def _housekeeping(self) -> None:
+        """Timeouts and heartbeats, on a timer (network thread)."""
+        cfg = self.cfg
+        now = time.monotonic()
+        hs_timeout = float(cfg["net.timeout.handshake"])
+        idle = float(cfg["net.timeout.idle"])
+        hb_interval = float(cfg["net.heartbeat.interval"])
+        hb_timeout = float(cfg["net.heartbeat.timeout"])
+        for link in self._all_links():
+            proto = link.proto
+            if not proto.is_open or link.local_closed:
+                continue
+            stats = link.stats
+            if hs_timeout > 0 and proto.state != HandshakeState.ACTIVE and now - stats._since > hs_timeout:
+                hint = " (a TLS peer on a plaintext port, or the reverse?)" if stats.bytes_in == 0 else ""
+                log.info("! %s cid=%s: handshake not complete after %.1f s%s", self._role, link.cid, hs_timeout, hint)
+                self._close_link(link, "handshaketimeout")
+                continue
+            silent = now - stats._seen
+            if idle > 0 and silent > idle:
+                log.info("! %s cid=%s: nothing received for %.1f s", self._role, link.cid, silent)
+                self._close_link(link, "timeout")
+                continue
+            if "heartbeat" in proto.negotiated and proto.state == HandshakeState.ACTIVE:
+                if hb_timeout > 0 and silent > hb_timeout:
+                    log.info("! %s cid=%s: peer silent for %.1f s", self._role, link.cid, silent)
+                    self._close_link(link, "timeout")
+                    continue
+                if now - link.hb_sent >= hb_interval:
+                    link.hb_sent = now
+                    with link.chan.lock:
+                        if proto.send_heartbeat({"t": now}):
+                            data = proto.data_to_send()
+                            link.chan.write(data)
+                            link.stats.bytes_out += len(data)
+        self._schedule_housekeeping()
+
+    def _schedule_housekeeping(self) -> None:
+        cfg = self.cfg
+        periods = [1.0]
+        for key, div in (("net.timeout.handshake", 4), ("net.timeout.idle", 4), ("net.heartbeat.interval", 2)):
+            v = float(cfg[key])
+            if v > 0:
+                periods.append(v / div)
+        self._reactor.call_later(max(0.02, min(periods)), self._housekeeping)
+
+    def _all_links(self) -> list[_Link]:
+        raise NotImplementedError
 
     def _debug_print(self, kind: str, link: _Link, pid: int, msg: Any) -> None:
         if self.cfg[f"net.debug.print.{kind}"]:
@@ -471,13 +759,40 @@ class _Peer:
         frame = link.proto.encode_packet(pid, data)  # encode outside the lock
         chan = link.chan
         with chan.lock:
-            link.proto.send_frame(frame)
-            chan.write(link.proto.data_to_send())
-            if announce and self._wants(self._sig_send):
+            if len(chan.out) + len(frame) > self._write_cap and chan.out:
+                if self.cfg["net.limits.write_buffer_action"] == "raise":
+                    raise WriteBufferFullError(
+                        f"{len(chan.out)} bytes wait for cid={link.cid}; the cap is {self._write_cap}"
+                    )
+                log.info("! %s cid=%s: peer does not read (%d bytes queued), closing", self._role, link.cid, len(chan.out))
+                slow = True
+            else:
+                slow = False
+                link.proto.send_frame(frame)
+                chan.write(link.proto.data_to_send())
+                link.stats.packets_out += 1
+                link.stats.bytes_out += len(frame)
+            if announce and not slow and self._wants(self._sig_send):
                 # Emitted under the lock so it cannot come after the close event.
                 self._emit_conn(self._ev_send, link, {"pid": pid, "data": data})
+        if slow:
+            self._close_slow(link)
+            return
         if self.cfg["net.debug.print.send"]:
             self._debug_print("send", link, pid, data)
+
+    def _close_slow(self, link: _Link) -> None:
+        # The peer does not read: what is queued cannot be delivered, so the
+        # connection is closed at once (closeconn is queued but may never arrive).
+        self._close_link(link, "slowconsumer")
+        if self._reactor.in_loop():
+            self._force_close(link)
+        else:
+            self._reactor.call_soon(self._force_close, link)
+
+    @property
+    def _write_cap(self) -> int:
+        return int(self.cfg["net.limits.write_buffer"])
 
     def _send_raw(self, cid: int | None, pid: int, msg: Any) -> None:
         """Send a packet that is not in the registry (connection types)."""
@@ -485,7 +800,10 @@ class _Peer:
         chan = link.chan
         with chan.lock:
             link.proto.send_packet(pid, msg)
-            chan.write(link.proto.data_to_send())
+            data = link.proto.data_to_send()
+            chan.write(data)
+            link.stats.bytes_out += len(data)
+            link.stats.packets_out += 1
 
     # --- process queue -----------------------------------------------------------------------
     def _dispatch(self, link: _Link, pobj: Any, msg: Any) -> None:
@@ -683,6 +1001,28 @@ class ClientOnServer:
         """Why the connection was closed (``None`` while open)."""
         return self._link.proto.close_reason if self._link is not None else None
 
+    @property
+    def stats(self) -> ConnectionStats:
+        """Byte/packet counters, RTT, connected-since and last-seen times."""
+        assert self._link is not None
+        return self._link.stats
+
+    @property
+    def sslsec(self) -> int:
+        """The connection's ``SSLSEC_*`` security level."""
+        return self._link.sslsec if self._link is not None else SSLSEC_NONE
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes queued for this client that the socket did not take yet
+        (watch it for back-pressure; the cap is ``net.limits.write_buffer``)."""
+        return len(self._link.chan.out) if self._link is not None else 0
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """Extensions negotiated on this connection (e.g. ``heartbeat``)."""
+        return self._link.proto.negotiated if self._link is not None else frozenset()
+
     def close(self, reason: str | None = None) -> None:
         """Close this connection (see :meth:`Server.close_connection`).
 
@@ -748,6 +1088,11 @@ class Server(_Peer):
         self._open_channels = 0
         self._chan_cond = threading.Condition()
         self._shutdown_info: dict[str, Any] | None = None
+        self.stats = ServerStats(self)
+        """Server totals (accepted, refused, open, bytes and packets)."""
+        self._ssl_ctx: ssl.SSLContext | None = None
+        if self.cfg["net.ssl.enabled"]:
+            self._ssl_ctx = _tls.server_context(self.cfg)
 
     # --- peng3d-style API (names fixed) ---
     def addConnType(self, t: str, obj: ConnectionType) -> None:  # noqa: N802
@@ -856,6 +1201,7 @@ class Server(_Peer):
     def _on_loop_start(self) -> None:
         assert self.sock is not None
         self._reactor.register(self.sock, EVENT_READ, self._on_accept)
+        self._schedule_housekeeping()
         self._emit("peng3dnet:server.start", {})
 
     def _on_accept(self, mask: int) -> None:
@@ -872,6 +1218,24 @@ class Server(_Peer):
             self._accepted(sock, addr)
 
     def _accepted(self, sock: socket.socket, addr: Any) -> None:
+        max_clients = int(self.cfg["net.limits.max_clients"])
+        if max_clients > 0 and len(self._links) >= max_clients:
+            # Refused before it becomes a connection: no events, one closeconn.
+            self.stats.connections_refused += 1
+            log.info("! server: refusing %s, %d connections is the limit", addr, max_clients)
+            try:
+                sock.send(encode_frame(PID_CLOSECONN, 0, b"\x81\xa6reason\xaaserverfull"))
+            except OSError:
+                pass
+            sock.close()
+            return
+        if self._ssl_ctx is not None:
+            try:
+                sock = self._ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError) as exc:
+                log.info("! server: cannot start TLS with %s: %s", addr, exc)
+                sock.close()
+                return
         cid = self.genCID()
         proto = self._new_proto()
         client = self.clientcls(self, sock, addr, cid)
@@ -880,6 +1244,7 @@ class Server(_Peer):
         client._link = link
         self.clients[cid] = client
         self._links[cid] = link
+        self.stats.connections_total += 1
         with self._chan_cond:
             self._open_channels += 1
         log.info("= server cid=%d: connection from %s", cid, addr)
@@ -890,12 +1255,27 @@ class Server(_Peer):
             client.on_connect()
         except Exception:
             log.exception("! server cid=%d: on_connect raised", cid)
+        if self._ssl_ctx is not None:
+            link.sslsec = SSLSEC_WRAPPED
+            link.chan.tls_pending = EVENT_READ
+            self._tls_step(link)
+        else:
+            link.chan.update_interest()
+            self._start_protocol(link)
+
+    def _start_protocol(self, link: _Link) -> None:
+        proto = link.proto
         with link.chan.lock:
             proto.initiate()
             outs = proto.drain_received()
-            link.chan.write(proto.data_to_send())
+            data = proto.data_to_send()
+            link.chan.write(data)
+            link.stats.bytes_out += len(data)
         link.chan.update_interest()
         self._handle_outputs(link, outs)
+
+    def _all_links(self) -> list[_Link]:
+        return list(self._links.values())
 
     def _begin_handshake(self, cid: int) -> None:
         link = self._links[cid]
@@ -919,7 +1299,8 @@ class Server(_Peer):
         self.clients.pop(link.cid, None)  # type: ignore[arg-type]
 
     def _channel_closed(self, link: _Link) -> None:
-        self._links.pop(link.cid, None)  # type: ignore[arg-type]
+        if self._links.pop(link.cid, None) is not None:  # type: ignore[arg-type]
+            self.stats._add_closed(link.stats)
         with self._chan_cond:
             self._open_channels -= 1
             self._chan_cond.notify_all()
@@ -1167,8 +1548,14 @@ class Client(_Peer):
         """Open the TCP connection (blocking, up to ``net.client.connect_timeout``);
         emit ``connect``.  Repeated calls do nothing.
 
+        With ``net.ssl.enabled`` the TLS handshake is done here too (within
+        the same timeout); it verifies the server as configured.
+
         Raises:
             NetworkError: The connection cannot be made.
+            TLSError: The TLS handshake failed (untrusted certificate, wrong
+                hostname, client certificate refused, server without TLS).
+            TLSConfigError: TLS is enabled with missing/unusable files.
             InvalidAddressError: The address cannot be resolved.
         """
         if self.sock is not None:
@@ -1176,6 +1563,7 @@ class Client(_Peer):
         self.initialize()
         if self.conntype not in self.conntypes:
             raise LocalProtocolError(f"unknown connection type {self.conntype!r}")
+        ctx = _tls.client_context(self.cfg) if self.cfg["net.ssl.enabled"] else None
         timeout = float(self.cfg["net.client.connect_timeout"])
         try:
             sock = socket.create_connection(self.addr[:2], timeout=timeout)
@@ -1183,10 +1571,27 @@ class Client(_Peer):
             raise InvalidAddressError(f"cannot resolve {self.addr[0]!r}: {exc}") from exc
         except OSError as exc:
             raise NetworkError(f"cannot connect to {self.addr}: {exc}") from exc
+        sslsec = SSLSEC_NONE
+        if ctx is not None:
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=str(self.addr[0]))
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise TLSError(f"TLS: the server's certificate was not accepted: {exc.verify_message}") from exc
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                hint = ""
+                if "WRONG_VERSION_NUMBER" in str(exc) or "record layer" in str(exc):
+                    hint = " (does the server have TLS enabled?)"
+                elif isinstance(exc, ssl.SSLError) and "CERTIFICATE_REQUIRED" in str(exc).upper():
+                    hint = " (the server requires a client certificate)"
+                raise TLSError(f"TLS handshake with {self.addr} failed: {exc}{hint}") from exc
+            sslsec = _tls.security_level(sock, False, bool(self.cfg["net.ssl.client.certfile"]))
         self._prepare_socket(sock)
         self.sock = sock
         proto = self._new_proto(self.conntype)
         link = _Link(proto, None, self, None)  # type: ignore[arg-type]
+        link.sslsec = sslsec
         link.chan = Channel(sock, self._reactor, lambda mask: self._on_ready(link, mask))
         self._link_obj = link
         log.info("= client: connected to %s", self.addr)
@@ -1201,6 +1606,7 @@ class Client(_Peer):
     def _on_loop_start(self) -> None:
         link = self._link_obj
         assert link is not None
+        self._schedule_housekeeping()
         self._emit("peng3dnet:client.start", {})
         if link.chan.closed:
             self._reactor.stop()
@@ -1245,6 +1651,9 @@ class Client(_Peer):
             raise ConnectionClosedError("client is not connected", self.close_reason)
         return link
 
+    def _all_links(self) -> list[_Link]:
+        return [self._link_obj] if self._link_obj is not None else []
+
     # --- hooks ---------------------------------------------------------------------------------
     def on_connect(self) -> None:
         """Hook: the TCP connection was made (thread of :meth:`connect`)."""
@@ -1263,6 +1672,26 @@ class Client(_Peer):
     def state(self) -> int:
         """The connection's ``STATE_*`` (``STATE_INIT`` before :meth:`connect`)."""
         return int(self._link_obj.proto.state) if self._link_obj is not None else 0
+
+    @property
+    def stats(self) -> ConnectionStats | None:
+        """Counters of the connection (``None`` before :meth:`connect`)."""
+        return self._link_obj.stats if self._link_obj is not None else None
+
+    @property
+    def sslsec(self) -> int:
+        """The connection's ``SSLSEC_*`` security level."""
+        return self._link_obj.sslsec if self._link_obj is not None else SSLSEC_NONE
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes queued that the socket did not take yet."""
+        return len(self._link_obj.chan.out) if self._link_obj is not None else 0
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """Extensions negotiated with the server (e.g. ``heartbeat``)."""
+        return self._link_obj.proto.negotiated if self._link_obj is not None else frozenset()
 
     @property
     def remote_version(self) -> str | None:

@@ -27,6 +27,7 @@ import itertools
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -35,9 +36,12 @@ from typing import Any
 
 from .errors import NetworkError
 
-__all__ = ["Reactor", "Channel", "Timer", "map_oserror"]
+__all__ = ["Reactor", "Channel", "Timer", "map_oserror", "WOULD_BLOCK"]
 
 log = logging.getLogger(__name__)
+
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+"""Exceptions meaning "try again later" on a non-blocking (TLS) socket."""
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
@@ -256,6 +260,7 @@ class Channel:
         "error",
         "linger",
         "shut",
+        "tls_pending",
         "__weakref__",
     )
 
@@ -276,6 +281,9 @@ class Channel:
         self.linger: Timer | None = None
         self.shut = False
         """Whether our sending side was shut down (``SHUT_WR``)."""
+        self.tls_pending = 0
+        """While a TLS handshake is in progress: the event it waits for
+        (``EVENT_READ`` or ``EVENT_WRITE``); 0 otherwise."""
 
     def write(self, data: bytes) -> None:
         """Send ``data`` now if possible, buffer the rest (lock held).
@@ -290,7 +298,7 @@ class Channel:
             return
         try:
             n = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except _WOULD_BLOCK:
             n = 0
         except OSError as exc:
             self.error = NetworkError(f"send: {exc}")
@@ -313,7 +321,7 @@ class Channel:
         if out and self.error is None:
             try:
                 n = self.sock.send(out)
-            except (BlockingIOError, InterruptedError):
+            except _WOULD_BLOCK:
                 n = 0
             except OSError as exc:
                 self.error = NetworkError(f"send: {exc}")
@@ -333,8 +341,11 @@ class Channel:
         # While closing we keep reading (and discarding) until the peer's EOF:
         # closing a socket with unread input sends RST, which can destroy our
         # last bytes (the closeconn) in the peer's receive buffer.
-        reading = self.closing or not self.paused
-        mask = (EVENT_READ if reading else 0) | (EVENT_WRITE if self.out and self.error is None else 0)
+        if self.tls_pending:
+            mask = self.tls_pending
+        else:
+            reading = self.closing or not self.paused
+            mask = (EVENT_READ if reading else 0) | (EVENT_WRITE if self.out and self.error is None else 0)
         if mask == self.mask:
             return
         try:
@@ -368,3 +379,6 @@ class Channel:
             self.mask = 0
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+WOULD_BLOCK = _WOULD_BLOCK

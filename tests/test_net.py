@@ -57,7 +57,8 @@ def test_100k_back_to_back_messages_complete_and_in_order(direction):
             if len(got) == n:
                 done.set()
 
-    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+    # A bulk transfer, far above the default per-connection rate limit.
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.limits.rate.packets": 0})
     s.register_packet("t:m", Sink(s.registry, s))
     s.runAsync()
     s.process_async()

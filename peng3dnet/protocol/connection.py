@@ -32,9 +32,13 @@ from typing import Any, Union
 from ..constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
+    EXTENSION_PACKETS,
+    EXTENSIONS_KEY,
     PID_CLOSECONN,
     PID_HANDSHAKE,
     PID_HANDSHAKE_ACCEPT,
+    PID_HEARTBEAT,
+    PID_HEARTBEAT_ACK,
     PID_HELLO,
     PID_SETTYPE,
     SIDE_CLIENT,
@@ -54,6 +58,7 @@ __all__ = [
     "PacketSent",
     "ConnTypeRequested",
     "HandshakeCompleted",
+    "HeartbeatAcked",
     "ConnectionClosed",
 ]
 
@@ -105,6 +110,13 @@ class HandshakeCompleted:
 
 
 @dataclass(frozen=True, slots=True)
+class HeartbeatAcked:
+    """Extension ``heartbeat``: the peer answered our probe with ``msg``."""
+
+    msg: Any
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The connection is closed; nothing will be received any more.
 
@@ -117,7 +129,7 @@ class ConnectionClosed:
     error: RemoteProtocolError | None = None
 
 
-Output = Union[PacketReceived, PacketSent, ConnTypeRequested, HandshakeCompleted, ConnectionClosed]
+Output = Union[PacketReceived, PacketSent, ConnTypeRequested, HandshakeCompleted, HeartbeatAcked, ConnectionClosed]
 
 
 class ProtocolConnection:
@@ -136,8 +148,11 @@ class ProtocolConnection:
         autosync: Client side: check and adopt the server's registry.
         missing_packet_action: Client side: ``"closeconnection"`` or
             ``"ignore"`` when the two registries name different packets.
-        hello_extra: Server side: extra keys for ``hello`` (extension offers).
+        hello_extra: Server side: extra keys for ``hello``.
         settype_extra: Client side: extra keys for ``settype``.
+        extensions: Extensions we support (see ``EXTENSION_PACKETS``); the
+            server offers them in ``hello``, the client picks the common ones
+            in ``settype``.  A version-2 peer offers/picks none.
 
     Not thread safe: one thread at a time (the transport holds a lock).
     """
@@ -158,6 +173,7 @@ class ProtocolConnection:
         missing_packet_action: str = "closeconnection",
         hello_extra: dict[str, Any] | None = None,
         settype_extra: dict[str, Any] | None = None,
+        extensions: frozenset[str] | set[str] = frozenset(),
     ) -> None:
         if side not in (SIDE_SERVER, SIDE_CLIENT):
             raise ValueError(f"invalid side {side!r}")
@@ -183,6 +199,10 @@ class ProtocolConnection:
         """Client side: the server's ``hello`` message."""
         self.peer_settype: dict[str, Any] = {}
         """Server side: the client's ``settype`` message."""
+        self.extensions = frozenset(e for e in extensions if e in EXTENSION_PACKETS)
+        """Extensions we support."""
+        self.negotiated: frozenset[str] = frozenset()
+        """Extensions both sides announced (known after ``settype``)."""
         self.close_reason: str | None = None
         """Why the connection closed (``None`` while open, or if the peer gave none)."""
         self._machine = HandshakeMachine()
@@ -226,14 +246,14 @@ class ProtocolConnection:
         if error is not None and not self._done:
             self._fail(error)
 
-    def receive_eof(self) -> None:
-        """The peer closed its side of the socket without (or after) ``closeconn``."""
+    def receive_eof(self, reason: str = "socketclose") -> None:
+        """The socket ended without ``closeconn`` (EOF, or broke: give the reason)."""
         if self._done:
             return
         self._machine.process(I.EOF)
         self._done = True
-        self.close_reason = "socketclose"
-        self._outputs.append(ConnectionClosed("socketclose", by_peer=True))
+        self.close_reason = reason
+        self._outputs.append(ConnectionClosed(reason, by_peer=True))
 
     def drain_received(self) -> list[Output]:
         """Return and forget what happened since the last call, in order."""
@@ -245,6 +265,9 @@ class ProtocolConnection:
         inp = _INTERNAL_INPUTS.get(pid)
         msg = decode_body(flags, body, self.max_decompressed_size)
         if inp is None:
+            if (pid == PID_HEARTBEAT or pid == PID_HEARTBEAT_ACK) and "heartbeat" in self.negotiated:
+                self._on_heartbeat(pid, msg)
+                return
             # Rule 3: application packets are judged by their packet class.
             self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
             return
@@ -286,10 +309,35 @@ class ProtocolConnection:
         version = msg.get("version")
         self.peer_version = version if isinstance(version, str) else None
 
+    def _on_heartbeat(self, pid: int, msg: Any) -> None:
+        if self._machine.state is not HandshakeState.ACTIVE:
+            raise HandshakeError("heartbeat before the handshake completed", "invalidstate")
+        self._machine.process(I.APPLICATION)
+        if pid == PID_HEARTBEAT:
+            self._out.append(self._encode(PID_HEARTBEAT_ACK, msg))
+        else:
+            self._outputs.append(HeartbeatAcked(msg))
+
+    @staticmethod
+    def _ext_list(msg: dict[str, Any]) -> frozenset[str]:
+        offered = msg.get(EXTENSIONS_KEY, ())
+        if not isinstance(offered, (list, tuple)):
+            return frozenset()
+        return frozenset(e for e in offered if isinstance(e, str))
+
+    def _ext_names(self) -> dict[str, int]:
+        names: dict[str, int] = {}
+        for ext in sorted(self.negotiated):
+            names.update(EXTENSION_PACKETS[ext])
+        return names
+
     def _on_hello(self, msg: dict[str, Any]) -> None:
         self._check_version(msg)
         self.peer_hello = msg
+        self.negotiated = self.extensions & self._ext_list(msg)
         settype: dict[str, Any] = {"conntype": self.conntype}
+        if self.negotiated:
+            settype[EXTENSIONS_KEY] = sorted(self.negotiated)
         settype.update(self.settype_extra)
         self._send_internal(I.SETTYPE, PID_SETTYPE, settype)
 
@@ -299,6 +347,7 @@ class ProtocolConnection:
             raise HandshakeError(f"malformed settype packet: conntype {conntype!r}", "invalidpacket")
         self.conntype = conntype
         self.peer_settype = msg
+        self.negotiated = self.extensions & self._ext_list(msg)
         self._outputs.append(ConnTypeRequested(conntype))
 
     def _on_handshake(self, msg: dict[str, Any]) -> None:
@@ -311,15 +360,18 @@ class ProtocolConnection:
             raise HandshakeError("malformed handshake packet: bad registry", "invalidpacket")
         if len(set(reg.values())) != len(reg):
             raise HandshakeError("malformed handshake packet: duplicate ids in registry", "invalidpacket")
+        ext = self._ext_names()
+        if any(reg.get(name) != pid for name, pid in ext.items()):
+            raise HandshakeError("handshake registry lacks the negotiated extensions", "invalidpacket")
         if self.autosync:
-            ours = self.registry.names()
+            ours = self.registry.names() | set(ext)
             theirs = set(reg)
             if ours != theirs and self.missing_packet_action != "ignore":
                 raise HandshakeError(
                     f"packet registries differ: only ours {sorted(ours - theirs)}, only theirs {sorted(theirs - ours)}",
                     "packetregmismatch",
                 )
-            self.registry.remap(reg)
+            self.registry.remap({k: v for k, v in reg.items() if k not in ext})
         self._send_internal(I.HANDSHAKE_ACCEPT, PID_HANDSHAKE_ACCEPT, {"success": True})
         self._outputs.append(HandshakeCompleted())
 
@@ -329,6 +381,8 @@ class ProtocolConnection:
         if self.side != SIDE_SERVER:
             raise ValueError("only the server initiates")
         hello: dict[str, Any] = {"version": self.version, "protoversion": PROTOVERSION}
+        if self.extensions:
+            hello[EXTENSIONS_KEY] = sorted(self.extensions)
         hello.update(self.hello_extra)
         self._send_internal(I.HELLO, PID_HELLO, hello)
 
@@ -340,6 +394,8 @@ class ProtocolConnection:
         """
         if self.side != SIDE_SERVER or self._machine.state is not HandshakeState.TYPESET:
             raise LocalProtocolError(f"cannot begin the handshake in state {self._machine.state.name}")
+        if self.negotiated:
+            registry = {**registry, **self._ext_names()}
         msg = {"version": self.version, "protoversion": PROTOVERSION, "registry": registry}
         self._send_internal(I.HANDSHAKE, PID_HANDSHAKE, msg)
 
@@ -372,6 +428,18 @@ class ProtocolConnection:
         if not self._machine.is_open:
             raise ConnectionClosedError("connection is closed", self.close_reason)
         self._out.append(self._encode(pid, msg))
+
+    def send_heartbeat(self, msg: Any) -> bool:
+        """Send a heartbeat probe if the extension was negotiated and the
+        connection is active.
+
+        Returns:
+            Whether a probe was queued.
+        """
+        if "heartbeat" not in self.negotiated or self._machine.state is not HandshakeState.ACTIVE or self._done:
+            return False
+        self._out.append(self._encode(PID_HEARTBEAT, msg))
+        return True
 
     def send_frame(self, frame: bytes) -> None:
         """Queue an already encoded frame (see :meth:`encode_packet`).
