@@ -420,7 +420,7 @@ class _Peer:
                 log.info("! %s cid=%s: recv failed: %s", self._role, link.cid, exc)
                 eof = True
                 if not chan.closing:
-                    link.proto.receive_eof("socketerror")
+                    link.proto.receive_eof("tlserror" if isinstance(exc, ssl.SSLError) else "socketerror")
             finally:
                 view.release()
             if eof:
@@ -465,15 +465,33 @@ class _Peer:
         link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
         link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
         npackets = sum(1 for o in outs if isinstance(o, PacketReceived))
+        if cfg["net.limits.rate.action"] == "drop":
+            # Let through what the buckets allow, drop the rest of this read's
+            # application packets; dropped packets cost no tokens.
+            allowed = int(link.rate_p) if rate_p > 0 else npackets
+            if rate_b > 0 and link.rate_b < nbytes:
+                allowed = 0
+            link.rate_b = max(0.0, link.rate_b - nbytes)
+            if allowed >= npackets:
+                link.rate_p -= npackets
+                return True
+            kept: list[Output] = []
+            dropped = 0
+            for o in outs:
+                if isinstance(o, PacketReceived) and o.pid >= PID_FIRST_FREE:
+                    if allowed <= 0:
+                        dropped += 1
+                        continue
+                    allowed -= 1
+                kept.append(o)
+            link.rate_p = max(0.0, link.rate_p - (npackets - dropped))
+            log.debug("! server cid=%s: over the rate limit, dropped %d packets", link.cid, dropped)
+            self._handle_outputs(link, kept)
+            return False
         link.rate_p -= npackets
         link.rate_b -= nbytes
         if (rate_p <= 0 or link.rate_p >= 0) and (rate_b <= 0 or link.rate_b >= 0):
             return True
-        if cfg["net.limits.rate.action"] == "drop":
-            kept = [o for o in outs if not (isinstance(o, PacketReceived) and o.pid >= PID_FIRST_FREE)]
-            log.debug("! server cid=%s: over the rate limit, dropped %d packets", link.cid, len(outs) - len(kept))
-            self._handle_outputs(link, kept)
-            return False
         log.info("! server cid=%s: over the rate limit, closing", link.cid)
         self._handle_outputs(link, [o for o in outs if not isinstance(o, PacketReceived) or o.pid < PID_FIRST_FREE])
         self._close_link(link, "ratelimit")
@@ -722,7 +740,12 @@ class _Peer:
             link.local_closed = True
             link.proto.close(reason)
             outs = link.proto.drain_received()
-            chan.write(link.proto.data_to_send())
+            data = link.proto.data_to_send()
+            if chan.tls_pending:
+                # TLS not up yet: the closeconn cannot be sent; just drop the socket.
+                chan.error = NetworkError("closed during the TLS handshake")
+            else:
+                chan.write(data)
         if self._reactor.in_loop():
             self._handle_outputs(link, outs)
         elif self._loop_active():
@@ -1187,6 +1210,10 @@ class Server(_Peer):
         sock = socket.socket(family, socktype, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+                # net.server.dualstack: one IPv6 socket that also takes IPv4 clients
+                dual = bool(self.cfg["net.server.dualstack"])
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
             sock.bind(sockaddr)
             sock.listen(128)
         except OSError as exc:

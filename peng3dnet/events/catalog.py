@@ -50,6 +50,9 @@ CATALOG: dict[str, EventSpec] = {
     "peng3dnet:server.connection.close": EventSpec(
         "connection_closed", ("client", "reason"), "connection closed, once per connection (network thread)"
     ),
+    "peng3dnet:server.connection.heartbeat": EventSpec(
+        "connection_heartbeat", ("client", "rtt", "stats"), "heartbeat answered: RTT measured (network thread)"
+    ),
     "peng3dnet:client.initialize": EventSpec("client_initialized", (), "registries set up, once"),
     "peng3dnet:client.connect": EventSpec("client_connected", ("addr", "sock"), "TCP connection made"),
     "peng3dnet:client.start": EventSpec("client_started", (), "main loop about to run (network thread)"),
@@ -62,6 +65,9 @@ CATALOG: dict[str, EventSpec] = {
         "client_received", ("pid", "msg"), "a packet received and decoded (network thread)"
     ),
     "peng3dnet:client.close": EventSpec("client_closed", ("reason",), "connection closed, once (network thread)"),
+    "peng3dnet:client.heartbeat": EventSpec(
+        "client_heartbeat", ("rtt", "stats"), "heartbeat answered: RTT measured (network thread)"
+    ),
     "peng3dnet:client.stop": EventSpec("client_stopped", ("reason",), "main loop told to stop"),
 }
 """Event name -> :class:`EventSpec`, for every event of the core library."""
