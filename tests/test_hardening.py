@@ -252,6 +252,7 @@ def test_rate_limit_drop_keeps_connection():
         link = s._links[cid]
         sent = len(frame) * 5000
         wait_for(lambda: link.stats.bytes_in >= sent, what="the flood to be read")
+        wait_for(lambda: len(echo.got) >= 90, what="the burst to get through")
         wait_for(lambda: link.queued == 0, what="the survivors to be processed")
         # the connection stays open; the burst (100) and a little refill got through
         assert link.proto.is_open and cid in s.clients

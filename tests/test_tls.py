@@ -157,7 +157,7 @@ def test_plaintext_client_against_tls_server_times_out_clearly(pki):
             c.wait_for_connection(10)
         assert c.close_reason in ("handshaketimeout", "socketclose")
         reasons = [d["reason"] for d in rec.wait_for("peng3dnet:server.connection.close", 2)]
-        assert "handshaketimeout" in reasons
+        assert {"handshaketimeout", "tlserror"} & set(reasons)  # whichever side gave up first
         c.join(5)
     finally:
         rec.close()
