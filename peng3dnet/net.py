@@ -1701,6 +1701,11 @@ class Client(_Peer):
         return int(self._link_obj.proto.state) if self._link_obj is not None else 0
 
     @property
+    def closed(self) -> bool:
+        """Whether the connection has closed (see :attr:`close_reason`)."""
+        return self._closed.is_set()
+
+    @property
     def stats(self) -> ConnectionStats | None:
         """Counters of the connection (``None`` before :meth:`connect`)."""
         return self._link_obj.stats if self._link_obj is not None else None

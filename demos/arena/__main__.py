@@ -1,0 +1,138 @@
+"""peng3dnet arena: python -m demos.arena [options]
+
+Default: an embedded server, a window for you, and 3 AI bots.  Arrow keys or
+WASD move; coins score; Escape quits.
+
+  --server [--port P]     dedicated headless server (announced on the LAN)
+  --connect HOST:PORT     join a server
+  --lan                   join the first server found on the LAN
+  --bots N                AI bots (default 3 with the embedded server, else 0)
+  --headless              no window: play as a bot
+  --name NAME             your name
+  --lag MS                route your connection through a lag proxy (MS one-way, 20% jitter)
+  --duration S            exit cleanly after S seconds
+  --screenshot PATH       save the window as PNG before exiting
+  --report PATH           write a JSON summary at exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from typing import Any
+
+log = logging.getLogger("demos.arena")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m demos.arena", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", action="store_true")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--connect", metavar="HOST:PORT")
+    ap.add_argument("--lan", action="store_true")
+    ap.add_argument("--bots", type=int, default=None)
+    ap.add_argument("--headless", action="store_true")
+    ap.add_argument("--name", default="you")
+    ap.add_argument("--lag", type=float, default=0.0, metavar="MS")
+    ap.add_argument("--duration", type=float, default=None, metavar="S")
+    ap.add_argument("--screenshot", metavar="PATH")
+    ap.add_argument("--report", metavar="PATH")
+    ap.add_argument("--test-keys", default="", help=argparse.SUPPRESS)  # "RIGHT@0.5-1.5,UP@..."
+    return ap.parse_args(argv)
+
+
+def write_report(path: str | None, data: dict[str, Any]) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from peng3dnet.ext.discovery import DISCOVERY_PORT, discover_servers
+    from peng3dnet.tools.lagproxy import LagProxy
+    from peng3dnet.util import normalize_addr_socketstyle
+
+    from .netgame import ArenaClient, ArenaServer, Bot
+
+    if args.server:
+        srv = ArenaServer(port=args.port, lan=True).start()
+        print(f"arena server on port {srv.port}", flush=True)
+        try:
+            threading.Event().wait(args.duration)
+        except KeyboardInterrupt:
+            pass
+        report = srv.report()
+        srv.stop()
+        write_report(args.report, report)
+        return 0
+
+    server = None
+    if args.connect:
+        addr = normalize_addr_socketstyle(args.connect, 8080)
+    elif args.lan:
+        found = discover_servers(DISCOVERY_PORT, timeout=1.5)
+        if not found:
+            print("no server found on the LAN", file=sys.stderr)
+            return 1
+        addr = (found[0]["host"], found[0]["port"])
+        print(f"joining {found[0].get('name', '?')} at {addr[0]}:{addr[1]}", flush=True)
+    else:
+        server = ArenaServer(host="127.0.0.1", port=args.port).start()
+        addr = ("127.0.0.1", server.port)
+        print(f"embedded arena server on port {server.port}", flush=True)
+
+    nbots = args.bots if args.bots is not None else (3 if server else 0)
+    bots = [Bot(addr, f"bot{i + 1}").start() for i in range(nbots)]
+
+    proxy = None
+    my_addr = addr
+    if args.lag > 0:
+        proxy = LagProxy(("127.0.0.1", 0), addr, delay=args.lag / 1000, jitter=args.lag / 5000).start()
+        my_addr = proxy.addr
+
+    report: dict[str, Any] = {}
+    try:
+        if args.headless:
+            me = Bot(my_addr, args.name).start()
+            try:
+                threading.Event().wait(args.duration)
+            except KeyboardInterrupt:
+                pass
+            report = me.player.report()
+            me.stop()
+        else:
+            from .window import ArenaGame
+
+            player = ArenaClient(my_addr, args.name).start()
+            keys = []
+            for item in filter(None, args.test_keys.split(",")):
+                name, span = item.split("@")
+                a, b = span.split("-")
+                keys.append((float(a), float(b), name))
+            ArenaGame(player, duration=args.duration, screenshot=args.screenshot, test_keys=keys).run()
+            report = player.report()
+            player.stop()
+    finally:
+        for b in bots:
+            b.stop()
+        if proxy is not None:
+            proxy.stop()
+        if server is not None:
+            server_report = server.report()
+            server.stop()
+            if args.report and not report:
+                report = server_report
+            elif args.report:
+                report["server"] = server_report
+        write_report(args.report, report)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

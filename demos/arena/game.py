@@ -1,0 +1,127 @@
+"""Arena rules: pure functions and data, shared by server, clients and bots.
+
+No networking and no pyglet here: the server applies :func:`apply_input` to
+authoritative state, and clients predict their own avatar with the very same
+function, so prediction and server agree exactly.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import random
+import zlib
+from typing import Any
+
+ARENA_W = 800.0
+ARENA_H = 560.0
+RADIUS = 14.0
+COIN_RADIUS = 8.0
+SPEED = 180.0
+TICK_RATE = 20.0
+MAX_COINS = 6
+MAX_DT = 0.1
+
+
+def color_for(name: str) -> list[int]:
+    """A bright colour derived from the player's name."""
+    h = (zlib.crc32(name.encode()) % 360) / 360.0
+    r, g, b = colorsys.hsv_to_rgb(h, 0.75, 1.0)
+    return [int(r * 255), int(g * 255), int(b * 255)]
+
+
+def new_player(name: str, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    return {
+        "kind": "player",
+        "name": name,
+        "x": rng.uniform(RADIUS, ARENA_W - RADIUS),
+        "y": rng.uniform(RADIUS, ARENA_H - RADIUS),
+        "score": 0,
+        "color": color_for(name),
+    }
+
+
+def apply_input(state: dict[str, Any], inp: Any) -> dict[str, Any]:
+    """Move a player by one input ``{"dx": -1..1, "dy": -1..1, "dt": s}``.
+
+    Pure and deterministic; ``dt`` is clamped (a client cannot speed-hack by
+    claiming a long frame) and the position is kept in the arena.
+    """
+    if not isinstance(inp, dict):
+        return state
+    try:
+        dx = max(-1.0, min(1.0, float(inp.get("dx", 0))))
+        dy = max(-1.0, min(1.0, float(inp.get("dy", 0))))
+        dt = max(0.0, min(MAX_DT, float(inp.get("dt", 0))))
+    except (TypeError, ValueError):
+        return state
+    n = math.hypot(dx, dy)
+    if n > 1.0:
+        dx, dy = dx / n, dy / n
+    x = min(ARENA_W - RADIUS, max(RADIUS, state["x"] + dx * SPEED * dt))
+    y = min(ARENA_H - RADIUS, max(RADIUS, state["y"] + dy * SPEED * dt))
+    return {**state, "x": x, "y": y}
+
+
+class Rules:
+    """Coins spawn, players pick them up and score.  Runs on the server."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.next_coin = 0
+
+    def step(self, entities: dict[str, dict[str, Any]], dt: float, tick: int) -> None:
+        coins = [eid for eid, e in entities.items() if e.get("kind") == "coin"]
+        while len(coins) < MAX_COINS:
+            eid = f"c{self.next_coin}"
+            self.next_coin += 1
+            entities[eid] = {
+                "kind": "coin",
+                "x": self.rng.uniform(COIN_RADIUS, ARENA_W - COIN_RADIUS),
+                "y": self.rng.uniform(COIN_RADIUS, ARENA_H - COIN_RADIUS),
+            }
+            coins.append(eid)
+        for pid, p in list(entities.items()):
+            if p.get("kind") != "player":
+                continue
+            for cid in coins:
+                c = entities.get(cid)
+                if c is not None and math.hypot(c["x"] - p["x"], c["y"] - p["y"]) <= RADIUS + COIN_RADIUS:
+                    del entities[cid]
+                    p = {**p, "score": p["score"] + 1}
+                    entities[pid] = p
+
+
+def bot_input(view: dict[str, dict[str, Any]], own: str | None, dt: float) -> dict[str, Any]:
+    """A simple AI: head for the nearest coin that no other player is closer to."""
+    me = view.get(own) if own else None
+    if me is None:
+        return {"dx": 0, "dy": 0, "dt": dt}
+    others = [e for k, e in view.items() if e.get("kind") == "player" and k != own]
+    best = None
+    fallback = None
+    for e in view.values():
+        if e.get("kind") != "coin":
+            continue
+        d = math.hypot(e["x"] - me["x"], e["y"] - me["y"])
+        if fallback is None or d < fallback[0]:
+            fallback = (d, e)
+        if any(math.hypot(e["x"] - o["x"], e["y"] - o["y"]) < d for o in others):
+            continue
+        if best is None or d < best[0]:
+            best = (d, e)
+    best = best or fallback
+    if best is None or best[0] < 1.0:
+        return {"dx": 0, "dy": 0, "dt": dt}
+    d, c = best
+    return {"dx": (c["x"] - me["x"]) / d, "dy": (c["y"] - me["y"]) / d, "dt": dt}
+
+
+def players_by_name(view: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{name: {"x", "y", "score"}}`` of the players in a view."""
+    return {
+        e["name"]: {"x": e["x"], "y": e["y"], "score": e["score"]}
+        for e in view.values()
+        if e.get("kind") == "player"
+    }

@@ -1,0 +1,179 @@
+"""The arena's networking: a server, a client and bots, built from the public
+API and events only (no subclass of Server or Client carries game logic)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Any
+
+from peng3dnet import events
+from peng3dnet.ext.discovery import DISCOVERY_PORT, DiscoveryResponder
+from peng3dnet.ext.sync import SyncClient, SyncServer
+from peng3dnet.net import Client, Server
+
+from .game import TICK_RATE, Rules, apply_input, bot_input, color_for, new_player, players_by_name
+
+log = logging.getLogger(__name__)
+
+HISTORY = 200
+
+
+class ArenaServer:
+    """Authoritative arena server (headless; runs its own threads)."""
+
+    def __init__(self, host: str = "0.0.0.0", port: int = 0, *, lan: bool = False, peng: Any = None) -> None:
+        self.server = Server(peng=peng, addr=(host, port))
+        self.server.getPingData = self._ping_data  # type: ignore[attr-defined]  # ping/LAN status
+        self.sync = SyncServer(self.server, tick_rate=TICK_RATE)
+        self.sync.on_input = self._on_input
+        self.sync.on_step = self._on_step
+        self.rules = Rules()
+        self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+        self.lan = lan
+        self._discovery: DiscoveryResponder | None = None
+        # game logic wired through events (they fire on the sync tick thread)
+        events.subscribe("peng3dnet:sync.join", self._on_join, sender=self.server)
+        events.subscribe("peng3dnet:sync.leave", self._on_leave, sender=self.server)
+
+    def _ping_data(self, msg: Any, cid: Any) -> dict[str, Any]:
+        return {"name": "peng3dnet arena", "players": len(self.sync.owners)}
+
+    def start(self) -> ArenaServer:
+        self.server.runAsync()
+        self.server.process_async()
+        self.sync.start()
+        if self.lan:
+            try:
+                self._discovery = DiscoveryResponder(self.server, DISCOVERY_PORT).start()
+            except OSError as exc:
+                log.warning("LAN discovery unavailable: %s", exc)
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.server.addr[1])
+
+    def stop(self) -> None:
+        if self._discovery is not None:
+            self._discovery.stop()
+        self.sync.stop()
+        events.unsubscribe("peng3dnet:sync.join", self._on_join, sender=self.server)
+        events.unsubscribe("peng3dnet:sync.leave", self._on_leave, sender=self.server)
+        self.server.shutdown(timeout=5)
+
+    # tick thread -------------------------------------------------------------------------
+    def _on_join(self, event: str, data: dict[str, Any]) -> None:
+        cid = data["cid"]
+        eid = f"p{cid}"
+        self.sync.entities[eid] = new_player(f"player{cid}", seed=cid)
+        self.sync.owners[cid] = eid
+
+    def _on_leave(self, event: str, data: dict[str, Any]) -> None:
+        if data.get("eid"):
+            self.sync.entities.pop(data["eid"], None)
+
+    def _on_input(self, cid: int, eid: str | None, inp: Any) -> None:
+        if eid is None or eid not in self.sync.entities or not isinstance(inp, dict):
+            return
+        name = inp.get("name")
+        if isinstance(name, str) and name.strip():
+            taken = {e.get("name") for k, e in self.sync.entities.items() if k != eid}
+            name = name.strip()[:24]
+            while name in taken:
+                name += "'"
+            self.sync.entities[eid] = {**self.sync.entities[eid], "name": name, "color": color_for(name)}
+            return
+        self.sync.entities[eid] = apply_input(self.sync.entities[eid], inp)
+
+    def _on_step(self, dt: float, tick: int) -> None:
+        self.rules.step(self.sync.entities, dt, tick)
+        self.history[tick] = players_by_name(self.sync.entities)
+        while len(self.history) > HISTORY:
+            self.history.popitem(last=False)
+
+    def report(self) -> dict[str, Any]:
+        with self.sync.lock:
+            return {
+                "role": "server",
+                "tick": self.sync.tick,
+                "players": players_by_name(self.sync.entities),
+                "stats": {**self.sync.stats, **self.server.stats.as_dict()},
+                "history": {str(t): v for t, v in self.history.items()},
+            }
+
+
+class ArenaClient:
+    """One player: a Client plus a SyncClient predicting its avatar."""
+
+    def __init__(self, addr: Any, name: str, *, peng: Any = None, interp_delay: float = 0.1) -> None:
+        self.name = name
+        self.client = Client(peng=peng, addr=addr)
+        self.sync = SyncClient(self.client, tick_rate=TICK_RATE, predict=apply_input, interp_delay=interp_delay)
+        self.rtt: float | None = None
+        events.subscribe("peng3dnet:client.heartbeat", self._on_heartbeat, sender=self.client)
+
+    def _on_heartbeat(self, event: str, data: dict[str, Any]) -> None:
+        self.rtt = data["rtt"]
+
+    def start(self, timeout: float = 10.0) -> ArenaClient:
+        self.client.runAsync()
+        self.client.wait_for_connection(timeout)
+        self.sync.send_input({"name": self.name})
+        return self
+
+    def move(self, dx: float, dy: float, dt: float) -> None:
+        self.sync.send_input({"dx": dx, "dy": dy, "dt": dt})
+
+    def stop(self) -> None:
+        self.sync.close()
+        events.unsubscribe("peng3dnet:client.heartbeat", self._on_heartbeat, sender=self.client)
+        self.client.close("bye")
+        try:
+            self.client.join(5)
+        except Exception as exc:  # noqa: BLE001 - best effort at exit
+            log.debug("client join: %s", exc)
+
+    def report(self) -> dict[str, Any]:
+        tick, view = self.sync.authoritative()
+        return {
+            "role": "client",
+            "name": self.name,
+            "tick": tick,
+            "players": players_by_name(view),
+            "stats": {**self.sync.stats, "rtt": self.rtt, **(self.client.stats.as_dict() if self.client.stats else {})},
+        }
+
+
+class Bot:
+    """An AI player in a daemon thread: 20 inputs a second toward the nearest coin."""
+
+    def __init__(self, addr: Any, name: str) -> None:
+        self.player = ArenaClient(addr, name)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"arena bot {name}", daemon=True)
+
+    def start(self) -> Bot:
+        self.player.start()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        dt = 1.0 / TICK_RATE
+        while not self._stop.wait(dt):  # the bot's own pace
+            sync = self.player.sync
+            own = sync.predicted_own()
+            _, view = sync.authoritative()
+            if own is not None and sync.own is not None:
+                view[sync.own] = own
+            inp = bot_input(view, sync.own, dt)
+            if not self.player.client.closed:
+                self.player.sync.send_input(inp)
+            else:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.player.stop()

@@ -1,0 +1,116 @@
+"""The arena demo: headless agreement between clients and server, and the
+window under Xvfb (pixels and a key press)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from demos.arena.game import ARENA_W, RADIUS, color_for
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+TOL = 1e-6  # the stated tolerance: clients report exactly the server's state at that tick
+
+
+def test_every_demo_module_imports():
+    for mod in ("demos.chat", "demos.arena.game", "demos.arena.netgame", "demos.arena.__main__", "demos.arena.window"):
+        importlib.import_module(mod)
+
+
+def run(args, **kw):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.Popen([sys.executable, "-m", "demos.arena", *args], cwd=ROOT, env=env, text=True, **kw)
+
+
+def test_headless_server_and_three_bots_agree(tmp_path):
+    srv = run(["--server", "--port", "0", "--duration", "6", "--report", str(tmp_path / "server.json")],
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = srv.stdout.readline()
+        port = int(re.search(r"port (\d+)", line).group(1))
+        bots = [
+            run(["--connect", f"127.0.0.1:{port}", "--headless", "--name", f"b{i}", "--duration", "3",
+                 "--report", str(tmp_path / f"b{i}.json")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for i in range(3)
+        ]
+        for b in bots:
+            rc = b.wait(60)
+            err = b.stderr.read()
+            b.stderr.close()
+            assert rc == 0, err
+        assert srv.wait(60) == 0, srv.stderr.read()
+    finally:
+        for p in [srv]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        srv.stdout.close()
+        srv.stderr.close()
+    server = json.loads((tmp_path / "server.json").read_text())
+    assert server["role"] == "server"
+    for i in range(3):
+        rep = json.loads((tmp_path / f"b{i}.json").read_text())
+        assert rep["role"] == "client" and rep["stats"]["desyncs"] == 0
+        truth = server["history"][str(rep["tick"])]
+        assert set(rep["players"]) == set(truth)
+        for name, p in rep["players"].items():
+            for k in ("x", "y"):
+                assert abs(p[k] - truth[name][k]) <= TOL
+            assert p["score"] == truth[name]["score"]
+        assert rep["stats"]["prediction_error_max"] <= TOL
+    # all three played together (bots leave one by one at the end)
+    assert any(set(v) >= {"b0", "b1", "b2"} for v in server["history"].values())
+    # the bots chase coins: somebody scored
+    assert max(p["score"] for v in server["history"].values() for p in v.values()) >= 1
+
+
+def pixel_histogram(path: str) -> dict[tuple[int, int, int], int]:
+    exe = shutil.which("convert")
+    if exe is None:
+        pytest.fail("ImageMagick's convert is missing: run `bash .ci/run` (it installs imagemagick)")
+    out = subprocess.run([exe, path, "-format", "%c", "histogram:info:-"], capture_output=True, text=True, timeout=60)
+    hist = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"\s*(\d+):\s*\(\s*(\d+),\s*(\d+),\s*(\d+)", line)
+        if m:
+            n, r, g, b = map(int, m.groups())
+            hist[(r, g, b)] = hist.get((r, g, b), 0) + n
+    return hist
+
+
+def test_window_renders_players_and_a_key_moves_the_local_player(tmp_path, xvfb_display):
+    shot = tmp_path / "arena.png"
+    report = tmp_path / "report.json"
+    env_display = {"DISPLAY": xvfb_display}
+    env = dict(os.environ, PYTHONPATH=ROOT, **env_display)
+    out = subprocess.run(
+        [sys.executable, "-m", "demos.arena", "--name", "tester", "--bots", "2", "--duration", "3",
+         "--screenshot", str(shot), "--report", str(report), "--test-keys", "RIGHT@0.6-2.2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert shot.exists() and shot.stat().st_size > 1000
+    hist = pixel_histogram(str(shot))
+    me = tuple(color_for("tester"))
+    assert hist.get(me, 0) >= 300, f"local avatar colour {me} not drawn"  # a circle of radius 14 ~ 615 px
+    assert sum(1 for name in ("bot1", "bot2") if hist.get(tuple(color_for(name)), 0) >= 300) == 2
+    assert hist.get((255, 210, 40), 0) >= 100  # coins
+    data = json.loads(report.read_text())
+    hist_ticks = data["server"]["history"]
+    ticks = sorted(t for t in map(int, hist_ticks) if "tester" in hist_ticks[str(t)])
+    assert ticks, "the window client never joined under its name"
+    start = hist_ticks[str(ticks[0])]["tester"]["x"]
+    end = hist_ticks[str(ticks[-1])]["tester"]["x"]
+    # 1.6 s of RIGHT at 180 px/s on the server, unless the wall stops it first
+    assert end - start >= min(150.0, ARENA_W - RADIUS - start - 1.0)
+    # the window client's authoritative view equals the server's at the same tick
+    truth = hist_ticks[str(data["tick"])]
+    for name, p in data["players"].items():
+        assert abs(p["x"] - truth[name]["x"]) <= TOL and abs(p["y"] - truth[name]["y"]) <= TOL
