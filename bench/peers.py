@@ -40,7 +40,13 @@ def ours_server(opts: dict) -> None:
     from peng3dnet.net import Server
     from peng3dnet.packet import Packet
 
-    cfg = {"net.server.addr": ("127.0.0.1", 0), "net.events.enable": opts.get("events", "auto")}
+    cfg = {
+        "net.server.addr": ("127.0.0.1", 0),
+        "net.events.enable": opts.get("events", "auto"),
+        "net.process.inline": opts.get("inline", True),
+        "net.limits.rate.packets": 0,  # a benchmark floods on purpose
+        "net.limits.rate.bytes": 0,
+    }
     server = Server(cfg=cfg)
     counts: dict = {}
 
@@ -60,7 +66,8 @@ def ours_server(opts: dict) -> None:
     if opts.get("subscriber"):
         events.subscribe("peng3dnet:server.connection.recv", lambda e, d: None)
     server.runAsync()
-    server.process_async()
+    if not cfg["net.process.inline"]:
+        server.process_async()
     print(server.addr[1], flush=True)
     sys.stdin.read()
     server.shutdown(timeout=2)
@@ -68,14 +75,19 @@ def ours_server(opts: dict) -> None:
 
 def ours_client(scenario: str, port: int, opts: dict) -> dict:
     from peng3dnet import events
-    from peng3dnet.net import Client
+    from peng3dnet.net import Client, NetworkLoop
     from peng3dnet.packet import Packet
+
+    loop = NetworkLoop().start() if opts.get("clients", 1) > 1 else None
 
     def make(handler):
         c = Client(addr=("127.0.0.1", port))
         c.register_packet("b:msg", Packet(c.registry, c))
         events.subscribe("peng3dnet:client.recv", handler, sender=c)
-        c.runAsync()
+        if loop is not None:  # many clients: one shared network thread
+            loop.add(c)
+        else:
+            c.runAsync()
         c.wait_for_connection(10)
         return c
 

@@ -75,6 +75,10 @@ def main() -> None:
         add(f"echo {c} clients /s", "echo", {"clients": c, "seconds": secs}, "echoes_per_s")
     # events cost on the server (one-way small): disabled / enabled, no subscriber / one subscriber
     ev = {}
+    add("one-way small msgs/s, handlers on the process thread", "oneway", {"n": n}, "msgs_per_s",
+        ours_server={"inline": False})
+    add("echo 10 clients /s, handlers on the process thread", "echo", {"clients": 10, "seconds": secs},
+        "echoes_per_s", ours_server={"inline": False})
     for label, sopts in (("disabled", {"events": False}), ("no subscriber", {}), ("one subscriber", {"subscriber": True})):
         ev[label] = median("ours", "oneway", {"n": n}, "msgs_per_s", args.repeat, sopts)
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

@@ -137,6 +137,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.registry.autosync": True,
     "net.registry.missingpacketaction": "closeconnection",
     "net.server.dualstack": False,
+    # Run packet handlers on the network thread as packets arrive (no queue,
+    # no process() needed; handlers must be quick and must not block).
+    "net.process.inline": False,
     # Liveness (seconds; 0 turns a timeout off).
     "net.timeout.handshake": 10.0,
     "net.timeout.idle": 0.0,

@@ -50,6 +50,7 @@ from .constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
     CONNTYPE_PING,
+    FLAG_COMPRESSED,
     MODE_CLOSED,
     MODE_NOTSET,
     PID_CLOSECONN,
@@ -75,6 +76,7 @@ from .errors import (
 )
 from .packet import ConnInfo, Packet
 from .packet.internal import INTERNAL_PACKETS
+from .protocol.codec import compress_body, pack
 from .protocol.connection import (
     ConnectionClosed,
     ConnTypeRequested,
@@ -91,7 +93,16 @@ from .registry import Registry
 from .transport import EVENT_READ, EVENT_WRITE, WOULD_BLOCK, Channel, Reactor
 from .util import ConfigView, normalize_addr_socketstyle
 
-__all__ = ["STRUCT_HEADER", "STRUCT_LENGTH32", "Server", "ClientOnServer", "Client", "ConnectionStats", "ServerStats"]
+__all__ = [
+    "STRUCT_HEADER",
+    "STRUCT_LENGTH32",
+    "Server",
+    "ClientOnServer",
+    "Client",
+    "NetworkLoop",
+    "ConnectionStats",
+    "ServerStats",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +115,10 @@ _INTERNAL_IDS = frozenset(pid for _, pid, _ in INTERNAL_PACKETS)
 _CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
 
 
-def _has_receive(pobj: Any) -> bool:
-    return getattr(type(pobj), "receive", None) is not Packet.receive
+_PLAIN_CHECK = Packet.check  # a class that does not override check: only its state is checked
+_NOOP_RECEIVE = Packet.receive  # a class that does not override receive is not queued
+_NOOP_SEND = Packet.send
+_NO_EVENT = object()  # marks a send the connection type does not announce
 
 
 class ConnectionStats:
@@ -262,19 +275,39 @@ class _Peer:
         self._loop_started = False
         self._loop_done = threading.Event()
         self._stop_reason: str | None = None
+        self._shared: NetworkLoop | None = None
         prefix = f"peng3dnet:{self._role}."
         self._ev_recv = prefix + ("connection.recv" if self._role == "server" else "recv")
         self._ev_send = prefix + ("connection.send" if self._role == "server" else "send")
         self._sig_recv = _events.signal(self._ev_recv)
         self._sig_send = _events.signal(self._ev_send)
+        self.cfg.on_change = self._refresh_hot
+        self._refresh_hot()
 
     # --- events ----------------------------------------------------------------------
+    def _refresh_hot(self) -> None:
+        """Copy the config values the per-packet path needs into attributes.
+
+        Called at start, when ``cfg[key] = value`` is set on this peer, and by
+        the housekeeping timer (so a change in a Peng's config is seen within
+        a second).
+        """
+        cfg = self.cfg
+        self._h_events = bool(cfg["net.events.enable"])
+        self._h_print_recv = bool(cfg["net.debug.print.recv"])
+        self._h_print_send = bool(cfg["net.debug.print.send"])
+        self._h_recv_queue = int(cfg["net.limits.recv_queue"])
+        self._h_write_cap = int(cfg["net.limits.write_buffer"])
+        self._h_write_raise = cfg["net.limits.write_buffer_action"] == "raise"
+        self._h_rate = float(cfg["net.limits.rate.packets"]) > 0 or float(cfg["net.limits.rate.bytes"]) > 0
+        self._h_inline = bool(cfg["net.process.inline"])
+
     def _events_on(self) -> bool:
-        return bool(self.cfg["net.events.enable"])
+        return self._h_events
 
     def _wants(self, sig: Any) -> bool:
         # The hot-path guard: build no data dict when nobody listens.
-        return (bool(sig.receivers) or self.peng is not None) and self._events_on()
+        return self._h_events and (self.peng is not None or bool(sig.receivers))
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         if not self._events_on():
@@ -442,7 +475,7 @@ class _Peer:
         stats.bytes_in += total
         stats._seen = time.monotonic()
         if outs:
-            if self.side == SIDE_SERVER and not self._rate_ok(link, total, outs):
+            if self._h_rate and self.side == SIDE_SERVER and not self._rate_ok(link, total, outs):
                 return
             self._handle_outputs(link, outs)
         if link.eof and not chan.closed:
@@ -597,6 +630,7 @@ class _Peer:
 
     def _housekeeping(self) -> None:
         """Timeouts and heartbeats, on a timer (network thread)."""
+        self._refresh_hot()
         cfg = self.cfg
         now = time.monotonic()
         hs_timeout = float(cfg["net.timeout.handshake"])
@@ -633,6 +667,8 @@ class _Peer:
         self._schedule_housekeeping()
 
     def _schedule_housekeeping(self) -> None:
+        if self._loop_done.is_set():  # a client that left a shared loop
+            return
         cfg = self.cfg
         periods = [1.0]
         for key, div in (("net.timeout.handshake", 4), ("net.timeout.idle", 4), ("net.heartbeat.interval", 2)):
@@ -645,7 +681,7 @@ class _Peer:
         raise NotImplementedError
 
     def _debug_print(self, kind: str, link: _Link, pid: int, msg: Any) -> None:
-        if self.cfg[f"net.debug.print.{kind}"]:
+        if self._h_print_recv if kind == "recv" else self._h_print_send:
             log.info("%s %s cid=%s pid=%d %.200r", "<" if kind == "recv" else ">", self._role, link.cid, pid, msg)
 
     def _on_conntype(self, link: _Link, conntype: str) -> None:
@@ -658,39 +694,51 @@ class _Peer:
         ct.init(link.cid)
 
     def _on_app_packet(self, link: _Link, o: PacketReceived) -> bool:
-        """Check, announce and queue one application packet; return whether
-        it was queued for process() (network thread)."""
+        """Check, announce and queue (or, inline, dispatch) one application
+        packet; return whether it was queued for process() (network thread)."""
         ct = link.ctobj
-        if ct is not None and not ct.receive(o.msg, o.pid, o.flags, link.cid):
-            return False
-        pobj = self.registry.find_obj(o.pid)
-        if pobj is None or o.pid < PID_FIRST_FREE:
-            log.info("! %s cid=%s: unknown packet id %d", self._role, link.cid, o.pid)
+        if ct is not None and type(ct).receive is not ConnectionType.receive:
+            if not ct.receive(o.msg, o.pid, o.flags, link.cid):
+                return False
+        pid = o.pid
+        pobj = self.registry.find_obj(pid)
+        if pobj is None or pid < PID_FIRST_FREE:
+            log.info("! %s cid=%s: unknown packet id %d", self._role, link.cid, pid)
             self._close_link(link, "unknownpacket")
             return False
-        if not type(pobj).check(self._info(link, o.state)):
+        cls = type(pobj)
+        if cls.check is _PLAIN_CHECK:
+            ok = cls.state is None or o.state == cls.state or (not isinstance(cls.state, int) and o.state in cls.state)
+        else:
+            ok = cls.check(self._info(link, o.state))
+        if not ok:
             if getattr(pobj, "invalid_action", "close") == "ignore":
-                log.debug("! %s cid=%s: ignored packet %d not valid now", self._role, link.cid, o.pid)
+                log.debug("! %s cid=%s: ignored packet %d not valid now", self._role, link.cid, pid)
                 return False
-            log.info("! %s cid=%s: packet %d not valid now, closing", self._role, link.cid, o.pid)
+            log.info("! %s cid=%s: packet %d not valid now, closing", self._role, link.cid, pid)
             self._close_link(link, "smartpacketinvalid")
             return False
-        self._debug_print("recv", link, o.pid, o.msg)
-        if self._wants(self._sig_recv):
-            self._emit_conn(self._ev_recv, link, {"pid": o.pid, "msg": o.msg})
-        if _has_receive(pobj):
-            self._pqueue.append((link, pobj, o.msg))
-            link.queued += 1
-            limit = int(self.cfg["net.limits.recv_queue"])
-            if link.queued >= limit and not link.chan.paused:
-                link.chan.paused = True
-                link.resume_at = limit // 2
-                link.chan.update_interest()
-                log.debug(
-                    "= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued
-                )
-            return True
-        return False
+        if self._h_print_recv:
+            self._debug_print("recv", link, pid, o.msg)
+        if self._h_events and (self.peng is not None or self._sig_recv.receivers):
+            self._emit_conn(self._ev_recv, link, {"pid": pid, "msg": o.msg})
+        if cls.receive is _NOOP_RECEIVE:
+            return False
+        if self._h_inline:
+            try:
+                pobj.receive(o.msg, link.cid)
+            except Exception:
+                log.exception("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
+            return False
+        self._pqueue.append((link, pobj, o.msg))
+        link.queued += 1
+        limit = self._h_recv_queue
+        if link.queued >= limit and not link.chan.paused:
+            link.chan.paused = True
+            link.resume_at = limit // 2
+            link.chan.update_interest()
+            log.debug("= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued)
+        return True
 
     def _on_closed(self, link: _Link, o: ConnectionClosed) -> None:
         chan = link.chan
@@ -763,45 +811,65 @@ class _Peer:
             if isinstance(ptype, int) and not isinstance(ptype, bool):
                 raise RegistryError(f"packet id {ptype} is not registered") from None
             raise
-        pobj = self.registry.find_obj(pid)
         if pid in _INTERNAL_IDS:
             raise LocalProtocolError(f"internal packet {pid} cannot be sent with send_message()")
+        pobj = self.registry.find_obj(pid)
         if pobj is not None:
-            if not type(pobj).check(self._info(link), sending=True):
-                if not link.proto.is_open:
-                    raise ConnectionClosedError("connection is closed", link.proto.close_reason)
-                raise LocalProtocolError(
-                    f"packet {self.registry.get_name(pid)!r} cannot be sent now "
-                    f"(state {link.proto.state.name}); wait for the handshake"
-                )
+            data = self._check_send(link, pobj, pid, data)
+        ct = link.ctobj
+        announce = True
+        if ct is not None and type(ct).send is not ConnectionType.send:
+            announce = ct.send(data, pid, link.cid)
+        frame = link.proto.encode_packet(pid, data)  # encode outside the lock
+        self._send_frame(link, frame, pid, data if announce else _NO_EVENT)
+
+    def _check_send(self, link: _Link, pobj: Any, pid: int, data: Any) -> Any:
+        cls = type(pobj)
+        proto = link.proto
+        if cls.check is _PLAIN_CHECK:
+            state = proto.state
+            ok = cls.state is None or state == cls.state or (not isinstance(cls.state, int) and state in cls.state)
+        else:
+            ok = cls.check(self._info(link), sending=True)
+        if not ok or not proto.is_open:
+            if not proto.is_open:
+                raise ConnectionClosedError("connection is closed", proto.close_reason)
+            raise LocalProtocolError(
+                f"packet {self.registry.get_name(pid)!r} cannot be sent now "
+                f"(state {proto.state.name}); wait for the handshake"
+            )
+        if cls.send is not _NOOP_SEND:
             repl = pobj.send(data, link.cid)
             if repl is not None:
-                data = repl
-        ct = link.ctobj
-        announce = ct.send(data, pid, link.cid) if ct is not None else True
-        frame = link.proto.encode_packet(pid, data)  # encode outside the lock
+                return repl
+        return data
+
+    def _send_frame(self, link: _Link, frame: bytes, pid: int, data: Any) -> None:
+        """Queue an encoded frame on one connection (any thread)."""
         chan = link.chan
+        slow = False
         with chan.lock:
-            if len(chan.out) + len(frame) > self._write_cap and chan.out:
-                if self.cfg["net.limits.write_buffer_action"] == "raise":
+            if not link.proto.is_open:
+                raise ConnectionClosedError("connection is closed", link.proto.close_reason)
+            if chan.out and len(chan.out) + len(frame) > self._h_write_cap:
+                if self._h_write_raise:
                     raise WriteBufferFullError(
-                        f"{len(chan.out)} bytes wait for cid={link.cid}; the cap is {self._write_cap}"
+                        f"{len(chan.out)} bytes wait for cid={link.cid}; the cap is {self._h_write_cap}"
                     )
                 log.info("! %s cid=%s: peer does not read (%d bytes queued), closing", self._role, link.cid, len(chan.out))
                 slow = True
             else:
-                slow = False
-                link.proto.send_frame(frame)
-                chan.write(link.proto.data_to_send())
-                link.stats.packets_out += 1
-                link.stats.bytes_out += len(frame)
-            if announce and not slow and self._wants(self._sig_send):
-                # Emitted under the lock so it cannot come after the close event.
-                self._emit_conn(self._ev_send, link, {"pid": pid, "data": data})
+                chan.write(frame)
+                stats = link.stats
+                stats.packets_out += 1
+                stats.bytes_out += len(frame)
+                if data is not _NO_EVENT and self._h_events and (self.peng is not None or self._sig_send.receivers):
+                    # Emitted under the lock so it cannot come after the close event.
+                    self._emit_conn(self._ev_send, link, {"pid": pid, "data": data})
         if slow:
             self._close_slow(link)
             return
-        if self.cfg["net.debug.print.send"]:
+        if self._h_print_send:
             self._debug_print("send", link, pid, data)
 
     def _close_slow(self, link: _Link) -> None:
@@ -813,9 +881,7 @@ class _Peer:
         else:
             self._reactor.call_soon(self._force_close, link)
 
-    @property
-    def _write_cap(self) -> int:
-        return int(self.cfg["net.limits.write_buffer"])
+
 
     def _send_raw(self, cid: int | None, pid: int, msg: Any) -> None:
         """Send a packet that is not in the registry (connection types)."""
@@ -947,7 +1013,19 @@ class _Peer:
             self._stop_reason = reason
         self._process_stop = True
         self._wake_process()
-        self._reactor.stop()
+        if self._shared is not None:
+            if self._loop_active():
+                self._reactor.call_soon(self._leave_shared)
+        else:
+            self._reactor.stop()
+
+    def _leave_shared(self) -> None:
+        if self._loop_done.is_set():
+            return
+        try:
+            self._on_loop_exit()
+        finally:
+            self._loop_done.set()
 
     def _emit_conn(self, event: str, link: _Link, data: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -1379,6 +1457,72 @@ class Server(_Peer):
         the network.
         """
         self._send(self._link(cid), ptype, data)
+
+    def broadcast(self, ptype: Any, data: Any, cids: Any = None) -> int:
+        """Send one message to many clients, encoding it once.
+
+        Args:
+            ptype: Packet id, name or registered packet object.
+            data: Any msgpack-serializable value.
+            cids: The connection ids (default: every handshaken client).
+
+        Returns:
+            How many connections it was queued on.  Connections that are
+            closed, not handshaken, or whose write buffer is full (with
+            ``"raise"``) are skipped, not raised for.
+
+        Raises:
+            RegistryError: Unknown packet.
+            LocalProtocolError: The message cannot be encoded.
+
+        Thread safety: any thread.  A packet class with its own ``send`` hook
+        gets it called once per connection (no shared encoding then).
+
+        .. versionadded:: 0.2
+        """
+        pid = self.registry.get_id(ptype)
+        if pid in _INTERNAL_IDS:
+            raise LocalProtocolError(f"internal packet {pid} cannot be broadcast")
+        pobj = self.registry.find_obj(pid)
+        targets = list(self._links) if cids is None else list(cids)
+        if pobj is not None and type(pobj).send is not _NOOP_SEND:
+            sent = 0
+            for cid in targets:
+                try:
+                    self.send_message(ptype, data, cid)
+                    sent += 1
+                except (ConnectionClosedError, WriteBufferFullError, LocalProtocolError):
+                    continue
+            return sent
+        return self._fanout(pid, pobj, self._frame_for_body(pid, pack(data)), data, targets)
+
+    def _frame_for_body(self, pid: int, body: bytes) -> bytes:
+        # The same compression rule as every send (config, threshold, level).
+        if self.cfg["net.compress.enabled"] and len(body) > int(self.cfg["net.compress.threshold"]):
+            return encode_frame(pid, FLAG_COMPRESSED, compress_body(body, int(self.cfg["net.compress.level"])))
+        return encode_frame(pid, 0, body)
+
+    def _fanout(self, pid: int, pobj: Any, frame: bytes, data: Any, cids: Any) -> int:
+        sent = 0
+        for cid in cids:
+            link = self._links.get(cid)
+            if link is None or link.proto.state != HandshakeState.ACTIVE:
+                continue
+            try:
+                if pobj is not None:
+                    self._check_send(link, pobj, pid, data)
+                self._send_frame(link, frame, pid, data)
+                sent += 1
+            except (ConnectionClosedError, WriteBufferFullError, LocalProtocolError):
+                continue
+        return sent
+
+    def _send_body(self, ptype: Any, body: bytes, cid: int) -> None:
+        """Send an already msgpack-encoded body (one value) to one client.
+        For the library's fan-out paths (ext.sync); the body is trusted."""
+        pid = self.registry.get_id(ptype)
+        link = self._link(cid)
+        self._send_frame(link, self._frame_for_body(pid, body), pid, _NO_EVENT)
 
     def close_connection(self, cid: int, reason: str | None = None) -> None:
         """Send ``closeconn`` with ``reason`` after what is queued, then close.
@@ -1842,3 +1986,81 @@ class Client(_Peer):
             if link is not None and link.proto.is_open:
                 self._close_link(link, "clientstop")
             self._emit("peng3dnet:client.stop", {"reason": "method"})
+
+
+class NetworkLoop:
+    """One network thread serving many :class:`Client` objects.
+
+    A Client normally runs its own loop thread (``runAsync()``).  Bots, load
+    tests and tools that hold many connections in one process can put them
+    all on one thread instead, which is much cheaper::
+
+        loop = NetworkLoop().start()
+        clients = [loop.add(Client(addr=...)) for _ in range(100)]
+        ...
+        loop.stop()
+
+    Each client behaves as with ``runAsync()``: ``wait_for_connection()``,
+    ``send_message()``, ``close()``, ``stop()`` and ``join()`` work the same
+    (``stop()``/``join()`` end that client only), its events and hooks run on
+    the shared thread.
+
+    Args:
+        name: The thread's name.
+
+    Thread safety: :meth:`add` and :meth:`stop` from any thread.
+    """
+
+    def __init__(self, name: str = "peng3dnet Client Thread") -> None:
+        self.name = name
+        self._reactor = Reactor(name)
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._clients: list[Client] = []
+
+    def start(self, selector: Any = selectors.DefaultSelector) -> NetworkLoop:
+        """Start the shared thread (daemon); returns ``self``."""
+        t = threading.Thread(target=self._run, args=(selector,), name=self.name, daemon=True)
+        self._thread = t
+        t.start()
+        self._started.wait(10)
+        return self
+
+    def _run(self, selector: Any) -> None:
+        try:
+            self._reactor.run(selector, self._started.set)
+        finally:
+            for client in self._clients:  # those still here end with the loop
+                try:
+                    client._leave_shared()
+                except Exception:
+                    log.exception("! shared loop: closing a client failed")
+            self._reactor.close()
+
+    def add(self, client: Client) -> Client:
+        """Connect ``client`` (in the caller's thread) and serve it on this loop.
+
+        Returns:
+            The client.
+
+        Raises:
+            NetworkError: The connection cannot be made.
+        """
+        if client._loop_started:
+            raise LocalProtocolError("the client already runs a loop")
+        client._reactor = self._reactor
+        client._shared = self
+        client.initialize()
+        client.connect()
+        client._loop_started = True
+        client._loop_done.clear()
+        self._clients = [c for c in self._clients if not c._loop_done.is_set()]
+        self._clients.append(client)
+        self._reactor.call_soon(client._on_loop_start)
+        return client
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Close every client still on the loop and end the thread."""
+        self._reactor.stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 """Exceptions meaning "try again later" on a non-blocking (TLS) socket."""
 
+CORK_GAP = 20e-6
+"""Seconds: a write from another thread starting sooner than this after the
+previous one ended is buffered for the network thread (see Channel.write)."""
+
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 
@@ -261,6 +265,7 @@ class Channel:
         "linger",
         "shut",
         "tls_pending",
+        "last_write",
         "__weakref__",
     )
 
@@ -281,6 +286,7 @@ class Channel:
         self.linger: Timer | None = None
         self.shut = False
         """Whether our sending side was shut down (``SHUT_WR``)."""
+        self.last_write = 0.0  # monotonic time the last direct write from another thread ended
         self.tls_pending = 0
         """While a TLS handshake is in progress: the event it waits for
         (``EVENT_READ`` or ``EVENT_WRITE``); 0 otherwise."""
@@ -288,6 +294,11 @@ class Channel:
     def write(self, data: bytes) -> None:
         """Send ``data`` now if possible, buffer the rest (lock held).
 
+        Writes from other threads that come in a burst (the previous one
+        ended less than :data:`CORK_GAP` ago) are buffered and flushed by the
+        network thread in one ``send()``: a loop of ``send_message`` calls
+        costs one syscall per socket-buffer-full instead of one per message,
+        while a lone message (a request, an RTT probe) still goes out at once.
         A socket error is stored in :attr:`error` and the channel is handed to
         the network thread to be closed; it is not raised.
         """
@@ -296,20 +307,37 @@ class Channel:
         if self.out or self.error is not None:
             self.out += data
             return
+        reactor = self.reactor
+        in_loop = reactor.in_loop()
+        if not in_loop and time.monotonic() - self.last_write < CORK_GAP and reactor.selector is not None:
+            self.out += data
+            reactor.call_soon(self._flush_soon)
+            return
         try:
             n = self.sock.send(data)
         except _WOULD_BLOCK:
             n = 0
         except OSError as exc:
             self.error = NetworkError(f"send: {exc}")
-            self.reactor.call_soon(self.on_ready, EVENT_WRITE)
+            reactor.call_soon(self.on_ready, EVENT_WRITE)
             return
+        if not in_loop:
+            self.last_write = time.monotonic()
         if n < len(data):
             self.out += memoryview(data)[n:]
-            if self.reactor.in_loop():
+            if in_loop:
                 self.update_interest()
             else:
-                self.reactor.call_soon(self.update_interest)
+                reactor.call_soon(self.update_interest)
+
+    def _flush_soon(self) -> None:
+        with self.lock:
+            self.flush()
+            self.last_write = 0.0
+        if self.error is not None:
+            self.on_ready(EVENT_WRITE)
+        else:
+            self.update_interest()
 
     def flush(self) -> bool:
         """Write as much of :attr:`out` as the socket takes (network thread, lock held).
@@ -319,15 +347,24 @@ class Channel:
         """
         out = self.out
         if out and self.error is None:
-            try:
-                n = self.sock.send(out)
-            except _WOULD_BLOCK:
-                n = 0
-            except OSError as exc:
-                self.error = NetworkError(f"send: {exc}")
+            sent = 0
+            size = len(out)
+            with memoryview(out) as view:
+                while sent < size:
+                    try:
+                        n = self.sock.send(view[sent:])
+                    except _WOULD_BLOCK:
+                        break
+                    except OSError as exc:
+                        self.error = NetworkError(f"send: {exc}")
+                        break
+                    if not n:
+                        break
+                    sent += n
+            if sent:
+                del out[:sent]  # once per flush, not once per send()
+            if self.error is not None:
                 return False
-            if n:
-                del out[:n]
         return not out
 
     def update_interest(self) -> None:

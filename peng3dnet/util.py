@@ -89,7 +89,10 @@ class ConfigView(Mapping[str, Any]):
 
     def __init__(self, overrides: Mapping[str, Any] | None = None, peng: Any = None) -> None:
         self.overrides: dict[str, Any] = dict(overrides or {})
-        """The user's overrides (may be changed; changes are seen at once)."""
+        """The user's overrides (change them with ``cfg[key] = value``)."""
+        self.on_change: Any = None
+        """Called with no arguments after ``cfg[key] = value`` (the owning peer
+        refreshes its cached copies of hot keys)."""
         self._pengcfg = getattr(peng, "cfg", None) if peng is not None else None
 
     def __getitem__(self, key: str) -> Any:
@@ -104,6 +107,8 @@ class ConfigView(Mapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.overrides[key] = value
+        if self.on_change is not None:
+            self.on_change()
 
     def __iter__(self) -> Any:
         keys = dict.fromkeys(DEFAULT_CONFIG)

@@ -186,7 +186,11 @@ def emit(name: str, sender: Any, data: dict[str, Any]) -> None:
     if sig is None:
         sig = signal(name)
     if sig.receivers:
-        sig.send(sender, event=name, data=data)
+        # Same delivery as Signal.send (sender filtering, weak references),
+        # minus its per-call coroutine check: receivers here are plain
+        # callables, and this runs once per packet.
+        for receiver in sig.receivers_for(sender):
+            receiver(sender, event=name, data=data)
 
 
 for _name, _spec in CATALOG.items():

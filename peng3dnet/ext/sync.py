@@ -311,7 +311,10 @@ class SyncServer:
                 continue
             ack = msg.get("ack")
             if isinstance(ack, int) and ack in cs.history and ack > cs.acked:
+                prev = cs.acked
                 cs.acked = ack
+                if prev in cs.history and prev <= self.tick - self.history:
+                    del cs.history[prev]  # an old base kept only while it was the acked one
             if msg.get("resync"):
                 cs.resync = True
                 self.stats["resyncs"] += 1
@@ -334,28 +337,53 @@ class SyncServer:
         return {eid: dict(st) for eid, st in ents.items() if self.interest(cid, eid, st, ents, own)}
 
     def _send_snapshots(self) -> None:
+        # Fan-out without per-client copies where clients share data: with no
+        # interest filter every client's view is the same object this tick,
+        # its checksum is computed once, and each distinct delta (one per
+        # acknowledged base tick, usually one) is computed and encoded once.
+        # Only the few per-client keys are encoded per client.
         tick = self.tick
+        shared = self.view_for(-1) if self.interest is None else None
+        sums: dict[int, bytes] = {}
+        deltas: dict[tuple[int, int], list[bytes]] = {}
+        server = self.server
         for cid, cs in list(self._clients.items()):
-            view = self.view_for(cid)
+            view = shared if shared is not None else self.view_for(cid)
+            vid = id(view)
+            if vid not in sums:
+                sums[vid] = msgpack.packb(checksum(view))
             base = None if cs.resync else cs.history.get(cs.acked)
-            msg: dict[str, Any] = {
-                "t": tick,
-                "b": cs.acked if base is not None else -1,
-                "cs": checksum(view),
-                "ai": cs.last_seq,
-                "you": self.owners.get(cid),
-            }
             if base is None:
-                msg["n"] = view
+                key = (vid, -1)
+                if key not in deltas:
+                    deltas[key] = [msgpack.packb("n"), msgpack.packb(view)]
                 cs.resync = False
                 self.stats["full_snapshots"] += 1
+                base_tick = -1
             else:
-                msg.update(diff_views(base, view))
+                key = (vid, id(base))
+                if key not in deltas:
+                    parts: list[bytes] = []
+                    for k, v in diff_views(base, view).items():
+                        parts += (msgpack.packb(k), msgpack.packb(v))
+                    deltas[key] = parts
+                base_tick = cs.acked
+            delta = deltas[key]
+            head = [
+                b"\xa1t", msgpack.packb(tick),
+                b"\xa1b", msgpack.packb(base_tick),
+                b"\xa2cs", sums[vid],
+                b"\xa2ai", msgpack.packb(cs.last_seq),
+                b"\xa3you", msgpack.packb(self.owners.get(cid)),
+            ]
+            nfields = 5 + len(delta) // 2
+            body = bytes([0x80 | nfields]) + b"".join(head) + b"".join(delta)
             cs.history[tick] = view
-            for old in [t for t in cs.history if t <= tick - self.history and t != cs.acked]:
+            old = tick - self.history
+            if old in cs.history and old != cs.acked:
                 del cs.history[old]
             try:
-                self.server.send_message(SNAPSHOT_PACKET, msg, cid)
+                server._send_body(SNAPSHOT_PACKET, body, cid)
                 self.stats["snapshots"] += 1
             except Peng3dNetError as exc:
                 log.debug("sync: snapshot to cid=%d not sent: %s", cid, exc)
@@ -383,6 +411,10 @@ class SyncClient:
             entity (the function the server applies); ``None`` disables
             prediction.
         clock: Time source (default ``time.monotonic``).
+        ack_every: Acknowledge every n-th snapshot on its own (inputs always
+            carry the latest ack).  Deltas then span up to n ticks; for
+            entities that change every tick they are no larger, and the
+            server reads half the packets.
     """
 
     def __init__(
@@ -394,6 +426,7 @@ class SyncClient:
         history: int = 64,
         predict: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ack_every: int = 2,
     ) -> None:
         self.client = client
         self.tick_rate = float(tick_rate)
@@ -401,6 +434,7 @@ class SyncClient:
         self.history = int(history)
         self.predict = predict
         self.clock = clock
+        self.ack_every = max(1, int(ack_every))
         self.lock = threading.RLock()
         """Guards every attribute below."""
         self.tick = -1
@@ -478,7 +512,9 @@ class SyncClient:
             self._offset = off if self._offset is None else min(off, self._offset + 0.001)
             self._buffer.append((server_time, view))
             self._reconcile(msg.get("ai", -1))
-        self._send({"ack": tick})
+            ack_now = base_tick == -1 or self.stats["snapshots"] % self.ack_every == 0
+        if ack_now:
+            self._send({"ack": tick})
         self.client.sendEvent("peng3dnet:sync.snapshot", {"tick": tick, "view": view})
 
     def _desync(self, tick: int, why: str) -> None:
