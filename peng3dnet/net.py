@@ -115,7 +115,17 @@ _INTERNAL_IDS = frozenset(pid for _, pid, _ in INTERNAL_PACKETS)
 _CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
 
 
-_PLAIN_CHECK = Packet.check  # a class that does not override check: only its state is checked
+_PLAIN_CHECK_FUNC = Packet.check.__func__  # type: ignore[attr-defined]
+_plain_classes: dict[type, bool] = {}
+
+
+def _plain_check(cls: type) -> bool:
+    """Whether ``cls`` keeps Packet.check (only its ``state`` is checked): the fast path."""
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        plain = _plain_classes[cls] = getattr(cls.check, "__func__", None) is _PLAIN_CHECK_FUNC  # type: ignore[attr-defined]
+    return plain
+
 _NOOP_RECEIVE = Packet.receive  # a class that does not override receive is not queued
 _NOOP_SEND = Packet.send
 _NO_EVENT = object()  # marks a send the connection type does not announce
@@ -299,7 +309,11 @@ class _Peer:
         self._h_recv_queue = int(cfg["net.limits.recv_queue"])
         self._h_write_cap = int(cfg["net.limits.write_buffer"])
         self._h_write_raise = cfg["net.limits.write_buffer_action"] == "raise"
-        self._h_rate = float(cfg["net.limits.rate.packets"]) > 0 or float(cfg["net.limits.rate.bytes"]) > 0
+        self._h_rate_p = float(cfg["net.limits.rate.packets"])
+        self._h_rate_b = float(cfg["net.limits.rate.bytes"])
+        self._h_rate_burst = float(cfg["net.limits.rate.burst"])
+        self._h_rate_drop = cfg["net.limits.rate.action"] == "drop"
+        self._h_rate = self._h_rate_p > 0 or self._h_rate_b > 0
         self._h_inline = bool(cfg["net.process.inline"])
 
     def _events_on(self) -> bool:
@@ -439,10 +453,11 @@ class _Peer:
                             proto.receive_eof("tlsnotenabled")
                             eof = True
                             n = 0
+                    tls = link.sslsec != SSLSEC_NONE
                     while n:
                         total += n
                         proto.receive_data(view[:n])
-                        if not (isinstance(chan.sock, ssl.SSLSocket) and chan.sock.pending()):
+                        if not (tls and chan.sock.pending()):  # type: ignore[attr-defined]
                             break
                         n = chan.sock.recv_into(buf)
                         eof = n == 0
@@ -484,12 +499,9 @@ class _Peer:
 
     def _rate_ok(self, link: _Link, nbytes: int, outs: list[Output]) -> bool:
         """Token buckets per connection (server side).  Return whether to go on."""
-        cfg = self.cfg
-        rate_p = float(cfg["net.limits.rate.packets"])
-        rate_b = float(cfg["net.limits.rate.bytes"])
-        if rate_p <= 0 and rate_b <= 0:
-            return True
-        burst = float(cfg["net.limits.rate.burst"])
+        rate_p = self._h_rate_p
+        rate_b = self._h_rate_b
+        burst = self._h_rate_burst
         now = link.stats._seen
         if link.rate_t == 0.0:
             link.rate_p, link.rate_b, link.rate_t = rate_p * burst, rate_b * burst, now
@@ -498,7 +510,7 @@ class _Peer:
         link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
         link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
         npackets = sum(1 for o in outs if isinstance(o, PacketReceived))
-        if cfg["net.limits.rate.action"] == "drop":
+        if self._h_rate_drop:
             # Let through what the buckets allow, drop the rest of this read's
             # application packets; dropped packets cost no tokens.
             allowed = int(link.rate_p) if rate_p > 0 else npackets
@@ -707,7 +719,7 @@ class _Peer:
             self._close_link(link, "unknownpacket")
             return False
         cls = type(pobj)
-        if cls.check is _PLAIN_CHECK:
+        if _plain_check(cls):
             ok = cls.state is None or o.state == cls.state or (not isinstance(cls.state, int) and o.state in cls.state)
         else:
             ok = cls.check(self._info(link, o.state))
@@ -826,12 +838,12 @@ class _Peer:
     def _check_send(self, link: _Link, pobj: Any, pid: int, data: Any) -> Any:
         cls = type(pobj)
         proto = link.proto
-        if cls.check is _PLAIN_CHECK:
+        if _plain_check(cls):
             state = proto.state
             ok = cls.state is None or state == cls.state or (not isinstance(cls.state, int) and state in cls.state)
         else:
             ok = cls.check(self._info(link), sending=True)
-        if not ok or not proto.is_open:
+        if not ok:
             if not proto.is_open:
                 raise ConnectionClosedError("connection is closed", proto.close_reason)
             raise LocalProtocolError(
@@ -882,6 +894,30 @@ class _Peer:
             self._reactor.call_soon(self._force_close, link)
 
 
+
+    def _feed(self, link: _Link, data: bytes) -> None:
+        """receive_data() of both facades: bytes in as if read from the socket."""
+        with link.chan.lock:
+            link.proto.receive_data(data)
+            outs = link.proto.drain_received()
+            link.chan.write(link.proto.data_to_send())
+        if self._loop_active() and not self._reactor.in_loop():
+            self._reactor.call_soon(self._handle_outputs, link, outs)
+        else:
+            self._handle_outputs(link, outs)
+
+    # --- peng3d-style API (names fixed) ---
+    def addConnType(self, t: str, obj: ConnectionType) -> None:  # noqa: N802
+        """Register a connection type under the name ``t``.
+
+        Raises:
+            AlreadyRegisteredError: The name is taken.
+
+        Thread safety: any thread, before connections are made.
+        """
+        if t in self.conntypes:
+            raise AlreadyRegisteredError(f"connection type {t!r} is already registered")
+        self.conntypes[t] = obj
 
     def _send_raw(self, cid: int | None, pid: int, msg: Any) -> None:
         """Send a packet that is not in the registry (connection types)."""
@@ -1196,18 +1232,6 @@ class Server(_Peer):
             self._ssl_ctx = _tls.server_context(self.cfg)
 
     # --- peng3d-style API (names fixed) ---
-    def addConnType(self, t: str, obj: ConnectionType) -> None:  # noqa: N802
-        """Register a connection type under the name ``t``.
-
-        Raises:
-            AlreadyRegisteredError: The name is taken.
-
-        Thread safety: any thread, before clients connect.
-        """
-        if t in self.conntypes:
-            raise AlreadyRegisteredError(f"connection type {t!r} is already registered")
-        self.conntypes[t] = obj
-
     def genCID(self) -> int:  # noqa: N802
         """Return a new connection id: unique, increasing ints from 1.
 
@@ -1553,14 +1577,7 @@ class Server(_Peer):
         link = self._links.get(cid)
         if link is None:
             raise ConnectionClosedError(f"no connection with cid {cid!r}")
-        with link.chan.lock:
-            link.proto.receive_data(data)
-            outs = link.proto.drain_received()
-            link.chan.write(link.proto.data_to_send())
-        if self._loop_active() and not self._reactor.in_loop():
-            self._reactor.call_soon(self._handle_outputs, link, outs)
-        else:
-            self._handle_outputs(link, outs)
+        self._feed(link, data)
 
     def receive_packet(self, data: bytes, cid: int) -> None:
         """Feed one packet (header + body, without the length prefix).
@@ -1659,16 +1676,6 @@ class Client(_Peer):
         """Why the connection closed (``None`` while open)."""
 
     # --- peng3d-style API (names fixed) ---
-    def addConnType(self, t: str, obj: ConnectionType) -> None:  # noqa: N802
-        """Register a connection type under the name ``t``.
-
-        Raises:
-            AlreadyRegisteredError: The name is taken.
-        """
-        if t in self.conntypes:
-            raise AlreadyRegisteredError(f"connection type {t!r} is already registered")
-        self.conntypes[t] = obj
-
     def runBlocking(self, selector: Any = selectors.DefaultSelector) -> None:  # noqa: N802
         """Run the network loop in the calling thread until the connection
         closes or :meth:`stop` is called.  Calls :meth:`initialize` and
@@ -1957,14 +1964,7 @@ class Client(_Peer):
         link = self._link_obj
         if link is None:
             raise ConnectionClosedError("client is not connected")
-        with link.chan.lock:
-            link.proto.receive_data(data)
-            outs = link.proto.drain_received()
-            link.chan.write(link.proto.data_to_send())
-        if self._loop_active() and not self._reactor.in_loop():
-            self._reactor.call_soon(self._handle_outputs, link, outs)
-        else:
-            self._handle_outputs(link, outs)
+        self._feed(link, data)
 
     def receive_packet(self, data: bytes, cid: None = None) -> None:
         """Feed one packet (header + body, without the length prefix)."""
