@@ -21,7 +21,7 @@ from .errors import (
     RemoteProtocolError,
     TimedOutError,
 )
-from .net import Client, ClientOnServer, Server
+from .net import Client, ClientOnServer, NetworkLoop, Server
 from .packet import Packet, PrintPacket, SmartPacket
 from .version import PROTOVERSION, RELEASE, VERSION, __version__
 
@@ -35,6 +35,7 @@ __all__ = [
     "InvalidAddressError",
     "LocalProtocolError",
     "NetworkError",
+    "NetworkLoop",
     "PROTOVERSION",
     "Packet",
     "Peng3dNetError",

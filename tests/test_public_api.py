@@ -29,6 +29,8 @@ SERVER_API = {
     "send_message": "(ptype, data, cid)",
     "shutdown": "(join=True, timeout=0, reason='servershutdown')",
     "stop": "()",
+    # additions of ours (keyword-compatible, documented in the README)
+    "broadcast": "(ptype, data, cids=None)",
 }
 CLIENT_API = {
     "addConnType": "(t, obj)",
@@ -100,6 +102,11 @@ def test_structs_and_constants():
                  "STRUCT_FORMAT_HEADER", "STRUCT_FORMAT_LENGTH32"):
         assert hasattr(constants, name), name
     assert constants.CONNTYPE_CLASSIC == "classic" and constants.CONNTYPE_PING == "ping"
+
+
+def test_network_loop():
+    assert strip_annotations(net.NetworkLoop.add) == "(client)"
+    assert strip_annotations(net.NetworkLoop.start).startswith("(selector=")
 
 
 def test_package_exports():

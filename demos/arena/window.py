@@ -118,16 +118,20 @@ class ArenaGame:
         self.window.changeMenu("arena")
         self.keys = key.KeyStateHandler()
         self.window.push_handlers(self.keys)
-        # network events on the main thread (handlers kept as bound methods of self)
+        # Every peng3dnet event of our client (core and sync), on the main
+        # thread; the handler is a bound method of self, kept alive by self.
         self.net = attach_to_pyglet(player.client)
-        self.net.subscribe("peng3dnet:sync.snapshot", self.on_snapshot, sender=player.client)
-        self.net.subscribe("peng3dnet:client.close", self.on_close, sender=player.client)
+        self.net.subscribe("peng3dnet:*", self.on_net_event, sender=player.client)
 
-    def on_snapshot(self, event: str, data: dict[str, Any]) -> None:
-        self.tick = data["tick"]
-
-    def on_close(self, event: str, data: dict[str, Any]) -> None:
-        self.status = f"disconnected ({data['reason']})"
+    def on_net_event(self, event: str, data: dict[str, Any]) -> None:
+        if event == "peng3dnet:sync.snapshot":
+            self.tick = data["tick"]
+        elif event == "peng3dnet:client.close":
+            self.status = f"disconnected ({data['reason']})"
+        elif event == "peng3dnet:sync.desync":
+            self.status = f"resyncing (tick {data['tick']})"
+        elif event == "peng3dnet:client.heartbeat":
+            self.status = "connected"
 
     def update(self, dt: float) -> None:
         k = self.keys
