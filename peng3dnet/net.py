@@ -654,7 +654,12 @@ class _Peer:
             if not proto.is_open or link.local_closed:
                 continue
             stats = link.stats
-            if hs_timeout > 0 and proto.state != HandshakeState.ACTIVE and now - stats._since > hs_timeout:
+            # Custom connection types (not classic, not ping) run their own
+            # protocol after settype: the handshake timeout stops there.
+            pending = proto.state != HandshakeState.ACTIVE and (
+                proto.state != HandshakeState.TYPESET or proto.conntype in (CONNTYPE_CLASSIC, CONNTYPE_PING)
+            )
+            if hs_timeout > 0 and pending and now - stats._since > hs_timeout:
                 hint = " (a TLS peer on a plaintext port, or the reverse?)" if stats.bytes_in == 0 else ""
                 log.info("! %s cid=%s: handshake not complete after %.1f s%s", self._role, link.cid, hs_timeout, hint)
                 self._close_link(link, "handshaketimeout")
@@ -1683,6 +1688,8 @@ class Client(_Peer):
 
         Thread safety: the calling thread becomes the network thread.
         """
+        if self._shared is not None:
+            raise LocalProtocolError("this client runs on a NetworkLoop")
         self.initialize()
         self.connect()
         self._run_loop(selector)
@@ -1693,7 +1700,10 @@ class Client(_Peer):
 
         Raises:
             NetworkError: The connection cannot be made.
+            LocalProtocolError: The client already runs on a NetworkLoop.
         """
+        if self._shared is not None:
+            raise LocalProtocolError("this client runs on a NetworkLoop")
         self.initialize()
         self.connect()
         t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)

@@ -421,3 +421,24 @@ def test_dualstack_server_takes_ipv4_clients():
     finally:
         s.shutdown(timeout=5)
 
+
+
+def test_handshake_timeout_spares_custom_conntypes_but_not_silent_pings():
+    from peng3dnet.conntypes import ConnectionType
+
+    s, rec = started(**{"net.timeout.handshake": 0.3})
+    s.addConnType("custom", ConnectionType(s))
+    try:
+        ping = RawPeer(s.addr)
+        ping.recv_packet()
+        ping.send_packet(2, {"conntype": "ping"})  # and never sends the request
+        custom = RawPeer(s.addr)
+        custom.recv_packet()
+        custom.send_packet(2, {"conntype": "custom"})
+        assert ping.recv_until_close() == [(16, {"reason": "handshaketimeout"})]
+        closes = rec.wait_for("peng3dnet:server.connection.close")
+        assert len(closes) == 1  # the custom connection is still open
+        assert len(s.clients) == 1
+    finally:
+        rec.close()
+        s.shutdown(timeout=5)

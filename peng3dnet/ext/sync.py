@@ -41,10 +41,11 @@ error found at each reconciliation.
 Threads: the server's game callbacks run on the tick thread
 ("peng3dnet sync Thread"); snapshots are decoded on the client's network
 thread; ``render_view()``/``send_input()`` may be called from any thread
-(the game's main thread).  Sync events: ``peng3dnet:sync.join`` /
-``peng3dnet:sync.leave`` (server, tick thread... see README), and
-``peng3dnet:sync.snapshot`` / ``peng3dnet:sync.desync`` (client, network
-thread).  This module never imports pyglet.
+(the game's main thread).  Sync events: ``peng3dnet:sync.join`` ``{cid}`` /
+``peng3dnet:sync.leave`` ``{cid, eid}`` (server, on the tick thread), and
+``peng3dnet:sync.snapshot`` ``{tick, view}`` / ``peng3dnet:sync.desync``
+``{tick, reason}`` (client, on its network thread).  This module never
+imports pyglet.
 """
 
 from __future__ import annotations
