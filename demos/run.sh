@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up and play the arena demo:   bash demos/run.sh [demo options]
+# Installs what pyglet needs (apt: GL/GLU, and Xvfb when there is no display),
+# pip-installs peng3dnet with the game extras, then runs python3 -m demos.arena.
+# Without a display the game runs under Xvfb for 20 s and saves arena.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs="libgl1 libglu1-mesa libgl1-mesa-dri fontconfig fonts-dejavu-core"
+[ -z "${DISPLAY:-}" ] && pkgs="$pkgs xvfb xauth"
+missing=""
+if command -v dpkg >/dev/null 2>&1; then
+  for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+fi
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[game]'
+
+if [ -n "${DISPLAY:-}" ]; then
+  exec python3 -m demos.arena "$@"
+fi
+echo "no display: running under Xvfb for 20 s, screenshot in arena.png"
+exec xvfb-run -a -s '-screen 0 1024x768x24' python3 -m demos.arena --duration 20 --screenshot arena.png "$@"
