@@ -1,0 +1,111 @@
+"""Smaller parts of the public API, each with a behaviour that can fail."""
+
+from __future__ import annotations
+
+import logging
+
+import msgpack
+import pytest
+
+from peng3dnet import errors
+from peng3dnet.net import Client
+from peng3dnet.packet import PrintPacket
+from peng3dnet.protocol.framing import HEADER
+from tests.conftest import EchoPacket, Recorder, make_client, make_server
+from tests.helpers import active_cids, wait_for
+
+
+def started_pair(**cfg):
+    s = make_server(**cfg)
+    s.runAsync()
+    c = make_client(s)
+    c.runAsync()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    return s, c, cid
+
+
+def test_process_single_packet_and_receive_packet():
+    s, c, cid = started_pair()
+    try:
+        echo = s.registry.get_obj("test:echo")
+        client_obj = s.clients[cid]
+        assert s.process_single_packet(client_obj) is False  # nothing queued
+        pid = s.registry.get_id("test:echo")
+        # inject one packet (header + body, no length prefix) as if received
+        s.receive_packet(HEADER.pack(pid, 0) + msgpack.packb("injected"), cid)
+        wait_for(lambda: s._pqueue, what="queued")
+        assert s.process_single_packet(client_obj) is True
+        assert echo.got == ["injected"]
+        # and the echo reached the client, whose handler runs in our process() call
+        wait_for(lambda: c._pqueue, what="echo queued on the client")
+        assert c.process() == 1
+        assert c.registry.get_obj("test:echo").got == ["injected"]
+    finally:
+        c.stop()
+        c.join(5)
+        s.shutdown(timeout=5)
+
+
+def test_client_on_server_close_and_interrupt_and_pump():
+    s, c, cid = started_pair()
+    rec = Recorder(s, "peng3dnet:server.*")
+    crec = Recorder(c, "peng3dnet:client.interrupt")
+    try:
+        s.interrupt()
+        c.interrupt()
+        assert "peng3dnet:server.interrupt" in rec.names()
+        crec.wait_for("peng3dnet:client.interrupt")
+        c.send_message("test:echo", 1)
+        c.pump_write_buffer()  # nothing pending: a no-op that must not fail
+        assert c.write_buffer_size == 0
+        s.clients[cid].close("kick")
+        c.wait_for_close(10)
+        assert c.close_reason == "kick"
+    finally:
+        rec.close()
+        crec.close()
+        c.join(5)
+        s.shutdown(timeout=5)
+
+
+def test_waits_time_out():
+    s = make_server(**{"net.timeout.handshake": 0})
+    s.initialize()
+    s.bind()  # listening, but no loop: the handshake never starts
+    try:
+        c = make_client(s)
+        c.runAsync()
+        with pytest.raises(errors.TimedOutError):
+            c.wait_for_connection(0.2)
+        with pytest.raises(errors.TimedOutError):
+            c.wait_for_close(0.1)
+        with pytest.raises(errors.TimedOutError):
+            c.join(0.1)
+        c.stop()
+        c.join(5)
+    finally:
+        s.shutdown()
+
+
+def test_debug_print_and_printpacket_log(caplog):
+    s = make_server(**{"net.debug.print.recv": True, "net.debug.print.connect": True})
+    s.register_packet("test:print", PrintPacket(s.registry, s))
+    s.runAsync()
+    s.process_async()
+    try:
+        with caplog.at_level(logging.INFO, logger="peng3dnet"):
+            c = Client(addr=s.addr)
+            c.register_packet("test:echo", EchoPacket(c.registry, c))
+            c.register_packet("test:print", PrintPacket(c.registry, c))
+            c.runAsync()
+            c.wait_for_connection(10)
+            active_cids(s)
+            c.send_message("test:print", {"hello": 1})
+            wait_for(lambda: "{'hello': 1}" in caplog.text, what="PrintPacket log")
+        assert "connected from" in caplog.text
+        assert "< server" in caplog.text  # net.debug.print.recv
+        c.stop()
+        c.join(5)
+    finally:
+        s.shutdown(timeout=5)
