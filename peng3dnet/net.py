@@ -50,7 +50,6 @@ from .constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
     CONNTYPE_PING,
-    FLAG_COMPRESSED,
     MODE_CLOSED,
     MODE_NOTSET,
     PID_CLOSECONN,
@@ -76,7 +75,7 @@ from .errors import (
 )
 from .packet import ConnInfo, Packet
 from .packet.internal import INTERNAL_PACKETS
-from .protocol.codec import compress_body, pack
+from .protocol.codec import frame_body, pack
 from .protocol.connection import (
     ConnectionClosed,
     ConnTypeRequested,
@@ -866,7 +865,7 @@ class _Peer:
         chan = link.chan
         slow = False
         with chan.lock:
-            if not link.proto.is_open:
+            if link.proto.closed:
                 raise ConnectionClosedError("connection is closed", link.proto.close_reason)
             if chan.out and len(chan.out) + len(frame) > self._h_write_cap:
                 if self._h_write_raise:
@@ -1526,10 +1525,14 @@ class Server(_Peer):
         return self._fanout(pid, pobj, self._frame_for_body(pid, pack(data)), data, targets)
 
     def _frame_for_body(self, pid: int, body: bytes) -> bytes:
-        # The same compression rule as every send (config, threshold, level).
-        if self.cfg["net.compress.enabled"] and len(body) > int(self.cfg["net.compress.threshold"]):
-            return encode_frame(pid, FLAG_COMPRESSED, compress_body(body, int(self.cfg["net.compress.level"])))
-        return encode_frame(pid, 0, body)
+        cfg = self.cfg
+        return frame_body(
+            pid,
+            body,
+            compress=bool(cfg["net.compress.enabled"]),
+            threshold=int(cfg["net.compress.threshold"]),
+            level=int(cfg["net.compress.level"]),
+        )
 
     def _fanout(self, pid: int, pobj: Any, frame: bytes, data: Any, cids: Any) -> int:
         sent = 0

@@ -24,8 +24,9 @@ import msgpack
 
 from ..constants import FLAG_COMPRESSED
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
+from .framing import encode_frame
 
-__all__ = ["pack", "unpack", "compress_body", "decompress_body", "encode_body", "decode_body"]
+__all__ = ["pack", "unpack", "compress_body", "decompress_body", "encode_body", "decode_body", "frame_body"]
 
 
 def pack(value: Any) -> bytes:
@@ -102,6 +103,17 @@ def encode_body(value: Any, *, compress: bool, threshold: int, level: int) -> tu
     if compress and len(body) > threshold:
         return FLAG_COMPRESSED, compress_body(body, level)
     return 0, body
+
+
+def frame_body(pid: int, body: bytes, *, compress: bool, threshold: int, level: int) -> bytes:
+    """Frame an encoded msgpack body, compressing it by the one compression rule.
+
+    Raises:
+        LocalProtocolError: The id or the length do not fit the format.
+    """
+    if compress and len(body) > threshold:
+        return encode_frame(pid, FLAG_COMPRESSED, compress_body(body, level))
+    return encode_frame(pid, 0, body)
 
 
 def decode_body(flags: int, body: bytes, max_decompressed_size: int) -> Any:

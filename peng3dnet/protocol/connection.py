@@ -29,12 +29,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
+from msgpack import packb as _packb
+from msgpack import unpackb as _unpackb
+
 from ..constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
     EXTENSION_PACKETS,
     EXTENSIONS_KEY,
     PID_CLOSECONN,
+    PID_FIRST_FREE,
     PID_HANDSHAKE,
     PID_HANDSHAKE_ACCEPT,
     PID_HEARTBEAT,
@@ -44,11 +48,11 @@ from ..constants import (
     SIDE_CLIENT,
     SIDE_SERVER,
 )
-from ..errors import ConnectionClosedError, HandshakeError, LocalProtocolError, RemoteProtocolError
+from ..errors import ConnectionClosedError, DecodeError, HandshakeError, LocalProtocolError, RemoteProtocolError
 from ..registry import Registry
 from ..version import PROTOVERSION, VERSION
-from .codec import decode_body, encode_body
-from .framing import Frame, FrameDecoder, encode_frame
+from .codec import decode_body, frame_body
+from .framing import Frame, FrameDecoder
 from .handshake import SENDER, HandshakeInput, HandshakeMachine, HandshakeState
 
 __all__ = [
@@ -207,6 +211,8 @@ class ProtocolConnection:
         """Why the connection closed (``None`` while open, or if the peer gave none)."""
         self._machine = HandshakeMachine()
         self._done = False  # ConnectionClosed was output (exactly once)
+        self.closed = False
+        """Whether the connection is closed (a plain attribute: cheap to test)."""
         self._decoder = FrameDecoder(max_packet_size)
         self._frames: list[Frame] = []
         self._outputs: list[Output] = []
@@ -235,10 +241,24 @@ class ProtocolConnection:
         except RemoteProtocolError as exc:
             error = exc
         try:
+            outputs = self._outputs
+            state = self._machine.state
             for pid, flags, body in frames:
                 if self._done:
                     break
+                if pid >= PID_FIRST_FREE and not flags:
+                    # The common case, inlined: an uncompressed application packet.
+                    try:
+                        msg = _unpackb(body, raw=False, strict_map_key=True)
+                    except Exception as exc:  # any msgpack failure means "malformed"
+                        raise DecodeError(
+                            f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack"
+                        ) from exc
+                    outputs.append(PacketReceived(pid, 0, msg, state))
+                    continue
                 self._handle_frame(pid, flags, body)
+                outputs = self._outputs
+                state = self._machine.state
         except RemoteProtocolError as exc:
             error = exc
         finally:
@@ -251,7 +271,7 @@ class ProtocolConnection:
         if self._done:
             return
         self._machine.process(I.EOF)
-        self._done = True
+        self._done = self.closed = True
         self.close_reason = reason
         self._outputs.append(ConnectionClosed(reason, by_peer=True))
 
@@ -281,7 +301,7 @@ class ProtocolConnection:
                 reason = reason[:_MAX_REASON]
             self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
             self._machine.process(I.CLOSECONN)
-            self._done = True
+            self._done = self.closed = True
             self.close_reason = reason
             self._outputs.append(ConnectionClosed(reason, by_peer=True))
             return
@@ -405,10 +425,13 @@ class ProtocolConnection:
         self._outputs.append(PacketSent(pid, msg))
 
     def _encode(self, pid: int, msg: Any) -> bytes:
-        flags, body = encode_body(
-            msg, compress=self.compress, threshold=self.compress_threshold, level=self.compress_level
+        try:
+            body: bytes = _packb(msg)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise LocalProtocolError(f"cannot encode message: {exc}") from exc
+        return frame_body(
+            pid, body, compress=self.compress, threshold=self.compress_threshold, level=self.compress_level
         )
-        return encode_frame(pid, flags, body)
 
     def encode_packet(self, pid: int, msg: Any) -> bytes:
         """Encode a packet with this connection's compression settings.
@@ -463,7 +486,7 @@ class ProtocolConnection:
         """Send ``closeconn`` with ``reason`` and close.  Idempotent."""
         if self._done:
             return
-        self._done = True
+        self._done = self.closed = True
         msg = {"reason": reason}
         self._out.append(self._encode(PID_CLOSECONN, msg))
         self._outputs.append(PacketSent(PID_CLOSECONN, msg))
@@ -472,7 +495,7 @@ class ProtocolConnection:
         self._outputs.append(ConnectionClosed(reason, by_peer=False))
 
     def _fail(self, error: RemoteProtocolError) -> None:
-        self._done = True
+        self._done = self.closed = True
         msg = {"reason": error.reason}
         self._out.append(self._encode(PID_CLOSECONN, msg))
         self._outputs.append(PacketSent(PID_CLOSECONN, msg))
