@@ -344,12 +344,19 @@ class SyncServer:
         # acknowledged base tick, usually one) is computed and encoded once.
         # Only the few per-client keys are encoded per client.
         tick = self.tick
-        shared = self.view_for(-1) if self.interest is None else None
+        # Each entity is copied once per tick; filtered views share the copies.
+        snap = {eid: dict(st) for eid, st in self.entities.items()}
+        interest = self.interest
+        shared = snap if interest is None else None
         sums: dict[int, bytes] = {}
         deltas: dict[tuple[int, int], list[bytes]] = {}
         server = self.server
         for cid, cs in list(self._clients.items()):
-            view = shared if shared is not None else self.view_for(cid)
+            if shared is not None:
+                view = shared
+            else:
+                own = self.owners.get(cid)
+                view = {eid: st for eid, st in snap.items() if interest(cid, eid, st, snap, own)}  # type: ignore[misc]
             vid = id(view)
             if vid not in sums:
                 sums[vid] = msgpack.packb(checksum(view))
