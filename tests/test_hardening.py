@@ -442,3 +442,17 @@ def test_handshake_timeout_spares_custom_conntypes_but_not_silent_pings():
     finally:
         rec.close()
         s.shutdown(timeout=5)
+
+
+def test_rate_limit_on_bytes():
+    s, rec = started(**{"net.limits.rate.packets": 0, "net.limits.rate.bytes": 10_000, "net.limits.rate.burst": 1.0})
+    try:
+        peer = RawPeer(s.addr)
+        reg = peer.handshake()
+        frame = encode_frame(reg["test:echo"], 0, msgpack.packb(os.urandom(2000)))
+        peer.send(frame * 50)  # 100 kB at once, ten times the bucket
+        assert peer.recv_until_close()[-1] == (16, {"reason": "ratelimit"})
+        good_client_works(s)
+    finally:
+        rec.close()
+        s.shutdown(timeout=5)

@@ -69,5 +69,14 @@ CATALOG: dict[str, EventSpec] = {
         "client_heartbeat", ("rtt", "stats"), "heartbeat answered: RTT measured (network thread)"
     ),
     "peng3dnet:client.stop": EventSpec("client_stopped", ("reason",), "main loop told to stop"),
+    # peng3dnet.ext.sync (sender: the Server or Client the sync helper runs on)
+    "peng3dnet:sync.join": EventSpec("sync_joined", ("cid",), "a client joined the sync (server, tick thread)"),
+    "peng3dnet:sync.leave": EventSpec("sync_left", ("cid", "eid"), "a client left the sync (server, tick thread)"),
+    "peng3dnet:sync.snapshot": EventSpec(
+        "sync_snapshot_applied", ("tick", "view"), "a snapshot was applied (client, network thread)"
+    ),
+    "peng3dnet:sync.desync": EventSpec(
+        "sync_desynced", ("tick", "reason"), "a snapshot did not match its checksum (client, network thread)"
+    ),
 }
-"""Event name -> :class:`EventSpec`, for every event of the core library."""
+"""Event name -> :class:`EventSpec`, for every event of the library and its extensions."""
