@@ -14,9 +14,12 @@ what the kernel does not take is buffered, and ``EVENT_WRITE`` is registered
 only while the buffer is non-empty.  Reading is paused (the socket
 unregistered for ``EVENT_READ``) when the application asks for back-pressure.
 
-Every :class:`OSError` from a socket becomes a
-:class:`~peng3dnet.errors.NetworkError` here (:func:`map_oserror`); the
-transport never looks at payloads.
+An :class:`OSError` from a socket is caught where it happens: a failed
+``send()`` is stored on the channel as a
+:class:`~peng3dnet.errors.NetworkError` and the channel is closed by the
+network thread (reason ``socketerror``); "try again later" errors
+(:data:`WOULD_BLOCK`, TLS included) are never errors.  The transport never
+looks at payloads.
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from .errors import NetworkError
 
-__all__ = ["Reactor", "Channel", "Timer", "map_oserror", "WOULD_BLOCK"]
+__all__ = ["Reactor", "Channel", "Timer", "WOULD_BLOCK"]
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +52,6 @@ previous one ended is buffered for the network thread (see Channel.write)."""
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
-
-
-@contextlib.contextmanager
-def map_oserror(what: str) -> Iterator[None]:
-    """Turn any :class:`OSError` raised inside into :class:`NetworkError`."""
-    try:
-        yield
-    except OSError as exc:
-        raise NetworkError(f"{what}: {exc}") from exc
 
 
 class Timer:

@@ -6,8 +6,10 @@ The transport feeds received bytes with :meth:`ProtocolConnection.receive_data`
 (and :meth:`~ProtocolConnection.receive_eof` when ``recv()`` returned
 ``b""``), then collects what happened with
 :meth:`~ProtocolConnection.drain_received` and writes out
-:meth:`~ProtocolConnection.data_to_send`.  The application sends with
-:meth:`~ProtocolConnection.send_packet` and closes with
+:meth:`~ProtocolConnection.data_to_send`.  The application encodes with
+:meth:`~ProtocolConnection.encode_packet` (the transport writes the frame
+under the connection's lock), sends raw packets with
+:meth:`~ProtocolConnection.send_packet`, and closes with
 :meth:`~ProtocolConnection.close`.
 
 The connection owns the handshake: it answers ``hello`` with ``settype``
@@ -463,16 +465,6 @@ class ProtocolConnection:
             return False
         self._out.append(self._encode(PID_HEARTBEAT, msg))
         return True
-
-    def send_frame(self, frame: bytes) -> None:
-        """Queue an already encoded frame (see :meth:`encode_packet`).
-
-        Raises:
-            ConnectionClosedError: The connection is closed.
-        """
-        if not self._machine.is_open:
-            raise ConnectionClosedError("connection is closed", self.close_reason)
-        self._out.append(frame)
 
     def data_to_send(self) -> bytes:
         """Return and forget the bytes to write to the peer."""
