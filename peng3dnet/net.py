@@ -314,6 +314,11 @@ class _Peer:
         self._h_rate_drop = cfg["net.limits.rate.action"] == "drop"
         self._h_rate = self._h_rate_p > 0 or self._h_rate_b > 0
         self._h_inline = bool(cfg["net.process.inline"])
+        self._h_compress = (
+            bool(cfg["net.compress.enabled"]),
+            int(cfg["net.compress.threshold"]),
+            int(cfg["net.compress.level"]),
+        )
 
     def _events_on(self) -> bool:
         return self._h_events
@@ -1525,14 +1530,8 @@ class Server(_Peer):
         return self._fanout(pid, pobj, self._frame_for_body(pid, pack(data)), data, targets)
 
     def _frame_for_body(self, pid: int, body: bytes) -> bytes:
-        cfg = self.cfg
-        return frame_body(
-            pid,
-            body,
-            compress=bool(cfg["net.compress.enabled"]),
-            threshold=int(cfg["net.compress.threshold"]),
-            level=int(cfg["net.compress.level"]),
-        )
+        compress, threshold, level = self._h_compress
+        return frame_body(pid, body, compress=compress, threshold=threshold, level=level)
 
     def _fanout(self, pid: int, pobj: Any, frame: bytes, data: Any, cids: Any) -> int:
         sent = 0

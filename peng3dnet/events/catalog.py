@@ -2,10 +2,11 @@
 
 Every event's data is a dict.  Server events carry ``peng`` and ``server``;
 client events carry ``peng`` and ``client``; the keys listed here come on
-top.  Thread: lifecycle events fire on the network thread; ``send`` events
-fire on the thread that called ``send_message``; ``initialize``/``bind``/
-``connect``/``interrupt``/``stop``/``shutdown`` on the thread that called the
-method.
+top.  Thread: connection events fire on the network thread; ``send`` events
+of application packets on the thread that called ``send_message``;
+``initialize``/``bind``/``connect``/``interrupt`` on the thread that called
+the method; ``stop`` and ``shutdown`` on the network thread as its loop ends
+(on the calling thread when no loop ever ran).
 """
 
 from __future__ import annotations

@@ -219,7 +219,8 @@ class SyncServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         server.register_packet(SNAPSHOT_PACKET, _Raw(server.registry, server))
-        server.register_packet(INPUT_PACKET, _Raw(server.registry, server))
+        # a server's ids never change (clients adopt them), so look it up once
+        self._input_pid = server.register_packet(INPUT_PACKET, _Raw(server.registry, server))
         self._subs = [
             ("peng3dnet:server.connection.handshakecomplete", self._on_handshake),
             ("peng3dnet:server.connection.recv", self._on_recv),
@@ -238,10 +239,6 @@ class SyncServer:
     def _on_recv(self, event: str, data: dict[str, Any]) -> None:
         if data["pid"] == self._input_pid:
             self._inputs.append((data["client"].cid, data["msg"]))
-
-    @property
-    def _input_pid(self) -> int:
-        return self.server.registry.get_id(INPUT_PACKET)
 
     # --- tick thread -------------------------------------------------------------------------
     def start(self) -> threading.Thread:
@@ -467,6 +464,7 @@ class SyncClient:
         self._predicted: dict[str, Any] | None = None
         self._pred_by_seq: dict[int, dict[str, Any]] = {}
         self._corrupt_next = False
+        self._snapshot_pid: int | None = None
         client.register_packet(SNAPSHOT_PACKET, _Raw(client.registry, client))
         client.register_packet(INPUT_PACKET, _Raw(client.registry, client))
         events.subscribe("peng3dnet:client.recv", self._on_recv, sender=client)
@@ -477,7 +475,14 @@ class SyncClient:
 
     # --- network thread -----------------------------------------------------------------------
     def _on_recv(self, event: str, data: dict[str, Any]) -> None:
-        if data["pid"] < 64 or data["pid"] != self.client.registry.get_id(SNAPSHOT_PACKET):
+        pid = data["pid"]
+        if pid < 64:
+            return
+        if self._snapshot_pid is None:
+            # Looked up at the first application packet: by then the handshake
+            # has renumbered this client's registry to the server's ids.
+            self._snapshot_pid = self.client.registry.get_id(SNAPSHOT_PACKET)
+        if pid != self._snapshot_pid:
             return
         msg = data["msg"]
         if not isinstance(msg, dict) or not isinstance(msg.get("t"), int):

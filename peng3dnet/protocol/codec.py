@@ -99,7 +99,11 @@ def encode_body(value: Any, *, compress: bool, threshold: int, level: int) -> tu
     Raises:
         LocalProtocolError: The value cannot be encoded.
     """
-    body = pack(value)
+    return _maybe_compress(pack(value), compress, threshold, level)
+
+
+def _maybe_compress(body: bytes, compress: bool, threshold: int, level: int) -> tuple[int, bytes]:
+    # The one compression rule: bodies longer than the threshold, when enabled.
     if compress and len(body) > threshold:
         return FLAG_COMPRESSED, compress_body(body, level)
     return 0, body
@@ -111,9 +115,8 @@ def frame_body(pid: int, body: bytes, *, compress: bool, threshold: int, level: 
     Raises:
         LocalProtocolError: The id or the length do not fit the format.
     """
-    if compress and len(body) > threshold:
-        return encode_frame(pid, FLAG_COMPRESSED, compress_body(body, level))
-    return encode_frame(pid, 0, body)
+    flags, body = _maybe_compress(body, compress, threshold, level)
+    return encode_frame(pid, flags, body)
 
 
 def decode_body(flags: int, body: bytes, max_decompressed_size: int) -> Any:
