@@ -192,3 +192,57 @@ def xvfb_display():
     yield f":{num}"
     proc.terminate()
     proc.wait(10)
+
+
+class Net:
+    """Live servers, clients and recorders on loopback, all torn down at the
+    end of the test (clients stopped, recorders unsubscribed, servers shut down)."""
+
+    def __init__(self) -> None:
+        self.servers: list[Server] = []
+        self.clients: list[Client] = []
+        self.recorders: list[Recorder] = []
+
+    def server(self, *, process: bool = True, record: str | None = "peng3dnet:server.*", **cfg: Any):
+        """A running server with the test:echo packet; returns ``(server, recorder)``."""
+        s = make_server(**cfg)
+        self.servers.append(s)
+        rec = self.recorder(s, record) if record else None
+        s.runAsync()
+        if process:
+            s.process_async()
+        return s, rec
+
+    def client(self, server: Server, *, addr: Any = None, process: bool = True, wait: bool = True, **cfg: Any) -> Client:
+        """A running client with the test:echo packet (handshaken when ``wait``)."""
+        c = Client(addr=addr or server.addr, cfg=cfg)
+        c.register_packet("test:echo", EchoPacket(c.registry, c))
+        self.clients.append(c)
+        c.runAsync()
+        if process:
+            c.process_async()
+        if wait:
+            c.wait_for_connection(10)
+        return c
+
+    def recorder(self, sender: Any, pattern: str) -> Recorder:
+        rec = Recorder(sender, pattern)
+        self.recorders.append(rec)
+        return rec
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.stop()
+            c.join(5)
+        for rec in self.recorders:
+            rec.close()
+        for s in self.servers:
+            s.shutdown(timeout=5)
+
+
+@pytest.fixture
+def net():
+    """Factory for live servers and clients, cleaned up after the test."""
+    n = Net()
+    yield n
+    n.close()

@@ -14,19 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peng3dnet import errors
-from peng3dnet.constants import EXTENSIONS_KEY
-from peng3dnet.net import Client, Server
+from peng3dnet.constants import EXTENSIONS_KEY, STATE_ACTIVE
+from peng3dnet.net import Server
 from peng3dnet.protocol.framing import encode_frame
-from tests.conftest import EchoPacket, RawPeer, Recorder, make_client, make_server
+from tests.conftest import RawPeer, make_client, make_server
 from tests.helpers import active_cids, wait_for
-
-
-def started(**cfg):
-    s = make_server(**cfg)
-    rec = Recorder(s, "peng3dnet:server.*")
-    s.runAsync()
-    s.process_async()
-    return s, rec
 
 
 def good_client_works(s: Server) -> None:
@@ -43,118 +35,84 @@ def good_client_works(s: Server) -> None:
 # --- heartbeats -------------------------------------------------------------------------
 
 
-def test_heartbeat_negotiated_and_measures_rtt():
-    s, rec = started(**{"net.heartbeat.interval": 0.05})
-    try:
-        c = make_client(s, **{"net.heartbeat.interval": 0.05})
-        crec = Recorder(c, "peng3dnet:client.heartbeat")
-        c.runAsync()
-        c.wait_for_connection(10)
-        (cid,) = active_cids(s)
-        assert c.extensions == frozenset({"heartbeat"}) == s.clients[cid].extensions
-        (d,) = rec.wait_for("peng3dnet:server.connection.heartbeat")[:1]
-        assert 0 <= d["rtt"] < 5 and d["stats"]["rtt"] == d["rtt"]
-        (cd,) = crec.wait_for("peng3dnet:client.heartbeat")[:1]
-        assert cd["rtt"] >= 0 and c.stats.rtt is not None
-        crec.close()
-        c.stop()
-        c.join(5)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_heartbeat_negotiated_and_measures_rtt(net):
+    s, rec = net.server(**{"net.heartbeat.interval": 0.05})
+    c = net.client(s, process=False, **{"net.heartbeat.interval": 0.05})
+    crec = net.recorder(c, "peng3dnet:client.heartbeat")
+    (cid,) = active_cids(s)
+    assert c.extensions == frozenset({"heartbeat"}) == s.clients[cid].extensions
+    (d,) = rec.wait_for("peng3dnet:server.connection.heartbeat")[:1]
+    assert 0 <= d["rtt"] < 5 and d["stats"]["rtt"] == d["rtt"]
+    (cd,) = crec.wait_for("peng3dnet:client.heartbeat")[:1]
+    assert cd["rtt"] >= 0 and c.stats.rtt is not None
 
 
-def test_version2_peer_sees_no_extension_packets():
-    s, rec = started(**{"net.heartbeat.interval": 0.05})
-    try:
-        peer = RawPeer(s.addr)
-        pid, hello = peer.recv_packet()
-        assert pid == 1 and hello[EXTENSIONS_KEY] == ["heartbeat"]  # an unknown key to a v2 peer
-        peer.send_packet(2, {"conntype": "classic"})  # a v2 client announces nothing
-        pid, hs = peer.recv_packet()
-        assert set(hs["registry"]) == {
-            "peng3dnet:internal.hello", "peng3dnet:internal.settype", "peng3dnet:internal.handshake",
-            "peng3dnet:internal.handshake.accept", "peng3dnet:internal.closeconn", "test:echo",
-        }
-        peer.send_packet(4, {"success": True})
-        peer.send_packet(hs["registry"]["test:echo"], "x")
-        assert peer.recv_packet() == (hs["registry"]["test:echo"], "x")  # no heartbeat in between
-        peer.send_packet(32, {"t": 1.0})  # a heartbeat it did not negotiate is an unknown packet
-        assert peer.recv_until_close() == [(16, {"reason": "unknownpacket"})]
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_version2_peer_sees_no_extension_packets(net):
+    s, rec = net.server(**{"net.heartbeat.interval": 0.05})
+    peer = RawPeer(s.addr)
+    pid, hello = peer.recv_packet()
+    assert pid == 1 and hello[EXTENSIONS_KEY] == ["heartbeat"]  # an unknown key to a v2 peer
+    peer.send_packet(2, {"conntype": "classic"})  # a v2 client announces nothing
+    pid, hs = peer.recv_packet()
+    assert set(hs["registry"]) == {
+        "peng3dnet:internal.hello", "peng3dnet:internal.settype", "peng3dnet:internal.handshake",
+        "peng3dnet:internal.handshake.accept", "peng3dnet:internal.closeconn", "test:echo",
+    }
+    peer.send_packet(4, {"success": True})
+    peer.send_packet(hs["registry"]["test:echo"], "x")
+    assert peer.recv_packet() == (hs["registry"]["test:echo"], "x")  # no heartbeat in between
+    peer.send_packet(32, {"t": 1.0})  # a heartbeat it did not negotiate is an unknown packet
+    assert peer.recv_until_close() == [(16, {"reason": "unknownpacket"})]
 
 
-def test_silent_heartbeat_peer_is_closed_with_timeout():
-    s, rec = started(**{"net.heartbeat.interval": 0.05, "net.heartbeat.timeout": 0.3})
-    try:
-        peer = RawPeer(s.addr)
-        peer.recv_packet()
-        peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["heartbeat"]})
-        pid, hs = peer.recv_packet()
-        assert hs["registry"]["peng3dnet:ext.heartbeat"] == 32
-        peer.send_packet(4, {"success": True})
-        packets = peer.recv_until_close()  # never answers the probes
-        assert packets[-1] == (16, {"reason": "timeout"})
-        assert {pid for pid, _ in packets[:-1]} == {32}
-        (d,) = rec.wait_for("peng3dnet:server.connection.close")
-        assert d["reason"] == "timeout"
-        good_client_works(s)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_silent_heartbeat_peer_is_closed_with_timeout(net):
+    s, rec = net.server(**{"net.heartbeat.interval": 0.05, "net.heartbeat.timeout": 0.3})
+    peer = RawPeer(s.addr)
+    peer.recv_packet()
+    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["heartbeat"]})
+    pid, hs = peer.recv_packet()
+    assert hs["registry"]["peng3dnet:ext.heartbeat"] == 32
+    peer.send_packet(4, {"success": True})
+    packets = peer.recv_until_close()  # never answers the probes
+    assert packets[-1] == (16, {"reason": "timeout"})
+    assert {pid for pid, _ in packets[:-1]} == {32}
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "timeout"
+    good_client_works(s)
 
 
-def test_heartbeat_keeps_an_idle_but_alive_client_connected():
-    s, rec = started(**{"net.heartbeat.interval": 0.05, "net.heartbeat.timeout": 0.3})
-    try:
-        c = make_client(s, **{"net.heartbeat.interval": 0.05})
-        crec = Recorder(c, "peng3dnet:client.heartbeat")
-        c.runAsync()
-        c.wait_for_connection(10)
-        crec.wait_for("peng3dnet:client.heartbeat", 12)  # > 0.3 s of silence from the app
-        assert "peng3dnet:server.connection.close" not in rec.names()
-        crec.close()
-        c.stop()
-        c.join(5)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_heartbeat_keeps_an_idle_but_alive_client_connected(net):
+    s, rec = net.server(**{"net.heartbeat.interval": 0.05, "net.heartbeat.timeout": 0.3})
+    c = net.client(s, process=False, **{"net.heartbeat.interval": 0.05})
+    crec = net.recorder(c, "peng3dnet:client.heartbeat")
+    crec.wait_for("peng3dnet:client.heartbeat", 12)  # > 0.3 s of silence from the app
+    assert "peng3dnet:server.connection.close" not in rec.names()
 
 
 # --- timeouts --------------------------------------------------------------------------------
 
 
-def test_handshake_timeout():
-    s, rec = started(**{"net.timeout.handshake": 0.3})
-    try:
-        peer = RawPeer(s.addr)
-        tail = peer.recv_until_close()  # connects, never sends settype
-        assert [pid for pid, _ in tail] == [1, 16] and tail[-1][1] == {"reason": "handshaketimeout"}
-        (d,) = rec.wait_for("peng3dnet:server.connection.close")
-        assert d["reason"] == "handshaketimeout"
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_handshake_timeout(net):
+    s, rec = net.server(**{"net.timeout.handshake": 0.3})
+    peer = RawPeer(s.addr)
+    tail = peer.recv_until_close()  # connects, never sends settype
+    assert [pid for pid, _ in tail] == [1, 16] and tail[-1][1] == {"reason": "handshaketimeout"}
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "handshaketimeout"
 
 
-def test_idle_timeout_for_version2_peers():
-    s, rec = started(**{"net.timeout.idle": 0.3})
-    try:
-        peer = RawPeer(s.addr)
-        peer.handshake()
-        assert peer.recv_until_close()[-1] == (16, {"reason": "timeout"})
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_idle_timeout_for_version2_peers(net):
+    s, rec = net.server(**{"net.timeout.idle": 0.3})
+    peer = RawPeer(s.addr)
+    peer.handshake()
+    assert peer.recv_until_close()[-1] == (16, {"reason": "timeout"})
 
 
-def test_300_silent_connections_are_bounded_and_reaped():
+def test_300_silent_connections_are_bounded_and_reaped(net):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1024:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
-    s, rec = started(**{"net.timeout.handshake": 1.0})
+    s, rec = net.server(**{"net.timeout.handshake": 1.0})
     socks = []
     try:
         for _ in range(300):
@@ -168,179 +126,139 @@ def test_300_silent_connections_are_bounded_and_reaped():
     finally:
         for so in socks:
             so.close()
-        rec.close()
-        s.shutdown(timeout=5)
 
 
 # --- limits -------------------------------------------------------------------------------------
 
 
-def test_max_clients():
-    s, rec = started(**{"net.limits.max_clients": 2})
-    try:
-        a, b = RawPeer(s.addr), RawPeer(s.addr)
-        a.handshake()
-        b.handshake()
-        third = RawPeer(s.addr)
-        assert third.recv_until_close() == [(16, {"reason": "serverfull"})]
-        assert s.stats.connections_refused == 1 and s.stats.connections_open == 2
-        a.close()
-        rec.wait_for("peng3dnet:server.connection.close")
-        wait_for(lambda: s.stats.connections_open == 1, what="slot freed")
-        good_client_works(s)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_max_clients(net):
+    s, rec = net.server(**{"net.limits.max_clients": 2})
+    a, b = RawPeer(s.addr), RawPeer(s.addr)
+    a.handshake()
+    b.handshake()
+    third = RawPeer(s.addr)
+    assert third.recv_until_close() == [(16, {"reason": "serverfull"})]
+    assert s.stats.connections_refused == 1 and s.stats.connections_open == 2
+    a.close()
+    rec.wait_for("peng3dnet:server.connection.close")
+    wait_for(lambda: s.stats.connections_open == 1, what="slot freed")
+    good_client_works(s)
 
 
 @pytest.mark.parametrize("action", ["close", "raise"])
-def test_peer_that_never_reads(action):
-    s, rec = started(**{"net.limits.write_buffer": 1 << 20, "net.limits.write_buffer_action": action})
-    try:
-        peer = RawPeer(s.addr)
-        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        peer.handshake()
-        (cid,) = active_cids(s)
-        blob = os.urandom(65536)  # incompressible
-        raised = 0
-        for _ in range(400):  # 25 MiB offered, the cap is 1 MiB
-            try:
-                s.send_message("test:echo", blob, cid)
-            except errors.WriteBufferFullError:
-                raised += 1
-            except errors.ConnectionClosedError:
-                break
-        if action == "raise":
-            assert raised > 0
-            assert s.clients[cid].write_buffer_size <= (1 << 20) + 70000
-        else:
-            (d,) = rec.wait_for("peng3dnet:server.connection.close")
-            assert d["reason"] == "slowconsumer"
-        good_client_works(s)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_peer_that_never_reads(net, action):
+    s, rec = net.server(**{"net.limits.write_buffer": 1 << 20, "net.limits.write_buffer_action": action})
+    peer = RawPeer(s.addr)
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.handshake()
+    (cid,) = active_cids(s)
+    blob = os.urandom(65536)  # incompressible
+    raised = 0
+    for _ in range(400):  # 25 MiB offered, the cap is 1 MiB
+        try:
+            s.send_message("test:echo", blob, cid)
+        except errors.WriteBufferFullError:
+            raised += 1
+        except errors.ConnectionClosedError:
+            break
+    if action == "raise":
+        assert raised > 0
+        assert s.clients[cid].write_buffer_size <= (1 << 20) + 70000
+    else:
+        (d,) = rec.wait_for("peng3dnet:server.connection.close")
+        assert d["reason"] == "slowconsumer"
+    good_client_works(s)
 
 
-def test_rate_limit_close():
-    s, rec = started(**{"net.limits.rate.packets": 100, "net.limits.rate.burst": 1.0})
-    try:
-        peer = RawPeer(s.addr)
-        reg = peer.handshake()
-        frame = encode_frame(reg["test:echo"], 0, msgpack.packb(1))
-        peer.send(frame * 2000)
-        assert peer.recv_until_close()[-1] == (16, {"reason": "ratelimit"})
-        good_client_works(s)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_rate_limit_close(net):
+    s, rec = net.server(**{"net.limits.rate.packets": 100, "net.limits.rate.burst": 1.0})
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    frame = encode_frame(reg["test:echo"], 0, msgpack.packb(1))
+    peer.send(frame * 2000)
+    assert peer.recv_until_close()[-1] == (16, {"reason": "ratelimit"})
+    good_client_works(s)
 
 
-def test_rate_limit_drop_keeps_connection():
-    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.limits.rate.packets": 100,
-                    "net.limits.rate.burst": 1.0, "net.limits.rate.action": "drop"})
-    s.register_packet("test:echo", EchoPacket(s.registry, s))
-    s.runAsync()
-    s.process_async()
-    try:
-        peer = RawPeer(s.addr)
-        reg = peer.handshake()
-        frame = encode_frame(reg["test:echo"], 0, msgpack.packb(1))
-        peer.send(frame * 5000)
-        echo = s.registry.get_obj("test:echo")
-        (cid,) = active_cids(s)
-        link = s._links[cid]
-        sent = len(frame) * 5000
-        wait_for(lambda: link.stats.bytes_in >= sent, what="the flood to be read")
-        wait_for(lambda: len(echo.got) >= 90, what="the burst to get through")
-        wait_for(lambda: link.queued == 0, what="the survivors to be processed")
-        # the connection stays open; the burst (100) and a little refill got through
-        assert link.proto.is_open and cid in s.clients
-        assert 90 <= len(echo.got) < 1000
-    finally:
-        s.shutdown(timeout=5)
+def test_rate_limit_drop_keeps_connection(net):
+    s, _ = net.server(**{"net.limits.rate.packets": 100, "net.limits.rate.burst": 1.0, "net.limits.rate.action": "drop"})
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    frame = encode_frame(reg["test:echo"], 0, msgpack.packb(1))
+    peer.send(frame * 5000)
+    echo = s.registry.get_obj("test:echo")
+    (cid,) = active_cids(s)
+    link = s._links[cid]
+    sent = len(frame) * 5000
+    wait_for(lambda: link.stats.bytes_in >= sent, what="the flood to be read")
+    wait_for(lambda: len(echo.got) >= 90, what="the burst to get through")
+    wait_for(lambda: link.queued == 0, what="the survivors to be processed")
+    # the connection stays open; the burst (100) and a little refill got through
+    assert link.proto.is_open and cid in s.clients
+    assert 90 <= len(echo.got) < 1000
 
 
-def test_one_gib_zlib_bomb_is_refused_with_bounded_memory():
+def test_one_gib_zlib_bomb_is_refused_with_bounded_memory(net):
     co = zlib.compressobj(9)
     chunk = b"\0" * (1 << 20)
     bomb = b"".join(co.compress(chunk) for _ in range(1024)) + co.flush()  # 1 GiB of zeros
     assert len(bomb) < 2 << 20
-    s, rec = started()
-    try:
-        peer = RawPeer(s.addr)
-        reg = peer.handshake()
-        peer.send(encode_frame(reg["test:echo"], 1, bomb))
-        assert peer.recv_until_close()[-1] == (16, {"reason": "packettoolarge"})
-        good_client_works(s)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+    s, rec = net.server()
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    peer.send(encode_frame(reg["test:echo"], 1, bomb))
+    assert peer.recv_until_close()[-1] == (16, {"reason": "packettoolarge"})
+    good_client_works(s)
 
 
-def test_stats():
-    s, rec = started()
-    try:
-        c = make_client(s)
-        c.runAsync()
-        c.process_async()
-        c.wait_for_connection(10)
-        (cid,) = active_cids(s)
-        for i in range(10):
-            c.send_message("test:echo", i)
-        c.registry.get_obj("test:echo").wait_count(10)
-        st_ = s.clients[cid].stats
-        wait_for(lambda: st_.packets_out >= 10 + 2, what="server counters")
-        assert st_.packets_in >= 10 + 2  # settype, accept, 10 messages
-        assert st_.bytes_in == c.stats.bytes_out or st_.bytes_in > 0
-        assert st_.connected_since <= st_.last_seen
-        d = st_.as_dict()
-        assert set(d) == {"bytes_in", "bytes_out", "packets_in", "packets_out", "rtt", "connected_since", "last_seen"}
-        totals = s.stats.as_dict()
-        assert totals["connections_total"] == 1 and totals["packets_in"] >= 12
-        c.stop()
-        c.join(5)
-        rec.wait_for("peng3dnet:server.connection.close")
-        wait_for(lambda: s.stats.connections_open == 0, what="closed")
-        assert s.stats.packets_in >= 12  # kept after the close
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_stats(net):
+    s, rec = net.server()
+    c = net.client(s)
+    (cid,) = active_cids(s)
+    for i in range(10):
+        c.send_message("test:echo", i)
+    c.registry.get_obj("test:echo").wait_count(10)
+    st_ = s.clients[cid].stats
+    wait_for(lambda: st_.packets_out >= 10 + 2, what="server counters")
+    assert st_.packets_in >= 10 + 2  # settype, accept, 10 messages
+    assert st_.bytes_in == c.stats.bytes_out or st_.bytes_in > 0
+    assert st_.connected_since <= st_.last_seen
+    d = st_.as_dict()
+    assert set(d) == {"bytes_in", "bytes_out", "packets_in", "packets_out", "rtt", "connected_since", "last_seen"}
+    totals = s.stats.as_dict()
+    assert totals["connections_total"] == 1 and totals["packets_in"] >= 12
+    c.stop()
+    c.join(5)
+    rec.wait_for("peng3dnet:server.connection.close")
+    wait_for(lambda: s.stats.connections_open == 0, what="closed")
+    assert s.stats.packets_in >= 12  # kept after the close
 
 
 # --- adversarial peers ----------------------------------------------------------------------------
 
 
-def test_reset_mid_packet():
-    s, rec = started()
-    try:
-        peer = RawPeer(s.addr)
-        reg = peer.handshake()
-        frame = encode_frame(reg["test:echo"], 0, msgpack.packb("x" * 1000))
-        peer.send(frame[:500])
-        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        peer.sock.close()  # RST
-        (d,) = rec.wait_for("peng3dnet:server.connection.close")
-        assert d["reason"] in ("socketerror", "socketclose")
-        good_client_works(s)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_reset_mid_packet(net):
+    s, rec = net.server()
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    frame = encode_frame(reg["test:echo"], 0, msgpack.packb("x" * 1000))
+    peer.send(frame[:500])
+    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.sock.close()  # RST
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] in ("socketerror", "socketclose")
+    good_client_works(s)
 
 
-def test_split_prefixes_over_the_socket():
-    s, rec = started()
-    try:
-        peer = RawPeer(s.addr)
-        peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reg = peer.handshake()
-        frames = b"".join(encode_frame(reg["test:echo"], 0, msgpack.packb(i)) for i in range(20))
-        for i in range(len(frames)):
-            peer.send(frames[i : i + 1])
-        assert [peer.recv_packet()[1] for _ in range(20)] == list(range(20))
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_split_prefixes_over_the_socket(net):
+    s, rec = net.server()
+    peer = RawPeer(s.addr)
+    peer.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reg = peer.handshake()
+    frames = b"".join(encode_frame(reg["test:echo"], 0, msgpack.packb(i)) for i in range(20))
+    for i in range(len(frames)):
+        peer.send(frames[i : i + 1])
+    assert [peer.recv_packet()[1] for _ in range(20)] == list(range(20))
 
 
 MALFORMED = [
@@ -404,55 +322,38 @@ def test_unknown_conntypes_and_ids(fuzz_server):
     good_client_works(fuzz_server)
 
 
-def test_dualstack_server_takes_ipv4_clients():
+def test_dualstack_server_takes_ipv4_clients(net):
     if not socket.has_ipv6:
         pytest.fail("this machine has no IPv6 support")
-    s = make_server(**{"net.server.addr": "[::]:0", "net.server.dualstack": True})
-    s.runAsync()
-    s.process_async()
-    try:
-        for host in ("127.0.0.1", "::1"):
-            c = Client(addr=(host, s.addr[1]))
-            c.register_packet("test:echo", EchoPacket(c.registry, c))
-            c.runAsync()
-            c.wait_for_connection(10)
-            c.stop()
-            c.join(5)
-    finally:
-        s.shutdown(timeout=5)
+    s, _ = net.server(**{"net.server.addr": "[::]:0", "net.server.dualstack": True})
+    for host in ("127.0.0.1", "::1"):
+        c = net.client(s, addr=(host, s.addr[1]), process=False)
+        assert c.state == STATE_ACTIVE
 
 
 
-def test_handshake_timeout_spares_custom_conntypes_but_not_silent_pings():
+def test_handshake_timeout_spares_custom_conntypes_but_not_silent_pings(net):
     from peng3dnet.conntypes import ConnectionType
 
-    s, rec = started(**{"net.timeout.handshake": 0.3})
+    s, rec = net.server(**{"net.timeout.handshake": 0.3})
     s.addConnType("custom", ConnectionType(s))
-    try:
-        ping = RawPeer(s.addr)
-        ping.recv_packet()
-        ping.send_packet(2, {"conntype": "ping"})  # and never sends the request
-        custom = RawPeer(s.addr)
-        custom.recv_packet()
-        custom.send_packet(2, {"conntype": "custom"})
-        assert ping.recv_until_close() == [(16, {"reason": "handshaketimeout"})]
-        closes = rec.wait_for("peng3dnet:server.connection.close")
-        assert len(closes) == 1  # the custom connection is still open
-        assert len(s.clients) == 1
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+    ping = RawPeer(s.addr)
+    ping.recv_packet()
+    ping.send_packet(2, {"conntype": "ping"})  # and never sends the request
+    custom = RawPeer(s.addr)
+    custom.recv_packet()
+    custom.send_packet(2, {"conntype": "custom"})
+    assert ping.recv_until_close() == [(16, {"reason": "handshaketimeout"})]
+    closes = rec.wait_for("peng3dnet:server.connection.close")
+    assert len(closes) == 1  # the custom connection is still open
+    assert len(s.clients) == 1
 
 
-def test_rate_limit_on_bytes():
-    s, rec = started(**{"net.limits.rate.packets": 0, "net.limits.rate.bytes": 10_000, "net.limits.rate.burst": 1.0})
-    try:
-        peer = RawPeer(s.addr)
-        reg = peer.handshake()
-        frame = encode_frame(reg["test:echo"], 0, msgpack.packb(os.urandom(2000)))
-        peer.send(frame * 50)  # 100 kB at once, ten times the bucket
-        assert peer.recv_until_close()[-1] == (16, {"reason": "ratelimit"})
-        good_client_works(s)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_rate_limit_on_bytes(net):
+    s, rec = net.server(**{"net.limits.rate.packets": 0, "net.limits.rate.bytes": 10_000, "net.limits.rate.burst": 1.0})
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    frame = encode_frame(reg["test:echo"], 0, msgpack.packb(os.urandom(2000)))
+    peer.send(frame * 50)  # 100 kB at once, ten times the bucket
+    assert peer.recv_until_close()[-1] == (16, {"reason": "ratelimit"})
+    good_client_works(s)

@@ -431,25 +431,14 @@ def test_custom_clientcls_and_hooks():
         s.shutdown(timeout=5)
 
 
-def test_ipv6_loopback():
+def test_ipv6_loopback(net):
     if not socket.has_ipv6:
         pytest.fail("this machine has no IPv6 support; the test needs ::1")
-    s = make_server(**{"net.server.addr": "[::1]:0"})
-    s.runAsync()
-    s.process_async()
-    try:
-        assert s.addr[0] == "::1"
-        c = Client(addr=f"[::1]:{s.addr[1]}")
-        c.register_packet("test:echo", EchoPacket(c.registry, c))
-        c.runAsync()
-        c.process_async()
-        c.wait_for_connection(10)
-        c.send_message("test:echo", "v6")
-        assert c.registry.get_obj("test:echo").wait_count(1) == ["v6"]
-        c.stop()
-        c.join(5)
-    finally:
-        s.shutdown(timeout=5)
+    s, _ = net.server(record=None, **{"net.server.addr": "[::1]:0"})
+    assert s.addr[0] == "::1"
+    c = net.client(s, addr=f"[::1]:{s.addr[1]}")
+    c.send_message("test:echo", "v6")
+    assert c.registry.get_obj("test:echo").wait_count(1) == ["v6"]
 
 
 def test_connect_refused_is_network_error():
