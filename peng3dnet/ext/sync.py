@@ -100,7 +100,7 @@ def diff_views(base: View, new: View) -> dict[str, Any]:
         if old is None:
             n[eid] = st
             continue
-        changed = {key: v for key, v in st.items() if key not in old or old[key] != v or type(old[key]) is not type(v)}
+        changed = {key: v for key, v in st.items() if key not in old or _differs(old[key], v)}
         if changed:
             u[eid] = changed
         gone = [key for key in old if key not in st]
@@ -117,6 +117,14 @@ def diff_views(base: View, new: View) -> dict[str, Any]:
     if d:
         out["d"] = d
     return out
+
+
+def _differs(a: Any, b: Any) -> bool:
+    # "Would encode differently": 1 vs 1.0 and 0.0 vs -0.0 compare equal in
+    # Python but not on the wire, and the checksum is over the wire form.
+    if type(a) is not type(b) or a != b:
+        return True
+    return isinstance(a, float) and math.copysign(1.0, a) != math.copysign(1.0, b)
 
 
 def apply_delta(base: View, delta: dict[str, Any]) -> View:

@@ -238,3 +238,11 @@ def test_interpolation_and_prediction_under_latency(delay, jitter):
         game.close()
         proxy.stop()
         s.shutdown(timeout=5)
+
+
+def test_delta_keeps_signed_zero_and_int_float():
+    a = {"e": {"v": 0.0, "n": 1}}
+    b = {"e": {"v": -0.0, "n": 1.0}}
+    d = diff_views(a, b)
+    assert d == {"u": {"e": {"v": -0.0, "n": 1.0}}}
+    assert checksum(apply_delta(a, d)) == checksum(b)
