@@ -482,10 +482,7 @@ class _Peer:
                     link.eof = True
                     link.proto.receive_eof()
             outs = link.proto.drain_received()
-            data = link.proto.data_to_send()
-            if data:
-                chan.write(data)
-                link.stats.bytes_out += len(data)
+            self._push(link)
         if eof and chan.closing:  # the peer saw our closeconn and closed: done
             chan.close()
             self._channel_closed(link)
@@ -682,9 +679,7 @@ class _Peer:
                     link.hb_sent = now
                     with link.chan.lock:
                         if proto.send_heartbeat({"t": now}):
-                            data = proto.data_to_send()
-                            link.chan.write(data)
-                            link.stats.bytes_out += len(data)
+                            self._push(link)
         self._schedule_housekeeping()
 
     def _schedule_housekeeping(self) -> None:
@@ -809,12 +804,12 @@ class _Peer:
             link.local_closed = True
             link.proto.close(reason)
             outs = link.proto.drain_received()
-            data = link.proto.data_to_send()
             if chan.tls_pending:
                 # TLS not up yet: the closeconn cannot be sent; just drop the socket.
+                link.proto.data_to_send()
                 chan.error = NetworkError("closed during the TLS handshake")
             else:
-                chan.write(data)
+                self._push(link)
         if self._reactor.in_loop():
             self._handle_outputs(link, outs)
         elif self._loop_active():
@@ -904,12 +899,20 @@ class _Peer:
 
 
 
+    @staticmethod
+    def _push(link: _Link) -> None:
+        """Write what the core queued and count it (channel lock held)."""
+        data = link.proto.data_to_send()
+        if data:
+            link.chan.write(data)
+            link.stats.bytes_out += len(data)
+
     def _feed(self, link: _Link, data: bytes) -> None:
         """receive_data() of both facades: bytes in as if read from the socket."""
         with link.chan.lock:
             link.proto.receive_data(data)
             outs = link.proto.drain_received()
-            link.chan.write(link.proto.data_to_send())
+            self._push(link)
         if self._loop_active() and not self._reactor.in_loop():
             self._reactor.call_soon(self._handle_outputs, link, outs)
         else:
@@ -934,9 +937,7 @@ class _Peer:
         chan = link.chan
         with chan.lock:
             link.proto.send_packet(pid, msg)
-            data = link.proto.data_to_send()
-            chan.write(data)
-            link.stats.bytes_out += len(data)
+            self._push(link)
             link.stats.packets_out += 1
 
     # --- process queue -----------------------------------------------------------------------
@@ -1406,9 +1407,7 @@ class Server(_Peer):
         with link.chan.lock:
             proto.initiate()
             outs = proto.drain_received()
-            data = proto.data_to_send()
-            link.chan.write(data)
-            link.stats.bytes_out += len(data)
+            self._push(link)
         link.chan.update_interest()
         self._handle_outputs(link, outs)
 
@@ -1420,7 +1419,7 @@ class Server(_Peer):
         with link.chan.lock:
             link.proto.begin_handshake(self.registry.mapping())
             outs = link.proto.drain_received()
-            link.chan.write(link.proto.data_to_send())
+            self._push(link)
         self._handle_outputs(link, outs)
 
     def _emit_conn(self, event: str, link: _Link, data: dict[str, Any]) -> None:
