@@ -265,14 +265,14 @@ def test_split_prefixes_over_the_socket(net):
     assert [peer.recv_packet()[1] for _ in range(20)] == list(range(20))
 
 
-MALFORMED = [
-    (2, {"conntype": 1}),
-    (2, [1]),
-    (2, "classic"),
-    (4, {"success": True}),
-    (3, {"registry": {}}),
-    (1, {"protoversion": 2}),
-    (16, "bye"),
+MALFORMED = [  # (pid, body, the reason the server closes with)
+    (2, {"conntype": 1}, "invalidpacket"),
+    (2, [1], "invalidpacket"),
+    (2, "classic", "invalidpacket"),
+    (4, {"success": True}, "invalidstate"),  # accept before any handshake
+    (3, {"registry": {}}, "invalidside"),  # only a server sends handshake
+    (1, {"protoversion": 2}, "invalidside"),  # only a server sends hello
+    (16, "bye", "invalidpacket"),  # closeconn whose body is not a map
 ]
 
 
@@ -285,13 +285,13 @@ def fuzz_server():
     s.shutdown(timeout=5)
 
 
-@pytest.mark.parametrize("pid,msg", MALFORMED)
-def test_malformed_handshake_bodies(fuzz_server, pid, msg):
+@pytest.mark.parametrize("pid,msg,reason", MALFORMED)
+def test_malformed_handshake_bodies(fuzz_server, pid, msg, reason):
     peer = RawPeer(fuzz_server.addr)
     peer.recv_packet()
     peer.send_packet(pid, msg)
     tail = peer.recv_until_close()
-    assert tail and tail[-1][0] == 16 or pid == 16
+    assert tail == [(16, {"reason": reason})]
     good_client_works(fuzz_server)
 
 
