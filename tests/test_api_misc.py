@@ -47,6 +47,20 @@ def test_process_single_packet_and_receive_packet():
         s.shutdown(timeout=5)
 
 
+def test_client_receive_packet_dispatches_like_the_socket():
+    s, c, cid = started_pair()
+    try:
+        pid = c.registry.get_id("test:echo")
+        c.receive_packet(HEADER.pack(pid, 0) + msgpack.packb("fed"))
+        wait_for(lambda: c._pqueue, what="queued")
+        assert c.process() == 1
+        assert c.registry.get_obj("test:echo").got == ["fed"]
+    finally:
+        c.stop()
+        c.join(5)
+        s.shutdown(timeout=5)
+
+
 def test_client_on_server_close_and_interrupt_and_pump():
     s, c, cid = started_pair()
     rec = Recorder(s, "peng3dnet:server.*")
@@ -89,7 +103,8 @@ def test_waits_time_out():
 
 
 def test_debug_print_and_printpacket_log(caplog):
-    s = make_server(**{"net.debug.print.recv": True, "net.debug.print.connect": True})
+    s = make_server(**{"net.debug.print.recv": True, "net.debug.print.connect": True,
+                       "net.debug.print.send": True, "net.debug.print.close": True})
     s.register_packet("test:print", PrintPacket(s.registry, s))
     s.runAsync()
     s.process_async()
@@ -103,9 +118,11 @@ def test_debug_print_and_printpacket_log(caplog):
             active_cids(s)
             c.send_message("test:print", {"hello": 1})
             wait_for(lambda: "{'hello': 1}" in caplog.text, what="PrintPacket log")
-        assert "connected from" in caplog.text
-        assert "< server" in caplog.text  # net.debug.print.recv
-        c.stop()
-        c.join(5)
+            assert "connected from" in caplog.text
+            assert "< server" in caplog.text  # net.debug.print.recv
+            assert "> server" in caplog.text  # net.debug.print.send (hello, handshake)
+            c.stop()
+            c.join(5)
+            wait_for(lambda: "closed: clientstop" in caplog.text, what="close log")  # net.debug.print.close
     finally:
         s.shutdown(timeout=5)
