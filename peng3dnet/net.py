@@ -43,6 +43,8 @@ import time
 from collections import deque
 from typing import Any
 
+import msgpack
+
 from . import events as _events
 from . import tls as _tls
 from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
@@ -73,6 +75,7 @@ from .errors import (
     TLSError,
     WriteBufferFullError,
 )
+from .events.bus import Route as _Route
 from .packet import ConnInfo, Packet
 from .packet.internal import INTERNAL_PACKETS
 from .protocol.codec import frame_body, pack
@@ -128,6 +131,10 @@ def _plain_check(cls: type) -> bool:
 _NOOP_RECEIVE = Packet.receive  # a class that does not override receive is not queued
 _NOOP_SEND = Packet.send
 _NO_EVENT = object()  # marks a send the connection type does not announce
+_ANY_STATE = object()  # send plan: the packet class checks nothing
+_CHECK = object()  # send plan: run _check_send()
+_LOCAL = threading.local()  # per thread: .pack, a msgpack Packer's pack method
+_PACKER_KEEP = 256 * 1024  # a Packer that encoded more than this is dropped
 
 
 class ConnectionStats:
@@ -232,7 +239,7 @@ class _Link:
 
     __slots__ = (
         "proto", "chan", "owner", "cid", "ctobj", "queued", "resume_at", "eof", "local_closed",
-        "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "first_read", "tls_server",
+        "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -251,7 +258,7 @@ class _Link:
         self.rate_p = 0.0  # token buckets (packets, bytes), refilled at rate_t
         self.rate_b = 0.0
         self.rate_t = 0.0
-        self.first_read = True
+        self.plain = False  # plaintext, first read checked: _read's fast path
         self.tls_server = False
 
 
@@ -288,8 +295,10 @@ class _Peer:
         prefix = f"peng3dnet:{self._role}."
         self._ev_recv = prefix + ("connection.recv" if self._role == "server" else "recv")
         self._ev_send = prefix + ("connection.send" if self._role == "server" else "send")
-        self._sig_recv = _events.signal(self._ev_recv)
-        self._sig_send = _events.signal(self._ev_send)
+        self._send_plans: dict[Any, tuple[int, int, Any, Any]] = {}
+        self._recv_plans: dict[int, tuple[int, Any, Any, bool]] = {}
+        self._route_recv = _Route(self._ev_recv)
+        self._route_send = _Route(self._ev_send)
         self.cfg.on_change = self._refresh_hot
         self._refresh_hot()
 
@@ -323,9 +332,28 @@ class _Peer:
     def _events_on(self) -> bool:
         return self._h_events
 
-    def _wants(self, sig: Any) -> bool:
-        # The hot-path guard: build no data dict when nobody listens.
-        return self._h_events and (self.peng is not None or bool(sig.receivers))
+    def _emit_packet(self, route: _Route, link: _Link, pid: int, key: str, msg: Any) -> None:
+        """Emit a per-packet event (recv/send) through a cached route: no
+        data dict is built when nobody listens (the caller checked
+        ``_h_events``)."""
+        targets = route.targets if route.version == route.sig.version else route.refresh(self)
+        peng = self.peng
+        if targets is None:  # receivers the route cannot cache: the general path
+            self._emit_conn(route.name, link, {"pid": pid, key: msg})
+            return
+        if not targets and peng is None:
+            return
+        data = {"pid": pid, key: msg, "peng": peng, self._role: self}
+        if self.side == SIDE_SERVER:
+            data["client"] = link.owner
+        name = route.name
+        for receiver in targets:
+            receiver(self, event=name, data=data)
+        if peng is not None:
+            try:
+                peng.sendEvent(name, data)
+            except Exception:
+                log.exception("! peng.sendEvent(%r) raised", name)
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         if not self._events_on():
@@ -432,38 +460,44 @@ class _Peer:
             self._read(link)
 
     def _read(self, link: _Link) -> None:
+        """One ``recv()`` and everything it leads to (network thread)."""
         chan = link.chan
-        buf = self._reactor.read_buffer
-        view = memoryview(buf)
+        reactor = self._reactor
         total = 0
         eof = False
         with chan.lock:  # TLS objects must not be used by two threads at once
             try:
-                n = chan.sock.recv_into(buf)
-                if n == 0:
+                n = chan.sock.recv_into(reactor.read_buffer)
+                proto = link.proto
+                if n and link.plain and not chan.closing:
+                    # The common case: plaintext, open, some bytes.
+                    total = n
+                    proto.receive_data(reactor.read_view[:n])
+                elif n == 0:
                     eof = True
                 elif chan.closing:
                     # draining while we wait for the peer's EOF: discard
                     while n and isinstance(chan.sock, ssl.SSLSocket) and chan.sock.pending():
-                        n = chan.sock.recv_into(buf)
+                        n = chan.sock.recv_into(reactor.read_buffer)
                     return
                 else:
-                    proto = link.proto
-                    if link.first_read and link.sslsec == SSLSEC_NONE and self.side == SIDE_SERVER:
-                        link.first_read = False
-                        if view[:2] == b"\x16\x03":  # a TLS ClientHello on a plaintext server
-                            log.info("! server cid=%s: client speaks TLS, TLS is not enabled here", link.cid)
-                            link.local_closed = True
-                            proto.receive_eof("tlsnotenabled")
-                            eof = True
-                            n = 0
-                    tls = link.sslsec != SSLSEC_NONE
+                    view = reactor.read_view
+                    if link.sslsec == SSLSEC_NONE and self.side == SIDE_SERVER and view[:2] == b"\x16\x03":
+                        # The first read on a plaintext server (link.plain is
+                        # set after it): a TLS ClientHello.
+                        log.info("! server cid=%s: client speaks TLS, TLS is not enabled here", link.cid)
+                        link.local_closed = True
+                        proto.receive_eof("tlsnotenabled")
+                        eof = True
+                        n = 0
+                    link.plain = link.sslsec == SSLSEC_NONE
+                    tls = not link.plain
                     while n:
                         total += n
                         proto.receive_data(view[:n])
                         if not (tls and chan.sock.pending()):  # type: ignore[attr-defined]
                             break
-                        n = chan.sock.recv_into(buf)
+                        n = chan.sock.recv_into(reactor.read_buffer)
                         eof = n == 0
             except WOULD_BLOCK:
                 if not total:
@@ -473,16 +507,13 @@ class _Peer:
                 eof = True
                 if not chan.closing:
                     link.proto.receive_eof("tlserror" if isinstance(exc, ssl.SSLError) else "socketerror")
-            finally:
-                view.release()
             if eof:
-                if chan.closing:
-                    pass
-                else:
+                if not chan.closing:
                     link.eof = True
                     link.proto.receive_eof()
             outs = link.proto.drain_received()
-            self._push(link)
+            if link.proto.has_data_to_send:
+                self._push(link)
         if eof and chan.closing:  # the peer saw our closeconn and closed: done
             chan.close()
             self._channel_closed(link)
@@ -600,16 +631,16 @@ class _Peer:
                 link.stats.packets_in += 1
                 if o.pid in _INTERNAL_IDS:
                     self._debug_print("recv", link, o.pid, o.msg)
-                    if self._wants(self._sig_recv):
-                        self._emit_conn(self._ev_recv, link, {"pid": o.pid, "msg": o.msg})
+                    if self._h_events:
+                        self._emit_packet(self._route_recv, link, o.pid, "msg", o.msg)
                 elif not link.local_closed:
                     # Packets that preceded the peer's closeconn are delivered.
                     queued = self._on_app_packet(link, o) or queued
             elif isinstance(o, PacketSent):
                 link.stats.packets_out += 1
                 self._debug_print("send", link, o.pid, o.msg)
-                if self._wants(self._sig_send):
-                    self._emit_conn(self._ev_send, link, {"pid": o.pid, "data": o.msg})
+                if self._h_events:
+                    self._emit_packet(self._route_send, link, o.pid, "data", o.msg)
                 if o.pid == PID_SETTYPE and self.side == SIDE_CLIENT:
                     # The client chose its type: hand the connection to it.
                     ct = self.conntypes.get(link.proto.conntype)
@@ -712,22 +743,20 @@ class _Peer:
     def _on_app_packet(self, link: _Link, o: PacketReceived) -> bool:
         """Check, announce and queue (or, inline, dispatch) one application
         packet; return whether it was queued for process() (network thread)."""
+        pid, flags, msg, state = o
         ct = link.ctobj
         if ct is not None and type(ct).receive is not ConnectionType.receive:
-            if not ct.receive(o.msg, o.pid, o.flags, link.cid):
+            if not ct.receive(msg, pid, flags, link.cid):
                 return False
-        pid = o.pid
-        pobj = self.registry.find_obj(pid)
-        if pobj is None or pid < PID_FIRST_FREE:
-            log.info("! %s cid=%s: unknown packet id %d", self._role, link.cid, pid)
-            self._close_link(link, "unknownpacket")
-            return False
-        cls = type(pobj)
-        if _plain_check(cls):
-            ok = cls.state is None or o.state == cls.state or (not isinstance(cls.state, int) and o.state in cls.state)
-        else:
-            ok = cls.check(self._info(link, o.state))
-        if not ok:
+        plan = self._recv_plans.get(pid)
+        if plan is None or plan[0] != self.registry.version:
+            plan = self._recv_plan(pid)
+            if plan is None:
+                log.info("! %s cid=%s: unknown packet id %d", self._role, link.cid, pid)
+                self._close_link(link, "unknownpacket")
+                return False
+        _, pobj, need, deliver = plan
+        if need is not _ANY_STATE and (need is _CHECK or state != need) and not self._recv_allowed(link, pobj, state):
             if getattr(pobj, "invalid_action", "close") == "ignore":
                 log.debug("! %s cid=%s: ignored packet %d not valid now", self._role, link.cid, pid)
                 return False
@@ -735,18 +764,20 @@ class _Peer:
             self._close_link(link, "smartpacketinvalid")
             return False
         if self._h_print_recv:
-            self._debug_print("recv", link, pid, o.msg)
-        if self._h_events and (self.peng is not None or self._sig_recv.receivers):
-            self._emit_conn(self._ev_recv, link, {"pid": pid, "msg": o.msg})
-        if cls.receive is _NOOP_RECEIVE:
+            self._debug_print("recv", link, pid, msg)
+        if self._h_events:
+            route = self._route_recv
+            if route.targets != () or route.version != route.sig.version or self.peng is not None:
+                self._emit_packet(route, link, pid, "msg", msg)
+        if not deliver:
             return False
         if self._h_inline:
             try:
-                pobj.receive(o.msg, link.cid)
+                pobj.receive(msg, link.cid)
             except Exception:
                 log.exception("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
             return False
-        self._pqueue.append((link, pobj, o.msg))
+        self._pqueue.append((link, pobj, msg))
         link.queued += 1
         limit = self._h_recv_queue
         if link.queued >= limit and not link.chan.paused:
@@ -755,6 +786,35 @@ class _Peer:
             link.chan.update_interest()
             log.debug("= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued)
         return True
+
+    def _recv_plan(self, pid: int) -> tuple[int, Any, Any, bool] | None:
+        """What receiving ``pid`` needs, cached until the registry changes:
+        ``(registry version, packet object, state, deliver)``; ``None`` for
+        an unknown id.  ``state`` as in :meth:`_send_plan`; ``deliver`` is
+        whether the class has a ``receive`` of its own (network thread)."""
+        version = self.registry.version
+        pobj = self.registry.find_obj(pid)
+        if pobj is None or pid < PID_FIRST_FREE:
+            return None
+        cls = type(pobj)
+        state: Any = _CHECK
+        if _plain_check(cls):
+            if cls.state is None:
+                state = _ANY_STATE
+            elif isinstance(cls.state, int):
+                state = cls.state
+        plan = (version, pobj, state, cls.receive is not _NOOP_RECEIVE)
+        if len(self._recv_plans) > 4096:
+            self._recv_plans.clear()
+        self._recv_plans[pid] = plan
+        return plan
+
+    def _recv_allowed(self, link: _Link, pobj: Any, state: HandshakeState) -> bool:
+        """The full receive check of a packet class (network thread)."""
+        cls = type(pobj)
+        if _plain_check(cls):
+            return cls.state is None or state == cls.state or (not isinstance(cls.state, int) and state in cls.state)
+        return bool(cls.check(self._info(link, state)))
 
     def _on_closed(self, link: _Link, o: ConnectionClosed) -> None:
         chan = link.chan
@@ -821,23 +881,67 @@ class _Peer:
 
     # --- sending ----------------------------------------------------------------------------
     def _send(self, link: _Link, ptype: Any, data: Any) -> None:
+        # The per-ptype lookups are cached until the registry changes.
         try:
-            pid = self.registry.get_id(ptype)
+            plan = self._send_plans[ptype]
+        except (KeyError, TypeError):  # not cached yet, or an unhashable packet object
+            plan = None
+        if plan is None or plan[0] != self.registry.version:
+            plan = self._send_plan(ptype)
+        _, pid, pobj, state = plan
+        if state is not _ANY_STATE and (state is _CHECK or link.proto.state != state):
+            data = self._check_send(link, pobj, pid, data)
+        ct = link.ctobj
+        announce = True
+        if ct is not None and type(ct).send is not ConnectionType.send:
+            announce = ct.send(data, pid, link.cid)
+        # Encode outside the lock, with this thread's msgpack Packer.
+        try:
+            packer = _LOCAL.pack
+        except AttributeError:
+            packer = _LOCAL.pack = msgpack.Packer().pack
+        frame = link.proto.encode_packet(pid, data, packer)
+        if len(frame) > _PACKER_KEEP:
+            del _LOCAL.pack  # do not keep a huge buffer per thread
+        self._send_frame(link, frame, pid, data if announce else _NO_EVENT)
+
+    def _send_plan(self, ptype: Any) -> tuple[int, int, Any, Any]:
+        """Look up what sending ``ptype`` needs and cache it (any thread).
+
+        Returns ``(registry version, pid, packet object, state)``: ``state``
+        is the packet class's required state when only that is checked,
+        ``_ANY_STATE`` when nothing is, ``_CHECK`` when :meth:`_check_send`
+        must run (custom check or send hook).
+        """
+        registry = self.registry
+        version = registry.version
+        try:
+            pid = registry.get_id(ptype)
         except RegistryError:
             if isinstance(ptype, int) and not isinstance(ptype, bool):
                 raise RegistryError(f"packet id {ptype} is not registered") from None
             raise
         if pid in _INTERNAL_IDS:
             raise LocalProtocolError(f"internal packet {pid} cannot be sent with send_message()")
-        pobj = self.registry.find_obj(pid)
+        pobj = registry.find_obj(pid)
+        state: Any = _ANY_STATE
         if pobj is not None:
-            data = self._check_send(link, pobj, pid, data)
-        ct = link.ctobj
-        announce = True
-        if ct is not None and type(ct).send is not ConnectionType.send:
-            announce = ct.send(data, pid, link.cid)
-        frame = link.proto.encode_packet(pid, data)  # encode outside the lock
-        self._send_frame(link, frame, pid, data if announce else _NO_EVENT)
+            cls = type(pobj)
+            if not _plain_check(cls) or cls.send is not _NOOP_SEND or not (
+                cls.state is None or isinstance(cls.state, int)
+            ):
+                state = _CHECK
+            elif cls.state is not None:
+                state = cls.state
+        plan = (version, pid, pobj, state)
+        plans = self._send_plans
+        if len(plans) > 1024:  # bounded, whatever the caller passes
+            plans.clear()
+        try:
+            plans[ptype] = plan
+        except TypeError:
+            pass
+        return plan
 
     def _check_send(self, link: _Link, pobj: Any, pid: int, data: Any) -> Any:
         cls = type(pobj)
@@ -879,9 +983,11 @@ class _Peer:
                 stats = link.stats
                 stats.packets_out += 1
                 stats.bytes_out += len(frame)
-                if data is not _NO_EVENT and self._h_events and (self.peng is not None or self._sig_send.receivers):
+                if data is not _NO_EVENT and self._h_events:
                     # Emitted under the lock so it cannot come after the close event.
-                    self._emit_conn(self._ev_send, link, {"pid": pid, "data": data})
+                    route = self._route_send
+                    if route.targets != () or route.version != route.sig.version or self.peng is not None:
+                        self._emit_packet(route, link, pid, "data", data)
         if slow:
             self._close_slow(link)
             return

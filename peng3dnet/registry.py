@@ -26,13 +26,15 @@ _MAX_ID = 2**32 - 1
 class Registry:
     """Maps packet names, ids and objects to each other."""
 
-    __slots__ = ("_maps", "_objs", "_obj_names")
+    __slots__ = ("_maps", "_objs", "_obj_names", "version")
 
     def __init__(self) -> None:
         # (name -> id, id -> name), swapped as one tuple by remap().
         self._maps: tuple[dict[str, int], dict[int, str]] = ({}, {})
         self._objs: dict[str, Any] = {}
         self._obj_names: dict[int, str] = {}  # id(obj) -> name
+        self.version = 0
+        """Bumped by every change (register, remap): lets users cache lookups."""
 
     # --- registration -----------------------------------------------------------
     def register(self, name: str, obj: Any, n: int | None = None) -> int:
@@ -67,6 +69,7 @@ class Registry:
         i2n[n] = name
         self._objs[name] = obj
         self._obj_names[id(obj)] = name
+        self.version += 1
         return n
 
     # --- lookups -----------------------------------------------------------------
@@ -158,3 +161,4 @@ class Registry:
             n2i[name] = pid
             i2n[pid] = name
         self._maps = (n2i, i2n)
+        self.version += 1

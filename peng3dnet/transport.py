@@ -97,6 +97,8 @@ class Reactor:
         self.closed = False
         self.read_buffer = bytearray(256 * 1024)
         """Scratch buffer for ``recv_into`` (network thread only)."""
+        self.read_view = memoryview(self.read_buffer)
+        """A view of :attr:`read_buffer`, to slice without copying."""
 
     # --- cross-thread ------------------------------------------------------------------
     def in_loop(self) -> bool:

@@ -36,7 +36,7 @@ import blinker
 
 from .catalog import CATALOG
 
-__all__ = ["ANY", "Handler", "signal", "subscribe", "unsubscribe", "emit", "has_receivers", "namespace"]
+__all__ = ["ANY", "Handler", "Route", "signal", "subscribe", "unsubscribe", "emit", "has_receivers", "namespace"]
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,78 @@ class _Subscription:
         return fnmatch.fnmatchcase(name, self.pattern)
 
     def __call__(self, sender: Any, *, event: str, data: dict[str, Any]) -> None:
-        handler = self.handler
+        handler = self._strong
         if handler is None:
-            _remove(self)
-            return
+            handler = self._ref() if self._ref is not None else None
+            if handler is None:
+                _remove(self)
+                return
         try:
             handler(event, data)
         except Exception:
             log.exception("! event handler %r for %s raised", handler, event)
+
+
+class _Signal(blinker.NamedSignal):
+    """A NamedSignal that counts changes to its receivers (for :class:`Route`)."""
+
+    def __init__(self, name: str, doc: str | None = None) -> None:
+        super().__init__(name, doc)
+        self.version = 0
+        """Bumped by every connect() and disconnect()."""
+
+    def connect(self, receiver: Any, sender: Any = ANY, weak: bool = True) -> Any:
+        try:
+            return super().connect(receiver, sender, weak)
+        finally:
+            self.version += 1
+
+    def disconnect(self, receiver: Any, sender: Any = ANY) -> None:
+        try:
+            super().disconnect(receiver, sender)
+        finally:
+            self.version += 1
+
+
+class Route:
+    """The receivers of one event from one sender, looked up once.
+
+    The per-packet events (``recv``/``send``) go through a route instead of
+    :func:`emit`: blinker's sender filtering builds a set and walks a
+    generator on every send, which costs more than a small packet's decode.
+    A route caches the result until the signal's receivers change.  The
+    cache is used only while every receiver is a subscription made by this
+    module (strongly held); anything else (say, a weak receiver connected to
+    the signal with blinker directly) makes :attr:`targets` ``None``, and the
+    caller falls back to :func:`emit`, which handles every case.
+
+    Args:
+        name: The event name.
+
+    Thread safety: any thread; a route caches for the sender passed to
+    :meth:`refresh`, so keep one route per (event, sender).
+    """
+
+    __slots__ = ("name", "sig", "version", "targets")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sig: _Signal = signal(name)  # type: ignore[assignment]
+        self.version = -1
+        """The signal version :attr:`targets` was computed for."""
+        self.targets: tuple[_Subscription, ...] | None = ()
+        """The receivers to call as ``r(sender, event=name, data=data)``, or
+        ``None`` when :func:`emit` must be used."""
+
+    def refresh(self, sender: Any) -> tuple[_Subscription, ...] | None:
+        """Recompute :attr:`targets` for ``sender`` and return them."""
+        sig = self.sig
+        version = sig.version  # read first: a change during the walk forces another refresh
+        found = tuple(sig.receivers_for(sender)) if sig.receivers else ()
+        targets = found if all(type(r) is _Subscription for r in found) else None
+        self.targets = targets  # type: ignore[assignment]
+        self.version = version
+        return targets  # type: ignore[return-value]
 
 
 def _connect(sig: blinker.NamedSignal, sub: _Subscription) -> None:
@@ -116,7 +180,7 @@ def signal(name: str, doc: str | None = None) -> blinker.NamedSignal:
     with _lock:
         sig = namespace.get(name)
         if sig is None:
-            sig = namespace.signal(name, doc)
+            sig = namespace[name] = _Signal(name, doc)
             for sub in _subs:
                 if sub.matches(name):
                     _connect(sig, sub)

@@ -17,14 +17,15 @@ or :class:`~peng3dnet.errors.FrameTooLargeError`.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from typing import Any
 
 import msgpack
 
-from ..constants import FLAG_COMPRESSED
+from ..constants import FLAG_COMPRESSED, MAX_WIRE_LENGTH
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
-from .framing import encode_frame
+from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, encode_frame
 
 __all__ = ["pack", "unpack", "compress_body", "decompress_body", "encode_body", "decode_body", "frame_body"]
 
@@ -115,8 +116,16 @@ def frame_body(pid: int, body: bytes, *, compress: bool, threshold: int, level: 
     Raises:
         LocalProtocolError: The id or the length do not fit the format.
     """
-    flags, body = _maybe_compress(body, compress, threshold, level)
-    return encode_frame(pid, flags, body)
+    if compress and len(body) > threshold:
+        return encode_frame(pid, FLAG_COMPRESSED, compress_body(body, level))
+    # The common case, inlined (this runs once per packet sent).
+    length = len(body) + HEADER_SIZE
+    if length <= MAX_WIRE_LENGTH:
+        try:
+            return _PREFIX_AND_HEADER.pack(length, pid, 0) + body
+        except struct.error:
+            pass
+    return encode_frame(pid, 0, body)  # raises the right error
 
 
 def decode_body(flags: int, body: bytes, max_decompressed_size: int) -> Any:

@@ -29,7 +29,7 @@ frames that preceded the bad one.  Anything else escaping is our bug.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from msgpack import packb as _packb
 from msgpack import unpackb as _unpackb
@@ -77,16 +77,22 @@ _INTERNAL_INPUTS: dict[int, HandshakeInput] = {
     PID_HANDSHAKE_ACCEPT: I.HANDSHAKE_ACCEPT,
     PID_CLOSECONN: I.CLOSECONN,
 }
+_tuple_new = tuple.__new__
+
+
 _SIDE_NAMES = {SIDE_SERVER: "server", SIDE_CLIENT: "client"}
 _MAX_REASON = 256
 
 
-@dataclass(frozen=True, slots=True)
-class PacketReceived:
+class PacketReceived(NamedTuple):
     """A packet arrived and was decoded (internal packets included).
 
     ``state`` is the connection's state when the packet arrived (outputs are
     handled after a whole read, when the state may have moved on).
+
+    The one output made per packet, so it is an immutable NamedTuple rather
+    than a frozen dataclass like the others: a frozen dataclass takes about
+    0.9 us to build, this 0.2 us (``_new_received``), on every packet.
     """
 
     pid: int
@@ -256,7 +262,7 @@ class ProtocolConnection:
                         raise DecodeError(
                             f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack"
                         ) from exc
-                    outputs.append(PacketReceived(pid, 0, msg, state))
+                    outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, state)))
                     continue
                 self._handle_frame(pid, flags, body)
                 outputs = self._outputs
@@ -426,22 +432,30 @@ class ProtocolConnection:
         self._out.append(self._encode(pid, msg))
         self._outputs.append(PacketSent(pid, msg))
 
-    def _encode(self, pid: int, msg: Any) -> bytes:
+    def _encode(self, pid: int, msg: Any, pack: Any = _packb) -> bytes:
         try:
-            body: bytes = _packb(msg)
+            body: bytes = pack(msg)
         except (TypeError, ValueError, OverflowError) as exc:
             raise LocalProtocolError(f"cannot encode message: {exc}") from exc
         return frame_body(
             pid, body, compress=self.compress, threshold=self.compress_threshold, level=self.compress_level
         )
 
-    def encode_packet(self, pid: int, msg: Any) -> bytes:
+    def encode_packet(self, pid: int, msg: Any, pack: Any = _packb) -> bytes:
         """Encode a packet with this connection's compression settings.
+
+        Args:
+            pid: The packet id.
+            msg: Any msgpack-serializable value.
+            pack: The msgpack encoder to use: ``msgpack.packb`` (default) or
+                the ``pack`` method of a ``msgpack.Packer()`` with default
+                options that only the calling thread uses (it reuses its
+                buffer: about a third of the cost).
 
         Raises:
             LocalProtocolError: The message cannot be encoded.
         """
-        return self._encode(pid, msg)
+        return self._encode(pid, msg, pack)
 
     def send_packet(self, pid: int, msg: Any) -> None:
         """Queue an application packet (or a raw one, e.g. for ``ping``).
@@ -465,6 +479,11 @@ class ProtocolConnection:
             return False
         self._out.append(self._encode(PID_HEARTBEAT, msg))
         return True
+
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` would return bytes."""
+        return bool(self._out)
 
     def data_to_send(self) -> bytes:
         """Return and forget the bytes to write to the peer."""
