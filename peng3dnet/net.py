@@ -284,6 +284,7 @@ class _Peer:
         self._pqueue: deque[tuple[_Link, Any, Any]] = deque()
         self._pcond = threading.Condition(threading.Lock())
         self._pwaiters = 0
+        self._notify_pending = False
         self._qlock = threading.Lock()
         self._process_stop = False
         self._process_thread: threading.Thread | None = None
@@ -657,10 +658,21 @@ class _Peer:
                 self._on_heartbeat_ack(link, o.msg)
             elif isinstance(o, ConnectionClosed):
                 self._on_closed(link, o)
-        if queued and self._pwaiters:
-            # One wake-up per read, not per packet.
-            with self._pcond:
-                self._pcond.notify_all()
+        if queued and self._pwaiters and not self._notify_pending:
+            reactor = self._reactor
+            if reactor.running and reactor.in_loop():
+                # One wake-up per select(), after every socket it returned
+                # was read: the process thread then gets a batch, and the GIL
+                # when the network thread blocks, not at its next recv().
+                self._notify_pending = True
+                reactor.after_io(self._notify_process)
+            else:
+                self._notify_process()
+
+    def _notify_process(self) -> None:
+        self._notify_pending = False
+        with self._pcond:
+            self._pcond.notify_all()
 
     def _on_heartbeat_ack(self, link: _Link, msg: Any) -> None:
         sent = msg.get("t") if isinstance(msg, dict) else None

@@ -87,6 +87,7 @@ class Reactor:
         self._wake_w: socket.socket | None = None
         self._wake_pending = False
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._after_io: list[Callable[[], Any]] = []
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self.thread_id: int | None = None
@@ -99,6 +100,9 @@ class Reactor:
         """Scratch buffer for ``recv_into`` (network thread only)."""
         self.read_view = memoryview(self.read_buffer)
         """A view of :attr:`read_buffer`, to slice without copying."""
+        self.last_write = 0.0
+        """Monotonic time the last direct write from another thread ended
+        (see :meth:`Channel.write`)."""
 
     # --- cross-thread ------------------------------------------------------------------
     def in_loop(self) -> bool:
@@ -128,17 +132,28 @@ class Reactor:
         self.call_soon(self._add_timer, timer)
         return timer
 
+    def after_io(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` once the I/O callbacks of this loop iteration are done
+        (network thread).  Lets one wake-up cover everything one ``select()``
+        returned, instead of one per socket."""
+        self._after_io.append(fn)
+
     def _add_timer(self, timer: Timer) -> None:
         heapq.heappush(self._timers, (timer.when, next(self._seq), timer))
 
     def _on_wake(self, mask: int) -> None:
-        self._wake_pending = False
         assert self._wake_r is not None
         try:
             while self._wake_r.recv(4096):
                 pass
         except OSError:
             pass
+        # Drain first, then clear: a wake() in between sees the flag still
+        # set and sends nothing, and its call (queued before that check) runs
+        # in this iteration's run_calls().  Clearing first would let us drain
+        # the byte of a wake() that set the flag again, leaving the flag set
+        # with no byte to wake us: every later wake() would be a no-op.
+        self._wake_pending = False
 
     # --- registration (network thread, or before run()) ----------------------------------------
     def register(self, sock: socket.socket, mask: int, callback: Callable[[int], Any]) -> None:
@@ -193,6 +208,13 @@ class Reactor:
                     key.data(mask)
                 except Exception:
                     log.exception("! %s: unexpected error in I/O callback", self.name)
+            if self._after_io:
+                after, self._after_io = self._after_io, []
+                for fn in after:
+                    try:
+                        fn()
+                    except Exception:
+                        log.exception("! %s: unexpected error in after-I/O call %r", self.name, fn)
             self.run_calls()
             if timers:
                 now = time.monotonic()
@@ -261,7 +283,6 @@ class Channel:
         "linger",
         "shut",
         "tls_pending",
-        "last_write",
         "__weakref__",
     )
 
@@ -282,7 +303,6 @@ class Channel:
         self.linger: Timer | None = None
         self.shut = False
         """Whether our sending side was shut down (``SHUT_WR``)."""
-        self.last_write = 0.0  # monotonic time the last direct write from another thread ended
         self.tls_pending = 0
         """While a TLS handshake is in progress: the event it waits for
         (``EVENT_READ`` or ``EVENT_WRITE``); 0 otherwise."""
@@ -305,7 +325,11 @@ class Channel:
             return
         reactor = self.reactor
         in_loop = reactor.in_loop()
-        if not in_loop and time.monotonic() - self.last_write < CORK_GAP and reactor.selector is not None:
+        if (
+            not in_loop
+            and reactor.selector is not None
+            and time.monotonic() - reactor.last_write < CORK_GAP
+        ):
             self.out += data
             reactor.call_soon(self._flush_soon)
             return
@@ -318,7 +342,7 @@ class Channel:
             reactor.call_soon(self.on_ready, EVENT_WRITE)
             return
         if not in_loop:
-            self.last_write = time.monotonic()
+            reactor.last_write = time.monotonic()
         if n < len(data):
             self.out += memoryview(data)[n:]
             if in_loop:
@@ -329,7 +353,7 @@ class Channel:
     def _flush_soon(self) -> None:
         with self.lock:
             self.flush()
-            self.last_write = 0.0
+            self.reactor.last_write = 0.0
         if self.error is not None:
             self.on_ready(EVENT_WRITE)
         else:

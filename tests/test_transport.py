@@ -1,0 +1,99 @@
+"""The reactor's cross-thread wake-up and its per-iteration hooks."""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+
+from peng3dnet.transport import EVENT_READ, Reactor
+
+
+class _RacingSocket:
+    """Wraps the wake-up socket: the first recv() lets another thread's
+    wake() happen in the middle of the drain (the interleaving that once
+    silenced every later wake())."""
+
+    def __init__(self, sock: socket.socket, reactor: Reactor) -> None:
+        self.sock = sock
+        self.reactor = reactor
+        self.raced = False
+
+    def recv(self, n: int) -> bytes:
+        data = self.sock.recv(n)
+        if not self.raced:
+            self.raced = True
+            self.reactor.wake()  # "another thread" calls wake() mid-drain
+        return data
+
+
+def _pending_bytes(sock: socket.socket) -> int:
+    sock.setblocking(False)
+    try:
+        return len(sock.recv(4096))
+    except BlockingIOError:
+        return 0
+
+
+def test_a_wake_during_the_drain_does_not_silence_later_wakes():
+    r = Reactor("test")
+    r._wake_r, r._wake_w = socket.socketpair()
+    r._wake_r.setblocking(False)
+    try:
+        r.wake()  # the flag is set and one byte is in flight
+        real = r._wake_r
+        r._wake_r = _RacingSocket(real, r)  # type: ignore[assignment]
+        r._on_wake(EVENT_READ)
+        r._wake_r = real
+        # Invariant: while the flag says "a wake is pending", a byte is there
+        # to wake select(); so after the drain a new wake() must send one.
+        if r._wake_pending:
+            assert _pending_bytes(real) > 0, "flag set but no byte: later wakes would be lost"
+        else:
+            r.wake()
+            assert _pending_bytes(real) == 1
+    finally:
+        r._wake_r.close()
+        r._wake_w.close()
+
+
+def test_after_io_runs_once_all_sockets_of_the_select_were_handled():
+    r = Reactor("test")
+    pairs = [socket.socketpair() for _ in range(2)]
+    order: list[str] = []
+    done = threading.Event()
+
+    def on_start() -> None:
+        for i, (a, _) in enumerate(pairs):
+            a.setblocking(False)
+
+            def cb(mask: int, i: int = i, a: socket.socket = a) -> None:
+                a.recv(16)
+                order.append(f"io{i}")
+                if len(order) == 1:  # the first callback of the iteration asks for the hook
+                    r.after_io(after)
+
+            r.register(a, EVENT_READ, cb)
+        for _, b in pairs:  # both readable before the first select()
+            b.send(b"x")
+
+    def after() -> None:
+        order.append("after")
+        done.set()
+        r.stop()
+
+    t = threading.Thread(target=r.run, args=(selectors.DefaultSelector, on_start))
+    t.start()
+    try:
+        assert done.wait(10)
+        t.join(10)
+        # One select() returned both sockets: the hook ran after both, once.
+        assert sorted(order[:2]) == ["io0", "io1"]
+        assert order[2:] == ["after"]
+    finally:
+        r.stop()
+        t.join(10)
+        r.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
