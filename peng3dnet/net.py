@@ -337,7 +337,9 @@ class _Peer:
         """Emit a per-packet event (recv/send) through a cached route: no
         data dict is built when nobody listens (the caller checked
         ``_h_events``)."""
-        targets = route.targets if route.version == route.sig.version else route.refresh(self)
+        version, targets = route.cache
+        if version != route.sig.version:
+            targets = route.refresh(self)
         peng = self.peng
         if targets is None:  # receivers the route cannot cache: the general path
             self._emit_conn(route.name, link, {"pid": pid, key: msg})
@@ -779,7 +781,8 @@ class _Peer:
             self._debug_print("recv", link, pid, msg)
         if self._h_events:
             route = self._route_recv
-            if route.targets != () or route.version != route.sig.version or self.peng is not None:
+            cache = route.cache
+            if cache[1] != () or cache[0] != route.sig.version or self.peng is not None:
                 self._emit_packet(route, link, pid, "msg", msg)
         if not deliver:
             return False
@@ -998,7 +1001,8 @@ class _Peer:
                 if data is not _NO_EVENT and self._h_events:
                     # Emitted under the lock so it cannot come after the close event.
                     route = self._route_send
-                    if route.targets != () or route.version != route.sig.version or self.peng is not None:
+                    cache = route.cache
+                    if cache[1] != () or cache[0] != route.sig.version or self.peng is not None:
                         self._emit_packet(route, link, pid, "data", data)
         if slow:
             self._close_slow(link)

@@ -133,9 +133,10 @@ class Reactor:
         return timer
 
     def after_io(self, fn: Callable[[], Any]) -> None:
-        """Run ``fn()`` once the I/O callbacks of this loop iteration are done
-        (network thread).  Lets one wake-up cover everything one ``select()``
-        returned, instead of one per socket."""
+        """Run ``fn()`` at the end of this loop iteration, after its I/O
+        callbacks, queued calls and timers, before the next ``select()``
+        (network thread).  Lets one wake-up cover everything one
+        ``select()`` returned, instead of one per socket."""
         self._after_io.append(fn)
 
     def _add_timer(self, timer: Timer) -> None:
@@ -193,7 +194,7 @@ class Reactor:
         calls = self._calls
         timers = self._timers
         while not self._stopping:
-            if calls:
+            if calls or self._after_io:
                 timeout: float | None = 0
             elif timers:
                 timeout = max(0.0, timers[0][0] - time.monotonic())
@@ -208,13 +209,6 @@ class Reactor:
                     key.data(mask)
                 except Exception:
                     log.exception("! %s: unexpected error in I/O callback", self.name)
-            if self._after_io:
-                after, self._after_io = self._after_io, []
-                for fn in after:
-                    try:
-                        fn()
-                    except Exception:
-                        log.exception("! %s: unexpected error in after-I/O call %r", self.name, fn)
             self.run_calls()
             if timers:
                 now = time.monotonic()
@@ -225,6 +219,15 @@ class Reactor:
                             timer.fn()
                         except Exception:
                             log.exception("! %s: unexpected error in timer", self.name)
+            if self._after_io:
+                # Last in the iteration: whatever the callbacks, calls and
+                # timers above asked for, before we block in select() again.
+                after, self._after_io = self._after_io, []
+                for fn in after:
+                    try:
+                        fn()
+                    except Exception:
+                        log.exception("! %s: unexpected error in after-I/O call %r", self.name, fn)
 
     def run_calls(self) -> None:
         """Run the queued cross-thread calls (network thread)."""

@@ -97,3 +97,21 @@ def test_after_io_runs_once_all_sockets_of_the_select_were_handled():
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_after_io_asked_for_by_a_queued_call_runs_before_select_blocks():
+    r = Reactor("test")
+    started = threading.Event()
+    ran = threading.Event()
+    t = threading.Thread(target=r.run, args=(selectors.DefaultSelector, started.set))
+    t.start()
+    try:
+        assert started.wait(10)
+        # Nothing else will ever wake this loop: the hook must not wait for
+        # the next select() (it has no timeout here).
+        r.call_soon(lambda: r.after_io(ran.set))
+        assert ran.wait(5), "the after-I/O hook waited for an event that never came"
+    finally:
+        r.stop()
+        t.join(10)
+        r.close()

@@ -124,8 +124,11 @@ class Route:
     A route caches the result until the signal's receivers change.  The
     cache is used only while every receiver is a subscription made by this
     module (strongly held); anything else (say, a weak receiver connected to
-    the signal with blinker directly) makes :attr:`targets` ``None``, and the
+    the signal with blinker directly) makes the cached receivers ``None``, and the
     caller falls back to :func:`emit`, which handles every case.
+
+    Use: ``version, targets = route.cache``; if ``version !=
+    route.sig.version``, ``targets = route.refresh(sender)``.
 
     Args:
         name: The event name.
@@ -134,25 +137,24 @@ class Route:
     :meth:`refresh`, so keep one route per (event, sender).
     """
 
-    __slots__ = ("name", "sig", "version", "targets")
+    __slots__ = ("name", "sig", "cache")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.sig: _Signal = signal(name)  # type: ignore[assignment]
-        self.version = -1
-        """The signal version :attr:`targets` was computed for."""
-        self.targets: tuple[_Subscription, ...] | None = ()
-        """The receivers to call as ``r(sender, event=name, data=data)``, or
-        ``None`` when :func:`emit` must be used."""
+        self.cache: tuple[int, tuple[_Subscription, ...] | None] = (-1, ())
+        """``(signal version, receivers)``: the receivers to call as
+        ``r(sender, event=name, data=data)``, or ``None`` when :func:`emit`
+        must be used.  One tuple, replaced at once, so concurrent readers
+        never pair a version with another version's receivers."""
 
     def refresh(self, sender: Any) -> tuple[_Subscription, ...] | None:
-        """Recompute :attr:`targets` for ``sender`` and return them."""
+        """Recompute the receivers for ``sender``, cache and return them."""
         sig = self.sig
         version = sig.version  # read first: a change during the walk forces another refresh
         found = tuple(sig.receivers_for(sender)) if sig.receivers else ()
         targets = found if all(type(r) is _Subscription for r in found) else None
-        self.targets = targets  # type: ignore[assignment]
-        self.version = version
+        self.cache = (version, targets)  # type: ignore[assignment]
         return targets  # type: ignore[return-value]
 
 
