@@ -300,6 +300,8 @@ class _Peer:
         self._recv_plans: dict[int, tuple[int, Any, Any, bool]] = {}
         self._route_recv = _Route(self._ev_recv)
         self._route_send = _Route(self._ev_send)
+        self._sig_recv = self._route_recv.sig  # for the "anyone listening?" test per packet
+        self._sig_send = self._route_send.sig
         self.cfg.on_change = self._refresh_hot
         self._refresh_hot()
 
@@ -629,6 +631,10 @@ class _Peer:
     def _handle_outputs(self, link: _Link, outs: list[Output]) -> None:
         """Act on the core's outputs, in order (network thread, lock released)."""
         queued = False
+        # "Anyone listening to recv?" once per read, not per packet: a
+        # subscription made while a read's packets are handled applies from
+        # the next read.
+        listen = self._h_events and (bool(self._sig_recv.receivers) or self.peng is not None)
         for o in outs:
             if isinstance(o, PacketReceived):
                 link.stats.packets_in += 1
@@ -638,7 +644,7 @@ class _Peer:
                         self._emit_packet(self._route_recv, link, o.pid, "msg", o.msg)
                 elif not link.local_closed:
                     # Packets that preceded the peer's closeconn are delivered.
-                    queued = self._on_app_packet(link, o) or queued
+                    queued = self._on_app_packet(link, o, listen) or queued
             elif isinstance(o, PacketSent):
                 link.stats.packets_out += 1
                 self._debug_print("send", link, o.pid, o.msg)
@@ -754,7 +760,7 @@ class _Peer:
         link.ctobj = ct
         ct.init(link.cid)
 
-    def _on_app_packet(self, link: _Link, o: PacketReceived) -> bool:
+    def _on_app_packet(self, link: _Link, o: PacketReceived, listen: bool) -> bool:
         """Check, announce and queue (or, inline, dispatch) one application
         packet; return whether it was queued for process() (network thread)."""
         pid, flags, msg, state = o
@@ -779,11 +785,8 @@ class _Peer:
             return False
         if self._h_print_recv:
             self._debug_print("recv", link, pid, msg)
-        if self._h_events:
-            route = self._route_recv
-            cache = route.cache
-            if cache[1] != () or cache[0] != route.sig.version or self.peng is not None:
-                self._emit_packet(route, link, pid, "msg", msg)
+        if listen:
+            self._emit_packet(self._route_recv, link, pid, "msg", msg)
         if not deliver:
             return False
         if self._h_inline:
@@ -979,8 +982,9 @@ class _Peer:
                 return repl
         return data
 
-    def _send_frame(self, link: _Link, frame: bytes, pid: int, data: Any) -> None:
-        """Queue an encoded frame on one connection (any thread)."""
+    def _send_frame(self, link: _Link, frame: bytes, pid: int, data: Any, cork: bool = True) -> None:
+        """Queue an encoded frame on one connection (any thread).  Fan-out
+        paths pass ``cork=False`` (see :meth:`Channel.write`)."""
         chan = link.chan
         slow = False
         with chan.lock:
@@ -994,16 +998,13 @@ class _Peer:
                 log.info("! %s cid=%s: peer does not read (%d bytes queued), closing", self._role, link.cid, len(chan.out))
                 slow = True
             else:
-                chan.write(frame)
+                chan.write(frame, cork)
                 stats = link.stats
                 stats.packets_out += 1
                 stats.bytes_out += len(frame)
-                if data is not _NO_EVENT and self._h_events:
+                if data is not _NO_EVENT and self._h_events and (self._sig_send.receivers or self.peng is not None):
                     # Emitted under the lock so it cannot come after the close event.
-                    route = self._route_send
-                    cache = route.cache
-                    if cache[1] != () or cache[0] != route.sig.version or self.peng is not None:
-                        self._emit_packet(route, link, pid, "data", data)
+                    self._emit_packet(self._route_send, link, pid, "data", data)
         if slow:
             self._close_slow(link)
             return
@@ -1663,7 +1664,7 @@ class Server(_Peer):
             try:
                 if pobj is not None:
                     self._check_send(link, pobj, pid, data)
-                self._send_frame(link, frame, pid, data)
+                self._send_frame(link, frame, pid, data, False)
                 sent += 1
             except (ConnectionClosedError, WriteBufferFullError, LocalProtocolError):
                 continue
@@ -1674,7 +1675,7 @@ class Server(_Peer):
         For the library's fan-out paths (ext.sync); the body is trusted."""
         pid = self.registry.get_id(ptype)
         link = self._link(cid)
-        self._send_frame(link, self._frame_for_body(pid, body), pid, _NO_EVENT)
+        self._send_frame(link, self._frame_for_body(pid, body), pid, _NO_EVENT, False)
 
     def close_connection(self, cid: int, reason: str | None = None) -> None:
         """Send ``closeconn`` with ``reason`` after what is queued, then close.

@@ -310,16 +310,21 @@ class Channel:
         """While a TLS handshake is in progress: the event it waits for
         (``EVENT_READ`` or ``EVENT_WRITE``); 0 otherwise."""
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, cork: bool = True) -> None:
         """Send ``data`` now if possible, buffer the rest (lock held).
 
-        Writes from other threads that come in a burst (the previous one
-        ended less than :data:`CORK_GAP` ago) are buffered and flushed by the
-        network thread in one ``send()``: a loop of ``send_message`` calls
-        costs one syscall per socket-buffer-full instead of one per message,
-        while a lone message (a request, an RTT probe) still goes out at once.
-        A socket error is stored in :attr:`error` and the channel is handed to
-        the network thread to be closed; it is not raised.
+        Writes from other threads that come in a burst (less than
+        :data:`CORK_GAP` after the previous one from such a thread, to any
+        connection of this reactor) are buffered and flushed by the network
+        thread, one ``send()`` per connection: a loop of ``send_message``
+        calls costs one syscall per socket-buffer-full instead of one per
+        message, and a thread running many handlers in a row (``process()``)
+        does not hand the GIL to the network thread at every message.  A lone
+        message (a request, an RTT probe) still goes out at once.  Fan-out
+        paths (one message to each of many connections) pass ``cork=False``:
+        they gain nothing from it.  A socket error is stored in
+        :attr:`error` and the channel is handed to the network thread to be
+        closed; it is not raised.
         """
         if not data or self.closed:
             return
@@ -330,6 +335,7 @@ class Channel:
         in_loop = reactor.in_loop()
         if (
             not in_loop
+            and cork
             and reactor.selector is not None
             and time.monotonic() - reactor.last_write < CORK_GAP
         ):

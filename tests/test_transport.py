@@ -5,8 +5,9 @@ from __future__ import annotations
 import selectors
 import socket
 import threading
+import time
 
-from peng3dnet.transport import EVENT_READ, Reactor
+from peng3dnet.transport import EVENT_READ, Channel, Reactor
 
 
 class _RacingSocket:
@@ -115,3 +116,36 @@ def test_after_io_asked_for_by_a_queued_call_runs_before_select_blocks():
         r.stop()
         t.join(10)
         r.close()
+
+
+def test_bursts_from_other_threads_are_corked_but_fan_out_writes_are_not():
+    r = Reactor("test")
+    started = threading.Event()
+    t = threading.Thread(target=r.run, args=(selectors.DefaultSelector, started.set))
+    t.start()
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        assert started.wait(10)
+        chans = []
+        for a, b in pairs:
+            a.setblocking(False)
+            b.settimeout(5)
+            chans.append(Channel(a, r, lambda mask: None))
+        corked, direct = chans
+        r.last_write = time.monotonic()  # another thread's write just ended: a burst
+        with corked.lock:  # the network thread cannot flush while we look
+            corked.write(b"corked")
+            assert bytes(corked.out) == b"corked"  # buffered for the network thread
+        with direct.lock:
+            r.last_write = time.monotonic()
+            direct.write(b"direct", cork=False)
+            assert not direct.out  # sent at once
+        assert pairs[1][1].recv(16) == b"direct"
+        assert pairs[0][1].recv(16) == b"corked"  # ... and the network thread flushed it
+    finally:
+        r.stop()
+        t.join(10)
+        r.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
