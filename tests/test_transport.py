@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 from peng3dnet.transport import EVENT_READ, Channel, Reactor
 
@@ -26,6 +28,28 @@ class _RacingSocket:
             self.raced = True
             self.reactor.wake()  # "another thread" calls wake() mid-drain
         return data
+
+
+@contextlib.contextmanager
+def _running(on_start: Callable[[Reactor], None] = lambda r: None) -> Iterator[tuple[Reactor, threading.Thread]]:
+    """A reactor running on its own thread (``on_start(reactor)`` first
+    there); stopped and closed afterwards."""
+    r = Reactor("test")
+    started = threading.Event()
+
+    def start() -> None:
+        on_start(r)
+        started.set()
+
+    t = threading.Thread(target=r.run, args=(selectors.DefaultSelector, start))
+    t.start()
+    try:
+        assert started.wait(10)
+        yield r, t
+    finally:
+        r.stop()
+        t.join(10)
+        r.close()
 
 
 def _pending_bytes(sock: socket.socket) -> int:
@@ -59,12 +83,15 @@ def test_a_wake_during_the_drain_does_not_silence_later_wakes():
 
 
 def test_after_io_runs_once_all_sockets_of_the_select_were_handled():
-    r = Reactor("test")
     pairs = [socket.socketpair() for _ in range(2)]
     order: list[str] = []
     done = threading.Event()
 
-    def on_start() -> None:
+    def on_start(r: Reactor) -> None:
+        def after() -> None:
+            order.append("after")
+            done.set()
+
         for i, (a, _) in enumerate(pairs):
             a.setblocking(False)
 
@@ -78,74 +105,48 @@ def test_after_io_runs_once_all_sockets_of_the_select_were_handled():
         for _, b in pairs:  # both readable before the first select()
             b.send(b"x")
 
-    def after() -> None:
-        order.append("after")
-        done.set()
-        r.stop()
-
-    t = threading.Thread(target=r.run, args=(selectors.DefaultSelector, on_start))
-    t.start()
     try:
-        assert done.wait(10)
-        t.join(10)
+        with _running(on_start):
+            assert done.wait(10)
         # One select() returned both sockets: the hook ran after both, once.
         assert sorted(order[:2]) == ["io0", "io1"]
         assert order[2:] == ["after"]
     finally:
-        r.stop()
-        t.join(10)
-        r.close()
         for a, b in pairs:
             a.close()
             b.close()
 
 
 def test_after_io_asked_for_by_a_queued_call_runs_before_select_blocks():
-    r = Reactor("test")
-    started = threading.Event()
     ran = threading.Event()
-    t = threading.Thread(target=r.run, args=(selectors.DefaultSelector, started.set))
-    t.start()
-    try:
-        assert started.wait(10)
+    with _running() as (r, _):
         # Nothing else will ever wake this loop: the hook must not wait for
         # the next select() (it has no timeout here).
         r.call_soon(lambda: r.after_io(ran.set))
         assert ran.wait(5), "the after-I/O hook waited for an event that never came"
-    finally:
-        r.stop()
-        t.join(10)
-        r.close()
 
 
 def test_bursts_from_other_threads_are_corked_but_fan_out_writes_are_not():
-    r = Reactor("test")
-    started = threading.Event()
-    t = threading.Thread(target=r.run, args=(selectors.DefaultSelector, started.set))
-    t.start()
     pairs = [socket.socketpair() for _ in range(2)]
     try:
-        assert started.wait(10)
-        chans = []
-        for a, b in pairs:
-            a.setblocking(False)
-            b.settimeout(5)
-            chans.append(Channel(a, r, lambda mask: None))
-        corked, direct = chans
-        r.last_write = time.monotonic()  # another thread's write just ended: a burst
-        with corked.lock:  # the network thread cannot flush while we look
-            corked.write(b"corked")
-            assert bytes(corked.out) == b"corked"  # buffered for the network thread
-        with direct.lock:
-            r.last_write = time.monotonic()
-            direct.write(b"direct", cork=False)
-            assert not direct.out  # sent at once
-        assert pairs[1][1].recv(16) == b"direct"
-        assert pairs[0][1].recv(16) == b"corked"  # ... and the network thread flushed it
+        with _running() as (r, _):
+            chans = []
+            for a, b in pairs:
+                a.setblocking(False)
+                b.settimeout(5)
+                chans.append(Channel(a, r, lambda mask: None))
+            corked, direct = chans
+            r.last_write = time.monotonic()  # another thread's write just ended: a burst
+            with corked.lock:  # the network thread cannot flush while we look
+                corked.write(b"corked")
+                assert bytes(corked.out) == b"corked"  # buffered for the network thread
+            with direct.lock:
+                r.last_write = time.monotonic()
+                direct.write(b"direct", cork=False)
+                assert not direct.out  # sent at once
+            assert pairs[1][1].recv(16) == b"direct"
+            assert pairs[0][1].recv(16) == b"corked"  # ... and the network thread flushed it
     finally:
-        r.stop()
-        t.join(10)
-        r.close()
         for a, b in pairs:
             a.close()
             b.close()
