@@ -32,6 +32,7 @@ thread; see :mod:`peng3dnet.events` and the README's catalog.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import selectors
@@ -1502,7 +1503,7 @@ class Server(_Peer):
         proto = self._new_proto()
         client = self.clientcls(self, sock, addr, cid)
         link = _Link(proto, None, client, cid)  # type: ignore[arg-type]
-        link.chan = Channel(sock, self._reactor, lambda mask: self._on_ready(link, mask))
+        link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
         client._link = link
         self.clients[cid] = client
         self._links[cid] = link
@@ -1567,7 +1568,7 @@ class Server(_Peer):
 
     def _link(self, cid: int | None) -> _Link:
         link = self._links.get(cid) if cid is not None else None
-        if link is None or not link.proto.is_open:
+        if link is None or link.proto.closed:  # a plain attribute (is_open is two property calls)
             raise ConnectionClosedError(f"no open connection with cid {cid!r}")
         return link
 
@@ -1904,7 +1905,7 @@ class Client(_Peer):
         proto = self._new_proto(self.conntype)
         link = _Link(proto, None, self, None)  # type: ignore[arg-type]
         link.sslsec = sslsec
-        link.chan = Channel(sock, self._reactor, lambda mask: self._on_ready(link, mask))
+        link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
         self._link_obj = link
         log.info("= client: connected to %s", self.addr)
         if self.cfg["net.debug.print.connect"]:
@@ -1959,7 +1960,7 @@ class Client(_Peer):
 
     def _link(self, cid: int | None) -> _Link:
         link = self._link_obj
-        if link is None or not link.proto.is_open:
+        if link is None or link.proto.closed:  # a plain attribute (is_open is two property calls)
             raise ConnectionClosedError("client is not connected", self.close_reason)
         return link
 

@@ -51,6 +51,7 @@ CORK_GAP = 20e-6
 previous one ended is buffered for the network thread (see Channel.write)."""
 
 EVENT_READ = selectors.EVENT_READ
+_get_ident = threading.get_ident
 EVENT_WRITE = selectors.EVENT_WRITE
 
 
@@ -332,7 +333,7 @@ class Channel:
             self.out += data
             return
         reactor = self.reactor
-        in_loop = reactor.in_loop()
+        in_loop = reactor.thread_id == _get_ident()  # in_loop(), inlined: once per message
         if (
             not in_loop
             and cork
