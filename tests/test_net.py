@@ -385,6 +385,24 @@ def test_ping(server):
         s.shutdown(timeout=5)
 
 
+def test_ping_result_of_a_custom_client_class(server):
+    from peng3dnet.ext.ping import PingableClientMixin
+
+    made: list = []
+
+    class MyPingClient(PingableClientMixin, Client):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    before = MyPingClient(addr=server.addr)
+    assert before.ping_result is None  # nothing yet
+    r = pingServer(addr=server.addr, data={"who": "me"}, clientcls=MyPingClient, timeout=10)
+    (c,) = made[1:]
+    assert c.ping_result is r  # the same reply, kept on the client
+    assert r["oldmsg"]["who"] == "me" and r["delay"] >= 0 and r["recvtime"] >= r["oldmsg"]["time"]
+
+
 def test_ping_with_garbage_request_is_closed(server):
     peer = RawPeer(server.addr)
     peer.recv_packet()

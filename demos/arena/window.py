@@ -118,6 +118,9 @@ class ArenaGame:
         self.window.changeMenu("arena")
         self.keys = key.KeyStateHandler()
         self.window.push_handlers(self.keys)
+        # peng3d swallows Escape (it stops pyglet's exit-on-Escape); the game
+        # quits on it.  A bound method of self: pyglet holds it weakly.
+        self.window.push_handlers(on_key_press=self.on_key_press)
         # Every peng3dnet event of our client (core and sync), on the main
         # thread; the handler is a bound method of self, kept alive by self.
         self.net = attach_to_pyglet(player.client)
@@ -132,6 +135,13 @@ class ArenaGame:
             self.status = f"resyncing (tick {data['tick']})"
         elif event == "peng3dnet:client.heartbeat":
             self.status = "connected"
+
+    def on_key_press(self, symbol: int, modifiers: int) -> Any:
+        if symbol == key.ESCAPE:
+            log.info("Escape: leaving the game")
+            pyglet.app.exit()
+            return pyglet.event.EVENT_HANDLED
+        return None
 
     def update(self, dt: float) -> None:
         k = self.keys

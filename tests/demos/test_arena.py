@@ -114,3 +114,20 @@ def test_window_renders_players_and_a_key_moves_the_local_player(tmp_path, xvfb_
     truth = hist_ticks[str(data["tick"])]
     for name, p in data["players"].items():
         assert abs(p["x"] - truth[name]["x"]) <= TOL and abs(p["y"] - truth[name]["y"]) <= TOL
+
+
+def test_escape_quits_the_windowed_game(tmp_path, xvfb_display):
+    report = tmp_path / "report.json"
+    env = dict(os.environ, PYTHONPATH=ROOT, DISPLAY=xvfb_display)
+    try:
+        out = subprocess.run(
+            # no --duration: only Escape can end it
+            [sys.executable, "-m", "demos.arena", "--name", "tester", "--bots", "0",
+             "--report", str(report), "--test-keys", "ESCAPE@1.0-1.1"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the game was still running 60 s after Escape")
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert data["role"] == "client" and data["name"] == "tester"
