@@ -297,7 +297,7 @@ class _Peer:
         prefix = f"peng3dnet:{self._role}."
         self._ev_recv = prefix + ("connection.recv" if self._role == "server" else "recv")
         self._ev_send = prefix + ("connection.send" if self._role == "server" else "send")
-        self._send_plans: dict[Any, tuple[int, int, Any, Any]] = {}
+        self._send_plans: dict[Any, tuple[int, int, Any, Any, type]] = {}
         self._recv_plans: dict[int, tuple[int, Any, Any, bool]] = {}
         self._route_recv = _Route(self._ev_recv)
         self._route_send = _Route(self._ev_send)
@@ -905,9 +905,10 @@ class _Peer:
             plan = self._send_plans[ptype]
         except (KeyError, TypeError):  # not cached yet, or an unhashable packet object
             plan = None
-        if plan is None or plan[0] != self.registry.version:
+        if plan is None or plan[0] != self.registry.version or plan[4] is not type(ptype):
+            # (the type test: 64.0 or True must not find the plan of 64 or 1)
             plan = self._send_plan(ptype)
-        _, pid, pobj, state = plan
+        _, pid, pobj, state, _ = plan
         if state is not _ANY_STATE and (state is _CHECK or link.proto.state != state):
             data = self._check_send(link, pobj, pid, data)
         ct = link.ctobj
@@ -924,10 +925,11 @@ class _Peer:
             del _LOCAL.pack  # do not keep a huge buffer per thread
         self._send_frame(link, frame, pid, data if announce else _NO_EVENT)
 
-    def _send_plan(self, ptype: Any) -> tuple[int, int, Any, Any]:
+    def _send_plan(self, ptype: Any) -> tuple[int, int, Any, Any, type]:
         """Look up what sending ``ptype`` needs and cache it (any thread).
 
-        Returns ``(registry version, pid, packet object, state)``: ``state``
+        Returns ``(registry version, pid, packet object, state, type of
+        ptype)``: ``state``
         is the packet class's required state when only that is checked,
         ``_ANY_STATE`` when nothing is, ``_CHECK`` when :meth:`_check_send`
         must run (custom check or send hook).
@@ -952,7 +954,7 @@ class _Peer:
                 state = _CHECK
             elif cls.state is not None:
                 state = cls.state
-        plan = (version, pid, pobj, state)
+        plan = (version, pid, pobj, state, type(ptype))
         plans = self._send_plans
         if len(plans) > 1024:  # bounded, whatever the caller passes
             plans.clear()

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from peng3dnet import events
+from peng3dnet.errors import RegistryError
 from peng3dnet.events.bus import Route
 from peng3dnet.net import Client
 from peng3dnet.packet import Packet
@@ -217,3 +218,14 @@ def test_packet_received_is_immutable_and_compares_by_value():
         o.pid = 65  # type: ignore[misc]
     assert o == PacketReceived(64, 0, [1], HandshakeState.ACTIVE)
     assert (o.pid, o.flags, o.msg, o.state) == (64, 0, [1], HandshakeState.ACTIVE)
+
+
+def test_send_plans_do_not_accept_keys_that_only_compare_equal(net):
+    s, _ = net.server(process=False, record=None, **{"net.process.inline": True})
+    c = net.client(s, process=False, **{"net.process.inline": True})
+    pid = c.registry.get_id("test:echo")
+    c.send_message(pid, "by id")  # caches the plan of the int id
+    with pytest.raises(RegistryError):
+        c.send_message(float(pid), "by a float")  # equal and same hash, but not a packet id
+    c.send_message(pid, "by id again")
+    assert c.registry.get_obj("test:echo").wait_count(2) == ["by id", "by id again"]
