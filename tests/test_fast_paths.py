@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from peng3dnet import events
-from peng3dnet.errors import RegistryError
+from peng3dnet.errors import LocalProtocolError, RegistryError
 from peng3dnet.events.bus import Route
 from peng3dnet.net import Client
 from peng3dnet.packet import Packet
@@ -229,3 +229,12 @@ def test_send_plans_do_not_accept_keys_that_only_compare_equal(net):
         c.send_message(float(pid), "by a float")  # equal and same hash, but not a packet id
     c.send_message(pid, "by id again")
     assert c.registry.get_obj("test:echo").wait_count(2) == ["by id", "by id again"]
+
+
+def test_an_unencodable_message_leaves_the_threads_packer_clean(net):
+    s, _ = net.server(process=False, record=None, **{"net.process.inline": True})
+    c = net.client(s, process=False, **{"net.process.inline": True})
+    with pytest.raises(LocalProtocolError, match="cannot encode"):
+        c.send_message("test:echo", [1, 2, object()])  # fails halfway through the list
+    c.send_message("test:echo", [3])
+    assert c.registry.get_obj("test:echo").wait_count(1) == [[3]]  # nothing of [1, 2 left behind
