@@ -86,7 +86,7 @@ class ArenaLayer(peng3d.Layer2D):
         self.board.text = "\n".join(f"{p['name']}  {p['score']}" for p in players)
         rtt = self.game.player.rtt
         self.hud.text = (
-            f"RTT {rtt * 1000:.0f} ms" if rtt is not None else "RTT -"
+            (f"RTT {rtt * 1000:.1f} ms" if rtt < 0.01 else f"RTT {rtt * 1000:.0f} ms") if rtt is not None else "RTT -"
         ) + f"   tick {self.game.tick}   players {len(players)}   {self.game.status}"
         self.batch.draw()
 
