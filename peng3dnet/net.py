@@ -354,7 +354,7 @@ class _Peer:
             data["client"] = link.owner
         name = route.name
         for receiver in targets:
-            receiver(self, event=name, data=data)
+            receiver(self, name, data)  # positional: a little cheaper than blinker's keywords
         if peng is not None:
             try:
                 peng.sendEvent(name, data)
@@ -468,13 +468,13 @@ class _Peer:
     def _read(self, link: _Link) -> None:
         """One ``recv()`` and everything it leads to (network thread)."""
         chan = link.chan
+        proto = link.proto
         reactor = self._reactor
         total = 0
         eof = False
         with chan.lock:  # TLS objects must not be used by two threads at once
             try:
                 n = chan.sock.recv_into(reactor.read_buffer)
-                proto = link.proto
                 if n and link.plain and not chan.closing:
                     # The common case: plaintext, open, some bytes.
                     total = n
@@ -512,13 +512,13 @@ class _Peer:
                 log.info("! %s cid=%s: recv failed: %s", self._role, link.cid, exc)
                 eof = True
                 if not chan.closing:
-                    link.proto.receive_eof("tlserror" if isinstance(exc, ssl.SSLError) else "socketerror")
+                    proto.receive_eof("tlserror" if isinstance(exc, ssl.SSLError) else "socketerror")
             if eof:
                 if not chan.closing:
                     link.eof = True
-                    link.proto.receive_eof()
-            outs = link.proto.drain_received()
-            if link.proto.has_data_to_send:
+                    proto.receive_eof()
+            outs = proto.drain_received()
+            if proto.has_data_to_send:
                 self._push(link)
         if eof and chan.closing:  # the peer saw our closeconn and closed: done
             chan.close()

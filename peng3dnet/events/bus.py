@@ -81,7 +81,7 @@ class _Subscription:
             return name == self.pattern
         return fnmatch.fnmatchcase(name, self.pattern)
 
-    def __call__(self, sender: Any, *, event: str, data: dict[str, Any]) -> None:
+    def __call__(self, sender: Any, event: str, data: dict[str, Any]) -> None:  # blinker passes event=, data=
         handler = self._strong
         if handler is None:
             handler = self._ref() if self._ref is not None else None
