@@ -4,8 +4,11 @@ Default: an embedded server, a window for you, and 3 AI bots.  Arrow keys or
 WASD move; coins score; Escape quits.
 
   --server [--port P]     dedicated headless server (announced on the LAN)
+  --host ADDR             address the dedicated server listens on (default: all)
   --connect HOST:PORT     join a server
   --lan                   join the first server found on the LAN
+  --lan-port P            UDP port of LAN discovery (default 8089; 0 with --server: any free one)
+  --lan-addr ADDR         where --lan sends its query (default 255.255.255.255, broadcast)
   --bots N                AI bots (default 3 with the embedded server, else 0)
   --headless              no window: play as a bot
   --name NAME             your name
@@ -34,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--connect", metavar="HOST:PORT")
     ap.add_argument("--lan", action="store_true")
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--lan-port", type=int, default=None)
+    ap.add_argument("--lan-addr", default="255.255.255.255")
     ap.add_argument("--bots", type=int, default=None)
     ap.add_argument("--headless", action="store_true")
     ap.add_argument("--name", default="you")
@@ -59,9 +65,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from .netgame import ArenaClient, ArenaServer, Bot
 
+    lan_port = DISCOVERY_PORT if args.lan_port is None else args.lan_port
     if args.server:
-        srv = ArenaServer(port=args.port, lan=True).start()
+        srv = ArenaServer(host=args.host, port=args.port, lan=True, lan_port=lan_port).start()
         print(f"arena server on port {srv.port}", flush=True)
+        if srv.lan_addr is not None:
+            print(f"LAN discovery on udp port {srv.lan_addr[1]}", flush=True)
         try:
             threading.Event().wait(args.duration)
         except KeyboardInterrupt:
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.connect:
         addr = normalize_addr_socketstyle(args.connect, 8080)
     elif args.lan:
-        found = discover_servers(DISCOVERY_PORT, timeout=1.5)
+        found = discover_servers(lan_port, timeout=1.5, addr=args.lan_addr)
         if not found:
             print("no server found on the LAN", file=sys.stderr)
             return 1

@@ -23,7 +23,10 @@ HISTORY = 200
 class ArenaServer:
     """Authoritative arena server (headless; runs its own threads)."""
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 0, *, lan: bool = False, peng: Any = None) -> None:
+    def __init__(self, host: str = "0.0.0.0", port: int = 0, *, lan: bool = False, lan_port: int = DISCOVERY_PORT,
+                 peng: Any = None) -> None:
+        self.host = host
+        self.lan_port = lan_port
         self.server = Server(peng=peng, addr=(host, port))
         self.server.getPingData = self._ping_data  # type: ignore[attr-defined]  # ping/LAN status
         self.sync = SyncServer(self.server, tick_rate=TICK_RATE)
@@ -46,7 +49,8 @@ class ArenaServer:
         self.sync.start()
         if self.lan:
             try:
-                self._discovery = DiscoveryResponder(self.server, DISCOVERY_PORT).start()
+                host = "" if self.host in ("0.0.0.0", "::") else self.host
+                self._discovery = DiscoveryResponder(self.server, self.lan_port, host=host).start()
             except OSError as exc:
                 log.warning("LAN discovery unavailable: %s", exc)
         return self
@@ -54,6 +58,11 @@ class ArenaServer:
     @property
     def port(self) -> int:
         return int(self.server.addr[1])
+
+    @property
+    def lan_addr(self) -> tuple[str, int] | None:
+        """The bound (host, port) of LAN discovery, ``None`` when it is off."""
+        return self._discovery.addr if self._discovery is not None else None
 
     def stop(self) -> None:
         if self._discovery is not None:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -29,9 +30,39 @@ def run(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "demos.arena", *args], cwd=ROOT, env=env, text=True, **kw)
 
 
-def test_headless_server_and_three_bots_agree(tmp_path):
-    srv = run(["--server", "--port", "0", "--duration", "6", "--report", str(tmp_path / "server.json")],
+def test_lan_flag_finds_the_dedicated_server_and_joins_it(tmp_path):
+    # Loopback only: the server listens on 127.0.0.1 (game and discovery on
+    # free ports) and the client sends its query to 127.0.0.1, not broadcast.
+    srv = run(["--server", "--host", "127.0.0.1", "--port", "0", "--lan-port", "0", "--duration", "30"],
               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        port = int(re.search(r"arena server on port (\d+)", srv.stdout.readline()).group(1))
+        lan_port = int(re.search(r"LAN discovery on udp port (\d+)", srv.stdout.readline()).group(1))
+        report = tmp_path / "scout.json"
+        out = subprocess.run(
+            [sys.executable, "-m", "demos.arena", "--lan", "--lan-port", str(lan_port), "--lan-addr", "127.0.0.1",
+             "--headless", "--name", "scout", "--duration", "2", "--report", str(report)],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert f"joining peng3dnet arena at 127.0.0.1:{port}" in out.stdout
+        rep = json.loads(report.read_text())
+        assert rep["role"] == "client" and "scout" in rep["players"]  # it played on that server
+    finally:
+        srv.send_signal(signal.SIGINT)  # the server's clean exit path
+        try:
+            srv.wait(30)
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+            srv.stdout.close()
+            srv.stderr.close()
+
+
+def test_headless_server_and_three_bots_agree(tmp_path):
+    srv = run(["--server", "--host", "127.0.0.1", "--port", "0", "--lan-port", "0", "--duration", "6",
+               "--report", str(tmp_path / "server.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = srv.stdout.readline()
         port = int(re.search(r"port (\d+)", line).group(1))
