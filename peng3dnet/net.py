@@ -488,7 +488,7 @@ class _Peer:
                     return
                 else:
                     view = reactor.read_view
-                    if link.sslsec == SSLSEC_NONE and self.side == SIDE_SERVER and view[:2] == b"\x16\x03":
+                    if link.sslsec == SSLSEC_NONE and self.side == SIDE_SERVER and n >= 2 and view[:2] == b"\x16\x03":
                         # The first read on a plaintext server (link.plain is
                         # set after it): a TLS ClientHello.
                         log.info("! server cid=%s: client speaks TLS, TLS is not enabled here", link.cid)
