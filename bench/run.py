@@ -73,27 +73,21 @@ def main() -> None:
     add("RTT p99 us", "rtt", {"n": 5000 if not args.quick else 1000}, "p99_us", False)
     for c in (1, 10, 100):
         add(f"echo {c} clients /s", "echo", {"clients": c, "seconds": secs}, "echoes_per_s")
-    # events cost on the server (one-way small): disabled / enabled, no subscriber / one subscriber
-    ev = {}
     add("one-way small msgs/s, handlers on the process thread", "oneway", {"n": n}, "msgs_per_s",
         ours_server={"inline": False})
     add("echo 10 clients /s, handlers on the process thread", "echo", {"clients": 10, "seconds": secs},
         "echoes_per_s", ours_server={"inline": False})
-    for label, sopts in (("disabled", {"events": False}), ("no subscriber", {}), ("one subscriber", {"subscriber": True})):
-        ev[label] = median("ours", "oneway", {"n": n}, "msgs_per_s", args.repeat, sopts)
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}; medians of {args.repeat} runs.\n")
     print("| scenario | peng3dnet | asyncio streams | ratio (>= 1.0 is as good or better) |")
     print("| --- | ---: | ---: | ---: |")
     for label, ours, base, ratio, _ in rows:
         print(f"| {label} | {ours:,.0f} | {base:,.0f} | {ratio:.2f} |")
-    print("\n| server events setting (one-way small) | msgs/s | vs disabled |")
-    print("| --- | ---: | ---: |")
-    for label, v in ev.items():
-        print(f"| {label} | {v:,.0f} | {v / ev['disabled']:.2f} |")
+    print("\n(The event bus's cost per packet: python -m bench.events_cost, in-process;"
+          " over loopback it drowns in the run-to-run noise.)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "events": ev}, f, indent=1)
+            json.dump({"rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
