@@ -129,6 +129,25 @@ def _plain_check(cls: type) -> bool:
         plain = _plain_classes[cls] = getattr(cls.check, "__func__", None) is _PLAIN_CHECK_FUNC  # type: ignore[attr-defined]
     return plain
 
+def _state_allowed(cls: type, state: Any) -> bool:
+    """The check of a class that keeps Packet.check: its ``state`` (one
+    state, a collection of states, or ``None`` for any)."""
+    want = cls.state  # type: ignore[attr-defined]
+    return want is None or state == want or (not isinstance(want, int) and state in want)
+
+
+def _required_state(cls: type) -> Any:
+    """What the per-packet fast paths must check for a packet class:
+    ``_ANY_STATE`` (nothing), one state (an int: compare it), or ``_CHECK``
+    (the full check: a custom ``check`` or a collection of states)."""
+    if not _plain_check(cls):
+        return _CHECK
+    want = cls.state  # type: ignore[attr-defined]
+    if want is None:
+        return _ANY_STATE
+    return want if isinstance(want, int) else _CHECK
+
+
 _NOOP_RECEIVE = Packet.receive  # a class that does not override receive is not queued
 _NOOP_SEND = Packet.send
 _NO_EVENT = object()  # marks a send the connection type does not announce
@@ -333,9 +352,6 @@ class _Peer:
             int(cfg["net.compress.level"]),
         )
 
-    def _events_on(self) -> bool:
-        return self._h_events
-
     def _emit_packet(self, route: _Route, link: _Link, pid: int, key: str, msg: Any) -> None:
         """Emit a per-packet event (recv/send) through a cached route: no
         data dict is built when nobody listens (the caller checked
@@ -355,23 +371,28 @@ class _Peer:
         name = route.name
         for receiver in targets:
             receiver(self, name, data)  # positional: a little cheaper than blinker's keywords
-        if peng is not None:
-            try:
-                peng.sendEvent(name, data)
-            except Exception:
-                log.exception("! peng.sendEvent(%r) raised", name)
+        self._to_peng(name, data)
 
-    def _emit(self, event: str, data: dict[str, Any]) -> None:
-        if not self._events_on():
-            return
-        data.setdefault("peng", self.peng)
-        data.setdefault(self._role, self)
-        _events.emit(event, self, data)
+    def _to_peng(self, event: str, data: dict[str, Any]) -> None:
         if self.peng is not None:
             try:
                 self.peng.sendEvent(event, data)
             except Exception:
                 log.exception("! peng.sendEvent(%r) raised", event)
+
+    def _emit(self, event: str, data: dict[str, Any]) -> None:
+        if not self._h_events:
+            return
+        data.setdefault("peng", self.peng)
+        data.setdefault(self._role, self)
+        _events.emit(event, self, data)
+        self._to_peng(event, data)
+
+    def _emit_conn(self, event: str, link: _Link, data: dict[str, Any]) -> None:
+        """Emit a connection's event: the server's carry its ``client``."""
+        if self.side == SIDE_SERVER:
+            data["client"] = link.owner
+        self._emit(event, data)
 
     # --- registration ----------------------------------------------------------------
     def register_packet(self, name: str, obj: Any, n: int | None = None) -> int:
@@ -690,7 +711,7 @@ class _Peer:
         rtt = max(0.0, time.monotonic() - sent)
         link.stats.rtt = rtt
         event = "peng3dnet:server.connection.heartbeat" if self.side == SIDE_SERVER else "peng3dnet:client.heartbeat"
-        if self._events_on():
+        if self._h_events:
             self._emit_conn(event, link, {"rtt": rtt, "stats": link.stats.as_dict()})
 
     def _housekeeping(self) -> None:
@@ -816,13 +837,7 @@ class _Peer:
         if pobj is None or pid < PID_FIRST_FREE:
             return None
         cls = type(pobj)
-        state: Any = _CHECK
-        if _plain_check(cls):
-            if cls.state is None:
-                state = _ANY_STATE
-            elif isinstance(cls.state, int):
-                state = cls.state
-        plan = (version, pobj, state, cls.receive is not _NOOP_RECEIVE)
+        plan = (version, pobj, _required_state(cls), cls.receive is not _NOOP_RECEIVE)
         if len(self._recv_plans) > 4096:
             self._recv_plans.clear()
         self._recv_plans[pid] = plan
@@ -832,7 +847,7 @@ class _Peer:
         """The full receive check of a packet class (network thread)."""
         cls = type(pobj)
         if _plain_check(cls):
-            return cls.state is None or state == cls.state or (not isinstance(cls.state, int) and state in cls.state)
+            return _state_allowed(cls, state)
         return bool(cls.check(self._info(link, state)))
 
     def _on_closed(self, link: _Link, o: ConnectionClosed) -> None:
@@ -899,16 +914,20 @@ class _Peer:
             self._force_close(link)
 
     # --- sending ----------------------------------------------------------------------------
-    def _send(self, link: _Link, ptype: Any, data: Any) -> None:
-        # The per-ptype lookups are cached until the registry changes.
+    def _lookup(self, ptype: Any) -> tuple[int, int, Any, Any, type]:
+        """The send plan of ``ptype`` (see :meth:`_send_plan`), cached until
+        the registry changes (any thread)."""
         try:
             plan = self._send_plans[ptype]
         except (KeyError, TypeError):  # not cached yet, or an unhashable packet object
-            plan = None
-        if plan is None or plan[0] != self.registry.version or plan[4] is not type(ptype):
+            return self._send_plan(ptype)
+        if plan[0] != self.registry.version or plan[4] is not type(ptype):
             # (the type test: 64.0 or True must not find the plan of 64 or 1)
-            plan = self._send_plan(ptype)
-        _, pid, pobj, state, _ = plan
+            return self._send_plan(ptype)
+        return plan
+
+    def _send(self, link: _Link, ptype: Any, data: Any) -> None:
+        _, pid, pobj, state, _ = self._lookup(ptype)
         if state is not _ANY_STATE and (state is _CHECK or link.proto.state != state):
             data = self._check_send(link, pobj, pid, data)
         ct = link.ctobj
@@ -943,17 +962,12 @@ class _Peer:
                 raise RegistryError(f"packet id {ptype} is not registered") from None
             raise
         if pid in _INTERNAL_IDS:
-            raise LocalProtocolError(f"internal packet {pid} cannot be sent with send_message()")
+            raise LocalProtocolError(f"internal packet {pid} cannot be sent by the application")
         pobj = registry.find_obj(pid)
         state: Any = _ANY_STATE
         if pobj is not None:
             cls = type(pobj)
-            if not _plain_check(cls) or cls.send is not _NOOP_SEND or not (
-                cls.state is None or isinstance(cls.state, int)
-            ):
-                state = _CHECK
-            elif cls.state is not None:
-                state = cls.state
+            state = _CHECK if cls.send is not _NOOP_SEND else _required_state(cls)
         plan = (version, pid, pobj, state, type(ptype))
         plans = self._send_plans
         if len(plans) > 1024:  # bounded, whatever the caller passes
@@ -968,8 +982,7 @@ class _Peer:
         cls = type(pobj)
         proto = link.proto
         if _plain_check(cls):
-            state = proto.state
-            ok = cls.state is None or state == cls.state or (not isinstance(cls.state, int) and state in cls.state)
+            ok = _state_allowed(cls, proto.state)
         else:
             ok = cls.check(self._info(link), sending=True)
         if not ok:
@@ -1198,9 +1211,6 @@ class _Peer:
             self._on_loop_exit()
         finally:
             self._loop_done.set()
-
-    def _emit_conn(self, event: str, link: _Link, data: dict[str, Any]) -> None:
-        raise NotImplementedError
 
     def _after_handshake(self, link: _Link) -> None:
         pass
@@ -1548,10 +1558,6 @@ class Server(_Peer):
             self._push(link)
         self._handle_outputs(link, outs)
 
-    def _emit_conn(self, event: str, link: _Link, data: dict[str, Any]) -> None:
-        data["client"] = link.owner
-        self._emit(event, data)
-
     def _connection_closed(self, link: _Link, reason: str | None) -> None:
         client = link.owner
         self._emit("peng3dnet:server.connection.close", {"client": client, "reason": reason})
@@ -1638,10 +1644,7 @@ class Server(_Peer):
 
         .. versionadded:: 0.2
         """
-        pid = self.registry.get_id(ptype)
-        if pid in _INTERNAL_IDS:
-            raise LocalProtocolError(f"internal packet {pid} cannot be broadcast")
-        pobj = self.registry.find_obj(pid)
+        _, pid, pobj, state, _ = self._lookup(ptype)
         targets = list(self._links) if cids is None else list(cids)
         if pobj is not None and type(pobj).send is not _NOOP_SEND:
             sent = 0
@@ -1652,20 +1655,20 @@ class Server(_Peer):
                 except (ConnectionClosedError, WriteBufferFullError, LocalProtocolError):
                     continue
             return sent
-        return self._fanout(pid, pobj, self._frame_for_body(pid, pack(data)), data, targets)
+        return self._fanout(pid, pobj, state, self._frame_for_body(pid, pack(data)), data, targets)
 
     def _frame_for_body(self, pid: int, body: bytes) -> bytes:
         compress, threshold, level = self._h_compress
         return frame_body(pid, body, compress=compress, threshold=threshold, level=level)
 
-    def _fanout(self, pid: int, pobj: Any, frame: bytes, data: Any, cids: Any) -> int:
+    def _fanout(self, pid: int, pobj: Any, state: Any, frame: bytes, data: Any, cids: Any) -> int:
         sent = 0
         for cid in cids:
             link = self._links.get(cid)
             if link is None or link.proto.state != HandshakeState.ACTIVE:
                 continue
             try:
-                if pobj is not None:
+                if state is not _ANY_STATE and (state is _CHECK or state != HandshakeState.ACTIVE):
                     self._check_send(link, pobj, pid, data)
                 self._send_frame(link, frame, pid, data, False)
                 sent += 1
@@ -1676,7 +1679,7 @@ class Server(_Peer):
     def _send_body(self, ptype: Any, body: bytes, cid: int) -> None:
         """Send an already msgpack-encoded body (one value) to one client.
         For the library's fan-out paths (ext.sync); the body is trusted."""
-        pid = self.registry.get_id(ptype)
+        pid = self._lookup(ptype)[1]
         link = self._link(cid)
         self._send_frame(link, self._frame_for_body(pid, body), pid, _NO_EVENT, False)
 
@@ -1939,9 +1942,6 @@ class Client(_Peer):
                 self._force_close(link)
             self._reactor.run_calls()
         self._emit("peng3dnet:client.stop", {"reason": self._stop_reason or "method"})
-
-    def _emit_conn(self, event: str, link: _Link, data: dict[str, Any]) -> None:
-        self._emit(event, data)
 
     def _after_handshake(self, link: _Link) -> None:
         self._handshake_done.set()

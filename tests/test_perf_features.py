@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
+from peng3dnet.constants import PID_CLOSECONN, STATE_HELLO
+from peng3dnet.errors import LocalProtocolError
 from peng3dnet.net import Client
 from peng3dnet.packet import Packet
 from tests.conftest import EchoPacket, Recorder, make_client, make_server
@@ -64,6 +68,14 @@ def test_broadcast_encodes_once_and_skips_closed():
         wait_for(lambda: len(s.clients) == 4, what="close")
         assert s.broadcast("test:echo", "rest") == 4
         assert clients[4].registry.get_obj("test:echo").wait_count(2)[-1] == "rest"
+        # the packet class's state is checked once for all (nobody is in STATE_HELLO)
+        class Early(Packet):
+            state = STATE_HELLO
+
+        s.register_packet("t:early", Early(s.registry, s))
+        assert s.broadcast("t:early", "too early") == 0
+        with pytest.raises(LocalProtocolError):
+            s.broadcast(PID_CLOSECONN, {"reason": "no"})  # internal packets are the library's
     finally:
         for c in clients:
             c.stop()
