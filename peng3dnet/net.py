@@ -157,6 +157,21 @@ _LOCAL = threading.local()  # per thread: .pack, a msgpack Packer's pack method
 _PACKER_KEEP = 256 * 1024  # a Packer that encoded more than this is dropped
 
 
+def _thread_pack(value: Any) -> bytes:
+    """msgpack-encode with this thread's Packer (it reuses its buffer; a
+    Packer is not thread-safe, so one per thread).  After a body larger than
+    ``_PACKER_KEEP`` (measured before any compression) the Packer is
+    dropped, so no thread keeps a huge buffer."""
+    try:
+        pack = _LOCAL.pack
+    except AttributeError:
+        pack = _LOCAL.pack = msgpack.Packer().pack
+    body: bytes = pack(value)
+    if len(body) > _PACKER_KEEP:
+        del _LOCAL.pack
+    return body
+
+
 class ConnectionStats:
     """Counters of one connection (read them from any thread; they are
     updated on the network and sending threads without a lock, so a read
@@ -934,14 +949,7 @@ class _Peer:
         announce = True
         if ct is not None and type(ct).send is not ConnectionType.send:
             announce = ct.send(data, pid, link.cid)
-        # Encode outside the lock, with this thread's msgpack Packer.
-        try:
-            packer = _LOCAL.pack
-        except AttributeError:
-            packer = _LOCAL.pack = msgpack.Packer().pack
-        frame = link.proto.encode_packet(pid, data, packer)
-        if len(frame) > _PACKER_KEEP:
-            del _LOCAL.pack  # do not keep a huge buffer per thread
+        frame = link.proto.encode_packet(pid, data, _thread_pack)  # outside the lock
         self._send_frame(link, frame, pid, data if announce else _NO_EVENT)
 
     def _send_plan(self, ptype: Any) -> tuple[int, int, Any, Any, type]:

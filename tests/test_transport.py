@@ -126,7 +126,7 @@ def test_after_io_asked_for_by_a_queued_call_runs_before_select_blocks():
         assert ran.wait(5), "the after-I/O hook waited for an event that never came"
 
 
-def test_bursts_from_other_threads_are_corked_but_fan_out_writes_are_not():
+def test_lone_writes_go_out_bursts_are_corked_fan_out_writes_are_not():
     pairs = [socket.socketpair() for _ in range(2)]
     try:
         with _running() as (r, _):
@@ -136,6 +136,11 @@ def test_bursts_from_other_threads_are_corked_but_fan_out_writes_are_not():
                 b.settimeout(5)
                 chans.append(Channel(a, r, lambda mask: None))
             corked, direct = chans
+            r.last_write = 0.0  # no burst under way: a lone message goes out at once
+            with corked.lock:
+                corked.write(b"lone")
+                assert not corked.out
+            assert pairs[0][1].recv(16) == b"lone"
             r.last_write = time.monotonic()  # another thread's write just ended: a burst
             with corked.lock:  # the network thread cannot flush while we look
                 corked.write(b"corked")

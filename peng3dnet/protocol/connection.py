@@ -447,10 +447,10 @@ class ProtocolConnection:
         Args:
             pid: The packet id.
             msg: Any msgpack-serializable value.
-            pack: The msgpack encoder to use: ``msgpack.packb`` (default) or
-                the ``pack`` method of a ``msgpack.Packer()`` with default
-                options that only the calling thread uses (it reuses its
-                buffer: about a third of the cost).
+            pack: The msgpack encoder: ``msgpack.packb`` (default) or any
+                callable that encodes the same way, e.g. a per-thread
+                ``msgpack.Packer().pack`` (it reuses its buffer: about a third
+                of the cost; the facades pass one).
 
         Raises:
             LocalProtocolError: The message cannot be encoded.
