@@ -27,7 +27,7 @@ from ..constants import FLAG_COMPRESSED, MAX_WIRE_LENGTH
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
 from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, encode_frame
 
-__all__ = ["pack", "unpack", "compress_body", "decompress_body", "encode_body", "decode_body", "frame_body"]
+__all__ = ["pack", "unpack", "compress_body", "decompress_body", "decode_body", "frame_body"]
 
 
 def pack(value: Any) -> bytes:
@@ -88,30 +88,9 @@ def decompress_body(body: bytes, max_size: int) -> bytes:
     return out
 
 
-def encode_body(value: Any, *, compress: bool, threshold: int, level: int) -> tuple[int, bytes]:
-    """Encode a message into ``(flags, body)``.
-
-    Args:
-        value: Any msgpack-serializable value.
-        compress: Whether compression is enabled.
-        threshold: Bodies longer than this many bytes are compressed.
-        level: zlib level.
-
-    Raises:
-        LocalProtocolError: The value cannot be encoded.
-    """
-    return _maybe_compress(pack(value), compress, threshold, level)
-
-
-def _maybe_compress(body: bytes, compress: bool, threshold: int, level: int) -> tuple[int, bytes]:
-    # The one compression rule: bodies longer than the threshold, when enabled.
-    if compress and len(body) > threshold:
-        return FLAG_COMPRESSED, compress_body(body, level)
-    return 0, body
-
-
 def frame_body(pid: int, body: bytes, *, compress: bool, threshold: int, level: int) -> bytes:
-    """Frame an encoded msgpack body, compressing it by the one compression rule.
+    """Frame an encoded msgpack body, compressing it by the one compression
+    rule: bodies longer than ``threshold`` bytes, when ``compress`` is on.
 
     Raises:
         LocalProtocolError: The id or the length do not fit the format.

@@ -11,7 +11,17 @@ from hypothesis import strategies as st
 
 from peng3dnet.constants import FLAG_COMPRESSED
 from peng3dnet.errors import DecodeError, FrameTooLargeError, LocalProtocolError
-from peng3dnet.protocol.codec import decode_body, decompress_body, encode_body, pack, unpack
+from peng3dnet.protocol.codec import decode_body, decompress_body, frame_body, pack, unpack
+from peng3dnet.protocol.framing import FrameDecoder
+
+
+def encode_body(value, *, compress, threshold, level):
+    """(flags, body) as the library frames a value: frame_body, decoded back."""
+    frames: list = []
+    FrameDecoder(1 << 30).feed(frame_body(64, pack(value), compress=compress, threshold=threshold, level=level), frames)
+    ((pid, flags, body),) = frames
+    assert pid == 64
+    return flags, body
 
 msgpack_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text() | st.binary(),
