@@ -11,76 +11,59 @@ from peng3dnet import errors
 from peng3dnet.net import Client
 from peng3dnet.packet import PrintPacket
 from peng3dnet.protocol.framing import HEADER
-from tests.conftest import EchoPacket, Recorder, make_client, make_server
+from tests.conftest import EchoPacket, make_client, make_server
 from tests.helpers import active_cids, wait_for
 
 
-def started_pair(**cfg):
-    s = make_server(**cfg)
-    s.runAsync()
-    c = make_client(s)
-    c.runAsync()
-    c.wait_for_connection(10)
+@pytest.fixture
+def pair(net):
+    """A running server (no process thread) and a handshaken client; torn down by ``net``."""
+    s, _ = net.server(process=False, record=None)
+    c = net.client(s, process=False)
     (cid,) = active_cids(s)
     return s, c, cid
 
 
-def test_process_single_packet_and_receive_packet():
-    s, c, cid = started_pair()
-    try:
-        echo = s.registry.get_obj("test:echo")
-        client_obj = s.clients[cid]
-        assert s.process_single_packet(client_obj) is False  # nothing queued
-        pid = s.registry.get_id("test:echo")
-        # inject one packet (header + body, no length prefix) as if received
-        s.receive_packet(HEADER.pack(pid, 0) + msgpack.packb("injected"), cid)
-        wait_for(lambda: s._pqueue, what="queued")
-        assert s.process_single_packet(client_obj) is True
-        assert echo.got == ["injected"]
-        # and the echo reached the client, whose handler runs in our process() call
-        wait_for(lambda: c._pqueue, what="echo queued on the client")
-        assert c.process() == 1
-        assert c.registry.get_obj("test:echo").got == ["injected"]
-    finally:
-        c.stop()
-        c.join(5)
-        s.shutdown(timeout=5)
+def test_process_single_packet_and_receive_packet(pair):
+    s, c, cid = pair
+    echo = s.registry.get_obj("test:echo")
+    client_obj = s.clients[cid]
+    assert s.process_single_packet(client_obj) is False  # nothing queued
+    pid = s.registry.get_id("test:echo")
+    # inject one packet (header + body, no length prefix) as if received
+    s.receive_packet(HEADER.pack(pid, 0) + msgpack.packb("injected"), cid)
+    wait_for(lambda: s._pqueue, what="queued")
+    assert s.process_single_packet(client_obj) is True
+    assert echo.got == ["injected"]
+    # and the echo reached the client, whose handler runs in our process() call
+    wait_for(lambda: c._pqueue, what="echo queued on the client")
+    assert c.process() == 1
+    assert c.registry.get_obj("test:echo").got == ["injected"]
 
 
-def test_client_receive_packet_dispatches_like_the_socket():
-    s, c, cid = started_pair()
-    try:
-        pid = c.registry.get_id("test:echo")
-        c.receive_packet(HEADER.pack(pid, 0) + msgpack.packb("fed"))
-        wait_for(lambda: c._pqueue, what="queued")
-        assert c.process() == 1
-        assert c.registry.get_obj("test:echo").got == ["fed"]
-    finally:
-        c.stop()
-        c.join(5)
-        s.shutdown(timeout=5)
+def test_client_receive_packet_dispatches_like_the_socket(pair):
+    s, c, cid = pair
+    pid = c.registry.get_id("test:echo")
+    c.receive_packet(HEADER.pack(pid, 0) + msgpack.packb("fed"))
+    wait_for(lambda: c._pqueue, what="queued")
+    assert c.process() == 1
+    assert c.registry.get_obj("test:echo").got == ["fed"]
 
 
-def test_client_on_server_close_and_interrupt_and_pump():
-    s, c, cid = started_pair()
-    rec = Recorder(s, "peng3dnet:server.*")
-    crec = Recorder(c, "peng3dnet:client.interrupt")
-    try:
-        s.interrupt()
-        c.interrupt()
-        assert "peng3dnet:server.interrupt" in rec.names()
-        crec.wait_for("peng3dnet:client.interrupt")
-        c.send_message("test:echo", 1)
-        c.pump_write_buffer()  # nothing pending: a no-op that must not fail
-        assert c.write_buffer_size == 0
-        s.clients[cid].close("kick")
-        c.wait_for_close(10)
-        assert c.close_reason == "kick"
-    finally:
-        rec.close()
-        crec.close()
-        c.join(5)
-        s.shutdown(timeout=5)
+def test_client_on_server_close_and_interrupt_and_pump(pair, net):
+    s, c, cid = pair
+    rec = net.recorder(s, "peng3dnet:server.*")
+    crec = net.recorder(c, "peng3dnet:client.interrupt")
+    s.interrupt()
+    c.interrupt()
+    assert "peng3dnet:server.interrupt" in rec.names()
+    crec.wait_for("peng3dnet:client.interrupt")
+    c.send_message("test:echo", 1)
+    c.pump_write_buffer()  # nothing pending: a no-op that must not fail
+    assert c.write_buffer_size == 0
+    s.clients[cid].close("kick")
+    c.wait_for_close(10)
+    assert c.close_reason == "kick"
 
 
 def test_waits_time_out():

@@ -95,149 +95,141 @@ def join(server, addr=None, **kw):
     return c, sc
 
 
-def test_clients_agree_with_server_at_the_same_tick():
-    s, game, views_by_cid = make_world()
+class World:
+    """Servers, games, clients and proxies of one test, closed in reverse order at its end."""
+
+    def __init__(self) -> None:
+        self._cleanups: list = []
+
+    def make(self, tick_rate=50.0, **kw):
+        s, game, views_by_cid = make_world(tick_rate, **kw)
+        self._cleanups += [lambda: s.shutdown(timeout=5), game.close]
+        return s, game, views_by_cid
+
+    def join(self, server, addr=None, **kw):
+        c, sc = join(server, addr, **kw)
+        self._cleanups += [lambda: (c.stop(), c.join(5)), sc.close]
+        return c, sc
+
+    def add(self, cleanup) -> None:
+        self._cleanups.append(cleanup)
+
+    def close(self) -> None:
+        for cleanup in reversed(self._cleanups):
+            cleanup()
+
+
+@pytest.fixture
+def world():
+    w = World()
+    yield w
+    w.close()
+
+
+def test_clients_agree_with_server_at_the_same_tick(world):
+    s, game, views_by_cid = world.make()
     game.sync.start()
-    clients = []
-    try:
-        for _ in range(3):
-            clients.append(join(s, predict=move))
-        for step in range(30):
-            for _c, sc in clients:
-                sc.send_input({"dx": 1, "dy": (step % 3) - 1, "dt": 1 / 60})
+    clients = [world.join(s, predict=move) for _ in range(3)]
+    for step in range(30):
         for _c, sc in clients:
-            wait_for(lambda sc=sc: sc.stats["snapshots"] > 20, what="snapshots")
-        for _c, sc in clients:
-            cid = int(sc.own[1:])
-            tick, view = sc.authoritative()
-            assert view == views_by_cid[cid][tick]  # exact, not just within a tolerance
-            assert sc.stats["desyncs"] == 0 and sc.stats["full_snapshots"] == 1
-        # every client sees every player
-        for _c, sc in clients:
-            assert {f"p{int(o.own[1:])}" for _, o in clients} <= set(sc.view)
-    finally:
-        for c, sc in clients:
-            sc.close()
-            c.stop()
-            c.join(5)
-        game.close()
-        s.shutdown(timeout=5)
+            sc.send_input({"dx": 1, "dy": (step % 3) - 1, "dt": 1 / 60})
+    for _c, sc in clients:
+        wait_for(lambda sc=sc: sc.stats["snapshots"] > 20, what="snapshots")
+    for _c, sc in clients:
+        cid = int(sc.own[1:])
+        tick, view = sc.authoritative()
+        assert view == views_by_cid[cid][tick]  # exact, not just within a tolerance
+        assert sc.stats["desyncs"] == 0 and sc.stats["full_snapshots"] == 1
+    # every client sees every player
+    for _c, sc in clients:
+        assert {f"p{int(o.own[1:])}" for _, o in clients} <= set(sc.view)
 
 
-def test_late_join_gets_full_state_and_leave_disappears():
-    s, game, _ = make_world()
+def test_late_join_gets_full_state_and_leave_disappears(world):
+    s, game, _ = world.make()
     game.sync.start()
-    try:
-        a, sa = join(s)
-        b, sb = join(s)
-        assert sb.stats["full_snapshots"] == 1
-        tick_b, view_b = sb.authoritative()
-        assert sa.own in view_b and sb.own in view_b and "npc" in view_b
-        b_eid = sb.own
-        wait_for(lambda: b_eid in sa.view, what="A sees B")
-        b.stop()
-        b.join(5)
-        game.sync.entities.pop(b_eid, None)  # the game removes the entity of a leaver
-        wait_for(lambda: b_eid not in sa.view, what="B gone from A's view")
-        sb.close()
-        sa.close()
-        a.stop()
-        a.join(5)
-    finally:
-        game.close()
-        s.shutdown(timeout=5)
+    a, sa = world.join(s)
+    b, sb = world.join(s)
+    assert sb.stats["full_snapshots"] == 1
+    tick_b, view_b = sb.authoritative()
+    assert sa.own in view_b and sb.own in view_b and "npc" in view_b
+    b_eid = sb.own
+    wait_for(lambda: b_eid in sa.view, what="A sees B")
+    b.stop()
+    b.join(5)
+    game.sync.entities.pop(b_eid, None)  # the game removes the entity of a leaver
+    wait_for(lambda: b_eid not in sa.view, what="B gone from A's view")
 
 
-def test_interest_filter_hides_far_entities():
-    s, game, _ = make_world(interest=distance_interest(50.0))
+def test_interest_filter_hides_far_entities(world):
+    s, game, _ = world.make(interest=distance_interest(50.0))
     game.sync.start()
-    try:
-        a, sa = join(s)
-        with game.sync.lock:
-            game.sync.entities["near"] = {"x": game.sync.entities[sa.own]["x"] + 10, "y": 0.0}
-            game.sync.entities["far"] = {"x": 10_000.0, "y": 0.0}
-        wait_for(lambda: "near" in sa.view, what="near entity")
-        assert "far" not in sa.view
-        with game.sync.lock:  # the far entity walks into view, then out again
-            game.sync.entities["far"] = {"x": game.sync.entities[sa.own]["x"] + 20, "y": 0.0}
-        wait_for(lambda: "far" in sa.view, what="far entity entering")
-        with game.sync.lock:
-            game.sync.entities["far"] = {"x": 10_000.0, "y": 0.0}
-        wait_for(lambda: "far" not in sa.view, what="far entity leaving")
-        sa.close()
-        a.stop()
-        a.join(5)
-    finally:
-        game.close()
-        s.shutdown(timeout=5)
+    a, sa = world.join(s)
+    with game.sync.lock:
+        game.sync.entities["near"] = {"x": game.sync.entities[sa.own]["x"] + 10, "y": 0.0}
+        game.sync.entities["far"] = {"x": 10_000.0, "y": 0.0}
+    wait_for(lambda: "near" in sa.view, what="near entity")
+    assert "far" not in sa.view
+    with game.sync.lock:  # the far entity walks into view, then out again
+        game.sync.entities["far"] = {"x": game.sync.entities[sa.own]["x"] + 20, "y": 0.0}
+    wait_for(lambda: "far" in sa.view, what="far entity entering")
+    with game.sync.lock:
+        game.sync.entities["far"] = {"x": 10_000.0, "y": 0.0}
+    wait_for(lambda: "far" not in sa.view, what="far entity leaving")
 
 
-def test_forced_desync_is_detected_and_repaired():
-    s, game, views_by_cid = make_world()
+def test_forced_desync_is_detected_and_repaired(world):
+    s, game, views_by_cid = world.make()
     game.sync.start()
     desyncs = []
 
     def on_desync(event, data):
         desyncs.append(data)
 
-    try:
-        a, sa = join(s)
-        events.subscribe("peng3dnet:sync.desync", on_desync, sender=a)
-        wait_for(lambda: sa.stats["snapshots"] > 5, what="snapshots")
-        sa.force_desync()
-        wait_for(lambda: sa.stats["desyncs"] == 1, what="desync detected")
-        wait_for(lambda: sa.stats["full_snapshots"] == 2, what="full snapshot after the desync")
-        wait_for(lambda: sa.stats["snapshots"] > 15, what="more snapshots")
-        tick, view = sa.authoritative()
-        assert view == views_by_cid[int(sa.own[1:])][tick]
-        assert desyncs and desyncs[0]["reason"] == "checksum"
-        assert game.sync.stats["resyncs"] == 1
-        sa.close()
-        a.stop()
-        a.join(5)
-    finally:
-        events.unsubscribe("peng3dnet:sync.desync", on_desync, sender=a)
-        game.close()
-        s.shutdown(timeout=5)
+    a, sa = world.join(s)
+    events.subscribe("peng3dnet:sync.desync", on_desync, sender=a)
+    world.add(lambda: events.unsubscribe("peng3dnet:sync.desync", on_desync, sender=a))
+    wait_for(lambda: sa.stats["snapshots"] > 5, what="snapshots")
+    sa.force_desync()
+    wait_for(lambda: sa.stats["desyncs"] == 1, what="desync detected")
+    wait_for(lambda: sa.stats["full_snapshots"] == 2, what="full snapshot after the desync")
+    wait_for(lambda: sa.stats["snapshots"] > 15, what="more snapshots")
+    tick, view = sa.authoritative()
+    assert view == views_by_cid[int(sa.own[1:])][tick]
+    assert desyncs and desyncs[0]["reason"] == "checksum"
+    assert game.sync.stats["resyncs"] == 1
 
 
 @pytest.mark.parametrize("delay,jitter", [(0.0, 0.0), (0.15, 0.03)])
-def test_interpolation_and_prediction_under_latency(delay, jitter):
+def test_interpolation_and_prediction_under_latency(world, delay, jitter):
     """Prediction error after reconciliation: 0 (same pure function both sides;
     bound asserted: 1e-6).  Interpolation: a remote entity moving at SPEED
     never jumps more than 3x its per-frame distance between two render frames."""
-    s, game, _ = make_world(tick_rate=20.0)
+    s, game, _ = world.make(tick_rate=20.0)
     proxy = LagProxy(("127.0.0.1", 0), s.addr, delay=delay, jitter=jitter, seed=7).start()
+    world.add(proxy.stop)
     game.sync.start()
-    try:
-        c, sc = join(s, addr=proxy.addr, predict=move, interp_delay=0.1 + 2 * jitter)
-        clock = threading.Event()
-        frame = 1 / 60
-        xs = []
-        own_xs = []
-        for _ in range(120):  # two seconds of a 60 fps game loop
-            sc.send_input({"dx": 1, "dy": 0, "dt": frame})
-            view = sc.render_view()
-            if "npc" in view:
-                xs.append(view["npc"]["x"])
-            own_xs.append(view[sc.own]["x"])
-            clock.wait(frame)  # the game's frame pacing, not synchronisation
-        wait_for(lambda: sc.stats["reconciliations"] > 10, what="reconciliations")
-        assert sc.stats["prediction_error_max"] <= 1e-6
-        jumps = [b - a for a, b in zip(xs, xs[1:])]
-        assert max(jumps) <= SPEED * frame * 3, max(jumps)
-        assert min(jumps) >= -1e-9  # never moves backwards
-        assert sum(1 for j in jumps if j > 0) > len(jumps) // 2  # and it does move
-        # the local player moves every frame, immediately (prediction), never back
-        own_jumps = [b - a for a, b in zip(own_xs, own_xs[1:])]
-        assert all(abs(j - SPEED * frame) < 1e-6 for j in own_jumps)
-        sc.close()
-        c.stop()
-        c.join(5)
-    finally:
-        game.close()
-        proxy.stop()
-        s.shutdown(timeout=5)
+    c, sc = world.join(s, addr=proxy.addr, predict=move, interp_delay=0.1 + 2 * jitter)
+    clock = threading.Event()
+    frame = 1 / 60
+    xs = []
+    own_xs = []
+    for _ in range(120):  # two seconds of a 60 fps game loop
+        sc.send_input({"dx": 1, "dy": 0, "dt": frame})
+        view = sc.render_view()
+        if "npc" in view:
+            xs.append(view["npc"]["x"])
+        own_xs.append(view[sc.own]["x"])
+        clock.wait(frame)  # the game's frame pacing, not synchronisation
+    wait_for(lambda: sc.stats["reconciliations"] > 10, what="reconciliations")
+    assert sc.stats["prediction_error_max"] <= 1e-6
+    jumps = [b - a for a, b in zip(xs, xs[1:])]
+    assert max(jumps) <= SPEED * frame * 3, max(jumps)
+    assert min(jumps) >= -1e-9  # never moves backwards
+    assert sum(1 for j in jumps if j > 0) > len(jumps) // 2  # and it does move
+    # the local player moves every frame, immediately (prediction), never back
+    own_jumps = [b - a for a, b in zip(own_xs, own_xs[1:])]
+    assert all(abs(j - SPEED * frame) < 1e-6 for j in own_jumps)
 
 
 def test_delta_keeps_signed_zero_and_int_float():
