@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 
+import msgpack
 import pytest
 
 from peng3dnet import errors
 from peng3dnet.constants import SSLSEC_BOTHAUTH, SSLSEC_ENCRYPTED, SSLSEC_NONE, SSLSEC_SERVERAUTH
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet, SmartPacket
+from peng3dnet.protocol.framing import HEADER
 from tests.certs import make_ca, make_leaf
-from tests.conftest import EchoPacket, Recorder
+from tests.conftest import EchoPacket
 from tests.helpers import active_cids
 
 
@@ -26,7 +28,8 @@ def pki(tmp_path_factory):
     return {"ca": ca[2], "otherca": other[2], "server": server, "client": client, "rogue": rogue_client}
 
 
-def tls_server(pki, **cfg):
+def tls_server(net, pki, **cfg):
+    """A running TLS server with test:echo, shut down by ``net`` at the end."""
     base = {
         "net.server.addr": ("127.0.0.1", 0),
         "net.ssl.enabled": True,
@@ -36,148 +39,118 @@ def tls_server(pki, **cfg):
     }
     base.update(cfg)
     s = Server(cfg=base)
+    net.servers.append(s)
     s.register_packet("test:echo", EchoPacket(s.registry, s))
     s.runAsync()
     s.process_async()
     return s
 
 
-def tls_client(server, pki, host="localhost", **cfg):
+def tls_client(net, server, pki, host="localhost", **cfg):
+    """A TLS client with test:echo (not started), stopped by ``net`` at the end."""
     base = {"net.ssl.enabled": True, "net.ssl.cafile": pki["ca"], "net.timeout.handshake": 2.0}
     base.update(cfg)
     c = Client(addr=(host, server.addr[1]), cfg=base)
+    net.clients.append(c)
     c.register_packet("test:echo", EchoPacket(c.registry, c))
     return c
 
 
-def test_verified_connection(pki):
-    s = tls_server(pki)
-    try:
-        c = tls_client(s, pki)
-        c.runAsync()
-        c.process_async()
-        c.wait_for_connection(10)
-        (cid,) = active_cids(s)
-        assert c.sslsec == SSLSEC_SERVERAUTH
-        assert s.clients[cid].sslsec == SSLSEC_ENCRYPTED
-        c.send_message("test:echo", "secret")
-        assert c.registry.get_obj("test:echo").wait_count(1) == ["secret"]
-        c.stop()
-        c.join(5)
-    finally:
-        s.shutdown(timeout=5)
+def test_verified_connection(net, pki):
+    s = tls_server(net, pki)
+    c = tls_client(net, s, pki)
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    assert c.sslsec == SSLSEC_SERVERAUTH
+    assert s.clients[cid].sslsec == SSLSEC_ENCRYPTED
+    c.send_message("test:echo", "secret")
+    assert c.registry.get_obj("test:echo").wait_count(1) == ["secret"]
 
 
-def test_wrong_ca_is_rejected(pki):
-    s = tls_server(pki)
-    rec = Recorder(s, "peng3dnet:server.connection.close")
-    try:
-        c = tls_client(s, pki, **{"net.ssl.cafile": pki["otherca"]})
-        with pytest.raises(errors.TLSError, match="certificate"):
-            c.connect()
-        (d,) = rec.wait_for("peng3dnet:server.connection.close")
-        assert d["reason"] == "tlserror"
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_wrong_ca_is_rejected(net, pki):
+    s = tls_server(net, pki)
+    rec = net.recorder(s, "peng3dnet:server.connection.close")
+    c = tls_client(net, s, pki, **{"net.ssl.cafile": pki["otherca"]})
+    with pytest.raises(errors.TLSError, match="certificate"):
+        c.connect()
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "tlserror"
 
 
-def test_wrong_hostname_is_rejected(pki):
-    s = tls_server(pki)
-    try:
-        c = tls_client(s, pki, host="127.0.0.1")  # the certificate names only "localhost"
-        with pytest.raises(errors.TLSError, match="(?i)hostname|IP address mismatch"):
-            c.connect()
-        # without the hostname check it is accepted
-        c2 = tls_client(s, pki, host="127.0.0.1", **{"net.ssl.client.check_hostname": False})
-        c2.runAsync()
-        c2.wait_for_connection(10)
-        c2.stop()
-        c2.join(5)
-    finally:
-        s.shutdown(timeout=5)
+def test_wrong_hostname_is_rejected(net, pki):
+    s = tls_server(net, pki)
+    c = tls_client(net, s, pki, host="127.0.0.1")  # the certificate names only "localhost"
+    with pytest.raises(errors.TLSError, match="(?i)hostname|IP address mismatch"):
+        c.connect()
+    # without the hostname check it is accepted
+    c2 = tls_client(net, s, pki, host="127.0.0.1", **{"net.ssl.client.check_hostname": False})
+    c2.runAsync()
+    c2.wait_for_connection(10)
 
 
-def test_mutual_auth_required_and_present(pki):
-    s = tls_server(pki, **{"net.ssl.server.force_verify": True, "net.ssl.cafile": pki["ca"]})
-    try:
-        c = tls_client(
-            s, pki, **{"net.ssl.client.certfile": pki["client"][0], "net.ssl.client.keyfile": pki["client"][1]}
-        )
-        c.runAsync()
-        c.wait_for_connection(10)
-        (cid,) = active_cids(s)
-        assert s.clients[cid].sslsec == SSLSEC_BOTHAUTH
-        assert c.sslsec == SSLSEC_BOTHAUTH
-        c.stop()
-        c.join(5)
-    finally:
-        s.shutdown(timeout=5)
+def test_mutual_auth_required_and_present(net, pki):
+    s = tls_server(net, pki, **{"net.ssl.server.force_verify": True, "net.ssl.cafile": pki["ca"]})
+    c = tls_client(
+        net, s, pki, **{"net.ssl.client.certfile": pki["client"][0], "net.ssl.client.keyfile": pki["client"][1]}
+    )
+    c.runAsync()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    assert s.clients[cid].sslsec == SSLSEC_BOTHAUTH
+    assert c.sslsec == SSLSEC_BOTHAUTH
 
 
 @pytest.mark.parametrize("cert", [None, "rogue"])
-def test_mutual_auth_required_and_missing_or_untrusted(pki, cert):
-    s = tls_server(pki, **{"net.ssl.server.force_verify": True, "net.ssl.cafile": pki["ca"]})
-    rec = Recorder(s, "peng3dnet:server.connection.close")
+def test_mutual_auth_required_and_missing_or_untrusted(net, pki, cert):
+    s = tls_server(net, pki, **{"net.ssl.server.force_verify": True, "net.ssl.cafile": pki["ca"]})
+    rec = net.recorder(s, "peng3dnet:server.connection.close")
+    extra = {}
+    if cert:
+        extra = {"net.ssl.client.certfile": pki[cert][0], "net.ssl.client.keyfile": pki[cert][1]}
+    c = tls_client(net, s, pki, **extra)
     try:
-        extra = {}
-        if cert:
-            extra = {"net.ssl.client.certfile": pki[cert][0], "net.ssl.client.keyfile": pki[cert][1]}
-        c = tls_client(s, pki, **extra)
-        try:
-            c.runAsync()  # TLS 1.3: the client learns of the refusal on its first read
-            with pytest.raises(errors.ConnectionClosedError):
-                c.wait_for_connection(10)
-            assert c.close_reason in ("tlserror", "socketclose", "socketerror")
-            c.join(5)
-        except errors.TLSError:
-            pass  # TLS 1.2: refused during connect()
-        (d,) = rec.wait_for("peng3dnet:server.connection.close")
-        assert d["reason"] == "tlserror"
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
-
-
-def test_plaintext_client_against_tls_server_times_out_clearly(pki):
-    s = tls_server(pki, **{"net.timeout.handshake": 0.5})
-    rec = Recorder(s, "peng3dnet:server.connection.close")
-    try:
-        c = Client(addr=s.addr, cfg={"net.timeout.handshake": 0.5})
-        c.register_packet("test:echo", EchoPacket(c.registry, c))
-        c.runAsync()
-        # the stalled TLS handshake does not hold up anyone else
-        good = tls_client(s, pki)
-        good.runAsync()
-        good.wait_for_connection(10)
-        assert not c._handshake_done.is_set()
-        good.stop()
-        good.join(5)
+        c.runAsync()  # TLS 1.3: the client learns of the refusal on its first read
         with pytest.raises(errors.ConnectionClosedError):
             c.wait_for_connection(10)
-        assert c.close_reason in ("handshaketimeout", "socketclose")
-        reasons = [d["reason"] for d in rec.wait_for("peng3dnet:server.connection.close", 2)]
-        assert {"handshaketimeout", "tlserror"} & set(reasons)  # whichever side gave up first
+        assert c.close_reason in ("tlserror", "socketclose", "socketerror")
         c.join(5)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+    except errors.TLSError:
+        pass  # TLS 1.2: refused during connect()
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "tlserror"
 
 
-def test_tls_client_against_plaintext_server(pki):
-    s = Server(addr=("127.0.0.1", 0))
-    s.register_packet("test:echo", EchoPacket(s.registry, s))
-    rec = Recorder(s, "peng3dnet:server.connection.close")
-    s.runAsync()
-    try:
-        c = tls_client(s, pki)
-        with pytest.raises(errors.TLSError):
-            c.connect()
-        (d,) = rec.wait_for("peng3dnet:server.connection.close")
-        assert d["reason"] == "tlsnotenabled"
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_plaintext_client_against_tls_server_times_out_clearly(net, pki):
+    s = tls_server(net, pki, **{"net.timeout.handshake": 0.5})
+    rec = net.recorder(s, "peng3dnet:server.connection.close")
+    c = Client(addr=s.addr, cfg={"net.timeout.handshake": 0.5})
+    net.clients.append(c)
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    c.runAsync()
+    # the stalled TLS handshake does not hold up anyone else
+    good = tls_client(net, s, pki)
+    good.runAsync()
+    good.wait_for_connection(10)
+    assert not c._handshake_done.is_set()
+    good.stop()
+    good.join(5)
+    with pytest.raises(errors.ConnectionClosedError):
+        c.wait_for_connection(10)
+    assert c.close_reason in ("handshaketimeout", "socketclose")
+    reasons = [d["reason"] for d in rec.wait_for("peng3dnet:server.connection.close", 2)]
+    assert {"handshaketimeout", "tlserror"} & set(reasons)  # whichever side gave up first
+    c.join(5)
+
+
+def test_tls_client_against_plaintext_server(net, pki):
+    s, rec = net.server(process=False, record="peng3dnet:server.connection.close")
+    c = tls_client(net, s, pki)
+    with pytest.raises(errors.TLSError):
+        c.connect()
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "tlsnotenabled"
 
 
 def test_misconfiguration_fails_loudly(pki, tmp_path):
@@ -199,7 +172,7 @@ def test_misconfiguration_fails_loudly(pki, tmp_path):
         c.connect()
 
 
-def test_large_transfer_over_tls_nothing_lost(pki):
+def test_large_transfer_over_tls_nothing_lost(net, pki):
     n, size = 2000, 4096
     got: list = []
     done = threading.Event()
@@ -221,50 +194,56 @@ def test_large_transfer_over_tls_nothing_lost(pki):
             "net.ssl.server.keyfile": pki["server"][1],
         }
     )
+    net.servers.append(s)
     s.register_packet("t:big", Sink(s.registry, s))
     s.runAsync()
     s.process_async()
-    try:
-        c = Client(addr=("localhost", s.addr[1]), cfg={"net.ssl.enabled": True, "net.ssl.cafile": pki["ca"]})
-        c.register_packet("t:big", Sink(c.registry, c))
-        c.runAsync()
-        c.process_async()
-        c.wait_for_connection(10)
-        active_cids(s)
-        blob = bytes(range(256)) * (size // 256)
-        for i in range(n):
-            c.send_message("t:big", {"i": i, "b": blob})
-        assert done.wait(60), f"{len(got)} of {n}"
-        assert got == list(range(n))  # 8 MiB each way, in order
-        c.stop()
-        c.join(5)
-    finally:
-        s.shutdown(timeout=5)
+    c = Client(addr=("localhost", s.addr[1]), cfg={"net.ssl.enabled": True, "net.ssl.cafile": pki["ca"]})
+    net.clients.append(c)
+    c.register_packet("t:big", Sink(c.registry, c))
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    active_cids(s)
+    blob = bytes(range(256)) * (size // 256)
+    for i in range(n):
+        c.send_message("t:big", {"i": i, "b": blob})
+    assert done.wait(60), f"{len(got)} of {n}"
+    assert got == list(range(n))  # 8 MiB each way, in order
 
 
 class NeedsTLS(SmartPacket):
     min_sslsec_level = SSLSEC_ENCRYPTED
 
 
-def test_min_sslsec_level_enforced(pki):
+def test_min_sslsec_level_enforced(net, pki):
     # plaintext: cannot send, and a received one is ignored
-    s = Server(addr=("127.0.0.1", 0))
-    s.register_packet("t:secure", NeedsTLS(s.registry, s))
-    s.runAsync()
-    try:
-        c = Client(addr=s.addr)
-        c.register_packet("t:secure", NeedsTLS(c.registry, c))
-        c.runAsync()
-        c.wait_for_connection(10)
-        assert c.sslsec == SSLSEC_NONE
-        with pytest.raises(errors.LocalProtocolError):
-            c.send_message("t:secure", 1)
-        c.stop()
-        c.join(5)
-    finally:
-        s.shutdown(timeout=5)
+    got_plain: list = []
+
+    class RecPlain(NeedsTLS):
+        def receive(self, msg, cid=None):
+            got_plain.append(msg)
+
+    s, _ = net.server(process=False, record=None)
+    s.register_packet("t:secure", RecPlain(s.registry, s))
+    c = Client(addr=s.addr)
+    net.clients.append(c)
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    c.register_packet("t:secure", NeedsTLS(c.registry, c))
+    c.runAsync()
+    c.wait_for_connection(10)
+    assert c.sslsec == SSLSEC_NONE
+    with pytest.raises(errors.LocalProtocolError):
+        c.send_message("t:secure", 1)
+    (cid,) = active_cids(s)
+    s.receive_packet(HEADER.pack(s.registry.get_id("t:secure"), 0) + msgpack.packb("sneaked"), cid)
+    handled = threading.Event()
+    s._reactor.call_soon(handled.set)  # runs after the injected packet was handled (FIFO)
+    assert handled.wait(10)
+    assert s.process() == 0 and got_plain == []  # not queued, not delivered
+    assert cid in s.clients and not c.closed  # ignored, not a reason to close
     # over TLS it goes through
-    s = tls_server(pki)
+    s = tls_server(net, pki)
     got = threading.Event()
 
     class Rec(NeedsTLS):
@@ -272,15 +251,10 @@ def test_min_sslsec_level_enforced(pki):
             got.set()
 
     s.register_packet("t:secure", Rec(s.registry, s))
-    try:
-        c = tls_client(s, pki)
-        c.register_packet("t:secure", NeedsTLS(c.registry, c))
-        c.runAsync()
-        c.wait_for_connection(10)
-        active_cids(s)
-        c.send_message("t:secure", 1)
-        assert got.wait(10)
-        c.stop()
-        c.join(5)
-    finally:
-        s.shutdown(timeout=5)
+    c = tls_client(net, s, pki)
+    c.register_packet("t:secure", NeedsTLS(c.registry, c))
+    c.runAsync()
+    c.wait_for_connection(10)
+    active_cids(s)
+    c.send_message("t:secure", 1)
+    assert got.wait(10)
