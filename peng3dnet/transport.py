@@ -129,7 +129,12 @@ class Reactor:
 
     def call_later(self, delay: float, fn: Callable[[], Any]) -> Timer:
         """Run ``fn()`` on the network thread after ``delay`` seconds."""
-        timer = Timer(time.monotonic() + delay, fn)
+        return self.call_at(time.monotonic() + delay, fn)
+
+    def call_at(self, when: float, fn: Callable[[], Any]) -> Timer:
+        """Run ``fn()`` on the network thread at ``time.monotonic()`` ``when``.
+        Calls due at the same time run in the order they were asked for."""
+        timer = Timer(when, fn)
         self.call_soon(self._add_timer, timer)
         return timer
 

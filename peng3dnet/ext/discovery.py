@@ -19,6 +19,7 @@ from typing import Any
 
 import msgpack
 
+from ..transport import EVENT_READ, Reactor
 from ..version import PROTOVERSION, RELEASE, VERSION
 
 __all__ = ["DISCOVERY_PORT", "DiscoveryResponder", "discover_servers"]
@@ -48,8 +49,7 @@ class DiscoveryResponder:
         self.sock.setblocking(False)
         self.addr = self.sock.getsockname()
         """The bound (host, port)."""
-        self._r, self._w = socket.socketpair()
-        self._stop = False
+        self._reactor = Reactor("peng3dnet discovery")
         self._thread: threading.Thread | None = None
 
     def start(self) -> DiscoveryResponder:
@@ -60,10 +60,11 @@ class DiscoveryResponder:
 
     def stop(self) -> None:
         """Stop and close the socket (any thread)."""
-        self._stop = True
-        self._w.send(b"\0")
+        self._reactor.stop()
         if self._thread is not None:
             self._thread.join(5)
+        else:
+            self.sock.close()
 
     def answer(self) -> bytes:
         """The answer datagram."""
@@ -82,27 +83,23 @@ class DiscoveryResponder:
         return out
 
     def _run(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
-        sel.register(self._r, selectors.EVENT_READ)
+        r = self._reactor
         try:
-            while not self._stop:
-                for key, _ in sel.select():
-                    if key.fileobj is self._r:
-                        continue
-                    try:
-                        data, addr = self.sock.recvfrom(64)
-                    except OSError:
-                        continue
-                    if data == QUERY:
-                        try:
-                            self.sock.sendto(self.answer(), addr)
-                        except OSError as exc:
-                            log.debug("discovery: cannot answer %s: %s", addr, exc)
+            r.run(selectors.DefaultSelector, lambda: r.register(self.sock, EVENT_READ, self._on_query))
         finally:
-            sel.close()
-            for s in (self.sock, self._r, self._w):
-                s.close()
+            r.close()
+            self.sock.close()
+
+    def _on_query(self, mask: int) -> None:
+        try:
+            data, addr = self.sock.recvfrom(64)
+        except OSError:
+            return
+        if data == QUERY:
+            try:
+                self.sock.sendto(self.answer(), addr)
+            except OSError as exc:
+                log.debug("discovery: cannot answer %s: %s", addr, exc)
 
 
 def discover_servers(

@@ -11,8 +11,7 @@ One selector thread; timers, no polling.  Loopback use only.
 from __future__ import annotations
 
 import argparse
-import heapq
-import itertools
+import functools
 import logging
 import random
 import selectors
@@ -21,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from ..transport import EVENT_READ, EVENT_WRITE, Reactor
 from ..util import normalize_addr_socketstyle
 
 __all__ = ["LagProxy", "main"]
@@ -71,18 +71,11 @@ class LagProxy:
         self.jitter = jitter
         self.bandwidth = bandwidth
         self._rng = random.Random(seed)
-        self._sel = selectors.DefaultSelector()
         self._lsock = socket.create_server(normalize_addr_socketstyle(listen, 0)[:2])
         self._lsock.setblocking(False)
         self.addr = self._lsock.getsockname()[:2]
         """The address the proxy listens on."""
-        self._sel.register(self._lsock, selectors.EVENT_READ, None)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._timers: list[tuple[float, int, _Pipe, bytes]] = []
-        self._seq = itertools.count()
-        self._stop = False
+        self._reactor = Reactor("peng3dnet lagproxy")  # selector loop, wake-up, timers
         self._thread: threading.Thread | None = None
         self._socks: set[socket.socket] = set()
         self._readpipe: dict[socket.socket, _Pipe] = {}
@@ -96,44 +89,24 @@ class LagProxy:
 
     def stop(self) -> None:
         """Stop and close every socket."""
-        self._stop = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
+        self._reactor.stop()
         if self._thread is not None:
             self._thread.join(5)
 
     def run(self) -> None:
         """The proxy loop (blocks until :meth:`stop`)."""
+        r = self._reactor
         try:
-            while not self._stop:
-                timeout = None
-                if self._timers:
-                    timeout = max(0.0, self._timers[0][0] - time.monotonic())
-                for key, _mask in self._sel.select(timeout):
-                    if key.data is None:
-                        self._accept()
-                    elif key.data == "wake":
-                        try:
-                            self._wake_r.recv(64)
-                        except OSError:
-                            pass
-                    else:
-                        self._on_ready(key.fileobj, key.data, _mask)  # type: ignore[arg-type]
-                now = time.monotonic()
-                while self._timers and self._timers[0][0] <= now:
-                    _, _, pipe, data = heapq.heappop(self._timers)
-                    self._deliver(pipe, data)
+            r.run(selectors.DefaultSelector, lambda: r.register(self._lsock, EVENT_READ, self._accept))
         finally:
-            for s in list(self._socks) + [self._lsock, self._wake_r, self._wake_w]:
+            for s in list(self._socks) + [self._lsock]:
                 try:
                     s.close()
                 except OSError:
                     pass
-            self._sel.close()
+            r.close()
 
-    def _accept(self) -> None:
+    def _accept(self, mask: int) -> None:
         try:
             c, _ = self._lsock.accept()
         except OSError:
@@ -154,11 +127,14 @@ class LagProxy:
         self._update(c)
         self._update(u)
 
-    def _on_ready(self, sock: socket.socket, data: dict[str, _Pipe], mask: int) -> None:
-        if mask & selectors.EVENT_WRITE and "w" in data:
-            self._flush(data["w"])
-        if mask & selectors.EVENT_READ and "r" in data:
-            pipe = data["r"]
+    def _on_ready(self, sock: socket.socket, mask: int) -> None:
+        rp = self._readpipe.get(sock)
+        if rp is None:  # closed by an earlier callback of this iteration
+            return
+        if mask & EVENT_WRITE:
+            self._flush(rp.peer)  # type: ignore[arg-type]
+        if mask & EVENT_READ and sock in self._socks:
+            pipe = rp
             try:
                 chunk = sock.recv(65536)
             except (BlockingIOError, InterruptedError):
@@ -174,7 +150,8 @@ class LagProxy:
             if not chunk:
                 pipe.closed_src = True
                 self._update(sock)
-            heapq.heappush(self._timers, (due, next(self._seq), pipe, chunk))
+            # call_at keeps the order of equal due times: TCP order per pipe
+            self._reactor.call_at(due, functools.partial(self._deliver, pipe, chunk))
 
     def _deliver(self, pipe: _Pipe, data: bytes) -> None:
         if data:
@@ -208,7 +185,7 @@ class LagProxy:
         if s in self._socks:
             self._socks.discard(s)
             if self._mask.pop(s, 0):
-                self._sel.unregister(s)
+                self._reactor.unregister(s)
             self._readpipe.pop(s, None)
             s.close()
 
@@ -218,17 +195,17 @@ class LagProxy:
         rp = self._readpipe[sock]  # the pipe that reads from this socket
         wp = rp.peer  # the pipe that writes into it
         assert wp is not None
-        mask = (0 if rp.closed_src else selectors.EVENT_READ) | (selectors.EVENT_WRITE if wp.out else 0)
+        mask = (0 if rp.closed_src else EVENT_READ) | (EVENT_WRITE if wp.out else 0)
         cur = self._mask.get(sock, 0)
         if mask == cur:
             return
-        data = {"r": rp, "w": wp}
+        callback = functools.partial(self._on_ready, sock)
         if cur == 0:
-            self._sel.register(sock, mask, data)
+            self._reactor.register(sock, mask, callback)
         elif mask == 0:
-            self._sel.unregister(sock)
+            self._reactor.unregister(sock)
         else:
-            self._sel.modify(sock, mask, data)
+            self._reactor.modify(sock, mask, callback)
         self._mask[sock] = mask
 
 
