@@ -213,10 +213,14 @@ class Net:
             s.process_async()
         return s, rec
 
-    def client(self, server: Server, *, addr: Any = None, process: bool = True, wait: bool = True, **cfg: Any) -> Client:
-        """A running client with the test:echo packet (handshaken when ``wait``)."""
+    def client(self, server: Server, *, addr: Any = None, process: bool = True, wait: bool = True,
+               packets: dict[str, Any] | None = None, **cfg: Any) -> Client:
+        """A running client with the test:echo packet and ``packets`` (name ->
+        packet class, registered before connecting); handshaken when ``wait``."""
         c = Client(addr=addr or server.addr, cfg=cfg)
         c.register_packet("test:echo", EchoPacket(c.registry, c))
+        for name, cls in (packets or {}).items():
+            c.register_packet(name, cls(c.registry, c))
         self.clients.append(c)
         c.runAsync()
         if process:

@@ -37,18 +37,6 @@ class Sink(Packet):
             return list(self.got)
 
 
-def _client(net, server, *names: str) -> Client:
-    """A connected client that registered ``names`` (plain packets) before connecting."""
-    c = Client(addr=server.addr, cfg={"net.process.inline": True})
-    net.clients.append(c)
-    c.register_packet("test:echo", EchoPacket(c.registry, c))
-    for name in names:
-        c.register_packet(name, Packet(c.registry, c))
-    c.runAsync()
-    c.wait_for_connection(10)
-    return c
-
-
 # --- Route ---------------------------------------------------------------------------
 
 
@@ -191,7 +179,7 @@ def test_concurrent_senders_each_get_their_messages_through_intact(net):
                 got.setdefault(msg[0], []).append(msg[1:])
 
     s.register_packet("t:c", Collect(s.registry, s))
-    c = _client(net, s, "t:c")
+    c = net.client(s, process=False, packets={"t:c": Packet}, **{"net.process.inline": True})
     big = "B" * (300 * 1024)  # above the size after which a thread's packer is dropped
     n = 500
 

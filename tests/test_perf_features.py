@@ -8,13 +8,12 @@ import pytest
 
 from peng3dnet.constants import PID_CLOSECONN, STATE_HELLO
 from peng3dnet.errors import LocalProtocolError
-from peng3dnet.net import Client
 from peng3dnet.packet import Packet
-from tests.conftest import EchoPacket, Recorder, make_client, make_server
+from tests.conftest import EchoPacket
 from tests.helpers import active_cids, wait_for
 
 
-def test_inline_handlers_run_on_the_network_thread_without_process():
+def test_inline_handlers_run_on_the_network_thread_without_process(net):
     threads = []
     done = threading.Event()
 
@@ -24,87 +23,55 @@ def test_inline_handlers_run_on_the_network_thread_without_process():
             self.peer.send_message("t:i", msg, cid)  # handlers may send
             done.set()
 
-    s = make_server(**{"net.process.inline": True})
+    s, _ = net.server(process=False, record=None, **{"net.process.inline": True})  # no process_async()
     s.register_packet("t:i", Inline(s.registry, s))
-    s.runAsync()  # no process_async()
-    try:
-        c = Client(addr=s.addr)
-        c.register_packet("test:echo", EchoPacket(c.registry, c))
-        c.register_packet("t:i", EchoPacket(c.registry, c))
-        c.runAsync()
-        c.process_async()
-        c.wait_for_connection(10)
-        active_cids(s)
-        c.send_message("t:i", "x")
-        assert done.wait(10)
-        assert threads == ["peng3dnet Server Thread"]
-        assert c.registry.get_obj("t:i").wait_count(1) == ["x"]
-        assert s.process() == 0  # nothing was queued
-        c.stop()
-        c.join(5)
-    finally:
-        s.shutdown(timeout=5)
+    c = net.client(s, packets={"t:i": EchoPacket})
+    active_cids(s)
+    c.send_message("t:i", "x")
+    assert done.wait(10)
+    assert threads == ["peng3dnet Server Thread"]
+    assert c.registry.get_obj("t:i").wait_count(1) == ["x"]
+    assert s.process() == 0  # nothing was queued
 
 
-def test_broadcast_encodes_once_and_skips_closed():
-    s = make_server()
-    s.runAsync()
-    s.process_async()
-    clients = []
-    try:
-        for _ in range(5):
-            c = make_client(s)
-            c.runAsync()
-            c.process_async()
-            c.wait_for_connection(10)
-            clients.append(c)
-        cids = active_cids(s, 5)
-        assert s.broadcast("test:echo", {"all": 1}) == 5
-        for c in clients:
-            assert c.registry.get_obj("test:echo").wait_count(1) == [{"all": 1}]
-        assert s.broadcast("test:echo", "some", cids=[cids[0], cids[1], 99999]) == 2
-        clients[0].close("bye")
-        clients[0].join(10)
-        wait_for(lambda: len(s.clients) == 4, what="close")
-        assert s.broadcast("test:echo", "rest") == 4
-        assert clients[4].registry.get_obj("test:echo").wait_count(2)[-1] == "rest"
-        # the packet class's state is checked once for all (nobody is in STATE_HELLO)
-        class Early(Packet):
-            state = STATE_HELLO
+def test_broadcast_encodes_once_and_skips_closed(net):
+    s, _ = net.server(record=None)
+    clients = [net.client(s) for _ in range(5)]
+    cids = active_cids(s, 5)
+    assert s.broadcast("test:echo", {"all": 1}) == 5
+    for c in clients:
+        assert c.registry.get_obj("test:echo").wait_count(1) == [{"all": 1}]
+    assert s.broadcast("test:echo", "some", cids=[cids[0], cids[1], 99999]) == 2
+    clients[0].close("bye")
+    clients[0].join(10)
+    wait_for(lambda: len(s.clients) == 4, what="close")
+    assert s.broadcast("test:echo", "rest") == 4
+    assert clients[4].registry.get_obj("test:echo").wait_count(2)[-1] == "rest"
 
-        s.register_packet("t:early", Early(s.registry, s))
-        assert s.broadcast("t:early", "too early") == 0
-        with pytest.raises(LocalProtocolError):
-            s.broadcast(PID_CLOSECONN, {"reason": "no"})  # internal packets are the library's
-    finally:
-        for c in clients:
-            c.stop()
-            c.join(5)
-        s.shutdown(timeout=5)
+    # the packet class's state is checked once for all (nobody is in STATE_HELLO)
+    class Early(Packet):
+        state = STATE_HELLO
+
+    s.register_packet("t:early", Early(s.registry, s))
+    assert s.broadcast("t:early", "too early") == 0
+    with pytest.raises(LocalProtocolError):
+        s.broadcast(PID_CLOSECONN, {"reason": "no"})  # internal packets are the library's
 
 
-def test_config_change_at_runtime_is_seen():
-    s = make_server()
-    rec = Recorder(s, "peng3dnet:server.connection.*")
-    s.runAsync()
-    try:
-        s.cfg["net.events.enable"] = False
-        c = make_client(s)
-        c.runAsync()
-        c.wait_for_connection(10)
-        active_cids(s)
-        assert rec.names() == []
-        s.cfg["net.events.enable"] = True
-        c.close("bye")
-        (d,) = rec.wait_for("peng3dnet:server.connection.close")
-        assert d["reason"] == "bye"
-        c.join(5)
-    finally:
-        rec.close()
-        s.shutdown(timeout=5)
+def test_config_change_at_runtime_is_seen(net):
+    s, rec = net.server(process=False, record="peng3dnet:server.connection.*")
+    s.cfg["net.events.enable"] = False
+    c = net.client(s, process=False)
+    active_cids(s)
+    assert rec.names() == []
+    s.cfg["net.events.enable"] = True
+    c.close("bye")
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "bye"
+    c.join(5)
 
 
-def test_burst_from_another_thread_is_coalesced_and_complete():
+def test_burst_from_another_thread_is_coalesced_and_complete(net):
     got: list = []
     n = 20000
 
@@ -112,26 +79,16 @@ def test_burst_from_another_thread_is_coalesced_and_complete():
         def receive(self, msg, cid=None):
             got.append(msg)
 
-    s = make_server(**{"net.process.inline": True, "net.limits.rate.packets": 0})
+    s, _ = net.server(process=False, record=None, **{"net.process.inline": True, "net.limits.rate.packets": 0})
     s.register_packet("t:b", Sink(s.registry, s))
-    s.runAsync()
-    try:
-        c = Client(addr=s.addr)
-        c.register_packet("test:echo", EchoPacket(c.registry, c))
-        c.register_packet("t:b", Sink(c.registry, c))
-        c.runAsync()
-        c.wait_for_connection(10)
-        active_cids(s)
-        for i in range(n):
-            c.send_message("t:b", i)
-        wait_for(lambda: len(got) == n, what="all messages")
-        assert got == list(range(n))
-        # far fewer send() calls than messages: the stats count packets, the
-        # kernel saw large writes (bytes per read on the server side prove it)
-        (cid,) = active_cids(s)
-        st = s.clients[cid].stats
-        assert st.packets_in >= n
-        c.stop()
-        c.join(5)
-    finally:
-        s.shutdown(timeout=5)
+    c = net.client(s, process=False, packets={"t:b": Sink})
+    active_cids(s)
+    for i in range(n):
+        c.send_message("t:b", i)
+    wait_for(lambda: len(got) == n, what="all messages")
+    assert got == list(range(n))
+    # far fewer send() calls than messages: the stats count packets, the
+    # kernel saw large writes (bytes per read on the server side prove it)
+    (cid,) = active_cids(s)
+    st = s.clients[cid].stats
+    assert st.packets_in >= n

@@ -155,3 +155,16 @@ def test_lone_writes_go_out_bursts_are_corked_fan_out_writes_are_not():
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_call_at_keeps_the_order_of_equal_due_times():
+    order: list[int] = []
+    done = threading.Event()
+    with _running() as (r, _):
+        when = time.monotonic() + 0.05
+        for i in range(20):
+            r.call_at(when, lambda i=i: order.append(i))
+        r.call_at(when - 0.01, lambda: order.append(-1))  # earlier: first, though asked for last
+        r.call_at(when, done.set)
+        assert done.wait(10)
+    assert order == [-1, *range(20)]
