@@ -238,9 +238,12 @@ def unsubscribe(pattern: str, handler: Handler, *, sender: Any = ANY) -> bool:
 
 
 def has_receivers(name: str) -> bool:
-    """Whether anyone subscribed to ``name`` (cheap; for the hot path)."""
+    """Whether anyone subscribed to ``name`` (cheap: for an extension that
+    wants to skip building event data nobody reads)."""
     sig = namespace.get(name)
-    return sig is not None and bool(sig.receivers)
+    if sig is None:
+        sig = signal(name)  # as emit() would: wires the matching pattern subscriptions
+    return bool(sig.receivers)
 
 
 def emit(name: str, sender: Any, data: dict[str, Any]) -> None:

@@ -161,6 +161,21 @@ def test_decorator_and_custom_events_match_later_patterns():
         events.unsubscribe("peng3dnet:mygame.*", handler)
 
 
+def test_has_receivers_follows_subscriptions_and_patterns():
+    name = "peng3dnet:mygame.hasreceivers"
+    assert not events.has_receivers(name)  # unknown event: no signal, nobody listens
+
+    def handler(event, data):
+        pass
+
+    events.subscribe("peng3dnet:mygame.has*", handler)  # a pattern counts too
+    try:
+        assert events.has_receivers(name)
+    finally:
+        events.unsubscribe("peng3dnet:mygame.has*", handler)
+    assert not events.has_receivers(name)
+
+
 def test_lambda_stays_and_weak_handler_vanishes():
     got = []
     strong = lambda e, d: got.append("strong")  # noqa: E731
