@@ -166,6 +166,28 @@ def test_registry_mismatch_client_side(server):
     c.join(5)
 
 
+def test_registry_config_keys_reach_the_core(server):
+    # "ignore": registries that name different packets are accepted (and renumbered)
+    c = Client(addr=server.addr, cfg={"net.registry.missingpacketaction": "ignore"})
+    c.register_packet("other:packet", EchoPacket(c.registry, c))  # only we know it
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    assert c.registry.get_id("test:echo") == 65
+    c.runAsync()
+    c.wait_for_connection(10)
+    assert c.registry.get_id("test:echo") == server.registry.get_id("test:echo") == 64  # adopted
+    c.stop()
+    c.join(5)
+    # autosync off: no check, no renumbering (the same mismatch is not a close)
+    c2 = Client(addr=server.addr, cfg={"net.registry.autosync": False})
+    c2.register_packet("other:packet", EchoPacket(c2.registry, c2))
+    c2.register_packet("test:echo", EchoPacket(c2.registry, c2))
+    c2.runAsync()
+    c2.wait_for_connection(10)
+    assert c2.registry.get_id("test:echo") == 65  # kept its own numbering
+    c2.stop()
+    c2.join(5)
+
+
 HOSTILE = {
     "length_below_header": (b"\x00\x00\x00\x03abc", "invalidpacket"),
     "length_4GiB": (b"\xff\xff\xff\xff", "packettoolarge"),

@@ -77,6 +77,11 @@ def test_wrong_ca_is_rejected(net, pki):
         c.connect()
     (d,) = rec.wait_for("peng3dnet:server.connection.close")
     assert d["reason"] == "tlserror"
+    # with the verification turned off, the same client gets in (encrypted, unauthenticated)
+    c2 = tls_client(net, s, pki, **{"net.ssl.cafile": pki["otherca"], "net.ssl.client.force_verify": False})
+    c2.runAsync()
+    c2.wait_for_connection(10)
+    assert c2.sslsec == SSLSEC_ENCRYPTED
 
 
 def test_wrong_hostname_is_rejected(net, pki):
