@@ -19,8 +19,8 @@ import logging
 import time
 from typing import Any
 
+from .constants import *  # noqa: F403  (0.1.x: peng3dnet.conntypes exposes the constants)
 from .constants import (
-    MODE_CLASSIC,
     MODE_NOTSET,
     MODE_PING,
     PID_PING_REPLY,
@@ -28,6 +28,7 @@ from .constants import (
     SIDE_CLIENT,
     SIDE_SERVER,
 )
+from .userlog import report_user_error
 from .version import PROTOVERSION, RELEASE, VERSION
 
 __all__ = ["ConnectionType", "ClassicConnectionType", "PingConnectionType"]
@@ -43,7 +44,9 @@ class ConnectionType:
     """
 
     mode = MODE_NOTSET
-    """The ``MODE_*`` of connections of this type."""
+    """The ``MODE_*`` a connection of this type starts in (set on the
+    ClientOnServer / Client when the type is chosen, unless the application
+    already set a mode)."""
 
     def __init__(self, peer: Any) -> None:
         self.peer = peer
@@ -74,7 +77,7 @@ class ConnectionType:
 class ClassicConnectionType(ConnectionType):
     """The default type: the server answers with the registry handshake."""
 
-    mode = MODE_CLASSIC
+    mode = MODE_NOTSET
 
     def init(self, cid: int | None) -> None:
         if self.peer.side == SIDE_SERVER:
@@ -112,7 +115,7 @@ class PingConnectionType(ConnectionType):
                 try:
                     reply.update(get(msg, cid))
                 except Exception:
-                    log.exception("! getPingData raised; replying without server data")
+                    report_user_error("! getPingData raised; replying without server data")
             reply["peng3dnet"] = {"version": VERSION, "release": RELEASE, "protoversion": PROTOVERSION}
             peer._send_raw(cid, PID_PING_REPLY, reply)
             return False

@@ -7,13 +7,28 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "STRUCT_FORMAT_LENGTH32", "STRUCT_FORMAT_HEADER", "MAX_PACKETLENGTH",
+    "FLAG_COMPRESSED", "FLAG_ENCRYPTED_AES",
+    "STATE_INIT", "STATE_HANDSHAKE_WAIT1", "STATE_HANDSHAKE_WAIT2", "STATE_WAITTYPE", "STATE_HELLOWAIT",
+    "STATE_ACTIVE", "STATE_LOGGEDIN", "STATE_CLOSED",
+    "MODE_NOTSET", "MODE_CLOSED", "MODE_PING", "MODE_PLAY", "MODE_CHAT",
+    "CONNTYPE_NOTSET", "CONNTYPE_CLASSIC", "CONNTYPE_PING",
+    "SIDE_CLIENT", "SIDE_SERVER",
+    "SSLSEC_NONE", "SSLSEC_WRAPPED", "SSLSEC_ENCRYPTED", "SSLSEC_SERVERAUTH", "SSLSEC_BOTHAUTH",
+    "DEFAULT_CONFIG",
+]
+"""What ``from peng3dnet import *`` (and the star imports of the modules that
+re-export the constants) takes from here: the names of peng3dnet 0.1.x.
+The protocol's packet ids and extension names stay module attributes."""
+
 # --- wire formats -----------------------------------------------------------
 STRUCT_FORMAT_LENGTH32 = "!I"
 """``struct`` format of the 4-byte length prefix (unsigned, big-endian)."""
 STRUCT_FORMAT_HEADER = "!IH"
 """``struct`` format of the 6-byte header: packet id and flags."""
 
-MAX_WIRE_LENGTH = 2**32 - 1
+MAX_PACKETLENGTH = 2**32 - 1
 """Largest length the 32-bit prefix can express."""
 
 FLAG_COMPRESSED = 1 << 0
@@ -49,31 +64,43 @@ EXTENSION_PACKETS: dict[str, dict[str, int]] = {
 """Packets of each extension (name -> fixed id); they appear in the
 handshake registry only on connections that negotiated the extension."""
 
-# --- connection states (values of protocol.handshake.HandshakeState) ---------
+# --- connection states (application-visible) --------------------------------
+# Values of ClientOnServer.state and Client.remote_state.  They are part of
+# the API of peng3dnet 0.1.x (programs store, compare and send them); the
+# library's own protocol state is protocol.handshake.HandshakeState, exposed
+# as ``protocol_state``.
 STATE_INIT = 0
-"""TCP connection made, nothing exchanged yet."""
-STATE_HELLO = 1
-"""``hello`` was exchanged; the client has to choose a connection type."""
-STATE_TYPESET = 2
-"""``settype`` was exchanged; the connection type drives what follows."""
-STATE_HANDSHAKE = 3
-"""``handshake`` (the registry) was exchanged; waiting for ``handshake.accept``."""
-STATE_ACTIVE = 4
-"""Handshake complete; application packets may flow."""
-STATE_CLOSED = 5
-"""Connection closed normally."""
-STATE_ERROR = 6
-"""Connection closed because of a protocol error."""
-
-# --- modes --------------------------------------------------------------------
-MODE_NOTSET = 0
-"""No connection type chosen yet."""
-MODE_CLOSED = 1
+"""Every new connection starts here."""
+STATE_HANDSHAKE_WAIT1 = 1
+"""Inside the handshake, waiting for the peer's next handshake packet."""
+STATE_HANDSHAKE_WAIT2 = 2
+"""Reserved (unused by the library)."""
+STATE_WAITTYPE = 3
+"""The server waits for the client's connection type (reserved: the library
+moves a new server-side connection to :data:`STATE_HELLOWAIT`)."""
+STATE_HELLOWAIT = 4
+"""A new server-side connection, while ``hello`` and ``settype`` are exchanged."""
+STATE_ACTIVE = 64
+"""Handshake complete (set by the base ``on_handshake_complete``)."""
+STATE_LOGGEDIN = 65
+"""Generic "authenticated" state, for applications to set."""
+STATE_CLOSED = 128
 """The connection is closed."""
-MODE_CLASSIC = 2
-"""A ``classic`` connection: full handshake, registry packets."""
-MODE_PING = 3
-"""A ``ping`` connection: raw request/reply, no registry."""
+
+# --- modes ------------------------------------------------------------------------
+# Values of ClientOnServer.mode and Client.mode: the library sets MODE_PING on
+# ping connections and MODE_CLOSED at the close; the rest is the application's.
+MODE_NOTSET = 0
+"""Not set (a classic connection starts and stays here unless the application
+sets another mode)."""
+MODE_CLOSED = 1
+"""The connection is not active (closed)."""
+MODE_PING = 2
+"""A ping connection."""
+MODE_PLAY = 3
+"""Generic, meaning up to the application."""
+MODE_CHAT = 4
+"""Generic, meaning up to the application."""
 
 CONNTYPE_NOTSET = "_notset"
 """Connection type of a connection that did not choose one yet."""
@@ -83,12 +110,10 @@ CONNTYPE_PING = "ping"
 """Connection type for server queries (latency, player count) without a handshake."""
 
 # --- sides --------------------------------------------------------------------
-SIDE_SERVER = 0
-"""The server side of a connection."""
-SIDE_CLIENT = 1
+SIDE_CLIENT = 0
 """The client side of a connection."""
-SIDE_BOTH = 2
-"""Either side (used by :class:`~peng3dnet.packet.SmartPacket`)."""
+SIDE_SERVER = 1
+"""The server side of a connection."""
 
 # --- TLS security levels --------------------------------------------------------
 SSLSEC_NONE = 0
@@ -118,6 +143,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.compress.level": 6,
     # TLS (see the README, "Security and limits").
     "net.ssl.enabled": False,
+    # 0.1.x keys, accepted: TLS is never silently dropped here (net.ssl.force
+    # has nothing to force), and protocol 2 has no AES encryption (a True
+    # net.encrypt.enabled is reported as unsupported).
+    "net.ssl.force": True,
+    "net.encrypt.enabled": False,
     "net.ssl.cafile": None,
     "net.ssl.server.certfile": None,
     "net.ssl.server.keyfile": None,
@@ -137,6 +167,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.registry.autosync": True,
     "net.registry.missingpacketaction": "closeconnection",
     "net.server.dualstack": False,
+    # SmartPacket send-side check: False (0.1.x) = always send, the check only
+    # decides whether the send() hook runs; True = raise LocalProtocolError
+    # and send nothing when the check fails.
+    "net.smartpacket.strict_send": False,
     # Run packet handlers on the network thread as packets arrive (no queue,
     # no process() needed; handlers must be quick and must not block).
     "net.process.inline": False,

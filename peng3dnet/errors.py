@@ -11,13 +11,23 @@ Hierarchy::
     |       +-- HandshakeError      version or conntype mismatch, wrong state
     +-- RegistryError(ValueError)
     |   +-- AlreadyRegisteredError
+    |   +-- UnknownPacketError(KeyError)  no packet with that name, id or object
     +-- InvalidAddressError(ValueError)
+    |   +-- InvalidHostError
+    |   +-- InvalidPortError
+    +-- UnsupportedAddressError(NotImplementedError)
+    +-- InvalidSmartPacketActionError(ValueError)
     +-- ConnectionClosedError
     +-- NetworkError                wraps OSError at the transport boundary
     |   +-- TLSError                TLS handshake failed (bad certificate, no TLS peer)
     +-- TLSConfigError(ValueError)  TLS enabled with missing/unusable files
     +-- WriteBufferFullError        a slow reader's write buffer is at its cap
-    +-- TimedOutError(TimeoutError)
+    +-- TimedOutError(TimeoutError, RuntimeError)
+        +-- FailedPingError         no ping reply in time
+
+The built-in bases are those of peng3dnet 0.1.x (``except ValueError`` or
+``except RuntimeError`` written for it keeps working); ours add
+:class:`Peng3dNetError` and, where it helps, a more precise built-in.
 
 Contract: the receive path of the protocol core raises only
 :class:`RemoteProtocolError`; encoders raise :class:`LocalProtocolError`.
@@ -37,13 +47,19 @@ __all__ = [
     "HandshakeError",
     "RegistryError",
     "AlreadyRegisteredError",
+    "UnknownPacketError",
     "InvalidAddressError",
+    "InvalidHostError",
+    "InvalidPortError",
+    "UnsupportedAddressError",
+    "InvalidSmartPacketActionError",
     "ConnectionClosedError",
     "NetworkError",
     "TLSError",
     "TLSConfigError",
     "WriteBufferFullError",
     "TimedOutError",
+    "FailedPingError",
 ]
 
 
@@ -105,8 +121,35 @@ class AlreadyRegisteredError(RegistryError):
     """A packet name, id or connection type is already taken."""
 
 
+class UnknownPacketError(RegistryError, KeyError):
+    """No packet is registered under that name, id or object.
+
+    Also a :class:`KeyError`, as registry lookups of peng3dnet 0.1.x raised.
+    """
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
 class InvalidAddressError(Peng3dNetError, ValueError):
     """An address could not be parsed or resolved."""
+
+
+class InvalidHostError(InvalidAddressError):
+    """The host part of an address is empty or cannot be resolved."""
+
+
+class InvalidPortError(InvalidAddressError):
+    """The port of an address is not an int in 0..65535."""
+
+
+class UnsupportedAddressError(Peng3dNetError, NotImplementedError):
+    """An address of a kind this library cannot use (e.g. a socket family
+    other than IPv4/IPv6)."""
+
+
+class InvalidSmartPacketActionError(Peng3dNetError, ValueError):
+    """A :class:`~peng3dnet.packet.SmartPacket` has an ``invalid_action``
+    other than ``"ignore"`` or ``"close"`` and its check failed."""
 
 
 class ConnectionClosedError(Peng3dNetError):
@@ -141,5 +184,10 @@ class WriteBufferFullError(Peng3dNetError):
     ``net.limits.write_buffer_action`` is ``"raise"``: the message was not queued."""
 
 
-class TimedOutError(Peng3dNetError, TimeoutError):
+class TimedOutError(Peng3dNetError, TimeoutError, RuntimeError):
     """A wait with a timeout expired."""
+
+
+class FailedPingError(TimedOutError):
+    """A ping got no reply within its timeout (:func:`peng3dnet.ext.ping.pingServer`,
+    :meth:`~peng3dnet.ext.ping.PingableClientMixin.wait_for_pong`)."""

@@ -42,13 +42,15 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
+from . import conntypes, errors, packet, registry, util, version  # noqa: F401  (0.1.x: net.packet, ...)
 from . import events as _events
 from . import tls as _tls
 from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
+from .constants import *  # noqa: F403  (0.1.x: peng3dnet.net exposes the constants)
 from .constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
@@ -57,14 +59,21 @@ from .constants import (
     MODE_NOTSET,
     PID_CLOSECONN,
     PID_FIRST_FREE,
+    PID_HELLO,
     PID_SETTYPE,
     SIDE_CLIENT,
     SIDE_SERVER,
     SSLSEC_NONE,
     SSLSEC_WRAPPED,
+    STATE_ACTIVE,
+    STATE_CLOSED,
+    STATE_HANDSHAKE_WAIT1,
+    STATE_HELLOWAIT,
+    STATE_INIT,
     STRUCT_FORMAT_HEADER,
     STRUCT_FORMAT_LENGTH32,
 )
+from .constants import __all__ as _constants_all
 from .errors import (
     AlreadyRegisteredError,
     ConnectionClosedError,
@@ -74,10 +83,11 @@ from .errors import (
     RegistryError,
     TimedOutError,
     TLSError,
+    UnknownPacketError,
     WriteBufferFullError,
 )
 from .events.bus import Route as _Route
-from .packet import ConnInfo, Packet
+from .packet import Packet, SmartPacket, smart_check
 from .packet.internal import INTERNAL_PACKETS
 from .protocol.codec import frame_body, pack
 from .protocol.connection import (
@@ -92,8 +102,9 @@ from .protocol.connection import (
 )
 from .protocol.framing import LENGTH, encode_frame
 from .protocol.handshake import HandshakeState
-from .registry import Registry
+from .registry import PacketRegistry
 from .transport import EVENT_READ, EVENT_WRITE, WOULD_BLOCK, Channel, Reactor
+from .userlog import report_user_error
 from .util import ConfigView, normalize_addr_socketstyle
 
 __all__ = [
@@ -105,6 +116,7 @@ __all__ = [
     "NetworkLoop",
     "ConnectionStats",
     "ServerStats",
+    *_constants_all,
 ]
 
 log = logging.getLogger(__name__)
@@ -118,41 +130,28 @@ _INTERNAL_IDS = frozenset(pid for _, pid, _ in INTERNAL_PACKETS)
 _CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
 
 
-_PLAIN_CHECK_FUNC = Packet.check.__func__  # type: ignore[attr-defined]
-_plain_classes: dict[type, bool] = {}
+class _SendPlan(NamedTuple):
+    """What sending one ``ptype`` needs (cached per ptype; see :meth:`_Peer._send_plan`)."""
+
+    regver: int  # the registry version it was made for
+    pid: int
+    pobj: Any  # the packet object, or None
+    hooks: bool  # call pobj._send after queueing (the class overrides _send or send)
+    smart: bool  # a SmartPacket (the strict send check applies)
+    keytype: type  # type(ptype): 64.0 or True must not find the plan of 64 or 1
 
 
-def _plain_check(cls: type) -> bool:
-    """Whether ``cls`` keeps Packet.check (only its ``state`` is checked): the fast path."""
-    plain = _plain_classes.get(cls)
-    if plain is None:
-        plain = _plain_classes[cls] = getattr(cls.check, "__func__", None) is _PLAIN_CHECK_FUNC  # type: ignore[attr-defined]
-    return plain
+class _RecvPlan(NamedTuple):
+    """What receiving one pid needs (cached per pid; see :meth:`_Peer._recv_plan`)."""
 
-def _state_allowed(cls: type, state: Any) -> bool:
-    """The check of a class that keeps Packet.check: its ``state`` (one
-    state, a collection of states, or ``None`` for any)."""
-    want = cls.state  # type: ignore[attr-defined]
-    return want is None or state == want or (not isinstance(want, int) and state in want)
+    regver: int
+    pobj: Any
+    deliver: bool  # the class overrides _receive or receive (else nothing to call)
 
 
-def _required_state(cls: type) -> Any:
-    """What the per-packet fast paths must check for a packet class:
-    ``_ANY_STATE`` (nothing), one state (an int: compare it), or ``_CHECK``
-    (the full check: a custom ``check`` or a collection of states)."""
-    if not _plain_check(cls):
-        return _CHECK
-    want = cls.state  # type: ignore[attr-defined]
-    if want is None:
-        return _ANY_STATE
-    return want if isinstance(want, int) else _CHECK
-
-
-_NOOP_RECEIVE = Packet.receive  # a class that does not override receive is not queued
-_NOOP_SEND = Packet.send
+_BASE_RECEIVE = (Packet._receive, Packet.receive)  # a class that keeps both is not queued
+_BASE_SEND = (Packet._send, Packet.send)
 _NO_EVENT = object()  # marks a send the connection type does not announce
-_ANY_STATE = object()  # send plan: the packet class checks nothing
-_CHECK = object()  # send plan: run _check_send()
 _LOCAL = threading.local()  # per thread: .pack, a msgpack Packer's pack method
 _PACKER_KEEP = 256 * 1024  # a Packer that encoded more than this is dropped
 
@@ -275,6 +274,7 @@ class _Link:
     __slots__ = (
         "proto", "chan", "owner", "cid", "ctobj", "queued", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
+        "lib_state", "on_recv", "on_send",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -295,6 +295,12 @@ class _Link:
         self.rate_t = 0.0
         self.plain = False  # plaintext, first read checked: _read's fast path
         self.tls_server = False
+        self.lib_state = STATE_INIT  # the application state the library set last
+        # The owner's on_receive/on_send hooks, None when not overridden
+        # (the per-packet paths skip them then).
+        cls = type(owner)
+        self.on_recv = None if getattr(cls, "on_receive", None) in _NOOP_HOOKS else owner.on_receive
+        self.on_send = None if getattr(cls, "on_send", None) in _NOOP_HOOKS else owner.on_send
 
 
 class _Peer:
@@ -302,7 +308,12 @@ class _Peer:
     queue, the send path and the handling of the core's outputs."""
 
     side = SIDE_SERVER
+    is_server = True
+    """Whether this peer is a server (0.1.x API)."""
+    is_client = False
+    """Whether this peer is a client (0.1.x API)."""
     _role = "server"
+    _state_attr = "state"  # the owner's application state: ClientOnServer.state / Client.remote_state
     _thread_name = "peng3dnet Thread"
 
     def __init__(self, peng: Any = None, cfg: dict[str, Any] | None = None) -> None:
@@ -310,13 +321,13 @@ class _Peer:
         """The ``peng3d.Peng`` instance given, or ``None``."""
         self.cfg = ConfigView(cfg, peng)
         """Layered config: ``cfg`` overrides, then ``peng.cfg``, then defaults."""
-        self.registry = Registry()
+        self.registry = PacketRegistry()
         """The packet registry (name <-> id <-> packet object)."""
         self.conntypes: dict[str, ConnectionType] = {}
         """Connection types by name."""
         self._initialized = False
         self._reactor = Reactor(self._thread_name)
-        self._pqueue: deque[tuple[_Link, Any, Any]] = deque()
+        self._pqueue: deque[tuple[_Link, Any, int, Any]] = deque()
         self._pcond = threading.Condition(threading.Lock())
         self._pwaiters = 0
         self._notify_pending = False
@@ -331,14 +342,35 @@ class _Peer:
         prefix = f"peng3dnet:{self._role}."
         self._ev_recv = prefix + ("connection.recv" if self._role == "server" else "recv")
         self._ev_send = prefix + ("connection.send" if self._role == "server" else "send")
-        self._send_plans: dict[Any, tuple[int, int, Any, Any, type]] = {}
-        self._recv_plans: dict[int, tuple[int, Any, Any, bool]] = {}
+        self._send_plans: dict[Any, _SendPlan] = {}
+        self._recv_plans: dict[int, _RecvPlan] = {}
         self._route_recv = _Route(self._ev_recv)
         self._route_send = _Route(self._ev_send)
         self._sig_recv = self._route_recv.sig  # for the "anyone listening?" test per packet
         self._sig_send = self._route_send.sig
         self.cfg.on_change = self._refresh_hot
         self._refresh_hot()
+        if self.cfg["net.encrypt.enabled"]:
+            log.warning("! net.encrypt.enabled: protocol 2 has no AES encryption; use net.ssl.enabled (TLS)")
+
+    @property
+    def run(self) -> bool:
+        """True until the peer stops (:meth:`stop`, :meth:`shutdown`, or a
+        client's connection closing); programs of 0.1.x loop
+        ``while peer.run: peer.process(wait=True, timeout=...)``.  Setting it
+        to ``False`` calls :meth:`stop`.
+
+        Thread safety: any thread.
+        """
+        return self._stop_reason is None
+
+    @run.setter
+    def run(self, value: bool) -> None:
+        if not value:
+            self.stop()
+
+    def stop(self) -> None:
+        raise NotImplementedError
 
     # --- events ----------------------------------------------------------------------
     def _refresh_hot(self) -> None:
@@ -361,6 +393,7 @@ class _Peer:
         self._h_rate_drop = cfg["net.limits.rate.action"] == "drop"
         self._h_rate = self._h_rate_p > 0 or self._h_rate_b > 0
         self._h_inline = bool(cfg["net.process.inline"])
+        self._h_strict_send = bool(cfg["net.smartpacket.strict_send"])
         self._h_compress = (
             bool(cfg["net.compress.enabled"]),
             int(cfg["net.compress.threshold"]),
@@ -371,8 +404,8 @@ class _Peer:
         """Emit a per-packet event (recv/send) through a cached route: no
         data dict is built when nobody listens (the caller checked
         ``_h_events``)."""
-        version, targets = route.cache
-        if version != route.sig.version:
+        seen, targets = route.cache
+        if seen != route.sig.version:
             targets = route.refresh(self)
         peng = self.peng
         if targets is None:  # receivers the route cannot cache: the general path
@@ -422,12 +455,12 @@ class _Peer:
 
         Thread safety: any thread, before connections are made.
         """
-        return self.registry.register(name, obj, n)
+        return self.registry.register(obj, name, n)
 
     def _register_internal(self) -> None:
         for name, pid, cls in INTERNAL_PACKETS:
             if name not in self.registry:
-                self.registry.register(name, cls(self.registry, self), pid)
+                self.registry.register(cls(self.registry, self), name, pid)
         builtin: tuple[tuple[str, type[ConnectionType]], ...] = (
             (CONNTYPE_CLASSIC, ClassicConnectionType),
             (CONNTYPE_PING, PingConnectionType),
@@ -468,16 +501,6 @@ class _Peer:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-
-    def _info(self, link: _Link, state: int | None = None) -> ConnInfo:
-        ct = link.ctobj
-        proto = link.proto
-        if state is None:
-            state = int(proto.state)
-            mode = MODE_CLOSED if not proto.is_open else (ct.mode if ct is not None else MODE_NOTSET)
-        else:
-            mode = ct.mode if ct is not None else MODE_NOTSET
-        return ConnInfo(state, self.side, mode, proto.conntype, link.sslsec)
 
     def _on_ready(self, link: _Link, mask: int) -> None:
         """Selector callback for one connection (network thread)."""
@@ -676,6 +699,8 @@ class _Peer:
             if isinstance(o, PacketReceived):
                 link.stats.packets_in += 1
                 if o.pid in _INTERNAL_IDS:
+                    if o.pid == PID_HELLO:  # (only a server sends hello)
+                        self._lib_state(link, STATE_HANDSHAKE_WAIT1)
                     self._debug_print("recv", link, o.pid, o.msg)
                     if self._h_events:
                         self._emit_packet(self._route_recv, link, o.pid, "msg", o.msg)
@@ -692,12 +717,16 @@ class _Peer:
                     ct = self.conntypes.get(link.proto.conntype)
                     link.ctobj = ct
                     if ct is not None:
+                        self._type_chosen(link, ct)
                         ct.init(link.cid)
             elif isinstance(o, ConnTypeRequested):
                 self._on_conntype(link, o.conntype)
             elif isinstance(o, HandshakeCompleted):
                 log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
-                link.owner.on_handshake_complete()
+                try:
+                    link.owner.on_handshake_complete()
+                except Exception:
+                    report_user_error("! %s cid=%s: on_handshake_complete raised", self._role, link.cid)
                 self._after_handshake(link)
             elif isinstance(o, HeartbeatAcked):
                 self._on_heartbeat_ack(link, o.msg)
@@ -795,7 +824,29 @@ class _Peer:
             self._close_link(link, "unknownconntype")
             return
         link.ctobj = ct
+        link.owner.conntype = conntype
+        self._lib_state(link, STATE_HANDSHAKE_WAIT1)
+        self._type_chosen(link, ct)
         ct.init(link.cid)
+
+    def _lib_state(self, link: _Link, value: int) -> None:
+        """Move the application state through the handshake, unless the
+        application set a state of its own since the library's last move
+        (network thread)."""
+        owner = link.owner
+        attr = self._state_attr
+        if getattr(owner, attr, link.lib_state) == link.lib_state:
+            setattr(owner, attr, value)
+        link.lib_state = value
+
+    def _type_chosen(self, link: _Link, ct: ConnectionType) -> None:
+        """A connection type was chosen: its mode, and a ping connection is
+        active at once (it has no handshake) (network thread)."""
+        owner = link.owner
+        if getattr(owner, "mode", MODE_NOTSET) == MODE_NOTSET:
+            owner.mode = ct.mode
+        if isinstance(ct, PingConnectionType):
+            self._lib_state(link, STATE_ACTIVE)
 
     def _on_app_packet(self, link: _Link, o: PacketReceived, listen: bool) -> bool:
         """Check, announce and queue (or, inline, dispatch) one application
@@ -805,6 +856,12 @@ class _Peer:
         if ct is not None and type(ct).receive is not ConnectionType.receive:
             if not ct.receive(msg, pid, flags, link.cid):
                 return False
+        if state is not HandshakeState.ACTIVE and (state is not HandshakeState.TYPESET or link.proto.conntype == CONNTYPE_CLASSIC):
+            # Application packets come after the handshake (a connection type
+            # of its own may exchange them after settype).
+            log.info("! %s cid=%s: packet %d before the handshake completed, closing", self._role, link.cid, pid)
+            self._close_link(link, "smartpacketinvalid")
+            return False
         plan = self._recv_plans.get(pid)
         if plan is None or plan[0] != self.registry.version:
             plan = self._recv_plan(pid)
@@ -812,27 +869,17 @@ class _Peer:
                 log.info("! %s cid=%s: unknown packet id %d", self._role, link.cid, pid)
                 self._close_link(link, "unknownpacket")
                 return False
-        _, pobj, need, deliver = plan
-        if need is not _ANY_STATE and (need is _CHECK or state != need) and not self._recv_allowed(link, pobj, state):
-            if getattr(pobj, "invalid_action", "close") == "ignore":
-                log.debug("! %s cid=%s: ignored packet %d not valid now", self._role, link.cid, pid)
-                return False
-            log.info("! %s cid=%s: packet %d not valid now, closing", self._role, link.cid, pid)
-            self._close_link(link, "smartpacketinvalid")
-            return False
+        pobj = plan[1]
         if self._h_print_recv:
             self._debug_print("recv", link, pid, msg)
         if listen:
             self._emit_packet(self._route_recv, link, pid, "msg", msg)
-        if not deliver:
-            return False
+        if not plan[2] and link.on_recv is None:
+            return False  # nobody handles it: not queued
         if self._h_inline:
-            try:
-                pobj.receive(msg, link.cid)
-            except Exception:
-                log.exception("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
+            self._deliver(link, pobj, pid, msg)
             return False
-        self._pqueue.append((link, pobj, msg))
+        self._pqueue.append((link, pobj, pid, msg))
         link.queued += 1
         limit = self._h_recv_queue
         if link.queued >= limit and not link.chan.paused:
@@ -842,28 +889,35 @@ class _Peer:
             log.debug("= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued)
         return True
 
-    def _recv_plan(self, pid: int) -> tuple[int, Any, Any, bool] | None:
+    def _recv_plan(self, pid: int) -> _RecvPlan | None:
         """What receiving ``pid`` needs, cached until the registry changes:
-        ``(registry version, packet object, state, deliver)``; ``None`` for
-        an unknown id.  ``state`` as in :meth:`_send_plan`; ``deliver`` is
-        whether the class has a ``receive`` of its own (network thread)."""
-        version = self.registry.version
+        ``(registry version, packet object, deliver)``; ``None`` for an
+        unknown id.  ``deliver`` is whether the class overrides ``_receive``
+        or ``receive`` (network thread)."""
+        regver = self.registry.version
         pobj = self.registry.find_obj(pid)
         if pobj is None or pid < PID_FIRST_FREE:
             return None
         cls = type(pobj)
-        plan = (version, pobj, _required_state(cls), cls.receive is not _NOOP_RECEIVE)
+        plan = _RecvPlan(regver, pobj, (cls._receive, cls.receive) != _BASE_RECEIVE)
         if len(self._recv_plans) > 4096:
             self._recv_plans.clear()
         self._recv_plans[pid] = plan
         return plan
 
-    def _recv_allowed(self, link: _Link, pobj: Any, state: HandshakeState) -> bool:
-        """The full receive check of a packet class (network thread)."""
-        cls = type(pobj)
-        if _plain_check(cls):
-            return _state_allowed(cls, state)
-        return bool(cls.check(self._info(link, state)))
+    def _deliver(self, link: _Link, pobj: Any, pid: int, msg: Any) -> None:
+        """Hand one packet to the application: ``pobj._receive``, then the
+        owner's ``on_receive`` hook (the order of 0.1.x).  Errors raised there
+        are reported (a traceback on stderr by default), never raised."""
+        try:
+            pobj._receive(msg, link.cid)
+        except Exception:
+            report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
+        if link.on_recv is not None:
+            try:
+                link.on_recv(pid, msg)
+            except Exception:
+                report_user_error("! %s cid=%s: on_receive raised", self._role, link.cid)
 
     def _on_closed(self, link: _Link, o: ConnectionClosed) -> None:
         chan = link.chan
@@ -893,6 +947,9 @@ class _Peer:
                     chan.update_interest()
                 chan.linger = self._reactor.call_later(_CLOSE_LINGER, lambda: self._force_close(link))
         self._connection_closed(link, o.reason)
+        owner = link.owner
+        setattr(owner, self._state_attr, STATE_CLOSED)
+        owner.mode = MODE_CLOSED
 
     def _closing_flushed(self, link: _Link) -> None:
         chan = link.chan
@@ -929,54 +986,74 @@ class _Peer:
             self._force_close(link)
 
     # --- sending ----------------------------------------------------------------------------
-    def _lookup(self, ptype: Any) -> tuple[int, int, Any, Any, type]:
+    def _lookup(self, ptype: Any) -> _SendPlan:
         """The send plan of ``ptype`` (see :meth:`_send_plan`), cached until
         the registry changes (any thread)."""
         try:
             plan = self._send_plans[ptype]
         except (KeyError, TypeError):  # not cached yet, or an unhashable packet object
             return self._send_plan(ptype)
-        if plan[0] != self.registry.version or plan[4] is not type(ptype):
+        if plan[0] != self.registry.version or plan[5] is not type(ptype):
             # (the type test: 64.0 or True must not find the plan of 64 or 1)
             return self._send_plan(ptype)
         return plan
 
+    @staticmethod
+    def _check_sendable(link: _Link) -> None:
+        """Application packets go out after the handshake (or, on a
+        connection type of its own, after settype) (any thread)."""
+        proto = link.proto
+        state = proto.state
+        if state is HandshakeState.ACTIVE or (state is HandshakeState.TYPESET and proto.conntype != CONNTYPE_CLASSIC):
+            return
+        if not proto.is_open:
+            raise ConnectionClosedError("connection is closed", proto.close_reason)
+        raise LocalProtocolError(f"cannot send yet (connection state {state.name}); wait for the handshake")
+
+    def _strict_refused(self, link: _Link, pobj: Any, pid: int) -> bool:
+        return self._h_strict_send and not smart_check(pobj, link.cid, receiving=False)
+
     def _send(self, link: _Link, ptype: Any, data: Any) -> None:
-        _, pid, pobj, state, _ = self._lookup(ptype)
-        if state is not _ANY_STATE and (state is _CHECK or link.proto.state != state):
-            data = self._check_send(link, pobj, pid, data)
+        _, pid, pobj, hooks, smart, _ = self._lookup(ptype)
+        self._check_sendable(link)
+        if smart and self._strict_refused(link, pobj, pid):
+            raise LocalProtocolError(
+                f"packet {self.registry.get_name(pid)!r} is not valid on this connection now "
+                "(net.smartpacket.strict_send is on)"
+            )
         ct = link.ctobj
         announce = True
         if ct is not None and type(ct).send is not ConnectionType.send:
             announce = ct.send(data, pid, link.cid)
         frame = link.proto.encode_packet(pid, data, _thread_pack)  # outside the lock
         self._send_frame(link, frame, pid, data if announce else _NO_EVENT)
+        if hooks:
+            pobj._send(data, link.cid)
+        if link.on_send is not None:
+            link.on_send(ptype, data)
 
-    def _send_plan(self, ptype: Any) -> tuple[int, int, Any, Any, type]:
+    def _send_plan(self, ptype: Any) -> _SendPlan:
         """Look up what sending ``ptype`` needs and cache it (any thread).
 
-        Returns ``(registry version, pid, packet object, state, type of
-        ptype)``: ``state``
-        is the packet class's required state when only that is checked,
-        ``_ANY_STATE`` when nothing is, ``_CHECK`` when :meth:`_check_send`
-        must run (custom check or send hook).
+        Returns ``(registry version, pid, packet object, hooks, smart, type
+        of ptype)``: ``hooks`` is whether the packet's ``_send``/``send``
+        must be called after queueing (the class overrides one of them),
+        ``smart`` whether it is a :class:`~peng3dnet.packet.SmartPacket`.
         """
-        registry = self.registry
-        version = registry.version
+        reg = self.registry
+        regver = reg.version
         try:
-            pid = registry.get_id(ptype)
+            pid = reg.get_id(ptype)
         except RegistryError:
             if isinstance(ptype, int) and not isinstance(ptype, bool):
-                raise RegistryError(f"packet id {ptype} is not registered") from None
+                raise UnknownPacketError(f"packet id {ptype} is not registered") from None
             raise
         if pid in _INTERNAL_IDS:
             raise LocalProtocolError(f"internal packet {pid} cannot be sent by the application")
-        pobj = registry.find_obj(pid)
-        state: Any = _ANY_STATE
-        if pobj is not None:
-            cls = type(pobj)
-            state = _CHECK if cls.send is not _NOOP_SEND else _required_state(cls)
-        plan = (version, pid, pobj, state, type(ptype))
+        pobj = reg.find_obj(pid)
+        cls: Any = type(pobj)
+        hooks = pobj is not None and (cls._send, cls.send) != _BASE_SEND
+        plan = _SendPlan(regver, pid, pobj, hooks, isinstance(pobj, SmartPacket), type(ptype))
         plans = self._send_plans
         if len(plans) > 1024:  # bounded, whatever the caller passes
             plans.clear()
@@ -985,26 +1062,6 @@ class _Peer:
         except TypeError:
             pass
         return plan
-
-    def _check_send(self, link: _Link, pobj: Any, pid: int, data: Any) -> Any:
-        cls = type(pobj)
-        proto = link.proto
-        if _plain_check(cls):
-            ok = _state_allowed(cls, proto.state)
-        else:
-            ok = cls.check(self._info(link), sending=True)
-        if not ok:
-            if not proto.is_open:
-                raise ConnectionClosedError("connection is closed", proto.close_reason)
-            raise LocalProtocolError(
-                f"packet {self.registry.get_name(pid)!r} cannot be sent now "
-                f"(state {proto.state.name}); wait for the handshake"
-            )
-        if cls.send is not _NOOP_SEND:
-            repl = pobj.send(data, link.cid)
-            if repl is not None:
-                return repl
-        return data
 
     def _send_frame(self, link: _Link, frame: bytes, pid: int, data: Any, cork: bool = True) -> None:
         """Queue an encoded frame on one connection (any thread).  Fan-out
@@ -1088,11 +1145,8 @@ class _Peer:
             link.stats.packets_out += 1
 
     # --- process queue -----------------------------------------------------------------------
-    def _dispatch(self, link: _Link, pobj: Any, msg: Any) -> None:
-        try:
-            pobj.receive(msg, link.cid)
-        except Exception:
-            log.exception("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
+    def _dispatch(self, link: _Link, pobj: Any, pid: int, msg: Any) -> None:
+        self._deliver(link, pobj, pid, msg)
         with self._qlock:
             link.queued -= 1
             resume = link.chan.paused and link.queued <= link.resume_at
@@ -1126,10 +1180,10 @@ class _Peer:
         n = 0
         for _ in range(len(q)):
             try:
-                link, pobj, msg = q.popleft()
+                link, pobj, pid, msg = q.popleft()
             except IndexError:
                 break
-            self._dispatch(link, pobj, msg)
+            self._dispatch(link, pobj, pid, msg)
             n += 1
         return n
 
@@ -1270,22 +1324,27 @@ class ClientOnServer:
         """The client's address."""
         self.cid = cid
         """The connection id (unique per server, increasing)."""
+        self.state = STATE_INIT
+        """The application's state of this connection (a ``STATE_*`` or a
+        value of the application's own, e.g. ``STATE_LOGGEDIN`` or 100+).
+        The library moves it through the handshake (``STATE_HELLOWAIT`` at
+        accept, ``STATE_HANDSHAKE_WAIT1`` after ``settype``), the base
+        :meth:`on_handshake_complete` sets ``STATE_ACTIVE`` (a ping
+        connection is ``STATE_ACTIVE`` at once), and the close sets
+        ``STATE_CLOSED``; in between the library never writes it.
+        :class:`~peng3dnet.packet.SmartPacket` checks read it."""
+        self.mode = MODE_NOTSET
+        """The application's mode of this connection (``MODE_*``): the
+        library sets ``MODE_PING`` on ping connections and ``MODE_CLOSED`` at
+        the close; the rest is the application's."""
+        self.conntype = CONNTYPE_NOTSET
+        """The connection type name (``CONNTYPE_NOTSET`` before ``settype``)."""
         self._link: _Link | None = None
 
     @property
-    def state(self) -> int:
-        """The connection's ``STATE_*``."""
-        return int(self._link.proto.state) if self._link is not None else 0
-
-    @property
-    def mode(self) -> int:
-        """The connection's ``MODE_*``."""
-        return self.server._info(self._link).mode if self._link is not None else MODE_NOTSET
-
-    @property
-    def conntype(self) -> str:
-        """The connection type name (``CONNTYPE_NOTSET`` before ``settype``)."""
-        return self._link.proto.conntype if self._link is not None else CONNTYPE_NOTSET
+    def protocol_state(self) -> HandshakeState:
+        """The library's protocol state of the connection (not :attr:`state`)."""
+        return self._link.proto.state if self._link is not None else HandshakeState.INIT
 
     @property
     def close_reason(self) -> str | None:
@@ -1299,7 +1358,7 @@ class ClientOnServer:
         return self._link.stats
 
     @property
-    def sslsec(self) -> int:
+    def ssl_seclevel(self) -> int:
         """The connection's ``SSLSEC_*`` security level."""
         return self._link.sslsec if self._link is not None else SSLSEC_NONE
 
@@ -1327,15 +1386,27 @@ class ClientOnServer:
     def on_handshake_complete(self) -> None:
         """Hook: the handshake is complete (network thread).
 
-        The default emits ``peng3dnet:server.connection.handshakecomplete``;
-        call ``super()`` when overriding.  The state is ``STATE_ACTIVE``
-        (unless the peer already closed in the same read).
+        The default sets :attr:`state` to ``STATE_ACTIVE`` and emits
+        ``peng3dnet:server.connection.handshakecomplete``.  An override may
+        set another state (``STATE_LOGGEDIN``, a value of its own), with or
+        without calling ``super()`` (without it, no event is emitted).
         """
+        self.state = STATE_ACTIVE
         self.server._emit("peng3dnet:server.connection.handshakecomplete", {"client": self})
 
     def on_close(self, reason: str | None = None) -> None:
         """Hook: the connection was closed (network thread).  The close event
-        is emitted by the server whatever this does."""
+        is emitted by the server whatever this does; :attr:`state` becomes
+        ``STATE_CLOSED`` after it."""
+
+    def on_receive(self, pid: int, msg: Any) -> None:
+        """Hook: an application packet from this client was handled (after
+        its packet's ``_receive``; the thread that runs ``process()``)."""
+
+    def on_send(self, ptype: Any, data: Any) -> None:
+        """Hook: an application packet to this client was queued (after the
+        packet's ``_send``; the sending thread).  ``ptype`` as given to
+        ``send_message``."""
 
 
 class Server(_Peer):
@@ -1525,6 +1596,7 @@ class Server(_Peer):
         link = _Link(proto, None, client, cid)  # type: ignore[arg-type]
         link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
         client._link = link
+        self._lib_state(link, STATE_HELLOWAIT)
         self.clients[cid] = client
         self._links[cid] = link
         self.stats.connections_total += 1
@@ -1537,7 +1609,7 @@ class Server(_Peer):
         try:
             client.on_connect()
         except Exception:
-            log.exception("! server cid=%d: on_connect raised", cid)
+            report_user_error("! server cid=%d: on_connect raised", cid)
         if self._ssl_ctx is not None:
             link.sslsec = SSLSEC_WRAPPED
             link.chan.tls_pending = EVENT_READ
@@ -1572,7 +1644,7 @@ class Server(_Peer):
         try:
             client.on_close(reason)
         except Exception:
-            log.exception("! server cid=%s: on_close raised", link.cid)
+            report_user_error("! server cid=%s: on_close raised", link.cid)
         self.clients.pop(link.cid, None)  # type: ignore[arg-type]
 
     def _channel_closed(self, link: _Link) -> None:
@@ -1640,49 +1712,44 @@ class Server(_Peer):
 
         Returns:
             How many connections it was queued on.  Connections that are
-            closed, not handshaken, or whose write buffer is full (with
-            ``"raise"``) are skipped, not raised for.
+            closed, not handshaken, whose write buffer is full (with
+            ``"raise"``), or (with ``net.smartpacket.strict_send``) on which
+            a SmartPacket's check fails are skipped, not raised for.
 
         Raises:
             RegistryError: Unknown packet.
             LocalProtocolError: The message cannot be encoded.
 
-        Thread safety: any thread.  A packet class with its own ``send`` hook
-        gets it called once per connection (no shared encoding then).
+        Thread safety: any thread.  The packet's ``_send`` (and so a
+        SmartPacket's check and ``send`` hook) and each client's ``on_send``
+        run once per connection it was queued on, after queueing.
 
         .. versionadded:: 0.2
         """
-        _, pid, pobj, state, _ = self._lookup(ptype)
+        _, pid, pobj, hooks, smart, _ = self._lookup(ptype)
         targets = list(self._links) if cids is None else list(cids)
-        if pobj is not None and type(pobj).send is not _NOOP_SEND:
-            sent = 0
-            for cid in targets:
-                try:
-                    self.send_message(ptype, data, cid)
-                    sent += 1
-                except (ConnectionClosedError, WriteBufferFullError, LocalProtocolError):
-                    continue
-            return sent
-        return self._fanout(pid, pobj, state, self._frame_for_body(pid, pack(data)), data, targets)
+        frame = self._frame_for_body(pid, pack(data))
+        sent = 0
+        for cid in targets:
+            link = self._links.get(cid)
+            if link is None or link.proto.state is not HandshakeState.ACTIVE:
+                continue
+            if smart and self._strict_refused(link, pobj, pid):
+                continue
+            try:
+                self._send_frame(link, frame, pid, data, False)
+            except (ConnectionClosedError, WriteBufferFullError):
+                continue
+            sent += 1
+            if hooks:
+                pobj._send(data, cid)
+            if link.on_send is not None:
+                link.on_send(ptype, data)
+        return sent
 
     def _frame_for_body(self, pid: int, body: bytes) -> bytes:
         compress, threshold, level = self._h_compress
         return frame_body(pid, body, compress=compress, threshold=threshold, level=level)
-
-    def _fanout(self, pid: int, pobj: Any, state: Any, frame: bytes, data: Any, cids: Any) -> int:
-        sent = 0
-        for cid in cids:
-            link = self._links.get(cid)
-            if link is None or link.proto.state != HandshakeState.ACTIVE:
-                continue
-            try:
-                if state is not _ANY_STATE and (state is _CHECK or state != HandshakeState.ACTIVE):
-                    self._check_send(link, pobj, pid, data)
-                self._send_frame(link, frame, pid, data, False)
-                sent += 1
-            except (ConnectionClosedError, WriteBufferFullError, LocalProtocolError):
-                continue
-        return sent
 
     def _send_body(self, ptype: Any, body: bytes, cid: int) -> None:
         """Send an already msgpack-encoded body (one value) to one client.
@@ -1796,7 +1863,10 @@ class Client(_Peer):
     """
 
     side = SIDE_CLIENT
+    is_server = False
+    is_client = True
     _role = "client"
+    _state_attr = "remote_state"
     _thread_name = "peng3dnet Client Thread"
 
     def __init__(
@@ -1807,6 +1877,14 @@ class Client(_Peer):
         """The server's address."""
         self.conntype = conntype
         """The connection type requested."""
+        self.remote_state = STATE_INIT
+        """The application's state of the connection (see
+        :attr:`ClientOnServer.state`): ``STATE_HANDSHAKE_WAIT1`` once
+        ``hello`` arrived, ``STATE_ACTIVE`` from the base
+        :meth:`on_handshake_complete`, ``STATE_CLOSED`` after the close;
+        the application may set it in between."""
+        self.mode = MODE_NOTSET
+        """The application's mode of the connection (see :attr:`ClientOnServer.mode`)."""
         self.sock: socket.socket | None = None
         """The socket (after :meth:`connect`)."""
         self.cid = None
@@ -1927,7 +2005,7 @@ class Client(_Peer):
         try:
             self.on_connect()
         except Exception:
-            log.exception("! client: on_connect raised")
+            report_user_error("! client: on_connect raised")
 
     def _on_loop_start(self) -> None:
         link = self._link_obj
@@ -1960,7 +2038,7 @@ class Client(_Peer):
         try:
             self.on_close(reason)
         except Exception:
-            log.exception("! client: on_close raised")
+            report_user_error("! client: on_close raised")
         self._closed.set()
         self._handshake_done.set()  # wake wait_for_connection()
 
@@ -1983,18 +2061,30 @@ class Client(_Peer):
 
     def on_handshake_complete(self) -> None:
         """Hook: the handshake is complete (network thread).  The default
-        emits ``peng3dnet:client.handshakecomplete``; call ``super()``."""
+        sets :attr:`remote_state` to ``STATE_ACTIVE`` and emits
+        ``peng3dnet:client.handshakecomplete``; an override may set another
+        state, with or without calling ``super()``."""
+        self.remote_state = STATE_ACTIVE
         self._emit("peng3dnet:client.handshakecomplete", {})
 
     def on_close(self, reason: str | None = None) -> None:
         """Hook: the connection closed (network thread).  The close event is
-        emitted whatever this does."""
+        emitted whatever this does; :attr:`remote_state` becomes
+        ``STATE_CLOSED`` after it."""
+
+    def on_receive(self, pid: int, msg: Any) -> None:
+        """Hook: an application packet was handled (after its packet's
+        ``_receive``; the thread that runs ``process()``)."""
+
+    def on_send(self, ptype: Any, data: Any) -> None:
+        """Hook: an application packet was queued (after the packet's
+        ``_send``; the sending thread)."""
 
     # --- public API ------------------------------------------------------------------------------
     @property
-    def state(self) -> int:
-        """The connection's ``STATE_*`` (``STATE_INIT`` before :meth:`connect`)."""
-        return int(self._link_obj.proto.state) if self._link_obj is not None else 0
+    def protocol_state(self) -> HandshakeState:
+        """The library's protocol state of the connection (not :attr:`remote_state`)."""
+        return self._link_obj.proto.state if self._link_obj is not None else HandshakeState.INIT
 
     @property
     def closed(self) -> bool:
@@ -2007,7 +2097,7 @@ class Client(_Peer):
         return self._link_obj.stats if self._link_obj is not None else None
 
     @property
-    def sslsec(self) -> int:
+    def ssl_seclevel(self) -> int:
         """The connection's ``SSLSEC_*`` security level."""
         return self._link_obj.sslsec if self._link_obj is not None else SSLSEC_NONE
 
@@ -2209,3 +2299,6 @@ class NetworkLoop:
         self._reactor.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+
+_NOOP_HOOKS = frozenset({ClientOnServer.on_receive, ClientOnServer.on_send, Client.on_receive, Client.on_send})

@@ -2,31 +2,63 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from .constants import DEFAULT_CONFIG
-from .errors import InvalidAddressError
+from .errors import InvalidAddressError, InvalidHostError, InvalidPortError
 
-__all__ = ["normalize_addr_socketstyle", "ConfigView"]
+__all__ = [
+    "parse_address",
+    "normalize_addr_socketstyle",
+    "normalize_addr_formatted",
+    "ConfigView",
+    "ConfigWarning",
+]
+
+_DEFAULT_PORT = 8080
 
 log = logging.getLogger(__name__)
 
 
 def _parse_port(port: Any) -> int:
     if isinstance(port, bool):
-        raise InvalidAddressError(f"invalid port {port!r}")
+        raise InvalidPortError(f"invalid port {port!r}")
     try:
         value = int(port)
     except (TypeError, ValueError):
-        raise InvalidAddressError(f"invalid port {port!r}") from None
+        raise InvalidPortError(f"invalid port {port!r}: not an integer") from None
     if not 0 <= value <= 65535:
-        raise InvalidAddressError(f"port {value} out of range 0..65535")
+        raise InvalidPortError(f"port {value} out of range 0..65535")
     return value
 
 
-def normalize_addr_socketstyle(addr: Any, default_port: int | None = None) -> tuple[Any, ...]:
+def parse_address(addr: Any, default_port: int | None = _DEFAULT_PORT) -> tuple[Any, ...]:
+    """Parse an address into ``(host, port)`` (the 0.1.x name; the same as
+    :func:`normalize_addr_socketstyle`).
+
+    Raises:
+        InvalidHostError: The host is empty.
+        InvalidPortError: The port is not an int in 0..65535.
+        InvalidAddressError: The address cannot be parsed.
+    """
+    return normalize_addr_socketstyle(addr, default_port)
+
+
+def normalize_addr_formatted(addr: Any, default_port: int | None = _DEFAULT_PORT) -> str:
+    """Format an address as ``"host:port"`` (``"[v6addr]:port"`` for IPv6).
+
+    Raises:
+        InvalidAddressError: As :func:`normalize_addr_socketstyle`.
+    """
+    host, port = normalize_addr_socketstyle(addr, default_port)[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def normalize_addr_socketstyle(addr: Any, default_port: int | None = _DEFAULT_PORT) -> tuple[Any, ...]:
     """Turn an address into the tuple form ``socket`` functions take.
 
     Accepted forms: ``(host, port)``, an IPv6 ``(host, port, flowinfo,
@@ -35,18 +67,23 @@ def normalize_addr_socketstyle(addr: Any, default_port: int | None = None) -> tu
 
     Args:
         addr: The address.
-        default_port: Port used when ``addr`` gives none.
+        default_port: Port used when ``addr`` gives none (8080 as in 0.1.x;
+            ``None``: a port is required).
 
     Returns:
         ``(host, port)``, or the 4-tuple for an IPv6 tuple input.
 
     Raises:
+        InvalidHostError: The host is empty.
+        InvalidPortError: The port is not an int in 0..65535.
         InvalidAddressError: The address cannot be parsed, or has no port and
             no default was given.
     """
     if isinstance(addr, (tuple, list)):
         if len(addr) not in (2, 4) or not isinstance(addr[0], str):
             raise InvalidAddressError(f"invalid address tuple {addr!r}")
+        if not addr[0]:
+            raise InvalidHostError(f"empty host in address {addr!r}")
         return (addr[0], _parse_port(addr[1]), *addr[2:])
     if not isinstance(addr, str) or not addr:
         raise InvalidAddressError(f"invalid address {addr!r}")
@@ -68,7 +105,7 @@ def normalize_addr_socketstyle(addr: Any, default_port: int | None = None) -> tu
     else:
         host = addr
     if not host:
-        raise InvalidAddressError(f"empty host in address {addr!r}")
+        raise InvalidHostError(f"empty host in address {addr!r}")
     if port is None or port == "":
         if default_port is None:
             raise InvalidAddressError(f"address {addr!r} has no port and there is no default")
@@ -94,6 +131,8 @@ class ConfigView(Mapping[str, Any]):
         """Called with no arguments after ``cfg[key] = value`` (the owning peer
         refreshes its cached copies of hot keys)."""
         self._pengcfg = getattr(peng, "cfg", None) if peng is not None else None
+        for key in self.overrides:
+            _check_key(key)
 
     def __getitem__(self, key: str) -> Any:
         if key in self.overrides:
@@ -106,6 +145,7 @@ class ConfigView(Mapping[str, Any]):
         return DEFAULT_CONFIG[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        _check_key(key)
         self.overrides[key] = value
         if self.on_change is not None:
             self.on_change()
@@ -117,3 +157,17 @@ class ConfigView(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(set(DEFAULT_CONFIG) | set(self.overrides))
+
+
+class ConfigWarning(UserWarning):
+    """A config key given to a Server or Client is not known to peng3dnet."""
+
+
+def _check_key(key: Any) -> None:
+    """Warn about a ``net.*`` key nobody reads (a typo would otherwise be
+    silently ignored).  Keys outside ``net.`` belong to the application or
+    to peng3d and are not checked."""
+    if isinstance(key, str) and key.startswith("net.") and key not in DEFAULT_CONFIG:
+        close = difflib.get_close_matches(key, list(DEFAULT_CONFIG), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        warnings.warn(f"unknown peng3dnet config key {key!r}{hint}", ConfigWarning, stacklevel=4)

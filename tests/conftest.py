@@ -24,7 +24,7 @@ class EchoPacket(Packet):
         self.cond = threading.Condition()
 
     def receive(self, msg, cid=None):
-        if self.peer.side == 0:
+        if self.peer.is_server:
             self.peer.send_message("test:echo", msg, cid)
         with self.cond:
             self.got.append(msg)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from peng3dnet.constants import SIDE_CLIENT, SIDE_SERVER
 from peng3dnet.packet.internal import INTERNAL_PACKETS
 from peng3dnet.protocol.connection import ConnTypeRequested, Output, ProtocolConnection
-from peng3dnet.registry import Registry
+from peng3dnet.registry import PacketRegistry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VECTORS = os.path.join(HERE, "..", "..", "shared", "vectors", "original-0.1.3a0-sessions.json")
@@ -27,12 +27,12 @@ def load_vectors() -> dict[str, Any]:
         return json.load(f)
 
 
-def make_registry(*app_names: str) -> Registry:
-    reg = Registry()
+def make_registry(*app_names: str) -> PacketRegistry:
+    reg = PacketRegistry()
     for name, pid, cls in INTERNAL_PACKETS:
-        reg.register(name, cls(reg, None), pid)
+        reg.register(cls(reg, None), name, pid)
     for name in app_names:
-        reg.register(name, object())
+        reg.register(object(), name)
     return reg
 
 

@@ -15,7 +15,7 @@ from peng3dnet.net import Client
 from peng3dnet.packet import Packet
 from peng3dnet.protocol.connection import PacketReceived
 from peng3dnet.protocol.handshake import HandshakeState
-from peng3dnet.registry import Registry
+from peng3dnet.registry import PacketRegistry
 from tests.conftest import EchoPacket
 from tests.helpers import active_cids, wait_for
 
@@ -124,9 +124,9 @@ def test_events_follow_subscriptions_made_while_packets_flow(net):
 
 
 def test_registry_version_changes_with_every_change():
-    reg = Registry()
+    reg = PacketRegistry()
     v0 = reg.version
-    reg.register("a:x", object())
+    reg.register(object(), "a:x")
     assert reg.version > v0
     v1 = reg.version
     reg.remap({"a:x": 70})

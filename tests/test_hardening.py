@@ -332,7 +332,7 @@ def test_dualstack_server_takes_ipv4_clients(net):
     s, _ = net.server(**{"net.server.addr": "[::]:0", "net.server.dualstack": True})
     for host in ("127.0.0.1", "::1"):
         c = net.client(s, addr=(host, s.addr[1]), process=False)
-        assert c.state == STATE_ACTIVE
+        assert c.remote_state == STATE_ACTIVE
 
 
 

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from peng3dnet import errors
-from peng3dnet.constants import STATE_ACTIVE
+from peng3dnet.constants import SIDE_CLIENT, STATE_ACTIVE
 from peng3dnet.ext.ping import PingableServerMixin, pingServer
 from peng3dnet.net import Client, ClientOnServer, Server
 from peng3dnet.packet import Packet, SmartPacket
@@ -22,7 +22,7 @@ from tests.helpers import active_cids, wait_for
 def test_echo_roundtrip(server, client_factory):
     c = client_factory()
     c.wait_for_connection(10)
-    assert c.state == STATE_ACTIVE
+    assert c.remote_state == STATE_ACTIVE
     c.send_message("test:echo", {"hello": [1, 2.5, b"\x00"]})
     assert c.registry.get_obj("test:echo").wait_count(1) == [{"hello": [1, 2.5, b"\x00"]}]
 
@@ -257,12 +257,12 @@ def test_connection_that_fails_before_handshake_gets_one_close(server):
 
 
 class Limited(SmartPacket):
-    side = 0  # only the server sends it
+    side = SIDE_CLIENT  # only the client receives it: only the server sends it
     invalid_action = "close"
 
 
 class Ignored(SmartPacket):
-    side = 0
+    side = SIDE_CLIENT
 
 
 def test_smartpacket_side_rules():
@@ -279,8 +279,8 @@ def test_smartpacket_side_rules():
         assert peer.recv_packet() == (reg["test:echo"], "alive")
         peer.send_packet(reg["t:limited"], 1)
         assert peer.recv_until_close() == [(16, {"reason": "smartpacketinvalid"})]
-        # a client may not send a server-only packet either
-        c = Client(addr=s.addr)
+        # with the strict send check, a client may not send a server-only packet either
+        c = Client(addr=s.addr, cfg={"net.smartpacket.strict_send": True})
         for name in ("test:echo", "t:limited", "t:ignored"):
             c.register_packet(name, Limited(c.registry, c) if name != "test:echo" else EchoPacket(c.registry, c))
         c.runAsync()

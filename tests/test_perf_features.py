@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from peng3dnet.constants import PID_CLOSECONN, STATE_HELLO
+from peng3dnet.constants import PID_CLOSECONN, STATE_LOGGEDIN
 from peng3dnet.errors import LocalProtocolError
-from peng3dnet.packet import Packet
+from peng3dnet.packet import Packet, SmartPacket
 from tests.conftest import EchoPacket
 from tests.helpers import active_cids, wait_for
 
@@ -48,12 +48,13 @@ def test_broadcast_encodes_once_and_skips_closed(net):
     assert s.broadcast("test:echo", "rest") == 4
     assert clients[4].registry.get_obj("test:echo").wait_count(2)[-1] == "rest"
 
-    # the packet class's state is checked once for all (nobody is in STATE_HELLO)
-    class Early(Packet):
-        state = STATE_HELLO
+    # with the strict send check, a SmartPacket is sent where its check passes (nobody is logged in)
+    class LoggedInOnly(SmartPacket):
+        state = STATE_LOGGEDIN
 
-    s.register_packet("t:early", Early(s.registry, s))
-    assert s.broadcast("t:early", "too early") == 0
+    s.register_packet("t:li", LoggedInOnly(s.registry, s))
+    s.cfg["net.smartpacket.strict_send"] = True
+    assert s.broadcast("t:li", "not yet") == 0
     with pytest.raises(LocalProtocolError):
         s.broadcast(PID_CLOSECONN, {"reason": "no"})  # internal packets are the library's
 

@@ -97,7 +97,7 @@ def test_constructors():
 def test_structs_and_constants():
     assert net.STRUCT_HEADER.format == "!IH" and net.STRUCT_LENGTH32.format == "!I"
     assert peng3dnet.PROTOVERSION == 2
-    for name in ("CONNTYPE_CLASSIC", "CONNTYPE_PING", "CONNTYPE_NOTSET", "STATE_ACTIVE", "MODE_CLASSIC",
+    for name in ("CONNTYPE_CLASSIC", "CONNTYPE_PING", "CONNTYPE_NOTSET", "STATE_ACTIVE", "MODE_PING",
                  "SIDE_SERVER", "SIDE_CLIENT", "SSLSEC_NONE", "SSLSEC_BOTHAUTH", "FLAG_COMPRESSED", "DEFAULT_CONFIG",
                  "STRUCT_FORMAT_HEADER", "STRUCT_FORMAT_LENGTH32"):
         assert hasattr(constants, name), name

@@ -63,8 +63,8 @@ def test_verified_connection(net, pki):
     c.process_async()
     c.wait_for_connection(10)
     (cid,) = active_cids(s)
-    assert c.sslsec == SSLSEC_SERVERAUTH
-    assert s.clients[cid].sslsec == SSLSEC_ENCRYPTED
+    assert c.ssl_seclevel == SSLSEC_SERVERAUTH
+    assert s.clients[cid].ssl_seclevel == SSLSEC_ENCRYPTED
     c.send_message("test:echo", "secret")
     assert c.registry.get_obj("test:echo").wait_count(1) == ["secret"]
 
@@ -81,7 +81,7 @@ def test_wrong_ca_is_rejected(net, pki):
     c2 = tls_client(net, s, pki, **{"net.ssl.cafile": pki["otherca"], "net.ssl.client.force_verify": False})
     c2.runAsync()
     c2.wait_for_connection(10)
-    assert c2.sslsec == SSLSEC_ENCRYPTED
+    assert c2.ssl_seclevel == SSLSEC_ENCRYPTED
 
 
 def test_wrong_hostname_is_rejected(net, pki):
@@ -103,8 +103,8 @@ def test_mutual_auth_required_and_present(net, pki):
     c.runAsync()
     c.wait_for_connection(10)
     (cid,) = active_cids(s)
-    assert s.clients[cid].sslsec == SSLSEC_BOTHAUTH
-    assert c.sslsec == SSLSEC_BOTHAUTH
+    assert s.clients[cid].ssl_seclevel == SSLSEC_BOTHAUTH
+    assert c.ssl_seclevel == SSLSEC_BOTHAUTH
 
 
 @pytest.mark.parametrize("cert", [None, "rogue"])
@@ -222,7 +222,7 @@ class NeedsTLS(SmartPacket):
 
 
 def test_min_sslsec_level_enforced(net, pki):
-    # plaintext: cannot send, and a received one is ignored
+    # plaintext: cannot send (strict send check), and a received one is ignored
     got_plain: list = []
 
     class RecPlain(NeedsTLS):
@@ -231,13 +231,13 @@ def test_min_sslsec_level_enforced(net, pki):
 
     s, _ = net.server(process=False, record=None)
     s.register_packet("t:secure", RecPlain(s.registry, s))
-    c = Client(addr=s.addr)
+    c = Client(addr=s.addr, cfg={"net.smartpacket.strict_send": True})
     net.clients.append(c)
     c.register_packet("test:echo", EchoPacket(c.registry, c))
     c.register_packet("t:secure", NeedsTLS(c.registry, c))
     c.runAsync()
     c.wait_for_connection(10)
-    assert c.sslsec == SSLSEC_NONE
+    assert c.ssl_seclevel == SSLSEC_NONE
     with pytest.raises(errors.LocalProtocolError):
         c.send_message("t:secure", 1)
     (cid,) = active_cids(s)
@@ -245,7 +245,7 @@ def test_min_sslsec_level_enforced(net, pki):
     handled = threading.Event()
     s._reactor.call_soon(handled.set)  # runs after the injected packet was handled (FIFO)
     assert handled.wait(10)
-    assert s.process() == 0 and got_plain == []  # not queued, not delivered
+    assert s.process() == 1 and got_plain == []  # checked when processed: not delivered
     assert cid in s.clients and not c.closed  # ignored, not a reason to close
     # over TLS it goes through
     s = tls_server(net, pki)

@@ -4,7 +4,7 @@ import pytest
 
 from peng3dnet.errors import AlreadyRegisteredError, InvalidAddressError, RegistryError
 from peng3dnet.net import Client, Server
-from peng3dnet.registry import Registry
+from peng3dnet.registry import PacketRegistry
 from peng3dnet.util import ConfigView, normalize_addr_socketstyle
 
 
@@ -32,9 +32,10 @@ def test_normalize_invalid(addr):
         normalize_addr_socketstyle(addr, 9)
 
 
-def test_normalize_needs_a_port():
+def test_normalize_default_port_is_8080_and_none_requires_a_port():
+    assert normalize_addr_socketstyle("host") == ("host", 8080)  # 0.1.x default
     with pytest.raises(InvalidAddressError):
-        normalize_addr_socketstyle("host")
+        normalize_addr_socketstyle("host", None)
     with pytest.raises(ValueError):  # InvalidAddressError is a ValueError
         normalize_addr_socketstyle("host:-1")
 
@@ -73,19 +74,19 @@ def test_config_layering_sees_peng_changes():
 
 
 def test_registry():
-    r = Registry()
+    r = PacketRegistry()
     ybj = object()
-    assert r.register("a:x", "X") == 64
-    assert r.register("a:y", ybj, 70) == 70
-    assert r.register("a:z", "Z") == 65
+    assert r.register("X", "a:x") == 64
+    assert r.register(ybj, "a:y", 70) == 70
+    assert r.register("Z", "a:z") == 65
     with pytest.raises(AlreadyRegisteredError):
-        r.register("a:x", 1)
+        r.register(1, "a:x")
     with pytest.raises(AlreadyRegisteredError):
-        r.register("a:w", 1, 70)
+        r.register(1, "a:w", 70)
     with pytest.raises(RegistryError):
-        r.register("", 1)
+        r.register(1, "")
     with pytest.raises(RegistryError):
-        r.register("a:v", 1, -1)
+        r.register(1, "a:v", -1)
     assert r.get_id("a:y") == 70 and r.get_name(64) == "a:x" and r.get_obj("a:z") == "Z"
     assert r.get_id(ybj) == 70  # object lookup
     with pytest.raises(RegistryError):

@@ -34,6 +34,7 @@ from typing import Any
 
 import blinker
 
+from ..userlog import report_user_error
 from .catalog import CATALOG
 
 __all__ = ["ANY", "Handler", "Route", "signal", "subscribe", "unsubscribe", "emit", "has_receivers", "namespace"]
@@ -91,7 +92,7 @@ class _Subscription:
         try:
             handler(event, data)
         except Exception:
-            log.exception("! event handler %r for %s raised", handler, event)
+            report_user_error("! event handler %r for %s raised", handler, event)
 
 
 class _Signal(blinker.NamedSignal):

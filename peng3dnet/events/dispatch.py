@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from ..userlog import report_user_error
 from .bus import ANY, Handler, subscribe, unsubscribe
 
 __all__ = ["MainThreadDispatcher", "attach_to_pyglet"]
@@ -108,7 +109,7 @@ class MainThreadDispatcher:
             try:
                 handler(event, data)
             except Exception:
-                log.exception("! main-thread event handler %r for %s raised", handler, event)
+                report_user_error("! main-thread event handler %r for %s raised", handler, event)
         return n
 
     def _tick(self, dt: float) -> None:

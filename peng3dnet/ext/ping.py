@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..conntypes import PingConnectionType
+from ..constants import *  # noqa: F403  (0.1.x: peng3dnet.ext.ping exposes the constants)
 from ..constants import CONNTYPE_PING
-from ..errors import ConnectionClosedError
+from ..errors import ConnectionClosedError, FailedPingError, TimedOutError
 from ..net import Client
 
-__all__ = ["pingServer", "PingableServerMixin", "PingableClientMixin"]
+__all__ = ["pingServer", "PingableServerMixin", "PingableClientMixin", "PingConnectionType"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,36 @@ class PingableServerMixin:
 
 
 class PingableClientMixin:
-    """Client mixin: gives access to the last ping result."""
+    """Client mixin for ``Client(..., conntype="ping")``: set the request's
+    data, wait for the reply."""
+
+    def setPingData(self, data: dict[str, Any] | None) -> None:  # noqa: N802
+        """Set extra keys of the ping request (``time`` is always set by the
+        library when the request is sent).  Call it before ``runAsync()``.
+
+        Thread safety: any thread, before the connection is made.
+        """
+        self._ping_extra = dict(data or {})
+
+    def wait_for_pong(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the server's reply and return it (see :func:`pingServer`).
+
+        Raises:
+            FailedPingError: No reply within ``timeout`` seconds (a
+                :class:`~peng3dnet.errors.TimedOutError`).
+            ConnectionClosedError: The connection closed without a reply.
+
+        Thread safety: any thread but the network thread.
+        """
+        try:
+            self.wait_for_close(timeout)  # type: ignore[attr-defined]
+        except TimedOutError:
+            raise FailedPingError(f"no ping reply within {timeout} s") from None
+        result = self.ping_result
+        if result is None:
+            reason = self.close_reason  # type: ignore[attr-defined]
+            raise ConnectionClosedError(f"server closed without a ping reply ({reason})", reason)
+        return result
 
     @property
     def ping_result(self) -> dict[str, Any] | None:
@@ -80,7 +111,8 @@ def pingServer(  # noqa: N802
         ``recvtime``.
 
     Raises:
-        TimedOutError: No reply within ``timeout``.
+        FailedPingError: No reply within ``timeout`` (a
+            :class:`~peng3dnet.errors.TimedOutError`).
         ConnectionClosedError: The server closed without replying.
         NetworkError: The server could not be reached.
 
@@ -91,6 +123,8 @@ def pingServer(  # noqa: N802
     client.runAsync()
     try:
         client.wait_for_close(timeout)
+    except TimedOutError:
+        raise FailedPingError(f"no ping reply from {client.addr} within {timeout} s") from None
     finally:
         client.stop()
         client.join(5.0)

@@ -1,43 +1,41 @@
 """Packet classes: what an application registers to send and receive messages.
 
 A packet object is registered under a name with
-:meth:`~peng3dnet.net.Server.register_packet`; incoming messages with its id
-are handed to its :meth:`Packet.receive` by ``process()``.
+:meth:`~peng3dnet.net.Server.register_packet`.  The library calls exactly
+two of its methods, as peng3dnet 0.1.x did:
 
-Which packets may arrive when is decided here (the protocol core only frames
-and decodes them): :meth:`Packet.check` compares the connection's state with
-the class attributes.  A plain :class:`Packet` is accepted only on an active
-(handshaken) connection; a :class:`SmartPacket` can also restrict the sending
-side, the connection mode and type and the TLS security level, and chooses
-with ``invalid_action`` whether a packet arriving when it must not is
-ignored or closes the connection (reason ``smartpacketinvalid``).
+* :meth:`Packet._receive` ``(msg, cid)`` for every application packet
+  received, on the thread that runs ``process()`` (or on the network thread
+  with ``net.process.inline``); the base calls :meth:`Packet.receive`.
+* :meth:`Packet._send` ``(msg, cid)`` for every application packet sent,
+  on the sending thread, *after* the message was queued; the base calls
+  :meth:`Packet.send`.
+
+Programs override ``_receive``/``_send`` to add checks of their own and may
+give their packet classes any other method (a ``check()`` of their own, for
+example): the library never calls one.
+
+A plain :class:`Packet` checks nothing (the protocol core already refuses
+application packets before the handshake).  A :class:`SmartPacket` checks
+the *application's* view of the connection (``ClientOnServer.state`` /
+``Client.remote_state``, ``mode``, ``conntype``, ``ssl_seclevel``) when the
+packet is processed, so a handler that moves a connection to
+``STATE_LOGGEDIN`` changes how the very next packet is checked.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from typing import Any
 
-from ..constants import SIDE_BOTH, SIDE_CLIENT, SIDE_SERVER, SSLSEC_NONE, STATE_ACTIVE
+from ..constants import *  # noqa: F403  (0.1.x: peng3dnet.packet exposes the constants)
+from ..constants import MODE_CLOSED, SIDE_CLIENT, SIDE_SERVER, SSLSEC_NONE, STATE_ACTIVE, STATE_CLOSED
+from ..errors import InvalidSmartPacketActionError
+from ..userlog import user_log
 
-__all__ = ["Packet", "SmartPacket", "PrintPacket", "ConnInfo"]
+__all__ = ["Packet", "SmartPacket", "PrintPacket", "smart_check"]
 
 log = logging.getLogger(__name__)
-
-
-class ConnInfo(NamedTuple):
-    """What :meth:`Packet.check` needs to know about a connection."""
-
-    state: int
-    """The connection's ``STATE_*``."""
-    side: int
-    """Our side: ``SIDE_SERVER`` or ``SIDE_CLIENT``."""
-    mode: int
-    """The connection's ``MODE_*``."""
-    conntype: str
-    """The connection type name."""
-    sslsec: int
-    """The connection's ``SSLSEC_*`` level."""
 
 
 class Packet:
@@ -49,15 +47,8 @@ class Packet:
         obj: Any object the packet wants to keep (e.g. a game object).
 
     Override :meth:`receive` to handle incoming messages and, optionally,
-    :meth:`send` to transform outgoing ones.
+    :meth:`send` to be told of outgoing ones.
     """
-
-    state: Any = STATE_ACTIVE
-    """State(s) in which the packet is accepted: an int, a collection of ints,
-    or ``None`` for any state."""
-    invalid_action = "close"
-    """What to do with a packet received when it is not allowed: ``"close"``
-    (close the connection, reason ``smartpacketinvalid``) or ``"ignore"``."""
 
     def __init__(self, reg: Any, peer: Any, obj: Any = None) -> None:
         self.reg = reg
@@ -66,6 +57,15 @@ class Packet:
         """The Server or Client this packet belongs to."""
         self.obj = obj
         """Free slot for the application."""
+
+    def _receive(self, msg: Any, cid: int | None = None) -> None:
+        """Called by the library for every message received; calls :meth:`receive`.
+
+        Override it to add checks that run before :meth:`receive`.
+
+        Thread safety: the thread that calls ``process()``.
+        """
+        self.receive(msg, cid)
 
     def receive(self, msg: Any, cid: int | None = None) -> None:
         """Handle a received message.
@@ -78,68 +78,120 @@ class Packet:
         process thread, or the game loop).
         """
 
-    def send(self, msg: Any, cid: int | None = None) -> Any:
-        """Hook called before ``msg`` is sent; return a replacement or ``None``.
+    def _send(self, msg: Any, cid: int | None = None) -> None:
+        """Called by the library after a message was queued; calls :meth:`send`.
 
-        Thread safety: runs on the thread that calls ``send_message()``.
+        Thread safety: the thread that called ``send_message()``.
         """
-        return None
+        self.send(msg, cid)
 
-    @classmethod
-    def check(cls, info: ConnInfo, *, sending: bool = False) -> bool:
-        """Return whether the packet may be received (or sent) on a connection."""
-        return _state_ok(cls.state, info.state)
+    def send(self, msg: Any, cid: int | None = None) -> None:
+        """Hook: ``msg`` was queued for sending to ``cid`` (``None`` on a client).
+
+        Thread safety: the thread that called ``send_message()``.
+        """
 
 
-def _state_ok(allowed: Any, state: int) -> bool:
-    if allowed is None:
-        return True
-    if isinstance(allowed, int):
-        return state == allowed
-    return state in allowed
+def _match(want: Any, value: Any) -> bool:
+    """``want`` is one value, or a collection of values (an extension of
+    0.1.x, where it was always one value)."""
+    if isinstance(want, (int, str)):
+        return value == want
+    return value in want
+
+
+def _conn_view(peer: Any, cid: int | None) -> tuple[int, int, str, int, int]:
+    """``(state, mode, conntype, ssl_seclevel, side)`` of the application's
+    view of one connection; a connection that is gone reads as closed."""
+    if getattr(peer, "is_server", False):
+        client = peer.clients.get(cid)
+        if client is None:
+            return STATE_CLOSED, MODE_CLOSED, "", SSLSEC_NONE, SIDE_SERVER
+        return client.state, client.mode, client.conntype, client.ssl_seclevel, SIDE_SERVER
+    return peer.remote_state, peer.mode, peer.conntype, peer.ssl_seclevel, SIDE_CLIENT
+
+
+def smart_check(pobj: Any, cid: int | None, *, receiving: bool) -> bool:
+    """Whether a :class:`SmartPacket` is valid on connection ``cid`` now.
+
+    Reads only the packet class's attributes and the peer's public view of
+    the connection; the library uses it for the opt-in strict send check
+    (``net.smartpacket.strict_send``) without calling a method of the packet.
+
+    Args:
+        pobj: The packet object (its ``peer`` is asked).
+        cid: The connection id (``None`` on a client).
+        receiving: ``True`` when the packet was received, ``False`` when sent.
+    """
+    cls = type(pobj)
+    state, mode, conntype, sslsec, side = _conn_view(pobj.peer, cid)
+    want_side = cls.side
+    if want_side is not None and (want_side == side) != receiving:
+        return False  # `side` names the side that receives the packet
+    if cls.state is not None and not _match(cls.state, state):
+        return False
+    if cls.mode is not None and not _match(cls.mode, mode):
+        return False
+    if cls.conntype is not None and not _match(cls.conntype, conntype):
+        return False
+    return sslsec >= cls.min_sslsec_level
 
 
 class SmartPacket(Packet):
     """A packet that declares where and when it is valid.
 
-    Every attribute is checked on receive; ``state``, ``side``, ``mode``,
-    ``conntype`` and ``min_sslsec_level`` are also checked on send (a send
-    that fails the check raises :class:`~peng3dnet.errors.LocalProtocolError`).
+    On receive, :meth:`receive` runs only when :func:`smart_check` passes;
+    otherwise ``invalid_action`` decides.  On send the message is always sent
+    (0.1.x semantics; ``net.smartpacket.strict_send`` makes a failed check
+    raise before anything is sent) and the check decides whether
+    :meth:`send` runs, ``"close"`` closing the connection.
     """
 
-    side = SIDE_BOTH
-    """The side that sends this packet: ``SIDE_SERVER``, ``SIDE_CLIENT`` or
-    ``SIDE_BOTH``.  A server receiving a ``SIDE_SERVER`` packet rejects it."""
-    min_sslsec_level = SSLSEC_NONE
-    """Lowest ``SSLSEC_*`` level of the connection for the packet to be sent
-    or accepted."""
+    state: Any = STATE_ACTIVE
+    """The connection state (``ClientOnServer.state`` / ``Client.remote_state``)
+    the packet needs, exact match; a collection allows several, ``None`` any."""
+    side: Any = None
+    """The side that *receives* the packet: ``SIDE_SERVER`` (clients send
+    it), ``SIDE_CLIENT`` (the server sends it) or ``None`` (both)."""
     mode: Any = None
-    """Required ``MODE_*`` (int or collection), or ``None`` for any."""
+    """Required ``MODE_*`` (one value or a collection), or ``None`` for any."""
     conntype: Any = None
-    """Required connection type (str or collection), or ``None`` for any."""
+    """Required connection type (one name or a collection), or ``None`` for any."""
+    min_sslsec_level = SSLSEC_NONE
+    """Lowest ``SSLSEC_*`` level of the connection."""
     invalid_action = "ignore"
+    """What a failed check does: ``"ignore"`` (drop quietly), ``"close"``
+    (close the connection, reason ``smartpacketinvalid``); anything else
+    raises :class:`~peng3dnet.errors.InvalidSmartPacketActionError`."""
 
-    @classmethod
-    def check(cls, info: ConnInfo, *, sending: bool = False) -> bool:
-        if not _state_ok(cls.state, info.state):
-            return False
-        if cls.side != SIDE_BOTH:
-            sender = info.side if sending else (SIDE_CLIENT if info.side == SIDE_SERVER else SIDE_SERVER)
-            if cls.side != sender:
-                return False
-        if info.sslsec < cls.min_sslsec_level:
-            return False
-        if cls.mode is not None and not _state_ok(cls.mode, info.mode):
-            return False
-        if cls.conntype is not None:
-            allowed = (cls.conntype,) if isinstance(cls.conntype, str) else cls.conntype
-            if info.conntype not in allowed:
-                return False
-        return True
+    def _receive(self, msg: Any, cid: int | None = None) -> None:
+        if smart_check(self, cid, receiving=True):
+            self.receive(msg, cid)
+        else:
+            self._invalid(cid, "received")
+
+    def _send(self, msg: Any, cid: int | None = None) -> None:
+        if smart_check(self, cid, receiving=False):
+            self.send(msg, cid)
+        else:
+            self._invalid(cid, "sent")
+
+    def _invalid(self, cid: int | None, what: str) -> None:
+        action = self.invalid_action
+        if action == "ignore":
+            log.debug("! cid=%s: %s %s not valid now, ignored", cid, type(self).__name__, what)
+        elif action == "close":
+            log.info("! cid=%s: %s %s not valid now, closing", cid, type(self).__name__, what)
+            self.peer.close_connection(cid, "smartpacketinvalid")
+        else:
+            raise InvalidSmartPacketActionError(
+                f"{type(self).__name__}.invalid_action is {action!r}; use 'ignore' or 'close'"
+            )
 
 
 class PrintPacket(Packet):
-    """A packet that logs every message it receives (at INFO), for debugging."""
+    """A packet that prints every message it receives (through the
+    ``peng3dnet.user`` logger: on stderr when logging is not configured)."""
 
     def receive(self, msg: Any, cid: int | None = None) -> None:
-        log.info("< cid=%s %r", cid, msg)
+        user_log.info("PrintPacket: cid=%s %r", cid, msg)

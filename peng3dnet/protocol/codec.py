@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from ..constants import FLAG_COMPRESSED, MAX_WIRE_LENGTH
+from ..constants import FLAG_COMPRESSED, MAX_PACKETLENGTH
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
 from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, encode_frame
 
@@ -99,7 +99,7 @@ def frame_body(pid: int, body: bytes, *, compress: bool, threshold: int, level: 
         return encode_frame(pid, FLAG_COMPRESSED, compress_body(body, level))
     # The common case, inlined (this runs once per packet sent).
     length = len(body) + HEADER_SIZE
-    if length <= MAX_WIRE_LENGTH:
+    if length <= MAX_PACKETLENGTH:
         try:
             return _PREFIX_AND_HEADER.pack(length, pid, 0) + body
         except struct.error:

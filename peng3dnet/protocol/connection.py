@@ -51,7 +51,7 @@ from ..constants import (
     SIDE_SERVER,
 )
 from ..errors import ConnectionClosedError, DecodeError, HandshakeError, LocalProtocolError, RemoteProtocolError
-from ..registry import Registry
+from ..registry import PacketRegistry
 from ..version import PROTOVERSION, VERSION
 from .codec import decode_body, frame_body
 from .framing import Frame, FrameDecoder
@@ -173,7 +173,7 @@ class ProtocolConnection:
         self,
         side: int,
         *,
-        registry: Registry | None = None,
+        registry: PacketRegistry | None = None,
         conntype: str = CONNTYPE_CLASSIC,
         version: str = VERSION,
         max_packet_size: int = 16 * 1024 * 1024,
@@ -191,7 +191,7 @@ class ProtocolConnection:
             raise ValueError(f"invalid side {side!r}")
         self.side = side
         """``SIDE_SERVER`` or ``SIDE_CLIENT``."""
-        self.registry = registry if registry is not None else Registry()
+        self.registry = registry if registry is not None else PacketRegistry()
         """The packet registry used for the handshake."""
         self.conntype: str = conntype if side == SIDE_CLIENT else CONNTYPE_NOTSET
         """Connection type: requested (client) or chosen by the peer (server)."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 
-from ..constants import KNOWN_FLAGS, MAX_WIRE_LENGTH, STRUCT_FORMAT_HEADER, STRUCT_FORMAT_LENGTH32
+from ..constants import KNOWN_FLAGS, MAX_PACKETLENGTH, STRUCT_FORMAT_HEADER, STRUCT_FORMAT_LENGTH32
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
 
 __all__ = ["HEADER", "LENGTH", "HEADER_SIZE", "PREFIX_SIZE", "Frame", "FrameDecoder", "encode_frame"]
@@ -55,7 +55,7 @@ def encode_frame(pid: int, flags: int, body: bytes) -> bytes:
         LocalProtocolError: The id, the flags or the length do not fit the format.
     """
     length = len(body) + HEADER_SIZE
-    if length > MAX_WIRE_LENGTH:
+    if length > MAX_PACKETLENGTH:
         raise LocalProtocolError(f"frame of {length} bytes cannot be framed")
     try:
         return _PREFIX_AND_HEADER.pack(length, pid, flags) + body

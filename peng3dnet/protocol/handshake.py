@@ -35,32 +35,28 @@ from __future__ import annotations
 
 import enum
 
-from ..constants import (
-    SIDE_CLIENT,
-    SIDE_SERVER,
-    STATE_ACTIVE,
-    STATE_CLOSED,
-    STATE_ERROR,
-    STATE_HANDSHAKE,
-    STATE_HELLO,
-    STATE_INIT,
-    STATE_TYPESET,
-)
+from ..constants import SIDE_CLIENT, SIDE_SERVER
 from ..errors import HandshakeError
 
 __all__ = ["HandshakeState", "HandshakeInput", "HandshakeMachine", "SENDER", "OPEN_STATES"]
 
 
 class HandshakeState(enum.IntEnum):
-    """States of a connection; the values are the ``STATE_*`` constants."""
+    """The library's protocol state of a connection.
 
-    INIT = STATE_INIT
-    HELLO = STATE_HELLO
-    TYPESET = STATE_TYPESET
-    HANDSHAKE = STATE_HANDSHAKE
-    ACTIVE = STATE_ACTIVE
-    CLOSED = STATE_CLOSED
-    ERROR = STATE_ERROR
+    Not the application-visible ``STATE_*`` of :mod:`peng3dnet.constants`
+    (``ClientOnServer.state``, ``Client.remote_state``), which the
+    application may set; this one only the protocol moves (exposed as
+    ``protocol_state``).
+    """
+
+    INIT = 0
+    HELLO = 1
+    TYPESET = 2
+    HANDSHAKE = 3
+    ACTIVE = 4
+    CLOSED = 5
+    ERROR = 6
 
 
 class HandshakeInput(enum.Enum):
