@@ -274,7 +274,7 @@ class _Link:
     __slots__ = (
         "proto", "chan", "owner", "cid", "ctobj", "queued", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
-        "lib_state", "on_recv", "on_send",
+        "lib_state", "on_recv", "on_send", "polite",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -296,6 +296,7 @@ class _Link:
         self.plain = False  # plaintext, first read checked: _read's fast path
         self.tls_server = False
         self.lib_state = STATE_INIT  # the application state the library set last
+        self.polite = False  # closed on purpose (application, stop): wait for the peer's EOF
         # The owner's on_receive/on_send hooks, None when not overridden
         # (the per-packet paths skip them then).
         cls = type(owner)
@@ -356,13 +357,15 @@ class _Peer:
     @property
     def run(self) -> bool:
         """True until the peer stops (:meth:`stop`, :meth:`shutdown`, or a
-        client's connection closing); programs of 0.1.x loop
-        ``while peer.run: peer.process(wait=True, timeout=...)``.  Setting it
+        client's connection closing) and no received packet waits for
+        :meth:`process` any more: programs of 0.1.x loop
+        ``while peer.run: peer.process(wait=True, timeout=...)``, and that
+        loop handles every packet that arrived before the stop.  Setting it
         to ``False`` calls :meth:`stop`.
 
         Thread safety: any thread.
         """
-        return self._stop_reason is None
+        return self._stop_reason is None or bool(self._pqueue)
 
     @run.setter
     def run(self, value: bool) -> None:
@@ -947,13 +950,43 @@ class _Peer:
                     chan.update_interest()
                 chan.linger = self._reactor.call_later(_CLOSE_LINGER, lambda: self._force_close(link))
         self._connection_closed(link, o.reason)
+        # The application's side of the close (on_close, STATE_CLOSED, the
+        # server forgetting the client) comes after the packets that arrived
+        # before it: behind them in the process queue when some wait there.
+        if link.queued > 0:
+            self._pqueue.append((link, None, -1, o.reason))
+            self._notify_process()
+        else:
+            self._app_closed(link, o.reason)
+
+    def _app_closed(self, link: _Link, reason: str | None) -> None:
+        """The application's side of a close: the owner's ``on_close``
+        hook, then ``STATE_CLOSED``/``MODE_CLOSED`` (network thread, or the
+        thread that runs ``process()`` when packets that came before the
+        close were waiting there)."""
         owner = link.owner
+        try:
+            owner.on_close(reason)
+        except Exception:
+            report_user_error("! %s cid=%s: on_close raised", self._role, link.cid)
         setattr(owner, self._state_attr, STATE_CLOSED)
         owner.mode = MODE_CLOSED
+        self._forget(link)
+
+    def _forget(self, link: _Link) -> None:
+        pass
 
     def _closing_flushed(self, link: _Link) -> None:
+        """Everything up to our ``closeconn`` was written (network thread).
+
+        Answering the peer's close, or closing a peer for what it did, we
+        half-close at once.  When the application closed (or stopped) we do not: we wait for the peer to close
+        after it handled our ``closeconn`` (bounded by the linger timer), as
+        some peers (0.1.x) take a half-close for a dead socket and drop the
+        packets still waiting for their ``process()``."""
         chan = link.chan
-        chan.shutdown_write()
+        if not link.polite:
+            chan.shutdown_write()
         chan.update_interest()
 
     def _force_close(self, link: _Link) -> None:
@@ -961,13 +994,16 @@ class _Peer:
             link.chan.close()
             self._channel_closed(link)
 
-    def _close_link(self, link: _Link, reason: str | None) -> None:
-        """Close one connection with ``reason`` (any thread)."""
+    def _close_link(self, link: _Link, reason: str | None, polite: bool = False) -> None:
+        """Close one connection with ``reason`` (any thread).  ``polite``:
+        the application (or a stop) closes a well-behaved peer; see
+        :meth:`_closing_flushed`."""
         chan = link.chan
         with chan.lock:
             if not link.proto.is_open:
                 return
             link.local_closed = True
+            link.polite = polite
             link.proto.close(reason)
             outs = link.proto.drain_received()
             if chan.tls_pending:
@@ -1146,6 +1182,9 @@ class _Peer:
 
     # --- process queue -----------------------------------------------------------------------
     def _dispatch(self, link: _Link, pobj: Any, pid: int, msg: Any) -> None:
+        if pobj is None:  # the close, queued behind the connection's last packets
+            self._app_closed(link, msg)
+            return
         self._deliver(link, pobj, pid, msg)
         with self._qlock:
             link.queued -= 1
@@ -1395,9 +1434,15 @@ class ClientOnServer:
         self.server._emit("peng3dnet:server.connection.handshakecomplete", {"client": self})
 
     def on_close(self, reason: str | None = None) -> None:
-        """Hook: the connection was closed (network thread).  The close event
-        is emitted by the server whatever this does; :attr:`state` becomes
-        ``STATE_CLOSED`` after it."""
+        """Hook: the connection was closed.
+
+        It runs after the handlers of every packet that arrived before the
+        close (as 0.1.x handled ``closeconn`` in order): on the network
+        thread when none was waiting for ``process()``, else on the thread
+        that runs ``process()``, right after the last of them.  Then
+        :attr:`state` becomes ``STATE_CLOSED`` and the server forgets the
+        client.  The close event (network thread, at once) is emitted
+        whatever this does."""
 
     def on_receive(self, pid: int, msg: Any) -> None:
         """Hook: an application packet from this client was handled (after
@@ -1639,12 +1684,9 @@ class Server(_Peer):
         self._handle_outputs(link, outs)
 
     def _connection_closed(self, link: _Link, reason: str | None) -> None:
-        client = link.owner
-        self._emit("peng3dnet:server.connection.close", {"client": client, "reason": reason})
-        try:
-            client.on_close(reason)
-        except Exception:
-            report_user_error("! server cid=%s: on_close raised", link.cid)
+        self._emit("peng3dnet:server.connection.close", {"client": link.owner, "reason": reason})
+
+    def _forget(self, link: _Link) -> None:
         self.clients.pop(link.cid, None)  # type: ignore[arg-type]
 
     def _channel_closed(self, link: _Link) -> None:
@@ -1665,7 +1707,7 @@ class Server(_Peer):
         # close event before stop (and shutdown).
         for link in list(self._links.values()):
             if link.proto.is_open:
-                self._close_link(link, "servershutdown")
+                self._close_link(link, "servershutdown", polite=True)
             if not link.chan.closed:
                 with link.chan.lock:
                     link.chan.flush()
@@ -1767,7 +1809,7 @@ class Server(_Peer):
         """
         link = self._links.get(cid)
         if link is not None:
-            self._close_link(link, reason)
+            self._close_link(link, reason, polite=True)
 
     def process_single_packet(self, client: ClientOnServer) -> bool:
         """Run the handler of the oldest queued packet of ``client``.
@@ -1829,7 +1871,7 @@ class Server(_Peer):
         """
         self._shutdown_info = {"reason": reason, "join": join, "timeout": timeout}
         for link in list(self._links.values()):
-            self._close_link(link, reason)
+            self._close_link(link, reason, polite=True)
         if not self._loop_active():
             # No loop: nothing can flush; _close_link already closed the sockets.
             self._request_stop("method")
@@ -1892,6 +1934,7 @@ class Client(_Peer):
         self._link_obj: _Link | None = None
         self._handshake_done = threading.Event()
         self._closed = threading.Event()
+        self._flush_cond = threading.Condition()  # close_connection() waits on it for the flush
         self._ping_result: dict[str, Any] | None = None
         self.close_reason: str | None = None
         """Why the connection closed (``None`` while open)."""
@@ -2021,7 +2064,7 @@ class Client(_Peer):
         link = self._link_obj
         if link is not None:
             if link.proto.is_open:
-                self._close_link(link, "clientstop")
+                self._close_link(link, "clientstop", polite=True)
             if not link.chan.closed:
                 with link.chan.lock:
                     link.chan.flush()
@@ -2035,16 +2078,21 @@ class Client(_Peer):
     def _connection_closed(self, link: _Link, reason: str | None) -> None:
         self.close_reason = reason
         self._emit("peng3dnet:client.close", {"reason": reason})
-        try:
-            self.on_close(reason)
-        except Exception:
-            report_user_error("! client: on_close raised")
         self._closed.set()
         self._handshake_done.set()  # wake wait_for_connection()
 
     def _channel_closed(self, link: _Link) -> None:
         # A client has one connection: when its socket is gone, the loop ends.
         self._request_stop("connectionclosed")
+        self._notify_flushed()
+
+    def _closing_flushed(self, link: _Link) -> None:
+        super()._closing_flushed(link)
+        self._notify_flushed()
+
+    def _notify_flushed(self) -> None:
+        with self._flush_cond:
+            self._flush_cond.notify_all()
 
     def _link(self, cid: int | None) -> _Link:
         link = self._link_obj
@@ -2068,9 +2116,9 @@ class Client(_Peer):
         self._emit("peng3dnet:client.handshakecomplete", {})
 
     def on_close(self, reason: str | None = None) -> None:
-        """Hook: the connection closed (network thread).  The close event is
-        emitted whatever this does; :attr:`remote_state` becomes
-        ``STATE_CLOSED`` after it."""
+        """Hook: the connection closed; like :meth:`ClientOnServer.on_close`,
+        after the handlers of the packets that arrived before the close.
+        Then :attr:`remote_state` becomes ``STATE_CLOSED``."""
 
     def on_receive(self, pid: int, msg: Any) -> None:
         """Hook: an application packet was handled (after its packet's
@@ -2141,11 +2189,21 @@ class Client(_Peer):
     def close_connection(self, cid: None = None, reason: str | None = None) -> None:
         """Send ``closeconn`` with ``reason`` after what is queued, then close.
 
+        Called from a thread other than the network thread while the loop
+        runs, it waits (up to 2 s) until what was queued and the
+        ``closeconn`` were handed to the kernel, so a program may exit right
+        after it without losing its last messages (as 0.1.x programs do).
+
         Thread safety: any thread.
         """
         link = self._link_obj
-        if link is not None:
-            self._close_link(link, reason)
+        if link is None:
+            return
+        self._close_link(link, reason, polite=True)
+        if self._loop_active() and not self._reactor.in_loop():
+            chan = link.chan
+            with self._flush_cond:
+                self._flush_cond.wait_for(lambda: not chan.out or chan.closed, _CLOSE_LINGER)
 
     def wait_for_connection(self, timeout: float | None = None) -> None:
         """Block until the handshake is complete.
@@ -2219,7 +2277,7 @@ class Client(_Peer):
         if not active:
             link = self._link_obj
             if link is not None and link.proto.is_open:
-                self._close_link(link, "clientstop")
+                self._close_link(link, "clientstop", polite=True)
             self._emit("peng3dnet:client.stop", {"reason": "method"})
 
 

@@ -142,11 +142,16 @@ class RawPeer:
         return pid, msgpack.unpackb(body, raw=False)
 
     def recv_until_close(self) -> list[tuple[int, Any]]:
+        """Read until the server's closeconn (then close, as a protocol-2
+        peer does) or EOF."""
         out = []
         while True:
             try:
                 out.append(self.recv_packet())
             except (EOFError, ConnectionResetError):
+                self.close()
+                return out
+            if out[-1][0] == 16:
                 self.close()
                 return out
 
