@@ -274,7 +274,7 @@ class _Link:
     __slots__ = (
         "proto", "chan", "owner", "cid", "ctobj", "queued", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
-        "lib_state", "on_recv", "on_send", "polite",
+        "lib_state", "on_recv", "on_send", "polite", "app_closed",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -297,6 +297,7 @@ class _Link:
         self.tls_server = False
         self.lib_state = STATE_INIT  # the application state the library set last
         self.polite = False  # closed on purpose (application, stop): wait for the peer's EOF
+        self.app_closed = False  # the application's side of the close (on_close) was delivered
         # The owner's on_receive/on_send hooks, None when not overridden
         # (the per-packet paths skip them then).
         cls = type(owner)
@@ -365,7 +366,10 @@ class _Peer:
 
         Thread safety: any thread.
         """
-        return self._stop_reason is None or bool(self._pqueue)
+        return self._stop_reason is None or bool(self._pqueue) or self._close_undelivered()
+
+    def _close_undelivered(self) -> bool:
+        return False
 
     @run.setter
     def run(self, value: bool) -> None:
@@ -972,6 +976,7 @@ class _Peer:
         setattr(owner, self._state_attr, STATE_CLOSED)
         owner.mode = MODE_CLOSED
         self._forget(link)
+        link.app_closed = True
 
     def _forget(self, link: _Link) -> None:
         pass
@@ -2089,6 +2094,12 @@ class Client(_Peer):
     def _closing_flushed(self, link: _Link) -> None:
         super()._closing_flushed(link)
         self._notify_flushed()
+
+    def _close_undelivered(self) -> bool:
+        # The connection closed and its on_close is still on its way (queued
+        # on the network thread or behind packets): run stays true for it.
+        link = self._link_obj
+        return link is not None and link.proto.closed and not link.app_closed
 
     def _notify_flushed(self) -> None:
         with self._flush_cond:

@@ -85,8 +85,10 @@ def normalize_addr_socketstyle(addr: Any, default_port: int | None = _DEFAULT_PO
         if not addr[0]:
             raise InvalidHostError(f"empty host in address {addr!r}")
         return (addr[0], _parse_port(addr[1]), *addr[2:])
-    if not isinstance(addr, str) or not addr:
+    if not isinstance(addr, str):
         raise InvalidAddressError(f"invalid address {addr!r}")
+    if not addr:
+        raise InvalidHostError("empty address")
     port: Any = None
     if addr.startswith("["):
         end = addr.find("]")

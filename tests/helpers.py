@@ -117,3 +117,39 @@ def active_cids(server: Any, n: int = 1, timeout: float = 10.0) -> list[int]:
         return cids if len(cids) >= n else None
 
     return wait_for(ready, timeout, f"{n} active connections")
+
+
+REPO = os.path.abspath(os.path.join(HERE, ".."))
+
+
+def orig_python() -> str:
+    """The python of the virtualenv holding the original peng3dnet 0.1.3a0
+    (.ci/run builds it); fails the test with a clear message without it."""
+    import pytest
+
+    default = os.path.join(REPO, ".venv-orig", "bin", "python")
+    py = os.environ.get("PENG3DNET_ORIG_PYTHON") or default
+    if not os.path.exists(py):
+        pytest.fail(
+            "PENG3DNET_ORIG_PYTHON is not set to a python with peng3dnet==0.1.3a0 installed; "
+            "run `bash .ci/run` (it builds that virtualenv) or set it by hand"
+        )
+    return py
+
+
+def impl_command(impl: str, script: str, *args: Any) -> tuple[list[str], dict[str, str]]:
+    """Command line and environment to run ``script`` on one implementation:
+    ``"ours"`` (this checkout first on the path) or ``"orig"`` (the original
+    in its own virtualenv, with no PYTHONPATH of ours leaking into it)."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYGLET_SHADOW_WINDOW"] = "0"
+    if impl == "ours":
+        env["PYTHONPATH"] = REPO
+        py = sys.executable
+    elif impl == "orig":
+        py = orig_python()
+    else:
+        raise ValueError(impl)
+    return [py, script, *map(str, args)], env

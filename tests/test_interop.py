@@ -19,7 +19,7 @@ from peng3dnet.errors import ConnectionClosedError
 from peng3dnet.ext.ping import PingableServerMixin, pingServer
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
-from tests.helpers import wait_for
+from tests.helpers import impl_command, orig_python, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "interop", "orig_peer.py")
@@ -33,17 +33,6 @@ MESSAGES = [
 ]
 
 
-def orig_python() -> str:
-    default = os.path.join(HERE, "..", ".venv-orig", "bin", "python")
-    py = os.environ.get("PENG3DNET_ORIG_PYTHON") or default
-    if not os.path.exists(py):
-        pytest.fail(
-            "PENG3DNET_ORIG_PYTHON is not set to a python with peng3dnet==0.1.3a0 installed; "
-            "run `bash .ci/run` (it builds that virtualenv) or set it by hand"
-        )
-    return py
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,10 +40,8 @@ def free_port() -> int:
 
 
 def run_peer(mode: str, port: int) -> dict:
-    env = dict(os.environ, PYGLET_SHADOW_WINDOW="0")
-    out = subprocess.run(
-        [orig_python(), PEER, mode, str(port)], capture_output=True, text=True, timeout=60, env=env
-    )
+    cmd, env = impl_command("orig", PEER, mode, port)  # no PYTHONPATH of ours leaks into its venv
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"original peer printed nothing; stderr:\n{out.stderr[-2000:]}"
     return json.loads(lines[-1])
