@@ -368,13 +368,13 @@ class _Peer:
         """
         return self._stop_reason is None or bool(self._pqueue) or self._close_undelivered()
 
-    def _close_undelivered(self) -> bool:
-        return False
-
     @run.setter
     def run(self, value: bool) -> None:
         if not value:
             self.stop()
+
+    def _close_undelivered(self) -> bool:
+        return False
 
     def stop(self) -> None:
         raise NotImplementedError
