@@ -1798,11 +1798,32 @@ class Server(_Peer):
         compress, threshold, level = self._h_compress
         return frame_body(pid, body, compress=compress, threshold=threshold, level=level)
 
-    def _send_body(self, ptype: Any, body: bytes, cid: int) -> None:
-        """Send an already msgpack-encoded body (one value) to one client.
-        For the library's fan-out paths (ext.sync); the body is trusted."""
+    def send_encoded(self, ptype: Any, body: bytes, cid: int) -> None:
+        """Send a message that is already msgpack-encoded to one client.
+
+        For fan-out code that encodes once and sends to many clients with
+        per-client parts (``ext.sync`` does): framing and compression are
+        applied as for :meth:`send_message`.  No ``send`` event is emitted
+        and no packet hook (``_send``, ``on_send``) runs.
+
+        Args:
+            ptype: Packet id, name or registered packet object.
+            body: Exactly one msgpack value, as ``msgpack.packb`` makes it
+                (not checked: a malformed body makes the client close).
+            cid: The connection id.
+
+        Raises:
+            ConnectionClosedError: No open connection with that cid.
+            RegistryError: Unknown packet.
+            LocalProtocolError: The handshake is not complete.
+
+        Thread safety: any thread.
+
+        .. versionadded:: 0.2
+        """
         pid = self._lookup(ptype)[1]
         link = self._link(cid)
+        self._check_sendable(link)
         self._send_frame(link, self._frame_for_body(pid, body), pid, _NO_EVENT, False)
 
     def close_connection(self, cid: int, reason: str | None = None) -> None:

@@ -11,7 +11,7 @@ from peng3dnet import errors
 from peng3dnet.net import Client
 from peng3dnet.packet import PrintPacket
 from peng3dnet.protocol.framing import HEADER
-from tests.conftest import EchoPacket, make_client, make_server
+from tests.conftest import EchoPacket, RawPeer, make_client, make_server
 from tests.helpers import active_cids, wait_for
 
 
@@ -109,3 +109,18 @@ def test_debug_print_and_printpacket_log(caplog):
             wait_for(lambda: "closed: clientstop" in caplog.text, what="close log")  # net.debug.print.close
     finally:
         s.shutdown(timeout=5)
+
+
+def test_send_encoded_frames_compresses_and_refuses_before_the_handshake(net):
+    s, _ = net.server(record=None)
+    c = net.client(s)
+    (cid,) = active_cids(s)
+    s.send_encoded("test:echo", msgpack.packb({"pre": "encoded"}), cid)
+    big = {"big": "z" * 20000}  # above the compression threshold
+    s.send_encoded("test:echo", msgpack.packb(big), cid)
+    assert c.registry.get_obj("test:echo").wait_count(2) == [{"pre": "encoded"}, big]
+    peer = RawPeer(s.addr)  # a connection still in the handshake
+    assert peer.recv_packet()[0] == 1
+    early = wait_for(lambda: [k for k in s.clients if k != cid], what="second connection")[0]
+    with pytest.raises(errors.LocalProtocolError):
+        s.send_encoded("test:echo", msgpack.packb(1), early)

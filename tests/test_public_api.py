@@ -31,6 +31,7 @@ SERVER_API = {
     "stop": "()",
     # additions of ours (keyword-compatible, documented in the README)
     "broadcast": "(ptype, data, cids=None)",
+    "send_encoded": "(ptype, body, cid)",
 }
 CLIENT_API = {
     "addConnType": "(t, obj)",
@@ -43,6 +44,8 @@ CLIENT_API = {
     "on_close": "(reason=None)",
     "on_connect": "()",
     "on_handshake_complete": "()",
+    "on_receive": "(pid, msg)",
+    "on_send": "(ptype, data)",
     "process": "(wait=False, timeout=None)",
     "process_async": "()",
     "process_forever": "()",

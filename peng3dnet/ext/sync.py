@@ -396,7 +396,7 @@ class SyncServer:
             if old in cs.history and old != cs.acked:
                 del cs.history[old]
             try:
-                server._send_body(SNAPSHOT_PACKET, body, cid)
+                server.send_encoded(SNAPSHOT_PACKET, body, cid)
                 self.stats["snapshots"] += 1
             except Peng3dNetError as exc:
                 log.debug("sync: snapshot to cid=%d not sent: %s", cid, exc)
