@@ -229,7 +229,7 @@ def test_an_unencodable_message_leaves_the_threads_packer_clean(net):
 
 
 def test_a_thread_drops_its_packer_after_a_huge_message(net):
-    import peng3dnet.net as net_module
+    import peng3dnet.plans as net_module
 
     s, _ = net.server(process=False, record=None, **{"net.process.inline": True})
     c = net.client(s, process=False, **{"net.process.inline": True})
@@ -237,10 +237,10 @@ def test_a_thread_drops_its_packer_after_a_huge_message(net):
     kept = net_module._LOCAL.pack
     c.send_message("test:echo", "small again")
     assert net_module._LOCAL.pack is kept  # reused, not rebuilt per message
-    c.send_message("test:echo", "H" * (net_module._PACKER_KEEP + 1))
+    c.send_message("test:echo", "H" * (net_module.PACKER_KEEP + 1))
     assert not hasattr(net_module._LOCAL, "pack")  # its buffer is not kept for this thread
     c.send_message("test:echo", "after")
     echo = c.registry.get_obj("test:echo")
     got = echo.wait_count(4)
-    assert got[0] == "small" and got[1] == "small again" and len(got[2]) == net_module._PACKER_KEEP + 1
+    assert got[0] == "small" and got[1] == "small again" and len(got[2]) == net_module.PACKER_KEEP + 1
     assert got[3] == "after"

@@ -1,0 +1,516 @@
+"""The client side: Client and NetworkLoop."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import selectors
+import socket
+import ssl
+import threading
+from typing import Any
+
+from . import tls as _tls
+from .constants import (
+    CONNTYPE_CLASSIC,
+    MODE_NOTSET,
+    SIDE_CLIENT,
+    SSLSEC_NONE,
+    STATE_ACTIVE,
+    STATE_INIT,
+)
+from .errors import (
+    ConnectionClosedError,
+    InvalidAddressError,
+    LocalProtocolError,
+    NetworkError,
+    TimedOutError,
+    TLSError,
+)
+from .link import ConnectionStats, Link, noop_hook
+from .peer import CLOSE_LINGER, Peer, resolve_addr
+from .protocol.framing import LENGTH
+from .protocol.handshake import HandshakeState
+from .transport import Channel, Reactor
+from .userlog import report_user_error
+
+__all__ = ['Client', 'NetworkLoop']
+
+log = logging.getLogger(__name__)
+
+class Client(Peer):
+    """A peng3dnet client: one connection to a server.
+
+    Args:
+        peng: A ``peng3d.Peng`` (events are forwarded to it, its config is
+            consulted), or ``None``.
+        addr: Server address; default from ``net.client.addr`` /
+            ``net.client.addr.host`` + ``.port``.
+        cfg: Config overrides.
+        conntype: Connection type to request (``"classic"`` or ``"ping"``).
+
+    Thread safety: every method may be called from any thread unless its
+    docstring says otherwise.
+    """
+
+    side = SIDE_CLIENT
+    is_server = False
+    is_client = True
+    _role = "client"
+    _state_attr = "remote_state"
+    _thread_name = "peng3dnet Client Thread"
+
+    def __init__(
+        self, peng: Any = None, addr: Any = None, cfg: dict[str, Any] | None = None, conntype: str = CONNTYPE_CLASSIC
+    ) -> None:
+        super().__init__(peng, cfg)
+        self.addr: tuple[Any, ...] = resolve_addr(addr, self.cfg, "net.client")
+        """The server's address."""
+        self.conntype = conntype
+        """The connection type requested."""
+        self.remote_state = STATE_INIT
+        """The application's state of the connection (see
+        :attr:`ClientOnServer.state`): ``STATE_HANDSHAKE_WAIT1`` once
+        ``hello`` arrived, ``STATE_ACTIVE`` from the base
+        :meth:`on_handshake_complete`, ``STATE_CLOSED`` after the close;
+        the application may set it in between."""
+        self.mode = MODE_NOTSET
+        """The application's mode of the connection (see :attr:`ClientOnServer.mode`)."""
+        self.sock: socket.socket | None = None
+        """The socket (after :meth:`connect`)."""
+        self.cid = None
+        """Always ``None`` on a client (API symmetry with the server)."""
+        self._link_obj: Link | None = None
+        self._handshake_done = threading.Event()
+        self._closed = threading.Event()
+        self._flush_cond = threading.Condition()  # close_connection() waits on it for the flush
+        self._ping_result: dict[str, Any] | None = None
+        self.close_reason: str | None = None
+        """Why the connection closed (``None`` while open)."""
+
+    # --- peng3d-style API (names fixed) ---
+    def runBlocking(self, selector: Any = selectors.DefaultSelector) -> None:  # noqa: N802
+        """Run the network loop in the calling thread until the connection
+        closes or :meth:`stop` is called.  Calls :meth:`initialize` and
+        :meth:`connect` first if needed.
+
+        Thread safety: the calling thread becomes the network thread.
+        """
+        if self._shared is not None:
+            raise LocalProtocolError("this client runs on a NetworkLoop")
+        self.initialize()
+        self.connect()
+        self._run_loop(selector)
+
+    def runAsync(self, selector: Any = selectors.DefaultSelector) -> threading.Thread:  # noqa: N802
+        """Connect (if needed) and start the loop in a daemon thread
+        "peng3dnet Client Thread"; returns at once.
+
+        Raises:
+            NetworkError: The connection cannot be made.
+            LocalProtocolError: The client already runs on a NetworkLoop.
+        """
+        if self._shared is not None:
+            raise LocalProtocolError("this client runs on a NetworkLoop")
+        self.initialize()
+        self.connect()
+        t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)
+        self._thread = t
+        self._loop_started = True
+        self._loop_done.clear()
+        t.start()
+        return t
+
+    def sendEvent(self, event: str, data: dict[str, Any] | None = None) -> None:  # noqa: N802
+        """Emit an event: on the blinker bus and, if a Peng was given, to
+        ``peng.sendEvent``.  Adds the ``peng`` and ``client`` keys.
+
+        Thread safety: any thread; handlers run on it.
+        """
+        self._emit(event, dict(data) if data else {})
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def initialize(self) -> None:
+        """Register internal packets, connection types and mixin hooks; emit
+        ``initialize``.  Repeated calls do nothing."""
+        if self._initialized:
+            return
+        self._initialized = True
+        self._register_internal()
+        self._call_hooks()
+        self._emit("peng3dnet:client.initialize", {})
+
+    def connect(self) -> None:
+        """Open the TCP connection (blocking, up to ``net.client.connect_timeout``);
+        emit ``connect``.  Repeated calls do nothing.
+
+        With ``net.ssl.enabled`` the TLS handshake is done here too (within
+        the same timeout); it verifies the server as configured.
+
+        Raises:
+            NetworkError: The connection cannot be made.
+            TLSError: The TLS handshake failed (untrusted certificate, wrong
+                hostname, client certificate refused, server without TLS).
+            TLSConfigError: TLS is enabled with missing/unusable files.
+            InvalidAddressError: The address cannot be resolved.
+        """
+        if self.sock is not None:
+            return
+        self.initialize()
+        if self.conntype not in self.conntypes:
+            raise LocalProtocolError(f"unknown connection type {self.conntype!r}")
+        ctx = _tls.client_context(self.cfg) if self.cfg["net.ssl.enabled"] else None
+        timeout = float(self.cfg["net.client.connect_timeout"])
+        try:
+            sock = socket.create_connection(self.addr[:2], timeout=timeout)
+        except socket.gaierror as exc:
+            raise InvalidAddressError(f"cannot resolve {self.addr[0]!r}: {exc}") from exc
+        except OSError as exc:
+            raise NetworkError(f"cannot connect to {self.addr}: {exc}") from exc
+        sslsec = SSLSEC_NONE
+        if ctx is not None:
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=str(self.addr[0]))
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise TLSError(f"TLS: the server's certificate was not accepted: {exc.verify_message}") from exc
+            except (ssl.SSLError, OSError) as exc:
+                sock.close()
+                hint = ""
+                if "WRONG_VERSION_NUMBER" in str(exc) or "record layer" in str(exc):
+                    hint = " (does the server have TLS enabled?)"
+                elif isinstance(exc, ssl.SSLError) and "CERTIFICATE_REQUIRED" in str(exc).upper():
+                    hint = " (the server requires a client certificate)"
+                raise TLSError(f"TLS handshake with {self.addr} failed: {exc}{hint}") from exc
+            sslsec = _tls.security_level(sock, False, bool(self.cfg["net.ssl.client.certfile"]))
+        self._prepare_socket(sock)
+        self.sock = sock
+        proto = self._new_proto(self.conntype)
+        link = Link(proto, None, self, None)  # type: ignore[arg-type]
+        link.sslsec = sslsec
+        link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
+        self._link_obj = link
+        log.info("= client: connected to %s", self.addr)
+        if self.cfg["net.debug.print.connect"]:
+            log.info("= client connected to %s", self.addr)
+        self._emit("peng3dnet:client.connect", {"addr": self.addr, "sock": sock})
+        try:
+            self.on_connect()
+        except Exception:
+            report_user_error("! client: on_connect raised")
+
+    def _on_loop_start(self) -> None:
+        link = self._link_obj
+        assert link is not None
+        self._schedule_housekeeping()
+        self._emit("peng3dnet:client.start", {})
+        if link.chan.closed:
+            self._reactor.stop()
+            return
+        link.chan.update_interest()
+
+    def _on_loop_exit(self) -> None:
+        link = self._link_obj
+        if link is not None:
+            if link.proto.is_open:
+                self._close_link(link, "clientstop", polite=True)
+            if not link.chan.closed:
+                with link.chan.lock:
+                    link.chan.flush()
+                self._force_close(link)
+            self._reactor.run_calls()
+        self._emit("peng3dnet:client.stop", {"reason": self._stop_reason or "method"})
+
+    def _after_handshake(self, link: Link) -> None:
+        self._handshake_done.set()
+
+    def _connection_closed(self, link: Link, reason: str | None) -> None:
+        self.close_reason = reason
+        self._emit("peng3dnet:client.close", {"reason": reason})
+        self._closed.set()
+        self._handshake_done.set()  # wake wait_for_connection()
+
+    def _channel_closed(self, link: Link) -> None:
+        # A client has one connection: when its socket is gone, the loop ends.
+        self._request_stop("connectionclosed")
+        self._notify_flushed()
+
+    def _closing_flushed(self, link: Link) -> None:
+        super()._closing_flushed(link)
+        self._notify_flushed()
+
+    def _close_undelivered(self) -> bool:
+        # The connection closed and its on_close is still on its way (queued
+        # on the network thread or behind packets): run stays true for it.
+        link = self._link_obj
+        return link is not None and link.proto.closed and not link.app_closed
+
+    def _notify_flushed(self) -> None:
+        with self._flush_cond:
+            self._flush_cond.notify_all()
+
+    def _link(self, cid: int | None) -> Link:
+        link = self._link_obj
+        if link is None or link.proto.closed:  # a plain attribute (is_open is two property calls)
+            raise ConnectionClosedError("client is not connected", self.close_reason)
+        return link
+
+    def _all_links(self) -> list[Link]:
+        return [self._link_obj] if self._link_obj is not None else []
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def on_connect(self) -> None:
+        """Hook: the TCP connection was made (thread of :meth:`connect`)."""
+
+    def on_handshake_complete(self) -> None:
+        """Hook: the handshake is complete (network thread).  The default
+        sets :attr:`remote_state` to ``STATE_ACTIVE`` and emits
+        ``peng3dnet:client.handshakecomplete``; an override may set another
+        state, with or without calling ``super()``."""
+        self.remote_state = STATE_ACTIVE
+        self._emit("peng3dnet:client.handshakecomplete", {})
+
+    def on_close(self, reason: str | None = None) -> None:
+        """Hook: the connection closed; like :meth:`ClientOnServer.on_close`,
+        after the handlers of the packets that arrived before the close.
+        Then :attr:`remote_state` becomes ``STATE_CLOSED``."""
+
+    @noop_hook
+    def on_receive(self, pid: int, msg: Any) -> None:
+        """Hook: an application packet was handled (after its packet's
+        ``_receive``; the thread that runs ``process()``)."""
+
+    @noop_hook
+    def on_send(self, ptype: Any, data: Any) -> None:
+        """Hook: an application packet was queued (after the packet's
+        ``_send``; the sending thread)."""
+
+    # --- public API ------------------------------------------------------------------------------
+    @property
+    def protocol_state(self) -> HandshakeState:
+        """The library's protocol state of the connection (not :attr:`remote_state`)."""
+        return self._link_obj.proto.state if self._link_obj is not None else HandshakeState.INIT
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has closed (see :attr:`close_reason`)."""
+        return self._closed.is_set()
+
+    @property
+    def stats(self) -> ConnectionStats | None:
+        """Counters of the connection (``None`` before :meth:`connect`)."""
+        return self._link_obj.stats if self._link_obj is not None else None
+
+    @property
+    def ssl_seclevel(self) -> int:
+        """The connection's ``SSLSEC_*`` security level."""
+        return self._link_obj.sslsec if self._link_obj is not None else SSLSEC_NONE
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes queued that the socket did not take yet."""
+        return len(self._link_obj.chan.out) if self._link_obj is not None else 0
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """Extensions negotiated with the server (e.g. ``heartbeat``)."""
+        return self._link_obj.proto.negotiated if self._link_obj is not None else frozenset()
+
+    @property
+    def remote_version(self) -> str | None:
+        """The server's version string, once ``hello`` arrived."""
+        return self._link_obj.proto.peer_version if self._link_obj is not None else None
+
+    def send_message(self, ptype: Any, data: Any, cid: None = None) -> None:
+        """Send a message to the server.
+
+        Args:
+            ptype: Packet id, name or registered packet object.
+            data: Any msgpack-serializable value.
+            cid: Ignored (API symmetry with the server).
+
+        Raises:
+            ConnectionClosedError: Not connected.
+            RegistryError: Unknown packet.
+            LocalProtocolError: The packet cannot be sent now (e.g. before the
+                handshake; see :meth:`wait_for_connection`).
+
+        Thread safety: any thread; never blocks on the network.
+        """
+        self._send(self._link(None), ptype, data)
+
+    def close(self, reason: str | None = None) -> None:
+        """Close the connection with ``reason`` (see :meth:`close_connection`)."""
+        self.close_connection(None, reason)
+
+    def close_connection(self, cid: None = None, reason: str | None = None) -> None:
+        """Send ``closeconn`` with ``reason`` after what is queued, then close.
+
+        Called from a thread other than the network thread while the loop
+        runs, it waits (up to 2 s) until what was queued and the
+        ``closeconn`` were handed to the kernel, so a program may exit right
+        after it without losing its last messages (as 0.1.x programs do).
+
+        Thread safety: any thread.
+        """
+        link = self._link_obj
+        if link is None:
+            return
+        self._close_link(link, reason, polite=True)
+        if self._loop_active() and not self._reactor.in_loop():
+            chan = link.chan
+            with self._flush_cond:
+                self._flush_cond.wait_for(lambda: not chan.out or chan.closed, CLOSE_LINGER)
+
+    def wait_for_connection(self, timeout: float | None = None) -> None:
+        """Block until the handshake is complete.
+
+        Raises:
+            TimedOutError: Not complete within ``timeout`` seconds.
+            ConnectionClosedError: The connection closed first.
+
+        Thread safety: any thread but the network thread.
+        """
+        if not self._handshake_done.wait(timeout):
+            raise TimedOutError(f"handshake not complete after {timeout} s")
+        if self._closed.is_set():
+            raise ConnectionClosedError(f"connection closed: {self.close_reason}", self.close_reason)
+
+    def wait_for_close(self, timeout: float | None = None) -> None:
+        """Block until the connection is closed.
+
+        Raises:
+            TimedOutError: Still open after ``timeout`` seconds.
+
+        Thread safety: any thread but the network thread.
+        """
+        if not self._closed.wait(timeout):
+            raise TimedOutError(f"connection still open after {timeout} s")
+
+    def process_single_packet(self, client: Any = None) -> bool:
+        """Run the handler of the oldest queued packet.
+
+        Returns:
+            Whether a packet was processed.
+        """
+        link = self._link_obj
+        return link is not None and self._process_single(link)
+
+    def pump_write_buffer(self) -> None:
+        """Write buffered outgoing data now, as far as the socket takes it.
+
+        Thread safety: any thread.
+        """
+        link = self._link_obj
+        if link is None or link.chan.closed:
+            return
+        with link.chan.lock:
+            link.chan.flush()
+        if self._loop_active():
+            self._reactor.call_soon(link.chan.update_interest)
+
+    def receive_data(self, data: bytes, cid: None = None) -> None:
+        """Feed bytes as if they came from the socket (testing, replays)."""
+        link = self._link_obj
+        if link is None:
+            raise ConnectionClosedError("client is not connected")
+        self._feed(link, data)
+
+    def receive_packet(self, data: bytes, cid: None = None) -> None:
+        """Feed one packet (header + body, without the length prefix)."""
+        self.receive_data(LENGTH.pack(len(data)) + data)
+
+    def interrupt(self) -> None:
+        """Wake the network loop and the process waiters; emit ``interrupt``."""
+        self._emit("peng3dnet:client.interrupt", {})
+        self._reactor.wake()
+        self._wake_process()
+
+    def stop(self) -> None:
+        """Close the connection if open (reason ``clientstop``), stop the loop
+        and :meth:`process_forever`; the loop emits ``stop`` (reason ``"method"``)."""
+        active = self._loop_active()
+        self._request_stop("method")
+        if not active:
+            link = self._link_obj
+            if link is not None and link.proto.is_open:
+                self._close_link(link, "clientstop", polite=True)
+            self._emit("peng3dnet:client.stop", {"reason": "method"})
+
+
+class NetworkLoop:
+    """One network thread serving many :class:`Client` objects.
+
+    A Client normally runs its own loop thread (``runAsync()``).  Bots, load
+    tests and tools that hold many connections in one process can put them
+    all on one thread instead, which is much cheaper::
+
+        loop = NetworkLoop().start()
+        clients = [loop.add(Client(addr=...)) for _ in range(100)]
+        ...
+        loop.stop()
+
+    Each client behaves as with ``runAsync()``: ``wait_for_connection()``,
+    ``send_message()``, ``close()``, ``stop()`` and ``join()`` work the same
+    (``stop()``/``join()`` end that client only), its events and hooks run on
+    the shared thread.
+
+    Args:
+        name: The thread's name.
+
+    Thread safety: :meth:`add` and :meth:`stop` from any thread.
+    """
+
+    def __init__(self, name: str = "peng3dnet Client Thread") -> None:
+        self.name = name
+        self._reactor = Reactor(name)
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._clients: list[Client] = []
+
+    def start(self, selector: Any = selectors.DefaultSelector) -> NetworkLoop:
+        """Start the shared thread (daemon); returns ``self``."""
+        t = threading.Thread(target=self._run, args=(selector,), name=self.name, daemon=True)
+        self._thread = t
+        t.start()
+        self._started.wait(10)
+        return self
+
+    def _run(self, selector: Any) -> None:
+        try:
+            self._reactor.run(selector, self._started.set)
+        finally:
+            for client in self._clients:  # those still here end with the loop
+                try:
+                    client._leave_shared()
+                except Exception:
+                    log.exception("! shared loop: closing a client failed")
+            self._reactor.close()
+
+    def add(self, client: Client) -> Client:
+        """Connect ``client`` (in the caller's thread) and serve it on this loop.
+
+        Returns:
+            The client.
+
+        Raises:
+            NetworkError: The connection cannot be made.
+        """
+        if client._loop_started:
+            raise LocalProtocolError("the client already runs a loop")
+        client._reactor = self._reactor
+        client._shared = self
+        client.initialize()
+        client.connect()
+        client._loop_started = True
+        client._loop_done.clear()
+        self._clients = [c for c in self._clients if not c._loop_done.is_set()]
+        self._clients.append(client)
+        self._reactor.call_soon(client._on_loop_start)
+        return client
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Close every client still on the loop and end the thread."""
+        self._reactor.stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)

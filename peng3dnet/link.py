@@ -1,0 +1,117 @@
+"""One connection's state (Link) and counters (ConnectionStats)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from .conntypes import ConnectionType
+from .constants import (
+    SSLSEC_NONE,
+    STATE_INIT,
+)
+from .protocol.connection import (
+    ProtocolConnection,
+)
+from .transport import Channel
+
+__all__ = ['Link', 'ConnectionStats', 'noop_hook']
+
+log = logging.getLogger(__name__)
+
+class ConnectionStats:
+    """Counters of one connection (read them from any thread; they are
+    updated on the network and sending threads without a lock, so a read
+    may be one packet behind)."""
+
+    __slots__ = ("bytes_in", "bytes_out", "packets_in", "packets_out", "rtt", "_since", "_seen", "_wall0")
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        """Bytes received (as read from the socket, after TLS)."""
+        self.bytes_out = 0
+        """Bytes queued for sending (frames, internal packets included)."""
+        self.packets_in = 0
+        """Packets received (internal packets included)."""
+        self.packets_out = 0
+        """Packets sent with ``send_message`` plus internal packets."""
+        self.rtt: float | None = None
+        """Last round-trip time in seconds (heartbeat extension), or ``None``."""
+        self._since = time.monotonic()
+        self._seen = self._since
+        self._wall0 = time.time() - self._since
+
+    @property
+    def connected_since(self) -> float:
+        """Wall-clock time (``time.time()``) the connection was made."""
+        return self._wall0 + self._since
+
+    @property
+    def last_seen(self) -> float:
+        """Wall-clock time bytes were last received."""
+        return self._wall0 + self._seen
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict of every counter."""
+        return {
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "rtt": self.rtt,
+            "connected_since": self.connected_since,
+            "last_seen": self.last_seen,
+        }
+
+
+
+
+class Link:
+    """One connection's state: core, channel, connection type and owner."""
+
+    __slots__ = (
+        "proto", "chan", "owner", "cid", "ctobj", "queued", "resume_at", "eof", "local_closed",
+        "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
+        "lib_state", "on_recv", "on_send", "polite", "app_closed",
+    )
+
+    def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
+        self.proto = proto
+        self.chan = chan
+        self.owner = owner
+        self.cid = cid
+        self.ctobj: ConnectionType | None = None
+        self.queued = 0  # packets waiting for process() (network thread adds, process subtracts)
+        self.resume_at = 0
+        self.eof = False
+        self.local_closed = False  # we closed it: drop packets still in the batch
+        self.stats = ConnectionStats()
+        self.sslsec = SSLSEC_NONE
+        self.hb_sent = 0.0
+        self.rate_p = 0.0  # token buckets (packets, bytes), refilled at rate_t
+        self.rate_b = 0.0
+        self.rate_t = 0.0
+        self.plain = False  # plaintext, first read checked: _read's fast path
+        self.tls_server = False
+        self.lib_state = STATE_INIT  # the application state the library set last
+        self.polite = False  # closed on purpose (application, stop): wait for the peer's EOF
+        self.app_closed = False  # the application's side of the close (on_close) was delivered
+        # The owner's on_receive/on_send hooks, None when not overridden
+        # (the per-packet paths skip them then).
+        self.on_recv = _hook(owner, "on_receive")
+        self.on_send = _hook(owner, "on_send")
+
+
+def noop_hook(fn: Any) -> Any:
+    """Mark a base class's empty hook: a :class:`Link` skips calling it
+    per packet unless a subclass overrides it."""
+    fn._peng3dnet_noop = True
+    return fn
+
+
+def _hook(owner: Any, name: str) -> Any:
+    fn = getattr(type(owner), name, None)
+    if fn is None or getattr(fn, "_peng3dnet_noop", False):
+        return None
+    return getattr(owner, name)

@@ -1,0 +1,1108 @@
+"""The peer core shared by Server and Client."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from . import events as _events
+from . import tls as _tls
+from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
+from .constants import (
+    CONNTYPE_CLASSIC,
+    CONNTYPE_PING,
+    MODE_CLOSED,
+    MODE_NOTSET,
+    PID_FIRST_FREE,
+    PID_HELLO,
+    PID_SETTYPE,
+    SIDE_CLIENT,
+    SIDE_SERVER,
+    SSLSEC_NONE,
+    STATE_ACTIVE,
+    STATE_CLOSED,
+    STATE_HANDSHAKE_WAIT1,
+)
+from .errors import (
+    AlreadyRegisteredError,
+    ConnectionClosedError,
+    LocalProtocolError,
+    NetworkError,
+    RegistryError,
+    TimedOutError,
+    UnknownPacketError,
+    WriteBufferFullError,
+)
+from .events.bus import Route as _Route
+from .link import Link
+from .packet import SmartPacket, smart_check
+from .packet.internal import INTERNAL_PACKETS
+from .plans import BASE_RECEIVE, BASE_SEND, NO_EVENT, RecvPlan, SendPlan, thread_pack
+from .protocol.connection import (
+    ConnectionClosed,
+    ConnTypeRequested,
+    HandshakeCompleted,
+    HeartbeatAcked,
+    Output,
+    PacketReceived,
+    PacketSent,
+    ProtocolConnection,
+)
+from .protocol.handshake import HandshakeState
+from .registry import PacketRegistry
+from .transport import EVENT_READ, EVENT_WRITE, WOULD_BLOCK, Reactor
+from .userlog import report_user_error
+from .util import ConfigView, normalize_addr_socketstyle
+
+__all__ = ['Peer', 'resolve_addr', 'INTERNAL_IDS', 'CLOSE_LINGER']
+
+log = logging.getLogger(__name__)
+
+INTERNAL_IDS = frozenset(pid for _, pid, _ in INTERNAL_PACKETS)
+CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
+
+
+class Peer:
+    """What Server and Client share: config, registry, events, the process
+    queue, the send path and the handling of the core's outputs."""
+
+    side = SIDE_SERVER
+    is_server = True
+    """Whether this peer is a server (0.1.x API)."""
+    is_client = False
+    """Whether this peer is a client (0.1.x API)."""
+    _role = "server"
+    _state_attr = "state"  # the owner's application state: ClientOnServer.state / Client.remote_state
+    _thread_name = "peng3dnet Thread"
+
+    def __init__(self, peng: Any = None, cfg: dict[str, Any] | None = None) -> None:
+        self.peng = peng
+        """The ``peng3d.Peng`` instance given, or ``None``."""
+        self.cfg = ConfigView(cfg, peng)
+        """Layered config: ``cfg`` overrides, then ``peng.cfg``, then defaults."""
+        self.registry = PacketRegistry()
+        """The packet registry (name <-> id <-> packet object)."""
+        self.conntypes: dict[str, ConnectionType] = {}
+        """Connection types by name."""
+        self._initialized = False
+        self._reactor = Reactor(self._thread_name)
+        self._pqueue: deque[tuple[Link, Any, int, Any]] = deque()
+        self._pcond = threading.Condition(threading.Lock())
+        self._pwaiters = 0
+        self._notify_pending = False
+        self._qlock = threading.Lock()
+        self._process_stop = False
+        self._process_thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None
+        self._loop_started = False
+        self._loop_done = threading.Event()
+        self._stop_reason: str | None = None
+        self._shared: Any = None  # the NetworkLoop a client was attached to
+        prefix = f"peng3dnet:{self._role}."
+        self._ev_recv = prefix + ("connection.recv" if self._role == "server" else "recv")
+        self._ev_send = prefix + ("connection.send" if self._role == "server" else "send")
+        self._send_plans: dict[Any, SendPlan] = {}
+        self._recv_plans: dict[int, RecvPlan] = {}
+        self._route_recv = _Route(self._ev_recv)
+        self._route_send = _Route(self._ev_send)
+        self._sig_recv = self._route_recv.sig  # for the "anyone listening?" test per packet
+        self._sig_send = self._route_send.sig
+        self.cfg.on_change = self._refresh_hot
+        self._refresh_hot()
+        if self.cfg["net.encrypt.enabled"]:
+            log.warning("! net.encrypt.enabled: protocol 2 has no AES encryption; use net.ssl.enabled (TLS)")
+
+    @property
+    def run(self) -> bool:
+        """True until the peer stops (:meth:`stop`, :meth:`shutdown`, or a
+        client's connection closing) and no received packet waits for
+        :meth:`process` any more: programs of 0.1.x loop
+        ``while peer.run: peer.process(wait=True, timeout=...)``, and that
+        loop handles every packet that arrived before the stop.  Setting it
+        to ``False`` calls :meth:`stop`.
+
+        Thread safety: any thread.
+        """
+        return self._stop_reason is None or bool(self._pqueue) or self._close_undelivered()
+
+    @run.setter
+    def run(self, value: bool) -> None:
+        if not value:
+            self.stop()
+
+    def _close_undelivered(self) -> bool:
+        return False
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    # --- events ----------------------------------------------------------------------
+    def _refresh_hot(self) -> None:
+        """Copy the config values the per-packet path needs into attributes.
+
+        Called at start, when ``cfg[key] = value`` is set on this peer, and by
+        the housekeeping timer (so a change in a Peng's config is seen within
+        a second).
+        """
+        cfg = self.cfg
+        self._h_events = bool(cfg["net.events.enable"])
+        self._h_print_recv = bool(cfg["net.debug.print.recv"])
+        self._h_print_send = bool(cfg["net.debug.print.send"])
+        self._h_recv_queue = int(cfg["net.limits.recv_queue"])
+        self._h_write_cap = int(cfg["net.limits.write_buffer"])
+        self._h_write_raise = cfg["net.limits.write_buffer_action"] == "raise"
+        self._h_rate_p = float(cfg["net.limits.rate.packets"])
+        self._h_rate_b = float(cfg["net.limits.rate.bytes"])
+        self._h_rate_burst = float(cfg["net.limits.rate.burst"])
+        self._h_rate_drop = cfg["net.limits.rate.action"] == "drop"
+        self._h_rate = self._h_rate_p > 0 or self._h_rate_b > 0
+        self._h_inline = bool(cfg["net.process.inline"])
+        self._h_strict_send = bool(cfg["net.smartpacket.strict_send"])
+        self._h_compress = (
+            bool(cfg["net.compress.enabled"]),
+            int(cfg["net.compress.threshold"]),
+            int(cfg["net.compress.level"]),
+        )
+
+    def _emit_packet(self, route: _Route, link: Link, pid: int, key: str, msg: Any) -> None:
+        """Emit a per-packet event (recv/send) through a cached route: no
+        data dict is built when nobody listens (the caller checked
+        ``_h_events``)."""
+        seen, targets = route.cache
+        if seen != route.sig.version:
+            targets = route.refresh(self)
+        peng = self.peng
+        if targets is None:  # receivers the route cannot cache: the general path
+            self._emit_conn(route.name, link, {"pid": pid, key: msg})
+            return
+        if not targets and peng is None:
+            return
+        data = {"pid": pid, key: msg, "peng": peng, self._role: self}
+        if self.side == SIDE_SERVER:
+            data["client"] = link.owner
+        name = route.name
+        for receiver in targets:
+            receiver(self, name, data)  # positional: a little cheaper than blinker's keywords
+        self._to_peng(name, data)
+
+    def _to_peng(self, event: str, data: dict[str, Any]) -> None:
+        if self.peng is not None:
+            try:
+                self.peng.sendEvent(event, data)
+            except Exception:
+                log.exception("! peng.sendEvent(%r) raised", event)
+
+    def _emit(self, event: str, data: dict[str, Any]) -> None:
+        if not self._h_events:
+            return
+        data.setdefault("peng", self.peng)
+        data.setdefault(self._role, self)
+        _events.emit(event, self, data)
+        self._to_peng(event, data)
+
+    def _emit_conn(self, event: str, link: Link, data: dict[str, Any]) -> None:
+        """Emit a connection's event: the server's carry its ``client``."""
+        if self.side == SIDE_SERVER:
+            data["client"] = link.owner
+        self._emit(event, data)
+
+    # --- registration ----------------------------------------------------------------
+    def register_packet(self, name: str, obj: Any, n: int | None = None) -> int:
+        """Register a packet object under ``name`` (id ``n`` or the next free).
+
+        Returns:
+            The packet id.
+
+        Raises:
+            AlreadyRegisteredError: Name or id taken.
+            RegistryError: Invalid name or id.
+
+        Thread safety: any thread, before connections are made.
+        """
+        return self.registry.register(obj, name, n)
+
+    def _register_internal(self) -> None:
+        for name, pid, cls in INTERNAL_PACKETS:
+            if name not in self.registry:
+                self.registry.register(cls(self.registry, self), name, pid)
+        builtin: tuple[tuple[str, type[ConnectionType]], ...] = (
+            (CONNTYPE_CLASSIC, ClassicConnectionType),
+            (CONNTYPE_PING, PingConnectionType),
+        )
+        for ctname, ctcls in builtin:
+            if ctname not in self.conntypes:
+                self.conntypes[ctname] = ctcls(self)
+
+    def _call_hooks(self) -> None:
+        names = sorted(dir(self))
+        for prefix in ("_reg_packets_", "_reg_conntypes_"):
+            for name in names:
+                if name.startswith(prefix):
+                    getattr(self, name)()
+
+    # --- connections (shared) ------------------------------------------------------------
+    def _new_proto(self, conntype: str = CONNTYPE_CLASSIC) -> ProtocolConnection:
+        cfg = self.cfg
+        return ProtocolConnection(
+            self.side,
+            registry=self.registry,
+            conntype=conntype,
+            max_packet_size=int(cfg["net.limits.max_packet_size"]),
+            max_decompressed_size=int(cfg["net.limits.max_decompressed_size"]),
+            compress=bool(cfg["net.compress.enabled"]),
+            compress_threshold=int(cfg["net.compress.threshold"]),
+            compress_level=int(cfg["net.compress.level"]),
+            autosync=bool(cfg["net.registry.autosync"]),
+            missing_packet_action=str(cfg["net.registry.missingpacketaction"]),
+            extensions={"heartbeat"} if cfg["net.heartbeat.enabled"] else frozenset(),
+        )
+
+    @staticmethod
+    def _prepare_socket(sock: socket.socket) -> None:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def _on_ready(self, link: Link, mask: int) -> None:
+        """Selector callback for one connection (network thread)."""
+        chan = link.chan
+        if chan.closed:
+            return
+        if chan.tls_pending:
+            self._tls_step(link)
+            return
+        if mask & EVENT_WRITE or chan.error is not None:
+            with chan.lock:
+                chan.flush()
+            if chan.error is not None:
+                self._abort(link, "socketerror")
+                return
+            if not chan.out:
+                if chan.closing:
+                    self._closing_flushed(link)
+                else:
+                    chan.update_interest()
+        if mask & EVENT_READ:
+            self._read(link)
+
+    def _read(self, link: Link) -> None:
+        """One ``recv()`` and everything it leads to (network thread)."""
+        chan = link.chan
+        proto = link.proto
+        reactor = self._reactor
+        total = 0
+        eof = False
+        with chan.lock:  # TLS objects must not be used by two threads at once
+            try:
+                n = chan.sock.recv_into(reactor.read_buffer)
+                if n and link.plain and not chan.closing:
+                    # The common case: plaintext, open, some bytes.
+                    total = n
+                    proto.receive_data(reactor.read_view[:n])
+                elif n == 0:
+                    eof = True
+                elif chan.closing:
+                    # draining while we wait for the peer's EOF: discard
+                    while n and isinstance(chan.sock, ssl.SSLSocket) and chan.sock.pending():
+                        n = chan.sock.recv_into(reactor.read_buffer)
+                    return
+                else:
+                    view = reactor.read_view
+                    if link.sslsec == SSLSEC_NONE and self.side == SIDE_SERVER and n >= 2 and view[:2] == b"\x16\x03":
+                        # The first read on a plaintext server (link.plain is
+                        # set after it): a TLS ClientHello.
+                        log.info("! server cid=%s: client speaks TLS, TLS is not enabled here", link.cid)
+                        link.local_closed = True
+                        proto.receive_eof("tlsnotenabled")
+                        eof = True
+                        n = 0
+                    link.plain = link.sslsec == SSLSEC_NONE
+                    tls = not link.plain
+                    while n:
+                        total += n
+                        proto.receive_data(view[:n])
+                        if not (tls and chan.sock.pending()):  # type: ignore[attr-defined]
+                            break
+                        n = chan.sock.recv_into(reactor.read_buffer)
+                        eof = n == 0
+            except WOULD_BLOCK:
+                if not total:
+                    return
+            except OSError as exc:
+                log.info("! %s cid=%s: recv failed: %s", self._role, link.cid, exc)
+                eof = True
+                if not chan.closing:
+                    proto.receive_eof("tlserror" if isinstance(exc, ssl.SSLError) else "socketerror")
+            if eof:
+                if not chan.closing:
+                    link.eof = True
+                    proto.receive_eof()
+            outs = proto.drain_received()
+            if proto.has_data_to_send:
+                self._push(link)
+        if eof and chan.closing:  # the peer saw our closeconn and closed: done
+            chan.close()
+            self._channel_closed(link)
+            return
+        stats = link.stats
+        stats.bytes_in += total
+        stats._seen = time.monotonic()
+        if outs:
+            if self._h_rate and self.side == SIDE_SERVER and not self._rate_ok(link, total, outs):
+                return
+            self._handle_outputs(link, outs)
+        if link.eof and not chan.closed:
+            chan.close()
+            self._channel_closed(link)
+
+    def _rate_ok(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
+        """Token buckets per connection (server side).  Return whether to go on."""
+        rate_p = self._h_rate_p
+        rate_b = self._h_rate_b
+        burst = self._h_rate_burst
+        now = link.stats._seen
+        if link.rate_t == 0.0:
+            link.rate_p, link.rate_b, link.rate_t = rate_p * burst, rate_b * burst, now
+        dt = now - link.rate_t
+        link.rate_t = now
+        link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
+        link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
+        npackets = sum(1 for o in outs if isinstance(o, PacketReceived))
+        if self._h_rate_drop:
+            # Let through what the buckets allow, drop the rest of this read's
+            # application packets; dropped packets cost no tokens.
+            allowed = int(link.rate_p) if rate_p > 0 else npackets
+            if rate_b > 0 and link.rate_b < nbytes:
+                allowed = 0
+            link.rate_b = max(0.0, link.rate_b - nbytes)
+            if allowed >= npackets:
+                link.rate_p -= npackets
+                return True
+            kept: list[Output] = []
+            dropped = 0
+            for o in outs:
+                if isinstance(o, PacketReceived) and o.pid >= PID_FIRST_FREE:
+                    if allowed <= 0:
+                        dropped += 1
+                        continue
+                    allowed -= 1
+                kept.append(o)
+            link.rate_p = max(0.0, link.rate_p - (npackets - dropped))
+            log.debug("! server cid=%s: over the rate limit, dropped %d packets", link.cid, dropped)
+            self._handle_outputs(link, kept)
+            return False
+        link.rate_p -= npackets
+        link.rate_b -= nbytes
+        if (rate_p <= 0 or link.rate_p >= 0) and (rate_b <= 0 or link.rate_b >= 0):
+            return True
+        log.info("! server cid=%s: over the rate limit, closing", link.cid)
+        self._handle_outputs(link, [o for o in outs if not isinstance(o, PacketReceived) or o.pid < PID_FIRST_FREE])
+        self._close_link(link, "ratelimit")
+        return False
+
+    def _tls_step(self, link: Link) -> None:
+        """Drive a non-blocking server-side TLS handshake (network thread)."""
+        chan = link.chan
+        sock = chan.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            with chan.lock:
+                sock.do_handshake()
+        except ssl.SSLWantReadError:
+            chan.tls_pending = EVENT_READ
+            chan.update_interest()
+            return
+        except ssl.SSLWantWriteError:
+            chan.tls_pending = EVENT_WRITE
+            chan.update_interest()
+            return
+        except (ssl.SSLError, OSError) as exc:
+            log.info("! %s cid=%s: TLS handshake failed: %s", self._role, link.cid, exc)
+            chan.tls_pending = 0
+            link.local_closed = True
+            with chan.lock:
+                link.proto.receive_eof("tlserror")
+                outs = link.proto.drain_received()
+            self._handle_outputs(link, outs)
+            if not chan.closed:
+                chan.close()
+                self._channel_closed(link)
+            return
+        chan.tls_pending = 0
+        link.sslsec = _tls.security_level(sock, True)
+        log.info("= server cid=%s: TLS established (%s, level %d)", link.cid, sock.version(), link.sslsec)
+        chan.update_interest()
+        self._start_protocol(link)
+
+    def _start_protocol(self, link: Link) -> None:
+        raise NotImplementedError
+
+    def _abort(self, link: Link, reason: str) -> None:
+        """The socket broke: close without a handshake (network thread)."""
+        chan = link.chan
+        with chan.lock:
+            link.eof = True
+            link.proto.receive_eof(reason)
+            outs = link.proto.drain_received()
+        self._handle_outputs(link, outs)
+        if not chan.closed:
+            chan.close()
+            self._channel_closed(link)
+
+    def _handle_outputs(self, link: Link, outs: list[Output]) -> None:
+        """Act on the core's outputs, in order (network thread, lock released)."""
+        queued = False
+        # "Anyone listening to recv?" once per read, not per packet: a
+        # subscription made while a read's packets are handled applies from
+        # the next read.
+        listen = self._h_events and (bool(self._sig_recv.receivers) or self.peng is not None)
+        for o in outs:
+            if isinstance(o, PacketReceived):
+                link.stats.packets_in += 1
+                if o.pid in INTERNAL_IDS:
+                    if o.pid == PID_HELLO:  # (only a server sends hello)
+                        self._lib_state(link, STATE_HANDSHAKE_WAIT1)
+                    self._debug_print("recv", link, o.pid, o.msg)
+                    if self._h_events:
+                        self._emit_packet(self._route_recv, link, o.pid, "msg", o.msg)
+                elif not link.local_closed:
+                    # Packets that preceded the peer's closeconn are delivered.
+                    queued = self._on_app_packet(link, o, listen) or queued
+            elif isinstance(o, PacketSent):
+                link.stats.packets_out += 1
+                self._debug_print("send", link, o.pid, o.msg)
+                if self._h_events:
+                    self._emit_packet(self._route_send, link, o.pid, "data", o.msg)
+                if o.pid == PID_SETTYPE and self.side == SIDE_CLIENT:
+                    # The client chose its type: hand the connection to it.
+                    ct = self.conntypes.get(link.proto.conntype)
+                    link.ctobj = ct
+                    if ct is not None:
+                        self._type_chosen(link, ct)
+                        ct.init(link.cid)
+            elif isinstance(o, ConnTypeRequested):
+                self._on_conntype(link, o.conntype)
+            elif isinstance(o, HandshakeCompleted):
+                log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
+                try:
+                    link.owner.on_handshake_complete()
+                except Exception:
+                    report_user_error("! %s cid=%s: on_handshake_complete raised", self._role, link.cid)
+                self._after_handshake(link)
+            elif isinstance(o, HeartbeatAcked):
+                self._on_heartbeat_ack(link, o.msg)
+            elif isinstance(o, ConnectionClosed):
+                self._on_closed(link, o)
+        if queued and self._pwaiters and not self._notify_pending:
+            reactor = self._reactor
+            if reactor.running and reactor.in_loop():
+                # One wake-up per select(), after every socket it returned
+                # was read: the process thread then gets a batch, and the GIL
+                # when the network thread blocks, not at its next recv().
+                self._notify_pending = True
+                reactor.after_io(self._notify_process)
+            else:
+                self._notify_process()
+
+    def _notify_process(self) -> None:
+        self._notify_pending = False
+        with self._pcond:
+            self._pcond.notify_all()
+
+    def _on_heartbeat_ack(self, link: Link, msg: Any) -> None:
+        sent = msg.get("t") if isinstance(msg, dict) else None
+        if not isinstance(sent, float):
+            return
+        rtt = max(0.0, time.monotonic() - sent)
+        link.stats.rtt = rtt
+        event = "peng3dnet:server.connection.heartbeat" if self.side == SIDE_SERVER else "peng3dnet:client.heartbeat"
+        if self._h_events:
+            self._emit_conn(event, link, {"rtt": rtt, "stats": link.stats.as_dict()})
+
+    def _housekeeping(self) -> None:
+        """Timeouts and heartbeats, on a timer (network thread)."""
+        self._refresh_hot()
+        cfg = self.cfg
+        now = time.monotonic()
+        hs_timeout = float(cfg["net.timeout.handshake"])
+        idle = float(cfg["net.timeout.idle"])
+        hb_interval = float(cfg["net.heartbeat.interval"])
+        hb_timeout = float(cfg["net.heartbeat.timeout"])
+        for link in self._all_links():
+            proto = link.proto
+            if not proto.is_open or link.local_closed:
+                continue
+            stats = link.stats
+            # Custom connection types (not classic, not ping) run their own
+            # protocol after settype: the handshake timeout stops there.
+            pending = proto.state != HandshakeState.ACTIVE and (
+                proto.state != HandshakeState.TYPESET or proto.conntype in (CONNTYPE_CLASSIC, CONNTYPE_PING)
+            )
+            if hs_timeout > 0 and pending and now - stats._since > hs_timeout:
+                hint = " (a TLS peer on a plaintext port, or the reverse?)" if stats.bytes_in == 0 else ""
+                log.info("! %s cid=%s: handshake not complete after %.1f s%s", self._role, link.cid, hs_timeout, hint)
+                self._close_link(link, "handshaketimeout")
+                continue
+            silent = now - stats._seen
+            if idle > 0 and silent > idle:
+                log.info("! %s cid=%s: nothing received for %.1f s", self._role, link.cid, silent)
+                self._close_link(link, "timeout")
+                continue
+            if "heartbeat" in proto.negotiated and proto.state == HandshakeState.ACTIVE:
+                if hb_timeout > 0 and silent > hb_timeout:
+                    log.info("! %s cid=%s: peer silent for %.1f s", self._role, link.cid, silent)
+                    self._close_link(link, "timeout")
+                    continue
+                if now - link.hb_sent >= hb_interval:
+                    link.hb_sent = now
+                    with link.chan.lock:
+                        if proto.send_heartbeat({"t": now}):
+                            self._push(link)
+        self._schedule_housekeeping()
+
+    def _schedule_housekeeping(self) -> None:
+        if self._loop_done.is_set():  # a client that left a shared loop
+            return
+        cfg = self.cfg
+        periods = [1.0]
+        for key, div in (("net.timeout.handshake", 4), ("net.timeout.idle", 4), ("net.heartbeat.interval", 2)):
+            v = float(cfg[key])
+            if v > 0:
+                periods.append(v / div)
+        self._reactor.call_later(max(0.02, min(periods)), self._housekeeping)
+
+    def _all_links(self) -> list[Link]:
+        raise NotImplementedError
+
+    def _debug_print(self, kind: str, link: Link, pid: int, msg: Any) -> None:
+        if self._h_print_recv if kind == "recv" else self._h_print_send:
+            log.info("%s %s cid=%s pid=%d %.200r", "<" if kind == "recv" else ">", self._role, link.cid, pid, msg)
+
+    def _on_conntype(self, link: Link, conntype: str) -> None:
+        ct = self.conntypes.get(conntype)
+        if ct is None:
+            log.info("! server cid=%s: unknown connection type %.64r", link.cid, conntype)
+            self._close_link(link, "unknownconntype")
+            return
+        link.ctobj = ct
+        link.owner.conntype = conntype
+        self._lib_state(link, STATE_HANDSHAKE_WAIT1)
+        self._type_chosen(link, ct)
+        ct.init(link.cid)
+
+    def _lib_state(self, link: Link, value: int) -> None:
+        """Move the application state through the handshake, unless the
+        application set a state of its own since the library's last move
+        (network thread)."""
+        owner = link.owner
+        attr = self._state_attr
+        if getattr(owner, attr, link.lib_state) == link.lib_state:
+            setattr(owner, attr, value)
+        link.lib_state = value
+
+    def _type_chosen(self, link: Link, ct: ConnectionType) -> None:
+        """A connection type was chosen: its mode, and a ping connection is
+        active at once (it has no handshake) (network thread)."""
+        owner = link.owner
+        if getattr(owner, "mode", MODE_NOTSET) == MODE_NOTSET:
+            owner.mode = ct.mode
+        if isinstance(ct, PingConnectionType):
+            self._lib_state(link, STATE_ACTIVE)
+
+    def _on_app_packet(self, link: Link, o: PacketReceived, listen: bool) -> bool:
+        """Check, announce and queue (or, inline, dispatch) one application
+        packet; return whether it was queued for process() (network thread)."""
+        pid, flags, msg, state = o
+        ct = link.ctobj
+        if ct is not None and type(ct).receive is not ConnectionType.receive:
+            if not ct.receive(msg, pid, flags, link.cid):
+                return False
+        if state is not HandshakeState.ACTIVE and (state is not HandshakeState.TYPESET or link.proto.conntype == CONNTYPE_CLASSIC):
+            # Application packets come after the handshake (a connection type
+            # of its own may exchange them after settype).
+            log.info("! %s cid=%s: packet %d before the handshake completed, closing", self._role, link.cid, pid)
+            self._close_link(link, "smartpacketinvalid")
+            return False
+        plan = self._recv_plans.get(pid)
+        if plan is None or plan[0] != self.registry.version:
+            plan = self._recv_plan(pid)
+            if plan is None:
+                log.info("! %s cid=%s: unknown packet id %d", self._role, link.cid, pid)
+                self._close_link(link, "unknownpacket")
+                return False
+        pobj = plan[1]
+        if self._h_print_recv:
+            self._debug_print("recv", link, pid, msg)
+        if listen:
+            self._emit_packet(self._route_recv, link, pid, "msg", msg)
+        if not plan[2] and link.on_recv is None:
+            return False  # nobody handles it: not queued
+        if self._h_inline:
+            self._deliver(link, pobj, pid, msg)
+            return False
+        self._pqueue.append((link, pobj, pid, msg))
+        link.queued += 1
+        limit = self._h_recv_queue
+        if link.queued >= limit and not link.chan.paused:
+            link.chan.paused = True
+            link.resume_at = limit // 2
+            link.chan.update_interest()
+            log.debug("= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued)
+        return True
+
+    def _recv_plan(self, pid: int) -> RecvPlan | None:
+        """What receiving ``pid`` needs, cached until the registry changes:
+        ``(registry version, packet object, deliver)``; ``None`` for an
+        unknown id.  ``deliver`` is whether the class overrides ``_receive``
+        or ``receive`` (network thread)."""
+        regver = self.registry.version
+        pobj = self.registry.find_obj(pid)
+        if pobj is None or pid < PID_FIRST_FREE:
+            return None
+        cls = type(pobj)
+        plan = RecvPlan(regver, pobj, (cls._receive, cls.receive) != BASE_RECEIVE)
+        if len(self._recv_plans) > 4096:
+            self._recv_plans.clear()
+        self._recv_plans[pid] = plan
+        return plan
+
+    def _deliver(self, link: Link, pobj: Any, pid: int, msg: Any) -> None:
+        """Hand one packet to the application: ``pobj._receive``, then the
+        owner's ``on_receive`` hook (the order of 0.1.x).  Errors raised there
+        are reported (a traceback on stderr by default), never raised."""
+        try:
+            pobj._receive(msg, link.cid)
+        except Exception:
+            report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
+        if link.on_recv is not None:
+            try:
+                link.on_recv(pid, msg)
+            except Exception:
+                report_user_error("! %s cid=%s: on_receive raised", self._role, link.cid)
+
+    def _on_closed(self, link: Link, o: ConnectionClosed) -> None:
+        chan = link.chan
+        if o.error is not None:
+            log.info("! %s cid=%s: protocol error, closing (%s): %s", self._role, link.cid, o.reason, o.error)
+        else:
+            log.info(
+                "= %s cid=%s: connection closed by %s (%s)",
+                self._role,
+                link.cid,
+                "peer" if o.by_peer else "us",
+                o.reason,
+            )
+        if self.cfg["net.debug.print.close"]:
+            log.info("= %s cid=%s closed: %s", self._role, link.cid, o.reason)
+        chan.closing = True
+        if not chan.closed:
+            if link.eof or chan.error is not None:
+                chan.close()
+                self._channel_closed(link)
+            else:
+                with chan.lock:
+                    flushed = chan.flush()
+                if flushed:
+                    self._closing_flushed(link)
+                else:
+                    chan.update_interest()
+                chan.linger = self._reactor.call_later(CLOSE_LINGER, lambda: self._force_close(link))
+        self._connection_closed(link, o.reason)
+        # The application's side of the close (on_close, STATE_CLOSED, the
+        # server forgetting the client) comes after the packets that arrived
+        # before it: behind them in the process queue when some wait there.
+        if link.queued > 0:
+            self._pqueue.append((link, None, -1, o.reason))
+            self._notify_process()
+        else:
+            self._app_closed(link, o.reason)
+
+    def _app_closed(self, link: Link, reason: str | None) -> None:
+        """The application's side of a close: the owner's ``on_close``
+        hook, then ``STATE_CLOSED``/``MODE_CLOSED`` (network thread, or the
+        thread that runs ``process()`` when packets that came before the
+        close were waiting there)."""
+        owner = link.owner
+        try:
+            owner.on_close(reason)
+        except Exception:
+            report_user_error("! %s cid=%s: on_close raised", self._role, link.cid)
+        setattr(owner, self._state_attr, STATE_CLOSED)
+        owner.mode = MODE_CLOSED
+        self._forget(link)
+        link.app_closed = True
+
+    def _forget(self, link: Link) -> None:
+        pass
+
+    def _closing_flushed(self, link: Link) -> None:
+        """Everything up to our ``closeconn`` was written (network thread).
+
+        Answering the peer's close, or closing a peer for what it did, we
+        half-close at once.  When the application closed (or stopped) we do not: we wait for the peer to close
+        after it handled our ``closeconn`` (bounded by the linger timer), as
+        some peers (0.1.x) take a half-close for a dead socket and drop the
+        packets still waiting for their ``process()``."""
+        chan = link.chan
+        if not link.polite:
+            chan.shutdown_write()
+        chan.update_interest()
+
+    def _force_close(self, link: Link) -> None:
+        if not link.chan.closed:
+            link.chan.close()
+            self._channel_closed(link)
+
+    def _close_link(self, link: Link, reason: str | None, polite: bool = False) -> None:
+        """Close one connection with ``reason`` (any thread).  ``polite``:
+        the application (or a stop) closes a well-behaved peer; see
+        :meth:`_closing_flushed`."""
+        chan = link.chan
+        with chan.lock:
+            if not link.proto.is_open:
+                return
+            link.local_closed = True
+            link.polite = polite
+            link.proto.close(reason)
+            outs = link.proto.drain_received()
+            if chan.tls_pending:
+                # TLS not up yet: the closeconn cannot be sent; just drop the socket.
+                link.proto.data_to_send()
+                chan.error = NetworkError("closed during the TLS handshake")
+            else:
+                self._push(link)
+        if self._reactor.in_loop():
+            self._handle_outputs(link, outs)
+        elif self._loop_active():
+            self._reactor.call_soon(self._handle_outputs, link, outs)
+        else:
+            # No loop: nothing else will run; finish here.
+            self._handle_outputs(link, outs)
+            self._force_close(link)
+
+    # --- sending ----------------------------------------------------------------------------
+    def _lookup(self, ptype: Any) -> SendPlan:
+        """The send plan of ``ptype`` (see :meth:`_send_plan`), cached until
+        the registry changes (any thread)."""
+        try:
+            plan = self._send_plans[ptype]
+        except (KeyError, TypeError):  # not cached yet, or an unhashable packet object
+            return self._send_plan(ptype)
+        if plan[0] != self.registry.version or plan[5] is not type(ptype):
+            # (the type test: 64.0 or True must not find the plan of 64 or 1)
+            return self._send_plan(ptype)
+        return plan
+
+    @staticmethod
+    def _check_sendable(link: Link) -> None:
+        """Application packets go out after the handshake (or, on a
+        connection type of its own, after settype) (any thread)."""
+        proto = link.proto
+        state = proto.state
+        if state is HandshakeState.ACTIVE or (state is HandshakeState.TYPESET and proto.conntype != CONNTYPE_CLASSIC):
+            return
+        if not proto.is_open:
+            raise ConnectionClosedError("connection is closed", proto.close_reason)
+        raise LocalProtocolError(f"cannot send yet (connection state {state.name}); wait for the handshake")
+
+    def _strict_refused(self, link: Link, pobj: Any, pid: int) -> bool:
+        return self._h_strict_send and not smart_check(pobj, link.cid, receiving=False)
+
+    def _send(self, link: Link, ptype: Any, data: Any) -> None:
+        _, pid, pobj, hooks, smart, _ = self._lookup(ptype)
+        self._check_sendable(link)
+        if smart and self._strict_refused(link, pobj, pid):
+            raise LocalProtocolError(
+                f"packet {self.registry.get_name(pid)!r} is not valid on this connection now "
+                "(net.smartpacket.strict_send is on)"
+            )
+        ct = link.ctobj
+        announce = True
+        if ct is not None and type(ct).send is not ConnectionType.send:
+            announce = ct.send(data, pid, link.cid)
+        frame = link.proto.encode_packet(pid, data, thread_pack)  # outside the lock
+        self._send_frame(link, frame, pid, data if announce else NO_EVENT)
+        if hooks:
+            pobj._send(data, link.cid)
+        if link.on_send is not None:
+            link.on_send(ptype, data)
+
+    def _send_plan(self, ptype: Any) -> SendPlan:
+        """Look up what sending ``ptype`` needs and cache it (any thread).
+
+        Returns ``(registry version, pid, packet object, hooks, smart, type
+        of ptype)``: ``hooks`` is whether the packet's ``_send``/``send``
+        must be called after queueing (the class overrides one of them),
+        ``smart`` whether it is a :class:`~peng3dnet.packet.SmartPacket`.
+        """
+        reg = self.registry
+        regver = reg.version
+        try:
+            pid = reg.get_id(ptype)
+        except RegistryError:
+            if isinstance(ptype, int) and not isinstance(ptype, bool):
+                raise UnknownPacketError(f"packet id {ptype} is not registered") from None
+            raise
+        if pid in INTERNAL_IDS:
+            raise LocalProtocolError(f"internal packet {pid} cannot be sent by the application")
+        pobj = reg.find_obj(pid)
+        cls: Any = type(pobj)
+        hooks = pobj is not None and (cls._send, cls.send) != BASE_SEND
+        plan = SendPlan(regver, pid, pobj, hooks, isinstance(pobj, SmartPacket), type(ptype))
+        plans = self._send_plans
+        if len(plans) > 1024:  # bounded, whatever the caller passes
+            plans.clear()
+        try:
+            plans[ptype] = plan
+        except TypeError:
+            pass
+        return plan
+
+    def _send_frame(self, link: Link, frame: bytes, pid: int, data: Any, cork: bool = True) -> None:
+        """Queue an encoded frame on one connection (any thread).  Fan-out
+        paths pass ``cork=False`` (see :meth:`Channel.write`)."""
+        chan = link.chan
+        slow = False
+        with chan.lock:
+            if link.proto.closed:
+                raise ConnectionClosedError("connection is closed", link.proto.close_reason)
+            if chan.out and len(chan.out) + len(frame) > self._h_write_cap:
+                if self._h_write_raise:
+                    raise WriteBufferFullError(
+                        f"{len(chan.out)} bytes wait for cid={link.cid}; the cap is {self._h_write_cap}"
+                    )
+                log.info("! %s cid=%s: peer does not read (%d bytes queued), closing", self._role, link.cid, len(chan.out))
+                slow = True
+            else:
+                chan.write(frame, cork)
+                stats = link.stats
+                stats.packets_out += 1
+                stats.bytes_out += len(frame)
+                if data is not NO_EVENT and self._h_events and (self._sig_send.receivers or self.peng is not None):
+                    # Emitted under the lock so it cannot come after the close event.
+                    self._emit_packet(self._route_send, link, pid, "data", data)
+        if slow:
+            self._close_slow(link)
+            return
+        if self._h_print_send:
+            self._debug_print("send", link, pid, data)
+
+    def _close_slow(self, link: Link) -> None:
+        # The peer does not read: what is queued cannot be delivered, so the
+        # connection is closed at once (closeconn is queued but may never arrive).
+        self._close_link(link, "slowconsumer")
+        if self._reactor.in_loop():
+            self._force_close(link)
+        else:
+            self._reactor.call_soon(self._force_close, link)
+
+
+
+    @staticmethod
+    def _push(link: Link) -> None:
+        """Write what the core queued and count it (channel lock held)."""
+        data = link.proto.data_to_send()
+        if data:
+            link.chan.write(data)
+            link.stats.bytes_out += len(data)
+
+    def _feed(self, link: Link, data: bytes) -> None:
+        """receive_data() of both facades: bytes in as if read from the socket."""
+        with link.chan.lock:
+            link.proto.receive_data(data)
+            outs = link.proto.drain_received()
+            self._push(link)
+        if self._loop_active() and not self._reactor.in_loop():
+            self._reactor.call_soon(self._handle_outputs, link, outs)
+        else:
+            self._handle_outputs(link, outs)
+
+    # --- peng3d-style API (names fixed) ---
+    def addConnType(self, t: str, obj: ConnectionType) -> None:  # noqa: N802
+        """Register a connection type under the name ``t``.
+
+        Raises:
+            AlreadyRegisteredError: The name is taken.
+
+        Thread safety: any thread, before connections are made.
+        """
+        if t in self.conntypes:
+            raise AlreadyRegisteredError(f"connection type {t!r} is already registered")
+        self.conntypes[t] = obj
+
+    def _send_raw(self, cid: int | None, pid: int, msg: Any) -> None:
+        """Send a packet that is not in the registry (connection types)."""
+        link = self._link(cid)
+        chan = link.chan
+        with chan.lock:
+            link.proto.send_packet(pid, msg)
+            self._push(link)
+            link.stats.packets_out += 1
+
+    # --- process queue -----------------------------------------------------------------------
+    def _dispatch(self, link: Link, pobj: Any, pid: int, msg: Any) -> None:
+        if pobj is None:  # the close, queued behind the connection's last packets
+            self._app_closed(link, msg)
+            return
+        self._deliver(link, pobj, pid, msg)
+        with self._qlock:
+            link.queued -= 1
+            resume = link.chan.paused and link.queued <= link.resume_at
+            if resume:
+                link.chan.paused = False
+        if resume:
+            self._reactor.call_soon(link.chan.update_interest)
+
+    def process(self, wait: bool = False, timeout: float | None = None) -> int:
+        """Run the handlers of queued packets.
+
+        Args:
+            wait: When nothing is queued, wait for packets first.
+            timeout: Longest wait in seconds (``None``: no limit).
+
+        Returns:
+            The number of packets processed.
+
+        Thread safety: any thread; handlers run on the calling thread.  Call
+        it from one thread only if handlers must not run concurrently.
+        """
+        q = self._pqueue
+        if wait and not q:
+            with self._pcond:
+                self._pwaiters += 1
+                try:
+                    if not q and not self._process_stop:
+                        self._pcond.wait(timeout)
+                finally:
+                    self._pwaiters -= 1
+        n = 0
+        for _ in range(len(q)):
+            try:
+                link, pobj, pid, msg = q.popleft()
+            except IndexError:
+                break
+            self._dispatch(link, pobj, pid, msg)
+            n += 1
+        return n
+
+    def _process_single(self, link: Link) -> bool:
+        q = self._pqueue
+        for i, item in enumerate(q):
+            if item[0] is link:
+                try:
+                    del q[i]
+                except IndexError:
+                    return False
+                self._dispatch(*item)
+                return True
+        return False
+
+    def process_forever(self) -> None:
+        """Process packets until :meth:`stop`, waiting (not polling) between batches.
+
+        Thread safety: run it on one thread (see :meth:`process_async`).
+        """
+        self._process_stop = False
+        while not self._process_stop:
+            self.process(wait=True)
+        self.process()
+
+    def process_async(self) -> threading.Thread:
+        """Run :meth:`process_forever` in a daemon thread "peng3dnet process Thread".
+
+        Returns:
+            The thread.
+
+        Thread safety: any thread.
+        """
+        t = threading.Thread(target=self.process_forever, name="peng3dnet process Thread", daemon=True)
+        self._process_thread = t
+        t.start()
+        return t
+
+    def _wake_process(self) -> None:
+        with self._pcond:
+            self._pcond.notify_all()
+
+    # --- loop ----------------------------------------------------------------------------------
+    def _run_loop(self, selector: Any) -> None:
+        self._loop_started = True
+        self._loop_done.clear()
+        try:
+            self._reactor.run(selector, self._on_loop_start)
+        finally:
+            try:
+                self._on_loop_exit()
+            finally:
+                self._reactor.close()
+                self._loop_done.set()
+
+    def _loop_active(self) -> bool:
+        return self._loop_started and not self._loop_done.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the network loop has ended.
+
+        Raises:
+            TimedOutError: It did not end within ``timeout`` seconds.
+
+        Thread safety: any thread but the network thread.
+        """
+        if not self._loop_started:
+            return
+        if not self._loop_done.wait(timeout):
+            raise TimedOutError(f"{self._role} loop still running after {timeout} s")
+
+    def _request_stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._process_stop = True
+        self._wake_process()
+        if self._shared is not None:
+            if self._loop_active():
+                self._reactor.call_soon(self._leave_shared)
+        else:
+            self._reactor.stop()
+
+    def _leave_shared(self) -> None:
+        if self._loop_done.is_set():
+            return
+        try:
+            self._on_loop_exit()
+        finally:
+            self._loop_done.set()
+
+    def _after_handshake(self, link: Link) -> None:
+        pass
+
+    def _connection_closed(self, link: Link, reason: str | None) -> None:
+        raise NotImplementedError
+
+    def _channel_closed(self, link: Link) -> None:
+        pass
+
+    def _on_loop_start(self) -> None:
+        raise NotImplementedError
+
+    def _on_loop_exit(self) -> None:
+        raise NotImplementedError
+
+    def _link(self, cid: int | None) -> Link:
+        raise NotImplementedError
+
+
+def resolve_addr(addr: Any, cfg: ConfigView, prefix: str) -> tuple[Any, ...]:
+    port = cfg[f"{prefix}.addr.port"]
+    if addr is None:
+        addr = cfg[f"{prefix}.addr"]
+    if addr is None:
+        return normalize_addr_socketstyle((cfg[f"{prefix}.addr.host"], port))
+    return normalize_addr_socketstyle(addr, port)

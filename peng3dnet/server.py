@@ -1,0 +1,667 @@
+"""The server side: Server, ClientOnServer, ServerStats."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import selectors
+import socket
+import ssl
+import threading
+from typing import Any
+
+from . import tls as _tls
+from .constants import (
+    CONNTYPE_NOTSET,
+    MODE_NOTSET,
+    PID_CLOSECONN,
+    SIDE_SERVER,
+    SSLSEC_NONE,
+    SSLSEC_WRAPPED,
+    STATE_ACTIVE,
+    STATE_HELLOWAIT,
+    STATE_INIT,
+)
+from .errors import (
+    ConnectionClosedError,
+    InvalidAddressError,
+    NetworkError,
+    WriteBufferFullError,
+)
+from .link import ConnectionStats, Link, noop_hook
+from .peer import Peer, resolve_addr
+from .plans import NO_EVENT
+from .protocol.codec import frame_body, pack
+from .protocol.framing import LENGTH, encode_frame
+from .protocol.handshake import HandshakeState
+from .transport import EVENT_READ, Channel
+from .userlog import report_user_error
+
+__all__ = ['Server', 'ClientOnServer', 'ServerStats']
+
+log = logging.getLogger(__name__)
+
+class ServerStats:
+    """Totals of a server, open and closed connections together (read from
+    any thread; see :class:`ConnectionStats`)."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.connections_total = 0
+        """Connections accepted so far."""
+        self.connections_refused = 0
+        """Connections refused because of ``net.limits.max_clients``."""
+        self._closed = {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
+
+    def _add_closed(self, stats: ConnectionStats) -> None:
+        for key in self._closed:
+            self._closed[key] += getattr(stats, key)
+
+    def _total(self, key: str) -> int:
+        live = sum(getattr(link.stats, key) for link in list(self._server._links.values()))
+        return self._closed[key] + live
+
+    @property
+    def connections_open(self) -> int:
+        """Connections open now."""
+        return len(self._server._links)
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes received, all connections."""
+        return self._total("bytes_in")
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes sent, all connections."""
+        return self._total("bytes_out")
+
+    @property
+    def packets_in(self) -> int:
+        """Packets received, all connections."""
+        return self._total("packets_in")
+
+    @property
+    def packets_out(self) -> int:
+        """Packets sent, all connections."""
+        return self._total("packets_out")
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict of every counter."""
+        keys = ("connections_total", "connections_refused", "connections_open", "bytes_in", "bytes_out",
+                "packets_in", "packets_out")
+        return {k: getattr(self, k) for k in keys}
+
+
+
+
+class ClientOnServer:
+    """The server's view of one connected client.
+
+    Args:
+        server: The :class:`Server`.
+        conn: The connected socket.
+        addr: The client's address.
+        cid: The connection id.
+
+    Subclass it and pass the class as ``Server(clientcls=...)`` to add
+    per-client state; the ``on_*`` hooks run on the network thread.
+    """
+
+    def __init__(self, server: Server, conn: socket.socket, addr: Any, cid: int) -> None:
+        self.server = server
+        """The server."""
+        self.conn = conn
+        """The socket."""
+        self.addr = addr
+        """The client's address."""
+        self.cid = cid
+        """The connection id (unique per server, increasing)."""
+        self.state = STATE_INIT
+        """The application's state of this connection (a ``STATE_*`` or a
+        value of the application's own, e.g. ``STATE_LOGGEDIN`` or 100+).
+        The library moves it through the handshake (``STATE_HELLOWAIT`` at
+        accept, ``STATE_HANDSHAKE_WAIT1`` after ``settype``), the base
+        :meth:`on_handshake_complete` sets ``STATE_ACTIVE`` (a ping
+        connection is ``STATE_ACTIVE`` at once), and the close sets
+        ``STATE_CLOSED``; in between the library never writes it.
+        :class:`~peng3dnet.packet.SmartPacket` checks read it."""
+        self.mode = MODE_NOTSET
+        """The application's mode of this connection (``MODE_*``): the
+        library sets ``MODE_PING`` on ping connections and ``MODE_CLOSED`` at
+        the close; the rest is the application's."""
+        self.conntype = CONNTYPE_NOTSET
+        """The connection type name (``CONNTYPE_NOTSET`` before ``settype``)."""
+        self._link: Link | None = None
+
+    @property
+    def protocol_state(self) -> HandshakeState:
+        """The library's protocol state of the connection (not :attr:`state`)."""
+        return self._link.proto.state if self._link is not None else HandshakeState.INIT
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the connection was closed (``None`` while open)."""
+        return self._link.proto.close_reason if self._link is not None else None
+
+    @property
+    def stats(self) -> ConnectionStats:
+        """Byte/packet counters, RTT, connected-since and last-seen times."""
+        assert self._link is not None
+        return self._link.stats
+
+    @property
+    def ssl_seclevel(self) -> int:
+        """The connection's ``SSLSEC_*`` security level."""
+        return self._link.sslsec if self._link is not None else SSLSEC_NONE
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes queued for this client that the socket did not take yet
+        (watch it for back-pressure; the cap is ``net.limits.write_buffer``)."""
+        return len(self._link.chan.out) if self._link is not None else 0
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """Extensions negotiated on this connection (e.g. ``heartbeat``)."""
+        return self._link.proto.negotiated if self._link is not None else frozenset()
+
+    def close(self, reason: str | None = None) -> None:
+        """Close this connection (see :meth:`Server.close_connection`).
+
+        Thread safety: any thread.
+        """
+        self.server.close_connection(self.cid, reason)
+
+    def on_connect(self) -> None:
+        """Hook: the TCP connection was accepted (network thread)."""
+
+    def on_handshake_complete(self) -> None:
+        """Hook: the handshake is complete (network thread).
+
+        The default sets :attr:`state` to ``STATE_ACTIVE`` and emits
+        ``peng3dnet:server.connection.handshakecomplete``.  An override may
+        set another state (``STATE_LOGGEDIN``, a value of its own), with or
+        without calling ``super()`` (without it, no event is emitted).
+        """
+        self.state = STATE_ACTIVE
+        self.server._emit("peng3dnet:server.connection.handshakecomplete", {"client": self})
+
+    def on_close(self, reason: str | None = None) -> None:
+        """Hook: the connection was closed.
+
+        It runs after the handlers of every packet that arrived before the
+        close (as 0.1.x handled ``closeconn`` in order): on the network
+        thread when none was waiting for ``process()``, else on the thread
+        that runs ``process()``, right after the last of them.  Then
+        :attr:`state` becomes ``STATE_CLOSED`` and the server forgets the
+        client.  The close event (network thread, at once) is emitted
+        whatever this does."""
+
+    @noop_hook
+    def on_receive(self, pid: int, msg: Any) -> None:
+        """Hook: an application packet from this client was handled (after
+        its packet's ``_receive``; the thread that runs ``process()``)."""
+
+    @noop_hook
+    def on_send(self, ptype: Any, data: Any) -> None:
+        """Hook: an application packet to this client was queued (after the
+        packet's ``_send``; the sending thread).  ``ptype`` as given to
+        ``send_message``."""
+
+
+class Server(Peer):
+    """A peng3dnet server: accepts clients and exchanges packets with them.
+
+    Args:
+        peng: A ``peng3d.Peng`` (events are forwarded to it, its config is
+            consulted), or ``None``.
+        addr: Address to bind (see :func:`~peng3dnet.util.normalize_addr_socketstyle`);
+            default from ``net.server.addr`` / ``net.server.addr.host`` + ``.port``.
+        clientcls: Class of the per-connection objects (a :class:`ClientOnServer`).
+        cfg: Config overrides.
+
+    Thread safety: every method may be called from any thread unless its
+    docstring says otherwise.
+    """
+
+    side = SIDE_SERVER
+    _role = "server"
+    _thread_name = "peng3dnet Server Thread"
+
+    def __init__(
+        self,
+        peng: Any = None,
+        addr: Any = None,
+        clientcls: type[ClientOnServer] | None = None,
+        cfg: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(peng, cfg)
+        self.addr: tuple[Any, ...] = resolve_addr(addr, self.cfg, "net.server")
+        """Address to bind; after :meth:`bind`, the address actually bound."""
+        self.clientcls = clientcls if clientcls is not None else ClientOnServer
+        """Class of the per-connection objects."""
+        self.clients: dict[int, ClientOnServer] = {}
+        """Open connections: cid -> ClientOnServer."""
+        self.sock: socket.socket | None = None
+        """The listening socket (after :meth:`bind`)."""
+        self._cids = itertools.count(1)
+        self._cid_lock = threading.Lock()
+        self._links: dict[int, Link] = {}
+        self._open_channels = 0
+        self._chan_cond = threading.Condition()
+        self._shutdown_info: dict[str, Any] | None = None
+        self.stats = ServerStats(self)
+        """Server totals (accepted, refused, open, bytes and packets)."""
+        self._ssl_ctx: ssl.SSLContext | None = None
+        if self.cfg["net.ssl.enabled"]:
+            self._ssl_ctx = _tls.server_context(self.cfg)
+
+    # --- peng3d-style API (names fixed) ---
+    def genCID(self) -> int:  # noqa: N802
+        """Return a new connection id: unique, increasing ints from 1.
+
+        Thread safety: any thread.
+        """
+        with self._cid_lock:
+            return next(self._cids)
+
+    def runBlocking(self, selector: Any = selectors.DefaultSelector) -> None:  # noqa: N802
+        """Run the network loop in the calling thread until :meth:`stop`.
+
+        Calls :meth:`initialize` and :meth:`bind` first if needed.
+
+        Args:
+            selector: The selector class to use.
+
+        Thread safety: the calling thread becomes the network thread.
+        """
+        self.initialize()
+        self.bind()
+        self._run_loop(selector)
+
+    def runAsync(self, selector: Any = selectors.DefaultSelector) -> threading.Thread:  # noqa: N802
+        """Start the network loop in a daemon thread "peng3dnet Server Thread".
+
+        Returns at once, after :meth:`initialize` and :meth:`bind` ran (so
+        :attr:`addr` holds the bound address).
+
+        Returns:
+            The thread.
+        """
+        self.initialize()
+        self.bind()
+        t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)
+        self._thread = t
+        self._loop_started = True
+        self._loop_done.clear()
+        t.start()
+        return t
+
+    def sendEvent(self, event: str, data: dict[str, Any] | None = None) -> None:  # noqa: N802
+        """Emit an event: on the blinker bus and, if a Peng was given, to
+        ``peng.sendEvent``.  Adds the ``peng`` and ``server`` keys.
+
+        Thread safety: any thread; handlers run on it.
+        """
+        self._emit(event, dict(data) if data else {})
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def initialize(self) -> None:
+        """Register the internal packets, the connection types and the mixin
+        hooks (``_reg_packets_*``, ``_reg_conntypes_*``); emit ``initialize``.
+        Repeated calls do nothing."""
+        if self._initialized:
+            return
+        self._initialized = True
+        self._register_internal()
+        self._call_hooks()
+        self._emit("peng3dnet:server.initialize", {})
+
+    def bind(self) -> None:
+        """Create the listening socket and bind it (backlog 128); emit ``bind``
+        with the bound address.  Repeated calls do nothing.
+
+        Raises:
+            NetworkError: The address cannot be bound.
+            InvalidAddressError: The address cannot be resolved.
+        """
+        if self.sock is not None:
+            return
+        self.initialize()
+        host, port = self.addr[0], self.addr[1]
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise InvalidAddressError(f"cannot resolve {host!r}: {exc}") from exc
+        family, socktype, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+                # net.server.dualstack: one IPv6 socket that also takes IPv4 clients
+                dual = bool(self.cfg["net.server.dualstack"])
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
+            sock.bind(sockaddr)
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            raise NetworkError(f"cannot bind {host!r}:{port}: {exc}") from exc
+        sock.setblocking(False)
+        self.sock = sock
+        self.addr = sock.getsockname()[:2]
+        log.info("= server listening on %s", self.addr)
+        self._emit("peng3dnet:server.bind", {"addr": self.addr})
+
+    def _on_loop_start(self) -> None:
+        assert self.sock is not None
+        self._reactor.register(self.sock, EVENT_READ, self._on_accept)
+        self._schedule_housekeeping()
+        self._emit("peng3dnet:server.start", {})
+
+    def _on_accept(self, mask: int) -> None:
+        assert self.sock is not None
+        for _ in range(64):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: try again on the next wake-up
+                log.warning("! server: accept failed: %s", exc)
+                return
+            self._prepare_socket(sock)
+            self._accepted(sock, addr)
+
+    def _accepted(self, sock: socket.socket, addr: Any) -> None:
+        max_clients = int(self.cfg["net.limits.max_clients"])
+        if max_clients > 0 and len(self._links) >= max_clients:
+            # Refused before it becomes a connection: no events, one closeconn.
+            self.stats.connections_refused += 1
+            log.info("! server: refusing %s, %d connections is the limit", addr, max_clients)
+            try:
+                sock.send(encode_frame(PID_CLOSECONN, 0, b"\x81\xa6reason\xaaserverfull"))
+            except OSError:
+                pass
+            sock.close()
+            return
+        if self._ssl_ctx is not None:
+            try:
+                sock = self._ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError) as exc:
+                log.info("! server: cannot start TLS with %s: %s", addr, exc)
+                sock.close()
+                return
+        cid = self.genCID()
+        proto = self._new_proto()
+        client = self.clientcls(self, sock, addr, cid)
+        link = Link(proto, None, client, cid)  # type: ignore[arg-type]
+        link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
+        client._link = link
+        self._lib_state(link, STATE_HELLOWAIT)
+        self.clients[cid] = client
+        self._links[cid] = link
+        self.stats.connections_total += 1
+        with self._chan_cond:
+            self._open_channels += 1
+        log.info("= server cid=%d: connection from %s", cid, addr)
+        if self.cfg["net.debug.print.connect"]:
+            log.info("= server cid=%d connected from %s", cid, addr)
+        self._emit("peng3dnet:server.connection.accept", {"sock": sock, "addr": addr, "client": client, "cid": cid})
+        try:
+            client.on_connect()
+        except Exception:
+            report_user_error("! server cid=%d: on_connect raised", cid)
+        if self._ssl_ctx is not None:
+            link.sslsec = SSLSEC_WRAPPED
+            link.chan.tls_pending = EVENT_READ
+            self._tls_step(link)
+        else:
+            link.chan.update_interest()
+            self._start_protocol(link)
+
+    def _start_protocol(self, link: Link) -> None:
+        proto = link.proto
+        with link.chan.lock:
+            proto.initiate()
+            outs = proto.drain_received()
+            self._push(link)
+        link.chan.update_interest()
+        self._handle_outputs(link, outs)
+
+    def _all_links(self) -> list[Link]:
+        return list(self._links.values())
+
+    def _begin_handshake(self, cid: int) -> None:
+        link = self._links[cid]
+        with link.chan.lock:
+            link.proto.begin_handshake(self.registry.mapping())
+            outs = link.proto.drain_received()
+            self._push(link)
+        self._handle_outputs(link, outs)
+
+    def _connection_closed(self, link: Link, reason: str | None) -> None:
+        self._emit("peng3dnet:server.connection.close", {"client": link.owner, "reason": reason})
+
+    def _forget(self, link: Link) -> None:
+        self.clients.pop(link.cid, None)  # type: ignore[arg-type]
+
+    def _channel_closed(self, link: Link) -> None:
+        if self._links.pop(link.cid, None) is not None:  # type: ignore[arg-type]
+            self.stats._add_closed(link.stats)
+        with self._chan_cond:
+            self._open_channels -= 1
+            self._chan_cond.notify_all()
+
+    def _link(self, cid: int | None) -> Link:
+        link = self._links.get(cid) if cid is not None else None
+        if link is None or link.proto.closed:  # a plain attribute (is_open is two property calls)
+            raise ConnectionClosedError(f"no open connection with cid {cid!r}")
+        return link
+
+    def _on_loop_exit(self) -> None:
+        # Whatever is still open is closed now, so every connection gets its
+        # close event before stop (and shutdown).
+        for link in list(self._links.values()):
+            if link.proto.is_open:
+                self._close_link(link, "servershutdown", polite=True)
+            if not link.chan.closed:
+                with link.chan.lock:
+                    link.chan.flush()
+                self._force_close(link)
+        self._reactor.run_calls()
+        self._close_listener()
+        self._emit("peng3dnet:server.stop", {"reason": self._stop_reason or "method"})
+        info = self._shutdown_info
+        if info is not None:
+            self._emit("peng3dnet:server.shutdown", info)
+
+    def _close_listener(self) -> None:
+        if self.sock is not None:
+            self._reactor.unregister(self.sock)
+            self.sock.close()
+
+    # --- public API ------------------------------------------------------------------------------
+    def send_message(self, ptype: Any, data: Any, cid: int) -> None:
+        """Send a message to one client.
+
+        Args:
+            ptype: Packet id, name or registered packet object.
+            data: Any msgpack-serializable value.
+            cid: The connection id.
+
+        Raises:
+            ConnectionClosedError: No open connection with that cid.
+            RegistryError: Unknown packet.
+            LocalProtocolError: The packet cannot be sent now (e.g. before the
+                handshake) or the message cannot be encoded.
+
+        Thread safety: any thread, including packet handlers; never blocks on
+        the network.
+        """
+        self._send(self._link(cid), ptype, data)
+
+    def broadcast(self, ptype: Any, data: Any, cids: Any = None) -> int:
+        """Send one message to many clients, encoding it once.
+
+        Args:
+            ptype: Packet id, name or registered packet object.
+            data: Any msgpack-serializable value.
+            cids: The connection ids (default: every handshaken client).
+
+        Returns:
+            How many connections it was queued on.  Connections that are
+            closed, not handshaken, whose write buffer is full (with
+            ``"raise"``), or (with ``net.smartpacket.strict_send``) on which
+            a SmartPacket's check fails are skipped, not raised for.
+
+        Raises:
+            RegistryError: Unknown packet.
+            LocalProtocolError: The message cannot be encoded.
+
+        Thread safety: any thread.  The packet's ``_send`` (and so a
+        SmartPacket's check and ``send`` hook) and each client's ``on_send``
+        run once per connection it was queued on, after queueing.
+
+        .. versionadded:: 0.2
+        """
+        _, pid, pobj, hooks, smart, _ = self._lookup(ptype)
+        targets = list(self._links) if cids is None else list(cids)
+        frame = self._frame_for_body(pid, pack(data))
+        sent = 0
+        for cid in targets:
+            link = self._links.get(cid)
+            if link is None or link.proto.state is not HandshakeState.ACTIVE:
+                continue
+            if smart and self._strict_refused(link, pobj, pid):
+                continue
+            try:
+                self._send_frame(link, frame, pid, data, False)
+            except (ConnectionClosedError, WriteBufferFullError):
+                continue
+            sent += 1
+            if hooks:
+                pobj._send(data, cid)
+            if link.on_send is not None:
+                link.on_send(ptype, data)
+        return sent
+
+    def _frame_for_body(self, pid: int, body: bytes) -> bytes:
+        compress, threshold, level = self._h_compress
+        return frame_body(pid, body, compress=compress, threshold=threshold, level=level)
+
+    def send_encoded(self, ptype: Any, body: bytes, cid: int) -> None:
+        """Send a message that is already msgpack-encoded to one client.
+
+        For fan-out code that encodes once and sends to many clients with
+        per-client parts (``ext.sync`` does): framing and compression are
+        applied as for :meth:`send_message`.  No ``send`` event is emitted
+        and no packet hook (``_send``, ``on_send``) runs.
+
+        Args:
+            ptype: Packet id, name or registered packet object.
+            body: Exactly one msgpack value, as ``msgpack.packb`` makes it
+                (not checked: a malformed body makes the client close).
+            cid: The connection id.
+
+        Raises:
+            ConnectionClosedError: No open connection with that cid.
+            RegistryError: Unknown packet.
+            LocalProtocolError: The handshake is not complete.
+
+        Thread safety: any thread.
+
+        .. versionadded:: 0.2
+        """
+        pid = self._lookup(ptype)[1]
+        link = self._link(cid)
+        self._check_sendable(link)
+        self._send_frame(link, self._frame_for_body(pid, body), pid, NO_EVENT, False)
+
+    def close_connection(self, cid: int, reason: str | None = None) -> None:
+        """Send ``closeconn`` with ``reason`` after what is queued, then close.
+
+        Unknown or already closed cids are ignored.
+
+        Thread safety: any thread.
+        """
+        link = self._links.get(cid)
+        if link is not None:
+            self._close_link(link, reason, polite=True)
+
+    def process_single_packet(self, client: ClientOnServer) -> bool:
+        """Run the handler of the oldest queued packet of ``client``.
+
+        Returns:
+            Whether a packet was processed.
+        """
+        link = client._link
+        return link is not None and self._process_single(link)
+
+    def receive_data(self, data: bytes, cid: int) -> None:
+        """Feed bytes to a connection as if they came from its socket.
+
+        Thread safety: any thread; outputs are handled on the network thread
+        when the loop runs.
+        """
+        link = self._links.get(cid)
+        if link is None:
+            raise ConnectionClosedError(f"no connection with cid {cid!r}")
+        self._feed(link, data)
+
+    def receive_packet(self, data: bytes, cid: int) -> None:
+        """Feed one packet (header + body, without the length prefix).
+
+        Thread safety: as :meth:`receive_data`.
+        """
+        self.receive_data(LENGTH.pack(len(data)) + data, cid)
+
+    def interrupt(self) -> None:
+        """Wake the network loop and the process waiters; emit ``interrupt``."""
+        self._emit("peng3dnet:server.interrupt", {})
+        self._reactor.wake()
+        self._wake_process()
+
+    def stop(self) -> None:
+        """Stop the network loop and :meth:`process_forever`.
+
+        Open connections are closed (reason ``servershutdown``), then the
+        loop emits ``stop`` (reason ``"method"``) and returns.  For a
+        graceful stop that delivers everything queued, use :meth:`shutdown`.
+        """
+        active = self._loop_active()
+        self._request_stop("method")
+        if not active:
+            self._close_listener()
+            self._emit("peng3dnet:server.stop", {"reason": "method"})
+
+    def shutdown(self, join: bool = True, timeout: float = 0, reason: str = "servershutdown") -> None:
+        """Close every client with ``reason`` (flushing what is queued), stop.
+
+        Args:
+            join: Wait for the clients to be closed and the loop to end.
+            timeout: Longest wait in seconds; 0 means no limit.
+            reason: The close reason sent to every client.
+
+        Emits ``shutdown`` (with ``reason``, ``join``, ``timeout``) after
+        ``stop``.  Thread safety: any thread; from the network thread (e.g.
+        a handler) it does not wait.
+        """
+        self._shutdown_info = {"reason": reason, "join": join, "timeout": timeout}
+        for link in list(self._links.values()):
+            self._close_link(link, reason, polite=True)
+        if not self._loop_active():
+            # No loop: nothing can flush; _close_link already closed the sockets.
+            self._request_stop("method")
+            self._close_listener()
+            self._emit("peng3dnet:server.stop", {"reason": "method"})
+            self._emit("peng3dnet:server.shutdown", self._shutdown_info)
+            return
+        wait = join and not self._reactor.in_loop()
+        limit = timeout or None
+        if wait:
+            with self._chan_cond:
+                self._chan_cond.wait_for(lambda: self._open_channels <= 0, limit)
+        self._request_stop("method")  # the loop emits stop, then shutdown
+        if wait:
+            self._loop_done.wait(limit)
