@@ -7,7 +7,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
 from typing import Any
 
 from . import events as _events
@@ -39,6 +38,7 @@ from .errors import (
     WriteBufferFullError,
 )
 from .events.bus import Route as _Route
+from .inbox import Inbox
 from .link import Link
 from .packet import SmartPacket, smart_check
 from .packet.internal import INTERNAL_PACKETS
@@ -91,12 +91,7 @@ class Peer:
         """Connection types by name."""
         self._initialized = False
         self._reactor = Reactor(self._thread_name)
-        self._pqueue: deque[tuple[Link, Any, int, Any]] = deque()
-        self._pcond = threading.Condition(threading.Lock())
-        self._pwaiters = 0
-        self._notify_pending = False
-        self._qlock = threading.Lock()
-        self._process_stop = False
+        self._inbox = Inbox()
         self._process_thread: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._loop_started = False
@@ -128,7 +123,7 @@ class Peer:
 
         Thread safety: any thread.
         """
-        return self._stop_reason is None or bool(self._pqueue) or self._close_undelivered()
+        return self._stop_reason is None or bool(self._inbox.items) or self._close_undelivered()
 
     @run.setter
     def run(self, value: bool) -> None:
@@ -501,21 +496,17 @@ class Peer:
                 self._on_heartbeat_ack(link, o.msg)
             elif isinstance(o, ConnectionClosed):
                 self._on_closed(link, o)
-        if queued and self._pwaiters and not self._notify_pending:
+        inbox = self._inbox
+        if queued and inbox.has_waiters and not inbox.notify_pending:
             reactor = self._reactor
             if reactor.running and reactor.in_loop():
                 # One wake-up per select(), after every socket it returned
                 # was read: the process thread then gets a batch, and the GIL
                 # when the network thread blocks, not at its next recv().
-                self._notify_pending = True
-                reactor.after_io(self._notify_process)
+                inbox.notify_pending = True
+                reactor.after_io(inbox.notify)
             else:
-                self._notify_process()
-
-    def _notify_process(self) -> None:
-        self._notify_pending = False
-        with self._pcond:
-            self._pcond.notify_all()
+                inbox.notify()
 
     def _on_heartbeat_ack(self, link: Link, msg: Any) -> None:
         sent = msg.get("t") if isinstance(msg, dict) else None
@@ -648,12 +639,7 @@ class Peer:
         if self._h_inline:
             self._deliver(link, pobj, pid, msg)
             return False
-        self._pqueue.append((link, pobj, pid, msg))
-        link.queued += 1
-        limit = self._h_recv_queue
-        if link.queued >= limit and not link.chan.paused:
-            link.chan.paused = True
-            link.resume_at = limit // 2
+        if self._inbox.put(link, pobj, pid, msg, self._h_recv_queue):
             link.chan.update_interest()
             log.debug("= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued)
         return True
@@ -720,8 +706,7 @@ class Peer:
         # server forgetting the client) comes after the packets that arrived
         # before it: behind them in the process queue when some wait there.
         if link.queued > 0:
-            self._pqueue.append((link, None, -1, o.reason))
-            self._notify_process()
+            self._inbox.put_close(link, o.reason)
         else:
             self._app_closed(link, o.reason)
 
@@ -953,12 +938,7 @@ class Peer:
             self._app_closed(link, msg)
             return
         self._deliver(link, pobj, pid, msg)
-        with self._qlock:
-            link.queued -= 1
-            resume = link.chan.paused and link.queued <= link.resume_at
-            if resume:
-                link.chan.paused = False
-        if resume:
+        if self._inbox.done(link):
             self._reactor.call_soon(link.chan.update_interest)
 
     def process(self, wait: bool = False, timeout: float | None = None) -> int:
@@ -974,44 +954,25 @@ class Peer:
         Thread safety: any thread; handlers run on the calling thread.  Call
         it from one thread only if handlers must not run concurrently.
         """
-        q = self._pqueue
-        if wait and not q:
-            with self._pcond:
-                self._pwaiters += 1
-                try:
-                    if not q and not self._process_stop:
-                        self._pcond.wait(timeout)
-                finally:
-                    self._pwaiters -= 1
-        n = 0
-        for _ in range(len(q)):
-            try:
-                link, pobj, pid, msg = q.popleft()
-            except IndexError:
-                break
-            self._dispatch(link, pobj, pid, msg)
-            n += 1
-        return n
+        if wait:
+            self._inbox.wait(timeout)
+        return self._inbox.drain(self._dispatch)
 
     def _process_single(self, link: Link) -> bool:
-        q = self._pqueue
-        for i, item in enumerate(q):
-            if item[0] is link:
-                try:
-                    del q[i]
-                except IndexError:
-                    return False
-                self._dispatch(*item)
-                return True
-        return False
+        item = self._inbox.take_for(link)
+        if item is None:
+            return False
+        self._dispatch(*item)
+        return True
 
     def process_forever(self) -> None:
         """Process packets until :meth:`stop`, waiting (not polling) between batches.
 
         Thread safety: run it on one thread (see :meth:`process_async`).
         """
-        self._process_stop = False
-        while not self._process_stop:
+        inbox = self._inbox
+        inbox.stopped = False
+        while not inbox.stopped:
             self.process(wait=True)
         self.process()
 
@@ -1029,8 +990,7 @@ class Peer:
         return t
 
     def _wake_process(self) -> None:
-        with self._pcond:
-            self._pcond.notify_all()
+        self._inbox.notify()
 
     # --- loop ----------------------------------------------------------------------------------
     def _run_loop(self, selector: Any) -> None:
@@ -1064,8 +1024,8 @@ class Peer:
     def _request_stop(self, reason: str) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
-        self._process_stop = True
-        self._wake_process()
+        self._inbox.stopped = True
+        self._inbox.notify()
         if self._shared is not None:
             if self._loop_active():
                 self._reactor.call_soon(self._leave_shared)

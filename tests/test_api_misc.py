@@ -32,11 +32,11 @@ def test_process_single_packet_and_receive_packet(pair):
     pid = s.registry.get_id("test:echo")
     # inject one packet (header + body, no length prefix) as if received
     s.receive_packet(HEADER.pack(pid, 0) + msgpack.packb("injected"), cid)
-    wait_for(lambda: s._pqueue, what="queued")
+    wait_for(lambda: s._inbox.items, what="queued")
     assert s.process_single_packet(client_obj) is True
     assert echo.got == ["injected"]
     # and the echo reached the client, whose handler runs in our process() call
-    wait_for(lambda: c._pqueue, what="echo queued on the client")
+    wait_for(lambda: c._inbox.items, what="echo queued on the client")
     assert c.process() == 1
     assert c.registry.get_obj("test:echo").got == ["injected"]
 
@@ -45,7 +45,7 @@ def test_client_receive_packet_dispatches_like_the_socket(pair):
     s, c, cid = pair
     pid = c.registry.get_id("test:echo")
     c.receive_packet(HEADER.pack(pid, 0) + msgpack.packb("fed"))
-    wait_for(lambda: c._pqueue, what="queued")
+    wait_for(lambda: c._inbox.items, what="queued")
     assert c.process() == 1
     assert c.registry.get_obj("test:echo").got == ["fed"]
 

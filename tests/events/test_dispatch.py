@@ -86,7 +86,7 @@ def test_pump_processes_peers_and_respects_max_events():
         c.wait_for_connection(10)
         active_cids(s)
         c.send_message("test:echo", "x")
-        wait_for(lambda: c._pqueue, what="packet queued")
+        wait_for(lambda: c._inbox.items, what="packet queued")
         assert disp.pump(max_events=1) == 1
         assert got == [("x", True)]
         rest = disp.pump()

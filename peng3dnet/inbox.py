@@ -1,0 +1,117 @@
+"""The inbox of ``process()``: decoded packets waiting for their handlers.
+
+The network thread puts each application packet here (with the connection's
+:class:`~peng3dnet.link.Link`); whichever thread calls ``process()`` takes
+them out in order and runs the handlers.  Like websockets' ``Assembler``,
+the inbox also owns the flow control between the two: when a connection has
+``limit`` packets waiting, reading from its socket pauses, and it resumes
+once ``process()`` brought that connection down to half the limit.  Nothing
+is dropped; the sender sees TCP back-pressure.
+
+An item is ``(link, packet object, pid, msg)``; ``(link, None, -1, reason)``
+is a connection's close, queued behind the packets that came before it.
+
+Thread safety: :meth:`Inbox.put` and :meth:`Inbox.notify` on the network
+thread; :meth:`Inbox.wait`, :meth:`Inbox.drain`, :meth:`Inbox.take_for` and
+:meth:`Inbox.done` on the thread(s) calling ``process()``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Inbox"]
+
+
+class Inbox:
+    """The queue between the network thread and ``process()``."""
+
+    __slots__ = ("items", "_cond", "_waiters", "notify_pending", "_lock", "stopped")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[Any, Any, int, Any]] = deque()
+        """The waiting items, oldest first."""
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters = 0
+        self.notify_pending = False
+        """A wake-up of the waiters is scheduled (network thread)."""
+        self._lock = threading.Lock()  # guards Link.queued and the pause flag
+        self.stopped = False
+        """Set by stop(): waits return at once, process_forever() ends."""
+
+    # --- network thread ------------------------------------------------------------------
+    def put(self, link: Any, pobj: Any, pid: int, msg: Any, limit: int) -> bool:
+        """Queue one packet; return whether reading from ``link`` must pause now."""
+        self.items.append((link, pobj, pid, msg))
+        link.queued += 1
+        if link.queued >= limit and not link.chan.paused:
+            link.chan.paused = True
+            link.resume_at = limit // 2
+            return True
+        return False
+
+    def put_close(self, link: Any, reason: str | None) -> None:
+        """Queue a connection's close behind its packets and wake the waiters."""
+        self.items.append((link, None, -1, reason))
+        self.notify()
+
+    @property
+    def has_waiters(self) -> bool:
+        """Whether a thread waits in :meth:`wait`."""
+        return self._waiters > 0
+
+    def notify(self) -> None:
+        """Wake every thread waiting in :meth:`wait` (any thread)."""
+        self.notify_pending = False
+        with self._cond:
+            self._cond.notify_all()
+
+    # --- process() side ----------------------------------------------------------------------
+    def wait(self, timeout: float | None) -> None:
+        """Wait until something is queued, :meth:`notify`, or ``timeout``."""
+        if self.items:
+            return
+        with self._cond:
+            self._waiters += 1
+            try:
+                if not self.items and not self.stopped:
+                    self._cond.wait(timeout)
+            finally:
+                self._waiters -= 1
+
+    def drain(self, dispatch: Callable[[Any, Any, int, Any], None]) -> int:
+        """Dispatch what is queued now (not what arrives meanwhile); return how many."""
+        items = self.items
+        n = 0
+        for _ in range(len(items)):
+            try:
+                item = items.popleft()
+            except IndexError:  # another thread drained concurrently
+                break
+            dispatch(*item)
+            n += 1
+        return n
+
+    def take_for(self, link: Any) -> tuple[Any, Any, int, Any] | None:
+        """Remove and return the oldest item of ``link``, or ``None``."""
+        items = self.items
+        for i, item in enumerate(items):
+            if item[0] is link:
+                try:
+                    del items[i]
+                except IndexError:
+                    return None
+                return item
+        return None
+
+    def done(self, link: Any) -> bool:
+        """One packet of ``link`` was handled; return whether its reading must resume."""
+        with self._lock:
+            link.queued -= 1
+            resume: bool = link.chan.paused and link.queued <= link.resume_at
+            if resume:
+                link.chan.paused = False
+        return resume
