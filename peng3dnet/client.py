@@ -5,10 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import selectors
-import socket
-import ssl
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
 from .constants import (
@@ -21,18 +19,19 @@ from .constants import (
 )
 from .errors import (
     ConnectionClosedError,
-    InvalidAddressError,
     LocalProtocolError,
-    NetworkError,
     TimedOutError,
-    TLSError,
 )
 from .link import ConnectionStats, Link, noop_hook
 from .peer import CLOSE_LINGER, Peer, resolve_addr
 from .protocol.framing import LENGTH
 from .protocol.handshake import HandshakeState
 from .transport import Channel, Reactor
+from .transport import connect as transport_connect
 from .userlog import report_user_error
+
+if TYPE_CHECKING:  # annotations only: socket calls live in transport
+    import socket
 
 __all__ = ['Client', 'NetworkLoop']
 
@@ -84,7 +83,6 @@ class Client(Peer):
         self._handshake_done = threading.Event()
         self._closed = threading.Event()
         self._flush_cond = threading.Condition()  # close_connection() waits on it for the flush
-        self._ping_result: dict[str, Any] | None = None
         self.close_reason: str | None = None
         """Why the connection closed (``None`` while open)."""
 
@@ -120,6 +118,27 @@ class Client(Peer):
         self._loop_done.clear()
         t.start()
         return t
+
+    def attach(self, loop: NetworkLoop) -> None:
+        """Connect (in the caller's thread) and be served by ``loop``'s
+        network thread instead of a thread of our own: what
+        :meth:`NetworkLoop.add` does (use that).
+
+        Raises:
+            LocalProtocolError: The client already runs a loop.
+            NetworkError: The connection cannot be made.
+
+        Thread safety: any thread but the loop's.
+        """
+        if self._loop_started:
+            raise LocalProtocolError("the client already runs a loop")
+        self._reactor = loop.reactor
+        self._shared = loop
+        self.initialize()
+        self.connect()
+        self._loop_started = True
+        self._loop_done.clear()
+        loop.reactor.call_soon(self._on_loop_start)
 
     def sendEvent(self, event: str, data: dict[str, Any] | None = None) -> None:  # noqa: N802
         """Emit an event: on the blinker bus and, if a Peng was given, to
@@ -160,30 +179,11 @@ class Client(Peer):
         if self.conntype not in self.conntypes:
             raise LocalProtocolError(f"unknown connection type {self.conntype!r}")
         ctx = _tls.client_context(self.cfg) if self.cfg["net.ssl.enabled"] else None
-        timeout = float(self.cfg["net.client.connect_timeout"])
-        try:
-            sock = socket.create_connection(self.addr[:2], timeout=timeout)
-        except socket.gaierror as exc:
-            raise InvalidAddressError(f"cannot resolve {self.addr[0]!r}: {exc}") from exc
-        except OSError as exc:
-            raise NetworkError(f"cannot connect to {self.addr}: {exc}") from exc
+        sock = transport_connect(self.addr, float(self.cfg["net.client.connect_timeout"]), ctx)
         sslsec = SSLSEC_NONE
         if ctx is not None:
-            try:
-                sock = ctx.wrap_socket(sock, server_hostname=str(self.addr[0]))
-            except ssl.SSLCertVerificationError as exc:
-                sock.close()
-                raise TLSError(f"TLS: the server's certificate was not accepted: {exc.verify_message}") from exc
-            except (ssl.SSLError, OSError) as exc:
-                sock.close()
-                hint = ""
-                if "WRONG_VERSION_NUMBER" in str(exc) or "record layer" in str(exc):
-                    hint = " (does the server have TLS enabled?)"
-                elif isinstance(exc, ssl.SSLError) and "CERTIFICATE_REQUIRED" in str(exc).upper():
-                    hint = " (the server requires a client certificate)"
-                raise TLSError(f"TLS handshake with {self.addr} failed: {exc}{hint}") from exc
             sslsec = _tls.security_level(sock, False, bool(self.cfg["net.ssl.client.certfile"]))
-        self._prepare_socket(sock)
+
         self.sock = sock
         proto = self._new_proto(self.conntype)
         link = Link(proto, None, self, None)  # type: ignore[arg-type]
@@ -463,7 +463,8 @@ class NetworkLoop:
 
     def __init__(self, name: str = "peng3dnet Client Thread") -> None:
         self.name = name
-        self._reactor = Reactor(name)
+        self.reactor = Reactor(name)
+        """The reactor whose thread serves the clients."""
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._clients: list[Client] = []
@@ -478,14 +479,14 @@ class NetworkLoop:
 
     def _run(self, selector: Any) -> None:
         try:
-            self._reactor.run(selector, self._started.set)
+            self.reactor.run(selector, self._started.set)
         finally:
             for client in self._clients:  # those still here end with the loop
                 try:
                     client._leave_shared()
                 except Exception:
                     log.exception("! shared loop: closing a client failed")
-            self._reactor.close()
+            self.reactor.close()
 
     def add(self, client: Client) -> Client:
         """Connect ``client`` (in the caller's thread) and serve it on this loop.
@@ -496,21 +497,13 @@ class NetworkLoop:
         Raises:
             NetworkError: The connection cannot be made.
         """
-        if client._loop_started:
-            raise LocalProtocolError("the client already runs a loop")
-        client._reactor = self._reactor
-        client._shared = self
-        client.initialize()
-        client.connect()
-        client._loop_started = True
-        client._loop_done.clear()
+        client.attach(self)
         self._clients = [c for c in self._clients if not c._loop_done.is_set()]
         self._clients.append(client)
-        self._reactor.call_soon(client._on_loop_start)
         return client
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Close every client still on the loop and end the thread."""
-        self._reactor.stop()
+        self.reactor.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)

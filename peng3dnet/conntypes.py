@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from .constants import *  # noqa: F403  (0.1.x: peng3dnet.conntypes exposes the constants)
 from .constants import (
@@ -31,9 +31,26 @@ from .constants import (
 from .userlog import report_user_error
 from .version import PROTOVERSION, RELEASE, VERSION
 
-__all__ = ["ConnectionType", "ClassicConnectionType", "PingConnectionType"]
+__all__ = ["ConnectionType", "ClassicConnectionType", "PingConnectionType", "PeerHandle"]
 
 log = logging.getLogger(__name__)
+
+
+class PeerHandle(Protocol):
+    """What a connection type may use of its peer (a Server or Client).
+
+    Connection types sit below the facades: they call the peer only through
+    these public members, never by private name.
+    """
+
+    side: int
+    """``SIDE_SERVER`` or ``SIDE_CLIENT``."""
+
+    def send_raw(self, cid: int | None, pid: int, msg: Any) -> None:
+        """Send a packet by raw id (not in the registry)."""
+
+    def close_connection(self, cid: Any = None, reason: str | None = None) -> None:
+        """Close one connection."""
 
 
 class ConnectionType:
@@ -50,7 +67,8 @@ class ConnectionType:
 
     def __init__(self, peer: Any) -> None:
         self.peer = peer
-        """The Server or Client."""
+        """The Server or Client (used through :class:`PeerHandle`; a
+        server also has ``begin_handshake(cid)``)."""
 
     def init(self, cid: int | None) -> None:
         """Called once the connection chose this type (server: after
@@ -82,7 +100,7 @@ class ClassicConnectionType(ConnectionType):
     def init(self, cid: int | None) -> None:
         if self.peer.side == SIDE_SERVER:
             assert cid is not None
-            self.peer._begin_handshake(cid)
+            self.peer.begin_handshake(cid)
 
 
 class PingConnectionType(ConnectionType):
@@ -92,16 +110,24 @@ class PingConnectionType(ConnectionType):
     (``getPingData(msg, cid)`` when the server defines it, see
     :class:`peng3dnet.ext.ping.PingableServerMixin`) and its ``peng3dnet``
     version info.  The client stores the reply with ``delay`` (seconds) and
-    ``recvtime`` and closes with reason ``pingcomplete``.
+    ``recvtime`` in :attr:`result` and closes with reason ``pingcomplete``.
+    The request carries ``time`` and the client's ``ping_request_data``
+    attribute (a dict, if it has one).
     """
 
     mode = MODE_PING
 
+    def __init__(self, peer: Any) -> None:
+        super().__init__(peer)
+        self.result: dict[str, Any] | None = None
+        """Client side: the server's reply with ``delay`` and ``recvtime``
+        added, once it arrived."""
+
     def init(self, cid: int | None) -> None:
         if self.peer.side == SIDE_CLIENT:
-            msg = dict(getattr(self.peer, "_ping_extra", {}))
+            msg = dict(getattr(self.peer, "ping_request_data", None) or {})
             msg["time"] = time.time()
-            self.peer._send_raw(None, PID_PING_REQUEST, msg)
+            self.peer.send_raw(None, PID_PING_REQUEST, msg)
 
     def receive(self, msg: Any, pid: int, flags: int, cid: int | None) -> bool:
         peer = self.peer
@@ -117,7 +143,7 @@ class PingConnectionType(ConnectionType):
                 except Exception:
                     report_user_error("! getPingData raised; replying without server data")
             reply["peng3dnet"] = {"version": VERSION, "release": RELEASE, "protoversion": PROTOVERSION}
-            peer._send_raw(cid, PID_PING_REPLY, reply)
+            peer.send_raw(cid, PID_PING_REPLY, reply)
             return False
         if pid != PID_PING_REPLY or not isinstance(msg, dict):
             peer.close_connection(None, "invalidpingpacket")
@@ -128,6 +154,6 @@ class PingConnectionType(ConnectionType):
         sent = old.get("time") if isinstance(old, dict) else None
         result["recvtime"] = now
         result["delay"] = now - sent if isinstance(sent, (int, float)) else None
-        peer._ping_result = result
+        self.result = result
         peer.close_connection(None, "pingcomplete")
         return False

@@ -167,12 +167,26 @@ class ConnectionClosedError(Peng3dNetError):
 
 
 class NetworkError(Peng3dNetError):
-    """An operating-system level network error (wraps :class:`OSError`)."""
+    """An operating-system level network error (wraps :class:`OSError`).
+
+    Args:
+        message: Human readable description.
+        reason: The close reason a connection gets for it.
+    """
+
+    default_reason = "socketerror"
+
+    def __init__(self, message: str = "network error", reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason: str = reason if reason is not None else self.default_reason
+        """The close reason (``socketerror``, ``tlserror``)."""
 
 
 class TLSError(NetworkError):
     """The TLS handshake failed: certificate not trusted, wrong hostname,
     certificate required and missing, or the peer does not speak TLS."""
+
+    default_reason = "tlserror"
 
 
 class TLSConfigError(Peng3dNetError, ValueError):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
 import threading
 import time
 from typing import Any
 
 from . import events as _events
-from . import tls as _tls
 from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
 from .constants import (
     CONNTYPE_CLASSIC,
@@ -55,7 +52,7 @@ from .protocol.connection import (
 )
 from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
-from .transport import EVENT_READ, EVENT_WRITE, WOULD_BLOCK, Reactor
+from .transport import EVENT_READ, EVENT_WRITE, Reactor
 from .userlog import report_user_error
 from .util import ConfigView, normalize_addr_socketstyle
 
@@ -257,15 +254,6 @@ class Peer:
             extensions={"heartbeat"} if cfg["net.heartbeat.enabled"] else frozenset(),
         )
 
-    @staticmethod
-    def _prepare_socket(sock: socket.socket) -> None:
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-
     def _on_ready(self, link: Link, mask: int) -> None:
         """Selector callback for one connection (network thread)."""
         chan = link.chan
@@ -289,57 +277,55 @@ class Peer:
             self._read(link)
 
     def _read(self, link: Link) -> None:
-        """One ``recv()`` and everything it leads to (network thread)."""
+        """One read and everything it leads to (network thread).
+
+        The path of received bytes, top to bottom: read (under the channel
+        lock: TLS objects must not be used by two threads at once); feed the
+        core; drain its outputs; write what it has to send (handshake
+        answers); release the lock; count; hand the outputs on
+        (:meth:`_handle_outputs`: events, hooks, the inbox).
+        """
         chan = link.chan
         proto = link.proto
-        reactor = self._reactor
+        buf = self._reactor.read_buffer
+        view = self._reactor.read_view
         total = 0
         eof = False
-        with chan.lock:  # TLS objects must not be used by two threads at once
+        with chan.lock:
             try:
-                n = chan.sock.recv_into(reactor.read_buffer)
-                if n and link.plain and not chan.closing:
-                    # The common case: plaintext, open, some bytes.
-                    total = n
-                    proto.receive_data(reactor.read_view[:n])
+                n = chan.read_into(buf)
+                if n > 0 and link.plain and not chan.closing:
+                    total = n  # the common case: plaintext, open, some bytes
+                    proto.receive_data(view[:n])
                 elif n == 0:
                     eof = True
+                elif n < 0:
+                    return  # nothing to read after all
                 elif chan.closing:
-                    # draining while we wait for the peer's EOF: discard
-                    while n and isinstance(chan.sock, ssl.SSLSocket) and chan.sock.pending():
-                        n = chan.sock.recv_into(reactor.read_buffer)
+                    # Draining while we wait for the peer's EOF: discard
+                    # (TLS may hold more decrypted bytes than one read).
+                    while n > 0 and chan.pending():
+                        n = chan.read_into(buf)
                     return
                 else:
-                    view = reactor.read_view
-                    if link.sslsec == SSLSEC_NONE and self.side == SIDE_SERVER and n >= 2 and view[:2] == b"\x16\x03":
-                        # The first read on a plaintext server (link.plain is
-                        # set after it): a TLS ClientHello.
-                        log.info("! server cid=%s: client speaks TLS, TLS is not enabled here", link.cid)
-                        link.local_closed = True
-                        proto.receive_eof("tlsnotenabled")
-                        eof = True
-                        n = 0
+                    if self._refuse_first_read(link, view, n):
+                        eof, n = True, 0
                     link.plain = link.sslsec == SSLSEC_NONE
-                    tls = not link.plain
-                    while n:
+                    while n > 0:
                         total += n
                         proto.receive_data(view[:n])
-                        if not (tls and chan.sock.pending()):  # type: ignore[attr-defined]
+                        if link.plain or not chan.pending():
                             break
-                        n = chan.sock.recv_into(reactor.read_buffer)
+                        n = chan.read_into(buf)
                         eof = n == 0
-            except WOULD_BLOCK:
-                if not total:
-                    return
-            except OSError as exc:
+            except NetworkError as exc:
                 log.info("! %s cid=%s: recv failed: %s", self._role, link.cid, exc)
                 eof = True
                 if not chan.closing:
-                    proto.receive_eof("tlserror" if isinstance(exc, ssl.SSLError) else "socketerror")
-            if eof:
-                if not chan.closing:
-                    link.eof = True
-                    proto.receive_eof()
+                    proto.receive_eof(exc.reason)
+            if eof and not chan.closing:
+                link.eof = True
+                proto.receive_eof()
             outs = proto.drain_received()
             if proto.has_data_to_send:
                 self._push(link)
@@ -350,92 +336,24 @@ class Peer:
         stats = link.stats
         stats.bytes_in += total
         stats._seen = time.monotonic()
-        if outs:
-            if self._h_rate and self.side == SIDE_SERVER and not self._rate_ok(link, total, outs):
-                return
+        if outs and self._read_allowed(link, total, outs):
             self._handle_outputs(link, outs)
         if link.eof and not chan.closed:
             chan.close()
             self._channel_closed(link)
 
-    def _rate_ok(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
-        """Token buckets per connection (server side).  Return whether to go on."""
-        rate_p = self._h_rate_p
-        rate_b = self._h_rate_b
-        burst = self._h_rate_burst
-        now = link.stats._seen
-        if link.rate_t == 0.0:
-            link.rate_p, link.rate_b, link.rate_t = rate_p * burst, rate_b * burst, now
-        dt = now - link.rate_t
-        link.rate_t = now
-        link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
-        link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
-        npackets = sum(1 for o in outs if isinstance(o, PacketReceived))
-        if self._h_rate_drop:
-            # Let through what the buckets allow, drop the rest of this read's
-            # application packets; dropped packets cost no tokens.
-            allowed = int(link.rate_p) if rate_p > 0 else npackets
-            if rate_b > 0 and link.rate_b < nbytes:
-                allowed = 0
-            link.rate_b = max(0.0, link.rate_b - nbytes)
-            if allowed >= npackets:
-                link.rate_p -= npackets
-                return True
-            kept: list[Output] = []
-            dropped = 0
-            for o in outs:
-                if isinstance(o, PacketReceived) and o.pid >= PID_FIRST_FREE:
-                    if allowed <= 0:
-                        dropped += 1
-                        continue
-                    allowed -= 1
-                kept.append(o)
-            link.rate_p = max(0.0, link.rate_p - (npackets - dropped))
-            log.debug("! server cid=%s: over the rate limit, dropped %d packets", link.cid, dropped)
-            self._handle_outputs(link, kept)
-            return False
-        link.rate_p -= npackets
-        link.rate_b -= nbytes
-        if (rate_p <= 0 or link.rate_p >= 0) and (rate_b <= 0 or link.rate_b >= 0):
-            return True
-        log.info("! server cid=%s: over the rate limit, closing", link.cid)
-        self._handle_outputs(link, [o for o in outs if not isinstance(o, PacketReceived) or o.pid < PID_FIRST_FREE])
-        self._close_link(link, "ratelimit")
+    def _refuse_first_read(self, link: Link, view: memoryview, n: int) -> bool:
+        """Look at the first bytes of a connection (and every read of a TLS
+        one); return ``True`` to refuse it (the server overrides this)."""
         return False
 
+    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
+        """Whether the outputs of one read go on to :meth:`_handle_outputs`
+        (the server's rate limits override this)."""
+        return True
+
     def _tls_step(self, link: Link) -> None:
-        """Drive a non-blocking server-side TLS handshake (network thread)."""
-        chan = link.chan
-        sock = chan.sock
-        assert isinstance(sock, ssl.SSLSocket)
-        try:
-            with chan.lock:
-                sock.do_handshake()
-        except ssl.SSLWantReadError:
-            chan.tls_pending = EVENT_READ
-            chan.update_interest()
-            return
-        except ssl.SSLWantWriteError:
-            chan.tls_pending = EVENT_WRITE
-            chan.update_interest()
-            return
-        except (ssl.SSLError, OSError) as exc:
-            log.info("! %s cid=%s: TLS handshake failed: %s", self._role, link.cid, exc)
-            chan.tls_pending = 0
-            link.local_closed = True
-            with chan.lock:
-                link.proto.receive_eof("tlserror")
-                outs = link.proto.drain_received()
-            self._handle_outputs(link, outs)
-            if not chan.closed:
-                chan.close()
-                self._channel_closed(link)
-            return
-        chan.tls_pending = 0
-        link.sslsec = _tls.security_level(sock, True)
-        log.info("= server cid=%s: TLS established (%s, level %d)", link.cid, sock.version(), link.sslsec)
-        chan.update_interest()
-        self._start_protocol(link)
+        raise NotImplementedError  # only a server's connections do a TLS handshake in the loop
 
     def _start_protocol(self, link: Link) -> None:
         raise NotImplementedError
@@ -923,8 +841,20 @@ class Peer:
             raise AlreadyRegisteredError(f"connection type {t!r} is already registered")
         self.conntypes[t] = obj
 
-    def _send_raw(self, cid: int | None, pid: int, msg: Any) -> None:
-        """Send a packet that is not in the registry (connection types)."""
+    def send_raw(self, cid: int | None, pid: int, msg: Any) -> None:
+        """Send a packet that is not in the registry, by raw id: for
+        connection types (a ping connection's request and reply).
+
+        Args:
+            cid: The connection id (``None`` on a client).
+            pid: The packet id.
+            msg: Any msgpack-serializable value.
+
+        Raises:
+            ConnectionClosedError: The connection is closed.
+
+        Thread safety: any thread.
+        """
         link = self._link(cid)
         chan = link.chan
         with chan.lock:

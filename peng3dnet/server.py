@@ -6,16 +6,15 @@ import functools
 import itertools
 import logging
 import selectors
-import socket
-import ssl
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
 from .constants import (
     CONNTYPE_NOTSET,
     MODE_NOTSET,
     PID_CLOSECONN,
+    PID_FIRST_FREE,
     SIDE_SERVER,
     SSLSEC_NONE,
     SSLSEC_WRAPPED,
@@ -25,18 +24,24 @@ from .constants import (
 )
 from .errors import (
     ConnectionClosedError,
-    InvalidAddressError,
-    NetworkError,
+    TLSError,
     WriteBufferFullError,
 )
 from .link import ConnectionStats, Link, noop_hook
 from .peer import Peer, resolve_addr
 from .plans import NO_EVENT
 from .protocol.codec import frame_body, pack
+from .protocol.connection import Output, PacketReceived
 from .protocol.framing import LENGTH, encode_frame
 from .protocol.handshake import HandshakeState
-from .transport import EVENT_READ, Channel
+from .transport import EVENT_READ, Channel, Listener
 from .userlog import report_user_error
+
+_SERVERFULL = encode_frame(PID_CLOSECONN, 0, b"\x81\xa6reason\xaaserverfull")  # the refusal, pre-encoded
+
+if TYPE_CHECKING:  # annotations only: socket calls live in transport
+    import socket
+    import ssl
 
 __all__ = ['Server', 'ClientOnServer', 'ServerStats']
 
@@ -254,6 +259,7 @@ class Server(Peer):
         self._shutdown_info: dict[str, Any] | None = None
         self.stats = ServerStats(self)
         """Server totals (accepted, refused, open, bytes and packets)."""
+        self._listener: Listener | None = None
         self._ssl_ctx: ssl.SSLContext | None = None
         if self.cfg["net.ssl.enabled"]:
             self._ssl_ctx = _tls.server_context(self.cfg)
@@ -330,27 +336,10 @@ class Server(Peer):
         if self.sock is not None:
             return
         self.initialize()
-        host, port = self.addr[0], self.addr[1]
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            raise InvalidAddressError(f"cannot resolve {host!r}: {exc}") from exc
-        family, socktype, proto, _, sockaddr = infos[0]
-        sock = socket.socket(family, socktype, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
-                # net.server.dualstack: one IPv6 socket that also takes IPv4 clients
-                dual = bool(self.cfg["net.server.dualstack"])
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual else 1)
-            sock.bind(sockaddr)
-            sock.listen(128)
-        except OSError as exc:
-            sock.close()
-            raise NetworkError(f"cannot bind {host!r}:{port}: {exc}") from exc
-        sock.setblocking(False)
-        self.sock = sock
-        self.addr = sock.getsockname()[:2]
+        listener = Listener(str(self.addr[0]), int(self.addr[1]), dualstack=bool(self.cfg["net.server.dualstack"]))
+        self._listener = listener
+        self.sock = listener.sock
+        self.addr = listener.addr
         log.info("= server listening on %s", self.addr)
         self._emit("peng3dnet:server.bind", {"addr": self.addr})
 
@@ -361,16 +350,8 @@ class Server(Peer):
         self._emit("peng3dnet:server.start", {})
 
     def _on_accept(self, mask: int) -> None:
-        assert self.sock is not None
-        for _ in range(64):
-            try:
-                sock, addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. EMFILE: try again on the next wake-up
-                log.warning("! server: accept failed: %s", exc)
-                return
-            self._prepare_socket(sock)
+        assert self._listener is not None
+        for sock, addr in self._listener.accept_waiting():
             self._accepted(sock, addr)
 
     def _accepted(self, sock: socket.socket, addr: Any) -> None:
@@ -379,18 +360,13 @@ class Server(Peer):
             # Refused before it becomes a connection: no events, one closeconn.
             self.stats.connections_refused += 1
             log.info("! server: refusing %s, %d connections is the limit", addr, max_clients)
-            try:
-                sock.send(encode_frame(PID_CLOSECONN, 0, b"\x81\xa6reason\xaaserverfull"))
-            except OSError:
-                pass
-            sock.close()
+            Listener.refuse(sock, _SERVERFULL)
             return
         if self._ssl_ctx is not None:
             try:
-                sock = self._ssl_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            except (ssl.SSLError, OSError) as exc:
+                sock = Listener.wrap_tls(sock, self._ssl_ctx)
+            except TLSError as exc:
                 log.info("! server: cannot start TLS with %s: %s", addr, exc)
-                sock.close()
                 return
         cid = self.genCID()
         proto = self._new_proto()
@@ -420,6 +396,86 @@ class Server(Peer):
             link.chan.update_interest()
             self._start_protocol(link)
 
+    def _rate_ok(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
+        """Token buckets per connection (server side).  Return whether to go on."""
+        rate_p = self._h_rate_p
+        rate_b = self._h_rate_b
+        burst = self._h_rate_burst
+        now = link.stats._seen
+        if link.rate_t == 0.0:
+            link.rate_p, link.rate_b, link.rate_t = rate_p * burst, rate_b * burst, now
+        dt = now - link.rate_t
+        link.rate_t = now
+        link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
+        link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
+        npackets = sum(1 for o in outs if isinstance(o, PacketReceived))
+        if self._h_rate_drop:
+            # Let through what the buckets allow, drop the rest of this read's
+            # application packets; dropped packets cost no tokens.
+            allowed = int(link.rate_p) if rate_p > 0 else npackets
+            if rate_b > 0 and link.rate_b < nbytes:
+                allowed = 0
+            link.rate_b = max(0.0, link.rate_b - nbytes)
+            if allowed >= npackets:
+                link.rate_p -= npackets
+                return True
+            kept: list[Output] = []
+            dropped = 0
+            for o in outs:
+                if isinstance(o, PacketReceived) and o.pid >= PID_FIRST_FREE:
+                    if allowed <= 0:
+                        dropped += 1
+                        continue
+                    allowed -= 1
+                kept.append(o)
+            link.rate_p = max(0.0, link.rate_p - (npackets - dropped))
+            log.debug("! server cid=%s: over the rate limit, dropped %d packets", link.cid, dropped)
+            self._handle_outputs(link, kept)
+            return False
+        link.rate_p -= npackets
+        link.rate_b -= nbytes
+        if (rate_p <= 0 or link.rate_p >= 0) and (rate_b <= 0 or link.rate_b >= 0):
+            return True
+        log.info("! server cid=%s: over the rate limit, closing", link.cid)
+        self._handle_outputs(link, [o for o in outs if not isinstance(o, PacketReceived) or o.pid < PID_FIRST_FREE])
+        self._close_link(link, "ratelimit")
+        return False
+
+    def _tls_step(self, link: Link) -> None:
+        """Drive a connection's non-blocking TLS handshake (network thread)."""
+        chan = link.chan
+        try:
+            chan.tls_step()
+        except TLSError as exc:
+            log.info("! server cid=%s: TLS handshake failed: %s", link.cid, exc)
+            link.local_closed = True
+            with chan.lock:
+                link.proto.receive_eof(exc.reason)
+                outs = link.proto.drain_received()
+            self._handle_outputs(link, outs)
+            if not chan.closed:
+                chan.close()
+                self._channel_closed(link)
+            return
+        chan.update_interest()
+        if chan.tls_pending:
+            return
+        link.sslsec = _tls.security_level(chan.sock, True)
+        log.info("= server cid=%s: TLS established (%s, level %d)", link.cid, chan.tls_version(), link.sslsec)
+        self._start_protocol(link)
+
+    def _refuse_first_read(self, link: Link, view: memoryview, n: int) -> bool:
+        # A TLS ClientHello as the first bytes on a plaintext server.
+        if link.sslsec == SSLSEC_NONE and not link.plain and n >= 2 and view[:2] == b"\x16\x03":
+            log.info("! server cid=%s: client speaks TLS, TLS is not enabled here", link.cid)
+            link.local_closed = True
+            link.proto.receive_eof("tlsnotenabled")
+            return True
+        return False
+
+    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
+        return not self._h_rate or self._rate_ok(link, nbytes, outs)
+
     def _start_protocol(self, link: Link) -> None:
         proto = link.proto
         with link.chan.lock:
@@ -432,8 +488,18 @@ class Server(Peer):
     def _all_links(self) -> list[Link]:
         return list(self._links.values())
 
-    def _begin_handshake(self, cid: int) -> None:
-        link = self._links[cid]
+    def begin_handshake(self, cid: int) -> None:
+        """Send a connection the registry handshake: what the ``classic``
+        connection type does after ``settype`` (a connection type of your
+        own may too).
+
+        Raises:
+            ConnectionClosedError: No open connection with that cid.
+            LocalProtocolError: The connection is not waiting for it.
+
+        Thread safety: the network thread (connection types run there).
+        """
+        link = self._link(cid)
         with link.chan.lock:
             link.proto.begin_handshake(self.registry.mapping())
             outs = link.proto.drain_received()
@@ -477,9 +543,9 @@ class Server(Peer):
             self._emit("peng3dnet:server.shutdown", info)
 
     def _close_listener(self) -> None:
-        if self.sock is not None:
-            self._reactor.unregister(self.sock)
-            self.sock.close()
+        if self._listener is not None:
+            self._reactor.unregister(self._listener.sock)
+            self._listener.close()
 
     # --- public API ------------------------------------------------------------------------------
     def send_message(self, ptype: Any, data: Any, cid: int) -> None:

@@ -91,7 +91,7 @@ def client_context(cfg: Mapping[str, Any]) -> ssl.SSLContext:
     return ctx
 
 
-def security_level(sock: ssl.SSLSocket, server_side: bool, client_cert: bool = False) -> int:
+def security_level(sock: Any, server_side: bool, client_cert: bool = False) -> int:
     """The ``SSLSEC_*`` level of a TLS socket whose handshake is done.
 
     Each side reports what it knows: a client that verified the server's

@@ -1,4 +1,5 @@
-"""Sockets and the selector loop: the only module that does network I/O.
+"""Sockets and the selector loop: the only module of the connection layer
+that makes socket calls (the layering test enforces it).
 
 Theory of operation
 -------------------
@@ -14,12 +15,17 @@ what the kernel does not take is buffered, and ``EVENT_WRITE`` is registered
 only while the buffer is non-empty.  Reading is paused (the socket
 unregistered for ``EVENT_READ``) when the application asks for back-pressure.
 
-An :class:`OSError` from a socket is caught where it happens: a failed
-``send()`` is stored on the channel as a
-:class:`~peng3dnet.errors.NetworkError` and the channel is closed by the
-network thread (reason ``socketerror``); "try again later" errors
-(:data:`WOULD_BLOCK`, TLS included) are never errors.  The transport never
-looks at payloads.
+Connections are made here too: :class:`Listener` binds, listens and
+accepts; :func:`connect` connects (and wraps in TLS); :func:`prepare`
+readies an accepted or connected socket.
+
+An :class:`OSError` from a socket is mapped to the library's errors in one
+place, :func:`map_oserror`: a failed ``recv()`` raises
+:class:`~peng3dnet.errors.NetworkError` (or :class:`~peng3dnet.errors.TLSError`)
+with its close reason; a failed ``send()`` is stored on the channel and the
+channel is closed by the network thread (reason ``socketerror``); "try again
+later" errors (:data:`WOULD_BLOCK`, TLS included) are never errors.  The
+transport never looks at payloads.
 """
 
 from __future__ import annotations
@@ -37,9 +43,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .errors import NetworkError
+from .errors import InvalidAddressError, NetworkError, TLSError
 
-__all__ = ["Reactor", "Channel", "Timer", "WOULD_BLOCK"]
+__all__ = ["Reactor", "Channel", "Timer", "Listener", "WOULD_BLOCK", "connect", "prepare", "map_oserror"]
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +371,65 @@ class Channel:
             else:
                 reactor.call_soon(self.update_interest)
 
+    def read_into(self, buf: bytearray) -> int:
+        """Read into ``buf`` (network thread, lock held): the number of
+        bytes, 0 at EOF, -1 when nothing can be read now.
+
+        Raises:
+            NetworkError: The socket failed (its ``reason`` is the close
+                reason: ``socketerror``, or ``tlserror`` for TLS).
+        """
+        try:
+            return self.sock.recv_into(buf)
+        except _WOULD_BLOCK:
+            return -1
+        except OSError as exc:
+            err = map_oserror(exc, "recv")
+            if not isinstance(err, NetworkError):
+                err = NetworkError(str(exc))
+            raise err from exc
+
+    def pending(self) -> bool:
+        """Whether TLS holds decrypted bytes that the selector will not
+        report (read them now)."""
+        sock = self.sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    @property
+    def is_tls(self) -> bool:
+        """Whether the socket is wrapped in TLS."""
+        return isinstance(self.sock, ssl.SSLSocket)
+
+    def tls_step(self) -> None:
+        """Drive a non-blocking server-side TLS handshake one step (network
+        thread): sets :attr:`tls_pending` to the event it waits for, or to 0
+        when the handshake is complete.
+
+        Raises:
+            TLSError: The handshake failed.
+        """
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            with self.lock:
+                sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.tls_pending = EVENT_READ
+            return
+        except ssl.SSLWantWriteError:
+            self.tls_pending = EVENT_WRITE
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self.tls_pending = 0
+            err = map_oserror(exc, "handshake")
+            raise (err if isinstance(err, TLSError) else TLSError(str(exc))) from exc
+        self.tls_pending = 0
+
+    def tls_version(self) -> str | None:
+        """The TLS version in use, or ``None``."""
+        sock = self.sock
+        return sock.version() if isinstance(sock, ssl.SSLSocket) else None
+
     def _flush_soon(self) -> None:
         with self.lock:
             self.flush()
@@ -454,3 +519,136 @@ class Channel:
 
 
 WOULD_BLOCK = _WOULD_BLOCK
+
+
+def map_oserror(exc: OSError, what: str) -> NetworkError:
+    """The library's error for an :class:`OSError` of a socket operation
+    (the one place that maps them; ``what`` names the operation)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSError(f"TLS: the certificate was not accepted: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        text = str(exc)
+        hint = ""
+        if "WRONG_VERSION_NUMBER" in text or "record layer" in text:
+            hint = " (does the server have TLS enabled?)"
+        elif "CERTIFICATE_REQUIRED" in text.upper():
+            hint = " (the server requires a client certificate)"
+        return TLSError(f"TLS {what} failed: {exc}{hint}")
+    if isinstance(exc, socket.gaierror):
+        return InvalidAddressError(f"cannot resolve the address for {what}: {exc}")  # type: ignore[return-value]
+    return NetworkError(f"{what}: {exc}")
+
+
+def prepare(sock: socket.socket) -> None:
+    """Make an accepted or connected socket ready for a :class:`Channel`:
+    non-blocking, ``TCP_NODELAY`` on TCP."""
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def connect(addr: tuple[Any, ...], timeout: float, ctx: ssl.SSLContext | None = None) -> socket.socket:
+    """Connect to ``addr`` (blocking, up to ``timeout`` seconds), wrap it in
+    TLS when ``ctx`` is given (the handshake too), and :func:`prepare` it.
+
+    Raises:
+        InvalidAddressError: The host cannot be resolved.
+        NetworkError: The connection cannot be made.
+        TLSError: The TLS handshake failed.
+    """
+    try:
+        sock = socket.create_connection(addr[:2], timeout=timeout)
+    except socket.gaierror as exc:
+        raise InvalidAddressError(f"cannot resolve {addr[0]!r}: {exc}") from exc
+    except OSError as exc:
+        raise NetworkError(f"cannot connect to {addr}: {exc}") from exc
+    if ctx is not None:
+        try:
+            sock = ctx.wrap_socket(sock, server_hostname=str(addr[0]))
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            raise map_oserror(exc, f"handshake with {addr}") from exc
+    prepare(sock)
+    return sock
+
+
+class Listener:
+    """A listening TCP socket (bind, listen, accept).
+
+    Args:
+        host: Host or address to bind (resolved with ``getaddrinfo``).
+        port: Port (0: any free one).
+        dualstack: For an IPv6 address: accept IPv4 clients too.
+        backlog: ``listen()`` backlog.
+
+    Raises:
+        InvalidAddressError: The host cannot be resolved.
+        NetworkError: The address cannot be bound.
+
+    Thread safety: :meth:`accept` and :meth:`close` on the network thread.
+    """
+
+    def __init__(self, host: str, port: int, *, dualstack: bool = False, backlog: int = 128) -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise InvalidAddressError(f"cannot resolve {host!r}: {exc}") from exc
+        family, socktype, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dualstack else 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            raise NetworkError(f"cannot bind {host!r}:{port}: {exc}") from exc
+        sock.setblocking(False)
+        self.sock = sock
+        """The listening socket."""
+        self.addr: tuple[Any, ...] = sock.getsockname()[:2]
+        """The address bound."""
+
+    def accept_waiting(self, limit: int = 64) -> list[tuple[socket.socket, Any]]:
+        """Accept up to ``limit`` waiting connections, each :func:`prepare` d.
+        An error such as ``EMFILE`` is logged and ends this round (the
+        selector reports the listener again)."""
+        out = []
+        for _ in range(limit):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("! accept failed: %s", exc)
+                break
+            prepare(sock)
+            out.append((sock, addr))
+        return out
+
+    @staticmethod
+    def refuse(sock: socket.socket, data: bytes) -> None:
+        """Send ``data`` (a last word, best effort) and close ``sock``."""
+        with contextlib.suppress(OSError):
+            sock.send(data)
+        sock.close()
+
+    @staticmethod
+    def wrap_tls(sock: socket.socket, ctx: ssl.SSLContext) -> socket.socket:
+        """Wrap an accepted socket for a non-blocking server-side TLS
+        handshake (driven by :meth:`Channel.tls_step`).
+
+        Raises:
+            TLSError: It cannot be wrapped (the socket is closed).
+        """
+        try:
+            return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            raise map_oserror(exc, "wrap") from exc
+
+    def close(self) -> None:
+        """Close the listening socket."""
+        self.sock.close()

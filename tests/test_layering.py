@@ -75,3 +75,77 @@ print('OK')
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "OK", out.stderr
+
+
+# --- the connection layer (the redesign's rules) ---------------------------------------------
+
+SOCKET_CALLS = {"recv", "recv_into", "recvfrom", "sendall", "sendto", "accept", "listen", "create_connection",
+                "wrap_socket", "do_handshake", "setsockopt", "getaddrinfo", "socketpair", "setblocking"}
+# Modules that may make socket calls: the transport; TLS policy (contexts,
+# certificates); and, until they move onto the transport, LAN discovery
+# (UDP) and the lag proxy (a test tool).
+SOCKET_MODULES = {"transport.py", "tls.py", os.path.join("ext", "discovery.py"), os.path.join("tools", "lagproxy.py")}
+FACADE_MODULES = {"net.py", "peer.py", "server.py", "client.py", "link.py", "plans.py", "inbox.py"}
+
+
+def package_files():
+    for dirpath, _, files in os.walk(ROOT):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                yield os.path.relpath(path, ROOT), path
+
+
+def runtime_imports(tree: ast.AST) -> set[str]:
+    """Top-level module names imported outside ``if TYPE_CHECKING:``."""
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    mods = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            mods |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            mods.add(node.module.split(".")[0])
+    return mods
+
+
+@pytest.mark.parametrize("rel,path", [p for p in package_files() if p[0] not in SOCKET_MODULES], ids=lambda v: str(v))
+def test_socket_calls_only_in_the_transport(rel, path):
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    assert not runtime_imports(tree) & {"socket", "ssl"}, f"{rel} imports socket/ssl (annotations: TYPE_CHECKING)"
+    calls = [f"{node.lineno}: {ast.unparse(node.func)}" for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SOCKET_CALLS]
+    assert not calls, f"{rel} makes socket calls (they belong in transport.py): {calls}"
+
+
+@pytest.mark.parametrize("rel,path", [p for p in package_files() if p[0] not in FACADE_MODULES], ids=lambda v: str(v))
+def test_lower_layers_do_not_reach_into_peers_by_private_name(rel, path):
+    """Connection types, extensions, events, the core: they get a peer (or
+    any object) and use its public members only; self/cls are their own."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                bad.append(f"{node.lineno}: {ast.unparse(node)}")
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "setattr", "hasattr")
+                and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+                and str(node.args[1].value).startswith("_") and not str(node.args[1].value).startswith("__")):
+            bad.append(f"{node.lineno}: {ast.unparse(node)}")
+    assert not bad, f"{rel} uses private names of other objects: {bad}"
+
+
+def test_no_module_holds_more_than_15_percent_of_the_package():
+    sizes = {}
+    for rel, path in package_files():
+        with open(path, encoding="utf-8") as f:
+            sizes[rel] = sum(1 for _ in f)
+    total = sum(sizes.values())
+    big = {rel: n for rel, n in sizes.items() if n > 0.15 * total}
+    assert not big, f"over 15 % of {total} lines: {big}"

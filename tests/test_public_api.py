@@ -32,6 +32,8 @@ SERVER_API = {
     # additions of ours (keyword-compatible, documented in the README)
     "broadcast": "(ptype, data, cids=None)",
     "send_encoded": "(ptype, body, cid)",
+    "send_raw": "(cid, pid, msg)",
+    "begin_handshake": "(cid)",
 }
 CLIENT_API = {
     "addConnType": "(t, obj)",
@@ -61,6 +63,9 @@ CLIENT_API = {
     "stop": "()",
     "wait_for_connection": "(timeout=None)",
     "wait_for_close": "(timeout=None)",
+    # additions of ours
+    "attach": "(loop)",
+    "send_raw": "(cid, pid, msg)",
 }
 
 

@@ -55,7 +55,7 @@ class PingableClientMixin:
 
         Thread safety: any thread, before the connection is made.
         """
-        self._ping_extra = dict(data or {})
+        self.ping_request_data = dict(data or {})
 
     def wait_for_pong(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the server's reply and return it (see :func:`pingServer`).
@@ -80,7 +80,9 @@ class PingableClientMixin:
     @property
     def ping_result(self) -> dict[str, Any] | None:
         """The server's reply with ``delay`` and ``recvtime`` added, or ``None``."""
-        return getattr(self, "_ping_result", None)
+        conntypes: dict[str, Any] = getattr(self, "conntypes", {})
+        ct = conntypes.get(CONNTYPE_PING)
+        return ct.result if isinstance(ct, PingConnectionType) else None
 
 
 class _PingClient(PingableClientMixin, Client):
@@ -119,7 +121,7 @@ def pingServer(  # noqa: N802
     Thread safety: any thread; blocks the caller.
     """
     client = clientcls(peng, addr, cfg, conntype=CONNTYPE_PING)
-    client._ping_extra = dict(data or {})  # type: ignore[attr-defined]
+    client.ping_request_data = dict(data or {})  # type: ignore[attr-defined]
     client.runAsync()
     try:
         client.wait_for_close(timeout)
@@ -128,7 +130,8 @@ def pingServer(  # noqa: N802
     finally:
         client.stop()
         client.join(5.0)
-    result = client._ping_result
+    ct = client.conntypes.get(CONNTYPE_PING)
+    result = ct.result if isinstance(ct, PingConnectionType) else None
     if result is None:
         raise ConnectionClosedError(f"server closed without a ping reply ({client.close_reason})", client.close_reason)
     return result

@@ -172,7 +172,7 @@ def test_state_and_mode_belong_to_the_application(net):
     assert done.wait(10)
     assert seen["in_on_close"] == (STATE_LOGGEDIN, MODE_PLAY)  # still the application's in on_close
     assert (cos.state, cos.mode) == (STATE_CLOSED, MODE_CLOSED)  # then closed
-    assert (c.remote_state, c.mode) == (STATE_CLOSED, MODE_CLOSED)
+    wait_for(lambda: (c.remote_state, c.mode) == (STATE_CLOSED, MODE_CLOSED), what="client closed")
 
 
 def test_ping_connection_is_active_in_ping_mode(net):
