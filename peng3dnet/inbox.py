@@ -45,13 +45,14 @@ class Inbox:
     # --- network thread ------------------------------------------------------------------
     def put(self, link: Any, pobj: Any, pid: int, msg: Any, limit: int) -> bool:
         """Queue one packet; return whether reading from ``link`` must pause now."""
+        with self._lock:  # done() decrements on another thread
+            link.queued += 1
+            pause: bool = link.queued >= limit and not link.chan.paused
+            if pause:
+                link.chan.paused = True
+                link.resume_at = limit // 2
         self.items.append((link, pobj, pid, msg))
-        link.queued += 1
-        if link.queued >= limit and not link.chan.paused:
-            link.chan.paused = True
-            link.resume_at = limit // 2
-            return True
-        return False
+        return pause
 
     def put_close(self, link: Any, reason: str | None) -> None:
         """Queue a connection's close behind its packets and wake the waiters."""
@@ -83,7 +84,8 @@ class Inbox:
                 self._waiters -= 1
 
     def drain(self, dispatch: Callable[[Any, Any, int, Any], None]) -> int:
-        """Dispatch what is queued now (not what arrives meanwhile); return how many."""
+        """Dispatch what is queued now (not what arrives meanwhile); return
+        how many packets (queued closes are dispatched, not counted)."""
         items = self.items
         n = 0
         for _ in range(len(items)):
@@ -92,7 +94,8 @@ class Inbox:
             except IndexError:  # another thread drained concurrently
                 break
             dispatch(*item)
-            n += 1
+            if item[1] is not None:
+                n += 1
         return n
 
     def take_for(self, link: Any) -> tuple[Any, Any, int, Any] | None:

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 INTERNAL_IDS = frozenset(pid for _, pid, _ in INTERNAL_PACKETS)
 CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
+_DRAIN_WAIT = 10.0  # seconds process_forever() waits for the loop's end before its last drain
 
 
 class Peer:
@@ -186,8 +187,8 @@ class Peer:
         if self.peng is not None:
             try:
                 self.peng.sendEvent(event, data)
-            except Exception:
-                log.exception("! peng.sendEvent(%r) raised", event)
+            except Exception:  # a peng3d event handler of the program
+                report_user_error("! peng.sendEvent(%r) raised", event)
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         if not self._h_events:
@@ -400,7 +401,7 @@ class Peer:
                     link.ctobj = ct
                     if ct is not None:
                         self._type_chosen(link, ct)
-                        ct.init(link.cid)
+                        self._ct_call(link, ct.init, link.cid)
             elif isinstance(o, ConnTypeRequested):
                 self._on_conntype(link, o.conntype)
             elif isinstance(o, HandshakeCompleted):
@@ -505,7 +506,18 @@ class Peer:
         link.owner.conntype = conntype
         self._lib_state(link, STATE_HANDSHAKE_WAIT1)
         self._type_chosen(link, ct)
-        ct.init(link.cid)
+        self._ct_call(link, ct.init, link.cid)
+
+    def _ct_call(self, link: Link, fn: Any, *args: Any) -> Any:
+        """Call a connection type's hook (network thread); an error in it
+        (a program's own connection type) is reported and closes that
+        connection (``conntypeerror``), never the loop."""
+        try:
+            return fn(*args)
+        except Exception:
+            report_user_error("! %s cid=%s: connection type hook %r raised", self._role, link.cid, fn)
+            self._close_link(link, "conntypeerror")
+            return False
 
     def _lib_state(self, link: Link, value: int) -> None:
         """Move the application state through the handshake, unless the
@@ -532,7 +544,7 @@ class Peer:
         pid, flags, msg, state = o
         ct = link.ctobj
         if ct is not None and type(ct).receive is not ConnectionType.receive:
-            if not ct.receive(msg, pid, flags, link.cid):
+            if not self._ct_call(link, ct.receive, msg, pid, flags, link.cid):
                 return False
         if state is not HandshakeState.ACTIVE and (state is not HandshakeState.TYPESET or link.proto.conntype == CONNTYPE_CLASSIC):
             # Application packets come after the handshake (a connection type
@@ -904,6 +916,10 @@ class Peer:
         inbox.stopped = False
         while not inbox.stopped:
             self.process(wait=True)
+        # The network loop may still be closing connections: their on_close
+        # is queued behind their last packets.  Drain once it has ended.
+        if self._loop_started and not self._reactor.in_loop():
+            self._loop_done.wait(_DRAIN_WAIT)
         self.process()
 
     def process_async(self) -> threading.Thread:

@@ -111,7 +111,10 @@ class ClientOnServer:
         cid: The connection id.
 
     Subclass it and pass the class as ``Server(clientcls=...)`` to add
-    per-client state; the ``on_*`` hooks run on the network thread.
+    per-client state.  ``on_connect`` and ``on_handshake_complete`` run on
+    the network thread, ``on_receive`` where ``process()`` runs, ``on_send``
+    on the sending thread, ``on_close`` after the packets that came before
+    the close (see its docstring).
     """
 
     def __init__(self, server: Server, conn: socket.socket, addr: Any, cid: int) -> None:
@@ -370,7 +373,12 @@ class Server(Peer):
                 return
         cid = self.genCID()
         proto = self._new_proto()
-        client = self.clientcls(self, sock, addr, cid)
+        try:
+            client = self.clientcls(self, sock, addr, cid)
+        except Exception:  # the program's ClientOnServer subclass
+            report_user_error("! server: %r(...) raised; connection from %s dropped", self.clientcls, addr)
+            Listener.refuse(sock, b"")
+            return
         link = Link(proto, None, client, cid)  # type: ignore[arg-type]
         link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
         client._link = link

@@ -41,13 +41,14 @@ from ..errors import HandshakeError
 __all__ = ["HandshakeState", "HandshakeInput", "HandshakeMachine", "SENDER", "OPEN_STATES"]
 
 
-class HandshakeState(enum.IntEnum):
+class HandshakeState(enum.Enum):
     """The library's protocol state of a connection.
 
     Not the application-visible ``STATE_*`` of :mod:`peng3dnet.constants`
     (``ClientOnServer.state``, ``Client.remote_state``), which the
     application may set; this one only the protocol moves (exposed as
-    ``protocol_state``).
+    ``protocol_state``).  A plain :class:`enum.Enum`, so it never compares
+    equal to one of those ints.
     """
 
     INIT = 0

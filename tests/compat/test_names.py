@@ -135,6 +135,13 @@ def test_error_class_bases(fresh, name):
     assert "Peng3dNetError" in mro  # ours: one base for everything the library raises
 
 
+def test_the_protocol_state_never_equals_an_application_state():
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    for member in HandshakeState:
+        assert all(member != v for v in CONSTANTS.values()), member
+
+
 def test_added_names_do_not_reuse_state_and_mode_values():
     import peng3dnet.constants as c
 

@@ -181,4 +181,6 @@ def test_invalid_action_close(case_runs, pairing, case):
     elif case == "close-recv-client":
         assert cli["received"] == [] and srv["send_hooks"] == ["case:c"]
     else:
-        assert srv["send_hooks"] == [] and cli["received"] == ["case:d"]  # sent anyway, delivered
+        assert srv["send_hooks"] == []
+        if closer_impl == "ours":  # sent anyway, then closed: delivered (the original may drop it)
+            assert cli["received"] == ["case:d"]

@@ -259,7 +259,14 @@ def test_close_comes_after_the_packets_received_before_it(net):
     rec.wait_for("peng3dnet:server.connection.close")  # the event is immediate (network thread)
     cos = s.clients[cid]
     assert closed == [] and cos.state != STATE_CLOSED  # the application's close waits its turn
-    assert s.process() == 51  # 50 packets, then the close
+    n = [0]
+
+    def step():
+        n[0] += s.process()
+        return closed
+
+    wait_for(step, what="on_close")  # (the queued close may follow the event by a moment)
+    assert n[0] == 50  # process() counts packets, not the close
     assert got == list(range(50))
     assert closed == [("bye", list(range(50)), True)]  # on_close after the handlers, client still known
     assert cid not in s.clients and cos.state == STATE_CLOSED
@@ -328,3 +335,73 @@ def test_ping_client_mixin_and_failed_ping(net):
         with pytest.raises(FailedPingError) as ei:
             pingServer(addr=silent.getsockname(), timeout=0.3)
     assert isinstance(ei.value, TimedOutError) and isinstance(ei.value, RuntimeError)
+
+
+def test_packets_and_on_close_are_not_lost_when_the_loop_ends_after_the_process_thread(net):
+    """A packet that the network thread queues after the process thread's
+    last regular drain (the loop finishing its iteration during stop()),
+    and the close queued behind it, are still handled."""
+    go = threading.Event()
+    handled, closed = [], []
+
+    class Rec(Packet):
+        def receive(self, msg, cid=None):
+            handled.append(msg)
+
+    class Cos(ClientOnServer):
+        def on_close(self, reason=None):
+            closed.append((reason, list(handled)))
+
+    s = make_server()
+    s.clientcls = Cos
+    s.register_packet("t:r", Rec(s.registry, s))
+    net.servers.append(s)
+    s.runAsync()
+    pthread = s.process_async()
+    c = net.client(s, packets={"t:r": Packet})
+    active_cids(s)
+    in_recv = threading.Event()
+
+    def hold(event, data):  # network thread, before the packet is queued
+        in_recv.set()
+        go.wait(10)
+
+    peng3dnet.events.subscribe("peng3dnet:server.connection.recv", hold, sender=s)
+    try:
+        c.send_message("t:r", "late")
+        assert in_recv.wait(10)
+        s.stop()  # the process thread sees the stop now, with nothing queued yet
+        pthread.join(0.5)  # (it may wait for the loop's end: that is the fix)
+        go.set()  # the packet is queued now, then the loop closes the connection
+        s.join(15)
+        pthread.join(15)
+    finally:
+        go.set()
+        peng3dnet.events.unsubscribe("peng3dnet:server.connection.recv", hold, sender=s)
+    assert handled == ["late"]
+    assert closed == [("servershutdown", ["late"])]
+    assert not s.clients and not s.run
+
+
+def test_a_raising_connection_type_closes_its_connection_only(net, caplog):
+    from peng3dnet.conntypes import ConnectionType
+
+    class Broken(ConnectionType):
+        def receive(self, msg, pid, flags, cid):
+            raise ZeroDivisionError("a bug in the program's connection type")
+
+    s, rec = net.server(record="peng3dnet:server.connection.close")
+    s.addConnType("broken", Broken(s))
+    good = net.client(s)
+    bad = Client(addr=s.addr, conntype="broken")
+    bad.addConnType("broken", ConnectionType(bad))
+    net.clients.append(bad)
+    bad.runAsync()
+    wait_for(lambda: any(c.conntype == "broken" for c in s.clients.values()), what="broken connection")
+    with caplog.at_level("ERROR", logger="peng3dnet.user"):
+        bad.send_raw(None, 64, {"x": 1})
+        (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "conntypeerror"
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+    good.send_message("test:echo", "still served")
+    assert good.registry.get_obj("test:echo").wait_count(1) == ["still served"]

@@ -29,8 +29,14 @@ class Cos(ClientOnServer):
 def on_accept(event, data):
     raise RuntimeError("boom from an event handler")
 
+class FakePeng:  # what the library uses of a peng3d.Peng: cfg and sendEvent
+    cfg = {}
+    def sendEvent(self, event, data):
+        if event == "peng3dnet:server.connection.accept":
+            raise LookupError("boom from a peng3d event handler")
+
 events.subscribe("peng3dnet:server.connection.accept", on_accept)
-s = Server(addr=("127.0.0.1", 0), clientcls=Cos)
+s = Server(FakePeng(), addr=("127.0.0.1", 0), clientcls=Cos)
 for name, cls in (("t:boom", Boom), ("t:print", PrintPacket)):
     s.register_packet(name, cls(s.registry, s))
 s.runAsync()
@@ -59,14 +65,15 @@ def run(mode: str) -> subprocess.CompletedProcess:
     return out
 
 
-BOOMS = ("ValueError: boom from a handler", "KeyError: 'boom from a hook'", "RuntimeError: boom from an event handler")
+BOOMS = ("ValueError: boom from a handler", "KeyError: 'boom from a hook'", "RuntimeError: boom from an event handler",
+         "LookupError: boom from a peng3d event handler")
 
 
 def test_without_logging_config_tracebacks_reach_stderr_and_nothing_else():
     out = run("bare")
     for boom in BOOMS:
         assert out.stderr.count(boom) == 1, out.stderr
-    assert out.stderr.count("Traceback (most recent call last)") == 3
+    assert out.stderr.count("Traceback (most recent call last)") == 4
     assert "PrintPacket: cid=1 {'hello': 1}" in out.stderr  # PrintPacket prints
     # nothing of the library's own INFO chatter (connect, handshake, close)
     assert "handshake complete" not in out.stderr and "connection from" not in out.stderr
