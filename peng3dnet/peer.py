@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from typing import Any
 
 from . import events as _events
@@ -37,7 +38,7 @@ from .errors import (
 from .events.bus import Route as _Route
 from .inbox import Inbox
 from .link import Link
-from .packet import SmartPacket, smart_check
+from .packet import Packet, SmartPacket, smart_check
 from .packet.internal import INTERNAL_PACKETS
 from .plans import BASE_RECEIVE, BASE_SEND, NO_EVENT, RecvPlan, SendPlan, thread_pack
 from .protocol.connection import (
@@ -54,13 +55,25 @@ from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
 from .transport import EVENT_READ, EVENT_WRITE, Reactor
 from .userlog import report_user_error
-from .util import ConfigView, normalize_addr_socketstyle
+from .util import ConfigView, ConfigWarning, normalize_addr_socketstyle
 
 __all__ = ['Peer', 'resolve_addr', 'INTERNAL_IDS', 'CLOSE_LINGER']
 
 log = logging.getLogger(__name__)
 
 INTERNAL_IDS = frozenset(pid for _, pid, _ in INTERNAL_PACKETS)
+
+
+def _quiet_smart(cls: Any, hook: str) -> bool:
+    """A SmartPacket class whose check cannot be observed on this path: it
+    keeps SmartPacket's ``_receive``/``_send`` and the no-op hook, and
+    ignores invalid packets.  Calling it would do nothing, so the hot path
+    skips it (the receive side does not even queue the packet)."""
+    if not issubclass(cls, SmartPacket) or cls.invalid_action != "ignore":
+        return False
+    if hook == "send":
+        return cls._send is SmartPacket._send and cls.send is Packet.send
+    return cls._receive is SmartPacket._receive and cls.receive is Packet.receive
 CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
 _DRAIN_WAIT = 10.0  # seconds process_forever() waits for the loop's end before its last drain
 
@@ -108,7 +121,8 @@ class Peer:
         self.cfg.on_change = self._refresh_hot
         self._refresh_hot()
         if self.cfg["net.encrypt.enabled"]:
-            log.warning("! net.encrypt.enabled: protocol 2 has no AES encryption; use net.ssl.enabled (TLS)")
+            warnings.warn("net.encrypt.enabled: protocol 2 has no AES encryption (ignored); use net.ssl.enabled (TLS)",
+                          ConfigWarning, stacklevel=3)
 
     @property
     def run(self) -> bool:
@@ -584,7 +598,7 @@ class Peer:
         if pobj is None or pid < PID_FIRST_FREE:
             return None
         cls = type(pobj)
-        plan = RecvPlan(regver, pobj, (cls._receive, cls.receive) != BASE_RECEIVE)
+        plan = RecvPlan(regver, pobj, (cls._receive, cls.receive) != BASE_RECEIVE and not _quiet_smart(cls, "receive"))
         if len(self._recv_plans) > 4096:
             self._recv_plans.clear()
         self._recv_plans[pid] = plan
@@ -733,8 +747,9 @@ class Peer:
 
     def _send(self, link: Link, ptype: Any, data: Any) -> None:
         _, pid, pobj, hooks, smart, _ = self._lookup(ptype)
-        self._check_sendable(link)
-        if smart and self._strict_refused(link, pobj, pid):
+        if link.proto.state is not HandshakeState.ACTIVE:
+            self._check_sendable(link)
+        if smart and self._h_strict_send and self._strict_refused(link, pobj, pid):
             raise LocalProtocolError(
                 f"packet {self.registry.get_name(pid)!r} is not valid on this connection now "
                 "(net.smartpacket.strict_send is on)"
@@ -770,7 +785,7 @@ class Peer:
             raise LocalProtocolError(f"internal packet {pid} cannot be sent by the application")
         pobj = reg.find_obj(pid)
         cls: Any = type(pobj)
-        hooks = pobj is not None and (cls._send, cls.send) != BASE_SEND
+        hooks = pobj is not None and (cls._send, cls.send) != BASE_SEND and not _quiet_smart(cls, "send")
         plan = SendPlan(regver, pid, pobj, hooks, isinstance(pobj, SmartPacket), type(ptype))
         plans = self._send_plans
         if len(plans) > 1024:  # bounded, whatever the caller passes

@@ -199,11 +199,14 @@ class BaseRegistry:
     getStr = getName  # noqa: N815  (0.1.x has both names)
 
     def getID(self, obj: int | str | Any) -> int:  # noqa: N802
-        """Id of an entry given by name, id or object (0.1.x API).
+        """Id of an entry given by name or object; an int is returned as is
+        (0.1.x API, like :meth:`getName` with a str).
 
         Raises:
             UnknownPacketError: No such entry.
         """
+        if isinstance(obj, int) and not isinstance(obj, bool):
+            return obj
         return self.get_id(obj)
 
     getInt = getID  # noqa: N815  (0.1.x has both names)

@@ -595,7 +595,9 @@ class Server(Peer):
 
         Thread safety: any thread.  The packet's ``_send`` (and so a
         SmartPacket's check and ``send`` hook) and each client's ``on_send``
-        run once per connection it was queued on, after queueing.
+        run once per connection it was queued on, after queueing; an error
+        raised there is reported (see Logging in the README), not raised,
+        so it cannot cut the broadcast short.
 
         .. versionadded:: 0.2
         """
@@ -614,10 +616,13 @@ class Server(Peer):
             except (ConnectionClosedError, WriteBufferFullError):
                 continue
             sent += 1
-            if hooks:
-                pobj._send(data, cid)
-            if link.on_send is not None:
-                link.on_send(ptype, data)
+            try:  # a raising hook must not cut the broadcast short
+                if hooks:
+                    pobj._send(data, cid)
+                if link.on_send is not None:
+                    link.on_send(ptype, data)
+            except Exception:
+                report_user_error("! server cid=%s: a send hook raised during broadcast", cid)
         return sent
 
     def _frame_for_body(self, pid: int, body: bytes) -> bytes:

@@ -590,8 +590,8 @@ class Listener:
     """
 
     def __init__(self, host: str, port: int, *, dualstack: bool = False, backlog: int = 128) -> None:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        try:  # an empty host: every interface
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except socket.gaierror as exc:
             raise InvalidAddressError(f"cannot resolve {host!r}: {exc}") from exc
         family, socktype, proto, _, sockaddr = infos[0]

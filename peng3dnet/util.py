@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .constants import DEFAULT_CONFIG
-from .errors import InvalidAddressError, InvalidHostError, InvalidPortError
+from .errors import InvalidAddressError, InvalidPortError
 
 __all__ = [
     "parse_address",
@@ -41,8 +41,7 @@ def parse_address(addr: Any, default_port: int | None = _DEFAULT_PORT) -> tuple[
     :func:`normalize_addr_socketstyle`).
 
     Raises:
-        InvalidHostError: The host is empty.
-        InvalidPortError: The port is not an int in 0..65535.
+        InvalidPortError: The port is not an int in 0..65535 (or is empty after ``:``).
         InvalidAddressError: The address cannot be parsed.
     """
     return normalize_addr_socketstyle(addr, default_port)
@@ -63,7 +62,9 @@ def normalize_addr_socketstyle(addr: Any, default_port: int | None = _DEFAULT_PO
 
     Accepted forms: ``(host, port)``, an IPv6 ``(host, port, flowinfo,
     scope_id)`` tuple, ``"host"``, ``"host:port"``, ``"[v6addr]"``,
-    ``"[v6addr]:port"`` and a bare IPv6 address such as ``"::1"``.
+    ``"[v6addr]:port"`` and a bare IPv6 address such as ``"::1"``.  An empty
+    host (``""``, ``":8080"``, ``("", 8080)``) means every interface to a
+    server, as in 0.1.x.
 
     Args:
         addr: The address.
@@ -74,21 +75,16 @@ def normalize_addr_socketstyle(addr: Any, default_port: int | None = _DEFAULT_PO
         ``(host, port)``, or the 4-tuple for an IPv6 tuple input.
 
     Raises:
-        InvalidHostError: The host is empty.
-        InvalidPortError: The port is not an int in 0..65535.
+        InvalidPortError: The port is not an int in 0..65535 (or is empty after ``:``).
         InvalidAddressError: The address cannot be parsed, or has no port and
             no default was given.
     """
     if isinstance(addr, (tuple, list)):
         if len(addr) not in (2, 4) or not isinstance(addr[0], str):
             raise InvalidAddressError(f"invalid address tuple {addr!r}")
-        if not addr[0]:
-            raise InvalidHostError(f"empty host in address {addr!r}")
         return (addr[0], _parse_port(addr[1]), *addr[2:])
     if not isinstance(addr, str):
         raise InvalidAddressError(f"invalid address {addr!r}")
-    if not addr:
-        raise InvalidHostError("empty address")
     port: Any = None
     if addr.startswith("["):
         end = addr.find("]")
@@ -106,9 +102,9 @@ def normalize_addr_socketstyle(addr: Any, default_port: int | None = _DEFAULT_PO
         host, port = addr.split(":", 1)
     else:
         host = addr
-    if not host:
-        raise InvalidHostError(f"empty host in address {addr!r}")
-    if port is None or port == "":
+    if port == "":
+        raise InvalidPortError(f"empty port in address {addr!r}")
+    if port is None:
         if default_port is None:
             raise InvalidAddressError(f"address {addr!r} has no port and there is no default")
         port = default_port
@@ -134,7 +130,7 @@ class ConfigView(Mapping[str, Any]):
         refreshes its cached copies of hot keys)."""
         self._pengcfg = getattr(peng, "cfg", None) if peng is not None else None
         for key in self.overrides:
-            _check_key(key)
+            _check_key(key, 5)  # _check_key < ConfigView < Peer < Server/Client < the program
 
     def __getitem__(self, key: str) -> Any:
         if key in self.overrides:
@@ -147,7 +143,7 @@ class ConfigView(Mapping[str, Any]):
         return DEFAULT_CONFIG[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        _check_key(key)
+        _check_key(key, 3)
         self.overrides[key] = value
         if self.on_change is not None:
             self.on_change()
@@ -165,11 +161,11 @@ class ConfigWarning(UserWarning):
     """A config key given to a Server or Client is not known to peng3dnet."""
 
 
-def _check_key(key: Any) -> None:
+def _check_key(key: Any, stacklevel: int) -> None:
     """Warn about a ``net.*`` key nobody reads (a typo would otherwise be
     silently ignored).  Keys outside ``net.`` belong to the application or
     to peng3d and are not checked."""
     if isinstance(key, str) and key.startswith("net.") and key not in DEFAULT_CONFIG:
         close = difflib.get_close_matches(key, list(DEFAULT_CONFIG), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        warnings.warn(f"unknown peng3dnet config key {key!r}{hint}", ConfigWarning, stacklevel=4)
+        warnings.warn(f"unknown peng3dnet config key {key!r}{hint}", ConfigWarning, stacklevel=stacklevel)

@@ -26,7 +26,7 @@ def test_normalize(addr, expected):
     assert normalize_addr_socketstyle(addr, 9) == expected
 
 
-@pytest.mark.parametrize("addr", ["", "host:x", "host:70000", "[::1", "[::1]x", ("h",), (1, 2), None, ":5"])
+@pytest.mark.parametrize("addr", ["host:", "host:x", "host:70000", "[::1", "[::1]x", "[::1]:", ("h",), (1, 2), None])
 def test_normalize_invalid(addr):
     with pytest.raises(InvalidAddressError):
         normalize_addr_socketstyle(addr, 9)

@@ -22,7 +22,6 @@ from peng3dnet import (
     ClientOnServer,
     ConfigWarning,
     FailedPingError,
-    InvalidHostError,
     InvalidPortError,
     InvalidSmartPacketActionError,
     PacketRegistry,
@@ -57,11 +56,13 @@ def test_registry_lookups_of_0_1():
         assert reg.getID(key) == reg.getInt(key) == 64
         assert reg.getObj(key) is p and reg[key] is p
     assert reg.getName("not:registered") == "not:registered"  # a str is returned as is (0.1.x)
+    assert reg.getInt(99) == 99  # and an int by getID/getInt
     assert dict(reg.reg_int_str) == {64: "a:b"} and dict(reg.reg_int_str.inv) == {"a:b": 64}
     assert reg.reg_int_obj[64] is p and reg.reg_int_obj.inv[p] == 64
-    for bad in ("x:y", 99, object()):
+    for bad in ("x:y", object()):
         with pytest.raises(KeyError):  # as 0.1.x, and a RegistryError
             reg.getInt(bad)
+    for bad in ("x:y", 99, object()):
         with pytest.raises(RegistryError):
             reg.getObj(bad)
     q.name = "a:q"
@@ -84,10 +85,21 @@ def test_address_helpers_of_0_1():
     assert parse_address("[::1]:5") == ("::1", 5)  # IPv6: ours takes it (0.1.x refused)
     assert normalize_addr_formatted("host:5") == "host:5"
     assert normalize_addr_formatted(("::1", 5)) == "[::1]:5"
-    for bad, err in (("h:x", InvalidPortError), ("h:99999", InvalidPortError), ("", InvalidHostError),
-                     (":80", InvalidHostError)):
-        with pytest.raises(err):
+    assert parse_address("") == ("", 8080) and parse_address(":80") == ("", 80)  # every interface
+    for bad in ("h:x", "h:99999", "h:"):
+        with pytest.raises(InvalidPortError):
             parse_address(bad)
+
+
+def test_an_empty_host_binds_every_interface(net):
+    s = Server(addr=("", 0))
+    net.servers.append(s)
+    s.runAsync()
+    assert s.addr[0] in ("0.0.0.0", "::")
+    c = Client(addr=("127.0.0.1", s.addr[1]))
+    net.clients.append(c)
+    c.runAsync()
+    c.wait_for_connection(10)
 
 
 def test_unknown_config_key_is_reported_with_the_closest_known_key():
@@ -405,3 +417,24 @@ def test_a_raising_connection_type_closes_its_connection_only(net, caplog):
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
     good.send_message("test:echo", "still served")
     assert good.registry.get_obj("test:echo").wait_count(1) == ["still served"]
+
+
+def test_a_smartpacket_whose_check_cannot_be_observed_is_not_queued(net):
+    class Quiet(SmartPacket):  # no receive, ignores invalid packets: nothing to do
+        state = 100
+
+    class Strict(SmartPacket):  # no receive, but closes on an invalid packet: must be checked
+        state = 100
+        invalid_action = "close"
+
+    s, rec = net.server(process=False, record="peng3dnet:server.connection.close")
+    s.register_packet("t:quiet", Quiet(s.registry, s))
+    s.register_packet("t:strict", Strict(s.registry, s))
+    c = net.client(s, packets={"t:quiet": Packet, "t:strict": Packet})
+    active_cids(s)
+    c.send_message("t:quiet", 1)
+    c.send_message("t:strict", 2)
+    n = wait_for(lambda: s.process(), what="the strict packet")
+    assert n == 1  # only t:strict was queued
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "smartpacketinvalid"
