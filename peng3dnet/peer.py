@@ -109,6 +109,7 @@ class Peer:
         self._loop_done = threading.Event()
         self._stop_reason: str | None = None
         self._shared: Any = None  # the NetworkLoop a client was attached to
+        self._leaving = False
         prefix = f"peng3dnet:{self._role}."
         self._ev_recv = prefix + ("connection.recv" if self._role == "server" else "recv")
         self._ev_send = prefix + ("connection.send" if self._role == "server" else "send")
@@ -994,8 +995,11 @@ class Peer:
             self._reactor.stop()
 
     def _leave_shared(self) -> None:
-        if self._loop_done.is_set():
+        # Once only: _on_loop_exit runs the shared loop's queued calls, which
+        # may hold a second _leave_shared of ours (stop and close both ask).
+        if self._loop_done.is_set() or self._leaving:
             return
+        self._leaving = True
         try:
             self._on_loop_exit()
         finally:

@@ -245,7 +245,10 @@ class Reactor:
         """Run the queued cross-thread calls (network thread)."""
         calls = self._calls
         for _ in range(len(calls)):
-            fn, args = calls.popleft()
+            try:
+                fn, args = calls.popleft()
+            except IndexError:  # a call ran the queue itself (a client leaving a shared loop)
+                return
             try:
                 fn(*args)
             except Exception:
