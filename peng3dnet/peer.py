@@ -607,17 +607,24 @@ class Peer:
 
     def _deliver(self, link: Link, pobj: Any, pid: int, msg: Any) -> None:
         """Hand one packet to the application: ``pobj._receive``, then the
-        owner's ``on_receive`` hook (the order of 0.1.x).  Errors raised there
-        are reported (a traceback on stderr by default), never raised."""
+        owner's ``on_receive`` hook (the order of 0.1.x).  An exception raised
+        there is reported (a traceback on stderr by default), never raised.
+        A BaseException (``SystemExit``, ``KeyboardInterrupt``) is reported
+        too; then, on the main thread (``process()`` called by the program)
+        it propagates, and on a library thread (the process thread, the
+        network thread with inline handlers) the peer stops cleanly."""
         try:
             pobj._receive(msg, link.cid)
+            if link.on_recv is not None:
+                link.on_recv(pid, msg)
         except Exception:
             report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
-        if link.on_recv is not None:
-            try:
-                link.on_recv(pid, msg)
-            except Exception:
-                report_user_error("! %s cid=%s: on_receive raised", self._role, link.cid)
+        except BaseException:  # SystemExit, KeyboardInterrupt, ... from a handler
+            report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
+            if threading.current_thread() is threading.main_thread():
+                raise  # process() called by the program itself: it sees it
+            log.warning("! %s: stopping: a handler on a library thread raised a BaseException", self._role)
+            self.stop()
 
     def _on_closed(self, link: Link, o: ConnectionClosed) -> None:
         chan = link.chan

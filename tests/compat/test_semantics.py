@@ -438,3 +438,33 @@ def test_a_smartpacket_whose_check_cannot_be_observed_is_not_queued(net):
     assert n == 1  # only t:strict was queued
     (d,) = rec.wait_for("peng3dnet:server.connection.close")
     assert d["reason"] == "smartpacketinvalid"
+
+
+def test_a_base_exception_in_a_handler_is_reported_and_stops_cleanly(net, caplog):
+    class Exit(Packet):
+        def receive(self, msg, cid=None):
+            raise SystemExit(msg)
+
+    # process() on the program's own (main) thread: it propagates
+    s, _ = net.server(process=False, record=None)
+    s.register_packet("t:exit", Exit(s.registry, s))
+    c = net.client(s, packets={"t:exit": Packet})
+    active_cids(s)
+    c.send_message("t:exit", 3)
+    with pytest.raises(SystemExit):
+        wait_for(lambda: s.process(), what="the packet")
+    # on the process thread: reported with its traceback, the server stops cleanly
+    s2, rec = net.server(record="peng3dnet:server.*")
+    s2.register_packet("t:exit", Exit(s2.registry, s2))
+    c2 = net.client(s2, packets={"t:exit": Packet})
+    active_cids(s2)
+    with caplog.at_level("ERROR", logger="peng3dnet.user"):
+        c2.send_message("t:exit", 4)
+        (d,) = rec.wait_for("peng3dnet:server.connection.close")
+        rec.wait_for("peng3dnet:server.stop")
+    assert d["reason"] == "servershutdown"
+    c2.wait_for_close(10)
+    assert c2.close_reason == "servershutdown"
+    assert any(r.exc_info and r.exc_info[0] is SystemExit for r in caplog.records)
+    s2.join(10)
+    assert not s2.run
