@@ -352,7 +352,9 @@ class Peer:
         stats = link.stats
         stats.bytes_in += total
         stats._seen = time.monotonic()
-        if outs and self._read_allowed(link, total, outs):
+        # Every byte read is charged (the server's byte bucket), whether or
+        # not it completed a packet.
+        if self._read_allowed(link, total, outs) and outs:
             self._handle_outputs(link, outs)
         if link.eof and not chan.closed:
             chan.close()

@@ -361,3 +361,25 @@ def test_rate_limit_on_bytes(net):
     peer.send(frame * 50)  # 100 kB at once, ten times the bucket
     assert peer.recv_until_close()[-1] == (16, {"reason": "ratelimit"})
     good_client_works(s)
+
+
+def test_every_byte_read_is_charged_even_when_no_packet_completes(net):
+    """One 1 MiB packet against a 64 KiB byte bucket: the reads before the
+    one that completes it count too (they used to be free)."""
+    s, rec = net.server(**{"net.limits.rate.packets": 0, "net.limits.rate.bytes": 64 * 1024,
+                           "net.limits.rate.burst": 1.0})
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    frame = encode_frame(reg["test:echo"], 0, msgpack.packb(os.urandom(1 << 20)))
+    (cid,) = active_cids(s)
+    stats = s._links[cid].stats
+    peer.send(frame[:-100])  # no read of these completes the packet
+    wait_for(lambda: stats.bytes_in >= len(frame) - 100 or cid not in s.clients, what="the first part read")
+    try:
+        peer.send(frame[-100:])  # the read that completes it is 100 bytes
+    except OSError:
+        pass  # closed already: fine
+    assert peer.recv_until_close()[-1] == (16, {"reason": "ratelimit"})
+    echo = s.registry.get_obj("test:echo")
+    assert echo.got == []  # the big packet was not delivered
+    good_client_works(s)
