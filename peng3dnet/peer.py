@@ -678,6 +678,13 @@ class Peer:
         owner.mode = MODE_CLOSED
         self._forget(link)
         link.app_closed = True
+        link.on_recv = link.on_send = None  # bound methods: a cycle through the owner
+        self._release(link)
+
+    def _release(self, link: Link) -> None:
+        """Once a connection is closed on both sides (the socket, and the
+        application's on_close), break the cycles through it so reference
+        counting frees it (network thread or the process thread)."""
 
     def _forget(self, link: Link) -> None:
         pass

@@ -526,6 +526,13 @@ class Server(Peer):
         with self._chan_cond:
             self._open_channels -= 1
             self._chan_cond.notify_all()
+        self._release(link)
+
+    def _release(self, link: Link) -> None:
+        # The ClientOnServer keeps its link (close_reason, stats); the link
+        # lets go of it, so the pair is freed by reference counting.
+        if link.app_closed and link.chan.closed:
+            link.owner = None
 
     def _link(self, cid: int | None) -> Link:
         link = self._links.get(cid) if cid is not None else None

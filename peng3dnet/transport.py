@@ -72,8 +72,10 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
-        """Prevent the call (any thread)."""
+        """Prevent the call (any thread); what it would have called is
+        released at once (the heap entry stays until its time)."""
         self.cancelled = True
+        self.fn = _nothing
 
 
 class Reactor:
@@ -221,6 +223,10 @@ class Reactor:
                     key.data(mask)
                 except Exception:
                     log.exception("! %s: unexpected error in I/O callback", self.name)
+            # Let go of the keys before blocking again: a key of a channel
+            # closed in this round would keep the connection alive until
+            # the next wake-up.
+            ready = key = None  # type: ignore[assignment]
             self.run_calls()
             if timers:
                 now = time.monotonic()
@@ -514,14 +520,24 @@ class Channel:
         self.closed = True
         if self.linger is not None:
             self.linger.cancel()
+            self.linger = None
         if self.mask:
             self.reactor.unregister(self.sock)
             self.mask = 0
         with contextlib.suppress(OSError):
             self.sock.close()
+        # Release at once what a closed channel holds: its unsent bytes (up
+        # to the write-buffer cap) and its callback (a cycle through the
+        # connection's state), so no cyclic garbage collection is needed.
+        self.out = bytearray()
+        self.on_ready = _nothing
 
 
 WOULD_BLOCK = _WOULD_BLOCK
+
+
+def _nothing(*args: Any) -> None:
+    """What a cancelled timer or a closed channel calls."""
 
 
 def map_oserror(exc: OSError, what: str) -> NetworkError:

@@ -383,3 +383,31 @@ def test_every_byte_read_is_charged_even_when_no_packet_completes(net):
     echo = s.registry.get_obj("test:echo")
     assert echo.got == []  # the big packet was not delivered
     good_client_works(s)
+
+
+def test_a_closed_connection_is_freed_without_the_cyclic_gc(net):
+    """A closed connection's objects (and so its buffers: up to the
+    write-buffer cap and a partial frame) go at once, by reference
+    counting: no reference cycle is left once it is closed and forgotten."""
+    import gc
+    import weakref
+
+    s, _ = net.server(record=None)
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    (cid,) = active_cids(s)
+    cos = s.clients[cid]
+    link = s._links[cid]
+    refs = [weakref.ref(cos), weakref.ref(link.chan)]
+    stats = link.stats
+    peer.send(encode_frame(reg["test:echo"], 0, msgpack.packb("x" * 1000))[:500])  # a partial frame buffered
+    wait_for(lambda: stats.bytes_in > 500, what="the partial frame read")
+    del cos, link
+    gc.disable()
+    try:
+        s.close_connection(cid, "bye")
+        peer.recv_until_close()
+        wait_for(lambda: cid not in s.clients and cid not in s._links, what="the server to forget it")
+        wait_for(lambda: all(r() is None for r in refs), timeout=5, what="the connection's objects freed without gc")
+    finally:
+        gc.enable()

@@ -287,6 +287,8 @@ class ProtocolConnection:
         """Return and forget what happened since the last call, in order."""
         out = self._outputs
         self._outputs = []
+        if self._done and self._decoder.buffered:
+            self._decoder.clear()  # closed: a partial frame will never complete
         return out
 
     def _handle_frame(self, pid: int, flags: int, body: bytes) -> None:

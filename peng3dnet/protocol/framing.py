@@ -89,6 +89,10 @@ class FrameDecoder:
         """Number of bytes held for an incomplete frame."""
         return len(self._buf)
 
+    def clear(self) -> None:
+        """Drop the bytes held for an incomplete frame."""
+        self._buf = bytearray()
+
     def feed(self, data: bytes | bytearray | memoryview, out: list[Frame]) -> None:
         """Decode as many complete frames as possible.
 
