@@ -1,0 +1,294 @@
+"""The server side of state sync: :class:`SyncServer` and its tick thread.
+
+Theory of operation
+-------------------
+The server owns the game state: ``SyncServer.entities`` maps an entity id
+(str) to a flat dict of msgpack-able values.  A tick thread steps the game at
+a fixed rate (``tick_rate``, default 20 Hz).  One tick, under
+:attr:`SyncServer.lock`:
+
+1. apply the inputs received since the last tick, with joins (event
+   ``peng3dnet:sync.join``) and leaves (event ``peng3dnet:sync.leave``) in
+   order (``on_input``);
+2. advance the game (``on_step``);
+3. send every joined client a snapshot of what that client may see
+   (``interest``).
+
+A snapshot is *full* on join (or after the client asked for a resync), and
+otherwise a *delta* against the last tick that client acknowledged: the
+server keeps the views it sent for ``history`` ticks, so a late ack only
+makes the next delta larger, never wrong.  Each snapshot carries a CRC-32 of
+the client's whole view (see :mod:`~peng3dnet.ext.sync.wire`).
+
+Join and leave are queued with the inputs: the server's
+``handshakecomplete`` and ``close`` events push markers into the input
+queue (network thread), which the tick applies in order.  Inputs arrive
+through the ``peng3dnet:server.connection.recv`` event (network thread).
+
+Threads: the game hooks (``on_input``, ``on_step``) and the sync events run
+on the tick thread ("peng3dnet sync Thread"), or on the thread that calls
+:meth:`SyncServer.step` when the tick thread is not started.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ... import events
+from ...errors import Peng3dNetError
+from ...packet import Packet
+from ...userlog import report_user_error
+from .algebra import View
+from .wire import INPUT_PACKET, SNAPSHOT_PACKET, SnapshotBatch, decode_input
+
+__all__ = ["SyncServer"]
+
+log = logging.getLogger(__name__)
+
+
+class _Raw(Packet):
+    """Registered for the sync packets; the sync helpers use events instead."""
+
+
+class _ClientSync:
+    __slots__ = ("cid", "acked", "history", "resync", "last_seq")
+
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+        self.acked = -1
+        self.history: dict[int, View] = {}
+        self.resync = True
+        self.last_seq = -1
+
+
+class SyncServer:
+    """Authoritative state and per-client snapshots on a :class:`~peng3dnet.net.Server`.
+
+    Args:
+        server: The server (create the SyncServer before clients connect:
+            it registers its packets).
+        tick_rate: Ticks per second.
+        history: Ticks of sent views kept per client as delta bases.
+        interest: ``interest(cid, eid, state, entities, own_eid) -> bool``;
+            ``None`` sends every entity to every client.
+
+    Game hooks (attributes; all run on the tick thread):
+    ``on_input(cid, eid, inp)`` applies one input of a client to the state;
+    ``on_step(dt, tick)`` advances the game one tick.
+
+    Thread safety: mutate :attr:`entities` from the hooks, or hold
+    :attr:`lock` from other threads.
+    """
+
+    def __init__(
+        self,
+        server: Any,
+        *,
+        tick_rate: float = 20.0,
+        history: int = 64,
+        interest: Callable[..., bool] | None = None,
+    ) -> None:
+        self.server = server
+        self.tick_rate = float(tick_rate)
+        self.history = int(history)
+        self.interest = interest
+        self.entities: View = {}
+        """The authoritative state: entity id -> flat dict.  Replace values,
+        do not mutate nested lists/dicts in place (views are shallow copies)."""
+        self.owners: dict[int, str] = {}
+        """cid -> the entity that client controls (sent as ``you``)."""
+        self.tick = 0
+        """The number of the last tick."""
+        self.lock = threading.RLock()
+        """Guards :attr:`entities` and the per-client state."""
+        self.on_input: Callable[[int, str | None, Any], None] | None = None
+        self.on_step: Callable[[float, int], None] | None = None
+        self.stats = {"ticks": 0, "snapshots": 0, "full_snapshots": 0, "resyncs": 0, "inputs": 0}
+        """Counters (any thread)."""
+        self._clients: dict[int, _ClientSync] = {}
+        self._inputs: deque[tuple[int, Any]] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        server.register_packet(SNAPSHOT_PACKET, _Raw(server.registry, server))
+        # a server's ids never change (clients adopt them), so look it up once
+        self._input_pid = server.register_packet(INPUT_PACKET, _Raw(server.registry, server))
+        self._subs = [
+            ("peng3dnet:server.connection.handshakecomplete", self._on_handshake),
+            ("peng3dnet:server.connection.recv", self._on_recv),
+            ("peng3dnet:server.connection.close", self._on_close),
+        ]
+        for name, fn in self._subs:
+            events.subscribe(name, fn, sender=server)
+
+    # --- network thread -------------------------------------------------------------------
+    def _on_handshake(self, event: str, data: dict[str, Any]) -> None:
+        self._inputs.append((data["client"].cid, {"_join": True}))
+
+    def _on_close(self, event: str, data: dict[str, Any]) -> None:
+        self._inputs.append((data["client"].cid, {"_leave": True}))
+
+    def _on_recv(self, event: str, data: dict[str, Any]) -> None:
+        if data["pid"] == self._input_pid:
+            self._inputs.append((data["client"].cid, data["msg"]))
+
+    # --- tick thread -------------------------------------------------------------------------
+    def start(self) -> threading.Thread:
+        """Start ticking in a daemon thread "peng3dnet sync Thread".
+
+        Returns:
+            The thread.
+
+        Thread safety: any thread.
+        """
+        self._stop.clear()
+        t = threading.Thread(target=self._run, name="peng3dnet sync Thread", daemon=True)
+        self._thread = t
+        t.start()
+        return t
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop ticking and unsubscribe.
+
+        Thread safety: any thread but the tick thread (which it would wait for).
+        """
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        for name, fn in self._subs:
+            events.unsubscribe(name, fn, sender=self.server)
+
+    def _run(self) -> None:
+        period = 1.0 / self.tick_rate
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.step(period)
+            except Exception:
+                report_user_error("! sync: tick %d raised", self.tick)
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay < -period:  # fell behind: do not try to catch up with a burst
+                next_t = time.monotonic()
+                delay = 0
+            if delay > 0:
+                self._stop.wait(delay)  # a fixed tick, woken early by stop()
+
+    def step(self, dt: float | None = None) -> int:
+        """Run one tick now: inputs, ``on_step``, snapshots.
+
+        Args:
+            dt: The tick's duration passed to ``on_step`` (default ``1 / tick_rate``).
+
+        Returns:
+            The tick.
+
+        Raises:
+            Exception: Whatever ``on_step`` raised (the tick thread reports it
+                and keeps ticking).
+
+        Thread safety: the tick thread, or any one thread when not started
+        (tests drive ticks by hand).
+        """
+        dt = 1.0 / self.tick_rate if dt is None else dt
+        with self.lock:
+            self._apply_inputs()
+            self.tick += 1
+            if self.on_step is not None:
+                self.on_step(dt, self.tick)
+            self.stats["ticks"] += 1
+            self._send_snapshots()
+        return self.tick
+
+    def _apply_inputs(self) -> None:
+        q = self._inputs
+        for _ in range(len(q)):
+            cid, raw = q.popleft()
+            if not isinstance(raw, dict):
+                continue
+            if raw.get("_join"):
+                self._clients[cid] = _ClientSync(cid)
+                self.server.sendEvent("peng3dnet:sync.join", {"cid": cid})
+                continue
+            if raw.get("_leave"):
+                if self._clients.pop(cid, None) is not None:
+                    self.server.sendEvent("peng3dnet:sync.leave", {"cid": cid, "eid": self.owners.get(cid)})
+                self.owners.pop(cid, None)
+                continue
+            cs = self._clients.get(cid)
+            msg = decode_input(raw)
+            if cs is None or msg is None:
+                continue
+            ack = msg.ack
+            if ack is not None and ack in cs.history and ack > cs.acked:
+                prev = cs.acked
+                cs.acked = ack
+                if prev in cs.history and prev <= self.tick - self.history:
+                    del cs.history[prev]  # an old base kept only while it was the acked one
+            if msg.resync:
+                cs.resync = True
+                self.stats["resyncs"] += 1
+            seq = msg.seq
+            if seq is not None and seq > cs.last_seq and msg.has_input:
+                cs.last_seq = seq
+                self.stats["inputs"] += 1
+                if self.on_input is not None:
+                    try:
+                        self.on_input(cid, self.owners.get(cid), msg.inp)
+                    except Exception:
+                        report_user_error("! sync: on_input raised for cid=%d", cid)
+
+    def view_for(self, cid: int) -> View:
+        """The view client ``cid`` gets now (interest applied; copies).
+
+        Thread safety: the tick thread, or hold :attr:`lock`.
+        """
+        own = self.owners.get(cid)
+        ents = self.entities
+        if self.interest is None:
+            return {eid: dict(st) for eid, st in ents.items()}
+        return {eid: dict(st) for eid, st in ents.items() if self.interest(cid, eid, st, ents, own)}
+
+    def _send_snapshots(self) -> None:
+        # Fan-out without per-client copies where clients share data: with no
+        # interest filter every client's view is the same object this tick,
+        # and the batch checksums it once and encodes each distinct delta
+        # (one per acknowledged base tick, usually one) once.
+        tick = self.tick
+        # Each entity is copied once per tick; filtered views share the copies.
+        snap = {eid: dict(st) for eid, st in self.entities.items()}
+        interest = self.interest
+        batch = SnapshotBatch(tick)
+        server = self.server
+        for cid, cs in list(self._clients.items()):
+            own = self.owners.get(cid)
+            if interest is None:
+                view = snap
+            else:
+                view = {eid: st for eid, st in snap.items() if interest(cid, eid, st, snap, own)}
+            base = None if cs.resync else cs.history.get(cs.acked)
+            if base is None:
+                cs.resync = False
+                self.stats["full_snapshots"] += 1
+            body = batch.encode(view, base, cs.acked, cs.last_seq, own)
+            cs.history[tick] = view
+            old = tick - self.history
+            if old in cs.history and old != cs.acked:
+                del cs.history[old]
+            try:
+                server.send_encoded(SNAPSHOT_PACKET, body, cid)
+                self.stats["snapshots"] += 1
+            except Peng3dNetError as exc:
+                log.debug("sync: snapshot to cid=%d not sent: %s", cid, exc)
+
+    @property
+    def clients(self) -> list[int]:
+        """cids of the joined clients.
+
+        Thread safety: any thread.
+        """
+        return list(self._clients)
