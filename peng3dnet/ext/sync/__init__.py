@@ -20,7 +20,9 @@ The package has four modules, imports flowing one way
   functions, no I/O, threads or msgpack.
 * :mod:`~peng3dnet.ext.sync.wire`: the snapshot and input messages and the
   :func:`checksum` (over the encoded form); the only module that imports msgpack.
-* :mod:`~peng3dnet.ext.sync.server`: :class:`SyncServer` and its tick thread.
+* :mod:`~peng3dnet.ext.sync.server`: :class:`SyncServer` and its tick thread;
+  join and leave come from the server's connection table, never from a
+  message.
 * :mod:`~peng3dnet.ext.sync.client`: :class:`SyncClient`, interpolation and
   prediction.
 

@@ -7,11 +7,16 @@ The server owns the game state: ``SyncServer.entities`` maps an entity id
 a fixed rate (``tick_rate``, default 20 Hz).  One tick, under
 :attr:`SyncServer.lock`:
 
-1. apply the inputs received since the last tick, with joins (event
-   ``peng3dnet:sync.join``) and leaves (event ``peng3dnet:sync.leave``) in
-   order (``on_input``);
-2. advance the game (``on_step``);
-3. send every joined client a snapshot of what that client may see
+1. take the inputs received since the last tick;
+2. *membership*: compare the joined clients with the server's connection
+   table (``server.clients``) and join the new ones (``on_join``, event
+   ``peng3dnet:sync.join``);
+3. apply the inputs of joined clients, in the order they arrived
+   (``on_input``);
+4. remove the clients that left (``on_leave``, event ``peng3dnet:sync.leave``),
+   after their last inputs were applied;
+5. advance the game (``on_step``);
+6. send every joined client a snapshot of what that client may see
    (``interest``).
 
 A snapshot is *full* on join (or after the client asked for a resync), and
@@ -20,14 +25,29 @@ server keeps the views it sent for ``history`` ticks, so a late ack only
 makes the next delta larger, never wrong.  Each snapshot carries a CRC-32 of
 the client's whole view (see :mod:`~peng3dnet.ext.sync.wire`).
 
-Join and leave are queued with the inputs: the server's
-``handshakecomplete`` and ``close`` events push markers into the input
-queue (network thread), which the tick applies in order.  Inputs arrive
-through the ``peng3dnet:server.connection.recv`` event (network thread).
+Join and leave
+--------------
+Join and leave are *never* read from what a client sends.  Each tick the
+server's connection table is the truth: a connection counts as joined from
+the first tick at which its ``protocol_state`` is
+:attr:`~peng3dnet.protocol.handshake.HandshakeState.ACTIVE` and its
+``conntype`` is ``"classic"`` (ping and custom connection types never join),
+and it leaves at the first tick at which its cid is gone from
+``server.clients``.  The server forgets a connection after its ``on_close``,
+which runs after the handlers of the packets that arrived before the close,
+so every input a client sent before leaving is applied before its leave.
+Input messages only carry ``ack``/``seq``/``in``/``resync``; any other key
+(``_join``, ``_leave``, ...) is ignored, and ``in`` goes to ``on_input`` as it
+is.  A connection that completes its handshake and closes again between two
+ticks never joins (no join, no leave).
 
-Threads: the game hooks (``on_input``, ``on_step``) and the sync events run
-on the tick thread ("peng3dnet sync Thread"), or on the thread that calls
-:meth:`SyncServer.step` when the tick thread is not started.
+Inputs arrive through the ``peng3dnet:server.connection.recv`` event
+(network thread) and are queued for the next tick.
+
+Threads: the game hooks (``on_join``, ``on_input``, ``on_leave``,
+``on_step``) and the sync events run on the tick thread ("peng3dnet sync
+Thread"), or on the thread that calls :meth:`SyncServer.step` when the tick
+thread is not started.
 """
 
 from __future__ import annotations
@@ -40,8 +60,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ... import events
+from ...constants import CONNTYPE_CLASSIC
 from ...errors import Peng3dNetError
 from ...packet import Packet
+from ...protocol.handshake import HandshakeState
 from ...userlog import report_user_error
 from .algebra import View
 from .wire import INPUT_PACKET, SNAPSHOT_PACKET, SnapshotBatch, decode_input
@@ -49,6 +71,8 @@ from .wire import INPUT_PACKET, SNAPSHOT_PACKET, SnapshotBatch, decode_input
 __all__ = ["SyncServer"]
 
 log = logging.getLogger(__name__)
+
+_ACTIVE = HandshakeState.ACTIVE
 
 
 class _Raw(Packet):
@@ -77,12 +101,23 @@ class SyncServer:
         interest: ``interest(cid, eid, state, entities, own_eid) -> bool``;
             ``None`` sends every entity to every client.
 
-    Game hooks (attributes; all run on the tick thread):
+    Game hooks (attributes; all run on the tick thread, with :attr:`lock` held):
+    ``on_join(cid)`` a client joined (give it an entity: set
+    ``entities[eid]`` and ``owners[cid] = eid``);
     ``on_input(cid, eid, inp)`` applies one input of a client to the state;
+    ``on_leave(cid, eid)`` a client left (``eid`` is its owned entity or
+    ``None``; remove the entity if the game wants to);
     ``on_step(dt, tick)`` advances the game one tick.
+    The events ``peng3dnet:sync.join`` ``{cid}`` and ``peng3dnet:sync.leave``
+    ``{cid, eid}`` are emitted right after ``on_join``/``on_leave`` (when the
+    server's events are enabled).
 
-    Thread safety: mutate :attr:`entities` from the hooks, or hold
-    :attr:`lock` from other threads.
+    Thread safety: mutate :attr:`entities` and :attr:`owners` from the hooks,
+    or hold :attr:`lock` from other threads.
+
+    .. versionchanged:: 0.2
+       Join and leave come from the server's connection table, not from
+       messages; ``on_join`` and ``on_leave`` added.
     """
 
     def __init__(
@@ -106,9 +141,17 @@ class SyncServer:
         """The number of the last tick."""
         self.lock = threading.RLock()
         """Guards :attr:`entities` and the per-client state."""
+        self.on_join: Callable[[int], None] | None = None
         self.on_input: Callable[[int, str | None, Any], None] | None = None
+        self.on_leave: Callable[[int, str | None], None] | None = None
         self.on_step: Callable[[float, int], None] | None = None
-        self.stats = {"ticks": 0, "snapshots": 0, "full_snapshots": 0, "resyncs": 0, "inputs": 0}
+        self.stats = {
+            "ticks": 0,
+            "snapshots": 0,
+            "full_snapshots": 0,
+            "resyncs": 0,
+            "inputs": 0,
+        }
         """Counters (any thread)."""
         self._clients: dict[int, _ClientSync] = {}
         self._inputs: deque[tuple[int, Any]] = deque()
@@ -117,21 +160,9 @@ class SyncServer:
         server.register_packet(SNAPSHOT_PACKET, _Raw(server.registry, server))
         # a server's ids never change (clients adopt them), so look it up once
         self._input_pid = server.register_packet(INPUT_PACKET, _Raw(server.registry, server))
-        self._subs = [
-            ("peng3dnet:server.connection.handshakecomplete", self._on_handshake),
-            ("peng3dnet:server.connection.recv", self._on_recv),
-            ("peng3dnet:server.connection.close", self._on_close),
-        ]
-        for name, fn in self._subs:
-            events.subscribe(name, fn, sender=server)
+        events.subscribe("peng3dnet:server.connection.recv", self._on_recv, sender=server)
 
     # --- network thread -------------------------------------------------------------------
-    def _on_handshake(self, event: str, data: dict[str, Any]) -> None:
-        self._inputs.append((data["client"].cid, {"_join": True}))
-
-    def _on_close(self, event: str, data: dict[str, Any]) -> None:
-        self._inputs.append((data["client"].cid, {"_leave": True}))
-
     def _on_recv(self, event: str, data: dict[str, Any]) -> None:
         if data["pid"] == self._input_pid:
             self._inputs.append((data["client"].cid, data["msg"]))
@@ -159,8 +190,7 @@ class SyncServer:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        for name, fn in self._subs:
-            events.unsubscribe(name, fn, sender=self.server)
+        events.unsubscribe("peng3dnet:server.connection.recv", self._on_recv, sender=self.server)
 
     def _run(self) -> None:
         period = 1.0 / self.tick_rate
@@ -179,7 +209,7 @@ class SyncServer:
                 self._stop.wait(delay)  # a fixed tick, woken early by stop()
 
     def step(self, dt: float | None = None) -> int:
-        """Run one tick now: inputs, ``on_step``, snapshots.
+        """Run one tick now: membership, inputs, leaves, ``on_step``, snapshots.
 
         Args:
             dt: The tick's duration passed to ``on_step`` (default ``1 / tick_rate``).
@@ -196,7 +226,16 @@ class SyncServer:
         """
         dt = 1.0 / self.tick_rate if dt is None else dt
         with self.lock:
-            self._apply_inputs()
+            # Inputs first, then the table: an input in this batch was handled
+            # after its connection's handshake completed, so the table read
+            # afterwards has its cid (ACTIVE, closing, or already gone).
+            q = self._inputs
+            inputs = [q.popleft() for _ in range(len(q))]
+            table = self.server.clients.copy()  # one C-level copy: the network thread may change it
+            left = self._update_membership(table)
+            self._apply_inputs(inputs)
+            for cid in left:
+                self._leave(cid)
             self.tick += 1
             if self.on_step is not None:
                 self.on_step(dt, self.tick)
@@ -204,25 +243,39 @@ class SyncServer:
             self._send_snapshots()
         return self.tick
 
-    def _apply_inputs(self) -> None:
-        q = self._inputs
-        for _ in range(len(q)):
-            cid, raw = q.popleft()
-            if not isinstance(raw, dict):
+    def _update_membership(self, table: dict[int, Any]) -> list[int]:
+        """Join the new connections of ``table``; return the cids that left."""
+        for cid in sorted(table):
+            if cid in self._clients:
                 continue
-            if raw.get("_join"):
+            client = table[cid]
+            if client.conntype == CONNTYPE_CLASSIC and client.protocol_state is _ACTIVE:
                 self._clients[cid] = _ClientSync(cid)
+                if self.on_join is not None:
+                    try:
+                        self.on_join(cid)
+                    except Exception:
+                        report_user_error("! sync: on_join raised for cid=%d", cid)
                 self.server.sendEvent("peng3dnet:sync.join", {"cid": cid})
-                continue
-            if raw.get("_leave"):
-                if self._clients.pop(cid, None) is not None:
-                    self.server.sendEvent("peng3dnet:sync.leave", {"cid": cid, "eid": self.owners.get(cid)})
-                self.owners.pop(cid, None)
-                continue
+        return [cid for cid in self._clients if cid not in table]
+
+    def _leave(self, cid: int) -> None:
+        del self._clients[cid]
+        eid = self.owners.get(cid)
+        if self.on_leave is not None:
+            try:
+                self.on_leave(cid, eid)
+            except Exception:
+                report_user_error("! sync: on_leave raised for cid=%d", cid)
+        self.server.sendEvent("peng3dnet:sync.leave", {"cid": cid, "eid": eid})
+        self.owners.pop(cid, None)
+
+    def _apply_inputs(self, inputs: list[tuple[int, Any]]) -> None:
+        for cid, raw in inputs:
             cs = self._clients.get(cid)
             msg = decode_input(raw)
             if cs is None or msg is None:
-                continue
+                continue  # not joined (closed before its first tick), or not a map
             ack = msg.ack
             if ack is not None and ack in cs.history and ack > cs.acked:
                 prev = cs.acked
