@@ -20,15 +20,19 @@ def move(state, inp):
 
 
 class Game:
-    """Players get an entity ``p<cid>`` on join (through the sync.join
-    event); an NPC walks right."""
+    """Players get an entity ``p<cid>`` on join (through the sync.join event,
+    or the on_join hook with ``hooks=True``); an NPC walks right."""
 
-    def __init__(self, server: Server, **kw: Any) -> None:
+    def __init__(self, server: Server, *, hooks: bool = False, **kw: Any) -> None:
         self.sync = SyncServer(server, **kw)
         self.sync.on_input = self.on_input
         self.sync.on_step = self.on_step
         self.server = server
-        events.subscribe("peng3dnet:sync.join", self.on_join, sender=server)
+        self.hooks = hooks
+        if hooks:
+            self.sync.on_join = lambda cid: self.on_join("hook", {"cid": cid})
+        else:
+            events.subscribe("peng3dnet:sync.join", self.on_join, sender=server)
 
     def on_join(self, event, data):  # tick thread
         eid = f"p{data['cid']}"
@@ -44,13 +48,14 @@ class Game:
         self.sync.entities["npc"] = {**npc, "x": npc["x"] + SPEED * dt}
 
     def close(self):
-        events.unsubscribe("peng3dnet:sync.join", self.on_join, sender=self.server)
+        if not self.hooks:
+            events.unsubscribe("peng3dnet:sync.join", self.on_join, sender=self.server)
         self.sync.stop()
 
 
-def make_world(tick_rate=50.0, **kw):
-    s = Server(addr=("127.0.0.1", 0), cfg={"net.heartbeat.enabled": False})
-    game = Game(s, tick_rate=tick_rate, **kw)
+def make_world(tick_rate=50.0, *, cfg=None, hooks=False, **kw):
+    s = Server(addr=("127.0.0.1", 0), cfg={"net.heartbeat.enabled": False, **(cfg or {})})
+    game = Game(s, tick_rate=tick_rate, hooks=hooks, **kw)
     views_by_cid: dict[int, dict[int, dict]] = {}
     orig = game.sync._send_snapshots
 
@@ -61,13 +66,15 @@ def make_world(tick_rate=50.0, **kw):
 
     game.sync._send_snapshots = recording
     s.runAsync()
+    s.process_async()  # inputs reach the SyncServer through a packet handler
     return s, game, views_by_cid
 
 
-def join(server, addr=None, **kw):
-    c = Client(addr=addr or server.addr)
+def join(server, addr=None, *, cfg=None, **kw):
+    c = Client(addr=addr or server.addr, cfg=cfg)
     sc = SyncClient(c, **kw)
     c.runAsync()
+    c.process_async()  # snapshots reach the SyncClient through a packet handler
     c.wait_for_connection(10)
     wait_for(lambda: sc.own is not None and sc.own in sc.view, what="own entity")
     return c, sc

@@ -1,4 +1,5 @@
-"""peng3dnet.ext.sync as a whole: the public names and signatures."""
+"""peng3dnet.ext.sync as a whole: the public names, and sync without the
+event bus (net.events.enable off on both sides)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import inspect
 import time
 
 import peng3dnet.ext.sync as sync
+from tests.ext.sync_world import move
+from tests.helpers import wait_for
 
 
 def test_public_names():
@@ -42,3 +45,28 @@ def test_signatures_kept():
     assert [p[0] for p in params(sync.diff_views)] == ["base", "new"]
     assert [p[0] for p in params(sync.apply_delta)] == ["base", "delta"]
     assert [p[0] for p in params(sync.checksum)] == ["view"]
+
+
+def test_sync_works_with_events_disabled_on_both_sides(world, net):
+    off = {"net.events.enable": False}
+    s, game, views_by_cid = world.make(cfg=off, hooks=True)  # the game joins players with on_join
+    server_events = net.recorder(s, "peng3dnet:*")
+    game.sync.start()
+    c, sc = world.join(s, cfg=off, predict=move)  # returns once its own entity arrived in a snapshot
+    client_events = net.recorder(c, "peng3dnet:*")
+    x0 = game.sync.entities[sc.own]["x"]
+    for _ in range(5):
+        sc.send_input({"dx": 1, "dy": 0, "dt": 0.1})
+    wait_for(lambda: game.sync.stats["inputs"] == 5, what="inputs applied on the server")
+    assert game.sync.entities[sc.own]["x"] == x0 + 5 * 10.0
+    wait_for(lambda: sc.view[sc.own]["x"] == x0 + 5 * 10.0, what="the moved entity in a snapshot")
+    wait_for(lambda: sc.stats["snapshots"] > 10, what="more snapshots")
+    tick, view = sc.authoritative()
+    assert view == views_by_cid[int(sc.own[1:])][tick]
+    assert sc.stats["full_snapshots"] == 1 and sc.stats["desyncs"] == 0
+    assert sc.stats["prediction_error_max"] <= 1e-6
+    assert game.sync.stats["full_snapshots"] == 1  # acks arrived: deltas after the first
+    c.stop()
+    c.join(5)
+    wait_for(lambda: game.sync.clients == [], what="the leave, without events")
+    assert server_events.items == [] and client_events.items == []

@@ -1,17 +1,122 @@
 """peng3dnet.ext.sync.client: agreement with the server, desync detection
-and repair, interpolation and prediction under simulated latency."""
+and repair (checksum, missing base, malformed snapshots), interpolation and
+prediction under simulated latency."""
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
 from peng3dnet import events
-from peng3dnet.ext.sync import checksum
+from peng3dnet.ext.sync import SNAPSHOT_PACKET, SyncClient, checksum
+from peng3dnet.ext.sync.wire import SnapshotBatch
 from peng3dnet.tools.lagproxy import LagProxy
 from tests.ext.sync_world import SPEED, move
 from tests.helpers import wait_for
+
+# --- a client stand-in: the calls SyncClient makes ---------------------------------------------
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.registry = None
+        self.packets: dict[str, Any] = {}
+        self.sent: list[dict] = []
+        self.events: list[tuple[str, dict]] = []
+
+    def register_packet(self, name, obj, n=None):
+        self.packets[name] = obj
+        return 63 + len(self.packets)
+
+    def send_message(self, ptype, data, cid=None):
+        self.sent.append(data)
+
+    def sendEvent(self, event, data=None):
+        self.events.append((event, dict(data or {})))
+
+    def deliver(self, msg: Any) -> None:
+        """What process() does with a SNAPSHOT_PACKET."""
+        self.packets[SNAPSHOT_PACKET]._receive(msg, None)
+
+
+def snapshot(tick, view, base=None, base_tick=-1, ai=-1, you="me"):
+    import msgpack
+
+    return msgpack.unpackb(SnapshotBatch(tick).encode(view, base, base_tick, ai, you), raw=False)
+
+
+def test_snapshots_deltas_and_acks():
+    c = FakeClient()
+    sc = SyncClient(c, ack_every=2)
+    v1 = {"me": {"x": 1.0}, "o": {"x": 0.0}}
+    v2 = {"me": {"x": 2.0}, "o": {"x": 0.0}}
+    v3 = {"me": {"x": 2.0}}
+    c.deliver(snapshot(1, v1))
+    c.deliver(snapshot(2, v2, v1, 1))
+    c.deliver(snapshot(3, v3, v2, 2))
+    assert sc.authoritative() == (3, v3) and sc.own == "me"
+    assert sc.stats["snapshots"] == 3 and sc.stats["full_snapshots"] == 1 and sc.stats["desyncs"] == 0
+    assert c.sent == [{"ack": 1}, {"ack": 2}]  # every full snapshot, then every 2nd
+    assert [e for e, _ in c.events] == ["peng3dnet:sync.snapshot"] * 3
+
+
+@pytest.mark.parametrize(
+    "bad,reason",
+    [
+        ({"t": 5, "b": 4, "cs": 0}, "missing base"),
+        ({"t": 5, "b": -1, "cs": 12345, "n": {"me": {"x": 1.0}}}, "checksum"),
+        ({"t": 5, "b": -1, "cs": 0, "n": {"me": 1}}, "malformed delta"),
+        ({"t": 5, "b": -1, "cs": 0, "d": "me"}, "malformed delta"),
+        ({"t": 5, "b": -1, "cs": 0, "you": ["me"]}, "malformed delta"),
+        ({"t": 5, "b": "x", "cs": 0}, "malformed delta"),
+    ],
+)
+def test_bad_snapshots_are_desyncs_not_crashes(bad, reason):
+    c = FakeClient()
+    sc = SyncClient(c)
+    c.deliver(bad)
+    assert sc.stats["desyncs"] == 1 and sc.stats["snapshots"] == 0 and sc.tick == -1
+    assert c.sent == [{"resync": True}]
+    assert c.events == [("peng3dnet:sync.desync", {"tick": 5, "reason": reason})]
+    view = {"me": {"x": 3.0}}
+    c.deliver(snapshot(6, view))  # the full snapshot that follows repairs it
+    assert sc.authoritative() == (6, view)
+
+
+@pytest.mark.parametrize("junk", [None, 3, "x", [], {}, {"t": "1"}])
+def test_non_snapshots_are_ignored(junk):
+    c = FakeClient()
+    sc = SyncClient(c)
+    c.deliver(junk)
+    assert sc.stats["desyncs"] == 0 and c.sent == [] and c.events == []
+
+
+def test_closed_client_ignores_snapshots():
+    c = FakeClient()
+    sc = SyncClient(c)
+    sc.close()
+    c.deliver(snapshot(1, {"me": {"x": 1.0}}))
+    assert sc.tick == -1 and c.sent == []
+
+
+def test_prediction_replays_unacknowledged_inputs():
+    c = FakeClient()
+    sc = SyncClient(c, predict=move)
+    me = {"x": 0.0, "y": 0.0}
+    c.deliver(snapshot(1, {"me": me}))
+    for _ in range(3):
+        sc.send_input({"dx": 1, "dt": 0.1})
+    assert sc.predicted_own()["x"] == pytest.approx(3 * SPEED * 0.1)
+    assert [m.get("seq") for m in c.sent[1:]] == [1, 2, 3] and c.sent[1]["ack"] == 1
+    # the server applied input 1 (exactly as predicted): inputs 2 and 3 are replayed on top
+    c.deliver(snapshot(2, {"me": move(me, {"dx": 1, "dt": 0.1})}, {"me": me}, 1, ai=1))
+    assert sc.predicted_own()["x"] == pytest.approx(3 * SPEED * 0.1)
+    assert sc.stats["reconciliations"] == 1 and sc.stats["prediction_error_max"] == 0.0
+
+
+# --- live -------------------------------------------------------------------------------------
 
 
 def test_clients_agree_with_server_at_the_same_tick(world):
@@ -86,3 +191,18 @@ def test_interpolation_and_prediction_under_latency(world, delay, jitter):
     # the local player moves every frame, immediately (prediction), never back
     own_jumps = [b - a for a, b in zip(own_xs, own_xs[1:])]
     assert all(abs(j - SPEED * frame) < 1e-6 for j in own_jumps)
+
+
+def test_snapshots_are_applied_on_the_thread_that_processes(world):
+    s, game, _ = world.make()
+    game.sync.start()
+    c, sc = world.join(s)
+    threads = []
+
+    def on_snapshot(event, data):
+        threads.append(threading.current_thread().name)
+
+    events.subscribe("peng3dnet:sync.snapshot", on_snapshot, sender=c)
+    world.add(lambda: events.unsubscribe("peng3dnet:sync.snapshot", on_snapshot, sender=c))
+    wait_for(lambda: len(threads) > 3, what="snapshot events")
+    assert set(threads) == {"peng3dnet process Thread"}

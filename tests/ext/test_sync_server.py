@@ -33,7 +33,6 @@ class FakeServer:
         self.packets: dict[str, Any] = {}
         self.sent: list[tuple[int, dict]] = []
         self.events: list[tuple[str, dict]] = []
-        self.sync: Any = None
 
     def register_packet(self, name, obj, n=None):
         self.packets[name] = obj
@@ -46,10 +45,8 @@ class FakeServer:
         self.events.append((event, dict(data or {})))
 
     def deliver(self, cid: int, msg: Any) -> None:
-        """What the server's recv event does with an INPUT_PACKET from ``cid``."""
-        sync = self.sync
-        data = {"pid": sync._input_pid, "client": self.clients.get(cid, FakeConn(cid)), "msg": msg}
-        sync._on_recv("peng3dnet:server.connection.recv", data)
+        """What process() does with an INPUT_PACKET from ``cid``."""
+        self.packets[INPUT_PACKET]._receive(msg, cid)
 
 
 class Log:
@@ -58,7 +55,6 @@ class Log:
     def __init__(self, **kw: Any) -> None:
         self.server = FakeServer()
         self.sync = SyncServer(self.server, **kw)
-        self.server.sync = self.sync
         self.calls: list[tuple] = []
         self.sync.on_join = self.on_join
         self.sync.on_leave = lambda cid, eid: self.calls.append(("leave", cid, eid))
@@ -150,6 +146,26 @@ def test_inputs_sent_before_a_leave_are_applied_before_it():
     del w.server.clients[1]
     w.sync.step()
     assert w.calls == [("join", 1), ("input", 1, "p1", "last words"), ("leave", 1, "p1")]
+
+
+def test_stopped_server_drops_inputs_until_started():
+    w = Log(tick_rate=200.0)
+    w.server.clients[1] = FakeConn(1)
+    w.sync.step()
+    w.sync.stop()
+    w.server.deliver(1, {"seq": 1, "in": "while stopped"})
+    w.sync.step()
+    assert w.sync.stats["inputs"] == 0
+    w.sync.start()
+    try:
+        w.server.deliver(1, {"seq": 2, "in": "after start"})
+        wait_for(lambda: ("input", 1, "p1", "after start") in w.calls, what="input applied by the tick thread")
+    finally:
+        w.sync.stop()
+    assert [c[3] for c in w.calls if c[0] == "input"] == ["after start"]
+
+
+# --- live -------------------------------------------------------------------------------------
 
 
 def test_late_join_gets_full_state_and_leave_disappears(world):

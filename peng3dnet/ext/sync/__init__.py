@@ -26,11 +26,14 @@ The package has four modules, imports flowing one way
 * :mod:`~peng3dnet.ext.sync.client`: :class:`SyncClient`, interpolation and
   prediction.
 
-Both sides receive through the event bus.  Events:
+Both sides receive through packet handlers, so the Server's and the
+Client's packets must be processed (``process_async()``, ``process()`` in a
+loop, or ``net.process.inline``); the event bus is not needed
+(``net.events.enable`` may be off).  Events, when enabled:
 ``peng3dnet:sync.join`` ``{cid}`` / ``peng3dnet:sync.leave`` ``{cid, eid}``
 (server, tick thread), ``peng3dnet:sync.snapshot`` ``{tick, view}`` /
-``peng3dnet:sync.desync`` ``{tick, reason}`` (client, network thread).
-This package never imports pyglet.
+``peng3dnet:sync.desync`` ``{tick, reason}`` (client, the thread that
+processes its packets).  This package never imports pyglet.
 """
 
 from __future__ import annotations

@@ -26,12 +26,17 @@ applied last (``ai``), the inputs it has not applied yet are replayed on top
 of the authoritative state (reconciliation).  ``stats`` records the
 prediction error found at each reconciliation.
 
-Threads: snapshots are decoded and applied on the client's network thread
-(through the ``peng3dnet:client.recv`` event), and the events
-``peng3dnet:sync.snapshot`` ``{tick, view}`` and ``peng3dnet:sync.desync``
-``{tick, reason}`` are emitted there.  :meth:`~SyncClient.render_view`,
-:meth:`~SyncClient.send_input` and the other game-side methods may be called
-from any thread (the game's main thread).
+Threads: snapshots arrive through a packet handler registered for
+``SNAPSHOT_PACKET``, so they are decoded and applied where the application
+processes the client's packets: the thread that calls ``client.process()``
+(``process_async()``, or the game loop each frame, as
+:func:`~peng3dnet.events.attach_to_pyglet` does), or the network thread with
+``net.process.inline``.  A client whose packets are never processed never
+sees a snapshot.  The events ``peng3dnet:sync.snapshot`` ``{tick, view}`` and
+``peng3dnet:sync.desync`` ``{tick, reason}`` are emitted on that same thread
+(when the client's events are enabled; nothing here needs them).
+:meth:`~SyncClient.render_view`, :meth:`~SyncClient.send_input` and the other
+game-side methods may be called from any thread (the game's main thread).
 This module never imports pyglet.
 """
 
@@ -44,7 +49,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ... import events
 from ...errors import Peng3dNetError
 from ...packet import Packet
 from .algebra import View, apply_delta, distance, interpolate
@@ -64,8 +68,16 @@ __all__ = ["SyncClient"]
 log = logging.getLogger(__name__)
 
 
-class _Raw(Packet):
-    """Registered for the sync packets; the sync helpers use events instead."""
+class _SnapshotPacket(Packet):
+    """The client's handler of ``SNAPSHOT_PACKET``: hands each message to its
+    SyncClient (the thread that runs ``process()``)."""
+
+    def __init__(self, reg: Any, peer: Any, sync: SyncClient) -> None:
+        super().__init__(reg, peer)
+        self.sync = sync
+
+    def receive(self, msg: Any, cid: int | None = None) -> None:
+        self.sync._snapshot_received(msg)
 
 
 class SyncClient:
@@ -73,7 +85,10 @@ class SyncClient:
 
     Args:
         client: The :class:`~peng3dnet.net.Client` (create the SyncClient
-            before connecting: it registers its packets).
+            before connecting: it registers its packets).  Its packets must
+            be processed (``client.process_async()``, ``process()`` in the
+            game loop, or ``net.process.inline``): snapshots arrive through a
+            packet handler.
         tick_rate: The server's tick rate.
         interp_delay: How far behind the newest snapshot other entities are
             rendered, in seconds.
@@ -88,7 +103,11 @@ class SyncClient:
             server reads half the packets.
 
     Thread safety: the game-side methods may be called from any thread;
-    snapshots are applied on the client's network thread.
+    snapshots are applied on the thread that processes the client's packets.
+
+    .. versionchanged:: 0.2
+       Snapshots come through a packet handler (``process()``), not the
+       event bus.
     """
 
     def __init__(
@@ -134,30 +153,22 @@ class SyncClient:
         self._predicted: dict[str, Any] | None = None
         self._pred_by_seq: dict[int, dict[str, Any]] = {}
         self._corrupt_next = False
-        self._snapshot_pid: int | None = None
-        client.register_packet(SNAPSHOT_PACKET, _Raw(client.registry, client))
-        client.register_packet(INPUT_PACKET, _Raw(client.registry, client))
-        events.subscribe("peng3dnet:client.recv", self._on_recv, sender=client)
+        self._closed = False
+        client.register_packet(SNAPSHOT_PACKET, _SnapshotPacket(client.registry, client, self))
+        client.register_packet(INPUT_PACKET, Packet(client.registry, client))
 
     def close(self) -> None:
-        """Unsubscribe from the client's events.
+        """Stop applying snapshots (the packets stay registered; later
+        snapshots are ignored).
 
         Thread safety: any thread.
         """
-        events.unsubscribe("peng3dnet:client.recv", self._on_recv, sender=self.client)
+        self._closed = True
 
-    # --- network thread -----------------------------------------------------------------------
-    def _on_recv(self, event: str, data: dict[str, Any]) -> None:
-        pid = data["pid"]
-        if pid < 64:
+    # --- where the client's packets are processed -----------------------------------------------
+    def _snapshot_received(self, raw: Any) -> None:
+        if self._closed:
             return
-        if self._snapshot_pid is None:
-            # Looked up at the first application packet: by then the handshake
-            # has renumbered this client's registry to the server's ids.
-            self._snapshot_pid = self.client.registry.get_id(SNAPSHOT_PACKET)
-        if pid != self._snapshot_pid:
-            return
-        raw = data["msg"]
         try:
             msg = decode_snapshot(raw)
         except MalformedSnapshotError as exc:
@@ -239,8 +250,7 @@ class SyncClient:
         """Send one input (with the next sequence number) and predict it.
 
         Args:
-            inp: The game's input (msgpack-able; keep it under the server's
-                ``max_input_size``, 4 KiB by default, or it is dropped).
+            inp: The game's input (msgpack-able).
 
         Returns:
             The input's sequence number.

@@ -41,8 +41,17 @@ Input messages only carry ``ack``/``seq``/``in``/``resync``; any other key
 is.  A connection that completes its handshake and closes again between two
 ticks never joins (no join, no leave).
 
-Inputs arrive through the ``peng3dnet:server.connection.recv`` event
-(network thread) and are queued for the next tick.
+Inputs
+------
+Inputs arrive through a packet handler registered for ``INPUT_PACKET``, so
+they reach the SyncServer where the application processes the server's
+packets: the thread that calls ``server.process()`` (``process_async()``, the
+documented default, or a game loop), or the network thread with
+``net.process.inline``.  A server whose packets are never processed gets no
+inputs and no acks (every snapshot is then full) and never sees a client
+leave.  The handler only queues the message.  Nothing here needs the event
+bus, so sync works with ``net.events.enable`` off (the sync events are then not emitted;
+use the ``on_join``/``on_leave`` hooks).
 
 Threads: the game hooks (``on_join``, ``on_input``, ``on_leave``,
 ``on_step``) and the sync events run on the tick thread ("peng3dnet sync
@@ -59,7 +68,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ... import events
 from ...constants import CONNTYPE_CLASSIC
 from ...errors import Peng3dNetError
 from ...packet import Packet
@@ -75,8 +83,17 @@ log = logging.getLogger(__name__)
 _ACTIVE = HandshakeState.ACTIVE
 
 
-class _Raw(Packet):
-    """Registered for the sync packets; the sync helpers use events instead."""
+class _InputPacket(Packet):
+    """The server's handler of ``INPUT_PACKET``: hands each message to its
+    SyncServer (the thread that runs ``process()``)."""
+
+    def __init__(self, reg: Any, peer: Any, sync: SyncServer) -> None:
+        super().__init__(reg, peer)
+        self.sync = sync
+
+    def receive(self, msg: Any, cid: int | None = None) -> None:
+        if cid is not None:
+            self.sync._input_received(cid, msg)
 
 
 class _ClientSync:
@@ -95,7 +112,9 @@ class SyncServer:
 
     Args:
         server: The server (create the SyncServer before clients connect:
-            it registers its packets).
+            it registers its packets).  Its packets must be processed
+            (``server.process_async()``, ``process()`` in a loop, or
+            ``net.process.inline``): inputs arrive through a packet handler.
         tick_rate: Ticks per second.
         history: Ticks of sent views kept per client as delta bases.
         interest: ``interest(cid, eid, state, entities, own_eid) -> bool``;
@@ -113,11 +132,14 @@ class SyncServer:
     server's events are enabled).
 
     Thread safety: mutate :attr:`entities` and :attr:`owners` from the hooks,
-    or hold :attr:`lock` from other threads.
+    or hold :attr:`lock` from other threads.  The packet handler that
+    receives inputs runs where the server's packets are processed and never
+    takes :attr:`lock`.
 
     .. versionchanged:: 0.2
        Join and leave come from the server's connection table, not from
-       messages; ``on_join`` and ``on_leave`` added.
+       messages; inputs come through a packet handler (``process()``), not
+       the event bus; ``on_join`` and ``on_leave`` added.
     """
 
     def __init__(
@@ -155,27 +177,28 @@ class SyncServer:
         """Counters (any thread)."""
         self._clients: dict[int, _ClientSync] = {}
         self._inputs: deque[tuple[int, Any]] = deque()
+        self._accepting = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        server.register_packet(SNAPSHOT_PACKET, _Raw(server.registry, server))
-        # a server's ids never change (clients adopt them), so look it up once
-        self._input_pid = server.register_packet(INPUT_PACKET, _Raw(server.registry, server))
-        events.subscribe("peng3dnet:server.connection.recv", self._on_recv, sender=server)
+        server.register_packet(SNAPSHOT_PACKET, Packet(server.registry, server))
+        server.register_packet(INPUT_PACKET, _InputPacket(server.registry, server, self))
 
-    # --- network thread -------------------------------------------------------------------
-    def _on_recv(self, event: str, data: dict[str, Any]) -> None:
-        if data["pid"] == self._input_pid:
-            self._inputs.append((data["client"].cid, data["msg"]))
+    # --- where the server's packets are processed --------------------------------------------
+    def _input_received(self, cid: int, msg: Any) -> None:
+        if self._accepting:
+            self._inputs.append((cid, msg))
 
     # --- tick thread -------------------------------------------------------------------------
     def start(self) -> threading.Thread:
-        """Start ticking in a daemon thread "peng3dnet sync Thread".
+        """Start ticking in a daemon thread "peng3dnet sync Thread" (and
+        accept inputs again after :meth:`stop`).
 
         Returns:
             The thread.
 
         Thread safety: any thread.
         """
+        self._accepting = True
         self._stop.clear()
         t = threading.Thread(target=self._run, name="peng3dnet sync Thread", daemon=True)
         self._thread = t
@@ -183,14 +206,14 @@ class SyncServer:
         return t
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Stop ticking and unsubscribe.
+        """Stop ticking; inputs received from now on are dropped until :meth:`start`.
 
         Thread safety: any thread but the tick thread (which it would wait for).
         """
+        self._accepting = False
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        events.unsubscribe("peng3dnet:server.connection.recv", self._on_recv, sender=self.server)
 
     def _run(self) -> None:
         period = 1.0 / self.tick_rate
