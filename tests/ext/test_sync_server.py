@@ -1,6 +1,6 @@
 """peng3dnet.ext.sync.server: membership from the connection table (no
-message can fake a join or a leave), inputs, interest, and snapshots to
-late joiners."""
+message can fake a join or a leave), inputs, the input size bound, interest,
+and snapshots to late joiners."""
 
 from __future__ import annotations
 
@@ -148,6 +148,40 @@ def test_inputs_sent_before_a_leave_are_applied_before_it():
     assert w.calls == [("join", 1), ("input", 1, "p1", "last words"), ("leave", 1, "p1")]
 
 
+def test_input_size_bound():
+    w = Log(max_input_size=64)
+    w.server.clients[1] = FakeConn(1)
+    w.sync.step()
+    small = {"ack": 1, "seq": 1, "in": "x" * 10}
+    big = {"ack": 1, "seq": 2, "in": "x" * 64}
+    assert len(msgpack.packb(small)) <= 64 < len(msgpack.packb(big))
+    w.server.deliver(1, big)
+    w.server.deliver(1, small)
+    w.sync.step()
+    assert [c[3] for c in w.calls if c[0] == "input"] == ["x" * 10]
+    assert w.sync.stats["inputs_dropped"] == 1 and w.sync.stats["inputs"] == 1
+    # the limit is on the whole message, whatever its keys
+    w.server.deliver(1, {"seq": 3, "in": 1, "padding": "y" * 100})
+    w.sync.step()
+    assert w.sync.stats["inputs_dropped"] == 2 and w.sync.stats["inputs"] == 1
+
+
+def test_default_input_size_bound_is_4_kib():
+    w = Log()
+    assert w.sync.max_input_size == 4096
+    w.server.clients[1] = FakeConn(1)
+    w.sync.step()
+    head = len(msgpack.packb({"ack": 1, "seq": 1, "in": ""}))
+    exact = {"ack": 1, "seq": 1, "in": "x" * (4096 - head - 2)}  # str8/16 headers: +2 from 32 bytes up
+    size = len(msgpack.packb(exact))
+    exact["in"] += "x" * (4096 - size)
+    assert len(msgpack.packb(exact)) == 4096
+    w.server.deliver(1, exact)
+    w.server.deliver(1, {**exact, "seq": 2, "in": exact["in"] + "x"})
+    w.sync.step()
+    assert w.sync.stats["inputs"] == 1 and w.sync.stats["inputs_dropped"] == 1
+
+
 def test_stopped_server_drops_inputs_until_started():
     w = Log(tick_rate=200.0)
     w.server.clients[1] = FakeConn(1)
@@ -241,6 +275,19 @@ def test_a_connected_client_cannot_fake_join_or_leave(world, net):
     assert [d["cid"] for d in joins.wait_for("peng3dnet:sync.join", 2)] == [a_cid, b_cid]
     assert len(joins.items) == 2 and leaves.items == []
     assert sa.stats["full_snapshots"] == 1 and sa.stats["desyncs"] == 0  # not re-joined
+
+
+def test_oversized_input_is_dropped_live(world):
+    s, game, _ = world.make(max_input_size=256)
+    game.sync.start()
+    a, sa = world.join(s)
+    x0 = game.sync.entities[sa.own]["x"]
+    sa.send_input({"dx": 1, "dt": 0.1, "pad": "z" * 300})  # would move 10 units
+    sa.send_input({"dx": 0, "dt": 0.0})
+    wait_for(lambda: game.sync.stats["inputs"] >= 1, what="the small input applied")
+    assert game.sync.stats["inputs_dropped"] == 1
+    assert game.sync.entities[sa.own]["x"] == x0
+    assert sa.own in game.sync.entities and len(game.sync.clients) == 1
 
 
 def test_leave_event_comes_once_with_the_owned_entity(world, net):

@@ -250,7 +250,8 @@ class SyncClient:
         """Send one input (with the next sequence number) and predict it.
 
         Args:
-            inp: The game's input (msgpack-able).
+            inp: The game's input (msgpack-able; keep it under the server's
+                ``max_input_size``, 4 KiB by default, or it is dropped).
 
         Returns:
             The input's sequence number.

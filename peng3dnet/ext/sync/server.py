@@ -49,8 +49,10 @@ packets: the thread that calls ``server.process()`` (``process_async()``, the
 documented default, or a game loop), or the network thread with
 ``net.process.inline``.  A server whose packets are never processed gets no
 inputs and no acks (every snapshot is then full) and never sees a client
-leave.  The handler only queues the message.  Nothing here needs the event
-bus, so sync works with ``net.events.enable`` off (the sync events are then not emitted;
+leave.  The handler only measures the message and queues it: a message
+larger than ``max_input_size`` bytes of msgpack is dropped and counted in
+``stats["inputs_dropped"]``.  Nothing here needs the event bus, so sync
+works with ``net.events.enable`` off (the sync events are then not emitted;
 use the ``on_join``/``on_leave`` hooks).
 
 Threads: the game hooks (``on_join``, ``on_input``, ``on_leave``,
@@ -74,7 +76,7 @@ from ...packet import Packet
 from ...protocol.handshake import HandshakeState
 from ...userlog import report_user_error
 from .algebra import View
-from .wire import INPUT_PACKET, SNAPSHOT_PACKET, SnapshotBatch, decode_input
+from .wire import INPUT_PACKET, SNAPSHOT_PACKET, SnapshotBatch, decode_input, encoded_size
 
 __all__ = ["SyncServer"]
 
@@ -119,6 +121,12 @@ class SyncServer:
         history: Ticks of sent views kept per client as delta bases.
         interest: ``interest(cid, eid, state, entities, own_eid) -> bool``;
             ``None`` sends every entity to every client.
+        max_input_size: Largest input message accepted, in bytes of msgpack
+            (the whole message: ``ack``, ``seq``, ``in`` and any other key);
+            larger ones are dropped before they are queued, counted in
+            ``stats["inputs_dropped"]``, and never reach ``on_input``.  The
+            connection stays open.  (The packet itself was already bounded
+            by ``net.limits.max_packet_size`` when it was decoded.)
 
     Game hooks (attributes; all run on the tick thread, with :attr:`lock` held):
     ``on_join(cid)`` a client joined (give it an entity: set
@@ -139,7 +147,7 @@ class SyncServer:
     .. versionchanged:: 0.2
        Join and leave come from the server's connection table, not from
        messages; inputs come through a packet handler (``process()``), not
-       the event bus; ``on_join`` and ``on_leave`` added.
+       the event bus; ``max_input_size``, ``on_join`` and ``on_leave`` added.
     """
 
     def __init__(
@@ -149,11 +157,14 @@ class SyncServer:
         tick_rate: float = 20.0,
         history: int = 64,
         interest: Callable[..., bool] | None = None,
+        max_input_size: int = 4096,
     ) -> None:
         self.server = server
         self.tick_rate = float(tick_rate)
         self.history = int(history)
         self.interest = interest
+        self.max_input_size = int(max_input_size)
+        """Largest input message accepted, in bytes of msgpack."""
         self.entities: View = {}
         """The authoritative state: entity id -> flat dict.  Replace values,
         do not mutate nested lists/dicts in place (views are shallow copies)."""
@@ -173,10 +184,13 @@ class SyncServer:
             "full_snapshots": 0,
             "resyncs": 0,
             "inputs": 0,
+            "inputs_dropped": 0,
         }
-        """Counters (any thread)."""
+        """Counters (any thread); ``inputs_dropped`` counts input messages
+        over ``max_input_size``."""
         self._clients: dict[int, _ClientSync] = {}
         self._inputs: deque[tuple[int, Any]] = deque()
+        self._dropped_lock = threading.Lock()
         self._accepting = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -185,8 +199,15 @@ class SyncServer:
 
     # --- where the server's packets are processed --------------------------------------------
     def _input_received(self, cid: int, msg: Any) -> None:
-        if self._accepting:
-            self._inputs.append((cid, msg))
+        if not self._accepting:
+            return
+        size = encoded_size(msg)
+        if size is None or size > self.max_input_size:
+            with self._dropped_lock:
+                self.stats["inputs_dropped"] += 1
+            log.debug("! sync: input of cid=%d dropped (%s bytes > %d)", cid, size, self.max_input_size)
+            return
+        self._inputs.append((cid, msg))
 
     # --- tick thread -------------------------------------------------------------------------
     def start(self) -> threading.Thread:
