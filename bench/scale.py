@@ -63,6 +63,7 @@ def sync_server(entities: int, seconds: float, expect: int) -> None:
 
     sync.on_step = step
     s.runAsync()
+    s.process_async()  # acks (inputs) reach the SyncServer through a packet handler
     print(s.addr[1], flush=True)
     # wait for the clients, then measure a window of whole ticks
     deadline = time.monotonic() + 120
@@ -92,7 +93,9 @@ def sync_clients(port: int, n: int, seconds: float) -> None:
     loop = NetworkLoop().start()
     syncs = []
     for _ in range(n):
-        c = Client(addr=("127.0.0.1", port), cfg={"net.timeout.handshake": 60})
+        # snapshots are applied by a packet handler: inline, on the shared
+        # network thread, as the event-based SyncClient did before
+        c = Client(addr=("127.0.0.1", port), cfg={"net.timeout.handshake": 60, "net.process.inline": True})
         syncs.append(SyncClient(c))
         loop.add(c)
     for sc in syncs:

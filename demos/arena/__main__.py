@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from .window import ArenaGame
 
-            player = ArenaClient(my_addr, args.name).start()
+            # the window processes the client's packets on the main thread
+            player = ArenaClient(my_addr, args.name).start(process=False)
             keys = []
             for item in filter(None, args.test_keys.split(",")):
                 name, span = item.split("@")

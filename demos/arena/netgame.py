@@ -45,7 +45,7 @@ class ArenaServer:
 
     def start(self) -> ArenaServer:
         self.server.runAsync()
-        self.server.process_async()
+        self.server.process_async()  # inputs reach the SyncServer through a packet handler
         self.sync.start()
         if self.lan:
             try:
@@ -126,8 +126,15 @@ class ArenaClient:
     def _on_heartbeat(self, event: str, data: dict[str, Any]) -> None:
         self.rtt = data["rtt"]
 
-    def start(self, timeout: float = 10.0) -> ArenaClient:
+    def start(self, timeout: float = 10.0, *, process: bool = True) -> ArenaClient:
+        """Connect.  Snapshots reach the SyncClient through a packet handler,
+        so the client's packets must be processed by exactly one thread:
+        ``process=True`` starts a process thread (headless players, bots);
+        a window passes ``False`` and processes them on the main thread
+        (``attach_to_pyglet`` calls ``process()`` every clock tick)."""
         self.client.runAsync()
+        if process:
+            self.client.process_async()
         self.client.wait_for_connection(timeout)
         self.sync.send_input({"name": self.name})
         return self
