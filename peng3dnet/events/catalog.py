@@ -74,10 +74,10 @@ CATALOG: dict[str, EventSpec] = {
     "peng3dnet:sync.join": EventSpec("sync_joined", ("cid",), "a client joined the sync (server, tick thread)"),
     "peng3dnet:sync.leave": EventSpec("sync_left", ("cid", "eid"), "a client left the sync (server, tick thread)"),
     "peng3dnet:sync.snapshot": EventSpec(
-        "sync_snapshot_applied", ("tick", "view"), "a snapshot was applied (client, network thread)"
+        "sync_snapshot_applied", ("tick", "view"), "a snapshot was applied (client, the thread that processes its packets)"
     ),
     "peng3dnet:sync.desync": EventSpec(
-        "sync_desynced", ("tick", "reason"), "a snapshot did not match its checksum (client, network thread)"
+        "sync_desynced", ("tick", "reason"), "a snapshot failed its checksum or was malformed (client, the thread that processes its packets)"
     ),
 }
 """Event name -> :class:`EventSpec`, for every event of the library and its extensions."""

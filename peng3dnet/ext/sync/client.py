@@ -77,7 +77,7 @@ class _SnapshotPacket(Packet):
         self.sync = sync
 
     def receive(self, msg: Any, cid: int | None = None) -> None:
-        self.sync._snapshot_received(msg)
+        self.sync.snapshot_received(msg)
 
 
 class SyncClient:
@@ -166,7 +166,10 @@ class SyncClient:
         self._closed = True
 
     # --- where the client's packets are processed -----------------------------------------------
-    def _snapshot_received(self, raw: Any) -> None:
+    def snapshot_received(self, raw: Any) -> None:
+        """Apply one snapshot message as it came from the server: what the
+        registered ``SNAPSHOT_PACKET`` handler calls (where the client's
+        packets are processed); not for the game to call."""
         if self._closed:
             return
         try:

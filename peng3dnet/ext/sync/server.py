@@ -95,7 +95,7 @@ class _InputPacket(Packet):
 
     def receive(self, msg: Any, cid: int | None = None) -> None:
         if cid is not None:
-            self.sync._input_received(cid, msg)
+            self.sync.input_received(cid, msg)
 
 
 class _ClientSync:
@@ -198,7 +198,10 @@ class SyncServer:
         server.register_packet(INPUT_PACKET, _InputPacket(server.registry, server, self))
 
     # --- where the server's packets are processed --------------------------------------------
-    def _input_received(self, cid: int, msg: Any) -> None:
+    def input_received(self, cid: int, msg: Any) -> None:
+        """Queue one input message of client ``cid`` for the next tick (size
+        bounded): what the registered ``INPUT_PACKET`` handler calls; not
+        for the game to call."""
         if not self._accepting:
             return
         size = encoded_size(msg)
