@@ -8,7 +8,7 @@ the inbox also owns the flow control between the two: when a connection has
 once ``process()`` brought that connection down to half the limit.  Nothing
 is dropped; the sender sees TCP back-pressure.
 
-An item is ``(link, packet object, pid, msg)``; ``(link, None, -1, reason)``
+An item is ``(link, what to call, pid, msg)`` (see ``plans.RecvPlan``); ``(link, None, -1, reason)``
 is a connection's close, queued behind the packets that came before it.
 
 Thread safety: :meth:`Inbox.put` and :meth:`Inbox.notify` on the network

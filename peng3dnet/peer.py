@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -62,6 +63,13 @@ __all__ = ['Peer', 'resolve_addr', 'INTERNAL_IDS', 'CLOSE_LINGER']
 log = logging.getLogger(__name__)
 
 INTERNAL_IDS = frozenset(pid for _, pid, _ in INTERNAL_PACKETS)
+_ACTIVE = HandshakeState.ACTIVE  # module constants: one lookup less on the per-packet paths
+_TYPESET = HandshakeState.TYPESET
+
+
+def _ignore(msg: Any, cid: Any) -> None:
+    """The packet call of a class with nothing to call (its owner has an
+    ``on_receive`` hook)."""
 
 
 def _quiet_smart(cls: Any, hook: str) -> bool:
@@ -169,6 +177,7 @@ class Peer:
         self._h_rate_burst = float(cfg["net.limits.rate.burst"])
         self._h_rate_drop = cfg["net.limits.rate.action"] == "drop"
         self._h_rate = self._h_rate_p > 0 or self._h_rate_b > 0
+        self._h_rate_reads = self._h_rate and self.is_server  # rate limits apply to what clients send
         self._h_inline = bool(cfg["net.process.inline"])
         self._h_strict_send = bool(cfg["net.smartpacket.strict_send"])
         self._h_compress = (
@@ -354,7 +363,9 @@ class Peer:
         stats._seen = time.monotonic()
         # Every byte read is charged (the server's byte bucket), whether or
         # not it completed a packet.
-        if self._read_allowed(link, total, outs) and outs:
+        if self._h_rate_reads and not self._read_allowed(link, total, outs):
+            outs = []
+        if outs:
             self._handle_outputs(link, outs)
         if link.eof and not chan.closed:
             chan.close()
@@ -563,7 +574,7 @@ class Peer:
         if ct is not None and type(ct).receive is not ConnectionType.receive:
             if not self._ct_call(link, ct.receive, msg, pid, flags, link.cid):
                 return False
-        if state is not HandshakeState.ACTIVE and (state is not HandshakeState.TYPESET or link.proto.conntype == CONNTYPE_CLASSIC):
+        if state is not _ACTIVE and (state is not _TYPESET or link.proto.conntype == CONNTYPE_CLASSIC):
             # Application packets come after the handshake (a connection type
             # of its own may exchange them after settype).
             log.info("! %s cid=%s: packet %d before the handshake completed, closing", self._role, link.cid, pid)
@@ -576,17 +587,24 @@ class Peer:
                 log.info("! %s cid=%s: unknown packet id %d", self._role, link.cid, pid)
                 self._close_link(link, "unknownpacket")
                 return False
-        pobj = plan[1]
         if self._h_print_recv:
             self._debug_print("recv", link, pid, msg)
         if listen:
             self._emit_packet(self._route_recv, link, pid, "msg", msg)
-        if not plan[2] and link.on_recv is None:
-            return False  # nobody handles it: not queued
-        if self._h_inline:
-            self._deliver(link, pobj, pid, msg)
+        fn = plan[2]
+        if fn is None:
+            if link.on_recv is None:
+                return False  # nobody handles it: not queued
+            fn = _ignore
+        if self._h_inline:  # (as in _dispatch, inlined: this is the per-packet path)
+            try:
+                fn(msg, link.cid)
+                if link.on_recv is not None:
+                    link.on_recv(pid, msg)
+            except BaseException:
+                self._handler_failed(link, fn)
             return False
-        if self._inbox.put(link, pobj, pid, msg, self._h_recv_queue):
+        if self._inbox.put(link, fn, pid, msg, self._h_recv_queue):
             link.chan.update_interest()
             log.debug("= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued)
         return True
@@ -601,32 +619,34 @@ class Peer:
         if pobj is None or pid < PID_FIRST_FREE:
             return None
         cls = type(pobj)
-        plan = RecvPlan(regver, pobj, (cls._receive, cls.receive) != BASE_RECEIVE and not _quiet_smart(cls, "receive"))
+        if (cls._receive, cls.receive) == BASE_RECEIVE or _quiet_smart(cls, "receive"):
+            call = None
+        elif cls._receive is Packet._receive:
+            call = pobj.receive  # Packet._receive would only call it: one frame less
+        else:
+            call = pobj._receive
+        plan = RecvPlan(regver, pobj, call)
         if len(self._recv_plans) > 4096:
             self._recv_plans.clear()
         self._recv_plans[pid] = plan
         return plan
 
-    def _deliver(self, link: Link, pobj: Any, pid: int, msg: Any) -> None:
-        """Hand one packet to the application: ``pobj._receive``, then the
-        owner's ``on_receive`` hook (the order of 0.1.x).  An exception raised
-        there is reported (a traceback on stderr by default), never raised.
-        A BaseException (``SystemExit``, ``KeyboardInterrupt``) is reported
-        too; then, on the main thread (``process()`` called by the program)
-        it propagates, and on a library thread (the process thread, the
-        network thread with inline handlers) the peer stops cleanly."""
-        try:
-            pobj._receive(msg, link.cid)
-            if link.on_recv is not None:
-                link.on_recv(pid, msg)
-        except Exception:
-            report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
-        except BaseException:  # SystemExit, KeyboardInterrupt, ... from a handler
-            report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, pobj)
-            if threading.current_thread() is threading.main_thread():
-                raise  # process() called by the program itself: it sees it
-            log.warning("! %s: stopping: a handler on a library thread raised a BaseException", self._role)
-            self.stop()
+    def _handler_failed(self, link: Link, fn: Any) -> None:
+        """A packet handler (``pobj._receive``/``receive``, or the owner's
+        ``on_receive``) raised; call it from the ``except`` block.  An
+        exception is reported (a traceback on stderr by default), never
+        raised.  A BaseException (``SystemExit``, ``KeyboardInterrupt``) is
+        reported too; then, on the main thread (``process()`` called by the
+        program) it propagates, and on a library thread (the process thread,
+        the network thread with inline handlers) the peer stops cleanly."""
+        exc = sys.exc_info()[1]
+        report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, fn)
+        if isinstance(exc, Exception):
+            return
+        if threading.current_thread() is threading.main_thread():
+            raise  # noqa: PLE0704  (the exception being handled by our caller)
+        log.warning("! %s: stopping: a handler on a library thread raised a BaseException", self._role)
+        self.stop()
 
     def _on_closed(self, link: Link, o: ConnectionClosed) -> None:
         chan = link.chan
@@ -764,7 +784,7 @@ class Peer:
 
     def _send(self, link: Link, ptype: Any, data: Any) -> None:
         _, pid, pobj, hooks, smart, _ = self._lookup(ptype)
-        if link.proto.state is not HandshakeState.ACTIVE:
+        if link.proto.state is not _ACTIVE:
             self._check_sendable(link)
         if smart and self._h_strict_send and self._strict_refused(link, pobj, pid):
             raise LocalProtocolError(
@@ -907,13 +927,23 @@ class Peer:
             link.stats.packets_out += 1
 
     # --- process queue -----------------------------------------------------------------------
-    def _dispatch(self, link: Link, pobj: Any, pid: int, msg: Any) -> None:
-        if pobj is None:  # the close, queued behind the connection's last packets
+    def _dispatch(self, link: Link, fn: Any, pid: int, msg: Any) -> None:
+        """Hand one queued packet to the application: the packet's
+        ``_receive`` (see :class:`~peng3dnet.plans.RecvPlan`), then the
+        owner's ``on_receive`` hook (the order of 0.1.x); errors as in
+        :meth:`_handler_failed` (the thread calling ``process()``)."""
+        if fn is None:  # the close, queued behind the connection's last packets
             self._app_closed(link, msg)
             return
-        self._deliver(link, pobj, pid, msg)
-        if self._inbox.done(link):
-            self._reactor.call_soon(link.chan.update_interest)
+        try:
+            fn(msg, link.cid)
+            if link.on_recv is not None:
+                link.on_recv(pid, msg)
+        except BaseException:
+            self._handler_failed(link, fn)
+        finally:
+            if self._inbox.done(link):
+                self._reactor.call_soon(link.chan.update_interest)
 
     def process(self, wait: bool = False, timeout: float | None = None) -> int:
         """Run the handlers of queued packets.

@@ -30,7 +30,9 @@ class RecvPlan(NamedTuple):
 
     regver: int
     pobj: Any
-    deliver: bool  # the class overrides _receive or receive (else nothing to call)
+    call: Any  # what to call with (msg, cid): pobj.receive when the class keeps
+    # Packet._receive (which would only call it), else pobj._receive; None
+    # when nothing would happen (then the packet is not even queued)
 
 
 BASE_RECEIVE = (Packet._receive, Packet.receive)  # a class that keeps both is not queued
