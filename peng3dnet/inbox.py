@@ -38,21 +38,20 @@ class Inbox:
         self._waiters = 0
         self.notify_pending = False
         """A wake-up of the waiters is scheduled (network thread)."""
-        self._lock = threading.Lock()  # guards Link.queued and the pause flag
+        self._lock = threading.Lock()  # serializes done() (process() may run on several threads)
         self.stopped = False
         """Set by stop(): waits return at once, process_forever() ends."""
 
     # --- network thread ------------------------------------------------------------------
     def put(self, link: Any, pobj: Any, pid: int, msg: Any, limit: int) -> bool:
         """Queue one packet; return whether reading from ``link`` must pause now."""
-        with self._lock:  # done() decrements on another thread
-            link.queued += 1
-            pause: bool = link.queued >= limit and not link.chan.paused
-            if pause:
-                link.chan.paused = True
-                link.resume_at = limit // 2
+        link.n_in += 1  # the network thread is its only writer: no lock
         self.items.append((link, pobj, pid, msg))
-        return pause
+        if link.n_in - link.n_out >= limit and not link.chan.paused:
+            link.chan.paused = True
+            link.resume_at = limit // 2
+            return True
+        return False
 
     def put_close(self, link: Any, reason: str | None) -> None:
         """Queue a connection's close behind its packets and wake the waiters."""
@@ -113,8 +112,8 @@ class Inbox:
     def done(self, link: Any) -> bool:
         """One packet of ``link`` was handled; return whether its reading must resume."""
         with self._lock:
-            link.queued -= 1
-            resume: bool = link.chan.paused and link.queued <= link.resume_at
+            link.n_out += 1
+            resume: bool = link.chan.paused and link.n_in - link.n_out <= link.resume_at
             if resume:
                 link.chan.paused = False
         return resume

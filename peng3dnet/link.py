@@ -71,7 +71,7 @@ class Link:
     """One connection's state: core, channel, connection type and owner."""
 
     __slots__ = (
-        "proto", "chan", "owner", "cid", "ctobj", "queued", "resume_at", "eof", "local_closed",
+        "proto", "chan", "owner", "cid", "ctobj", "n_in", "n_out", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed",
     )
@@ -82,7 +82,11 @@ class Link:
         self.owner = owner
         self.cid = cid
         self.ctobj: ConnectionType | None = None
-        self.queued = 0  # packets waiting for process() (network thread adds, process subtracts)
+        # Packets handed to the inbox and handled by process(): one writer
+        # each (the network thread; the process side under the inbox lock),
+        # so neither needs a lock on the per-packet path.
+        self.n_in = 0
+        self.n_out = 0
         self.resume_at = 0
         self.eof = False
         self.local_closed = False  # we closed it: drop packets still in the batch
@@ -101,6 +105,11 @@ class Link:
         # (the per-packet paths skip them then).
         self.on_recv = _hook(owner, "on_receive")
         self.on_send = _hook(owner, "on_send")
+
+    @property
+    def queued(self) -> int:
+        """Packets of this connection waiting for ``process()``."""
+        return self.n_in - self.n_out
 
 
 def noop_hook(fn: Any) -> Any:
