@@ -152,8 +152,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.ssl.server.certfile": None,
     "net.ssl.server.keyfile": None,
     "net.ssl.server.force_verify": False,
-    "net.ssl.client.check_hostname": True,
-    "net.ssl.client.force_verify": True,
+    # Client verification: off by default, as in 0.1.x (programs rely on it
+    # with self-signed servers); turn both on for a server with a real
+    # certificate (see the README, "TLS").
+    "net.ssl.client.check_hostname": False,
+    "net.ssl.client.force_verify": False,
     "net.ssl.client.certfile": None,
     "net.ssl.client.keyfile": None,
     # Events: True, False or "auto" (blinker always, peng3d when a Peng is given).

@@ -6,9 +6,9 @@ Server: ``net.ssl.server.certfile``/``keyfile`` are required; with
 if one is sent and ``net.ssl.cafile`` is set (optional), else not asked for.
 
 Client: the server certificate is verified against ``net.ssl.cafile`` (or the
-system store when unset) when ``net.ssl.client.force_verify`` is true (the
-default), with a hostname check when ``net.ssl.client.check_hostname`` is
-true; ``net.ssl.client.certfile``/``keyfile`` present a client certificate.
+system store when unset) when ``net.ssl.client.force_verify`` is true (off
+by default, as in 0.1.x: opt in), with a hostname check when
+``net.ssl.client.check_hostname`` is true; ``net.ssl.client.certfile``/``keyfile`` present a client certificate.
 
 Misconfiguration raises :class:`~peng3dnet.errors.TLSConfigError` at once;
 there is never a silent fall back to plaintext.

@@ -48,7 +48,8 @@ def tls_server(net, pki, **cfg):
 
 def tls_client(net, server, pki, host="localhost", **cfg):
     """A TLS client with test:echo (not started), stopped by ``net`` at the end."""
-    base = {"net.ssl.enabled": True, "net.ssl.cafile": pki["ca"], "net.timeout.handshake": 2.0}
+    base = {"net.ssl.enabled": True, "net.ssl.cafile": pki["ca"], "net.timeout.handshake": 2.0,
+            "net.ssl.client.force_verify": True, "net.ssl.client.check_hostname": True}
     base.update(cfg)
     c = Client(addr=(host, server.addr[1]), cfg=base)
     net.clients.append(c)
@@ -263,3 +264,23 @@ def test_min_sslsec_level_enforced(net, pki):
     active_cids(s)
     c.send_message("t:secure", 1)
     assert got.wait(10)
+
+
+def test_default_client_encrypts_without_verifying_as_in_0_1(net, pki):
+    """0.1.x programs rely on joining a self-signed TLS server with the
+    default config: the client encrypts but does not verify (SSLSEC_ENCRYPTED);
+    verification is opt-in (net.ssl.client.force_verify / check_hostname)."""
+    s = tls_server(net, pki)
+    c = Client(addr=("127.0.0.1", s.addr[1]), cfg={"net.ssl.enabled": True})  # no cafile, an IP, defaults
+    net.clients.append(c)
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    assert c.ssl_seclevel == SSLSEC_ENCRYPTED
+    c.send_message("test:echo", "over tls")
+    assert c.registry.get_obj("test:echo").wait_count(1) == ["over tls"]
+    strict = Client(addr=("127.0.0.1", s.addr[1]), cfg={"net.ssl.enabled": True, "net.ssl.client.force_verify": True})
+    net.clients.append(strict)
+    with pytest.raises(errors.TLSError):
+        strict.connect()  # no cafile: the test CA is not trusted
