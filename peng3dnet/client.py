@@ -112,12 +112,7 @@ class Client(Peer):
             raise LocalProtocolError("this client runs on a NetworkLoop")
         self.initialize()
         self.connect()
-        t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)
-        self._thread = t
-        self._loop_started = True
-        self._loop_done.clear()
-        t.start()
-        return t
+        return self._start_thread(selector)
 
     def attach(self, loop: NetworkLoop) -> None:
         """Connect (in the caller's thread) and be served by ``loop``'s
@@ -140,25 +135,7 @@ class Client(Peer):
         self._loop_done.clear()
         loop.reactor.call_soon(self._on_loop_start)
 
-    def sendEvent(self, event: str, data: dict[str, Any] | None = None) -> None:  # noqa: N802
-        """Emit an event: on the blinker bus and, if a Peng was given, to
-        ``peng.sendEvent``.  Adds the ``peng`` and ``client`` keys.
-
-        Thread safety: any thread; handlers run on it.
-        """
-        self._emit(event, dict(data) if data else {})
-
     # --- lifecycle ----------------------------------------------------------------------------
-    def initialize(self) -> None:
-        """Register internal packets, connection types and mixin hooks; emit
-        ``initialize``.  Repeated calls do nothing."""
-        if self._initialized:
-            return
-        self._initialized = True
-        self._register_internal()
-        self._call_hooks()
-        self._emit("peng3dnet:client.initialize", {})
-
     def connect(self) -> None:
         """Open the TCP connection (blocking, up to ``net.client.connect_timeout``);
         emit ``connect``.  Repeated calls do nothing.
@@ -419,12 +396,6 @@ class Client(Peer):
     def receive_packet(self, data: bytes, cid: None = None) -> None:
         """Feed one packet (header + body, without the length prefix)."""
         self.receive_data(LENGTH.pack(len(data)) + data)
-
-    def interrupt(self) -> None:
-        """Wake the network loop and the process waiters; emit ``interrupt``."""
-        self._emit("peng3dnet:client.interrupt", {})
-        self._reactor.wake()
-        self._wake_process()
 
     def stop(self) -> None:
         """Close the connection if open (reason ``clientstop``), stop the loop

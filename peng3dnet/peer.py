@@ -1000,6 +1000,48 @@ class Peer:
     def _wake_process(self) -> None:
         self._inbox.notify()
 
+    # --- peng3d-style API (names fixed) ---
+    def sendEvent(self, event: str, data: dict[str, Any] | None = None) -> None:  # noqa: N802
+        """Emit an event: on the blinker bus and, if a Peng was given, to
+        ``peng.sendEvent``.  Adds the ``peng`` and ``server``/``client`` keys.
+
+        Thread safety: any thread; handlers run on it.
+        """
+        self._emit(event, dict(data) if data else {})
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def initialize(self) -> None:
+        """Register the internal packets, the connection types and the mixin
+        hooks (``_reg_packets_*``, ``_reg_conntypes_*``); emit ``initialize``.
+        Repeated calls do nothing.
+
+        Thread safety: any thread, before the loop runs.
+        """
+        if self._initialized:
+            return
+        self._initialized = True
+        self._register_internal()
+        self._call_hooks()
+        self._emit(f"peng3dnet:{self._role}.initialize", {})
+
+    def interrupt(self) -> None:
+        """Wake the network loop and the process waiters; emit ``interrupt``.
+
+        Thread safety: any thread.
+        """
+        self._emit(f"peng3dnet:{self._role}.interrupt", {})
+        self._reactor.wake()
+        self._wake_process()
+
+    def _start_thread(self, selector: Any) -> threading.Thread:
+        """Run the loop in a daemon thread named after the role (runAsync)."""
+        t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)
+        self._thread = t
+        self._loop_started = True
+        self._loop_done.clear()
+        t.start()
+        return t
+
     # --- loop ----------------------------------------------------------------------------------
     def _run_loop(self, selector: Any) -> None:
         self._loop_started = True

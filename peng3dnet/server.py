@@ -301,33 +301,9 @@ class Server(Peer):
         """
         self.initialize()
         self.bind()
-        t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)
-        self._thread = t
-        self._loop_started = True
-        self._loop_done.clear()
-        t.start()
-        return t
-
-    def sendEvent(self, event: str, data: dict[str, Any] | None = None) -> None:  # noqa: N802
-        """Emit an event: on the blinker bus and, if a Peng was given, to
-        ``peng.sendEvent``.  Adds the ``peng`` and ``server`` keys.
-
-        Thread safety: any thread; handlers run on it.
-        """
-        self._emit(event, dict(data) if data else {})
+        return self._start_thread(selector)
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def initialize(self) -> None:
-        """Register the internal packets, the connection types and the mixin
-        hooks (``_reg_packets_*``, ``_reg_conntypes_*``); emit ``initialize``.
-        Repeated calls do nothing."""
-        if self._initialized:
-            return
-        self._initialized = True
-        self._register_internal()
-        self._call_hooks()
-        self._emit("peng3dnet:server.initialize", {})
-
     def bind(self) -> None:
         """Create the listening socket and bind it (backlog 128); emit ``bind``
         with the bound address.  Repeated calls do nothing.
@@ -701,12 +677,6 @@ class Server(Peer):
         Thread safety: as :meth:`receive_data`.
         """
         self.receive_data(LENGTH.pack(len(data)) + data, cid)
-
-    def interrupt(self) -> None:
-        """Wake the network loop and the process waiters; emit ``interrupt``."""
-        self._emit("peng3dnet:server.interrupt", {})
-        self._reactor.wake()
-        self._wake_process()
 
     def stop(self) -> None:
         """Stop the network loop and :meth:`process_forever`.
