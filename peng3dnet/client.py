@@ -189,12 +189,7 @@ class Client(Peer):
     def _on_loop_exit(self) -> None:
         link = self._link_obj
         if link is not None:
-            if link.proto.is_open:
-                self._close_link(link, "clientstop", polite=True)
-            if not link.chan.closed:
-                with link.chan.lock:
-                    link.chan.flush()
-                self._force_close(link)
+            self._close_at_exit(link, "clientstop")
             self._reactor.run_calls()
         self._emit("peng3dnet:client.stop", {"reason": self._stop_reason or "method"})
 

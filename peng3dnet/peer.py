@@ -722,6 +722,17 @@ class Peer:
             chan.shutdown_write()
         chan.update_interest()
 
+    def _close_at_exit(self, link: Link, reason: str) -> None:
+        """The loop is ending: close a connection still open with ``reason``,
+        write what the socket takes now, and close the socket (network
+        thread; there is no later round to wait for the peer)."""
+        if link.proto.is_open:
+            self._close_link(link, reason, polite=True)
+        if not link.chan.closed:
+            with link.chan.lock:
+                link.chan.flush()
+            self._force_close(link)
+
     def _force_close(self, link: Link) -> None:
         if not link.chan.closed:
             link.chan.close()

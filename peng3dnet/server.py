@@ -520,12 +520,7 @@ class Server(Peer):
         # Whatever is still open is closed now, so every connection gets its
         # close event before stop (and shutdown).
         for link in list(self._links.values()):
-            if link.proto.is_open:
-                self._close_link(link, "servershutdown", polite=True)
-            if not link.chan.closed:
-                with link.chan.lock:
-                    link.chan.flush()
-                self._force_close(link)
+            self._close_at_exit(link, "servershutdown")
         self._reactor.run_calls()
         self._close_listener()
         self._emit("peng3dnet:server.stop", {"reason": self._stop_reason or "method"})

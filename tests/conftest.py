@@ -208,9 +208,16 @@ class Net:
         self.clients: list[Client] = []
         self.recorders: list[Recorder] = []
 
-    def server(self, *, process: bool = True, record: str | None = "peng3dnet:server.*", **cfg: Any):
-        """A running server with the test:echo packet; returns ``(server, recorder)``."""
+    def server(self, *, process: bool = True, record: str | None = "peng3dnet:server.*", clientcls: Any = None,
+               packets: dict[str, Any] | None = None, **cfg: Any):
+        """A running server with the test:echo packet and ``packets`` (name ->
+        packet class), its connections made with ``clientcls``; returns
+        ``(server, recorder)``."""
         s = make_server(**cfg)
+        if clientcls is not None:
+            s.clientcls = clientcls
+        for name, cls in (packets or {}).items():
+            s.register_packet(name, cls(s.registry, s))
         self.servers.append(s)
         rec = self.recorder(s, record) if record else None
         s.runAsync()

@@ -244,15 +244,9 @@ class Done(Packet):
             finished.set()
 
 
-class Player(ClientOnServer):  # noqa: F405
-    def on_connect(self):
-        report["states"].setdefault("on_connect", [self.state, self.mode])
-
-    def on_handshake_complete(self):
-        report["states"]["handshake_before"] = [self.state, self.mode, self.conntype]
-        ClientOnServer.on_handshake_complete(self)  # noqa: F405
-        report["states"]["handshake_base"] = [self.state, self.mode]
-        self.state = STATE_LOGGEDIN  # noqa: F405
+class CountHooks:
+    """Counts the peer hooks' calls for application packets (the original
+    also calls them for its internal handshake packets)."""
 
     def on_receive(self, pid, msg):
         if pid >= 64:
@@ -263,6 +257,17 @@ class Player(ClientOnServer):  # noqa: F405
         if not str(ptype).startswith("peng3dnet:"):
             with lock:
                 report["on_send"] += 1
+
+
+class Player(CountHooks, ClientOnServer):  # noqa: F405
+    def on_connect(self):
+        report["states"].setdefault("on_connect", [self.state, self.mode])
+
+    def on_handshake_complete(self):
+        report["states"]["handshake_before"] = [self.state, self.mode, self.conntype]
+        ClientOnServer.on_handshake_complete(self)  # noqa: F405
+        report["states"]["handshake_base"] = [self.state, self.mode]
+        self.state = STATE_LOGGEDIN  # noqa: F405
 
     def on_close(self, reason=None):
         if self.conntype == CONNTYPE_CLASSIC:  # noqa: F405  (not the ping)
@@ -279,22 +284,12 @@ class GameServer(PingableServerMixin, Server):  # noqa: F405
         return data
 
 
-class GameClient(Client):  # noqa: F405
+class GameClient(CountHooks, Client):  # noqa: F405
     def on_handshake_complete(self):
         report["states"]["handshake_before"] = [self.remote_state, self.mode]
         Client.on_handshake_complete(self)  # noqa: F405
         report["states"]["handshake_base"] = [self.remote_state, self.mode]
         self.send_message("game:login", {"name": "p1"})
-
-    def on_receive(self, pid, msg):
-        if pid >= 64:
-            with lock:
-                report["on_receive"] += 1
-
-    def on_send(self, ptype, data):
-        if not str(ptype).startswith("peng3dnet:"):
-            with lock:
-                report["on_send"] += 1
 
     def on_close(self, reason=None):
         report["close_reason"] = reason

@@ -34,7 +34,6 @@ from peng3dnet import (
 from peng3dnet.ext.ping import PingableClientMixin, PingableServerMixin, pingServer
 from peng3dnet.packet import Packet, SmartPacket
 from peng3dnet.protocol.handshake import HandshakeState
-from tests.conftest import make_server
 from tests.helpers import active_cids, wait_for
 
 # --- registry -----------------------------------------------------------------
@@ -165,12 +164,7 @@ def test_state_and_mode_belong_to_the_application(net):
             seen["handler"] = (client.state, client.mode, client.conntype)
             client.mode = MODE_PLAY
 
-    s = make_server()
-    s.clientcls = Cos
-    s.register_packet("t:play", Play(s.registry, s))
-    net.servers.append(s)
-    s.runAsync()
-    s.process_async()
+    s, _ = net.server(record=None, clientcls=Cos, packets={"t:play": Play})
     c = net.client(s, packets={"t:play": Packet})
     (cid,) = wait_for(lambda: [k for k, v in s.clients.items() if v.state == STATE_LOGGEDIN], what="logged in")
     cos = s.clients[cid]
@@ -229,12 +223,7 @@ def test_receive_then_on_receive_send_then_on_send_for_application_packets_only(
         def on_send(self, ptype, data):
             order.append(("on_send", ptype, data))
 
-    s = make_server()
-    s.clientcls = Cos
-    s.register_packet("t:h", Hooked(s.registry, s))
-    net.servers.append(s)
-    s.runAsync()
-    s.process_async()
+    s, _ = net.server(record=None, clientcls=Cos, packets={"t:h": Hooked})
     c = net.client(s, packets={"t:h": Packet})
     (cid,) = active_cids(s)
     pid = s.registry.getID("t:h")
@@ -257,12 +246,8 @@ def test_close_comes_after_the_packets_received_before_it(net):
         def on_close(self, reason=None):
             closed.append((reason, list(got), self.server.clients.get(self.cid) is self))
 
-    s = make_server()
-    s.clientcls = Cos
-    s.register_packet("t:r", Rec(s.registry, s))
-    net.servers.append(s)
-    rec = net.recorder(s, "peng3dnet:server.connection.close")
-    s.runAsync()  # no process thread: packets wait in the queue
+    # no process thread: packets wait in the queue
+    s, rec = net.server(process=False, record="peng3dnet:server.connection.close", clientcls=Cos, packets={"t:r": Rec})
     c = net.client(s, packets={"t:r": Packet})
     (cid,) = active_cids(s)
     for i in range(50):
@@ -364,11 +349,7 @@ def test_packets_and_on_close_are_not_lost_when_the_loop_ends_after_the_process_
         def on_close(self, reason=None):
             closed.append((reason, list(handled)))
 
-    s = make_server()
-    s.clientcls = Cos
-    s.register_packet("t:r", Rec(s.registry, s))
-    net.servers.append(s)
-    s.runAsync()
+    s, _ = net.server(process=False, record=None, clientcls=Cos, packets={"t:r": Rec})
     pthread = s.process_async()
     c = net.client(s, packets={"t:r": Packet})
     active_cids(s)
