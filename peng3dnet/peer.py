@@ -377,15 +377,13 @@ class Peer:
         return False
 
     def _read_allowed(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
-        """Whether the outputs of one read go on to :meth:`_handle_outputs`
-        (the server's rate limits override this)."""
+        """Whether the outputs of one read go on to :meth:`_handle_outputs`;
+        called only while rate limits are on, on a server (which overrides
+        it)."""
         return True
 
     def _tls_step(self, link: Link) -> None:
         raise NotImplementedError  # only a server's connections do a TLS handshake in the loop
-
-    def _start_protocol(self, link: Link) -> None:
-        raise NotImplementedError
 
     def _abort(self, link: Link, reason: str) -> None:
         """The socket broke: close without a handshake (network thread)."""
@@ -610,10 +608,9 @@ class Peer:
         return True
 
     def _recv_plan(self, pid: int) -> RecvPlan | None:
-        """What receiving ``pid`` needs, cached until the registry changes:
-        ``(registry version, packet object, deliver)``; ``None`` for an
-        unknown id.  ``deliver`` is whether the class overrides ``_receive``
-        or ``receive`` (network thread)."""
+        """What receiving ``pid`` needs, cached until the registry changes
+        (a :class:`~peng3dnet.plans.RecvPlan`: the packet object and what to
+        call), or ``None`` for an unknown id (network thread)."""
         regver = self.registry.version
         pobj = self.registry.find_obj(pid)
         if pobj is None or pid < PID_FIRST_FREE:
@@ -790,14 +787,11 @@ class Peer:
             raise ConnectionClosedError("connection is closed", proto.close_reason)
         raise LocalProtocolError(f"cannot send yet (connection state {state.name}); wait for the handshake")
 
-    def _strict_refused(self, link: Link, pobj: Any, pid: int) -> bool:
-        return self._h_strict_send and not smart_check(pobj, link.cid, receiving=False)
-
     def _send(self, link: Link, ptype: Any, data: Any) -> None:
         _, pid, pobj, hooks, smart, _ = self._lookup(ptype)
         if link.proto.state is not _ACTIVE:
             self._check_sendable(link)
-        if smart and self._h_strict_send and self._strict_refused(link, pobj, pid):
+        if smart and self._h_strict_send and not smart_check(pobj, link.cid, receiving=False):
             raise LocalProtocolError(
                 f"packet {self.registry.get_name(pid)!r} is not valid on this connection now "
                 "(net.smartpacket.strict_send is on)"

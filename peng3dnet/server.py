@@ -28,6 +28,7 @@ from .errors import (
     WriteBufferFullError,
 )
 from .link import ConnectionStats, Link, noop_hook
+from .packet import smart_check
 from .peer import Peer, resolve_addr
 from .plans import NO_EVENT
 from .protocol.codec import frame_body, pack
@@ -458,7 +459,7 @@ class Server(Peer):
         return False
 
     def _read_allowed(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
-        return not self._h_rate or self._rate_ok(link, nbytes, outs)
+        return self._rate_ok(link, nbytes, outs)
 
     def _start_protocol(self, link: Link) -> None:
         proto = link.proto
@@ -587,7 +588,7 @@ class Server(Peer):
             link = self._links.get(cid)
             if link is None or link.proto.state is not HandshakeState.ACTIVE:
                 continue
-            if smart and self._strict_refused(link, pobj, pid):
+            if smart and self._h_strict_send and not smart_check(pobj, cid, receiving=False):
                 continue
             try:
                 self._send_frame(link, frame, pid, data, False)

@@ -404,11 +404,6 @@ class Channel:
         sock = self.sock
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
-    @property
-    def is_tls(self) -> bool:
-        """Whether the socket is wrapped in TLS."""
-        return isinstance(self.sock, ssl.SSLSocket)
-
     def tls_step(self) -> None:
         """Drive a non-blocking server-side TLS handshake one step (network
         thread): sets :attr:`tls_pending` to the event it waits for, or to 0

@@ -117,7 +117,10 @@ def test_send_encoded_frames_compresses_and_refuses_before_the_handshake(net):
     (cid,) = active_cids(s)
     s.send_encoded("test:echo", msgpack.packb({"pre": "encoded"}), cid)
     big = {"big": "z" * 20000}  # above the compression threshold
+    stats = s._links[cid].stats
+    before = stats.bytes_out
     s.send_encoded("test:echo", msgpack.packb(big), cid)
+    assert stats.bytes_out - before < 1000  # framed compressed: 20 KB of "z" become a few hundred bytes
     assert c.registry.get_obj("test:echo").wait_count(2) == [{"pre": "encoded"}, big]
     peer = RawPeer(s.addr)  # a connection still in the handshake
     assert peer.recv_packet()[0] == 1

@@ -15,8 +15,8 @@ Programs override ``_receive``/``_send`` to add checks of their own and may
 give their packet classes any other method (a ``check()`` of their own, for
 example): the library never calls one.
 
-A plain :class:`Packet` checks nothing (the protocol core already refuses
-application packets before the handshake).  A :class:`SmartPacket` checks
+A plain :class:`Packet` checks nothing (the peer refuses application
+packets that arrive before the handshake, closing with ``smartpacketinvalid``).  A :class:`SmartPacket` checks
 the *application's* view of the connection (``ClientOnServer.state`` /
 ``Client.remote_state``, ``mode``, ``conntype``, ``ssl_seclevel``) when the
 packet is processed, so a handler that moves a connection to
