@@ -58,6 +58,10 @@ class Client(Peer):
     _role = "client"
     _state_attr = "remote_state"
     _thread_name = "peng3dnet Client Thread"
+    _ev_recv = "peng3dnet:client.recv"
+    _ev_send = "peng3dnet:client.send"
+    _ev_heartbeat = "peng3dnet:client.heartbeat"
+    _owner_key = None
 
     def __init__(
         self, peng: Any = None, addr: Any = None, cfg: dict[str, Any] | None = None, conntype: str = CONNTYPE_CLASSIC

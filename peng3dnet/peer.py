@@ -19,8 +19,6 @@ from .constants import (
     PID_FIRST_FREE,
     PID_HELLO,
     PID_SETTYPE,
-    SIDE_CLIENT,
-    SIDE_SERVER,
     SSLSEC_NONE,
     STATE_ACTIVE,
     STATE_CLOSED,
@@ -41,7 +39,7 @@ from .inbox import Inbox
 from .link import Link
 from .packet import Packet, SmartPacket, smart_check
 from .packet.internal import INTERNAL_PACKETS
-from .plans import BASE_RECEIVE, BASE_SEND, NO_EVENT, RecvPlan, SendPlan, thread_pack
+from .plans import BASE_RECEIVE, BASE_SEND, NO_EVENT, RecvPlan, SendPlan, hot_settings, quiet_smart, thread_pack
 from .protocol.connection import (
     ConnectionClosed,
     ConnTypeRequested,
@@ -72,16 +70,6 @@ def _ignore(msg: Any, cid: Any) -> None:
     ``on_receive`` hook)."""
 
 
-def _quiet_smart(cls: Any, hook: str) -> bool:
-    """A SmartPacket class whose check cannot be observed on this path: it
-    keeps SmartPacket's ``_receive``/``_send`` and the no-op hook, and
-    ignores invalid packets.  Calling it would do nothing, so the hot path
-    skips it (the receive side does not even queue the packet)."""
-    if not issubclass(cls, SmartPacket) or cls.invalid_action != "ignore":
-        return False
-    if hook == "send":
-        return cls._send is SmartPacket._send and cls.send is Packet.send
-    return cls._receive is SmartPacket._receive and cls.receive is Packet.receive
 CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
 _DRAIN_WAIT = 10.0  # seconds process_forever() waits for the loop's end before its last drain
 
@@ -90,14 +78,37 @@ class Peer:
     """What Server and Client share: config, registry, events, the process
     queue, the send path and the handling of the core's outputs."""
 
-    side = SIDE_SERVER
-    is_server = True
+    # What a side sets (Server, Client): the core itself has no side.
+    side: int
+    """``SIDE_SERVER`` or ``SIDE_CLIENT`` (0.1.x API)."""
+    is_server: bool
     """Whether this peer is a server (0.1.x API)."""
-    is_client = False
+    is_client: bool
     """Whether this peer is a client (0.1.x API)."""
-    _role = "server"
-    _state_attr = "state"  # the owner's application state: ClientOnServer.state / Client.remote_state
-    _thread_name = "peng3dnet Thread"
+    _role: str  # "server" / "client": event prefix and log name
+    _state_attr: str  # the owner's application state: ClientOnServer.state / Client.remote_state
+    _thread_name: str
+    _ev_recv: str
+    _ev_send: str
+    _ev_heartbeat: str
+    _owner_key: str | None  # connection events carry the link's owner under this key (server: "client")
+    # Config copies for the per-packet paths (plans.hot_settings; cache 3 of
+    # the hot path note in plans.py).
+    _h_events: bool
+    _h_print_recv: bool
+    _h_print_send: bool
+    _h_recv_queue: int
+    _h_write_cap: int
+    _h_write_raise: bool
+    _h_rate_p: float
+    _h_rate_b: float
+    _h_rate_burst: float
+    _h_rate_drop: bool
+    _h_rate: bool
+    _h_rate_reads: bool
+    _h_inline: bool
+    _h_strict_send: bool
+    _h_compress: tuple[bool, int, int]
 
     def __init__(self, peng: Any = None, cfg: dict[str, Any] | None = None) -> None:
         self.peng = peng
@@ -118,9 +129,6 @@ class Peer:
         self._stop_reason: str | None = None
         self._shared: Any = None  # the NetworkLoop a client was attached to
         self._leaving = False
-        prefix = f"peng3dnet:{self._role}."
-        self._ev_recv = prefix + ("connection.recv" if self._role == "server" else "recv")
-        self._ev_send = prefix + ("connection.send" if self._role == "server" else "send")
         self._send_plans: dict[Any, SendPlan] = {}
         self._recv_plans: dict[int, RecvPlan] = {}
         self._route_recv = _Route(self._ev_recv)
@@ -165,26 +173,7 @@ class Peer:
         the housekeeping timer (so a change in a Peng's config is seen within
         a second).
         """
-        cfg = self.cfg
-        self._h_events = bool(cfg["net.events.enable"])
-        self._h_print_recv = bool(cfg["net.debug.print.recv"])
-        self._h_print_send = bool(cfg["net.debug.print.send"])
-        self._h_recv_queue = int(cfg["net.limits.recv_queue"])
-        self._h_write_cap = int(cfg["net.limits.write_buffer"])
-        self._h_write_raise = cfg["net.limits.write_buffer_action"] == "raise"
-        self._h_rate_p = float(cfg["net.limits.rate.packets"])
-        self._h_rate_b = float(cfg["net.limits.rate.bytes"])
-        self._h_rate_burst = float(cfg["net.limits.rate.burst"])
-        self._h_rate_drop = cfg["net.limits.rate.action"] == "drop"
-        self._h_rate = self._h_rate_p > 0 or self._h_rate_b > 0
-        self._h_rate_reads = self._h_rate and self.is_server  # rate limits apply to what clients send
-        self._h_inline = bool(cfg["net.process.inline"])
-        self._h_strict_send = bool(cfg["net.smartpacket.strict_send"])
-        self._h_compress = (
-            bool(cfg["net.compress.enabled"]),
-            int(cfg["net.compress.threshold"]),
-            int(cfg["net.compress.level"]),
-        )
+        self.__dict__.update(hot_settings(self.cfg, self.is_server))
 
     def _emit_packet(self, route: _Route, link: Link, pid: int, key: str, msg: Any) -> None:
         """Emit a per-packet event (recv/send) through a cached route: no
@@ -200,8 +189,8 @@ class Peer:
         if not targets and peng is None:
             return
         data = {"pid": pid, key: msg, "peng": peng, self._role: self}
-        if self.side == SIDE_SERVER:
-            data["client"] = link.owner
+        if self._owner_key is not None:
+            data[self._owner_key] = link.owner
         name = route.name
         for receiver in targets:
             receiver(self, name, data)  # positional: a little cheaper than blinker's keywords
@@ -224,8 +213,8 @@ class Peer:
 
     def _emit_conn(self, event: str, link: Link, data: dict[str, Any]) -> None:
         """Emit a connection's event: the server's carry its ``client``."""
-        if self.side == SIDE_SERVER:
-            data["client"] = link.owner
+        if self._owner_key is not None:
+            data[self._owner_key] = link.owner
         self._emit(event, data)
 
     # --- registration ----------------------------------------------------------------
@@ -421,8 +410,9 @@ class Peer:
                 self._debug_print("send", link, o.pid, o.msg)
                 if self._h_events:
                     self._emit_packet(self._route_send, link, o.pid, "data", o.msg)
-                if o.pid == PID_SETTYPE and self.side == SIDE_CLIENT:
-                    # The client chose its type: hand the connection to it.
+                if o.pid == PID_SETTYPE:
+                    # (Only a client sends settype.) It chose its type: hand
+                    # the connection to it.
                     ct = self.conntypes.get(link.proto.conntype)
                     link.ctobj = ct
                     if ct is not None:
@@ -459,9 +449,8 @@ class Peer:
             return
         rtt = max(0.0, time.monotonic() - sent)
         link.stats.rtt = rtt
-        event = "peng3dnet:server.connection.heartbeat" if self.side == SIDE_SERVER else "peng3dnet:client.heartbeat"
         if self._h_events:
-            self._emit_conn(event, link, {"rtt": rtt, "stats": link.stats.as_dict()})
+            self._emit_conn(self._ev_heartbeat, link, {"rtt": rtt, "stats": link.stats.as_dict()})
 
     def _housekeeping(self) -> None:
         """Timeouts and heartbeats, on a timer (network thread)."""
@@ -616,7 +605,7 @@ class Peer:
         if pobj is None or pid < PID_FIRST_FREE:
             return None
         cls = type(pobj)
-        if (cls._receive, cls.receive) == BASE_RECEIVE or _quiet_smart(cls, "receive"):
+        if (cls._receive, cls.receive) == BASE_RECEIVE or quiet_smart(cls, "receive"):
             call = None
         elif cls._receive is Packet._receive:
             call = pobj.receive  # Packet._receive would only call it: one frame less
@@ -827,7 +816,7 @@ class Peer:
             raise LocalProtocolError(f"internal packet {pid} cannot be sent by the application")
         pobj = reg.find_obj(pid)
         cls: Any = type(pobj)
-        hooks = pobj is not None and (cls._send, cls.send) != BASE_SEND and not _quiet_smart(cls, "send")
+        hooks = pobj is not None and (cls._send, cls.send) != BASE_SEND and not quiet_smart(cls, "send")
         plan = SendPlan(regver, pid, pobj, hooks, isinstance(pobj, SmartPacket), type(ptype))
         plans = self._send_plans
         if len(plans) > 1024:  # bounded, whatever the caller passes

@@ -1,4 +1,30 @@
-"""Packet plans: what sending or receiving one packet needs, cached."""
+"""Packet plans and the hot path's other caches.
+
+Hot path note
+-------------
+Sending and receiving a packet must not re-read the config, re-inspect a
+packet class or re-filter event receivers each time.  Every cache the
+per-packet paths use is listed here with what invalidates it; nothing else
+is cached.
+
+1. ``Peer._send_plans`` (:class:`SendPlan` per ``ptype`` key): rebuilt when
+   ``Registry.version`` changes (register, remap) or the key's type differs
+   (``64.0``/``True`` must not find the plan of ``64``/``1``).
+2. ``Peer._recv_plans`` (:class:`RecvPlan` per pid): rebuilt when
+   ``Registry.version`` changes.  A class whose receive would do nothing
+   gets ``call=None`` and its packets are not queued at all.
+3. Config copies (``Peer._h_*``, made by :func:`hot_settings`): refreshed
+   when ``peer.cfg[key] = value`` is set and by the housekeeping timer
+   (about once a second), so a change made in a Peng's config is seen
+   within a second.
+4. Event routes (``events.bus.Route``, one per peer for recv and send):
+   rebuilt when the signal's receivers change (its ``version``).
+5. Per connection, at creation (``Link``): the owner's ``on_receive`` and
+   ``on_send`` hooks (``None`` when not overridden); ``Link.plain`` once
+   the first plaintext read was checked.
+6. Per thread: one msgpack Packer (:func:`thread_pack`), dropped after a
+   body larger than ``PACKER_KEEP``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +34,9 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from .packet import Packet
+from .packet import Packet, SmartPacket
 
-__all__ = ['SendPlan', 'RecvPlan', 'BASE_RECEIVE', 'BASE_SEND', 'NO_EVENT', 'thread_pack']
+__all__ = ['SendPlan', 'RecvPlan', 'BASE_RECEIVE', 'BASE_SEND', 'NO_EVENT', 'thread_pack', 'hot_settings', 'quiet_smart']
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +81,50 @@ def thread_pack(value: Any) -> bytes:
     if len(body) > PACKER_KEEP:
         del _LOCAL.pack
     return body
+
+
+def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
+    """The config values the per-packet paths read, as the ``_h_*``
+    attributes a peer keeps (cache 3 of the hot path note).
+
+    Args:
+        cfg: The peer's layered config.
+        rate_reads: Whether rate limits apply to this peer's reads (a
+            server's: they limit what clients send).
+    """
+    rate_p = float(cfg["net.limits.rate.packets"])
+    rate_b = float(cfg["net.limits.rate.bytes"])
+    rate = rate_p > 0 or rate_b > 0
+    return {
+        "_h_events": bool(cfg["net.events.enable"]),
+        "_h_print_recv": bool(cfg["net.debug.print.recv"]),
+        "_h_print_send": bool(cfg["net.debug.print.send"]),
+        "_h_recv_queue": int(cfg["net.limits.recv_queue"]),
+        "_h_write_cap": int(cfg["net.limits.write_buffer"]),
+        "_h_write_raise": cfg["net.limits.write_buffer_action"] == "raise",
+        "_h_rate_p": rate_p,
+        "_h_rate_b": rate_b,
+        "_h_rate_burst": float(cfg["net.limits.rate.burst"]),
+        "_h_rate_drop": cfg["net.limits.rate.action"] == "drop",
+        "_h_rate": rate,
+        "_h_rate_reads": rate and rate_reads,
+        "_h_inline": bool(cfg["net.process.inline"]),
+        "_h_strict_send": bool(cfg["net.smartpacket.strict_send"]),
+        "_h_compress": (
+            bool(cfg["net.compress.enabled"]),
+            int(cfg["net.compress.threshold"]),
+            int(cfg["net.compress.level"]),
+        ),
+    }
+
+
+def quiet_smart(cls: Any, hook: str) -> bool:
+    """A SmartPacket class whose check cannot be observed on this path: it
+    keeps SmartPacket's ``_receive``/``_send`` and the no-op hook, and
+    ignores invalid packets.  Calling it would do nothing, so the hot path
+    skips it (the receive side does not even queue the packet)."""
+    if not issubclass(cls, SmartPacket) or cls.invalid_action != "ignore":
+        return False
+    if hook == "send":
+        return cls._send is SmartPacket._send and cls.send is Packet.send
+    return cls._receive is SmartPacket._receive and cls.receive is Packet.receive

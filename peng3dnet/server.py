@@ -30,7 +30,7 @@ from .errors import (
 from .link import ConnectionStats, Link, noop_hook
 from .packet import smart_check
 from .peer import Peer, resolve_addr
-from .plans import NO_EVENT
+from .plans import NO_EVENT, thread_pack
 from .protocol.codec import frame_body, pack
 from .protocol.connection import Output, PacketReceived
 from .protocol.framing import LENGTH, encode_frame
@@ -236,8 +236,15 @@ class Server(Peer):
     """
 
     side = SIDE_SERVER
+    is_server = True
+    is_client = False
     _role = "server"
+    _state_attr = "state"
     _thread_name = "peng3dnet Server Thread"
+    _ev_recv = "peng3dnet:server.connection.recv"
+    _ev_send = "peng3dnet:server.connection.send"
+    _ev_heartbeat = "peng3dnet:server.connection.heartbeat"
+    _owner_key = "client"
 
     def __init__(
         self,
@@ -582,7 +589,7 @@ class Server(Peer):
         """
         _, pid, pobj, hooks, smart, _ = self._lookup(ptype)
         targets = list(self._links) if cids is None else list(cids)
-        frame = self._frame_for_body(pid, pack(data))
+        frame = self._frame_for_body(pid, pack(data, thread_pack))
         sent = 0
         for cid in targets:
             link = self._links.get(cid)

@@ -30,14 +30,23 @@ from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, encode_frame
 __all__ = ["pack", "unpack", "compress_body", "decompress_body", "decode_body", "frame_body"]
 
 
-def pack(value: Any) -> bytes:
-    """Serialize one value with msgpack.
+def pack(value: Any, encode: Any = msgpack.packb) -> bytes:
+    """Serialize one value with msgpack: the library's one encoder (the
+    core's frames, ``send_message``, broadcasts and sync snapshots all come
+    through here).
+
+    Args:
+        value: Any msgpack-serializable value.
+        encode: ``msgpack.packb`` (default) or a callable that encodes the
+            same way, e.g. a ``msgpack.Packer().pack`` that reuses its
+            buffer (the facades pass a per-thread one: a Packer is not
+            thread-safe, and this module knows no threads).
 
     Raises:
         LocalProtocolError: The value cannot be represented in msgpack.
     """
     try:
-        return msgpack.packb(value)  # type: ignore[no-any-return]
+        return encode(value)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode message: {exc}") from exc
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
 from msgpack import packb as _packb
-from msgpack import unpackb as _unpackb
 
 from ..constants import (
     CONNTYPE_CLASSIC,
@@ -50,10 +49,10 @@ from ..constants import (
     SIDE_CLIENT,
     SIDE_SERVER,
 )
-from ..errors import ConnectionClosedError, DecodeError, HandshakeError, LocalProtocolError, RemoteProtocolError
+from ..errors import ConnectionClosedError, HandshakeError, LocalProtocolError, RemoteProtocolError
 from ..registry import PacketRegistry
 from ..version import PROTOVERSION, VERSION
-from .codec import decode_body, frame_body
+from .codec import decode_body, frame_body, pack, unpack
 from .framing import Frame, FrameDecoder
 from .handshake import SENDER, HandshakeInput, HandshakeMachine, HandshakeState
 
@@ -256,12 +255,7 @@ class ProtocolConnection:
                     break
                 if pid >= PID_FIRST_FREE and not flags:
                     # The common case, inlined: an uncompressed application packet.
-                    try:
-                        msg = _unpackb(body, raw=False, strict_map_key=True)
-                    except Exception as exc:  # any msgpack failure means "malformed"
-                        raise DecodeError(
-                            f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack"
-                        ) from exc
+                    msg = unpack(body)
                     outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, state)))
                     continue
                 self._handle_frame(pid, flags, body)
@@ -434,22 +428,19 @@ class ProtocolConnection:
         self._out.append(self._encode(pid, msg))
         self._outputs.append(PacketSent(pid, msg))
 
-    def _encode(self, pid: int, msg: Any, pack: Any = _packb) -> bytes:
-        try:
-            body: bytes = pack(msg)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise LocalProtocolError(f"cannot encode message: {exc}") from exc
+    def _encode(self, pid: int, msg: Any, encode: Any = _packb) -> bytes:
+        body = pack(msg, encode)
         return frame_body(
             pid, body, compress=self.compress, threshold=self.compress_threshold, level=self.compress_level
         )
 
-    def encode_packet(self, pid: int, msg: Any, pack: Any = _packb) -> bytes:
+    def encode_packet(self, pid: int, msg: Any, encode: Any = _packb) -> bytes:
         """Encode a packet with this connection's compression settings.
 
         Args:
             pid: The packet id.
             msg: Any msgpack-serializable value.
-            pack: The msgpack encoder: ``msgpack.packb`` (default) or any
+            encode: The msgpack encoder: ``msgpack.packb`` (default) or any
                 callable that encodes the same way, e.g. a per-thread
                 ``msgpack.Packer().pack`` (it reuses its buffer: about a third
                 of the cost; the facades pass one).
@@ -457,7 +448,7 @@ class ProtocolConnection:
         Raises:
             LocalProtocolError: The message cannot be encoded.
         """
-        return self._encode(pid, msg, pack)
+        return self._encode(pid, msg, encode)
 
     def send_packet(self, pid: int, msg: Any) -> None:
         """Queue an application packet (or a raw one, e.g. for ``ping``).
