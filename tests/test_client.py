@@ -1,4 +1,4 @@
-"""Many clients on one NetworkLoop thread."""
+"""The client side: Client objects sharing one NetworkLoop thread."""
 
 from __future__ import annotations
 

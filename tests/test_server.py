@@ -1,4 +1,5 @@
-"""Liveness, limits, stats and adversarial peers on real sockets."""
+"""The server side on real sockets: liveness (heartbeat, timeouts), limits
+(max clients, rate, write buffer, decompression), stats and adversarial peers."""
 
 from __future__ import annotations
 
