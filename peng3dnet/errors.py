@@ -44,6 +44,7 @@ __all__ = [
     "RemoteProtocolError",
     "FrameTooLargeError",
     "DecodeError",
+    "InflateBudgetError",
     "HandshakeError",
     "RegistryError",
     "AlreadyRegisteredError",
@@ -105,6 +106,13 @@ class DecodeError(RemoteProtocolError):
     """A header, a compressed body or a msgpack body could not be decoded."""
 
     default_reason = "invalidpacket"
+
+
+class InflateBudgetError(RemoteProtocolError):
+    """A peer sent compressed data beyond its decompression budget
+    (``net.limits.inflate.*``); close reason ``"ratelimit"``."""
+
+    default_reason = "ratelimit"
 
 
 class HandshakeError(RemoteProtocolError):

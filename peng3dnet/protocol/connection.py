@@ -38,6 +38,7 @@ from ..constants import (
     CONNTYPE_NOTSET,
     EXTENSION_PACKETS,
     EXTENSIONS_KEY,
+    FLAG_COMPRESSED,
     PID_CLOSECONN,
     PID_FIRST_FREE,
     PID_HANDSHAKE,
@@ -49,10 +50,17 @@ from ..constants import (
     SIDE_CLIENT,
     SIDE_SERVER,
 )
-from ..errors import ConnectionClosedError, HandshakeError, LocalProtocolError, RemoteProtocolError
+from ..errors import (
+    ConnectionClosedError,
+    FrameTooLargeError,
+    HandshakeError,
+    InflateBudgetError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from ..registry import PacketRegistry
 from ..version import PROTOVERSION, VERSION
-from .codec import decode_body, frame_body, pack, unpack
+from .codec import decode_body, decompress_body, frame_body, pack, unpack
 from .framing import Frame, FrameDecoder
 from .handshake import SENDER, HandshakeInput, HandshakeMachine, HandshakeState
 
@@ -214,6 +222,18 @@ class ProtocolConnection:
         """Extensions we support."""
         self.negotiated: frozenset[str] = frozenset()
         """Extensions both sides announced (known after ``settype``)."""
+        self.inflate_budget: int | None = None
+        """Bytes this connection may still produce by decompressing, or
+        ``None`` (no budget; the default).  The owner refills it (a token
+        bucket: ``net.limits.inflate.*``); each compressed body is inflated
+        to at most ``min(max_decompressed_size, inflate_budget)`` bytes, so
+        a peer can never make us inflate more than its budget, and what it
+        inflates is charged."""
+        self.inflate_drop = False
+        """Over the budget: drop the application packet (``True``) instead
+        of closing with ``"ratelimit"``."""
+        self.inflate_dropped = 0
+        """Application packets dropped over the budget."""
         self.close_reason: str | None = None
         """Why the connection closed (``None`` while open, or if the peer gave none)."""
         self._machine = HandshakeMachine()
@@ -287,7 +307,13 @@ class ProtocolConnection:
 
     def _handle_frame(self, pid: int, flags: int, body: bytes) -> None:
         inp = _INTERNAL_INPUTS.get(pid)
-        msg = decode_body(flags, body, self.max_decompressed_size)
+        if flags & FLAG_COMPRESSED and self.inflate_budget is not None:
+            raw = self._inflate_budgeted(pid, body)
+            if raw is None:
+                return  # dropped over the budget
+            msg = unpack(raw)
+        else:
+            msg = decode_body(flags, body, self.max_decompressed_size)
         if inp is None:
             if (pid == PID_HEARTBEAT or pid == PID_HEARTBEAT_ACK) and "heartbeat" in self.negotiated:
                 self._on_heartbeat(pid, msg)
@@ -497,6 +523,25 @@ class ProtocolConnection:
         self._machine.process(I.CLOSECONN)
         self.close_reason = reason
         self._outputs.append(ConnectionClosed(reason, by_peer=False))
+
+    def _inflate_budgeted(self, pid: int, body: bytes) -> bytes | None:
+        """Inflate a body within the budget (charged); ``None``: dropped."""
+        budget = self.inflate_budget or 0
+        limit = min(self.max_decompressed_size, budget)
+        try:
+            raw = decompress_body(body, limit)
+        except FrameTooLargeError:
+            if limit >= self.max_decompressed_size:
+                raise  # too large whatever the budget
+            self.inflate_budget = 0  # what was inflated is charged
+            if self.inflate_drop and pid >= PID_FIRST_FREE:
+                self.inflate_dropped += 1
+                return None
+            raise InflateBudgetError(
+                f"compressed packet {pid} inflates beyond the {budget} bytes left of the decompression budget"
+            ) from None
+        self.inflate_budget = budget - len(raw)
+        return raw
 
     def _fail(self, error: RemoteProtocolError) -> None:
         self._done = self.closed = True
