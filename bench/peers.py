@@ -46,6 +46,8 @@ def ours_server(opts: dict) -> None:
         "net.process.inline": opts.get("inline", True),
         "net.limits.rate.packets": 0,  # a benchmark floods on purpose
         "net.limits.rate.bytes": 0,
+        "net.limits.per_address.connections": 0,  # every client comes from 127.0.0.1
+        "net.limits.per_address.handshakes": 0,
     }
     server = Server(cfg=cfg)
     counts: dict = {}

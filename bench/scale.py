@@ -51,7 +51,8 @@ def sync_server(entities: int, seconds: float, expect: int) -> None:
     from peng3dnet.ext.sync import SyncServer
     from peng3dnet.net import Server
 
-    s = Server(addr=("127.0.0.1", 0), cfg={"net.limits.max_clients": 10000, "net.timeout.handshake": 60})
+    s = Server(addr=("127.0.0.1", 0), cfg={"net.limits.max_clients": 10000, "net.timeout.handshake": 60,
+                                         "net.limits.per_address.connections": 0, "net.limits.per_address.handshakes": 0})
     sync = SyncServer(s, tick_rate=20)
     for i in range(entities):
         sync.entities[f"e{i}"] = {"x": float(i), "y": 0.0, "hp": 100}
@@ -114,7 +115,8 @@ def idle_server(seconds: float, expect: int) -> None:
     from peng3dnet.packet import Packet
 
     s = Server(addr=("127.0.0.1", 0), cfg={"net.limits.max_clients": 10000, "net.timeout.handshake": 60,
-                                          "net.process.inline": True})
+                                         "net.limits.per_address.connections": 0, "net.limits.per_address.handshakes": 0,
+                                         "net.process.inline": True})
     served = [0]
 
     class Echo(Packet):

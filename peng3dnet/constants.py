@@ -188,11 +188,17 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.limits.max_decompressed_size": 16 * 1024 * 1024,
     "net.limits.recv_queue": 65536,
     "net.limits.max_clients": 2048,
+    "net.limits.per_address.connections": 256,
+    "net.limits.per_address.handshakes": 64,
+    "net.limits.per_address.ipv6_prefix": 64,
     "net.limits.write_buffer": 32 * 1024 * 1024,
     "net.limits.write_buffer_action": "close",
+    "net.limits.write_buffer_total": 256 * 1024 * 1024,
     "net.limits.rate.packets": 20000.0,
     "net.limits.rate.bytes": 32 * 1024 * 1024.0,
     "net.limits.rate.burst": 2.0,
     "net.limits.rate.action": "close",
+    "net.limits.inflate.rate": 64 * 1024 * 1024.0,
+    "net.limits.inflate.burst": 1.0,
 }
 """Default values of every config key; see the README for each key's meaning."""

@@ -109,6 +109,10 @@ class Peer:
     _h_inline: bool
     _h_strict_send: bool
     _h_compress: tuple[bool, int, int]
+    _h_inflate: bool
+    _h_write_total: int
+    _h_inflate_rate: float
+    _h_inflate_cap: int
 
     def __init__(self, peng: Any = None, cfg: dict[str, Any] | None = None) -> None:
         self.peng = peng
@@ -129,6 +133,7 @@ class Peer:
         self._stop_reason: str | None = None
         self._shared: Any = None  # the NetworkLoop a client was attached to
         self._leaving = False
+        self._buffered = 0  # bytes waiting in the write buffers of all connections (see _account)
         self._send_plans: dict[Any, SendPlan] = {}
         self._recv_plans: dict[int, RecvPlan] = {}
         self._route_recv = _Route(self._ev_recv)
@@ -254,7 +259,7 @@ class Peer:
     # --- connections (shared) ------------------------------------------------------------
     def _new_proto(self, conntype: str = CONNTYPE_CLASSIC) -> ProtocolConnection:
         cfg = self.cfg
-        return ProtocolConnection(
+        proto = ProtocolConnection(
             self.side,
             registry=self.registry,
             conntype=conntype,
@@ -267,6 +272,10 @@ class Peer:
             missing_packet_action=str(cfg["net.registry.missingpacketaction"]),
             extensions={"heartbeat"} if cfg["net.heartbeat.enabled"] else frozenset(),
         )
+        if self._h_inflate:  # the decompression budget starts full
+            proto.inflate_budget = self._h_inflate_cap
+            proto.inflate_drop = self._h_rate_drop
+        return proto
 
     def _on_ready(self, link: Link, mask: int) -> None:
         """Selector callback for one connection (network thread)."""
@@ -279,6 +288,8 @@ class Peer:
         if mask & EVENT_WRITE or chan.error is not None:
             with chan.lock:
                 chan.flush()
+                if link.acct:
+                    self._account(link)
             if chan.error is not None:
                 self._abort(link, "socketerror")
                 return
@@ -349,7 +360,14 @@ class Peer:
             return
         stats = link.stats
         stats.bytes_in += total
-        stats._seen = time.monotonic()
+        now = stats._seen = time.monotonic()
+        if self._h_inflate and proto.inflate_budget is not None:
+            # Refill the decompression budget (a token bucket; the core
+            # charged what this read inflated).
+            proto.inflate_budget = min(
+                self._h_inflate_cap, proto.inflate_budget + int((now - link.infl_t) * self._h_inflate_rate)
+            )
+            link.infl_t = now
         # Every byte read is charged (the server's byte bucket), whether or
         # not it completed a packet.
         if self._h_rate_reads and not self._read_allowed(link, total, outs):
@@ -491,6 +509,12 @@ class Peer:
                     with link.chan.lock:
                         if proto.send_heartbeat({"t": now}):
                             self._push(link)
+        if self._h_write_total and self._buffered:  # recount (corked flushes are not counted)
+            total = 0
+            for link in self._all_links():
+                link.acct = 0 if link.chan.closed else len(link.chan.out)
+                total += link.acct
+            self._buffered = total
         self._schedule_housekeeping()
 
     def _schedule_housekeeping(self) -> None:
@@ -512,16 +536,7 @@ class Peer:
             log.info("%s %s cid=%s pid=%d %.200r", "<" if kind == "recv" else ">", self._role, link.cid, pid, msg)
 
     def _on_conntype(self, link: Link, conntype: str) -> None:
-        ct = self.conntypes.get(conntype)
-        if ct is None:
-            log.info("! server cid=%s: unknown connection type %.64r", link.cid, conntype)
-            self._close_link(link, "unknownconntype")
-            return
-        link.ctobj = ct
-        link.owner.conntype = conntype
-        self._lib_state(link, STATE_HANDSHAKE_WAIT1)
-        self._type_chosen(link, ct)
-        self._ct_call(link, ct.init, link.cid)
+        """A client asked for a connection type (only a server gets this)."""
 
     def _ct_call(self, link: Link, fn: Any, *args: Any) -> Any:
         """Call a connection type's hook (network thread); an error in it
@@ -844,6 +859,8 @@ class Peer:
                 slow = True
             else:
                 chan.write(frame, cork)
+                if (chan.out or link.acct) and self._h_write_total:
+                    self._account(link)
                 stats = link.stats
                 stats.packets_out += 1
                 stats.bytes_out += len(frame)
@@ -855,6 +872,44 @@ class Peer:
             return
         if self._h_print_send:
             self._debug_print("send", link, pid, data)
+
+    def _account(self, link: Link) -> None:
+        """Keep the peer's total of buffered bytes (``_buffered``) up to date
+        for one connection whose buffer is or was non-empty (channel lock
+        held; any thread), and hold the server-wide cap
+        (``net.limits.write_buffer_total``).  Only backlogged connections
+        pay for this; the total may drift (writes from several threads,
+        corked flushes), so :meth:`_shed` recounts before it acts and the
+        housekeeping recounts every second."""
+        size = len(link.chan.out)
+        delta = size - link.acct
+        if delta:
+            link.acct = size
+            self._buffered += delta
+            if delta > 0 and self._buffered > self._h_write_total:
+                self._shed()
+
+    def _shed(self) -> int:
+        """Over the server-wide cap: close the connections with the largest
+        buffers ("slowconsumer") until the rest fit (any thread); return how
+        many were closed."""
+        links = [link for link in self._all_links() if not link.chan.closed and not link.local_closed]
+        sizes = sorted(((len(link.chan.out), i) for i, link in enumerate(links)), reverse=True)
+        total = sum(size for size, _ in sizes)
+        self._buffered = total
+        closed = 0
+        for size, i in sizes:
+            if total <= self._h_write_total or size == 0:
+                break
+            link = links[i]
+            log.info("! %s cid=%s: %d bytes queued while all connections hold %d (cap %d): closing the largest",
+                     self._role, link.cid, size, total, self._h_write_total)
+            total -= size
+            link.acct = 0
+            closed += 1
+            self._close_slow(link)
+        self._buffered = total
+        return closed
 
     def _close_slow(self, link: Link) -> None:
         # The peer does not read: what is queued cannot be delivered, so the

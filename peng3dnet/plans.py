@@ -95,7 +95,12 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
     rate_p = float(cfg["net.limits.rate.packets"])
     rate_b = float(cfg["net.limits.rate.bytes"])
     rate = rate_p > 0 or rate_b > 0
+    inflate_rate = float(cfg["net.limits.inflate.rate"])
     return {
+        "_h_write_total": int(cfg["net.limits.write_buffer_total"]),
+        "_h_inflate": inflate_rate > 0,
+        "_h_inflate_rate": inflate_rate,
+        "_h_inflate_cap": int(inflate_rate * float(cfg["net.limits.inflate.burst"])),
         "_h_events": bool(cfg["net.events.enable"]),
         "_h_print_recv": bool(cfg["net.debug.print.recv"]),
         "_h_print_send": bool(cfg["net.debug.print.send"]),

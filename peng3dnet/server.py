@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
 from .constants import (
+    CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
+    CONNTYPE_PING,
     MODE_NOTSET,
     PID_CLOSECONN,
     PID_FIRST_FREE,
@@ -19,6 +21,7 @@ from .constants import (
     SSLSEC_NONE,
     SSLSEC_WRAPPED,
     STATE_ACTIVE,
+    STATE_HANDSHAKE_WAIT1,
     STATE_HELLOWAIT,
     STATE_INIT,
 )
@@ -37,8 +40,10 @@ from .protocol.framing import LENGTH, encode_frame
 from .protocol.handshake import HandshakeState
 from .transport import EVENT_READ, Channel, Listener
 from .userlog import report_user_error
+from .util import address_group
 
 _SERVERFULL = encode_frame(PID_CLOSECONN, 0, b"\x81\xa6reason\xaaserverfull")  # the refusal, pre-encoded
+_ADDRESSLIMIT = encode_frame(PID_CLOSECONN, 0, pack({"reason": "addresslimit"}))
 
 if TYPE_CHECKING:  # annotations only: socket calls live in transport
     import socket
@@ -265,6 +270,7 @@ class Server(Peer):
         self._cids = itertools.count(1)
         self._cid_lock = threading.Lock()
         self._links: dict[int, Link] = {}
+        self._groups: dict[str, list[int]] = {}  # address group -> [connections, handshakes in progress]
         self._open_channels = 0
         self._chan_cond = threading.Condition()
         self._shutdown_info: dict[str, Any] | None = None
@@ -349,6 +355,11 @@ class Server(Peer):
             log.info("! server: refusing %s, %d connections is the limit", addr, max_clients)
             Listener.refuse(sock, _SERVERFULL)
             return
+        group = self._admit(addr)
+        if group is None:
+            self.stats.connections_refused += 1
+            Listener.refuse(sock, _ADDRESSLIMIT)
+            return
         if self._ssl_ctx is not None:
             try:
                 sock = Listener.wrap_tls(sock, self._ssl_ctx)
@@ -361,11 +372,17 @@ class Server(Peer):
             client = self.clientcls(self, sock, addr, cid)
         except Exception:  # the program's ClientOnServer subclass
             report_user_error("! server: %r(...) raised; connection from %s dropped", self.clientcls, addr)
+            counts = self._groups[group]
+            counts[0] -= 1
+            counts[1] -= 1
+            if counts[0] <= 0:
+                del self._groups[group]
             Listener.refuse(sock, b"")
             return
         link = Link(proto, None, client, cid)  # type: ignore[arg-type]
         link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
         client._link = link
+        link.group, link.hs_pending = group, True
         self._lib_state(link, STATE_HELLOWAIT)
         self.clients[cid] = client
         self._links[cid] = link
@@ -387,6 +404,59 @@ class Server(Peer):
         else:
             link.chan.update_interest()
             self._start_protocol(link)
+
+    def _on_conntype(self, link: Link, conntype: str) -> None:
+        ct = self.conntypes.get(conntype)
+        if ct is None:
+            log.info("! server cid=%s: unknown connection type %.64r", link.cid, conntype)
+            self._close_link(link, "unknownconntype")
+            return
+        link.ctobj = ct
+        link.owner.conntype = conntype
+        self._lib_state(link, STATE_HANDSHAKE_WAIT1)
+        self._type_chosen(link, ct)
+        if conntype not in (CONNTYPE_CLASSIC, CONNTYPE_PING):
+            self._handshake_over(link)  # a type of its own: its protocol is its business
+        self._ct_call(link, ct.init, link.cid)
+
+    def _after_handshake(self, link: Link) -> None:
+        self._handshake_over(link)
+
+    def _admit(self, addr: Any) -> str | None:
+        """Count a new connection in its address group, or return ``None``
+        when the group is at a per-address limit (network thread)."""
+        cfg = self.cfg
+        group = address_group(str(addr[0]), int(cfg["net.limits.per_address.ipv6_prefix"]))
+        counts = self._groups.get(group)
+        if counts is None:
+            counts = self._groups[group] = [0, 0]
+        max_conns = int(cfg["net.limits.per_address.connections"])
+        max_hs = int(cfg["net.limits.per_address.handshakes"])
+        if max_conns > 0 and counts[0] >= max_conns:
+            log.info("! server: refusing %s, %d connections from %s is the limit", addr, max_conns, group)
+            return None
+        if max_hs > 0 and counts[1] >= max_hs:
+            log.info("! server: refusing %s, %d handshakes in progress from %s is the limit", addr, max_hs, group)
+            return None
+        counts[0] += 1
+        counts[1] += 1
+        return group
+
+    def _handshake_over(self, link: Link, closed: bool = False) -> None:
+        """A connection stops counting as a handshake in progress (and, when
+        ``closed``, as a connection) of its address group (network thread)."""
+        group = link.group
+        if group is None:
+            return
+        counts = self._groups[group]
+        if link.hs_pending:
+            link.hs_pending = False
+            counts[1] -= 1
+        if closed:
+            link.group = None
+            counts[0] -= 1
+            if counts[0] <= 0:
+                del self._groups[group]
 
     def _rate_ok(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
         """Token buckets per connection (server side).  Return whether to go on."""
@@ -507,6 +577,9 @@ class Server(Peer):
     def _channel_closed(self, link: Link) -> None:
         if self._links.pop(link.cid, None) is not None:  # type: ignore[arg-type]
             self.stats._add_closed(link.stats)
+        self._handshake_over(link, closed=True)
+        self._buffered -= link.acct  # its buffer was released with the channel
+        link.acct = 0
         with self._chan_cond:
             self._open_channels -= 1
             self._chan_cond.notify_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import warnings
 from collections.abc import Mapping
@@ -17,9 +18,30 @@ __all__ = [
     "normalize_addr_formatted",
     "ConfigView",
     "ConfigWarning",
+    "address_group",
 ]
 
 _DEFAULT_PORT = 8080
+
+
+def address_group(host: str, ipv6_prefix: int = 64) -> str:
+    """The group a peer's address counts in for per-address limits: an
+    IPv4 address itself (also when IPv4-mapped, ``::ffff:a.b.c.d``), an
+    IPv6 address's network of ``ipv6_prefix`` bits (one host usually owns a
+    whole /64).  Anything that is not an IP address is its own group.
+
+    >>> address_group("2001:db8::1") == address_group("2001:db8::ffff:1")
+    True
+    """
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
+    return str(ip)
 
 log = logging.getLogger(__name__)
 

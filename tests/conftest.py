@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import zlib
 from typing import Any
 
 import msgpack
@@ -139,6 +140,8 @@ class RawPeer:
                 raise EOFError("peer closed")
             self.dec.feed(data, self.frames)
         pid, flags, body = self.frames.pop(0)
+        if flags & 1:  # FLAG_COMPRESSED
+            body = zlib.decompress(body)
         return pid, msgpack.unpackb(body, raw=False)
 
     def recv_until_close(self) -> list[tuple[int, Any]]:

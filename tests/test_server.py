@@ -7,6 +7,7 @@ import os
 import resource
 import socket
 import struct
+import time
 import zlib
 
 import msgpack
@@ -17,7 +18,8 @@ from hypothesis import strategies as st
 from peng3dnet import errors
 from peng3dnet.constants import EXTENSIONS_KEY, STATE_ACTIVE
 from peng3dnet.net import Server
-from peng3dnet.protocol.framing import encode_frame
+from peng3dnet.protocol.framing import FrameDecoder, encode_frame
+from peng3dnet.util import address_group
 from tests.conftest import RawPeer, make_client, make_server
 from tests.helpers import active_cids, wait_for
 
@@ -113,7 +115,8 @@ def test_300_silent_connections_are_bounded_and_reaped(net):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1024:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
-    s, rec = net.server(**{"net.timeout.handshake": 1.0})
+    s, rec = net.server(**{"net.timeout.handshake": 1.0, "net.limits.per_address.handshakes": 0,
+                          "net.limits.per_address.connections": 0})
     socks = []
     try:
         for _ in range(300):
@@ -412,3 +415,141 @@ def test_a_closed_connection_is_freed_without_the_cyclic_gc(net):
         wait_for(lambda: all(r() is None for r in refs), timeout=5, what="the connection's objects freed without gc")
     finally:
         gc.enable()
+
+
+def test_replayed_compressed_frames_are_closed_by_the_decompression_budget(net):
+    # A 4 MiB string in a few KiB of zlib: the byte rate limit sees KiB,
+    # the budget sees what it inflates to.
+    body = msgpack.packb("\0" * (4 << 20))
+    frame_body = zlib.compress(body, 9)
+    assert len(frame_body) < 16 << 10
+    s, rec = net.server(**{"net.limits.inflate.rate": 8 << 20, "net.limits.inflate.burst": 1.0})
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    frame = encode_frame(reg["test:echo"], 1, frame_body)
+    peer.send(frame * 10)  # 40 MiB inflated, in one go: the 8 MiB bucket allows two
+    got = peer.recv_until_close()
+    assert got[-1] == (16, {"reason": "ratelimit"})
+    rec.wait_for("peng3dnet:server.connection.close")
+    recv = [d for e, d in rec.items if e == "peng3dnet:server.connection.recv" and d["pid"] == reg["test:echo"]]
+    # The first fits the 8 MiB bucket; the second (4 MiB + 5 bytes more) does not.
+    assert len(recv) == 1 and len(recv[0]["msg"]) == 4 << 20
+    good_client_works(s)
+
+
+def test_the_decompression_budget_refills_at_its_rate(net):
+    body = msgpack.packb("\1" * (1 << 20))
+    s, rec = net.server(**{"net.limits.inflate.rate": 2 << 20, "net.limits.inflate.burst": 1.0,
+                          "net.limits.rate.action": "drop"})
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    frame = encode_frame(reg["test:echo"], 1, zlib.compress(body))
+    peer.send(frame * 3)  # a bucket of 2 MiB: two pass, the third is dropped (action drop)
+    assert [len(peer.recv_packet()[1]) for _ in range(2)] == [1 << 20] * 2
+    (cid,) = active_cids(s)
+    link = s._links[cid]
+    wait_for(lambda: link.proto.inflate_dropped == 1, what="the third dropped")
+    assert link.proto.is_open
+    # Refilled at 2 MiB/s (on each read): 1 MiB is back after half a second, not before.
+    t0 = time.monotonic()
+
+    def refilled():
+        peer.send_packet(reg["test:echo"], "tick")
+        assert peer.recv_packet()[1] == "tick"
+        return link.proto.inflate_budget >= 1 << 20
+
+    wait_for(refilled, what="the budget refilled")
+    assert time.monotonic() - t0 >= 0.45
+    peer.send(frame)
+    assert len(peer.recv_packet()[1]) == 1 << 20
+    wait_for(lambda: refilled() and link.proto.inflate_budget == 2 << 20, what="a full bucket")  # never above it
+
+
+def test_the_server_wide_buffer_cap_closes_the_largest_buffers_first(net):
+    s, rec = net.server(**{"net.limits.write_buffer": 64 << 20, "net.limits.write_buffer_total": 24 << 20,
+                          "net.compress.enabled": False})
+    peers = []
+    for _ in range(3):
+        p = RawPeer(s.addr)
+        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        p.handshake()
+        peers.append(p)
+    wait_for(lambda: len(active_cids(s)) == 3, what="three handshakes")
+    a, b, c = sorted(active_cids(s))
+    blob = os.urandom(1 << 20)
+    for _ in range(20):
+        s.send_message("test:echo", blob, a)  # A: ~20 MiB queued (less what the kernel took)
+    for _ in range(4):
+        s.send_message("test:echo", blob, b)
+    assert s.clients[a].write_buffer_size > 12 << 20 and not rec.names().count("peng3dnet:server.connection.close")
+    for _ in range(24):  # C grows until all buffers together pass 24 MiB
+        s.send_message("test:echo", blob, c)
+        if "peng3dnet:server.connection.close" in rec.names():
+            break
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "slowconsumer" and d["client"].cid == a  # the largest, not the one written to
+    assert s.clients[b].write_buffer_size > 0 and s.clients[c].write_buffer_size > 0
+    assert b in active_cids(s) and c in active_cids(s)
+    wait_for(lambda: s._buffered <= 24 << 20, what="the total under the cap")
+    good_client_works(s)
+
+
+
+# --- per-address limits (127.0.0.2 floods; the good client comes from 127.0.0.1) ---------------
+
+def _from(addr, host="127.0.0.2"):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    sock.settimeout(10)
+    sock.connect(addr[:2])
+    return sock
+
+
+def _closeconn_reason(sock):
+    peer = RawPeer.__new__(RawPeer)
+    peer.sock, peer.dec, peer.frames = sock, FrameDecoder(1 << 20), []
+    return peer.recv_until_close()
+
+
+def test_silent_connections_from_one_address_cannot_lock_others_out(net):
+    s, rec = net.server(**{"net.limits.per_address.handshakes": 8, "net.limits.max_clients": 12})
+    silent = [_from(s.addr) for _ in range(8)]
+    wait_for(lambda: s.stats.connections_open == 8, what="eight accepted")
+    extra = _from(s.addr)  # the ninth handshake in progress from 127.0.0.2
+    assert _closeconn_reason(extra)[-1] == (16, {"reason": "addresslimit"})
+    assert s.stats.connections_refused == 1 and s.stats.connections_open == 8
+    good_client_works(s)  # 127.0.0.1 joins while the flood holds its 8
+    for so in silent[:1]:  # one of them leaves: its place is free again
+        so.close()
+    wait_for(lambda: s.stats.connections_open == 7, what="one closed")
+    again = _from(s.addr)
+    wait_for(lambda: s.stats.connections_open == 8, what="accepted again")
+    for so in silent[1:] + [again]:
+        so.close()
+
+
+def test_connections_per_address_count_handshaken_ones_too(net):
+    s, rec = net.server(**{"net.limits.per_address.connections": 3})
+    peers = []
+    for _ in range(3):
+        p = RawPeer.__new__(RawPeer)
+        p.sock, p.dec, p.frames = _from(s.addr), FrameDecoder(1 << 20), []
+        p.handshake()
+        peers.append(p)
+    wait_for(lambda: len(active_cids(s)) == 3, what="three handshakes")
+    assert s._groups == {"127.0.0.2": [3, 0]}  # three connections, no handshake in progress
+    assert _closeconn_reason(_from(s.addr))[-1] == (16, {"reason": "addresslimit"})
+    good_client_works(s)
+    for p in peers:
+        p.close()
+    wait_for(lambda: not s._groups, what="the group forgotten")
+
+
+def test_address_groups():
+    assert address_group("127.0.0.1") == "127.0.0.1"
+    assert address_group("::ffff:10.0.0.7") == "10.0.0.7"
+    assert address_group("2001:db8:1:2::1") == address_group("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address_group("2001:db8:1:3::1") != address_group("2001:db8:1:2::1")
+    assert address_group("2001:db8:1:2::1", 128) == "2001:db8:1:2::1/128"
+    assert address_group("fe80::1%eth0") == "fe80::/64"
+    assert address_group("not-an-ip") == "not-an-ip"

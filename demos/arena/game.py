@@ -10,6 +10,7 @@ from __future__ import annotations
 import colorsys
 import math
 import random
+import unicodedata
 import zlib
 from typing import Any
 
@@ -21,6 +22,41 @@ SPEED = 180.0
 TICK_RATE = 20.0
 MAX_COINS = 6
 MAX_DT = 0.1
+
+
+MAX_NAME = 24
+# Letters of other scripts that look like Latin ones (the common cases of
+# Unicode's confusables list): two players must not look alike.
+_LOOKALIKE = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
+    "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "ɡ": "g", "α": "a", "β": "b", "ε": "e",
+    "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "0": "o", "1": "l",
+    "|": "l", "5": "s",
+})
+
+
+def clean_name(name: Any, taken: Any = ()) -> str:
+    """A player name fit to show: NFKC-normalised, printable (no control,
+    format or bidi characters such as U+202E, no newlines or NULs), spaces
+    collapsed, at most ``MAX_NAME`` characters, and unique: a name that
+    looks like one in ``taken`` (case, width, and common look-alike letters
+    of other scripts ignored) gets a number appended."""
+    text = unicodedata.normalize("NFKC", name if isinstance(name, str) else "")
+    text = "".join(ch if unicodedata.category(ch)[0] not in "CZ" else " " for ch in text)
+    text = " ".join(text.split())[:MAX_NAME].strip() or "player"
+    seen = {name_key(t) for t in taken if isinstance(t, str)}
+    base, n = text, 2
+    while name_key(text) in seen:
+        suffix = f" {n}"
+        text = base[: MAX_NAME - len(suffix)].rstrip() + suffix
+        n += 1
+    return text
+
+
+def name_key(name: str) -> str:
+    """What two names are compared by for uniqueness (see :func:`clean_name`)."""
+    text = unicodedata.normalize("NFKC", name).casefold().translate(_LOOKALIKE)
+    return "".join(ch for ch in text if not ch.isspace())
 
 
 def color_for(name: str) -> list[int]:

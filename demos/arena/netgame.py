@@ -13,7 +13,7 @@ from peng3dnet.ext.discovery import DISCOVERY_PORT, DiscoveryResponder
 from peng3dnet.ext.sync import SyncClient, SyncServer
 from peng3dnet.net import Client, Server
 
-from .game import TICK_RATE, Rules, apply_input, bot_input, color_for, new_player, players_by_name
+from .game import TICK_RATE, Rules, apply_input, bot_input, clean_name, color_for, new_player, players_by_name
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,9 @@ class ArenaServer:
         if eid is None or eid not in self.sync.entities or not isinstance(inp, dict):
             return
         name = inp.get("name")
-        if isinstance(name, str) and name.strip():
-            taken = {e.get("name") for k, e in self.sync.entities.items() if k != eid}
-            name = name.strip()[:24]
-            while name in taken:
-                name += "'"
+        if isinstance(name, str):
+            taken = [e.get("name") for k, e in self.sync.entities.items() if k != eid]
+            name = clean_name(name, taken)
             self.sync.entities[eid] = {**self.sync.entities[eid], "name": name, "color": color_for(name)}
             return
         self.sync.entities[eid] = apply_input(self.sync.entities[eid], inp)

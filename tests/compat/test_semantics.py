@@ -448,4 +448,6 @@ def test_a_base_exception_in_a_handler_is_reported_and_stops_cleanly(net, caplog
     assert c2.close_reason == "servershutdown"
     assert any(r.exc_info and r.exc_info[0] is SystemExit for r in caplog.records)
     s2.join(10)
-    assert not s2.run
+    # The process thread drains what the loop queued while closing (the
+    # close, behind the packets): then nothing waits and run is False.
+    wait_for(lambda: not s2.run, what="run False once the process thread drained")

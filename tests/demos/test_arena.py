@@ -162,3 +162,19 @@ def test_escape_quits_the_windowed_game(tmp_path, xvfb_display):
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads(report.read_text())
     assert data["role"] == "client" and data["name"] == "tester"
+
+
+def test_player_names_are_cleaned_bounded_and_unique():
+    from demos.arena.game import MAX_NAME, clean_name
+
+    assert clean_name("evil\u202eeman") == "evil eman"  # bidi override gone
+    assert clean_name("a\nb\x00c\u200bd") == "a b c d"  # newline, NUL, zero-width space
+    assert clean_name("  \t ") == "player" and clean_name(None) == "player"
+    assert clean_name("Ｂｏｂ") == "Bob"  # NFKC: full-width letters
+    long = clean_name("x" * 100)
+    assert long == "x" * MAX_NAME
+    assert clean_name("bob", ["Bob"]) == "bob 2"  # case
+    assert clean_name("B\u043eb", ["Bob"]) == "B\u043eb 2"  # Cyrillic o looks like o
+    assert clean_name("b o b", ["bob", "bob 2"]) == "b o b 3"
+    assert clean_name("x" * 100, ["x" * MAX_NAME]) == "x" * (MAX_NAME - 2) + " 2"  # still bounded
+    assert clean_name("alice", ["bob"]) == "alice"

@@ -279,3 +279,67 @@ def test_original_ping_reply_parses():
     reply = [o for o in outs if isinstance(o, PacketReceived) and o.pid == 65][0].msg
     assert reply["name"] == "interop" and reply["peng3dnet"]["protoversion"] == 2
     assert [o for o in outs if isinstance(o, PacketSent)][0].msg == {"conntype": "ping"}
+
+
+# --- the decompression budget (net.limits.inflate.*) -----------------------------------------
+
+def _compressed_frame(pid, value):
+    import zlib
+
+    from peng3dnet.constants import FLAG_COMPRESSED
+    body = msgpack.packb(value)
+    return encode_frame(pid, FLAG_COMPRESSED, zlib.compress(body)), len(body)
+
+
+def _active_server():
+    p = ConnectionPair()
+    p.start()
+    p.s_out.clear()
+    return p, p.sreg.get_id("app:a")
+
+
+def test_inflate_budget_is_charged_exactly_and_refused_one_byte_short():
+    p, pid = _active_server()
+    frame, size = _compressed_frame(pid, "x" * 5000)
+    p.server.inflate_budget = 2 * size  # exactly two bodies
+    p.server.receive_data(frame + frame)
+    outs = p.server.drain_received()
+    assert [o.msg for o in outs if isinstance(o, PacketReceived)] == ["x" * 5000] * 2
+    assert p.server.inflate_budget == 0
+    p.server.inflate_budget = size - 1  # one byte short of the next body
+    p.server.receive_data(frame)
+    outs = p.server.drain_received()
+    assert not [o for o in outs if isinstance(o, PacketReceived)]
+    closed = [o for o in outs if isinstance(o, ConnectionClosed)]
+    assert closed[0].reason == "ratelimit" and type(closed[0].error).__name__ == "InflateBudgetError"
+    assert p.server.inflate_budget == 0  # what was inflated is charged
+
+
+def test_inflate_budget_drop_skips_the_packet_and_keeps_the_connection():
+    p, pid = _active_server()
+    big, size = _compressed_frame(pid, "y" * 9000)
+    small = encode_frame(pid, 0, msgpack.packb("ok"))
+    p.server.inflate_budget = size - 1
+    p.server.inflate_drop = True
+    p.server.receive_data(big + small)
+    outs = p.server.drain_received()
+    assert [o.msg for o in outs if isinstance(o, PacketReceived)] == ["ok"]  # uncompressed bodies cost nothing
+    assert p.server.inflate_dropped == 1 and p.server.is_open
+
+
+def test_no_budget_means_only_the_size_limit_applies():
+    p, pid = _active_server()
+    frame, _ = _compressed_frame(pid, "z" * 100_000)
+    assert p.server.inflate_budget is None
+    p.server.receive_data(frame * 3)
+    assert len([o for o in p.server.drain_received() if isinstance(o, PacketReceived)]) == 3
+
+
+def test_a_body_over_the_size_limit_is_packettoolarge_even_with_budget_left():
+    p, pid = _active_server()
+    p.server.max_decompressed_size = 1000
+    frame, _ = _compressed_frame(pid, "w" * 2000)
+    p.server.inflate_budget = 10**9
+    p.server.receive_data(frame)
+    closed = [o for o in p.server.drain_received() if isinstance(o, ConnectionClosed)]
+    assert closed[0].reason == "packettoolarge"
