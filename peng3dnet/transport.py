@@ -17,7 +17,9 @@ unregistered for ``EVENT_READ``) when the application asks for back-pressure.
 
 Connections are made here too: :class:`Listener` binds, listens and
 accepts; :func:`connect` connects (and wraps in TLS); :func:`prepare`
-readies an accepted or connected socket.
+readies an accepted or connected socket.  :class:`Datagram` is a UDP socket
+(LAN discovery); the lag proxy (a test tool) uses :class:`Listener`,
+:func:`connect` and :class:`Channel` like the peers do.
 
 An :class:`OSError` from a socket is mapped to the library's errors in one
 place, :func:`map_oserror`: a failed ``recv()`` raises
@@ -45,7 +47,7 @@ from typing import Any
 
 from .errors import InvalidAddressError, NetworkError, TLSError
 
-__all__ = ["Reactor", "Channel", "Timer", "Listener", "WOULD_BLOCK", "connect", "prepare", "map_oserror"]
+__all__ = ["Reactor", "Channel", "Timer", "Listener", "Datagram", "WOULD_BLOCK", "connect", "prepare", "map_oserror"]
 
 log = logging.getLogger(__name__)
 
@@ -665,4 +667,109 @@ class Listener:
 
     def close(self) -> None:
         """Close the listening socket."""
+        self.sock.close()
+
+
+class Datagram:
+    """A non-blocking UDP socket (IPv4): bound or not, with broadcast
+    allowed or not.  Register :attr:`sock` with a :class:`Reactor` for
+    ``EVENT_READ`` to be told when a datagram is waiting.
+
+    Args:
+        host: Address to bind (``""``: every interface); ``None``: do not
+            bind (the system picks a port at the first :meth:`send_to`).
+        port: Port to bind (0: any free one; see :attr:`addr`).
+        reuseaddr: Set ``SO_REUSEADDR`` before binding (rebind a port at
+            once; several sockets on one port).
+        broadcast: Allow sending to broadcast addresses (``SO_BROADCAST``).
+
+    Raises:
+        InvalidAddressError: The host cannot be resolved.
+        NetworkError: The socket cannot be made or bound.
+
+    Thread safety: one thread at a time; while registered with a reactor,
+    only its network thread.
+    """
+
+    def __init__(
+        self, host: str | None = None, port: int = 0, *, reuseaddr: bool = False, broadcast: bool = False
+    ) -> None:
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise map_oserror(exc, "socket") from exc
+        try:
+            if reuseaddr:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if broadcast:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            if host is not None:
+                sock.bind((host, port))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise map_oserror(exc, f"bind {host!r}:{port}") from exc
+        self.sock = sock
+        """The UDP socket (to register with a reactor)."""
+        self.addr: tuple[Any, ...] = sock.getsockname()[:2]
+        """The address bound (``("0.0.0.0", 0)`` while unbound)."""
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (-1 once closed)."""
+        return self.sock.fileno()
+
+    def recv_from(self, max_bytes: int, timeout: float = 0.0) -> tuple[bytes, tuple[Any, ...]] | None:
+        """One datagram and its sender's address, cut at ``max_bytes``
+        (any thread, see the class).
+
+        Args:
+            max_bytes: The most bytes returned (the rest of a longer datagram
+                is discarded).
+            timeout: Seconds to wait for a datagram; 0: return at once.
+
+        Returns:
+            ``(data, (host, port))``, or ``None`` when no datagram came.
+
+        Raises:
+            NetworkError: The socket reported an error (it is closed, for
+                example).
+        """
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, not {max_bytes!r}")
+        sock = self.sock
+        if timeout > 0:
+            sock.settimeout(timeout)
+        try:
+            data, addr = sock.recvfrom(max_bytes)
+        except (TimeoutError, *_WOULD_BLOCK):
+            return None
+        except OSError as exc:
+            raise map_oserror(exc, "recvfrom") from exc
+        finally:
+            if timeout > 0:
+                with contextlib.suppress(OSError):
+                    sock.setblocking(False)
+        return data, addr
+
+    def send_to(self, data: bytes, addr: tuple[Any, ...]) -> bool:
+        """Send ``data`` as one datagram to ``addr`` (any thread, see the class).
+
+        Returns:
+            Whether it was sent; ``False``: the socket buffer is full, the
+            datagram was dropped (UDP gives no delivery guarantee anyway).
+
+        Raises:
+            InvalidAddressError: ``addr`` cannot be resolved.
+            NetworkError: It cannot be sent (no route, too large, closed).
+        """
+        try:
+            self.sock.sendto(data, addr)
+        except _WOULD_BLOCK:
+            return False
+        except OSError as exc:
+            raise map_oserror(exc, f"sendto {addr}") from exc
+        return True
+
+    def close(self) -> None:
+        """Close the socket (idempotent; unregister it from its reactor first)."""
         self.sock.close()

@@ -19,7 +19,7 @@ from peng3dnet.errors import ConnectionClosedError
 from peng3dnet.ext.ping import PingableServerMixin, pingServer
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
-from tests.helpers import impl_command, orig_python, wait_for
+from tests.helpers import impl_command, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "interop", "orig_peer.py")
@@ -83,9 +83,9 @@ def test_original_client_against_our_server():
 
 def test_our_client_against_original_server():
     port = free_port()
-    env = dict(os.environ, PYGLET_SHADOW_WINDOW="0")
+    cmd, env = impl_command("orig", PEER, "server", port)  # no PYTHONPATH of ours leaks into it
     proc = subprocess.Popen(
-        [orig_python(), PEER, "server", str(port)],
+        cmd,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -136,9 +136,9 @@ def test_our_client_against_original_server():
 
 def test_registry_mismatch_with_original_server():
     port = free_port()
-    env = dict(os.environ, PYGLET_SHADOW_WINDOW="0")
+    cmd, env = impl_command("orig", PEER, "server", port)
     proc = subprocess.Popen(
-        [orig_python(), PEER, "server", str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, text=True, env=env,
     )
     try:

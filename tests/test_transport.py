@@ -1,15 +1,20 @@
-"""The reactor's cross-thread wake-up and its per-iteration hooks."""
+"""The reactor's cross-thread wake-up and its per-iteration hooks; UDP
+datagrams; the listener, connect and channel pieces the lag proxy uses."""
 
 from __future__ import annotations
 
 import contextlib
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
-from peng3dnet.transport import EVENT_READ, Channel, Reactor
+import pytest
+
+from peng3dnet.errors import NetworkError
+from peng3dnet.transport import EVENT_READ, Channel, Datagram, Listener, Reactor, connect
 
 
 class _RacingSocket:
@@ -168,3 +173,146 @@ def test_call_at_keeps_the_order_of_equal_due_times():
         r.call_at(when, done.set)
         assert done.wait(10)
     assert order == [-1, *range(20)]
+
+
+# --- Datagram (UDP) -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _datagrams(*kwargs: dict) -> Iterator[list[Datagram]]:
+    socks = [Datagram(**kw) for kw in kwargs]
+    try:
+        yield socks
+    finally:
+        for d in socks:
+            d.close()
+
+
+def test_datagram_round_trip_with_the_senders_address():
+    with _datagrams({"host": "127.0.0.1"}, {"host": "127.0.0.1"}) as (a, b):
+        assert a.addr[0] == "127.0.0.1" and a.addr[1] > 0 and a.addr != b.addr
+        assert a.send_to(b"hello", b.addr) is True
+        assert b.recv_from(64, timeout=5) == (b"hello", a.addr)
+        assert b.send_to(b"back", a.addr)
+        assert a.recv_from(64, timeout=5) == (b"back", b.addr)
+
+
+def test_datagram_recv_from_is_bounded_and_does_not_wait_unless_asked():
+    with _datagrams({"host": "127.0.0.1"}, {"host": "127.0.0.1"}) as (a, b):
+        assert b.recv_from(64) is None  # nothing waiting: at once
+        t0 = time.monotonic()
+        assert b.recv_from(64, timeout=0.05) is None  # nothing came within the timeout
+        assert time.monotonic() - t0 >= 0.04
+        a.send_to(b"x" * 100, b.addr)
+        data, _ = b.recv_from(10, timeout=5)
+        assert data == b"x" * 10  # cut at max_bytes, the rest discarded
+        assert b.recv_from(64) is None
+        assert not b.sock.getblocking()  # a wait leaves it non-blocking, as it was
+        a.send_to(b"after", b.addr)
+        assert b.recv_from(64, timeout=5) == (b"after", a.addr)
+        with pytest.raises(ValueError):
+            b.recv_from(0)
+
+
+def test_datagram_unbound_gets_a_port_at_its_first_send():
+    with _datagrams({}, {"host": "127.0.0.1"}) as (a, b):
+        assert a.addr[1] == 0
+        assert a.send_to(b"q", b.addr)
+        data, src = b.recv_from(64, timeout=5)
+        assert data == b"q" and src[1] > 0
+        b.send_to(b"a", src)
+        assert a.recv_from(64, timeout=5) == (b"a", b.addr)
+
+
+def test_datagram_options_and_bind_errors():
+    with _datagrams({"host": "127.0.0.1", "reuseaddr": True}, {"broadcast": True}, {}) as (r, bc, plain):
+        assert r.sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        assert bc.sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
+        assert not plain.sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
+        assert not plain.sock.getblocking()
+        with pytest.raises(NetworkError, match="bind"):
+            Datagram("127.0.0.1", r.addr[1])  # taken, and this one does not reuse it
+        if sys.platform.startswith("linux"):  # both reuse it: UDP lets them share the port
+            with _datagrams({"host": "127.0.0.1", "port": r.addr[1], "reuseaddr": True}) as (r2,):
+                assert r2.addr == r.addr
+
+
+def test_datagram_registered_with_a_reactor_is_served_on_its_thread():
+    got: list[tuple[bytes, int]] = []
+    done = threading.Event()
+    with _datagrams({"host": "127.0.0.1"}, {"host": "127.0.0.1"}) as (a, b):
+
+        def on_read(mask: int) -> None:
+            while (item := b.recv_from(64)) is not None:  # drain: non-blocking
+                got.append((item[0], threading.get_ident()))
+                b.send_to(item[0].upper(), item[1])
+            if len(got) == 3:
+                done.set()
+
+        with _running(lambda r: r.register(b.sock, EVENT_READ, on_read)) as (r, t):
+            for word in (b"one", b"two", b"three"):
+                a.send_to(word, b.addr)
+            assert done.wait(10)
+            replies = {a.recv_from(64, timeout=5)[0] for _ in range(3)}
+        assert sorted(w for w, _ in got) == [b"one", b"three", b"two"]
+        assert {tid for _, tid in got} == {t.ident}
+        assert replies == {b"ONE", b"TWO", b"THREE"}
+    b.close()  # idempotent
+    assert b.fileno() == -1
+    with pytest.raises(NetworkError, match="recvfrom"):  # an OSError surfaces mapped
+        b.recv_from(64)
+    with pytest.raises(NetworkError, match="sendto"):
+        b.send_to(b"x", a.addr)
+
+
+# --- Listener, connect, Channel: what the lag proxy is built from -----------------------------
+
+
+def test_accepted_channel_half_closes_and_keeps_reading():
+    listener = Listener("127.0.0.1", 0)
+    accepted: list[Channel] = []
+    eof = threading.Event()
+    received = bytearray()
+
+    def on_start(r: Reactor) -> None:
+        def on_ready(mask: int) -> None:
+            ch = accepted[0]
+            with ch.lock:
+                n = ch.read_into(r.read_buffer)
+            if n > 0:
+                received.extend(r.read_buffer[:n])
+            elif n == 0:  # the client's EOF: read no more
+                ch.paused = True
+                ch.update_interest()
+                eof.set()
+
+        def on_accept(mask: int) -> None:
+            for sock, _ in listener.accept_waiting():
+                ch = Channel(sock, r, on_ready)
+                accepted.append(ch)
+                with ch.lock:
+                    ch.write(b"hello")
+                ch.shutdown_write()  # nothing more from us, but we still read
+                ch.update_interest()
+
+        r.register(listener.sock, EVENT_READ, on_accept)
+
+    client = connect(listener.addr, timeout=5)
+    try:
+        # connect() prepares its socket as accept_waiting() does: non-blocking, no Nagle
+        assert not client.getblocking() and client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        with _running(on_start) as (r, _):
+            client.settimeout(5)
+            data = b""
+            while chunk := client.recv(64):
+                data += chunk
+            assert data == b"hello"  # then EOF: the server's half-close
+            client.sendall(b"still open")
+            client.shutdown(socket.SHUT_WR)
+            assert eof.wait(10)
+            assert bytes(received) == b"still open"
+            assert accepted[0].mask == 0  # paused with nothing to send: unregistered
+            r.call_soon(accepted[0].close)
+    finally:
+        client.close()
+        listener.close()

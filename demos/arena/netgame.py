@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from peng3dnet import events
+from peng3dnet.errors import InvalidAddressError, NetworkError
 from peng3dnet.ext.discovery import DISCOVERY_PORT, DiscoveryResponder
 from peng3dnet.ext.sync import SyncClient, SyncServer
 from peng3dnet.net import Client, Server
@@ -51,7 +52,7 @@ class ArenaServer:
             try:
                 host = "" if self.host in ("0.0.0.0", "::") else self.host
                 self._discovery = DiscoveryResponder(self.server, self.lan_port, host=host).start()
-            except OSError as exc:
+            except (NetworkError, InvalidAddressError) as exc:
                 log.warning("LAN discovery unavailable: %s", exc)
         return self
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import logging
 import selectors
-import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..transport import EVENT_READ, Reactor
+from ..errors import NetworkError
+from ..transport import EVENT_READ, Datagram, Reactor
 from ..version import PROTOVERSION, RELEASE, VERSION
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["DISCOVERY_PORT", "DiscoveryResponder", "discover_servers"]
 
@@ -39,21 +42,27 @@ class DiscoveryResponder:
         server: The Server (its ping data and port are announced).
         port: UDP port to listen on (0: any free one; see :attr:`addr`).
         host: Address to bind ("" = all interfaces; tests use 127.0.0.1).
+
+    Raises:
+        InvalidAddressError: The host cannot be resolved.
+        NetworkError: The port cannot be bound.
     """
 
     def __init__(self, server: Any, port: int = DISCOVERY_PORT, host: str = "") -> None:
         self.server = server
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
-        self.sock.setblocking(False)
-        self.addr = self.sock.getsockname()
+        self._dgram = Datagram(host, port, reuseaddr=True)
+        self.addr = self._dgram.addr
         """The bound (host, port)."""
         self._reactor = Reactor("peng3dnet discovery")
         self._thread: threading.Thread | None = None
 
+    @property
+    def sock(self) -> socket.socket:
+        """The UDP socket (owned by the responder; for inspection only)."""
+        return self._dgram.sock
+
     def start(self) -> DiscoveryResponder:
-        """Start answering in a daemon thread "peng3dnet discovery"."""
+        """Start answering in a daemon thread "peng3dnet discovery" (any thread)."""
         self._thread = threading.Thread(target=self._run, name="peng3dnet discovery", daemon=True)
         self._thread.start()
         return self
@@ -64,10 +73,10 @@ class DiscoveryResponder:
         if self._thread is not None:
             self._thread.join(5)
         else:
-            self.sock.close()
+            self._dgram.close()
 
     def answer(self) -> bytes:
-        """The answer datagram."""
+        """The answer datagram (network thread of the responder)."""
         data: dict[str, Any] = {}
         get = getattr(self.server, "getPingData", None)
         if get is not None:
@@ -85,21 +94,28 @@ class DiscoveryResponder:
     def _run(self) -> None:
         r = self._reactor
         try:
-            r.run(selectors.DefaultSelector, lambda: r.register(self.sock, EVENT_READ, self._on_query))
+            r.run(selectors.DefaultSelector, lambda: r.register(self._dgram.sock, EVENT_READ, self._on_query))
         finally:
             r.close()
-            self.sock.close()
+            self._dgram.close()
 
     def _on_query(self, mask: int) -> None:
+        """A datagram is waiting (network thread of the responder)."""
         try:
-            data, addr = self.sock.recvfrom(64)
-        except OSError:
+            got = self._dgram.recv_from(64)
+        except NetworkError:
             return
+        if got is None:
+            return
+        data, addr = got
         if data == QUERY:
             try:
-                self.sock.sendto(self.answer(), addr)
-            except OSError as exc:
+                sent = self._dgram.send_to(self.answer(), addr)
+            except NetworkError as exc:
                 log.debug("discovery: cannot answer %s: %s", addr, exc)
+            else:
+                if not sent:
+                    log.debug("discovery: cannot answer %s: the socket buffer is full", addr)
 
 
 def discover_servers(
@@ -108,23 +124,30 @@ def discover_servers(
     """Broadcast one query and return the answers received within ``timeout``.
 
     Each answer has ``host`` (the sender's address) and ``port`` (the game
-    port) plus the server's ping data.  Blocks the caller for ``timeout``.
+    port) plus the server's ping data.  Blocks the calling thread for
+    ``timeout`` (less only if the socket reports an error).
+
+    Raises:
+        InvalidAddressError: ``addr`` cannot be resolved.
+        NetworkError: The query cannot be sent (no route, for example).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    dgram = Datagram(broadcast=True)
     found: list[dict[str, Any]] = []
     try:
-        sock.sendto(QUERY, (addr, port))
+        if not dgram.send_to(QUERY, (addr, port)):
+            log.debug("discovery: the query was dropped (socket buffer full)")
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            sock.settimeout(remaining)
             try:
-                data, src = sock.recvfrom(_MAX + 200)
-            except (socket.timeout, OSError):
+                got = dgram.recv_from(_MAX + 200, timeout=remaining)
+            except NetworkError:
                 break
+            if got is None:
+                break
+            data, src = got
             try:
                 info = msgpack.unpackb(data, raw=False)
             except Exception:
@@ -133,5 +156,5 @@ def discover_servers(
                 info["host"] = src[0]
                 found.append(info)
     finally:
-        sock.close()
+        dgram.close()
     return found

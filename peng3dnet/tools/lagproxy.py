@@ -15,29 +15,36 @@ import functools
 import logging
 import random
 import selectors
-import socket
 import threading
 import time
 from typing import Any
 
-from ..transport import EVENT_READ, EVENT_WRITE, Reactor
+from ..errors import InvalidAddressError, NetworkError
+from ..transport import EVENT_READ, EVENT_WRITE, Channel, Listener, Reactor, connect
 from ..util import normalize_addr_socketstyle
 
 __all__ = ["LagProxy", "main"]
 
 log = logging.getLogger(__name__)
 
+_CHUNK = 65536
+"""The most bytes read from a socket at a time."""
+
+
+def _nothing(mask: int) -> None:
+    """A channel's callback until its pipe exists."""
+
 
 class _Pipe:
-    """One direction: src -> dst."""
+    """One direction: src -> dst (two channels; the bytes in flight to
+    ``dst`` wait in ``dst.out``)."""
 
-    __slots__ = ("src", "dst", "last_due", "out", "peer", "closed_src")
+    __slots__ = ("src", "dst", "last_due", "peer", "closed_src")
 
-    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, src: Channel, dst: Channel) -> None:
         self.src = src
         self.dst = dst
         self.last_due = 0.0
-        self.out = bytearray()
         self.peer: _Pipe | None = None
         self.closed_src = False
 
@@ -53,7 +60,12 @@ class LagProxy:
         bandwidth: Bytes per second per direction (0: unlimited).
         seed: Random seed for the jitter.
 
-    Thread safety: :meth:`start` and :meth:`stop` from any thread.
+    Raises:
+        InvalidAddressError: An address cannot be parsed or resolved.
+        NetworkError: ``listen`` cannot be bound.
+
+    Thread safety: :meth:`start` and :meth:`stop` from any thread; the
+    rest runs on the proxy's thread (the one running :meth:`run`).
     """
 
     def __init__(
@@ -71,76 +83,75 @@ class LagProxy:
         self.jitter = jitter
         self.bandwidth = bandwidth
         self._rng = random.Random(seed)
-        self._lsock = socket.create_server(normalize_addr_socketstyle(listen, 0)[:2])
-        self._lsock.setblocking(False)
-        self.addr = self._lsock.getsockname()[:2]
+        host, port = normalize_addr_socketstyle(listen, 0)[:2]
+        self._listener = Listener(host, port)
+        self.addr = self._listener.addr
         """The address the proxy listens on."""
         self._reactor = Reactor("peng3dnet lagproxy")  # selector loop, wake-up, timers
         self._thread: threading.Thread | None = None
-        self._socks: set[socket.socket] = set()
-        self._readpipe: dict[socket.socket, _Pipe] = {}
-        self._mask: dict[socket.socket, int] = {}
+        self._chans: set[Channel] = set()
 
     def start(self) -> LagProxy:
-        """Run in a daemon thread "peng3dnet lagproxy"."""
+        """Run in a daemon thread "peng3dnet lagproxy" (any thread)."""
         self._thread = threading.Thread(target=self.run, name="peng3dnet lagproxy", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop and close every socket."""
+        """Stop and close every socket (any thread)."""
         self._reactor.stop()
         if self._thread is not None:
             self._thread.join(5)
 
     def run(self) -> None:
-        """The proxy loop (blocks until :meth:`stop`)."""
+        """The proxy loop (blocks the calling thread until :meth:`stop`)."""
         r = self._reactor
         try:
-            r.run(selectors.DefaultSelector, lambda: r.register(self._lsock, EVENT_READ, self._accept))
+            r.run(selectors.DefaultSelector, lambda: r.register(self._listener.sock, EVENT_READ, self._accept))
         finally:
-            for s in list(self._socks) + [self._lsock]:
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            for ch in list(self._chans):
+                ch.close()
+            self._chans.clear()
+            self._listener.close()
             r.close()
 
     def _accept(self, mask: int) -> None:
-        try:
-            c, _ = self._lsock.accept()
-        except OSError:
-            return
-        try:
-            u = socket.create_connection(self.target[:2], timeout=5)
-        except OSError as exc:
-            log.info("lagproxy: cannot reach %s: %s", self.target, exc)
-            c.close()
-            return
-        for s in (c, u):
-            s.setblocking(False)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._socks.add(s)
-        up, down = _Pipe(c, u), _Pipe(u, c)
-        up.peer, down.peer = down, up
-        self._readpipe[c], self._readpipe[u] = up, down
-        self._update(c)
-        self._update(u)
+        """Clients are waiting: connect each to the target (proxy thread;
+        blocks it up to 5 s per client, a test tool's simplicity)."""
+        for c, _ in self._listener.accept_waiting():
+            try:
+                u = connect(self.target, timeout=5)  # non-blocking, TCP_NODELAY, like c
+            except (NetworkError, InvalidAddressError) as exc:
+                log.info("lagproxy: cannot reach %s: %s", self.target, exc)
+                c.close()
+                continue
+            cc, uc = Channel(c, self._reactor, _nothing), Channel(u, self._reactor, _nothing)
+            up, down = _Pipe(cc, uc), _Pipe(uc, cc)
+            up.peer, down.peer = down, up
+            # A channel's callback gets the pipe that reads from it.
+            cc.on_ready = functools.partial(self._on_ready, up)
+            uc.on_ready = functools.partial(self._on_ready, down)
+            self._chans |= {cc, uc}
+            cc.update_interest()
+            uc.update_interest()
 
-    def _on_ready(self, sock: socket.socket, mask: int) -> None:
-        rp = self._readpipe.get(sock)
-        if rp is None:  # closed by an earlier callback of this iteration
+    def _on_ready(self, pipe: _Pipe, mask: int) -> None:
+        """``pipe.src`` is readable or writable (proxy thread)."""
+        src = pipe.src
+        if src.closed:  # closed by an earlier callback of this iteration
             return
         if mask & EVENT_WRITE:
-            self._flush(rp.peer)  # type: ignore[arg-type]
-        if mask & EVENT_READ and sock in self._socks:
-            pipe = rp
+            self._flush(pipe.peer)  # type: ignore[arg-type]  # the pipe writing into src
+        if mask & EVENT_READ and not src.closed:
+            view = self._reactor.read_view[:_CHUNK]
             try:
-                chunk = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
+                with src.lock:
+                    n = src.read_into(view)  # type: ignore[arg-type]
+            except NetworkError:
+                n = 0  # an error ends this direction like an EOF
+            if n < 0:
                 return
-            except OSError:
-                chunk = b""
+            chunk = bytes(view[:n])
             now = time.monotonic()
             due = now + self.delay + (self._rng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0)
             if self.bandwidth > 0 and chunk:
@@ -149,64 +160,40 @@ class LagProxy:
             pipe.last_due = due
             if not chunk:
                 pipe.closed_src = True
-                self._update(sock)
+                src.paused = True  # read no more from it
+                src.update_interest()
             # call_at keeps the order of equal due times: TCP order per pipe
             self._reactor.call_at(due, functools.partial(self._deliver, pipe, chunk))
 
     def _deliver(self, pipe: _Pipe, data: bytes) -> None:
-        if data:
-            pipe.out += data
+        """A chunk is due at ``pipe.dst`` (proxy thread)."""
+        if data and not pipe.dst.closed:
+            with pipe.dst.lock:
+                pipe.dst.out += data
         self._flush(pipe)  # an EOF (empty chunk) shuts the other side once flushed
 
     def _flush(self, pipe: _Pipe) -> None:
-        if pipe.out:
-            try:
-                n = pipe.dst.send(pipe.out)
-                del pipe.out[:n]
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                pipe.out.clear()
-        if not pipe.out and pipe.closed_src and pipe.last_due <= time.monotonic():
+        """Send what ``pipe.dst`` takes; shut it once ``pipe`` is done (proxy thread)."""
+        dst = pipe.dst
+        if dst.closed:
+            return
+        with dst.lock:
+            dst.flush()
+            if dst.error is not None:
+                dst.out.clear()  # a broken socket: what it would have got is dropped
+        if not dst.out and pipe.closed_src and pipe.last_due <= time.monotonic():
             self._shut(pipe)
-        self._update(pipe.dst)
+        dst.update_interest()
 
     def _shut(self, pipe: _Pipe) -> None:
-        try:
-            pipe.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        """Half-close ``pipe.dst``; close both sockets once both directions
+        are done (proxy thread)."""
+        pipe.dst.shutdown_write()
         peer = pipe.peer
-        if peer is not None and peer.closed_src and not peer.out:
-            for s in (pipe.src, pipe.dst):
-                self._close(s)
-
-    def _close(self, s: socket.socket) -> None:
-        if s in self._socks:
-            self._socks.discard(s)
-            if self._mask.pop(s, 0):
-                self._reactor.unregister(s)
-            self._readpipe.pop(s, None)
-            s.close()
-
-    def _update(self, sock: socket.socket) -> None:
-        if sock not in self._socks:
-            return
-        rp = self._readpipe[sock]  # the pipe that reads from this socket
-        wp = rp.peer  # the pipe that writes into it
-        assert wp is not None
-        mask = (0 if rp.closed_src else EVENT_READ) | (EVENT_WRITE if wp.out else 0)
-        cur = self._mask.get(sock, 0)
-        if mask == cur:
-            return
-        callback = functools.partial(self._on_ready, sock)
-        if cur == 0:
-            self._reactor.register(sock, mask, callback)
-        elif mask == 0:
-            self._reactor.unregister(sock)
-        else:
-            self._reactor.modify(sock, mask, callback)
-        self._mask[sock] = mask
+        if peer is not None and peer.closed_src and not peer.dst.out:
+            for ch in (pipe.src, pipe.dst):
+                self._chans.discard(ch)
+                ch.close()
 
 
 def main(argv: list[str] | None = None) -> int:

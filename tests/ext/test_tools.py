@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -81,6 +82,42 @@ def test_lagproxy_bandwidth_cap():
         s.shutdown(timeout=5)
 
 
+def test_lagproxy_passes_half_closes_both_ways():
+    """The client's EOF reaches the server after the data; the server's
+    answer and then its EOF come back (a raw TCP server, no peng3dnet)."""
+    upstream = socket.create_server(("127.0.0.1", 0))
+    upstream.settimeout(10)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = upstream.accept()
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+            seen.append(data)  # the loop ended: the client's EOF came through
+            conn.sendall(b"pong:" + data)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    proxy = LagProxy(("127.0.0.1", 0), upstream.getsockname(), delay=0.02).start()
+    try:
+        with socket.create_connection(proxy.addr, timeout=10) as c:
+            c.sendall(b"ping" * 1000)
+            c.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := c.recv(4096):
+                data += chunk
+        t.join(10)
+        assert seen == [b"ping" * 1000]
+        assert data == b"pong:" + b"ping" * 1000  # then EOF
+    finally:
+        proxy.stop()
+        upstream.close()
+        t.join(10)
+
+
 def test_lagproxy_command_line_help():
     out = subprocess.run([sys.executable, "-m", "peng3dnet.tools.lagproxy", "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "--jitter" in out.stdout and "--bandwidth" in out.stdout
@@ -100,8 +137,6 @@ def test_discovery_on_loopback():
         assert info["name"] == "lan game" and info["port"] == s.addr[1] and info["host"] == "127.0.0.1"
         assert info["peng3dnet"]["protoversion"] == 2
         # garbage is ignored, the responder keeps answering
-        import socket
-
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             u.sendto(b"\xff" * 50, ("127.0.0.1", resp.addr[1]))
         assert len(discover_servers(port=resp.addr[1], timeout=0.5, addr="127.0.0.1")) == 1
