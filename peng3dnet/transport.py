@@ -55,6 +55,7 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSL
 """Exceptions meaning "try again later" on a non-blocking (TLS) socket."""
 
 CORK_GAP = 20e-6
+MARK_GAP = 64 * 1024  # bytes between the frame boundaries a Channel remembers (see Channel.drop_unsent)
 """Seconds: a write from another thread starting sooner than this after the
 previous one ended is buffered for the network thread (see Channel.write)."""
 
@@ -309,6 +310,8 @@ class Channel:
         "linger",
         "shut",
         "tls_pending",
+        "head",
+        "marks",
         "__weakref__",
     )
 
@@ -332,6 +335,12 @@ class Channel:
         self.tls_pending = 0
         """While a TLS handshake is in progress: the event it waits for
         (``EVENT_READ`` or ``EVENT_WRITE``); 0 otherwise."""
+        # Frame boundaries in ``out``, for drop_unsent(): every write is whole
+        # frames, so where a write ends a frame ends.  ``head`` is the stream
+        # offset of out[0]; ``marks`` are stream offsets of write ends, at
+        # least MARK_GAP apart (a 32 MiB buffer holds at most 512).
+        self.head = 0
+        self.marks: deque[int] = deque()
 
     def write(self, data: bytes, cork: bool = True) -> None:
         """Send ``data`` now if possible, buffer the rest (lock held).
@@ -353,6 +362,7 @@ class Channel:
             return
         if self.out or self.error is not None:
             self.out += data
+            self._mark()
             return
         reactor = self.reactor
         in_loop = reactor.thread_id == _get_ident()  # in_loop(), inlined: once per message
@@ -363,6 +373,7 @@ class Channel:
             and time.monotonic() - reactor.last_write < CORK_GAP
         ):
             self.out += data
+            self._mark()
             reactor.call_soon(self._flush_soon)
             return
         try:
@@ -377,10 +388,38 @@ class Channel:
             reactor.last_write = time.monotonic()
         if n < len(data):
             self.out += memoryview(data)[n:]
+            self.head += n
+            self._mark()
             if in_loop:
                 self.update_interest()
             else:
                 reactor.call_soon(self.update_interest)
+
+    def _mark(self) -> None:
+        """Note that ``out`` ends at a frame boundary now (lock held)."""
+        end = self.head + len(self.out)
+        marks = self.marks
+        if not marks or end - marks[-1] >= MARK_GAP:
+            marks.append(end)
+
+    def drop_unsent(self) -> int:
+        """Forget the buffered bytes after the first frame boundary (lock
+        held): the frame partly sent (and at most ``MARK_GAP`` bytes more)
+        is kept, so the stream stays whole and a last frame written now
+        (a ``closeconn``) is the next thing the peer can read.  Returns the
+        number of bytes dropped.
+
+        Thread safety: any thread, with :attr:`lock` held.
+        """
+        out = self.out
+        if not out:
+            return 0
+        keep = min(len(out), self.marks[0] - self.head) if self.marks else len(out)
+        dropped = len(out) - keep
+        del out[keep:]
+        self.marks.clear()
+        self.marks.append(self.head + keep)
+        return dropped
 
     def read_into(self, buf: bytearray) -> int:
         """Read into ``buf`` (network thread, lock held): the number of
@@ -469,6 +508,10 @@ class Channel:
                     sent += n
             if sent:
                 del out[:sent]  # once per flush, not once per send()
+                head = self.head = self.head + sent
+                marks = self.marks
+                while marks and marks[0] <= head:
+                    marks.popleft()
             if self.error is not None:
                 return False
         return not out
@@ -527,6 +570,7 @@ class Channel:
         # to the write-buffer cap) and its callback (a cycle through the
         # connection's state), so no cyclic garbage collection is needed.
         self.out = bytearray()
+        self.marks.clear()
         self.on_ready = _nothing
 
 

@@ -316,3 +316,56 @@ def test_accepted_channel_half_closes_and_keeps_reading():
     finally:
         client.close()
         listener.close()
+
+
+# --- Channel.drop_unsent: the slow consumer's last write ------------------------------------
+
+@pytest.mark.parametrize("size", [10, 3000, 70_000])
+def test_drop_unsent_keeps_whole_frames_and_what_follows_is_next(size):
+    from peng3dnet.protocol.framing import FrameDecoder, encode_frame
+    from peng3dnet.transport import MARK_GAP
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    chan = Channel(a, Reactor("t"), lambda mask: None)
+    frames = [encode_frame(64, 0, bytes([i % 251]) * size) for i in range(3000 if size < 1000 else 200)]
+    with chan.lock:
+        for f in frames:
+            chan.write(f)
+        assert chan.out, "the socket buffer should be full"
+        queued = len(chan.out)
+        dropped = chan.drop_unsent()
+        assert 0 < dropped <= queued
+        assert len(chan.out) <= MARK_GAP + size + 6  # the frame partly sent and at most MARK_GAP more
+        last = encode_frame(16, 0, b"\x81\xa6reason\xacslowconsumer")
+        chan.write(last)
+    got, dec = [], FrameDecoder(1 << 20)
+    while True:
+        with chan.lock:
+            empty = chan.flush()
+        try:
+            data = b.recv(1 << 20)
+        except BlockingIOError:
+            data = b""
+        dec.feed(data, got)
+        if empty and not data:
+            break
+    bodies = [body for pid, flags, body in got]
+    assert got[-1][0] == 16 and bodies[-1] == b"\x81\xa6reason\xacslowconsumer"
+    n = len(got) - 1
+    assert [encode_frame(pid, flags, body) for pid, flags, body in got[:-1]] == frames[:n]  # whole, in order
+    a.close()
+    b.close()
+
+
+def test_drop_unsent_with_nothing_queued_drops_nothing():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    chan = Channel(a, Reactor("t"), lambda mask: None)
+    with chan.lock:
+        chan.write(b"\0\0\0\x06\0\x40\0\0\0\0")
+        assert chan.drop_unsent() == 0 and not chan.out
+    assert b.recv(100) == b"\0\0\0\x06\0\x40\0\0\0\0"
+    a.close()
+    b.close()
