@@ -41,6 +41,7 @@ from .packet import Packet, SmartPacket, smart_check
 from .packet.internal import INTERNAL_PACKETS
 from .plans import BASE_RECEIVE, BASE_SEND, NO_EVENT, RecvPlan, SendPlan, hot_settings, quiet_smart, thread_pack
 from .protocol.connection import (
+    NO_QUOTA,
     ConnectionClosed,
     ConnTypeRequested,
     HandshakeCompleted,
@@ -317,6 +318,9 @@ class Peer:
         total = 0
         eof = False
         with chan.lock:
+            # Room left in the process queue: the core decodes no more
+            # packets than that and holds the rest of the read back.
+            proto.packet_quota = NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out
             try:
                 n = chan.read_into(buf)
                 if n > 0 and link.plain and not chan.closing:
@@ -377,6 +381,31 @@ class Peer:
         if link.eof and not chan.closed:
             chan.close()
             self._channel_closed(link)
+        elif proto.frames_waiting and not chan.paused:
+            # Held back, yet nothing was queued to pause on (packets nobody
+            # handles): no read event will come for them, so go on now.
+            self._reactor.call_soon(self._resume_reading, link)
+
+    def _resume_reading(self, link: Link) -> None:
+        """``process()`` made room (or :meth:`_read` asked): hand on the
+        frames the core held back, then read again (network thread)."""
+        chan = link.chan
+        proto = link.proto
+        if chan.closed:
+            return
+        if proto.frames_waiting and not chan.paused:
+            with chan.lock:
+                proto.packet_quota = NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out
+                proto.receive_data(b"")
+                outs = proto.drain_received()
+                if proto.has_data_to_send:
+                    self._push(link)
+            if outs:
+                self._handle_outputs(link, outs)
+            if proto.frames_waiting and not chan.paused and not chan.closed:
+                self._reactor.call_soon(self._resume_reading, link)
+                return
+        chan.update_interest()
 
     def _refuse_first_read(self, link: Link, view: memoryview, n: int) -> bool:
         """Look at the first bytes of a connection (and every read of a TLS
@@ -912,15 +941,18 @@ class Peer:
         return closed
 
     def _close_slow(self, link: Link) -> None:
-        # The peer does not read: what is queued cannot be delivered, so the
-        # connection is closed at once (closeconn is queued but may never arrive).
+        """Close a peer that does not read (any thread).  What is queued
+        cannot be delivered, so it is dropped at once (its memory with it),
+        except the frame partly sent; the ``closeconn`` goes right behind
+        that frame, so a peer that reads again learns why (``slowconsumer``),
+        and the close linger (``CLOSE_LINGER``) bounds the wait for it."""
+        chan = link.chan
+        with chan.lock:
+            dropped = chan.drop_unsent()
+            if link.acct:
+                self._account(link)
+        log.debug("= %s cid=%s: dropped %d unsent bytes", self._role, link.cid, dropped)
         self._close_link(link, "slowconsumer")
-        if self._reactor.in_loop():
-            self._force_close(link)
-        else:
-            self._reactor.call_soon(self._force_close, link)
-
-
 
     @staticmethod
     def _push(link: Link) -> None:
@@ -933,6 +965,7 @@ class Peer:
     def _feed(self, link: Link, data: bytes) -> None:
         """receive_data() of both facades: bytes in as if read from the socket."""
         with link.chan.lock:
+            link.proto.packet_quota = NO_QUOTA  # a replay is not flow-controlled
             link.proto.receive_data(data)
             outs = link.proto.drain_received()
             self._push(link)
@@ -992,7 +1025,7 @@ class Peer:
             self._handler_failed(link, fn)
         finally:
             if self._inbox.done(link):
-                self._reactor.call_soon(link.chan.update_interest)
+                self._reactor.call_soon(self._resume_reading, link)
 
     def process(self, wait: bool = False, timeout: float | None = None) -> int:
         """Run the handlers of queued packets.

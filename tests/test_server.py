@@ -152,13 +152,12 @@ def test_max_clients(net):
 @pytest.mark.parametrize("action", ["close", "raise"])
 def test_peer_that_never_reads(net, action):
     s, rec = net.server(**{"net.limits.write_buffer": 1 << 20, "net.limits.write_buffer_action": action})
-    peer = RawPeer(s.addr)
-    peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer = RawPeer(s.addr)  # default buffers: a tiny SO_RCVBUF would make its later reads crawl (zero-window probes)
     peer.handshake()
     (cid,) = active_cids(s)
     blob = os.urandom(65536)  # incompressible
     raised = 0
-    for _ in range(400):  # 25 MiB offered, the cap is 1 MiB
+    for _ in range(400):  # 25 MiB offered; the kernel's buffers take a few MiB, the cap is 1 MiB
         try:
             s.send_message("test:echo", blob, cid)
         except errors.WriteBufferFullError:
@@ -171,6 +170,13 @@ def test_peer_that_never_reads(net, action):
     else:
         (d,) = rec.wait_for("peng3dnet:server.connection.close")
         assert d["reason"] == "slowconsumer"
+        # Its backlog was dropped (memory freed at once) except the frame
+        # partly sent; the closeconn follows it, so a peer that reads again
+        # (within the close linger) learns why.
+        assert s.clients.get(cid) is None or s.clients[cid].write_buffer_size <= 70000 + 64 * 1024
+        got = peer.recv_until_close()
+        assert got[-1] == (16, {"reason": "slowconsumer"})
+        assert all(m == blob for _, m in got[1:-1])  # whole messages before it (after the handshake's)
     good_client_works(s)
 
 

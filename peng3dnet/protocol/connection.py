@@ -66,6 +66,7 @@ from .handshake import SENDER, HandshakeInput, HandshakeMachine, HandshakeState
 
 __all__ = [
     "ProtocolConnection",
+    "NO_QUOTA",
     "Output",
     "PacketReceived",
     "PacketSent",
@@ -151,6 +152,10 @@ class ConnectionClosed:
 Output = Union[PacketReceived, PacketSent, ConnTypeRequested, HandshakeCompleted, HeartbeatAcked, ConnectionClosed]
 
 
+NO_QUOTA = 1 << 62
+"""``ProtocolConnection.packet_quota`` when nothing limits it."""
+
+
 class ProtocolConnection:
     """One end of a connection: handshake, framing and codec, no I/O.
 
@@ -222,6 +227,11 @@ class ProtocolConnection:
         """Extensions we support."""
         self.negotiated: frozenset[str] = frozenset()
         """Extensions both sides announced (known after ``settype``)."""
+        self.packet_quota = NO_QUOTA
+        """How many more application packets :meth:`receive_data` may
+        output; the owner sets it (the room left in its process queue) and
+        the core counts it down.  At 0, further frames are held back
+        undecoded (see :attr:`frames_waiting`)."""
         self.inflate_budget: int | None = None
         """Bytes this connection may still produce by decompressing, or
         ``None`` (no budget; the default).  The owner refills it (a token
@@ -258,40 +268,69 @@ class ProtocolConnection:
 
     # --- receiving ---------------------------------------------------------------------
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes received from the peer.  Data after the close is ignored."""
+        """Feed bytes received from the peer.  Data after the close is ignored.
+
+        At most :attr:`packet_quota` application packets are decoded; the
+        frames after them wait here, undecoded (at most what was fed), until
+        the quota is raised and this is called again (``b""`` will do).
+        """
         if self._done:
             return
         frames = self._frames
         error: RemoteProtocolError | None = None
-        try:
-            self._decoder.feed(data, frames)
-        except RemoteProtocolError as exc:
-            error = exc
+        if data:
+            try:
+                self._decoder.feed(data, frames)
+            except RemoteProtocolError as exc:
+                error = exc
+        # A broken stream ends here: what came before it is delivered first.
+        quota = self.packet_quota if error is None else NO_QUOTA
+        taken = 0
         try:
             outputs = self._outputs
             state = self._machine.state
             for pid, flags, body in frames:
                 if self._done:
                     break
-                if pid >= PID_FIRST_FREE and not flags:
-                    # The common case, inlined: an uncompressed application packet.
-                    msg = unpack(body)
-                    outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, state)))
-                    continue
+                if pid >= PID_FIRST_FREE:
+                    if quota <= 0:
+                        break
+                    quota -= 1
+                    if not flags:
+                        # The common case, inlined: an uncompressed application packet.
+                        taken += 1
+                        outputs.append(_tuple_new(PacketReceived, (pid, 0, unpack(body), state)))
+                        continue
+                taken += 1
                 self._handle_frame(pid, flags, body)
                 outputs = self._outputs
                 state = self._machine.state
         except RemoteProtocolError as exc:
             error = exc
         finally:
-            frames.clear()
+            self.packet_quota = quota
+            if error is not None or self._done or taken >= len(frames):
+                frames.clear()
+            else:
+                del frames[:taken]
         if error is not None and not self._done:
             self._fail(error)
 
+    @property
+    def frames_waiting(self) -> int:
+        """Frames received but held back by :attr:`packet_quota`."""
+        return len(self._frames)
+
     def receive_eof(self, reason: str = "socketclose") -> None:
-        """The socket ended without ``closeconn`` (EOF, or broke: give the reason)."""
+        """The socket ended without ``closeconn`` (EOF, or broke: give the
+        reason).  Frames still held back by the quota are delivered first."""
         if self._done:
             return
+        if self._frames:
+            self.packet_quota = NO_QUOTA
+            self.receive_data(b"")
+            if self._done:
+                return
         self._machine.process(I.EOF)
         self._done = self.closed = True
         self.close_reason = reason

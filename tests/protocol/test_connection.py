@@ -343,3 +343,71 @@ def test_a_body_over_the_size_limit_is_packettoolarge_even_with_budget_left():
     p.server.receive_data(frame)
     closed = [o for o in p.server.drain_received() if isinstance(o, ConnectionClosed)]
     assert closed[0].reason == "packettoolarge"
+
+
+# --- the packet quota (flow control into the process queue) ------------------------------------
+
+def _received(outs):
+    return [o.msg for o in outs if isinstance(o, PacketReceived)]
+
+
+def test_packet_quota_holds_frames_back_undecoded_and_releases_them_in_order():
+    p, pid = _active_server()
+    stream = b"".join(encode_frame(pid, 0, msgpack.packb(i)) for i in range(5))
+    p.server.packet_quota = 2
+    p.server.receive_data(stream)
+    assert _received(p.server.drain_received()) == [0, 1]
+    assert p.server.frames_waiting == 3 and p.server.packet_quota == 0
+    p.server.receive_data(b"")  # no room yet: nothing
+    assert _received(p.server.drain_received()) == [] and p.server.frames_waiting == 3
+    p.server.packet_quota = 1
+    p.server.receive_data(encode_frame(pid, 0, msgpack.packb(5)))  # new bytes queue behind the held ones
+    assert _received(p.server.drain_received()) == [2]
+    p.server.packet_quota = 100
+    p.server.receive_data(b"")
+    assert _received(p.server.drain_received()) == [3, 4, 5]
+    assert p.server.frames_waiting == 0 and p.server.packet_quota == 97
+
+
+def test_held_frames_come_before_the_eof_and_before_a_broken_frame():
+    p, pid = _active_server()
+    p.server.packet_quota = 1
+    p.server.receive_data(b"".join(encode_frame(pid, 0, msgpack.packb(i)) for i in range(3)))
+    p.server.receive_eof()
+    outs = p.server.drain_received()
+    assert _received(outs) == [0, 1, 2] and isinstance(outs[-1], ConnectionClosed)
+    q, pid = _active_server()
+    q.server.packet_quota = 1
+    q.server.receive_data(b"".join(encode_frame(pid, 0, msgpack.packb(i)) for i in range(3)) + b"\xff\xff\xff\xff")
+    outs = q.server.drain_received()
+    assert _received(outs) == [0, 1, 2]  # a broken stream is not held back: what precedes it, then the close
+    assert [o.reason for o in outs if isinstance(o, ConnectionClosed)] == ["packettoolarge"]
+
+
+def test_internal_packets_do_not_use_the_quota():
+    p, pid = _active_server()
+    p.server.packet_quota = 0
+    p.server.receive_data(encode_frame(16, 0, msgpack.packb({"reason": "bye"})))  # closeconn
+    assert [o.reason for o in p.server.drain_received() if isinstance(o, ConnectionClosed)] == ["bye"]
+
+
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=30), st.integers(1, 40), st.data())
+@settings(max_examples=60, deadline=None)
+def test_any_quotas_and_splits_deliver_every_packet_once_in_order(quotas, chunk, data):
+    p, pid = _active_server()
+    stream = b"".join(encode_frame(pid, 0, msgpack.packb(i)) for i in range(20))
+    got = []
+    pos = 0
+    for q in quotas + [100] * 30:
+        p.server.packet_quota = q
+        piece = stream[pos:pos + data.draw(st.integers(0, chunk))]
+        pos += len(piece)
+        p.server.receive_data(piece)
+        got += _received(p.server.drain_received())
+        assert p.server.packet_quota >= 0
+        if pos >= len(stream) and not p.server.frames_waiting:
+            break
+    p.server.packet_quota = 100
+    p.server.receive_data(stream[pos:])
+    got += _received(p.server.drain_received())
+    assert got == list(range(20))
