@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -71,6 +72,7 @@ def _ignore(msg: Any, cid: Any) -> None:
     ``on_receive`` hook)."""
 
 
+_INFLATE_ACTIONS = {"close": "close", "drop": "drop", "throttle": "hold"}  # net.limits.rate.action -> the core's
 CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
 _DRAIN_WAIT = 10.0  # seconds process_forever() waits for the loop's end before its last drain
 
@@ -105,6 +107,7 @@ class Peer:
     _h_rate_b: float
     _h_rate_burst: float
     _h_rate_drop: bool
+    _h_rate_throttle: bool
     _h_rate: bool
     _h_rate_reads: bool
     _h_inline: bool
@@ -275,7 +278,7 @@ class Peer:
         )
         if self._h_inflate:  # the decompression budget starts full
             proto.inflate_budget = self._h_inflate_cap
-            proto.inflate_drop = self._h_rate_drop
+            proto.inflate_action = _INFLATE_ACTIONS.get(str(cfg["net.limits.rate.action"]), "close")
         return proto
 
     def _on_ready(self, link: Link, mask: int) -> None:
@@ -318,9 +321,10 @@ class Peer:
         total = 0
         eof = False
         with chan.lock:
-            # Room left in the process queue: the core decodes no more
-            # packets than that and holds the rest of the read back.
-            proto.packet_quota = NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out
+            # Room left in the process queue (and, throttling, in the packet
+            # bucket): the core decodes no more packets than that and holds
+            # the rest of the read back.
+            proto.packet_quota = self._read_quota(link)
             try:
                 n = chan.read_into(buf)
                 if n > 0 and link.plain and not chan.closing:
@@ -365,13 +369,8 @@ class Peer:
         stats = link.stats
         stats.bytes_in += total
         now = stats._seen = time.monotonic()
-        if self._h_inflate and proto.inflate_budget is not None:
-            # Refill the decompression budget (a token bucket; the core
-            # charged what this read inflated).
-            proto.inflate_budget = min(
-                self._h_inflate_cap, proto.inflate_budget + int((now - link.infl_t) * self._h_inflate_rate)
-            )
-            link.infl_t = now
+        if self._h_inflate:
+            self._refill_inflate(link, now)
         # Every byte read is charged (the server's byte bucket), whether or
         # not it completed a packet.
         if self._h_rate_reads and not self._read_allowed(link, total, outs):
@@ -382,28 +381,83 @@ class Peer:
             chan.close()
             self._channel_closed(link)
         elif proto.frames_waiting and not chan.paused:
-            # Held back, yet nothing was queued to pause on (packets nobody
-            # handles): no read event will come for them, so go on now.
+            self._frames_held(link)
+
+    def _read_quota(self, link: Link) -> int:
+        """How many application packets the next read may decode: the room
+        left in the process queue (network thread; the server also counts
+        its packet bucket when throttling)."""
+        return NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out
+
+    def _refill_inflate(self, link: Link, now: float) -> None:
+        """Refill a connection's decompression budget (a token bucket; the
+        core charges what it inflates) (network thread)."""
+        proto = link.proto
+        if proto.inflate_budget is not None:
+            proto.inflate_budget = min(
+                self._h_inflate_cap, proto.inflate_budget + int((now - link.infl_t) * self._h_inflate_rate)
+            )
+        link.infl_t = now
+
+    def _frames_held(self, link: Link) -> None:
+        """The core holds frames back, and the process queue has room (or
+        they are packets nobody queues): no read event will come for them.
+        Over the decompression budget (``"throttle"``), wait until it is
+        refilled; else go on at once (network thread)."""
+        budget = link.proto.inflate_budget
+        wait = self._throttled_for(link)
+        if link.proto.inflate_action == "hold" and budget is not None and budget <= 0 and self._h_inflate:
+            wait = max(wait, (1 - budget) / self._h_inflate_rate)
+        if wait > 0:
+            self._throttle(link, wait)
+        else:
             self._reactor.call_soon(self._resume_reading, link)
 
+    def _throttled_for(self, link: Link) -> float:
+        """Seconds until a rate limit lets this connection's held frames go
+        on (0: now); the server's packet bucket when throttling."""
+        return 0.0
+
+    def _throttle(self, link: Link, delay: float) -> None:
+        """Pause reading from a connection for ``delay`` seconds: a rate
+        limit with the ``"throttle"`` action (network thread).  The sender
+        feels TCP back-pressure; nothing is lost."""
+        chan = link.chan
+        if chan.throttled or chan.closed:
+            return
+        chan.throttled = True
+        chan.update_interest()
+        log.debug("= %s cid=%s: over a rate limit, reading paused for %.3f s", self._role, link.cid, delay)
+        self._reactor.call_later(delay, functools.partial(self._unthrottle, link))
+
+    def _unthrottle(self, link: Link) -> None:
+        link.chan.throttled = False
+        self._resume_reading(link)
+
     def _resume_reading(self, link: Link) -> None:
-        """``process()`` made room (or :meth:`_read` asked): hand on the
-        frames the core held back, then read again (network thread)."""
+        """``process()`` made room, a throttle ended, or :meth:`_read`
+        asked: hand on the frames the core held back, then read again
+        (network thread)."""
         chan = link.chan
         proto = link.proto
         if chan.closed:
             return
-        if proto.frames_waiting and not chan.paused:
+        if proto.frames_waiting and not chan.paused and not chan.throttled:
+            if self._h_inflate:
+                self._refill_inflate(link, time.monotonic())
             with chan.lock:
-                proto.packet_quota = NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out
+                proto.packet_quota = self._read_quota(link)
                 proto.receive_data(b"")
                 outs = proto.drain_received()
                 if proto.has_data_to_send:
                     self._push(link)
+            # The packets are charged now (their bytes were, when read).
+            if self._h_rate_reads and not self._read_allowed(link, 0, outs):
+                outs = []
             if outs:
                 self._handle_outputs(link, outs)
             if proto.frames_waiting and not chan.paused and not chan.closed:
-                self._reactor.call_soon(self._resume_reading, link)
+                self._frames_held(link)
                 return
         chan.update_interest()
 

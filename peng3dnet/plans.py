@@ -111,6 +111,7 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
         "_h_rate_b": rate_b,
         "_h_rate_burst": float(cfg["net.limits.rate.burst"]),
         "_h_rate_drop": cfg["net.limits.rate.action"] == "drop",
+        "_h_rate_throttle": cfg["net.limits.rate.action"] == "throttle",
         "_h_rate": rate,
         "_h_rate_reads": rate and rate_reads,
         "_h_inline": bool(cfg["net.process.inline"]),

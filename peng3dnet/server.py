@@ -7,6 +7,7 @@ import itertools
 import logging
 import selectors
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
@@ -458,26 +459,61 @@ class Server(Peer):
             if counts[0] <= 0:
                 del self._groups[group]
 
+    def _refill(self, link: Link, now: float) -> None:
+        """Refill a connection's token buckets (network thread)."""
+        rate_p = self._h_rate_p
+        rate_b = self._h_rate_b
+        burst = self._h_rate_burst
+        if link.rate_t == 0.0:
+            link.rate_p, link.rate_b, link.rate_t = rate_p * burst, rate_b * burst, now
+        dt = now - link.rate_t
+        if dt <= 0:  # (refilled later already)
+            return
+        link.rate_t = now
+        link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
+        link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
+
+    def _read_quota(self, link: Link) -> int:
+        room = super()._read_quota(link)
+        if self._h_rate_throttle and self._h_rate_p > 0:
+            # Throttling is exact for packets: the core decodes no more
+            # than the bucket holds; the rest waits undecoded.
+            self._refill(link, time.monotonic())
+            return min(room, max(0, int(link.rate_p)))
+        return room
+
+    def _throttled_for(self, link: Link) -> float:
+        if self._h_rate_throttle and self._h_rate_p > 0 and link.rate_p < 1:
+            return (1 - link.rate_p) / self._h_rate_p
+        return 0.0
+
     def _rate_ok(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
         """Token buckets per connection (server side).  Return whether to go on."""
         rate_p = self._h_rate_p
         rate_b = self._h_rate_b
         burst = self._h_rate_burst
-        now = link.stats._seen
-        if link.rate_t == 0.0:
-            link.rate_p, link.rate_b, link.rate_t = rate_p * burst, rate_b * burst, now
-        dt = now - link.rate_t
-        link.rate_t = now
-        link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
-        link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
+        self._refill(link, link.stats._seen)
         npackets = sum(1 for o in outs if isinstance(o, PacketReceived))
+        if self._h_rate_throttle:
+            # Lossless: the packets of this read are within the packet
+            # bucket (see _read_quota); bytes already read go on, and
+            # reading pauses until the byte bucket is back above zero.
+            link.rate_p -= npackets
+            link.rate_b -= nbytes
+            wait = -link.rate_b / rate_b if rate_b > 0 else 0.0
+            if wait > 0:
+                self._throttle(link, wait)
+            return True
         if self._h_rate_drop:
             # Let through what the buckets allow, drop the rest of this read's
             # application packets; dropped packets cost no tokens.
+            # Bytes read are charged whatever happens to the packets (a debt
+            # of at most one burst is kept): a packet completed by a small
+            # last read after a pause cannot slip through.
+            link.rate_b = max(-rate_b * burst, link.rate_b - nbytes)
             allowed = int(link.rate_p) if rate_p > 0 else npackets
-            if rate_b > 0 and link.rate_b < nbytes:
+            if rate_b > 0 and link.rate_b < 0:
                 allowed = 0
-            link.rate_b = max(0.0, link.rate_b - nbytes)
             if allowed >= npackets:
                 link.rate_p -= npackets
                 return True

@@ -312,6 +312,7 @@ class Channel:
         "tls_pending",
         "head",
         "marks",
+        "throttled",
         "__weakref__",
     )
 
@@ -341,6 +342,9 @@ class Channel:
         # least MARK_GAP apart (a 32 MiB buffer holds at most 512).
         self.head = 0
         self.marks: deque[int] = deque()
+        self.throttled = False
+        """Reading is paused by a rate limit (see :attr:`paused` for the
+        process queue's pause); either one stops reading."""
 
     def write(self, data: bytes, cork: bool = True) -> None:
         """Send ``data`` now if possible, buffer the rest (lock held).
@@ -530,7 +534,7 @@ class Channel:
         if self.tls_pending:
             mask = self.tls_pending
         else:
-            reading = self.closing or not self.paused
+            reading = self.closing or not (self.paused or self.throttled)
             mask = (EVENT_READ if reading else 0) | (EVENT_WRITE if self.out and self.error is None else 0)
         if mask == self.mask:
             return

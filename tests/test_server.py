@@ -181,7 +181,7 @@ def test_peer_that_never_reads(net, action):
 
 
 def test_rate_limit_close(net):
-    s, rec = net.server(**{"net.limits.rate.packets": 100, "net.limits.rate.burst": 1.0})
+    s, rec = net.server(**{"net.limits.rate.packets": 100, "net.limits.rate.burst": 1.0, "net.limits.rate.action": "close"})
     peer = RawPeer(s.addr)
     reg = peer.handshake()
     frame = encode_frame(reg["test:echo"], 0, msgpack.packb(1))
@@ -364,7 +364,8 @@ def test_handshake_timeout_spares_custom_conntypes_but_not_silent_pings(net):
 
 
 def test_rate_limit_on_bytes(net):
-    s, rec = net.server(**{"net.limits.rate.packets": 0, "net.limits.rate.bytes": 10_000, "net.limits.rate.burst": 1.0})
+    s, rec = net.server(**{"net.limits.rate.packets": 0, "net.limits.rate.bytes": 10_000, "net.limits.rate.burst": 1.0,
+                          "net.limits.rate.action": "close"})
     peer = RawPeer(s.addr)
     reg = peer.handshake()
     frame = encode_frame(reg["test:echo"], 0, msgpack.packb(os.urandom(2000)))
@@ -376,7 +377,7 @@ def test_rate_limit_on_bytes(net):
 def test_every_byte_read_is_charged_even_when_no_packet_completes(net):
     """One 1 MiB packet against a 64 KiB byte bucket: the reads before the
     one that completes it count too (they used to be free)."""
-    s, rec = net.server(**{"net.limits.rate.packets": 0, "net.limits.rate.bytes": 64 * 1024,
+    s, rec = net.server(**{"net.limits.rate.packets": 0, "net.limits.rate.bytes": 64 * 1024, "net.limits.rate.action": "close",
                            "net.limits.rate.burst": 1.0})
     peer = RawPeer(s.addr)
     reg = peer.handshake()
@@ -429,7 +430,8 @@ def test_replayed_compressed_frames_are_closed_by_the_decompression_budget(net):
     body = msgpack.packb("\0" * (4 << 20))
     frame_body = zlib.compress(body, 9)
     assert len(frame_body) < 16 << 10
-    s, rec = net.server(**{"net.limits.inflate.rate": 8 << 20, "net.limits.inflate.burst": 1.0})
+    s, rec = net.server(**{"net.limits.inflate.rate": 8 << 20, "net.limits.inflate.burst": 1.0,
+                          "net.limits.rate.action": "close"})
     peer = RawPeer(s.addr)
     reg = peer.handshake()
     frame = encode_frame(reg["test:echo"], 1, frame_body)
@@ -559,3 +561,56 @@ def test_address_groups():
     assert address_group("2001:db8:1:2::1", 128) == "2001:db8:1:2::1/128"
     assert address_group("fe80::1%eth0") == "fe80::/64"
     assert address_group("not-an-ip") == "not-an-ip"
+
+
+def test_drop_mode_charges_every_byte_so_large_packets_cannot_slip_through(net):
+    s, _ = net.server(**{"net.limits.rate.packets": 0, "net.limits.rate.bytes": 1 << 20, "net.limits.rate.burst": 1.0,
+                         "net.limits.rate.action": "drop", "net.compress.enabled": False})
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    (cid,) = active_cids(s)
+    link = s._links[cid]
+    frame = encode_frame(reg["test:echo"], 0, msgpack.packb(b"\0" * (1 << 20)))
+    t0 = time.monotonic()
+    for _ in range(10):  # each 1 MiB packet: its bulk, then a small last read that completes it
+        start = link.stats.bytes_in
+        peer.send(frame[:-100])
+        wait_for(lambda start=start: link.stats.bytes_in >= start + len(frame) - 100, what="the bulk read")
+        peer.send(frame[-100:])
+    wait_for(lambda: link.stats.bytes_in >= 10 * len(frame), what="everything read")
+    wait_for(lambda: link.queued == 0, what="processed")
+    elapsed = time.monotonic() - t0
+    echo = s.registry.get_obj("test:echo")
+    # 1 MiB/s with a 1 s burst: at most burst + elapsed MiB got through
+    assert len(echo.got) <= 1 + elapsed + 1, (len(echo.got), elapsed)
+    assert link.proto.is_open
+
+
+def test_throttle_is_the_default_and_slows_a_flood_without_losing_anything(net):
+    s, rec = net.server(**{"net.limits.rate.packets": 500, "net.limits.rate.burst": 0.2})
+    assert s.cfg["net.limits.rate.action"] == "throttle"
+    c = net.client(s)
+    t0 = time.monotonic()
+    for i in range(600):  # 100 in the burst, then 500/s: at least a second
+        c.send_message("test:echo", i)
+    echo = c.registry.get_obj("test:echo")
+    assert echo.wait_count(600, timeout=20) == list(range(600))  # all of them, in order
+    elapsed = time.monotonic() - t0
+    assert elapsed >= 0.95, elapsed  # (600 - 100) / 500 s: the packet bucket is exact
+    assert "peng3dnet:server.connection.close" not in rec.names()
+    assert c.close_reason is None
+
+
+def test_throttle_holds_compressed_packets_until_the_inflate_budget_refills(net):
+    s, rec = net.server(**{"net.limits.inflate.rate": 8 << 20, "net.limits.inflate.burst": 1.0})
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    body = msgpack.packb("\2" * (1 << 20))
+    frame = encode_frame(reg["test:echo"], 1, zlib.compress(body, 9))
+    t0 = time.monotonic()
+    peer.send(frame * 16)  # 16 MiB inflated against 8 MiB now and 8 MiB/s
+    got = [peer.recv_packet() for _ in range(16)]
+    elapsed = time.monotonic() - t0
+    assert [len(m) for _, m in got] == [1 << 20] * 16  # nothing lost, no close
+    assert elapsed >= 0.8, elapsed  # the second 8 MiB waited for the refill
+    assert "peng3dnet:server.connection.close" not in rec.names()

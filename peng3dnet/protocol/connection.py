@@ -239,9 +239,13 @@ class ProtocolConnection:
         to at most ``min(max_decompressed_size, inflate_budget)`` bytes, so
         a peer can never make us inflate more than its budget, and what it
         inflates is charged."""
-        self.inflate_drop = False
-        """Over the budget: drop the application packet (``True``) instead
-        of closing with ``"ratelimit"``."""
+        self.inflate_action = "close"
+        """Over the budget: ``"close"`` with ``"ratelimit"``; ``"drop"`` the
+        application packet; ``"hold"``: a compressed body is inflated while
+        the budget is above 0 (so it may go below 0 by one body) and, at 0 or
+        below, the frames from there on are held back undecoded (as with
+        :attr:`packet_quota`) until the owner refills the budget and calls
+        :meth:`receive_data` again: nothing is lost."""
         self.inflate_dropped = 0
         """Application packets dropped over the budget."""
         self.close_reason: str | None = None
@@ -295,12 +299,17 @@ class ProtocolConnection:
                 if pid >= PID_FIRST_FREE:
                     if quota <= 0:
                         break
-                    quota -= 1
                     if not flags:
                         # The common case, inlined: an uncompressed application packet.
+                        quota -= 1
                         taken += 1
                         outputs.append(_tuple_new(PacketReceived, (pid, 0, unpack(body), state)))
                         continue
+                    quota -= 1
+                if flags and self.inflate_action == "hold" and self.inflate_budget is not None and self.inflate_budget <= 0:
+                    if pid >= PID_FIRST_FREE:
+                        quota += 1
+                    break  # held until the budget is refilled
                 taken += 1
                 self._handle_frame(pid, flags, body)
                 outputs = self._outputs
@@ -566,6 +575,10 @@ class ProtocolConnection:
     def _inflate_budgeted(self, pid: int, body: bytes) -> bytes | None:
         """Inflate a body within the budget (charged); ``None``: dropped."""
         budget = self.inflate_budget or 0
+        if self.inflate_action == "hold":  # (receive_data held it back at <= 0)
+            raw = decompress_body(body, self.max_decompressed_size)
+            self.inflate_budget = budget - len(raw)
+            return raw
         limit = min(self.max_decompressed_size, budget)
         try:
             raw = decompress_body(body, limit)
@@ -573,7 +586,7 @@ class ProtocolConnection:
             if limit >= self.max_decompressed_size:
                 raise  # too large whatever the budget
             self.inflate_budget = 0  # what was inflated is charged
-            if self.inflate_drop and pid >= PID_FIRST_FREE:
+            if self.inflate_action == "drop" and pid >= PID_FIRST_FREE:
                 self.inflate_dropped += 1
                 return None
             raise InflateBudgetError(

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from peng3dnet.constants import SIDE_CLIENT, SIDE_SERVER
 from peng3dnet.errors import ConnectionClosedError
 from peng3dnet.protocol.connection import (
+    NO_QUOTA,
     ConnectionClosed,
     ConnTypeRequested,
     HandshakeCompleted,
@@ -320,7 +321,7 @@ def test_inflate_budget_drop_skips_the_packet_and_keeps_the_connection():
     big, size = _compressed_frame(pid, "y" * 9000)
     small = encode_frame(pid, 0, msgpack.packb("ok"))
     p.server.inflate_budget = size - 1
-    p.server.inflate_drop = True
+    p.server.inflate_action = "drop"
     p.server.receive_data(big + small)
     outs = p.server.drain_received()
     assert [o.msg for o in outs if isinstance(o, PacketReceived)] == ["ok"]  # uncompressed bodies cost nothing
@@ -411,3 +412,20 @@ def test_any_quotas_and_splits_deliver_every_packet_once_in_order(quotas, chunk,
     p.server.receive_data(stream[pos:])
     got += _received(p.server.drain_received())
     assert got == list(range(20))
+
+
+def test_inflate_hold_holds_compressed_frames_until_the_budget_is_refilled():
+    p, pid = _active_server()
+    big, size = _compressed_frame(pid, "h" * 9000)
+    small = encode_frame(pid, 0, msgpack.packb("after"))
+    p.server.inflate_action = "hold"
+    p.server.inflate_budget = 1  # above 0: one body may take it below
+    p.server.receive_data(big + big + small)
+    assert _received(p.server.drain_received()) == ["h" * 9000]
+    assert p.server.inflate_budget == 1 - size and p.server.frames_waiting == 2
+    p.server.receive_data(b"")  # still <= 0: nothing moves
+    assert _received(p.server.drain_received()) == [] and p.server.is_open
+    p.server.inflate_budget = 1
+    p.server.receive_data(b"")
+    assert _received(p.server.drain_received()) == ["h" * 9000, "after"]  # in order, nothing lost
+    assert p.server.frames_waiting == 0 and p.server.packet_quota == NO_QUOTA - 3
