@@ -4,6 +4,10 @@ Runs bench.run (throughput, RTT, echo vs an asyncio-streams loop),
 bench.events_cost (per-packet cost of the event bus), and bench.scale
 (sync broadcast cost curve; 1,000 connected clients), printing Markdown
 tables for the README.
+
+Not included: python -m bench.faults [--quick], a fault-injection campaign
+against a live server (checks that each limit holds, not timings; exits 1
+when one does not).
 """
 
 from __future__ import annotations
