@@ -608,8 +608,9 @@ def attack_slowconsumers(quick: bool, rep: Report) -> None:
     rep.check("the server-wide cap holds in its accounting: server._buffered <= write_buffer_total + one write",
               max_buf <= cap_total + slack, f"max server._buffered {max_buf / MIB:.2f} MiB")
     rep.check("the bytes actually held in write buffers (incl. connections closed for the cap, until the network "
-              "thread releases them) <= write_buffer_total + one write",
-              max_real <= cap_total + slack,
+              "thread releases them) <= write_buffer_total + one write + each closed connection's last write "
+              "(the frame partly sent, at most 64 KiB more)",
+              max_real <= cap_total + slack + per_round * (len(blob) + 64 * 1024),
               f"max {max_real / MIB:.2f} MiB ({max_real / cap_total:.1f}x the cap), above it for up to "
               f"{over_ms:.0f} ms per round while the writer kept writing")
     r = echo_ok(s)
@@ -627,7 +628,8 @@ def attack_inflate(quick: bool, rep: Report) -> None:
     inflated = 15 * MIB
     comp = zlib.compress(msgpack.packb("\0" * inflated), 9)
     rate, burst = 64 * MIB, 1.0  # the defaults
-    s = make_server()
+    _inflate_throttled(quick, rep, comp, inflated, rate, burst)
+    s = make_server({"net.limits.rate.action": "close"})
     sink = s.registry.get_obj(SINK)
     reasons = close_reasons(s)
     probe = Probe(s.addr[1])
@@ -667,7 +669,7 @@ def attack_inflate(quick: bool, rep: Report) -> None:
     delivered = [sink.by_cid[c["cid"]] for c in conns]
     allowed = max(int((rate * (burst + c["t"])) // inflated) + 1 for c in conns)
     rep.check(f"{n} connections in turn replay a {len(comp) / 1024:.1f} KiB zlib frame that inflates to "
-              f"{inflated // MIB} MiB: each closed with ratelimit within 1 s",
+              f"{inflated // MIB} MiB (rate.action close): each closed with ratelimit within 1 s",
               all(c["reason"] == "ratelimit" for c in conns) and worst_t <= 1.0,
               f"reasons {dict(Counter(c['reason'] for c in conns))}, slowest close {ms(worst_t)}, "
               f"frames sent per connection {min(c['sent'] for c in conns)}-{max(c['sent'] for c in conns)}")
@@ -686,6 +688,55 @@ def attack_inflate(quick: bool, rep: Report) -> None:
               bool(during["n"]) and during["p99_us"] <= 50_000,
               f"p99 {during['p99_us'] / 1000:.0f} ms, mean {during['mean_us'] / 1000:.1f} ms, "
               f"{during['n']} echoes in {secs:.0f} s (idle: {idle['n']} in 1 s)" if during["n"] else "no echo")
+    s.shutdown(timeout=5)
+
+
+def _inflate_throttled(quick: bool, rep: Report, comp: bytes, inflated: int, rate: int, burst: float) -> None:
+    """The default action (throttle): the replaying connection is slowed to
+    the inflate rate, not closed, and nothing it sent is lost."""
+    from peng3dnet.protocol.framing import encode_frame
+
+    secs = 2.0 if quick else 4.0
+    s = make_server()
+    sink = s.registry.get_obj(SINK)
+    reasons = close_reasons(s)
+    probe = Probe(s.addr[1])
+    idle = probe.rtt(1.0)
+    known = set(s.clients)  # the probe's
+    raw = Raw(s.addr)
+    reg = raw.handshake()
+    (cid,) = active_cids(s, 1, exclude=known)
+    frame = encode_frame(reg[SINK], 1, comp)
+    raw.sock.setblocking(False)
+    probe.start(secs)
+    cpu0, t0 = thread_cpu(server_threads(s)), time.monotonic()
+    sent, pending = 0, b""
+    while time.monotonic() - t0 < secs:  # as fast as the socket takes it
+        if not pending:
+            pending = frame
+        try:
+            n = raw.sock.send(pending)
+        except BlockingIOError:
+            select.select([], [raw.sock], [], 0.05)
+            continue
+        pending = pending[n:]
+        if not pending:
+            sent += 1
+    wait_until(lambda: not s._inbox.items, 2)
+    wall = time.monotonic() - t0
+    delivered = sink.by_cid.get(cid, 0)
+    cpu = thread_cpu(server_threads(s)) - cpu0
+    during = probe.result()
+    probe.close()
+    allowed = int(rate * (burst + wall) // inflated) + 1
+    rep.check(f"rate.action throttle (the default): one connection replays the {inflated // MIB} MiB frame for "
+              f"{secs:.0f} s: slowed to inflate.rate, not closed, nothing lost",
+              "ratelimit" not in reasons and delivered <= allowed and delivered >= int(rate * wall // inflated) // 2,
+              f"{sent} frames sent in {wall:.1f} s, {delivered} inflated (allowed {allowed}), closes {reasons}, "
+              f"server threads {100 * cpu / wall:.0f} % of a core")
+    rep.check("... another client's echo RTT meanwhile (p50 <= 20 ms, none lost)",
+              rtt_ok(idle, during, 20.0), f"idle {rtt_text(idle)}; during {rtt_text(during)}")
+    raw.close()
     s.shutdown(timeout=5)
 
 
@@ -1062,9 +1113,9 @@ def attack_recvqueue(quick: bool, rep: Report) -> None:
               f"{sink.n}/{n} handled in {dt:.1f} s, in order: {in_order}, client closed: {c.close_reason}")
     frame = 4 + 6 + len(msgpack.packb(n))
     one_read = 256 * 1024 // frame
-    rep.check(f"reading pauses at recv_queue: peak queued <= the limit + what one 256 KiB read carries "
-              f"({limit} + {one_read} packets of {frame} bytes)",
-              peak["paused"] > 0 and peak["link"] <= limit + one_read,
+    rep.check(f"the queue holds recv_queue exactly (the rest of a read, up to {one_read} packets of {frame} "
+              "bytes, waits undecoded) and reading pauses",
+              peak["paused"] > 0 and peak["link"] <= limit,
               f"peak queued {peak['link']} (inbox {peak['inbox']}) = {peak['link'] / limit:.1f}x recv_queue; "
               f"reading paused: {peak['paused']}x")
     c.stop()
@@ -1085,7 +1136,10 @@ def attack_slowreason(quick: bool, rep: Report) -> None:
     results = []
     seen: set[int] = set()
     for _ in range(rounds):
-        raw = Raw(s.addr, rcvbuf=4096, timeout=3)
+        # Default socket buffers: what the kernels already took (a few MiB)
+        # comes first, so a peer with a tiny receive window cannot drain it
+        # within the 2 s close linger.
+        raw = Raw(s.addr, timeout=3)
         raw.handshake()
         (cid,) = active_cids(s, 1, exclude=seen)
         seen.add(cid)
