@@ -190,7 +190,18 @@ class Reactor:
     # --- the loop ---------------------------------------------------------------------
     def run(self, selector_cls: Callable[[], selectors.BaseSelector], on_start: Callable[[], Any]) -> None:
         """Run until :meth:`stop`; calls ``on_start()`` on the loop thread first."""
-        if self.closed:
+        self.start(selector_cls, on_start)
+        try:
+            while not self._stopping:
+                self.run_once(None)
+        finally:
+            self.running = False
+
+    def start(self, selector_cls: Callable[[], selectors.BaseSelector], on_start: Callable[[], Any]) -> None:
+        """Make the calling thread the network thread, without blocking:
+        then call :meth:`run_once` from it (the thread-less game loop), or
+        use :meth:`run`.  Calls ``on_start()`` first."""
+        if self.closed or self.selector is not None:
             raise RuntimeError("a reactor runs only once")
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -201,54 +212,64 @@ class Reactor:
         self.running = True
         try:
             on_start()
-            self._loop()
-        finally:
+        except BaseException:
             self.running = False
+            raise
 
-    def _loop(self) -> None:
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was asked for."""
+        return self._stopping
+
+    def run_once(self, timeout: float | None = 0.0) -> None:
+        """One iteration: ``select()`` (waiting at most ``timeout`` seconds,
+        less when a call or a timer is due; ``None``: until something
+        happens), the I/O callbacks, the queued calls, the due timers, the
+        after-I/O calls (network thread, after :meth:`start`)."""
         sel = self.selector
         assert sel is not None
         calls = self._calls
         timers = self._timers
-        while not self._stopping:
-            if calls or self._after_io:
-                timeout: float | None = 0
-            elif timers:
-                timeout = max(0.0, timers[0][0] - time.monotonic())
-            else:
-                timeout = None
+        if calls or self._after_io or self._stopping:
+            wait: float | None = 0
+        elif timers:
+            wait = max(0.0, timers[0][0] - time.monotonic())
+            if timeout is not None:
+                wait = min(wait, timeout)
+        else:
+            wait = timeout
+        try:
+            ready = sel.select(wait)
+        except InterruptedError:
+            ready = []
+        for key, mask in ready:
             try:
-                ready = sel.select(timeout)
-            except InterruptedError:
-                ready = []
-            for key, mask in ready:
-                try:
-                    key.data(mask)
-                except Exception:
-                    log.exception("! %s: unexpected error in I/O callback", self.name)
-            # Let go of the keys before blocking again: a key of a channel
-            # closed in this round would keep the connection alive until
-            # the next wake-up.
-            ready = key = None  # type: ignore[assignment]
-            self.run_calls()
-            if timers:
-                now = time.monotonic()
-                while timers and timers[0][0] <= now:
-                    _, _, timer = heapq.heappop(timers)
-                    if not timer.cancelled:
-                        try:
-                            timer.fn()
-                        except Exception:
-                            log.exception("! %s: unexpected error in timer", self.name)
-            if self._after_io:
-                # Last in the iteration: whatever the callbacks, calls and
-                # timers above asked for, before we block in select() again.
-                after, self._after_io = self._after_io, []
-                for fn in after:
+                key.data(mask)
+            except Exception:
+                log.exception("! %s: unexpected error in I/O callback", self.name)
+        # Let go of the keys before blocking again: a key of a channel
+        # closed in this round would keep the connection alive until
+        # the next wake-up.
+        ready = key = None  # type: ignore[assignment]
+        self.run_calls()
+        if timers:
+            now = time.monotonic()
+            while timers and timers[0][0] <= now:
+                _, _, timer = heapq.heappop(timers)
+                if not timer.cancelled:
                     try:
-                        fn()
+                        timer.fn()
                     except Exception:
-                        log.exception("! %s: unexpected error in after-I/O call %r", self.name, fn)
+                        log.exception("! %s: unexpected error in timer", self.name)
+        if self._after_io:
+            # Last in the iteration: whatever the callbacks, calls and
+            # timers above asked for, before we block in select() again.
+            after, self._after_io = self._after_io, []
+            for fn in after:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("! %s: unexpected error in after-I/O call %r", self.name, fn)
 
     def run_calls(self) -> None:
         """Run the queued cross-thread calls (network thread)."""
