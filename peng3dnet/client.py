@@ -139,6 +139,11 @@ class Client(Peer):
         self._loop_done.clear()
         loop.reactor.call_soon(self._on_loop_start)
 
+    def _prepare_loop(self) -> None:
+        if self._shared is not None:
+            raise LocalProtocolError("this client runs on a NetworkLoop")
+        self.connect()
+
     # --- lifecycle ----------------------------------------------------------------------------
     def connect(self) -> None:
         """Open the TCP connection (blocking, up to ``net.client.connect_timeout``);
@@ -345,9 +350,12 @@ class Client(Peer):
             TimedOutError: Not complete within ``timeout`` seconds.
             ConnectionClosedError: The connection closed first.
 
-        Thread safety: any thread but the network thread.
+        Thread safety: any thread but the network thread; in poll mode, the
+        polling thread too (it polls while it waits).
         """
-        if not self._handshake_done.wait(timeout):
+        if self._polled_here():
+            self._drive(self._handshake_done.is_set, timeout)
+        if not self._handshake_done.wait(0 if self._polled_here() else timeout):
             raise TimedOutError(f"handshake not complete after {timeout} s")
         if self._closed.is_set():
             raise ConnectionClosedError(f"connection closed: {self.close_reason}", self.close_reason)
@@ -358,9 +366,12 @@ class Client(Peer):
         Raises:
             TimedOutError: Still open after ``timeout`` seconds.
 
-        Thread safety: any thread but the network thread.
+        Thread safety: any thread but the network thread; in poll mode, the
+        polling thread too (it polls while it waits).
         """
-        if not self._closed.wait(timeout):
+        if self._polled_here():
+            self._drive(self._closed.is_set, timeout)
+        if not self._closed.wait(0 if self._polled_here() else timeout):
             raise TimedOutError(f"connection still open after {timeout} s")
 
     def process_single_packet(self, client: Any = None) -> bool:

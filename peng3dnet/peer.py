@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import selectors
 import sys
 import threading
 import time
@@ -137,6 +138,8 @@ class Peer:
         self._stop_reason: str | None = None
         self._shared: Any = None  # the NetworkLoop a client was attached to
         self._leaving = False
+        self._polling = False  # poll() drives the loop on the program's thread
+        self._peng_forwarder: Any = None  # see set_peng_forwarder
         self._buffered = 0  # bytes waiting in the write buffers of all connections (see _account)
         self._send_plans: dict[Any, SendPlan] = {}
         self._recv_plans: dict[int, RecvPlan] = {}
@@ -156,12 +159,14 @@ class Peer:
         client's connection closing) and no received packet waits for
         :meth:`process` any more: programs of 0.1.x loop
         ``while peer.run: peer.process(wait=True, timeout=...)``, and that
-        loop handles every packet that arrived before the stop.  Setting it
-        to ``False`` calls :meth:`stop`.
+        loop handles every packet that arrived before the stop (driven by
+        :meth:`poll`, it stays True until a last ``poll()`` has ended the
+        loop).  Setting it to ``False`` calls :meth:`stop`.
 
         Thread safety: any thread.
         """
-        return self._stop_reason is None or bool(self._inbox.items) or self._close_undelivered()
+        return (self._stop_reason is None or bool(self._inbox.items) or self._close_undelivered()
+                or (self._polling and not self._loop_done.is_set()))
 
     @run.setter
     def run(self, value: bool) -> None:
@@ -207,10 +212,24 @@ class Peer:
 
     def _to_peng(self, event: str, data: dict[str, Any]) -> None:
         if self.peng is not None:
+            if self._peng_forwarder is not None:
+                self._peng_forwarder(event, data)
+                return
             try:
                 self.peng.sendEvent(event, data)
             except Exception:  # a peng3d event handler of the program
                 report_user_error("! peng.sendEvent(%r) raised", event)
+
+    def set_peng_forwarder(self, forward: Any) -> None:
+        """Hand the events this peer forwards to ``peng.sendEvent`` to
+        ``forward(event, data)`` instead (e.g. a main-thread queue:
+        ``attach_to_pyglet(..., peng_events=True)``); ``None`` restores the
+        direct call.
+
+        Thread safety: any thread; ``forward`` is called on the thread that
+        emits (usually the network thread).
+        """
+        self._peng_forwarder = forward
 
     def _emit(self, event: str, data: dict[str, Any]) -> None:
         if not self._h_events:
@@ -1171,12 +1190,88 @@ class Peer:
 
     def _start_thread(self, selector: Any) -> threading.Thread:
         """Run the loop in a daemon thread named after the role (runAsync)."""
+        if self._polling:
+            raise LocalProtocolError("this peer is driven by poll(); runAsync() would run its loop a second time")
         t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)
         self._thread = t
         self._loop_started = True
         self._loop_done.clear()
         t.start()
         return t
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """One round of network I/O, then the handlers of what arrived, on
+        the calling thread: the game loop without threads (PodSixNet's
+        ``Pump()``).  Call it every frame (e.g. from ``pyglet.clock``:
+        :func:`peng3dnet.events.dispatch.poll_with_pyglet`).  The first call
+        binds (server) or connects (client); from then on the calling thread
+        is this peer's network thread, so call it from that thread only.
+        Sending from the same thread writes at once when the socket takes it.
+        After :meth:`stop` (or a client's close), one more call finishes the
+        loop; ``while peer.run: peer.poll(0.01)`` handles everything.
+
+        Args:
+            timeout: Longest wait for network activity in seconds (0: do
+                not wait; a due timer shortens it).
+
+        Returns:
+            The number of packets processed.
+
+        Raises:
+            LocalProtocolError: The loop already runs on a thread
+                (``runAsync()``, a ``NetworkLoop``), or another thread polls.
+            NetworkError: The first call could not bind or connect.
+
+        Thread safety: one thread, the same every time.
+        """
+        if not self._polling:
+            if self._loop_started:
+                raise LocalProtocolError("the loop already runs on a thread (runAsync or a NetworkLoop)")
+            self.initialize()
+            self._prepare_loop()
+            self._polling = True
+            self._loop_started = True
+            self._loop_done.clear()
+            self._reactor.start(selectors.DefaultSelector, self._on_loop_start)
+        self._poll_io(timeout)
+        return self.process()
+
+    def _poll_io(self, timeout: float | None) -> None:
+        if self._loop_done.is_set():
+            return
+        reactor = self._reactor
+        if not reactor.in_loop():
+            raise LocalProtocolError("poll() must be called from the thread that called it first")
+        reactor.run_once(timeout)
+        if reactor.stopping:
+            try:
+                self._on_loop_exit()
+            finally:
+                reactor.running = False
+                reactor.close()
+                self._loop_done.set()
+
+    def _polled_here(self) -> bool:
+        """Whether the caller is the thread that polls this peer."""
+        return self._polling and self._reactor.in_loop()
+
+    def _drive(self, done: Any, timeout: float | None) -> bool:
+        """Poll (I/O and handlers) until ``done()`` or the loop ends, at most
+        ``timeout`` seconds: what the waiting methods do on the polling
+        thread, where nobody else would do the I/O they wait for."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done() and not self._loop_done.is_set():
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                break
+            self._poll_io(left)
+            self.process()
+        if self._reactor.stopping and not self._loop_done.is_set():
+            self._poll_io(0)  # the stop came with what we waited for: end the loop now
+        return bool(done())
+
+    def _prepare_loop(self) -> None:
+        """Bind (server) or connect (client) before the loop starts."""
 
     # --- loop ----------------------------------------------------------------------------------
     def _run_loop(self, selector: Any) -> None:
@@ -1204,7 +1299,9 @@ class Peer:
         """
         if not self._loop_started:
             return
-        if not self._loop_done.wait(timeout):
+        if self._polled_here():
+            self._drive(self._loop_done.is_set, timeout)
+        if not self._loop_done.wait(0 if self._polled_here() else timeout):
             raise TimedOutError(f"{self._role} loop still running after {timeout} s")
 
     def _request_stop(self, reason: str) -> None:

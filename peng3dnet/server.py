@@ -318,6 +318,9 @@ class Server(Peer):
         self.bind()
         return self._start_thread(selector)
 
+    def _prepare_loop(self) -> None:
+        self.bind()
+
     # --- lifecycle ----------------------------------------------------------------------------
     def bind(self) -> None:
         """Create the listening socket and bind it (backlog 128); emit ``bind``
@@ -825,11 +828,18 @@ class Server(Peer):
             self._emit("peng3dnet:server.stop", {"reason": "method"})
             self._emit("peng3dnet:server.shutdown", self._shutdown_info)
             return
-        wait = join and not self._reactor.in_loop()
+        polled = self._polled_here()  # poll() mode, on its thread: drive the loop ourselves
+        wait = join and (polled or not self._reactor.in_loop())
         limit = timeout or None
         if wait:
-            with self._chan_cond:
-                self._chan_cond.wait_for(lambda: self._open_channels <= 0, limit)
+            if polled:
+                self._drive(lambda: self._open_channels <= 0, limit)
+            else:
+                with self._chan_cond:
+                    self._chan_cond.wait_for(lambda: self._open_channels <= 0, limit)
         self._request_stop("method")  # the loop emits stop, then shutdown
         if wait:
-            self._loop_done.wait(limit)
+            if polled:
+                self._drive(self._loop_done.is_set, limit)
+            else:
+                self._loop_done.wait(limit)

@@ -11,6 +11,7 @@ WASD move; coins score; Escape quits.
   --lan-addr ADDR         where --lan sends its query (default 255.255.255.255, broadcast)
   --bots N                AI bots (default 3 with the embedded server, else 0)
   --headless              no window: play as a bot
+  --no-threads            with --headless or --server: one thread drives everything with poll()
   --name NAME             your name
   --lag MS                route your connection through a lag proxy (MS one-way, 20% jitter)
   --duration S            exit cleanly after S seconds
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lan-addr", default="255.255.255.255")
     ap.add_argument("--bots", type=int, default=None)
     ap.add_argument("--headless", action="store_true")
+    ap.add_argument("--no-threads", action="store_true")
     ap.add_argument("--name", default="you")
     ap.add_argument("--lag", type=float, default=0.0, metavar="MS")
     ap.add_argument("--duration", type=float, default=None, metavar="S")
@@ -66,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     from .netgame import ArenaClient, ArenaServer, Bot
 
     lan_port = DISCOVERY_PORT if args.lan_port is None else args.lan_port
+    if args.no_threads and not (args.headless or args.server):
+        print("--no-threads needs --headless or --server", file=sys.stderr)
+        return 2
+    if args.no_threads:
+        return _main_polled(args)
     if args.server:
         srv = ArenaServer(host=args.host, port=args.port, lan=True, lan_port=lan_port).start()
         print(f"arena server on port {srv.port}", flush=True)
@@ -140,6 +147,39 @@ def main(argv: list[str] | None = None) -> int:
             elif args.report:
                 report["server"] = server_report
         write_report(args.report, report)
+    return 0
+
+
+def _main_polled(args: argparse.Namespace) -> int:
+    """--no-threads: the server (embedded or dedicated) and the bots on this
+    one thread, through poll() (see netgame.run_polled)."""
+    from peng3dnet.util import normalize_addr_socketstyle
+
+    from .netgame import ArenaServer, Bot, run_polled
+
+    server = None
+    if args.connect:
+        addr = normalize_addr_socketstyle(args.connect, 8080)
+    else:
+        host = args.host if args.server else "127.0.0.1"
+        server = ArenaServer(host=host, port=args.port).start(threads=False)
+        addr = ("127.0.0.1", server.port) if not args.server else (host, server.port)
+        print(f"arena server on port {server.port} (no threads)", flush=True)
+    bots = []
+    if args.headless:
+        nbots = args.bots if args.bots is not None else (3 if server else 0)
+        bots = [Bot(addr, f"bot{i + 1}") for i in range(nbots)] + [Bot(addr, args.name)]
+    try:
+        run_polled(server, bots, args.duration)
+    except KeyboardInterrupt:
+        pass
+    report: dict[str, Any] = bots[-1].player.report() if bots else {}
+    report["threads"] = sorted(t.name for t in threading.enumerate())  # the proof: only ours
+    if server is not None:
+        server_report = server.report()
+        server.server.shutdown(timeout=5)
+        report = {**report, "server": server_report} if report else server_report
+    write_report(args.report, report)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from typing import Any
 
 from peng3dnet import events
@@ -44,7 +45,13 @@ class ArenaServer:
     def _ping_data(self, msg: Any, cid: Any) -> dict[str, Any]:
         return {"name": "peng3dnet arena", "players": len(self.sync.owners)}
 
-    def start(self) -> ArenaServer:
+    def start(self, *, threads: bool = True) -> ArenaServer:
+        """Start serving.  ``threads=False``: only bind; the caller drives
+        everything from one thread (:func:`run_polled`), and LAN discovery
+        (which has a thread of its own) is off."""
+        if not threads:
+            self.server.poll()  # binds; the loop runs inside the caller's poll() calls
+            return self
         self.server.runAsync()
         self.server.process_async()  # inputs reach the SyncServer through a packet handler
         self.sync.start()
@@ -177,18 +184,71 @@ class Bot:
     def _run(self) -> None:
         dt = 1.0 / TICK_RATE
         while not self._stop.wait(dt):  # the bot's own pace
-            sync = self.player.sync
-            own = sync.predicted_own()
-            _, view = sync.authoritative()
-            if own is not None and sync.own is not None:
-                view[sync.own] = own
-            inp = bot_input(view, sync.own, dt)
-            if not self.player.client.closed:
-                self.player.sync.send_input(inp)
-            else:
+            if not self.think(dt):
                 return
+
+    def think(self, dt: float) -> bool:
+        """Send one input toward the nearest coin; ``False`` once the
+        connection is closed."""
+        sync = self.player.sync
+        own = sync.predicted_own()
+        _, view = sync.authoritative()
+        if own is not None and sync.own is not None:
+            view[sync.own] = own
+        inp = bot_input(view, sync.own, dt)
+        if self.player.client.closed:
+            return False
+        self.player.sync.send_input(inp)
+        return True
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         self.player.stop()
+
+
+def run_polled(server: ArenaServer | None, bots: list[Bot], duration: float | None, stop: Any = None) -> None:
+    """The whole game on the calling thread, without any thread of the
+    library's: ``poll()`` the server and every client, step the sync server
+    at its tick rate, let the bots think (``--no-threads``).  Ends after
+    ``duration`` seconds, or when ``stop()`` returns True."""
+    dt = 1.0 / TICK_RATE
+    clients = [b.player.client for b in bots]
+    for c in clients:
+        c.poll()  # connects (the server's listener already accepts)
+    named: set[int] = set()
+    start = next_tick = time.monotonic()
+    while (duration is None or time.monotonic() - start < duration) and not (stop is not None and stop()):
+        if server is not None:
+            server.server.poll(0)
+        for i, (b, c) in enumerate(zip(bots, clients)):
+            c.poll(0)
+            if i not in named and c.protocol_state.name == "ACTIVE":
+                b.player.sync.send_input({"name": b.player.name})
+                named.add(i)
+        now = time.monotonic()
+        if now >= next_tick:
+            if server is not None:
+                server.sync.step(dt)
+            for i, b in enumerate(bots):
+                if i in named:
+                    b.think(dt)
+            next_tick += dt
+            if next_tick < now:  # fell behind: do not try to catch up
+                next_tick = now + dt
+        # Wait for the network (or the next tick) on the server's selector.
+        wait = max(0.0, min(0.005, next_tick - time.monotonic()))
+        if server is not None:
+            server.server.poll(wait)
+        elif clients:
+            clients[0].poll(wait)
+    for b, c in zip(bots, clients):
+        b.player.sync.close()
+        c.close("bye")
+    end = time.monotonic() + 5
+    while time.monotonic() < end and any(c.run for c in clients):
+        if server is not None:
+            server.server.poll(0.005)
+        for c in clients:
+            c.poll(0)

@@ -35,12 +35,27 @@ class MainThreadDispatcher:
 
     Args:
         peers: Servers/Clients whose ``process()`` :meth:`pump` calls first.
+        poll: Call the peers' ``poll(0)`` instead: their network I/O runs
+            in :meth:`pump` too, so no thread is needed at all (the peers
+            must not have called ``runAsync()``), and every event, peng3d's
+            included, is emitted on the pumping thread.
+        peng_events: Deliver what the peers forward to ``peng.sendEvent``
+            (the ``peng3dnet:*`` events seen by ``peng.addEventListener``
+            handlers) inside :meth:`pump`, on the pumping thread, instead of
+            on the network thread where touching the GUI is unsafe.
     """
 
-    def __init__(self, *, peers: Iterable[Any] = ()) -> None:
+    def __init__(self, *, peers: Iterable[Any] = (), poll: bool = False, peng_events: bool = False) -> None:
         self.peers: list[Any] = list(peers)
         """Servers/Clients processed by every :meth:`pump`."""
+        self.poll = poll
+        """Whether :meth:`pump` polls the peers (see the class arguments)."""
         self._queue: deque[tuple[Handler, str, dict[str, Any]]] = deque()
+        if peng_events:
+            for peer in self.peers:
+                peng = peer.peng
+                if peng is not None:
+                    peer.set_peng_forwarder(self._peng_forwarder(peng))
         self._subs: list[tuple[str, Any, Any]] = []
         self._clock: Any = None
 
@@ -78,6 +93,15 @@ class MainThreadDispatcher:
                 removed = True
         return removed
 
+    def _peng_forwarder(self, peng: Any) -> Handler:
+        queue = self._queue
+        send = peng.sendEvent
+
+        def forward(event: str, data: dict[str, Any]) -> None:
+            queue.append((send, event, data))  # sendEvent(event, data) inside pump()
+
+        return forward
+
     @property
     def pending(self) -> int:
         """Number of queued handler calls."""
@@ -97,7 +121,10 @@ class MainThreadDispatcher:
         handlers (the main thread).
         """
         for peer in self.peers:
-            peer.process()
+            if self.poll:
+                peer.poll(0)
+            else:
+                peer.process()
         queue = self._queue
         n = 0
         while max_events is None or n < max_events:
@@ -156,9 +183,12 @@ class MainThreadDispatcher:
             unsubscribe(pat, enqueue, sender=snd)
         self._subs.clear()
         self._queue.clear()
+        for peer in self.peers:
+            peer.set_peng_forwarder(None)
 
 
-def attach_to_pyglet(*peers: Any, clock: Any = None, interval: float | None = None) -> MainThreadDispatcher:
+def attach_to_pyglet(*peers: Any, clock: Any = None, interval: float | None = None, poll: bool = False,
+                     peng_events: bool = False) -> MainThreadDispatcher:
     """The one call a pyglet game needs: process ``peers`` and deliver events
     on the main thread every clock tick.
 
@@ -168,6 +198,11 @@ def attach_to_pyglet(*peers: Any, clock: Any = None, interval: float | None = No
         net = attach_to_pyglet(client)
         net.subscribe("peng3dnet:client.*", on_net_event)  # runs on the main thread
 
+        # or without any thread: the clock polls the network too
+        net = attach_to_pyglet(client, poll=True)
+
+    ``poll`` and ``peng_events``: see :class:`MainThreadDispatcher`.
+
     Thread safety: main thread only.
     """
-    return MainThreadDispatcher(peers=peers).attach(clock, interval)
+    return MainThreadDispatcher(peers=peers, poll=poll, peng_events=peng_events).attach(clock, interval)

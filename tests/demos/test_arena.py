@@ -102,6 +102,24 @@ def test_headless_server_and_three_bots_agree(tmp_path):
     assert max(p["score"] for v in server["history"].values() for p in v.values()) >= 1
 
 
+def test_no_threads_mode_plays_the_whole_game_on_one_thread(tmp_path):
+    report = tmp_path / "r.json"
+    out = subprocess.run([sys.executable, "-m", "demos.arena", "--headless", "--no-threads", "--duration", "3",
+                          "--report", str(report)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rep = json.loads(report.read_text())
+    assert rep["threads"] == ["MainThread"]  # server, four clients, sync ticks: no other thread
+    server = rep["server"]
+    assert set(rep["players"]) == {"bot1", "bot2", "bot3", "you"} and rep["stats"]["desyncs"] == 0
+    assert server["tick"] >= 40  # 20 Hz for about 3 s
+    truth = server["history"][str(rep["tick"])]
+    for name, p in rep["players"].items():  # the player's view is the server's, tick for tick
+        for k in ("x", "y"):
+            assert abs(p[k] - truth[name][k]) <= TOL
+        assert p["score"] == truth[name]["score"]
+
+
 def pixel_histogram(path: str) -> dict[tuple[int, int, int], int]:
     exe = shutil.which("convert")
     if exe is None:

@@ -10,6 +10,7 @@ import textwrap
 import threading
 
 import pyglet
+import pytest
 
 pyglet.options["shadow_window"] = False
 import pyglet.clock  # noqa: E402
@@ -174,3 +175,67 @@ def test_window_app_run_delivers_on_main_thread(xvfb_display):
         ["b", True],
         ["last", True],
     ]
+
+
+PENG_SCRIPT = ("""import json, threading
+import pyglet
+import peng3d
+from peng3dnet.net import Server, Client
+from peng3dnet.packet import Packet
+from peng3dnet.events import attach_to_pyglet
+
+class Echo(Packet):
+    def receive(self, msg, cid=None):
+        if cid is not None:
+            self.peer.send_message("w:echo", msg, cid)
+
+MODE = __import__("sys").argv[1]
+s = Server(addr=("127.0.0.1", 0)); s.register_packet("w:echo", Echo(s.registry, s))
+s.runAsync(); s.process_async()
+peng = peng3d.Peng()
+win = peng.createWindow(width=160, height=120, caption="peng3dnet test")
+menu = peng3d.Menu("m", win, peng); win.addMenu(menu); win.changeMenu("m")
+c = Client(peng=peng, addr=s.addr); c.register_packet("w:echo", Echo(c.registry, c))
+main = threading.get_ident()
+results = []
+
+def on_hs(event, data):
+    results.append([event, threading.get_ident() == main])
+    c.send_message("w:echo", "last")
+
+def on_recv(event, data):
+    if data["pid"] >= 64:
+        results.append([data["msg"], threading.get_ident() == main])
+        pyglet.app.exit()
+
+peng.addEventListener("peng3dnet:client.handshakecomplete", on_hs)
+peng.addEventListener("peng3dnet:client.recv", on_recv)
+if MODE == "poll":
+    net = attach_to_pyglet(c, poll=True)
+else:
+    net = attach_to_pyglet(c, peng_events=(MODE == "thread"))
+    c.runAsync()
+pyglet.clock.schedule_once(lambda dt: pyglet.app.exit(), 30)  # safety net
+pyglet.app.run()
+print(json.dumps(results))
+net.close()
+c.stop()
+if MODE == "poll":
+    while c.run:
+        c.poll(0.01)
+else:
+    c.join(5)
+s.shutdown(timeout=5)
+""")
+
+
+@pytest.mark.parametrize("mode,on_main", [("thread", True), ("poll", True), ("direct", False)])
+def test_peng_event_listeners_run_on_the_main_thread_when_asked(xvfb_display, mode, on_main):
+    """A real Peng with a window: peng.addEventListener handlers get the
+    peng3dnet events on the main thread with peng_events=True (threads) or
+    poll=True (no thread at all); without either, on the network thread."""
+    env = dict(os.environ, DISPLAY=xvfb_display, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", PENG_SCRIPT, mode], capture_output=True, text=True, timeout=90, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results == [["peng3dnet:client.handshakecomplete", on_main], ["last", on_main]]

@@ -1,0 +1,138 @@
+"""poll(): the game loop without threads (server and client on the calling thread)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from peng3dnet.errors import LocalProtocolError
+from peng3dnet.events.dispatch import MainThreadDispatcher
+from peng3dnet.net import Client, Server
+from peng3dnet.packet import Packet
+from tests.conftest import EchoPacket, make_client, make_server
+
+
+def _threads() -> set[str]:
+    return {t.name for t in threading.enumerate()}
+
+
+def test_server_and_client_polled_from_one_thread_without_any_library_thread():
+    before = _threads()
+    s = make_server()
+    c = make_client(s)
+    got = []
+    handled_on = []
+
+    class Rec(Packet):
+        def receive(self, msg, cid=None):
+            handled_on.append(threading.current_thread().name)
+            if cid is not None:
+                self.peer.send_message("t:r", msg + 1, cid)
+            else:
+                got.append(msg)
+
+    s.register_packet("t:r", Rec(s.registry, s))
+    c.register_packet("t:r", Rec(c.registry, c))
+    s.poll()  # binds
+    assert s.addr[1] != 0
+    c.addr = s.addr
+    c.poll()  # connects
+    for _ in range(200):
+        s.poll(0.005)
+        c.poll(0.005)
+        if c.remote_state == 64:  # STATE_ACTIVE
+            break
+    c.wait_for_connection(5)  # on the polling thread it polls while it waits
+    for i in range(50):
+        c.send_message("t:r", i)
+    n = 0
+    while len(got) < 50 and n < 2000:
+        s.poll(0.001)
+        c.poll(0.001)
+        n += 1
+    assert got == [i + 1 for i in range(50)]  # in order, all of them
+    assert set(handled_on) == {threading.current_thread().name}
+    assert _threads() == before  # no thread was started
+    c.close()
+    c.wait_for_close(5)  # polls the client while it waits
+    n = 0
+    while c.run and n < 1000:  # the documented end: poll until run is False
+        c.poll(0.005)
+        s.poll(0.005)
+        n += 1
+    assert not c.run and c.close_reason is None
+    s.shutdown(timeout=5)  # on the polling thread: drives the loop until done
+    assert not s.run and s.stats.connections_open == 0
+
+
+def test_poll_and_runasync_exclude_each_other():
+    s = make_server()
+    s.runAsync()
+    try:
+        with pytest.raises(LocalProtocolError):
+            s.poll()
+    finally:
+        s.shutdown(timeout=5)
+    p = make_server()
+    p.poll()
+    with pytest.raises(LocalProtocolError):
+        p.runAsync()
+    errors = []
+
+    def other():
+        try:
+            p.poll()
+        except LocalProtocolError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(5)
+    assert errors, "poll() from a second thread must be refused"
+    p.shutdown(timeout=5)
+
+
+def test_a_threaded_server_serves_a_polled_client_and_stop_finishes_on_the_next_poll():
+    s = make_server()
+    s.runAsync()
+    s.process_async()
+    c = Client(addr=s.addr)
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    try:
+        c.poll()
+        c.wait_for_connection(5)
+        c.send_message("test:echo", "hi")
+        echo = c.registry.get_obj("test:echo")
+        for _ in range(500):
+            c.poll(0.01)
+            if echo.got:
+                break
+        assert echo.got == ["hi"]
+        c.stop()
+        assert c.run  # the loop ends on the next poll
+        c.poll()
+        assert not c.run
+        c.join(0)
+    finally:
+        s.shutdown(timeout=5)
+
+
+def test_dispatcher_polls_peers_so_events_run_on_the_pumping_thread():
+    s = Server(addr=("127.0.0.1", 0))
+    seen = []
+    d = MainThreadDispatcher(peers=[s], poll=True)
+    from peng3dnet import events
+
+    def on_bind(event, data):
+        seen.append((event, threading.current_thread().name))
+
+    events.subscribe("peng3dnet:server.bind", on_bind, sender=s)
+    try:
+        d.pump()
+        assert seen == [("peng3dnet:server.bind", threading.current_thread().name)]
+        assert s.addr[1] != 0
+    finally:
+        events.unsubscribe("peng3dnet:server.bind", on_bind, sender=s)
+        d.close()
+        s.shutdown(timeout=5)
