@@ -9,7 +9,7 @@ baseexception, recvqueue, slowreason (see ATTACKS at the bottom).
 
 Each attack runs in a process of its own (``--attack NAME``): the server
 lives there, so its counters, its RSS and the CPU time of its threads are
-read directly (some of them private: ``_buffered``, ``_links``, ``_inbox``);
+read directly (some of them private: ``_flow.buffered``, ``_links``, ``_inbox``);
 the attacker uses raw sockets (or library clients) in that process.  Where an
 RTT is reported, a well-behaved client in a third process (``--probe PORT``,
 from 127.0.0.1) sends one echo every 5 ms and reports the round trip's p50,
@@ -530,6 +530,7 @@ def attack_slowconsumers(quick: bool, rep: Report) -> None:
     rounds, per_round = (4, 8) if quick else (10, 8)
     cap_one, cap_total = 8 * MIB, 16 * MIB
     s = make_server({"net.limits.write_buffer": cap_one, "net.limits.write_buffer_total": cap_total,
+                     "net.limits.write_buffer_block": 0,  # the attack writes from a program thread: no waiting
                      "net.compress.enabled": False})  # os.urandom data: zlib would only burn CPU
     reasons = close_reasons(s)
     blob = os.urandom(256 * 1024)
@@ -570,7 +571,7 @@ def attack_slowconsumers(quick: bool, rep: Report) -> None:
                         s.send_message(ECHO, blob, cid)
                     except ConnectionClosedError:
                         open_.discard(cid)
-                    max_buf = max(max_buf, s._buffered)
+                    max_buf = max(max_buf, s._flow.buffered)
                     real = real_total()
                     max_real = max(max_real, real)
                     if real > cap_total + slack and t_over is None:
@@ -605,8 +606,8 @@ def attack_slowconsumers(quick: bool, rep: Report) -> None:
               "RSS MiB at start and after each round: " + ", ".join(f"{k / 1024:.0f}" for k in rss)
               + f" (before trimming up to {cached / 1024:.0f}, peak {peak / 1024:.0f}); growth {growth:.1f} MiB; "
               f"{leaked} connection objects not freed")
-    rep.check("the server-wide cap holds in its accounting: server._buffered <= write_buffer_total + one write",
-              max_buf <= cap_total + slack, f"max server._buffered {max_buf / MIB:.2f} MiB")
+    rep.check("the server-wide cap holds in its accounting: server._flow.buffered <= write_buffer_total + one write",
+              max_buf <= cap_total + slack, f"max server._flow.buffered {max_buf / MIB:.2f} MiB")
     rep.check("the bytes actually held in write buffers (incl. connections closed for the cap, until the network "
               "thread releases them) <= write_buffer_total + one write + each closed connection's last write "
               "(the frame partly sent, at most 64 KiB more)",

@@ -180,6 +180,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # Liveness (seconds; 0 turns a timeout off).
     "net.timeout.handshake": 10.0,
     "net.timeout.idle": 0.0,
+    "net.timeout.send": 30.0,
     "net.heartbeat.enabled": True,
     "net.heartbeat.interval": 5.0,
     "net.heartbeat.timeout": 20.0,
@@ -194,6 +195,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.limits.write_buffer": 32 * 1024 * 1024,
     "net.limits.write_buffer_action": "close",
     "net.limits.write_buffer_total": 256 * 1024 * 1024,
+    "net.limits.write_buffer_block": 4 * 1024 * 1024,
     "net.limits.rate.packets": 20000.0,
     "net.limits.rate.bytes": 32 * 1024 * 1024.0,
     "net.limits.rate.burst": 2.0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import selectors
 import sys
@@ -37,6 +36,7 @@ from .errors import (
     WriteBufferFullError,
 )
 from .events.bus import Route as _Route
+from .flow import Flow
 from .inbox import Inbox
 from .link import Link
 from .packet import Packet, SmartPacket, smart_check
@@ -116,6 +116,7 @@ class Peer:
     _h_compress: tuple[bool, int, int]
     _h_inflate: bool
     _h_write_total: int
+    _h_write_block: int
     _h_inflate_rate: float
     _h_inflate_cap: int
 
@@ -140,7 +141,7 @@ class Peer:
         self._leaving = False
         self._polling = False  # poll() drives the loop on the program's thread
         self._peng_forwarder: Any = None  # see set_peng_forwarder
-        self._buffered = 0  # bytes waiting in the write buffers of all connections (see _account)
+        self._flow = Flow(self)  # pausing/resuming reads, blocking senders, the buffered-bytes cap
         self._send_plans: dict[Any, SendPlan] = {}
         self._recv_plans: dict[int, RecvPlan] = {}
         self._route_recv = _Route(self._ev_recv)
@@ -312,7 +313,7 @@ class Peer:
             with chan.lock:
                 chan.flush()
                 if link.acct:
-                    self._account(link)
+                    self._flow.account(link)
             if chan.error is not None:
                 self._abort(link, "socketerror")
                 return
@@ -400,7 +401,7 @@ class Peer:
             chan.close()
             self._channel_closed(link)
         elif proto.frames_waiting and not chan.paused:
-            self._frames_held(link)
+            self._flow.frames_held(link)
 
     def _read_quota(self, link: Link) -> int:
         """How many application packets the next read may decode: the room
@@ -418,67 +419,10 @@ class Peer:
             )
         link.infl_t = now
 
-    def _frames_held(self, link: Link) -> None:
-        """The core holds frames back, and the process queue has room (or
-        they are packets nobody queues): no read event will come for them.
-        Over the decompression budget (``"throttle"``), wait until it is
-        refilled; else go on at once (network thread)."""
-        budget = link.proto.inflate_budget
-        wait = self._throttled_for(link)
-        if link.proto.inflate_action == "hold" and budget is not None and budget <= 0 and self._h_inflate:
-            wait = max(wait, (1 - budget) / self._h_inflate_rate)
-        if wait > 0:
-            self._throttle(link, wait)
-        else:
-            self._reactor.call_soon(self._resume_reading, link)
-
     def _throttled_for(self, link: Link) -> float:
         """Seconds until a rate limit lets this connection's held frames go
         on (0: now); the server's packet bucket when throttling."""
         return 0.0
-
-    def _throttle(self, link: Link, delay: float) -> None:
-        """Pause reading from a connection for ``delay`` seconds: a rate
-        limit with the ``"throttle"`` action (network thread).  The sender
-        feels TCP back-pressure; nothing is lost."""
-        chan = link.chan
-        if chan.throttled or chan.closed:
-            return
-        chan.throttled = True
-        chan.update_interest()
-        log.debug("= %s cid=%s: over a rate limit, reading paused for %.3f s", self._role, link.cid, delay)
-        self._reactor.call_later(delay, functools.partial(self._unthrottle, link))
-
-    def _unthrottle(self, link: Link) -> None:
-        link.chan.throttled = False
-        self._resume_reading(link)
-
-    def _resume_reading(self, link: Link) -> None:
-        """``process()`` made room, a throttle ended, or :meth:`_read`
-        asked: hand on the frames the core held back, then read again
-        (network thread)."""
-        chan = link.chan
-        proto = link.proto
-        if chan.closed:
-            return
-        if proto.frames_waiting and not chan.paused and not chan.throttled:
-            if self._h_inflate:
-                self._refill_inflate(link, time.monotonic())
-            with chan.lock:
-                proto.packet_quota = self._read_quota(link)
-                proto.receive_data(b"")
-                outs = proto.drain_received()
-                if proto.has_data_to_send:
-                    self._push(link)
-            # The packets are charged now (their bytes were, when read).
-            if self._h_rate_reads and not self._read_allowed(link, 0, outs):
-                outs = []
-            if outs:
-                self._handle_outputs(link, outs)
-            if proto.frames_waiting and not chan.paused and not chan.closed:
-                self._frames_held(link)
-                return
-        chan.update_interest()
 
     def _refuse_first_read(self, link: Link, view: memoryview, n: int) -> bool:
         """Look at the first bytes of a connection (and every read of a TLS
@@ -611,12 +555,8 @@ class Peer:
                     with link.chan.lock:
                         if proto.send_heartbeat({"t": now}):
                             self._push(link)
-        if self._h_write_total and self._buffered:  # recount (corked flushes are not counted)
-            total = 0
-            for link in self._all_links():
-                link.acct = 0 if link.chan.closed else len(link.chan.out)
-                total += link.acct
-            self._buffered = total
+        if self._h_write_total and self._flow.buffered:  # recount (corked flushes are not counted)
+            self._flow.recount()
         self._schedule_housekeeping()
 
     def _schedule_housekeeping(self) -> None:
@@ -952,6 +892,8 @@ class Peer:
         with chan.lock:
             if link.proto.closed:
                 raise ConnectionClosedError("connection is closed", link.proto.close_reason)
+            if cork and self._h_write_block and len(chan.out) > self._h_write_block and self._flow.may_block():
+                self._flow.wait_drained(link)
             if chan.out and len(chan.out) + len(frame) > self._h_write_cap:
                 if self._h_write_raise:
                     raise WriteBufferFullError(
@@ -962,7 +904,7 @@ class Peer:
             else:
                 chan.write(frame, cork)
                 if (chan.out or link.acct) and self._h_write_total:
-                    self._account(link)
+                    self._flow.account(link)
                 stats = link.stats
                 stats.packets_out += 1
                 stats.bytes_out += len(frame)
@@ -970,62 +912,10 @@ class Peer:
                     # Emitted under the lock so it cannot come after the close event.
                     self._emit_packet(self._route_send, link, pid, "data", data)
         if slow:
-            self._close_slow(link)
+            self._flow.close_slow(link)
             return
         if self._h_print_send:
             self._debug_print("send", link, pid, data)
-
-    def _account(self, link: Link) -> None:
-        """Keep the peer's total of buffered bytes (``_buffered``) up to date
-        for one connection whose buffer is or was non-empty (channel lock
-        held; any thread), and hold the server-wide cap
-        (``net.limits.write_buffer_total``).  Only backlogged connections
-        pay for this; the total may drift (writes from several threads,
-        corked flushes), so :meth:`_shed` recounts before it acts and the
-        housekeeping recounts every second."""
-        size = len(link.chan.out)
-        delta = size - link.acct
-        if delta:
-            link.acct = size
-            self._buffered += delta
-            if delta > 0 and self._buffered > self._h_write_total:
-                self._shed()
-
-    def _shed(self) -> int:
-        """Over the server-wide cap: close the connections with the largest
-        buffers ("slowconsumer") until the rest fit (any thread); return how
-        many were closed."""
-        links = [link for link in self._all_links() if not link.chan.closed and not link.local_closed]
-        sizes = sorted(((len(link.chan.out), i) for i, link in enumerate(links)), reverse=True)
-        total = sum(size for size, _ in sizes)
-        self._buffered = total
-        closed = 0
-        for size, i in sizes:
-            if total <= self._h_write_total or size == 0:
-                break
-            link = links[i]
-            log.info("! %s cid=%s: %d bytes queued while all connections hold %d (cap %d): closing the largest",
-                     self._role, link.cid, size, total, self._h_write_total)
-            total -= size
-            link.acct = 0
-            closed += 1
-            self._close_slow(link)
-        self._buffered = total
-        return closed
-
-    def _close_slow(self, link: Link) -> None:
-        """Close a peer that does not read (any thread).  What is queued
-        cannot be delivered, so it is dropped at once (its memory with it),
-        except the frame partly sent; the ``closeconn`` goes right behind
-        that frame, so a peer that reads again learns why (``slowconsumer``),
-        and the close linger (``CLOSE_LINGER``) bounds the wait for it."""
-        chan = link.chan
-        with chan.lock:
-            dropped = chan.drop_unsent()
-            if link.acct:
-                self._account(link)
-        log.debug("= %s cid=%s: dropped %d unsent bytes", self._role, link.cid, dropped)
-        self._close_link(link, "slowconsumer")
 
     @staticmethod
     def _push(link: Link) -> None:
@@ -1098,7 +988,7 @@ class Peer:
             self._handler_failed(link, fn)
         finally:
             if self._inbox.done(link):
-                self._reactor.call_soon(self._resume_reading, link)
+                self._reactor.call_soon(self._flow.resume_reading, link)
 
     def process(self, wait: bool = False, timeout: float | None = None) -> int:
         """Run the handlers of queued packets.

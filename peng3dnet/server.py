@@ -505,7 +505,7 @@ class Server(Peer):
             link.rate_b -= nbytes
             wait = -link.rate_b / rate_b if rate_b > 0 else 0.0
             if wait > 0:
-                self._throttle(link, wait)
+                self._flow.throttle(link, wait)
             return True
         if self._h_rate_drop:
             # Let through what the buckets allow, drop the rest of this read's
@@ -617,8 +617,7 @@ class Server(Peer):
         if self._links.pop(link.cid, None) is not None:  # type: ignore[arg-type]
             self.stats._add_closed(link.stats)
         self._handshake_over(link, closed=True)
-        self._buffered -= link.acct  # its buffer was released with the channel
-        link.acct = 0
+        self._flow.released(link)  # its buffer was released with the channel
         with self._chan_cond:
             self._open_channels -= 1
             self._chan_cond.notify_all()

@@ -334,6 +334,9 @@ class Channel:
         "head",
         "marks",
         "throttled",
+        "drained",
+        "drain_waiters",
+        "low_water",
         "__weakref__",
     )
 
@@ -363,6 +366,12 @@ class Channel:
         # least MARK_GAP apart (a 32 MiB buffer holds at most 512).
         self.head = 0
         self.marks: deque[int] = deque()
+        self.drained = threading.Condition(self.lock)
+        """Notified (by :meth:`flush`, :meth:`close`) when :attr:`out` fell to
+        :attr:`low_water` bytes or less while :attr:`drain_waiters` > 0: a
+        sender blocked on a full buffer waits on it."""
+        self.drain_waiters = 0
+        self.low_water = 0
         self.throttled = False
         """Reading is paused by a rate limit (see :attr:`paused` for the
         process queue's pause); either one stops reading."""
@@ -537,6 +546,8 @@ class Channel:
                 marks = self.marks
                 while marks and marks[0] <= head:
                     marks.popleft()
+                if self.drain_waiters and len(out) <= self.low_water:
+                    self.drained.notify_all()
             if self.error is not None:
                 return False
         return not out
@@ -597,6 +608,9 @@ class Channel:
         self.out = bytearray()
         self.marks.clear()
         self.on_ready = _nothing
+        if self.drain_waiters:
+            with self.lock:
+                self.drained.notify_all()
 
 
 WOULD_BLOCK = _WOULD_BLOCK

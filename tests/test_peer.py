@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 import zlib
 
 import msgpack
@@ -577,3 +578,88 @@ def test_burst_from_another_thread_is_coalesced_and_complete(net):
     (cid,) = active_cids(s)
     st = s.clients[cid].stats
     assert st.packets_in >= n
+
+
+# --- lossless flow control on the default path ---------------------------------------------------
+
+def _slow_sink(n_expected, delay_every=50):
+    got = []
+    done = threading.Event()
+
+    class Sink(Packet):
+        def receive(self, msg, cid=None):
+            got.append(msg)
+            if len(got) % delay_every == 0:
+                time.sleep(0.0005)  # a handler slower than the sender (simulated work)
+            if len(got) == n_expected:
+                done.set()
+
+    return Sink, got, done
+
+
+@pytest.mark.parametrize("n,cfg", [
+    (100_000, {}),  # the defaults: throttle at 20,000 packets/s, recv_queue, blocking sends
+    (6_000, {"net.limits.rate.packets": 2000.0, "net.limits.rate.burst": 0.5}),  # a low rate limit
+])
+def test_a_burst_from_the_main_thread_is_slowed_not_cut_off(net, n, cfg):
+    sink_cls, got, done = _slow_sink(n)
+    s, rec = net.server(packets={"t:sink": sink_cls}, **cfg)
+    c = net.client(s, packets={"t:sink": sink_cls}, **{"net.limits.write_buffer_block": 256 * 1024})
+    link = next(iter(s._links.values()))
+    peak = {"client_buffer": 0, "server_queue": 0, "held": 0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.002):
+            peak["client_buffer"] = max(peak["client_buffer"], c.write_buffer_size)
+            peak["server_queue"] = max(peak["server_queue"], link.queued)
+            peak["held"] = max(peak["held"], link.proto.frames_waiting)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        pad = "p" * 100  # 100,000 x ~110 bytes: more than the kernels' socket buffers hold
+        for i in range(n):  # the program's main thread, as fast as it can
+            c.send_message("t:sink", [i, pad])
+        assert done.wait(120), f"{len(got)} of {n} delivered"
+    finally:
+        stop.set()
+        t.join(5)
+    assert [m[0] for m in got] == list(range(n))  # every message, in order
+    assert c.close_reason is None and "peng3dnet:server.connection.close" not in rec.names()
+    # memory bounded on both sides: the sender blocked near its high-water mark
+    assert peak["client_buffer"] <= 256 * 1024 + 64 * 1024
+    assert peak["server_queue"] <= s.cfg["net.limits.recv_queue"]
+
+
+def test_a_blocked_send_times_out_with_a_clear_error(net):
+    s, rec = net.server(process=False, **{"net.limits.recv_queue": 10, "net.limits.rate.packets": 0.0})
+    c = net.client(s, **{"net.limits.write_buffer_block": 64 * 1024, "net.timeout.send": 0.5})
+    blob = "x" * 4000
+    t0 = None
+    with pytest.raises(errors.WriteBufferFullError) as info:
+        for _ in range(100_000):  # the server reads nothing more: kernel buffers, then ours fill
+            t0 = time.monotonic()
+            c.send_message("test:echo", blob)
+    assert time.monotonic() - t0 >= 0.5  # it waited for the drain that never came
+    assert "cid=" in str(info.value) and "net.timeout.send" in str(info.value)
+    assert c.write_buffer_size <= 64 * 1024 + 5000  # blocked at the mark, nothing beyond it queued
+    assert c.close_reason is None  # the connection stays; the program decides
+
+
+def test_fan_out_and_handler_threads_never_block(net):
+    """broadcast() and handlers on the process thread keep the cap-and-close
+    policy: they serve every connection and must not wait for one."""
+    s, rec = net.server(**{"net.limits.write_buffer_block": 1024, "net.timeout.send": 30.0})
+    assert s._flow.may_block()  # the test's (main) thread
+    flags = []
+
+    class Probe(Packet):
+        def receive(self, msg, cid=None):
+            flags.append(self.peer._flow.may_block())
+
+    s.register_packet("t:probe", Probe(s.registry, s))
+    c = net.client(s, packets={"t:probe": Packet})
+    c.send_message("t:probe", 1)
+    wait_for(lambda: flags, what="the handler")
+    assert flags == [False]

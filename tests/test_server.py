@@ -475,6 +475,7 @@ def test_the_decompression_budget_refills_at_its_rate(net):
 
 def test_the_server_wide_buffer_cap_closes_the_largest_buffers_first(net):
     s, rec = net.server(**{"net.limits.write_buffer": 64 << 20, "net.limits.write_buffer_total": 24 << 20,
+                          "net.limits.write_buffer_block": 0,  # the main thread must not wait: test the cap
                           "net.compress.enabled": False})
     peers = []
     for _ in range(3):
@@ -498,7 +499,7 @@ def test_the_server_wide_buffer_cap_closes_the_largest_buffers_first(net):
     assert d["reason"] == "slowconsumer" and d["client"].cid == a  # the largest, not the one written to
     assert s.clients[b].write_buffer_size > 0 and s.clients[c].write_buffer_size > 0
     assert b in active_cids(s) and c in active_cids(s)
-    wait_for(lambda: s._buffered <= 24 << 20, what="the total under the cap")
+    wait_for(lambda: s._flow.buffered <= 24 << 20, what="the total under the cap")
     good_client_works(s)
 
 

@@ -1,0 +1,202 @@
+"""Flow control of a peer's connections: pausing and resuming reads
+(the process queue, rate limits, the inflate budget), blocking senders over
+the high-water mark, and the server-wide cap on buffered bytes.
+
+Composed into :class:`~peng3dnet.peer.Peer` (``peer._flow``); none of it is on
+the per-packet path except through a check the peer makes first.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from .errors import ConnectionClosedError, WriteBufferFullError
+
+if TYPE_CHECKING:
+    from .link import Link
+    from .peer import Peer
+
+__all__ = ["Flow"]
+
+log = logging.getLogger(__name__)
+
+
+class Flow:
+    """The flow control of one peer (see the module docstring)."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.buffered = 0
+        """Bytes waiting in the write buffers of all the peer's connections
+        (kept by :meth:`account`; recounted by :meth:`recount`)."""
+
+    def recount(self) -> None:
+        """Count the buffered bytes exactly (the housekeeping timer)."""
+        total = 0
+        for link in self.peer._all_links():
+            link.acct = 0 if link.chan.closed else len(link.chan.out)
+            total += link.acct
+        self.buffered = total
+
+    def released(self, link: Link) -> None:
+        """A connection's channel closed: its buffer is gone."""
+        self.buffered -= link.acct
+        link.acct = 0
+
+    def frames_held(self, link: Link) -> None:
+        """The core holds frames back, and the process queue has room (or
+        they are packets nobody queues): no read event will come for them.
+        Over the decompression budget (``"throttle"``), wait until it is
+        refilled; else go on at once (network thread)."""
+        peer = self.peer
+        budget = link.proto.inflate_budget
+        wait = peer._throttled_for(link)
+        if link.proto.inflate_action == "hold" and budget is not None and budget <= 0 and peer._h_inflate:
+            wait = max(wait, (1 - budget) / peer._h_inflate_rate)
+        if wait > 0:
+            self.throttle(link, wait)
+        else:
+            peer._reactor.call_soon(self.resume_reading, link)
+
+    def throttle(self, link: Link, delay: float) -> None:
+        """Pause reading from a connection for ``delay`` seconds: a rate
+        limit with the ``"throttle"`` action (network thread).  The sender
+        feels TCP back-pressure; nothing is lost."""
+        peer = self.peer
+        chan = link.chan
+        if chan.throttled or chan.closed:
+            return
+        chan.throttled = True
+        chan.update_interest()
+        log.debug("= %s cid=%s: over a rate limit, reading paused for %.3f s", peer._role, link.cid, delay)
+        peer._reactor.call_later(delay, functools.partial(self._unthrottle, link))
+
+    def _unthrottle(self, link: Link) -> None:
+        link.chan.throttled = False
+        self.resume_reading(link)
+
+    def resume_reading(self, link: Link) -> None:
+        """``process()`` made room, a throttle ended, or :meth:`Peer._read`
+        asked: hand on the frames the core held back, then read again
+        (network thread)."""
+        peer = self.peer
+        chan = link.chan
+        proto = link.proto
+        if chan.closed:
+            return
+        if proto.frames_waiting and not chan.paused and not chan.throttled:
+            if peer._h_inflate:
+                peer._refill_inflate(link, time.monotonic())
+            with chan.lock:
+                proto.packet_quota = peer._read_quota(link)
+                proto.receive_data(b"")
+                outs = proto.drain_received()
+                if proto.has_data_to_send:
+                    peer._push(link)
+            # The packets are charged now (their bytes were, when read).
+            if peer._h_rate_reads and not peer._read_allowed(link, 0, outs):
+                outs = []
+            if outs:
+                peer._handle_outputs(link, outs)
+            if proto.frames_waiting and not chan.paused and not chan.closed:
+                self.frames_held(link)
+                return
+        chan.update_interest()
+
+    def may_block(self) -> bool:
+        """Whether a send may wait for a full buffer to drain: only on a
+        program thread (not the network thread, which would wait for
+        itself, nor the process thread, whose handlers serve every
+        connection)."""
+        peer = self.peer
+        return not peer._reactor.in_loop() and threading.current_thread() is not peer._process_thread
+
+    def wait_drained(self, link: Link) -> None:
+        """Block (channel lock held; it is released while waiting) until the
+        write buffer is down to half the high-water mark
+        (``net.limits.write_buffer_block``), for at most ``net.timeout.send``
+        seconds: lossless flow control for a program thread that sends
+        faster than the peer reads.
+
+        Raises:
+            WriteBufferFullError: Still over the mark after the timeout.
+            ConnectionClosedError: The connection closed meanwhile.
+        """
+        peer = self.peer
+        chan = link.chan
+        timeout = float(peer.cfg["net.timeout.send"])
+        deadline = time.monotonic() + timeout
+        chan.low_water = peer._h_write_block // 2
+        chan.drain_waiters += 1
+        try:
+            while len(chan.out) > chan.low_water and not chan.closed and not link.proto.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WriteBufferFullError(
+                        f"cid={link.cid}: {len(chan.out)} bytes still wait to be sent after {timeout} s "
+                        "(net.timeout.send); the peer does not read"
+                    )
+                chan.drained.wait(left)
+        finally:
+            chan.drain_waiters -= 1
+        if link.proto.closed or chan.closed:
+            raise ConnectionClosedError("connection closed while waiting to send", link.proto.close_reason)
+
+    def account(self, link: Link) -> None:
+        """Keep the peer's total of buffered bytes (:attr:`buffered`) up to date
+        for one connection whose buffer is or was non-empty (channel lock
+        held; any thread), and hold the server-wide cap
+        (``net.limits.write_buffer_total``).  Only backlogged connections
+        pay for this; the total may drift (writes from several threads,
+        corked flushes), so :meth:`shed` recounts before it acts and the
+        housekeeping recounts every second."""
+        peer = self.peer
+        size = len(link.chan.out)
+        delta = size - link.acct
+        if delta:
+            link.acct = size
+            self.buffered += delta
+            if delta > 0 and self.buffered > peer._h_write_total:
+                self.shed()
+
+    def shed(self) -> int:
+        """Over the server-wide cap: close the connections with the largest
+        buffers ("slowconsumer") until the rest fit (any thread); return how
+        many were closed."""
+        peer = self.peer
+        links = [link for link in peer._all_links() if not link.chan.closed and not link.local_closed]
+        sizes = sorted(((len(link.chan.out), i) for i, link in enumerate(links)), reverse=True)
+        total = sum(size for size, _ in sizes)
+        self.buffered = total
+        closed = 0
+        for size, i in sizes:
+            if total <= peer._h_write_total or size == 0:
+                break
+            link = links[i]
+            log.info("! %s cid=%s: %d bytes queued while all connections hold %d (cap %d): closing the largest",
+                     peer._role, link.cid, size, total, peer._h_write_total)
+            total -= size
+            link.acct = 0
+            closed += 1
+            self.close_slow(link)
+        self.buffered = total
+        return closed
+
+    def close_slow(self, link: Link) -> None:
+        """Close a peer that does not read (any thread).  What is queued
+        cannot be delivered, so it is dropped at once (its memory with it),
+        except the frame partly sent; the ``closeconn`` goes right behind
+        that frame, so a peer that reads again learns why (``slowconsumer``),
+        and the close linger (``CLOSE_LINGER``) bounds the wait for it."""
+        peer = self.peer
+        chan = link.chan
+        with chan.lock:
+            dropped = chan.drop_unsent()
+            if link.acct:
+                self.account(link)
+        log.debug("= %s cid=%s: dropped %d unsent bytes", peer._role, link.cid, dropped)
+        peer._close_link(link, "slowconsumer")
