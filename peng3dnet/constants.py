@@ -60,6 +60,7 @@ EXTENSIONS_KEY = "peng3dnet.extensions"
 extensions; a version-2 peer ignores it."""
 EXTENSION_PACKETS: dict[str, dict[str, int]] = {
     "heartbeat": {"peng3dnet:ext.heartbeat": PID_HEARTBEAT, "peng3dnet:ext.heartbeat.ack": PID_HEARTBEAT_ACK},
+    "mapkeys": {},  # no packets: "I accept map keys other than str/bytes" (see protocol.codec.unpack)
 }
 """Packets of each extension (name -> fixed id); they appear in the
 handshake registry only on connections that negotiated the extension."""

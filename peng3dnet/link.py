@@ -73,7 +73,7 @@ class Link:
     __slots__ = (
         "proto", "chan", "owner", "cid", "ctobj", "n_in", "n_out", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
-        "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending",
+        "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -96,6 +96,7 @@ class Link:
         self.rate_p = 0.0  # token buckets (packets, bytes), refilled at rate_t
         self.rate_b = 0.0
         self.rate_t = 0.0
+        self.strict_keys = True  # the peer accepts only str/bytes map keys (no mapkeys extension)
         self.group: str | None = None  # the address group it counts in (server: per-address limits)
         self.hs_pending = False  # counted as a handshake in progress of its group
         self.acct = 0  # bytes of chan.out counted in the peer's total (Peer._account)

@@ -42,6 +42,7 @@ from .link import Link
 from .packet import Packet, SmartPacket, smart_check
 from .packet.internal import INTERNAL_PACKETS
 from .plans import BASE_RECEIVE, BASE_SEND, NO_EVENT, RecvPlan, SendPlan, hot_settings, quiet_smart, thread_pack
+from .protocol.codec import check_keys
 from .protocol.connection import (
     NO_QUOTA,
     ConnectionClosed,
@@ -294,7 +295,7 @@ class Peer:
             compress_level=int(cfg["net.compress.level"]),
             autosync=bool(cfg["net.registry.autosync"]),
             missing_packet_action=str(cfg["net.registry.missingpacketaction"]),
-            extensions={"heartbeat"} if cfg["net.heartbeat.enabled"] else frozenset(),
+            extensions={"heartbeat", "mapkeys"} if cfg["net.heartbeat.enabled"] else {"mapkeys"},
         )
         if self._h_inflate:  # the decompression budget starts full
             proto.inflate_budget = self._h_inflate_cap
@@ -485,6 +486,7 @@ class Peer:
             elif isinstance(o, ConnTypeRequested):
                 self._on_conntype(link, o.conntype)
             elif isinstance(o, HandshakeCompleted):
+                link.strict_keys = "mapkeys" not in link.proto.negotiated
                 log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
                 try:
                     link.owner.on_handshake_complete()
@@ -842,6 +844,8 @@ class Peer:
                 f"packet {self.registry.get_name(pid)!r} is not valid on this connection now "
                 "(net.smartpacket.strict_send is on)"
             )
+        if link.strict_keys:  # a 0.1.x peer: refuse here what it would close the connection for
+            check_keys(data)
         ct = link.ctobj
         announce = True
         if ct is not None and type(ct).send is not ConnectionType.send:

@@ -28,6 +28,7 @@ from .constants import (
 )
 from .errors import (
     ConnectionClosedError,
+    LocalProtocolError,
     TLSError,
     WriteBufferFullError,
 )
@@ -35,7 +36,7 @@ from .link import ConnectionStats, Link, noop_hook
 from .packet import smart_check
 from .peer import Peer, resolve_addr
 from .plans import NO_EVENT, thread_pack
-from .protocol.codec import frame_body, pack
+from .protocol.codec import check_keys, frame_body, pack
 from .protocol.connection import Output, PacketReceived
 from .protocol.framing import LENGTH, encode_frame
 from .protocol.handshake import HandshakeState
@@ -702,10 +703,21 @@ class Server(Peer):
         targets = list(self._links) if cids is None else list(cids)
         frame = self._frame_for_body(pid, pack(data, thread_pack))
         sent = 0
+        keys_ok: bool | None = None  # checked once, for the first 0.1.x peer
         for cid in targets:
             link = self._links.get(cid)
             if link is None or link.proto.state is not HandshakeState.ACTIVE:
                 continue
+            if link.strict_keys:
+                if keys_ok is None:
+                    try:
+                        check_keys(data)
+                        keys_ok = True
+                    except LocalProtocolError:
+                        log.warning("! server: broadcast of %r skips 0.1.x peers: a map key they refuse", ptype)
+                        keys_ok = False
+                if not keys_ok:
+                    continue
             if smart and self._h_strict_send and not smart_check(pobj, cid, receiving=False):
                 continue
             try:

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from peng3dnet import events
-from peng3dnet.errors import ConnectionClosedError
+from peng3dnet.errors import ConnectionClosedError, LocalProtocolError
 from peng3dnet.ext.ping import PingableServerMixin, pingServer
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
@@ -111,6 +111,10 @@ def test_our_client_against_original_server():
         c.process_async()
         c.wait_for_connection(15)
         assert c.remote_version == "0.1.3a0"
+        # An int map key would make the original close the connection: it is
+        # refused here, in the sender's thread, and the connection stays.
+        with pytest.raises(LocalProtocolError, match="map key 7"):
+            c.send_message("interop:echo", {"ok": {7: "entity"}})
         for m in MESSAGES:
             c.send_message("interop:echo", m)
         assert done.wait(15)

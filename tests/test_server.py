@@ -43,7 +43,7 @@ def test_heartbeat_negotiated_and_measures_rtt(net):
     c = net.client(s, process=False, **{"net.heartbeat.interval": 0.05})
     crec = net.recorder(c, "peng3dnet:client.heartbeat")
     (cid,) = active_cids(s)
-    assert c.extensions == frozenset({"heartbeat"}) == s.clients[cid].extensions
+    assert c.extensions == frozenset({"heartbeat", "mapkeys"}) == s.clients[cid].extensions
     (d,) = rec.wait_for("peng3dnet:server.connection.heartbeat")[:1]
     assert 0 <= d["rtt"] < 5 and d["stats"]["rtt"] == d["rtt"]
     (cd,) = crec.wait_for("peng3dnet:client.heartbeat")[:1]
@@ -54,7 +54,7 @@ def test_version2_peer_sees_no_extension_packets(net):
     s, rec = net.server(**{"net.heartbeat.interval": 0.05})
     peer = RawPeer(s.addr)
     pid, hello = peer.recv_packet()
-    assert pid == 1 and hello[EXTENSIONS_KEY] == ["heartbeat"]  # an unknown key to a v2 peer
+    assert pid == 1 and hello[EXTENSIONS_KEY] == ["heartbeat", "mapkeys"]  # an unknown key to a v2 peer
     peer.send_packet(2, {"conntype": "classic"})  # a v2 client announces nothing
     pid, hs = peer.recv_packet()
     assert set(hs["registry"]) == {
@@ -615,3 +615,15 @@ def test_throttle_holds_compressed_packets_until_the_inflate_budget_refills(net)
     assert [len(m) for _, m in got] == [1 << 20] * 16  # nothing lost, no close
     assert elapsed >= 0.8, elapsed  # the second 8 MiB waited for the refill
     assert "peng3dnet:server.connection.close" not in rec.names()
+
+
+def test_int_map_keys_to_a_version_2_peer_are_refused_at_send_time(net):
+    s, rec = net.server()
+    peer = RawPeer(s.addr)  # speaks plain protocol 2: no mapkeys extension
+    reg = peer.handshake()
+    (cid,) = active_cids(s)
+    assert "mapkeys" not in s.clients[cid].extensions
+    with pytest.raises(errors.LocalProtocolError, match="map key 3"):
+        s.send_message("test:echo", [{"a": {3: "x"}}], cid)
+    s.send_message("test:echo", {"a": {"3": "x"}}, cid)  # str keys: fine, connection kept
+    assert peer.recv_packet() == (reg["test:echo"], {"a": {"3": "x"}})

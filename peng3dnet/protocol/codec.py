@@ -10,8 +10,8 @@ with ``zlib.compress`` at the configured level and flagged.
 Decoding never trusts the peer: decompression stops at
 ``max_decompressed_size`` (a zlib bomb is refused after producing at most
 that many bytes), a truncated or trailing-garbage zlib stream is an error,
-and msgpack is unpacked with ``raw=False, strict_map_key=True`` and must be
-exactly one value.  Every failure is a :class:`~peng3dnet.errors.DecodeError`
+and msgpack is unpacked with ``raw=False`` (map keys: any hashable scalar;
+array keys as tuples) and must be exactly one value.  Every failure is a :class:`~peng3dnet.errors.DecodeError`
 or :class:`~peng3dnet.errors.FrameTooLargeError`.
 """
 
@@ -27,7 +27,7 @@ from ..constants import FLAG_COMPRESSED, MAX_PACKETLENGTH
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
 from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, encode_frame
 
-__all__ = ["pack", "unpack", "compress_body", "decompress_body", "decode_body", "frame_body"]
+__all__ = ["pack", "unpack", "check_keys", "compress_body", "decompress_body", "decode_body", "frame_body"]
 
 
 def pack(value: Any, encode: Any = msgpack.packb) -> bytes:
@@ -54,13 +54,62 @@ def pack(value: Any, encode: Any = msgpack.packb) -> bytes:
 def unpack(body: bytes) -> Any:
     """Deserialize exactly one msgpack value.
 
+    Map keys may be any hashable value msgpack gives (str, bytes, int,
+    float, bool, None: entity ids as int keys work); a key that is an array
+    (a tuple key on the sending side) comes back as a tuple, so every dict
+    Python can send round-trips.  (These key types have few hash collisions:
+    int and float hashes collide only modulo 2**61 - 1, str and bytes hashes
+    are randomised.)
+
     Raises:
-        DecodeError: The body is not exactly one valid msgpack value.
+        DecodeError: The body is not exactly one valid msgpack value, or a
+            key cannot be a dict key (a map).
     """
     try:
-        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+        return msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except TypeError:  # an array (or a map) as a map key: the slower exact way
+        try:
+            return msgpack.unpackb(body, raw=False, strict_map_key=False, object_pairs_hook=_pairs)
+        except Exception as exc:
+            raise DecodeError(f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack") from exc
     except Exception as exc:  # msgpack raises many types; all mean "malformed"
         raise DecodeError(f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack") from exc
+
+
+def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {_frozen(k): v for k, v in pairs}
+
+
+def _frozen(key: Any) -> Any:
+    """An array key as the tuple it was sent as (nested arrays too); a map
+    key stays unhashable (no Python dict could have sent it)."""
+    if isinstance(key, list):
+        return tuple(_frozen(k) for k in key)
+    return key
+
+
+def check_keys(value: Any) -> None:
+    """Raise unless every map key in ``value`` is str or bytes: what a peer
+    of protocol version 2 that does not know our ``mapkeys`` extension
+    (peng3dnet 0.1.x) accepts; it closes the connection on anything else.
+
+    Raises:
+        LocalProtocolError: A map with another key type; the message names it.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, (str, bytes)):
+                    raise LocalProtocolError(
+                        f"map key {k!r} ({type(k).__name__}): this peer (protocol 2 without the mapkeys extension, "
+                        "e.g. peng3dnet 0.1.x) accepts only str or bytes keys and would close the connection"
+                    )
+                if isinstance(v, (dict, list, tuple)):
+                    stack.append(v)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(v for v in item if isinstance(v, (dict, list, tuple)))
 
 
 def compress_body(body: bytes, level: int) -> bytes:

@@ -83,7 +83,7 @@ def test_bad_zlib(body):
         b"\xc1",  # never used byte
         b"\x92\x01",  # truncated array
         b"\x01\x02",  # two values
-        b"\x81\x01\x02",  # int map key (strict_map_key)
+        b"\x81\x80\x02",  # a map as a map key (no dict can have one)
         b"\xa2\xff\xfe",  # invalid utf-8 str
         b"",
     ],
@@ -96,3 +96,32 @@ def test_bad_msgpack(body):
 def test_unencodable_value_is_local_error():
     with pytest.raises(LocalProtocolError):
         pack(object())
+
+
+# --- map keys: int keys accepted, tuple keys round-trip, str/bytes for 0.1.x peers -----------------
+
+from peng3dnet.protocol.codec import check_keys  # noqa: E402
+
+_keys = st.one_of(st.integers(-(2**63), 2**64 - 1), st.text(max_size=5), st.binary(max_size=5), st.booleans(),
+                  st.none(), st.floats(allow_nan=False), st.tuples(st.integers(0, 9), st.integers(0, 9)))
+
+
+@given(st.dictionaries(_keys, st.integers(-(2**63), 2**64 - 1), max_size=8))
+def test_any_dict_python_can_send_round_trips(d):
+    assert unpack(pack(d)) == d
+
+
+def test_int_keys_are_accepted_and_a_map_as_key_is_malformed():
+    assert unpack(msgpack.packb({1: "x", 2: {3: [4]}})) == {1: "x", 2: {3: [4]}}
+    assert unpack(pack({(1, (2, 3)): "nested"})) == {(1, (2, 3)): "nested"}
+    # \x81 (map of 1) whose key is \x80 (an empty map): no Python dict could send it
+    with pytest.raises(DecodeError) as info:
+        unpack(b"\x81\x80\x01")
+    assert info.value.reason == "invalidmsgpack"
+
+
+def test_check_keys_finds_a_key_0_1_peers_refuse_anywhere_in_the_message():
+    check_keys({"a": [{"b": b"c"}, ({b"d": 1},)], "e": None})  # str and bytes keys only: fine
+    for bad in ({1: "x"}, {"a": [{"b": {2.5: 1}}]}, [({"ok": 1}, {None: 2})], ({(1, 2): 3},)):
+        with pytest.raises(LocalProtocolError, match="map key"):
+            check_keys(bad)
