@@ -193,6 +193,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.limits.per_address.connections": 256,
     "net.limits.per_address.handshakes": 64,
     "net.limits.per_address.ipv6_prefix": 64,
+    "net.limits.per_address.exempt_loopback": True,
     "net.limits.write_buffer": 32 * 1024 * 1024,
     "net.limits.write_buffer_action": "close",
     "net.limits.write_buffer_total": 256 * 1024 * 1024,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import itertools
 import logging
 import selectors
@@ -45,6 +46,15 @@ from .userlog import report_user_error
 from .util import address_group
 
 _SERVERFULL = encode_frame(PID_CLOSECONN, 0, b"\x81\xa6reason\xaaserverfull")  # the refusal, pre-encoded
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
+
+
 _ADDRESSLIMIT = encode_frame(PID_CLOSECONN, 0, pack({"reason": "addresslimit"}))
 
 if TYPE_CHECKING:  # annotations only: socket calls live in transport
@@ -377,11 +387,12 @@ class Server(Peer):
             client = self.clientcls(self, sock, addr, cid)
         except Exception:  # the program's ClientOnServer subclass
             report_user_error("! server: %r(...) raised; connection from %s dropped", self.clientcls, addr)
-            counts = self._groups[group]
-            counts[0] -= 1
-            counts[1] -= 1
-            if counts[0] <= 0:
-                del self._groups[group]
+            if group:
+                counts = self._groups[group]
+                counts[0] -= 1
+                counts[1] -= 1
+                if counts[0] <= 0:
+                    del self._groups[group]
             Listener.refuse(sock, b"")
             return
         link = Link(proto, None, client, cid)  # type: ignore[arg-type]
@@ -431,7 +442,10 @@ class Server(Peer):
         """Count a new connection in its address group, or return ``None``
         when the group is at a per-address limit (network thread)."""
         cfg = self.cfg
-        group = address_group(str(addr[0]), int(cfg["net.limits.per_address.ipv6_prefix"]))
+        host = str(addr[0])
+        if cfg["net.limits.per_address.exempt_loopback"] and _is_loopback(host):
+            return ""  # local bots and load tests: not limited (the group "" is never counted)
+        group = address_group(host, int(cfg["net.limits.per_address.ipv6_prefix"]))
         counts = self._groups.get(group)
         if counts is None:
             counts = self._groups[group] = [0, 0]
@@ -451,7 +465,7 @@ class Server(Peer):
         """A connection stops counting as a handshake in progress (and, when
         ``closed``, as a connection) of its address group (network thread)."""
         group = link.group
-        if group is None:
+        if not group:  # None, or "" (exempt)
             return
         counts = self._groups[group]
         if link.hs_pending:

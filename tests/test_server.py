@@ -521,7 +521,8 @@ def _closeconn_reason(sock):
 
 
 def test_silent_connections_from_one_address_cannot_lock_others_out(net):
-    s, rec = net.server(**{"net.limits.per_address.handshakes": 8, "net.limits.max_clients": 12})
+    s, rec = net.server(**{"net.limits.per_address.handshakes": 8, "net.limits.max_clients": 12,
+                          "net.limits.per_address.exempt_loopback": False})  # 127.0.0.2 stands for a remote host
     silent = [_from(s.addr) for _ in range(8)]
     wait_for(lambda: s.stats.connections_open == 8, what="eight accepted")
     extra = _from(s.addr)  # the ninth handshake in progress from 127.0.0.2
@@ -538,7 +539,7 @@ def test_silent_connections_from_one_address_cannot_lock_others_out(net):
 
 
 def test_connections_per_address_count_handshaken_ones_too(net):
-    s, rec = net.server(**{"net.limits.per_address.connections": 3})
+    s, rec = net.server(**{"net.limits.per_address.connections": 3, "net.limits.per_address.exempt_loopback": False})
     peers = []
     for _ in range(3):
         p = RawPeer.__new__(RawPeer)
@@ -552,6 +553,15 @@ def test_connections_per_address_count_handshaken_ones_too(net):
     for p in peers:
         p.close()
     wait_for(lambda: not s._groups, what="the group forgotten")
+
+
+def test_loopback_is_not_limited_by_default(net):
+    s, rec = net.server(**{"net.limits.per_address.handshakes": 2, "net.limits.per_address.connections": 2})
+    socks = [_from(s.addr) for _ in range(5)]  # local bots, load tests
+    wait_for(lambda: s.stats.connections_open == 5, what="all five accepted")
+    assert s.stats.connections_refused == 0 and not s._groups
+    for so in socks:
+        so.close()
 
 
 def test_address_groups():
