@@ -1,6 +1,8 @@
 """Every benchmark in one command: python -m bench [--quick]
 
-Runs bench.run (throughput, RTT, echo vs an asyncio-streams loop),
+Runs bench.run (throughput, RTT, echo, burst, server CPU per echo: the
+library's default API and its tuned inline mode vs an asyncio-streams loop
+and a bare selectors loop),
 bench.events_cost (per-packet cost of the event bus), and bench.scale
 (sync broadcast cost curve; 1,000 connected clients), printing Markdown
 tables for the README.
