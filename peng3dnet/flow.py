@@ -92,13 +92,13 @@ class Flow:
             if peer._h_inflate:
                 peer._refill_inflate(link, time.monotonic())
             with chan.lock:
-                proto.packet_quota = peer._read_quota(link)
+                quota = proto.packet_quota = peer._read_quota(link)
                 proto.receive_data(b"")
                 outs = proto.drain_received()
                 if proto.has_data_to_send:
                     peer._push(link)
             # The packets are charged now (their bytes were, when read).
-            if peer._h_rate_reads and not peer._read_allowed(link, 0, outs):
+            if peer._h_rate_reads and not peer._read_allowed(link, 0, outs, max(0, quota - proto.packet_quota)):
                 outs = []
             if outs:
                 peer._handle_outputs(link, outs)

@@ -345,7 +345,7 @@ class Peer:
             # Room left in the process queue (and, throttling, in the packet
             # bucket): the core decodes no more packets than that and holds
             # the rest of the read back.
-            proto.packet_quota = self._read_quota(link)
+            quota = proto.packet_quota = self._read_quota(link)
             try:
                 n = chan.read_into(buf)
                 if n > 0 and link.plain and not chan.closing:
@@ -394,7 +394,7 @@ class Peer:
             self._refill_inflate(link, now)
         # Every byte read is charged (the server's byte bucket), whether or
         # not it completed a packet.
-        if self._h_rate_reads and not self._read_allowed(link, total, outs):
+        if self._h_rate_reads and not self._read_allowed(link, total, outs, max(0, quota - proto.packet_quota)):
             outs = []
         if outs:
             self._handle_outputs(link, outs)
@@ -430,7 +430,7 @@ class Peer:
         one); return ``True`` to refuse it (the server overrides this)."""
         return False
 
-    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
+    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output], npackets: int) -> bool:
         """Whether the outputs of one read go on to :meth:`_handle_outputs`;
         called only while rate limits are on, on a server (which overrides
         it)."""

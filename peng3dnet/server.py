@@ -496,7 +496,7 @@ class Server(Peer):
         if self._h_rate_throttle and self._h_rate_p > 0:
             # Throttling is exact for packets: the core decodes no more
             # than the bucket holds; the rest waits undecoded.
-            self._refill(link, time.monotonic())
+            self._refill(link, time.monotonic())  # (not the last read's time: a throttled link has no reads)
             return min(room, max(0, int(link.rate_p)))
         return room
 
@@ -505,13 +505,12 @@ class Server(Peer):
             return (1 - link.rate_p) / self._h_rate_p
         return 0.0
 
-    def _rate_ok(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
+    def _rate_ok(self, link: Link, nbytes: int, outs: list[Output], npackets: int) -> bool:
         """Token buckets per connection (server side).  Return whether to go on."""
         rate_p = self._h_rate_p
         rate_b = self._h_rate_b
         burst = self._h_rate_burst
         self._refill(link, link.stats._seen)
-        npackets = sum(1 for o in outs if isinstance(o, PacketReceived))
         if self._h_rate_throttle:
             # Lossless: the packets of this read are within the packet
             # bucket (see _read_quota); bytes already read go on, and
@@ -589,8 +588,8 @@ class Server(Peer):
             return True
         return False
 
-    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output]) -> bool:
-        return self._rate_ok(link, nbytes, outs)
+    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output], npackets: int) -> bool:
+        return self._rate_ok(link, nbytes, outs, npackets)
 
     def _start_protocol(self, link: Link) -> None:
         proto = link.proto
