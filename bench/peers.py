@@ -79,6 +79,23 @@ class _Cpu:
         return {"server_cpu_us_per_echo": used / max(echoes, 1) * 1e6, "server_cpu_s": used}
 
 
+def _timed_bursts(c, got: list, done: threading.Event, n: int, rounds: int) -> dict:
+    """``rounds`` bursts of ``n`` echo requests sent back to back from this
+    thread; the echo handler counts into ``got[0]`` and sets ``done`` at n."""
+    times = []
+    for _ in range(rounds):
+        got[0] = 0
+        done.clear()
+        t0 = time.perf_counter()
+        for i in range(n):
+            c.send_message("b:msg", [0, i])
+        if not done.wait(60):
+            raise SystemExit(f"burst: {got[0]} of {n} echoes after 60 s")
+        times.append(time.perf_counter() - t0)
+    c.close()
+    return _burst_result(times, n)
+
+
 def _burst_result(times: list[float], n: int) -> dict:
     per = sorted(n / t for t in times)
     return {"echoes_per_s": per[len(per) // 2], "bursts": len(per)}
@@ -283,18 +300,7 @@ def ours_client(scenario: str, port: int, opts: dict) -> dict:
                     done.set()
 
         c = make(on_echo)
-        times = []
-        for _ in range(rounds):
-            got[0] = 0
-            done.clear()
-            t0 = time.perf_counter()
-            for i in range(n):
-                c.send_message("b:msg", [0, i])
-            if not done.wait(60):
-                raise SystemExit(f"burst: {got[0]} of {n} echoes after 60 s")
-            times.append(time.perf_counter() - t0)
-        c.close()
-        return _burst_result(times, n)
+        return _timed_bursts(c, got, done, n, rounds)
     raise SystemExit(f"unknown scenario {scenario}")
 
 
@@ -400,18 +406,7 @@ def default_client(scenario: str, port: int, opts: dict) -> dict:
                     done.set()
 
         c = connect(Burst)
-        times = []
-        for _ in range(rounds):
-            got[0] = 0
-            done.clear()
-            t0 = time.perf_counter()
-            for i in range(n):  # from the main thread
-                c.send_message("b:msg", [0, i])
-            if not done.wait(60):
-                raise SystemExit(f"burst: {got[0]} of {n} echoes after 60 s")
-            times.append(time.perf_counter() - t0)
-        c.close()
-        return _burst_result(times, n)
+        return _timed_bursts(c, got, done, n, rounds)  # sent from the main thread
     raise SystemExit(f"unknown scenario {scenario}")
 
 
