@@ -353,9 +353,7 @@ class Client(Peer):
         Thread safety: any thread but the network thread; in poll mode, the
         polling thread too (it polls while it waits).
         """
-        if self._polled_here():
-            self._drive(self._handshake_done.is_set, timeout)
-        if not self._handshake_done.wait(0 if self._polled_here() else timeout):
+        if not self._wait_event(self._handshake_done, timeout):
             raise TimedOutError(f"handshake not complete after {timeout} s")
         if self._closed.is_set():
             raise ConnectionClosedError(f"connection closed: {self.close_reason}", self.close_reason)
@@ -369,9 +367,7 @@ class Client(Peer):
         Thread safety: any thread but the network thread; in poll mode, the
         polling thread too (it polls while it waits).
         """
-        if self._polled_here():
-            self._drive(self._closed.is_set, timeout)
-        if not self._closed.wait(0 if self._polled_here() else timeout):
+        if not self._wait_event(self._closed, timeout):
             raise TimedOutError(f"connection still open after {timeout} s")
 
     def process_single_packet(self, client: Any = None) -> bool:

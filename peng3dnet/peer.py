@@ -1164,6 +1164,13 @@ class Peer:
             self._poll_io(0)  # the stop came with what we waited for: end the loop now
         return bool(done())
 
+    def _wait_event(self, event: threading.Event, timeout: float | None) -> bool:
+        """Wait for ``event``; on the polling thread, poll while waiting
+        (nobody else would do the I/O it waits for)."""
+        if self._polled_here():
+            return self._drive(event.is_set, timeout)
+        return event.wait(timeout)
+
     def _prepare_loop(self) -> None:
         """Bind (server) or connect (client) before the loop starts."""
 
@@ -1193,9 +1200,7 @@ class Peer:
         """
         if not self._loop_started:
             return
-        if self._polled_here():
-            self._drive(self._loop_done.is_set, timeout)
-        if not self._loop_done.wait(0 if self._polled_here() else timeout):
+        if not self._wait_event(self._loop_done, timeout):
             raise TimedOutError(f"{self._role} loop still running after {timeout} s")
 
     def _request_stop(self, reason: str) -> None:
