@@ -665,11 +665,11 @@ def test_fan_out_and_handler_threads_never_block(net):
     assert flags == [False]
 
 
-def test_int_and_tuple_map_keys_travel_both_ways(net):
+def test_int_and_other_scalar_map_keys_travel_both_ways(net):
     s, rec = net.server()
     c = net.client(s)
     (cid,) = active_cids(s)
-    msg = {1: "entity one", 2: {"hp": 3}, (4, 5): [6], "name": "x"}
+    msg = {1: "entity one", 2: {"hp": 3}, 4.5: [6], None: True, "name": "x"}
     c.send_message("test:echo", msg)  # the server echoes it back
     assert c.registry.get_obj("test:echo").wait_count(1) == [msg]
     assert s.registry.get_obj("test:echo").got == [msg]

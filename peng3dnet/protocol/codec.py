@@ -11,7 +11,7 @@ Decoding never trusts the peer: decompression stops at
 ``max_decompressed_size`` (a zlib bomb is refused after producing at most
 that many bytes), a truncated or trailing-garbage zlib stream is an error,
 and msgpack is unpacked with ``raw=False`` (map keys: any hashable scalar;
-array keys as tuples) and must be exactly one value.  Every failure is a :class:`~peng3dnet.errors.DecodeError`
+arrays and maps as keys are refused) and must be exactly one value.  Every failure is a :class:`~peng3dnet.errors.DecodeError`
 or :class:`~peng3dnet.errors.FrameTooLargeError`.
 """
 
@@ -54,44 +54,28 @@ def pack(value: Any, encode: Any = msgpack.packb) -> bytes:
 def unpack(body: bytes) -> Any:
     """Deserialize exactly one msgpack value.
 
-    Map keys may be any hashable value msgpack gives (str, bytes, int,
-    float, bool, None: entity ids as int keys work); a key that is an array
-    (a tuple key on the sending side) comes back as a tuple, so every dict
-    Python can send round-trips.  (These key types have few hash collisions:
-    int and float hashes collide only modulo 2**61 - 1, str and bytes hashes
-    are randomised.)
+    Map keys may be any hashable scalar msgpack gives (str, bytes, int,
+    float, bool, None: entity ids as int keys work).  Their hashes collide
+    little: str and bytes hashes are randomised, and an int or a float
+    shares its hash with at most a handful of other 64-bit values.  Arrays
+    and maps as keys are refused: a tuple's hash is built from its items',
+    so arrays of colliding ints would make building the dict quadratic (a
+    hash flood).
 
     Raises:
         DecodeError: The body is not exactly one valid msgpack value, or a
-            key cannot be a dict key (a map).
+            map key is an array or a map.
     """
     try:
         return msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except TypeError:  # an array (or a map) as a map key: the slower exact way
-        try:
-            return msgpack.unpackb(body, raw=False, strict_map_key=False, object_pairs_hook=_pairs)
-        except Exception as exc:
-            raise DecodeError(f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack") from exc
-    except Exception as exc:  # msgpack raises many types; all mean "malformed"
+    except Exception as exc:  # msgpack raises many types (TypeError: an unhashable key); all mean "malformed"
         raise DecodeError(f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack") from exc
 
 
-def _pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    return {_frozen(k): v for k, v in pairs}
-
-
-def _frozen(key: Any) -> Any:
-    """An array key as the tuple it was sent as (nested arrays too); a map
-    key stays unhashable (no Python dict could have sent it)."""
-    if isinstance(key, list):
-        return tuple(_frozen(k) for k in key)
-    return key
-
-
 def check_keys(value: Any) -> None:
-    """Raise unless every map key in ``value`` is str or bytes: what a peer
-    of protocol version 2 that does not know our ``mapkeys`` extension
-    (peng3dnet 0.1.x) accepts; it closes the connection on anything else.
+    """Raise unless every map key in ``value`` is str or bytes: what a peer of protocol version 2 without our
+    ``mapkeys`` extension (peng3dnet 0.1.x) accepts (it closes the
+    connection on anything else).
 
     Raises:
         LocalProtocolError: A map with another key type; the message names it.
