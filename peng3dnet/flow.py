@@ -30,6 +30,9 @@ class Flow:
 
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
+        self.dispatching = threading.local()
+        """``.active`` is True on a thread while it runs ``process()``
+        (handlers serve every connection: a send there must not block)."""
         self.buffered = 0
         """Bytes waiting in the write buffers of all the peer's connections
         (kept by :meth:`account`; recounted by :meth:`recount`)."""
@@ -88,7 +91,7 @@ class Flow:
         proto = link.proto
         if chan.closed:
             return
-        if proto.frames_waiting and not chan.paused and not chan.throttled:
+        if proto.frames_waiting and not chan.paused and not chan.throttled and not proto.closed:
             if peer._h_inflate:
                 peer._refill_inflate(link, time.monotonic())
             with chan.lock:
@@ -98,7 +101,7 @@ class Flow:
                 if proto.has_data_to_send:
                     peer._push(link)
             # The packets are charged now (their bytes were, when read).
-            if peer._h_rate_reads and not peer._read_allowed(link, 0, outs, max(0, quota - proto.packet_quota)):
+            if peer._h_rate_reads and not peer._read_allowed(link, 0, outs, quota - proto.packet_quota):
                 outs = []
             if outs:
                 peer._handle_outputs(link, outs)
@@ -109,11 +112,12 @@ class Flow:
 
     def may_block(self) -> bool:
         """Whether a send may wait for a full buffer to drain: only on a
-        program thread (not the network thread, which would wait for
-        itself, nor the process thread, whose handlers serve every
-        connection)."""
+        program thread outside ``process()`` (not the network thread, which
+        would wait for itself, nor the process thread or any thread running
+        handlers, which serve every connection)."""
         peer = self.peer
-        return not peer._reactor.in_loop() and threading.current_thread() is not peer._process_thread
+        return (not peer._reactor.in_loop() and threading.current_thread() is not peer._process_thread
+                and not getattr(self.dispatching, "active", False))
 
     def wait_drained(self, link: Link) -> None:
         """Block (channel lock held; it is released while waiting) until the
@@ -173,6 +177,8 @@ class Flow:
         total = sum(size for size, _ in sizes)
         self.buffered = total
         closed = 0
+        for link in links:
+            link.acct = len(link.chan.out)
         for size, i in sizes:
             if total <= peer._h_write_total or size == 0:
                 break
@@ -182,7 +188,10 @@ class Flow:
             total -= size
             link.acct = 0
             closed += 1
-            self.close_slow(link)
+            # On the network thread, later: the caller holds its own channel's
+            # lock, and close_slow takes the victim's (two threads shedding at
+            # once must not wait for each other's locks).
+            peer._reactor.call_soon(self.close_slow, link)
         self.buffered = total
         return closed
 

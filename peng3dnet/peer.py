@@ -141,6 +141,7 @@ class Peer:
         self._shared: Any = None  # the NetworkLoop a client was attached to
         self._leaving = False
         self._polling = False  # poll() drives the loop on the program's thread
+        self._in_poll = False  # inside poll()'s I/O callbacks or handlers
         self._peng_forwarder: Any = None  # see set_peng_forwarder
         self._flow = Flow(self)  # pausing/resuming reads, blocking senders, the buffered-bytes cap
         self._send_plans: dict[Any, SendPlan] = {}
@@ -341,11 +342,14 @@ class Peer:
         view = self._reactor.read_view
         total = 0
         eof = False
+        now = time.monotonic()
         with chan.lock:
             # Room left in the process queue (and, throttling, in the packet
             # bucket): the core decodes no more packets than that and holds
             # the rest of the read back.
             quota = proto.packet_quota = self._read_quota(link)
+            if self._h_inflate:  # the decompression budget, refilled before this read is judged
+                self._refill_inflate(link, now)
             try:
                 n = chan.read_into(buf)
                 if n > 0 and link.plain and not chan.closing:
@@ -389,12 +393,13 @@ class Peer:
             return
         stats = link.stats
         stats.bytes_in += total
-        now = stats._seen = time.monotonic()
-        if self._h_inflate:
-            self._refill_inflate(link, now)
+        stats._seen = now
         # Every byte read is charged (the server's byte bucket), whether or
         # not it completed a packet.
-        if self._h_rate_reads and not self._read_allowed(link, total, outs, max(0, quota - proto.packet_quota)):
+        used = quota - proto.packet_quota  # application packets this read decoded
+        if used < 0:  # (an EOF lifted the quota to hand on what was held)
+            used = sum(1 for o in outs if isinstance(o, PacketReceived))
+        if self._h_rate_reads and not self._read_allowed(link, total, outs, used):
             outs = []
         if outs:
             self._handle_outputs(link, outs)
@@ -414,11 +419,17 @@ class Peer:
         """Refill a connection's decompression budget (a token bucket; the
         core charges what it inflates) (network thread)."""
         proto = link.proto
-        if proto.inflate_budget is not None:
-            proto.inflate_budget = min(
-                self._h_inflate_cap, proto.inflate_budget + int((now - link.infl_t) * self._h_inflate_rate)
-            )
-        link.infl_t = now
+        budget = proto.inflate_budget
+        if budget is None:
+            return
+        cap = self._h_inflate_cap
+        if budget >= cap:
+            link.infl_t = now  # full: the time until now earns nothing
+            return
+        added = int((now - link.infl_t) * self._h_inflate_rate)
+        if added > 0:  # whole bytes only; the fraction stays in infl_t (slow rates, frequent reads)
+            proto.inflate_budget = min(cap, budget + added)
+            link.infl_t += added / self._h_inflate_rate
 
     def _throttled_for(self, link: Link) -> float:
         """Seconds until a rate limit lets this connection's held frames go
@@ -477,16 +488,17 @@ class Peer:
                     self._emit_packet(self._route_send, link, o.pid, "data", o.msg)
                 if o.pid == PID_SETTYPE:
                     # (Only a client sends settype.) It chose its type: hand
-                    # the connection to it.
+                    # the connection to it.  The extensions are known now.
+                    link.strict_keys = "mapkeys" not in link.proto.negotiated
                     ct = self.conntypes.get(link.proto.conntype)
                     link.ctobj = ct
                     if ct is not None:
                         self._type_chosen(link, ct)
                         self._ct_call(link, ct.init, link.cid)
             elif isinstance(o, ConnTypeRequested):
+                link.strict_keys = "mapkeys" not in link.proto.negotiated
                 self._on_conntype(link, o.conntype)
             elif isinstance(o, HandshakeCompleted):
-                link.strict_keys = "mapkeys" not in link.proto.negotiated
                 log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
                 try:
                     link.owner.on_handshake_complete()
@@ -557,7 +569,7 @@ class Peer:
                     with link.chan.lock:
                         if proto.send_heartbeat({"t": now}):
                             self._push(link)
-        if self._h_write_total and self._flow.buffered:  # recount (corked flushes are not counted)
+        if self._h_write_total:  # recount (corked flushes and closing flushes are not counted)
             self._flow.recount()
         self._schedule_housekeeping()
 
@@ -794,6 +806,8 @@ class Peer:
             link.local_closed = True
             link.polite = polite
             link.proto.close(reason)
+            if chan.drain_waiters:  # a sender blocked on this connection: it is closed now
+                chan.drained.notify_all()
             outs = link.proto.drain_received()
             if chan.tls_pending:
                 # TLS not up yet: the closeconn cannot be sent; just drop the socket.
@@ -1009,7 +1023,15 @@ class Peer:
         """
         if wait:
             self._inbox.wait(timeout)
-        return self._inbox.drain(self._dispatch)
+        if not self._inbox.items:
+            return 0
+        local = self._flow.dispatching
+        outer = getattr(local, "active", False)
+        local.active = True  # handlers serve every connection: their sends never block
+        try:
+            return self._inbox.drain(self._dispatch)
+        finally:
+            local.active = outer
 
     def _process_single(self, link: Link) -> bool:
         item = self._inbox.take_for(link)
@@ -1097,7 +1119,7 @@ class Peer:
         """One round of network I/O, then the handlers of what arrived, on
         the calling thread: the game loop without threads (PodSixNet's
         ``Pump()``).  Call it every frame (e.g. from ``pyglet.clock``:
-        :func:`peng3dnet.events.dispatch.poll_with_pyglet`).  The first call
+        ``attach_to_pyglet(peer, poll=True)``).  The first call
         binds (server) or connects (client); from then on the calling thread
         is this peer's network thread, so call it from that thread only.
         Sending from the same thread writes at once when the socket takes it.
@@ -1128,7 +1150,17 @@ class Peer:
             self._loop_done.clear()
             self._reactor.start(selectors.DefaultSelector, self._on_loop_start)
         self._poll_io(timeout)
-        return self.process()
+        return self._process_polled()
+
+    def _process_polled(self) -> int:
+        """process() on the polling thread, marked as inside the poll."""
+        if self._in_poll:  # (poll() from a handler of this poll: the I/O was enough)
+            return 0
+        self._in_poll = True
+        try:
+            return self.process()
+        finally:
+            self._in_poll = False
 
     def _poll_io(self, timeout: float | None) -> None:
         if self._loop_done.is_set():
@@ -1136,8 +1168,12 @@ class Peer:
         reactor = self._reactor
         if not reactor.in_loop():
             raise LocalProtocolError("poll() must be called from the thread that called it first")
-        reactor.run_once(timeout)
-        if reactor.stopping:
+        self._in_poll = True
+        try:
+            reactor.run_once(timeout)
+        finally:
+            self._in_poll = False
+        if reactor.stopping and not self._loop_done.is_set():
             try:
                 self._on_loop_exit()
             finally:
@@ -1146,8 +1182,10 @@ class Peer:
                 self._loop_done.set()
 
     def _polled_here(self) -> bool:
-        """Whether the caller is the thread that polls this peer."""
-        return self._polling and self._reactor.in_loop()
+        """Whether the caller is the thread that polls this peer, outside
+        the callbacks and handlers a poll() runs (those must not wait: a
+        nested poll would run handlers inside a handler)."""
+        return self._polling and not self._in_poll and self._reactor.in_loop()
 
     def _drive(self, done: Any, timeout: float | None) -> bool:
         """Poll (I/O and handlers) until ``done()`` or the loop ends, at most
@@ -1159,7 +1197,7 @@ class Peer:
             if left <= 0:
                 break
             self._poll_io(left)
-            self.process()
+            self._process_polled()
         if self._reactor.stopping and not self._loop_done.is_set():
             self._poll_io(0)  # the stop came with what we waited for: end the loop now
         return bool(done())
@@ -1169,6 +1207,8 @@ class Peer:
         (nobody else would do the I/O it waits for)."""
         if self._polled_here():
             return self._drive(event.is_set, timeout)
+        if self._in_poll and self._reactor.in_loop():
+            return event.is_set()  # inside a poll's callbacks: nobody else would do the I/O
         return event.wait(timeout)
 
     def _prepare_loop(self) -> None:

@@ -380,6 +380,7 @@ class Server(Peer):
                 sock = Listener.wrap_tls(sock, self._ssl_ctx)
             except TLSError as exc:
                 log.info("! server: cannot start TLS with %s: %s", addr, exc)
+                self._unadmit(group)
                 return
         cid = self.genCID()
         proto = self._new_proto()
@@ -387,12 +388,7 @@ class Server(Peer):
             client = self.clientcls(self, sock, addr, cid)
         except Exception:  # the program's ClientOnServer subclass
             report_user_error("! server: %r(...) raised; connection from %s dropped", self.clientcls, addr)
-            if group:
-                counts = self._groups[group]
-                counts[0] -= 1
-                counts[1] -= 1
-                if counts[0] <= 0:
-                    del self._groups[group]
+            self._unadmit(group)
             Listener.refuse(sock, b"")
             return
         link = Link(proto, None, client, cid)  # type: ignore[arg-type]
@@ -461,6 +457,17 @@ class Server(Peer):
         counts[1] += 1
         return group
 
+    def _unadmit(self, group: str) -> None:
+        """Give back what :meth:`_admit` counted, for a connection that
+        never became a Link (network thread)."""
+        counts = self._groups.get(group) if group else None
+        if counts is None:
+            return
+        counts[0] -= 1
+        counts[1] -= 1
+        if counts[0] <= 0:
+            del self._groups[group]
+
     def _handshake_over(self, link: Link, closed: bool = False) -> None:
         """A connection stops counting as a handshake in progress (and, when
         ``closed``, as a connection) of its address group (network thread)."""
@@ -510,7 +517,7 @@ class Server(Peer):
         rate_p = self._h_rate_p
         rate_b = self._h_rate_b
         burst = self._h_rate_burst
-        self._refill(link, link.stats._seen)
+        self._refill(link, time.monotonic())  # (not the last read's time: held frames are charged later)
         if self._h_rate_throttle:
             # Lossless: the packets of this read are within the packet
             # bucket (see _read_quota); bytes already read go on, and

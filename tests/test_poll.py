@@ -136,3 +136,40 @@ def test_dispatcher_polls_peers_so_events_run_on_the_pumping_thread():
         events.unsubscribe("peng3dnet:server.bind", on_bind, sender=s)
         d.close()
         s.shutdown(timeout=5)
+
+
+def test_waiting_inside_a_polled_handler_does_not_nest_polls():
+    s = make_server()
+    depth = []
+    active = [0]
+
+    class Rude(Packet):
+        def receive(self, msg, cid=None):
+            active[0] += 1
+            depth.append(active[0])
+            if cid is not None:
+                s.shutdown(timeout=1)  # from a handler of a poll: must not poll (and run handlers) in here
+            active[0] -= 1
+
+    s.register_packet("t:rude", Rude(s.registry, s))
+    c = make_client(s)
+    c.register_packet("t:rude", Packet(c.registry, c))
+    s.poll()
+    c.addr = s.addr
+    c.poll()
+    for _ in range(400):
+        s.poll(0.005)
+        c.poll(0.005)
+        if c.protocol_state.name == "ACTIVE":
+            break
+    c.send_message("t:rude", 1)
+    c.send_message("t:rude", 2)
+    for _ in range(400):
+        s.poll(0.005)
+        c.poll(0.005)
+        if not s.run:
+            break
+    assert depth and max(depth) == 1  # never a handler inside a handler
+    assert not s.run  # the shutdown asked for in the handler finished on the next polls
+    while c.run:
+        c.poll(0.005)

@@ -327,8 +327,9 @@ class ProtocolConnection:
 
     @property
     def frames_waiting(self) -> int:
-        """Frames received but held back by :attr:`packet_quota`."""
-        return len(self._frames)
+        """Frames received but held back (by :attr:`packet_quota` or the
+        inflate budget); 0 once the connection is closed."""
+        return 0 if self._done else len(self._frames)
 
     def receive_eof(self, reason: str = "socketclose") -> None:
         """The socket ended without ``closeconn`` (EOF, or broke: give the
@@ -336,7 +337,12 @@ class ProtocolConnection:
         if self._done:
             return
         if self._frames:
+            # What was held back comes first.  Over the inflate budget a
+            # compressed packet is dropped now (the peer is gone; inflating
+            # past the budget is what the budget forbids).
             self.packet_quota = NO_QUOTA
+            if self.inflate_action == "hold":
+                self.inflate_action = "drop"
             self.receive_data(b"")
             if self._done:
                 return
@@ -564,6 +570,7 @@ class ProtocolConnection:
         """Send ``closeconn`` with ``reason`` and close.  Idempotent."""
         if self._done:
             return
+        self._frames.clear()  # held back, not yet delivered: they come after our close
         self._done = self.closed = True
         msg = {"reason": reason}
         self._out.append(self._encode(PID_CLOSECONN, msg))
@@ -597,6 +604,7 @@ class ProtocolConnection:
 
     def _fail(self, error: RemoteProtocolError) -> None:
         self._done = self.closed = True
+        self._frames.clear()
         msg = {"reason": error.reason}
         self._out.append(self._encode(PID_CLOSECONN, msg))
         self._outputs.append(PacketSent(PID_CLOSECONN, msg))

@@ -429,3 +429,22 @@ def test_inflate_hold_holds_compressed_frames_until_the_budget_is_refilled():
     p.server.receive_data(b"")
     assert _received(p.server.drain_received()) == ["h" * 9000, "after"]  # in order, nothing lost
     assert p.server.frames_waiting == 0 and p.server.packet_quota == NO_QUOTA - 3
+
+
+def test_a_close_drops_held_frames_and_eof_hands_on_what_the_budget_held():
+    p, pid = _active_server()
+    p.server.packet_quota = 0
+    p.server.receive_data(encode_frame(pid, 0, msgpack.packb(1)) * 3)
+    assert p.server.frames_waiting == 3
+    p.server.close("kick")  # our close: held packets are not delivered after it
+    assert p.server.frames_waiting == 0
+    q, pid = _active_server()
+    big, size = _compressed_frame(pid, "b" * 9000)
+    q.server.inflate_action = "hold"
+    q.server.inflate_budget = 0
+    q.server.receive_data(big + encode_frame(pid, 0, msgpack.packb("after")))
+    assert q.server.frames_waiting == 2
+    q.server.receive_eof()  # the peer is gone: over-budget compressed packets are dropped, the rest delivered
+    outs = q.server.drain_received()
+    assert _received(outs) == ["after"] and isinstance(outs[-1], ConnectionClosed)
+    assert q.server.inflate_dropped == 1
