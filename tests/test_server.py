@@ -446,14 +446,15 @@ def test_replayed_compressed_frames_are_closed_by_the_decompression_budget(net):
 
 
 def test_the_decompression_budget_refills_at_its_rate(net):
-    body = msgpack.packb("\1" * (1 << 20))
+    size = (1 << 20) - 16  # two encoded bodies fit the 2 MiB bucket exactly
+    body = msgpack.packb("\1" * size)
     s, rec = net.server(**{"net.limits.inflate.rate": 2 << 20, "net.limits.inflate.burst": 1.0,
                           "net.limits.rate.action": "drop"})
     peer = RawPeer(s.addr)
     reg = peer.handshake()
     frame = encode_frame(reg["test:echo"], 1, zlib.compress(body))
     peer.send(frame * 3)  # a bucket of 2 MiB: two pass, the third is dropped (action drop)
-    assert [len(peer.recv_packet()[1]) for _ in range(2)] == [1 << 20] * 2
+    assert [len(peer.recv_packet()[1]) for _ in range(2)] == [size] * 2
     (cid,) = active_cids(s)
     link = s._links[cid]
     wait_for(lambda: link.proto.inflate_dropped == 1, what="the third dropped")
@@ -469,7 +470,7 @@ def test_the_decompression_budget_refills_at_its_rate(net):
     wait_for(refilled, what="the budget refilled")
     assert time.monotonic() - t0 >= 0.45
     peer.send(frame)
-    assert len(peer.recv_packet()[1]) == 1 << 20
+    assert len(peer.recv_packet()[1]) == size
     wait_for(lambda: refilled() and link.proto.inflate_budget == 2 << 20, what="a full bucket")  # never above it
 
 

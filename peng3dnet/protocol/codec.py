@@ -108,6 +108,8 @@ def decompress_body(body: bytes, max_size: int) -> bytes:
         FrameTooLargeError: The decompressed body would exceed ``max_size``.
         DecodeError: The data is not one complete zlib stream.
     """
+    if max_size <= 0:  # zlib reads a max_length of 0 as "no limit"
+        raise FrameTooLargeError("no room to decompress into (limit 0)", "packettoolarge")
     d = zlib.decompressobj()
     try:
         out = d.decompress(body, max_size)

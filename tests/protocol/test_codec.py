@@ -134,3 +134,9 @@ def test_check_keys_finds_a_key_0_1_peers_refuse_anywhere_in_the_message():
     for bad in ({1: "x"}, {"a": [{"b": {2.5: 1}}]}, [({"ok": 1}, {None: 2})], ({(1, 2): 3},)):
         with pytest.raises(LocalProtocolError, match="map key"):
             check_keys(bad)
+
+
+def test_a_limit_of_zero_decompresses_nothing():
+    # zlib's max_length=0 means "unlimited": the codec must not pass it on
+    with pytest.raises(FrameTooLargeError):
+        decompress_body(zlib.compress(b"x" * 1000), 0)

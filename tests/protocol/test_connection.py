@@ -448,3 +448,12 @@ def test_a_close_drops_held_frames_and_eof_hands_on_what_the_budget_held():
     outs = q.server.drain_received()
     assert _received(outs) == ["after"] and isinstance(outs[-1], ConnectionClosed)
     assert q.server.inflate_dropped == 1
+
+
+def test_an_empty_budget_inflates_nothing():
+    p, pid = _active_server()
+    frame, _ = _compressed_frame(pid, "z" * 5000)
+    p.server.inflate_budget = 0  # exactly empty: a max_length of 0 means "unlimited" to zlib
+    p.server.inflate_action = "drop"
+    p.server.receive_data(frame)
+    assert _received(p.server.drain_received()) == [] and p.server.inflate_dropped == 1
