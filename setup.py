@@ -18,7 +18,7 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(exclude=["tests", "tests.*", "demos", "demos.*", "bench", "bench.*"]),
     package_data={"peng3dnet": ["py.typed"]},
     install_requires=["msgpack>=1.0,<2", "blinker>=1.6"],
@@ -35,6 +35,8 @@ setup(
     },
     classifiers=[
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
         "Topic :: Games/Entertainment",
         "Topic :: System :: Networking",
         "Typing :: Typed",
