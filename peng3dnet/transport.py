@@ -361,9 +361,11 @@ class Channel:
         """While a TLS handshake is in progress: the event it waits for
         (``EVENT_READ`` or ``EVENT_WRITE``); 0 otherwise."""
         # Frame boundaries in ``out``, for drop_unsent(): every write is whole
-        # frames, so where a write ends a frame ends.  ``head`` is the stream
-        # offset of out[0]; ``marks`` are stream offsets of write ends, at
-        # least MARK_GAP apart (a 32 MiB buffer holds at most 512).
+        # frames, so where a write ends a frame ends.  ``head`` is the offset
+        # of out[0] on a running count of the bytes that went through ``out``
+        # (writes sent at once never enter it); ``marks`` are offsets of
+        # write ends on that count, at least MARK_GAP apart (a 32 MiB buffer
+        # holds at most 512).
         self.head = 0
         self.marks: deque[int] = deque()
         self.drained = threading.Condition(self.lock)
