@@ -1025,11 +1025,16 @@ class Peer:
             self._inbox.wait(timeout)
         if not self._inbox.items:
             return 0
+        return self._dispatching(self._inbox.drain, self._dispatch)
+
+    def _dispatching(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` marked as running handlers: they serve every
+        connection, so a send there never blocks (see Flow.may_block)."""
         local = self._flow.dispatching
         outer = getattr(local, "active", False)
-        local.active = True  # handlers serve every connection: their sends never block
+        local.active = True
         try:
-            return self._inbox.drain(self._dispatch)
+            return fn(*args)
         finally:
             local.active = outer
 
@@ -1037,7 +1042,7 @@ class Peer:
         item = self._inbox.take_for(link)
         if item is None:
             return False
-        self._dispatch(*item)
+        self._dispatching(self._dispatch, *item)
         return True
 
     def process_forever(self) -> None:
