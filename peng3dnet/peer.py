@@ -927,8 +927,9 @@ class Peer:
                 stats.packets_out += 1
                 stats.bytes_out += len(frame)
                 if data is not NO_EVENT and self._h_events and (self._sig_send.receivers or self.peng is not None):
-                    # Emitted under the lock so it cannot come after the close event.
-                    self._emit_packet(self._route_send, link, pid, "data", data)
+                    # Emitted under the lock so it cannot come after the close event;
+                    # marked as dispatching: a subscriber's own sends must not block here.
+                    self._dispatching(self._emit_packet, self._route_send, link, pid, "data", data)
         if slow:
             self._flow.close_slow(link)
             return
