@@ -21,6 +21,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests", "tests.*", "demos", "demos.*", "bench", "bench.*"]),
     package_data={"peng3dnet": ["py.typed"]},
+    entry_points={"console_scripts": ["peng3dnet = peng3dnet.cli:main"]},
     install_requires=["msgpack>=1.0,<2", "blinker>=1.6"],
     extras_require={
         "game": ["peng3d==1.11.*", "pyglet>=1.5.31,<2"],

@@ -158,3 +158,11 @@ def discover_servers(
     finally:
         dgram.close()
     return found
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ..cli import main
+
+    raise SystemExit(main(["discover", *sys.argv[1:]]))

@@ -23,7 +23,7 @@ from ..errors import InvalidAddressError, NetworkError
 from ..transport import EVENT_READ, EVENT_WRITE, Channel, Listener, Reactor, connect
 from ..util import normalize_addr_socketstyle
 
-__all__ = ["LagProxy", "main"]
+__all__ = ["LagProxy", "add_arguments", "from_args", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -196,28 +196,48 @@ class LagProxy:
                 ch.close()
 
 
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Add the proxy's options (``--delay``, ``--jitter``, ``--bandwidth``,
+    ``--seed``) to ``ap``; shared by this module and ``peng3dnet lagproxy``."""
+    ap.add_argument("--delay", type=float, default=100.0, help="one-way delay, ms (default 100)")
+    ap.add_argument("--jitter", type=float, default=0.0, help="+/- uniform jitter, ms")
+    ap.add_argument("--bandwidth", type=float, default=0.0, help="KiB/s per direction (0: unlimited)")
+    ap.add_argument("--seed", type=int, default=None, help="random seed of the jitter")
+
+
+def from_args(listen: str, target: str, args: argparse.Namespace) -> LagProxy:
+    """Build a :class:`LagProxy` from parsed :func:`add_arguments` options.
+
+    ``listen`` is ``PORT`` (on 127.0.0.1) or ``HOST:PORT``.
+
+    Raises:
+        InvalidAddressError: An address cannot be parsed or resolved.
+        NetworkError: ``listen`` cannot be bound.
+    """
+    if listen.isdigit():
+        listen = f"127.0.0.1:{listen}"
+    return LagProxy(listen, target, delay=args.delay / 1000, jitter=args.jitter / 1000,
+                    bandwidth=args.bandwidth * 1024, seed=args.seed)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m peng3dnet.tools.lagproxy --listen L --to T ...``: the same
+    as ``peng3dnet lagproxy L T ...``."""
+    import sys
+
+    from ..cli import main as cli_main
+
     ap = argparse.ArgumentParser(prog="python -m peng3dnet.tools.lagproxy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--listen", required=True, help="PORT or HOST:PORT to listen on")
     ap.add_argument("--to", required=True, help="HOST:PORT of the server")
-    ap.add_argument("--delay", type=float, default=100.0, help="one-way delay, ms")
-    ap.add_argument("--jitter", type=float, default=0.0, help="+/- jitter, ms")
-    ap.add_argument("--bandwidth", type=float, default=0.0, help="KiB/s per direction (0: unlimited)")
-    args = ap.parse_args(argv)
-    listen = args.listen if ":" in args.listen else f"127.0.0.1:{args.listen}"
-    proxy = LagProxy(listen, args.to, delay=args.delay / 1000, jitter=args.jitter / 1000,
-                     bandwidth=args.bandwidth * 1024)
-    print(f"lagproxy {proxy.addr[0]}:{proxy.addr[1]} -> {args.to} "
-          f"(delay {args.delay} ms, jitter {args.jitter} ms, bandwidth {args.bandwidth or 'unlimited'} KiB/s)",
-          flush=True)
-    try:
-        proxy.run()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    add_arguments(ap)
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    opts = ["--delay", str(args.delay), "--jitter", str(args.jitter), "--bandwidth", str(args.bandwidth)]
+    if args.seed is not None:
+        opts += ["--seed", str(args.seed)]
+    return cli_main(["lagproxy", args.listen, args.to, *opts])
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     raise SystemExit(main())

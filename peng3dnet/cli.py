@@ -1,0 +1,303 @@
+"""The ``peng3dnet`` command (also ``python -m peng3dnet``).
+
+    peng3dnet ping HOST[:PORT] [--json] [--timeout S]
+    peng3dnet discover [--port P] [--addr A] [--timeout S] [--json] [--watch [--interval S]]
+    peng3dnet lagproxy LISTEN TARGET [--delay MS] [--jitter MS] [--bandwidth KIB] [--seed N]
+    peng3dnet serve [--host H] [--port P]
+
+User errors print one line ``peng3dnet: error: ...`` on stderr (a
+traceback only with ``--debug``).  Exit codes: 0 success, 1 failure (not
+reachable, nothing found, port in use), 2 usage (bad option or address),
+130 interrupted.  ``serve``, ``lagproxy`` and ``discover --watch`` run until
+Ctrl-C or SIGTERM and then exit 0.
+
+This is the only module of the package that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any, NoReturn
+
+from .errors import InvalidAddressError, Peng3dNetError
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+PROG = "peng3dnet"
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _TerminatedError(BaseException):
+    """Raised in the main thread by the SIGTERM handler."""
+
+
+class _UserError(Exception):
+    """A failure to report in one line (exit code ``code``)."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line ``peng3dnet: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{message} (see '{self.prog} --help')")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _fail(message: str) -> None:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: not an integer") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} out of range 0..65535")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"seconds must be > 0, not {text}")
+    return value
+
+
+def _fmt_addr(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _until_stopped() -> None:
+    """Block the main thread until Ctrl-C or SIGTERM."""
+    forever = threading.Event()
+    try:
+        while not forever.wait(3600):  # a lock wait: signals interrupt it
+            pass
+    except (KeyboardInterrupt, _TerminatedError):
+        pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _TerminatedError()
+
+
+# --- ping -----------------------------------------------------------------------------------------
+
+def _cmd_ping(args: argparse.Namespace) -> int:
+    from .ext.ping import pingServer
+    from .util import normalize_addr_socketstyle
+
+    addr = normalize_addr_socketstyle(args.address)
+    try:
+        reply = pingServer(addr=addr, timeout=args.timeout)
+    except InvalidAddressError:
+        raise
+    except Peng3dNetError as exc:
+        raise _UserError(f"cannot ping {_fmt_addr(addr)}: {exc}") from exc
+    info = {"address": _fmt_addr(addr), **reply}
+    if args.json:
+        print(json.dumps(info, default=repr, sort_keys=True), flush=True)
+        return 0
+    rows: list[tuple[str, str]] = [("address", info["address"])]
+    delay = info.get("delay")
+    if isinstance(delay, (int, float)):
+        rows.append(("delay", f"{delay * 1000:.1f} ms"))
+    ver = info.get("peng3dnet")
+    if isinstance(ver, dict):
+        rows.append(("version", f"{ver.get('version', '?')} (protocol {ver.get('protoversion', '?')})"))
+    skip = {"address", "delay", "peng3dnet", "oldmsg", "recvtime"}
+    rows += [(str(k), str(v)) for k, v in sorted(info.items(), key=lambda kv: str(kv[0])) if k not in skip]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    sys.stdout.flush()
+    return 0
+
+
+# --- discover -------------------------------------------------------------------------------------
+
+def _server_line(info: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(info, default=repr, sort_keys=True)
+    parts = [_fmt_addr((info.get("host"), info.get("port")))]
+    ver = info.get("peng3dnet")
+    if isinstance(ver, dict):
+        parts.append(f"peng3dnet {ver.get('version', '?')}")
+    parts += [f"{k}={v}" for k, v in sorted(info.items(), key=lambda kv: str(kv[0]))
+              if k not in ("host", "port", "peng3dnet")]
+    return "  ".join(parts)
+
+
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from .ext.discovery import discover_servers
+
+    if not args.watch:
+        found = discover_servers(port=args.port, timeout=args.timeout, addr=args.addr)
+        for info in found:
+            print(_server_line(info, args.json))
+        sys.stdout.flush()
+        if not found:
+            raise _UserError(f"no server answered on {args.addr} udp port {args.port} within {args.timeout} s")
+        return 0
+    seen: dict[tuple[Any, Any], Any] = {}
+    try:
+        while True:
+            started = time.monotonic()
+            for info in discover_servers(port=args.port, timeout=args.timeout, addr=args.addr):
+                key = (info.get("host"), info.get("port"))
+                if seen.get(key) != info:  # new, or its data changed
+                    seen[key] = info
+                    print(_server_line(info, args.json), flush=True)
+            rest = args.interval - (time.monotonic() - started)
+            if rest > 0:
+                time.sleep(rest)
+    except (KeyboardInterrupt, _TerminatedError):
+        return 0
+
+
+# --- lagproxy -------------------------------------------------------------------------------------
+
+def _cmd_lagproxy(args: argparse.Namespace) -> int:
+    from .tools.lagproxy import from_args
+
+    proxy = from_args(args.listen, args.target, args)
+    proxy.start()
+    try:
+        bw = f"{args.bandwidth:g} KiB/s" if args.bandwidth else "unlimited"
+        print(f"lagproxy listening on {_fmt_addr(proxy.addr)} -> {_fmt_addr(proxy.target)} "
+              f"(delay {args.delay:g} ms, jitter {args.jitter:g} ms, bandwidth {bw})", flush=True)
+        _until_stopped()
+    finally:
+        proxy.stop()
+    return 0
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .ext.ping import PingableServerMixin
+    from .net import Server
+    from .packet import Packet
+
+    class EchoPacket(Packet):
+        """``peng3dnet:echo``: send every message back to its sender."""
+
+        def receive(self, msg: Any, cid: int | None = None) -> None:
+            if cid is not None:
+                self.peer.send_message("peng3dnet:echo", msg, cid)
+
+    class EchoServer(PingableServerMixin, Server):
+        pingdata = {"name": "peng3dnet echo server"}
+
+    server = EchoServer(addr=(args.host, args.port))
+    server.register_packet("peng3dnet:echo", EchoPacket(server.registry, server))
+    server.runAsync()
+    try:
+        server.process_async()
+        print(f"serving on {_fmt_addr(server.addr)}", flush=True)
+        _until_stopped()
+    finally:
+        server.shutdown(timeout=5)
+    return 0
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``peng3dnet`` argument parser."""
+    from .tools.lagproxy import add_arguments as add_proxy_arguments
+    from .version import VERSION
+
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging; show tracebacks")
+    ap = _Parser(prog=PROG, description="peng3dnet command line tools.", parents=[common])
+    ap.add_argument("--version", action="version", version=f"{PROG} {VERSION}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("ping", parents=[common], help="query a server's status and latency")
+    p.add_argument("address", metavar="HOST[:PORT]", help="the server (default port 8080)")
+    p.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the reply (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.set_defaults(func=_cmd_ping)
+
+    from .ext.discovery import DISCOVERY_PORT
+
+    p = sub.add_parser("discover", parents=[common], help="find servers on the LAN (UDP broadcast)")
+    p.add_argument("--port", type=_port, default=DISCOVERY_PORT, help=f"discovery UDP port (default {DISCOVERY_PORT})")
+    p.add_argument("--addr", default="255.255.255.255", help="where to send the query (default: broadcast)")
+    p.add_argument("--timeout", type=_seconds, default=1.0, help="seconds to collect answers (default 1)")
+    p.add_argument("--json", action="store_true", help="one JSON line per server")
+    p.add_argument("--watch", action="store_true", help="query again every --interval seconds until Ctrl-C")
+    p.add_argument("--interval", type=_seconds, default=2.0, help="seconds between queries with --watch (default 2)")
+    p.set_defaults(func=_cmd_discover)
+
+    p = sub.add_parser("lagproxy", parents=[common], help="TCP proxy adding delay, jitter, a bandwidth cap")
+    p.add_argument("listen", metavar="LISTEN", help="PORT (on 127.0.0.1) or HOST:PORT to listen on (port 0: any)")
+    p.add_argument("target", metavar="TARGET", help="HOST:PORT of the server")
+    add_proxy_arguments(p)
+    p.set_defaults(func=_cmd_lagproxy)
+
+    p = sub.add_parser("serve", parents=[common], help="run an echo server (peng3dnet:echo, pingable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080; 0: any free port)")
+    p.set_defaults(func=_cmd_serve)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``peng3dnet`` command; return the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    debug = getattr(args, "debug", False)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR,
+                        format="%(name)s: %(levelname)s: %(message)s")
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except _TerminatedError:
+        return 0
+    except _UserError as exc:
+        if debug:
+            raise
+        _fail(str(exc))
+        return exc.code
+    except InvalidAddressError as exc:
+        if debug:
+            raise
+        _fail(str(exc))
+        return EXIT_USAGE
+    except (Peng3dNetError, OSError) as exc:
+        if debug:
+            raise
+        _fail(str(exc))
+        return EXIT_FAIL
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
