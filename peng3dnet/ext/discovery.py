@@ -161,8 +161,8 @@ def discover_servers(
 
 
 if __name__ == "__main__":
+    import importlib
     import sys
 
-    from ..cli import main
-
-    raise SystemExit(main(["discover", *sys.argv[1:]]))
+    # The program entry, not a library import: the CLI is a floor above.
+    raise SystemExit(importlib.import_module("peng3dnet.cli").main(["discover", *sys.argv[1:]]))

