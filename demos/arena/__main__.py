@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
 from typing import Any
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_threads:
         return _main_polled(args)
     if args.server:
+        # SIGTERM (systemd, docker stop, kill) stops as Ctrl-C does: every
+        # client gets "servershutdown", the report is written, exit 0.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         srv = ArenaServer(host=args.host, port=args.port, lan=True, lan_port=lan_port).start()
         print(f"arena server on port {srv.port}", flush=True)
         if srv.lan_addr is not None:
@@ -148,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                 report["server"] = server_report
         write_report(args.report, report)
     return 0
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _main_polled(args: argparse.Namespace) -> int:

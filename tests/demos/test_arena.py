@@ -120,6 +120,29 @@ def test_no_threads_mode_plays_the_whole_game_on_one_thread(tmp_path):
         assert p["score"] == truth[name]["score"]
 
 
+def test_sigterm_stops_the_dedicated_server_cleanly():
+    srv = run(["--server", "--host", "127.0.0.1", "--port", "0", "--lan-port", "0"],
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        port = int(re.search(r"arena server on port (\d+)", srv.stdout.readline()).group(1))
+        from peng3dnet.net import Client
+
+        c = Client(addr=("127.0.0.1", port), cfg={"net.registry.missingpacketaction": "ignore"})  # no sync packets
+        c.runAsync()
+        c.wait_for_connection(10)
+        srv.send_signal(signal.SIGTERM)  # what systemd / docker stop send
+        assert srv.wait(30) == 0, srv.stderr.read()
+        c.wait_for_close(10)
+        assert c.close_reason == "servershutdown"  # not "socketclose"
+        c.join(5)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+        srv.stdout.close()
+        srv.stderr.close()
+
+
 def pixel_histogram(path: str) -> dict[tuple[int, int, int], int]:
     exe = shutil.which("convert")
     if exe is None:
