@@ -92,16 +92,17 @@ class Flow:
         if chan.closed:
             return
         if proto.frames_waiting and not chan.paused and not chan.throttled and not proto.closed:
+            now = time.monotonic()  # one clock reading for every bucket
             if peer._h_inflate:
-                peer._refill_inflate(link, time.monotonic())
+                peer._refill_inflate(link, now)
             with chan.lock:
-                quota = proto.packet_quota = peer._read_quota(link)
+                quota = proto.packet_quota = peer._read_quota(link, now)
                 proto.receive_data(b"")
                 outs = proto.drain_received()
                 if proto.has_data_to_send:
                     peer._push(link)
             # The packets are charged now (their bytes were, when read).
-            if peer._h_rate_reads and not peer._read_allowed(link, 0, outs, quota - proto.packet_quota):
+            if peer._h_rate_reads and not peer._read_allowed(link, 0, outs, quota - proto.packet_quota, now):
                 outs = []
             if outs:
                 peer._handle_outputs(link, outs)

@@ -347,7 +347,7 @@ class Peer:
             # Room left in the process queue (and, throttling, in the packet
             # bucket): the core decodes no more packets than that and holds
             # the rest of the read back.
-            quota = proto.packet_quota = self._read_quota(link)
+            quota = proto.packet_quota = self._read_quota(link, now)
             if self._h_inflate:  # the decompression budget, refilled before this read is judged
                 self._refill_inflate(link, now)
             try:
@@ -399,7 +399,7 @@ class Peer:
         used = quota - proto.packet_quota  # application packets this read decoded
         if used < 0:  # (an EOF lifted the quota to hand on what was held)
             used = sum(1 for o in outs if isinstance(o, PacketReceived))
-        if self._h_rate_reads and not self._read_allowed(link, total, outs, used):
+        if self._h_rate_reads and not self._read_allowed(link, total, outs, used, now):
             outs = []
         if outs:
             self._handle_outputs(link, outs)
@@ -409,7 +409,7 @@ class Peer:
         elif proto.frames_waiting and not chan.paused:
             self._flow.frames_held(link)
 
-    def _read_quota(self, link: Link) -> int:
+    def _read_quota(self, link: Link, now: float) -> int:
         """How many application packets the next read may decode: the room
         left in the process queue (network thread; the server also counts
         its packet bucket when throttling)."""
@@ -441,7 +441,7 @@ class Peer:
         one); return ``True`` to refuse it (the server overrides this)."""
         return False
 
-    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output], npackets: int) -> bool:
+    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output], npackets: int, now: float) -> bool:
         """Whether the outputs of one read go on to :meth:`_handle_outputs`;
         called only while rate limits are on, on a server (which overrides
         it)."""

@@ -8,7 +8,6 @@ import itertools
 import logging
 import selectors
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
@@ -498,12 +497,12 @@ class Server(Peer):
         link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
         link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
 
-    def _read_quota(self, link: Link) -> int:
-        room = super()._read_quota(link)
+    def _read_quota(self, link: Link, now: float) -> int:
+        room = super()._read_quota(link, now)
         if self._h_rate_throttle and self._h_rate_p > 0:
             # Throttling is exact for packets: the core decodes no more
             # than the bucket holds; the rest waits undecoded.
-            self._refill(link, time.monotonic())  # (not the last read's time: a throttled link has no reads)
+            self._refill(link, now)
             return min(room, max(0, int(link.rate_p)))
         return room
 
@@ -512,12 +511,12 @@ class Server(Peer):
             return (1 - link.rate_p) / self._h_rate_p
         return 0.0
 
-    def _rate_ok(self, link: Link, nbytes: int, outs: list[Output], npackets: int) -> bool:
+    def _rate_ok(self, link: Link, nbytes: int, outs: list[Output], npackets: int, now: float) -> bool:
         """Token buckets per connection (server side).  Return whether to go on."""
         rate_p = self._h_rate_p
         rate_b = self._h_rate_b
         burst = self._h_rate_burst
-        self._refill(link, time.monotonic())  # (not the last read's time: held frames are charged later)
+        self._refill(link, now)  # (a no-op when _read_quota refilled at this same time)
         if self._h_rate_throttle:
             # Lossless: the packets of this read are within the packet
             # bucket (see _read_quota); bytes already read go on, and
@@ -595,8 +594,8 @@ class Server(Peer):
             return True
         return False
 
-    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output], npackets: int) -> bool:
-        return self._rate_ok(link, nbytes, outs, npackets)
+    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output], npackets: int, now: float) -> bool:
+        return self._rate_ok(link, nbytes, outs, npackets, now)
 
     def _start_protocol(self, link: Link) -> None:
         proto = link.proto
