@@ -79,6 +79,17 @@ class _Cpu:
         return {"server_cpu_us_per_echo": used / max(echoes, 1) * 1e6, "server_cpu_s": used}
 
 
+def _timed_oneway(c, scenario: str, opts: dict, answer: list, done: threading.Event, timeout: float) -> dict:
+    """Send the one-way messages from this thread and time them until the
+    server's answer (which its handler appends to ``answer``, setting ``done``)."""
+    t0 = time.perf_counter()
+    _oneway_send(c.send_message, scenario, opts)
+    ok = done.wait(timeout)
+    dt = time.perf_counter() - t0
+    c.close()
+    return _oneway_result(scenario, opts["n"], dt, answer[0] if ok else None)
+
+
 def _timed_bursts(c, got: list, done: threading.Event, n: int, rounds: int) -> dict:
     """``rounds`` bursts of ``n`` echo requests sent back to back from this
     thread; the echo handler counts into ``got[0]`` and sets ``done`` at n."""
@@ -228,13 +239,7 @@ def ours_client(scenario: str, port: int, opts: dict) -> dict:
                 answer.append(d["msg"])
                 done.set()
 
-        c = make(on_answer)
-        t0 = time.perf_counter()
-        _oneway_send(c.send_message, scenario, opts)
-        ok = done.wait(120)
-        dt = time.perf_counter() - t0
-        c.close()
-        return _oneway_result(scenario, opts["n"], dt, answer[0] if ok else None)
+        return _timed_oneway(make(on_answer), scenario, opts, answer, done, 120)
     if scenario == "rtt":
         n = opts["n"]
         lat: list[float] = []
@@ -341,13 +346,7 @@ def default_client(scenario: str, port: int, opts: dict) -> dict:
                 answer.append(msg)
                 done.set()
 
-        c = connect(Answer)
-        t0 = time.perf_counter()
-        _oneway_send(c.send_message, scenario, opts)  # from the main thread
-        ok = done.wait(300)
-        dt = time.perf_counter() - t0
-        c.close()
-        return _oneway_result(scenario, opts["n"], dt, answer[0] if ok else None)
+        return _timed_oneway(connect(Answer), scenario, opts, answer, done, 300)  # sent from the main thread
     if scenario == "rtt":
         n = opts["n"]
         lat: list[float] = []

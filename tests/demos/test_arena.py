@@ -30,6 +30,16 @@ def run(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "demos.arena", *args], cwd=ROOT, env=env, text=True, **kw)
 
 
+def reap(p) -> None:
+    """Kill a demo process still running and close its pipes."""
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+    for f in (p.stdout, p.stderr):
+        if f is not None:
+            f.close()
+
+
 def test_lan_flag_finds_the_dedicated_server_and_joins_it(tmp_path):
     # Loopback only: the server listens on 127.0.0.1 (game and discovery on
     # free ports) and the client sends its query to 127.0.0.1, not broadcast.
@@ -53,11 +63,7 @@ def test_lan_flag_finds_the_dedicated_server_and_joins_it(tmp_path):
         try:
             srv.wait(30)
         finally:
-            if srv.poll() is None:
-                srv.kill()
-                srv.wait()
-            srv.stdout.close()
-            srv.stderr.close()
+            reap(srv)
 
 
 def test_headless_server_and_three_bots_agree(tmp_path):
@@ -78,12 +84,7 @@ def test_headless_server_and_three_bots_agree(tmp_path):
             assert rc == 0, err
         assert srv.wait(60) == 0, srv.stderr.read()
     finally:
-        for p in [srv]:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        srv.stdout.close()
-        srv.stderr.close()
+        reap(srv)
     server = json.loads((tmp_path / "server.json").read_text())
     assert server["role"] == "server"
     for i in range(3):
@@ -136,11 +137,7 @@ def test_sigterm_stops_the_dedicated_server_cleanly():
         assert c.close_reason == "servershutdown"  # not "socketclose"
         c.join(5)
     finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
-        srv.stdout.close()
-        srv.stderr.close()
+        reap(srv)
 
 
 def pixel_histogram(path: str) -> dict[tuple[int, int, int], int]:
