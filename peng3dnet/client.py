@@ -18,12 +18,14 @@ from .constants import (
     STATE_INIT,
 )
 from .errors import (
+    AuthenticationError,
     ConnectionClosedError,
     LocalProtocolError,
     TimedOutError,
 )
 from .link import ConnectionStats, Link, noop_hook
 from .peer import CLOSE_LINGER, Peer, resolve_addr
+from .protocol.codec import pack
 from .protocol.framing import LENGTH
 from .protocol.handshake import HandshakeState
 from .transport import Channel, Reactor
@@ -37,6 +39,8 @@ __all__ = ['Client', 'NetworkLoop']
 
 log = logging.getLogger(__name__)
 
+_FROM_CONFIG: Any = object()  # Client(credentials=...) not given: net.auth.credentials
+
 class Client(Peer):
     """A peng3dnet client: one connection to a server.
 
@@ -47,6 +51,11 @@ class Client(Peer):
             ``net.client.addr.host`` + ``.port``.
         cfg: Config overrides.
         conntype: Connection type to request (``"classic"`` or ``"ping"``).
+        credentials: What to log in with when the server asks (any msgpack
+            value: a token, ``{"user": ..., "password": ...}``); default the
+            config key ``net.auth.credentials``.  Sent only to a server that
+            has a login hook (see :meth:`Server.authenticate`), in the
+            clear unless TLS is on.
 
     Thread safety: every method may be called from any thread unless its
     docstring says otherwise.
@@ -64,9 +73,21 @@ class Client(Peer):
     _owner_key = None
 
     def __init__(
-        self, peng: Any = None, addr: Any = None, cfg: dict[str, Any] | None = None, conntype: str = CONNTYPE_CLASSIC
+        self,
+        peng: Any = None,
+        addr: Any = None,
+        cfg: dict[str, Any] | None = None,
+        conntype: str = CONNTYPE_CLASSIC,
+        credentials: Any = _FROM_CONFIG,
     ) -> None:
         super().__init__(peng, cfg)
+        if credentials is _FROM_CONFIG:
+            credentials = self.cfg["net.auth.credentials"]
+        try:
+            pack(credentials)
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(f"credentials cannot be sent: {exc}") from None
+        self._credentials = credentials
         self.addr: tuple[Any, ...] = resolve_addr(addr, self.cfg, "net.client")
         """The server's address."""
         self.conntype = conntype
@@ -298,6 +319,15 @@ class Client(Peer):
         return self._link_obj.proto.negotiated if self._link_obj is not None else frozenset()
 
     @property
+    def authenticated(self) -> bool:
+        """Whether the server checked our credentials and let us in (its
+        login hook accepted them and the handshake is complete)."""
+        return "auth" in self.extensions and self._handshake_done.is_set() and not self._closed.is_set()
+
+    def _proto_extensions(self) -> frozenset[str]:
+        return frozenset({"auth"})
+
+    @property
     def remote_version(self) -> str | None:
         """The server's version string, once ``hello`` arrived."""
         return self._link_obj.proto.peer_version if self._link_obj is not None else None
@@ -348,6 +378,8 @@ class Client(Peer):
 
         Raises:
             TimedOutError: Not complete within ``timeout`` seconds.
+            AuthenticationError: The server refused our credentials (its
+                ``reason`` is the close reason, ``"auth:..."``).
             ConnectionClosedError: The connection closed first.
 
         Thread safety: any thread but the network thread; in poll mode, the
@@ -356,7 +388,10 @@ class Client(Peer):
         if not self._wait_event(self._handshake_done, timeout):
             raise TimedOutError(f"handshake not complete after {timeout} s")
         if self._closed.is_set():
-            raise ConnectionClosedError(f"connection closed: {self.close_reason}", self.close_reason)
+            reason = self.close_reason
+            if isinstance(reason, str) and reason.startswith("auth:"):
+                raise AuthenticationError(f"the server refused the login: {reason}", reason)
+            raise ConnectionClosedError(f"connection closed: {reason}", reason)
 
     def wait_for_close(self, timeout: float | None = None) -> None:
         """Block until the connection is closed.

@@ -61,9 +61,15 @@ extensions; a version-2 peer ignores it."""
 EXTENSION_PACKETS: dict[str, dict[str, int]] = {
     "heartbeat": {"peng3dnet:ext.heartbeat": PID_HEARTBEAT, "peng3dnet:ext.heartbeat.ack": PID_HEARTBEAT_ACK},
     "mapkeys": {},  # no packets: "I accept map keys other than str/bytes" (see protocol.codec.unpack)
+    "auth": {},  # no packets: the client's credentials ride in settype (CREDENTIALS_KEY)
 }
 """Packets of each extension (name -> fixed id); they appear in the
 handshake registry only on connections that negotiated the extension."""
+CREDENTIALS_KEY = "peng3dnet.credentials"
+"""Key of ``settype`` carrying the client's credentials (any msgpack value),
+sent only when the ``auth`` extension was negotiated: a server offers it
+only when it has an ``authenticate`` hook, so credentials never go to a
+server that does not ask for them."""
 
 # --- connection states (application-visible) --------------------------------
 # Values of ClientOnServer.state and Client.remote_state.  They are part of
@@ -182,6 +188,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.timeout.handshake": 10.0,
     "net.timeout.idle": 0.0,
     "net.timeout.send": 30.0,
+    "net.timeout.auth": 5.0,
+    # Login (see the README, "Login"): the client's credentials (any
+    # msgpack value; the Client argument wins), and how many threads run the
+    # server's authenticate hook (0: on the network thread, which it blocks).
+    "net.auth.credentials": None,
+    "net.auth.workers": 2,
     "net.heartbeat.enabled": True,
     "net.heartbeat.interval": 5.0,
     "net.heartbeat.timeout": 20.0,

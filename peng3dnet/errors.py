@@ -55,6 +55,7 @@ __all__ = [
     "UnsupportedAddressError",
     "InvalidSmartPacketActionError",
     "ConnectionClosedError",
+    "AuthenticationError",
     "NetworkError",
     "TLSError",
     "TLSConfigError",
@@ -172,6 +173,19 @@ class ConnectionClosedError(Peng3dNetError):
         super().__init__(message)
         self.reason = reason
         """Why the connection was closed (``None`` when unknown)."""
+
+
+class AuthenticationError(ConnectionClosedError):
+    """A login was refused.
+
+    Raised by a server's ``authenticate`` hook to refuse a client: the
+    client is closed with the reason ``"auth:<reason>"`` (``reason`` if
+    given, else the message; keep it short, the client sees it).  Raised on
+    the client by :meth:`~peng3dnet.net.Client.wait_for_connection` when the
+    server refused its credentials (:attr:`reason` is then the close reason,
+    ``"auth:..."``).  A :class:`ConnectionClosedError`, so code that catches
+    that keeps working.
+    """
 
 
 class NetworkError(Peng3dNetError):

@@ -74,6 +74,7 @@ class Link:
         "proto", "chan", "owner", "cid", "ctobj", "n_in", "n_out", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
+        "auth", "auth_timer",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -99,6 +100,8 @@ class Link:
         self.strict_keys = True  # the peer accepts only str/bytes map keys (no mapkeys extension)
         self.group: str | None = None  # the address group it counts in (server: per-address limits)
         self.hs_pending = False  # counted as a handshake in progress of its group
+        self.auth: Any = None  # server login: None undecided, AUTH_PENDING, True accepted
+        self.auth_timer: Any = None  # the net.timeout.auth timer while pending
         self.acct = 0  # bytes of chan.out counted in the peer's total (Peer._account)
         self.infl_t = self.stats._since  # last refill of the decompression budget (proto.inflate_budget)
         self.plain = False  # plaintext, first read checked: _read's fast path

@@ -296,12 +296,21 @@ class Peer:
             compress_level=int(cfg["net.compress.level"]),
             autosync=bool(cfg["net.registry.autosync"]),
             missing_packet_action=str(cfg["net.registry.missingpacketaction"]),
-            extensions={"heartbeat", "mapkeys"} if cfg["net.heartbeat.enabled"] else {"mapkeys"},
+            extensions=({"heartbeat", "mapkeys"} if cfg["net.heartbeat.enabled"] else {"mapkeys"})
+            | self._proto_extensions(),
+            credentials=self._credentials,
         )
         if self._h_inflate:  # the decompression budget starts full
             proto.inflate_budget = self._h_inflate_cap
             proto.inflate_action = _INFLATE_ACTIONS.get(str(cfg["net.limits.rate.action"]), "close")
         return proto
+
+    _credentials: Any = None
+    """What a client sends as credentials (see the ``auth`` extension)."""
+
+    def _proto_extensions(self) -> frozenset[str]:
+        """Extensions this side supports beyond the shared ones."""
+        return frozenset()
 
     def _on_ready(self, link: Link, mask: int) -> None:
         """Selector callback for one connection (network thread)."""

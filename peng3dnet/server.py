@@ -25,6 +25,7 @@ from .constants import (
     STATE_HANDSHAKE_WAIT1,
     STATE_HELLOWAIT,
     STATE_INIT,
+    STATE_LOGGEDIN,
 )
 from .errors import (
     ConnectionClosedError,
@@ -33,6 +34,7 @@ from .errors import (
     WriteBufferFullError,
 )
 from .link import ConnectionStats, Link, noop_hook
+from .login import Login
 from .packet import smart_check
 from .peer import Peer, resolve_addr
 from .plans import NO_EVENT, thread_pack
@@ -158,6 +160,10 @@ class ClientOnServer:
         the close; the rest is the application's."""
         self.conntype = CONNTYPE_NOTSET
         """The connection type name (``CONNTYPE_NOTSET`` before ``settype``)."""
+        self.auth_data: Any = None
+        """What the server's ``authenticate`` hook returned when it accepted
+        this client (e.g. the account name), unless that was ``True``;
+        ``None`` without a hook."""
         self._link: Link | None = None
 
     @property
@@ -192,6 +198,12 @@ class ClientOnServer:
         """Extensions negotiated on this connection (e.g. ``heartbeat``)."""
         return self._link.proto.negotiated if self._link is not None else frozenset()
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether the server's ``authenticate`` hook accepted this client
+        (always ``False`` on a server without a hook)."""
+        return self._link is not None and self._link.auth is True
+
     def close(self, reason: str | None = None) -> None:
         """Close this connection (see :meth:`Server.close_connection`).
 
@@ -205,12 +217,13 @@ class ClientOnServer:
     def on_handshake_complete(self) -> None:
         """Hook: the handshake is complete (network thread).
 
-        The default sets :attr:`state` to ``STATE_ACTIVE`` and emits
-        ``peng3dnet:server.connection.handshakecomplete``.  An override may
-        set another state (``STATE_LOGGEDIN``, a value of its own), with or
-        without calling ``super()`` (without it, no event is emitted).
+        The default sets :attr:`state` to ``STATE_ACTIVE`` (``STATE_LOGGEDIN``
+        when the server's ``authenticate`` hook accepted the client) and
+        emits ``peng3dnet:server.connection.handshakecomplete``.  An override
+        may set another state (a value of its own), with or without calling
+        ``super()`` (without it, no event is emitted).
         """
-        self.state = STATE_ACTIVE
+        self.state = STATE_LOGGEDIN if self.authenticated else STATE_ACTIVE
         self.server._emit("peng3dnet:server.connection.handshakecomplete", {"client": self})
 
     def on_close(self, reason: str | None = None) -> None:
@@ -246,6 +259,8 @@ class Server(Peer):
             default from ``net.server.addr`` / ``net.server.addr.host`` + ``.port``.
         clientcls: Class of the per-connection objects (a :class:`ClientOnServer`).
         cfg: Config overrides.
+        authenticate: ``fn(client, credentials)``, the login hook (see
+            :meth:`authenticate`); ``None``: no login (the 0.1.x behaviour).
 
     Thread safety: every method may be called from any thread unless its
     docstring says otherwise.
@@ -268,7 +283,10 @@ class Server(Peer):
         addr: Any = None,
         clientcls: type[ClientOnServer] | None = None,
         cfg: dict[str, Any] | None = None,
+        authenticate: Any = None,
     ) -> None:
+        self._auth_fn = authenticate
+        self._login = Login(self, authenticate is not None or type(self).authenticate is not Server.authenticate)
         super().__init__(peng, cfg)
         self.addr: tuple[Any, ...] = resolve_addr(addr, self.cfg, "net.server")
         """Address to bind; after :meth:`bind`, the address actually bound."""
@@ -612,7 +630,8 @@ class Server(Peer):
     def begin_handshake(self, cid: int) -> None:
         """Send a connection the registry handshake: what the ``classic``
         connection type does after ``settype`` (a connection type of your
-        own may too).
+        own may too).  With a login hook, the hook decides first: the
+        handshake goes out once it accepted the client.
 
         Raises:
             ConnectionClosedError: No open connection with that cid.
@@ -621,11 +640,48 @@ class Server(Peer):
         Thread safety: the network thread (connection types run there).
         """
         link = self._link(cid)
+        if self._login.enabled and not self._login.gate(link):
+            return
+        self._send_handshake(link)
+
+    def _send_handshake(self, link: Link) -> None:
         with link.chan.lock:
             link.proto.begin_handshake(self.registry.mapping())
             outs = link.proto.drain_received()
             self._push(link)
         self._handle_outputs(link, outs)
+
+    def authenticate(self, client: ClientOnServer, credentials: Any) -> Any:
+        """The login hook: decide whether ``client`` may join.
+
+        Called once per ``classic`` connection, after ``settype`` and
+        before the registry handshake, when the server has a hook: the
+        ``authenticate=`` argument, or an override of this method in a
+        subclass (this default calls the argument).  ``credentials`` is
+        what the client sent (``Client(credentials=...)``; ``None`` when it
+        gave none).
+
+        Return ``False`` or ``None`` to refuse (close reason
+        ``"auth:refused"``), raise :class:`~peng3dnet.errors.AuthenticationError`
+        to refuse with a reason of your own (``"auth:<reason>"``), or return
+        anything else to accept: ``True``, or data that is stored as
+        ``client.auth_data`` (an account name, a player record).  An
+        accepted client's ``state`` becomes ``STATE_LOGGEDIN`` at the end of
+        the handshake.  Any other exception refuses with ``"auth:error"`` and
+        is logged with its traceback.  A decision that takes longer than
+        ``net.timeout.auth`` seconds refuses with ``"auth:timeout"``.  A
+        client that cannot send credentials (peng3dnet 0.1.x) is refused
+        with ``"auth:unsupported"`` without calling the hook.
+
+        Thread safety: runs on a login worker thread (``net.auth.workers``
+        of them; it may block, e.g. on a database), or on the network thread
+        with ``net.auth.workers = 0``.  Guard shared state accordingly.
+        """
+        fn = self._auth_fn
+        return True if fn is None else fn(client, credentials)
+
+    def _proto_extensions(self) -> frozenset[str]:
+        return frozenset({"auth"}) if self._login.enabled else frozenset()
 
     def _connection_closed(self, link: Link, reason: str | None) -> None:
         self._emit("peng3dnet:server.connection.close", {"client": link.owner, "reason": reason})
@@ -658,6 +714,7 @@ class Server(Peer):
     def _on_loop_exit(self) -> None:
         # Whatever is still open is closed now, so every connection gets its
         # close event before stop (and shutdown).
+        self._login.stop()
         for link in list(self._links.values()):
             self._close_at_exit(link, "servershutdown")
         self._reactor.run_calls()

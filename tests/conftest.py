@@ -68,9 +68,9 @@ class Recorder:
         events.unsubscribe(self.pattern, self, sender=self.sender)
 
 
-def make_server(**cfg: Any) -> Server:
+def make_server(authenticate: Any = None, **cfg: Any) -> Server:
     cfg.setdefault("net.server.addr", ("127.0.0.1", 0))
-    s = Server(cfg=cfg)
+    s = Server(cfg=cfg, authenticate=authenticate)
     s.register_packet("test:echo", EchoPacket(s.registry, s))
     return s
 
@@ -212,11 +212,11 @@ class Net:
         self.recorders: list[Recorder] = []
 
     def server(self, *, process: bool = True, record: str | None = "peng3dnet:server.*", clientcls: Any = None,
-               packets: dict[str, Any] | None = None, **cfg: Any):
+               packets: dict[str, Any] | None = None, authenticate: Any = None, **cfg: Any):
         """A running server with the test:echo packet and ``packets`` (name ->
         packet class), its connections made with ``clientcls``; returns
         ``(server, recorder)``."""
-        s = make_server(**cfg)
+        s = make_server(authenticate, **cfg)
         if clientcls is not None:
             s.clientcls = clientcls
         for name, cls in (packets or {}).items():
@@ -229,10 +229,10 @@ class Net:
         return s, rec
 
     def client(self, server: Server, *, addr: Any = None, process: bool = True, wait: bool = True,
-               packets: dict[str, Any] | None = None, **cfg: Any) -> Client:
+               packets: dict[str, Any] | None = None, credentials: Any = None, **cfg: Any) -> Client:
         """A running client with the test:echo packet and ``packets`` (name ->
         packet class, registered before connecting); handshaken when ``wait``."""
-        c = Client(addr=addr or server.addr, cfg=cfg)
+        c = Client(addr=addr or server.addr, cfg=cfg, credentials=credentials)
         c.register_packet("test:echo", EchoPacket(c.registry, c))
         for name, cls in (packets or {}).items():
             c.register_packet(name, cls(c.registry, c))

@@ -110,10 +110,10 @@ def active_cids(server: Any, n: int = 1, timeout: float = 10.0) -> list[int]:
 
     (A client's handshake completes one packet before the server's does.)
     """
-    from peng3dnet.constants import STATE_ACTIVE
+    from peng3dnet.constants import STATE_ACTIVE, STATE_LOGGEDIN
 
     def ready() -> list[int] | None:
-        cids = [cid for cid, c in list(server.clients.items()) if c.state == STATE_ACTIVE]
+        cids = [cid for cid, c in list(server.clients.items()) if c.state in (STATE_ACTIVE, STATE_LOGGEDIN)]
         return cids if len(cids) >= n else None
 
     return wait_for(ready, timeout, f"{n} active connections")

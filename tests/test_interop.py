@@ -105,12 +105,13 @@ def test_our_client_against_original_server():
                 if len(got) == len(MESSAGES):
                     done.set()
 
-        c = Client(addr=("127.0.0.1", port))
+        # Credentials are never sent to a server that does not ask (the original cannot).
+        c = Client(addr=("127.0.0.1", port), credentials={"user": "u", "password": "p"})
         c.register_packet("interop:echo", Rec(c.registry, c))
         c.runAsync()
         c.process_async()
         c.wait_for_connection(15)
-        assert c.remote_version == "0.1.3a0"
+        assert c.remote_version == "0.1.3a0" and not c.authenticated and "auth" not in c.extensions
         # An int map key would make the original close the connection: it is
         # refused here, in the sender's thread, and the connection stays.
         with pytest.raises(LocalProtocolError, match="map key 7"):
@@ -161,3 +162,48 @@ def test_registry_mismatch_with_original_server():
         if proc.stdout:
             proc.stdout.close()
 
+
+
+def test_original_client_against_our_server_with_a_login_hook():
+    """An original client cannot send credentials: refused with a clear reason,
+    the hook is not called, the server goes on; the same client joins a
+    server of ours without a hook (the feature off changes nothing)."""
+    calls: list = []
+
+    def hook(client, credentials):
+        calls.append(credentials)
+        return True
+
+    s = Server(addr=("127.0.0.1", 0), authenticate=hook)
+    s.register_packet("interop:echo", Echo(s.registry, s))
+    closes: list = []
+
+    def on_close(event, data):
+        closes.append(data["reason"])
+
+    events.subscribe("peng3dnet:server.connection.close", on_close, sender=s)
+    s.runAsync()
+    s.process_async()
+    try:
+        r = run_peer("connect", s.addr[1])
+        assert r["handshake"] is not True
+        wait_for(lambda: closes, what="the refusal")
+        assert closes == ["auth:unsupported"] and calls == []
+        ours = Client(addr=s.addr, credentials="pw")
+        ours.register_packet("interop:echo", Echo(ours.registry, ours))
+        ours.runAsync()
+        ours.wait_for_connection(10)
+        assert ours.authenticated and calls == ["pw"]
+        ours.stop()
+        ours.join(5)
+    finally:
+        events.unsubscribe("peng3dnet:server.connection.close", on_close, sender=s)
+        s.shutdown(timeout=5)
+    plain = Server(addr=("127.0.0.1", 0))
+    plain.register_packet("interop:echo", Echo(plain.registry, plain))
+    plain.runAsync()
+    plain.process_async()
+    try:
+        assert run_peer("connect", plain.addr[1]) == {"handshake": True}
+    finally:
+        plain.shutdown(timeout=5)

@@ -94,8 +94,9 @@ def test_client_methods():
 
 
 def test_constructors():
-    assert strip_annotations(net.Server.__init__) == "(peng=None, addr=None, clientcls=None, cfg=None)"
-    assert strip_annotations(net.Client.__init__) == "(peng=None, addr=None, cfg=None, conntype='classic')"
+    # The 0.1.x parameters in their order; ours come after them, with defaults.
+    assert strip_annotations(net.Server.__init__) == "(peng=None, addr=None, clientcls=None, cfg=None, authenticate=None)"
+    assert strip_annotations(net.Client.__init__).startswith("(peng=None, addr=None, cfg=None, conntype='classic', credentials=")
     assert strip_annotations(net.ClientOnServer.__init__) == "(server, conn, addr, cid)"
     for name in ("close", "on_close", "on_connect", "on_handshake_complete"):
         assert hasattr(net.ClientOnServer, name)

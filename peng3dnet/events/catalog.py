@@ -39,6 +39,11 @@ CATALOG: dict[str, EventSpec] = {
     "peng3dnet:server.connection.accept": EventSpec(
         "connection_accepted", ("sock", "addr", "client", "cid"), "connection accepted (network thread)"
     ),
+    "peng3dnet:server.connection.auth": EventSpec(
+        "connection_authenticated",
+        ("client", "ok", "reason"),
+        "the authenticate hook decided (network thread); reason is the close reason when refused",
+    ),
     "peng3dnet:server.connection.handshakecomplete": EventSpec(
         "connection_handshake_completed", ("client",), "handshake done, packets may flow (network thread)"
     ),

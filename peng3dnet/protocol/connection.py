@@ -36,6 +36,7 @@ from msgpack import packb as _packb
 from ..constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
+    CREDENTIALS_KEY,
     EXTENSION_PACKETS,
     EXTENSIONS_KEY,
     FLAG_COMPRESSED,
@@ -177,6 +178,9 @@ class ProtocolConnection:
         extensions: Extensions we support (see ``EXTENSION_PACKETS``); the
             server offers them in ``hello``, the client picks the common ones
             in ``settype``.  A version-2 peer offers/picks none.
+        credentials: Client side: what to send as credentials when the
+            ``auth`` extension is negotiated (any msgpack value; ``None``
+            is sent as nil).  Never sent otherwise.
 
     Not thread safe: one thread at a time (the transport holds a lock).
     """
@@ -198,6 +202,7 @@ class ProtocolConnection:
         hello_extra: dict[str, Any] | None = None,
         settype_extra: dict[str, Any] | None = None,
         extensions: frozenset[str] | set[str] = frozenset(),
+        credentials: Any = None,
     ) -> None:
         if side not in (SIDE_SERVER, SIDE_CLIENT):
             raise ValueError(f"invalid side {side!r}")
@@ -227,6 +232,7 @@ class ProtocolConnection:
         """Extensions we support."""
         self.negotiated: frozenset[str] = frozenset()
         """Extensions both sides announced (known after ``settype``)."""
+        self.credentials = credentials
         self.packet_quota = NO_QUOTA
         """How many more application packets :meth:`receive_data` may
         output; the owner sets it (the room left in its process queue) and
@@ -442,6 +448,8 @@ class ProtocolConnection:
         settype: dict[str, Any] = {"conntype": self.conntype}
         if self.negotiated:
             settype[EXTENSIONS_KEY] = sorted(self.negotiated)
+        if "auth" in self.negotiated:
+            settype[CREDENTIALS_KEY] = self.credentials
         settype.update(self.settype_extra)
         self._send_internal(I.SETTYPE, PID_SETTYPE, settype)
 
@@ -453,6 +461,13 @@ class ProtocolConnection:
         self.peer_settype = msg
         self.negotiated = self.extensions & self._ext_list(msg)
         self._outputs.append(ConnTypeRequested(conntype))
+
+    @property
+    def peer_credentials(self) -> Any:
+        """Server side: the credentials the client sent in ``settype``
+        (``None`` if it sent none, or before ``settype``).  Only
+        meaningful when ``auth`` is in :attr:`negotiated`."""
+        return self.peer_settype.get(CREDENTIALS_KEY) if "auth" in self.negotiated else None
 
     def _on_handshake(self, msg: dict[str, Any]) -> None:
         self._check_version(msg)

@@ -31,7 +31,7 @@ def test_every_event_reaches_peng_in_the_same_order_as_the_bus():
     speng = peng3d.Peng()
     cpeng = peng3d.Peng()
     srec, crec = PengRecorder(speng), PengRecorder(cpeng)
-    s = Server(peng=speng, addr=("127.0.0.1", 0))
+    s = Server(peng=speng, addr=("127.0.0.1", 0), authenticate=lambda client, credentials: True)  # the auth event too
     s.register_packet("test:echo", EchoPacket(s.registry, s))
     bus_s = Recorder(s)
     s.runAsync()

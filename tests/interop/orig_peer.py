@@ -4,6 +4,7 @@ an interop peer for our tests.  Run with that virtualenv's python:
     orig_peer.py server PORT        serve interop:echo + ping data until stdin closes
     orig_peer.py client PORT        classic session: send MESSAGES, expect echoes
     orig_peer.py ping PORT          pingServer, print the reply
+    orig_peer.py connect PORT       connect, report whether the handshake completed
 
 Each mode prints one JSON line on stdout (``READY`` first for the server).
 This file only uses the original library's documented public API.
@@ -87,6 +88,22 @@ def client(port):
     os._exit(0)
 
 
+def connect(port):
+    """Connect and report whether the handshake completed (a server that
+    refuses us closes the connection instead)."""
+    c = net.Client(addr=("127.0.0.1", port))
+    c.register_packet("interop:echo", Packet(c.registry, c))
+    c.runAsync()
+    c.process_async()
+    try:
+        c.wait_for_connection(3)
+        ok = True
+    except Exception as exc:  # the original's own error type
+        ok = type(exc).__name__
+    print(json.dumps({"handshake": ok}), flush=True)
+    os._exit(0)
+
+
 def ping(port):
     r = pingServer(addr=("127.0.0.1", port), timeout=10)
     out = {k: v for k, v in r.items() if k in ("name", "players", "peng3dnet", "delay")}
@@ -95,4 +112,4 @@ def ping(port):
 
 
 if __name__ == "__main__":
-    {"server": server, "client": client, "ping": ping}[sys.argv[1]](int(sys.argv[2]))
+    {"server": server, "client": client, "ping": ping, "connect": connect}[sys.argv[1]](int(sys.argv[2]))

@@ -457,3 +457,60 @@ def test_an_empty_budget_inflates_nothing():
     p.server.inflate_action = "drop"
     p.server.receive_data(frame)
     assert _received(p.server.drain_received()) == [] and p.server.inflate_dropped == 1
+
+
+# --- the "auth" extension: credentials in settype --------------------------------------
+
+
+def _auth_pair(server_ext, client_ext, credentials):
+    p = ConnectionPair()
+    p.server = ProtocolConnection(SIDE_SERVER, registry=p.sreg, extensions=server_ext)
+    p.client = ProtocolConnection(SIDE_CLIENT, registry=p.creg, extensions=client_ext, credentials=credentials)
+    return p
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_credentials_ride_in_settype_when_auth_is_negotiated(chunk):
+    creds = {"user": "alice", "token": b"\x00\xff", 7: [1, 2]}
+    p = _auth_pair({"auth"}, {"auth"}, creds)
+    p.server.initiate()
+    p.pump(chunk)
+    assert p.server.negotiated == frozenset({"auth"}) == p.client.negotiated
+    assert p.server.peer_credentials == creds
+    assert p.server.peer_settype["peng3dnet.credentials"] == creds
+    assert p.server.state is HandshakeState.ACTIVE
+
+
+@pytest.mark.parametrize(
+    ("server_ext", "client_ext"),
+    [(set(), {"auth"}), ({"auth"}, set()), (set(), set())],
+)
+def test_credentials_never_sent_without_both_sides(server_ext, client_ext):
+    p = _auth_pair(server_ext, client_ext, "secret")
+    p.start()
+    assert "auth" not in p.server.negotiated
+    assert "peng3dnet.credentials" not in p.server.peer_settype
+    assert p.server.peer_credentials is None
+    sent = [o.msg for o in p.c_out if isinstance(o, PacketSent) and o.pid == 2]
+    assert len(sent) == 1 and sent[0]["conntype"] == "classic"
+    assert "peng3dnet.credentials" not in sent[0] and "secret" not in repr(sent)
+
+
+def test_credentials_none_is_sent_as_nil():
+    p = _auth_pair({"auth"}, {"auth"}, None)
+    p.start()
+    assert "peng3dnet.credentials" in p.server.peer_settype
+    assert p.server.peer_credentials is None
+
+
+def test_server_holds_the_handshake_until_it_begins_it():
+    """A server deciding on credentials just does not call begin_handshake yet:
+    the client waits in HELLO-after-settype, nothing else moves."""
+    p = _auth_pair({"auth"}, {"auth"}, "pw")
+    p.auto_handshake = False
+    p.start()
+    assert p.server.state is HandshakeState.TYPESET and p.client.state is HandshakeState.TYPESET
+    assert p.server.peer_credentials == "pw"
+    p.server.begin_handshake(p.sreg.mapping())
+    p.pump()
+    assert p.server.state is HandshakeState.ACTIVE and p.client.state is HandshakeState.ACTIVE
