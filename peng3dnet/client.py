@@ -9,6 +9,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
+from .calls import CallFuture
 from .constants import (
     CONNTYPE_CLASSIC,
     MODE_NOTSET,
@@ -349,6 +350,44 @@ class Client(Peer):
         Thread safety: any thread; never blocks on the network.
         """
         self._send(self._link(None), ptype, data)
+
+    def call(self, ptype: Any, data: Any, timeout: float | None = None) -> Any:
+        """Send a message to the server and return its handler's answer.
+
+        The server runs the handler of ``ptype`` as for any message of that
+        type, and what it returns (``@server.handler`` or a ``Packet``'s
+        ``receive``) comes back here.
+
+        Raises:
+            TimedOutError: No reply within ``timeout`` seconds (default
+                ``net.timeout.call``, 10 s; 0 or less: no limit).
+            RemoteCallError: The handler on the other side raised (its
+                ``remote_type`` and message), or nothing could answer.
+            ConnectionClosedError: The connection closed before the reply.
+            LocalProtocolError: The other side cannot answer calls
+                (peng3dnet 0.1.x), the handshake is not complete, the data
+                cannot be encoded, or this is the network thread (which the
+                reply needs: use :meth:`call_async` there).
+            RegistryError: Unknown packet.
+
+        Thread safety: any thread but the network thread; blocks until the
+        reply (in poll mode, polling meanwhile).
+        """
+        return self._call(None, ptype, data, timeout)
+
+    def call_async(
+        self, ptype: Any, data: Any, timeout: float | None = None, callback: Any = None
+    ) -> CallFuture:
+        """:meth:`call` without waiting: returns a
+        :class:`concurrent.futures.Future` of the answer (its ``result()``
+        raises what :meth:`call` would).  ``callback(future)``, if given,
+        runs once it is done, where handlers run (``process()``: the
+        process thread, or your game loop), so a game can react to the
+        answer on its main thread.
+
+        Thread safety: any thread, the network thread included.
+        """
+        return self._start_call(None, ptype, data, timeout, callback)
 
     def close(self, reason: str | None = None) -> None:
         """Close the connection with ``reason`` (see :meth:`close_connection`)."""

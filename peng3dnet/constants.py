@@ -48,6 +48,12 @@ PID_HEARTBEAT = 32
 """Extension ``heartbeat``: liveness probe (only on connections that negotiated it)."""
 PID_HEARTBEAT_ACK = 33
 """Extension ``heartbeat``: the answer to a probe, echoing its body."""
+PID_CALL = 34
+"""Extension ``calls``: a request, ``[call id, packet id, message]``."""
+PID_CALL_REPLY = 35
+"""Extension ``calls``: the answer, ``[call id, status, value]`` (status 0:
+the handler's return value; 1: it raised, value ``{"type", "message"}``;
+2: no handler can answer, value ``{"type", "message"}``)."""
 PID_FIRST_FREE = 64
 """Ids below this are reserved for the library."""
 PID_PING_REQUEST = 64
@@ -62,6 +68,7 @@ EXTENSION_PACKETS: dict[str, dict[str, int]] = {
     "heartbeat": {"peng3dnet:ext.heartbeat": PID_HEARTBEAT, "peng3dnet:ext.heartbeat.ack": PID_HEARTBEAT_ACK},
     "mapkeys": {},  # no packets: "I accept map keys other than str/bytes" (see protocol.codec.unpack)
     "auth": {},  # no packets: the client's credentials ride in settype (CREDENTIALS_KEY)
+    "calls": {"peng3dnet:ext.call": PID_CALL, "peng3dnet:ext.call.reply": PID_CALL_REPLY},
 }
 """Packets of each extension (name -> fixed id); they appear in the
 handshake registry only on connections that negotiated the extension."""
@@ -189,6 +196,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.timeout.idle": 0.0,
     "net.timeout.send": 30.0,
     "net.timeout.auth": 5.0,
+    "net.timeout.call": 10.0,
     # Login (see the README, "Login"): the client's credentials (any
     # msgpack value; the Client argument wins), and how many threads run the
     # server's authenticate hook (0: on the network thread, which it blocks).

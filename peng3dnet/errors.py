@@ -56,6 +56,8 @@ __all__ = [
     "InvalidSmartPacketActionError",
     "ConnectionClosedError",
     "AuthenticationError",
+    "CallError",
+    "RemoteCallError",
     "NetworkError",
     "TLSError",
     "TLSConfigError",
@@ -186,6 +188,35 @@ class AuthenticationError(ConnectionClosedError):
     ``"auth:..."``).  A :class:`ConnectionClosedError`, so code that catches
     that keeps working.
     """
+
+
+class CallError(Peng3dNetError):
+    """Raise it in a handler answering a call to send an error back without
+    it being logged as a bug: the caller gets a :class:`RemoteCallError`
+    with this message (``remote_type`` ``"CallError"``, or the name of your
+    subclass)."""
+
+
+class RemoteCallError(CallError):
+    """The other side could not answer a call: its handler raised (any
+    exception: :attr:`remote_type` is its class name, the message its
+    text), or no handler could answer (:attr:`unanswered`: an unknown
+    packet, a ``SmartPacket`` not valid now).
+
+    Args:
+        message: The remote message.
+        remote_type: The remote exception's class name.
+        unanswered: No handler ran.
+    """
+
+    def __init__(self, message: str = "remote error", remote_type: str = "", unanswered: bool = False) -> None:
+        super().__init__(f"{remote_type}: {message}" if remote_type else message)
+        self.remote_message = message
+        """The remote exception's message."""
+        self.remote_type = remote_type
+        """The remote exception's class name (e.g. ``"KeyError"``)."""
+        self.unanswered = unanswered
+        """Whether no handler ran at all."""
 
 
 class NetworkError(Peng3dNetError):

@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 from . import events as _events
+from .calls import CallFuture, Calls, wait_result
 from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
 from .constants import (
     CONNTYPE_CLASSIC,
@@ -39,12 +40,14 @@ from .events.bus import Route as _Route
 from .flow import Flow
 from .inbox import Inbox
 from .link import Link
-from .packet import Packet, SmartPacket, smart_check
+from .packet import FunctionPacket, Packet, SmartPacket, smart_check
 from .packet.internal import INTERNAL_PACKETS
 from .plans import BASE_RECEIVE, BASE_SEND, NO_EVENT, RecvPlan, SendPlan, hot_settings, quiet_smart, thread_pack
 from .protocol.codec import check_keys
 from .protocol.connection import (
     NO_QUOTA,
+    CallReplied,
+    CallRequested,
     ConnectionClosed,
     ConnTypeRequested,
     HandshakeCompleted,
@@ -144,6 +147,7 @@ class Peer:
         self._in_poll = False  # inside poll()'s I/O callbacks or handlers
         self._peng_forwarder: Any = None  # see set_peng_forwarder
         self._flow = Flow(self)  # pausing/resuming reads, blocking senders, the buffered-bytes cap
+        self._calls = Calls(self)  # requests that expect an answer (extension "calls")
         self._send_plans: dict[Any, SendPlan] = {}
         self._recv_plans: dict[int, RecvPlan] = {}
         self._route_recv = _Route(self._ev_recv)
@@ -263,6 +267,42 @@ class Peer:
         """
         return self.registry.register(obj, name, n)
 
+    def handler(self, name: str, n: int | None = None) -> Any:
+        """Decorator: register ``fn(msg, cid)`` as the handler of a new
+        packet ``name`` (id ``n`` or the next free).  What it returns is the
+        answer when the packet is called (:meth:`call`); for a plain
+        ``send_message`` it is ignored.  ``cid`` is ``None`` on a client.
+
+        Example::
+
+            @server.handler("game:inventory")
+            def inventory(msg, cid):
+                return players[cid].items
+
+        Thread safety: as :meth:`register_packet`; ``fn`` runs where
+        handlers run (the thread calling ``process()``).
+        """
+
+        def register(fn: Any) -> Any:
+            self.register_packet(name, FunctionPacket(self.registry, self, fn), n)
+            return fn
+
+        return register
+
+    def _call_timeout(self, timeout: float | None) -> float:
+        return float(self.cfg["net.timeout.call"]) if timeout is None else float(timeout)
+
+    def _start_call(self, cid: int | None, ptype: Any, data: Any, timeout: float | None, callback: Any) -> CallFuture:
+        link = self._link(cid)
+        if link.proto.state is not _ACTIVE:
+            self._check_sendable(link)
+        return self._calls.start(link, ptype, data, self._call_timeout(timeout), callback)
+
+    def _call(self, cid: int | None, ptype: Any, data: Any, timeout: float | None) -> Any:
+        timeout = self._call_timeout(timeout)
+        fut = self._start_call(cid, ptype, data, timeout, None)
+        return wait_result(self, fut, timeout)
+
     def _register_internal(self) -> None:
         for name, pid, cls in INTERNAL_PACKETS:
             if name not in self.registry:
@@ -296,7 +336,7 @@ class Peer:
             compress_level=int(cfg["net.compress.level"]),
             autosync=bool(cfg["net.registry.autosync"]),
             missing_packet_action=str(cfg["net.registry.missingpacketaction"]),
-            extensions=({"heartbeat", "mapkeys"} if cfg["net.heartbeat.enabled"] else {"mapkeys"})
+            extensions=({"heartbeat", "mapkeys", "calls"} if cfg["net.heartbeat.enabled"] else {"mapkeys", "calls"})
             | self._proto_extensions(),
             credentials=self._credentials,
         )
@@ -516,6 +556,11 @@ class Peer:
                 self._after_handshake(link)
             elif isinstance(o, HeartbeatAcked):
                 self._on_heartbeat_ack(link, o.msg)
+            elif isinstance(o, CallReplied):
+                self._calls.on_reply(link, o)
+            elif isinstance(o, CallRequested):
+                if not link.local_closed:
+                    queued = self._on_call(link, o) or queued
             elif isinstance(o, ConnectionClosed):
                 self._on_closed(link, o)
         inbox = self._inbox
@@ -676,6 +721,43 @@ class Peer:
             log.debug("= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued)
         return True
 
+    def _on_call(self, link: Link, o: CallRequested) -> bool:
+        """Queue (or, inline, run) the answer to a call; return whether it
+        was queued for process() (network thread)."""
+        link.stats.packets_in += 1
+        answer = self._calls.on_request(link, o)
+        if answer is None:
+            return False
+        if self._h_inline:
+            self._run_inline(link, answer, o.pid, o.msg)
+            return False
+        if self._inbox.put(link, answer, o.pid, o.msg, self._h_recv_queue):
+            link.chan.update_interest()
+        return True
+
+    def _queue_call(self, link: Link, callback: Any, fut: CallFuture) -> None:
+        """Run a call's ``callback(future)`` where handlers run: queued for
+        process(), or at once with inline handlers (network thread)."""
+
+        def run(msg: Any, cid: Any) -> None:
+            callback(fut)
+
+        run.__qualname__ = f"callback of call {fut.call_id} ({callback!r})"
+        if self._h_inline:
+            self._run_inline(link, run, -2, None)
+            return
+        self._inbox.put(link, run, -2, None, NO_QUOTA)
+        self._inbox.notify()
+
+    def _run_inline(self, link: Link, fn: Any, pid: int, msg: Any) -> None:
+        """Run a handler at once (network thread, ``net.process.inline``)."""
+        try:
+            fn(msg, link.cid)
+            if link.on_recv is not None and pid >= 0:
+                link.on_recv(pid, msg)
+        except BaseException:
+            self._handler_failed(link, fn)
+
     def _recv_plan(self, pid: int) -> RecvPlan | None:
         """What receiving ``pid`` needs, cached until the registry changes
         (a :class:`~peng3dnet.plans.RecvPlan`: the packet object and what to
@@ -742,6 +824,8 @@ class Peer:
                     chan.update_interest()
                 chan.linger = self._reactor.call_later(CLOSE_LINGER, lambda: self._force_close(link))
         self._connection_closed(link, o.reason)
+        if self._calls.pending:
+            self._calls.closed(link, o.reason)
         # The application's side of the close (on_close, STATE_CLOSED, the
         # server forgetting the client) comes after the packets that arrived
         # before it: behind them in the process queue when some wait there.
@@ -1010,7 +1094,7 @@ class Peer:
             return
         try:
             fn(msg, link.cid)
-            if link.on_recv is not None:
+            if link.on_recv is not None and pid >= 0:  # (-2: a call's callback, not a packet)
                 link.on_recv(pid, msg)
         except BaseException:
             self._handler_failed(link, fn)

@@ -11,6 +11,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
+from .calls import CallFuture
 from .constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
@@ -841,6 +842,36 @@ class Server(Peer):
         link = self._link(cid)
         self._check_sendable(link)
         self._send_frame(link, self._frame_for_body(pid, body), pid, NO_EVENT, False)
+
+    def call(self, ptype: Any, data: Any, cid: int, timeout: float | None = None) -> Any:
+        """Send a message to client ``cid`` and return its handler's answer
+        (see :meth:`Client.call`, the same from the other side).
+
+        Raises:
+            TimedOutError: No reply within ``timeout`` seconds (default
+                ``net.timeout.call``, 10 s; 0 or less: no limit).
+            RemoteCallError: The handler on the other side raised (its
+                ``remote_type`` and message), or nothing could answer.
+            ConnectionClosedError: The connection closed before the reply.
+            LocalProtocolError: The other side cannot answer calls
+                (peng3dnet 0.1.x), the handshake is not complete, the data
+                cannot be encoded, or this is the network thread (which the
+                reply needs: use :meth:`call_async` there).
+            RegistryError: Unknown packet.
+
+        Thread safety: any thread but the network thread; blocks until the
+        reply (in poll mode, polling meanwhile).
+        """
+        return self._call(cid, ptype, data, timeout)
+
+    def call_async(
+        self, ptype: Any, data: Any, cid: int, timeout: float | None = None, callback: Any = None
+    ) -> CallFuture:
+        """:meth:`call` without waiting (see :meth:`Client.call_async`).
+
+        Thread safety: any thread, the network thread included.
+        """
+        return self._start_call(cid, ptype, data, timeout, callback)
 
     def close_connection(self, cid: int, reason: str | None = None) -> None:
         """Send ``closeconn`` with ``reason`` after what is queued, then close.

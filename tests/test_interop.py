@@ -116,6 +116,9 @@ def test_our_client_against_original_server():
         # refused here, in the sender's thread, and the connection stays.
         with pytest.raises(LocalProtocolError, match="map key 7"):
             c.send_message("interop:echo", {"ok": {7: "entity"}})
+        # The original cannot answer calls: refused here, nothing sent.
+        with pytest.raises(LocalProtocolError, match="does not support calls"):
+            c.call("interop:echo", "question")
         for m in MESSAGES:
             c.send_message("interop:echo", m)
         assert done.wait(15)

@@ -43,7 +43,7 @@ def test_heartbeat_negotiated_and_measures_rtt(net):
     c = net.client(s, process=False, **{"net.heartbeat.interval": 0.05})
     crec = net.recorder(c, "peng3dnet:client.heartbeat")
     (cid,) = active_cids(s)
-    assert c.extensions == frozenset({"heartbeat", "mapkeys"}) == s.clients[cid].extensions
+    assert c.extensions == frozenset({"heartbeat", "mapkeys", "calls"}) == s.clients[cid].extensions
     (d,) = rec.wait_for("peng3dnet:server.connection.heartbeat")[:1]
     assert 0 <= d["rtt"] < 5 and d["stats"]["rtt"] == d["rtt"]
     (cd,) = crec.wait_for("peng3dnet:client.heartbeat")[:1]
@@ -54,7 +54,7 @@ def test_version2_peer_sees_no_extension_packets(net):
     s, rec = net.server(**{"net.heartbeat.interval": 0.05})
     peer = RawPeer(s.addr)
     pid, hello = peer.recv_packet()
-    assert pid == 1 and hello[EXTENSIONS_KEY] == ["heartbeat", "mapkeys"]  # an unknown key to a v2 peer
+    assert pid == 1 and hello[EXTENSIONS_KEY] == ["calls", "heartbeat", "mapkeys"]  # an unknown key to a v2 peer
     peer.send_packet(2, {"conntype": "classic"})  # a v2 client announces nothing
     pid, hs = peer.recv_packet()
     assert set(hs["registry"]) == {

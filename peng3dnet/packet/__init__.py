@@ -33,7 +33,7 @@ from ..constants import MODE_CLOSED, SIDE_CLIENT, SIDE_SERVER, SSLSEC_NONE, STAT
 from ..errors import InvalidSmartPacketActionError
 from ..userlog import user_log
 
-__all__ = ["Packet", "SmartPacket", "PrintPacket", "smart_check"]
+__all__ = ["Packet", "SmartPacket", "PrintPacket", "FunctionPacket", "smart_check"]
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,15 @@ class SmartPacket(Packet):
             raise InvalidSmartPacketActionError(
                 f"{type(self).__name__}.invalid_action is {action!r}; use 'ignore' or 'close'"
             )
+
+
+class FunctionPacket(Packet):
+    """A packet whose handler is a function ``fn(msg, cid)`` (the
+    ``obj``); what it returns answers a call.  Made by the peers'
+    ``handler(name)`` decorator."""
+
+    def receive(self, msg: Any, cid: int | None = None) -> Any:
+        return self.obj(msg, cid)
 
 
 class PrintPacket(Packet):

@@ -40,6 +40,8 @@ from ..constants import (
     EXTENSION_PACKETS,
     EXTENSIONS_KEY,
     FLAG_COMPRESSED,
+    PID_CALL,
+    PID_CALL_REPLY,
     PID_CLOSECONN,
     PID_FIRST_FREE,
     PID_HANDSHAKE,
@@ -74,6 +76,8 @@ __all__ = [
     "ConnTypeRequested",
     "HandshakeCompleted",
     "HeartbeatAcked",
+    "CallRequested",
+    "CallReplied",
     "ConnectionClosed",
 ]
 
@@ -138,6 +142,38 @@ class HeartbeatAcked:
 
 
 @dataclass(frozen=True, slots=True)
+class CallRequested:
+    """Extension ``calls``: the peer asks application packet ``pid`` to
+    answer ``msg``; reply with :meth:`ProtocolConnection.encode_reply` and
+    ``call_id``.  Counted against :attr:`ProtocolConnection.packet_quota`
+    like an application packet."""
+
+    call_id: int
+    pid: int
+    msg: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CallReplied:
+    """Extension ``calls``: the answer to our call ``call_id`` (``status``:
+    see :data:`~peng3dnet.constants.PID_CALL_REPLY`)."""
+
+    call_id: int
+    status: int
+    value: Any
+
+
+CALL_OK = 0
+"""Reply status: ``value`` is what the handler returned."""
+CALL_ERROR = 1
+"""Reply status: the handler raised; ``value`` is ``{"type", "message"}``."""
+CALL_UNANSWERED = 2
+"""Reply status: no handler could answer (unknown or invalid packet)."""
+
+_MAX_CALL_ID = 2**63
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The connection is closed; nothing will be received any more.
 
@@ -150,7 +186,10 @@ class ConnectionClosed:
     error: RemoteProtocolError | None = None
 
 
-Output = Union[PacketReceived, PacketSent, ConnTypeRequested, HandshakeCompleted, HeartbeatAcked, ConnectionClosed]
+Output = Union[
+    PacketReceived, PacketSent, ConnTypeRequested, HandshakeCompleted, HeartbeatAcked, CallRequested, CallReplied,
+    ConnectionClosed,
+]
 
 
 NO_QUOTA = 1 << 62
@@ -232,6 +271,7 @@ class ProtocolConnection:
         """Extensions we support."""
         self.negotiated: frozenset[str] = frozenset()
         """Extensions both sides announced (known after ``settype``)."""
+        self._call_pid = -1  # PID_CALL once "calls" is negotiated: counted like application packets
         self.credentials = credentials
         self.packet_quota = NO_QUOTA
         """How many more application packets :meth:`receive_data` may
@@ -295,6 +335,7 @@ class ProtocolConnection:
                 error = exc
         # A broken stream ends here: what came before it is delivered first.
         quota = self.packet_quota if error is None else NO_QUOTA
+        call_pid = self._call_pid
         taken = 0
         try:
             outputs = self._outputs
@@ -312,8 +353,12 @@ class ProtocolConnection:
                         outputs.append(_tuple_new(PacketReceived, (pid, 0, unpack(body), state)))
                         continue
                     quota -= 1
+                elif pid == call_pid:  # a call request waits for a handler like a packet
+                    if quota <= 0:
+                        break
+                    quota -= 1
                 if flags and self.inflate_action == "hold" and self.inflate_budget is not None and self.inflate_budget <= 0:
-                    if pid >= PID_FIRST_FREE:
+                    if pid >= PID_FIRST_FREE or pid == call_pid:
                         quota += 1
                     break  # held until the budget is refilled
                 taken += 1
@@ -378,6 +423,9 @@ class ProtocolConnection:
             if (pid == PID_HEARTBEAT or pid == PID_HEARTBEAT_ACK) and "heartbeat" in self.negotiated:
                 self._on_heartbeat(pid, msg)
                 return
+            if (pid == PID_CALL or pid == PID_CALL_REPLY) and "calls" in self.negotiated:
+                self._on_call(pid, msg)
+                return
             # Rule 3: application packets are judged by their packet class.
             self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
             return
@@ -428,6 +476,28 @@ class ProtocolConnection:
         else:
             self._outputs.append(HeartbeatAcked(msg))
 
+    def _on_call(self, pid: int, msg: Any) -> None:
+        if self._machine.state is not HandshakeState.ACTIVE:
+            raise HandshakeError("call before the handshake completed", "invalidstate")
+        if not isinstance(msg, (list, tuple)) or len(msg) != 3:
+            raise HandshakeError("malformed call packet: not [id, x, value]", "invalidpacket")
+        call_id, what, value = msg
+        if type(call_id) is not int or not 0 <= call_id < _MAX_CALL_ID or type(what) is not int:
+            raise HandshakeError(f"malformed call packet: id {call_id!r}, {what!r}", "invalidpacket")
+        self._machine.process(I.APPLICATION)
+        if pid == PID_CALL:
+            if not PID_FIRST_FREE <= what < 2**32:
+                raise HandshakeError(f"call of packet id {what}, not an application packet", "invalidpacket")
+            self._outputs.append(CallRequested(call_id, what, value))
+        else:
+            if what not in (CALL_OK, CALL_ERROR, CALL_UNANSWERED):
+                raise HandshakeError(f"malformed call reply: status {what!r}", "invalidpacket")
+            self._outputs.append(CallReplied(call_id, what, value))
+
+    def _negotiated_now(self) -> None:
+        """The extensions are known (both sides, at ``settype``)."""
+        self._call_pid = PID_CALL if "calls" in self.negotiated else -1
+
     @staticmethod
     def _ext_list(msg: dict[str, Any]) -> frozenset[str]:
         offered = msg.get(EXTENSIONS_KEY, ())
@@ -445,6 +515,7 @@ class ProtocolConnection:
         self._check_version(msg)
         self.peer_hello = msg
         self.negotiated = self.extensions & self._ext_list(msg)
+        self._negotiated_now()
         settype: dict[str, Any] = {"conntype": self.conntype}
         if self.negotiated:
             settype[EXTENSIONS_KEY] = sorted(self.negotiated)
@@ -460,6 +531,7 @@ class ProtocolConnection:
         self.conntype = conntype
         self.peer_settype = msg
         self.negotiated = self.extensions & self._ext_list(msg)
+        self._negotiated_now()
         self._outputs.append(ConnTypeRequested(conntype))
 
     @property
@@ -567,6 +639,30 @@ class ProtocolConnection:
             return False
         self._out.append(self._encode(PID_HEARTBEAT, msg))
         return True
+
+    def encode_call(self, call_id: int, pid: int, msg: Any, encode: Any = _packb) -> bytes:
+        """Encode a call request (extension ``calls``) of application
+        packet ``pid``; see :meth:`encode_packet`.
+
+        Raises:
+            LocalProtocolError: ``calls`` was not negotiated, or the
+                connection is not active, or ``msg`` cannot be encoded.
+        """
+        self._check_calls()
+        return self._encode(PID_CALL, [call_id, pid, msg], encode)
+
+    def encode_reply(self, call_id: int, status: int, value: Any, encode: Any = _packb) -> bytes:
+        """Encode the answer to a :class:`CallRequested`; see :meth:`encode_call`."""
+        self._check_calls()
+        return self._encode(PID_CALL_REPLY, [call_id, status, value], encode)
+
+    def _check_calls(self) -> None:
+        if "calls" not in self.negotiated:
+            raise LocalProtocolError("the peer does not support calls (a peng3dnet 0.1.x peer?)")
+        if self._machine.state is not HandshakeState.ACTIVE:
+            if not self._machine.is_open:
+                raise ConnectionClosedError("connection is closed", self.close_reason)
+            raise LocalProtocolError(f"cannot call yet (connection state {self._machine.state.name})")
 
     @property
     def has_data_to_send(self) -> bool:

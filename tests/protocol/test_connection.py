@@ -514,3 +514,120 @@ def test_server_holds_the_handshake_until_it_begins_it():
     p.server.begin_handshake(p.sreg.mapping())
     p.pump()
     assert p.server.state is HandshakeState.ACTIVE and p.client.state is HandshakeState.ACTIVE
+
+
+# --- the "calls" extension ---------------------------------------------------------------
+
+from peng3dnet.constants import PID_CALL, PID_CALL_REPLY  # noqa: E402
+from peng3dnet.errors import LocalProtocolError  # noqa: E402
+from peng3dnet.protocol.connection import CALL_ERROR, CALL_OK, CallReplied, CallRequested  # noqa: E402
+
+
+def _calls_pair(server_ext=frozenset({"calls"}), client_ext=frozenset({"calls"})):
+    p = ConnectionPair()
+    p.server = ProtocolConnection(SIDE_SERVER, registry=p.sreg, extensions=server_ext)
+    p.client = ProtocolConnection(SIDE_CLIENT, registry=p.creg, extensions=client_ext)
+    p.start()
+    return p
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_call_and_reply_round_trip(chunk):
+    p = _calls_pair()
+    assert p.server.negotiated == frozenset({"calls"}) == p.client.negotiated
+    pid = p.sreg.get_id("app:a")
+    p.client._out.append(p.client.encode_call(7, pid, {"q": 1}))
+    p.pump(chunk)
+    assert p.s_out[-1] == CallRequested(7, pid, {"q": 1})
+    p.server._out.append(p.server.encode_reply(7, CALL_OK, [1, 2]))
+    p.server._out.append(p.server.encode_reply(8, CALL_ERROR, {"type": "ValueError", "message": "no"}))
+    p.pump(chunk)
+    assert p.c_out[-2:] == [CallReplied(7, CALL_OK, [1, 2]), CallReplied(8, CALL_ERROR, {"type": "ValueError", "message": "no"})]
+
+
+def test_calls_need_the_extension():
+    p = _calls_pair(client_ext=frozenset())
+    assert "calls" not in p.server.negotiated
+    with pytest.raises(LocalProtocolError, match="does not support calls"):
+        p.server.encode_call(1, 64, None)
+    # Without the extension, id 34 is not a call: the peer judges it as an unknown packet.
+    p.client._out.append(encode_frame(PID_CALL, 0, msgpack.packb([1, 64, None])))
+    p.pump()
+    assert p.s_out[-1] == PacketReceived(PID_CALL, 0, [1, 64, None], HandshakeState.ACTIVE)
+
+
+def test_call_before_the_handshake_is_refused():
+    p = ConnectionPair()
+    p.server = ProtocolConnection(SIDE_SERVER, registry=p.sreg, extensions={"calls"})
+    p.client = ProtocolConnection(SIDE_CLIENT, registry=p.creg, extensions={"calls"})
+    p.auto_handshake = False
+    p.start()  # TYPESET: calls negotiated, handshake not done
+    with pytest.raises(LocalProtocolError, match="cannot call yet"):
+        p.client.encode_call(1, 64, None)
+    p.server.receive_data(encode_frame(PID_CALL, 0, msgpack.packb([1, 64, None])))
+    closed = [o for o in p.server.drain_received() if isinstance(o, ConnectionClosed)]
+    assert closed and closed[0].reason == "invalidstate"
+
+
+@pytest.mark.parametrize(
+    ("pid", "body"),
+    [
+        (PID_CALL, {"id": 1}),
+        (PID_CALL, [1, 64]),
+        (PID_CALL, [1, 64, None, 4]),
+        (PID_CALL, [-1, 64, None]),
+        (PID_CALL, [2**63, 64, None]),
+        (PID_CALL, [True, 64, None]),
+        (PID_CALL, [1.0, 64, None]),
+        (PID_CALL, [1, 63, None]),  # an internal id
+        (PID_CALL, [1, 2**32, None]),
+        (PID_CALL, [1, "app:a", None]),
+        (PID_CALL_REPLY, [1, 3, None]),
+        (PID_CALL_REPLY, [1, -1, None]),
+        (PID_CALL_REPLY, [1, False, None]),
+        (PID_CALL_REPLY, "x"),
+    ],
+)
+def test_malformed_calls_close_with_invalidpacket(pid, body):
+    p = _calls_pair()
+    p.server.receive_data(encode_frame(pid, 0, msgpack.packb(body)))
+    outs = p.server.drain_received()
+    assert not [o for o in outs if isinstance(o, (CallRequested, CallReplied))]
+    closed = [o for o in outs if isinstance(o, ConnectionClosed)]
+    assert closed and closed[0].reason == "invalidpacket"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([PID_CALL, PID_CALL_REPLY]), st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4), max_leaves=8))
+def test_any_call_body_is_an_output_or_a_close(pid, body):
+    p = _calls_pair()
+    p.server.receive_data(encode_frame(pid, 0, msgpack.packb(body)))
+    outs = p.server.drain_received()
+    assert len(outs) >= 1
+    ok = isinstance(body, list) and len(body) == 3 and type(body[0]) is int and 0 <= body[0] < 2**63
+    if pid == PID_CALL:
+        ok = ok and type(body[1]) is int and 64 <= body[1] < 2**32
+    else:
+        ok = ok and type(body[1]) is int and body[1] in (0, 1, 2)
+    if ok:
+        assert outs == [CallRequested(*body) if pid == PID_CALL else CallReplied(*body)]
+        assert p.server.is_open
+    else:
+        assert isinstance(outs[-1], ConnectionClosed) and outs[-1].reason == "invalidpacket"
+
+
+def test_call_requests_count_against_the_packet_quota():
+    p = _calls_pair()
+    call = encode_frame(PID_CALL, 0, msgpack.packb([1, 64, None]))
+    reply = encode_frame(PID_CALL_REPLY, 0, msgpack.packb([1, 0, None]))
+    p.server.packet_quota = 2
+    p.server.receive_data(call + reply + call + call + reply)
+    outs = p.server.drain_received()
+    assert [type(o).__name__ for o in outs] == ["CallRequested", "CallReplied", "CallRequested"]
+    assert p.server.frames_waiting == 2 and p.server.packet_quota == 0
+    p.server.packet_quota = 5
+    p.server.receive_data(b"")
+    assert [type(o).__name__ for o in p.server.drain_received()] == ["CallRequested", "CallReplied"]
+    assert p.server.frames_waiting == 0 and p.server.packet_quota == 4

@@ -1,0 +1,312 @@
+"""Calls (issue "Sessions", part 3): request/response over the ``calls``
+extension, both directions, errors, time-outs, closes, many at once, on
+real sockets."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from peng3dnet import errors
+from peng3dnet.constants import EXTENSIONS_KEY, PID_CALL, PID_CALL_REPLY, STATE_LOGGEDIN
+from peng3dnet.net import Client, Server
+from peng3dnet.packet import Packet, SmartPacket
+from tests.conftest import EchoPacket, RawPeer
+from tests.helpers import active_cids, wait_for
+
+
+class Double(Packet):
+    def receive(self, msg, cid=None):
+        return msg * 2
+
+
+class LoggedInOnly(SmartPacket):
+    state = STATE_LOGGEDIN
+
+    def receive(self, msg, cid=None):
+        return "secret"
+
+
+def _server(net, **cfg):
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **cfg})
+    s.register_packet("test:echo", EchoPacket(s.registry, s))
+    s.register_packet("calc:double", Double(s.registry, s))
+    s.register_packet("calc:smart", LoggedInOnly(s.registry, s))
+    gate = threading.Event()
+
+    @s.handler("calc:info")
+    def info(msg, cid):
+        if msg == "boom":
+            raise KeyError("no such player")
+        if msg == "refuse":
+            raise errors.CallError("not your turn")
+        if msg == "slow":
+            gate.wait(10)
+        if msg == "unsendable":
+            return object()
+        return {"cid": cid, "thread": threading.current_thread().name, "got": msg}
+
+    net.servers.append(s)
+    return s, gate
+
+
+def _client(net, s, start=True, **cfg):
+    c = Client(addr=s.addr, cfg=cfg)
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    c.register_packet("calc:double", Double(c.registry, c))
+    c.register_packet("calc:smart", Packet(c.registry, c))
+    c.register_packet("calc:info", Packet(c.registry, c))
+    net.clients.append(c)
+    if start:
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+    return c
+
+
+def test_call_returns_the_handlers_answer(net):
+    s, _ = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s)
+    (cid,) = active_cids(s)
+    assert "calls" in c.extensions
+    assert c.call("calc:double", 21) == 42
+    assert c.call("calc:double", "ab", timeout=5) == "abab"
+    assert c.call("calc:info", [1, {2: 3}]) == {"cid": cid, "thread": "peng3dnet process Thread", "got": [1, {2: 3}]}
+    # The other direction: the server asks the client.
+    assert s.call("calc:double", 4.5, cid) == 9.0
+    assert c.call("test:echo", "x") is None  # a handler that returns nothing answers None
+    assert c.registry.get_obj("test:echo").wait_count(1) == ["x"]  # (the server's echo handler also sent)
+    assert s._calls.pending == 0 and c._calls.pending == 0
+
+
+def test_remote_errors_come_back_typed(net, caplog):
+    s, _ = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s)
+    with caplog.at_level(logging.ERROR, logger="peng3dnet.user"):
+        with pytest.raises(errors.RemoteCallError) as exc:
+            c.call("calc:info", "boom")
+        assert exc.value.remote_type == "KeyError" and "no such player" in exc.value.remote_message
+        assert not exc.value.unanswered
+        assert any("handler of call" in r.getMessage() for r in caplog.records)  # a bug: logged on the server
+        caplog.clear()
+        with pytest.raises(errors.RemoteCallError) as exc:
+            c.call("calc:info", "refuse")
+        assert exc.value.remote_type == "CallError" and exc.value.remote_message == "not your turn"
+        assert not any("handler of call" in r.getMessage() for r in caplog.records)  # an answer: not logged
+    with pytest.raises(errors.RemoteCallError) as exc:
+        c.call("calc:smart", None)  # not logged in: the SmartPacket check fails
+    assert exc.value.unanswered and exc.value.remote_type == "SmartPacketInvalid"
+    with pytest.raises(errors.RemoteCallError, match="cannot be sent"):
+        c.call("calc:info", "unsendable")
+    assert c.call("calc:double", 1) == 2  # the connection is fine
+
+
+def test_time_out_and_late_reply(net):
+    s, gate = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s)
+    with pytest.raises(errors.TimedOutError):
+        c.call("calc:info", "slow", timeout=0.2)
+    assert c._calls.pending == 0
+    gate.set()  # the answer now comes, too late: dropped
+    assert c.call("calc:double", 5) == 10
+    assert c.stats.packets_in >= 2 and c._calls.pending == 0
+
+
+def test_close_fails_pending_calls(net):
+    s, gate = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s)
+    fut = c.call_async("calc:info", "slow", timeout=30)
+    (cid,) = active_cids(s)
+    s.close_connection(cid, "kicked")
+    with pytest.raises(errors.ConnectionClosedError) as exc:
+        fut.result(10)
+    assert exc.value.reason == "kicked"
+    gate.set()
+    with pytest.raises(errors.ConnectionClosedError):
+        c.call("calc:double", 1)
+
+
+def test_a_thousand_concurrent_calls(net):
+    s, _ = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s)
+    results: dict[int, object] = {}
+
+    def caller(base):
+        futs = [(i, c.call_async("calc:double", i)) for i in range(base, base + 250)]
+        for i, f in futs:
+            results[i] = f.result(30)
+
+    threads = [threading.Thread(target=caller, args=(k * 250,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {i: 2 * i for i in range(1000)}
+    assert c._calls.pending == 0
+
+
+def test_callback_runs_where_handlers_run(net):
+    s, _ = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s)
+    done = threading.Event()
+    seen = []
+
+    def cb(fut):
+        seen.append((fut.result(), threading.current_thread().name))
+        done.set()
+
+    c.call_async("calc:double", 8, callback=cb)
+    assert done.wait(10)
+    assert seen == [(16, "peng3dnet process Thread")]
+    assert c.call("calc:double", 1) == 2
+
+
+def test_nested_calls_do_not_deadlock(net):
+    """A server handler that calls the client back while the client waits for it."""
+    s, _ = _server(net)
+
+    @s.handler("calc:ask")
+    def ask(msg, cid):
+        return s.call("calc:double", msg, cid) + 1  # on the server's process thread
+
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s, start=False)
+    c.register_packet("calc:ask", Packet(c.registry, c))
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    assert c.call("calc:ask", 20) == 41
+
+
+def test_call_on_the_network_thread_is_refused(net):
+    s, _ = _server(net, **{"net.process.inline": True})
+    got = []
+
+    @s.handler("calc:relay")
+    def relay(msg, cid):
+        try:
+            s.call("calc:double", 1, cid)
+        except errors.LocalProtocolError as exc:
+            got.append(str(exc))
+        fut = s.call_async("calc:double", msg, cid)  # the async form works there
+        fut.add_done_callback(lambda f: got.append(f.result()))
+        return "ok"
+
+    s.runAsync()
+    c = _client(net, s, start=False)
+    c.register_packet("calc:relay", Packet(c.registry, c))
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    assert c.call("calc:relay", 3) == "ok"
+    wait_for(lambda: len(got) == 2, what="the async answer")
+    assert "network thread" in got[0] and got[1] == 6
+
+
+def test_calls_in_poll_mode(net):
+    s, _ = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s, start=False)
+    while not c.poll(0.01) and c.protocol_state.name != "ACTIVE":
+        pass
+    c.wait_for_connection(10)
+    assert c.call("calc:double", 7) == 14  # the polling thread polls while it waits
+    seen = []
+    c.call_async("calc:double", 1, callback=lambda f: seen.append((f.result(), threading.current_thread())))
+    wait_for(lambda: c.poll(0.01) is not None and seen, what="the callback in poll()")
+    assert seen == [(2, threading.current_thread())]
+    c.stop()
+    while c.run:
+        c.poll(0.01)
+
+
+def test_reply_from_another_connection_is_dropped(net):
+    """Call ids are per server: a client cannot answer another's call."""
+    s, _ = _server(net)
+    slow_answer = threading.Event()
+
+    class Waits(Packet):
+        def receive(self, msg, cid=None):
+            slow_answer.wait(10)
+            return "from the right client"
+
+    s.register_packet("calc:wait", Packet(s.registry, s))
+    s.runAsync()
+    s.process_async()
+    good = _client(net, s, start=False)
+    good.register_packet("calc:wait", Waits(good.registry, good))
+    good.runAsync()
+    good.process_async()
+    good.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    fut = s.call_async("calc:wait", None, cid, timeout=30)
+    evil = RawPeer(s.addr)
+    evil.recv_packet()
+    evil.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["calls"]})
+    _, hs = evil.recv_packet()
+    evil.send_packet(4, {"success": True})
+    evil.send_packet(PID_CALL_REPLY, [fut.call_id, 0, "forged"])
+    # A call of its own after the forgery: its answer proves the forgery was read.
+    evil.send_packet(PID_CALL, [99, hs["registry"]["calc:double"], 5])
+    assert evil.recv_packet() == (PID_CALL_REPLY, [99, 0, 10])
+    assert not fut.done()
+    slow_answer.set()
+    assert fut.result(10) == "from the right client"
+
+
+def test_malformed_call_closes_only_that_connection(net):
+    s, _ = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s)
+    evil = RawPeer(s.addr)
+    evil.recv_packet()
+    evil.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["calls"]})
+    evil.recv_packet()
+    evil.send_packet(4, {"success": True})
+    evil.send_packet(PID_CALL, [1, 3, None])  # packet id 3: not an application packet
+    assert evil.recv_until_close()[-1] == (16, {"reason": "invalidpacket"})
+    assert c.call("calc:double", 2) == 4
+
+
+def test_on_receive_sees_calls_as_packets_and_never_a_callback(net):
+    s, _ = _server(net)
+    s.runAsync()
+    s.process_async()
+
+    class Hooked(Client):
+        pids: list = []
+
+        def on_receive(self, pid, msg):
+            self.pids.append((pid, msg))
+
+    c = Hooked(addr=s.addr)
+    for name, cls in (("test:echo", EchoPacket), ("calc:double", Double), ("calc:smart", Packet), ("calc:info", Packet)):
+        c.register_packet(name, cls(c.registry, c))
+    net.clients.append(c)
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    done = threading.Event()
+    c.call_async("calc:double", 3, callback=lambda f: done.set())
+    assert done.wait(10)
+    assert s.call("calc:double", 4, cid) == 8  # answered by the client: its hook sees the packet
+    wait_for(lambda: c.pids, what="on_receive")
+    assert c.pids == [(c.registry.get_id("calc:double"), 4)]
