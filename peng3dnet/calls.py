@@ -69,7 +69,7 @@ class Calls:
         self.peer = peer
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._pending: dict[int, tuple[Link, CallFuture, Any]] = {}
+        self._pending: dict[int, tuple[Any, CallFuture, Any]] = {}  # call id -> (link or session, future, timer)
 
     # --- the calling side ---------------------------------------------------------------
     def start(self, link: Link, ptype: Any, data: Any, timeout: float, callback: Any = None) -> CallFuture:
@@ -90,8 +90,9 @@ class Calls:
         frame = link.proto.encode_call(call_id, pid, data, thread_pack)
         if callback is not None:
             fut.add_done_callback(lambda f: peer._queue_call(link, callback, fut))
+        key = _key(link)
         with self._lock:
-            self._pending[call_id] = (link, fut, None)
+            self._pending[call_id] = (key, fut, None)
         try:
             peer._send_frame(link, frame, pid, NO_EVENT)
         except BaseException:
@@ -102,7 +103,7 @@ class Calls:
             timer = peer._reactor.call_later(timeout, lambda: self._expire(call_id, timeout))
             with self._lock:
                 if call_id in self._pending:
-                    self._pending[call_id] = (link, fut, timer)
+                    self._pending[call_id] = (key, fut, timer)
                 else:
                     timer.cancel()
         return fut
@@ -117,7 +118,7 @@ class Calls:
         """An answer arrived (network thread)."""
         with self._lock:
             entry = self._pending.get(o.call_id)
-            if entry is None or entry[0] is not link:
+            if entry is None or entry[0] is not _key(link):
                 entry = None  # late (timed out), unknown, or another connection's call: dropped
             else:
                 del self._pending[o.call_id]
@@ -143,8 +144,9 @@ class Calls:
 
     def closed(self, link: Link, reason: str | None) -> None:
         """``link`` closed: its calls fail now (network thread)."""
+        key = _key(link)
         with self._lock:
-            gone = [cid for cid, entry in self._pending.items() if entry[0] is link]
+            gone = [cid for cid, entry in self._pending.items() if entry[0] is key]
             entries = [self._pending.pop(cid) for cid in gone]
         for _, fut, timer in entries:
             if timer is not None:
@@ -216,6 +218,12 @@ class Calls:
             self.peer._send_frame(link, frame, -1, NO_EVENT, cork=False)
         except ConnectionClosedError:
             pass  # the caller is gone; its side fails the call
+
+
+def _key(link: Link) -> Any:
+    """What a call belongs to: its connection, or the session the
+    connection carries (a resumed session answers on a new socket)."""
+    return link.session if link.session is not None else link
 
 
 def wait_result(peer: Peer, fut: CallFuture, timeout: float | None) -> Any:

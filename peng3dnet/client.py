@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import selectors
 import threading
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ from .calls import CallFuture
 from .constants import (
     CONNTYPE_CLASSIC,
     MODE_NOTSET,
+    RESUME_KEY,
+    SESSION_KEY,
     SIDE_CLIENT,
     SSLSEC_NONE,
     STATE_ACTIVE,
@@ -21,7 +24,9 @@ from .constants import (
 from .errors import (
     AuthenticationError,
     ConnectionClosedError,
+    InvalidAddressError,
     LocalProtocolError,
+    NetworkError,
     TimedOutError,
 )
 from .link import ConnectionStats, Link, noop_hook
@@ -29,6 +34,7 @@ from .peer import CLOSE_LINGER, Peer, resolve_addr
 from .protocol.codec import pack
 from .protocol.framing import LENGTH
 from .protocol.handshake import HandshakeState
+from .session import Session, valid_request
 from .transport import Channel, Reactor
 from .transport import connect as transport_connect
 from .userlog import report_user_error
@@ -222,6 +228,9 @@ class Client(Peer):
         if link is not None:
             self._close_at_exit(link, "clientstop")
             self._reactor.run_calls()
+            session = link.session
+            if session is not None and not session.ended:  # between sockets: over now
+                self._session_end(session, "clientstop")
         self._emit("peng3dnet:client.stop", {"reason": self._stop_reason or "method"})
 
     def _after_handshake(self, link: Link) -> None:
@@ -234,7 +243,12 @@ class Client(Peer):
         self._handshake_done.set()  # wake wait_for_connection()
 
     def _channel_closed(self, link: Link) -> None:
-        # A client has one connection: when its socket is gone, the loop ends.
+        # A client has one connection: when its socket is gone, the loop ends
+        # (unless its session waits for the next socket).
+        session = link.session
+        if session is not None and not session.ended:
+            self._notify_flushed()
+            return
         self._request_stop("connectionclosed")
         self._notify_flushed()
 
@@ -255,8 +269,92 @@ class Client(Peer):
     def _link(self, cid: int | None) -> Link:
         link = self._link_obj
         if link is None or link.proto.closed:  # a plain attribute (is_open is two property calls)
+            if link is not None and link.session is not None and not link.session.ended:
+                return link  # reconnecting: sends wait in the session's replay buffer
             raise ConnectionClosedError("client is not connected", self.close_reason)
         return link
+
+    # --- sessions (see peng3dnet.session) ---------------------------------------------------------
+    @property
+    def reconnecting(self) -> bool:
+        """Whether the session lost its socket and the client is getting a
+        new one (``net.session.resume``); sends wait meanwhile."""
+        link = self._link_obj
+        session = link.session if link is not None else None
+        return session is not None and not session.ended and session.waiting
+
+    def _session_started(self, link: Link) -> None:
+        parsed = valid_request(link.proto.peer_handshake.get(SESSION_KEY))
+        if parsed is None:
+            log.info("! client: the server negotiated resume but gave no valid session")
+            return
+        session = link.session = Session(parsed[0], int(self.cfg["net.session.replay_buffer"]))
+        session.link = link
+
+    def _session_dropped(self, link: Link, session: Session, reason: str | None) -> None:
+        with link.chan.lock, session.lock:
+            session.suspended = True
+        log.info("= client: socket dropped (%s), reconnecting", reason)
+        self._schedule_reconnect(session)
+
+    def _schedule_reconnect(self, session: Session) -> None:
+        """The next attempt, with exponential back-off and jitter (network thread)."""
+        cfg = self.cfg
+        attempts = int(cfg["net.client.reconnect"])
+        if session.attempt >= attempts or self._reactor.stopping:
+            log.info("! client: could not reconnect after %d attempts", session.attempt)
+            self._session_end(session, "resume:failed")
+            self._request_stop("connectionclosed")
+            return
+        session.attempt += 1
+        base = float(cfg["net.client.reconnect.delay"]) * 2 ** (session.attempt - 1)
+        delay = min(float(cfg["net.client.reconnect.max_delay"]), base) * random.uniform(0.5, 1.0)
+        self._emit("peng3dnet:client.reconnecting", {"attempt": session.attempt, "delay": delay})
+        session.timer = self._reactor.call_later(delay, lambda: self._reconnect(session))
+
+    def _reconnect(self, session: Session) -> None:
+        """One attempt: connect (blocking, up to ``net.client.connect_timeout``)
+        and present the session (network thread)."""
+        session.timer = None
+        if session.ended:
+            return
+        try:
+            sock = transport_connect(
+                self.addr, float(self.cfg["net.client.connect_timeout"]),
+                _tls.client_context(self.cfg) if self.cfg["net.ssl.enabled"] else None,
+            )
+        except (NetworkError, InvalidAddressError) as exc:
+            log.info("! client: reconnect attempt %d failed: %s", session.attempt, exc)
+            self._schedule_reconnect(session)
+            return
+        old = session.link
+        proto = self._new_proto(self.conntype, {RESUME_KEY: {"token": session.token, "received": session.rx}})
+        link = Link(proto, None, self, None)  # type: ignore[arg-type]
+        link.sslsec = old.sslsec
+        link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))
+        link.session = session
+        with old.chan.lock, session.lock:
+            session.link = link
+            session.suspended = False
+            session.resuming = True
+        self.sock = sock
+        self._link_obj = link
+        log.info("= client: reconnected to %s (attempt %d), resuming", self.addr, session.attempt)
+        link.chan.update_interest()
+
+    def _session_handshake(self, link: Link) -> bool:
+        session = link.session
+        if session is not None and session.resuming:
+            parsed = valid_request(link.proto.peer_handshake.get(SESSION_KEY))
+            if parsed is None or parsed[0] != session.token:
+                self._close_link(link, "resume:mismatch")
+                return True
+            session.peer_rx = parsed[1]
+        return super()._session_handshake(link)
+
+    def _session_resumed(self, link: Link, session: Session) -> None:
+        session.attempt = 0
+        self._emit("peng3dnet:client.resumed", {})
 
     def _all_links(self) -> list[Link]:
         return [self._link_obj] if self._link_obj is not None else []
@@ -406,11 +504,24 @@ class Client(Peer):
         link = self._link_obj
         if link is None:
             return
+        session = link.session
+        if session is not None and not session.ended and link.proto.closed:
+            # Reconnecting: nothing to flush, the session ends here.
+            if self._loop_active() and not self._reactor.in_loop():
+                self._reactor.call_soon(self._end_waiting_session, session, reason)
+            else:
+                self._end_waiting_session(session, reason)
+            return
         self._close_link(link, reason, polite=True)
         if self._loop_active() and not self._reactor.in_loop():
             chan = link.chan
             with self._flush_cond:
                 self._flush_cond.wait_for(lambda: not chan.out or chan.closed, CLOSE_LINGER)
+
+    def _end_waiting_session(self, session: Session, reason: str | None) -> None:
+        if not session.ended:
+            self._session_end(session, reason or "clientclose")
+            self._request_stop("connectionclosed")
 
     def wait_for_connection(self, timeout: float | None = None) -> None:
         """Block until the handshake is complete.

@@ -54,6 +54,9 @@ PID_CALL_REPLY = 35
 """Extension ``calls``: the answer, ``[call id, status, value]`` (status 0:
 the handler's return value; 1: it raised, value ``{"type", "message"}``;
 2: no handler can answer, value ``{"type", "message"}``)."""
+PID_SESSION_ACK = 36
+"""Extension ``resume``: how many counted packets (application packets and
+calls) the sender has received on this session so far, an int."""
 PID_FIRST_FREE = 64
 """Ids below this are reserved for the library."""
 PID_PING_REQUEST = 64
@@ -69,9 +72,17 @@ EXTENSION_PACKETS: dict[str, dict[str, int]] = {
     "mapkeys": {},  # no packets: "I accept map keys other than str/bytes" (see protocol.codec.unpack)
     "auth": {},  # no packets: the client's credentials ride in settype (CREDENTIALS_KEY)
     "calls": {"peng3dnet:ext.call": PID_CALL, "peng3dnet:ext.call.reply": PID_CALL_REPLY},
+    "resume": {"peng3dnet:ext.session.ack": PID_SESSION_ACK},
 }
 """Packets of each extension (name -> fixed id); they appear in the
 handshake registry only on connections that negotiated the extension."""
+SESSION_KEY = "peng3dnet.session"
+"""Key of the server's ``handshake`` (extension ``resume``): ``{"token":
+bytes, "received": int}``, the session's secret and how many counted
+packets the server received on it (0 on a new session)."""
+RESUME_KEY = "peng3dnet.resume"
+"""Key of a reconnecting client's ``settype`` (extension ``resume``):
+``{"token": bytes, "received": int}``."""
 CREDENTIALS_KEY = "peng3dnet.credentials"
 """Key of ``settype`` carrying the client's credentials (any msgpack value),
 sent only when the ``auth`` extension was negotiated: a server offers it
@@ -197,6 +208,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.timeout.send": 30.0,
     "net.timeout.auth": 5.0,
     "net.timeout.call": 10.0,
+    # Session resume (see the README, "Sessions: resume after a drop"): on
+    # both sides to use it.
+    "net.session.resume": False,
+    "net.session.grace": 30.0,
+    "net.session.replay_buffer": 16 * 1024 * 1024,
+    "net.client.reconnect": 10,
+    "net.client.reconnect.delay": 0.1,
+    "net.client.reconnect.max_delay": 5.0,
     # Login (see the README, "Login"): the client's credentials (any
     # msgpack value; the Client argument wins), and how many threads run the
     # server's authenticate hook (0: on the network thread, which it blocks).

@@ -16,7 +16,7 @@ from .protocol.connection import (
 )
 from .transport import Channel
 
-__all__ = ['Link', 'ConnectionStats', 'noop_hook']
+__all__ = ['Link', 'ConnectionStats', 'noop_hook', 'link_hooks']
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Link:
         "proto", "chan", "owner", "cid", "ctobj", "n_in", "n_out", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
-        "auth", "auth_timer",
+        "auth", "auth_timer", "session",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -102,6 +102,7 @@ class Link:
         self.hs_pending = False  # counted as a handshake in progress of its group
         self.auth: Any = None  # server login: None undecided, AUTH_PENDING, True accepted
         self.auth_timer: Any = None  # the net.timeout.auth timer while pending
+        self.session: Any = None  # the resumable Session this connection carries (extension "resume")
         self.acct = 0  # bytes of chan.out counted in the peer's total (Peer._account)
         self.infl_t = self.stats._since  # last refill of the decompression budget (proto.inflate_budget)
         self.plain = False  # plaintext, first read checked: _read's fast path
@@ -125,6 +126,12 @@ def noop_hook(fn: Any) -> Any:
     per packet unless a subclass overrides it."""
     fn._peng3dnet_noop = True
     return fn
+
+
+def link_hooks(owner: Any) -> tuple[Any, Any]:
+    """``(on_receive, on_send)`` of ``owner`` for a :class:`Link` (``None``
+    when not overridden)."""
+    return _hook(owner, "on_receive"), _hook(owner, "on_send")
 
 
 def _hook(owner: Any, name: str) -> Any:

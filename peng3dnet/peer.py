@@ -56,9 +56,11 @@ from .protocol.connection import (
     PacketReceived,
     PacketSent,
     ProtocolConnection,
+    SessionAcked,
 )
 from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
+from .session import ACK_DELAY, ACK_EVERY, DROP_REASONS, Session
 from .transport import EVENT_READ, EVENT_WRITE, Reactor
 from .userlog import report_user_error
 from .util import ConfigView, ConfigWarning, normalize_addr_socketstyle
@@ -323,7 +325,9 @@ class Peer:
                     getattr(self, name)()
 
     # --- connections (shared) ------------------------------------------------------------
-    def _new_proto(self, conntype: str = CONNTYPE_CLASSIC) -> ProtocolConnection:
+    def _new_proto(
+        self, conntype: str = CONNTYPE_CLASSIC, settype_extra: dict[str, Any] | None = None
+    ) -> ProtocolConnection:
         cfg = self.cfg
         proto = ProtocolConnection(
             self.side,
@@ -337,8 +341,10 @@ class Peer:
             autosync=bool(cfg["net.registry.autosync"]),
             missing_packet_action=str(cfg["net.registry.missingpacketaction"]),
             extensions=({"heartbeat", "mapkeys", "calls"} if cfg["net.heartbeat.enabled"] else {"mapkeys", "calls"})
-            | self._proto_extensions(),
+            | self._proto_extensions()
+            | ({"resume"} if cfg["net.session.resume"] else set()),
             credentials=self._credentials,
+            settype_extra=settype_extra,
         )
         if self._h_inflate:  # the decompression budget starts full
             proto.inflate_budget = self._h_inflate_cap
@@ -518,9 +524,12 @@ class Peer:
         # subscription made while a read's packets are handled applies from
         # the next read.
         listen = self._h_events and (bool(self._sig_recv.receivers) or self.peng is not None)
+        session = link.session
         for o in outs:
             if isinstance(o, PacketReceived):
                 link.stats.packets_in += 1
+                if session is not None and o.pid >= PID_FIRST_FREE:
+                    session.rx += 1  # counted even when dropped below: it was received
                 if o.pid in INTERNAL_IDS:
                     if o.pid == PID_HELLO:  # (only a server sends hello)
                         self._lib_state(link, STATE_HANDSHAKE_WAIT1)
@@ -549,20 +558,32 @@ class Peer:
                 self._on_conntype(link, o.conntype)
             elif isinstance(o, HandshakeCompleted):
                 log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
-                try:
-                    link.owner.on_handshake_complete()
-                except Exception:
-                    report_user_error("! %s cid=%s: on_handshake_complete raised", self._role, link.cid)
+                if not self._session_handshake(link):
+                    try:
+                        link.owner.on_handshake_complete()
+                    except Exception:
+                        report_user_error("! %s cid=%s: on_handshake_complete raised", self._role, link.cid)
                 self._after_handshake(link)
+                session = link.session
             elif isinstance(o, HeartbeatAcked):
                 self._on_heartbeat_ack(link, o.msg)
             elif isinstance(o, CallReplied):
+                if session is not None:
+                    session.rx += 1
                 self._calls.on_reply(link, o)
             elif isinstance(o, CallRequested):
+                if session is not None:
+                    session.rx += 1
                 if not link.local_closed:
                     queued = self._on_call(link, o) or queued
+            elif isinstance(o, SessionAcked):
+                if session is not None and not session.ack(o.count):
+                    log.info("! %s cid=%s: acknowledged %d packets, more than were sent", self._role, link.cid, o.count)
+                    self._close_link(link, "invalidpacket")
             elif isinstance(o, ConnectionClosed):
                 self._on_closed(link, o)
+        if session is not None and session.rx != session.ack_sent and session.link is link:
+            self._maybe_ack(link, session)
         inbox = self._inbox
         if queued and inbox.has_waiters and not inbox.notify_pending:
             reactor = self._reactor
@@ -810,6 +831,18 @@ class Peer:
             )
         if self.cfg["net.debug.print.close"]:
             log.info("= %s cid=%s closed: %s", self._role, link.cid, o.reason)
+        session = link.session
+        if session is not None and not session.ended:
+            if session.link is not link or (o.reason in DROP_REASONS and self._loop_active()):
+                # A drop (or an old socket of a resumed session): the session lives on.
+                chan.closing = True
+                if not chan.closed:
+                    chan.close()
+                    self._channel_closed(link)
+                if session.link is link:
+                    self._session_dropped(link, session, o.reason)
+                return
+            self._session_forget(session)
         chan.closing = True
         if not chan.closed:
             if link.eof or chan.error is not None:
@@ -938,6 +971,8 @@ class Peer:
         state = proto.state
         if state is HandshakeState.ACTIVE or (state is HandshakeState.TYPESET and proto.conntype != CONNTYPE_CLASSIC):
             return
+        if link.session is not None and not link.session.ended:
+            return  # a session between sockets: kept for the next one
         if not proto.is_open:
             raise ConnectionClosedError("connection is closed", proto.close_reason)
         raise LocalProtocolError(f"cannot send yet (connection state {state.name}); wait for the handshake")
@@ -998,10 +1033,20 @@ class Peer:
     def _send_frame(self, link: Link, frame: bytes, pid: int, data: Any, cork: bool = True) -> None:
         """Queue an encoded frame on one connection (any thread).  Fan-out
         paths pass ``cork=False`` (see :meth:`Channel.write`)."""
+        session = link.session
+        if session is not None and (session.waiting or session.link is not link or link.proto.closed):
+            target = self._session_target(session, frame)
+            if target is None:
+                return  # kept in the replay buffer for the session's next socket
+            link = target
         chan = link.chan
         slow = False
+        overflow = False
         with chan.lock:
             if link.proto.closed:
+                if session is not None and not session.ended:  # dropped just now: kept for the next socket
+                    self._session_keep(link, session, frame)
+                    return
                 raise ConnectionClosedError("connection is closed", link.proto.close_reason)
             if cork and self._h_write_block and len(chan.out) > self._h_write_block and self._flow.may_block():
                 self._flow.wait_drained(link)
@@ -1014,6 +1059,8 @@ class Peer:
                 slow = True
             else:
                 chan.write(frame, cork)
+                if session is not None and not session.sent(frame):
+                    overflow = True
                 if (chan.out or link.acct) and self._h_write_total:
                     self._flow.account(link)
                 stats = link.stats
@@ -1026,8 +1073,138 @@ class Peer:
         if slow:
             self._flow.close_slow(link)
             return
+        if overflow:
+            self._session_overflow(session)  # type: ignore[arg-type]
         if self._h_print_send:
             self._debug_print("send", link, pid, data)
+
+    # --- sessions (extension "resume"; see peng3dnet.session) -----------------------------------
+    def _session_target(self, session: Session, frame: bytes) -> Link | None:
+        """Where a frame of ``session`` goes: the link to write it to, or
+        ``None`` when it was kept in the replay buffer (no usable socket
+        now) (any thread).
+
+        Raises:
+            ConnectionClosedError: The session is over.
+        """
+        while True:
+            target: Link = session.link
+            with target.chan.lock:
+                if session.link is not target:
+                    continue  # moved to a new socket meanwhile
+                if session.ended or session.overflowed:
+                    raise ConnectionClosedError("connection is closed", target.proto.close_reason or "replayoverflow")
+                if session.waiting or target.proto.closed:
+                    self._session_keep(target, session, frame)
+                    return None
+                return target
+
+    def _session_keep(self, link: Link, session: Session, frame: bytes) -> None:
+        """Keep a frame for the session's next socket (channel lock held).
+
+        Raises:
+            ConnectionClosedError: The replay buffer is full: the session
+                closes (``replayoverflow``).
+        """
+        if not session.sent(frame):
+            self._reactor.call_soon(self._session_overflow, session)
+            raise ConnectionClosedError(
+                f"{session.replay_bytes} bytes wait for the session's next socket; the cap is {session.cap}",
+                "replayoverflow",
+            )
+        link.stats.packets_out += 1
+
+    def _session_overflow(self, session: Session) -> None:
+        """The replay buffer went over ``net.session.replay_buffer``: the
+        peer does not acknowledge what we send; close the session."""
+        if session.ended:
+            return
+        log.info("! %s cid=%s: replay buffer over %d bytes, closing the session", self._role, session.cid, session.cap)
+        link = session.link
+        if link.proto.is_open:
+            self._close_link(link, "replayoverflow")
+        else:
+            self._session_end(session, "replayoverflow")
+
+    def _maybe_ack(self, link: Link, session: Session) -> None:
+        """Acknowledge what arrived: now after ACK_EVERY packets, else once
+        ACK_DELAY passed (network thread)."""
+        if session.rx - session.ack_sent >= ACK_EVERY:
+            self._send_ack(link, session)
+        elif session.ack_timer is None:
+            session.ack_timer = self._reactor.call_later(ACK_DELAY, lambda: self._ack_due(session))
+
+    def _ack_due(self, session: Session) -> None:
+        session.ack_timer = None
+        link = session.link
+        if session.rx != session.ack_sent and not link.proto.closed:
+            self._send_ack(link, session)
+
+    def _send_ack(self, link: Link, session: Session) -> None:
+        with link.chan.lock:
+            if link.proto.send_ack(session.rx):
+                session.ack_sent = session.rx
+                self._push(link)
+
+    def _session_handshake(self, link: Link) -> bool:
+        """At the end of a handshake: start a session, or finish resuming
+        one (send again what the peer missed).  Returns whether the
+        application's handshake hook must be skipped (a resume) (network
+        thread)."""
+        session = link.session
+        if session is None or not session.resuming:
+            if session is None and "resume" in link.proto.negotiated:
+                self._session_started(link)
+            return False
+        with link.chan.lock, session.lock:
+            missed = session.unacked_from(session.peer_rx)
+            if missed is not None:
+                session.resuming = False
+                session.ack_sent = session.rx
+                if missed:
+                    link.chan.write(missed, False)
+                    link.stats.bytes_out += len(missed)
+        if missed is None:
+            log.info("! %s cid=%s: cannot resume: the peer's count %d is outside %d..%d", self._role, link.cid,
+                     session.peer_rx, session.acked, session.tx)
+            self._close_link(link, "resume:mismatch")
+            return True
+        log.info("= %s cid=%s: session resumed (%d bytes sent again)", self._role, link.cid, len(missed))
+        self._session_resumed(link, session)
+        return True
+
+    def _session_started(self, link: Link) -> None:
+        """A handshake negotiated ``resume`` (network thread); the server's
+        session exists already, a client takes the one the server gave."""
+
+    def _session_resumed(self, link: Link, session: Session) -> None:
+        """A session runs on a new socket (network thread)."""
+
+    def _session_end(self, session: Session, reason: str) -> None:
+        """Close a session that has no open socket, for good (network thread)."""
+        session.ended = True
+        link = session.link
+        self._session_forget(session)
+        self._connection_closed(link, reason)
+        if self._calls.pending:
+            self._calls.closed(link, reason)
+        if link.queued > 0:
+            self._inbox.put_close(link, reason)
+        else:
+            self._app_closed(link, reason)
+
+    def _session_forget(self, session: Session) -> None:
+        """The session is over: drop its timers (network thread)."""
+        session.ended = True
+        for timer in (session.timer, session.ack_timer):
+            if timer is not None:
+                timer.cancel()
+        session.timer = session.ack_timer = None
+
+    def _session_dropped(self, link: Link, session: Session, reason: str | None) -> None:
+        """The socket of a session dropped (network thread): wait for the
+        next one (the sides override this)."""
+        self._session_end(session, reason or "socketclose")
 
     @staticmethod
     def _push(link: Link) -> None:

@@ -19,6 +19,8 @@ from .constants import (
     MODE_NOTSET,
     PID_CLOSECONN,
     PID_FIRST_FREE,
+    RESUME_KEY,
+    SESSION_KEY,
     SIDE_SERVER,
     SSLSEC_NONE,
     SSLSEC_WRAPPED,
@@ -34,7 +36,7 @@ from .errors import (
     TLSError,
     WriteBufferFullError,
 )
-from .link import ConnectionStats, Link, noop_hook
+from .link import ConnectionStats, Link, link_hooks, noop_hook
 from .login import Login
 from .packet import smart_check
 from .peer import Peer, resolve_addr
@@ -43,6 +45,7 @@ from .protocol.codec import check_keys, frame_body, pack
 from .protocol.connection import Output, PacketReceived
 from .protocol.framing import LENGTH, encode_frame
 from .protocol.handshake import HandshakeState
+from .session import Session, new_token, valid_request
 from .transport import EVENT_READ, Channel, Listener
 from .userlog import report_user_error
 from .util import address_group
@@ -307,6 +310,7 @@ class Server(Peer):
         self.stats = ServerStats(self)
         """Server totals (accepted, refused, open, bytes and packets)."""
         self._listener: Listener | None = None
+        self._sessions: dict[bytes, Session] = {}  # token -> session (extension "resume")
         self._ssl_ctx: ssl.SSLContext | None = None
         if self.cfg["net.ssl.enabled"]:
             self._ssl_ctx = _tls.server_context(self.cfg)
@@ -436,6 +440,9 @@ class Server(Peer):
             self._start_protocol(link)
 
     def _on_conntype(self, link: Link, conntype: str) -> None:
+        if conntype == CONNTYPE_CLASSIC and RESUME_KEY in link.proto.peer_settype and "resume" in link.proto.negotiated:
+            if not self._take_over(link, link.proto.peer_settype[RESUME_KEY]):
+                return
         ct = self.conntypes.get(conntype)
         if ct is None:
             log.info("! server cid=%s: unknown connection type %.64r", link.cid, conntype)
@@ -646,8 +653,16 @@ class Server(Peer):
         self._send_handshake(link)
 
     def _send_handshake(self, link: Link) -> None:
+        extra = None
+        if "resume" in link.proto.negotiated and link.proto.conntype == CONNTYPE_CLASSIC:
+            session = link.session
+            if session is None:
+                session = link.session = Session(new_token(), int(self.cfg["net.session.replay_buffer"]))
+                session.link, session.owner, session.cid = link, link.owner, link.cid
+                self._sessions[session.token] = session
+            extra = {SESSION_KEY: {"token": session.token, "received": session.rx}}
         with link.chan.lock:
-            link.proto.begin_handshake(self.registry.mapping())
+            link.proto.begin_handshake(self.registry.mapping(), extra)
             outs = link.proto.drain_received()
             self._push(link)
         self._handle_outputs(link, outs)
@@ -684,6 +699,71 @@ class Server(Peer):
     def _proto_extensions(self) -> frozenset[str]:
         return frozenset({"auth"}) if self._login.enabled else frozenset()
 
+    # --- sessions (see peng3dnet.session) ---------------------------------------------------------
+    def _take_over(self, link: Link, request: Any) -> bool:
+        """A client presents a session at ``settype``: move the session (its
+        cid, its ClientOnServer) onto this new connection (network thread).
+        Returns ``False`` when refused (the connection is closed)."""
+        parsed = valid_request(request)
+        session = self._sessions.get(parsed[0]) if parsed is not None else None
+        if parsed is None or session is None or session.ended:
+            reason = "resume:invalid" if parsed is None else "resume:unknown"
+            log.info("! server cid=%s: cannot resume (%s)", link.cid, reason)
+            self._close_link(link, reason)
+            return False
+        old = session.link
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        # The connection made for it at accept gives way to the session's.
+        temp, temp_cid = link.owner, link.cid
+        assert temp_cid is not None
+        self._links.pop(temp_cid, None)
+        self.clients.pop(temp_cid, None)
+        self._emit("peng3dnet:server.connection.close", {"client": temp, "reason": "resumed"})
+        owner = session.owner
+        link.cid = session.cid
+        link.owner = owner
+        link.on_recv, link.on_send = link_hooks(owner)
+        link.lib_state = -1  # the application's state is kept as it is
+        owner._link = link
+        owner.conn, owner.addr = temp.conn, temp.addr
+        self._links[session.cid] = link
+        link.session = session
+        with old.chan.lock, session.lock:
+            session.link = link
+            session.suspended = False
+            session.resuming = True
+            session.peer_rx = parsed[1]
+        if not old.chan.closed:  # the old socket is not known dead yet: it is now
+            log.info("= server cid=%s: the client resumed on a new socket; closing the old one", session.cid)
+            self._close_link(old, "resumed")
+        return True
+
+    def _session_dropped(self, link: Link, session: Session, reason: str | None) -> None:
+        grace = float(self.cfg["net.session.grace"])
+        if grace <= 0:
+            self._session_end(session, reason or "socketclose")
+            return
+        with link.chan.lock, session.lock:
+            session.suspended = True
+        log.info("= server cid=%s: socket dropped (%s), session kept for %.1f s", link.cid, reason, grace)
+        session.timer = self._reactor.call_later(grace, lambda: self._session_expired(session))
+        self._emit("peng3dnet:server.connection.suspended", {"client": session.owner, "reason": reason})
+
+    def _session_expired(self, session: Session) -> None:
+        session.timer = None
+        if session.suspended and not session.ended:
+            log.info("! server cid=%s: the client did not come back, session closed", session.cid)
+            self._session_end(session, "sessionexpired")
+
+    def _session_resumed(self, link: Link, session: Session) -> None:
+        self._emit("peng3dnet:server.connection.resumed", {"client": session.owner})
+
+    def _session_forget(self, session: Session) -> None:
+        super()._session_forget(session)
+        self._sessions.pop(session.token, None)
+
     def _connection_closed(self, link: Link, reason: str | None) -> None:
         self._emit("peng3dnet:server.connection.close", {"client": link.owner, "reason": reason})
 
@@ -691,7 +771,10 @@ class Server(Peer):
         self.clients.pop(link.cid, None)  # type: ignore[arg-type]
 
     def _channel_closed(self, link: Link) -> None:
-        if self._links.pop(link.cid, None) is not None:  # type: ignore[arg-type]
+        session = link.session
+        keep = session is not None and not session.ended and session.link is link  # suspended: sends find it
+        if not keep and self._links.get(link.cid) is link:  # type: ignore[arg-type]
+            del self._links[link.cid]  # type: ignore[arg-type]
             self.stats._add_closed(link.stats)
         self._handshake_over(link, closed=True)
         self._flow.released(link)  # its buffer was released with the channel
@@ -709,6 +792,8 @@ class Server(Peer):
     def _link(self, cid: int | None) -> Link:
         link = self._links.get(cid) if cid is not None else None
         if link is None or link.proto.closed:  # a plain attribute (is_open is two property calls)
+            if link is not None and link.session is not None and not link.session.ended:
+                return link  # between sockets: sends wait in the session's replay buffer
             raise ConnectionClosedError(f"no open connection with cid {cid!r}")
         return link
 
@@ -716,6 +801,9 @@ class Server(Peer):
         # Whatever is still open is closed now, so every connection gets its
         # close event before stop (and shutdown).
         self._login.stop()
+        for session in list(self._sessions.values()):
+            if session.suspended:
+                self._session_end(session, "servershutdown")
         for link in list(self._links.values()):
             self._close_at_exit(link, "servershutdown")
         self._reactor.run_calls()

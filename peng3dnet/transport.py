@@ -81,6 +81,9 @@ class Timer:
         self.fn = _nothing
 
 
+_LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {l_onoff=1, l_linger=0}
+
+
 class Reactor:
     """A selector loop with cross-thread calls and timers.
 
@@ -590,6 +593,16 @@ class Channel:
         self.shut = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
+
+    def reset(self) -> None:
+        """Close with a TCP reset (``SO_LINGER`` 0): the peer sees a broken
+        connection, not an orderly end; unsent bytes are dropped (network
+        thread; a fault for test tools)."""
+        if self.closed:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.close()
 
     def close(self) -> None:
         """Unregister and close the socket (network thread).  Idempotent."""

@@ -44,6 +44,13 @@ CATALOG: dict[str, EventSpec] = {
         ("client", "ok", "reason"),
         "the authenticate hook decided (network thread); reason is the close reason when refused",
     ),
+    "peng3dnet:server.connection.suspended": EventSpec(
+        "connection_suspended", ("client", "reason"),
+        "a resumable session lost its socket; the client object is kept for the grace period (network thread)",
+    ),
+    "peng3dnet:server.connection.resumed": EventSpec(
+        "connection_resumed", ("client",), "a suspended session runs on a new socket (network thread)"
+    ),
     "peng3dnet:server.connection.handshakecomplete": EventSpec(
         "connection_handshake_completed", ("client",), "handshake done, packets may flow (network thread)"
     ),
@@ -63,6 +70,10 @@ CATALOG: dict[str, EventSpec] = {
     "peng3dnet:client.connect": EventSpec("client_connected", ("addr", "sock"), "TCP connection made"),
     "peng3dnet:client.start": EventSpec("client_started", (), "main loop about to run (network thread)"),
     "peng3dnet:client.interrupt": EventSpec("client_interrupted", (), "interrupt() called"),
+    "peng3dnet:client.reconnecting": EventSpec(
+        "client_reconnecting", ("attempt", "delay"), "the session lost its socket; the next attempt in delay s (network thread)"
+    ),
+    "peng3dnet:client.resumed": EventSpec("client_resumed", (), "the session runs on a new socket (network thread)"),
     "peng3dnet:client.handshakecomplete": EventSpec(
         "client_handshake_completed", (), "handshake done, packets may flow (network thread)"
     ),

@@ -49,6 +49,7 @@ from ..constants import (
     PID_HEARTBEAT,
     PID_HEARTBEAT_ACK,
     PID_HELLO,
+    PID_SESSION_ACK,
     PID_SETTYPE,
     SIDE_CLIENT,
     SIDE_SERVER,
@@ -78,6 +79,7 @@ __all__ = [
     "HeartbeatAcked",
     "CallRequested",
     "CallReplied",
+    "SessionAcked",
     "ConnectionClosed",
 ]
 
@@ -163,6 +165,14 @@ class CallReplied:
     value: Any
 
 
+@dataclass(frozen=True, slots=True)
+class SessionAcked:
+    """Extension ``resume``: the peer received ``count`` counted packets of
+    this session so far."""
+
+    count: int
+
+
 CALL_OK = 0
 """Reply status: ``value`` is what the handler returned."""
 CALL_ERROR = 1
@@ -188,7 +198,7 @@ class ConnectionClosed:
 
 Output = Union[
     PacketReceived, PacketSent, ConnTypeRequested, HandshakeCompleted, HeartbeatAcked, CallRequested, CallReplied,
-    ConnectionClosed,
+    SessionAcked, ConnectionClosed,
 ]
 
 
@@ -267,6 +277,8 @@ class ProtocolConnection:
         """Client side: the server's ``hello`` message."""
         self.peer_settype: dict[str, Any] = {}
         """Server side: the client's ``settype`` message."""
+        self.peer_handshake: dict[str, Any] = {}
+        """Client side: the server's ``handshake`` message."""
         self.extensions = frozenset(e for e in extensions if e in EXTENSION_PACKETS)
         """Extensions we support."""
         self.negotiated: frozenset[str] = frozenset()
@@ -426,6 +438,14 @@ class ProtocolConnection:
             if (pid == PID_CALL or pid == PID_CALL_REPLY) and "calls" in self.negotiated:
                 self._on_call(pid, msg)
                 return
+            if pid == PID_SESSION_ACK and "resume" in self.negotiated:
+                if self._machine.state is not HandshakeState.ACTIVE:
+                    raise HandshakeError("session ack before the handshake completed", "invalidstate")
+                if type(msg) is not int or not 0 <= msg < _MAX_CALL_ID:
+                    raise HandshakeError(f"malformed session ack {msg!r}", "invalidpacket")
+                self._machine.process(I.APPLICATION)
+                self._outputs.append(SessionAcked(msg))
+                return
             # Rule 3: application packets are judged by their packet class.
             self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
             return
@@ -543,6 +563,7 @@ class ProtocolConnection:
 
     def _on_handshake(self, msg: dict[str, Any]) -> None:
         self._check_version(msg)
+        self.peer_handshake = msg
         reg = msg.get("registry")
         if not isinstance(reg, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32
@@ -577,8 +598,9 @@ class ProtocolConnection:
         hello.update(self.hello_extra)
         self._send_internal(I.HELLO, PID_HELLO, hello)
 
-    def begin_handshake(self, registry: dict[str, int]) -> None:
-        """Server side: send ``handshake`` with the given name -> id map.
+    def begin_handshake(self, registry: dict[str, int], extra: dict[str, Any] | None = None) -> None:
+        """Server side: send ``handshake`` with the given name -> id map
+        (and ``extra`` keys, for extensions: e.g. the session of ``resume``).
 
         Raises:
             LocalProtocolError: Not in the ``TYPESET`` state.
@@ -588,6 +610,8 @@ class ProtocolConnection:
         if self.negotiated:
             registry = {**registry, **self._ext_names()}
         msg = {"version": self.version, "protoversion": PROTOVERSION, "registry": registry}
+        if extra:
+            msg.update(extra)
         self._send_internal(I.HANDSHAKE, PID_HANDSHAKE, msg)
 
     def _send_internal(self, inp: HandshakeInput, pid: int, msg: dict[str, Any]) -> None:
@@ -628,6 +652,14 @@ class ProtocolConnection:
             raise ConnectionClosedError("connection is closed", self.close_reason)
         self._out.append(self._encode(pid, msg))
 
+    def send_ack(self, count: int) -> bool:
+        """Send a session ack (extension ``resume``) if it was negotiated
+        and the connection is active.  Returns whether one was queued."""
+        if "resume" not in self.negotiated or self._machine.state is not HandshakeState.ACTIVE or self._done:
+            return False
+        self._out.append(self._encode(PID_SESSION_ACK, count))
+        return True
+
     def send_heartbeat(self, msg: Any) -> bool:
         """Send a heartbeat probe if the extension was negotiated and the
         connection is active.
@@ -644,9 +676,12 @@ class ProtocolConnection:
         """Encode a call request (extension ``calls``) of application
         packet ``pid``; see :meth:`encode_packet`.
 
+        Only encodes: whether the connection can carry it now (active, or
+        a resumable session between sockets) is the caller's business.
+
         Raises:
-            LocalProtocolError: ``calls`` was not negotiated, or the
-                connection is not active, or ``msg`` cannot be encoded.
+            LocalProtocolError: ``calls`` was not negotiated, or ``msg``
+                cannot be encoded.
         """
         self._check_calls()
         return self._encode(PID_CALL, [call_id, pid, msg], encode)
@@ -659,10 +694,6 @@ class ProtocolConnection:
     def _check_calls(self) -> None:
         if "calls" not in self.negotiated:
             raise LocalProtocolError("the peer does not support calls (a peng3dnet 0.1.x peer?)")
-        if self._machine.state is not HandshakeState.ACTIVE:
-            if not self._machine.is_open:
-                raise ConnectionClosedError("connection is closed", self.close_reason)
-            raise LocalProtocolError(f"cannot call yet (connection state {self._machine.state.name})")
 
     @property
     def has_data_to_send(self) -> bool:

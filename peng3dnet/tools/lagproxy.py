@@ -1,10 +1,18 @@
-"""A TCP proxy that adds latency, jitter and a bandwidth cap, for testing netcode.
+"""A TCP proxy that adds latency, jitter and a bandwidth cap, and cuts or
+stalls connections, for testing netcode.
 
     python -m peng3dnet.tools.lagproxy --listen 9000 --to 127.0.0.1:8080 --delay 150 --jitter 30
 
 Each chunk read from one side is delivered to the other side ``delay`` ms
 (+/- a uniform ``jitter``) later, never before an earlier chunk of the same
 direction (TCP order is kept), and at most ``bandwidth`` KiB/s per direction.
+
+Faults (for session resume and reconnect logic): :meth:`LagProxy.cut` (or
+``--cut-every S``) resets every proxied connection at once, both sides
+seeing a broken connection (TCP reset), with the bytes in flight lost;
+:meth:`LagProxy.stall` (or ``--stall-every S --stall-for D``) stops
+forwarding in both directions for ``D`` seconds, then delivers what waited
+(a partition that heals; long enough, and heartbeats declare the peer dead).
 One selector thread; timers, no polling.  Loopback use only.
 """
 
@@ -59,6 +67,9 @@ class LagProxy:
         jitter: +/- uniform jitter in seconds.
         bandwidth: Bytes per second per direction (0: unlimited).
         seed: Random seed for the jitter.
+        cut_every: Reset every connection every this many seconds (0: never).
+        stall_every: Stall forwarding every this many seconds (0: never) ...
+        stall_for: ... for this many seconds.
 
     Raises:
         InvalidAddressError: An address cannot be parsed or resolved.
@@ -77,6 +88,9 @@ class LagProxy:
         jitter: float = 0.0,
         bandwidth: float = 0.0,
         seed: int | None = None,
+        cut_every: float = 0.0,
+        stall_every: float = 0.0,
+        stall_for: float = 0.0,
     ) -> None:
         self.target = normalize_addr_socketstyle(target)
         self.delay = delay
@@ -90,6 +104,47 @@ class LagProxy:
         self._reactor = Reactor("peng3dnet lagproxy")  # selector loop, wake-up, timers
         self._thread: threading.Thread | None = None
         self._chans: set[Channel] = set()
+        self.cut_every = cut_every
+        self.stall_every = stall_every
+        self.stall_for = stall_for
+        self._stall_until = 0.0
+        self.cuts = 0
+        """Connections reset so far (each proxied connection counts once)."""
+
+    def cut(self) -> None:
+        """Reset every proxied connection now: both ends see a broken
+        connection (TCP reset) and what was in flight is lost (any thread)."""
+        self._reactor.call_soon(self._cut)
+
+    def stall(self, seconds: float) -> None:
+        """Forward nothing, either way, for ``seconds``; then deliver what
+        waited, in order (any thread)."""
+        self._reactor.call_soon(self._stall, seconds)
+
+    def _cut(self) -> None:
+        pairs = {id(ch): ch for ch in self._chans}
+        for ch in pairs.values():
+            ch.reset()
+        self.cuts += len(pairs) // 2
+        self._chans.clear()
+        log.info("lagproxy: cut %d connections", len(pairs) // 2)
+
+    def _stall(self, seconds: float) -> None:
+        self._stall_until = max(self._stall_until, time.monotonic() + seconds)
+
+    def _every(self, period: float, fn: Any) -> None:
+        def tick() -> None:
+            fn()
+            self._reactor.call_later(period, tick)
+
+        self._reactor.call_later(period, tick)
+
+    def _start_faults(self) -> None:
+        self._reactor.register(self._listener.sock, EVENT_READ, self._accept)
+        if self.cut_every > 0:
+            self._every(self.cut_every, self._cut)
+        if self.stall_every > 0 and self.stall_for > 0:
+            self._every(self.stall_every, lambda: self._stall(self.stall_for))
 
     def start(self) -> LagProxy:
         """Run in a daemon thread "peng3dnet lagproxy" (any thread)."""
@@ -107,7 +162,7 @@ class LagProxy:
         """The proxy loop (blocks the calling thread until :meth:`stop`)."""
         r = self._reactor
         try:
-            r.run(selectors.DefaultSelector, lambda: r.register(self._listener.sock, EVENT_READ, self._accept))
+            r.run(selectors.DefaultSelector, self._start_faults)
         finally:
             for ch in list(self._chans):
                 ch.close()
@@ -156,7 +211,7 @@ class LagProxy:
             due = now + self.delay + (self._rng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0)
             if self.bandwidth > 0 and chunk:
                 due = max(due, pipe.last_due + len(chunk) / self.bandwidth)
-            due = max(due, pipe.last_due)  # keep TCP order
+            due = max(due, pipe.last_due, self._stall_until)  # keep TCP order; wait out a stall
             pipe.last_due = due
             if not chunk:
                 pipe.closed_src = True
@@ -203,6 +258,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--jitter", type=float, default=0.0, help="+/- uniform jitter, ms")
     ap.add_argument("--bandwidth", type=float, default=0.0, help="KiB/s per direction (0: unlimited)")
     ap.add_argument("--seed", type=int, default=None, help="random seed of the jitter")
+    ap.add_argument("--cut-every", type=float, default=0.0, help="reset every connection every S seconds (0: never)")
+    ap.add_argument("--stall-every", type=float, default=0.0, help="stall forwarding every S seconds (0: never)")
+    ap.add_argument("--stall-for", type=float, default=1.0, help="how long each stall lasts, seconds (default 1)")
 
 
 def from_args(listen: str, target: str, args: argparse.Namespace) -> LagProxy:
@@ -217,7 +275,8 @@ def from_args(listen: str, target: str, args: argparse.Namespace) -> LagProxy:
     if listen.isdigit():
         listen = f"127.0.0.1:{listen}"
     return LagProxy(listen, target, delay=args.delay / 1000, jitter=args.jitter / 1000,
-                    bandwidth=args.bandwidth * 1024, seed=args.seed)
+                    bandwidth=args.bandwidth * 1024, seed=args.seed, cut_every=args.cut_every,
+                    stall_every=args.stall_every, stall_for=args.stall_for)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--to", required=True, help="HOST:PORT of the server")
     add_arguments(ap)
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    opts = ["--delay", str(args.delay), "--jitter", str(args.jitter), "--bandwidth", str(args.bandwidth)]
+    opts = ["--delay", str(args.delay), "--jitter", str(args.jitter), "--bandwidth", str(args.bandwidth),
+            "--cut-every", str(args.cut_every), "--stall-every", str(args.stall_every), "--stall-for", str(args.stall_for)]
     if args.seed is not None:
         opts += ["--seed", str(args.seed)]
     # The program entry, not a library import: the CLI is a floor above.

@@ -1,0 +1,314 @@
+"""Session resume (issue "Sessions", part 2): a connection survives the drop
+of its socket; every message is delivered once and in order; the session
+ends with a clear reason when it cannot go on.  Real sockets, the lag
+proxy's cut and stall faults."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from peng3dnet import errors
+from peng3dnet.constants import EXTENSIONS_KEY, RESUME_KEY, STATE_LOGGEDIN
+from peng3dnet.net import Client, ClientOnServer, Server
+from peng3dnet.packet import Packet
+from peng3dnet.tools.lagproxy import LagProxy
+from tests.conftest import RawPeer
+from tests.helpers import active_cids, wait_for
+
+RESUME = {"net.session.resume": True}
+
+
+class Numbers(Packet):
+    """Records every message; wait() for a count."""
+
+    def __init__(self, reg, peer, obj=None):
+        super().__init__(reg, peer, obj)
+        self.got: list = []
+        self.cond = threading.Condition()
+
+    def receive(self, msg, cid=None):
+        with self.cond:
+            self.got.append(msg)
+            self.cond.notify_all()
+
+    def wait(self, n, timeout=60.0):
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.got) >= n, timeout), f"got {len(self.got)} of {n}"
+            return list(self.got)
+
+
+class Counted(ClientOnServer):
+    handshakes = 0
+
+    def on_handshake_complete(self):
+        type(self).handshakes += 1
+        super().on_handshake_complete()
+
+
+class Pair:
+    """A resumable server and client, optionally through a lag proxy."""
+
+    def __init__(self, net, proxy=False, server_cfg=None, client_cfg=None, proxy_kw=None):
+        self.s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME, **(server_cfg or {})}, clientcls=Counted)
+        self.s.register_packet("t:num", Numbers(self.s.registry, self.s))
+        net.servers.append(self.s)
+        self.srec = net.recorder(self.s, "peng3dnet:server.*")
+        self.s.runAsync()
+        self.s.process_async()
+        self.proxy = None
+        addr = self.s.addr
+        if proxy:
+            self.proxy = LagProxy(("127.0.0.1", 0), self.s.addr, **(proxy_kw or {})).start()
+            addr = self.proxy.addr
+        self.c = Client(addr=addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02, **(client_cfg or {})})
+        self.c.register_packet("t:num", Numbers(self.c.registry, self.c))
+        net.clients.append(self.c)
+        self.crec = net.recorder(self.c, "peng3dnet:client.*")
+        self.c.runAsync()
+        self.c.process_async()
+        self.c.wait_for_connection(10)
+        (self.cid,) = active_cids(self.s)
+
+    @property
+    def s_got(self) -> Numbers:
+        return self.s.registry.get_obj("t:num")
+
+    @property
+    def c_got(self) -> Numbers:
+        return self.c.registry.get_obj("t:num")
+
+    def close(self):
+        if self.proxy is not None:
+            self.proxy.stop()
+
+
+@pytest.fixture
+def pairs(net):
+    made = []
+
+    def make(**kw):
+        p = Pair(net, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_a_drop_is_resumed_with_nothing_lost(pairs):
+    Counted.handshakes = 0
+    p = pairs(proxy=True)
+    owner = p.s.clients[p.cid]
+    owner.state = STATE_LOGGEDIN  # the application's state survives the drop
+    for i in range(50):
+        p.c.send_message("t:num", i)
+        p.s.send_message("t:num", i, p.cid)
+    p.s_got.wait(50)
+    p.c_got.wait(50)
+    p.proxy.cut()
+    for i in range(50, 100):  # sent while the socket is gone: kept for the next one
+        p.c.send_message("t:num", i)
+        p.s.send_message("t:num", i, p.cid)
+    assert p.s_got.wait(100) == list(range(100))
+    assert p.c_got.wait(100) == list(range(100))
+    p.crec.wait_for("peng3dnet:client.resumed")
+    (rc,) = p.crec.wait_for("peng3dnet:client.reconnecting")[:1]
+    assert rc["attempt"] == 1 and 0 < rc["delay"] <= 0.02
+    (sus,) = p.srec.wait_for("peng3dnet:server.connection.suspended")
+    assert sus["client"] is owner and sus["reason"] in ("socketclose", "socketerror")
+    (res,) = p.srec.wait_for("peng3dnet:server.connection.resumed")
+    assert res["client"] is owner
+    # Same cid, same object, same state; the handshake hook ran once; the
+    # connection made for the resume was closed with "resumed", the session never.
+    assert list(p.s.clients) == [p.cid] and p.s.clients[p.cid] is owner and owner.state == STATE_LOGGEDIN
+    assert Counted.handshakes == 1
+    closes = p.srec.wait_for("peng3dnet:server.connection.close")
+    assert [(d["reason"], d["client"] is owner) for d in closes] == [("resumed", False)]
+    assert not p.c.closed and not p.c.reconnecting
+    assert "peng3dnet:client.close" not in p.crec.names()
+
+
+def test_calls_survive_a_drop(pairs):
+    p = pairs(proxy=True)
+    gate = threading.Event()
+
+    @p.s.handler("t:slow")  # registered after start: the client registers it too before it joins
+    def slow(msg, cid):
+        gate.wait(10)
+        return msg + 1
+
+    # (registries must match: a second client that knows t:slow)
+    c2 = Client(addr=p.proxy.addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02})
+    c2.register_packet("t:num", Numbers(c2.registry, c2))
+    c2.register_packet("t:slow", Packet(c2.registry, c2))
+    c2.runAsync()
+    c2.process_async()
+    try:
+        c2.wait_for_connection(10)
+        fut = c2.call_async("t:slow", 41, timeout=30)
+        wait_for(lambda: c2._calls.pending == 1, what="the call sent")
+        p.proxy.cut()
+        wait_for(lambda: c2.reconnecting or p.proxy.cuts, what="the cut")
+        gate.set()
+        assert fut.result(20) == 42
+        assert c2.call("t:slow", 1, timeout=10) == 2
+    finally:
+        c2.stop()
+        c2.join(5)
+
+
+def test_a_hundred_thousand_each_way_through_cuts(pairs):
+    n = 100_000
+    p = pairs(proxy=True, proxy_kw={"cut_every": 0.5})
+
+    def server_sends():
+        for i in range(n):
+            p.s.send_message("t:num", i, p.cid)
+
+    t = threading.Thread(target=server_sends)
+    t.start()
+    for i in range(n):
+        p.c.send_message("t:num", i)
+    t.join(120)
+    assert p.s_got.wait(n, 120) == list(range(n))
+    assert p.c_got.wait(n, 120) == list(range(n))
+    assert p.proxy.cuts >= 2, "the run was too quick to be cut"
+    assert len(p.crec.wait_for("peng3dnet:client.resumed", p.proxy.cuts)) >= 2
+    assert "peng3dnet:client.close" not in p.crec.names()
+    assert not p.c.closed and list(p.s.clients) == [p.cid]
+
+
+def test_grace_period_ends_the_session(pairs):
+    p = pairs(server_cfg={"net.session.grace": 0.3}, client_cfg={"net.client.reconnect": 0})
+    owner = p.s.clients[p.cid]
+    p.c._link_obj.chan.sock.shutdown(2)  # the client's socket dies; it does not try again
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "resume:failed" and p.c.close_reason == "resume:failed"
+    p.srec.wait_for("peng3dnet:server.connection.suspended")
+    (closed,) = p.srec.wait_for("peng3dnet:server.connection.close")
+    assert closed["reason"] == "sessionexpired" and closed["client"] is owner
+    wait_for(lambda: not p.s.clients, what="the client forgotten")
+    with pytest.raises(errors.ConnectionClosedError):
+        p.s.send_message("t:num", 1, p.cid)
+
+
+def test_replay_overflow_ends_a_suspended_session(pairs):
+    p = pairs(server_cfg={"net.session.replay_buffer": 4000}, client_cfg={"net.client.reconnect": 0})
+    owner = p.s.clients[p.cid]
+    p.c._link_obj.chan.sock.shutdown(2)
+    p.srec.wait_for("peng3dnet:server.connection.suspended")
+    sent = 0
+    with pytest.raises(errors.ConnectionClosedError) as exc:
+        for _ in range(100):  # ~110 bytes each: over the cap while nobody can ack
+            p.s.send_message("t:num", "x" * 100, p.cid)
+            sent += 1
+    assert exc.value.reason == "replayoverflow" and 4000 // 120 <= sent <= 4000 // 100
+    (closed,) = p.srec.wait_for("peng3dnet:server.connection.close")
+    assert closed["reason"] == "replayoverflow" and closed["client"] is owner
+    with pytest.raises(errors.ConnectionClosedError):
+        p.s.send_message("t:num", 1, p.cid)
+
+
+def test_client_replay_overflow_while_reconnecting(pairs):
+    p = pairs(proxy=True, client_cfg={"net.session.replay_buffer": 4000, "net.client.reconnect.delay": 5})
+    p.proxy.cut()
+    wait_for(lambda: p.c.reconnecting, what="reconnecting")
+    with pytest.raises(errors.ConnectionClosedError) as exc:
+        for _ in range(100):
+            p.c.send_message("t:num", "y" * 100)
+    assert exc.value.reason == "replayoverflow"
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "replayoverflow" and p.c.close_reason == "replayoverflow"
+
+
+def test_a_restarted_server_is_not_mistaken_for_a_resume(pairs, net):
+    p = pairs(proxy=True)
+    other = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME})
+    other.register_packet("t:num", Numbers(other.registry, other))
+    net.servers.append(other)
+    orec = net.recorder(other, "peng3dnet:server.*")
+    other.runAsync()
+    p.proxy.target = other.addr  # "the server restarted": the same address, a new process
+    p.proxy.cut()
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "resume:unknown" and p.c.close_reason == "resume:unknown"
+    (oc,) = orec.wait_for("peng3dnet:server.connection.close")
+    assert oc["reason"] == "resume:unknown"
+    assert "peng3dnet:server.connection.handshakecomplete" not in orec.names()
+
+
+def test_client_close_while_reconnecting(pairs):
+    p = pairs(proxy=True, client_cfg={"net.client.reconnect.delay": 5})
+    p.proxy.cut()
+    wait_for(lambda: p.c.reconnecting, what="reconnecting")
+    p.c.close("bye")
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "bye"
+    p.c.join(5)
+    assert not p.c.run
+
+
+def test_stall_longer_than_the_heartbeat_timeout_is_resumed(pairs):
+    hb = {"net.heartbeat.interval": 0.05, "net.heartbeat.timeout": 0.3}
+    p = pairs(proxy=True, server_cfg=hb, client_cfg=hb)
+    p.c.send_message("t:num", 0)
+    p.s_got.wait(1)
+    p.proxy.stall(1.0)
+    p.c.send_message("t:num", 1)
+    p.s.send_message("t:num", 1, p.cid)
+    p.crec.wait_for("peng3dnet:client.resumed", timeout=20)
+    assert p.s_got.wait(2) == [0, 1]
+    assert p.c_got.wait(1) == [1]
+
+
+@pytest.mark.parametrize(
+    ("request_value", "reason"),
+    [
+        ("junk", "resume:invalid"),
+        ({"token": b"short", "received": 0}, "resume:invalid"),
+        ({"token": b"\x00" * 16, "received": -1}, "resume:invalid"),
+        ({"token": b"\x00" * 16, "received": 0}, "resume:unknown"),
+    ],
+)
+def test_bad_resume_requests_are_refused(net, request_value, reason):
+    s, rec = net.server(**RESUME)
+    peer = RawPeer(s.addr)
+    _, hello = peer.recv_packet()
+    assert "resume" in hello[EXTENSIONS_KEY]
+    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"], RESUME_KEY: request_value})
+    assert peer.recv_until_close() == [(16, {"reason": reason})]
+    assert rec.wait_for("peng3dnet:server.connection.close")[0]["reason"] == reason
+
+
+def test_an_ack_beyond_what_was_sent_closes(net):
+    s, rec = net.server(**RESUME)
+    peer = RawPeer(s.addr)
+    peer.recv_packet()
+    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"]})
+    _, hs = peer.recv_packet()
+    assert len(hs["peng3dnet.session"]["token"]) == 16 and hs["peng3dnet.session"]["received"] == 0
+    peer.send_packet(4, {"success": True})
+    peer.send_packet(36, 5)  # nothing was sent to it
+    assert peer.recv_until_close()[-1] == (16, {"reason": "invalidpacket"})
+
+
+def test_without_resume_a_drop_closes_as_before(net):
+    s, rec = net.server()
+    c = net.client(s, **RESUME)  # only one side wants it: not negotiated
+    assert "resume" not in c.extensions
+    c._link_obj.chan.sock.shutdown(2)
+    c.wait_for_close(10)
+    assert c.close_reason in ("socketclose", "socketerror")
+    assert rec.wait_for("peng3dnet:server.connection.close")[0]["reason"] in ("socketclose", "socketerror")
+
+
+def test_events_are_in_the_catalog():
+    from peng3dnet.events.catalog import CATALOG
+
+    for name in ("peng3dnet:client.reconnecting", "peng3dnet:client.resumed",
+                 "peng3dnet:server.connection.suspended", "peng3dnet:server.connection.resumed"):
+        assert name in CATALOG
+
