@@ -34,13 +34,13 @@ from .errors import (
     CallError,
     ConnectionClosedError,
     LocalProtocolError,
+    Peng3dNetError,
     RemoteCallError,
     TimedOutError,
 )
 from .packet import Packet, SmartPacket, smart_check
 from .plans import NO_EVENT, thread_pack
 from .protocol.connection import CALL_ERROR, CALL_OK, CALL_UNANSWERED, CallReplied, CallRequested
-from .userlog import report_user_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from .link import Link
@@ -175,6 +175,12 @@ class Calls:
         if pobj is None or not isinstance(pobj, Packet):
             self._reply(link, o.call_id, CALL_UNANSWERED, {"type": "UnknownPacketError", "message": f"no packet {o.pid}"})
             return None
+        if not getattr(pobj, "answers", False):
+            # Opt-in: a handler written for plain messages must not send
+            # back whatever it happens to return.
+            self._reply(link, o.call_id, CALL_UNANSWERED, {
+                "type": "NotCallable", "message": f"packet {peer.registry.get_name(o.pid)!r} does not answer calls"})
+            return None
         cls = type(pobj)
         smart: SmartPacket | None = None
         if cls._receive is Packet._receive or cls._receive is SmartPacket._receive:
@@ -185,19 +191,20 @@ class Calls:
         call_id = o.call_id
 
         def answer(msg: Any, cid: int | None) -> None:
-            if smart is not None and not smart_check(smart, cid, receiving=True):
-                smart._invalid(cid, "received")
-                self._reply(link, call_id, CALL_UNANSWERED, {"type": "SmartPacketInvalid", "message": "not valid now"})
-                return
             try:
+                if smart is not None and not smart_check(smart, cid, receiving=True):
+                    self._reply(link, call_id, CALL_UNANSWERED, {"type": "SmartPacketInvalid", "message": "not valid now"})
+                    smart._invalid(cid, "received")
+                    return
                 value = fn(msg, cid)
             except CallError as exc:  # an answer, not a bug: not logged
                 self._reply(link, call_id, CALL_ERROR, {"type": type(exc).__name__, "message": str(exc)})
                 return
-            except Exception as exc:
-                report_user_error("! %s cid=%s: handler of call %d raised", peer._role, cid, call_id)
+            except BaseException as exc:
+                # Answered either way; the handler's error is then reported
+                # as any handler's (a BaseException goes on to stop the peer).
                 self._reply(link, call_id, CALL_ERROR, {"type": type(exc).__name__, "message": str(exc)})
-                return
+                raise
             self._reply(link, call_id, CALL_OK, value)
 
         answer.__qualname__ = f"call of {cls.__name__}"
@@ -218,6 +225,8 @@ class Calls:
             self.peer._send_frame(link, frame, -1, NO_EVENT, cork=False)
         except ConnectionClosedError:
             pass  # the caller is gone; its side fails the call
+        except Peng3dNetError as exc:  # e.g. WriteBufferFullError: the caller times out
+            log.info("! %s cid=%s: the answer to call %d cannot be sent: %s", self.peer._role, link.cid, call_id, exc)
 
 
 def _key(link: Link) -> Any:
@@ -240,6 +249,8 @@ def wait_result(peer: Peer, fut: CallFuture, timeout: float | None) -> Any:
         peer._drive(fut.done, limit)
     try:
         return fut.result(limit)
+    except TimedOutError:
+        raise  # the call's own time-out (a TimeoutError too: let it through as it is)
     except concurrent.futures.TimeoutError:
         peer._calls.forget(fut.call_id)
         raise TimedOutError(f"call {fut.call_id} got no reply") from None

@@ -117,6 +117,10 @@ class Client(Peer):
         self._flush_cond = threading.Condition()  # close_connection() waits on it for the flush
         self.close_reason: str | None = None
         """Why the connection closed (``None`` while open)."""
+        self.authenticated = False
+        """Whether the server checked our credentials and let us in (its
+        login hook accepted them; set when the handshake completes).  A
+        plain attribute: the library sets it and never reads it."""
 
     # --- peng3d-style API (names fixed) ---
     def runBlocking(self, selector: Any = selectors.DefaultSelector) -> None:  # noqa: N802
@@ -234,6 +238,8 @@ class Client(Peer):
         self._emit("peng3dnet:client.stop", {"reason": self._stop_reason or "method"})
 
     def _after_handshake(self, link: Link) -> None:
+        if "auth" in link.proto.negotiated:
+            self.authenticated = True
         self._handshake_done.set()
 
     def _connection_closed(self, link: Link, reason: str | None) -> None:
@@ -417,11 +423,6 @@ class Client(Peer):
         """Extensions negotiated with the server (e.g. ``heartbeat``)."""
         return self._link_obj.proto.negotiated if self._link_obj is not None else frozenset()
 
-    @property
-    def authenticated(self) -> bool:
-        """Whether the server checked our credentials and let us in (its
-        login hook accepted them and the handshake is complete)."""
-        return "auth" in self.extensions and self._handshake_done.is_set() and not self._closed.is_set()
 
     def _proto_extensions(self) -> frozenset[str]:
         return frozenset({"auth"})

@@ -29,7 +29,9 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .constants import CREDENTIALS_KEY
 from .errors import AuthenticationError
+from .protocol.codec import pack
 from .userlog import report_user_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +47,8 @@ AUTH_PENDING = "pending"
 accepted; ``False``: refused)."""
 
 _MAX_REASON = 100
+MAX_CREDENTIALS = 64 * 1024
+"""Largest credentials (msgpack bytes) passed to the hook; more: ``auth:toolarge``."""
 
 
 def auth_reason(reason: Any) -> str:
@@ -111,6 +115,11 @@ class Login:
             self._decided(link, False, None, "auth:unsupported")
             return False
         credentials = link.proto.peer_credentials
+        link.proto.peer_settype.pop(CREDENTIALS_KEY, None)  # kept by the hook's call only
+        if len(pack(credentials)) > MAX_CREDENTIALS:
+            log.info("! server cid=%s: refused, credentials over %d bytes", link.cid, MAX_CREDENTIALS)
+            self._decided(link, False, None, "auth:toolarge")
+            return False
         link.auth = AUTH_PENDING
         cfg = server.cfg
         timeout = float(cfg["net.timeout.auth"])
@@ -168,6 +177,7 @@ class Login:
         link.auth = ok
         if ok:
             owner.auth_data = data
+            owner.authenticated = True
             server._emit("peng3dnet:server.connection.auth", {"client": owner, "ok": True, "reason": None})
             server._send_handshake(link)
             return

@@ -60,7 +60,7 @@ from .protocol.connection import (
 )
 from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
-from .session import ACK_DELAY, ACK_EVERY, DROP_REASONS, Session
+from .session import ACK_DELAY, ACK_EVERY, DROP_REASONS, Session, redacted
 from .transport import EVENT_READ, EVENT_WRITE, Reactor
 from .userlog import report_user_error
 from .util import ConfigView, ConfigWarning, normalize_addr_socketstyle
@@ -453,7 +453,7 @@ class Peer:
         # not it completed a packet.
         used = quota - proto.packet_quota  # application packets this read decoded
         if used < 0:  # (an EOF lifted the quota to hand on what was held)
-            used = sum(1 for o in outs if isinstance(o, PacketReceived))
+            used = sum(1 for o in outs if isinstance(o, (PacketReceived, CallRequested)))
         if self._h_rate_reads and not self._read_allowed(link, total, outs, used, now):
             outs = []
         if outs:
@@ -533,17 +533,19 @@ class Peer:
                 if o.pid in INTERNAL_IDS:
                     if o.pid == PID_HELLO:  # (only a server sends hello)
                         self._lib_state(link, STATE_HANDSHAKE_WAIT1)
-                    self._debug_print("recv", link, o.pid, o.msg)
+                    shown = redacted(o.msg)
+                    self._debug_print("recv", link, o.pid, shown)
                     if self._h_events:
-                        self._emit_packet(self._route_recv, link, o.pid, "msg", o.msg)
+                        self._emit_packet(self._route_recv, link, o.pid, "msg", shown)
                 elif not link.local_closed:
                     # Packets that preceded the peer's closeconn are delivered.
                     queued = self._on_app_packet(link, o, listen) or queued
             elif isinstance(o, PacketSent):
                 link.stats.packets_out += 1
-                self._debug_print("send", link, o.pid, o.msg)
+                shown = redacted(o.msg)
+                self._debug_print("send", link, o.pid, shown)
                 if self._h_events:
-                    self._emit_packet(self._route_send, link, o.pid, "data", o.msg)
+                    self._emit_packet(self._route_send, link, o.pid, "data", shown)
                 if o.pid == PID_SETTYPE:
                     # (Only a client sends settype.) It chose its type: hand
                     # the connection to it.  The extensions are known now.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import ipaddress
 import itertools
 import logging
@@ -42,7 +43,7 @@ from .packet import smart_check
 from .peer import Peer, resolve_addr
 from .plans import NO_EVENT, thread_pack
 from .protocol.codec import check_keys, frame_body, pack
-from .protocol.connection import Output, PacketReceived
+from .protocol.connection import CallRequested, Output, PacketReceived
 from .protocol.framing import LENGTH, encode_frame
 from .protocol.handshake import HandshakeState
 from .session import Session, new_token, valid_request
@@ -69,6 +70,27 @@ if TYPE_CHECKING:  # annotations only: socket calls live in transport
 __all__ = ['Server', 'ClientOnServer', 'ServerStats']
 
 log = logging.getLogger(__name__)
+
+def _overrides_authenticate(cls: type) -> bool:
+    """Whether a Server subclass overrides :meth:`Server.authenticate` with
+    a login hook: a method that takes ``(client, credentials)``.  A method
+    of that name that does not (a 0.1.x program's own) is left alone."""
+    fn = cls.authenticate  # type: ignore[attr-defined]
+    if fn is Server.authenticate:
+        return False
+    try:
+        inspect.signature(fn).bind(None, None, None)
+    except (TypeError, ValueError):
+        log.warning("%s.authenticate does not take (client, credentials): not used as the login hook", cls.__name__)
+        return False
+    return True
+
+
+def _is_app(o: Output) -> bool:
+    """Whether a core output counts as an application packet for the rate
+    limits: an application packet or a call request."""
+    return (isinstance(o, PacketReceived) and o.pid >= PID_FIRST_FREE) or isinstance(o, CallRequested)
+
 
 class ServerStats:
     """Totals of a server, open and closed connections together (read from
@@ -164,6 +186,10 @@ class ClientOnServer:
         the close; the rest is the application's."""
         self.conntype = CONNTYPE_NOTSET
         """The connection type name (``CONNTYPE_NOTSET`` before ``settype``)."""
+        self.authenticated = False
+        """Whether the server's ``authenticate`` hook accepted this client
+        (always ``False`` on a server without a hook).  A plain attribute:
+        the library sets it when the hook accepts and never reads it."""
         self.auth_data: Any = None
         """What the server's ``authenticate`` hook returned when it accepted
         this client (e.g. the account name), unless that was ``True``;
@@ -202,11 +228,6 @@ class ClientOnServer:
         """Extensions negotiated on this connection (e.g. ``heartbeat``)."""
         return self._link.proto.negotiated if self._link is not None else frozenset()
 
-    @property
-    def authenticated(self) -> bool:
-        """Whether the server's ``authenticate`` hook accepted this client
-        (always ``False`` on a server without a hook)."""
-        return self._link is not None and self._link.auth is True
 
     def close(self, reason: str | None = None) -> None:
         """Close this connection (see :meth:`Server.close_connection`).
@@ -227,7 +248,8 @@ class ClientOnServer:
         may set another state (a value of its own), with or without calling
         ``super()`` (without it, no event is emitted).
         """
-        self.state = STATE_LOGGEDIN if self.authenticated else STATE_ACTIVE
+        link = self._link
+        self.state = STATE_LOGGEDIN if link is not None and link.auth is True else STATE_ACTIVE
         self.server._emit("peng3dnet:server.connection.handshakecomplete", {"client": self})
 
     def on_close(self, reason: str | None = None) -> None:
@@ -290,7 +312,7 @@ class Server(Peer):
         authenticate: Any = None,
     ) -> None:
         self._auth_fn = authenticate
-        self._login = Login(self, authenticate is not None or type(self).authenticate is not Server.authenticate)
+        self._login = Login(self, authenticate is not None or _overrides_authenticate(type(self)))
         super().__init__(peng, cfg)
         self.addr: tuple[Any, ...] = resolve_addr(addr, self.cfg, "net.server")
         """Address to bind; after :meth:`bind`, the address actually bound."""
@@ -569,13 +591,15 @@ class Server(Peer):
             kept: list[Output] = []
             dropped = 0
             for o in outs:
-                if isinstance(o, PacketReceived) and o.pid >= PID_FIRST_FREE:
+                if _is_app(o):
                     if allowed <= 0:
                         dropped += 1
                         continue
                     allowed -= 1
                 kept.append(o)
             link.rate_p = max(0.0, link.rate_p - (npackets - dropped))
+            if link.session is not None:
+                link.session.rx += dropped  # received (and dropped): not to be sent again
             log.debug("! server cid=%s: over the rate limit, dropped %d packets", link.cid, dropped)
             self._handle_outputs(link, kept)
             return False
@@ -584,7 +608,7 @@ class Server(Peer):
         if (rate_p <= 0 or link.rate_p >= 0) and (rate_b <= 0 or link.rate_b >= 0):
             return True
         log.info("! server cid=%s: over the rate limit, closing", link.cid)
-        self._handle_outputs(link, [o for o in outs if not isinstance(o, PacketReceived) or o.pid < PID_FIRST_FREE])
+        self._handle_outputs(link, [o for o in outs if not _is_app(o)])
         self._close_link(link, "ratelimit")
         return False
 

@@ -40,7 +40,7 @@ import threading
 from collections import deque
 from typing import Any
 
-__all__ = ["Session", "ACK_EVERY", "ACK_DELAY", "DROP_REASONS", "new_token", "valid_request"]
+__all__ = ["Session", "ACK_EVERY", "ACK_DELAY", "DROP_REASONS", "new_token", "valid_request", "redacted"]
 
 ACK_EVERY = 128
 """Acknowledge at the latest after this many counted packets received."""
@@ -50,6 +50,17 @@ DROP_REASONS = frozenset({"socketclose", "socketerror", "timeout"})
 """Close reasons that mean the socket dropped (not a close by either side):
 a session survives them."""
 TOKEN_BYTES = 16
+
+
+_SECRET_KEYS = ("peng3dnet.credentials", "peng3dnet.resume", "peng3dnet.session")  # (constants' *_KEY)
+
+
+def redacted(msg: Any) -> Any:
+    """An internal packet's body as it may be shown (events, debug logs):
+    credentials and session tokens replaced by ``"<redacted>"``."""
+    if isinstance(msg, dict) and any(k in msg for k in _SECRET_KEYS):
+        return {k: ("<redacted>" if k in _SECRET_KEYS else v) for k, v in msg.items()}
+    return msg
 
 
 def new_token() -> bytes:

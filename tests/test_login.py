@@ -12,6 +12,7 @@ import pytest
 from peng3dnet import errors
 from peng3dnet.constants import EXTENSIONS_KEY, STATE_ACTIVE, STATE_LOGGEDIN
 from peng3dnet.net import Client, Server
+from peng3dnet.packet import Packet
 from tests.conftest import EchoPacket, RawPeer
 from tests.helpers import active_cids, wait_for
 
@@ -223,3 +224,66 @@ def test_ping_connections_are_not_gated(net):
     s, _ = net.server(authenticate=hook)
     result = pingServer(addr=s.addr, timeout=10)
     assert result["delay"] >= 0 and hook.calls == []
+
+
+def test_a_default_smartpacket_warns_once_when_the_client_is_logged_in(net, caplog):
+    from peng3dnet.packet import SmartPacket
+
+    class Move(SmartPacket):  # state left at the default, STATE_ACTIVE
+        def receive(self, msg, cid=None):
+            raise AssertionError("must not run for a logged-in client")
+
+    class LoggedMove(SmartPacket):
+        state = STATE_LOGGEDIN
+        got: list = []
+
+        def receive(self, msg, cid=None):
+            self.got.append(msg)
+
+    s, _ = net.server(authenticate=lambda client, creds: True,
+                      packets={"test:move": Move, "test:logged": LoggedMove})
+    c = net.client(s, credentials="x", packets={"test:move": Packet, "test:logged": Packet})
+    with caplog.at_level(logging.WARNING, logger="peng3dnet.packet"):
+        c.send_message("test:move", 1)
+        c.send_message("test:move", 2)
+        c.send_message("test:logged", 3)
+        wait_for(lambda: LoggedMove.got == [3], what="the logged-in packet")
+    warned = [r for r in caplog.records if "STATE_LOGGEDIN" in r.getMessage()]
+    assert len(warned) == 1 and "Move wants state STATE_ACTIVE" in warned[0].getMessage()
+
+
+def test_credentials_never_reach_events_or_logs(net, caplog):
+    s, rec = net.server(authenticate=lambda client, creds: True, **{"net.debug.print.recv": True})
+    with caplog.at_level(logging.INFO, logger="peng3dnet"):
+        c = net.client(s, credentials={"password": "hunter2"}, **{"net.debug.print.send": True})
+    crec = net.recorder(c, "peng3dnet:client.*")
+    (cid,) = active_cids(s)
+    settype = [d for d in rec.wait_for("peng3dnet:server.connection.recv", 2) if d["pid"] == 2]
+    assert settype and settype[0]["msg"]["peng3dnet.credentials"] == "<redacted>"
+    assert "hunter2" not in repr(rec.items) and "hunter2" not in repr(crec.items)
+    assert not any("hunter2" in r.getMessage() for r in caplog.records)
+    assert "peng3dnet.credentials" not in s.clients[cid]._link.proto.peer_settype  # not kept after the hook
+
+
+def test_oversized_credentials_are_refused_without_calling_the_hook(net):
+    hook = Hook()
+    s, _ = net.server(authenticate=hook)
+    c = net.client(s, credentials="x" * (64 * 1024 + 1), wait=False)
+    with pytest.raises(errors.AuthenticationError, match="auth:toolarge"):
+        c.wait_for_connection(10)
+    assert hook.calls == []
+
+
+def test_a_0_1_x_method_named_authenticate_is_not_a_hook(net, caplog):
+    class Old(Server):
+        def authenticate(self):  # a 0.1.x program's own method
+            return "whatever"
+
+    with caplog.at_level(logging.WARNING, logger="peng3dnet.server"):
+        s = Old(cfg={"net.server.addr": ("127.0.0.1", 0)})
+    assert any("not used as the login hook" in r.getMessage() for r in caplog.records)
+    s.register_packet("test:echo", EchoPacket(s.registry, s))
+    net.servers.append(s)
+    s.runAsync()
+    c = net.client(s)
+    assert "auth" not in c.extensions and not c.authenticated

@@ -29,13 +29,14 @@ import logging
 from typing import Any
 
 from ..constants import *  # noqa: F403  (0.1.x: peng3dnet.packet exposes the constants)
-from ..constants import MODE_CLOSED, SIDE_CLIENT, SIDE_SERVER, SSLSEC_NONE, STATE_ACTIVE, STATE_CLOSED
+from ..constants import MODE_CLOSED, SIDE_CLIENT, SIDE_SERVER, SSLSEC_NONE, STATE_ACTIVE, STATE_CLOSED, STATE_LOGGEDIN
 from ..errors import InvalidSmartPacketActionError
 from ..userlog import user_log
 
 __all__ = ["Packet", "SmartPacket", "PrintPacket", "FunctionPacket", "smart_check"]
 
 log = logging.getLogger(__name__)
+_WARNED: set[type] = set()  # SmartPacket classes warned about STATE_LOGGEDIN (once each)
 
 
 class Packet:
@@ -49,6 +50,14 @@ class Packet:
     Override :meth:`receive` to handle incoming messages and, optionally,
     :meth:`send` to be told of outgoing ones.
     """
+
+    answers = False
+    """Whether a call (``peer.call(name, ...)``) of this packet gets what
+    :meth:`receive` returns as its answer.  Off by default: a handler
+    written for plain messages never sends back what it happens to return
+    (a call of it fails with ``RemoteCallError``, ``unanswered``).  Set it
+    on a class whose ``receive`` returns answers; ``handler()`` functions
+    answer."""
 
     def __init__(self, reg: Any, peer: Any, obj: Any = None) -> None:
         self.reg = reg
@@ -177,6 +186,17 @@ class SmartPacket(Packet):
             self._invalid(cid, "sent")
 
     def _invalid(self, cid: int | None, what: str) -> None:
+        cls = type(self)
+        if what == "received" and cls.state == STATE_ACTIVE and cls not in _WARNED:
+            if _conn_view(self.peer, cid)[0] == STATE_LOGGEDIN:
+                _WARNED.add(cls)
+                log.warning(
+                    "%s wants state STATE_ACTIVE but the client is STATE_LOGGEDIN (a login hook accepted it): "
+                    "declare state = STATE_LOGGEDIN (or (STATE_ACTIVE, STATE_LOGGEDIN)) on packets for logged-in "
+                    "clients; this packet is %s",
+                    cls.__name__,
+                    "closing the connection" if self.invalid_action == "close" else "ignored",
+                )
         action = self.invalid_action
         if action == "ignore":
             log.debug("! cid=%s: %s %s not valid now, ignored", cid, type(self).__name__, what)
@@ -193,6 +213,8 @@ class FunctionPacket(Packet):
     """A packet whose handler is a function ``fn(msg, cid)`` (the
     ``obj``); what it returns answers a call.  Made by the peers'
     ``handler(name)`` decorator."""
+
+    answers = True
 
     def receive(self, msg: Any, cid: int | None = None) -> Any:
         return self.obj(msg, cid)
