@@ -310,7 +310,6 @@ class Client(Peer):
         if session.attempt >= attempts or self._reactor.stopping:
             log.info("! client: could not reconnect after %d attempts", session.attempt)
             self._session_end(session, "resume:failed")
-            self._request_stop("connectionclosed")
             return
         session.attempt += 1
         base = float(cfg["net.client.reconnect.delay"]) * 2 ** (session.attempt - 1)
@@ -520,9 +519,18 @@ class Client(Peer):
                 self._flush_cond.wait_for(lambda: not chan.out or chan.closed, CLOSE_LINGER)
 
     def _end_waiting_session(self, session: Session, reason: str | None) -> None:
-        if not session.ended:
+        if session.ended:
+            return
+        link = session.link
+        if link.proto.is_open:  # a new socket came meanwhile: close it, the session with it
+            session.resuming = False
+            self._close_link(link, reason, polite=True)
+        else:
             self._session_end(session, reason or "clientclose")
-            self._request_stop("connectionclosed")
+
+    def _session_end(self, session: Session, reason: str) -> None:
+        super()._session_end(session, reason)
+        self._request_stop("connectionclosed")
 
     def wait_for_connection(self, timeout: float | None = None) -> None:
         """Block until the handshake is complete.

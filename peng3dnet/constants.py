@@ -212,7 +212,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # both sides to use it.
     "net.session.resume": False,
     "net.session.grace": 30.0,
-    "net.session.replay_buffer": 16 * 1024 * 1024,
+    "net.session.replay_buffer": 48 * 1024 * 1024,
     "net.client.reconnect": 10,
     "net.client.reconnect.delay": 0.1,
     "net.client.reconnect.max_delay": 5.0,

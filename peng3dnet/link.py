@@ -74,7 +74,7 @@ class Link:
         "proto", "chan", "owner", "cid", "ctobj", "n_in", "n_out", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
-        "auth", "auth_timer", "session",
+        "auth", "auth_timer", "session", "vanished", "infl_counted",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -103,6 +103,8 @@ class Link:
         self.auth: Any = None  # server login: None undecided, AUTH_PENDING, True accepted
         self.auth_timer: Any = None  # the net.timeout.auth timer while pending
         self.session: Any = None  # the resumable Session this connection carries (extension "resume")
+        self.vanished = False  # closed because the peer went silent (heartbeat): a drop, not a close
+        self.infl_counted = 0  # proto.inflate_dropped already counted in the session
         self.acct = 0  # bytes of chan.out counted in the peer's total (Peer._account)
         self.infl_t = self.stats._since  # last refill of the decompression budget (proto.inflate_budget)
         self.plain = False  # plaintext, first read checked: _read's fast path

@@ -60,7 +60,7 @@ from .protocol.connection import (
 )
 from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
-from .session import ACK_DELAY, ACK_EVERY, DROP_REASONS, Session, redacted
+from .session import ACK_DELAY, ACK_EVERY, Session, redacted
 from .transport import EVENT_READ, EVENT_WRITE, Reactor
 from .userlog import report_user_error
 from .util import ConfigView, ConfigWarning, normalize_addr_socketstyle
@@ -435,10 +435,10 @@ class Peer:
                 log.info("! %s cid=%s: recv failed: %s", self._role, link.cid, exc)
                 eof = True
                 if not chan.closing:
-                    proto.receive_eof(exc.reason)
+                    proto.receive_eof(exc.reason, link.session is not None)
             if eof and not chan.closing:
                 link.eof = True
-                proto.receive_eof()
+                proto.receive_eof("socketclose", link.session is not None)
             outs = proto.drain_received()
             if proto.has_data_to_send:
                 self._push(link)
@@ -510,7 +510,7 @@ class Peer:
         chan = link.chan
         with chan.lock:
             link.eof = True
-            link.proto.receive_eof(reason)
+            link.proto.receive_eof(reason, link.session is not None)
             outs = link.proto.drain_received()
         self._handle_outputs(link, outs)
         if not chan.closed:
@@ -584,8 +584,13 @@ class Peer:
                     self._close_link(link, "invalidpacket")
             elif isinstance(o, ConnectionClosed):
                 self._on_closed(link, o)
-        if session is not None and session.rx != session.ack_sent and session.link is link:
-            self._maybe_ack(link, session)
+        if session is not None:
+            dropped = link.proto.inflate_dropped
+            if dropped != link.infl_counted:  # received, dropped over the budget: counted all the same
+                session.rx += dropped - link.infl_counted
+                link.infl_counted = dropped
+            if session.rx != session.ack_sent and session.link is link:
+                self._maybe_ack(link, session)
         inbox = self._inbox
         if queued and inbox.has_waiters and not inbox.notify_pending:
             reactor = self._reactor
@@ -639,6 +644,7 @@ class Peer:
             if "heartbeat" in proto.negotiated and proto.state == HandshakeState.ACTIVE:
                 if hb_timeout > 0 and silent > hb_timeout:
                     log.info("! %s cid=%s: peer silent for %.1f s", self._role, link.cid, silent)
+                    link.vanished = True  # a session survives it: the peer may come back
                     self._close_link(link, "timeout")
                     continue
                 if now - link.hb_sent >= hb_interval:
@@ -835,7 +841,8 @@ class Peer:
             log.info("= %s cid=%s closed: %s", self._role, link.cid, o.reason)
         session = link.session
         if session is not None and not session.ended:
-            if session.link is not link or (o.reason in DROP_REASONS and self._loop_active()):
+            dropped = (o.eof or link.vanished) and session.established and self._loop_active()
+            if session.link is not link or dropped:
                 # A drop (or an old socket of a resumed session): the session lives on.
                 chan.closing = True
                 if not chan.closed:
@@ -1051,7 +1058,13 @@ class Peer:
                     return
                 raise ConnectionClosedError("connection is closed", link.proto.close_reason)
             if cork and self._h_write_block and len(chan.out) > self._h_write_block and self._flow.may_block():
-                self._flow.wait_drained(link)
+                try:
+                    self._flow.wait_drained(link)
+                except ConnectionClosedError:
+                    if session is None or session.ended:
+                        raise
+                    self._session_keep(link, session, frame)  # dropped while we waited: the next socket has it
+                    return
             if chan.out and len(chan.out) + len(frame) > self._h_write_cap:
                 if self._h_write_raise:
                     raise WriteBufferFullError(
@@ -1125,6 +1138,8 @@ class Peer:
         link = session.link
         if link.proto.is_open:
             self._close_link(link, "replayoverflow")
+        elif self._loop_active() and not self._reactor.in_loop():
+            self._reactor.call_soon(self._session_end, session, "replayoverflow")
         else:
             self._session_end(session, "replayoverflow")
 
@@ -1157,7 +1172,11 @@ class Peer:
         if session is None or not session.resuming:
             if session is None and "resume" in link.proto.negotiated:
                 self._session_started(link)
+            if link.session is not None:
+                link.session.established = True
             return False
+        if session.ended:
+            return True
         with link.chan.lock, session.lock:
             missed = session.unacked_from(session.peer_rx)
             if missed is not None:
@@ -1184,6 +1203,8 @@ class Peer:
 
     def _session_end(self, session: Session, reason: str) -> None:
         """Close a session that has no open socket, for good (network thread)."""
+        if session.ended:
+            return
         session.ended = True
         link = session.link
         self._session_forget(session)
@@ -1256,6 +1277,9 @@ class Peer:
         Thread safety: any thread.
         """
         link = self._link(cid)
+        if link.session is not None and pid >= PID_FIRST_FREE:  # counted, as the peer counts it
+            self._send_frame(link, link.proto.encode_packet(pid, msg, thread_pack), pid, NO_EVENT)
+            return
         chan = link.chan
         with chan.lock:
             link.proto.send_packet(pid, msg)

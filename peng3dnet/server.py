@@ -228,6 +228,15 @@ class ClientOnServer:
         """Extensions negotiated on this connection (e.g. ``heartbeat``)."""
         return self._link.proto.negotiated if self._link is not None else frozenset()
 
+    @property
+    def suspended(self) -> bool:
+        """Whether this client's resumable session lost its socket and waits
+        for it to come back (``net.session.resume``); what is sent to it
+        meanwhile waits in the replay buffer."""
+        link = self._link
+        session = link.session if link is not None else None
+        return session is not None and not session.ended and session.waiting
+
 
     def close(self, reason: str | None = None) -> None:
         """Close this connection (see :meth:`Server.close_connection`).
@@ -745,6 +754,10 @@ class Server(Peer):
         self._links.pop(temp_cid, None)
         self.clients.pop(temp_cid, None)
         self._emit("peng3dnet:server.connection.close", {"client": temp, "reason": "resumed"})
+        try:
+            temp.on_close("resumed")  # it had its on_connect
+        except Exception:
+            report_user_error("! server cid=%s: on_close raised", temp_cid)
         owner = session.owner
         link.cid = session.cid
         link.owner = owner
@@ -787,6 +800,14 @@ class Server(Peer):
     def _session_forget(self, session: Session) -> None:
         super()._session_forget(session)
         self._sessions.pop(session.token, None)
+
+    def _session_end(self, session: Session, reason: str) -> None:
+        link: Link = session.link
+        cid = link.cid
+        super()._session_end(session, reason)
+        if cid is not None and self._links.get(cid) is link:  # kept while it waited
+            del self._links[cid]
+            self.stats._add_closed(link.stats)
 
     def _connection_closed(self, link: Link, reason: str | None) -> None:
         self._emit("peng3dnet:server.connection.close", {"client": link.owner, "reason": reason})
@@ -895,8 +916,10 @@ class Server(Peer):
         keys_ok: bool | None = None  # checked once, for the first 0.1.x peer
         for cid in targets:
             link = self._links.get(cid)
-            if link is None or link.proto.state is not HandshakeState.ACTIVE:
+            if link is None:
                 continue
+            if link.proto.state is not HandshakeState.ACTIVE and (link.session is None or not link.session.waiting):
+                continue  # (a session between sockets keeps it for the next one)
             if link.strict_keys:
                 if keys_ok is None:
                     try:
@@ -985,6 +1008,10 @@ class Server(Peer):
         """
         return self._start_call(cid, ptype, data, timeout, callback)
 
+    def _end_suspended(self, session: Session, reason: str | None) -> None:
+        if not session.ended and session.suspended:
+            self._session_end(session, reason or "closed")
+
     def close_connection(self, cid: int, reason: str | None = None) -> None:
         """Send ``closeconn`` with ``reason`` after what is queued, then close.
 
@@ -993,8 +1020,16 @@ class Server(Peer):
         Thread safety: any thread.
         """
         link = self._links.get(cid)
-        if link is not None:
-            self._close_link(link, reason, polite=True)
+        if link is None:
+            return
+        session = link.session
+        if session is not None and session.suspended and not session.ended:  # between sockets: ends here
+            if self._loop_active() and not self._reactor.in_loop():
+                self._reactor.call_soon(self._end_suspended, session, reason)
+            else:
+                self._end_suspended(session, reason)
+            return
+        self._close_link(link, reason, polite=True)
 
     def process_single_packet(self, client: ClientOnServer) -> bool:
         """Run the handler of the oldest queued packet of ``client``.

@@ -40,15 +40,12 @@ import threading
 from collections import deque
 from typing import Any
 
-__all__ = ["Session", "ACK_EVERY", "ACK_DELAY", "DROP_REASONS", "new_token", "valid_request", "redacted"]
+__all__ = ["Session", "ACK_EVERY", "ACK_DELAY", "new_token", "valid_request", "redacted"]
 
 ACK_EVERY = 128
 """Acknowledge at the latest after this many counted packets received."""
 ACK_DELAY = 0.05
 """... or this many seconds after the first one not yet acknowledged."""
-DROP_REASONS = frozenset({"socketclose", "socketerror", "timeout"})
-"""Close reasons that mean the socket dropped (not a close by either side):
-a session survives them."""
 TOKEN_BYTES = 16
 
 
@@ -93,7 +90,7 @@ class Session:
     __slots__ = (
         "token", "cap", "lock", "tx", "rx", "acked", "ack_sent", "replay", "replay_bytes",
         "suspended", "resuming", "peer_rx", "link", "timer", "ack_timer", "attempt", "owner", "cid",
-        "ended", "overflowed",
+        "ended", "overflowed", "established",
     )
 
     def __init__(self, token: bytes, cap: int) -> None:
@@ -127,6 +124,8 @@ class Session:
         """The session is over (closed for good)."""
         self.overflowed = False
         """The replay buffer went over its cap: the session is closing."""
+        self.established = False
+        """A handshake completed with it once (before that a drop ends it)."""
 
     @property
     def waiting(self) -> bool:

@@ -131,38 +131,55 @@ def test_a_drop_is_resumed_with_nothing_lost(pairs):
     assert "peng3dnet:client.close" not in p.crec.names()
 
 
-def test_calls_survive_a_drop(pairs):
-    p = pairs(proxy=True)
+def test_calls_survive_a_drop(net):
+    """A call whose request got through before the cut is answered after the resume."""
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME})
     gate = threading.Event()
+    started = threading.Event()
 
-    @p.s.handler("t:slow")  # registered after start: the client registers it too before it joins
+    @s.handler("t:slow")
     def slow(msg, cid):
+        started.set()
         gate.wait(10)
         return msg + 1
 
-    # (registries must match: a second client that knows t:slow)
-    c2 = Client(addr=p.proxy.addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02})
-    c2.register_packet("t:num", Numbers(c2.registry, c2))
-    c2.register_packet("t:slow", Packet(c2.registry, c2))
-    c2.runAsync()
-    c2.process_async()
+    net.servers.append(s)
+    s.runAsync()
+    s.process_async()
+    proxy = LagProxy(("127.0.0.1", 0), s.addr).start()
     try:
-        c2.wait_for_connection(10)
-        fut = c2.call_async("t:slow", 41, timeout=30)
-        wait_for(lambda: c2._calls.pending == 1, what="the call sent")
-        p.proxy.cut()
-        wait_for(lambda: c2.reconnecting or p.proxy.cuts, what="the cut")
-        gate.set()
+        c = Client(addr=proxy.addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02})
+        c.register_packet("t:slow", Packet(c.registry, c))
+        net.clients.append(c)
+        crec = net.recorder(c, "peng3dnet:client.*")
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+        fut = c.call_async("t:slow", 41, timeout=30)
+        assert started.wait(10)  # the server runs the handler: the request crossed
+        proxy.cut()
+        crec.wait_for("peng3dnet:client.resumed")
+        gate.set()  # the answer goes out on the new socket
         assert fut.result(20) == 42
-        assert c2.call("t:slow", 1, timeout=10) == 2
+        started.clear()
+        assert c.call("t:slow", 1, timeout=10) == 2
     finally:
-        c2.stop()
-        c2.join(5)
+        proxy.stop()
 
 
 def test_a_hundred_thousand_each_way_through_cuts(pairs):
     n = 100_000
     p = pairs(proxy=True, proxy_kw={"cut_every": 0.5})
+
+    def cutter():  # cuts in mid-stream whatever the machine's speed, on top of the timed ones
+        got = p.s_got
+        for k in (20_000, 50_000, 80_000):
+            with got.cond:
+                got.cond.wait_for(lambda k=k: len(got.got) >= k, 60)
+            p.proxy.cut()
+
+    cuts = threading.Thread(target=cutter)
+    cuts.start()
 
     def server_sends():
         for i in range(n):
@@ -173,10 +190,11 @@ def test_a_hundred_thousand_each_way_through_cuts(pairs):
     for i in range(n):
         p.c.send_message("t:num", i)
     t.join(120)
+    cuts.join(120)
     assert p.s_got.wait(n, 120) == list(range(n))
     assert p.c_got.wait(n, 120) == list(range(n))
-    assert p.proxy.cuts >= 2, "the run was too quick to be cut"
-    assert len(p.crec.wait_for("peng3dnet:client.resumed", p.proxy.cuts)) >= 2
+    assert p.proxy.cuts >= 3
+    assert len(p.crec.wait_for("peng3dnet:client.resumed", 3)) >= 3
     assert "peng3dnet:client.close" not in p.crec.names()
     assert not p.c.closed and list(p.s.clients) == [p.cid]
 
@@ -193,6 +211,8 @@ def test_grace_period_ends_the_session(pairs):
     wait_for(lambda: not p.s.clients, what="the client forgotten")
     with pytest.raises(errors.ConnectionClosedError):
         p.s.send_message("t:num", 1, p.cid)
+    assert p.s.stats.connections_open == 0 and not p.s._links and not p.s._sessions
+    p.c.join(5)  # the client's loop ended with its session
 
 
 def test_replay_overflow_ends_a_suspended_session(pairs):
@@ -222,6 +242,7 @@ def test_client_replay_overflow_while_reconnecting(pairs):
     assert exc.value.reason == "replayoverflow"
     (cl,) = p.crec.wait_for("peng3dnet:client.close")
     assert cl["reason"] == "replayoverflow" and p.c.close_reason == "replayoverflow"
+    p.c.join(5)  # its loop ended too
 
 
 def test_a_restarted_server_is_not_mistaken_for_a_resume(pairs, net):
@@ -312,3 +333,49 @@ def test_events_are_in_the_catalog():
                  "peng3dnet:server.connection.suspended", "peng3dnet:server.connection.resumed"):
         assert name in CATALOG
 
+
+
+def test_an_application_close_is_never_taken_for_a_drop(pairs):
+    """The reason strings of drops, used by a program, close for good."""
+    p = pairs()
+    p.s.close_connection(p.cid, "timeout")  # e.g. an AFK kick
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "timeout" and "peng3dnet:client.reconnecting" not in p.crec.names()
+    p.c.join(5)
+    wait_for(lambda: not p.s.clients and not p.s._sessions, what="the session gone")
+
+
+def test_closing_a_suspended_session_ends_it(pairs):
+    p = pairs(proxy=True, client_cfg={"net.client.reconnect.delay": 0.5})
+    owner = p.s.clients[p.cid]
+    p.proxy.cut()
+    p.srec.wait_for("peng3dnet:server.connection.suspended")
+    owner.close("kicked")  # while it has no socket
+    (closed,) = p.srec.wait_for("peng3dnet:server.connection.close")
+    assert closed["reason"] == "kicked" and closed["client"] is owner
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")  # it comes back to a session that is gone
+    assert cl["reason"] == "resume:unknown"
+    wait_for(lambda: not p.s._links and not p.s._sessions, what="nothing left")
+
+
+def test_a_drop_before_the_handshake_completed_is_not_suspended(net):
+    s, rec = net.server(**RESUME)
+    peer = RawPeer(s.addr)
+    peer.recv_packet()
+    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"]})
+    peer.recv_packet()  # the handshake, with a session; never accepted
+    peer.close()
+    (closed,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert closed["reason"] == "socketclose"
+    assert "peng3dnet:server.connection.suspended" not in rec.names()
+    wait_for(lambda: not s.clients and not s._links and not s._sessions, what="nothing kept")
+
+
+def test_server_forgets_everything_after_a_resume(pairs):
+    p = pairs(proxy=True)
+    p.proxy.cut()
+    p.crec.wait_for("peng3dnet:client.resumed")
+    p.c.close("bye")
+    p.srec.wait_for("peng3dnet:server.connection.close", 2)  # the short-lived one, then the session's
+    wait_for(lambda: not p.s._links and not p.s._sessions and not p.s.clients, what="nothing left")
+    assert p.s.stats.connections_open == 0

@@ -14,6 +14,8 @@ WASD move; coins score; Escape quits.
   --no-threads            with --headless or --server: one thread drives everything with poll()
   --name NAME             your name
   --lag MS                route your connection through a lag proxy (MS one-way, 20% jitter)
+  --cut-every S           route your connection through a proxy that resets it every S seconds
+                          (the session resumes: you keep your avatar and score)
   --duration S            exit cleanly after S seconds
   --screenshot PATH       save the window as PNG before exiting
   --report PATH           write a JSON summary at exit
@@ -47,6 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-threads", action="store_true")
     ap.add_argument("--name", default="you")
     ap.add_argument("--lag", type=float, default=0.0, metavar="MS")
+    ap.add_argument("--cut-every", type=float, default=0.0, metavar="S")
     ap.add_argument("--duration", type=float, default=None, metavar="S")
     ap.add_argument("--screenshot", metavar="PATH")
     ap.add_argument("--report", metavar="PATH")
@@ -111,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
     proxy = None
     my_addr = addr
-    if args.lag > 0:
-        proxy = LagProxy(("127.0.0.1", 0), addr, delay=args.lag / 1000, jitter=args.lag / 5000).start()
+    if args.lag > 0 or args.cut_every > 0:
+        proxy = LagProxy(("127.0.0.1", 0), addr, delay=args.lag / 1000, jitter=args.lag / 5000,
+                         cut_every=args.cut_every).start()
         my_addr = proxy.addr
 
     report: dict[str, Any] = {}

@@ -20,6 +20,9 @@ from .game import TICK_RATE, Rules, apply_input, bot_input, clean_name, color_fo
 log = logging.getLogger(__name__)
 
 HISTORY = 200
+NET_CFG = {"net.session.resume": True}
+"""Both sides resume a session after a dropped socket: a player keeps its
+avatar and score through a Wi-Fi hiccup (see the README, "Sessions")."""
 
 
 class ArenaServer:
@@ -29,7 +32,7 @@ class ArenaServer:
                  peng: Any = None) -> None:
         self.host = host
         self.lan_port = lan_port
-        self.server = Server(peng=peng, addr=(host, port))
+        self.server = Server(peng=peng, addr=(host, port), cfg=NET_CFG)
         self.server.getPingData = self._ping_data  # type: ignore[attr-defined]  # ping/LAN status
         self.sync = SyncServer(self.server, tick_rate=TICK_RATE)
         self.sync.on_input = self._on_input
@@ -124,10 +127,17 @@ class ArenaClient:
 
     def __init__(self, addr: Any, name: str, *, peng: Any = None, interp_delay: float = 0.1) -> None:
         self.name = name
-        self.client = Client(peng=peng, addr=addr)
+        self.client = Client(peng=peng, addr=addr, cfg=NET_CFG)
         self.sync = SyncClient(self.client, tick_rate=TICK_RATE, predict=apply_input, interp_delay=interp_delay)
         self.rtt: float | None = None
+        self.resumes = 0
+        self.eids: list[str] = []  # every entity id this player was given (one, unless it rejoined)
         events.subscribe("peng3dnet:client.heartbeat", self._on_heartbeat, sender=self.client)
+        events.subscribe("peng3dnet:client.resumed", self._on_resumed, sender=self.client)
+
+    def _on_resumed(self, event: str, data: dict[str, Any]) -> None:
+        self.resumes += 1
+        log.info("%s: connection resumed (%d)", self.name, self.resumes)
 
     def _on_heartbeat(self, event: str, data: dict[str, Any]) -> None:
         self.rtt = data["rtt"]
@@ -151,6 +161,7 @@ class ArenaClient:
     def stop(self) -> None:
         self.sync.close()
         events.unsubscribe("peng3dnet:client.heartbeat", self._on_heartbeat, sender=self.client)
+        events.unsubscribe("peng3dnet:client.resumed", self._on_resumed, sender=self.client)
         self.client.close("bye")
         try:
             self.client.join(5)
@@ -164,7 +175,9 @@ class ArenaClient:
             "name": self.name,
             "tick": tick,
             "players": players_by_name(view),
-            "stats": {**self.sync.stats, "rtt": self.rtt, **(self.client.stats.as_dict() if self.client.stats else {})},
+            "stats": {**self.sync.stats, "rtt": self.rtt, "resumes": self.resumes,
+                      **(self.client.stats.as_dict() if self.client.stats else {})},
+            "eids": list(self.eids),
         }
 
 
@@ -195,6 +208,8 @@ class Bot:
         _, view = sync.authoritative()
         if own is not None and sync.own is not None:
             view[sync.own] = own
+        if sync.own is not None and sync.own not in self.player.eids:
+            self.player.eids.append(sync.own)
         inp = bot_input(view, sync.own, dt)
         if self.player.client.closed:
             return False

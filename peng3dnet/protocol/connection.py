@@ -194,6 +194,9 @@ class ConnectionClosed:
     reason: str | None
     by_peer: bool
     error: RemoteProtocolError | None = None
+    eof: bool = False
+    """The socket ended (EOF or broke) without a ``closeconn``: the peer
+    vanished rather than closed."""
 
 
 Output = Union[
@@ -394,11 +397,15 @@ class ProtocolConnection:
         inflate budget); 0 once the connection is closed."""
         return 0 if self._done else len(self._frames)
 
-    def receive_eof(self, reason: str = "socketclose") -> None:
+    def receive_eof(self, reason: str = "socketclose", discard_held: bool = False) -> None:
         """The socket ended without ``closeconn`` (EOF, or broke: give the
-        reason).  Frames still held back by the quota are delivered first."""
+        reason).  Frames still held back by the quota are delivered first,
+        or, with ``discard_held`` (a resumable session: the peer sends them
+        again on the next socket), forgotten."""
         if self._done:
             return
+        if discard_held:
+            self._frames.clear()
         if self._frames:
             # What was held back comes first.  Over the inflate budget a
             # compressed packet is dropped now (the peer is gone; inflating
@@ -412,7 +419,7 @@ class ProtocolConnection:
         self._machine.process(I.EOF)
         self._done = self.closed = True
         self.close_reason = reason
-        self._outputs.append(ConnectionClosed(reason, by_peer=True))
+        self._outputs.append(ConnectionClosed(reason, by_peer=True, eof=True))
 
     def drain_received(self) -> list[Output]:
         """Return and forget what happened since the last call, in order."""

@@ -216,3 +216,34 @@ def test_player_names_are_cleaned_bounded_and_unique():
     assert clean_name("b o b", ["bob", "bob 2"]) == "b o b 3"
     assert clean_name("x" * 100, ["x" * MAX_NAME]) == "x" * (MAX_NAME - 2) + " 2"  # still bounded
     assert clean_name("alice", ["bob"]) == "alice"
+
+
+def test_a_bot_keeps_its_avatar_and_score_through_cut_connections(tmp_path):
+    """The bot's connection goes through a proxy that resets it every 0.7 s:
+    each time the session resumes; the bot keeps one entity, its score never
+    goes back, and its view agrees with the server's history."""
+    srv = run(["--server", "--host", "127.0.0.1", "--port", "0", "--lan-port", "0", "--duration", "8",
+               "--report", str(tmp_path / "server.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        port = int(re.search(r"port (\d+)", srv.stdout.readline()).group(1))
+        bot = run(["--connect", f"127.0.0.1:{port}", "--headless", "--name", "cutter", "--duration", "4",
+                   "--cut-every", "0.7", "--report", str(tmp_path / "bot.json")],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        rc = bot.wait(60)
+        err = bot.stderr.read()
+        bot.stderr.close()
+        assert rc == 0, err
+        assert srv.wait(60) == 0, srv.stderr.read()
+    finally:
+        reap(srv)
+    server = json.loads((tmp_path / "server.json").read_text())
+    rep = json.loads((tmp_path / "bot.json").read_text())
+    assert rep["stats"]["resumes"] >= 3, rep["stats"]  # 4 s, a cut every 0.7 s
+    assert len(rep["eids"]) == 1  # one avatar the whole game
+    ticks = sorted(int(t) for t, v in server["history"].items() if "cutter" in v)
+    assert ticks and ticks[-1] - ticks[0] + 1 == len(ticks)  # never left the game in between
+    scores = [server["history"][str(t)]["cutter"]["score"] for t in ticks]
+    assert scores == sorted(scores)  # a rejoin would have started again from 0
+    truth = server["history"][str(rep["tick"])]
+    assert rep["players"]["cutter"]["score"] == truth["cutter"]["score"]
+    assert rep["stats"]["desyncs"] == 0

@@ -153,7 +153,7 @@ def test_close_is_idempotent_and_eof():
         ConnectionClosed("bye", by_peer=False)
     ]
     p.server.receive_eof()
-    assert p.server.drain_received()[-1] == ConnectionClosed("socketclose", by_peer=True)
+    assert p.server.drain_received()[-1] == ConnectionClosed("socketclose", by_peer=True, eof=True)
     p.server.receive_eof()
     assert p.server.drain_received() == []
 
@@ -629,3 +629,22 @@ def test_call_requests_count_against_the_packet_quota():
     p.server.receive_data(b"")
     assert [type(o).__name__ for o in p.server.drain_received()] == ["CallRequested", "CallReplied"]
     assert p.server.frames_waiting == 0 and p.server.packet_quota == 4
+
+
+def test_eof_can_discard_held_frames_for_a_session():
+    """A resumable session's held frames are not delivered at EOF: the peer
+    sends them again on the next socket, so delivering them would duplicate."""
+    p = ConnectionPair()
+    p.start()
+    pid = p.sreg.get_id("app:a")
+    frames = b"".join(encode_frame(pid, 0, msgpack.packb(i)) for i in range(5))
+    for discard, expect in ((False, [0, 1, 2, 3, 4]), (True, [0, 1])):
+        q = ConnectionPair()
+        q.start()
+        q.server.packet_quota = 2
+        q.server.receive_data(frames)
+        q.server.receive_eof("socketclose", discard_held=discard)
+        outs = q.server.drain_received()
+        assert [o.msg for o in outs if isinstance(o, PacketReceived)] == expect
+        assert outs[-1] == ConnectionClosed("socketclose", by_peer=True, eof=True)
+    del p

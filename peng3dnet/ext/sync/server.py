@@ -364,7 +364,13 @@ class SyncServer:
         interest = self.interest
         batch = SnapshotBatch(tick)
         server = self.server
+        clients = server.clients
         for cid, cs in list(self._clients.items()):
+            client = clients.get(cid)
+            if client is not None and getattr(client, "suspended", False):
+                # Its session waits for a new socket: nothing queued for it;
+                # once back, it gets a delta from the tick it acknowledged last.
+                continue
             own = self.owners.get(cid)
             if interest is None:
                 view = snap
