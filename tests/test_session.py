@@ -379,3 +379,44 @@ def test_server_forgets_everything_after_a_resume(pairs):
     p.srec.wait_for("peng3dnet:server.connection.close", 2)  # the short-lived one, then the session's
     wait_for(lambda: not p.s._links and not p.s._sessions and not p.s.clients, what="nothing left")
     assert p.s.stats.connections_open == 0
+
+
+def test_login_is_checked_again_on_resume(net):
+    calls = []
+    allow = {"ok": True}
+
+    def hook(client, credentials):
+        calls.append((client, credentials))
+        if not allow["ok"]:
+            raise errors.AuthenticationError("banned")
+        return {"user": credentials}
+
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME}, authenticate=hook)
+    s.register_packet("t:num", Numbers(s.registry, s))
+    net.servers.append(s)
+    srec = net.recorder(s, "peng3dnet:server.*")
+    s.runAsync()
+    s.process_async()
+    proxy = LagProxy(("127.0.0.1", 0), s.addr).start()
+    try:
+        c = Client(addr=proxy.addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02}, credentials="ann")
+        c.register_packet("t:num", Numbers(c.registry, c))
+        net.clients.append(c)
+        crec = net.recorder(c, "peng3dnet:client.*")
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+        (cid,) = active_cids(s)
+        owner = s.clients[cid]
+        proxy.cut()
+        crec.wait_for("peng3dnet:client.resumed")
+        assert [(cl, cr) for cl, cr in calls] == [(owner, "ann"), (owner, "ann")]  # the same client object
+        allow["ok"] = False
+        proxy.cut()
+        (cl,) = crec.wait_for("peng3dnet:client.close")
+        assert cl["reason"] == "auth:banned"
+        closed = [d for d in srec.wait_for("peng3dnet:server.connection.close", 3) if d["client"] is owner]
+        assert [d["reason"] for d in closed] == ["auth:banned"]
+        wait_for(lambda: not s.clients and not s._sessions, what="the session gone")
+    finally:
+        proxy.stop()

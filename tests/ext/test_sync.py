@@ -70,3 +70,37 @@ def test_sync_works_with_events_disabled_on_both_sides(world, net):
     c.join(5)
     wait_for(lambda: game.sync.clients == [], what="the leave, without events")
     assert server_events.items == [] and client_events.items == []
+
+
+def test_sync_resumes_a_dropped_client_with_a_delta(world, net):
+    """A resumable client's socket is cut: it stays joined (same entity), the
+    server queues no snapshots for it while it has no socket, and the first
+    one after the resume is a delta from the tick it acknowledged last."""
+    from peng3dnet.tools.lagproxy import LagProxy
+
+    resume = {"net.session.resume": True}
+    s, game, _ = world.make(cfg=resume, tick_rate=50.0)
+    srec = net.recorder(s, "peng3dnet:*")
+    game.sync.start()
+    proxy = LagProxy(("127.0.0.1", 0), s.addr).start()
+    world.add(proxy.stop)
+    c, sc = world.join(s, proxy.addr, cfg={**resume, "net.client.reconnect.delay": 0.3})
+    crec = net.recorder(c, "peng3dnet:client.*")
+    own = sc.own
+    wait_for(lambda: game.sync.stats["snapshots"] >= 10, what="snapshots")
+    proxy.cut()
+    srec.wait_for("peng3dnet:server.connection.suspended")
+    sent_at_drop = game.sync.stats["snapshots"]
+    full_at_drop = game.sync.stats["full_snapshots"]
+    tick_at_drop = game.sync.tick
+    wait_for(lambda: game.sync.tick >= tick_at_drop + 5, what="ticks while it is away")
+    assert game.sync.stats["snapshots"] <= sent_at_drop + 1  # (one may have been on its way)
+    crec.wait_for("peng3dnet:client.resumed")
+    wait_for(lambda: sc.tick > tick_at_drop + 5, what="a snapshot after the resume")
+    assert game.sync.stats["full_snapshots"] == full_at_drop  # a delta, not a full snapshot
+    assert sc.own == own and own in game.sync.entities  # the same entity, never left
+    assert "peng3dnet:sync.leave" not in srec.names()
+    assert sc.stats["desyncs"] == 0
+    x0 = game.sync.entities[own]["x"]
+    sc.send_input({"dx": 1, "dy": 0, "dt": 0.1})  # inputs go on after the resume
+    wait_for(lambda: game.sync.entities[own]["x"] == x0 + 10.0, what="the input applied")
