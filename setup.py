@@ -25,7 +25,9 @@ setup(
     install_requires=["msgpack>=1.0,<2", "blinker>=1.6"],
     extras_require={
         "game": ["peng3d==1.11.*", "pyglet>=1.5.31,<2"],
+        "redis": ["redis>=5"],
         "test": [
+            "redis>=5",
             "pytest>=7",
             "pytest-timeout>=2",
             "hypothesis>=6",

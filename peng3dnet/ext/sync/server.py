@@ -158,6 +158,8 @@ class SyncServer:
         history: int = 64,
         interest: Callable[..., bool] | None = None,
         max_input_size: int = 4096,
+        members: Callable[[], Any] | None = None,
+        register: bool = True,
     ) -> None:
         self.server = server
         self.tick_rate = float(tick_rate)
@@ -165,6 +167,10 @@ class SyncServer:
         self.interest = interest
         self.max_input_size = int(max_input_size)
         """Largest input message accepted, in bytes of msgpack."""
+        self.members = members
+        """``None`` (every classic connection of the server joins), or a
+        callable returning the cids that may be joined (a room's members:
+        ``peng3dnet.ext.rooms``); a cid no longer in it leaves."""
         self.entities: View = {}
         """The authoritative state: entity id -> flat dict.  Replace values,
         do not mutate nested lists/dicts in place (views are shallow copies)."""
@@ -194,8 +200,9 @@ class SyncServer:
         self._accepting = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        server.register_packet(SNAPSHOT_PACKET, Packet(server.registry, server))
-        server.register_packet(INPUT_PACKET, _InputPacket(server.registry, server, self))
+        if register:  # (False: one of many on a server; whoever registered them routes inputs here)
+            server.register_packet(SNAPSHOT_PACKET, Packet(server.registry, server))
+            server.register_packet(INPUT_PACKET, _InputPacket(server.registry, server, self))
 
     # --- where the server's packets are processed --------------------------------------------
     def input_received(self, cid: int, msg: Any) -> None:
@@ -279,6 +286,9 @@ class SyncServer:
             q = self._inputs
             inputs = [q.popleft() for _ in range(len(q))]
             table = self.server.clients.copy()  # one C-level copy: the network thread may change it
+            if self.members is not None:
+                allowed = self.members()
+                table = {cid: c for cid, c in table.items() if cid in allowed}
             left = self._update_membership(table)
             self._apply_inputs(inputs)
             for cid in left:

@@ -1,0 +1,76 @@
+"""The lobby: matchmaking over the shared directory."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from ...errors import Peng3dNetError
+from .presence import Presence
+from .tokens import Seat, make_token
+
+__all__ = ["Lobby", "NoServerError"]
+
+
+class NoServerError(Peng3dNetError):
+    """No live server offers rooms of that kind with a free seat."""
+
+
+class Lobby:
+    """Places players in rooms across every server of the directory.
+
+    Args:
+        presence: The shared directory (a ``RedisPresence`` across processes).
+        secret: The cluster's seat-token secret (the servers' ``secret``).
+        seat_ttl: Seconds a reservation (and its token) stays valid.
+
+    Thread safety: any thread.
+    """
+
+    def __init__(self, presence: Presence, secret: bytes, seat_ttl: float = 15.0) -> None:
+        self.presence = presence
+        self.secret = secret
+        self.seat_ttl = seat_ttl
+
+    def matchmake(self, kind: str, options: dict[str, Any] | None = None, room: str | None = None) -> dict[str, Any]:
+        """Reserve a seat: in ``room`` (made on the least-loaded server if it
+        does not exist), or in the fullest room of ``kind`` that has a free
+        seat on a live server, or in a new room on the least-loaded server
+        that offers ``kind``.  Connect to ``addr`` and join with ``token``
+        (``RoomClient.join(seat=token)``, or as credentials ``{"seat": token}``
+        to a server whose login hook is ``RoomServer.authenticate``).
+
+        Returns:
+            ``{"addr": "host:port", "token": bytes, "room", "server", "kind"}``.
+
+        Raises:
+            NoServerError: No live server offers ``kind`` (or ``room`` is full).
+        """
+        servers = {sid: s for sid, s in self.presence.servers().items() if kind in (s.get("kinds") or {})}
+        if not servers:
+            raise NoServerError(f"no live server offers rooms of kind {kind!r}")
+        seat_id = uuid.uuid4().hex
+        rooms = self.presence.rooms(kind)
+        if room is not None:
+            candidates = [r for r in rooms if r["id"] == room]
+        else:
+            # Fill rooms first (most players first), then the least-loaded server.
+            candidates = sorted((r for r in rooms if r["seats"] > 0 and r["server"] in servers),
+                                key=lambda r: (-r["clients"], servers[r["server"]].get("load", 0.0)))
+        for r in candidates:
+            if self.presence.reserve_seat(r["id"], seat_id, self.seat_ttl):
+                return self._ticket(r["id"], r["server"], seat_id, kind, options, servers[r["server"]]["addr"])
+        if room is not None and candidates:
+            raise NoServerError(f"room {room!r} is full")
+        sid = min(servers, key=lambda s: (servers[s].get("load", 0.0), servers[s].get("players", 0), s))
+        name = room or f"{kind}-{uuid.uuid4().hex[:8]}"
+        info = {"server": sid, "kind": kind, "clients": 0, "max_clients": int(servers[sid]["kinds"][kind]),
+                "addr": servers[sid]["addr"], "created": time.time()}
+        if not self.presence.reserve_seat(name, seat_id, self.seat_ttl, info):
+            raise NoServerError(f"room {name!r} is full")
+        return self._ticket(name, sid, seat_id, kind, options, servers[sid]["addr"])
+
+    def _ticket(self, room: str, server: str, seat: str, kind: str, options: Any, addr: str) -> dict[str, Any]:
+        token = make_token(self.secret, Seat(room, server, seat, kind, time.time() + self.seat_ttl, options or {}))
+        return {"addr": addr, "token": token, "room": room, "server": server, "kind": kind}

@@ -1,0 +1,444 @@
+"""Rooms on a server: many named rooms per process, each with its members,
+its own state and tick, join/leave with a maximum size, and a directory
+shared with other processes through a :class:`~.presence.Presence`.
+
+Threads: join and leave run where the server's handlers run (they are
+calls: ``peng3dnet:rooms.join``/``.leave``); ticks, the membership check
+(a client that closed leaves its room) and the presence refresh run on the
+thread "peng3dnet rooms" (:meth:`RoomServer.start`).  Room hooks run under
+:attr:`RoomServer.lock`, so a room's state is only ever touched by one
+thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import uuid
+from typing import Any
+
+from ...errors import CallError, Peng3dNetError
+from ...packet import Packet
+from ...userlog import report_user_error
+from ..sync import INPUT_PACKET, SNAPSHOT_PACKET, SyncServer
+from .presence import LocalPresence, Presence
+from .tokens import Seat, TokenError, read_token
+
+__all__ = ["Room", "RoomServer", "JOIN_PACKET", "LEAVE_PACKET", "CLUSTER_EVENT"]
+
+log = logging.getLogger(__name__)
+
+JOIN_PACKET = "peng3dnet:rooms.join"
+"""Called by a client: ``{"room", "kind", "options", "seat"}`` -> ``{"room", "kind", "clients", "data"}``."""
+LEAVE_PACKET = "peng3dnet:rooms.leave"
+CLUSTER_EVENT = "peng3dnet:cluster.message"
+
+
+class Room:
+    """A room: subclass it, set the class attributes, override the hooks.
+
+    Hooks (all under the room server's lock): ``on_create(options)``;
+    ``on_join(client, options)``, whose return value goes back to the
+    joining client as ``data`` (raise :class:`~peng3dnet.errors.CallError`
+    to refuse with a reason); ``on_leave(client)``; ``on_dispose()``;
+    ``on_tick(dt)`` at the room server's tick rate.
+    """
+
+    max_clients = 8
+    """Seats of the room."""
+    auto_dispose = True
+    """Dispose of the room when its last member leaves."""
+    synced = False
+    """Give the room a :class:`~peng3dnet.ext.sync.SyncServer` (``self.sync``)
+    of its own, ticked with the room, for the room's members only (the room
+    server must be made with ``sync=True``)."""
+
+    def __init__(self, rooms: RoomServer, name: str, kind: str, options: dict[str, Any]) -> None:
+        self.rooms = rooms
+        self.server = rooms.server
+        self.name = name
+        self.kind = kind
+        self.options = options
+        self.members: dict[int, Any] = {}
+        """cid -> ClientOnServer of the clients in the room."""
+        self.created = time.time()
+        self.sync: SyncServer | None = None
+        if self.synced:
+            self.sync = SyncServer(self.server, tick_rate=rooms.tick_rate, members=lambda: self.members, register=False)
+
+    # --- hooks -------------------------------------------------------------------------------
+    def on_create(self, options: dict[str, Any]) -> None:
+        """The room was made."""
+
+    def on_join(self, client: Any, options: dict[str, Any]) -> Any:
+        """A client joins; return data for it, or raise CallError to refuse."""
+        return None
+
+    def on_leave(self, client: Any) -> None:
+        """A client left (it asked, joined another room, or closed)."""
+
+    def on_dispose(self) -> None:
+        """The room is going away."""
+
+    def on_tick(self, dt: float) -> None:
+        """Every tick of the room server."""
+
+    # --- tools -------------------------------------------------------------------------------
+    def broadcast(self, ptype: Any, data: Any) -> int:
+        """Send one message to every member (encoded once); how many got it."""
+        return int(self.server.broadcast(ptype, data, cids=list(self.members)))
+
+    @property
+    def full(self) -> bool:
+        return len(self.members) >= self.max_clients
+
+    def info(self) -> dict[str, Any]:
+        """What the directory shows of the room."""
+        return {
+            "server": self.rooms.server_id, "kind": self.kind, "clients": len(self.members),
+            "max_clients": self.max_clients, "addr": self.rooms.public_addr, "created": self.created,
+        }
+
+
+class _RouteInput(Packet):
+    """Sync inputs to the SyncServer of the sender's room."""
+
+    def __init__(self, reg: Any, peer: Any, rooms: RoomServer) -> None:
+        super().__init__(reg, peer)
+        self.rooms = rooms
+
+    def receive(self, msg: Any, cid: int | None = None) -> None:
+        room = self.rooms.room_of(cid) if cid is not None else None
+        if room is not None and room.sync is not None and cid is not None:
+            room.sync.input_received(cid, msg)
+
+
+class RoomServer:
+    """The rooms of one :class:`~peng3dnet.net.Server`.
+
+    Args:
+        server: The server (register the room server before it accepts clients).
+        presence: Where the directory lives (default: a :class:`LocalPresence`).
+        server_id: This process's id in the directory (default: random).
+        public_addr: ``"host:port"`` clients reach this server at (default:
+            the bound address, once bound).
+        secret: Shared secret of the cluster's seat tokens (bytes); every
+            server and lobby of a cluster needs the same one.  Default: a
+            random one (tokens of this process only).
+        tick_rate: Ticks per second of the rooms (and of their sync).
+        ttl: Seconds the directory keeps this server and its rooms without
+            a refresh (refreshed three times per ``ttl``).
+        sync: Register ``ext.sync``'s packets, routed to each room's own
+            SyncServer (rooms with ``synced = True``); clients then need a
+            ``SyncClient``.
+
+    Thread safety: every method from any thread.
+    """
+
+    def __init__(
+        self,
+        server: Any,
+        presence: Presence | None = None,
+        *,
+        server_id: str | None = None,
+        public_addr: str | None = None,
+        secret: bytes | None = None,
+        tick_rate: float = 20.0,
+        ttl: float = 5.0,
+        sync: bool = False,
+    ) -> None:
+        self.server = server
+        self.presence = presence if presence is not None else LocalPresence()
+        self.server_id = server_id or uuid.uuid4().hex[:12]
+        self._public_addr = public_addr
+        self.secret = secret if secret is not None else secrets.token_bytes(32)
+        self.tick_rate = float(tick_rate)
+        self.ttl = float(ttl)
+        self.lock = threading.RLock()
+        """Guards the rooms; room hooks run under it."""
+        self.kinds: dict[str, tuple[type[Room], dict[str, Any]]] = {}
+        self.rooms: dict[str, Room] = {}
+        """name -> room."""
+        self._room_of: dict[int, Room] = {}
+        self._channels: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stats = {"joins": 0, "leaves": 0, "created": 0, "disposed": 0, "refused": 0, "ticks": 0}
+        server.handler(JOIN_PACKET)(self._join_call)
+        server.handler(LEAVE_PACKET)(self._leave_call)
+        if sync:
+            server.register_packet(SNAPSHOT_PACKET, Packet(server.registry, server))
+            server.register_packet(INPUT_PACKET, _RouteInput(server.registry, server, self))
+
+    @property
+    def public_addr(self) -> str:
+        if self._public_addr is not None:
+            return self._public_addr
+        host, port = self.server.addr[0], self.server.addr[1]
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+    # --- rooms ---------------------------------------------------------------------------------
+    def define(self, kind: str, room_cls: type[Room] = Room, **options: Any) -> None:
+        """Make rooms of ``kind`` with ``room_cls`` (``options``: defaults
+        of every room of that kind)."""
+        with self.lock:
+            self.kinds[kind] = (room_cls, options)
+
+    def create(self, kind: str, name: str | None = None, options: dict[str, Any] | None = None) -> Room:
+        """Make a room (``name``: default a new unique one).
+
+        Raises:
+            CallError: Unknown kind, or the name is taken.
+        """
+        with self.lock:
+            if kind not in self.kinds:
+                raise CallError(f"no rooms of kind {kind!r} here")
+            name = name or f"{kind}-{uuid.uuid4().hex[:8]}"
+            if name in self.rooms:
+                raise CallError(f"room {name!r} exists")
+            cls, defaults = self.kinds[kind]
+            opts = {**defaults, **(options or {})}
+            room = cls(self, name, kind, opts)
+            self.rooms[name] = room
+            self.stats["created"] += 1
+            try:
+                room.on_create(opts)
+            except Exception:
+                report_user_error("! rooms: on_create of %s raised", name)
+            self._publish_room(room)
+            self.server.sendEvent("peng3dnet:room.create", {"room": room})
+            return room
+
+    def room_of(self, cid: int) -> Room | None:
+        """The room client ``cid`` is in."""
+        return self._room_of.get(cid)
+
+    def dispose(self, room: Room) -> None:
+        """Close a room: its members leave it first."""
+        with self.lock:
+            for cid in list(room.members):
+                self._leave(cid)
+            if self.rooms.get(room.name) is room:
+                self._dispose(room)
+
+    def _dispose(self, room: Room) -> None:
+        del self.rooms[room.name]
+        self.stats["disposed"] += 1
+        try:
+            room.on_dispose()
+        except Exception:
+            report_user_error("! rooms: on_dispose of %s raised", room.name)
+        try:
+            self.presence.remove_room(room.name)
+        except Peng3dNetError as exc:
+            log.warning("rooms: cannot remove %s from the directory: %s", room.name, exc)
+        self.server.sendEvent("peng3dnet:room.dispose", {"room": room})
+
+    # --- join / leave (the calls) ------------------------------------------------------------------
+    def authenticate(self, client: Any, credentials: Any) -> Any:
+        """A login hook (``Server(authenticate=rooms.authenticate)``) that
+        admits clients holding a seat token of this server (``credentials``:
+        ``{"seat": token}``) and refuses the rest; the seat is then taken by
+        the client's join call.  Raises AuthenticationError (``auth:...``)."""
+        from ...errors import AuthenticationError
+
+        token = credentials.get("seat") if isinstance(credentials, dict) else None
+        try:
+            seat = self._check_seat(token)
+        except CallError as exc:
+            raise AuthenticationError(str(exc)) from None
+        return {"seat": seat}
+
+    def _check_seat(self, token: Any) -> Seat:
+        try:
+            seat = read_token(self.secret, token)
+        except TokenError as exc:
+            raise CallError(str(exc)) from None
+        if seat.server != self.server_id:
+            raise CallError("the seat is on another server")
+        if not self.presence.claim(seat.seat, max(1.0, seat.expires - time.time() + 60)):
+            raise CallError("the seat token was used already")
+        return seat
+
+    def _join_call(self, msg: Any, cid: int) -> Any:
+        if not isinstance(msg, dict):
+            raise CallError("bad join request")
+        client = self.server.clients.get(cid)
+        if client is None:
+            raise CallError("gone")
+        raw_options = msg.get("options")
+        options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
+        name = msg.get("room") if isinstance(msg.get("room"), str) else None
+        kind = msg.get("kind") if isinstance(msg.get("kind"), str) else None
+        seat: Seat | None = None
+        auth = getattr(client, "auth_data", None)
+        if isinstance(auth, dict) and isinstance(auth.get("seat"), Seat):
+            seat = auth.pop("seat")  # checked and claimed at login
+        elif msg.get("seat") is not None:
+            seat = self._check_seat(msg.get("seat"))
+        with self.lock:
+            try:
+                room: Room | None
+                if seat is not None:
+                    room = self.rooms.get(seat.room) or self.create(seat.kind, seat.room, seat.options or {})
+                elif name is not None:
+                    room = self.rooms.get(name) or (self.create(kind, name, options) if kind else None)
+                    if room is None:
+                        raise CallError(f"no room {name!r}")
+                elif kind is not None:
+                    free = [r for r in self.rooms.values() if r.kind == kind and not r.full]
+                    room = max(free, key=lambda r: len(r.members)) if free else self.create(kind, None, options)
+                else:
+                    raise CallError("join needs a room, a kind or a seat")
+                if room.full and cid not in room.members:
+                    raise CallError(f"room {room.name!r} is full")
+                if self._room_of.get(cid) is room:
+                    return {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": None}
+                data = room.on_join(client, options)
+            except CallError:
+                self.stats["refused"] += 1
+                if seat is not None:
+                    self.presence.release_seat(seat.room, seat.seat)
+                raise
+            if cid in self._room_of:
+                self._leave(cid)
+            room.members[cid] = client
+            self._room_of[cid] = room
+            self.stats["joins"] += 1
+            self._publish_room(room)
+            if seat is not None:
+                self.presence.release_seat(room.name, seat.seat)  # (after the count went up: never double booked)
+            self.server.sendEvent("peng3dnet:room.join", {"room": room, "client": client})
+            return {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": data}
+
+    def _leave_call(self, msg: Any, cid: int) -> Any:
+        with self.lock:
+            return self._leave(cid)
+
+    def _leave(self, cid: int) -> bool:
+        """Take ``cid`` out of its room (lock held)."""
+        room = self._room_of.pop(cid, None)
+        if room is None:
+            return False
+        client = room.members.pop(cid, None)
+        self.stats["leaves"] += 1
+        try:
+            room.on_leave(client)
+        except Exception:
+            report_user_error("! rooms: on_leave of %s raised", room.name)
+        self.server.sendEvent("peng3dnet:room.leave", {"room": room, "client": client})
+        if not room.members and room.auto_dispose and self.rooms.get(room.name) is room:
+            self._dispose(room)
+        else:
+            self._publish_room(room)
+        return True
+
+    # --- the directory ---------------------------------------------------------------------------
+    def _publish_room(self, room: Room) -> None:
+        try:
+            self.presence.set_room(room.name, room.info(), self.ttl)
+        except Peng3dNetError as exc:
+            log.warning("rooms: cannot publish %s: %s", room.name, exc)
+
+    def server_info(self) -> dict[str, Any]:
+        players = len(self._room_of)
+        capacity = int(self.server.cfg["net.limits.max_clients"]) or 1
+        return {
+            "addr": self.public_addr, "kinds": {k: c.max_clients for k, (c, _) in self.kinds.items()},
+            "players": players, "rooms": len(self.rooms), "load": players / capacity,
+        }
+
+    def refresh(self) -> None:
+        """Tell the directory we are alive, with our rooms (the rooms thread
+        does it every ``ttl / 3``)."""
+        with self.lock:
+            info = self.server_info()
+            rooms = list(self.rooms.values())
+        self.presence.register_server(self.server_id, info, self.ttl)
+        for room in rooms:
+            self._publish_room(room)
+
+    # --- messages between processes -------------------------------------------------------------
+    def subscribe(self, channel: str) -> None:
+        """Deliver messages published on ``channel`` (by any process) as
+        ``peng3dnet:cluster.message`` events ``{channel, data}`` of this
+        server (on the presence's thread)."""
+        if channel not in self._channels:
+            self._channels.add(channel)
+            self.presence.subscribe(channel, self._on_message)
+
+    def _on_message(self, channel: str, data: Any) -> None:
+        self.server.sendEvent(CLUSTER_EVENT, {"channel": channel, "data": data})
+
+    def publish(self, channel: str, data: Any) -> int:
+        """Send ``data`` to the subscribers of ``channel`` in every process."""
+        return self.presence.publish(channel, data)
+
+    # --- the rooms thread ---------------------------------------------------------------------------
+    def start(self) -> threading.Thread:
+        """Register in the directory and start ticking (thread "peng3dnet rooms")."""
+        self.refresh()
+        self._stop.clear()
+        t = threading.Thread(target=self._run, name="peng3dnet rooms", daemon=True)
+        self._thread = t
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        """Stop ticking, dispose of every room, leave the directory."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        with self.lock:
+            for room in list(self.rooms.values()):
+                self.dispose(room)
+        for channel in list(self._channels):
+            self.presence.unsubscribe(channel, self._on_message)
+        self._channels.clear()
+        try:
+            self.presence.unregister_server(self.server_id)
+        except Peng3dNetError as exc:
+            log.warning("rooms: cannot leave the directory: %s", exc)
+
+    def _run(self) -> None:
+        period = 1.0 / self.tick_rate
+        next_tick = time.monotonic()
+        next_refresh = next_tick + self.ttl / 3
+        while not self._stop.is_set():
+            try:
+                self.step(period)
+            except Exception:
+                report_user_error("! rooms: a tick raised")
+            now = time.monotonic()
+            if now >= next_refresh:
+                next_refresh = now + self.ttl / 3
+                try:
+                    self.refresh()
+                except Peng3dNetError as exc:
+                    log.warning("rooms: directory refresh failed: %s", exc)
+            next_tick += period
+            delay = next_tick - time.monotonic()
+            if delay < -period:
+                next_tick, delay = time.monotonic(), 0.0
+            if delay > 0:
+                self._stop.wait(delay)
+
+    def step(self, dt: float | None = None) -> None:
+        """One tick of every room: members that closed leave, then each
+        room's sync and ``on_tick`` (the rooms thread, or a test's)."""
+        dt = 1.0 / self.tick_rate if dt is None else dt
+        with self.lock:
+            self.stats["ticks"] += 1
+            clients = self.server.clients
+            for cid in [c for c in self._room_of if c not in clients]:
+                self._leave(cid)
+            for room in list(self.rooms.values()):
+                if room.sync is not None:
+                    room.sync.step(dt)
+                try:
+                    room.on_tick(dt)
+                except Exception:
+                    report_user_error("! rooms: on_tick of %s raised", room.name)

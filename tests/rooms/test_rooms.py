@@ -1,0 +1,290 @@
+"""Rooms on one process (LocalPresence): join, leave, size limit, dispose,
+hooks and events, per-room sync, seat tokens and the lobby."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from peng3dnet import errors
+from peng3dnet.ext.rooms import Lobby, LocalPresence, Room, RoomClient, RoomServer, Seat, make_token, read_token
+from peng3dnet.ext.rooms.tokens import TokenError
+from peng3dnet.ext.sync import SyncClient
+from peng3dnet.net import Client, Server
+from tests.conftest import Recorder
+from tests.helpers import wait_for
+
+
+class Arena(Room):
+    max_clients = 3
+    log: list = []
+
+    def on_create(self, options):
+        self.log.append(("create", self.name, options.get("mode")))
+
+    def on_join(self, client, options):
+        if options.get("name") == "troll":
+            raise errors.CallError("no trolls")
+        self.log.append(("join", self.name, client.cid))
+        return {"welcome": options.get("name"), "members": sorted(self.members)}
+
+    def on_leave(self, client):
+        self.log.append(("leave", self.name, client.cid))
+
+    def on_dispose(self):
+        self.log.append(("dispose", self.name))
+
+
+class World:
+    def __init__(self, net, **kw):
+        Arena.log = []
+        self.s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+        self.rooms = RoomServer(self.s, **kw)
+        self.rooms.define("arena", Arena, mode="ffa")
+        net.servers.append(self.s)
+        self.rec = net.recorder(self.s, "peng3dnet:room.*")
+        self.s.runAsync()
+        self.s.process_async()
+        self.rooms.start()
+        self.net = net
+
+    def client(self, sync=False):
+        c = Client(addr=self.s.addr)
+        rc = RoomClient(c)
+        sc = SyncClient(c) if sync else None
+        self.net.clients.append(c)
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+        return c, rc, sc
+
+    def close(self):
+        self.rooms.stop()
+
+
+@pytest.fixture
+def world(net):
+    made = []
+
+    def make(**kw):
+        w = World(net, **kw)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close()
+
+
+def test_join_by_kind_fills_a_room_then_makes_another(world):
+    w = world()
+    players = [w.client() for _ in range(4)]
+    answers = [rc.join(kind="arena", options={"name": f"p{i}"}) for i, (_, rc, _) in enumerate(players)]
+    first = answers[0]["room"]
+    assert [a["room"] for a in answers[:3]] == [first] * 3  # filled first
+    assert answers[3]["room"] != first  # the fourth gets a new room: max_clients = 3
+    assert answers[2]["clients"] == 3 and answers[0]["data"]["welcome"] == "p0"
+    cid0 = min(w.rooms.rooms[first].members)  # the first player's connection
+    assert answers[0]["data"]["members"] == [] and answers[1]["data"]["members"] == [cid0]
+    assert [e for e in Arena.log if e[0] == "create"] == [("create", first, "ffa"), ("create", answers[3]["room"], "ffa")]
+    assert {r["id"]: r["clients"] for r in w.rooms.presence.rooms("arena")} == {first: 3, answers[3]["room"]: 1}
+
+
+def test_full_room_refuses_by_name_and_the_room_can_refuse(world):
+    w = world()
+    room = w.rooms.create("arena", "pit")
+    ps = [w.client() for _ in range(4)]
+    for _, rc, _ in ps[:3]:
+        rc.join("pit")
+    with pytest.raises(errors.RemoteCallError, match="full"):
+        ps[3][1].join("pit")
+    assert len(room.members) == 3
+    other = w.rooms.create("arena", "den")
+    with pytest.raises(errors.RemoteCallError, match="no trolls"):
+        ps[3][1].join("den", options={"name": "troll"})
+    assert other.members == {}
+    with pytest.raises(errors.RemoteCallError, match="no room 'nowhere'"):
+        ps[3][1].join("nowhere")
+    assert ps[3][1].join("nowhere", kind="arena")["room"] == "nowhere"  # join or create
+
+
+def test_leave_close_and_dispose(world):
+    w = world()
+    (_, rc1, _), (c2, rc2, _) = w.client(), w.client()
+    name = rc1.join(kind="arena")["room"]
+    assert rc2.join(name)["clients"] == 2
+    assert rc1.leave() is True and rc1.room is None
+    c2.close("bye")  # closing leaves the room too (the rooms thread notices)
+    w.rec.wait_for("peng3dnet:room.dispose")
+    assert name not in w.rooms.rooms and w.rooms.presence.rooms() == []
+    events = [e for e in w.rec.names()]
+    assert events == ["peng3dnet:room.create", "peng3dnet:room.join", "peng3dnet:room.join", "peng3dnet:room.leave",
+                      "peng3dnet:room.leave", "peng3dnet:room.dispose"]
+    assert Arena.log[-1] == ("dispose", name)
+
+
+def test_switching_rooms_leaves_the_old_one(world):
+    w = world()
+    _, rc, _ = w.client()
+    a = rc.join("a", kind="arena")["room"]
+    b = rc.join("b", kind="arena")["room"]
+    assert (a, b) == ("a", "b") and "a" not in w.rooms.rooms  # auto-disposed when left empty
+    assert len(w.rooms.rooms["b"].members) == 1 and w.rooms.stats["leaves"] == 1
+
+
+def test_broadcast_reaches_only_the_room(world, net):
+    w = world()
+    got: dict[int, list] = {}
+
+    from peng3dnet.packet import Packet
+
+    class Chat(Packet):
+        def receive(self, msg, cid=None):
+            got.setdefault(id(self.peer), []).append(msg)
+
+    w.s.register_packet("game:chat", Packet(w.s.registry, w.s))
+    clients = []
+    for _ in range(3):
+        c = Client(addr=w.s.addr)
+        c.register_packet("game:chat", Chat(c.registry, c))
+        rc = RoomClient(c)
+        net.clients.append(c)
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+        clients.append((c, rc))
+    clients[0][1].join("red", kind="arena")
+    clients[1][1].join("red")
+    clients[2][1].join("blue", kind="arena")
+    assert w.rooms.rooms["red"].broadcast("game:chat", "hello red") == 2
+    wait_for(lambda: len(got) == 2, what="two receivers")
+    assert sorted(map(len, got.values())) == [1, 1] and id(clients[2][0]) not in got
+
+
+def test_per_room_sync(world):
+    class Synced(Room):
+        synced = True
+        max_clients = 4
+
+        def on_join(self, client, options):
+            eid = f"p{client.cid}"
+            self.sync.entities[eid] = {"x": 0.0, "room": self.name}
+            self.sync.owners[client.cid] = eid
+
+    w = world(sync=True)
+    w.rooms.define("synced", Synced)
+    (_, rc1, sc1), (_, rc2, _), (_, rc3, sc3) = w.client(True), w.client(True), w.client(True)
+    rc1.join("one", kind="synced")
+    rc2.join("one")
+    rc3.join("two", kind="synced")
+    wait_for(lambda: sc1.own in sc1.view and len(sc1.view) == 2 and sc3.own in sc3.view, what="room views")
+    assert {e["room"] for e in sc1.view.values()} == {"one"}  # only its room's entities
+    assert set(sc3.view) == {sc3.own} and sc3.view[sc3.own]["room"] == "two"
+    sc3.send_input({"dx": 1})  # routed to room two's SyncServer
+    wait_for(lambda: w.rooms.rooms["two"].sync.stats["inputs"] == 1, what="the input in room two")
+    assert w.rooms.rooms["one"].sync.stats["inputs"] == 0
+
+
+def test_seat_tokens_are_signed_expiring_and_used_once(world):
+    w = world()
+    secret = w.rooms.secret
+    seat = Seat("r1", w.rooms.server_id, "seat-1", "arena", time.time() + 30, {"mode": "duel"})
+    token = make_token(secret, seat)
+    assert read_token(secret, token) == seat
+    with pytest.raises(TokenError, match="forged"):
+        read_token(b"other secret", token)
+    with pytest.raises(TokenError, match="forged"):
+        read_token(secret, token[:-1] + bytes([token[-1] ^ 1]))
+    with pytest.raises(TokenError, match="expired"):
+        read_token(secret, make_token(secret, seat._replace(expires=time.time() - 1)))
+    with pytest.raises(TokenError, match="malformed"):
+        read_token(secret, b"short")
+    _, rc, _ = w.client()
+    assert rc.join(seat=token)["room"] == "r1"  # the room is made from the seat
+    assert Arena.log[0] == ("create", "r1", "duel")
+    _, rc2, _ = w.client()
+    with pytest.raises(errors.RemoteCallError, match="used already"):
+        rc2.join(seat=token)
+    elsewhere = make_token(secret, seat._replace(server="another", seat="seat-2"))
+    with pytest.raises(errors.RemoteCallError, match="another server"):
+        rc2.join(seat=elsewhere)
+
+
+def test_lobby_matchmakes_across_servers_of_one_presence(net):
+    presence = LocalPresence()
+    secret = b"s" * 32
+    worlds = []
+    for _ in range(2):
+        s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+        rooms = RoomServer(s, presence, secret=secret)
+        rooms.define("arena", Arena)
+        net.servers.append(s)
+        s.runAsync()
+        s.process_async()
+        rooms.start()
+        worlds.append(rooms)
+    try:
+        lobby = Lobby(presence, secret)
+        tickets = [lobby.matchmake("arena") for _ in range(4)]
+        # 3 seats in the first room (reserved), the fourth opens a room on the least-loaded server
+        assert len({t["room"] for t in tickets[:3]}) == 1 and tickets[3]["room"] != tickets[0]["room"]
+        joined = []
+        for t in tickets:
+            c = Client(addr=t["addr"])
+            rc = RoomClient(c)
+            net.clients.append(c)
+            c.runAsync()
+            c.process_async()
+            c.wait_for_connection(10)
+            joined.append(rc.join(seat=t["token"]))
+        assert [j["room"] for j in joined] == [t["room"] for t in tickets]
+        by_room = {r["id"]: r for r in presence.rooms("arena")}
+        assert by_room[tickets[0]["room"]]["clients"] == 3 and by_room[tickets[0]["room"]]["seats"] == 0
+        with pytest.raises(errors.Peng3dNetError):
+            lobby.matchmake("nosuchkind")
+    finally:
+        for rooms in worlds:
+            rooms.stop()
+
+
+def test_seat_checked_at_login(net):
+    secret = b"k" * 32
+    holder: dict = {}
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)}, authenticate=lambda c, cr: holder["rooms"].authenticate(c, cr))
+    rooms = holder["rooms"] = RoomServer(s, secret=secret)
+    rooms.define("arena", Arena)
+    net.servers.append(s)
+    s.runAsync()
+    s.process_async()
+    rooms.start()
+    try:
+        lobby = Lobby(rooms.presence, secret)
+        t = lobby.matchmake("arena")
+        bad = Client(addr=s.addr, credentials={"seat": b"x" * 40})
+        RoomClient(bad)
+        net.clients.append(bad)
+        bad.runAsync()
+        with pytest.raises(errors.AuthenticationError, match="forged"):
+            bad.wait_for_connection(10)
+        good = Client(addr=s.addr, credentials={"seat": t["token"]})
+        rc = RoomClient(good)
+        net.clients.append(good)
+        good.runAsync()
+        good.process_async()
+        good.wait_for_connection(10)
+        assert rc.join()["room"] == t["room"]  # the seat checked at login
+    finally:
+        rooms.stop()
+
+
+def test_cluster_messages_in_one_process(world):
+    w = world()
+    rec = Recorder(w.s, "peng3dnet:cluster.*")
+    try:
+        w.rooms.subscribe("chat")
+        assert w.rooms.publish("chat", {"from": "a", "text": "hi"}) == 1
+        (d,) = rec.wait_for("peng3dnet:cluster.message")
+        assert d["channel"] == "chat" and d["data"] == {"from": "a", "text": "hi"}
+    finally:
+        rec.close()
