@@ -19,6 +19,11 @@ WASD move; coins score; Escape quits.
   --duration S            exit cleanly after S seconds
   --screenshot PATH       save the window as PNG before exiting
   --report PATH           write a JSON summary at exit
+
+A cluster (rooms on several server processes, a directory on Redis):
+  --server --port P --cluster redis://127.0.0.1:6379   one server process of the cluster
+  --lobby redis://127.0.0.1:6379 --room NAME           join room NAME wherever it is (made if new)
+  (every process of a cluster needs the same PENG3DNET_CLUSTER_SECRET)
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--name", default="you")
     ap.add_argument("--lag", type=float, default=0.0, metavar="MS")
     ap.add_argument("--cut-every", type=float, default=0.0, metavar="S")
+    ap.add_argument("--cluster", metavar="REDIS_URL")
+    ap.add_argument("--lobby", metavar="REDIS_URL")
+    ap.add_argument("--room", default=None)
     ap.add_argument("--duration", type=float, default=None, metavar="S")
     ap.add_argument("--screenshot", metavar="PATH")
     ap.add_argument("--report", metavar="PATH")
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from peng3dnet.tools.lagproxy import LagProxy
     from peng3dnet.util import normalize_addr_socketstyle
 
-    from .netgame import ArenaClient, ArenaServer, Bot
+    from .netgame import ArenaClient, ArenaServer, Bot, ClusterArenaServer, matchmake
 
     lan_port = DISCOVERY_PORT if args.lan_port is None else args.lan_port
     if args.no_threads and not (args.headless or args.server):
@@ -81,9 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (systemd, docker stop, kill) stops as Ctrl-C does: every
         # client gets "servershutdown", the report is written, exit 0.
         signal.signal(signal.SIGTERM, _raise_interrupt)
-        srv = ArenaServer(host=args.host, port=args.port, lan=True, lan_port=lan_port).start()
+        srv: Any
+        if args.cluster:
+            srv = ClusterArenaServer(args.cluster, host=args.host, port=args.port).start()
+        else:
+            srv = ArenaServer(host=args.host, port=args.port, lan=True, lan_port=lan_port).start()
         print(f"arena server on port {srv.port}", flush=True)
-        if srv.lan_addr is not None:
+        if getattr(srv, "lan_addr", None) is not None:
             print(f"LAN discovery on udp port {srv.lan_addr[1]}", flush=True)
         try:
             threading.Event().wait(args.duration)
@@ -93,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         srv.stop()
         write_report(args.report, report)
         return 0
-
     server = None
-    if args.connect:
+    seat = None
+    if args.lobby:
+        seat = matchmake(args.lobby, args.room)
+        addr = normalize_addr_socketstyle(seat["addr"], 8080)
+        print(f"room {seat['room']} on {seat['addr']}", flush=True)
+    elif args.connect:
         addr = normalize_addr_socketstyle(args.connect, 8080)
     elif args.lan:
         found = discover_servers(lan_port, timeout=1.5, addr=args.lan_addr)
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {}
     try:
         if args.headless:
-            me = Bot(my_addr, args.name).start()
+            me = Bot(my_addr, args.name, seat=seat).start()
             try:
                 threading.Event().wait(args.duration)
             except KeyboardInterrupt:
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             from .window import ArenaGame
 
             # the window processes the client's packets on the main thread
-            player = ArenaClient(my_addr, args.name).start(process=False)
+            player = ArenaClient(my_addr, args.name, seat=seat).start(process=False)
             keys = []
             for item in filter(None, args.test_keys.split(",")):
                 name, span = item.split("@")

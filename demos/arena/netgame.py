@@ -12,8 +12,10 @@ from typing import Any
 from peng3dnet import events
 from peng3dnet.errors import InvalidAddressError, NetworkError
 from peng3dnet.ext.discovery import DISCOVERY_PORT, DiscoveryResponder
+from peng3dnet.ext.rooms import Lobby, Room, RoomClient, RoomServer
 from peng3dnet.ext.sync import SyncClient, SyncServer
 from peng3dnet.net import Client, Server
+from peng3dnet.packet import Packet
 
 from .game import TICK_RATE, Rules, apply_input, bot_input, clean_name, color_for, new_player, players_by_name
 
@@ -122,13 +124,181 @@ class ArenaServer:
             }
 
 
+# --- the cluster: rooms on many server processes, a directory on Redis -------------------------
+
+KIND = "arena"
+CHAT_PACKET = "arena:chat"
+"""Client -> its server: a chat line; server -> its clients: a line from any server of the cluster."""
+BOARD_PACKET = "arena:board"
+"""Server -> the members of a room, once a second: the cluster's leaderboard ``[[name, score], ...]``."""
+BOARD_KEY = "arena:board"
+CHAT_CHANNEL = "arena:chat"
+DEMO_SECRET = b"peng3dnet arena demo secret: set PENG3DNET_CLUSTER_SECRET"
+
+
+def cluster_secret() -> bytes:
+    """The seat-token secret every server and lobby of the cluster shares."""
+    import os
+
+    env = os.environ.get("PENG3DNET_CLUSTER_SECRET")
+    return env.encode() if env else DEMO_SECRET
+
+
+class ArenaRoom(Room):
+    """One arena: its own sync, rules and history; scores go to the cluster's leaderboard."""
+
+    max_clients = 8
+    synced = True
+
+    def on_create(self, options: dict[str, Any]) -> None:
+        assert self.sync is not None
+        self.rules = Rules(seed=abs(hash(self.name)) % 1000)
+        self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+        self._board_at = 0.0
+        self.sync.on_join = self._sync_join
+        self.sync.on_input = self._sync_input
+        self.sync.on_step = self._sync_step
+
+    def _sync_join(self, cid: int) -> None:
+        assert self.sync is not None
+        eid = f"p{cid}"
+        self.sync.entities[eid] = new_player(f"player{cid}", seed=cid)
+        self.sync.owners[cid] = eid
+
+    def on_leave(self, client: Any) -> None:
+        assert self.sync is not None
+        eid = self.sync.owners.pop(client.cid, None)
+        if eid is not None:
+            self.sync.entities.pop(eid, None)
+
+    def _sync_input(self, cid: int, eid: str | None, inp: Any) -> None:
+        assert self.sync is not None
+        entities = self.sync.entities
+        if eid is None or eid not in entities or not isinstance(inp, dict):
+            return
+        name = inp.get("name")
+        if isinstance(name, str):
+            taken = [e.get("name") for k, e in entities.items() if k != eid]
+            name = clean_name(name, taken)
+            entities[eid] = {**entities[eid], "name": name, "color": color_for(name)}
+            return
+        entities[eid] = apply_input(entities[eid], inp)
+
+    def _sync_step(self, dt: float, tick: int) -> None:
+        assert self.sync is not None
+        before = {e["name"]: e["score"] for e in self.sync.entities.values() if e.get("kind") == "player"}
+        self.rules.step(self.sync.entities, dt, tick)
+        now = players_by_name(self.sync.entities)
+        for name, p in now.items():
+            gained = p["score"] - before.get(name, p["score"])
+            if gained > 0:
+                self.rooms.presence.incr_score(BOARD_KEY, name, gained)
+        self.history[tick] = now
+        while len(self.history) > HISTORY:
+            self.history.popitem(last=False)
+        t = time.monotonic()
+        if t - self._board_at >= 1.0:
+            self._board_at = t
+            self.broadcast(BOARD_PACKET, [list(x) for x in self.rooms.presence.top(BOARD_KEY, 5)])
+
+    def report(self) -> dict[str, Any]:
+        assert self.sync is not None
+        return {"tick": self.sync.tick, "players": players_by_name(self.sync.entities),
+                "history": {str(t): v for t, v in self.history.items()}}
+
+
+class _ChatIn(Packet):
+    """A chat line from one of our clients: to every server of the cluster."""
+
+    def receive(self, msg: Any, cid: int | None = None) -> None:
+        if isinstance(msg, str) and msg.strip():
+            self.obj.publish(CHAT_CHANNEL, msg.strip()[:120])
+
+
+class ClusterArenaServer:
+    """An arena server process of a cluster: rooms of kind "arena", the
+    directory and the chat on Redis (``--server --cluster URL``)."""
+
+    def __init__(self, url: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        from peng3dnet.ext.rooms.redispresence import RedisPresence
+
+        self.server = Server(addr=(host, port), cfg=NET_CFG)
+        self.presence = RedisPresence(url, "arena")
+        self.rooms = RoomServer(self.server, self.presence, secret=cluster_secret(), tick_rate=TICK_RATE, sync=True)
+        self.rooms.define(KIND, ArenaRoom)
+        self.server.register_packet(CHAT_PACKET, _ChatIn(self.server.registry, self.server, self.rooms))
+        self.server.register_packet(BOARD_PACKET, Packet(self.server.registry, self.server))
+        events.subscribe("peng3dnet:cluster.message", self._on_cluster, sender=self.server)
+
+    def _on_cluster(self, event: str, data: dict[str, Any]) -> None:  # the presence's thread
+        if data["channel"] == CHAT_CHANNEL:
+            self.server.broadcast(CHAT_PACKET, data["data"])
+
+    def start(self) -> ClusterArenaServer:
+        self.server.runAsync()
+        self.server.process_async()
+        self.rooms.start()
+        self.rooms.subscribe(CHAT_CHANNEL)
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.server.addr[1])
+
+    def stop(self) -> None:
+        events.unsubscribe("peng3dnet:cluster.message", self._on_cluster, sender=self.server)
+        self.rooms.stop()
+        self.server.shutdown(timeout=5)
+        self.presence.close()
+
+    def report(self) -> dict[str, Any]:
+        with self.rooms.lock:
+            rooms = {name: r.report() for name, r in self.rooms.rooms.items() if isinstance(r, ArenaRoom)}
+        return {"role": "server", "addr": self.rooms.public_addr, "rooms": rooms, "stats": dict(self.rooms.stats)}
+
+
+def matchmake(url: str, room: str | None) -> dict[str, Any]:
+    """Ask the cluster's lobby for a seat (``--lobby URL --room NAME``)."""
+    from peng3dnet.ext.rooms.redispresence import RedisPresence
+
+    presence = RedisPresence(url, "arena")
+    try:
+        return Lobby(presence, cluster_secret()).matchmake(KIND, room=room)
+    finally:
+        presence.close()
+
+
+class _ChatOut(Packet):
+    def receive(self, msg: Any, cid: int | None = None) -> None:
+        self.obj.chat.append(str(msg))
+        del self.obj.chat[:-20]
+
+
+class _Board(Packet):
+    def receive(self, msg: Any, cid: int | None = None) -> None:
+        if isinstance(msg, list):
+            self.obj.board = [(str(n), s) for n, s in msg if isinstance(n, str)][:5]
+
+
 class ArenaClient:
     """One player: a Client plus a SyncClient predicting its avatar."""
 
-    def __init__(self, addr: Any, name: str, *, peng: Any = None, interp_delay: float = 0.1) -> None:
+    def __init__(self, addr: Any, name: str, *, peng: Any = None, interp_delay: float = 0.1,
+                 seat: dict[str, Any] | None = None) -> None:
         self.name = name
+        self.seat = seat
+        """A lobby's ticket (cluster mode): ``addr`` is its server, its token our seat."""
         self.client = Client(peng=peng, addr=addr, cfg=NET_CFG)
         self.sync = SyncClient(self.client, tick_rate=TICK_RATE, predict=apply_input, interp_delay=interp_delay)
+        self.chat: list[str] = []
+        """Chat lines from the whole cluster, newest last (cluster mode)."""
+        self.board: list[tuple[str, Any]] = []
+        """The cluster's leaderboard, best first (cluster mode)."""
+        self.rooms: RoomClient | None = None
+        if seat is not None:
+            self.rooms = RoomClient(self.client)
+            self.client.register_packet(CHAT_PACKET, _ChatOut(self.client.registry, self.client, self))
+            self.client.register_packet(BOARD_PACKET, _Board(self.client.registry, self.client, self))
         self.rtt: float | None = None
         self.resumes = 0
         self.eids: list[str] = []  # every entity id this player was given (one, unless it rejoined)
@@ -152,6 +322,9 @@ class ArenaClient:
         if process:
             self.client.process_async()
         self.client.wait_for_connection(timeout)
+        if self.rooms is not None and self.seat is not None:
+            self.rooms.join(seat=self.seat["token"], timeout=timeout)
+            self.client.send_message(CHAT_PACKET, f"{self.name} joined {self.rooms.room}")
         self.sync.send_input({"name": self.name})
         return self
 
@@ -178,14 +351,16 @@ class ArenaClient:
             "stats": {**self.sync.stats, "rtt": self.rtt, "resumes": self.resumes,
                       **(self.client.stats.as_dict() if self.client.stats else {})},
             "eids": list(self.eids),
+            **({"server": self.seat["addr"], "room": self.rooms.room if self.rooms else None,
+                "chat": list(self.chat), "board": [list(b) for b in self.board]} if self.seat else {}),
         }
 
 
 class Bot:
     """An AI player in a daemon thread: 20 inputs a second toward the nearest coin."""
 
-    def __init__(self, addr: Any, name: str) -> None:
-        self.player = ArenaClient(addr, name)
+    def __init__(self, addr: Any, name: str, seat: dict[str, Any] | None = None) -> None:
+        self.player = ArenaClient(addr, name, seat=seat)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"arena bot {name}", daemon=True)
 

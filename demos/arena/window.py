@@ -83,7 +83,13 @@ class ArenaLayer(peng3d.Layer2D):
             if eid in self.labels:
                 self.labels.pop(eid).delete()
         players = sorted((e for e in view.values() if e.get("kind") == "player"), key=lambda e: -e["score"])
-        self.board.text = "\n".join(f"{p['name']}  {p['score']}" for p in players)
+        lines = [f"{p['name']}  {p['score']}" for p in players]
+        me = self.game.player
+        if me.seat is not None:  # a cluster: its leaderboard and chat, from every server
+            lines += ["", f"cluster top ({me.rooms.room if me.rooms else '-'})"]
+            lines += [f"{name}  {int(score)}" for name, score in me.board]
+            lines += [me.chat[-1][:40]] if me.chat else []
+        self.board.text = "\n".join(lines)
         rtt = self.game.player.rtt
         self.hud.text = (
             (f"RTT {rtt * 1000:.1f} ms" if rtt < 0.01 else f"RTT {rtt * 1000:.0f} ms") if rtt is not None else "RTT -"

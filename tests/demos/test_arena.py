@@ -25,8 +25,8 @@ def test_every_demo_module_imports():
         importlib.import_module(mod)
 
 
-def run(args, **kw):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def run(args, env_extra=None, **kw):
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
     return subprocess.Popen([sys.executable, "-m", "demos.arena", *args], cwd=ROOT, env=env, text=True, **kw)
 
 
@@ -247,3 +247,61 @@ def test_a_bot_keeps_its_avatar_and_score_through_cut_connections(tmp_path):
     truth = server["history"][str(rep["tick"])]
     assert rep["players"]["cutter"]["score"] == truth["cutter"]["score"]
     assert rep["stats"]["desyncs"] == 0
+
+
+def test_a_cluster_of_two_servers_and_six_bots_in_two_rooms(tmp_path, redis_url):
+    """Two dedicated servers share a directory on Redis; six headless bots ask
+    the lobby for room "red" or "blue": each room lives on one server, its
+    bots all land there and agree with that server's history of the room;
+    the chat crosses servers; the leaderboard is the cluster's."""
+    env_secret = {"PENG3DNET_CLUSTER_SECRET": "test cluster secret"}
+    servers = [
+        run(["--server", "--host", "127.0.0.1", "--port", "0", "--cluster", redis_url, "--duration", "9",
+             "--report", str(tmp_path / f"s{i}.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env_extra=env_secret)
+        for i in range(2)
+    ]
+    bots = []
+    try:
+        ports = {int(re.search(r"port (\d+)", s.stdout.readline()).group(1)) for s in servers}
+        for i in range(6):
+            room = "red" if i % 2 == 0 else "blue"
+            bots.append(run(["--lobby", redis_url, "--room", room, "--headless", "--name", f"{room}{i}",
+                             "--duration", "4", "--report", str(tmp_path / f"b{i}.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env_extra=env_secret))
+        for b in bots:
+            rc = b.wait(60)
+            err = b.stderr.read()
+            assert rc == 0, err
+        for s in servers:
+            assert s.wait(60) == 0, s.stderr.read()
+    finally:
+        for p in servers + bots:
+            reap(p)
+    reps = [json.loads((tmp_path / f"b{i}.json").read_text()) for i in range(6)]
+    srv = {}
+    for i in range(2):
+        r = json.loads((tmp_path / f"s{i}.json").read_text())
+        srv[r["addr"]] = r
+    assert {int(a.rsplit(":", 1)[1]) for a in srv} == ports
+    for room in ("red", "blue"):
+        mine = [r for r in reps if r["room"] == room]
+        assert len(mine) == 3 and len({r["server"] for r in mine}) == 1  # one server holds the room
+        server = srv[mine[0]["server"]]
+        history = server["rooms"][room]["history"] if room in server["rooms"] else None
+        for r in mine:
+            assert r["stats"]["desyncs"] == 0
+            truth = (history or {}).get(str(r["tick"]))
+            if truth is None:  # the room was disposed when its last bot left; its history went with it
+                continue
+            assert set(r["players"]) <= set(truth) | {r["name"]}
+            for name, p in r["players"].items():
+                if name in truth:
+                    assert p["score"] == truth[name]["score"]
+    # The lobby put the two rooms on the two servers (the least loaded each time) ...
+    assert {r["server"] for r in reps if r["room"] == "red"} != {r["server"] for r in reps if r["room"] == "blue"}
+    # ... so a red bot hearing a blue one is the chat crossing servers (through Redis).
+    assert any(any(line.startswith("blue") for line in r["chat"]) for r in reps if r["room"] == "red")
+    assert any(any(line.startswith("red") for line in r["chat"]) for r in reps if r["room"] == "blue")
+    # One leaderboard for the cluster: every bot saw names of both rooms in it.
+    assert any({n[:3] for n, _ in r["board"]} >= {"red", "blu"} for r in reps)

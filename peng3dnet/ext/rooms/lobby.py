@@ -63,7 +63,16 @@ class Lobby:
                 return self._ticket(r["id"], r["server"], seat_id, kind, options, servers[r["server"]]["addr"])
         if room is not None and candidates:
             raise NoServerError(f"room {room!r} is full")
-        sid = min(servers, key=lambda s: (servers[s].get("load", 0.0), servers[s].get("players", 0), s))
+        # Least loaded, counted live from the directory: seats taken or
+        # reserved in its rooms (its own report of players is refreshed
+        # only every ttl/3), then the rooms it holds.
+        taken = {sid: 0 for sid in servers}
+        held = {sid: 0 for sid in servers}
+        for r in self.presence.rooms():
+            if r.get("server") in taken:
+                taken[r["server"]] += int(r.get("max_clients", 0)) - int(r.get("seats", 0))
+                held[r["server"]] += 1
+        sid = min(servers, key=lambda s: (taken[s], held[s], servers[s].get("load", 0.0), s))
         name = room or f"{kind}-{uuid.uuid4().hex[:8]}"
         info = {"server": sid, "kind": kind, "clients": 0, "max_clients": int(servers[sid]["kinds"][kind]),
                 "addr": servers[sid]["addr"], "created": time.time()}
