@@ -288,3 +288,53 @@ def test_cluster_messages_in_one_process(world):
         assert d["channel"] == "chat" and d["data"] == {"from": "a", "text": "hi"}
     finally:
         rec.close()
+
+
+def test_a_reserved_seat_is_kept_for_its_holder(world):
+    w = world()
+    lobby = Lobby(w.rooms.presence, w.rooms.secret)
+    ps = [w.client() for _ in range(4)]
+    room = ps[0][1].join(kind="arena")["room"]
+    ps[1][1].join(room)
+    ticket = lobby.matchmake("arena")  # the last seat of that room, reserved
+    assert ticket["room"] == room
+    with pytest.raises(errors.RemoteCallError, match="reserved"):
+        ps[2][1].join(room)  # by name: refused, the seat is someone's
+    other = ps[2][1].join(kind="arena")["room"]  # by kind: placed elsewhere
+    assert other != room
+    assert ps[3][1].join(seat=ticket["token"])["room"] == room  # the holder gets it
+    assert len(w.rooms.rooms[room].members) == 3
+
+
+def test_refused_joins_leave_no_rooms_behind_and_names_are_bounded(world):
+    w = world()
+    _, rc, _ = w.client()
+    for i in range(5):
+        with pytest.raises(errors.RemoteCallError, match="no trolls"):
+            rc.join(f"den{i}", kind="arena", options={"name": "troll"})
+    assert w.rooms.rooms == {} and w.rooms.presence.rooms() == []
+    for bad in ("", "x" * 65, "a b", "ä", "../x"):
+        with pytest.raises(errors.RemoteCallError, match="room names"):
+            rc.join(bad, kind="arena")
+    assert rc.join("ok.name:1-x", kind="arena")["room"] == "ok.name:1-x"
+
+
+def test_a_room_name_is_one_room_across_servers(net):
+    presence = LocalPresence()
+    made = []
+    for _ in range(2):
+        s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+        rooms = RoomServer(s, presence, secret=b"x" * 32)
+        rooms.define("arena", Arena)
+        net.servers.append(s)
+        s.runAsync()
+        s.process_async()
+        rooms.start()
+        made.append(rooms)
+    try:
+        made[0].create("arena", "shared")
+        with pytest.raises(errors.CallError, match="another server"):
+            made[1].create("arena", "shared")
+    finally:
+        for r in made:
+            r.stop()

@@ -72,7 +72,12 @@ class Lobby:
             if r.get("server") in taken:
                 taken[r["server"]] += int(r.get("max_clients", 0)) - int(r.get("seats", 0))
                 held[r["server"]] += 1
-        sid = min(servers, key=lambda s: (taken[s], held[s], servers[s].get("load", 0.0), s))
+        best = min((taken[s], held[s]) for s in servers)
+        ties = sorted(s for s in servers if (taken[s], held[s]) == best)
+        # Lobbies placing rooms at the same moment see the same loads: an
+        # atomic counter in the directory sends them to different servers.
+        turn = int(self.presence.incr_score("peng3dnet:lobby", kind, 1))
+        sid = ties[turn % len(ties)]
         name = room or f"{kind}-{uuid.uuid4().hex[:8]}"
         info = {"server": sid, "kind": kind, "clients": 0, "max_clients": int(servers[sid]["kinds"][kind]),
                 "addr": servers[sid]["addr"], "created": time.time()}

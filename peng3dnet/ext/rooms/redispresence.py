@@ -49,7 +49,7 @@ local max = tonumber(redis.call('HGET', room, 'max_clients') or '0')
 local clients = tonumber(redis.call('HGET', room, 'clients') or '0')
 if clients + redis.call('ZCARD', seats) >= max then return 0 end
 redis.call('ZADD', seats, now + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', seats, ARGV[3])
+if redis.call('PTTL', seats) < tonumber(ARGV[3]) then redis.call('PEXPIRE', seats, ARGV[3]) end
 return 1
 """
 _FREE = """
@@ -99,8 +99,8 @@ class RedisPresence(Presence):
     def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         try:
             return fn(*args, **kw)
-        except self._redis_mod.exceptions.ConnectionError as exc:
-            raise NetworkError(f"redis at {self.url}: {exc}") from exc
+        except self._redis_mod.exceptions.RedisError as exc:  # unreachable, time-out, read-only, out of memory...
+            raise NetworkError(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc
 
     # --- servers -----------------------------------------------------------------------------
     def register_server(self, server_id: str, info: dict[str, Any], ttl: float) -> None:

@@ -36,6 +36,13 @@ LEAVE_PACKET = "peng3dnet:rooms.leave"
 CLUSTER_EVENT = "peng3dnet:cluster.message"
 
 
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+
+
+def _valid_name(name: str) -> bool:
+    return 0 < len(name) <= 64 and all(ch in _NAME_CHARS for ch in name)
+
+
 class Room:
     """A room: subclass it, set the class attributes, override the hooks.
 
@@ -196,9 +203,14 @@ class RoomServer:
         with self.lock:
             if kind not in self.kinds:
                 raise CallError(f"no rooms of kind {kind!r} here")
+            explicit = name is not None
             name = name or f"{kind}-{uuid.uuid4().hex[:8]}"
             if name in self.rooms:
                 raise CallError(f"room {name!r} exists")
+            elsewhere = [r for r in self.presence.rooms() if r["id"] == name and r.get("server") != self.server_id] \
+                if explicit else []
+            if elsewhere:  # names are the cluster's: one room of that name
+                raise CallError(f"room {name!r} exists on another server ({elsewhere[0].get('addr')})")
             cls, defaults = self.kinds[kind]
             opts = {**defaults, **(options or {})}
             room = cls(self, name, kind, opts)
@@ -273,46 +285,89 @@ class RoomServer:
         options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
         name = msg.get("room") if isinstance(msg.get("room"), str) else None
         kind = msg.get("kind") if isinstance(msg.get("kind"), str) else None
+        if name is not None and not _valid_name(name):
+            raise CallError("room names are 1-64 characters of letters, digits, and _ . : -")
         seat: Seat | None = None
         auth = getattr(client, "auth_data", None)
-        if isinstance(auth, dict) and isinstance(auth.get("seat"), Seat):
+        if isinstance(auth, dict) and isinstance(auth.get("seat"), Seat) and msg.get("seat") is None and not name:
             seat = auth.pop("seat")  # checked and claimed at login
         elif msg.get("seat") is not None:
             seat = self._check_seat(msg.get("seat"))
         with self.lock:
+            made: Room | None = None  # a room made for this join: gone again if the join fails
+            own_seat: str | None = None  # a direct join reserves its seat too: reservations are honoured
             try:
                 room: Room | None
                 if seat is not None:
-                    room = self.rooms.get(seat.room) or self.create(seat.kind, seat.room, seat.options or {})
+                    room = self.rooms.get(seat.room)
+                    if room is None:
+                        room = made = self.create(seat.kind, seat.room, seat.options or {})
                 elif name is not None:
-                    room = self.rooms.get(name) or (self.create(kind, name, options) if kind else None)
+                    room = self.rooms.get(name)
+                    if room is None and kind:
+                        room = made = self.create(kind, name, options)
                     if room is None:
                         raise CallError(f"no room {name!r}")
                 elif kind is not None:
-                    free = [r for r in self.rooms.values() if r.kind == kind and not r.full]
-                    room = max(free, key=lambda r: len(r.members)) if free else self.create(kind, None, options)
+                    # The fullest room of that kind whose seat we can reserve
+                    # (a seat the lobby reserved for someone else is not free).
+                    room = None
+                    free = sorted((r for r in self.rooms.values() if r.kind == kind and not r.full),
+                                  key=lambda r: -len(r.members))
+                    for r in free:
+                        if self._room_of.get(cid) is r:
+                            room = r
+                            break
+                        own_seat = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
+                        if self.presence.reserve_seat(r.name, own_seat, 30.0):
+                            room = r
+                            break
+                        own_seat = None
+                    if room is None:
+                        room = made = self.create(kind, None, options)
                 else:
                     raise CallError("join needs a room, a kind or a seat")
-                if room.full and cid not in room.members:
-                    raise CallError(f"room {room.name!r} is full")
                 if self._room_of.get(cid) is room:
+                    for taken in (seat.seat if seat is not None else None, own_seat):
+                        if taken is not None:
+                            self._release(room.name, taken)
                     return {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": None}
+                if room.full:
+                    raise CallError(f"room {room.name!r} is full")
+                if seat is None and own_seat is None:
+                    own_seat = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
+                    if not self.presence.reserve_seat(room.name, own_seat, 30.0):
+                        own_seat = None
+                        raise CallError(f"room {room.name!r} is full (its last seats are reserved)")
                 data = room.on_join(client, options)
-            except CallError:
+            except (CallError, Peng3dNetError) as exc:
                 self.stats["refused"] += 1
                 if seat is not None:
-                    self.presence.release_seat(seat.room, seat.seat)
-                raise
+                    self._release(seat.room, seat.seat)
+                if own_seat is not None:
+                    self._release(room.name, own_seat)  # type: ignore[union-attr]
+                if made is not None and not made.members:
+                    self._dispose(made)
+                if isinstance(exc, CallError):
+                    raise
+                raise CallError(f"the directory is unavailable: {exc}") from None
             if cid in self._room_of:
                 self._leave(cid)
             room.members[cid] = client
             self._room_of[cid] = room
             self.stats["joins"] += 1
-            self._publish_room(room)
-            if seat is not None:
-                self.presence.release_seat(room.name, seat.seat)  # (after the count went up: never double booked)
+            published = self._publish_room(room)
+            taken = seat.seat if seat is not None else own_seat
+            if taken is not None and published:  # (after the count went up: never double booked)
+                self._release(room.name, taken)
             self.server.sendEvent("peng3dnet:room.join", {"room": room, "client": client})
             return {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": data}
+
+    def _release(self, room: str, seat: str) -> None:
+        try:
+            self.presence.release_seat(room, seat)
+        except Peng3dNetError as exc:  # it expires by itself
+            log.warning("rooms: cannot release a seat of %s: %s", room, exc)
 
     def _leave_call(self, msg: Any, cid: int) -> Any:
         with self.lock:
@@ -337,11 +392,14 @@ class RoomServer:
         return True
 
     # --- the directory ---------------------------------------------------------------------------
-    def _publish_room(self, room: Room) -> None:
+    def _publish_room(self, room: Room) -> bool:
+        """Show the room's count in the directory (lock held); whether it worked."""
         try:
             self.presence.set_room(room.name, room.info(), self.ttl)
         except Peng3dNetError as exc:
             log.warning("rooms: cannot publish %s: %s", room.name, exc)
+            return False
+        return True
 
     def server_info(self) -> dict[str, Any]:
         players = len(self._room_of)
@@ -354,12 +412,10 @@ class RoomServer:
     def refresh(self) -> None:
         """Tell the directory we are alive, with our rooms (the rooms thread
         does it every ``ttl / 3``)."""
-        with self.lock:
-            info = self.server_info()
-            rooms = list(self.rooms.values())
-        self.presence.register_server(self.server_id, info, self.ttl)
-        for room in rooms:
-            self._publish_room(room)
+        with self.lock:  # (held: a join's count and a refresh's cannot cross)
+            self.presence.register_server(self.server_id, self.server_info(), self.ttl)
+            for room in list(self.rooms.values()):
+                self._publish_room(room)
 
     # --- messages between processes -------------------------------------------------------------
     def subscribe(self, channel: str) -> None:
@@ -417,7 +473,7 @@ class RoomServer:
                 next_refresh = now + self.ttl / 3
                 try:
                     self.refresh()
-                except Peng3dNetError as exc:
+                except Exception as exc:  # noqa: BLE001 - the thread must live on: retried next time
                     log.warning("rooms: directory refresh failed: %s", exc)
             next_tick += period
             delay = next_tick - time.monotonic()
@@ -436,9 +492,9 @@ class RoomServer:
             for cid in [c for c in self._room_of if c not in clients]:
                 self._leave(cid)
             for room in list(self.rooms.values()):
-                if room.sync is not None:
-                    room.sync.step(dt)
-                try:
+                try:  # one room's error never stops the others' ticks
+                    if room.sync is not None:
+                        room.sync.step(dt)
                     room.on_tick(dt)
                 except Exception:
-                    report_user_error("! rooms: on_tick of %s raised", room.name)
+                    report_user_error("! rooms: the tick of %s raised", room.name)

@@ -19,6 +19,8 @@ import msgpack
 __all__ = ["Seat", "make_token", "read_token", "TokenError"]
 
 _MAC = 32
+MAX_TOKEN = 4096
+"""Largest token accepted (and made)."""
 
 
 class TokenError(ValueError):
@@ -39,6 +41,8 @@ class Seat(NamedTuple):
 def make_token(secret: bytes, seat: Seat) -> bytes:
     """Sign ``seat``."""
     body: bytes = msgpack.packb(list(seat))
+    if len(body) + _MAC > MAX_TOKEN:
+        raise ValueError(f"a seat token of {len(body) + _MAC} bytes is over {MAX_TOKEN} (options too large)")
     return body + hmac.new(secret, body, hashlib.sha256).digest()
 
 
@@ -48,7 +52,7 @@ def read_token(secret: bytes, token: Any, now: float | None = None) -> Seat:
     Raises:
         TokenError: Malformed, forged or expired.
     """
-    if not isinstance(token, bytes) or len(token) <= _MAC or len(token) > 4096:
+    if not isinstance(token, bytes) or len(token) <= _MAC or len(token) > MAX_TOKEN:
         raise TokenError("malformed token")
     body, mac = token[:-_MAC], token[-_MAC:]
     if not hmac.compare_digest(mac, hmac.new(secret, body, hashlib.sha256).digest()):
