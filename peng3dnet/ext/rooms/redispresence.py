@@ -161,9 +161,13 @@ class RedisPresence(Presence):
             p.hgetall(self._k("room", rid))
         rows = self._call(p.execute)
         live = self.servers()
+        p = self.r.pipeline()  # every room's live reservations in one round trip
+        for rid in ids:
+            self._free(keys=[self._k("seats", rid)], client=p)
+        reserved_counts = self._call(p.execute)
         out = []
         gone = []
-        for rid, row in zip(ids, rows):
+        for rid, row, reserved_raw in zip(ids, rows, reserved_counts):
             if not row:
                 gone.append(rid)
                 continue
@@ -171,7 +175,7 @@ class RedisPresence(Presence):
             info["clients"] = int(row.get(b"clients", 0))
             if info.get("server") not in live or (kind is not None and info.get("kind") != kind):
                 continue
-            reserved = int(self._call(self._free, keys=[self._k("seats", rid)]))
+            reserved = int(reserved_raw)
             info["seats"] = max(0, int(info.get("max_clients", 0)) - info["clients"] - reserved)
             info["id"] = rid
             out.append(info)
