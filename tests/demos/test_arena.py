@@ -305,3 +305,28 @@ def test_a_cluster_of_two_servers_and_six_bots_in_two_rooms(tmp_path, redis_url)
     assert any(any(line.startswith("red") for line in r["chat"]) for r in reps if r["room"] == "blue")
     # One leaderboard for the cluster: every bot saw names of both rooms in it.
     assert any({n[:3] for n, _ in r["board"]} >= {"red", "blu"} for r in reps)
+
+
+def test_window_in_a_cluster_shows_the_leaderboard_and_chat(tmp_path, xvfb_display, redis_url):
+    """A windowed player joins room "win" through the lobby: it lands on the
+    cluster server, plays, and its HUD has the cluster's board and chat."""
+    secret = {"PENG3DNET_CLUSTER_SECRET": "window test secret"}
+    srv = run(["--server", "--host", "127.0.0.1", "--port", "0", "--cluster", redis_url, "--duration", "8"],
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env_extra=secret)
+    try:
+        port = int(re.search(r"port (\d+)", srv.stdout.readline()).group(1))
+        shot, report = tmp_path / "win.png", tmp_path / "win.json"
+        out = subprocess.run(
+            [sys.executable, "-m", "demos.arena", "--lobby", redis_url, "--room", "win", "--name", "viewer",
+             "--duration", "3", "--screenshot", str(shot), "--report", str(report)],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, DISPLAY=xvfb_display, **secret),
+            capture_output=True, text=True, timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert srv.wait(60) == 0, srv.stderr.read()
+    finally:
+        reap(srv)
+    data = json.loads(report.read_text())
+    assert data["room"] == "win" and data["server"].endswith(f":{port}")
+    assert "viewer joined win" in data["chat"]  # its own line came back through the cluster's chat
+    assert shot.exists() and pixel_histogram(str(shot)).get(tuple(color_for("viewer")), 0) >= 300

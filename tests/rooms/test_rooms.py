@@ -338,3 +338,15 @@ def test_a_room_name_is_one_room_across_servers(net):
     finally:
         for r in made:
             r.stop()
+
+
+def test_expired_and_forged_seats_are_refused_at_join(world):
+    w = world()
+    _, rc, _ = w.client()
+    old = make_token(w.rooms.secret, Seat("r9", w.rooms.server_id, "s9", "arena", time.time() - 1, {}))
+    with pytest.raises(errors.RemoteCallError, match="expired"):
+        rc.join(seat=old)
+    forged = make_token(b"not the cluster's secret" * 2, Seat("r9", w.rooms.server_id, "s8", "arena", time.time() + 30, {}))
+    with pytest.raises(errors.RemoteCallError, match="forged"):
+        rc.join(seat=forged)
+    assert w.rooms.rooms == {}
