@@ -86,10 +86,14 @@ def _fmt_addr(addr: Any) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def _until_stopped() -> None:
-    """Block the main thread until Ctrl-C or SIGTERM."""
+def _until_stopped(ready: str) -> None:
+    """Print ``ready`` (the line a caller waits for before it may signal
+    us), then block the main thread until Ctrl-C or SIGTERM.  The line is
+    printed inside the ``try``: a Ctrl-C that follows it at once is a clean
+    stop, never an interrupted exit."""
     forever = threading.Event()
     try:
+        print(ready, flush=True)
         while not forever.wait(3600):  # a lock wait: signals interrupt it
             pass
     except (KeyboardInterrupt, _TerminatedError):
@@ -183,9 +187,8 @@ def _cmd_lagproxy(args: argparse.Namespace) -> int:
     proxy.start()
     try:
         bw = f"{args.bandwidth:g} KiB/s" if args.bandwidth else "unlimited"
-        print(f"lagproxy listening on {_fmt_addr(proxy.addr)} -> {_fmt_addr(proxy.target)} "
-              f"(delay {args.delay:g} ms, jitter {args.jitter:g} ms, bandwidth {bw})", flush=True)
-        _until_stopped()
+        _until_stopped(f"lagproxy listening on {_fmt_addr(proxy.addr)} -> {_fmt_addr(proxy.target)} "
+                       f"(delay {args.delay:g} ms, jitter {args.jitter:g} ms, bandwidth {bw})")
     finally:
         proxy.stop()
     return 0
@@ -213,8 +216,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     server.runAsync()
     try:
         server.process_async()
-        print(f"serving on {_fmt_addr(server.addr)}", flush=True)
-        _until_stopped()
+        _until_stopped(f"serving on {_fmt_addr(server.addr)}")
     finally:
         server.shutdown(timeout=5)
     return 0
