@@ -140,3 +140,39 @@ def test_a_limit_of_zero_decompresses_nothing():
     # zlib's max_length=0 means "unlimited": the codec must not pass it on
     with pytest.raises(FrameTooLargeError):
         decompress_body(zlib.compress(b"x" * 1000), 0)
+
+
+# --- what the errors say; the options that matter ----------------------------------------------
+
+
+def test_error_messages_name_the_problem():
+    with pytest.raises(LocalProtocolError, match=r"^cannot encode message: can not serialize 'object' object$"):
+        pack(object())
+    with pytest.raises(DecodeError, match=r"^malformed msgpack body: \w+Error: ") as ei:
+        unpack(b"\xc1")
+    assert ei.value.reason == "invalidmsgpack"
+    with pytest.raises(LocalProtocolError, match=r"^map key 7 \(int\): this peer \(protocol 2 without the mapkeys "
+                       r"extension, e\.g\. peng3dnet 0\.1\.x\) accepts only str or bytes keys and would close the connection"):
+        check_keys({7: "x"})
+    with pytest.raises(FrameTooLargeError, match=r"^no room to decompress into \(limit 0\)$") as ei2:
+        decompress_body(zlib.compress(b"x"), 0)
+    assert ei2.value.reason == "packettoolarge"
+
+
+def test_a_limit_of_one_byte_is_a_limit():
+    assert decompress_body(zlib.compress(b"x"), 1) == b"x"
+    with pytest.raises(FrameTooLargeError):
+        decompress_body(zlib.compress(b"xy"), 1)
+
+
+def test_strings_and_bytes_keep_their_types():
+    # raw=False: str stays str, bytes stay bytes (the original library's defaults)
+    assert unpack(pack({"s": "text", "b": b"\xff\x00"})) == {"s": "text", "b": b"\xff\x00"}
+    assert type(unpack(pack("x"))) is str and type(unpack(pack(b"x"))) is bytes
+
+
+def test_the_compression_level_is_used():
+    data = pack(list(range(3000)))
+    for level in (1, 9):
+        framed = frame_body(64, data, compress=True, threshold=0, level=level)
+        assert framed[10:] == zlib.compress(data, level)  # (after the 10-byte prefix and header)

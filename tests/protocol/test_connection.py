@@ -648,3 +648,105 @@ def test_eof_can_discard_held_frames_for_a_session():
         assert [o.msg for o in outs if isinstance(o, PacketReceived)] == expect
         assert outs[-1] == ConnectionClosed("socketclose", by_peer=True, eof=True)
     del p
+
+
+# --- the core's own handling of heartbeats and session acks; defaults -------------------------
+
+from peng3dnet.constants import CONNTYPE_NOTSET, PID_HEARTBEAT, PID_HEARTBEAT_ACK, PID_SESSION_ACK  # noqa: E402
+from peng3dnet.protocol.connection import HeartbeatAcked, SessionAcked  # noqa: E402
+
+
+def _ext_pair(ext):
+    p = ConnectionPair()
+    p.server = ProtocolConnection(SIDE_SERVER, registry=p.sreg, extensions=ext)
+    p.client = ProtocolConnection(SIDE_CLIENT, registry=p.creg, extensions=ext)
+    p.start()
+    return p
+
+
+def test_heartbeat_probe_is_answered_with_its_body_and_the_ack_is_output():
+    p = _ext_pair({"heartbeat"})
+    p.server.receive_data(encode_frame(PID_HEARTBEAT, 0, msgpack.packb({"t": 1.5})))
+    assert p.server.drain_received() == []  # handled in the core, not an application packet
+    answer = p.server.data_to_send()
+    assert answer == encode_frame(PID_HEARTBEAT_ACK, 0, msgpack.packb({"t": 1.5}))
+    p.client.receive_data(answer)
+    assert p.client.drain_received() == [HeartbeatAcked({"t": 1.5})]
+
+
+def test_heartbeats_need_the_extension_and_an_active_connection():
+    p = _ext_pair(set())
+    p.server.receive_data(encode_frame(PID_HEARTBEAT, 0, msgpack.packb(1)))
+    assert p.server.drain_received() == [PacketReceived(PID_HEARTBEAT, 0, 1, HandshakeState.ACTIVE)]
+    assert p.server.send_heartbeat({"t": 0.0}) is False
+    q = ConnectionPair()
+    q.server = ProtocolConnection(SIDE_SERVER, registry=q.sreg, extensions={"heartbeat"})
+    q.client = ProtocolConnection(SIDE_CLIENT, registry=q.creg, extensions={"heartbeat"})
+    q.auto_handshake = False
+    q.start()
+    q.server.receive_data(encode_frame(PID_HEARTBEAT_ACK, 0, msgpack.packb(1)))
+    closed = [o for o in q.server.drain_received() if isinstance(o, ConnectionClosed)]
+    assert closed and closed[0].reason == "invalidstate"
+
+
+@pytest.mark.parametrize("count", [0, 1, 2**63 - 1])
+def test_session_acks_are_output(count):
+    p = _ext_pair({"resume"})
+    assert p.client.send_ack(count) is True
+    p.server.receive_data(p.client.data_to_send())
+    assert p.server.drain_received() == [SessionAcked(count)]
+    assert p.server.is_open
+
+
+@pytest.mark.parametrize("body", [-1, 2**63, True, 1.0, "1", None, [1]])
+def test_malformed_session_acks_close(body):
+    p = _ext_pair({"resume"})
+    p.server.receive_data(encode_frame(PID_SESSION_ACK, 0, msgpack.packb(body)))
+    outs = p.server.drain_received()
+    assert not [o for o in outs if isinstance(o, SessionAcked)]
+    assert outs[-1] == ConnectionClosed("invalidpacket", by_peer=False, error=outs[-1].error)
+
+
+def test_session_acks_need_the_extension_and_an_active_connection():
+    p = _ext_pair(set())
+    assert p.client.send_ack(1) is False
+    p.server.receive_data(encode_frame(PID_SESSION_ACK, 0, msgpack.packb(1)))
+    assert p.server.drain_received() == [PacketReceived(PID_SESSION_ACK, 0, 1, HandshakeState.ACTIVE)]
+    q = ConnectionPair()
+    q.server = ProtocolConnection(SIDE_SERVER, registry=q.sreg, extensions={"resume"})
+    q.client = ProtocolConnection(SIDE_CLIENT, registry=q.creg, extensions={"resume"})
+    q.auto_handshake = False
+    q.start()
+    assert q.client.send_ack(1) is False
+    q.server.receive_data(encode_frame(PID_SESSION_ACK, 0, msgpack.packb(1)))
+    closed = [o for o in q.server.drain_received() if isinstance(o, ConnectionClosed)]
+    assert closed and closed[0].reason == "invalidstate" and closed[0].error is not None
+    assert "session ack before the handshake completed" in str(closed[0].error)
+
+
+def test_defaults_of_a_new_connection():
+    c = ProtocolConnection(SIDE_SERVER)
+    from peng3dnet.registry import PacketRegistry
+
+    assert isinstance(c.registry, PacketRegistry)
+    assert c.conntype == CONNTYPE_NOTSET and ProtocolConnection(SIDE_CLIENT).conntype == "classic"
+    assert (c.peer_version, c.peer_hello, c.peer_settype, c.peer_handshake) == (None, {}, {}, {})
+    assert c.negotiated == frozenset() and c.close_reason is None and c.closed is False
+    assert c.inflate_action == "close" and c.inflate_budget is None and c.packet_quota == NO_QUOTA
+    assert (c.max_packet_size, c.max_decompressed_size, c.compress_threshold, c.compress_level) == (
+        16 * 1024 * 1024, 16 * 1024 * 1024, 8192, 6)
+
+
+def test_the_default_threshold_compresses_above_8192_bytes_only():
+    c = ProtocolConnection(SIDE_SERVER)
+    body_8192 = "x" * (8192 - 3)  # msgpack str8/16 header: 3 bytes for this length
+    assert len(msgpack.packb(body_8192)) == 8192
+    assert c.encode_packet(64, body_8192)[8:10] == b"\x00\x00"  # not compressed
+    assert c.encode_packet(64, body_8192 + "x")[8:10] == b"\x00\x01"  # compressed
+
+
+def test_an_uncompressed_internal_packet_passes_under_an_inflate_budget():
+    p = ConnectionPair()
+    p.client.inflate_budget = 10  # tiny: only compressed bodies are charged
+    p.start()
+    assert p.client.state is HandshakeState.ACTIVE and p.client.inflate_budget == 10

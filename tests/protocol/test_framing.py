@@ -131,3 +131,46 @@ def test_original_streams_decode_whole_and_bytewise(session, direction):
         out, dec = decode_all(data, chunks)
         assert [(pid, fl, len(b)) for pid, fl, b in out] == expected
         assert dec.buffered == 0
+
+
+# --- exact boundaries and the messages a user reads ---------------------------------------
+
+
+def test_a_frame_exactly_at_the_limit_passes_and_one_byte_more_is_refused():
+    limit = 6 + 10
+    at = encode_frame(64, 0, b"x" * 10)  # length prefix == limit
+    out, _ = decode_all(at, max_size=limit)
+    assert out == [(64, 0, b"x" * 10)]
+    with pytest.raises(FrameTooLargeError, match=r"peer announced a packet of 17 bytes, the limit is 16") as ei:
+        decode_all(encode_frame(64, 0, b"x" * 11), max_size=limit)
+    assert ei.value.reason == "packettoolarge"
+
+
+def test_the_smallest_limit_is_a_bare_header():
+    out, _ = decode_all(encode_frame(64, 0, b""), max_size=6)
+    assert out == [(64, 0, b"")]
+    with pytest.raises(ValueError, match="^max_frame_size must be at least 6$"):
+        FrameDecoder(5)
+
+
+def test_malformed_frames_say_what_is_wrong():
+    with pytest.raises(DecodeError, match="^length prefix 5 is smaller than the 6-byte header$"):
+        decode_all(b"\x00\x00\x00\x05" + b"\x00" * 5)
+    with pytest.raises(DecodeError, match="^packet 64 has unknown flag bits 0x0002$"):
+        decode_all(encode_frame(64, 2, b"\xc0"))
+
+
+def test_encoding_refuses_what_the_header_cannot_hold():
+    from peng3dnet.errors import LocalProtocolError
+
+    for pid, flags in ((-1, 0), (2**32, 0), (64, 2**16)):
+        with pytest.raises(LocalProtocolError, match=f"^invalid packet id {pid!r} or flags {flags!r}$"):
+            encode_frame(pid, flags, b"")
+
+
+def test_a_frame_that_ends_exactly_at_the_read_end_leaves_nothing_buffered():
+    frame = encode_frame(64, 0, b"abc")
+    out, dec = decode_all(frame)
+    assert out == [(64, 0, b"abc")] and dec.buffered == 0
+    out, dec = decode_all(frame + frame[:3])  # a prefix cut inside: kept
+    assert out == [(64, 0, b"abc")] and dec.buffered == 3
