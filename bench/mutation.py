@@ -12,7 +12,7 @@ explained as equivalent.  Needs ``pip install mutmut`` (3.x).
 Areas (sources -> the tests run against their mutants):
 
     protocol    peng3dnet/protocol/            tests/protocol/            (~5 min on 2 cores)
-    sync        peng3dnet/ext/sync/            tests/ext/                 
+    sync        peng3dnet/ext/sync/            tests/ext/
     session     peng3dnet/session.py, calls.py, login.py  tests/test_session.py, test_calls.py, test_login.py
 
 The connection layer's network tests make one mutant cost seconds: its area
