@@ -979,23 +979,8 @@ class Server(Peer):
         self._send_frame(link, self._frame_for_body(pid, body), pid, NO_EVENT, False)
 
     def call(self, ptype: Any, data: Any, cid: int, timeout: float | None = None) -> Any:
-        """Send a message to client ``cid`` and return its handler's answer
-        (see :meth:`Client.call`, the same from the other side).
-
-        Raises:
-            TimedOutError: No reply within ``timeout`` seconds (default
-                ``net.timeout.call``, 10 s; 0 or less: no limit).
-            RemoteCallError: The handler on the other side raised (its
-                ``remote_type`` and message), or nothing could answer.
-            ConnectionClosedError: The connection closed before the reply.
-            LocalProtocolError: The other side cannot answer calls
-                (peng3dnet 0.1.x), the handshake is not complete, the data
-                cannot be encoded, or this is the network thread (which the
-                reply needs: use :meth:`call_async` there).
-            RegistryError: Unknown packet.
-
-        Thread safety: any thread but the network thread; blocks until the
-        reply (in poll mode, polling meanwhile).
+        """Send a message to client ``cid`` and return its handler's answer:
+        :meth:`Client.call` from the other side (same errors, same threads).
         """
         return self._call(cid, ptype, data, timeout)
 

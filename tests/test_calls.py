@@ -58,12 +58,14 @@ def _server(net, **cfg):
     return s, gate
 
 
-def _client(net, s, start=True, **cfg):
+def _client(net, s, start=True, extra=None, **cfg):
     c = Client(addr=s.addr, cfg=cfg)
     c.register_packet("test:echo", EchoPacket(c.registry, c))
     c.register_packet("calc:double", Double(c.registry, c))
     c.register_packet("calc:smart", Packet(c.registry, c))
     c.register_packet("calc:info", Packet(c.registry, c))
+    for name, cls in (extra or {}).items():
+        c.register_packet(name, cls(c.registry, c))
     net.clients.append(c)
     if start:
         c.runAsync()
@@ -197,11 +199,7 @@ def test_nested_calls_do_not_deadlock(net):
 
     s.runAsync()
     s.process_async()
-    c = _client(net, s, start=False)
-    c.register_packet("calc:ask", Packet(c.registry, c))
-    c.runAsync()
-    c.process_async()
-    c.wait_for_connection(10)
+    c = _client(net, s, extra={"calc:ask": Packet})
     assert c.call("calc:ask", 20) == 41
 
 
@@ -220,11 +218,7 @@ def test_call_on_the_network_thread_is_refused(net):
         return "ok"
 
     s.runAsync()
-    c = _client(net, s, start=False)
-    c.register_packet("calc:relay", Packet(c.registry, c))
-    c.runAsync()
-    c.process_async()
-    c.wait_for_connection(10)
+    c = _client(net, s, extra={"calc:relay": Packet})
     assert c.call("calc:relay", 3) == "ok"
     wait_for(lambda: len(got) == 2, what="the async answer")
     assert "network thread" in got[0] and got[1] == 6
@@ -263,11 +257,7 @@ def test_reply_from_another_connection_is_dropped(net):
     s.register_packet("calc:wait", Packet(s.registry, s))
     s.runAsync()
     s.process_async()
-    good = _client(net, s, start=False)
-    good.register_packet("calc:wait", Waits(good.registry, good))
-    good.runAsync()
-    good.process_async()
-    good.wait_for_connection(10)
+    _client(net, s, extra={"calc:wait": Waits})  # the client that answers
     (cid,) = active_cids(s)
     fut = s.call_async("calc:wait", None, cid, timeout=30)
     evil = RawPeer(s.addr)

@@ -1,0 +1,31 @@
+"""Helpers of the rooms tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peng3dnet.ext.rooms import RoomClient, RoomServer
+from peng3dnet.net import Client, Server
+
+
+def room_client(net: Any, addr: Any, **kw: Any) -> tuple[Client, RoomClient]:
+    """A running, handshaken Client with a RoomClient (cleaned up by ``net``)."""
+    c = Client(addr=addr, **kw)
+    rc = RoomClient(c)
+    net.clients.append(c)
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    return c, rc
+
+
+def room_server(net: Any, presence: Any, room_cls: Any, **kw: Any) -> RoomServer:
+    """A running Server with a started RoomServer offering ``arena`` rooms."""
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+    rooms = RoomServer(s, presence, **kw)
+    rooms.define("arena", room_cls)
+    net.servers.append(s)
+    s.runAsync()
+    s.process_async()
+    rooms.start()
+    return rooms

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from peng3dnet import errors
-from peng3dnet.ext.rooms import Lobby, RoomClient
+from peng3dnet.ext.rooms import Lobby
 from peng3dnet.ext.rooms.redispresence import RedisPresence
-from peng3dnet.net import Client
 from tests.helpers import REPO, wait_for
+from tests.rooms import room_client
 
 
 @pytest.fixture
@@ -174,23 +174,12 @@ def test_three_processes(redis_ns, net):
         assert len({t["room"] for t in tickets[:4]}) == 1 and tickets[4]["room"] != tickets[0]["room"]
         t0 = time.monotonic()
         for t in tickets:
-            c = Client(addr=t["addr"])
-            rc = RoomClient(c)
-            net.clients.append(c)
-            c.runAsync()
-            c.process_async()
-            c.wait_for_connection(10)
-            assert rc.join(seat=t["token"])["room"] == t["room"]
+            assert room_client(net, t["addr"])[1].join(seat=t["token"])["room"] == t["room"]
         joined_in = time.monotonic() - t0
         rooms = {r["id"]: r for r in presence.rooms("match")}
         assert rooms[tickets[0]["room"]]["clients"] == 4 and rooms[tickets[4]["room"]]["clients"] == 2
         # A used token is refused by its server.
-        c = Client(addr=tickets[0]["addr"])
-        rc = RoomClient(c)
-        net.clients.append(c)
-        c.runAsync()
-        c.process_async()
-        c.wait_for_connection(10)
+        _, rc = room_client(net, tickets[0]["addr"])
         with pytest.raises(errors.RemoteCallError, match="used already"):
             rc.join(seat=tickets[0]["token"])
         # SIGKILL the node holding the first room: it leaves the directory within its TTL (1 s).

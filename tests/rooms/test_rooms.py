@@ -14,6 +14,7 @@ from peng3dnet.ext.sync import SyncClient
 from peng3dnet.net import Client, Server
 from tests.conftest import Recorder
 from tests.helpers import wait_for
+from tests.rooms import room_client, room_server
 
 
 class Arena(Room):
@@ -214,30 +215,13 @@ def test_seat_tokens_are_signed_expiring_and_used_once(world):
 def test_lobby_matchmakes_across_servers_of_one_presence(net):
     presence = LocalPresence()
     secret = b"s" * 32
-    worlds = []
-    for _ in range(2):
-        s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
-        rooms = RoomServer(s, presence, secret=secret)
-        rooms.define("arena", Arena)
-        net.servers.append(s)
-        s.runAsync()
-        s.process_async()
-        rooms.start()
-        worlds.append(rooms)
+    worlds = [room_server(net, presence, Arena, secret=secret) for _ in range(2)]
     try:
         lobby = Lobby(presence, secret)
         tickets = [lobby.matchmake("arena") for _ in range(4)]
         # 3 seats in the first room (reserved), the fourth opens a room on the least-loaded server
         assert len({t["room"] for t in tickets[:3]}) == 1 and tickets[3]["room"] != tickets[0]["room"]
-        joined = []
-        for t in tickets:
-            c = Client(addr=t["addr"])
-            rc = RoomClient(c)
-            net.clients.append(c)
-            c.runAsync()
-            c.process_async()
-            c.wait_for_connection(10)
-            joined.append(rc.join(seat=t["token"]))
+        joined = [room_client(net, t["addr"])[1].join(seat=t["token"]) for t in tickets]
         assert [j["room"] for j in joined] == [t["room"] for t in tickets]
         by_room = {r["id"]: r for r in presence.rooms("arena")}
         assert by_room[tickets[0]["room"]]["clients"] == 3 and by_room[tickets[0]["room"]]["seats"] == 0
@@ -321,16 +305,7 @@ def test_refused_joins_leave_no_rooms_behind_and_names_are_bounded(world):
 
 def test_a_room_name_is_one_room_across_servers(net):
     presence = LocalPresence()
-    made = []
-    for _ in range(2):
-        s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
-        rooms = RoomServer(s, presence, secret=b"x" * 32)
-        rooms.define("arena", Arena)
-        net.servers.append(s)
-        s.runAsync()
-        s.process_async()
-        rooms.start()
-        made.append(rooms)
+    made = [room_server(net, presence, Arena, secret=b"x" * 32) for _ in range(2)]
     try:
         made[0].create("arena", "shared")
         with pytest.raises(errors.CallError, match="another server"):
