@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import queue
-import resource
 import shutil
 import socket
 import statistics
@@ -54,19 +53,14 @@ import threading
 import time
 from typing import Any
 
+from bench.scale import _raise_nofile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KIND = "bench"
 SECRET = b"bench.rooms seat-token secret"
 PLAYERS_PER_ROOM = 4
 TICK_RATE = 20
 INPUT = {"dx": 1, "dy": 0, "dt": 1.0 / TICK_RATE}
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, 8192)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def proc_cpu(pid: int | str = "self") -> float:

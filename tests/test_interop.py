@@ -56,17 +56,28 @@ class PingServer(PingableServerMixin, Server):
     pingdata = {"name": "ours", "players": 5}
 
 
+class _Serving:
+    """A running server of ours with interop:echo, recording close reasons."""
+
+    def __init__(self, server: Server) -> None:
+        self.s = server
+        self.closes: list = []
+        server.register_packet("interop:echo", Echo(server.registry, server))
+        events.subscribe("peng3dnet:server.connection.close", self._on_close, sender=server)
+        server.runAsync()
+        server.process_async()
+
+    def _on_close(self, event, data):
+        self.closes.append(data["reason"])
+
+    def close(self) -> None:
+        events.unsubscribe("peng3dnet:server.connection.close", self._on_close, sender=self.s)
+        self.s.shutdown(timeout=5)
+
+
 def test_original_client_against_our_server():
-    s = PingServer(addr=("127.0.0.1", 0))
-    s.register_packet("interop:echo", Echo(s.registry, s))
-    closes: list = []
-
-    def on_close(event, data):
-        closes.append(data["reason"])
-
-    events.subscribe("peng3dnet:server.connection.close", on_close, sender=s)
-    s.runAsync()
-    s.process_async()
+    srv = _Serving(PingServer(addr=("127.0.0.1", 0)))
+    s, closes = srv.s, srv.closes
     try:
         r = run_peer("client", s.addr[1])
         assert r == {"handshake": True, "all": True, "echoed_equal": 6, "n": 6}
@@ -77,8 +88,7 @@ def test_original_client_against_our_server():
         # the original's ping client sends reason null
         assert closes[1] in (None, "pingcomplete")
     finally:
-        events.unsubscribe("peng3dnet:server.connection.close", on_close, sender=s)
-        s.shutdown(timeout=5)
+        srv.close()
 
 
 def test_our_client_against_original_server():
@@ -177,16 +187,8 @@ def test_original_client_against_our_server_with_a_login_hook():
         calls.append(credentials)
         return True
 
-    s = Server(addr=("127.0.0.1", 0), authenticate=hook)
-    s.register_packet("interop:echo", Echo(s.registry, s))
-    closes: list = []
-
-    def on_close(event, data):
-        closes.append(data["reason"])
-
-    events.subscribe("peng3dnet:server.connection.close", on_close, sender=s)
-    s.runAsync()
-    s.process_async()
+    srv = _Serving(Server(addr=("127.0.0.1", 0), authenticate=hook))
+    s, closes = srv.s, srv.closes
     try:
         r = run_peer("connect", s.addr[1])
         assert r["handshake"] is not True
@@ -200,8 +202,7 @@ def test_original_client_against_our_server_with_a_login_hook():
         ours.stop()
         ours.join(5)
     finally:
-        events.unsubscribe("peng3dnet:server.connection.close", on_close, sender=s)
-        s.shutdown(timeout=5)
+        srv.close()
     plain = Server(addr=("127.0.0.1", 0))
     plain.register_packet("interop:echo", Echo(plain.registry, plain))
     plain.runAsync()
