@@ -176,3 +176,29 @@ def test_the_compression_level_is_used():
     for level in (1, 9):
         framed = frame_body(64, data, compress=True, threshold=0, level=level)
         assert framed[10:] == zlib.compress(data, level)  # (after the 10-byte prefix and header)
+
+
+@pytest.mark.parametrize(
+    ("body", "limit", "error", "reason", "message"),
+    [
+        (zlib.compress(b"hello" * 100)[:-5], 10_000, DecodeError, "invalidcompression", "^truncated zlib body$"),
+        (zlib.compress(b"x") + b"junk", 10_000, DecodeError, "invalidcompression",
+         "^trailing data after the zlib stream$"),
+        (b"not zlib at all", 10_000, DecodeError, "invalidcompression", "^malformed zlib body: "),
+        (zlib.compress(b"x" * 1000), 50, FrameTooLargeError, "packettoolarge",
+         "^compressed body expands beyond 50 bytes$"),
+        (zlib.compress(b"y" * 101), 100, FrameTooLargeError, "packettoolarge",
+         "^compressed body expands beyond 100 bytes$"),  # exactly the limit, with one byte more to come
+    ],
+)
+def test_every_decompression_failure_says_what_it_is(body, limit, error, reason, message):
+    with pytest.raises(error, match=message) as ei:
+        decompress_body(body, limit)
+    assert ei.value.reason == reason
+
+
+def test_frame_body_refuses_an_id_the_header_cannot_hold():
+    for pid in (-1, 2**32):
+        with pytest.raises(LocalProtocolError, match=f"^invalid packet id {pid} or flags 0$"):
+            frame_body(pid, b"\xc0", compress=False, threshold=0, level=6)
+    assert frame_body(2**32 - 1, b"\xc0", compress=False, threshold=0, level=6)[4:8] == b"\xff\xff\xff\xff"
