@@ -750,3 +750,29 @@ def test_an_uncompressed_internal_packet_passes_under_an_inflate_budget():
     p.client.inflate_budget = 10  # tiny: only compressed bodies are charged
     p.start()
     assert p.client.state is HandshakeState.ACTIVE and p.client.inflate_budget == 10
+
+
+def test_closeconn_reasons_are_bounded_and_stringified():
+    from peng3dnet.constants import PID_CLOSECONN
+    from peng3dnet.protocol.connection import _MAX_REASON
+
+    for sent, expect in (
+        ("r" * _MAX_REASON, "r" * _MAX_REASON),  # exactly the limit: kept
+        ("r" * (_MAX_REASON + 1), "r" * _MAX_REASON),  # one more: truncated
+        (42, "42"),  # not a string: its repr
+        (None, None),
+    ):
+        p = ConnectionPair()
+        p.start()
+        p.server.receive_data(encode_frame(PID_CLOSECONN, 0, msgpack.packb({"reason": sent})))
+        outs = p.server.drain_received()
+        assert outs[0] == PacketReceived(PID_CLOSECONN, 0, {"reason": sent}, HandshakeState.ACTIVE)
+        assert outs[-1] == ConnectionClosed(expect, by_peer=True) and p.server.close_reason == expect
+
+
+def test_eof_gives_its_reason():
+    p = ConnectionPair()
+    p.start()
+    p.client.receive_eof("socketerror")
+    assert p.client.close_reason == "socketerror"
+    assert p.client.drain_received()[-1] == ConnectionClosed("socketerror", by_peer=True, eof=True)
