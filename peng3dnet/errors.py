@@ -61,6 +61,7 @@ __all__ = [
     "NetworkError",
     "TLSError",
     "TLSConfigError",
+    "ConfigError",
     "WriteBufferFullError",
     "TimedOutError",
     "FailedPingError",
@@ -244,6 +245,12 @@ class TLSError(NetworkError):
 
 class TLSConfigError(Peng3dNetError, ValueError):
     """TLS is enabled but configured with missing or unusable files."""
+
+
+class ConfigError(Peng3dNetError, ValueError):
+    """A config value has the wrong type or is not one of the allowed
+    values (raised when the Server or Client is created, or when the key is
+    set), naming the key, the value and what it must be."""
 
 
 class WriteBufferFullError(Peng3dNetError):

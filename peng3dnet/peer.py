@@ -63,7 +63,7 @@ from .registry import PacketRegistry
 from .session import ACK_DELAY, ACK_EVERY, Session, redacted
 from .transport import EVENT_READ, EVENT_WRITE, Reactor
 from .userlog import report_user_error
-from .util import ConfigView, ConfigWarning, normalize_addr_socketstyle
+from .util import ConfigView, ConfigWarning, check_config, normalize_addr_socketstyle
 
 __all__ = ['Peer', 'resolve_addr', 'INTERNAL_IDS', 'CLOSE_LINGER']
 
@@ -156,6 +156,7 @@ class Peer:
         self._route_send = _Route(self._ev_send)
         self._sig_recv = self._route_recv.sig  # for the "anyone listening?" test per packet
         self._sig_send = self._route_send.sig
+        check_config(self.cfg)  # a wrong type fails here, naming the key, not at the first connection
         self.cfg.on_change = self._refresh_hot
         self._refresh_hot()
         if self.cfg["net.encrypt.enabled"]:

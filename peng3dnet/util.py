@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import logging
+import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -166,6 +167,7 @@ class ConfigView(Mapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         _check_key(key, 3)
+        check_value(key, value)
         self.overrides[key] = value
         if self.on_change is not None:
             self.on_change()
@@ -177,6 +179,63 @@ class ConfigView(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(set(DEFAULT_CONFIG) | set(self.overrides))
+
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "net.events.enable": (True, False, "auto"),
+    "net.limits.rate.action": ("throttle", "close", "drop"),
+    "net.limits.write_buffer_action": ("close", "raise"),
+    "net.registry.missingpacketaction": ("closeconnection", "ignore"),
+}
+_ANY = frozenset({"net.auth.credentials"})  # any msgpack value (checked by the Client)
+_ADDRESSES = frozenset({"net.server.addr", "net.client.addr"})
+
+
+def check_value(key: str, value: Any) -> None:
+    """Raise :class:`~peng3dnet.errors.ConfigError` when ``value`` cannot
+    be right for ``key``: the type of its default (an int where an int is
+    expected, a number where a float is, a bool, a str; a path or ``None``
+    where the default is ``None``), or one of its allowed values.  Keys
+    peng3dnet does not know are not checked."""
+    from .errors import ConfigError
+
+    if key not in DEFAULT_CONFIG or key in _ANY:
+        return
+    choices = _CHOICES.get(key)
+    if choices is not None:
+        if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+            raise ConfigError(f"config {key} = {value!r}: must be one of {', '.join(map(repr, choices))}")
+        return
+    default = DEFAULT_CONFIG[key]
+    if key in _ADDRESSES:
+        ok = value is None or isinstance(value, (str, tuple, list))
+        want = 'None, "host:port" or (host, port)'
+    elif default is None:
+        ok = value is None or isinstance(value, (str, os.PathLike))
+        want = "None or a path"
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+        want = "True or False"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an int"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        want = "a number"
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+        want = "a str"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"config {key} = {value!r} ({type(value).__name__}): must be {want}")
+
+
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """:func:`check_value` for every key peng3dnet knows, as ``cfg`` layers
+    them (overrides, a Peng's config, defaults)."""
+    for key in DEFAULT_CONFIG:
+        check_value(key, cfg[key])
 
 
 class ConfigWarning(UserWarning):

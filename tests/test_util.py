@@ -95,3 +95,49 @@ def test_registry():
     assert r.get_id("a:x") == 70 and r.get_id("a:y") == 64
     assert r.get_id("a:z") not in (64, 65, 70)  # ours only, moved off taken ids
     assert len(r) == 3 and "a:z" in r and "other" not in r
+
+
+# --- config values are type-checked when the peer is made -------------------------------------
+
+import pytest as _pytest  # noqa: E402
+
+from peng3dnet.errors import ConfigError  # noqa: E402
+
+
+@_pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("net.limits.max_clients", "many", "must be an int"),
+        ("net.limits.max_clients", 2048.0, "must be an int"),
+        ("net.limits.max_clients", True, "must be an int"),
+        ("net.timeout.handshake", "10", "must be a number"),
+        ("net.heartbeat.enabled", 1, "must be True or False"),
+        ("net.compress.enabled", "yes", "must be True or False"),
+        ("net.limits.rate.action", "block", "must be one of 'throttle', 'close', 'drop'"),
+        ("net.events.enable", "on", "must be one of True, False, 'auto'"),
+        ("net.ssl.cafile", 5, "must be None or a path"),
+        ("net.server.addr", 8080, "must be None"),
+        ("net.registry.missingpacketaction", "drop", "must be one of"),
+    ],
+)
+def test_a_wrong_value_fails_at_creation_naming_the_key(key, value, message):
+    from peng3dnet.net import Client, Server
+
+    for make in (lambda: Server(addr=("127.0.0.1", 0), cfg={key: value}), lambda: Client(addr=("127.0.0.1", 1), cfg={key: value})):
+        with _pytest.raises(ConfigError, match=f"^config {key} = {value!r}") as ei:
+            make()
+        assert message in str(ei.value) and isinstance(ei.value, ValueError)
+
+
+def test_right_values_pass_and_setting_a_key_is_checked():
+    from peng3dnet.net import Server
+
+    s = Server(addr=("127.0.0.1", 0), cfg={
+        "net.timeout.handshake": 5,  # an int where a float is the default: fine
+        "net.events.enable": "auto", "net.ssl.cafile": None, "net.server.addr": ("127.0.0.1", 0),
+        "net.auth.credentials": {"anything": [1, 2]}, "net.limits.rate.action": "drop",
+    })
+    with _pytest.raises(ConfigError, match="net.limits.recv_queue"):
+        s.cfg["net.limits.recv_queue"] = "big"
+    s.cfg["net.limits.recv_queue"] = 10
+    assert s.cfg["net.limits.recv_queue"] == 10

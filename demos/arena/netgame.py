@@ -41,6 +41,7 @@ class ArenaServer:
         self.sync.on_step = self._on_step
         self.rules = Rules()
         self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+        self.pending_names: dict[int, str] = {}  # a name that came before the player joined the sync
         self.lan = lan
         self._discovery: DiscoveryResponder | None = None
         # game logic wired through events (they fire on the sync tick thread)
@@ -91,12 +92,20 @@ class ArenaServer:
         eid = f"p{cid}"
         self.sync.entities[eid] = new_player(f"player{cid}", seed=cid)
         self.sync.owners[cid] = eid
+        name = self.pending_names.pop(cid, None)
+        if name is not None:
+            self._on_input(cid, eid, {"name": name})
 
     def _on_leave(self, event: str, data: dict[str, Any]) -> None:
         if data.get("eid"):
             self.sync.entities.pop(data["eid"], None)
 
     def _on_input(self, cid: int, eid: str | None, inp: Any) -> None:
+        if isinstance(inp, dict) and isinstance(inp.get("name"), str) and eid is None:
+            if len(self.pending_names) > 1024:  # bounded: clients that never joined
+                self.pending_names.clear()
+            self.pending_names[cid] = inp["name"][:64]  # sent right after the handshake, before the join
+            return
         if eid is None or eid not in self.sync.entities or not isinstance(inp, dict):
             return
         name = inp.get("name")
@@ -155,6 +164,7 @@ class ArenaRoom(Room):
         self.rules = Rules(seed=abs(hash(self.name)) % 1000)
         self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
         self._board_at = 0.0
+        self.pending_names: dict[int, str] = {}
         self.sync.on_join = self._sync_join
         self.sync.on_input = self._sync_input
         self.sync.on_step = self._sync_step
@@ -164,6 +174,9 @@ class ArenaRoom(Room):
         eid = f"p{cid}"
         self.sync.entities[eid] = new_player(f"player{cid}", seed=cid)
         self.sync.owners[cid] = eid
+        name = self.pending_names.pop(cid, None)
+        if name is not None:
+            self._sync_input(cid, eid, {"name": name})
 
     def on_leave(self, client: Any) -> None:
         assert self.sync is not None
@@ -174,6 +187,11 @@ class ArenaRoom(Room):
     def _sync_input(self, cid: int, eid: str | None, inp: Any) -> None:
         assert self.sync is not None
         entities = self.sync.entities
+        if isinstance(inp, dict) and isinstance(inp.get("name"), str) and eid is None:
+            if len(self.pending_names) > 1024:  # bounded: clients that never joined
+                self.pending_names.clear()
+            self.pending_names[cid] = inp["name"][:64]  # before the join: applied at the join
+            return
         if eid is None or eid not in entities or not isinstance(inp, dict):
             return
         name = inp.get("name")
