@@ -73,6 +73,7 @@ def write_report(path: str | None, data: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from peng3dnet.errors import TimedOutError
     from peng3dnet.ext.discovery import DISCOVERY_PORT, discover_servers
     from peng3dnet.tools.lagproxy import LagProxy
     from peng3dnet.util import normalize_addr_socketstyle
@@ -136,15 +137,24 @@ def main(argv: list[str] | None = None) -> int:
         my_addr = proxy.addr
 
     report: dict[str, Any] = {}
+    rc = 0
     try:
         if args.headless:
             me = Bot(my_addr, args.name, seat=seat).start()
+            client = me.player.client
+            print(f"playing as {args.name} on {my_addr[0]}:{my_addr[1]}", flush=True)
             try:
-                threading.Event().wait(args.duration)
+                client.wait_for_close(args.duration)  # the game's end, or the server's
+                lost = True
+            except TimedOutError:
+                lost = False  # --duration is up
             except KeyboardInterrupt:
-                pass
+                lost = False
             report = me.player.report()
             me.stop()
+            if lost:
+                print(f"the server closed the connection ({client.close_reason}); exiting", file=sys.stderr, flush=True)
+                rc = 1
         else:
             from .window import ArenaGame
 
@@ -171,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.report:
                 report["server"] = server_report
         write_report(args.report, report)
-    return 0
+    return rc
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -330,3 +330,23 @@ def test_window_in_a_cluster_shows_the_leaderboard_and_chat(tmp_path, xvfb_displ
     assert data["room"] == "win" and data["server"].endswith(f":{port}")
     assert "viewer joined win" in data["chat"]  # its own line came back through the cluster's chat
     assert shot.exists() and pixel_histogram(str(shot)).get(tuple(color_for("viewer")), 0) >= 300
+
+
+def test_a_headless_player_exits_with_a_message_when_its_server_goes():
+    srv = run(["--server", "--host", "127.0.0.1", "--port", "0", "--lan-port", "0"],
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    bot = None
+    try:
+        port = int(re.search(r"port (\d+)", srv.stdout.readline()).group(1))
+        bot = run(["--connect", f"127.0.0.1:{port}", "--headless", "--name", "orphan", "--duration", "120"],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert bot.stdout.readline().startswith("playing as orphan")
+        srv.send_signal(signal.SIGTERM)
+        assert srv.wait(30) == 0
+        assert bot.wait(30) == 1  # not the 120 s of --duration
+        err = bot.stderr.read()
+        assert "the server closed the connection (servershutdown); exiting" in err and "Traceback" not in err
+    finally:
+        reap(srv)
+        if bot is not None:
+            reap(bot)
