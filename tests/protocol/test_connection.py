@@ -776,3 +776,88 @@ def test_eof_gives_its_reason():
     p.client.receive_eof("socketerror")
     assert p.client.close_reason == "socketerror"
     assert p.client.drain_received()[-1] == ConnectionClosed("socketerror", by_peer=True, eof=True)
+
+
+# --- every protocol error says exactly what was wrong (the peer and the logs read it) ----------
+
+from peng3dnet.constants import PID_HANDSHAKE, PID_HELLO, PID_SETTYPE  # noqa: E402
+
+
+def _refused(receiver, pid, body):
+    receiver.receive_data(encode_frame(pid, 0, msgpack.packb(body)))
+    closed = [o for o in receiver.drain_received() if isinstance(o, ConnectionClosed)]
+    assert closed and closed[0].error is not None
+    return closed[0].reason, str(closed[0].error)
+
+
+@pytest.mark.parametrize(
+    ("ext", "pid", "body", "reason", "message"),
+    [
+        ({"resume"}, PID_SESSION_ACK, -1, "invalidpacket", "malformed session ack -1"),
+        ({"calls"}, PID_CALL, [1, 2], "invalidpacket", "malformed call packet: not [id, x, value]"),
+        ({"calls"}, PID_CALL, [-1, 64, None], "invalidpacket", "malformed call packet: id -1, 64"),
+        ({"calls"}, PID_CALL, [1, 5, None], "invalidpacket", "call of packet id 5, not an application packet"),
+        ({"calls"}, PID_CALL_REPLY, [1, 9, None], "invalidpacket", "malformed call reply: status 9"),
+    ],
+)
+def test_messages_of_malformed_extension_packets(ext, pid, body, reason, message):
+    assert _refused(_ext_pair(ext).server, pid, body) == (reason, message)
+
+
+@pytest.mark.parametrize(
+    ("ext", "pid", "message"),
+    [
+        ({"resume"}, PID_SESSION_ACK, "session ack before the handshake completed"),
+        ({"heartbeat"}, PID_HEARTBEAT, "heartbeat before the handshake completed"),
+        ({"calls"}, PID_CALL, "call before the handshake completed"),
+    ],
+)
+def test_messages_of_extension_packets_before_the_handshake(ext, pid, message):
+    q = ConnectionPair()
+    q.server = ProtocolConnection(SIDE_SERVER, registry=q.sreg, extensions=ext)
+    q.client = ProtocolConnection(SIDE_CLIENT, registry=q.creg, extensions=ext)
+    q.auto_handshake = False
+    q.start()
+    assert _refused(q.server, pid, [1, 64, None] if pid == PID_CALL else 1) == ("invalidstate", message)
+
+
+def test_messages_of_malformed_handshake_packets():
+    s = ProtocolConnection(SIDE_SERVER)
+    s.initiate()
+    assert _refused(s, PID_SETTYPE, [1]) == ("invalidpacket", "malformed settype packet: body is not a map")
+    s = ProtocolConnection(SIDE_SERVER)
+    s.initiate()
+    assert _refused(s, PID_SETTYPE, {"conntype": 5}) == ("invalidpacket", "malformed settype packet: conntype 5")
+    hello = encode_frame(PID_HELLO, 0, msgpack.packb({"version": "x", "protoversion": 2}))
+    for registry, message in (
+        ({"a": "1"}, "malformed handshake packet: bad registry"),
+        ({"a": 64, "b": 64}, "malformed handshake packet: duplicate ids in registry"),
+    ):
+        c = ProtocolConnection(SIDE_CLIENT)
+        c.receive_data(hello)
+        c.drain_received()
+        body = {"version": "x", "protoversion": 2, "registry": registry}
+        assert _refused(c, PID_HANDSHAKE, body) == ("invalidpacket", message)
+    c = ProtocolConnection(SIDE_CLIENT, extensions={"heartbeat"})
+    c.receive_data(encode_frame(PID_HELLO, 0, msgpack.packb({"version": "x", "protoversion": 2,
+                                                             "peng3dnet.extensions": ["heartbeat"]})))
+    c.drain_received()
+    body = {"version": "x", "protoversion": 2, "registry": {"peng3dnet:internal.hello": 1}}
+    assert _refused(c, PID_HANDSHAKE, body) == ("invalidpacket", "handshake registry lacks the negotiated extensions")
+
+
+def test_messages_of_local_misuse():
+    with pytest.raises(ValueError, match="^invalid side 3$"):
+        ProtocolConnection(3)
+    with pytest.raises(ValueError, match="^only the server initiates$"):
+        ProtocolConnection(SIDE_CLIENT).initiate()
+    with pytest.raises(LocalProtocolError, match="^cannot begin the handshake in state INIT$"):
+        ProtocolConnection(SIDE_SERVER).begin_handshake({})
+    p = ConnectionPair()
+    p.start()
+    p.client.close("bye")
+    with pytest.raises(ConnectionClosedError, match="^connection is closed$") as ei:
+        p.client.send_packet(64, None)
+    assert ei.value.reason == "bye"
+    with pytest.raises(LocalProtocolError, match=r"^the peer does not support calls \(a peng3dnet 0\.1\.x peer\?\)$"):
+        p.client.encode_reply(1, 0, None)
