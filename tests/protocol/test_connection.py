@@ -861,3 +861,18 @@ def test_messages_of_local_misuse():
     assert ei.value.reason == "bye"
     with pytest.raises(LocalProtocolError, match=r"^the peer does not support calls \(a peng3dnet 0\.1\.x peer\?\)$"):
         p.client.encode_reply(1, 0, None)
+
+
+def test_the_state_stamped_on_packets_after_a_compressed_one_in_the_same_read():
+    import zlib
+
+    p = ConnectionPair()
+    p.start()
+    pid = p.sreg.get_id("app:a")
+    compressed = encode_frame(pid, 1, zlib.compress(msgpack.packb("z")))
+    plain = encode_frame(pid, 0, msgpack.packb("p"))
+    p.server.receive_data(compressed + plain)
+    assert p.server.drain_received() == [
+        PacketReceived(pid, 1, "z", HandshakeState.ACTIVE),
+        PacketReceived(pid, 0, "p", HandshakeState.ACTIVE),
+    ]
