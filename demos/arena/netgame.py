@@ -27,6 +27,52 @@ NET_CFG = {"net.session.resume": True}
 avatar and score through a Wi-Fi hiccup (see the README, "Sessions")."""
 
 
+class ArenaLogic:
+    """The game on one SyncServer: players join with an avatar, inputs move
+    them (or name them), the rules step, the history keeps the last
+    ``HISTORY`` ticks.  Shared by the single server and each cluster room
+    (tick thread)."""
+
+    def __init__(self, sync: SyncServer, seed: int = 1) -> None:
+        self.sync = sync
+        self.rules = Rules(seed=seed)
+        self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+
+    def join(self, cid: int) -> None:
+        eid = f"p{cid}"
+        self.sync.entities[eid] = new_player(f"player{cid}", seed=cid)
+        self.sync.owners[cid] = eid
+
+    def leave(self, eid: str | None) -> None:
+        if eid:
+            self.sync.entities.pop(eid, None)
+
+    def input(self, cid: int, eid: str | None, inp: Any) -> None:
+        entities = self.sync.entities
+        if eid is None or eid not in entities or not isinstance(inp, dict):
+            return
+        name = inp.get("name")
+        if isinstance(name, str):
+            taken = [e.get("name") for k, e in entities.items() if k != eid]
+            name = clean_name(name, taken)
+            entities[eid] = {**entities[eid], "name": name, "color": color_for(name)}
+            return
+        entities[eid] = apply_input(entities[eid], inp)
+
+    def step(self, dt: float, tick: int) -> dict[str, dict[str, Any]]:
+        """Run the rules; return (and remember) the players at this tick."""
+        self.rules.step(self.sync.entities, dt, tick)
+        now = players_by_name(self.sync.entities)
+        self.history[tick] = now
+        while len(self.history) > HISTORY:
+            self.history.popitem(last=False)
+        return now
+
+    def report(self) -> dict[str, Any]:
+        return {"tick": self.sync.tick, "players": players_by_name(self.sync.entities),
+                "history": {str(t): v for t, v in self.history.items()}}
+
+
 class ArenaServer:
     """Authoritative arena server (headless; runs its own threads)."""
 
@@ -37,11 +83,9 @@ class ArenaServer:
         self.server = Server(peng=peng, addr=(host, port), cfg=NET_CFG)
         self.server.getPingData = self._ping_data  # type: ignore[attr-defined]  # ping/LAN status
         self.sync = SyncServer(self.server, tick_rate=TICK_RATE)
-        self.sync.on_input = self._on_input
-        self.sync.on_step = self._on_step
-        self.rules = Rules()
-        self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
-        self.pending_names: dict[int, str] = {}  # a name that came before the player joined the sync
+        self.game = ArenaLogic(self.sync)
+        self.sync.on_input = self.game.input
+        self.sync.on_step = self.game.step
         self.lan = lan
         self._discovery: DiscoveryResponder | None = None
         # game logic wired through events (they fire on the sync tick thread)
@@ -88,49 +132,14 @@ class ArenaServer:
 
     # tick thread -------------------------------------------------------------------------
     def _on_join(self, event: str, data: dict[str, Any]) -> None:
-        cid = data["cid"]
-        eid = f"p{cid}"
-        self.sync.entities[eid] = new_player(f"player{cid}", seed=cid)
-        self.sync.owners[cid] = eid
-        name = self.pending_names.pop(cid, None)
-        if name is not None:
-            self._on_input(cid, eid, {"name": name})
+        self.game.join(data["cid"])
 
     def _on_leave(self, event: str, data: dict[str, Any]) -> None:
-        if data.get("eid"):
-            self.sync.entities.pop(data["eid"], None)
-
-    def _on_input(self, cid: int, eid: str | None, inp: Any) -> None:
-        if isinstance(inp, dict) and isinstance(inp.get("name"), str) and eid is None:
-            if len(self.pending_names) > 1024:  # bounded: clients that never joined
-                self.pending_names.clear()
-            self.pending_names[cid] = inp["name"][:64]  # sent right after the handshake, before the join
-            return
-        if eid is None or eid not in self.sync.entities or not isinstance(inp, dict):
-            return
-        name = inp.get("name")
-        if isinstance(name, str):
-            taken = [e.get("name") for k, e in self.sync.entities.items() if k != eid]
-            name = clean_name(name, taken)
-            self.sync.entities[eid] = {**self.sync.entities[eid], "name": name, "color": color_for(name)}
-            return
-        self.sync.entities[eid] = apply_input(self.sync.entities[eid], inp)
-
-    def _on_step(self, dt: float, tick: int) -> None:
-        self.rules.step(self.sync.entities, dt, tick)
-        self.history[tick] = players_by_name(self.sync.entities)
-        while len(self.history) > HISTORY:
-            self.history.popitem(last=False)
+        self.game.leave(data.get("eid"))
 
     def report(self) -> dict[str, Any]:
         with self.sync.lock:
-            return {
-                "role": "server",
-                "tick": self.sync.tick,
-                "players": players_by_name(self.sync.entities),
-                "stats": {**self.sync.stats, **self.server.stats.as_dict()},
-                "history": {str(t): v for t, v in self.history.items()},
-            }
+            return {"role": "server", **self.game.report(), "stats": {**self.sync.stats, **self.server.stats.as_dict()}}
 
 
 # --- the cluster: rooms on many server processes, a directory on Redis -------------------------
@@ -161,68 +170,35 @@ class ArenaRoom(Room):
 
     def on_create(self, options: dict[str, Any]) -> None:
         assert self.sync is not None
-        self.rules = Rules(seed=abs(hash(self.name)) % 1000)
-        self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+        self.game = ArenaLogic(self.sync, seed=abs(hash(self.name)) % 1000)
         self._board_at = 0.0
-        self.pending_names: dict[int, str] = {}
-        self.sync.on_join = self._sync_join
-        self.sync.on_input = self._sync_input
-        self.sync.on_step = self._sync_step
-
-    def _sync_join(self, cid: int) -> None:
-        assert self.sync is not None
-        eid = f"p{cid}"
-        self.sync.entities[eid] = new_player(f"player{cid}", seed=cid)
-        self.sync.owners[cid] = eid
-        name = self.pending_names.pop(cid, None)
-        if name is not None:
-            self._sync_input(cid, eid, {"name": name})
+        self._scores: dict[str, int] = {}  # each player's score at the last tick, by entity
+        self.sync.on_join = self.game.join
+        self.sync.on_input = self.game.input
+        self.sync.on_step = self._step
 
     def on_leave(self, client: Any) -> None:
         assert self.sync is not None
-        eid = self.sync.owners.pop(client.cid, None)
-        if eid is not None:
-            self.sync.entities.pop(eid, None)
+        self.game.leave(self.sync.owners.pop(client.cid, None))
 
-    def _sync_input(self, cid: int, eid: str | None, inp: Any) -> None:
+    def _step(self, dt: float, tick: int) -> None:
         assert self.sync is not None
-        entities = self.sync.entities
-        if isinstance(inp, dict) and isinstance(inp.get("name"), str) and eid is None:
-            if len(self.pending_names) > 1024:  # bounded: clients that never joined
-                self.pending_names.clear()
-            self.pending_names[cid] = inp["name"][:64]  # before the join: applied at the join
-            return
-        if eid is None or eid not in entities or not isinstance(inp, dict):
-            return
-        name = inp.get("name")
-        if isinstance(name, str):
-            taken = [e.get("name") for k, e in entities.items() if k != eid]
-            name = clean_name(name, taken)
-            entities[eid] = {**entities[eid], "name": name, "color": color_for(name)}
-            return
-        entities[eid] = apply_input(entities[eid], inp)
-
-    def _sync_step(self, dt: float, tick: int) -> None:
-        assert self.sync is not None
-        before = {e["name"]: e["score"] for e in self.sync.entities.values() if e.get("kind") == "player"}
-        self.rules.step(self.sync.entities, dt, tick)
-        now = players_by_name(self.sync.entities)
-        for name, p in now.items():
-            gained = p["score"] - before.get(name, p["score"])
-            if gained > 0:
-                self.rooms.presence.incr_score(BOARD_KEY, name, gained)
-        self.history[tick] = now
-        while len(self.history) > HISTORY:
-            self.history.popitem(last=False)
+        self.game.step(dt, tick)
+        scores = {}
+        for eid, e in self.sync.entities.items():  # points scored this tick go to the cluster's leaderboard
+            if e.get("kind") == "player":
+                scores[eid] = e["score"]
+                gained = e["score"] - self._scores.get(eid, 0)  # by entity: a rename in this tick loses nothing
+                if gained > 0:
+                    self.rooms.presence.incr_score(BOARD_KEY, e["name"], gained)
+        self._scores = scores
         t = time.monotonic()
         if t - self._board_at >= 1.0:
             self._board_at = t
             self.broadcast(BOARD_PACKET, [list(x) for x in self.rooms.presence.top(BOARD_KEY, 5)])
 
     def report(self) -> dict[str, Any]:
-        assert self.sync is not None
-        return {"tick": self.sync.tick, "players": players_by_name(self.sync.entities),
-                "history": {str(t): v for t, v in self.history.items()}}
+        return self.game.report()
 
 
 class _ChatIn(Packet):
