@@ -325,3 +325,31 @@ def test_expired_and_forged_seats_are_refused_at_join(world):
     with pytest.raises(errors.RemoteCallError, match="forged"):
         rc.join(seat=forged)
     assert w.rooms.rooms == {}
+
+
+def test_two_lobbies_placing_the_same_room_name_at_once_agree(net):
+    """Both see no room "duel", both place it (on different servers by the
+    lobby's counter): the seat and the ticket go to the room that exists."""
+    presence = LocalPresence()
+    secret = b"z" * 32
+    servers = [room_server(net, presence, Arena, secret=secret) for _ in range(2)]
+    try:
+        a, b = Lobby(presence, secret), Lobby(presence, secret)
+        real_rooms = presence.rooms
+        hidden = {"calls": 0}
+
+        def stale(kind=None):  # a lobby's first two looks (candidates, loads) come before the other placed it
+            hidden["calls"] += 1
+            return [] if hidden["calls"] in (1, 2) else real_rooms(kind)
+
+        t1 = a.matchmake("arena", room="duel")
+        presence.rooms = stale
+        try:
+            t2 = b.matchmake("arena", room="duel")  # the counter sends it to the other server at first
+        finally:
+            presence.rooms = real_rooms
+        assert t1["server"] == t2["server"] and t1["addr"] == t2["addr"]
+        assert [room_client(net, t["addr"])[1].join(seat=t["token"])["room"] for t in (t1, t2)] == ["duel", "duel"]
+    finally:
+        for r in servers:
+            r.stop()

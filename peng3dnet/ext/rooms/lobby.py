@@ -83,6 +83,16 @@ class Lobby:
                 "addr": servers[sid]["addr"], "created": time.time()}
         if not self.presence.reserve_seat(name, seat_id, self.seat_ttl, info):
             raise NoServerError(f"room {name!r} is full")
+        if room is not None:
+            # Another lobby may have placed a room of that name at the same
+            # moment: the reservation went to the room that exists, wherever
+            # it is.  (Generated names are unique.)
+            owner = next((r["server"] for r in self.presence.rooms(kind) if r["id"] == name), sid)
+            if owner != sid:
+                if owner not in servers:
+                    self.presence.release_seat(name, seat_id)
+                    raise NoServerError(f"room {name!r} is on a server that is gone")
+                sid = owner
         return self._ticket(name, sid, seat_id, kind, options, servers[sid]["addr"])
 
     def _ticket(self, room: str, server: str, seat: str, kind: str, options: Any, addr: str) -> dict[str, Any]:
