@@ -24,6 +24,7 @@ class FakeConn:
         self.cid = cid
         self.conntype = conntype
         self.protocol_state = state
+        self.suspended = False  # a resumable session between sockets (ClientOnServer.suspended)
 
 
 class FakeServer:

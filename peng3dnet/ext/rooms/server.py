@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from ...errors import CallError, Peng3dNetError
+from ...errors import AuthenticationError, CallError, Peng3dNetError
 from ...packet import Packet
 from ...userlog import report_user_error
 from ..sync import INPUT_PACKET, SNAPSHOT_PACKET, SyncServer
@@ -255,8 +255,6 @@ class RoomServer:
         admits clients holding a seat token of this server (``credentials``:
         ``{"seat": token}``) and refuses the rest; the seat is then taken by
         the client's join call.  Raises AuthenticationError (``auth:...``)."""
-        from ...errors import AuthenticationError
-
         token = credentials.get("seat") if isinstance(credentials, dict) else None
         try:
             seat = self._check_seat(token)

@@ -377,7 +377,7 @@ class SyncServer:
         clients = server.clients
         for cid, cs in list(self._clients.items()):
             client = clients.get(cid)
-            if client is not None and getattr(client, "suspended", False):
+            if client is not None and client.suspended:
                 # Its session waits for a new socket: nothing queued for it;
                 # once back, it gets a delta from the tick it acknowledged last.
                 continue
