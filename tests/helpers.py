@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable
 
 from peng3dnet.constants import SIDE_CLIENT, SIDE_SERVER
+from peng3dnet.packet import Packet
 from peng3dnet.packet.internal import INTERNAL_PACKETS
 from peng3dnet.protocol.connection import ConnTypeRequested, Output, ProtocolConnection
 from peng3dnet.registry import PacketRegistry
@@ -153,3 +154,22 @@ def impl_command(impl: str, script: str, *args: Any) -> tuple[list[str], dict[st
     else:
         raise ValueError(impl)
     return [py, script, *map(str, args)], env
+
+
+class Sink(Packet):
+    """Records every message it receives; ``wait_count(n)`` waits for ``n`` of them."""
+
+    def __init__(self, reg: Any, peer: Any, obj: Any = None) -> None:
+        super().__init__(reg, peer, obj)
+        self.got: list = []
+        self.cond = threading.Condition()
+
+    def receive(self, msg: Any, cid: Any = None) -> None:
+        with self.cond:
+            self.got.append(msg)
+            self.cond.notify_all()
+
+    def wait_count(self, n: int, timeout: float = 10.0) -> list:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.got) >= n, timeout), f"got {len(self.got)} of {n}"
+            return list(self.got)

@@ -17,25 +17,7 @@ from peng3dnet.protocol.connection import PacketReceived
 from peng3dnet.protocol.handshake import HandshakeState
 from peng3dnet.registry import PacketRegistry
 from tests.conftest import EchoPacket
-from tests.helpers import active_cids, wait_for
-
-
-class Sink(Packet):
-    def __init__(self, reg, peer, obj=None):
-        super().__init__(reg, peer, obj)
-        self.got: list = []
-        self.cond = threading.Condition()
-
-    def receive(self, msg, cid=None):
-        with self.cond:
-            self.got.append(msg)
-            self.cond.notify_all()
-
-    def wait_count(self, n: int) -> list:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.got) >= n, 10), f"got {self.got}"
-            return list(self.got)
-
+from tests.helpers import Sink, active_cids, wait_for
 
 # --- Route ---------------------------------------------------------------------------
 

@@ -15,28 +15,9 @@ from peng3dnet.net import Client, ClientOnServer, Server
 from peng3dnet.packet import Packet
 from peng3dnet.tools.lagproxy import LagProxy
 from tests.conftest import RawPeer
-from tests.helpers import active_cids, wait_for
+from tests.helpers import Sink, active_cids, wait_for
 
 RESUME = {"net.session.resume": True}
-
-
-class Numbers(Packet):
-    """Records every message; wait() for a count."""
-
-    def __init__(self, reg, peer, obj=None):
-        super().__init__(reg, peer, obj)
-        self.got: list = []
-        self.cond = threading.Condition()
-
-    def receive(self, msg, cid=None):
-        with self.cond:
-            self.got.append(msg)
-            self.cond.notify_all()
-
-    def wait(self, n, timeout=60.0):
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.got) >= n, timeout), f"got {len(self.got)} of {n}"
-            return list(self.got)
 
 
 class Counted(ClientOnServer):
@@ -50,9 +31,13 @@ class Counted(ClientOnServer):
 class Pair:
     """A resumable server and client, optionally through a lag proxy."""
 
-    def __init__(self, net, proxy=False, server_cfg=None, client_cfg=None, proxy_kw=None):
-        self.s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME, **(server_cfg or {})}, clientcls=Counted)
-        self.s.register_packet("t:num", Numbers(self.s.registry, self.s))
+    def __init__(self, net, proxy=False, server_cfg=None, client_cfg=None, proxy_kw=None, *, authenticate=None,
+                 credentials=None, server_setup=None, client_packets=None):
+        self.s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME, **(server_cfg or {})}, clientcls=Counted,
+                        authenticate=authenticate)
+        self.s.register_packet("t:num", Sink(self.s.registry, self.s))
+        if server_setup is not None:
+            server_setup(self.s)  # packets of the test's own, before clients come
         net.servers.append(self.s)
         self.srec = net.recorder(self.s, "peng3dnet:server.*")
         self.s.runAsync()
@@ -62,8 +47,11 @@ class Pair:
         if proxy:
             self.proxy = LagProxy(("127.0.0.1", 0), self.s.addr, **(proxy_kw or {})).start()
             addr = self.proxy.addr
-        self.c = Client(addr=addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02, **(client_cfg or {})})
-        self.c.register_packet("t:num", Numbers(self.c.registry, self.c))
+        self.c = Client(addr=addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02, **(client_cfg or {})},
+                        credentials=credentials)
+        self.c.register_packet("t:num", Sink(self.c.registry, self.c))
+        for name, cls in (client_packets or {}).items():
+            self.c.register_packet(name, cls(self.c.registry, self.c))
         net.clients.append(self.c)
         self.crec = net.recorder(self.c, "peng3dnet:client.*")
         self.c.runAsync()
@@ -72,11 +60,11 @@ class Pair:
         (self.cid,) = active_cids(self.s)
 
     @property
-    def s_got(self) -> Numbers:
+    def s_got(self) -> Sink:
         return self.s.registry.get_obj("t:num")
 
     @property
-    def c_got(self) -> Numbers:
+    def c_got(self) -> Sink:
         return self.c.registry.get_obj("t:num")
 
     def close(self):
@@ -106,14 +94,14 @@ def test_a_drop_is_resumed_with_nothing_lost(pairs):
     for i in range(50):
         p.c.send_message("t:num", i)
         p.s.send_message("t:num", i, p.cid)
-    p.s_got.wait(50)
-    p.c_got.wait(50)
+    p.s_got.wait_count(50)
+    p.c_got.wait_count(50)
     p.proxy.cut()
     for i in range(50, 100):  # sent while the socket is gone: kept for the next one
         p.c.send_message("t:num", i)
         p.s.send_message("t:num", i, p.cid)
-    assert p.s_got.wait(100) == list(range(100))
-    assert p.c_got.wait(100) == list(range(100))
+    assert p.s_got.wait_count(100) == list(range(100))
+    assert p.c_got.wait_count(100) == list(range(100))
     p.crec.wait_for("peng3dnet:client.resumed")
     (rc,) = p.crec.wait_for("peng3dnet:client.reconnecting")[:1]
     assert rc["attempt"] == 1 and 0 < rc["delay"] <= 0.02
@@ -131,40 +119,27 @@ def test_a_drop_is_resumed_with_nothing_lost(pairs):
     assert "peng3dnet:client.close" not in p.crec.names()
 
 
-def test_calls_survive_a_drop(net):
+def test_calls_survive_a_drop(pairs):
     """A call whose request got through before the cut is answered after the resume."""
-    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME})
     gate = threading.Event()
     started = threading.Event()
 
-    @s.handler("t:slow")
-    def slow(msg, cid):
-        started.set()
-        gate.wait(10)
-        return msg + 1
+    def setup(s):
+        @s.handler("t:slow")
+        def slow(msg, cid):
+            started.set()
+            gate.wait(10)
+            return msg + 1
 
-    net.servers.append(s)
-    s.runAsync()
-    s.process_async()
-    proxy = LagProxy(("127.0.0.1", 0), s.addr).start()
-    try:
-        c = Client(addr=proxy.addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02})
-        c.register_packet("t:slow", Packet(c.registry, c))
-        net.clients.append(c)
-        crec = net.recorder(c, "peng3dnet:client.*")
-        c.runAsync()
-        c.process_async()
-        c.wait_for_connection(10)
-        fut = c.call_async("t:slow", 41, timeout=30)
-        assert started.wait(10)  # the server runs the handler: the request crossed
-        proxy.cut()
-        crec.wait_for("peng3dnet:client.resumed")
-        gate.set()  # the answer goes out on the new socket
-        assert fut.result(20) == 42
-        started.clear()
-        assert c.call("t:slow", 1, timeout=10) == 2
-    finally:
-        proxy.stop()
+    p = pairs(proxy=True, server_setup=setup, client_packets={"t:slow": Packet})
+    fut = p.c.call_async("t:slow", 41, timeout=30)
+    assert started.wait(10)  # the server runs the handler: the request crossed
+    p.proxy.cut()
+    p.crec.wait_for("peng3dnet:client.resumed")
+    gate.set()  # the answer goes out on the new socket
+    assert fut.result(20) == 42
+    started.clear()
+    assert p.c.call("t:slow", 1, timeout=10) == 2
 
 
 def test_a_hundred_thousand_each_way_through_cuts(pairs):
@@ -191,8 +166,8 @@ def test_a_hundred_thousand_each_way_through_cuts(pairs):
         p.c.send_message("t:num", i)
     t.join(120)
     cuts.join(120)
-    assert p.s_got.wait(n, 120) == list(range(n))
-    assert p.c_got.wait(n, 120) == list(range(n))
+    assert p.s_got.wait_count(n, 120) == list(range(n))
+    assert p.c_got.wait_count(n, 120) == list(range(n))
     assert p.proxy.cuts >= 3
     assert len(p.crec.wait_for("peng3dnet:client.resumed", 3)) >= 3
     assert "peng3dnet:client.close" not in p.crec.names()
@@ -248,7 +223,7 @@ def test_client_replay_overflow_while_reconnecting(pairs):
 def test_a_restarted_server_is_not_mistaken_for_a_resume(pairs, net):
     p = pairs(proxy=True)
     other = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME})
-    other.register_packet("t:num", Numbers(other.registry, other))
+    other.register_packet("t:num", Sink(other.registry, other))
     net.servers.append(other)
     orec = net.recorder(other, "peng3dnet:server.*")
     other.runAsync()
@@ -276,13 +251,13 @@ def test_stall_longer_than_the_heartbeat_timeout_is_resumed(pairs):
     hb = {"net.heartbeat.interval": 0.05, "net.heartbeat.timeout": 0.3}
     p = pairs(proxy=True, server_cfg=hb, client_cfg=hb)
     p.c.send_message("t:num", 0)
-    p.s_got.wait(1)
+    p.s_got.wait_count(1)
     p.proxy.stall(1.0)
     p.c.send_message("t:num", 1)
     p.s.send_message("t:num", 1, p.cid)
     p.crec.wait_for("peng3dnet:client.resumed", timeout=20)
-    assert p.s_got.wait(2) == [0, 1]
-    assert p.c_got.wait(1) == [1]
+    assert p.s_got.wait_count(2) == [0, 1]
+    assert p.c_got.wait_count(1) == [1]
 
 
 @pytest.mark.parametrize(
@@ -381,7 +356,7 @@ def test_server_forgets_everything_after_a_resume(pairs):
     assert p.s.stats.connections_open == 0
 
 
-def test_login_is_checked_again_on_resume(net):
+def test_login_is_checked_again_on_resume(pairs):
     calls = []
     allow = {"ok": True}
 
@@ -391,32 +366,35 @@ def test_login_is_checked_again_on_resume(net):
             raise errors.AuthenticationError("banned")
         return {"user": credentials}
 
-    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME}, authenticate=hook)
-    s.register_packet("t:num", Numbers(s.registry, s))
-    net.servers.append(s)
-    srec = net.recorder(s, "peng3dnet:server.*")
-    s.runAsync()
-    s.process_async()
-    proxy = LagProxy(("127.0.0.1", 0), s.addr).start()
-    try:
-        c = Client(addr=proxy.addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02}, credentials="ann")
-        c.register_packet("t:num", Numbers(c.registry, c))
-        net.clients.append(c)
-        crec = net.recorder(c, "peng3dnet:client.*")
-        c.runAsync()
-        c.process_async()
-        c.wait_for_connection(10)
-        (cid,) = active_cids(s)
-        owner = s.clients[cid]
-        proxy.cut()
-        crec.wait_for("peng3dnet:client.resumed")
-        assert [(cl, cr) for cl, cr in calls] == [(owner, "ann"), (owner, "ann")]  # the same client object
-        allow["ok"] = False
-        proxy.cut()
-        (cl,) = crec.wait_for("peng3dnet:client.close")
-        assert cl["reason"] == "auth:banned"
-        closed = [d for d in srec.wait_for("peng3dnet:server.connection.close", 3) if d["client"] is owner]
-        assert [d["reason"] for d in closed] == ["auth:banned"]
-        wait_for(lambda: not s.clients and not s._sessions, what="the session gone")
-    finally:
-        proxy.stop()
+    p = pairs(proxy=True, authenticate=hook, credentials="ann")
+    owner = p.s.clients[p.cid]
+    p.proxy.cut()
+    p.crec.wait_for("peng3dnet:client.resumed")
+    assert [(cl, cr) for cl, cr in calls] == [(owner, "ann"), (owner, "ann")]  # the same client object
+    allow["ok"] = False
+    p.proxy.cut()
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "auth:banned"
+    closed = [d for d in p.srec.wait_for("peng3dnet:server.connection.close", 3) if d["client"] is owner]
+    assert [d["reason"] for d in closed] == ["auth:banned"]
+    wait_for(lambda: not p.s.clients and not p.s._sessions, what="the session gone")
+
+
+def test_a_peer_that_never_acknowledges_is_closed_when_the_replay_buffer_fills(net):
+    s, rec = net.server(**RESUME, **{"net.session.replay_buffer": 4000})
+    peer = RawPeer(s.addr)
+    peer.recv_packet()
+    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"]})
+    peer.recv_packet()
+    peer.send_packet(4, {"success": True})  # then reads, but never sends an ack
+    (cid,) = active_cids(s)
+    sent = 0
+    while sent < 100 and cid in s.clients:
+        try:
+            s.send_message("test:echo", "x" * 100, cid)
+        except errors.ConnectionClosedError:
+            break
+        sent += 1
+    (closed,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert closed["reason"] == "replayoverflow" and 4000 // 120 <= sent <= 4000 // 100 + 1
+    assert peer.recv_until_close()[-1] == (16, {"reason": "replayoverflow"})

@@ -264,11 +264,17 @@ def test_a_cluster_of_two_servers_and_six_bots_in_two_rooms(tmp_path, redis_url)
     bots = []
     try:
         ports = {int(re.search(r"port (\d+)", s.stdout.readline()).group(1)) for s in servers}
-        for i in range(6):
+        # The red bots first, playing before the blue ones come: the blue
+        # bots' join lines are then said while the red ones listen.
+        for i in (0, 2, 4, 1, 3, 5):
             room = "red" if i % 2 == 0 else "blue"
             bots.append(run(["--lobby", redis_url, "--room", room, "--headless", "--name", f"{room}{i}",
                              "--duration", "4", "--report", str(tmp_path / f"b{i}.json")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env_extra=env_secret))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env_extra=env_secret))
+            if i == 4:
+                for red in bots:  # "room red on HOST:PORT", then "playing as ..."
+                    assert red.stdout.readline().startswith("room red on ")
+                    assert red.stdout.readline().startswith("playing as red")
         for b in bots:
             rc = b.wait(60)
             err = b.stderr.read()
@@ -300,11 +306,28 @@ def test_a_cluster_of_two_servers_and_six_bots_in_two_rooms(tmp_path, redis_url)
                     assert p["score"] == truth[name]["score"]
     # The lobby put the two rooms on the two servers (the least loaded each time) ...
     assert {r["server"] for r in reps if r["room"] == "red"} != {r["server"] for r in reps if r["room"] == "blue"}
-    # ... so a red bot hearing a blue one is the chat crossing servers (through Redis).
-    assert any(any(line.startswith("blue") for line in r["chat"]) for r in reps if r["room"] == "red")
-    assert any(any(line.startswith("red") for line in r["chat"]) for r in reps if r["room"] == "blue")
-    # One leaderboard for the cluster: every bot saw names of both rooms in it.
-    assert any({n[:3] for n, _ in r["board"]} >= {"red", "blu"} for r in reps)
+    # ... so a red bot hearing the blue ones is the chat crossing servers (through Redis).
+    for r in reps:
+        if r["room"] == "red":
+            assert {"blue1 joined blue", "blue3 joined blue", "blue5 joined blue"} <= set(r["chat"]), r["chat"]
+    # One leaderboard for the cluster (a Redis sorted set both servers add to):
+    # every point a bot saw itself score is on it (a point in its very last
+    # tick may be there and not in its report), and nobody else is.
+    from peng3dnet.ext.rooms.redispresence import RedisPresence
+
+    presence = RedisPresence(redis_url, "arena")
+    try:
+        board = {n: s for n, s in presence.top("arena:board", 100) if n[:3] in ("red", "blu")}
+    finally:
+        presence.close()
+    names = {r["name"] for r in reps}
+    assert set(board) <= names
+    own = {r["name"]: r["players"][r["name"]]["score"] for r in reps if r["name"] in r["players"]}
+    for name, score in own.items():
+        assert board.get(name, 0) >= score
+    if any(v > 0 for n, v in own.items() if n.startswith("red")) and any(v > 0 for n, v in own.items() if n.startswith("blue")):
+        assert {n[:3] for n in board} == {"red", "blu"}  # both servers' points in the one board
+    assert any(r["board"] for r in reps)  # and the servers sent it to their players
 
 
 def test_window_in_a_cluster_shows_the_leaderboard_and_chat(tmp_path, xvfb_display, redis_url):
