@@ -2,7 +2,8 @@
 # Set up and play the arena demo:   bash demos/run.sh [demo options]
 # Installs what pyglet needs (apt: GL/GLU, and Xvfb when there is no display),
 # pip-installs peng3dnet with the game extras, then runs python3 -m demos.arena.
-# Without a display the game runs under Xvfb for 20 s and saves arena.png.
+# Without a display the game runs under Xvfb for 20 s and saves a screenshot
+# outside the repository (/tmp/peng3dnet-arena.png, or $ARENA_SCREENSHOT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,5 +25,6 @@ python3 -m pip install -q --disable-pip-version-check -e '.[game]'
 if [ -n "${DISPLAY:-}" ]; then
   exec python3 -m demos.arena "$@"
 fi
-echo "no display: running under Xvfb for 20 s, screenshot in arena.png"
-exec xvfb-run -a -s '-screen 0 1024x768x24' python3 -m demos.arena --duration 20 --screenshot arena.png "$@"
+shot="${ARENA_SCREENSHOT:-${TMPDIR:-/tmp}/peng3dnet-arena.png}"
+echo "no display: running under Xvfb for 20 s, screenshot in $shot"
+exec xvfb-run -a -s '-screen 0 1024x768x24' python3 -m demos.arena --duration 20 --screenshot "$shot" "$@"

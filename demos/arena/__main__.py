@@ -19,6 +19,10 @@ WASD move; coins score; Escape quits.
   --duration S            exit cleanly after S seconds
   --screenshot PATH       save the window as PNG before exiting
   --report PATH           write a JSON summary at exit
+  --debug                 debug logging; show tracebacks of errors
+
+Errors (a server that cannot be reached, a bad address) print one line and
+exit with code 1 (2 for a bad option); Ctrl-C quits cleanly.
 
 A cluster (rooms on several server processes, a directory on Redis):
   --server --port P --cluster redis://127.0.0.1:6379   one server process of the cluster
@@ -61,8 +65,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=None, metavar="S")
     ap.add_argument("--screenshot", metavar="PATH")
     ap.add_argument("--report", metavar="PATH")
+    ap.add_argument("--debug", action="store_true")
     ap.add_argument("--test-keys", default="", help=argparse.SUPPRESS)  # "RIGHT@0.5-1.5,UP@..."
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.connect is not None:
+        # an empty --connect used to start an embedded server, and "host:" meant port 8080
+        args.connect_addr = _parse_connect(ap, args.connect)
+    return args
+
+
+def _parse_connect(ap: argparse.ArgumentParser, text: str) -> tuple[str, int]:
+    """``--connect HOST[:PORT]`` (port 8080 when left out) or a usage error."""
+    from peng3dnet.errors import InvalidAddressError
+    from peng3dnet.util import normalize_addr_socketstyle
+
+    if not text.strip():
+        ap.error("--connect needs HOST[:PORT], got an empty string")
+    try:
+        host, port = normalize_addr_socketstyle(text.strip(), 8080)[:2]
+    except InvalidAddressError as exc:
+        ap.error(f"--connect {text!r}: {exc}")
+    if not host:
+        ap.error(f"--connect {text!r}: no host")
+    return host, port
 
 
 def write_report(path: str | None, data: dict[str, Any]) -> None:
@@ -72,7 +97,33 @@ def write_report(path: str | None, data: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo; user-facing errors become one line on stderr and exit
+    code 1 (a traceback only with ``--debug``)."""
     args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug or not _is_user_error(exc):
+            raise
+        print(f"arena: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Errors a player causes or meets (unreachable server or Redis, bad
+    address, refused login), as opposed to bugs, which keep their traceback."""
+    from peng3dnet.errors import Peng3dNetError
+
+    if isinstance(exc, (Peng3dNetError, OSError)):
+        return True
+    return type(exc).__module__.split(".")[0] == "redis"  # redis.exceptions.ConnectionError & co
+
+
+def _main(args: argparse.Namespace) -> int:
     from peng3dnet.errors import TimedOutError
     from peng3dnet.ext.discovery import DISCOVERY_PORT, discover_servers
     from peng3dnet.tools.lagproxy import LagProxy
@@ -112,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         seat = matchmake(args.lobby, args.room)
         addr = normalize_addr_socketstyle(seat["addr"], 8080)
         print(f"room {seat['room']} on {seat['addr']}", flush=True)
-    elif args.connect:
-        addr = normalize_addr_socketstyle(args.connect, 8080)
+    elif args.connect is not None:
+        addr = args.connect_addr
     elif args.lan:
         found = discover_servers(lan_port, timeout=1.5, addr=args.lan_addr)
         if not found:
@@ -165,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                 name, span = item.split("@")
                 a, b = span.split("-")
                 keys.append((float(a), float(b), name))
-            ArenaGame(player, duration=args.duration, screenshot=args.screenshot, test_keys=keys).run()
+            try:
+                ArenaGame(player, duration=args.duration, screenshot=args.screenshot, test_keys=keys).run()
+            except KeyboardInterrupt:
+                pass  # Ctrl-C in the terminal quits like Escape
             report = player.report()
             player.stop()
     finally:
@@ -191,13 +245,11 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def _main_polled(args: argparse.Namespace) -> int:
     """--no-threads: the server (embedded or dedicated) and the bots on this
     one thread, through poll() (see netgame.run_polled)."""
-    from peng3dnet.util import normalize_addr_socketstyle
-
     from .netgame import ArenaServer, Bot, run_polled
 
     server = None
-    if args.connect:
-        addr = normalize_addr_socketstyle(args.connect, 8080)
+    if args.connect is not None:
+        addr = args.connect_addr
     else:
         host = args.host if args.server else "127.0.0.1"
         server = ArenaServer(host=host, port=args.port).start(threads=False)
@@ -222,5 +274,4 @@ def _main_polled(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sys.exit(main())

@@ -59,14 +59,45 @@ def name_key(name: str) -> str:
     return "".join(ch for ch in text if not ch.isspace())
 
 
+COIN_HUE = 47.4
+"""Hue of the coins (255, 210, 40), in degrees: no player colour comes near it."""
+
+PLAYER_HUES = (0.0, 95.0, 135.0, 180.0, 215.0, 255.0, 290.0, 325.0)
+"""Eight player hues, at least 35 degrees apart and 45 from the coins' gold
+(a hash of the name gave two players nearly the same cyan, others the coins'
+gold)."""
+
+
+def _rgb(hue: float, value: float = 1.0) -> list[int]:
+    r, g, b = colorsys.hsv_to_rgb(hue / 360.0, 0.72, value)
+    return [round(r * 255), round(g * 255), round(b * 255)]
+
+
+def player_color(index: int) -> list[int]:
+    """The colour of the ``index``-th player slot: the eight hues of
+    :data:`PLAYER_HUES`, then the same hues darker for the next eight, and
+    so on (the ninth player repeats a hue, never a colour, up to 24)."""
+    rounds = index // len(PLAYER_HUES)
+    return _rgb(PLAYER_HUES[index % len(PLAYER_HUES)], max(0.45, 1.0 - 0.2 * rounds))
+
+
+def pick_color(taken: list[Any]) -> list[int]:
+    """The first slot colour no current player has (the server's choice at
+    a join; a player keeps it when renamed)."""
+    used = {tuple(c) for c in taken if c is not None}
+    i = 0
+    while tuple(player_color(i)) in used:
+        i += 1
+    return player_color(i)
+
+
 def color_for(name: str) -> list[int]:
-    """A bright colour derived from the player's name."""
-    h = (zlib.crc32(name.encode()) % 360) / 360.0
-    r, g, b = colorsys.hsv_to_rgb(h, 0.75, 1.0)
-    return [int(r * 255), int(g * 255), int(b * 255)]
+    """A colour from a name alone (for players made outside a server's
+    join, e.g. tests); the server uses :func:`pick_color`."""
+    return player_color(zlib.crc32(name.encode()) % len(PLAYER_HUES))
 
 
-def new_player(name: str, seed: int) -> dict[str, Any]:
+def new_player(name: str, seed: int, color: list[int] | None = None) -> dict[str, Any]:
     rng = random.Random(seed)
     return {
         "kind": "player",
@@ -74,7 +105,7 @@ def new_player(name: str, seed: int) -> dict[str, Any]:
         "x": rng.uniform(RADIUS, ARENA_W - RADIUS),
         "y": rng.uniform(RADIUS, ARENA_H - RADIUS),
         "score": 0,
-        "color": color_for(name),
+        "color": color_for(name) if color is None else list(color),
     }
 
 
@@ -155,9 +186,9 @@ def bot_input(view: dict[str, dict[str, Any]], own: str | None, dt: float) -> di
 
 
 def players_by_name(view: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``{name: {"x", "y", "score"}}`` of the players in a view."""
+    """``{name: {"x", "y", "score", "color"}}`` of the players in a view."""
     return {
-        e["name"]: {"x": e["x"], "y": e["y"], "score": e["score"]}
+        e["name"]: {"x": e["x"], "y": e["y"], "score": e["score"], "color": e.get("color")}
         for e in view.values()
         if e.get("kind") == "player"
     }

@@ -17,7 +17,7 @@ from peng3dnet.ext.sync import SyncClient, SyncServer
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
 
-from .game import TICK_RATE, Rules, apply_input, bot_input, clean_name, color_for, new_player, players_by_name
+from .game import TICK_RATE, Rules, apply_input, bot_input, clean_name, new_player, pick_color, players_by_name
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class ArenaLogic:
 
     def join(self, cid: int) -> None:
         eid = f"p{cid}"
-        self.sync.entities[eid] = new_player(f"player{cid}", seed=cid)
+        taken = [e.get("color") for e in self.sync.entities.values() if e.get("kind") == "player"]
+        self.sync.entities[eid] = new_player(f"player{cid}", seed=cid, color=pick_color(taken))
         self.sync.owners[cid] = eid
 
     def leave(self, eid: str | None) -> None:
@@ -55,7 +56,7 @@ class ArenaLogic:
         if isinstance(name, str):
             taken = [e.get("name") for k, e in entities.items() if k != eid]
             name = clean_name(name, taken)
-            entities[eid] = {**entities[eid], "name": name, "color": color_for(name)}
+            entities[eid] = {**entities[eid], "name": name}  # the colour stays with the player
             return
         entities[eid] = apply_input(entities[eid], inp)
 

@@ -25,7 +25,31 @@ from .netgame import ArenaClient  # noqa: E402
 log = logging.getLogger(__name__)
 
 HUD_H = 40
+PANEL_W = 220
+"""The scoreboard's column right of the arena (on the arena it hid the
+players near the top right corner)."""
 BG = (18, 20, 28)
+LABEL_H = 12
+"""Height of a name label, for stacking the labels of players that overlap."""
+
+
+def stack_labels(labels: list[Any]) -> None:
+    """Move name labels up until none overlaps another (two players on the
+    same spot had their names drawn over each other).  Labels are
+    centre-anchored at x; ``content_width`` is their drawn width."""
+    placed: list[tuple[float, float, float]] = []  # (x, y, half width)
+    for label in sorted(labels, key=lambda lb: (lb.y, lb.x)):
+        half = label.content_width / 2 + 2
+        y = label.y
+        moved = True
+        while moved:
+            moved = False
+            for px, py, ph in placed:
+                if abs(label.x - px) < half + ph and abs(y - py) < LABEL_H - 0.01:
+                    y = py + LABEL_H  # strictly up (the tolerance: (py + 12) - py can be 11.99999)
+                    moved = True
+        label.y = y
+        placed.append((label.x, y, half))
 
 
 class ArenaLayer(peng3d.Layer2D):
@@ -45,8 +69,8 @@ class ArenaLayer(peng3d.Layer2D):
                                               group=self.g_floor)
         self.hud = pyglet.text.Label("", x=10, y=ARENA_H + HUD_H // 2, anchor_y="center", font_size=12,
                                      color=(230, 230, 230, 255), batch=self.batch, group=self.g_text)
-        self.board = pyglet.text.Label("", x=ARENA_W - 10, y=ARENA_H - 10, anchor_x="right", anchor_y="top",
-                                       multiline=True, width=200, align="right", font_size=11,
+        self.board = pyglet.text.Label("", x=ARENA_W + 12, y=ARENA_H - 10, anchor_x="left", anchor_y="top",
+                                       multiline=True, width=PANEL_W - 20, align="left", font_size=11,
                                        color=(255, 255, 255, 200), batch=self.batch, group=self.g_text)
 
     def draw(self) -> None:
@@ -78,6 +102,7 @@ class ArenaLayer(peng3d.Layer2D):
                 me = eid == self.game.player.sync.own
                 label.text = ("> " if me else "") + str(e.get("name", eid))
                 label.x, label.y = e["x"], e["y"] + RADIUS + 4
+        stack_labels([self.labels[eid] for eid in sorted(self.labels) if eid in seen])
         for eid in [k for k in self.shapes if k not in seen]:
             self.shapes.pop(eid).delete()
             if eid in self.labels:
@@ -115,7 +140,7 @@ class ArenaGame:
         self.start_time = time.monotonic()
         self._shot_pending = False
         self.peng = peng3d.Peng()
-        self.window = self.peng.createWindow(caption="peng3dnet arena", width=int(ARENA_W), height=int(ARENA_H) + HUD_H,
+        self.window = self.peng.createWindow(caption="peng3dnet arena", width=int(ARENA_W) + PANEL_W, height=int(ARENA_H) + HUD_H,
                                              resizable=False, vsync=False)
         self.menu = peng3d.Menu("arena", self.window, self.peng)
         self.window.addMenu(self.menu)

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from demos.arena.game import ARENA_W, RADIUS, color_for
+from demos.arena.game import ARENA_W, COIN_HUE, RADIUS, pick_color, player_color
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 TOL = 1e-6  # the stated tolerance: clients report exactly the server's state at that tick
@@ -167,11 +167,12 @@ def test_window_renders_players_and_a_key_moves_the_local_player(tmp_path, xvfb_
     assert out.returncode == 0, out.stderr[-3000:]
     assert shot.exists() and shot.stat().st_size > 1000
     hist = pixel_histogram(str(shot))
-    me = tuple(color_for("tester"))
-    assert hist.get(me, 0) >= 300, f"local avatar colour {me} not drawn"  # a circle of radius 14 ~ 615 px
-    assert sum(1 for name in ("bot1", "bot2") if hist.get(tuple(color_for(name)), 0) >= 300) == 2
-    assert hist.get((255, 210, 40), 0) >= 100  # coins
     data = json.loads(report.read_text())
+    colors = {name: tuple(p["color"]) for name, p in data["players"].items()}
+    assert set(colors) == {"tester", "bot1", "bot2"} and len(set(colors.values())) == 3  # one colour each
+    for name, c in colors.items():  # a circle of radius 14 ~ 615 px
+        assert hist.get(c, 0) >= 300, f"avatar colour {c} of {name} not drawn"
+    assert hist.get((255, 210, 40), 0) >= 100  # coins
     hist_ticks = data["server"]["history"]
     ticks = sorted(t for t in map(int, hist_ticks) if "tester" in hist_ticks[str(t)])
     assert ticks, "the window client never joined under its name"
@@ -352,7 +353,8 @@ def test_window_in_a_cluster_shows_the_leaderboard_and_chat(tmp_path, xvfb_displ
     data = json.loads(report.read_text())
     assert data["room"] == "win" and data["server"].endswith(f":{port}")
     assert "viewer joined win" in data["chat"]  # its own line came back through the cluster's chat
-    assert shot.exists() and pixel_histogram(str(shot)).get(tuple(color_for("viewer")), 0) >= 300
+    viewer = tuple(data["players"]["viewer"]["color"])
+    assert shot.exists() and pixel_histogram(str(shot)).get(viewer, 0) >= 300
 
 
 def test_a_headless_player_exits_with_a_message_when_its_server_goes():
@@ -373,3 +375,106 @@ def test_a_headless_player_exits_with_a_message_when_its_server_goes():
         reap(srv)
         if bot is not None:
             reap(bot)
+
+
+def _hue(rgb) -> float:
+    import colorsys
+
+    return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360
+
+
+def _hue_gap(a: float, b: float) -> float:
+    d = abs(a - b) % 360
+    return min(d, 360 - d)
+
+
+def test_eight_players_get_eight_distinct_hues_and_keep_them():
+    """The server gives each joining player the first free slot colour: 8
+    players, 8 hues at least 30 degrees apart and 40 from the coins' gold; a
+    rename keeps the colour; a leaver's colour goes to the next join."""
+    from types import SimpleNamespace
+
+    from demos.arena.netgame import ArenaLogic
+
+    sync = SimpleNamespace(entities={}, owners={})
+    game = ArenaLogic(sync)  # type: ignore[arg-type]
+    for cid in range(1, 9):
+        game.join(cid)
+    colors = [tuple(sync.entities[f"p{cid}"]["color"]) for cid in range(1, 9)]
+    hues = [_hue(c) for c in colors]
+    assert len(set(colors)) == 8
+    gaps = [_hue_gap(a, b) for i, a in enumerate(hues) for b in hues[i + 1:]]
+    assert min(gaps) >= 30, sorted(gaps)[:3]
+    assert min(_hue_gap(h, COIN_HUE) for h in hues) >= 40
+    assert abs(_hue((255, 210, 40)) - COIN_HUE) < 1  # the constant is the coins' hue
+    game.input(3, "p3", {"name": "renamed"})
+    assert sync.entities["p3"]["name"] == "renamed" and tuple(sync.entities["p3"]["color"]) == colors[2]
+    game.leave("p5")
+    game.join(9)
+    assert tuple(sync.entities["p9"]["color"]) == colors[4]  # the freed slot
+    game.join(10)  # a ninth player at once: a colour of its own (a darker first hue)
+    c10 = tuple(sync.entities["p10"]["color"])
+    assert c10 not in colors and c10 == tuple(player_color(8))
+
+
+def test_pick_color_skips_taken_colours():
+    assert pick_color([]) == player_color(0)
+    assert pick_color([player_color(0), player_color(2)]) == player_color(1)
+    assert pick_color([player_color(i) for i in range(8)]) == player_color(8)
+    assert len({tuple(player_color(i)) for i in range(24)}) == 24
+
+
+def test_overlapping_name_labels_are_stacked():
+    """Two players on one spot: their labels are drawn one above the other
+    (they were drawn over each other); labels apart stay where they are."""
+    from types import SimpleNamespace
+
+    from demos.arena.window import LABEL_H, stack_labels
+
+    a = SimpleNamespace(x=100.0, y=200.0, content_width=40)
+    b = SimpleNamespace(x=104.0, y=200.0, content_width=40)
+    c = SimpleNamespace(x=102.0, y=205.0, content_width=40)
+    far = SimpleNamespace(x=400.0, y=200.0, content_width=40)
+    stack_labels([a, b, c, far])
+    ys = sorted(lb.y for lb in (a, b, c))
+    assert ys[0] == 200.0 and ys[1] - ys[0] >= LABEL_H and ys[2] - ys[1] >= LABEL_H
+    assert far.y == 200.0
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--connect", ""], 2, "--connect needs HOST[:PORT]"),
+    (["--connect", "host:"], 2, "empty port"),
+    (["--connect", "127.0.0.1:1"], 1, "arena: error: cannot connect to"),
+])
+def test_command_line_errors_are_one_line(args, code, message):
+    """A bad or unreachable address: one line and an exit code, no
+    traceback (an empty --connect used to start an embedded server)."""
+    out = subprocess.run([sys.executable, "-m", "demos.arena", "--headless", "--duration", "5", *args],
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60)
+    assert out.returncode == code, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert "embedded arena server" not in out.stdout
+
+
+def test_debug_shows_the_traceback():
+    out = subprocess.run([sys.executable, "-m", "demos.arena", "--headless", "--debug", "--connect", "127.0.0.1:1"],
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" in out.stderr and "NetworkError" in out.stderr
+
+
+def test_label_stacking_ends_with_float_positions():
+    """Positions whose sums round ((500.3 + 12) - 500.3 < 12) once looped
+    forever in the window's draw."""
+    import threading
+    from types import SimpleNamespace
+
+    from demos.arena.window import LABEL_H, stack_labels
+
+    labels = [SimpleNamespace(x=300.0, y=500.3, content_width=37) for _ in range(3)]
+    labels += [SimpleNamespace(x=300.1 + i * 0.7, y=516.3 + i * 0.1, content_width=37) for i in range(8)]
+    worker = threading.Thread(target=stack_labels, args=(labels,), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "stack_labels never returned"
+    ys = sorted(lb.y for lb in labels)
+    assert all(b - a >= LABEL_H - 0.01 for a, b in zip(ys, ys[1:]))
