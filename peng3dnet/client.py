@@ -258,6 +258,10 @@ class Client(Peer):
         self._request_stop("connectionclosed")
         self._notify_flushed()
 
+    def _closed_before_session_ended(self, link: Link) -> None:
+        self._request_stop("connectionclosed")
+        self._notify_flushed()
+
     def _closing_flushed(self, link: Link) -> None:
         super()._closing_flushed(link)
         self._notify_flushed()

@@ -814,14 +814,18 @@ class Peer:
         ``on_receive``) raised; call it from the ``except`` block.  An
         exception is reported (a traceback on stderr by default), never
         raised.  A BaseException (``SystemExit``, ``KeyboardInterrupt``) is
-        reported too; then, on the main thread (``process()`` called by the
-        program) it propagates, and on a library thread (the process thread,
+        reported too (except Ctrl-C's ``KeyboardInterrupt`` on the main
+        thread: not the handler's failure); then, on the main thread
+        (``process()`` called by the program) it propagates, and on a library thread (the process thread,
         the network thread with inline handlers) the peer stops cleanly."""
         exc = sys.exc_info()[1]
+        main = threading.current_thread() is threading.main_thread()
+        if isinstance(exc, KeyboardInterrupt) and main:
+            raise  # noqa: PLE0704  (Ctrl-C landed in a handler: the user's, not the handler's failure)
         report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, fn)
         if isinstance(exc, Exception):
             return
-        if threading.current_thread() is threading.main_thread():
+        if main:
             raise  # noqa: PLE0704  (the exception being handled by our caller)
         log.warning("! %s: stopping: a handler on a library thread raised a BaseException", self._role)
         self.stop()
@@ -853,6 +857,11 @@ class Peer:
                     self._session_dropped(link, session, o.reason)
                 return
             self._session_forget(session)
+            if chan.closed:
+                # The socket went first: the peer answered a close of ours
+                # (made on another thread) before this output was handled,
+                # and _channel_closed ran while the session still seemed alive.
+                self._closed_before_session_ended(link)
         chan.closing = True
         if not chan.closed:
             if link.eof or chan.error is not None:
@@ -1576,6 +1585,10 @@ class Peer:
 
     def _channel_closed(self, link: Link) -> None:
         pass
+
+    def _closed_before_session_ended(self, link: Link) -> None:
+        """Finish what :meth:`_channel_closed` left for a session that then
+        ended with an application close (network thread)."""
 
     def _on_loop_start(self) -> None:
         raise NotImplementedError

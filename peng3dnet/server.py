@@ -828,6 +828,13 @@ class Server(Peer):
             self._chan_cond.notify_all()
         self._release(link)
 
+    def _closed_before_session_ended(self, link: Link) -> None:
+        # _channel_closed kept the link for a session that has ended since.
+        if self._links.get(link.cid) is link:  # type: ignore[arg-type]
+            del self._links[link.cid]  # type: ignore[arg-type]
+            self.stats._add_closed(link.stats)
+        self._release(link)
+
     def _release(self, link: Link) -> None:
         # The ClientOnServer keeps its link (close_reason, stats); the link
         # lets go of it, so the pair is freed by reference counting.

@@ -398,3 +398,47 @@ def test_a_peer_that_never_acknowledges_is_closed_when_the_replay_buffer_fills(n
     (closed,) = rec.wait_for("peng3dnet:server.connection.close")
     assert closed["reason"] == "replayoverflow" and 4000 // 120 <= sent <= 4000 // 100 + 1
     assert peer.recv_until_close()[-1] == (16, {"reason": "replayoverflow"})
+
+
+def _hold_network_thread(peer):
+    """Block ``peer``'s network thread in a queued call; returns the event
+    that releases it.  Waits until the thread is inside the call."""
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        inside.set()
+        release.wait(10)
+
+    peer._reactor.call_soon(hold)
+    assert inside.wait(5), "the network thread never ran the queued call"
+    return release
+
+
+def test_a_client_close_answered_before_its_own_loop_saw_it_still_ends_the_loop(pairs):
+    """Race (the arena demo's 5 s stops): the application's close queues its
+    close output for the network thread; the server answers the closeconn
+    with EOF; the network thread reads that EOF before it handles the close
+    output.  The session then ended only after the socket was closed, and
+    the client's loop never stopped (join timed out)."""
+    p = pairs()
+    release = _hold_network_thread(p.c)
+    p.c.close("bye")  # the closeconn is written from this thread; the close output waits behind hold()
+    p.srec.wait_for("peng3dnet:server.connection.close")
+    wait_for(lambda: not p.s._links, what="the server closed its socket")
+    release.set()  # next round: the EOF is read first, then the queued close output
+    p.c.join(5)
+    assert p.c.close_reason == "bye" and "peng3dnet:client.reconnecting" not in p.crec.names()
+
+
+def test_a_server_close_answered_before_its_own_loop_saw_it_forgets_the_link(pairs):
+    """The same race on the server: the connection must leave the server's
+    tables (it stayed in them, kept as if suspended)."""
+    p = pairs()
+    release = _hold_network_thread(p.s)
+    p.s.close_connection(p.cid, "kicked")
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "kicked"
+    p.c.join(5)  # the client closed its socket
+    release.set()
+    wait_for(lambda: not p.s._links and not p.s._sessions and not p.s.clients, what="nothing left")
+    assert p.s.stats.connections_open == 0 and "peng3dnet:server.connection.suspended" not in p.srec.names()
