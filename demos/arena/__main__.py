@@ -217,7 +217,9 @@ def _main(args: argparse.Namespace) -> int:
                 a, b = span.split("-")
                 keys.append((float(a), float(b), name))
             try:
-                ArenaGame(player, duration=args.duration, screenshot=args.screenshot, test_keys=keys).run()
+                game = ArenaGame(player, duration=args.duration, screenshot=args.screenshot, test_keys=keys)
+                print(f"playing as {args.name} on {my_addr[0]}:{my_addr[1]} (window)", flush=True)
+                game.run()
             except KeyboardInterrupt:
                 pass  # Ctrl-C in the terminal quits like Escape
             report = player.report()

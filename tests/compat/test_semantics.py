@@ -451,3 +451,26 @@ def test_a_base_exception_in_a_handler_is_reported_and_stops_cleanly(net, caplog
     # The process thread drains what the loop queued while closing (the
     # close, behind the packets): then nothing waits and run is False.
     wait_for(lambda: not s2.run, what="run False once the process thread drained")
+
+
+def test_ctrl_c_in_a_handler_on_the_main_thread_propagates_without_a_report(net, caplog):
+    """Ctrl-C while the main thread runs a handler (a game processing its
+    packets from its frame loop): KeyboardInterrupt reaches the program,
+    with no 'handler raised' traceback; a SystemExit is still reported."""
+    class Interrupted(Packet):
+        def receive(self, msg, cid=None):
+            raise KeyboardInterrupt if msg == "int" else SystemExit(msg)
+
+    s, _ = net.server(process=False, record=None)
+    s.register_packet("t:int", Interrupted(s.registry, s))
+    c = net.client(s, packets={"t:int": Packet})
+    active_cids(s)
+    with caplog.at_level("ERROR", logger="peng3dnet.user"):
+        c.send_message("t:int", "int")
+        with pytest.raises(KeyboardInterrupt):
+            wait_for(lambda: s.process(), what="the packet")
+        assert not [r for r in caplog.records if r.name == "peng3dnet.user"]
+        c.send_message("t:int", "exit")
+        with pytest.raises(SystemExit):
+            wait_for(lambda: s.process(), what="the packet")
+        assert [r.exc_info[0] for r in caplog.records if r.name == "peng3dnet.user"] == [SystemExit]

@@ -478,3 +478,21 @@ def test_label_stacking_ends_with_float_positions():
     assert not worker.is_alive(), "stack_labels never returned"
     ys = sorted(lb.y for lb in labels)
     assert all(b - a >= LABEL_H - 0.01 for a, b in zip(ys, ys[1:]))
+
+
+def test_ctrl_c_quits_the_windowed_game_without_a_traceback(tmp_path, xvfb_display):
+    """Ctrl-C in the terminal of a windowed game: exit 0 with the report
+    written, no traceback (it printed 28 lines)."""
+    report = tmp_path / "report.json"
+    game = run(["--name", "tester", "--bots", "1", "--report", str(report)], env_extra={"DISPLAY": xvfb_display},
+               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert game.stdout.readline().startswith("embedded arena server")
+        assert game.stdout.readline().startswith("playing as tester on 127.0.0.1:")  # the window is open
+        game.send_signal(signal.SIGINT)
+        assert game.wait(30) == 0
+        err = game.stderr.read()
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+        assert json.loads(report.read_text())["name"] == "tester"  # the report of a clean exit
+    finally:
+        reap(game)
