@@ -216,6 +216,8 @@ EVENT_NOTES: dict[str, str] = {
                                          "(e.g. ``sessionexpired``).",
     "peng3dnet:server.connection.heartbeat": "Only on connections that negotiated the ``heartbeat`` "
                                              "extension.",
+    "peng3dnet:client.connect": "Once per client: a resumed session's new socket brings ``reconnecting`` and "
+                                "``resumed`` instead.",
     "peng3dnet:client.reconnecting": "Only with :netconf:`net.session.resume`; once before each attempt.",
     "peng3dnet:client.close": "A session that lost its socket is not closed (see "
                                   "``reconnecting``): its close comes when it ends.",
