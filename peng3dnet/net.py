@@ -2,18 +2,18 @@
 
 This module only re-exports; the code lives one job per file, composed:
 
-========================  ====================================================
-:mod:`peng3dnet.peer`     the peer core Server and Client share: config,
-                          registry, events, handling the core's outputs, the
-                          send path, the loop lifecycle
-:mod:`peng3dnet.link`     one connection's state (``Link``) and its counters
-:mod:`peng3dnet.plans`    what sending/receiving one packet needs, cached
-:mod:`peng3dnet.inbox`    the queue of ``process()``: waiting, pause/resume
-:mod:`peng3dnet.server`   Server, ClientOnServer, ServerStats, rate limits,
-                          accepting (and TLS) connections
-:mod:`peng3dnet.client`   Client and NetworkLoop
+==========================  ====================================================
+:mod:`peng3dnet.peer`       the peer core Server and Client share: config,
+                            registry, events, handling the core's outputs, the
+                            send path, the loop lifecycle
+:mod:`peng3dnet.link`       one connection's state (``Link``) and its counters
+:mod:`peng3dnet.plans`      what sending/receiving one packet needs, cached
+:mod:`peng3dnet.inbox`      the queue of ``process()``: waiting, pause/resume
+:mod:`peng3dnet.server`     Server, ClientOnServer, ServerStats, rate limits,
+                            accepting (and TLS) connections
+:mod:`peng3dnet.client`     Client and NetworkLoop
 :mod:`peng3dnet.transport`  every socket call, the selector loop
-========================  ====================================================
+==========================  ====================================================
 
 As in peng3dnet 0.1.x, it also exposes the modules ``packet``, ``registry``,
 ``conntypes``, ``errors``, ``util`` and ``version`` and every constant.
