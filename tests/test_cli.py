@@ -242,3 +242,23 @@ def test_discover_finds_a_responder_on_loopback():
     finally:
         resp.stop()
         s.shutdown(timeout=5)
+
+
+def test_python_dash_m_of_the_ping_module_pings():
+    """``python -m peng3dnet.ext.ping`` warned (RuntimeWarning: the package
+    had imported it) and exited 0 doing nothing; now it is the ping command."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        out = subprocess.run([sys.executable, "-W", "error", "-m", "peng3dnet.ext.ping", f"127.0.0.1:{port}",
+                              "--timeout", "5"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "RuntimeWarning" not in out.stderr
+    assert f"cannot ping 127.0.0.1:{port}" in one_error_line(out)
+
+
+def test_python_dash_m_of_the_ping_module_with_a_server(server):
+    out = subprocess.run([sys.executable, "-W", "error", "-m", "peng3dnet.ext.ping", f"127.0.0.1:{server.port}",
+                          "--json"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["name"] == "peng3dnet echo server"
+    assert server.stop() == 0

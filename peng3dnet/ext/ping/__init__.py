@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..conntypes import PingConnectionType
-from ..constants import *  # noqa: F403  (0.1.x: peng3dnet.ext.ping exposes the constants)
-from ..constants import CONNTYPE_PING
-from ..errors import ConnectionClosedError, FailedPingError, TimedOutError
-from ..net import Client
+from ...conntypes import PingConnectionType
+from ...constants import *  # noqa: F403  (0.1.x: peng3dnet.ext.ping exposes the constants)
+from ...constants import CONNTYPE_PING
+from ...errors import ConnectionClosedError, FailedPingError, TimedOutError
+from ...net import Client
 
 __all__ = ["pingServer", "PingableServerMixin", "PingableClientMixin", "PingConnectionType"]
 
