@@ -1,15 +1,24 @@
 """LAN discovery: servers answer UDP broadcasts with their ping data.
 
 A server runs a :class:`DiscoveryResponder` on a UDP port (default
-``DISCOVERY_PORT``); :func:`discover_servers` broadcasts one query and
-collects the answers for ``timeout`` seconds.  Query: the bytes
+``DISCOVERY_PORT``); :func:`discover_servers` broadcasts a query, sends it
+again a few times while it waits (UDP broadcasts get lost), and collects
+one answer per server for ``timeout`` seconds.  Query: the bytes
 ``b"peng3dnet?"``.  Answer: msgpack ``{"peng3dnet": {...version info},
 "port": game port, **ping data}``.  Datagrams are bounded (answers are cut
 at 1,400 bytes of ping data) and anything else is ignored.
+
+The responder is a UDP service anyone can send to, and its answer is
+bigger than the query, so it is bounded: it answers only senders on a
+local network (private, loopback and link-local addresses; ``public=True``
+to answer anyone), at most ``per_address`` answers per second to one
+address (burst of twice that) and ``total`` per second overall; queries
+beyond that are dropped and counted (:attr:`DiscoveryResponder.dropped`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import selectors
 import threading
@@ -33,6 +42,7 @@ DISCOVERY_PORT = 8089
 """Default UDP port of the discovery responder."""
 QUERY = b"peng3dnet?"
 _MAX = 1400
+_MAX_TRACKED = 4096  # per-address buckets kept at most (then the oldest go)
 
 
 class DiscoveryResponder:
@@ -42,19 +52,38 @@ class DiscoveryResponder:
         server: The Server (its ping data and port are announced).
         port: UDP port to listen on (0: any free one; see :attr:`addr`).
         host: Address to bind ("" = all interfaces; tests use 127.0.0.1).
+        public: Answer senders outside private, loopback and link-local
+            networks too.
+        per_address: Answers per second to one sender address (burst:
+            twice that).
+        total: Answers per second in all (burst: twice that).
 
     Raises:
         InvalidAddressError: The host cannot be resolved.
         NetworkError: The port cannot be bound.
     """
 
-    def __init__(self, server: Any, port: int = DISCOVERY_PORT, host: str = "") -> None:
+    def __init__(self, server: Any, port: int = DISCOVERY_PORT, host: str = "", *, public: bool = False,
+                 per_address: float = 4.0, total: float = 64.0) -> None:
+        if per_address <= 0 or total <= 0:
+            raise ValueError("per_address and total must be positive answers per second")
         self.server = server
+        self.public = public
+        """Answer senders outside the local networks too (default ``False``)."""
+        self.per_address = float(per_address)
+        self.total = float(total)
+        self.answered = 0
+        """Queries answered."""
+        self.dropped = 0
+        """Queries dropped: a non-local sender, or over a rate limit."""
         self._dgram = Datagram(host, port, reuseaddr=True)
         self.addr = self._dgram.addr
         """The bound (host, port)."""
         self._reactor = Reactor("peng3dnet discovery")
         self._thread: threading.Thread | None = None
+        # token buckets: (tokens, last refill); per address and one for all
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._all = (2 * self.total, time.monotonic())
 
     @property
     def sock(self) -> socket.socket:
@@ -91,6 +120,27 @@ class DiscoveryResponder:
             out = msgpack.packb({"peng3dnet": data["peng3dnet"], "port": data["port"]})
         return out
 
+    def allowed(self, host: str, now: float) -> bool:
+        """Whether a query from ``host`` at ``now`` (monotonic seconds) gets
+        an answer; spends a token of its address and of the total
+        (responder's thread)."""
+        if not self.public and not _is_local(host):
+            return False
+        tokens, last = self._buckets.get(host, (2 * self.per_address, now))
+        tokens = min(2 * self.per_address, tokens + max(0.0, now - last) * self.per_address)
+        all_tokens, all_last = self._all
+        all_tokens = min(2 * self.total, all_tokens + max(0.0, now - all_last) * self.total)
+        if tokens < 1 or all_tokens < 1:
+            self._buckets[host] = (tokens, now)
+            self._all = (all_tokens, now)
+            return False
+        self._buckets.pop(host, None)
+        if len(self._buckets) >= _MAX_TRACKED:
+            del self._buckets[next(iter(self._buckets))]  # the least recently seen
+        self._buckets[host] = (tokens - 1, now)
+        self._all = (all_tokens - 1, now)
+        return True
+
     def _run(self) -> None:
         r = self._reactor
         try:
@@ -109,6 +159,11 @@ class DiscoveryResponder:
             return
         data, addr = got
         if data == QUERY:
+            if not self.allowed(addr[0], time.monotonic()):
+                self.dropped += 1
+                log.debug("discovery: query from %s dropped (not local, or over the rate limit)", addr[0])
+                return
+            self.answered += 1
             try:
                 sent = self._dgram.send_to(self.answer(), addr)
             except NetworkError as exc:
@@ -118,35 +173,58 @@ class DiscoveryResponder:
                     log.debug("discovery: cannot answer %s: the socket buffer is full", addr)
 
 
-def discover_servers(
-    port: int = DISCOVERY_PORT, timeout: float = 1.0, addr: str = "255.255.255.255"
-) -> list[dict[str, Any]]:
-    """Broadcast one query and return the answers received within ``timeout``.
+def _is_local(host: str) -> bool:
+    """A sender on a local network: private, loopback or link-local
+    (IPv4-mapped IPv6 as IPv4; a scope id is ignored)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_private or ip.is_loopback or ip.is_link_local
 
-    Each answer has ``host`` (the sender's address) and ``port`` (the game
-    port) plus the server's ping data.  Blocks the calling thread for
-    ``timeout`` (less only if the socket reports an error).
+
+def discover_servers(
+    port: int = DISCOVERY_PORT, timeout: float = 1.0, addr: str = "255.255.255.255", *, tries: int = 3
+) -> list[dict[str, Any]]:
+    """Broadcast a query and return the answers received within ``timeout``.
+
+    The query is sent ``tries`` times, spread over the first half of
+    ``timeout`` (a broadcast may be lost; a server answers each copy, and
+    each server is listed once, with its newest answer).  Each answer has
+    ``host`` (the sender's address) and ``port`` (the game port) plus the
+    server's ping data.  Blocks the calling thread for ``timeout`` (less
+    only if the socket reports an error).
 
     Raises:
         InvalidAddressError: ``addr`` cannot be resolved.
         NetworkError: The query cannot be sent (no route, for example).
+        ValueError: ``tries`` is below 1.
     """
+    if tries < 1:
+        raise ValueError(f"tries must be at least 1, not {tries!r}")
     dgram = Datagram(broadcast=True)
-    found: list[dict[str, Any]] = []
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    start = time.monotonic()
+    deadline = start + timeout
+    sends = [start + i * timeout / (2 * tries) for i in range(tries)]
     try:
-        if not dgram.send_to(QUERY, (addr, port)):
-            log.debug("discovery: the query was dropped (socket buffer full)")
-        deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            while sends and sends[0] <= now:
+                sends.pop(0)
+                if not dgram.send_to(QUERY, (addr, port)):
+                    log.debug("discovery: a query was dropped (socket buffer full)")
+            remaining = min(deadline, sends[0] if sends else deadline) - now
+            if deadline - now <= 0:
                 break
             try:
-                got = dgram.recv_from(_MAX + 200, timeout=remaining)
+                got = dgram.recv_from(_MAX + 200, timeout=max(remaining, 0.001))
             except NetworkError:
                 break
             if got is None:
-                break
+                continue  # the next send, or the deadline
             data, src = got
             try:
                 info = msgpack.unpackb(data, raw=False)
@@ -154,10 +232,10 @@ def discover_servers(
                 continue
             if isinstance(info, dict) and isinstance(info.get("port"), int):
                 info["host"] = src[0]
-                found.append(info)
+                found[(src[0], info["port"])] = info
     finally:
         dgram.close()
-    return found
+    return list(found.values())
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from peng3dnet.ext.discovery import DiscoveryResponder, discover_servers
 from peng3dnet.ext.ping import PingableServerMixin
 from peng3dnet.net import Client, Server
@@ -140,6 +142,110 @@ def test_discovery_on_loopback():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             u.sendto(b"\xff" * 50, ("127.0.0.1", resp.addr[1]))
         assert len(discover_servers(port=resp.addr[1], timeout=0.5, addr="127.0.0.1")) == 1
+    finally:
+        resp.stop()
+        s.shutdown()
+
+
+def test_discovery_answers_each_query_and_lists_each_server_once():
+    """The query goes out ``tries`` times (a broadcast may be lost); a
+    server answering every copy is listed once."""
+    class S(PingableServerMixin, Server):
+        pingdata = {"name": "lan game"}
+
+    s = S(addr=("127.0.0.1", 0))
+    s.bind()
+    resp = DiscoveryResponder(s, port=0, host="127.0.0.1").start()
+    try:
+        found = discover_servers(port=resp.addr[1], timeout=0.6, addr="127.0.0.1", tries=3)
+        assert [f["port"] for f in found] == [s.addr[1]]
+        wait_for_value(lambda: resp.answered, 3)
+        with pytest.raises(ValueError):
+            discover_servers(port=resp.addr[1], timeout=0.1, addr="127.0.0.1", tries=0)
+    finally:
+        resp.stop()
+        s.shutdown()
+
+
+def wait_for_value(get, want, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while get() != want:
+        assert time.monotonic() < deadline, f"{get()} != {want}"
+        time.sleep(0.005)
+
+
+def test_discovery_query_lost_once_is_answered_on_a_later_try():
+    """A responder that ignores the first query (a lost broadcast) is still
+    found, because the query is sent again."""
+    class S(PingableServerMixin, Server):
+        pingdata = {"name": "late"}
+
+    s = S(addr=("127.0.0.1", 0))
+    s.bind()
+    resp = DiscoveryResponder(s, port=0, host="127.0.0.1")
+    first = [True]
+    allowed = resp.allowed
+
+    def lose_first(host, now):
+        if first[0]:
+            first[0] = False
+            return False
+        return allowed(host, now)
+
+    resp.allowed = lose_first  # type: ignore[method-assign]
+    resp.start()
+    try:
+        found = discover_servers(port=resp.addr[1], timeout=0.6, addr="127.0.0.1", tries=3)
+        assert [f["name"] for f in found] == ["late"]
+        assert resp.dropped == 1
+        assert discover_servers(port=resp.addr[1], timeout=0.3, addr="127.0.0.1", tries=1) != []
+    finally:
+        resp.stop()
+        s.shutdown()
+
+
+def test_discovery_responder_rate_limits_and_local_only():
+    """Token buckets: a burst of twice the rate per address, then the rate;
+    the total bucket over every address; non-local senders get nothing
+    unless public=True.  (Driven with explicit times: no sockets.)"""
+    s = Server(addr=("127.0.0.1", 0))
+    resp = DiscoveryResponder(s, port=0, host="127.0.0.1", per_address=4, total=10)
+    try:
+        t = 1000.0
+        assert [resp.allowed("192.168.1.5", t) for _ in range(9)] == [True] * 8 + [False]  # burst 8
+        assert resp.allowed("192.168.1.5", t + 0.24) is False  # 0.96 of a token
+        assert resp.allowed("192.168.1.5", t + 0.25) is True  # refilled at 4/s
+        # the total: a burst of 20 over all addresses, refilled at 10/s: 20 - 8
+        # at t, + 2.5 by t + 0.25, - 1 there: 13.5 left
+        assert sum(resp.allowed(f"10.0.0.{i}", t + 0.25) for i in range(20)) == 13
+        assert resp.allowed("10.0.1.1", t + 0.25) is False
+        assert resp.allowed("10.0.1.1", t + 0.35) is True  # 10/s: one more after 0.1 s
+        # local networks only
+        for host in ("8.8.8.8", "2001:4860::1", "not an address"):
+            assert resp.allowed(host, t + 100) is False
+        for host in ("127.0.0.1", "::1", "fe80::1%eth0", "::ffff:192.168.0.2", "172.16.0.1"):
+            assert resp.allowed(host, t + 200) is True
+        resp.public = True
+        assert resp.allowed("8.8.8.8", t + 300) is True
+        with pytest.raises(ValueError):
+            DiscoveryResponder(s, port=0, host="127.0.0.1", per_address=0)
+    finally:
+        resp.stop()
+
+
+def test_discovery_responder_drops_a_flood_from_one_address():
+    class S(PingableServerMixin, Server):
+        pingdata = {"name": "flooded"}
+
+    s = S(addr=("127.0.0.1", 0))
+    s.bind()
+    resp = DiscoveryResponder(s, port=0, host="127.0.0.1", per_address=4, total=1000).start()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            for _ in range(100):
+                u.sendto(b"peng3dnet?", ("127.0.0.1", resp.addr[1]))
+        wait_for_value(lambda: resp.answered + resp.dropped, 100)
+        assert resp.answered <= 9  # the burst of 8 (+1 refilled while the flood was read)
     finally:
         resp.stop()
         s.shutdown()
