@@ -496,3 +496,23 @@ def test_ctrl_c_quits_the_windowed_game_without_a_traceback(tmp_path, xvfb_displ
         assert json.loads(report.read_text())["name"] == "tester"  # the report of a clean exit
     finally:
         reap(game)
+
+
+def test_ping_counts_the_players_not_the_ping_connection():
+    """The arena's ping data counts players who joined the game; the ping
+    connection asking is not one of them (it was counted)."""
+    from demos.arena.netgame import ArenaServer, Bot
+    from peng3dnet.ext.ping import pingServer
+    from tests.helpers import wait_for
+
+    srv = ArenaServer(host="127.0.0.1", port=0).start()
+    bots = []
+    try:
+        assert pingServer(addr=("127.0.0.1", srv.port), timeout=10)["players"] == 0
+        bots = [Bot(("127.0.0.1", srv.port), f"b{i}").start() for i in range(2)]
+        wait_for(lambda: len(srv.sync.owners) == 2, what="two players in the game")
+        assert pingServer(addr=("127.0.0.1", srv.port), timeout=10)["players"] == 2
+    finally:
+        for b in bots:
+            b.stop()
+        srv.stop()
