@@ -72,6 +72,10 @@ def unpack(body: bytes) -> Any:
         raise DecodeError(f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack") from exc
 
 
+_LEAVES = frozenset((str, bytes, int, float, bool, type(None), bytearray, memoryview))
+"""Types that hold no map (exact types: a subclass takes the full walk)."""
+
+
 def check_keys(value: Any) -> None:
     """Raise unless every map key in ``value`` is str or bytes: what a peer of protocol version 2 without our
     ``mapkeys`` extension (peng3dnet 0.1.x) accepts (it closes the
@@ -80,6 +84,15 @@ def check_keys(value: Any) -> None:
     Raises:
         LocalProtocolError: A map with another key type; the message names it.
     """
+    t = type(value)
+    if t in _LEAVES:
+        return
+    if t is list or t is tuple:  # the common message shapes: a scalar or a short flat array, checked without a walk
+        for v in value:
+            if type(v) not in _LEAVES:
+                break
+        else:
+            return
     stack = [value]
     while stack:
         item = stack.pop()

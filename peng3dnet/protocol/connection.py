@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
 from msgpack import packb as _packb
+from msgpack import unpackb as _unpackb
 
 from ..constants import (
     CONNTYPE_CLASSIC,
@@ -362,10 +363,16 @@ class ProtocolConnection:
                     if quota <= 0:
                         break
                     if not flags:
-                        # The common case, inlined: an uncompressed application packet.
+                        # The common case, inlined: an uncompressed application packet,
+                        # msgpack called directly (codec.unpack's options; on any
+                        # error codec.unpack runs again to raise its DecodeError).
                         quota -= 1
                         taken += 1
-                        outputs.append(_tuple_new(PacketReceived, (pid, 0, unpack(body), state)))
+                        try:
+                            msg = _unpackb(body, raw=False, strict_map_key=False)
+                        except Exception:
+                            msg = unpack(body)
+                        outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, state)))
                         continue
                     quota -= 1
                 elif pid == call_pid:  # a call request waits for a handler like a packet

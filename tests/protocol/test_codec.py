@@ -136,6 +136,52 @@ def test_check_keys_finds_a_key_0_1_peers_refuse_anywhere_in_the_message():
             check_keys(bad)
 
 
+def _bad_key_anywhere(value) -> bool:
+    """The reference: a straightforward recursive walk."""
+    if isinstance(value, dict):
+        return any(not isinstance(k, (str, bytes)) or _bad_key_anywhere(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_bad_key_anywhere(v) for v in value)
+    return False
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=3),
+                     st.binary(max_size=3))
+_messages = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=4).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=2), st.binary(max_size=2), st.integers(), st.none()), inner,
+                        max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@given(_messages)
+def test_check_keys_agrees_with_a_plain_walk(value):
+    """The fast paths (a scalar, a flat array of scalars) skip nothing: a
+    map anywhere, also as the last item of an array, is checked."""
+    if _bad_key_anywhere(value):
+        with pytest.raises(LocalProtocolError, match="map key"):
+            check_keys(value)
+    else:
+        check_keys(value)
+
+
+def test_check_keys_fast_paths_still_look_inside():
+    check_keys([1, "x", b"y", None, 2.5, True])
+    for bad in ([1, "x", {3: 4}], (1, [{"a": {None: 1}}]), [1] * 20 + [{5: 6}]):
+        with pytest.raises(LocalProtocolError, match="map key"):
+            check_keys(bad)
+
+    class Text(str):
+        pass
+
+    check_keys(Text("a subclass takes the full walk"))
+
+
 def test_a_limit_of_zero_decompresses_nothing():
     # zlib's max_length=0 means "unlimited": the codec must not pass it on
     with pytest.raises(FrameTooLargeError):

@@ -1,0 +1,137 @@
+"""Per-packet cost in CPU instructions, counted by valgrind's callgrind:
+repeatable on a shared VM where wall-clock rows move by 20-70 % between
+runs.  Each scenario runs in-process on one thread (no sockets read by a
+second process): the receive path (``Server.receive_data`` of N framed
+packets, handlers inline; events off / on without subscribers / one
+subscriber) and the send path (``send_message`` of N small messages to one
+connection, the kernel buffer drained by the same thread; to a 0.1.x peer,
+whose map keys are checked, and to a peer of ours).  Cost per
+packet = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up cancels out.
+
+    python -m bench.instr [--rev REV ...] [--n1 2000 --n2 12000]
+
+``--rev`` measures other commits too (each exported with ``git archive``
+into a temporary folder; the same scenario code runs against each).
+Needs valgrind (Debian: ``apt-get install valgrind``).  Run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCENARIO = r'''
+import socket, sys
+import msgpack
+from peng3dnet import events
+from peng3dnet.net import Server
+from peng3dnet.packet import Packet
+from peng3dnet.protocol.framing import encode_frame
+
+mode, n = sys.argv[1], int(sys.argv[2])
+
+class Sink(Packet):
+    def receive(self, msg, cid=None):
+        pass
+
+s = Server(addr=("127.0.0.1", 0), cfg={
+    "net.events.enable": mode != "recv, events off", "net.process.inline": True,
+    "net.limits.rate.packets": 0, "net.limits.rate.bytes": 0,
+})
+s.register_packet("b:msg", Sink(s.registry, s))
+s.initialize()
+a, b = socket.socketpair()
+b.setblocking(False)
+s._accepted(a, ("bench", 0))
+cid = next(iter(s.clients))
+settype = {"conntype": "classic"}
+if mode.endswith("(mapkeys)"):  # a peer of ours: str-only map keys need no check
+    settype["peng3dnet.extensions"] = ["mapkeys"]
+s.receive_data(encode_frame(2, 0, msgpack.packb(settype)), cid)
+s.receive_data(encode_frame(4, 0, msgpack.packb({"success": True})), cid)
+pid = s.registry.get_id("b:msg")
+if mode == "recv, one subscriber":
+    def handler(event, d):
+        pass
+    events.subscribe("peng3dnet:server.connection.recv", handler, sender=s)
+if mode.startswith("recv"):
+    data = b"".join(encode_frame(pid, 0, msgpack.packb([i, "x"])) for i in range(n))
+    for i in range(0, len(data), 65536):
+        s.receive_data(data[i:i + 65536], cid)
+else:
+    msg = [1, "x"]
+    for i in range(n):
+        s.send_message("b:msg", msg, cid)
+        if i % 256 == 255:
+            try:
+                while b.recv(1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+'''
+
+MODES = ("recv, events off", "recv, events on, no subscriber", "recv, one subscriber", "send_message",
+         "send_message to a peer of ours (mapkeys)")
+
+
+def instructions(tree: str, mode: str, n: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "scenario.py")
+        with open(script, "w") as f:
+            f.write(SCENARIO)
+        out = os.path.join(tmp, "cg.out")
+        env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0")
+        p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, script,
+                            mode, str(n)], env=env, capture_output=True, text=True, cwd=tmp)
+        if p.returncode != 0:
+            raise SystemExit(f"scenario failed in {tree}:\n{p.stderr[-3000:]}")
+        m = re.search(r"Collected\s*:\s*(\d+)", p.stderr)
+        if m is None:
+            raise SystemExit("no callgrind total in:\n" + p.stderr[-2000:])
+        return int(m.group(1))
+
+
+def export(rev: str, into: str) -> str:
+    tree = os.path.join(into, rev.replace("/", "_"))
+    os.makedirs(tree)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "peng3dnet"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    return tree
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rev", action="append", default=[], help="also measure this commit (repeatable)")
+    ap.add_argument("--n1", type=int, default=2000)
+    ap.add_argument("--n2", type=int, default=12000)
+    ap.add_argument("--mode", action="append", choices=MODES, help="only these scenarios")
+    args = ap.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    tmp = tempfile.mkdtemp(prefix="peng3dnet-instr-")
+    try:
+        trees = [("working tree", ROOT)] + [(rev, export(rev, tmp)) for rev in args.rev]
+        modes = args.mode or list(MODES)
+        print("| scenario | " + " | ".join(name for name, _ in trees) + " |")
+        print("| --- |" + " ---: |" * len(trees))
+        for mode in modes:
+            row = []
+            for _, tree in trees:
+                per = (instructions(tree, mode, args.n2) - instructions(tree, mode, args.n1)) / (args.n2 - args.n1)
+                row.append(per)
+            base = row[-1] if len(row) > 1 else None
+            cells = [f"{v:,.0f}" + (f" ({v / base:.3f})" if base else "") for v in row]
+            print(f"| {mode}, instructions per packet | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
