@@ -137,7 +137,8 @@ def test_sdist_holds_everything_the_tests_need(dists):
     if os.path.exists(os.path.join(REPO, "CHANGELOG.md")):
         missing += [] if "CHANGELOG.md" in names else ["CHANGELOG.md"]
     assert not missing, f"not in the sdist: {missing}"
-    junk = sorted(n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo")) or n.startswith(".venv"))
+    junk = sorted(n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))
+                  or n.startswith((".venv", "docs/_build/", "build/", "dist/")))
     assert not junk, junk
 
 
