@@ -227,13 +227,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``peng3dnet`` argument parser."""
     from .tools.lagproxy import add_arguments as add_proxy_arguments
-    from .version import VERSION
+    from .version import PROTOVERSION, RELEASE
 
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="debug logging; show tracebacks")
     ap = _Parser(prog=PROG, description="peng3dnet command line tools.", parents=[common])
-    ap.add_argument("--version", action="version", version=f"{PROG} {VERSION}")
+    ap.add_argument("--version", action="version", version=f"{PROG} {RELEASE} (protocol {PROTOVERSION})")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
