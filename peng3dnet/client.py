@@ -516,7 +516,15 @@ class Client(Peer):
             else:
                 self._end_waiting_session(session, reason)
             return
-        self._close_link(link, reason, polite=True)
+        if not self._close_link(link, reason, polite=True):
+            # The socket dropped between the check above and the close: the
+            # session, if it now waits for the next socket, ends here.
+            if session is not None and not session.ended:
+                if self._loop_active() and not self._reactor.in_loop():
+                    self._reactor.call_soon(self._end_waiting_session, session, reason)
+                else:
+                    self._end_waiting_session(session, reason)
+            return
         if self._loop_active() and not self._reactor.in_loop():
             chan = link.chan
             with self._flush_cond:

@@ -940,14 +940,15 @@ class Peer:
             link.chan.close()
             self._channel_closed(link)
 
-    def _close_link(self, link: Link, reason: str | None, polite: bool = False) -> None:
+    def _close_link(self, link: Link, reason: str | None, polite: bool = False) -> bool:
         """Close one connection with ``reason`` (any thread).  ``polite``:
         the application (or a stop) closes a well-behaved peer; see
-        :meth:`_closing_flushed`."""
+        :meth:`_closing_flushed`.  Returns ``False`` when it was closed
+        already (e.g. its socket dropped a moment ago)."""
         chan = link.chan
         with chan.lock:
             if not link.proto.is_open:
-                return
+                return False
             link.local_closed = True
             link.polite = polite
             link.proto.close(reason)
@@ -968,6 +969,7 @@ class Peer:
             # No loop: nothing else will run; finish here.
             self._handle_outputs(link, outs)
             self._force_close(link)
+        return True
 
     # --- sending ----------------------------------------------------------------------------
     def _lookup(self, ptype: Any) -> SendPlan:

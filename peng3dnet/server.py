@@ -1021,7 +1021,13 @@ class Server(Peer):
             else:
                 self._end_suspended(session, reason)
             return
-        self._close_link(link, reason, polite=True)
+        if not self._close_link(link, reason, polite=True) and session is not None and not session.ended:
+            # The socket dropped between the check above and the close: the
+            # suspended session ends here (a kicked client must not resume).
+            if self._loop_active() and not self._reactor.in_loop():
+                self._reactor.call_soon(self._end_suspended, session, reason)
+            else:
+                self._end_suspended(session, reason)
 
     def process_single_packet(self, client: ClientOnServer) -> bool:
         """Run the handler of the oldest queued packet of ``client``.

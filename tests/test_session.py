@@ -442,3 +442,42 @@ def test_a_server_close_answered_before_its_own_loop_saw_it_forgets_the_link(pai
     release.set()
     wait_for(lambda: not p.s._links and not p.s._sessions and not p.s.clients, what="nothing left")
     assert p.s.stats.connections_open == 0 and "peng3dnet:server.connection.suspended" not in p.srec.names()
+
+
+def test_a_client_close_racing_a_drop_is_not_lost(pairs):
+    """The socket drops between close()'s check and the close itself: the
+    close used to be skipped (already closed), the session resumed, and the
+    program's close was forgotten."""
+    p = pairs(proxy=True, client_cfg={"net.client.reconnect.delay": 0.3})
+    real = p.c._close_link
+
+    def racing(link, reason, polite=False):
+        p.c._close_link = real  # once
+        p.proxy.cut()
+        wait_for(lambda: p.c.reconnecting, what="the drop seen by the client")
+        return real(link, reason, polite)
+
+    p.c._close_link = racing
+    p.c.close("bye")
+    p.c.join(5)
+    assert p.c.close_reason == "bye" and "peng3dnet:client.resumed" not in p.crec.names()
+
+
+def test_a_server_close_racing_a_drop_is_not_lost(pairs):
+    """The same on the server: a kicked client must not resume its session."""
+    p = pairs(proxy=True, client_cfg={"net.client.reconnect.delay": 0.3})
+    real = p.s._close_link
+
+    def racing(link, reason, polite=False):
+        p.s._close_link = real  # once: the server's later closes (the refused resume) go through as they are
+        p.proxy.cut()
+        p.srec.wait_for("peng3dnet:server.connection.suspended")
+        return real(link, reason, polite)
+
+    p.s._close_link = racing
+    p.s.close_connection(p.cid, "kicked")
+    (closed,) = p.srec.wait_for("peng3dnet:server.connection.close")
+    assert closed["reason"] == "kicked"
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "resume:unknown" and "peng3dnet:client.resumed" not in p.crec.names()
+    wait_for(lambda: not p.s._links and not p.s._sessions and not p.s.clients, what="nothing left")
