@@ -10,8 +10,8 @@ at 1,400 bytes of ping data) and anything else is ignored.
 
 The responder is a UDP service anyone can send to, and its answer is
 bigger than the query, so it is bounded: it answers only senders on a
-local network (private, loopback and link-local addresses; ``public=True``
-to answer anyone), at most ``per_address`` answers per second to one
+local network (private, loopback, link-local and RFC 6598 shared
+addresses; ``public=True`` to answer anyone), at most ``per_address`` answers per second to one
 address (burst of twice that) and ``total`` per second overall; queries
 beyond that are dropped and counted (:attr:`DiscoveryResponder.dropped`).
 """
@@ -65,7 +65,7 @@ class DiscoveryResponder:
 
     def __init__(self, server: Any, port: int = DISCOVERY_PORT, host: str = "", *, public: bool = False,
                  per_address: float = 4.0, total: float = 64.0) -> None:
-        if per_address <= 0 or total <= 0:
+        if not (per_address > 0 and total > 0):  # (NaN fails too)
             raise ValueError("per_address and total must be positive answers per second")
         self.server = server
         self.public = public
@@ -126,20 +126,20 @@ class DiscoveryResponder:
         (responder's thread)."""
         if not self.public and not _is_local(host):
             return False
-        tokens, last = self._buckets.get(host, (2 * self.per_address, now))
+        buckets = self._buckets
+        tokens, last = buckets.pop(host, (2 * self.per_address, now))
         tokens = min(2 * self.per_address, tokens + max(0.0, now - last) * self.per_address)
         all_tokens, all_last = self._all
         all_tokens = min(2 * self.total, all_tokens + max(0.0, now - all_last) * self.total)
-        if tokens < 1 or all_tokens < 1:
-            self._buckets[host] = (tokens, now)
-            self._all = (all_tokens, now)
-            return False
-        self._buckets.pop(host, None)
-        if len(self._buckets) >= _MAX_TRACKED:
-            del self._buckets[next(iter(self._buckets))]  # the least recently seen
-        self._buckets[host] = (tokens - 1, now)
-        self._all = (all_tokens - 1, now)
-        return True
+        ok = tokens >= 1 and all_tokens >= 1
+        if ok:
+            tokens -= 1
+            all_tokens -= 1
+        if len(buckets) >= _MAX_TRACKED:
+            del buckets[next(iter(buckets))]  # the least recently seen (a forgotten one starts full)
+        buckets[host] = (tokens, now)  # (re)inserted last: the dict is in order of last query
+        self._all = (all_tokens, now)
+        return ok
 
     def _run(self) -> None:
         r = self._reactor
@@ -163,26 +163,32 @@ class DiscoveryResponder:
                 self.dropped += 1
                 log.debug("discovery: query from %s dropped (not local, or over the rate limit)", addr[0])
                 return
-            self.answered += 1
             try:
                 sent = self._dgram.send_to(self.answer(), addr)
             except NetworkError as exc:
                 log.debug("discovery: cannot answer %s: %s", addr, exc)
             else:
-                if not sent:
+                if sent:
+                    self.answered += 1
+                else:
                     log.debug("discovery: cannot answer %s: the socket buffer is full", addr)
 
 
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+"""Carrier-grade NAT's shared space (RFC 6598; also Tailscale's): a LAN."""
+
+
 def _is_local(host: str) -> bool:
-    """A sender on a local network: private, loopback or link-local
-    (IPv4-mapped IPv6 as IPv4; a scope id is ignored)."""
+    """A sender on a local network: private, loopback, link-local or the
+    shared address space of RFC 6598 (IPv4-mapped IPv6 as IPv4; a scope id
+    is ignored)."""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return ip.is_private or ip.is_loopback or ip.is_link_local
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip in _SHARED
 
 
 def discover_servers(
@@ -213,9 +219,15 @@ def discover_servers(
         while True:
             now = time.monotonic()
             while sends and sends[0] <= now:
+                first = len(sends) == tries
                 sends.pop(0)
-                if not dgram.send_to(QUERY, (addr, port)):
-                    log.debug("discovery: a query was dropped (socket buffer full)")
+                try:
+                    if not dgram.send_to(QUERY, (addr, port)):
+                        log.debug("discovery: a query was dropped (socket buffer full)")
+                except NetworkError as exc:
+                    if first:
+                        raise
+                    log.debug("discovery: a repeated query failed (%s); keeping the answers so far", exc)
             remaining = min(deadline, sends[0] if sends else deadline) - now
             if deadline - now <= 0:
                 break

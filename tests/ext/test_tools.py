@@ -249,3 +249,59 @@ def test_discovery_responder_drops_a_flood_from_one_address():
     finally:
         resp.stop()
         s.shutdown()
+
+
+def test_discovery_rate_table_is_bounded_when_refusing():
+    """Refused queries from ever new addresses do not grow the table past
+    its bound (only the allowed path evicted)."""
+    from peng3dnet.ext import discovery
+
+    s = Server(addr=("127.0.0.1", 0))
+    resp = DiscoveryResponder(s, port=0, host="127.0.0.1", total=1)
+    try:
+        t = 1000.0
+        results = [resp.allowed(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", t) for i in range(20_000)]
+        assert results[:2] == [True, True] and not any(results[2:])  # the total's burst of 2, then nothing
+        assert len(resp._buckets) == discovery._MAX_TRACKED
+        assert resp.allowed("100.64.1.2", t + 10)  # carrier-grade NAT space counts as local
+        for bad in (0, -1, float("nan")):
+            with pytest.raises(ValueError):
+                DiscoveryResponder(s, port=0, host="127.0.0.1", per_address=bad)
+    finally:
+        resp.stop()
+
+
+def test_discover_keeps_its_answers_when_a_repeated_query_fails(monkeypatch):
+    """A network that goes away after the first query: the answers already
+    in are returned (a failing first query still raises)."""
+    from peng3dnet.errors import NetworkError
+    from peng3dnet.ext import discovery
+    from peng3dnet.transport import Datagram
+
+    class S(PingableServerMixin, Server):
+        pingdata = {"name": "still here"}
+
+    s = S(addr=("127.0.0.1", 0))
+    s.bind()
+    resp = DiscoveryResponder(s, port=0, host="127.0.0.1").start()
+    sent = []
+
+    class Failing(Datagram):  # the querying side only (the responder's socket exists already)
+        def send_to(self, data, addr):
+            sent.append(data)
+            if len(sent) > 1:
+                raise NetworkError("network is unreachable")
+            return super().send_to(data, addr)
+
+    try:
+        monkeypatch.setattr(discovery, "Datagram", Failing)
+        found = discover_servers(port=resp.addr[1], timeout=0.6, addr="127.0.0.1", tries=3)
+        assert [f["name"] for f in found] == ["still here"] and len(sent) == 3
+        sent.clear()
+        sent.append(b"make the first fail")
+        with pytest.raises(NetworkError):
+            discover_servers(port=resp.addr[1], timeout=0.3, addr="127.0.0.1", tries=2)
+    finally:
+        monkeypatch.undo()
+        resp.stop()
+        s.shutdown()
