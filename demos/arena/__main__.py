@@ -87,6 +87,8 @@ def _parse_connect(ap: argparse.ArgumentParser, text: str) -> tuple[str, int]:
         ap.error(f"--connect {text!r}: {exc}")
     if not host:
         ap.error(f"--connect {text!r}: no host")
+    if not 0 < port < 65536:
+        ap.error(f"--connect {text!r}: port must be 1-65535")
     return host, port
 
 
@@ -116,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(exc: BaseException) -> bool:
     """Errors a player causes or meets (unreachable server or Redis, bad
     address, refused login), as opposed to bugs, which keep their traceback."""
-    from peng3dnet.errors import Peng3dNetError
+    from peng3dnet.errors import LocalProtocolError, Peng3dNetError
 
+    if isinstance(exc, LocalProtocolError):
+        return False  # the program used the library wrongly: a bug, with its traceback
     if isinstance(exc, (Peng3dNetError, OSError)):
         return True
     return type(exc).__module__.split(".")[0] == "redis"  # redis.exceptions.ConnectionError & co

@@ -75,20 +75,25 @@ def _rgb(hue: float, value: float = 1.0) -> list[int]:
 
 def player_color(index: int) -> list[int]:
     """The colour of the ``index``-th player slot: the eight hues of
-    :data:`PLAYER_HUES`, then the same hues darker for the next eight, and
-    so on (the ninth player repeats a hue, never a colour, up to 24)."""
-    rounds = index // len(PLAYER_HUES)
-    return _rgb(PLAYER_HUES[index % len(PLAYER_HUES)], max(0.45, 1.0 - 0.2 * rounds))
+    :data:`PLAYER_HUES`, then the same hues darker for the next eight and
+    the next (24 distinct colours); from the 25th slot on the hues shift by
+    a few degrees per round (colours may repeat there)."""
+    rounds, slot = divmod(index, len(PLAYER_HUES))
+    if rounds < 3:
+        return _rgb(PLAYER_HUES[slot], 1.0 - 0.2 * rounds)
+    return _rgb((PLAYER_HUES[slot] + 4.0 * (rounds - 2)) % 360.0, 0.7)
 
 
 def pick_color(taken: list[Any]) -> list[int]:
     """The first slot colour no current player has (the server's choice at
-    a join; a player keeps it when renamed)."""
+    a join; a player keeps it when renamed).  Looks at most one slot past
+    the number taken, so it ends whatever ``taken`` holds."""
     used = {tuple(c) for c in taken if c is not None}
-    i = 0
-    while tuple(player_color(i)) in used:
-        i += 1
-    return player_color(i)
+    for i in range(len(used) + 1):
+        color = player_color(i)
+        if tuple(color) not in used:
+            return color
+    return player_color(len(used))
 
 
 def color_for(name: str) -> list[int]:

@@ -41,13 +41,17 @@ def stack_labels(labels: list[Any]) -> None:
     for label in sorted(labels, key=lambda lb: (lb.y, lb.x)):
         half = label.content_width / 2 + 2
         y = label.y
-        moved = True
-        while moved:
+        # Each move puts the label just above one placed label, strictly
+        # higher each time, so it moves at most len(placed) times (the
+        # bound also ends it for absurd coordinates where py + 12 == py).
+        for _ in range(len(placed)):
             moved = False
             for px, py, ph in placed:
                 if abs(label.x - px) < half + ph and abs(y - py) < LABEL_H - 0.01:
                     y = py + LABEL_H  # strictly up (the tolerance: (py + 12) - py can be 11.99999)
                     moved = True
+            if not moved:
+                break
         label.y = y
         placed.append((label.x, y, half))
 

@@ -422,6 +422,10 @@ def test_pick_color_skips_taken_colours():
     assert pick_color([player_color(0), player_color(2)]) == player_color(1)
     assert pick_color([player_color(i) for i in range(8)]) == player_color(8)
     assert len({tuple(player_color(i)) for i in range(24)}) == 24
+    # every slot taken: it ends (the 33rd player hung the server: 32 colours, an endless search)
+    for n in (32, 33, 300):
+        assert pick_color([player_color(i) for i in range(n)]) is not None
+    assert pick_color([[1, 2, 3]] * 5) == player_color(0)
 
 
 def test_overlapping_name_labels_are_stacked():
@@ -444,6 +448,7 @@ def test_overlapping_name_labels_are_stacked():
 @pytest.mark.parametrize("args, code, message", [
     (["--connect", ""], 2, "--connect needs HOST[:PORT]"),
     (["--connect", "host:"], 2, "empty port"),
+    (["--connect", "127.0.0.1:0"], 2, "port must be 1-65535"),
     (["--connect", "127.0.0.1:1"], 1, "arena: error: cannot connect to"),
 ])
 def test_command_line_errors_are_one_line(args, code, message):
@@ -471,12 +476,13 @@ def test_label_stacking_ends_with_float_positions():
     from demos.arena.window import LABEL_H, stack_labels
 
     labels = [SimpleNamespace(x=300.0, y=500.3, content_width=37) for _ in range(3)]
+    labels += [SimpleNamespace(x=900.0, y=1e18, content_width=37) for _ in range(2)]  # py + 12 == py
     labels += [SimpleNamespace(x=300.1 + i * 0.7, y=516.3 + i * 0.1, content_width=37) for i in range(8)]
     worker = threading.Thread(target=stack_labels, args=(labels,), daemon=True)
     worker.start()
     worker.join(10)
     assert not worker.is_alive(), "stack_labels never returned"
-    ys = sorted(lb.y for lb in labels)
+    ys = sorted(lb.y for lb in labels[:3] + labels[5:])
     assert all(b - a >= LABEL_H - 0.01 for a, b in zip(ys, ys[1:]))
 
 
