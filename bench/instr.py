@@ -11,7 +11,9 @@ packet = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up cancels out.
     python -m bench.instr [--rev REV ...] [--n1 2000 --n2 12000]
 
 ``--rev`` measures other commits too (each exported with ``git archive``
-into a temporary folder; the same scenario code runs against each).
+into a temporary folder; the same scenario code runs against each); the
+ratios in parentheses are against the last ``--rev`` (give the baseline
+last).
 Needs valgrind (Debian: ``apt-get install valgrind``).  Run by hand.
 """
 
@@ -87,7 +89,7 @@ def instructions(tree: str, mode: str, n: int) -> int:
         with open(script, "w") as f:
             f.write(SCENARIO)
         out = os.path.join(tmp, "cg.out")
-        env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0")
+        env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
         p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, script,
                             mode, str(n)], env=env, capture_output=True, text=True, cwd=tmp)
         if p.returncode != 0:
@@ -106,6 +108,20 @@ def export(rev: str, into: str) -> str:
     return tree
 
 
+def warm_up(tree: str, mode: str) -> None:
+    """Run the scenario once outside callgrind, so that both measured runs
+    load the same compiled modules (a first run would count compiling, or
+    none would be written: PYTHONDONTWRITEBYTECODE)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "scenario.py")
+        with open(script, "w") as f:
+            f.write(SCENARIO)
+        env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0")
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", tree], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, script, mode, "10"], env=env, check=True, capture_output=True, cwd=tmp)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", action="append", default=[], help="also measure this commit (repeatable)")
@@ -113,6 +129,8 @@ def main() -> None:
     ap.add_argument("--n2", type=int, default=12000)
     ap.add_argument("--mode", action="append", choices=MODES, help="only these scenarios")
     args = ap.parse_args()
+    if not 0 <= args.n1 < args.n2:
+        ap.error("need 0 <= --n1 < --n2")
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     tmp = tempfile.mkdtemp(prefix="peng3dnet-instr-")
@@ -124,9 +142,10 @@ def main() -> None:
         for mode in modes:
             row = []
             for _, tree in trees:
+                warm_up(tree, mode)
                 per = (instructions(tree, mode, args.n2) - instructions(tree, mode, args.n1)) / (args.n2 - args.n1)
                 row.append(per)
-            base = row[-1] if len(row) > 1 else None
+            base = row[-1] if len(row) > 1 else None  # ratios against the last --rev given (the baseline)
             cells = [f"{v:,.0f}" + (f" ({v / base:.3f})" if base else "") for v in row]
             print(f"| {mode}, instructions per packet | " + " | ".join(cells) + " |", flush=True)
     finally:
