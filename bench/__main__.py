@@ -14,12 +14,16 @@ when one does not).
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 
 def main() -> int:
-    quick = "--quick" in sys.argv
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: fewer repeats and smaller sizes")
+    quick = ap.parse_args().quick
     steps = [
         ["bench.run", "--repeat", "1" if quick else "3"] + (["--quick"] if quick else []),
         ["bench.events_cost", "--n", "50000" if quick else "200000", "--repeat", "3" if quick else "7"],
