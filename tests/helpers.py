@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import re
+import signal
+import subprocess
 import threading
 import time
 from typing import Any, Callable
@@ -173,3 +177,88 @@ class Sink(Packet):
         with self.cond:
             assert self.cond.wait_for(lambda: len(self.got) >= n, timeout), f"got {len(self.got)} of {n}"
             return list(self.got)
+
+
+class LineProcess:
+    """A program in a subprocess whose stdout lines are read by a thread,
+    so waiting for a line is bounded.  Lines taken are kept in ``lines``."""
+
+    def __init__(self, cmd: list[str], *, cwd: str, env: dict[str, str], name: str | None = None) -> None:
+        self.name = name or " ".join(cmd[1:3])
+        self.p = subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self._q: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self._q.put(line.rstrip("\n"))
+        self._q.put(None)
+
+    def line(self, timeout: float = 20) -> str:
+        """The next line (without its newline)."""
+        try:
+            line = self._q.get(timeout=timeout)
+        except queue.Empty:
+            self.stop(signal.SIGKILL)
+            raise AssertionError(f"{self.name}: no output line within {timeout} s; stderr: {self.stderr()}") from None
+        if line is None:
+            raise AssertionError(f"{self.name} ended; output {self.lines}; stderr: {self.stderr()}")
+        self.lines.append(line)
+        return line
+
+    def wait_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        """The first line (taken already or next) matching ``pattern``."""
+        rx = re.compile(pattern)
+        for line in self.lines:
+            m = rx.search(line)
+            if m:
+                return m
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.line(max(0.0, deadline - time.monotonic())))
+            if m:
+                return m
+
+    def finish(self, timeout: float = 30) -> int:
+        """Wait for the program to end (bounded); take the rest of its output."""
+        try:
+            code = self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.name} still running after {timeout} s; output {self.lines}") from None
+        self._reader.join(10)
+        while True:
+            try:
+                line = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.lines.append(line)
+        return code
+
+    def stderr(self) -> str:
+        return self.p.stderr.read() if self.p.stderr is not None and self.p.poll() is not None else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Send ``sig`` and wait for the exit code (killed after ``timeout``)."""
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+        try:
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            raise
+
+    def kill(self) -> None:
+        """Kill it if it still runs and close its pipes."""
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        for f in (self.p.stdout, self.p.stderr):
+            if f is not None:
+                f.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import socket
@@ -18,6 +17,7 @@ import pytest
 
 from peng3dnet.net import Client
 from peng3dnet.packet import Packet
+from tests.helpers import LineProcess
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -29,55 +29,20 @@ def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-class Proc:
-    """A long-running ``peng3dnet`` subcommand whose stdout lines are read
-    by a thread (so waiting for a line is bounded)."""
+class Proc(LineProcess):
+    """A long-running ``peng3dnet`` subcommand (see LineProcess)."""
 
     def __init__(self, *args: str) -> None:
-        self.p = subprocess.Popen([sys.executable, "-m", "peng3dnet", *args], cwd=ROOT, env=ENV, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__([sys.executable, "-m", "peng3dnet", *args], cwd=ROOT, env=ENV, name=f"peng3dnet {args[0]}")
 
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.put(line)
-
-    def line(self, timeout: float = 20) -> str:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            self.stop(signal.SIGKILL)
-            raise AssertionError(f"no output line within {timeout} s; stderr: {self.stderr()}") from None
-
-    def stderr(self) -> str:
-        return self.p.stderr.read() if self.p.stderr is not None and self.p.poll() is not None else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-        try:
-            return self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-            raise
-
-    def close(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
-        for f in (self.p.stdout, self.p.stderr):
-            if f is not None:
-                f.close()
+    close = LineProcess.kill
 
 
 @pytest.fixture
 def server():
     proc = Proc("serve", "--host", "127.0.0.1", "--port", "0")
     try:
-        m = re.fullmatch(r"serving on 127\.0\.0\.1:(\d+)\n", proc.line())
+        m = re.fullmatch(r"serving on 127\.0\.0\.1:(\d+)", proc.line())
         assert m, "unexpected first line"
         proc.port = int(m.group(1))  # type: ignore[attr-defined]
         yield proc

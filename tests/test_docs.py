@@ -12,17 +12,16 @@ from __future__ import annotations
 import html
 import importlib.util
 import os
-import queue
 import re
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from peng3dnet.cli import build_parser
 from peng3dnet.constants import DEFAULT_CONFIG, EXTENSION_PACKETS
 from peng3dnet.events import CATALOG
+from tests.helpers import LineProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -129,74 +128,12 @@ def test_the_extension_refuses_a_key_or_an_event_without_a_description(monkeypat
 
 # --- the tutorial's programs ----------------------------------------------------------------------
 
-class Program:
-    """One of the tutorial's programs in a subprocess; its stdout lines are
-    read by a thread, so waiting for a line is bounded."""
+class Program(LineProcess):
+    """One of the tutorial's programs in a subprocess (see LineProcess)."""
 
     def __init__(self, script: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.name = script
-        self.p = subprocess.Popen([sys.executable, os.path.join(TUTORIAL, script), *args], cwd=ROOT,
-                                  env=env or ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self._q: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self._q.put(line.rstrip("\n"))
-        self._q.put(None)
-
-    def wait_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        """Wait for a line matching ``pattern``; every line read is kept in ``lines``."""
-        rx = re.compile(pattern)
-        for line in self.lines:
-            m = rx.search(line)
-            if m:
-                return m
-        while True:
-            try:
-                line = self._q.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"{self.name}: no line matching {pattern!r} within {timeout} s; "
-                                     f"got {self.lines}") from None
-            if line is None:
-                raise AssertionError(f"{self.name} ended without a line matching {pattern!r}; got {self.lines}; "
-                                     f"stderr: {self.stderr()}")
-            self.lines.append(line)
-            m = rx.search(line)
-            if m:
-                return m
-
-    def finish(self, timeout: float = 30) -> int:
-        """Wait for the program to end (bounded); read the rest of its output."""
-        try:
-            code = self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"{self.name} still running after {timeout} s; output {self.lines}") from None
-        self._reader.join(10)
-        while True:
-            try:
-                line = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.lines.append(line)
-        return code
-
-    def stderr(self) -> str:
-        return self.p.stderr.read() if self.p.stderr is not None and self.p.poll() is not None else ""
-
-    def kill(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
-        for f in (self.p.stdout, self.p.stderr):
-            if f is not None:
-                f.close()
+        super().__init__([sys.executable, os.path.join(TUTORIAL, script), *args], cwd=ROOT, env=env or ENV,
+                         name=script)
 
 
 def play_a_game(tags: int, players: list[tuple[str, list[str], dict[str, str] | None]]) -> tuple[Program, list[Program]]:
