@@ -274,6 +274,29 @@ def test_oversized_credentials_are_refused_without_calling_the_hook(net):
     assert hook.calls == []
 
 
+def test_credentials_of_exactly_64_kib_are_accepted_one_byte_more_refused(net):
+    """The limit is on the packed credentials: 65,536 bytes pass (the hook
+    is asked), 65,537 do not."""
+    hook = Hook()
+    s, _ = net.server(authenticate=hook)
+    net.client(s, credentials=b"x" * 65533)  # bin16: 3 header bytes + 65,533 = 65,536
+    assert [len(creds) for _, creds, _ in hook.calls] == [65533]
+    c = net.client(s, credentials=b"x" * 65534, wait=False)
+    with pytest.raises(errors.AuthenticationError, match="auth:toolarge"):
+        c.wait_for_connection(10)
+    assert len(hook.calls) == 1
+
+
+@pytest.mark.parametrize("data", [{}, 0, "", []])
+def test_falsy_data_from_the_hook_accepts(net, data):
+    """Only False and None refuse; an empty player record is data."""
+    s, _ = net.server(authenticate=lambda client, creds: data)
+    c = net.client(s, credentials="token")
+    (cid,) = active_cids(s)
+    assert s.clients[cid].authenticated and s.clients[cid].auth_data == data and type(s.clients[cid].auth_data) is type(data)
+    assert c.authenticated
+
+
 def test_a_0_1_x_method_named_authenticate_is_not_a_hook(net, caplog):
     class Old(Server):
         def authenticate(self):  # a 0.1.x program's own method

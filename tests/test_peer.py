@@ -632,6 +632,32 @@ def test_a_burst_from_the_main_thread_is_slowed_not_cut_off(net, n, cfg):
     assert peak["server_queue"] <= s.cfg["net.limits.recv_queue"]
 
 
+def test_a_blocked_sender_waits_for_half_the_mark(net):
+    """The documented hysteresis: a program thread blocked over
+    net.limits.write_buffer_block waits until the buffer is down to half of
+    it (not merely under the mark, which would wake it once per frame).
+    Checked on the waiting channel while the sender is blocked."""
+    block = 64 * 1024
+    s, _ = net.server(process=False, **{"net.limits.recv_queue": 10, "net.limits.rate.packets": 0.0})
+    c = net.client(s, **{"net.limits.write_buffer_block": block, "net.timeout.send": 1.0})
+    chan = c._link_obj.chan
+    seen = []
+
+    def sender():
+        try:
+            for _ in range(100_000):
+                c.send_message("test:echo", "x" * 4000)
+        except (errors.WriteBufferFullError, errors.ConnectionClosedError) as exc:
+            seen.append(type(exc).__name__)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    wait_for(lambda: chan.drain_waiters > 0, what="the sender blocked")
+    assert chan.low_water == block // 2 and len(chan.out) > block // 2
+    t.join(10)
+    assert seen == ["WriteBufferFullError"]
+
+
 def test_a_blocked_send_times_out_with_a_clear_error(net):
     s, rec = net.server(process=False, **{"net.limits.recv_queue": 10, "net.limits.rate.packets": 0.0})
     c = net.client(s, **{"net.limits.write_buffer_block": 64 * 1024, "net.timeout.send": 0.5})

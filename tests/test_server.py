@@ -638,3 +638,23 @@ def test_int_map_keys_to_a_version_2_peer_are_refused_at_send_time(net):
         s.send_message("test:echo", [{"a": {3: "x"}}], cid)
     s.send_message("test:echo", {"a": {"3": "x"}}, cid)  # str keys: fine, connection kept
     assert peer.recv_packet() == (reg["test:echo"], {"a": {"3": "x"}})
+
+
+def test_both_rate_buckets_refill_at_their_own_rate():
+    """Each bucket refills at its configured rate, up to rate x burst (the
+    byte bucket refilling at the packet rate went unseen: every byte-rate
+    test turned the packet rate off)."""
+    from types import SimpleNamespace
+
+    s = Server(addr=("127.0.0.1", 0), cfg={"net.limits.rate.packets": 1000.0, "net.limits.rate.bytes": 1_000_000.0,
+                                            "net.limits.rate.burst": 2.0})
+    link = SimpleNamespace(rate_t=0.0, rate_p=0.0, rate_b=0.0)
+    s._refill(link, 100.0)
+    assert (link.rate_p, link.rate_b) == (2000.0, 2_000_000.0)  # a new connection starts with full buckets
+    link.rate_p, link.rate_b = 0.0, 0.0
+    s._refill(link, 100.25)
+    assert link.rate_p == pytest.approx(250.0) and link.rate_b == pytest.approx(250_000.0)
+    s._refill(link, 100.25)  # no time passed: nothing added
+    assert link.rate_p == pytest.approx(250.0) and link.rate_b == pytest.approx(250_000.0)
+    s._refill(link, 200.0)
+    assert (link.rate_p, link.rate_b) == (2000.0, 2_000_000.0)  # capped at one burst

@@ -481,3 +481,27 @@ def test_a_server_close_racing_a_drop_is_not_lost(pairs):
     (cl,) = p.crec.wait_for("peng3dnet:client.close")
     assert cl["reason"] == "resume:unknown" and "peng3dnet:client.resumed" not in p.crec.names()
     wait_for(lambda: not p.s._links and not p.s._sessions and not p.s.clients, what="nothing left")
+
+
+def test_session_tokens_never_reach_events(pairs, net):
+    """The session token (handshake) and the resume request (settype on
+    the next socket) are bearer secrets: redacted in every send/recv event,
+    on both sides (only credentials were checked)."""
+    p = pairs(proxy=True)
+    token = p.c._link_obj.session.token
+    crec_all = net.recorder(p.c, "peng3dnet:client.*")
+    srec_all = net.recorder(p.s, "peng3dnet:server.*")
+    p.proxy.cut()
+    p.crec.wait_for("peng3dnet:client.resumed")
+    p.srec.wait_for("peng3dnet:server.connection.resumed")
+    seen = {RESUME_KEY: 0}
+    for rec in (p.crec, p.srec, crec_all, srec_all):
+        for _, d in rec.items:
+            msg = d.get("msg", d.get("data"))
+            assert repr(token) not in repr(msg) and str(token) not in repr(msg)
+            if isinstance(msg, dict):
+                for key in (RESUME_KEY, "peng3dnet.session"):
+                    if key in msg:
+                        assert msg[key] == "<redacted>", (key, msg)
+                        seen[RESUME_KEY] += key == RESUME_KEY
+    assert seen[RESUME_KEY] >= 2  # the resume request, sent by the client and received by the server

@@ -353,3 +353,18 @@ def test_two_lobbies_placing_the_same_room_name_at_once_agree(net):
     finally:
         for r in servers:
             r.stop()
+
+
+def test_join_by_kind_picks_the_fullest_room_with_a_seat(world):
+    """Two rooms of one kind with free seats: a join by kind lands in the
+    fuller one (the emptiest would spread players over half-empty rooms)."""
+    w = world()
+    w.rooms.create("arena", "quiet")
+    w.rooms.create("arena", "busy")
+    a, b, c = (w.client() for _ in range(3))
+    a[1].join("quiet")
+    b[1].join("busy")
+    c[1].join("busy")
+    d = w.client()  # both rooms have a free seat (the Arena takes 3)
+    assert len(w.rooms.rooms["quiet"].members) == 1 and len(w.rooms.rooms["busy"].members) == 2
+    assert d[1].join(kind="arena")["room"] == "busy"
