@@ -74,6 +74,22 @@ def last_json(out: str, err: str, who: str) -> dict[str, Any]:
 
 
 def run_pair(server_impl: str, client_impl: str, case: str | None = None) -> tuple[dict, dict]:
+    """One run; again on a new port if another process took the free port
+    between free_port() and the server's bind (seen on a busy machine)."""
+    for attempt in range(3):
+        try:
+            return _run_pair(server_impl, client_impl, case)
+        except _PortTakenError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _PortTakenError(Exception):
+    pass
+
+
+def _run_pair(server_impl: str, client_impl: str, case: str | None = None) -> tuple[dict, dict]:
     port = free_port()
     extra = [case] if case else []
     scmd, senv = impl_command(server_impl, GAME, "server", port, *extra)
@@ -87,6 +103,8 @@ def run_pair(server_impl: str, client_impl: str, case: str | None = None) -> tup
             server.kill()
             server.communicate()
     who = f"{server_impl} server / {client_impl} client"
+    if "Address already in use" in serr and not any(ln.startswith("{") for ln in sout.splitlines()):
+        raise _PortTakenError(who)
     return last_json(sout, serr, f"server ({who})"), last_json(client.stdout, client.stderr, f"client ({who})")
 
 
