@@ -299,6 +299,20 @@ def _active_server():
     return p, p.sreg.get_id("app:a")
 
 
+@pytest.mark.parametrize("body", [b"\xc1", b"\x92\x01", msgpack.packb(1) + b"\x00", b"\x81\x91\x01\x02"])
+def test_a_malformed_application_body_closes_after_the_good_packets_before_it(body):
+    """The uncompressed application packet fast path: a body that is not
+    exactly one valid msgpack value (never used, truncated, trailing bytes,
+    an array as a map key) closes with invalidmsgpack, after the packets
+    that came before it and with nothing delivered for it."""
+    p, pid = _active_server()
+    good = encode_frame(pid, 0, msgpack.packb("ok"))
+    p.server.receive_data(good + encode_frame(pid, 0, body) + good)
+    outs = p.server.drain_received()
+    assert [o.msg for o in outs if isinstance(o, PacketReceived)] == ["ok"]
+    assert isinstance(outs[-1], ConnectionClosed) and outs[-1].reason == "invalidmsgpack"
+
+
 def test_inflate_budget_is_charged_exactly_and_refused_one_byte_short():
     p, pid = _active_server()
     frame, size = _compressed_frame(pid, "x" * 5000)
