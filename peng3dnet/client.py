@@ -508,22 +508,12 @@ class Client(Peer):
         link = self._link_obj
         if link is None:
             return
-        session = link.session
-        if session is not None and not session.ended and link.proto.closed:
-            # Reconnecting: nothing to flush, the session ends here.
-            if self._loop_active() and not self._reactor.in_loop():
-                self._reactor.call_soon(self._end_waiting_session, session, reason)
-            else:
-                self._end_waiting_session(session, reason)
-            return
         if not self._close_link(link, reason, polite=True):
-            # The socket dropped between the check above and the close: the
-            # session, if it now waits for the next socket, ends here.
+            # Closed already (its socket dropped, even a moment ago): a
+            # session waiting for the next socket ends here, nothing to flush.
+            session = link.session
             if session is not None and not session.ended:
-                if self._loop_active() and not self._reactor.in_loop():
-                    self._reactor.call_soon(self._end_waiting_session, session, reason)
-                else:
-                    self._end_waiting_session(session, reason)
+                self._on_network_thread(self._end_waiting_session, session, reason)
             return
         if self._loop_active() and not self._reactor.in_loop():
             chan = link.chan

@@ -1150,10 +1150,8 @@ class Peer:
         link = session.link
         if link.proto.is_open:
             self._close_link(link, "replayoverflow")
-        elif self._loop_active() and not self._reactor.in_loop():
-            self._reactor.call_soon(self._session_end, session, "replayoverflow")
         else:
-            self._session_end(session, "replayoverflow")
+            self._on_network_thread(self._session_end, session, "replayoverflow")
 
     def _maybe_ack(self, link: Link, session: Session) -> None:
         """Acknowledge what arrived: now after ACK_EVERY packets, else once
@@ -1256,10 +1254,16 @@ class Peer:
             link.proto.receive_data(data)
             outs = link.proto.drain_received()
             self._push(link)
+        self._on_network_thread(self._handle_outputs, link, outs)
+
+    def _on_network_thread(self, fn: Any, *args: Any) -> None:
+        """Run ``fn(*args)`` where connection state may change: now when
+        called on the network thread or when no loop runs, else queued for
+        the network thread (any thread)."""
         if self._loop_active() and not self._reactor.in_loop():
-            self._reactor.call_soon(self._handle_outputs, link, outs)
+            self._reactor.call_soon(fn, *args)
         else:
-            self._handle_outputs(link, outs)
+            fn(*args)
 
     # --- peng3d-style API (names fixed) ---
     def addConnType(self, t: str, obj: ConnectionType) -> None:  # noqa: N802

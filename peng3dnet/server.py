@@ -1015,19 +1015,10 @@ class Server(Peer):
         if link is None:
             return
         session = link.session
-        if session is not None and session.suspended and not session.ended:  # between sockets: ends here
-            if self._loop_active() and not self._reactor.in_loop():
-                self._reactor.call_soon(self._end_suspended, session, reason)
-            else:
-                self._end_suspended(session, reason)
-            return
         if not self._close_link(link, reason, polite=True) and session is not None and not session.ended:
-            # The socket dropped between the check above and the close: the
+            # Closed already (between sockets, or dropped a moment ago): the
             # suspended session ends here (a kicked client must not resume).
-            if self._loop_active() and not self._reactor.in_loop():
-                self._reactor.call_soon(self._end_suspended, session, reason)
-            else:
-                self._end_suspended(session, reason)
+            self._on_network_thread(self._end_suspended, session, reason)
 
     def process_single_packet(self, client: ClientOnServer) -> bool:
         """Run the handler of the oldest queued packet of ``client``.
