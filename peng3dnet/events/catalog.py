@@ -86,7 +86,7 @@ CATALOG: dict[str, EventSpec] = {
         "client_heartbeat", ("rtt", "stats"), "heartbeat answered: RTT measured (network thread)"
     ),
     "peng3dnet:client.stop": EventSpec("client_stopped", ("reason",), "main loop told to stop"),
-    # peng3dnet.ext.sync (sender: the Server or Client the sync helper runs on)
+    # peng3dnet.ext.rooms (sender: the Server the RoomServer runs on)
     "peng3dnet:room.create": EventSpec("room_created", ("room",), "ext.rooms: a room was made (the thread that made it)"),
     "peng3dnet:room.join": EventSpec("room_joined", ("room", "client"), "ext.rooms: a client joined a room (handler thread)"),
     "peng3dnet:room.leave": EventSpec(
@@ -96,6 +96,7 @@ CATALOG: dict[str, EventSpec] = {
     "peng3dnet:cluster.message": EventSpec(
         "cluster_message", ("channel", "data"), "ext.rooms: a message published on a subscribed channel (presence thread)"
     ),
+    # peng3dnet.ext.sync (sender: the Server or Client the sync helper runs on)
     "peng3dnet:sync.join": EventSpec("sync_joined", ("cid",), "a client joined the sync (server, tick thread)"),
     "peng3dnet:sync.leave": EventSpec("sync_left", ("cid", "eid"), "a client left the sync (server, tick thread)"),
     "peng3dnet:sync.snapshot": EventSpec(
