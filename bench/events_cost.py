@@ -25,9 +25,14 @@ class Sink(Packet):
         pass
 
 
-def one(n: int, mode: str) -> float:
+def handshaken_server(events_on: bool, extensions: list[str] | None = None) -> tuple[Server, int, int, socket.socket,
+                                                                                      socket.socket]:
+    """An in-process server (inline handlers, limits off) with one
+    connection over a socketpair whose handshake was fed by hand:
+    ``(server, cid, pid of "b:msg", our end, the peer's end)``.  Also used
+    by bench.instr against older trees: keep to APIs they have."""
     s = Server(addr=("127.0.0.1", 0), cfg={
-        "net.events.enable": mode != "disabled", "net.process.inline": True,
+        "net.events.enable": events_on, "net.process.inline": True,
         "net.limits.rate.packets": 0, "net.limits.rate.bytes": 0,
     })
     s.register_packet("b:msg", Sink(s.registry, s))
@@ -35,9 +40,16 @@ def one(n: int, mode: str) -> float:
     a, b = socket.socketpair()
     s._accepted(a, ("bench", 0))
     cid = next(iter(s.clients))
-    s.receive_data(encode_frame(2, 0, msgpack.packb({"conntype": "classic"})), cid)
+    settype: dict = {"conntype": "classic"}
+    if extensions:
+        settype["peng3dnet.extensions"] = extensions
+    s.receive_data(encode_frame(2, 0, msgpack.packb(settype)), cid)
     s.receive_data(encode_frame(4, 0, msgpack.packb({"success": True})), cid)
-    pid = s.registry.get_id("b:msg")
+    return s, cid, s.registry.get_id("b:msg"), a, b
+
+
+def one(n: int, mode: str) -> float:
+    s, cid, pid, a, b = handshaken_server(mode != "disabled")
     data = b"".join(encode_frame(pid, 0, msgpack.packb([i, "x"])) for i in range(n))
     chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
     handler = None

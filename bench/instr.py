@@ -11,7 +11,8 @@ packet = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up cancels out.
     python -m bench.instr [--rev REV ...] [--n1 2000 --n2 12000]
 
 ``--rev`` measures other commits too (each exported with ``git archive``
-into a temporary folder; the same scenario code runs against each); the
+into a temporary folder; the same scenario code, bench.events_cost's
+``handshaken_server`` from this checkout, runs against each); the
 ratios in parentheses are against the last ``--rev`` (give the baseline
 last).
 Needs valgrind (Debian: ``apt-get install valgrind``).  Run by hand.
@@ -30,35 +31,17 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCENARIO = r'''
-import socket, sys
+import sys
 import msgpack
+from bench.events_cost import handshaken_server
 from peng3dnet import events
-from peng3dnet.net import Server
-from peng3dnet.packet import Packet
 from peng3dnet.protocol.framing import encode_frame
 
 mode, n = sys.argv[1], int(sys.argv[2])
-
-class Sink(Packet):
-    def receive(self, msg, cid=None):
-        pass
-
-s = Server(addr=("127.0.0.1", 0), cfg={
-    "net.events.enable": mode != "recv, events off", "net.process.inline": True,
-    "net.limits.rate.packets": 0, "net.limits.rate.bytes": 0,
-})
-s.register_packet("b:msg", Sink(s.registry, s))
-s.initialize()
-a, b = socket.socketpair()
+# a peer of ours negotiates mapkeys: str-only map keys need no check
+s, cid, pid, a, b = handshaken_server(mode != "recv, events off",
+                                      ["mapkeys"] if mode.endswith("(mapkeys)") else None)
 b.setblocking(False)
-s._accepted(a, ("bench", 0))
-cid = next(iter(s.clients))
-settype = {"conntype": "classic"}
-if mode.endswith("(mapkeys)"):  # a peer of ours: str-only map keys need no check
-    settype["peng3dnet.extensions"] = ["mapkeys"]
-s.receive_data(encode_frame(2, 0, msgpack.packb(settype)), cid)
-s.receive_data(encode_frame(4, 0, msgpack.packb({"success": True})), cid)
-pid = s.registry.get_id("b:msg")
 if mode == "recv, one subscriber":
     def handler(event, d):
         pass
@@ -89,7 +72,7 @@ def instructions(tree: str, mode: str, n: int) -> int:
         with open(script, "w") as f:
             f.write(SCENARIO)
         out = os.path.join(tmp, "cg.out")
-        env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join((tree, ROOT)), PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1")
         p = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, script,
                             mode, str(n)], env=env, capture_output=True, text=True, cwd=tmp)
         if p.returncode != 0:
@@ -116,7 +99,7 @@ def warm_up(tree: str, mode: str) -> None:
         script = os.path.join(tmp, "scenario.py")
         with open(script, "w") as f:
             f.write(SCENARIO)
-        env = dict(os.environ, PYTHONPATH=tree, PYTHONHASHSEED="0")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join((tree, ROOT)), PYTHONHASHSEED="0")
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         subprocess.run([sys.executable, "-m", "compileall", "-q", tree], env=env, check=True, capture_output=True)
         subprocess.run([sys.executable, script, mode, "10"], env=env, check=True, capture_output=True, cwd=tmp)
