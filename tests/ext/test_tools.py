@@ -125,13 +125,22 @@ def test_lagproxy_command_line_help():
     assert out.returncode == 0 and "--jitter" in out.stdout and "--bandwidth" in out.stdout
 
 
-def test_discovery_on_loopback():
+def lan_server(pingdata, start=True, **kw):
+    """A bound (not running) pingable server with ``pingdata`` and a
+    discovery responder for it on loopback (started unless ``start=False``);
+    the test stops both."""
     class S(PingableServerMixin, Server):
-        pingdata = {"name": "lan game", "players": 2}
+        pass
 
+    S.pingdata = pingdata
     s = S(addr=("127.0.0.1", 0))
     s.bind()
-    resp = DiscoveryResponder(s, port=0, host="127.0.0.1").start()
+    resp = DiscoveryResponder(s, port=0, host="127.0.0.1", **kw)
+    return s, (resp.start() if start else resp)
+
+
+def test_discovery_on_loopback():
+    s, resp = lan_server({"name": "lan game", "players": 2})
     try:
         found = discover_servers(port=resp.addr[1], timeout=1.0, addr="127.0.0.1")
         assert len(found) == 1
@@ -150,12 +159,7 @@ def test_discovery_on_loopback():
 def test_discovery_answers_each_query_and_lists_each_server_once():
     """The query goes out ``tries`` times (a broadcast may be lost); a
     server answering every copy is listed once."""
-    class S(PingableServerMixin, Server):
-        pingdata = {"name": "lan game"}
-
-    s = S(addr=("127.0.0.1", 0))
-    s.bind()
-    resp = DiscoveryResponder(s, port=0, host="127.0.0.1").start()
+    s, resp = lan_server({"name": "lan game"})
     try:
         found = discover_servers(port=resp.addr[1], timeout=0.6, addr="127.0.0.1", tries=3)
         assert [f["port"] for f in found] == [s.addr[1]]
@@ -177,12 +181,7 @@ def wait_for_value(get, want, timeout=5.0):
 def test_discovery_query_lost_once_is_answered_on_a_later_try():
     """A responder that ignores the first query (a lost broadcast) is still
     found, because the query is sent again."""
-    class S(PingableServerMixin, Server):
-        pingdata = {"name": "late"}
-
-    s = S(addr=("127.0.0.1", 0))
-    s.bind()
-    resp = DiscoveryResponder(s, port=0, host="127.0.0.1")
+    s, resp = lan_server({"name": "late"}, start=False)
     first = [True]
     allowed = resp.allowed
 
@@ -234,12 +233,7 @@ def test_discovery_responder_rate_limits_and_local_only():
 
 
 def test_discovery_responder_drops_a_flood_from_one_address():
-    class S(PingableServerMixin, Server):
-        pingdata = {"name": "flooded"}
-
-    s = S(addr=("127.0.0.1", 0))
-    s.bind()
-    resp = DiscoveryResponder(s, port=0, host="127.0.0.1", per_address=4, total=1000).start()
+    s, resp = lan_server({"name": "flooded"}, per_address=4, total=1000)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             for _ in range(100):
@@ -278,12 +272,7 @@ def test_discover_keeps_its_answers_when_a_repeated_query_fails(monkeypatch):
     from peng3dnet.ext import discovery
     from peng3dnet.transport import Datagram
 
-    class S(PingableServerMixin, Server):
-        pingdata = {"name": "still here"}
-
-    s = S(addr=("127.0.0.1", 0))
-    s.bind()
-    resp = DiscoveryResponder(s, port=0, host="127.0.0.1").start()
+    s, resp = lan_server({"name": "still here"})
     sent = []
 
     class Failing(Datagram):  # the querying side only (the responder's socket exists already)
