@@ -101,7 +101,8 @@ def warm_up(tree: str, mode: str) -> None:
             f.write(SCENARIO)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join((tree, ROOT)), PYTHONHASHSEED="0")
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        subprocess.run([sys.executable, "-m", "compileall", "-q", tree], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(tree, "peng3dnet"),
+                        os.path.join(ROOT, "bench")], env=env, check=True, capture_output=True)
         subprocess.run([sys.executable, script, mode, "10"], env=env, check=True, capture_output=True, cwd=tmp)
 
 
