@@ -326,10 +326,12 @@ def run_client(port):
     deadline = time.time() + 60
     while client.run and not finished.is_set() and time.time() < deadline:
         client.process(wait=True, timeout=0.05)
-    client.process()
-    # 0.1.x sets run to False before its network thread calls on_close (seen
-    # under load with the original on both sides): wait for it, bounded.
-    finished.wait(max(0.0, min(10.0, deadline - time.time())))
+    # run can turn False before on_close came (0.1.x sets it before its
+    # network thread calls on_close; seen under load, also with ours as the
+    # client): keep processing until it comes, bounded.
+    end = min(deadline, time.time() + 10)
+    while not finished.is_set() and time.time() < end:
+        client.process(wait=True, timeout=0.05)
     report["timed_out"] = not finished.is_set()
     if report["close_reason"] is None:
         client.close_connection(reason="bye")
