@@ -247,6 +247,8 @@ def wait_result(peer: Peer, fut: CallFuture, timeout: float | None) -> Any:
     limit = None if timeout is None or timeout <= 0 else timeout + 1
     if peer._polled_here():
         peer._drive(fut.done, limit)
+    else:
+        peer._relay.before_wait()
     try:
         return fut.result(limit)
     except TimedOutError:

@@ -60,6 +60,7 @@ from .protocol.connection import (
 )
 from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
+from .relay import Relay
 from .session import ACK_DELAY, ACK_EVERY, Session, redacted
 from .transport import EVENT_READ, EVENT_WRITE, Reactor
 from .userlog import report_user_error
@@ -140,6 +141,7 @@ class Peer:
         self._inbox = Inbox()
         self._process_thread: threading.Thread | None = None
         self._thread: threading.Thread | None = None
+        self._relay = Relay(self)  # the roles of the runAsync() and process_async() threads
         self._loop_started = False
         self._loop_done = threading.Event()
         self._stop_reason: str | None = None
@@ -1335,6 +1337,7 @@ class Peer:
         it from one thread only if handlers must not run concurrently.
         """
         if wait:
+            self._relay.before_wait()
             self._inbox.wait(timeout)
         if not self._inbox.items:
             return 0
@@ -1365,7 +1368,14 @@ class Peer:
         """
         inbox = self._inbox
         inbox.stopped = False
+        relay = self._relay
+        # Only the thread of process_async() takes turns with the network
+        # thread: a program calling process_forever() itself keeps its handlers.
+        ours = threading.current_thread() is self._process_thread
         while not inbox.stopped:
+            if ours and relay.enabled and self._loop_active():
+                relay.run_process_thread()
+                continue
             self.process(wait=True)
         # The network loop may still be closing connections: their on_close
         # is queued behind their last packets.  Drain once it has ended.
@@ -1426,11 +1436,15 @@ class Peer:
         """Run the loop in a daemon thread named after the role (runAsync)."""
         if self._polling:
             raise LocalProtocolError("this peer is driven by poll(); runAsync() would run its loop a second time")
-        t = threading.Thread(target=self._run_loop, args=(selector,), name=self._thread_name, daemon=True)
+        relay = self._relay
+        t = threading.Thread(target=relay.run_network_thread, args=(selector,), name=self._thread_name, daemon=True)
         self._thread = t
         self._loop_started = True
         self._loop_done.clear()
+        with relay.cond:
+            relay.enabled = True
         t.start()
+        self._inbox.notify()  # a process thread waiting already joins the relay
         return t
 
     def poll(self, timeout: float = 0.0) -> int:
@@ -1527,6 +1541,7 @@ class Peer:
             return self._drive(event.is_set, timeout)
         if self._in_poll and self._reactor.in_loop():
             return event.is_set()  # inside a poll's callbacks: nobody else would do the I/O
+        self._relay.before_wait()
         return event.wait(timeout)
 
     def _prepare_loop(self) -> None:

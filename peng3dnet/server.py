@@ -1089,6 +1089,7 @@ class Server(Peer):
             if polled:
                 self._drive(lambda: self._open_channels <= 0, limit)
             else:
+                self._relay.before_wait()
                 with self._chan_cond:
                     self._chan_cond.wait_for(lambda: self._open_channels <= 0, limit)
         self._request_stop("method")  # the loop emits stop, then shutdown

@@ -110,6 +110,17 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condit
         ev.wait(min(0.005, remaining))
 
 
+def handler_thread(peer: Any) -> str:
+    """Where a handler of ``peer`` runs now: ``"handlers"`` on one of the
+    two threads of runAsync()/process_async() while it is not the network
+    thread (the relay runs handlers on either; see peng3dnet.relay), else
+    the thread's name."""
+    me = threading.current_thread()
+    if me in (peer._thread, peer._process_thread) and not peer._reactor.in_loop():
+        return "handlers"
+    return me.name
+
+
 def active_cids(server: Any, n: int = 1, timeout: float = 10.0) -> list[int]:
     """Wait until the server has ``n`` handshaken connections; return their cids.
 

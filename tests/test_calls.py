@@ -16,7 +16,7 @@ from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet, SmartPacket
 from peng3dnet.protocol.framing import encode_frame
 from tests.conftest import EchoPacket, RawPeer
-from tests.helpers import active_cids, wait_for
+from tests.helpers import active_cids, handler_thread, wait_for
 
 
 class Double(Packet):
@@ -52,7 +52,7 @@ def _server(net, **cfg):
         if msg == "unsendable":
             return object()
 
-        return {"cid": cid, "thread": threading.current_thread().name, "got": msg}
+        return {"cid": cid, "thread": handler_thread(s), "got": msg}
 
     net.servers.append(s)
     return s, gate
@@ -83,7 +83,7 @@ def test_call_returns_the_handlers_answer(net):
     assert "calls" in c.extensions
     assert c.call("calc:double", 21) == 42
     assert c.call("calc:double", "ab", timeout=5) == "abab"
-    assert c.call("calc:info", [1, {2: 3}]) == {"cid": cid, "thread": "peng3dnet process Thread", "got": [1, {2: 3}]}
+    assert c.call("calc:info", [1, {2: 3}]) == {"cid": cid, "thread": "handlers", "got": [1, {2: 3}]}
     # The other direction: the server asks the client.
     assert s.call("calc:double", 4.5, cid) == 9.0
     # A packet that does not declare answers = True is not callable: its handler does not run.
@@ -180,12 +180,12 @@ def test_callback_runs_where_handlers_run(net):
     seen = []
 
     def cb(fut):
-        seen.append((fut.result(), threading.current_thread().name))
+        seen.append((fut.result(), handler_thread(c)))
         done.set()
 
     c.call_async("calc:double", 8, callback=cb)
     assert done.wait(10)
-    assert seen == [(16, "peng3dnet process Thread")]
+    assert seen == [(16, "handlers")]
     assert c.call("calc:double", 1) == 2
 
 

@@ -14,7 +14,7 @@ from peng3dnet.ext.sync import SNAPSHOT_PACKET, SyncClient, checksum
 from peng3dnet.ext.sync.wire import SnapshotBatch
 from peng3dnet.tools.lagproxy import LagProxy
 from tests.ext.sync_world import SPEED, move
-from tests.helpers import wait_for
+from tests.helpers import handler_thread, wait_for
 
 # --- a client stand-in: the calls SyncClient makes ---------------------------------------------
 
@@ -200,9 +200,9 @@ def test_snapshots_are_applied_on_the_thread_that_processes(world):
     threads = []
 
     def on_snapshot(event, data):
-        threads.append(threading.current_thread().name)
+        threads.append(handler_thread(c))
 
     events.subscribe("peng3dnet:sync.snapshot", on_snapshot, sender=c)
     world.add(lambda: events.unsubscribe("peng3dnet:sync.snapshot", on_snapshot, sender=c))
     wait_for(lambda: len(threads) > 3, what="snapshot events")
-    assert set(threads) == {"peng3dnet process Thread"}
+    assert set(threads) == {"handlers"}

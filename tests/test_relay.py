@@ -1,0 +1,274 @@
+"""The relay: the runAsync() and process_async() threads take turns at the
+network and at the handlers (peng3dnet.relay).  What must hold: handlers
+run one at a time, never on the thread that is the network thread at that
+moment, in order; a handler that blocks does not stop the network (within
+the watchdog's bound, at once when it waits in the library); stop() works
+while a handler blocks; programs that process() themselves keep their
+handlers on their own thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from peng3dnet import relay as relay_mod
+from peng3dnet.net import Server
+from peng3dnet.packet import Packet
+from tests.conftest import make_client, make_server
+from tests.helpers import active_cids, handler_thread, wait_for
+
+
+class Recording(Packet):
+    """Records, per message, where its handler ran and how many handlers
+    were running at once; ``msg == "block"`` waits for :attr:`release`."""
+
+    def __init__(self, reg, peer, obj=None):
+        super().__init__(reg, peer, obj)
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.got: list = []
+        self.where: set[str] = set()
+        self.names: set[str] = set()
+        self.blocked = threading.Event()
+        self.blocker: threading.Thread | None = None
+        self.release = threading.Event()
+
+    def receive(self, msg, cid=None):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.where.add(handler_thread(self.peer))
+        self.names.add(threading.current_thread().name)
+        try:
+            if msg == "block":
+                self.blocker = threading.current_thread()
+                self.blocked.set()
+                assert self.release.wait(20)
+            elif msg == "call":
+                # waits in the library: hands the network over at once
+                self.got.append(("call", self.peer.call("relay:double", 21, cid, timeout=10)))
+            self.got.append((cid, msg))
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+class Double(Packet):
+    answers = True
+
+    def receive(self, msg, cid=None):
+        return 2 * msg
+
+
+def _server(**cfg):
+    s = make_server(**cfg)
+    rec = Recording(s.registry, s)
+    s.register_packet("relay:msg", rec)
+    s.register_packet("relay:double", Double(s.registry, s))
+    return s, rec
+
+
+def _client(s, start=True):
+    c = make_client(s)
+    c.register_packet("relay:msg", Packet(c.registry, c))
+    c.register_packet("relay:double", Double(c.registry, c))
+    if start:
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+    return c
+
+
+@pytest.fixture
+def peers():
+    made: list = []
+    yield made
+    for p in made:
+        if callable(p) and not hasattr(p, "close"):
+            p()
+        elif isinstance(p, Server):
+            p.shutdown(join=True, timeout=5)
+        else:
+            p.close()
+            p.join(5)
+
+
+def test_handlers_run_one_at_a_time_in_order_off_the_network_thread(peers):
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()
+    s.process_async()
+    clients = [_client(s) for _ in range(4)]
+    peers.extend(clients)
+    cids = active_cids(s, 4)
+    batches = s._relay.batch
+    for i in range(500):
+        for c in clients:
+            c.send_message("relay:msg", i)
+    wait_for(lambda: len(rec.got) == 2000, what="2,000 messages handled")
+    assert rec.most == 1
+    assert rec.where == {"handlers"}  # on a relay thread, never the network thread of the moment
+    for cid in cids:
+        assert [m for c, m in rec.got if c == cid] == list(range(500))
+    assert s._relay.batch > batches  # the relay ran them (not a fixed process thread)
+
+
+def test_a_blocking_handler_does_not_stop_the_network(peers, caplog):
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()
+    s.process_async()
+    c1 = _client(s)
+    peers.append(c1)
+    caplog.set_level(logging.DEBUG, logger="peng3dnet.relay")
+    c1.send_message("relay:msg", "block")
+    assert rec.blocked.wait(10)
+    # While the handler waits outside the library, the watchdog hands the
+    # network to the other thread: a new client gets through its handshake.
+    c2 = _client(s)
+    peers.append(c2)
+    assert len(active_cids(s, 2)) == 2
+    c2.send_message("relay:msg", "after")
+    assert "run for more than" in caplog.text
+    assert not rec.release.is_set() and rec.got == []
+    rec.release.set()
+    wait_for(lambda: len(rec.got) == 2, what="both handled")
+    assert [m for _, m in rec.got] == ["block", "after"]
+    assert rec.most == 1
+
+
+def test_a_handler_waiting_in_the_library_hands_over_at_once(peers, monkeypatch):
+    # With a watchdog that would not look for a minute, only the hand-over
+    # before the library's wait lets the call's reply be read.
+    monkeypatch.setattr(relay_mod, "WATCH_PERIOD", 60.0)
+    wd = relay_mod._WATCHDOG
+
+    def wake_watchdog():  # (it may be in a 60 s wait: let it look again with the real period)
+        with wd.cond:
+            wd.cond.notify()
+
+    peers.append(wake_watchdog)
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()
+    s.process_async()
+    c = _client(s)
+    peers.append(c)
+    c.send_message("relay:msg", "call")
+    wait_for(lambda: len(rec.got) == 2, timeout=9, what="the handler's call answered")
+    assert rec.got[0] == ("call", 42)
+
+
+def test_stop_while_a_handler_blocks(peers):
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()
+    pt = s.process_async()
+    c = _client(s)
+    peers.append(c)
+    c.send_message("relay:msg", "block")
+    assert rec.blocked.wait(10)
+    blocker = rec.blocker
+    assert blocker in (s._thread, pt)
+    s.stop()
+    s.join(10)  # the other thread took the network and ended the loop
+    assert blocker.is_alive()  # still in the handler
+    rec.release.set()
+    for t in (s._thread, pt):
+        t.join(10)
+        assert not t.is_alive()
+    assert rec.got == [(rec.got[0][0], "block")]
+
+
+def test_process_async_first_then_run_async(peers):
+    s, rec = _server()
+    peers.append(s)
+    s.process_async()
+    s.runAsync()
+    c = _client(s)
+    peers.append(c)
+    for i in range(50):
+        c.send_message("relay:msg", i)
+    wait_for(lambda: len(rec.got) == 50, what="50 handled")
+    assert [m for _, m in rec.got] == list(range(50))
+    assert rec.where == {"handlers"}
+    wait_for(lambda: s._relay.runs_handlers, what="the process thread in the relay")
+
+
+def test_a_program_that_processes_keeps_its_handlers(peers):
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()  # no process_async(): the program's thread runs handlers
+    c = _client(s)
+    peers.append(c)
+    for i in range(20):
+        c.send_message("relay:msg", i)
+    deadline = time.monotonic() + 10
+    while len(rec.got) < 20 and time.monotonic() < deadline:
+        s.process(wait=True, timeout=0.5)
+    assert [m for _, m in rec.got] == list(range(20))
+    assert rec.where == {threading.current_thread().name}
+    assert s._relay.batch == 0
+
+
+def test_run_blocking_with_a_process_thread_keeps_the_split(peers):
+    s, rec = _server()
+    peers.append(s)
+    s.bind()
+    loop = threading.Thread(target=s.runBlocking, name="program loop", daemon=True)
+    loop.start()
+    s.process_async()
+    wait_for(lambda: s._reactor.running, what="the loop")
+    c = _client(s)
+    peers.append(c)
+    for i in range(20):
+        c.send_message("relay:msg", i)
+    wait_for(lambda: len(rec.got) == 20, what="20 handled")
+    assert rec.names == {"peng3dnet process Thread"}
+    assert s._relay.batch == 0
+
+
+def test_the_watchdog_sleeps_when_nothing_runs(peers):
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()
+    s.process_async()
+    c = _client(s)
+    peers.append(c)
+    c.send_message("relay:msg", 1)
+    wait_for(lambda: len(rec.got) == 1, what="handled")
+    wait_for(lambda: relay_mod._WATCHDOG.idle, what="the watchdog asleep")
+    assert s._relay in relay_mod._WATCHDOG.relays
+    s.shutdown(join=True, timeout=5)
+    wait_for(lambda: s._relay not in relay_mod._WATCHDOG.relays, what="the relay forgotten")
+
+
+def test_a_client_closing_delivers_every_packet_then_on_close(peers):
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()
+    s.process_async()
+    got = []
+    closed = threading.Event()
+
+    class Sink(Packet):
+        def receive(self, msg, cid=None):
+            got.append(msg)
+
+    c = make_client(s)
+    c.register_packet("relay:msg", Sink(c.registry, c))
+    c.register_packet("relay:double", Double(c.registry, c))
+    c.on_close = lambda reason=None: closed.set()  # type: ignore[method-assign]
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    for i in range(300):
+        s.send_message("relay:msg", i, cid)
+    s.close_connection(cid, "bye")
+    assert closed.wait(10)
+    assert got == list(range(300))
