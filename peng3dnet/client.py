@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import random
 import selectors
 import threading
@@ -34,6 +35,7 @@ from .peer import CLOSE_LINGER, Peer, resolve_addr
 from .protocol.codec import pack
 from .protocol.framing import LENGTH
 from .protocol.handshake import HandshakeState
+from .relay import Relay
 from .session import Session, valid_request
 from .transport import Channel, Reactor
 from .transport import connect as transport_connect
@@ -42,7 +44,7 @@ from .userlog import report_user_error
 if TYPE_CHECKING:  # annotations only: socket calls live in transport
     import socket
 
-__all__ = ['Client', 'NetworkLoop']
+__all__ = ['Client', 'NetworkLoop', 'SharedLoopThread', 'default_loop']
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +139,14 @@ class Client(Peer):
         self._run_loop(selector)
 
     def runAsync(self, selector: Any = selectors.DefaultSelector) -> threading.Thread:  # noqa: N802
-        """Connect (if needed) and start the loop in a daemon thread
-        "peng3dnet Client Thread"; returns at once.
+        """Connect (if needed) and serve the client from a network thread;
+        returns at once.  By default (``net.client.shared_loop``) that is
+        the process's one shared "peng3dnet Client Thread" (see
+        :func:`default_loop`), and the returned object stands for this
+        client's part of it: ``join()`` waits until the client has left the
+        loop, ``is_alive()`` tells whether it is still on it.  With
+        ``net.client.shared_loop = False`` or another ``selector``, a daemon
+        thread of its own.
 
         Raises:
             NetworkError: The connection cannot be made.
@@ -146,6 +154,11 @@ class Client(Peer):
         """
         if self._shared is not None:
             raise LocalProtocolError("this client runs on a NetworkLoop")
+        if self.cfg["net.client.shared_loop"] and selector is selectors.DefaultSelector and not self._loop_started:
+            loop = default_loop()
+            loop.add(self)
+            self._thread = loop._thread
+            return SharedLoopThread(self, loop.name)
         self.initialize()
         self.connect()
         return self._start_thread(selector)
@@ -164,6 +177,7 @@ class Client(Peer):
         if self._loop_started:
             raise LocalProtocolError("the client already runs a loop")
         self._reactor = loop.reactor
+        self._relay = loop.relay
         self._shared = loop
         self.initialize()
         self.connect()
@@ -322,11 +336,17 @@ class Client(Peer):
         session.timer = self._reactor.call_later(delay, lambda: self._reconnect(session))
 
     def _reconnect(self, session: Session) -> None:
-        """One attempt: connect (blocking, up to ``net.client.connect_timeout``)
-        and present the session (network thread)."""
+        """One attempt (network thread): connect on a thread of its own
+        (blocking, up to ``net.client.connect_timeout``: the network thread
+        may serve other clients meanwhile), then present the session."""
         session.timer = None
         if session.ended:
             return
+        threading.Thread(target=self._reconnect_connect, args=(session,), name="peng3dnet reconnect",
+                         daemon=True).start()
+
+    def _reconnect_connect(self, session: Session) -> None:
+        """Connect for :meth:`_reconnect` (its own short-lived thread)."""
         try:
             sock = transport_connect(
                 self.addr, float(self.cfg["net.client.connect_timeout"]),
@@ -334,7 +354,18 @@ class Client(Peer):
             )
         except (NetworkError, InvalidAddressError) as exc:
             log.info("! client: reconnect attempt %d failed: %s", session.attempt, exc)
+            self._on_network_thread(self._reconnect_failed, session)
+            return
+        self._on_network_thread(self._reconnected, session, sock)
+
+    def _reconnect_failed(self, session: Session) -> None:
+        if not session.ended:
             self._schedule_reconnect(session)
+
+    def _reconnected(self, session: Session, sock: Any) -> None:
+        """The socket of a reconnect attempt (network thread)."""
+        if session.ended or not self._loop_active() or self._reactor.stopping:
+            sock.close()
             return
         old = session.link
         proto = self._new_proto(self.conntype, {RESUME_KEY: {"token": session.token, "received": session.rx}})
@@ -640,26 +671,36 @@ class NetworkLoop:
         """The reactor whose thread serves the clients."""
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
+        self._done = threading.Event()
         self._clients: list[Client] = []
+        self.relay = Relay(self.reactor, self._done, self._end)
+        """The loop's thread and the clients' ``process_async()`` threads
+        take turns at the network and the handlers (see peng3dnet.relay)."""
 
     def start(self, selector: Any = selectors.DefaultSelector) -> NetworkLoop:
         """Start the shared thread (daemon); returns ``self``."""
-        t = threading.Thread(target=self._run, args=(selector,), name=self.name, daemon=True)
+        reactor = self.reactor
+        t = threading.Thread(target=self.relay.run_loop_thread,
+                             args=(lambda: reactor.start(selector, self._started.set),), name=self.name, daemon=True)
         self._thread = t
+        with self.relay.cond:
+            self.relay.enabled = True
         t.start()
         self._started.wait(10)
         return self
 
-    def _run(self, selector: Any) -> None:
+    def _end(self) -> None:
+        """The loop stopped: end the clients still on it (the leading thread)."""
         try:
-            self.reactor.run(selector, self._started.set)
-        finally:
             for client in self._clients:  # those still here end with the loop
                 try:
                     client._leave_shared()
                 except Exception:
                     log.exception("! shared loop: closing a client failed")
+        finally:
+            self.reactor.running = False
             self.reactor.close()
+            self._done.set()
 
     def add(self, client: Client) -> Client:
         """Connect ``client`` (in the caller's thread) and serve it on this loop.
@@ -679,4 +720,60 @@ class NetworkLoop:
         """Close every client still on the loop and end the thread."""
         self.reactor.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+            self._done.wait(timeout)  # (the loop may end on a process thread that leads)
+
+
+class SharedLoopThread(threading.Thread):
+    """What ``Client.runAsync()`` returns for a client on the shared loop:
+    a :class:`threading.Thread` whose :meth:`join` and :meth:`is_alive`
+    follow that client (the shared thread itself serves others too and
+    never ends).  It is never started; ``start()`` raises.
+
+    Thread safety: any thread.
+    """
+
+    def __init__(self, client: Client, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._client = client
+
+    def start(self) -> None:
+        raise RuntimeError("the client is served by the shared network thread already")
+
+    def is_alive(self) -> bool:
+        """Whether the client is still served (has not left the loop)."""
+        return not self._client._loop_done.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the client has left the loop (at most ``timeout`` s)."""
+        self._client._loop_done.wait(timeout)
+
+
+_default: NetworkLoop | None = None
+_default_lock = threading.Lock()
+
+
+def default_loop() -> NetworkLoop:
+    """The process's shared :class:`NetworkLoop`, started on first use:
+    where ``Client.runAsync()`` puts clients (``net.client.shared_loop``).
+    It runs as long as the process (a daemon thread asleep in ``select()``
+    when no client is on it).
+
+    Thread safety: any thread.
+    """
+    global _default
+    with _default_lock:
+        loop = _default
+        if loop is None or loop._done.is_set():
+            loop = _default = NetworkLoop().start()
+        return loop
+
+
+def _forget_default_loop() -> None:
+    """In a forked child the shared loop's thread does not exist."""
+    global _default, _default_lock
+    _default = None
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_default_loop)

@@ -213,6 +213,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.session.resume": False,
     "net.session.grace": 30.0,
     "net.session.replay_buffer": 48 * 1024 * 1024,
+    # runAsync() puts a client on the process's shared network thread (one
+    # NetworkLoop for every such client) instead of a thread of its own.
+    "net.client.shared_loop": True,
     "net.client.reconnect": 10,
     "net.client.reconnect.delay": 0.1,
     "net.client.reconnect.max_delay": 5.0,

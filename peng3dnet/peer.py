@@ -141,9 +141,11 @@ class Peer:
         self._inbox = Inbox()
         self._process_thread: threading.Thread | None = None
         self._thread: threading.Thread | None = None
-        self._relay = Relay(self)  # the roles of the runAsync() and process_async() threads
         self._loop_started = False
         self._loop_done = threading.Event()
+        # The roles of the runAsync() and process_async() threads (a client
+        # on a NetworkLoop takes the loop's relay instead).
+        self._relay = Relay(self._reactor, self._loop_done, self._end_relayed_loop)
         self._stop_reason: str | None = None
         self._shared: Any = None  # the NetworkLoop a client was attached to
         self._leaving = False
@@ -1368,13 +1370,12 @@ class Peer:
         """
         inbox = self._inbox
         inbox.stopped = False
-        relay = self._relay
         # Only the thread of process_async() takes turns with the network
         # thread: a program calling process_forever() itself keeps its handlers.
         ours = threading.current_thread() is self._process_thread
         while not inbox.stopped:
-            if ours and relay.enabled and self._loop_active():
-                relay.run_process_thread()
+            if ours and self._relay.enabled and self._loop_active():
+                self._relay.run_process_thread(self)
                 continue
             self.process(wait=True)
         # The network loop may still be closing connections: their on_close
@@ -1437,7 +1438,10 @@ class Peer:
         if self._polling:
             raise LocalProtocolError("this peer is driven by poll(); runAsync() would run its loop a second time")
         relay = self._relay
-        t = threading.Thread(target=relay.run_network_thread, args=(selector,), name=self._thread_name, daemon=True)
+        reactor = self._reactor
+        t = threading.Thread(target=relay.run_loop_thread,
+                             args=(lambda: reactor.start(selector, self._on_loop_start),),
+                             name=self._thread_name, daemon=True)
         self._thread = t
         self._loop_started = True
         self._loop_done.clear()
@@ -1560,6 +1564,17 @@ class Peer:
                 self._reactor.close()
                 self._loop_done.set()
 
+    def _end_relayed_loop(self) -> None:
+        """End the loop of runAsync() on whichever thread leads when it
+        stops (see peng3dnet.relay): what :meth:`_run_loop` does at its end."""
+        reactor = self._reactor
+        try:
+            self._on_loop_exit()
+        finally:
+            reactor.running = False
+            reactor.close()
+            self._loop_done.set()
+
     def _loop_active(self) -> bool:
         return self._loop_started and not self._loop_done.is_set()
 
@@ -1597,6 +1612,7 @@ class Peer:
             self._on_loop_exit()
         finally:
             self._loop_done.set()
+            self._relay.wake_all()  # our process thread, waiting in the loop's relay, leaves it
 
     def _after_handshake(self, link: Link) -> None:
         pass

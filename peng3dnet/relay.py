@@ -1,23 +1,27 @@
-"""Leader/follower hand-over between a peer's two library threads.
+"""Leader/follower hand-over between the library threads of a reactor.
 
 A peer started the documented way (``runAsync()`` and ``process_async()``)
-has two threads of ours: the network thread and the process thread.  With a
+has two threads of ours: the network thread and the process thread (clients
+on one :class:`~peng3dnet.client.NetworkLoop` share its network thread,
+each with its process thread).  With a
 fixed split (one does the I/O, the other runs the handlers) every received
 packet crosses from one thread to the other: a wake-up of a sleeping thread
 on the critical path, two per round trip on each side, the larger part of a
 round trip's time on loopback and most of the CPU per echo.
 
-The relay lets the two threads swap roles instead.  At any moment at most
-one of them is the *leader*, which runs the reactor (``select()``, reads,
-writes, timers; :meth:`Reactor.in_loop` is true on it only), and at most one
-is the *runner*, which runs handlers.  A leader that has queued packets
-while nobody runs handlers lets go of the reactor and runs them itself: the
-handler runs at once on the thread that read the packet, and nothing wakes
-up.  The guarantees of the fixed split stay:
+The relay lets the threads of one reactor swap roles instead.  At any
+moment at most one of them is the *leader*, which runs the reactor
+(``select()``, reads, writes, timers; :meth:`Reactor.in_loop` is true on it
+only); a *runner* runs handlers.  A leader that has queued packets while no
+runner is active lets go of the reactor and runs them itself: the handler
+runs at once on the thread that read the packet, and nothing wakes up.  The
+guarantees of the fixed split stay:
 
-- handlers run one at a time, on a thread of ours that is not the network
-  thread while they run (sends and state changes from it are queued to the
-  leader exactly as from a program thread);
+- the handlers of one peer run one at a time and in order, on a thread of
+  ours that is not the network thread while they run (sends and state
+  changes from it are queued to the leader exactly as from a program
+  thread); on a shared loop, the handlers of different clients run one
+  batch after the other, and beside each other only when one is stuck;
 - a handler may block: a watchdog thread (one per process, for every
   relay) looks every :data:`WATCH_PERIOD` seconds and, when the same batch
   of handlers is still running since its last look, wakes the other thread
@@ -26,16 +30,19 @@ up.  The guarantees of the fixed split stay:
   ``wait_for_connection()``, a synchronous ``call()``,
   ``process(wait=True)``, ``shutdown(join=True)`` hand the reactor over
   before waiting).  Heavy traffic then runs as the fixed split did: one
-  thread reads, the other runs handlers.
+  thread reads, another runs handlers; on a shared loop the new leader may
+  also run the handlers of the other clients while one client's handler
+  is stuck.
 
 The watchdog wakes only while handlers run somewhere in the process or ran
 within its last period; an idle process sleeps.  The first batch after a
 quiet period wakes it (one wake-up for the process), later batches do not.
-The other thread of a relay sleeps until it is needed.
+The other threads of a relay sleep until they are needed.
 
-Only the threads made by ``runAsync()`` and ``process_async()`` take part: a
-program that calls ``runBlocking()`` or ``process()``/``process_forever()``
-itself keeps its loop or its handlers on its own thread.
+Only the threads made by ``runAsync()``, :class:`NetworkLoop` and
+``process_async()`` take part: a program that calls ``runBlocking()`` or
+``process()``/``process_forever()`` itself keeps its loop or its handlers on
+its own thread.
 
 Thread safety: every field is read and written with :attr:`Relay.cond` held
 (a few are peeked at without it first, then checked again with it).
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -58,189 +66,247 @@ two periods before the other thread takes it over."""
 
 
 class Relay:
-    """The roles of a peer's two threads (see the module's docstring).
+    """The roles of the threads serving one reactor (see the module's docstring).
 
     Args:
-        peer: The peer (its reactor, inbox and loop are what is shared).
+        reactor: The reactor.
+        loop_done: Set when the loop has ended (by :attr:`end_loop`).
+        end_loop: Ends the loop on the leading thread once the reactor
+            stops (what ``Reactor.run``'s caller does at its end); it must
+            set ``loop_done``.
     """
 
-    __slots__ = ("peer", "cond", "enabled", "runs_handlers", "leader", "runner", "batch", "urgent", "__weakref__")
+    __slots__ = ("reactor", "loop_done", "end_loop", "cond", "enabled", "members", "threads", "leader",
+                 "runners", "stuck", "busy", "batch", "__weakref__")
 
-    def __init__(self, peer: Any) -> None:
-        self.peer = peer
+    def __init__(self, reactor: Any, loop_done: threading.Event, end_loop: Callable[[], None]) -> None:
+        self.reactor = reactor
+        self.loop_done = loop_done
+        self.end_loop = end_loop
         self.cond = threading.Condition(threading.Lock())
         """Guards the fields; a follower waits on it for a role."""
         self.enabled = False
-        """The network loop runs on a ``runAsync()`` thread that takes part."""
-        self.runs_handlers = False
-        """A ``process_async()`` thread takes part: the relay may run
-        handlers (without one, packets wait for the program's ``process()``)."""
+        """The loop runs on a thread that takes part (``runAsync()``, a NetworkLoop)."""
+        self.members: list[Any] = []
+        """The peers whose handlers the relay runs: those with a
+        ``process_async()`` thread taking part (the packets of others wait
+        for the program's ``process()``)."""
+        self.threads: set[int] = set()
+        """Idents of the threads taking part."""
         self.leader: int | None = None
         """Ident of the thread running the reactor, or ``None``."""
-        self.runner: int | None = None
-        """Ident of the thread running handlers, or ``None``."""
+        self.runners: dict[int, int] = {}
+        """Threads running handlers: ident -> the batch they run."""
+        self.stuck: set[int] = set()
+        """Runners seen running one batch for a whole watchdog period, or
+        waiting in the library: others may lead and run beside them."""
+        self.busy: set[Any] = set()
+        """Members whose handlers run now (one runner per member)."""
         self.batch = 0
         """Counts the batches of handlers started (the watchdog's clock)."""
-        self.urgent = False
-        """The runner is stuck or waits in the library: the other thread
-        takes the reactor over."""
 
-    # --- the two threads ---------------------------------------------------------------------
-    def run_network_thread(self, selector: Any) -> None:
-        """The thread of ``runAsync()``: start the loop, then take turns."""
-        peer = self.peer
+    @property
+    def runs_handlers(self) -> bool:
+        """Whether any peer's handlers are run by the relay."""
+        return bool(self.members)
+
+    # --- the threads -------------------------------------------------------------------------
+    def run_loop_thread(self, start: Callable[[], None]) -> None:
+        """The loop's own thread (``runAsync()``, a NetworkLoop): ``start()``
+        the reactor on it, then take turns until the loop ends."""
+        me = threading.get_ident()
         with self.cond:
-            self.leader = threading.get_ident()
+            self.enabled = True
+            self.leader = me
+            self.threads.add(me)
         try:
-            peer._reactor.start(selector, peer._on_loop_start)
-        except BaseException:
-            self._end_loop()
-            raise
-        self._serve(leading=True)
+            try:
+                start()
+            except BaseException:
+                self._end()
+                raise
+            self._serve(None, leading=True)
+        finally:
+            with self.cond:
+                self.threads.discard(me)
 
-    def run_process_thread(self) -> None:
-        """The thread of ``process_async()``: take turns until the loop ends
-        and nobody runs handlers any more (the caller's last drain must not
-        run beside them)."""
+    def run_process_thread(self, peer: Any) -> None:
+        """The ``process_async()`` thread of ``peer``: take turns until
+        ``peer``'s loop has ended and its handlers run nowhere else (the
+        caller's last drain must not run beside them)."""
+        me = threading.get_ident()
         with self.cond:
-            self.runs_handlers = True
+            if peer not in self.members:
+                self.members.append(peer)
+            self.threads.add(me)
         _WATCHDOG.add(self)
         try:
-            self._serve(leading=False)
+            self._serve(peer, leading=False)
         finally:
-            _WATCHDOG.discard(self)
             with self.cond:
-                self.runs_handlers = False
+                self.threads.discard(me)
+                if peer in self.members:
+                    self.members.remove(peer)
+                while peer in self.busy:
+                    self.cond.wait()
+                self.cond.notify()  # (we may have taken a wake-up meant for a thread that stays)
+                if not self.members:
+                    _WATCHDOG.discard(self)
+
+    def wake_all(self) -> None:
+        """Let every waiting thread look again (a peer left the loop: its
+        process thread leaves the relay).  Any thread."""
+        with self.cond:
+            self.cond.notify_all()
 
     def before_wait(self) -> None:
-        """A thread is about to wait in the library (any thread): if it is
-        the runner, the reactor has no leader until the follower takes it,
-        so wake the follower to take it now."""
-        if self.runner != threading.get_ident():
+        """A thread is about to wait in the library (any thread): if it
+        runs handlers, let another thread lead and run meanwhile."""
+        me = threading.get_ident()
+        if me not in self.runners:
             return
         with self.cond:
-            if self.runner == threading.get_ident() and self.leader is None:
-                self.urgent = True
+            if me in self.runners and me not in self.stuck:
+                self.stuck.add(me)
                 self.cond.notify()
 
-    def take_over(self, batch: int) -> None:
-        """The watchdog saw ``batch`` running for a whole period: wake the
-        other thread to take the reactor (the watchdog thread)."""
+    def take_over(self, seen: dict[int, int]) -> None:
+        """The watchdog saw these runners (ident -> batch) at its last look
+        too: those still on the same batch are stuck; wake a follower to
+        lead (the watchdog thread)."""
         with self.cond:
-            if self.runner is not None and self.leader is None and self.batch == batch:
-                log.debug("relay: handlers of %r run for more than %.0f ms; the other thread serves the network",
-                          self.peer, WATCH_PERIOD * 1000)
-                self.urgent = True
-                self.cond.notify()
+            new = [t for t, b in self.runners.items() if seen.get(t) == b and t not in self.stuck]
+            if not new:
+                return
+            self.stuck.update(new)
+            log.debug("relay: handlers run for more than %.0f ms; another thread serves the network",
+                      WATCH_PERIOD * 1000)
+            self.cond.notify()
 
-    # --- roles -------------------------------------------------------------------------------------
-    def _serve(self, leading: bool) -> None:
-        """Lead, run handlers or sleep, until the loop ends."""
+    # --- roles (cond held where noted) --------------------------------------------------------------
+    def _free(self) -> bool:
+        """No runner is active, or all are stuck (cond held)."""
+        return len(self.stuck) >= len(self.runners)
+
+    def _runnable(self) -> Any:
+        """A member with packets waiting that no runner runs, or ``None``."""
+        busy = self.busy
+        for peer in self.members:
+            if peer._inbox.items and peer not in busy:
+                return peer
+        return None
+
+    def _done_for(self, home: Any) -> bool:
+        """Whether the calling thread leaves: the loop ended, or (a process
+        thread) its peer's loop did."""
+        return self.loop_done.is_set() or (home is not None and home._loop_done.is_set())
+
+    def _serve(self, home: Any, leading: bool) -> None:
+        """Lead, run handlers or sleep, until :meth:`_done_for`."""
         cond = self.cond
-        peer = self.peer
-        reactor = peer._reactor
-        inbox = peer._inbox
-        done = peer._loop_done
+        reactor = self.reactor
         me = threading.get_ident()
-        process_thread = not leading
         while True:
+            peer = None
             if not leading:
                 with cond:
                     while True:
-                        if done.is_set():
-                            if self.runner is None or not process_thread:
-                                return
-                        elif self.runner is None:
-                            if inbox.items and self.runs_handlers:
-                                self.runner = me
-                                self.batch += 1
+                        if self._done_for(home):
+                            return
+                        if self._free():
+                            peer = self._start_batch(me)
+                            if peer is not None:
                                 break
                             if self.leader is None:
+                                self.leader = me
+                                reactor.thread_id = me
                                 leading = True
-                        elif self.leader is None and self.urgent:
-                            leading = True  # the runner is stuck or waits in the library
-                        if leading:
-                            self.leader = me
-                            reactor.thread_id = me
-                            self.urgent = False
-                            break
+                                break
                         cond.wait()
             if leading:
-                if not self._lead(me):
+                peer = self._lead(me, home)
+                if peer is None:
                     return
-            leading = self._run(me)
+            leading = self._run(me, peer)
 
-    def _lead(self, me: int) -> bool:
-        """Run the reactor until packets wait and nobody runs handlers
-        (then become the runner and return True) or the loop stops (end it
-        and return False)."""
-        peer = self.peer
-        reactor = peer._reactor
-        inbox = peer._inbox
+    def _start_batch(self, me: int) -> Any:
+        """Become the runner of a member with packets waiting and return
+        it, or ``None`` when none waits (cond held)."""
+        peer = self._runnable()
+        if peer is not None:
+            self.busy.add(peer)
+            self.batch += 1
+            self.runners[me] = self.batch
+        return peer
+
+    def _lead(self, me: int, home: Any) -> Any:
+        """Run the reactor until packets wait and no runner is active (then
+        return the member to run, no longer leading) or the loop stops (end
+        it) or the thread leaves (hand the lead on; both return ``None``)."""
+        reactor = self.reactor
         cond = self.cond
         try:
             while not reactor.stopping:
+                if home is not None and home._loop_done.is_set():
+                    with cond:  # our peer left a shared loop: the others lead on
+                        self.leader = None
+                        reactor.thread_id = None
+                        cond.notify()
+                    return None
                 reactor.run_once(None)
-                if inbox.items and self.runs_handlers and self.runner is None:
+                # (peeked without the lock, checked again with it)
+                if len(self.stuck) >= len(self.runners) and self._runnable() is not None:
                     with cond:
-                        if self.runner is None and self.runs_handlers and not reactor.stopping:
-                            self.runner = me
-                            self.batch += 1
-                            self.leader = None
-                            reactor.thread_id = None
-                        else:
+                        if not self._free() or reactor.stopping:
                             continue
-                    _WATCHDOG.running()
-                    return True
+                        peer = self._start_batch(me)
+                        if peer is None:
+                            continue
+                        self.leader = None
+                        reactor.thread_id = None
+                    return peer
         except BaseException:
-            self._end_loop()
+            self._end()
             raise
-        self._end_loop()
-        return False
+        self._end()
+        return None
 
-    def _run(self, me: int) -> bool:
-        """Run handlers while packets wait (the runner); return whether
-        this thread leads next (nobody took the reactor meanwhile)."""
-        peer = self.peer
-        inbox = peer._inbox
-        done = peer._loop_done
+    def _run(self, me: int, peer: Any) -> bool:
+        """Run the handlers of ``peer`` (busy, ours), then of other waiting
+        members, one member at a time, while some wait; return whether this
+        thread leads next (nobody took the reactor meanwhile)."""
         cond = self.cond
+        if _WATCHDOG.idle:  # (read after our batch was counted: see _Watchdog._run)
+            _WATCHDOG.running()
         while True:
-            lead = False
             try:
-                peer._dispatching(inbox.drain, peer._dispatch)
+                peer._dispatching(peer._inbox.drain, peer._dispatch)
             finally:
                 with cond:
-                    more = bool(inbox.items) and not done.is_set()
-                    if more:
-                        self.batch += 1
-                    else:
-                        self.runner = None
-                        self.urgent = False
-                        if done.is_set():
-                            cond.notify_all()
-                        elif self.leader is None:
+                    self.busy.discard(peer)
+                    if peer._loop_done.is_set():
+                        cond.notify_all()  # its process thread may wait to leave
+                    self.stuck.discard(me)
+                    del self.runners[me]
+                    peer = self._start_batch(me)
+                    if peer is None:
+                        lead = self.leader is None and self._free() and not self.loop_done.is_set()
+                        if lead:
                             self.leader = me
-                            peer._reactor.thread_id = me
-                            lead = True
-            if not more:
+                            self.reactor.thread_id = me
+                        elif self.leader is None:
+                            cond.notify()  # the stuck runners still need somebody at the network
+            if peer is None:
                 return lead
 
-    def _end_loop(self) -> None:
-        """End the loop on the leading thread (what ``Reactor.run``'s
-        caller does at its end) and wake the other thread."""
-        peer = self.peer
-        reactor = peer._reactor
+    def _end(self) -> None:
+        """End the loop on the leading thread and wake the others."""
         try:
-            peer._on_loop_exit()
+            self.end_loop()
         finally:
-            reactor.running = False
-            reactor.close()
             with self.cond:
                 self.leader = None
-                peer._loop_done.set()
                 self.cond.notify_all()
-
 
 class _Watchdog:
     """The process's one watchdog thread over every relay (see the module's
@@ -277,7 +343,7 @@ class _Watchdog:
     def _run(self) -> None:
         """Look at the relays every period while handlers run; sleep when
         none ran for a whole period (the watchdog thread)."""
-        seen: dict[Relay, int] = {}
+        seen: dict[Relay, tuple[int, dict[int, int]]] = {}
         cond = self.cond
         while True:
             with cond:
@@ -288,21 +354,22 @@ class _Watchdog:
                 relays = list(self.relays)
             active = False
             for relay in relays:
-                batch = relay.batch
-                if relay.runner is not None:
+                runners = dict(relay.runners)
+                last = seen.get(relay)
+                if runners:
                     active = True
-                    if seen.get(relay) == batch and relay.leader is None:
-                        relay.take_over(batch)
-                elif seen.get(relay) != batch:
+                    if last is not None and any(last[1].get(t) == b for t, b in runners.items()):
+                        relay.take_over(last[1])
+                elif last is None or last[0] != relay.batch:
                     active = True
-                seen[relay] = batch
+                seen[relay] = (relay.batch, runners)
             with cond:
                 for relay in list(seen):
                     if relay not in self.relays:
                         del seen[relay]
                 # Idle only if no batch started since the look (running() is
                 # called after the batch count goes up, under this lock).
-                if not active and all(r.batch == seen.get(r) for r in self.relays):
+                if not active and all(r.batch == seen[r][0] for r in self.relays if r in seen):
                     self.idle = True
 
 

@@ -111,12 +111,12 @@ def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condit
 
 
 def handler_thread(peer: Any) -> str:
-    """Where a handler of ``peer`` runs now: ``"handlers"`` on one of the
-    two threads of runAsync()/process_async() while it is not the network
-    thread (the relay runs handlers on either; see peng3dnet.relay), else
-    the thread's name."""
+    """Where a handler of ``peer`` runs now: ``"handlers"`` on a thread of
+    its relay (runAsync(), a NetworkLoop, process_async()) while it is not
+    the network thread (the relay runs handlers on any of them; see
+    peng3dnet.relay), else the thread's name."""
     me = threading.current_thread()
-    if me in (peer._thread, peer._process_thread) and not peer._reactor.in_loop():
+    if me.ident in peer._relay.threads and not peer._reactor.in_loop():
         return "handlers"
     return me.name
 

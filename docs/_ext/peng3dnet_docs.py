@@ -415,6 +415,9 @@ CONFIG: dict[str, str] = {
                          "``sessionexpired``.",
     "net.session.replay_buffer": "Bytes sent and not yet acknowledged that a session keeps for a resume; "
                                  "over it the session closes with ``replayoverflow``.",
+    "net.client.shared_loop": "Client: ``runAsync()`` serves the client on the process's one shared network "
+                              "thread (see :class:`~peng3dnet.client.NetworkLoop`) instead of a thread of its "
+                              "own; ``False``: a thread per client.",
     "net.client.reconnect": "Client: reconnect attempts after a drop before the session closes with "
                             "``resume:failed``.",
     "net.client.reconnect.delay": "Client: seconds before the first reconnect attempt (doubled after each "

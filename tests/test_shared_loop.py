@@ -1,0 +1,175 @@
+"""Clients started with runAsync() share the process's one network thread
+(net.client.shared_loop, the default): one thread for every client, the
+returned Thread following each client, handlers of one client never held
+up for long by another client's stuck handler, reconnects off the shared
+thread."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import peng3dnet.client as client_mod
+from peng3dnet.client import SharedLoopThread, default_loop
+from peng3dnet.errors import NetworkError
+from peng3dnet.net import Client, Server
+from peng3dnet.packet import Packet
+from peng3dnet.tools.lagproxy import LagProxy
+from tests.conftest import EchoPacket, make_server
+from tests.helpers import active_cids, handler_thread, wait_for
+
+
+class Gate(Packet):
+    """Records messages; ``"block"`` waits for :attr:`release`."""
+
+    def __init__(self, reg, peer, obj=None):
+        super().__init__(reg, peer, obj)
+        self.got: list = []
+        self.where: set[str] = set()
+        self.blocked = threading.Event()
+        self.release = threading.Event()
+
+    def receive(self, msg, cid=None):
+        self.where.add(handler_thread(self.peer))
+        if msg == "block":
+            self.blocked.set()
+            assert self.release.wait(20)
+        self.got.append(msg)
+
+
+@pytest.fixture
+def server():
+    s = make_server()
+    s.register_packet("t:gate", Packet(s.registry, s))
+    s.runAsync()
+    s.process_async()
+    yield s
+    s.shutdown(join=True, timeout=5)
+
+
+def _client(s, **cfg):
+    c = Client(addr=s.addr, cfg=cfg)
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    c.register_packet("t:gate", Gate(c.registry, c))
+    return c
+
+
+@pytest.fixture
+def clients():
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()
+        c.join(5)
+
+
+def test_run_async_clients_share_one_network_thread(server, clients):
+    loop = default_loop()
+    before = threading.active_count()
+    handles = []
+    for _ in range(5):
+        c = _client(server)
+        clients.append(c)
+        handles.append(c.runAsync())
+        c.process_async()
+    assert threading.active_count() == before + 5  # a process thread each, no network thread each
+    assert {c._reactor for c in clients} == {loop.reactor}
+    assert all(c._thread is loop._thread for c in clients)
+    for i, c in enumerate(clients):
+        c.wait_for_connection(10)
+        c.send_message("test:echo", i)
+    for i, c in enumerate(clients):
+        assert c.registry.get_obj("test:echo").wait_count(1) == [i]
+    # runAsync()'s Thread follows its own client
+    assert all(isinstance(h, threading.Thread) and isinstance(h, SharedLoopThread) for h in handles)
+    assert all(h.is_alive() for h in handles)
+    clients[0].close("bye")
+    handles[0].join(10)
+    assert not handles[0].is_alive()
+    assert all(h.is_alive() for h in handles[1:])
+    assert loop._thread.is_alive()
+    clients[1].send_message("test:echo", "again")
+    assert clients[1].registry.get_obj("test:echo").wait_count(2)[-1] == "again"
+    with pytest.raises(RuntimeError):
+        handles[1].start()
+
+
+def test_shared_loop_off_gives_each_client_its_thread(server, clients):
+    for _ in range(2):
+        c = _client(server, **{"net.client.shared_loop": False})
+        clients.append(c)
+        t = c.runAsync()
+        assert type(t) is threading.Thread and t.is_alive() and t.name == "peng3dnet Client Thread"
+        c.process_async()
+    assert clients[0]._reactor is not clients[1]._reactor
+    assert default_loop().reactor not in {c._reactor for c in clients}
+    for c in clients:
+        c.wait_for_connection(10)
+        c.send_message("test:echo", "x")
+        assert c.registry.get_obj("test:echo").wait_count(1) == ["x"]
+
+
+def test_a_stuck_handler_of_one_client_does_not_stop_another(server, clients):
+    a, b = _client(server), _client(server)
+    clients += [a, b]
+    for c in (a, b):
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+    cid_a, cid_b = active_cids(server, 2)
+    ga, gb = a.registry.get_obj("t:gate"), b.registry.get_obj("t:gate")
+    server.send_message("t:gate", "block", cid_a)
+    server.send_message("t:gate", "a-after", cid_a)
+    assert ga.blocked.wait(10)
+    for i in range(20):  # b's handlers run while a's waits (another thread took over)
+        server.send_message("t:gate", i, cid_b)
+    wait_for(lambda: len(gb.got) == 20, what="b's 20 messages handled while a's handler waits")
+    assert gb.got == list(range(20))
+    assert ga.got == []  # a's next message waits behind its own stuck handler
+    ga.release.set()
+    wait_for(lambda: ga.got == ["block", "a-after"], what="a's messages, in order")
+    assert ga.where == gb.where == {"handlers"}
+
+
+def test_a_reconnect_does_not_hold_the_shared_thread(server, clients, monkeypatch):
+    resume = {"net.session.resume": True}
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **resume})
+    s.register_packet("t:gate", Packet(s.registry, s))
+    s.runAsync()
+    s.process_async()
+    proxy = LagProxy(("127.0.0.1", 0), s.addr).start()
+    try:
+        a = Client(addr=proxy.addr, cfg={**resume, "net.client.reconnect.delay": 0.01})
+        a.register_packet("t:gate", Gate(a.registry, a))
+        b = _client(server)
+        clients += [a, b]
+        for c in (a, b):
+            c.runAsync()
+            c.process_async()
+            c.wait_for_connection(10)
+        assert a._reactor is b._reactor
+        entered = threading.Event()
+        leave = threading.Event()
+        real = client_mod.transport_connect
+
+        def slow_connect(*args, **kw):  # a reconnect that hangs (a server not answering SYNs)
+            entered.set()
+            assert leave.wait(20)
+            raise NetworkError("connect: timed out")
+
+        monkeypatch.setattr(client_mod, "transport_connect", slow_connect)
+        proxy.cut()
+        assert entered.wait(10)
+        for i in range(5):  # b is served while a's connect hangs
+            b.send_message("test:echo", i)
+        assert b.registry.get_obj("test:echo").wait_count(5) == list(range(5))
+        monkeypatch.setattr(client_mod, "transport_connect", real)
+        leave.set()
+        wait_for(lambda: a.wait_for_connection(0) is None and s.clients, what="a resumed")
+        (cid,) = active_cids(s)
+        s.send_message("t:gate", "back", cid)
+        wait_for(lambda: a.registry.get_obj("t:gate").got == ["back"], what="a served again")
+    finally:
+        proxy.stop()
+        s.shutdown(join=True, timeout=5)
