@@ -334,7 +334,7 @@ CONFIG_GROUPS: list[tuple[str, tuple[str, ...]]] = [
                                   "net.client.connect_timeout")),
     ("Sessions and reconnecting", ("net.session.", "net.client.reconnect")),
     ("Compression", ("net.compress.",)),
-    ("Packets, registry and handlers", ("net.registry.", "net.smartpacket.", "net.process.")),
+    ("Packets, registry and handlers", ("net.registry.", "net.smartpacket.", "net.process.", "net.client.shared_loop")),
     ("Events and debugging", ("net.events.", "net.debug.")),
     ("Login", ("net.auth.",)),
     ("Time-outs and heartbeats", ("net.timeout.", "net.heartbeat.")),
