@@ -14,6 +14,7 @@ Areas (sources -> the tests run against their mutants):
     protocol    peng3dnet/protocol/            tests/protocol/            (~5 min on 2 cores)
     sync        peng3dnet/ext/sync/            tests/ext/
     session     peng3dnet/session.py, calls.py, login.py  tests/test_session.py, test_calls.py, test_login.py
+    relay       peng3dnet/relay.py             tests/test_relay.py, test_shared_loop.py
 
 The connection layer's network tests make one mutant cost seconds: its area
 is ``session`` (the newest code) for now; see the README's Mutation testing
@@ -36,6 +37,7 @@ AREAS = {
     "sync": (["peng3dnet/ext/sync/"], ["tests/ext/"]),
     "session": (["peng3dnet/session.py", "peng3dnet/calls.py", "peng3dnet/login.py"],
                 ["tests/test_session.py", "tests/test_calls.py", "tests/test_login.py"]),
+    "relay": (["peng3dnet/relay.py"], ["tests/test_relay.py", "tests/test_shared_loop.py"]),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATUS_ORDER = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault")
