@@ -145,7 +145,7 @@ class Peer:
         self._loop_done = threading.Event()
         # The roles of the runAsync() and process_async() threads (a client
         # on a NetworkLoop takes the loop's relay instead).
-        self._relay = Relay(self._reactor, self._loop_done, self._end_relayed_loop)
+        self._relay = Relay(self._reactor, self._loop_done, self._end_loop)
         self._stop_reason: str | None = None
         self._shared: Any = None  # the NetworkLoop a client was attached to
         self._leaving = False
@@ -1510,12 +1510,7 @@ class Peer:
         finally:
             self._in_poll = False
         if reactor.stopping and not self._loop_done.is_set():
-            try:
-                self._on_loop_exit()
-            finally:
-                reactor.running = False
-                reactor.close()
-                self._loop_done.set()
+            self._end_loop()
 
     def _polled_here(self) -> bool:
         """Whether the caller is the thread that polls this peer, outside
@@ -1558,15 +1553,12 @@ class Peer:
         try:
             self._reactor.run(selector, self._on_loop_start)
         finally:
-            try:
-                self._on_loop_exit()
-            finally:
-                self._reactor.close()
-                self._loop_done.set()
+            self._end_loop()
 
-    def _end_relayed_loop(self) -> None:
-        """End the loop of runAsync() on whichever thread leads when it
-        stops (see peng3dnet.relay): what :meth:`_run_loop` does at its end."""
+    def _end_loop(self) -> None:
+        """End the loop on the thread running it when it stops: runBlocking(),
+        the last poll(), or whichever thread of runAsync()'s relay leads
+        then (see peng3dnet.relay)."""
         reactor = self._reactor
         try:
             self._on_loop_exit()

@@ -83,6 +83,22 @@ def _client(s, start=True):
     return c
 
 
+def _pair(peers, process_first=False):
+    """A server started the documented way (runAsync + process_async, in
+    either order) and one client of it, both torn down by ``peers``."""
+    s, rec = _server()
+    peers.append(s)
+    if process_first:
+        s.process_async()
+        s.runAsync()
+    else:
+        s.runAsync()
+        s.process_async()
+    c = _client(s)
+    peers.append(c)
+    return s, rec, c
+
+
 @pytest.fixture
 def peers():
     made: list = []
@@ -118,12 +134,7 @@ def test_handlers_run_one_at_a_time_in_order_off_the_network_thread(peers):
 
 
 def test_a_blocking_handler_does_not_stop_the_network(peers, caplog):
-    s, rec = _server()
-    peers.append(s)
-    s.runAsync()
-    s.process_async()
-    c1 = _client(s)
-    peers.append(c1)
+    s, rec, c1 = _pair(peers)
     caplog.set_level(logging.DEBUG, logger="peng3dnet.relay")
     c1.send_message("relay:msg", "block")
     assert rec.blocked.wait(10)
@@ -152,24 +163,15 @@ def test_a_handler_waiting_in_the_library_hands_over_at_once(peers, monkeypatch)
             wd.cond.notify()
 
     peers.append(wake_watchdog)
-    s, rec = _server()
-    peers.append(s)
-    s.runAsync()
-    s.process_async()
-    c = _client(s)
-    peers.append(c)
+    s, rec, c = _pair(peers)
     c.send_message("relay:msg", "call")
     wait_for(lambda: len(rec.got) == 2, timeout=9, what="the handler's call answered")
     assert rec.got[0] == ("call", 42)
 
 
 def test_stop_while_a_handler_blocks(peers):
-    s, rec = _server()
-    peers.append(s)
-    s.runAsync()
-    pt = s.process_async()
-    c = _client(s)
-    peers.append(c)
+    s, rec, c = _pair(peers)
+    pt = s._process_thread
     c.send_message("relay:msg", "block")
     assert rec.blocked.wait(10)
     blocker = rec.blocker
@@ -185,12 +187,7 @@ def test_stop_while_a_handler_blocks(peers):
 
 
 def test_process_async_first_then_run_async(peers):
-    s, rec = _server()
-    peers.append(s)
-    s.process_async()
-    s.runAsync()
-    c = _client(s)
-    peers.append(c)
+    s, rec, c = _pair(peers, process_first=True)
     for i in range(50):
         c.send_message("relay:msg", i)
     wait_for(lambda: len(rec.got) == 50, what="50 handled")
@@ -233,12 +230,7 @@ def test_run_blocking_with_a_process_thread_keeps_the_split(peers):
 
 
 def test_the_watchdog_sleeps_when_nothing_runs(peers):
-    s, rec = _server()
-    peers.append(s)
-    s.runAsync()
-    s.process_async()
-    c = _client(s)
-    peers.append(c)
+    s, rec, c = _pair(peers)
     c.send_message("relay:msg", 1)
     wait_for(lambda: len(rec.got) == 1, what="handled")
     wait_for(lambda: relay_mod._WATCHDOG.idle, what="the watchdog asleep")
