@@ -154,7 +154,9 @@ class Client(Peer):
         """
         if self._shared is not None:
             raise LocalProtocolError("this client runs on a NetworkLoop")
-        if self.cfg["net.client.shared_loop"] and selector is selectors.DefaultSelector and not self._loop_started:
+        # (A client connected already, by connect(), has its socket on its own reactor: it keeps its thread.)
+        if (self.cfg["net.client.shared_loop"] and selector is selectors.DefaultSelector and not self._loop_started
+                and self.sock is None):
             loop = default_loop()
             loop.add(self)
             self._thread = loop._thread
@@ -176,11 +178,19 @@ class Client(Peer):
         """
         if self._loop_started:
             raise LocalProtocolError("the client already runs a loop")
+        if self.sock is not None:
+            raise LocalProtocolError("the client is connected already (on a reactor of its own)")
+        own = self._reactor, self._relay
         self._reactor = loop.reactor
         self._relay = loop.relay
         self._shared = loop
-        self.initialize()
-        self.connect()
+        try:
+            self.initialize()
+            self.connect()
+        except BaseException:
+            self._reactor, self._relay = own  # not attached: runAsync() or add() may be tried again
+            self._shared = None
+            raise
         self._loop_started = True
         self._loop_done.clear()
         loop.reactor.call_soon(self._on_loop_start)
@@ -683,8 +693,7 @@ class NetworkLoop:
         t = threading.Thread(target=self.relay.run_loop_thread,
                              args=(lambda: reactor.start(selector, self._started.set),), name=self.name, daemon=True)
         self._thread = t
-        with self.relay.cond:
-            self.relay.enabled = True
+        self.relay.starting()
         t.start()
         self._started.wait(10)
         return self
@@ -710,7 +719,10 @@ class NetworkLoop:
 
         Raises:
             NetworkError: The connection cannot be made.
+            LocalProtocolError: The loop has stopped.
         """
+        if self._done.is_set() or self.reactor.stopping:
+            raise LocalProtocolError("this NetworkLoop has stopped")
         client.attach(self)
         self._clients = [c for c in self._clients if not c._loop_done.is_set()]
         self._clients.append(client)
@@ -720,6 +732,7 @@ class NetworkLoop:
         """Close every client still on the loop and end the thread."""
         self.reactor.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
+            self.relay.before_wait()
             self._done.wait(timeout)  # (the loop may end on a process thread that leads)
 
 
@@ -745,6 +758,7 @@ class SharedLoopThread(threading.Thread):
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until the client has left the loop (at most ``timeout`` s)."""
+        self._client._relay.before_wait()
         self._client._loop_done.wait(timeout)
 
 

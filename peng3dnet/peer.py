@@ -900,6 +900,13 @@ class Peer:
             owner.on_close(reason)
         except Exception:
             report_user_error("! %s cid=%s: on_close raised", self._role, link.cid)
+        except BaseException:  # (SystemExit...: closed all the same, then as a handler's)
+            self._closed_for_app(link, owner)
+            self._handler_failed(link, owner.on_close)
+            return
+        self._closed_for_app(link, owner)
+
+    def _closed_for_app(self, link: Link, owner: Any) -> None:
         setattr(owner, self._state_attr, STATE_CLOSED)
         owner.mode = MODE_CLOSED
         self._forget(link)
@@ -1374,8 +1381,9 @@ class Peer:
         # thread: a program calling process_forever() itself keeps its handlers.
         ours = threading.current_thread() is self._process_thread
         while not inbox.stopped:
-            if ours and self._relay.enabled and self._loop_active():
-                self._relay.run_process_thread(self)
+            relay = self._relay
+            if ours and relay.enabled and self._loop_active() and not relay.loop_done.is_set():
+                relay.run_process_thread(self)
                 continue
             self.process(wait=True)
         # The network loop may still be closing connections: their on_close
@@ -1445,8 +1453,7 @@ class Peer:
         self._thread = t
         self._loop_started = True
         self._loop_done.clear()
-        with relay.cond:
-            relay.enabled = True
+        relay.starting()
         t.start()
         self._inbox.notify()  # a process thread waiting already joins the relay
         return t

@@ -51,6 +51,7 @@ Thread safety: every field is read and written with :attr:`Relay.cond` held
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +59,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["Relay", "WATCH_PERIOD"]
+
+_STARTING = -1  # the leader's ident while the loop's thread starts the reactor
 
 WATCH_PERIOD = 0.05
 """Seconds between the watchdog's looks at a running batch of handlers: a
@@ -79,7 +82,7 @@ class Relay:
     """
 
     __slots__ = ("reactor", "loop_done", "end_loop", "cond", "enabled", "members", "threads", "leader",
-                 "runners", "stuck", "busy", "batch", "__weakref__")
+                 "runners", "stuck", "busy", "batch", "ended", "__weakref__")
 
     def __init__(self, reactor: Any, loop_done: threading.Event, end_loop: Callable[[], None]) -> None:
         self.reactor = reactor
@@ -106,6 +109,8 @@ class Relay:
         """Members whose handlers run now (one runner per member)."""
         self.batch = 0
         """Counts the batches of handlers started (the watchdog's clock)."""
+        self.ended = False
+        """:attr:`end_loop` ran (it runs once)."""
 
     @property
     def runs_handlers(self) -> bool:
@@ -113,6 +118,16 @@ class Relay:
         return bool(self.members)
 
     # --- the threads -------------------------------------------------------------------------
+    def starting(self) -> None:
+        """The loop's thread is about to start (the caller, before it
+        starts it): the relay takes part, and the lead is that thread's
+        until it has started the reactor (a process thread must not lead a
+        reactor that has no selector yet)."""
+        with self.cond:
+            self.enabled = True
+            if self.leader is None:
+                self.leader = _STARTING
+
     def run_loop_thread(self, start: Callable[[], None]) -> None:
         """The loop's own thread (``runAsync()``, a NetworkLoop): ``start()``
         the reactor on it, then take turns until the loop ends."""
@@ -151,7 +166,7 @@ class Relay:
                     self.members.remove(peer)
                 while peer in self.busy:
                     self.cond.wait()
-                self.cond.notify()  # (we may have taken a wake-up meant for a thread that stays)
+                self.cond.notify_all()  # (we may have taken a wake-up meant for a thread that stays)
                 if not self.members:
                     _WATCHDOG.discard(self)
 
@@ -170,7 +185,7 @@ class Relay:
         with self.cond:
             if me in self.runners and me not in self.stuck:
                 self.stuck.add(me)
-                self.cond.notify()
+                self.cond.notify_all()  # (one notify could land on a thread that only leaves)
 
     def take_over(self, seen: dict[int, int]) -> None:
         """The watchdog saw these runners (ident -> batch) at its last look
@@ -183,7 +198,7 @@ class Relay:
             self.stuck.update(new)
             log.debug("relay: handlers run for more than %.0f ms; another thread serves the network",
                       WATCH_PERIOD * 1000)
-            self.cond.notify()
+            self.cond.notify_all()
 
     # --- roles (cond held where noted) --------------------------------------------------------------
     def _free(self) -> bool:
@@ -253,7 +268,7 @@ class Relay:
                     with cond:  # our peer left a shared loop: the others lead on
                         self.leader = None
                         reactor.thread_id = None
-                        cond.notify()
+                        cond.notify_all()
                     return None
                 reactor.run_once(None)
                 # (peeked without the lock, checked again with it)
@@ -283,26 +298,37 @@ class Relay:
         while True:
             try:
                 peer._dispatching(peer._inbox.drain, peer._dispatch)
-            finally:
-                with cond:
+            except BaseException:
+                # (handlers' errors are reported by _dispatch; this escaped it)
+                with cond:  # this thread ends: not a runner, and never the leader
                     self.busy.discard(peer)
-                    if peer._loop_done.is_set():
-                        cond.notify_all()  # its process thread may wait to leave
                     self.stuck.discard(me)
                     del self.runners[me]
-                    peer = self._start_batch(me)
-                    if peer is None:
-                        lead = self.leader is None and self._free() and not self.loop_done.is_set()
-                        if lead:
-                            self.leader = me
-                            self.reactor.thread_id = me
-                        elif self.leader is None:
-                            cond.notify()  # the stuck runners still need somebody at the network
+                    cond.notify_all()
+                raise
+            with cond:
+                self.busy.discard(peer)
+                if peer._loop_done.is_set():
+                    cond.notify_all()  # its process thread may wait to leave
+                self.stuck.discard(me)
+                del self.runners[me]
+                peer = self._start_batch(me)
+                if peer is None:
+                    lead = self.leader is None and self._free() and not self.loop_done.is_set()
+                    if lead:
+                        self.leader = me
+                        self.reactor.thread_id = me
+                    elif self.leader is None:
+                        cond.notify_all()  # the stuck runners still need somebody at the network
             if peer is None:
                 return lead
 
     def _end(self) -> None:
-        """End the loop on the leading thread and wake the others."""
+        """End the loop on the leading thread (once) and wake the others."""
+        with self.cond:
+            if self.ended:
+                return
+            self.ended = True
         try:
             self.end_loop()
         finally:
@@ -369,10 +395,26 @@ class _Watchdog:
                 for relay in list(seen):
                     if relay not in self.relays:
                         del seen[relay]
-                # Idle only if no batch started since the look (running() is
-                # called after the batch count goes up, under this lock).
-                if not active and all(r.batch == seen[r][0] for r in self.relays if r in seen):
-                    self.idle = True
+                if active:
+                    continue
+                self.idle = True
+                relays = list(self.relays)
+            # A runner counts its batch, then reads ``idle`` (without the
+            # lock, see Relay._run): it either saw True (and woke us) or
+            # counted before we set it, and we see its batch now.
+            if any(r.runners or r not in seen or r.batch != seen[r][0] for r in relays):
+                with cond:
+                    self.idle = False
 
 
 _WATCHDOG = _Watchdog()
+
+
+def _reset_in_child() -> None:
+    """A forked child has none of the parent's threads: a fresh watchdog."""
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)

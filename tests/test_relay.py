@@ -15,9 +15,9 @@ import time
 import pytest
 
 from peng3dnet import relay as relay_mod
-from peng3dnet.net import Server
+from peng3dnet.net import ClientOnServer, Server
 from peng3dnet.packet import Packet
-from tests.conftest import make_client, make_server
+from tests.conftest import EchoPacket, Recorder, make_client, make_server
 from tests.helpers import active_cids, handler_thread, wait_for
 
 
@@ -264,3 +264,55 @@ def test_a_client_closing_delivers_every_packet_then_on_close(peers):
     s.close_connection(cid, "bye")
     assert closed.wait(10)
     assert got == list(range(300))
+
+
+def test_the_process_thread_never_leads_before_the_loop_started(peers, monkeypatch):
+    s, rec = _server()
+    peers.append(s)
+    stops = Recorder(s, "peng3dnet:server.stop")
+    hold = threading.Event()
+    real = relay_mod.Relay.run_loop_thread
+
+    def late(self, start):  # the network thread is slow to start
+        assert hold.wait(10)
+        real(self, start)
+
+    monkeypatch.setattr(relay_mod.Relay, "run_loop_thread", late)
+    s.process_async()
+    s.runAsync()
+    # The process thread was woken to join the relay; the lead is the
+    # loop thread's even before it runs.
+    wait_for(lambda: s._relay.runs_handlers, what="the process thread in the relay")
+    assert s._relay.leader == relay_mod._STARTING
+    hold.set()
+    c = _client(s)
+    peers.append(c)
+    c.send_message("relay:msg", 1)
+    wait_for(lambda: rec.got == [(rec.got[0][0], 1)] if rec.got else False, what="handled")
+    s.shutdown(join=True, timeout=5)
+    assert stops.names() == ["peng3dnet:server.stop"]
+    stops.close()
+
+
+def test_a_base_exception_in_a_queued_on_close_stops_the_server_cleanly(peers):
+    class Dying(ClientOnServer):
+        def on_close(self, reason=None):
+            raise SystemExit("bye from on_close")
+
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)}, clientcls=Dying)
+    s.register_packet("test:echo", EchoPacket(s.registry, s))
+    rec = Recording(s.registry, s)
+    s.register_packet("relay:msg", rec)
+    s.register_packet("relay:double", Double(s.registry, s))
+    peers.append(s)
+    s.runAsync()
+    pt = s.process_async()
+    c = _client(s)
+    for i in range(50):  # queued behind these, the close runs on a relay thread
+        c.send_message("relay:msg", i)
+    c.close("bye")
+    c.join(5)
+    s.join(10)  # the BaseException stopped the server (as one from a handler does), it did not hang it
+    pt.join(10)
+    assert not pt.is_alive() and not s._thread.is_alive()
+    assert [m for _, m in rec.got] == list(range(50))

@@ -7,6 +7,7 @@ thread."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -16,7 +17,7 @@ from peng3dnet.errors import NetworkError
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
 from peng3dnet.tools.lagproxy import LagProxy
-from tests.conftest import EchoPacket, make_server
+from tests.conftest import EchoPacket, Recorder, make_server
 from tests.helpers import active_cids, handler_thread, wait_for
 
 
@@ -64,16 +65,21 @@ def clients():
         c.join(5)
 
 
+def _threads() -> int:
+    """Threads, without the process-wide watchdog (started with the first relay that runs handlers)."""
+    return sum(1 for t in threading.enumerate() if t.name != "peng3dnet watchdog")
+
+
 def test_run_async_clients_share_one_network_thread(server, clients):
     loop = default_loop()
-    before = threading.active_count()
+    before = _threads()
     handles = []
     for _ in range(5):
         c = _client(server)
         clients.append(c)
         handles.append(c.runAsync())
         c.process_async()
-    assert threading.active_count() == before + 5  # a process thread each, no network thread each
+    assert _threads() == before + 5  # a process thread each, no network thread each
     assert {c._reactor for c in clients} == {loop.reactor}
     assert all(c._thread is loop._thread for c in clients)
     for i, c in enumerate(clients):
@@ -165,11 +171,83 @@ def test_a_reconnect_does_not_hold_the_shared_thread(server, clients, monkeypatc
             b.send_message("test:echo", i)
         assert b.registry.get_obj("test:echo").wait_count(5) == list(range(5))
         monkeypatch.setattr(client_mod, "transport_connect", real)
+        resumed = Recorder(a, "peng3dnet:client.resumed")
         leave.set()
-        wait_for(lambda: a.wait_for_connection(0) is None and s.clients, what="a resumed")
+        resumed.wait_for("peng3dnet:client.resumed")
+        resumed.close()
         (cid,) = active_cids(s)
         s.send_message("t:gate", "back", cid)
         wait_for(lambda: a.registry.get_obj("t:gate").got == ["back"], what="a served again")
     finally:
         proxy.stop()
         s.shutdown(join=True, timeout=5)
+
+
+def test_handlers_of_clients_on_one_loop_take_turns(server, clients):
+    """Handlers of different clients run one batch after the other (side by
+    side only when one is stuck, which none is here)."""
+    lock = threading.Lock()
+    state = {"now": 0, "most": 0, "n": 0}
+
+    class Busy(Packet):
+        def receive(self, msg, cid=None):
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            time.sleep(0)  # (let another thread run now if it could)
+            with lock:
+                state["now"] -= 1
+                state["n"] += 1
+
+    cs = []
+    for _ in range(3):
+        c = _client(server)
+        c.register_packet("t:busy", Busy(c.registry, c))
+        clients.append(c)
+        cs.append(c)
+    server.register_packet("t:busy", Packet(server.registry, server))
+    for c in cs:
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+    cids = active_cids(server, 3)
+    for i in range(300):
+        for cid in cids:
+            server.send_message("t:busy", i, cid)
+    wait_for(lambda: state["n"] == 900, what="900 handled")
+    assert state["most"] == 1
+
+
+def test_connected_first_then_run_async_keeps_its_own_thread(server, clients):
+    c = _client(server)
+    clients.append(c)
+    c.connect()  # a 0.1.x program may connect first
+    t = c.runAsync()
+    c.process_async()
+    assert type(t) is threading.Thread and t.is_alive()
+    assert c._reactor is not default_loop().reactor
+    c.wait_for_connection(10)
+    c.send_message("test:echo", "x")
+    assert c.registry.get_obj("test:echo").wait_count(1) == ["x"]
+
+
+def test_run_async_can_be_tried_again_after_a_refused_connect(server, clients):
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nobody listens there now
+    c = Client(addr=("127.0.0.1", port))
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    c.register_packet("t:gate", Gate(c.registry, c))
+    for _ in range(2):
+        with pytest.raises(NetworkError):
+            c.runAsync()
+    assert c._shared is None
+    c.addr = server.addr  # 0.1.x retry loops: the same object, again
+    clients.append(c)
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    assert c._reactor is default_loop().reactor
