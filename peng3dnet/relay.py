@@ -336,6 +336,7 @@ class Relay:
                 self.leader = None
                 self.cond.notify_all()
 
+
 class _Watchdog:
     """The process's one watchdog thread over every relay (see the module's
     docstring); started with the first relay that runs handlers."""
@@ -369,8 +370,16 @@ class _Watchdog:
                 self.cond.notify()
 
     def _run(self) -> None:
+        """The watchdog thread: :meth:`_watch`, kept alive."""
+        while True:
+            try:
+                self._watch()
+            except Exception:  # (a bug here must not leave stuck handlers unwatched for good)
+                log.exception("! relay watchdog: unexpected error; watching on")
+
+    def _watch(self) -> None:
         """Look at the relays every period while handlers run; sleep when
-        none ran for a whole period (the watchdog thread)."""
+        none ran for a whole period."""
         seen: dict[Relay, tuple[int, dict[int, int]]] = {}
         cond = self.cond
         while True:
