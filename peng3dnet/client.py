@@ -719,7 +719,9 @@ class NetworkLoop:
 
         Raises:
             NetworkError: The connection cannot be made.
-            LocalProtocolError: The loop has stopped.
+            LocalProtocolError: The loop has stopped, or the client runs a
+                loop or is connected already (its socket would belong to
+                another reactor).
         """
         if self._done.is_set() or self.reactor.stopping:
             raise LocalProtocolError("this NetworkLoop has stopped")
