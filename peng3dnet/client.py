@@ -558,6 +558,8 @@ class Client(Peer):
             return
         if self._loop_active() and not self._reactor.in_loop():
             chan = link.chan
+            if chan.out:
+                self._relay.before_wait()  # (from a handler: another thread writes meanwhile)
             with self._flush_cond:
                 self._flush_cond.wait_for(lambda: not chan.out or chan.closed, CLOSE_LINGER)
 
