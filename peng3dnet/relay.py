@@ -388,32 +388,40 @@ class _Watchdog:
                     cond.wait()
             with cond:
                 cond.wait(WATCH_PERIOD)  # (a running() meanwhile notifies: looking early is harmless)
-                relays = list(self.relays)
-            active = False
-            for relay in relays:
-                runners = dict(relay.runners)
-                last = seen.get(relay)
-                if runners:
-                    active = True
-                    if last is not None and any(last[1].get(t) == b for t, b in runners.items()):
-                        relay.take_over(last[1])
-                elif last is None or last[0] != relay.batch:
-                    active = True
-                seen[relay] = (relay.batch, runners)
+            self._look(seen)
+
+    def _look(self, seen: dict[Relay, tuple[int, dict[int, int]]]) -> None:
+        """One look: a runner on the batch it ran at the last look is stuck
+        (:meth:`Relay.take_over`); no batch run or started since the last
+        look: go idle.  ``seen`` is what the last look saw, per relay."""
+        cond = self.cond
+        with cond:
+            relays = list(self.relays)
+        active = False
+        for relay in relays:
+            runners = dict(relay.runners)
+            last = seen.get(relay)
+            if runners:
+                active = True
+                if last is not None and any(last[1].get(t) == b for t, b in runners.items()):
+                    relay.take_over(last[1])
+            elif last is None or last[0] != relay.batch:
+                active = True
+            seen[relay] = (relay.batch, runners)
+        with cond:
+            for relay in list(seen):
+                if relay not in self.relays:
+                    del seen[relay]
+            if active:
+                return
+            self.idle = True
+            relays = list(self.relays)
+        # A runner counts its batch, then reads ``idle`` (without the lock,
+        # see Relay._run): it either saw True (and woke us) or counted
+        # before we set it, and we see its batch now.
+        if any(r.runners or r not in seen or r.batch != seen[r][0] for r in relays):
             with cond:
-                for relay in list(seen):
-                    if relay not in self.relays:
-                        del seen[relay]
-                if active:
-                    continue
-                self.idle = True
-                relays = list(self.relays)
-            # A runner counts its batch, then reads ``idle`` (without the
-            # lock, see Relay._run): it either saw True (and woke us) or
-            # counted before we set it, and we see its batch now.
-            if any(r.runners or r not in seen or r.batch != seen[r][0] for r in relays):
-                with cond:
-                    self.idle = False
+                self.idle = False
 
 
 _WATCHDOG = _Watchdog()

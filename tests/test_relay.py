@@ -319,3 +319,141 @@ def test_a_base_exception_in_a_queued_on_close_stops_the_server_cleanly(peers):
     pt.join(10)
     assert not pt.is_alive() and not s._thread.is_alive()
     assert [m for _, m in rec.got] == list(range(50))
+
+
+# --- the watchdog's look, one step at a time (no threads, no clock) ------------------------
+
+
+def _watched():
+    wd = relay_mod._Watchdog()
+    r = relay_mod.Relay(None, threading.Event(), lambda: None)
+    wd.relays.add(r)
+    wd.idle = False
+    return wd, r
+
+
+def test_a_runner_on_the_same_batch_at_two_looks_is_stuck():
+    wd, r = _watched()
+    seen: dict = {}
+    r.batch = 7
+    r.runners = {101: 7}
+    wd._look(seen)  # first sight: not stuck yet
+    assert r.stuck == set() and seen[r] == (7, {101: 7}) and not wd.idle
+    wd._look(seen)
+    assert r.stuck == {101}
+    assert not wd.idle
+
+
+def test_a_runner_on_a_new_batch_is_not_stuck():
+    wd, r = _watched()
+    seen: dict = {}
+    r.batch = 7
+    r.runners = {101: 7}
+    wd._look(seen)
+    r.batch = 8
+    r.runners = {101: 8, 102: 6}
+    wd._look(seen)
+    assert r.stuck == set()
+    r.runners = {101: 8}  # 102 left; 101 still on batch 8
+    wd._look(seen)
+    assert r.stuck == {101}
+
+
+def test_the_watchdog_idles_only_after_a_quiet_look():
+    wd, r = _watched()
+    seen: dict = {}
+    r.batch = 3
+    wd._look(seen)  # a batch ran since the last look (none was seen): stays awake
+    assert not wd.idle
+    r.batch = 4
+    wd._look(seen)
+    assert not wd.idle
+    wd._look(seen)  # nothing ran since: asleep
+    assert wd.idle
+
+
+def test_a_forgotten_relay_leaves_the_looks():
+    wd, r = _watched()
+    seen: dict = {}
+    r.runners = {101: 1}
+    r.batch = 1
+    wd._look(seen)
+    wd.relays.discard(r)
+    wd._look(seen)
+    assert r not in seen and r.stuck == set() and wd.idle
+
+
+# --- the relay's roles, without threads ------------------------------------------------------
+
+
+class _FakePeer:
+    def __init__(self, items=()):
+        self._inbox = type("Inbox", (), {})()
+        self._inbox.items = list(items)
+        self._loop_done = threading.Event()
+
+
+def _bare():
+    ended = []
+    r = relay_mod.Relay(None, threading.Event(), lambda: ended.append(1))
+    return r, ended
+
+
+def test_runnable_is_the_first_waiting_member_nobody_runs():
+    r, _ = _bare()
+    a, b, c = _FakePeer(), _FakePeer([1]), _FakePeer([2])
+    r.members = [a, b, c]
+    assert r._runnable() is b
+    r.busy.add(b)
+    assert r._runnable() is c
+    r.busy.add(c)
+    assert r._runnable() is None
+    assert r._start_batch(5) is None and r.runners == {} and r.batch == 0
+    r.busy.clear()
+    assert r._start_batch(5) is b
+    assert r.busy == {b} and r.runners == {5: 1} and r.batch == 1
+    assert r._start_batch(6) is c
+    assert r.runners == {5: 1, 6: 2} and r.batch == 2
+
+
+def test_free_means_no_runner_or_every_runner_stuck():
+    r, _ = _bare()
+    assert r._free()
+    r.runners = {1: 1}
+    assert not r._free()
+    r.stuck = {1}
+    assert r._free()
+    r.runners = {1: 1, 2: 2}
+    assert not r._free()
+
+
+def test_before_wait_marks_only_the_calling_runner():
+    r, _ = _bare()
+    me = threading.get_ident()
+    r.before_wait()  # not a runner: nothing
+    assert r.stuck == set()
+    r.runners = {me: 3, 42: 4}
+    r.before_wait()
+    assert r.stuck == {me}
+
+
+def test_the_starting_lead_and_a_loop_that_ends_once():
+    r, ended = _bare()
+    r.starting()
+    assert r.enabled and r.leader == relay_mod._STARTING
+    r.leader = 99
+    r.starting()  # a loop thread leads already: kept
+    assert r.leader == 99
+    r._end()
+    r._end()
+    assert ended == [1] and r.leader is None and r.ended
+
+
+def test_a_done_loop_or_peer_sends_the_thread_home():
+    r, _ = _bare()
+    home = _FakePeer()
+    assert not r._done_for(None) and not r._done_for(home)
+    home._loop_done.set()
+    assert r._done_for(home) and not r._done_for(None)
+    r.loop_done.set()
+    assert r._done_for(None)
