@@ -457,3 +457,44 @@ def test_a_done_loop_or_peer_sends_the_thread_home():
     assert r._done_for(home) and not r._done_for(None)
     r.loop_done.set()
     assert r._done_for(None)
+
+
+def test_a_runner_that_waited_is_not_stuck_after_its_batch():
+    r, _ = _bare()
+    me = threading.get_ident()
+    p = _FakePeer([1])
+
+    def dispatching(drain, dispatch):
+        p._inbox.items.clear()
+        r.before_wait()  # the handler waited in the library
+
+    p._dispatching, p._inbox.drain, p._dispatch = dispatching, None, None
+    r.members = [p]
+    r.leader = 7  # another thread leads
+    assert r._start_batch(me) is p
+    assert r._run(me, p) is False
+    assert r.runners == {} and r.busy == set() and r.stuck == set()
+
+
+def test_a_leader_whose_peer_left_wakes_the_followers():
+    r, _ = _bare()
+    r.reactor = type("FakeReactor", (), {"stopping": False, "thread_id": 1})()
+    me = threading.get_ident()
+    home = _FakePeer()
+    home._loop_done.set()
+    r.leader = me
+    ready, woke = threading.Event(), []
+
+    def follower():
+        with r.cond:
+            ready.set()
+            woke.append(r.cond.wait(5))
+
+    t = threading.Thread(target=follower)
+    t.start()
+    assert ready.wait(5)
+    with r.cond:
+        pass  # the follower waits now (it held the lock until then)
+    assert r._lead(me, home) is None
+    t.join(6)
+    assert woke == [True] and r.leader is None and r.reactor.thread_id is None

@@ -12,12 +12,13 @@ import time
 import pytest
 
 import peng3dnet.client as client_mod
-from peng3dnet.client import SharedLoopThread, default_loop
+from peng3dnet import relay as relay_mod
+from peng3dnet.client import NetworkLoop, SharedLoopThread, default_loop
 from peng3dnet.errors import NetworkError
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
 from peng3dnet.tools.lagproxy import LagProxy
-from tests.conftest import EchoPacket, Recorder, make_server
+from tests.conftest import EchoPacket, Recorder, make_client, make_server
 from tests.helpers import active_cids, handler_thread, wait_for
 
 
@@ -251,3 +252,66 @@ def test_run_async_can_be_tried_again_after_a_refused_connect(server, clients):
     c.process_async()
     c.wait_for_connection(10)
     assert c._reactor is default_loop().reactor
+
+
+def test_network_loop_stop_from_a_handler_ends_the_loop_at_once(monkeypatch):
+    # With a watchdog that would not look for a minute, only stop()'s own
+    # hand-over lets the loop end while a handler on a process thread waits.
+    monkeypatch.setattr(relay_mod, "WATCH_PERIOD", 60.0)
+    wd = relay_mod._WATCHDOG
+
+    class Double(Packet):
+        answers = True
+
+        def receive(self, msg, cid=None):
+            return 2 * msg
+
+    s = make_server()
+    s.register_packet("t:stop", Packet(s.registry, s))
+    s.register_packet("t:double", Double(s.registry, s))
+    s.runAsync()
+    s.process_async()
+    loop = NetworkLoop("t").start()
+    took, where = [], []
+
+    class Stopper(Packet):
+        def receive(self, msg, cid=None):
+            if msg == "call":  # waits in the library: the process thread leads from now on
+                where.append(self.peer.call("t:double", 21, timeout=5))
+                return
+            where.append(threading.current_thread().name)
+            t0 = time.monotonic()
+            loop.stop(timeout=5)
+            took.append(time.monotonic() - t0)
+
+    c = make_client(s)
+    c.register_packet("t:stop", Stopper(c.registry, c))
+    c.register_packet("t:double", Double(c.registry, c))
+    try:
+        loop.add(c)
+        pt = c.process_async()
+        c.wait_for_connection(10)
+        (cid,) = active_cids(s)
+        s.send_message("t:stop", "call", cid)
+        wait_for(lambda: where == [42], what="the handler's call answered")
+        s.send_message("t:stop", "stop", cid)
+        wait_for(lambda: took, timeout=9, what="stop() returned")
+        assert where == [42, pt.name]
+        assert took[0] < 2 and loop._done.is_set()
+    finally:
+        with wd.cond:
+            wd.cond.notify()
+        s.shutdown(join=True, timeout=5)
+
+
+def test_leaving_the_shared_loop_ends_the_process_thread(server, clients):
+    c = _client(server)
+    clients.append(c)
+    c.runAsync()
+    pt = c.process_async()
+    c.wait_for_connection(10)
+    wait_for(lambda: c._relay.runs_handlers, what="the process thread in the relay")
+    c.close()
+    c.join(5)
+    pt.join(5)
+    assert not pt.is_alive()
