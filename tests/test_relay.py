@@ -100,6 +100,15 @@ def _pair(peers, process_first=False):
 
 
 @pytest.fixture
+def fresh_watchdog(monkeypatch):
+    """A watchdog of the test's own (the process-wide one is started once,
+    by whichever test came first): the test's takeovers are its doing."""
+    wd = relay_mod._Watchdog()
+    monkeypatch.setattr(relay_mod, "_WATCHDOG", wd)
+    return wd
+
+
+@pytest.fixture
 def peers():
     made: list = []
     yield made
@@ -133,7 +142,7 @@ def test_handlers_run_one_at_a_time_in_order_off_the_network_thread(peers):
     assert s._relay.batch > batches  # the relay ran them (not a fixed process thread)
 
 
-def test_a_blocking_handler_does_not_stop_the_network(peers, caplog):
+def test_a_blocking_handler_does_not_stop_the_network(fresh_watchdog, peers, caplog):
     s, rec, c1 = _pair(peers)
     caplog.set_level(logging.DEBUG, logger="peng3dnet.relay")
     c1.send_message("relay:msg", "block")
@@ -147,7 +156,7 @@ def test_a_blocking_handler_does_not_stop_the_network(peers, caplog):
     assert len(active_cids(s, 2)) == 2
     assert time.monotonic() - t0 < 2 * relay_mod.WATCH_PERIOD + 1.5
     c2.send_message("relay:msg", "after")
-    assert "run for more than" in caplog.text
+    assert f"run for more than {relay_mod.WATCH_PERIOD * 1000:.0f} ms" in caplog.text
     assert not rec.release.is_set() and rec.got == []
     rec.release.set()
     wait_for(lambda: len(rec.got) == 2, what="both handled")
@@ -172,7 +181,7 @@ def test_a_handler_waiting_in_the_library_hands_over_at_once(peers, monkeypatch)
     assert rec.got[0] == ("call", 42)
 
 
-def test_stop_while_a_handler_blocks(peers):
+def test_stop_while_a_handler_blocks(fresh_watchdog, peers):
     s, rec, c = _pair(peers)
     pt = s._process_thread
     c.send_message("relay:msg", "block")
@@ -232,14 +241,22 @@ def test_run_blocking_with_a_process_thread_keeps_the_split(peers):
     assert s._relay.batch == 0
 
 
-def test_the_watchdog_sleeps_when_nothing_runs(peers):
+def test_the_watchdog_sleeps_when_nothing_runs(fresh_watchdog, peers):
     s, rec, c = _pair(peers)
     c.send_message("relay:msg", 1)
     wait_for(lambda: len(rec.got) == 1, what="handled")
-    wait_for(lambda: relay_mod._WATCHDOG.idle, what="the watchdog asleep")
-    assert s._relay in relay_mod._WATCHDOG.relays
+    wait_for(lambda: fresh_watchdog.idle, what="the watchdog asleep")
+    assert s._relay in fresh_watchdog.relays
+    c2 = _client(s)  # a second relay (the client's own): still one watchdog thread
+    peers.append(c2)
+    assert fresh_watchdog.relays >= {s._relay, c2._relay}
+    assert sum(1 for t in threading.enumerate() if t is fresh_watchdog.thread) == 1
+    assert fresh_watchdog.thread.is_alive() and fresh_watchdog.thread.name == "peng3dnet watchdog"
+    first = fresh_watchdog.thread
+    fresh_watchdog.add(s._relay)
+    assert fresh_watchdog.thread is first
     s.shutdown(join=True, timeout=5)
-    wait_for(lambda: s._relay not in relay_mod._WATCHDOG.relays, what="the relay forgotten")
+    wait_for(lambda: s._relay not in fresh_watchdog.relays, what="the relay forgotten")
 
 
 def test_a_client_closing_delivers_every_packet_then_on_close(peers):
@@ -498,3 +515,24 @@ def test_a_leader_whose_peer_left_wakes_the_followers():
     assert r._lead(me, home) is None
     t.join(6)
     assert woke == [True] and r.leader is None and r.reactor.thread_id is None
+
+
+def test_the_thread_that_takes_the_lead_back_is_the_network_thread(peers):
+    """After a batch the runner leads again, and is the network thread for
+    everything that asks (events, sends, queued calls)."""
+    from peng3dnet import events
+
+    s, rec, c = _pair(peers)
+    seen = []
+
+    def on_recv(event, data):  # runs on the network thread of the moment
+        seen.append(s._reactor.in_loop() and threading.get_ident() == s._relay.leader)
+
+    events.subscribe("peng3dnet:server.connection.recv", on_recv, sender=s)
+    try:
+        for i in range(20):
+            c.send_message("relay:msg", i)
+            wait_for(lambda i=i: len(rec.got) == i + 1, what=f"message {i} handled")
+    finally:
+        events.unsubscribe("peng3dnet:server.connection.recv", on_recv, sender=s)
+    assert seen == [True] * 20
