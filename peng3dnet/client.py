@@ -761,9 +761,10 @@ class SharedLoopThread(threading.Thread):
         return not self._client._loop_done.is_set()
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait until the client has left the loop (at most ``timeout`` s)."""
-        self._client._relay.before_wait()
-        self._client._loop_done.wait(timeout)
+        """Wait until the client has left the loop (at most ``timeout`` s;
+        like ``Thread.join`` it does not raise when that passes)."""
+        client = self._client
+        client._wait_event(client._loop_done, timeout)
 
 
 _default: NetworkLoop | None = None

@@ -132,8 +132,7 @@ class Relay:
         """The loop's own thread (``runAsync()``, a NetworkLoop): ``start()``
         the reactor on it, then take turns until the loop ends."""
         me = threading.get_ident()
-        with self.cond:
-            self.enabled = True
+        with self.cond:  # (starting() made the relay take part)
             self.leader = me
             self.threads.add(me)
         try:
@@ -202,7 +201,7 @@ class Relay:
 
     # --- roles (cond held where noted) --------------------------------------------------------------
     def _free(self) -> bool:
-        """No runner is active, or all are stuck (cond held)."""
+        """No runner is active, or all are stuck (cond held, or a peek)."""
         return len(self.stuck) >= len(self.runners)
 
     def _runnable(self) -> Any:
@@ -272,7 +271,7 @@ class Relay:
                     return None
                 reactor.run_once(None)
                 # (peeked without the lock, checked again with it)
-                if len(self.stuck) >= len(self.runners) and self._runnable() is not None:
+                if self._free() and self._runnable() is not None:
                     with cond:
                         if not self._free() or reactor.stopping:
                             continue

@@ -316,3 +316,51 @@ def test_leaving_the_shared_loop_ends_the_process_thread(server, clients):
     c.join(5)
     pt.join(5)
     assert not pt.is_alive()
+
+
+FORK_CHILD = r"""
+import os, sys
+import peng3dnet.client as client_mod
+from peng3dnet import relay
+from peng3dnet.net import Client, Server
+from tests.conftest import EchoPacket
+
+def pair():
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+    s.register_packet("test:echo", EchoPacket(s.registry, s))
+    s.runAsync(); s.process_async()
+    c = Client(addr=s.addr)
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    c.runAsync(); c.process_async(); c.wait_for_connection(10)
+    c.send_message("test:echo", os.getpid())
+    assert c.registry.get_obj("test:echo").wait_count(1) == [os.getpid()]
+    return s, c
+
+s, c = pair()
+parent_loop, parent_wd = client_mod.default_loop(), relay._WATCHDOG
+assert parent_wd.relays
+pid = os.fork()
+if pid == 0:  # the child: none of the parent's threads; a fresh shared loop and watchdog that work
+    try:
+        assert client_mod._default is None and relay._WATCHDOG is not parent_wd and not relay._WATCHDOG.relays
+        s2, c2 = pair()
+        assert client_mod.default_loop() is not parent_loop and c2._reactor is client_mod.default_loop().reactor
+        os._exit(0)
+    except BaseException as exc:
+        sys.stderr.write(f"child: {exc!r}\n")
+        os._exit(1)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_gets_its_own_shared_loop_and_watchdog(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_child.py"
+    script.write_text(FORK_CHILD)
+    repo = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", str(script)], capture_output=True,
+                          text=True, timeout=60, env={**__import__("os").environ, "PYTHONPATH": repo})
+    assert "child exit 0" in proc.stdout, proc.stdout + proc.stderr
