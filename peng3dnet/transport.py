@@ -101,6 +101,9 @@ class Reactor:
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._wake_pending = False
+        self._selecting = False
+        """A thread is in (or about to enter) ``select()``: only then does
+        :meth:`wake` need to write its byte (see :meth:`run_once`)."""
         self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._after_io: list[Callable[[], Any]] = []
         self._timers: list[tuple[float, int, Timer]] = []
@@ -125,9 +128,18 @@ class Reactor:
         return self.thread_id == threading.get_ident()
 
     def wake(self) -> None:
-        """Make a blocked ``select()`` return (coalesced; any thread)."""
+        """Make a blocked ``select()`` return (coalesced; any thread).
+
+        When no thread is in ``select()`` (a relay's runner between turns at
+        the network, a ``poll()`` loop between calls) nothing is written:
+        the next :meth:`run_once` sees what the waker queued before calling
+        this (calls, stop) and does not block.  The two sides order their
+        steps so that one of them always sees the other: ``run_once`` sets
+        ``_selecting`` before it looks at the calls, the waker queues its
+        call before it looks at ``_selecting``.
+        """
         w = self._wake_w
-        if self._wake_pending or w is None:
+        if self._wake_pending or w is None or not self._selecting:
             return
         self._wake_pending = True
         try:
@@ -233,6 +245,7 @@ class Reactor:
         assert sel is not None
         calls = self._calls
         timers = self._timers
+        self._selecting = True  # (before looking at the calls: see wake())
         if calls or self._after_io or self._stopping:
             wait: float | None = 0
         elif timers:
@@ -245,6 +258,8 @@ class Reactor:
             ready = sel.select(wait)
         except InterruptedError:
             ready = []
+        finally:
+            self._selecting = False
         for key, mask in ready:
             try:
                 key.data(mask)

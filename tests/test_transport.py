@@ -69,6 +69,7 @@ def test_a_wake_during_the_drain_does_not_silence_later_wakes():
     r = Reactor("test")
     r._wake_r, r._wake_w = socket.socketpair()
     r._wake_r.setblocking(False)
+    r._selecting = True  # a thread is in select()
     try:
         r.wake()  # the flag is set and one byte is in flight
         real = r._wake_r
@@ -85,6 +86,55 @@ def test_a_wake_during_the_drain_does_not_silence_later_wakes():
     finally:
         r._wake_r.close()
         r._wake_w.close()
+
+
+def test_a_wake_with_nobody_in_select_writes_nothing_and_the_next_round_does_not_block():
+    r = Reactor("test")
+    ran: list[str] = []
+    r.start(selectors.DefaultSelector, lambda: None)
+    try:
+        assert r._wake_r is not None
+        r.thread_id = None  # the network thread is between rounds (a relay's runner, a poll() loop)
+        r.call_soon(ran.append, "call")  # wakes nobody: no thread is in select()
+        assert _pending_bytes(r._wake_r) == 0 and not r._wake_pending
+        r.thread_id = threading.get_ident()
+        t0 = time.monotonic()
+        r.run_once(None)  # would block for good if it did not look at the calls first
+        assert ran == ["call"] and time.monotonic() - t0 < 5
+        r._selecting = True  # as run_once() sets it while in select()
+        r.wake()
+        assert _pending_bytes(r._wake_r) == 1 and r._wake_pending
+        r._selecting = False
+    finally:
+        r.close()
+
+
+def test_calls_from_another_thread_wake_the_loop_whether_or_not_it_is_in_select():
+    """Each call lands either before the loop looks at its calls or while
+    it blocks in select(): both must run it (200 rounds hit both orders)."""
+    r = Reactor("test")
+    started = threading.Event()
+    stop = False
+
+    def loop() -> None:
+        r.start(selectors.DefaultSelector, started.set)
+        while not stop:
+            r.run_once(None)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        assert started.wait(10)
+        for i in range(200):
+            ev = threading.Event()
+            r.call_soon(ev.set)
+            assert ev.wait(10), f"call {i} never ran: a wake-up was lost"
+    finally:
+        stop = True
+        r.stop()
+        t.join(10)
+        r.close()
+    assert not t.is_alive()
 
 
 def test_after_io_runs_once_all_sockets_of_the_select_were_handled():
