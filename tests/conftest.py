@@ -89,6 +89,7 @@ def server():
     s.runAsync()
     s.process_async()
     yield s
+    close_raw_peers()
     s.shutdown(join=True, timeout=5)
     s.join(5)
 
@@ -113,11 +114,19 @@ def client_factory(server):
 _raw_peers: list["RawPeer"] = []
 
 
+def close_raw_peers() -> None:
+    """Close every RawPeer of the test.  The fixtures that stop servers
+    call it first: a server shutting down waits (up to its flush timeout,
+    2 s) for a peer that never reads to take its last frames; a closed
+    peer ends that at once."""
+    while _raw_peers:
+        _raw_peers.pop().close()
+
+
 @pytest.fixture(autouse=True)
 def _close_raw_peers():
     yield
-    while _raw_peers:
-        _raw_peers.pop().close()
+    close_raw_peers()
 
 
 class RawPeer:
@@ -252,6 +261,7 @@ class Net:
         return rec
 
     def close(self) -> None:
+        close_raw_peers()
         for c in self.clients:
             c.stop()
             c.join(5)
