@@ -15,6 +15,9 @@ Areas (sources -> the tests run against their mutants):
     sync        peng3dnet/ext/sync/            tests/ext/
     session     peng3dnet/session.py, calls.py, login.py  tests/test_session.py, test_calls.py, test_login.py
     relay       peng3dnet/relay.py             tests/test_relay.py, test_shared_loop.py
+    events      peng3dnet/events/              tests/events/
+    flow        peng3dnet/flow.py, inbox.py, link.py  tests/test_peer.py, test_server.py, test_poll.py
+    ext         peng3dnet/ext/ping/, ext/discovery.py  tests/ext/test_tools.py, test_peer.py, test_cli.py, compat/test_semantics.py
 
 The connection layer's network tests make one mutant cost seconds: its area
 is ``session`` (the newest code) for now; see the README's Mutation testing
@@ -38,6 +41,11 @@ AREAS = {
     "session": (["peng3dnet/session.py", "peng3dnet/calls.py", "peng3dnet/login.py"],
                 ["tests/test_session.py", "tests/test_calls.py", "tests/test_login.py"]),
     "relay": (["peng3dnet/relay.py"], ["tests/test_relay.py", "tests/test_shared_loop.py"]),
+    "events": (["peng3dnet/events/"], ["tests/events/"]),
+    "flow": (["peng3dnet/flow.py", "peng3dnet/inbox.py", "peng3dnet/link.py"],
+             ["tests/test_peer.py", "tests/test_server.py", "tests/test_poll.py"]),
+    "ext": (["peng3dnet/ext/ping/", "peng3dnet/ext/discovery.py"],
+            ["tests/ext/test_tools.py", "tests/test_peer.py", "tests/test_cli.py", "tests/compat/test_semantics.py"]),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATUS_ORDER = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault")
