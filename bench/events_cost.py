@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import socket
 import time
+from typing import Any
 
 import msgpack
 
@@ -25,17 +26,20 @@ class Sink(Packet):
         pass
 
 
-def handshaken_server(events_on: bool, extensions: list[str] | None = None) -> tuple[Server, int, int, socket.socket,
-                                                                                      socket.socket]:
-    """An in-process server (inline handlers, limits off) with one
-    connection over a socketpair whose handshake was fed by hand:
-    ``(server, cid, pid of "b:msg", our end, the peer's end)``.  Also used
-    by bench.instr against older trees: keep to APIs they have."""
-    s = Server(addr=("127.0.0.1", 0), cfg={
+def handshaken_server(events_on: bool, extensions: list[str] | None = None, default_config: bool = False,
+                      packet: Any = None) -> tuple[Server, int, int, socket.socket, socket.socket]:
+    """An in-process server (inline handlers, limits off; or, with
+    ``default_config``, the default config: handlers queued for
+    ``process()``, limits on) with one connection over a socketpair whose
+    handshake was fed by hand: ``(server, cid, pid of "b:msg", our end, the
+    peer's end)``.  ``packet``: the class of "b:msg" (a sink by default).
+    Also used by bench.instr against older trees: keep to APIs they have."""
+    cfg = {} if default_config else {
         "net.events.enable": events_on, "net.process.inline": True,
         "net.limits.rate.packets": 0, "net.limits.rate.bytes": 0,
-    })
-    s.register_packet("b:msg", Sink(s.registry, s))
+    }
+    s = Server(addr=("127.0.0.1", 0), cfg=cfg)
+    s.register_packet("b:msg", (packet or Sink)(s.registry, s))
     s.initialize()
     a, b = socket.socketpair()
     s._accepted(a, ("bench", 0))

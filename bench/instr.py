@@ -5,7 +5,10 @@ second process): the receive path (``Server.receive_data`` of N framed
 packets, handlers inline; events off / on without subscribers / one
 subscriber) and the send path (``send_message`` of N small messages to one
 connection, the kernel buffer drained by the same thread; to a 0.1.x peer,
-whose map keys are checked, and to a peer of ours).  Cost per
+whose map keys are checked, and to a peer of ours); and the default
+config's server echo (handlers queued and run by ``process()``, limits and
+events on, the handler answering with ``send_message``: the server's whole
+per-packet path except ``select()`` and the thread hand-over).  Cost per
 packet = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up cancels out.
 
     python -m bench.instr [--rev REV ...] [--n1 2000 --n2 12000]
@@ -38,6 +41,26 @@ from peng3dnet import events
 from peng3dnet.protocol.framing import encode_frame
 
 mode, n = sys.argv[1], int(sys.argv[2])
+if mode == "echo, default config":
+    from peng3dnet.packet import Packet
+
+    class Echo(Packet):
+        def receive(self, msg, cid=None):
+            self.peer.send_message("b:msg", msg, cid)
+
+    s, cid, pid, a, b = handshaken_server(True, None, default_config=True, packet=Echo)
+    b.setblocking(False)
+    frames = [encode_frame(pid, 0, msgpack.packb([i, "x"])) for i in range(n)]
+    for i, frame in enumerate(frames):  # one packet per read and per batch, as in an echo or a round trip
+        s.receive_data(frame, cid)
+        s.process()
+        if i % 64 == 63:  # (a socketpair's buffer counts each small send's overhead: drain often)
+            try:
+                while b.recv(1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+    raise SystemExit(0)
 # a peer of ours negotiates mapkeys: str-only map keys need no check
 s, cid, pid, a, b = handshaken_server(mode != "recv, events off",
                                       ["mapkeys"] if mode.endswith("(mapkeys)") else None)
@@ -63,7 +86,7 @@ else:
 '''
 
 MODES = ("recv, events off", "recv, events on, no subscriber", "recv, one subscriber", "send_message",
-         "send_message to a peer of ours (mapkeys)")
+         "send_message to a peer of ours (mapkeys)", "echo, default config")
 
 
 def instructions(tree: str, mode: str, n: int) -> int:
