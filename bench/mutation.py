@@ -19,9 +19,11 @@ Areas (sources -> the tests run against their mutants):
     flow        peng3dnet/flow.py, inbox.py, link.py  tests/test_peer.py, test_server.py, test_poll.py
     ext         peng3dnet/ext/ping/, ext/discovery.py  tests/ext/test_tools.py, test_peer.py, test_cli.py, compat/test_semantics.py
 
-The connection layer's network tests make one mutant cost seconds: its area
-is ``session`` (the newest code) for now; see the README's Mutation testing
-for the kill rates and what is left.
+The connection layer's network tests make one mutant cost seconds: its
+areas are ``flow`` (flow control, the process queue, links) and ``session``
+(sessions, calls, login); the peer, server, client and transport modules
+themselves are not run yet.  See the README's Mutation testing for the kill
+rates and what is left.
 """
 
 from __future__ import annotations
