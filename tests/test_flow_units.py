@@ -1,0 +1,307 @@
+"""Flow control, the process queue and link hooks, unit by unit, with fakes
+for the peer, the reactor and the connection (no sockets): what the
+integration tests in test_peer.py/test_server.py show only as "eventually
+slowed" or "eventually closed" is checked here value by value: the inflate
+budget's wait, the throttle's one pause, the blocked sender's low-water mark,
+its error and its waiter count, the server-wide cap's choice of victims and
+its count, the queue's waiter count and its stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from peng3dnet.errors import ConnectionClosedError, WriteBufferFullError
+from peng3dnet.flow import Flow
+from peng3dnet.inbox import Inbox
+from peng3dnet.link import link_hooks, noop_hook
+from tests.helpers import wait_for
+
+
+class FakeReactor:
+    def __init__(self) -> None:
+        self.soon: list = []
+        self.later: list = []
+
+    def call_soon(self, fn: Any, *args: Any) -> None:
+        self.soon.append((fn, args))
+
+    def call_later(self, delay: float, fn: Any) -> None:
+        self.later.append((delay, fn))
+
+    def in_loop(self) -> bool:
+        return False
+
+
+class FakeChan:
+    def __init__(self, out: int = 0) -> None:
+        self.throttled = False
+        self.paused = False
+        self.closed = False
+        self.out = bytearray(out)
+        self.interest_updates = 0
+        self.lock = threading.Lock()
+        self.drained = threading.Condition(self.lock)
+        self.drain_waiters = 0
+        self.low_water = 0
+
+    def update_interest(self) -> None:
+        self.interest_updates += 1
+
+
+class FakeProto:
+    def __init__(self) -> None:
+        self.inflate_budget: float | None = None
+        self.inflate_action = "hold"
+        self.closed = False
+        self.close_reason: str | None = None
+        self.frames_waiting = False
+
+
+class FakeLink:
+    def __init__(self, cid: int, out: int = 0) -> None:
+        self.cid = cid
+        self.chan = FakeChan(out)
+        self.proto = FakeProto()
+        self.acct = 0
+        self.local_closed = False
+
+
+class FakePeer:
+    _role = "server"
+
+    def __init__(self, links: list[FakeLink] = (), **h: Any) -> None:  # type: ignore[assignment]
+        self._reactor = FakeReactor()
+        self.links = list(links)
+        self.throttle_wait = 0.0
+        self._h_inflate = h.get("inflate", 0)
+        self._h_inflate_rate = h.get("inflate_rate", 1.0)
+        self._h_write_total = h.get("write_total", 100)
+        self._h_write_block = h.get("write_block", 64)
+        self.cfg = {"net.timeout.send": h.get("timeout", 0.2)}
+        self._process_thread = None
+
+    def _throttled_for(self, link: FakeLink) -> float:
+        return self.throttle_wait
+
+    def _all_links(self) -> list[FakeLink]:
+        return self.links
+
+
+def _flow(**h: Any) -> tuple[Flow, FakePeer, FakeLink]:
+    link = FakeLink(7)
+    peer = FakePeer([link], **h)
+    return Flow(peer), peer, link  # type: ignore[arg-type]
+
+
+# --- held frames: the inflate budget and the rate limit ------------------------------------------------
+
+
+@pytest.mark.parametrize("budget, rate, expected", [(-0.5, 2.0, 0.75), (0.0, 2.0, 0.5), (-3.0, 4.0, 1.0)])
+def test_held_frames_wait_until_the_inflate_budget_is_back_to_one_byte(budget, rate, expected):
+    flow, peer, link = _flow(inflate=1000, inflate_rate=rate)
+    link.proto.inflate_budget = budget
+    flow.frames_held(link)
+    assert peer._reactor.soon == []
+    ((delay, fn),) = peer._reactor.later
+    assert delay == pytest.approx(expected) and link.chan.throttled
+
+
+@pytest.mark.parametrize("action, budget, inflate", [
+    ("hold", 0.5, 1000),  # budget left: no wait
+    ("drop", -1.0, 1000),  # another action: the core drops, nothing to wait for
+    ("hold", None, 1000),  # no budget
+    ("hold", -1.0, 0),  # the budget is off
+])
+def test_held_frames_go_on_at_once_when_nothing_is_to_wait_for(action, budget, inflate):
+    flow, peer, link = _flow(inflate=inflate, inflate_rate=2.0)
+    link.proto.inflate_action = action
+    link.proto.inflate_budget = budget
+    flow.frames_held(link)
+    assert peer._reactor.later == [] and not link.chan.throttled
+    assert peer._reactor.soon == [(flow.resume_reading, (link,))]
+
+
+def test_held_frames_wait_for_the_longer_of_the_rate_limit_and_the_inflate_budget():
+    flow, peer, link = _flow(inflate=1000, inflate_rate=2.0)
+    link.proto.inflate_budget = -0.5  # 0.75 s
+    peer.throttle_wait = 2.0
+    flow.frames_held(link)
+    assert [d for d, _ in peer._reactor.later] == [2.0]
+    flow2, peer2, link2 = _flow(inflate=1000, inflate_rate=2.0)
+    link2.proto.inflate_budget = 0.5
+    peer2.throttle_wait = 0.3
+    flow2.frames_held(link2)
+    assert [d for d, _ in peer2._reactor.later] == [0.3]
+
+
+def test_a_throttle_pauses_reading_once_and_its_end_resumes_it():
+    flow, peer, link = _flow()
+    flow.throttle(link, 0.4)
+    assert link.chan.throttled is True and link.chan.interest_updates == 1
+    ((delay, unthrottle),) = peer._reactor.later
+    assert delay == 0.4
+    flow.throttle(link, 0.9)  # already paused: no second timer
+    assert len(peer._reactor.later) == 1 and link.chan.interest_updates == 1
+    unthrottle()
+    assert link.chan.throttled is False and link.chan.interest_updates == 2  # resume_reading read again
+    closed = FakeLink(8)
+    closed.chan.closed = True
+    flow.throttle(closed, 0.4)  # a closed connection is not paused
+    assert closed.chan.throttled is False and len(peer._reactor.later) == 1
+
+
+# --- the blocked sender ----------------------------------------------------------------------------
+
+
+def test_a_sender_at_the_low_water_mark_does_not_wait():
+    flow, peer, link = _flow(write_block=64)
+    link.chan.out = bytearray(32)  # half the mark: the low-water mark itself
+    with link.chan.lock:
+        t0 = time.monotonic()
+        flow.wait_drained(link)
+    assert time.monotonic() - t0 < 0.1 and link.chan.low_water == 32 and link.chan.drain_waiters == 0
+
+
+def test_a_sender_over_the_low_water_mark_waits_its_timeout_then_fails_naming_the_connection():
+    flow, peer, link = _flow(write_block=64, timeout=0.2)
+    link.chan.out = bytearray(33)
+    with link.chan.lock:
+        t0 = time.monotonic()
+        with pytest.raises(WriteBufferFullError) as err:
+            flow.wait_drained(link)
+    assert time.monotonic() - t0 >= 0.19
+    assert str(err.value) == ("cid=7: 33 bytes still wait to be sent after 0.2 s (net.timeout.send); "
+                              "the peer does not read")
+    assert link.chan.drain_waiters == 0
+
+
+def test_a_waiting_sender_is_counted_while_it_waits_and_released_by_the_drain():
+    flow, peer, link = _flow(write_block=64, timeout=10)
+    chan = link.chan
+    chan.out = bytearray(40)
+    chan.drain_waiters = 1  # another sender already waits
+    done = threading.Event()
+
+    def sender() -> None:
+        with chan.lock:
+            flow.wait_drained(link)
+        done.set()
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    wait_for(lambda: chan.drain_waiters == 2, what="the sender counted as a waiter")
+    with chan.lock:  # the network thread drains to the low-water mark and tells the waiters
+        chan.out = bytearray(32)
+        chan.drained.notify_all()
+    assert done.wait(10)
+    t.join(10)
+    assert chan.drain_waiters == 1  # the other one still waits
+
+
+@pytest.mark.parametrize("chan_closed, proto_closed", [(False, True), (True, False)])
+def test_a_sender_whose_connection_closes_gets_the_close_reason(chan_closed, proto_closed):
+    flow, peer, link = _flow(write_block=64, timeout=10)
+    link.chan.out = bytearray(100)
+    link.chan.closed = chan_closed
+    link.proto.closed = proto_closed
+    link.proto.close_reason = "slowconsumer"
+    with link.chan.lock, pytest.raises(ConnectionClosedError) as err:
+        flow.wait_drained(link)
+    assert str(err.value) == "connection closed while waiting to send" and err.value.reason == "slowconsumer"
+    assert link.chan.drain_waiters == 0
+
+
+# --- the server-wide cap -----------------------------------------------------------------------------
+
+
+def _links(*sizes: int) -> list[FakeLink]:
+    return [FakeLink(cid, size) for cid, size in enumerate(sizes)]
+
+
+def test_over_the_cap_the_largest_buffers_are_closed_until_the_rest_fit():
+    links = _links(30, 50, 20, 0)
+    peer = FakePeer(links, write_total=60)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    assert flow.shed() == 1
+    assert peer._reactor.soon == [(flow.close_slow, (links[1],))]
+    assert flow.buffered == 50
+    assert [lk.acct for lk in links] == [30, 0, 20, 0]
+
+
+def test_exactly_at_the_cap_nothing_is_closed():
+    links = _links(40, 20)
+    peer = FakePeer(links, write_total=60)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    assert flow.shed() == 0 and peer._reactor.soon == [] and flow.buffered == 60
+
+
+def test_with_a_zero_cap_every_non_empty_buffer_is_closed_and_counted():
+    links = _links(5, 1, 0, 3)
+    peer = FakePeer(links, write_total=0)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    assert flow.shed() == 3
+    assert [args[0].cid for _, args in peer._reactor.soon] == [0, 3, 1]  # largest first
+    assert flow.buffered == 0
+
+
+def test_connections_already_closing_are_not_counted_nor_closed_again():
+    links = _links(500, 40)
+    links[0].local_closed = True  # closing: its buffer is being dropped
+    peer = FakePeer(links, write_total=60)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    assert flow.shed() == 0 and flow.buffered == 40
+
+
+# --- the process queue -------------------------------------------------------------------------------
+
+
+def test_a_stopped_inbox_does_not_wait_and_an_idle_one_waits_its_timeout():
+    inbox = Inbox()
+    t0 = time.monotonic()
+    inbox.wait(0.2)
+    assert time.monotonic() - t0 >= 0.19
+    inbox.stopped = True
+    t0 = time.monotonic()
+    inbox.wait(10)
+    assert time.monotonic() - t0 < 5
+
+
+def test_the_inbox_counts_every_waiter_until_it_leaves():
+    inbox = Inbox()
+    threads = [threading.Thread(target=inbox.wait, args=(10,), daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: inbox._waiters == 2, what="both waiters counted")
+    assert inbox.has_waiters
+    inbox.stopped = True
+    inbox.notify()
+    for t in threads:
+        t.join(10)
+    assert inbox._waiters == 0 and not inbox.has_waiters
+
+
+# --- hooks -------------------------------------------------------------------------------------------
+
+
+def test_link_hooks_skip_the_base_classes_empty_hooks_only():
+    class Base:
+        @noop_hook
+        def on_receive(self, pid: int, msg: Any) -> None:
+            pass
+
+        @noop_hook
+        def on_send(self, ptype: Any, data: Any) -> None:
+            pass
+
+    class Game(Base):
+        def on_receive(self, pid: int, msg: Any) -> None:
+            pass
+
+    assert link_hooks(Base()) == (None, None)
+    g = Game()
+    recv, send = link_hooks(g)
+    assert recv == g.on_receive and send is None
