@@ -6,9 +6,10 @@ packets, handlers inline; events off / on without subscribers / one
 subscriber) and the send path (``send_message`` of N small messages to one
 connection, the kernel buffer drained by the same thread; to a 0.1.x peer,
 whose map keys are checked, and to a peer of ours); and the default
-config's server echo (handlers queued and run by ``process()``, limits and
-events on, the handler answering with ``send_message``: the server's whole
-per-packet path except ``select()`` and the thread hand-over).  Cost per
+config's server echo, one frame at a time (``receive_data``, the handler
+queued and run by ``process()``, events on, the handler answering with
+``send_message``; not in it: ``select()``, the socket read, the rate
+limiter, which ``receive_data`` bypasses, the second thread).  Cost per
 packet = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up cancels out.
 
     python -m bench.instr [--rev REV ...] [--n1 2000 --n2 12000]

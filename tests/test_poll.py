@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -91,6 +92,25 @@ def test_poll_and_runasync_exclude_each_other():
     t.join(5)
     assert errors, "poll() from a second thread must be refused"
     p.shutdown(timeout=5)
+
+
+def test_interrupt_from_another_thread_between_polls_ends_the_next_polls_wait():
+    p = make_server()
+    p.poll()  # binds; this thread is the network thread from now on
+    try:
+        # The polled server's housekeeping timer (every second) would end a
+        # lost interrupt's wait too, so each round allows half of that; five
+        # rounds make a lost interrupt all but sure to show.
+        for _ in range(5):
+            t = threading.Thread(target=p.interrupt)  # nobody is in select(): nothing to wake now
+            t.start()
+            t.join(5)
+            t0 = time.monotonic()
+            p.poll(10)
+            assert time.monotonic() - t0 < 0.5, "the interrupt was lost: poll() waited for something else"
+    finally:
+        p.shutdown(timeout=5)
+        p.poll()
 
 
 def test_a_threaded_server_serves_a_polled_client_and_stop_finishes_on_the_next_poll():

@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -99,7 +100,7 @@ def test_a_wake_with_nobody_in_select_writes_nothing_and_the_next_round_does_not
         assert _pending_bytes(r._wake_r) == 0 and not r._wake_pending
         r.thread_id = threading.get_ident()
         t0 = time.monotonic()
-        r.run_once(None)  # would block for good if it did not look at the calls first
+        r.run_once(10)  # would wait out the 10 s if it did not look at the calls first
         assert ran == ["call"] and time.monotonic() - t0 < 5
         r._selecting = True  # as run_once() sets it while in select()
         r.wake()
@@ -109,9 +110,39 @@ def test_a_wake_with_nobody_in_select_writes_nothing_and_the_next_round_does_not
         r.close()
 
 
+def test_a_call_queued_right_after_the_round_looked_at_its_calls_still_wakes_it():
+    """The race the flag's order closes: another thread queues a call just
+    after run_once() found none (it will block) and before it is in
+    select(); the waker must see the flag already set and write its byte."""
+    r = Reactor("test")
+    ran: list[str] = []
+    r.start(selectors.DefaultSelector, lambda: None)
+
+    class RacingCalls(deque):  # type: ignore[type-arg]
+        armed = True
+
+        def __bool__(self) -> bool:
+            empty = len(self) == 0
+            if empty and self.armed:
+                self.armed = False
+                t = threading.Thread(target=r.call_soon, args=(ran.append, "late"))
+                t.start()
+                t.join(10)
+            return not empty  # the answer from before the other thread's call
+
+    r._calls = RacingCalls()  # type: ignore[assignment]
+    try:
+        t0 = time.monotonic()
+        r.run_once(10)  # selects (no calls seen); the late call's wake-up must end the wait
+        r.run_once(0)  # (if the wake-up came in the first round, its call may run in this one)
+        assert ran == ["late"] and time.monotonic() - t0 < 5, "the late call's wake-up was lost"
+    finally:
+        r.close()
+
+
 def test_calls_from_another_thread_wake_the_loop_whether_or_not_it_is_in_select():
-    """Each call lands either before the loop looks at its calls or while
-    it blocks in select(): both must run it (200 rounds hit both orders)."""
+    """200 calls from another thread, each waited for: the loop blocks in
+    select() between them, and each call's wake-up must end that wait."""
     r = Reactor("test")
     started = threading.Event()
     stop = False

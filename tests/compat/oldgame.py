@@ -56,11 +56,12 @@ CONNTYPES = [None, CONNTYPE_CLASSIC, CONNTYPE_PING]  # noqa: F405
 
 CASE = None
 
-# The original 0.1.3 server can lose the wake-up of its network thread for
-# the last packet that a handler queues: its network thread finds the
-# connection's write queue empty after a write and then, under its selector
-# lock, takes the write interest away; a packet queued by the process thread
-# between the two stays queued until the next send to that connection.  A
+# The original 0.1.3 server can strand the last packet that a handler
+# queues (a lost write interest, check-then-act): its network thread finds
+# the connection's write queue empty after a write and then, under its
+# selector lock, takes the write interest away; a packet queued by the
+# process thread between the two (which saw the interest still set, so asked
+# for nothing) stays queued until the next send to that connection.  A
 # handler that sends two packets in a row (welcome, then the close case's
 # packet) hits it under load (the server then never sends the second, both
 # sides wait out their deadline).  Run on 0.1.x, this program's server pokes
@@ -344,6 +345,7 @@ def run_server(port):
     server.process()
     report["timed_out"] = not finished.is_set()
     report["ticks"] = ticks
+    report["on_0_1"] = ON_0_1
 
 
 def run_client(port):

@@ -11,7 +11,7 @@ such: its Client reports ``conntype`` as ``"_notset"``, so a SmartPacket with
 connection type in use, as COMPAT.md asks.
 
 Run on 0.1.x, the program's server sends a tick every 100 ms to work
-around the original server's lost write wake-up (see oldgame.py); run on
+around the original server's lost write interest (see oldgame.py); run on
 this library it sends none, so our sides are tested without that help.
 """
 
@@ -128,8 +128,10 @@ def test_program_runs_unchanged_and_smartpackets_follow_0_1_semantics(matrix_run
     server_impl, client_impl = pairing
     srv, cli = matrix_runs[pairing]
     assert not srv["timed_out"] and not cli["timed_out"]
+    # The work-around for the original server runs on it, and only there.
+    assert srv["on_0_1"] == (server_impl == "orig")
     if server_impl == "ours":
-        assert srv["ticks"] == 0  # the original's work-around is not needed by ours
+        assert srv["ticks"] == 0
 
     # Server side: its connection is at state 100 / MODE_PLAY (set by the login handler).
     server_view = View(100, MODE_PLAY, "classic", SIDE_SERVER)
@@ -185,6 +187,7 @@ def case_runs() -> dict[tuple[str, str, str], tuple[dict, dict]]:
 def test_invalid_action_close(case_runs, pairing, case):
     srv, cli = case_runs[(*pairing, case)]
     assert not srv["timed_out"] and not cli["timed_out"]
+    assert srv["on_0_1"] == (pairing[0] == "orig")
     if pairing[0] == "ours":
         assert srv["ticks"] == 0
     closer, other = (srv, cli) if CASES[case] == "server" else (cli, srv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import weakref
 from typing import Any
 
 import pytest
@@ -18,6 +19,18 @@ from peng3dnet.events import MainThreadDispatcher
 from peng3dnet.events.bus import Route, _Subscription
 
 _seq = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_subscriptions():
+    """The bus is process-wide: every test removes what it subscribed."""
+    before = len(events.bus._subs)
+    yield
+    gc.collect()
+    for name in list(events.bus.namespace):  # (dead weak handlers are removed when their event is emitted)
+        if name.startswith("unit"):
+            events.emit(name, None, {})
+    assert len(events.bus._subs) == before
 
 
 def _name(kind: str = "e") -> str:
@@ -146,11 +159,21 @@ def test_weak_handlers_live_while_their_owner_does():
 def test_strong_handlers_stay_without_other_references():
     name = _name()
     got: list = []
-    events.subscribe(name, lambda e, d: got.append(d))  # the default: strong
+
+    def subscribe_one() -> weakref.ref:
+        def handler(event: str, data: Any) -> None:
+            got.append(data)
+
+        events.subscribe(name, handler)  # the default: strong
+        return weakref.ref(handler)
+
+    ref = subscribe_one()  # only the bus holds the handler now
     gc.collect()
     events.emit(name, None, "x")
     assert got == ["x"]
-    assert events.has_receivers(name)
+    handler = ref()
+    assert handler is not None
+    assert events.unsubscribe(name, handler)
 
 
 @pytest.mark.parametrize("pattern", ["", None, 3])
@@ -235,10 +258,14 @@ def test_a_route_made_after_a_subscription_and_refreshed_after_each_change_sees_
     h2 = Rec()
     events.subscribe(name, h2, sender=a)
     assert [s.handler for s in _targets(route, a)] == [h1, h2]
-    events.subscribe(name, Rec(), sender=object())  # another sender's: not ours
+    other, their = object(), Rec()
+    events.subscribe(name, their, sender=other)  # another sender's: not ours
     assert [s.handler for s in _targets(route, a)] == [h1, h2]
     events.unsubscribe(name, h1, sender=a)
     assert [s.handler for s in _targets(route, a)] == [h2]
+    events.unsubscribe(name, h2, sender=a)
+    assert _targets(route, a) == ()
+    assert events.unsubscribe(name, their, sender=other)
 
 
 def test_a_route_falls_back_to_emit_when_a_receiver_is_not_a_subscription():
