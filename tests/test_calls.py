@@ -5,6 +5,7 @@ real sockets."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 import msgpack
@@ -134,6 +135,22 @@ def test_time_out_and_late_reply(net):
     assert c.stats.packets_in >= 2 and c._calls.pending == 0
 
 
+def test_an_async_call_times_out_on_its_own_timer_with_a_clear_message(net):
+    """call_async() has no waiter to time it out: the call's own timer
+    (on the network thread) fails its future and forgets it."""
+    s, gate = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s)
+    fut = c.call_async("calc:info", "slow", timeout=0.2)
+    exc = fut.exception(10)
+    assert isinstance(exc, errors.TimedOutError)
+    assert re.fullmatch(r"call \d+ got no reply within 0\.2 s", str(exc)), str(exc)
+    assert c._calls.pending == 0
+    gate.set()  # the late answer is dropped; the next call works
+    assert c.call("calc:double", 4, timeout=10) == 8
+
+
 def test_close_fails_pending_calls(net):
     s, gate = _server(net)
     s.runAsync()
@@ -145,6 +162,7 @@ def test_close_fails_pending_calls(net):
     with pytest.raises(errors.ConnectionClosedError) as exc:
         fut.result(10)
     assert exc.value.reason == "kicked"
+    assert str(exc.value) == "connection closed before the reply (kicked)"
     gate.set()
     with pytest.raises(errors.ConnectionClosedError):
         c.call("calc:double", 1)
