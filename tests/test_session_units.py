@@ -1,0 +1,77 @@
+"""The session's bookkeeping unit by unit (no sockets): the replay buffer's
+cap exactly, the counters through sends, acknowledgements and a resume's
+"what is still needed", the request validation's bounds and the
+redaction of secrets in what events and logs show."""
+
+from __future__ import annotations
+
+import pytest
+
+from peng3dnet.session import TOKEN_BYTES, Session, redacted, valid_request
+
+TOKEN = b"t" * TOKEN_BYTES
+
+
+def test_a_new_session_starts_with_nothing_counted_or_pending():
+    s = Session(TOKEN, cap=100)
+    assert (s.tx, s.rx, s.acked, s.ack_sent, s.replay_bytes, s.peer_rx) == (0, 0, 0, 0, 0, 0)
+    assert list(s.replay) == [] and s.unacked_from(0) == b""
+    assert s.suspended is False and s.resuming is False and s.waiting is False
+    assert s.ended is False and s.overflowed is False and s.established is False
+    assert s.link is None and s.owner is None and s.cid is None
+
+
+def test_the_replay_buffer_takes_frames_up_to_its_cap_exactly():
+    s = Session(TOKEN, cap=10)
+    assert s.sent(b"a" * 6) and s.sent(b"b" * 4)  # 10 bytes: at the cap
+    assert (s.tx, s.replay_bytes) == (2, 10)
+    assert s.sent(b"c") is False  # one byte over
+    assert s.overflowed is True and (s.tx, s.replay_bytes) == (2, 10)
+    s.ack(2)
+    assert s.sent(b"d") is False  # an overflowed session stays over
+
+
+def test_acknowledgements_forget_exactly_what_the_peer_received():
+    s = Session(TOKEN, cap=100)
+    for frame in (b"1", b"22", b"333"):
+        s.sent(frame)
+    assert s.ack(0) and (s.acked, s.replay_bytes) == (0, 6)
+    assert s.ack(2) and (s.acked, s.replay_bytes, list(s.replay)) == (2, 3, [b"333"])
+    assert s.ack(2) and s.acked == 2  # the same count again: nothing more forgotten
+    assert s.ack(4) is False and (s.acked, s.replay_bytes) == (2, 3)  # more than was sent
+    assert s.ack(3) and (s.acked, s.replay_bytes, list(s.replay)) == (3, 0, [])
+
+
+def test_a_resume_gets_the_frames_the_peer_did_not_receive_in_order():
+    s = Session(TOKEN, cap=100)
+    for frame in (b"a", b"bb", b"ccc", b"dddd"):
+        s.sent(frame)
+    s.ack(1)
+    assert s.unacked_from(0) is None  # already forgotten: cannot be replayed
+    assert s.unacked_from(5) is None  # more than was sent
+    assert s.unacked_from(2) == b"cccdddd"
+    assert (s.acked, s.replay_bytes) == (2, 7)
+    assert s.unacked_from(4) == b"" and (s.acked, s.replay_bytes) == (4, 0)
+
+
+@pytest.mark.parametrize("received, ok", [(0, True), (2**63 - 1, True), (2**63, False), (-1, False),
+                                          (True, False), (1.0, False)])
+def test_a_resume_requests_count_must_be_a_non_negative_int64(received, ok):
+    got = valid_request({"token": TOKEN, "received": received})
+    assert got == ((TOKEN, received) if ok else None)
+
+
+@pytest.mark.parametrize("value", [None, [], {"token": TOKEN}, {"token": b"x" * (TOKEN_BYTES - 1), "received": 0},
+                                   {"token": "t" * TOKEN_BYTES, "received": 0}])
+def test_a_malformed_resume_request_is_refused(value):
+    assert valid_request(value) is None
+
+
+def test_secrets_are_redacted_and_nothing_else():
+    msg = {"conntype": "classic", "peng3dnet.resume": {"token": TOKEN}, "peng3dnet.credentials": "pw"}
+    assert redacted(msg) == {"conntype": "classic", "peng3dnet.resume": "<redacted>",
+                             "peng3dnet.credentials": "<redacted>"}
+    plain = {"conntype": "classic", "x": 1}
+    assert redacted(plain) is plain  # nothing secret: shown as is
+    assert redacted(["peng3dnet.session"]) == ["peng3dnet.session"]  # only a dict's keys are secrets
+    assert redacted("peng3dnet.session") == "peng3dnet.session"
