@@ -59,6 +59,9 @@ def _config(sources: list[str], tests: list[str]) -> str:
         f"source_paths = {sources!r}\n"
         "pytest_add_cli_args = ['-p', 'no:randomly', '-q', '-x']\n"
         f"pytest_add_cli_args_test_selection = {tests!r}\n"
+        # the whole package next to the mutated files (tests/test_layering, imported by
+        # the sync tests, lists peng3dnet/protocol/ from the tests' folder)
+        "also_copy = ['peng3dnet/']\n"
     ).replace("'", '"')
 
 
