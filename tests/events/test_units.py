@@ -66,6 +66,19 @@ def test_a_new_event_gets_one_named_signal_with_its_doc_and_earlier_patterns_wir
         events.unsubscribe(f"{prefix}:*", rec)
 
 
+def test_emitting_a_never_seen_event_delivers_it_to_matching_patterns():
+    name = _name()
+    prefix = name.split(":")[0]
+    rec = Rec()
+    events.subscribe(f"{prefix}:*", rec)
+    try:
+        assert name not in events.bus.namespace
+        events.emit(name, None, {"first": True})  # creates the signal on the way
+        assert rec.got == [(name, {"first": True})]
+    finally:
+        events.unsubscribe(f"{prefix}:*", rec)
+
+
 def test_an_exact_subscription_is_not_wired_to_other_new_events():
     name, other = _name(), _name()
     rec = Rec()
@@ -268,6 +281,20 @@ def test_a_route_made_after_a_subscription_and_refreshed_after_each_change_sees_
     assert events.unsubscribe(name, their, sender=other)
 
 
+def test_a_route_made_after_the_signals_first_change_sees_its_receiver():
+    name = _name()
+    prefix = name.split(":")[0]
+    h = Rec()
+    events.subscribe(f"{prefix}:*", h)  # wired once, when the signal is made
+    try:
+        route = Route(name)
+        assert route.sig.version == 1
+        t = _targets(route, None)
+        assert t is not None and [s.handler for s in t] == [h]
+    finally:
+        events.unsubscribe(f"{prefix}:*", h)
+
+
 def test_a_route_falls_back_to_emit_when_a_receiver_is_not_a_subscription():
     name = _name()
     h = Rec()
@@ -334,6 +361,32 @@ def test_the_dispatcher_processes_its_peers_or_polls_them_without_waiting():
     d.close()
     d2.close()
     assert p.forwarders == [None] and q.forwarders == [None]  # close() resets them
+
+
+def test_peng_events_stay_where_they_are_unless_asked_for():
+    peer = FakePeer(FakePeng())
+    d = MainThreadDispatcher(peers=[peer])
+    assert peer.forwarders == []
+    d.close()
+
+
+def test_attach_to_pyglet_makes_an_attached_dispatcher_with_every_option():
+    from peng3dnet.events import attach_to_pyglet
+
+    peng = FakePeng()
+    peer = FakePeer(peng)
+    clock = FakeClock()
+    d = attach_to_pyglet(peer, clock=clock, interval=0.5, poll=True, peng_events=True)
+    assert isinstance(d, MainThreadDispatcher) and d.peers == [peer] and d.poll is True
+    assert clock.log == [("interval", d._tick, 0.5)]
+    (fwd,) = peer.forwarders
+    fwd("peng3dnet:client.close", {"reason": "x"})
+    d._tick(0.5)
+    assert peer.calls == [("poll", 0)] and peng.sent == [("peng3dnet:client.close", {"reason": "x"})]
+    d.close()
+    plain = attach_to_pyglet(FakePeer(), clock=FakeClock())
+    assert plain.poll is False and plain._clock.log == [("schedule", plain._tick)]
+    plain.close()
 
 
 def test_peng_events_are_forwarded_into_the_queue_and_sent_in_pump():
