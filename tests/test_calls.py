@@ -151,6 +151,24 @@ def test_an_async_call_times_out_on_its_own_timer_with_a_clear_message(net):
     assert c.call("calc:double", 4, timeout=10) == 8
 
 
+def test_a_call_with_timeout_zero_waits_for_its_answer(net):
+    """timeout=0 means no time-out: the call's future is still open after
+    the client's network thread has run the timers due when it was made
+    (two hops through its queued calls: timers run after the calls of a
+    round, so the second hop runs a round later)."""
+    s, gate = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s)
+    fut = c.call_async("calc:info", "slow", timeout=0)
+    hopped = threading.Event()
+    c._reactor.call_soon(c._reactor.call_soon, hopped.set)
+    assert hopped.wait(10)
+    assert not fut.done()
+    gate.set()
+    assert fut.result(10)["got"] == "slow"
+
+
 def test_close_fails_pending_calls(net):
     s, gate = _server(net)
     s.runAsync()

@@ -270,6 +270,19 @@ def test_a_stopped_inbox_does_not_wait_and_an_idle_one_waits_its_timeout():
     assert time.monotonic() - t0 < 5
 
 
+def test_drain_counts_packets_not_the_closes_queued_behind_them():
+    inbox = Inbox()
+    link = FakeLink(3)
+    link.n_in = link.n_out = 0
+    inbox.put(link, "handler", 64, "a", limit=100)
+    inbox.put(link, "handler", 64, "b", limit=100)
+    inbox.put_close(link, "bye")
+    seen: list = []
+    assert inbox.drain(lambda *item: seen.append(item)) == 2
+    assert seen == [(link, "handler", 64, "a"), (link, "handler", 64, "b"), (link, None, -1, "bye")]
+    assert inbox.drain(lambda *item: seen.append(item)) == 0 and len(seen) == 3
+
+
 def test_the_inbox_counts_every_waiter_until_it_leaves():
     inbox = Inbox()
     threads = [threading.Thread(target=inbox.wait, args=(10,), daemon=True) for _ in range(2)]
