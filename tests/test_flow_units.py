@@ -8,6 +8,7 @@ its count, the queue's waiter count and its stop."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -232,6 +233,31 @@ def test_over_the_cap_the_largest_buffers_are_closed_until_the_rest_fit():
     assert [lk.acct for lk in links] == [30, 0, 20, 0]
 
 
+def test_what_the_cap_closes_is_logged_with_its_numbers(caplog):
+    links = _links(30, 50, 20)
+    peer = FakePeer(links, write_total=60)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.flow"):
+        flow.shed()
+    assert [r.getMessage() for r in caplog.records] == [
+        "! server cid=1: 50 bytes queued while all connections hold 100 (cap 60): closing the largest"]
+
+
+def test_a_throttle_and_a_slow_consumers_drop_are_logged(caplog):
+    flow, peer, link = _flow()
+    dropped: list = []
+    link.chan.drop_unsent = lambda: 1234  # type: ignore[attr-defined]
+    peer._close_link = lambda lk, reason: dropped.append((lk.cid, reason))  # type: ignore[attr-defined]
+    with caplog.at_level(logging.DEBUG, logger="peng3dnet.flow"):
+        flow.throttle(link, 0.25)
+        flow.close_slow(link)
+    assert [r.getMessage() for r in caplog.records] == [
+        "= server cid=7: over a rate limit, reading paused for 0.250 s",
+        "= server cid=7: dropped 1234 unsent bytes",
+    ]
+    assert dropped == [(7, "slowconsumer")]
+
+
 def test_exactly_at_the_cap_nothing_is_closed():
     links = _links(40, 20)
     peer = FakePeer(links, write_total=60)
@@ -314,7 +340,14 @@ def test_link_hooks_skip_the_base_classes_empty_hooks_only():
         def on_receive(self, pid: int, msg: Any) -> None:
             pass
 
+    class Sender(Base):
+        def on_send(self, ptype: Any, data: Any) -> None:
+            pass
+
     assert link_hooks(Base()) == (None, None)
     g = Game()
     recv, send = link_hooks(g)
     assert recv == g.on_receive and send is None
+    w = Sender()
+    recv, send = link_hooks(w)
+    assert recv is None and send == w.on_send
