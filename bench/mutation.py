@@ -53,11 +53,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATUS_ORDER = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault")
 
 
+# Tests that cannot pass on mutmut's copy (they check which modules a module
+# imports, and every mutated module imports mutmut's trampolines).
+DESELECT = ["tests/ext/test_sync_algebra.py::test_algebra_is_pure"]
+
+
 def _config(sources: list[str], tests: list[str]) -> str:
+    deselect = [arg for test in DESELECT for arg in ("--deselect", test)]
     return (
         "\n[tool.mutmut]\n"
         f"source_paths = {sources!r}\n"
-        "pytest_add_cli_args = ['-p', 'no:randomly', '-q', '-x']\n"
+        f"pytest_add_cli_args = {['-p', 'no:randomly', '-q', '-x', *deselect]!r}\n"
         f"pytest_add_cli_args_test_selection = {tests!r}\n"
         # the whole package next to the mutated files (tests/test_layering, imported by
         # the sync tests, lists peng3dnet/protocol/ from the tests' folder)
