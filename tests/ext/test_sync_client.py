@@ -101,6 +101,21 @@ def test_closed_client_ignores_snapshots():
     assert sc.tick == -1 and c.sent == []
 
 
+def test_predicted_own_without_prediction_is_the_authoritative_own_entity_or_none():
+    c = FakeClient()
+    sc = SyncClient(c)
+    assert sc.predicted_own() is None  # nothing received yet
+    c.deliver(snapshot(1, {"o": {"x": 5.0}}, you=None))
+    assert sc.own is None and sc.predicted_own() is None  # no entity of ours
+    c.deliver(snapshot(2, {"o": {"x": 5.0}}, you="me"))
+    assert sc.own == "me" and sc.predicted_own() is None  # ours, but not in the view (yet)
+    c.deliver(snapshot(3, {"me": {"x": 1.5}, "o": {"x": 5.0}}, you="me"))
+    got = sc.predicted_own()
+    assert got == {"x": 1.5}
+    got["x"] = 99.0  # a copy
+    assert sc.predicted_own() == {"x": 1.5}
+
+
 def test_prediction_replays_unacknowledged_inputs():
     c = FakeClient()
     sc = SyncClient(c, predict=move)
