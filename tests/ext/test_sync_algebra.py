@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peng3dnet.ext.sync import apply_delta, checksum, diff_views, distance_interest
-from peng3dnet.ext.sync.algebra import canonical, differs, interpolate, lerp_view
+from peng3dnet.ext.sync.algebra import canonical, differs, distance, interpolate, lerp_view
 from tests.test_layering import imported_modules
 
 values = st.one_of(st.integers(-1000, 1000), st.floats(allow_nan=False, width=32), st.text(max_size=5), st.booleans())
@@ -109,6 +109,24 @@ def test_distance_interest():
     assert f(1, "nopos", ents["nopos"], ents, "me")
     assert f(1, "far", ents["far"], ents, None)  # no own entity: sees everything
     assert math.isclose(math.hypot(6.0, 8.0), 10.0)
+
+
+def test_a_missing_y_is_zero_for_the_interest_filter_and_for_distance():
+    f = distance_interest(1.0)
+    ents = {"me": {"x": 0.0}, "flat": {"x": 0.5}, "up": {"x": 0.0, "y": 1.5}}
+    assert f(1, "flat", ents["flat"], ents, "me")  # 0.5 away: both y are 0
+    assert not f(1, "up", ents["up"], ents, "me")
+    assert distance({"x": 3.0}, {"y": 4.0}) == 5.0
+    assert distance({"y": -4.0}, {"x": -3.0}) == 5.0
+    assert distance({"x": "a"}, {"x": 1.0}) == 0.0  # not a number
+
+
+def test_interpolation_between_snapshots_half_a_second_apart():
+    buffer = [(0.0, {"e": {"x": 0.0}}), (0.5, {"e": {"x": 10.0}}), (1.0, {"e": {"x": 20.0}})]
+    assert interpolate(buffer, 0.25) == {"e": {"x": 5.0}}
+    assert interpolate(buffer, 0.875) == {"e": {"x": 17.5}}
+    assert interpolate(buffer, 0.5) == {"e": {"x": 10.0}}
+    assert interpolate(buffer, -1.0) == {"e": {"x": 0.0}} and interpolate(buffer, 9.0) == {"e": {"x": 20.0}}
 
 
 def test_algebra_is_pure():
