@@ -126,9 +126,14 @@ def test_prediction_replays_unacknowledged_inputs():
     assert sc.predicted_own()["x"] == pytest.approx(3 * SPEED * 0.1)
     assert [m.get("seq") for m in c.sent[1:]] == [1, 2, 3] and c.sent[1]["ack"] == 1
     # the server applied input 1 (exactly as predicted): inputs 2 and 3 are replayed on top
-    c.deliver(snapshot(2, {"me": move(me, {"dx": 1, "dt": 0.1})}, {"me": me}, 1, ai=1))
+    moved = {"me": move(me, {"dx": 1, "dt": 0.1})}
+    c.deliver(snapshot(2, moved, {"me": me}, 1, ai=1))
     assert sc.predicted_own()["x"] == pytest.approx(3 * SPEED * 0.1)
     assert sc.stats["reconciliations"] == 1 and sc.stats["prediction_error_max"] == 0.0
+    # the next snapshot acknowledges the same input again: its guess was used up
+    c.deliver(snapshot(3, moved, moved, 2, ai=1))
+    assert sc.stats["reconciliations"] == 1
+    assert sc.predicted_own()["x"] == pytest.approx(3 * SPEED * 0.1)
 
 
 # --- live -------------------------------------------------------------------------------------
