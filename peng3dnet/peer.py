@@ -85,10 +85,6 @@ CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
 _DRAIN_WAIT = 10.0  # seconds process_forever() waits for the loop's end before its last drain
 
 
-def _nothing() -> None:
-    """A queued call that only ends the reactor's wait (see Peer.interrupt)."""
-
-
 class Peer:
     """What Server and Client share: config, registry, events, the process
     queue, the send path and the handling of the core's outputs."""
@@ -1442,9 +1438,9 @@ class Peer:
         Thread safety: any thread.
         """
         self._emit(f"peng3dnet:{self._role}.interrupt", {})
-        # A queued call, not a bare wake(): it also makes a round that has
-        # not reached select() yet (a poll() loop between calls) return at once.
-        self._reactor.call_soon(_nothing)
+        # Not a bare wake(): it also ends the wait of a round that has not
+        # reached select() yet (a poll() loop between calls).
+        self._reactor.interrupt()
         self._wake_process()
 
     def _start_thread(self, selector: Any) -> threading.Thread:

@@ -147,6 +147,11 @@ class Reactor:
         except OSError:  # buffer full (a wake is pending anyway) or closed
             pass
 
+    def interrupt(self) -> None:
+        """End the current ``select()`` wait, or the next one if no thread
+        is in ``select()`` now (a queued empty call; any thread)."""
+        self.call_soon(_nothing)
+
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the network thread soon (any thread)."""
         self._calls.append((fn, args))
