@@ -9,7 +9,9 @@ whose map keys are checked, and to a peer of ours); and the default
 config's server echo, one frame at a time (``receive_data``, the handler
 queued and run by ``process()``, events on, the handler answering with
 ``send_message``; not in it: ``select()``, the socket read, the rate
-limiter, which ``receive_data`` bypasses, the second thread).  Cost per
+limiter, which ``receive_data`` bypasses, the second thread); and the
+same echo with the handler run inline (``net.process.inline``), whose
+difference is the process queue's share).  Cost per
 packet = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up cancels out.
 
     python -m bench.instr [--rev REV ...] [--n1 2000 --n2 12000]
@@ -42,7 +44,7 @@ from peng3dnet import events
 from peng3dnet.protocol.framing import encode_frame
 
 mode, n = sys.argv[1], int(sys.argv[2])
-if mode == "echo, default config":
+if mode.startswith("echo"):
     from peng3dnet.packet import Packet
 
     class Echo(Packet):
@@ -50,6 +52,8 @@ if mode == "echo, default config":
             self.peer.send_message("b:msg", msg, cid)
 
     s, cid, pid, a, b = handshaken_server(True, None, default_config=True, packet=Echo)
+    if mode == "echo, default config, inline handlers":
+        s._h_inline = True
     b.setblocking(False)
     frames = [encode_frame(pid, 0, msgpack.packb([i, "x"])) for i in range(n)]
     for i, frame in enumerate(frames):  # one packet per read and per batch, as in an echo or a round trip
@@ -87,7 +91,8 @@ else:
 '''
 
 MODES = ("recv, events off", "recv, events on, no subscriber", "recv, one subscriber", "send_message",
-         "send_message to a peer of ours (mapkeys)", "echo, default config")
+         "send_message to a peer of ours (mapkeys)", "echo, default config",
+         "echo, default config, inline handlers")
 
 
 def instructions(tree: str, mode: str, n: int) -> int:

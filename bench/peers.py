@@ -59,10 +59,19 @@ def _percentile(xs: list[float], p: float) -> float:
 
 def _proc_cpu(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads)."""
+    user, system = _proc_cpu_split(pid)
+    return user + system
+
+
+def _proc_cpu_split(pid: int) -> tuple[float, float]:
+    """``(user, system)`` CPU seconds of process ``pid`` (all its threads):
+    user is the interpreter's own work, system the kernel's (the socket
+    calls and the TCP stack behind them)."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
     fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
 
 
 class _Cpu:
@@ -70,13 +79,16 @@ class _Cpu:
 
     def __init__(self, opts: dict) -> None:
         self.pid = opts.get("server_pid")
-        self.t0 = _proc_cpu(self.pid) if self.pid else 0.0
+        self.t0 = _proc_cpu_split(self.pid) if self.pid else (0.0, 0.0)
 
     def result(self, echoes: int) -> dict:
         if not self.pid:
             return {}
-        used = _proc_cpu(self.pid) - self.t0
-        return {"server_cpu_us_per_echo": used / max(echoes, 1) * 1e6, "server_cpu_s": used}
+        user, system = (b - a for a, b in zip(self.t0, _proc_cpu_split(self.pid)))
+        used = user + system
+        per = 1e6 / max(echoes, 1)
+        return {"server_cpu_us_per_echo": used * per, "server_cpu_s": used,
+                "server_user_us_per_echo": user * per, "server_sys_us_per_echo": system * per}
 
 
 def _timed_oneway(c, scenario: str, opts: dict, answer: list, done: threading.Event, timeout: float) -> dict:
