@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -187,13 +188,28 @@ class Client(Peer):
         try:
             self.initialize()
             self.connect()
+            with loop._lock:
+                # The loop may have ended while we connected (its stop() ran
+                # meanwhile): it will never serve this socket.
+                if loop._ending:
+                    raise LocalProtocolError("this NetworkLoop has stopped")
+                self._loop_started = True
+                self._loop_done.clear()
+                loop.reactor.call_soon(self._on_loop_start)
         except BaseException:
+            self._detach_unserved()
             self._reactor, self._relay = own  # not attached: runAsync() or add() may be tried again
             self._shared = None
             raise
-        self._loop_started = True
-        self._loop_done.clear()
-        loop.reactor.call_soon(self._on_loop_start)
+
+    def _detach_unserved(self) -> None:
+        """Forget a socket that no loop serves (attach() failed after the
+        connect): close it, so that it does not linger until collected."""
+        sock, self.sock = self.sock, None
+        self._link_obj = None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _prepare_loop(self) -> None:
         if self._shared is not None:
@@ -685,6 +701,8 @@ class NetworkLoop:
         self._started = threading.Event()
         self._done = threading.Event()
         self._clients: list[Client] = []
+        self._lock = threading.Lock()  # guards _clients and _ending (add() and the loop's end)
+        self._ending = False
         self.relay = Relay(self.reactor, self._done, self._end)
         """The loop's thread and the clients' ``process_async()`` threads
         take turns at the network and the handlers (see peng3dnet.relay)."""
@@ -702,8 +720,11 @@ class NetworkLoop:
 
     def _end(self) -> None:
         """The loop stopped: end the clients still on it (the leading thread)."""
+        with self._lock:
+            self._ending = True  # an add() still connecting gives up (see Client.attach)
+            clients = [c for c in self._clients if c._loop_started]
         try:
-            for client in self._clients:  # those still here end with the loop
+            for client in clients:  # those still here end with the loop
                 try:
                     client._leave_shared()
                 except Exception:
@@ -725,11 +746,20 @@ class NetworkLoop:
                 loop or is connected already (its socket would belong to
                 another reactor).
         """
-        if self._done.is_set() or self.reactor.stopping:
-            raise LocalProtocolError("this NetworkLoop has stopped")
-        client.attach(self)
-        self._clients = [c for c in self._clients if not c._loop_done.is_set()]
-        self._clients.append(client)
+        with self._lock:
+            if self._ending or self._done.is_set() or self.reactor.stopping:
+                raise LocalProtocolError("this NetworkLoop has stopped")
+            # Listed before it connects: a stop() meanwhile either finds it
+            # attached (and ends it) or makes its attach() give up.
+            self._clients = [c for c in self._clients if not c._loop_done.is_set()]
+            self._clients.append(client)
+        try:
+            client.attach(self)
+        except BaseException:
+            with self._lock:
+                if client in self._clients:
+                    self._clients.remove(client)
+            raise
         return client
 
     def stop(self, timeout: float | None = 10.0) -> None:

@@ -14,7 +14,7 @@ import pytest
 import peng3dnet.client as client_mod
 from peng3dnet import relay as relay_mod
 from peng3dnet.client import NetworkLoop, SharedLoopThread, default_loop
-from peng3dnet.errors import NetworkError
+from peng3dnet.errors import LocalProtocolError, NetworkError
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
 from peng3dnet.tools.lagproxy import LagProxy
@@ -364,3 +364,61 @@ def test_a_forked_child_gets_its_own_shared_loop_and_watchdog(tmp_path):
     proc = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", str(script)], capture_output=True,
                           text=True, timeout=60, env={**__import__("os").environ, "PYTHONPATH": repo})
     assert "child exit 0" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("side", ["stop during the connect", "stop after the connect"])
+def test_an_add_racing_stop_either_is_served_or_gives_up(side):
+    # NetworkLoop.add() connects in the caller's thread.  A stop() that
+    # ends the loop meanwhile used to miss the client (it was listed only
+    # after its connect): add() returned a client whose socket no thread
+    # served and whose join() never returned.
+    s = make_server()
+    s.runAsync()
+    loop = NetworkLoop("t-race").start()
+    c = make_client(s)
+    connecting, go = threading.Event(), threading.Event()
+    real_connect = c.connect
+
+    def slow_connect():
+        real_connect()
+        connecting.set()
+        assert go.wait(10)
+
+    c.connect = slow_connect  # type: ignore[method-assign]
+    result: list = []
+
+    def add():
+        try:
+            result.append(loop.add(c))
+        except BaseException as exc:  # noqa: BLE001 (recorded, asserted below)
+            result.append(exc)
+
+    t = threading.Thread(target=add)
+    try:
+        if side == "stop during the connect":
+            t.start()
+            assert connecting.wait(10)
+            loop.stop(timeout=10)
+            assert loop._done.is_set()
+            sock = c.sock
+            go.set()
+            t.join(10)
+            (err,) = result
+            assert isinstance(err, LocalProtocolError) and "stopped" in str(err)
+            assert sock is not None and sock.fileno() == -1  # closed, not left for the collector
+            assert c.sock is None and c._shared is None and not c._loop_started
+            assert c not in loop._clients
+        else:
+            go.set()
+            t.start()
+            t.join(10)
+            assert result == [c]
+            loop.stop(timeout=10)
+            c.join(5)  # the loop's end ended it
+            assert c._loop_done.is_set()
+    finally:
+        go.set()
+        t.join(10)
+        loop.stop(timeout=5)
+        s.stop()
+        s.join(5)
