@@ -4,7 +4,8 @@ integration tests in test_peer.py/test_server.py show only as "eventually
 slowed" or "eventually closed" is checked here value by value: the inflate
 budget's wait, the throttle's one pause, the blocked sender's low-water mark,
 its error and its waiter count, the server-wide cap's choice of victims and
-its count, the queue's waiter count and its stop."""
+its count, the queue's waiter count and its stop, and what resuming a
+paused read hands on (the held frames first, the quota, the rate charge)."""
 
 from __future__ import annotations
 
@@ -351,3 +352,148 @@ def test_link_hooks_skip_the_base_classes_empty_hooks_only():
     w = Sender()
     recv, send = link_hooks(w)
     assert recv is None and send == w.on_send
+
+
+# --- resume_reading: the frames the core held back ------------------------------------------------------
+
+
+class HeldProto:
+    """A core holding ``held`` application frames: ``receive_data(b"")``
+    decodes at most ``packet_quota`` of them; ``answer`` puts bytes to send."""
+
+    def __init__(self, held: int, answer: bool = False) -> None:
+        self.closed = False
+        self.inflate_budget: float | None = None
+        self.inflate_action = "hold"
+        self.held = held
+        self.packet_quota = 0
+        self.fed: list[bytes] = []
+        self._outs: list[str] = []
+        self.has_data_to_send = answer
+
+    @property
+    def frames_waiting(self) -> int:
+        return self.held
+
+    def receive_data(self, data: bytes) -> None:
+        self.fed.append(data)
+        n = min(self.held, self.packet_quota)
+        self._outs += [f"p{i}" for i in range(n)]
+        self.held -= n
+        self.packet_quota -= n
+
+    def drain_received(self) -> list[str]:
+        outs, self._outs = self._outs, []
+        return outs
+
+
+class ResumePeer(FakePeer):
+    def __init__(self, link: FakeLink, quota: int, allowed: bool = True, **h: Any) -> None:
+        super().__init__([link], **h)
+        self.quota = quota
+        self.allowed = allowed
+        self._h_rate_reads = h.get("rate_reads", False)
+        self.calls: list = []
+
+    def _refill_inflate(self, link: FakeLink, now: float) -> None:
+        self.calls.append(("refill_inflate", link.cid, now))
+
+    def _read_quota(self, link: FakeLink, now: float) -> int:
+        self.calls.append(("read_quota", link.cid, now))
+        return self.quota
+
+    def _push(self, link: FakeLink) -> None:
+        self.calls.append(("push", link.cid))
+
+    def _read_allowed(self, link: FakeLink, nbytes: int, outs: list, npackets: int, now: float) -> bool:
+        self.calls.append(("read_allowed", link.cid, nbytes, list(outs), npackets, now))
+        return self.allowed
+
+    def _handle_outputs(self, link: FakeLink, outs: list) -> None:
+        self.calls.append(("handle", link.cid, list(outs)))
+
+
+def _resume(held: int, quota: int, **h: Any) -> tuple[Flow, ResumePeer, FakeLink]:
+    link = FakeLink(7)
+    link.proto = HeldProto(held, h.pop("answer", False))  # type: ignore[assignment]
+    peer = ResumePeer(link, quota, h.pop("allowed", True), **h)
+    return Flow(peer), peer, link  # type: ignore[arg-type]
+
+
+def test_resume_hands_on_what_the_quota_allows_and_reads_again():
+    flow, peer, link = _resume(held=3, quota=5)
+    flow.resume_reading(link)  # type: ignore[arg-type]
+    assert link.proto.fed == [b""]
+    (read_quota, handle) = peer.calls
+    assert read_quota[:2] == ("read_quota", 7) and handle == ("handle", 7, ["p0", "p1", "p2"])
+    assert link.proto.packet_quota == 2  # the quota was given to the core, then used
+    assert link.chan.interest_updates == 1 and peer._reactor.soon == [] and peer._reactor.later == []
+
+
+def test_resume_with_frames_left_over_the_quota_waits_again_instead_of_reading():
+    flow, peer, link = _resume(held=5, quota=2)
+    flow.resume_reading(link)  # type: ignore[arg-type]
+    assert peer.calls[-1] == ("handle", 7, ["p0", "p1"])
+    assert link.proto.held == 3
+    assert link.chan.interest_updates == 0  # no read: the held frames go first
+    assert peer._reactor.soon == [(flow.resume_reading, (link,))]  # frames_held: nothing to wait for
+
+
+@pytest.mark.parametrize("state", ["chan closed", "paused", "throttled", "proto closed", "nothing held"])
+def test_resume_feeds_nothing_when_it_must_not_or_has_nothing_to(state):
+    flow, peer, link = _resume(held=0 if state == "nothing held" else 3, quota=5)
+    if state == "chan closed":
+        link.chan.closed = True
+    elif state == "paused":
+        link.chan.paused = True
+    elif state == "throttled":
+        link.chan.throttled = True
+    elif state == "proto closed":
+        link.proto.closed = True
+    flow.resume_reading(link)  # type: ignore[arg-type]
+    assert link.proto.fed == [] and peer.calls == []
+    # A closed channel is left alone; otherwise the read interest is set again.
+    assert link.chan.interest_updates == (0 if state == "chan closed" else 1)
+
+
+def test_resume_uses_one_clock_reading_for_the_inflate_budget_and_the_quota_and_pushes_answers():
+    flow, peer, link = _resume(held=1, quota=1, inflate=1000, answer=True)
+    t0 = time.monotonic()
+    flow.resume_reading(link)  # type: ignore[arg-type]
+    (refill, read_quota, push, handle) = peer.calls
+    assert refill[:2] == ("refill_inflate", 7) and read_quota[:2] == ("read_quota", 7)
+    assert refill[2] == read_quota[2] and t0 <= refill[2] <= time.monotonic()
+    assert push == ("push", 7) and handle == ("handle", 7, ["p0"])
+
+
+def test_resume_without_an_inflate_limit_or_an_answer_neither_refills_nor_pushes():
+    flow, peer, link = _resume(held=1, quota=1, inflate=0, answer=False)
+    flow.resume_reading(link)  # type: ignore[arg-type]
+    assert [c[0] for c in peer.calls] == ["read_quota", "handle"]
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_resume_charges_the_rate_limit_for_the_packets_it_decoded(allowed):
+    flow, peer, link = _resume(held=2, quota=3, rate_reads=True, allowed=allowed)
+    flow.resume_reading(link)  # type: ignore[arg-type]
+    read_quota, charge = peer.calls[:2]
+    # No bytes (they were charged when read), the 2 packets decoded now (not the
+    # quota of 3), the same clock reading.
+    assert charge == ("read_allowed", 7, 0, ["p0", "p1"], 2, read_quota[2])
+    if allowed:
+        assert peer.calls[2:] == [("handle", 7, ["p0", "p1"])]
+    else:  # the rate limit closed or dropped them: nothing handed on
+        assert peer.calls[2:] == []
+
+
+def test_resume_with_frames_left_on_a_paused_link_neither_waits_nor_reads():
+    flow, peer, link = _resume(held=5, quota=2)
+
+    def handle(lk: Any, outs: list) -> None:
+        peer.calls.append(("handle", lk.cid, list(outs)))
+        lk.chan.paused = True  # the process queue filled up meanwhile
+
+    peer._handle_outputs = handle  # type: ignore[method-assign]
+    flow.resume_reading(link)  # type: ignore[arg-type]
+    assert peer._reactor.soon == [] and peer._reactor.later == []
+    assert link.chan.interest_updates == 1  # interest recomputed (paused: no read)
