@@ -1,0 +1,63 @@
+"""A connection's counters (ConnectionStats) and state (Link), value by
+value: the clock readings behind ``connected_since`` and ``last_seen``,
+``as_dict()``, and what a new Link starts with."""
+
+from __future__ import annotations
+
+import time
+
+from peng3dnet.constants import SSLSEC_NONE, STATE_INIT
+from peng3dnet.link import ConnectionStats, Link
+
+
+def test_new_stats_count_nothing_and_were_seen_when_made():
+    before = time.time()
+    stats = ConnectionStats()
+    after = time.time()
+    assert (stats.bytes_in, stats.bytes_out, stats.packets_in, stats.packets_out) == (0, 0, 0, 0)
+    assert stats.rtt is None
+    assert before - 0.01 <= stats.connected_since <= after + 0.01
+    assert stats.last_seen == stats.connected_since
+
+
+def test_last_seen_follows_the_monotonic_clock_of_the_last_read():
+    stats = ConnectionStats()
+    stats._seen = stats._since + 12.5  # what the network thread sets on a read
+    assert abs(stats.last_seen - (stats.connected_since + 12.5)) < 1e-6
+
+
+def test_as_dict_holds_every_counter_with_its_value():
+    stats = ConnectionStats()
+    stats.bytes_in, stats.bytes_out, stats.packets_in, stats.packets_out, stats.rtt = 11, 22, 3, 4, 0.05
+    stats._seen = stats._since + 2.0
+    assert stats.as_dict() == {
+        "bytes_in": 11,
+        "bytes_out": 22,
+        "packets_in": 3,
+        "packets_out": 4,
+        "rtt": 0.05,
+        "connected_since": stats.connected_since,
+        "last_seen": stats.last_seen,
+    }
+
+
+class _Owner:
+    def on_receive(self, pid, msg):  # overridden hooks are called per packet
+        pass
+
+
+def test_a_new_link_starts_empty_unlimited_and_at_the_first_state():
+    link = Link("proto", "chan", _Owner(), 5)  # type: ignore[arg-type]
+    assert (link.proto, link.chan, link.cid) == ("proto", "chan", 5)
+    assert link.queued == 0 and (link.n_in, link.n_out, link.resume_at) == (0, 0, 0)
+    assert link.strict_keys is True  # until the peer says it takes other map keys (0.1.x does not)
+    assert link.lib_state == STATE_INIT and link.sslsec == SSLSEC_NONE
+    assert (link.rate_p, link.rate_b, link.rate_t) == (0.0, 0.0, 0.0)
+    assert link.infl_t == link.stats._since  # the decompression budget refills from the connection's start
+    assert link.session is None and link.auth is None and link.auth_timer is None and link.group is None
+    assert not (link.eof or link.local_closed or link.vanished or link.polite or link.app_closed
+                or link.plain or link.tls_server or link.hs_pending)
+    assert (link.acct, link.infl_counted, link.hb_sent) == (0, 0, 0.0)
+    assert link.on_recv is not None and link.on_send is None
+    link.n_in, link.n_out = 9, 4
+    assert link.queued == 5
