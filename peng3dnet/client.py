@@ -703,6 +703,7 @@ class NetworkLoop:
         self._clients: list[Client] = []
         self._lock = threading.Lock()  # guards _clients and _ending (add() and the loop's end)
         self._ending = False
+        self.reactor.contain = self._contain
         self.relay = Relay(self.reactor, self._done, self._end)
         """The loop's thread and the clients' ``process_async()`` threads
         take turns at the network and the handlers (see peng3dnet.relay)."""
@@ -733,6 +734,30 @@ class NetworkLoop:
             self.reactor.running = False
             self.reactor.close()
             self._done.set()
+
+    def _contain(self, exc: BaseException) -> bool:
+        """A BaseException (``SystemExit``...) escaped a hook or an event
+        handler on the loop's thread: stop only the client it came from
+        (the innermost frame of the traceback whose ``self`` is one of our
+        clients), as with a thread of its own; others stay served.  Not
+        found (or Ctrl-C on the main thread): the loop ends (network thread)."""
+        if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+            return False
+        with self._lock:
+            ours = {id(c): c for c in self._clients if c._loop_started and not c._loop_done.is_set()}
+        found = None
+        tb = exc.__traceback__
+        while tb is not None:
+            owner = ours.get(id(tb.tb_frame.f_locals.get("self")))
+            if owner is not None:
+                found = owner
+            tb = tb.tb_next
+        if found is None:
+            return False
+        log.warning("! shared loop: %s escaped a hook or event handler of the client of %s; stopping that client",
+                    type(exc).__name__, found.addr)
+        found._request_stop("method")
+        return True
 
     def add(self, client: Client) -> Client:
         """Connect ``client`` (in the caller's thread) and serve it on this loop.

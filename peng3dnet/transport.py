@@ -121,6 +121,12 @@ class Reactor:
         self.last_write = 0.0
         """Monotonic time the last direct write from another thread ended
         (see :meth:`Channel.write`)."""
+        self.contain: Callable[[BaseException], bool] | None = None
+        """Asked (network thread) when a callback, call or timer raised a
+        BaseException that is not an Exception (``SystemExit``...): return
+        true when it was dealt with and the loop goes on; by default (or
+        false) it ends the loop.  A :class:`~peng3dnet.client.NetworkLoop`
+        stops only the client it came from."""
 
     # --- cross-thread ------------------------------------------------------------------
     def in_loop(self) -> bool:
@@ -270,6 +276,9 @@ class Reactor:
                 key.data(mask)
             except Exception:
                 log.exception("! %s: unexpected error in I/O callback", self.name)
+            except BaseException as exc:
+                if not self._contained(exc):
+                    raise
         # Let go of the keys before blocking again: a key of a channel
         # closed in this round would keep the connection alive until
         # the next wake-up.
@@ -284,6 +293,9 @@ class Reactor:
                         timer.fn()
                     except Exception:
                         log.exception("! %s: unexpected error in timer", self.name)
+                    except BaseException as exc:
+                        if not self._contained(exc):
+                            raise
         if self._after_io:
             # Last in the iteration: whatever the callbacks, calls and
             # timers above asked for, before we block in select() again.
@@ -293,6 +305,9 @@ class Reactor:
                     fn()
                 except Exception:
                     log.exception("! %s: unexpected error in after-I/O call %r", self.name, fn)
+                except BaseException as exc:
+                    if not self._contained(exc):
+                        raise
 
     def run_calls(self) -> None:
         """Run the queued cross-thread calls (network thread)."""
@@ -306,6 +321,14 @@ class Reactor:
                 fn(*args)
             except Exception:
                 log.exception("! %s: unexpected error in queued call %r", self.name, fn)
+            except BaseException as exc:
+                if not self._contained(exc):
+                    raise
+
+    def _contained(self, exc: BaseException) -> bool:
+        """Whether :attr:`contain` dealt with ``exc`` (network thread)."""
+        contain = self.contain
+        return contain is not None and contain(exc)
 
     def stop(self) -> None:
         """Ask the loop to return (any thread); also before :meth:`run` started."""

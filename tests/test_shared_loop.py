@@ -6,6 +6,7 @@ thread."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -422,3 +423,37 @@ def test_an_add_racing_stop_either_is_served_or_gives_up(side):
         loop.stop(timeout=5)
         s.stop()
         s.join(5)
+
+
+def test_a_system_exit_in_one_clients_hook_stops_that_client_only(server, clients, caplog):
+    # A hook on the loop's thread raising SystemExit used to end the shared
+    # thread, and with it every client on it; now it ends its own client,
+    # as it would end a client's own thread.
+    class Quitter(Client):
+        def on_handshake_complete(self):
+            raise SystemExit(3)
+
+    loop = NetworkLoop("t-exit").start()
+    try:
+        good = _client(server)
+        clients.append(good)
+        loop.add(good)
+        good.process_async()
+        good.wait_for_connection(10)
+        bad = Quitter(addr=server.addr)
+        bad.register_packet("test:echo", EchoPacket(bad.registry, bad))
+        bad.register_packet("t:gate", Gate(bad.registry, bad))
+        clients.append(bad)
+        with caplog.at_level(logging.WARNING, logger="peng3dnet.client"):
+            loop.add(bad)
+            bad.join(10)  # its part of the shared loop ended
+            assert bad._loop_done.is_set()
+        assert loop._thread is not None and loop._thread.is_alive() and not loop._done.is_set()
+        assert not good._loop_done.is_set()
+        (rec,) = [r for r in caplog.records if "shared loop" in r.getMessage()]
+        assert "SystemExit" in rec.getMessage() and str(bad.addr) in rec.getMessage()
+        good.send_message("test:echo", "still served")
+        echo = good.registry.find_obj(good.registry.get_id("test:echo"))
+        assert echo.wait_count(1) == ["still served"]
+    finally:
+        loop.stop(timeout=5)

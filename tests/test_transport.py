@@ -450,3 +450,50 @@ def test_drop_unsent_with_nothing_queued_drops_nothing():
     assert b.recv(100) == b"\0\0\0\x06\0\x40\0\0\0\0"
     a.close()
     b.close()
+
+
+def _raise_exit() -> None:
+    raise SystemExit(5)
+
+
+@pytest.mark.parametrize("site", ["call", "timer", "after_io", "io callback"])
+@pytest.mark.parametrize("answer", [None, False, True])
+def test_a_base_exception_ends_the_round_unless_contain_deals_with_it(site, answer):
+    r = Reactor("test")
+    r.start(selectors.DefaultSelector, lambda: None)
+    a, b = socket.socketpair()
+    seen: list[BaseException] = []
+    ran_after: list[str] = []
+    try:
+        if answer is not None:
+            def contain(exc: BaseException) -> bool:
+                seen.append(exc)
+                return answer
+            r.contain = contain
+        if site == "call":
+            r.call_soon(_raise_exit)
+            r.call_soon(ran_after.append, "next call")
+        elif site == "timer":
+            r.call_at(0.0, _raise_exit)
+        elif site == "after_io":
+            r.after_io(_raise_exit)
+        else:
+            r.register(a, selectors.EVENT_READ, lambda mask: _raise_exit())
+            b.send(b"x")
+        rounds = 2 if site == "timer" else 1  # (a timer is added by a queued call first)
+        if answer:
+            for _ in range(rounds):
+                r.run_once(1.0)
+            assert len(seen) == 1 and isinstance(seen[0], SystemExit) and seen[0].code == 5
+            if site == "call":
+                assert ran_after == ["next call"]  # the round went on
+        else:
+            with pytest.raises(SystemExit):
+                for _ in range(rounds):
+                    r.run_once(1.0)
+            assert len(seen) == (1 if answer is False else 0)
+    finally:
+        r.unregister(a)
+        a.close()
+        b.close()
+        r.close()
