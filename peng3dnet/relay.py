@@ -81,14 +81,17 @@ class Relay:
             set ``loop_done``.
     """
 
-    __slots__ = ("reactor", "loop_done", "end_loop", "cond", "enabled", "members", "threads", "leader",
+    __slots__ = ("reactor", "loop_done", "end_loop", "cond", "lock", "enabled", "members", "threads", "leader",
                  "runners", "stuck", "busy", "batch", "ended", "__weakref__")
 
     def __init__(self, reactor: Any, loop_done: threading.Event, end_loop: Callable[[], None]) -> None:
         self.reactor = reactor
         self.loop_done = loop_done
         self.end_loop = end_loop
-        self.cond = threading.Condition(threading.Lock())
+        self.lock = threading.Lock()
+        """The lock of :attr:`cond` (held with a plain ``with`` on the per-batch path:
+        a Condition's ``__enter__`` is a Python call)."""
+        self.cond = threading.Condition(self.lock)
         """Guards the fields; a follower waits on it for a role."""
         self.enabled = False
         """The loop runs on a thread that takes part (``runAsync()``, a NetworkLoop)."""
@@ -270,10 +273,10 @@ class Relay:
                         cond.notify_all()
                     return None
                 reactor.run_once(None)
-                # (peeked without the lock, checked again with it)
-                if self._free() and self._runnable() is not None:
-                    with cond:
-                        if not self._free() or reactor.stopping:
+                # (peeked without the lock, checked again with it; _free() inlined: per round)
+                if len(self.stuck) >= len(self.runners) and self._runnable() is not None:
+                    with self.lock:
+                        if len(self.stuck) < len(self.runners) or reactor.stopping:
                             continue
                         peer = self._start_batch(me)
                         if peer is None:
@@ -305,7 +308,7 @@ class Relay:
                     del self.runners[me]
                     cond.notify_all()
                 raise
-            with cond:
+            with self.lock:  # (cond's lock)
                 self.busy.discard(peer)
                 if peer._loop_done.is_set():
                     cond.notify_all()  # its process thread may wait to leave
