@@ -242,7 +242,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.limits.write_buffer_block": 4 * 1024 * 1024,
     "net.limits.rate.packets": 20000.0,
     "net.limits.rate.bytes": 32 * 1024 * 1024.0,
-    "net.limits.rate.burst": 2.0,
+    "net.limits.rate.burst": 5.0,
     "net.limits.rate.action": "throttle",
     "net.limits.inflate.rate": 64 * 1024 * 1024.0,
     "net.limits.inflate.burst": 1.0,

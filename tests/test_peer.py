@@ -598,7 +598,7 @@ def _slow_sink(n_expected, delay_every=50):
 
 
 @pytest.mark.parametrize("n,cfg", [
-    (100_000, {}),  # the defaults: throttle at 20,000 packets/s, recv_queue, blocking sends
+    (100_000, {}),  # the defaults: the rate limit's bucket (100,000 packets), recv_queue, blocking sends
     (6_000, {"net.limits.rate.packets": 2000.0, "net.limits.rate.burst": 0.5}),  # a low rate limit
 ])
 def test_a_burst_from_the_main_thread_is_slowed_not_cut_off(net, n, cfg):
