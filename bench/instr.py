@@ -16,7 +16,9 @@ loopback between a default ``Server`` and a default ``Client`` in one
 process (both with ``runAsync()`` + ``process_async()``, handlers answering
 in ``Packet.receive``): everything of both sides, ``select()`` and the
 relay included, the kernel's work not (callgrind counts user-space
-instructions; the threads run one at a time under valgrind).  Cost per
+instructions; the threads run one at a time under valgrind); and the same
+round trips between bench/peers.py's asyncio-streams server and client on
+one event loop, the yardstick of issue #13.  Cost per
 packet = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up cancels out.
 
     python -m bench.instr [--rev REV ...] [--n1 2000 --n2 12000]
@@ -49,6 +51,32 @@ from peng3dnet import events
 from peng3dnet.protocol.framing import encode_frame
 
 mode, n = sys.argv[1], int(sys.argv[2])
+if mode == "round trip over loopback, asyncio streams":
+    import asyncio
+    import socket
+
+    from bench.peers import _aio_read, _frame
+
+    async def rounds():
+        async def handle(reader, writer):
+            try:
+                while True:
+                    _pid, msg = await _aio_read(reader)
+                    writer.write(_frame(64, msg))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(n):
+            w.write(_frame(64, [i, "x"]))
+            await _aio_read(r)
+        w.close()
+        server.close()
+
+    asyncio.run(rounds())
+    raise SystemExit(0)
 if mode == "round trip over loopback, default API":
     import threading
 
@@ -131,7 +159,8 @@ else:
 
 MODES = ("recv, events off", "recv, events on, no subscriber", "recv, one subscriber", "send_message",
          "send_message to a peer of ours (mapkeys)", "echo, default config",
-         "echo, default config, inline handlers", "round trip over loopback, default API")
+         "echo, default config, inline handlers", "round trip over loopback, default API",
+         "round trip over loopback, asyncio streams")
 
 
 def instructions(tree: str, mode: str, n: int) -> int:
