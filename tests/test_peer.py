@@ -597,12 +597,15 @@ def _slow_sink(n_expected, delay_every=50):
     return Sink, got, done
 
 
-@pytest.mark.parametrize("n,cfg", [
-    (100_000, {}),  # the defaults: the rate limit's bucket (100,000 packets), recv_queue, blocking sends
-    (6_000, {"net.limits.rate.packets": 2000.0, "net.limits.rate.burst": 0.5}),  # a low rate limit
+@pytest.mark.parametrize("n,cfg,delay_every", [
+    (100_000, {}, 50),  # the defaults: the rate limit's bucket (100,000 packets), recv_queue, blocking sends
+    (6_000, {"net.limits.rate.packets": 2000.0, "net.limits.rate.burst": 0.5}, 50),  # a low rate limit
+    # A million, the rest of the defaults as they are: at the default rate
+    # limit's sustained 20,000 packets/s it would take 45 s more.
+    (1_000_000, {"net.limits.rate.packets": 0}, 500),
 ])
-def test_a_burst_from_the_main_thread_is_slowed_not_cut_off(net, n, cfg):
-    sink_cls, got, done = _slow_sink(n)
+def test_a_burst_from_the_main_thread_is_slowed_not_cut_off(net, n, cfg, delay_every):
+    sink_cls, got, done = _slow_sink(n, delay_every)
     s, rec = net.server(packets={"t:sink": sink_cls}, **cfg)
     c = net.client(s, packets={"t:sink": sink_cls}, **{"net.limits.write_buffer_block": 256 * 1024})
     link = next(iter(s._links.values()))
