@@ -86,3 +86,16 @@ def test_the_handshake_machine_says_which_input_was_not_allowed_where():
         m.process(HandshakeInput.SETTYPE)
     assert (str(ei.value), ei.value.reason) == ("settype is not allowed in state INIT", "invalidstate")
     assert m.state is HandshakeState.ERROR
+
+
+def test_clear_drops_a_partial_frame_and_the_next_frame_decodes_from_scratch():
+    from peng3dnet.protocol.framing import FrameDecoder
+
+    d = FrameDecoder(100)
+    out: list = []
+    d.feed(encode_frame(70, 0, b"\xc0")[:7], out)
+    assert d.buffered == 7 and out == []
+    d.clear()
+    assert d.buffered == 0
+    d.feed(encode_frame(71, 0, b"\xc3"), out)
+    assert out == [(71, 0, b"\xc3")] and d.buffered == 0
