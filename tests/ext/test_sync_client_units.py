@@ -231,6 +231,7 @@ def test_force_desync_corrupts_the_next_view_once_and_an_empty_one_not_at_all():
     assert c.events[-1] == ("peng3dnet:sync.desync", {"tick": 3, "reason": "checksum"})
     c.deliver(snapshot(4, view))  # once only
     assert sc.authoritative() == (4, view) and sc.stats["desyncs"] == 1
+    assert (sc.stats["snapshots"], sc.stats["full_snapshots"]) == (3, 2)
 
 
 def test_snapshot_event_carries_the_tick_and_the_view():
