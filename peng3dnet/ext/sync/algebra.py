@@ -177,7 +177,7 @@ def interpolate(buffer: Sequence[tuple[float, View]], t: float) -> View:
         if t0 <= t <= t1:
             a = (t - t0) / (t1 - t0) if t1 > t0 else 1.0
             return lerp_view(v0, v1, a)
-    return {}  # times out of order
+    return {}  # only a NaN time gets here: any other t between the first and the last time has a pair around it
 
 
 def distance(a: dict[str, Any], b: dict[str, Any]) -> float:
