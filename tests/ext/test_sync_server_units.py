@@ -396,6 +396,24 @@ def test_a_suspended_connection_gets_no_snapshot_and_then_a_delta(caplog):
     assert w.sync.stats["snapshots"] == 2
 
 
+def test_a_suspended_connection_does_not_hold_up_the_snapshots_of_the_others():
+    w = Log()
+    w.server.clients[1] = FakeConn(1)
+    w.server.clients[2] = FakeConn(2)
+    w.sync.step()  # both joined (client 1 first)
+    w.server.clients[1].suspended = True
+    w.sync.step()
+    assert [(cid, msg["t"]) for cid, msg in w.server.sent] == [(1, 1), (2, 1), (2, 2)]
+
+
+def test_every_resync_request_is_counted():
+    w = joined()
+    for _ in range(3):
+        w.server.deliver(1, {"resync": True})
+        w.sync.step()
+    assert w.sync.stats["resyncs"] == 3
+
+
 def test_a_failed_send_is_logged_and_not_counted(caplog):
     w = joined()
     err = Peng3dNetError("gone")
