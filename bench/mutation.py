@@ -17,7 +17,7 @@ Areas (sources -> the tests run against their mutants):
     relay       peng3dnet/relay.py             tests/test_relay.py, test_shared_loop.py
     events      peng3dnet/events/              tests/events/
     flow        peng3dnet/flow.py, inbox.py, link.py  tests/test_flow_units.py, test_link_units.py, test_peer.py, test_server.py, test_poll.py
-    transport   peng3dnet/transport.py         tests/test_transport.py
+    transport   peng3dnet/transport.py         tests/test_transport.py, test_transport_units.py
     ext         peng3dnet/ext/ping/, ext/discovery.py  tests/ext/test_ping_units.py, test_discovery_units.py, test_tools.py, test_peer.py, test_cli.py, compat/test_semantics.py
 
 The connection layer's network tests make one mutant cost seconds: its
@@ -49,7 +49,7 @@ AREAS = {
     "flow": (["peng3dnet/flow.py", "peng3dnet/inbox.py", "peng3dnet/link.py"],
              ["tests/test_flow_units.py", "tests/test_link_units.py", "tests/test_peer.py", "tests/test_server.py",
               "tests/test_poll.py"]),
-    "transport": (["peng3dnet/transport.py"], ["tests/test_transport.py"]),
+    "transport": (["peng3dnet/transport.py"], ["tests/test_transport.py", "tests/test_transport_units.py"]),
     "ext": (["peng3dnet/ext/ping/", "peng3dnet/ext/discovery.py"],
             ["tests/ext/test_ping_units.py", "tests/ext/test_discovery_units.py", "tests/ext/test_tools.py",
              "tests/test_peer.py", "tests/test_cli.py",
