@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import ipaddress
@@ -413,7 +414,12 @@ class Server(Peer):
     def _on_accept(self, mask: int) -> None:
         assert self._listener is not None
         for sock, addr in self._listener.accept_waiting():
-            self._accepted(sock, addr)
+            try:
+                self._accepted(sock, addr)
+            except Exception:  # (a bug of ours): that connection is lost, the rest of the batch is not
+                log.exception("! server: accepting a connection from %s failed; dropped", addr)
+                with contextlib.suppress(OSError):
+                    sock.close()
 
     def _accepted(self, sock: socket.socket, addr: Any) -> None:
         max_clients = int(self.cfg["net.limits.max_clients"])

@@ -798,13 +798,26 @@ class Listener:
         handshake (driven by :meth:`Channel.tls_step`).
 
         Raises:
-            TLSError: It cannot be wrapped (the socket is closed).
+            TLSError: It cannot be wrapped (closed, or reset by the peer);
+                the socket is closed.
         """
         try:
             return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         except (ssl.SSLError, OSError) as exc:
+            # A failure inside wrap_socket() after it took the descriptor over
+            # (a peer that reset the connection before the wrap) leaves a
+            # half-made SSLSocket owning it, and ``sock`` detached: close that one.
+            tb = exc.__traceback__
+            while tb is not None:
+                made = tb.tb_frame.f_locals.get("self")
+                if isinstance(made, ssl.SSLSocket):
+                    with contextlib.suppress(OSError):
+                        made.close()
+                    break
+                tb = tb.tb_next
             sock.close()
-            raise map_oserror(exc, "wrap") from exc
+            err = map_oserror(exc, "wrap")
+            raise (err if isinstance(err, TLSError) else TLSError(str(err))) from exc
 
     def close(self) -> None:
         """Close the listening socket."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import msgpack
@@ -284,3 +285,65 @@ def test_default_client_encrypts_without_verifying_as_in_0_1(net, pki):
     net.clients.append(strict)
     with pytest.raises(errors.TLSError):
         strict.connect()  # no cafile: the test CA is not trusted
+
+
+def test_a_connection_reset_before_the_tls_wrap_is_dropped_and_its_address_slot_given_back(pki, caplog):
+    # A peer that connects and resets at once (RST) before the server wraps
+    # its socket used to make the wrap raise NetworkError (not the documented
+    # TLSError): it escaped the accept loop (the other sockets of that batch
+    # were dropped unserved), the address's handshake slot was never given
+    # back, and the half-made TLS socket stayed open until collected.
+    import socket
+    import struct
+
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.ssl.enabled": True,
+                    "net.ssl.server.certfile": pki["server"][0], "net.ssl.server.keyfile": pki["server"][1],
+                    "net.limits.per_address.exempt_loopback": False, "net.limits.per_address.handshakes": 1})
+    s.initialize()
+    lst = socket.create_server(("127.0.0.1", 0))
+    try:
+        for _ in range(3):
+            c = socket.create_connection(lst.getsockname())
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()  # an RST, before the server wraps its end
+            sock, addr = lst.accept()
+            with caplog.at_level(logging.INFO, logger="peng3dnet.server"):
+                s._accepted(sock, addr)  # must not raise
+            assert sock.fileno() == -1
+            assert s._groups.get("127.0.0.1", [0, 0]) == [0, 0]  # the slot was given back
+            assert s._links == {}
+        msgs = [r.getMessage() for r in caplog.records if "cannot start TLS" in r.getMessage()]
+        assert len(msgs) == 3 and all(m.endswith("wrap: [Errno 104] Connection reset by peer") for m in msgs)
+    finally:
+        lst.close()
+
+
+def test_an_unexpected_error_accepting_one_connection_does_not_lose_the_others(net, monkeypatch, caplog):
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+    s.register_packet("test:echo", EchoPacket(s.registry, s))
+    net.servers.append(s)
+    real = s._accepted
+    seen: list = []
+
+    def flaky(sock, addr):
+        seen.append(addr)
+        if len(seen) == 1:
+            raise RuntimeError("a bug")
+        real(sock, addr)
+
+    monkeypatch.setattr(s, "_accepted", flaky)
+    s.runAsync()
+    s.process_async()
+    c = Client(addr=s.addr)
+    net.clients.append(c)
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    import socket
+
+    first = socket.create_connection(s.addr)  # its accept fails
+    try:
+        c.runAsync()
+        c.wait_for_connection(10)  # the next connection is served
+        assert first.recv(1) == b""  # the failed one was closed, not left hanging
+        assert any("accepting a connection from" in r.getMessage() for r in caplog.records)
+    finally:
+        first.close()
