@@ -497,3 +497,43 @@ def test_resume_with_frames_left_on_a_paused_link_neither_waits_nor_reads():
     flow.resume_reading(link)  # type: ignore[arg-type]
     assert peer._reactor.soon == [] and peer._reactor.later == []
     assert link.chan.interest_updates == 1  # interest recomputed (paused: no read)
+
+
+# --- account(): the running total and when it asks shed() ---------------------------------------------
+
+
+def test_account_adds_the_change_of_one_buffer_and_sheds_only_when_it_grew_over_the_cap(monkeypatch):
+    link = FakeLink(1, out=40)
+    peer = FakePeer([link], write_total=100)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    shed: list[int] = []
+    monkeypatch.setattr(flow, "shed", lambda: shed.append(flow.buffered) or 0)
+    flow.buffered = 50  # other connections' bytes
+    flow.account(link)  # type: ignore[arg-type]
+    assert (flow.buffered, link.acct, shed) == (90, 40, [])
+    link.chan.out = bytearray(50)
+    flow.account(link)  # type: ignore[arg-type]
+    assert (flow.buffered, link.acct, shed) == (100, 50, [])  # exactly at the cap: kept
+    link.chan.out = bytearray(51)
+    flow.account(link)  # type: ignore[arg-type]
+    assert (flow.buffered, link.acct, shed) == (101, 51, [101])  # one byte over: shed
+    flow.buffered = 150  # over the cap already (others grew), this buffer shrinks: no shedding
+    link.chan.out = bytearray(20)
+    flow.account(link)  # type: ignore[arg-type]
+    assert (flow.buffered, link.acct, shed) == (119, 20, [101])
+    flow.account(link)  # type: ignore[arg-type]  # unchanged: nothing to do
+    assert (flow.buffered, link.acct, shed) == (119, 20, [101])
+
+
+def test_done_resumes_a_paused_link_at_exactly_its_mark_and_never_an_unpaused_one():
+    inbox = Inbox()
+    link = FakeLink(1)
+    link.n_in, link.n_out, link.resume_at = 10, 4, 5
+    link.chan.paused = True
+    assert inbox.done(link) is True and link.n_out == 5 and link.chan.paused is False  # 5 queued: at the mark
+    link.chan.paused = True
+    link.n_in, link.n_out = 12, 5
+    assert inbox.done(link) is False and link.chan.paused is True  # 6 queued: over it
+    unpaused = FakeLink(2)
+    unpaused.n_in, unpaused.n_out, unpaused.resume_at = 1, 0, 5
+    assert inbox.done(unpaused) is False and unpaused.chan.paused is False
