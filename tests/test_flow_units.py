@@ -10,6 +10,7 @@ paused read hands on (the held frames first, the quota, the rate charge)."""
 from __future__ import annotations
 
 import logging
+from collections import deque
 import threading
 import time
 from typing import Any
@@ -537,3 +538,28 @@ def test_done_resumes_a_paused_link_at_exactly_its_mark_and_never_an_unpaused_on
     unpaused = FakeLink(2)
     unpaused.n_in, unpaused.n_out, unpaused.resume_at = 1, 0, 5
     assert inbox.done(unpaused) is False and unpaused.chan.paused is False
+
+
+def test_take_for_removes_the_oldest_item_of_that_link_only():
+    inbox = Inbox()
+    a, b = FakeLink(1), FakeLink(2)
+    inbox.items.extend([(a, "fa", 64, "a1"), (b, "fb", 64, "b1"), (a, "fa", 65, "a2")])
+    assert inbox.take_for(b) == (b, "fb", 64, "b1")
+    assert inbox.take_for(a) == (a, "fa", 64, "a1")
+    assert list(inbox.items) == [(a, "fa", 65, "a2")]
+    assert inbox.take_for(b) is None and len(inbox.items) == 1
+
+
+def test_a_drain_racing_another_counts_what_it_dispatched():
+    class Racing(deque):  # another thread empties the queue after our first item
+        def popleft(self):
+            item = super().popleft()
+            self.clear()
+            return item
+
+    inbox = Inbox()
+    link = FakeLink(1)
+    inbox.items = Racing([(link, "f", 64, "m1"), (link, "f", 64, "m2"), (link, "f", 64, "m3")])
+    got: list = []
+    assert inbox.drain(lambda *item: got.append(item)) == 1
+    assert got == [(link, "f", 64, "m1")]
