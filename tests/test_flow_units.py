@@ -10,9 +10,9 @@ paused read hands on (the held frames first, the quota, the rate charge)."""
 from __future__ import annotations
 
 import logging
-from collections import deque
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import pytest
