@@ -273,3 +273,16 @@ class LineProcess:
         for f in (self.p.stdout, self.p.stderr):
             if f is not None:
                 f.close()
+
+
+class FakeTimer:
+    """What a fake reactor's ``call_later`` returns: the delay, the function,
+    and whether it was cancelled."""
+
+    def __init__(self, delay: float, fn: Callable[[], Any]) -> None:
+        self.delay = delay
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True

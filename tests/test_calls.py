@@ -46,7 +46,7 @@ from peng3dnet.protocol.connection import (
 from peng3dnet.protocol.framing import FrameDecoder, encode_frame
 from peng3dnet.registry import PacketRegistry
 from tests.conftest import EchoPacket, RawPeer
-from tests.helpers import active_cids, handler_thread, wait_for
+from tests.helpers import FakeTimer, active_cids, handler_thread, wait_for
 
 
 class Double(Packet):
@@ -434,16 +434,6 @@ def test_call_requests_are_rate_limited_like_packets(net, action):
 # time-outs, replies of every status and shape (truncations at their exact
 # lengths), closes, the answering wrapper's replies and checks, and the log
 # lines value by value (the session mutation area runs this file).
-
-class FakeTimer:
-    def __init__(self, delay, fn):
-        self.delay = delay
-        self.fn = fn
-        self.cancelled = False
-
-    def cancel(self):
-        self.cancelled = True
-
 
 class FakeReactor:
     def __init__(self):

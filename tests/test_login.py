@@ -19,7 +19,7 @@ from peng3dnet.packet import Packet
 from peng3dnet.protocol.codec import pack
 from peng3dnet.protocol.connection import ProtocolConnection
 from tests.conftest import EchoPacket, RawPeer
-from tests.helpers import active_cids, wait_for
+from tests.helpers import FakeTimer, active_cids, wait_for
 
 
 class Hook:
@@ -325,16 +325,6 @@ def test_a_0_1_x_method_named_authenticate_is_not_a_hook(net, caplog):
 # value by value (the session mutation area runs this file).
 
 AUTH_EVENT = "peng3dnet:server.connection.auth"
-
-
-class FakeTimer:
-    def __init__(self, delay, fn):
-        self.delay = delay
-        self.fn = fn
-        self.cancelled = False
-
-    def cancel(self):
-        self.cancelled = True
 
 
 class FakeReactor:
