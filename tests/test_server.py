@@ -658,3 +658,30 @@ def test_both_rate_buckets_refill_at_their_own_rate():
     assert link.rate_p == pytest.approx(250.0) and link.rate_b == pytest.approx(250_000.0)
     s._refill(link, 200.0)
     assert (link.rate_p, link.rate_b) == (2000.0, 2_000_000.0)  # capped at one burst
+
+
+def test_an_unexpected_error_accepting_one_connection_closes_it_and_the_server_goes_on(net, monkeypatch, caplog):
+    s = make_server()
+    net.servers.append(s)
+    real = s._accepted
+    seen: list = []
+
+    def flaky(sock, addr):
+        seen.append(addr)
+        if len(seen) == 1:
+            raise RuntimeError("a bug")
+        real(sock, addr)
+
+    monkeypatch.setattr(s, "_accepted", flaky)
+    s.runAsync()
+    s.process_async()
+    c = make_client(s)
+    net.clients.append(c)
+    first = socket.create_connection(s.addr, timeout=10)  # its accept fails
+    try:
+        c.runAsync()
+        c.wait_for_connection(10)  # the next connection is served
+        assert first.recv(1) == b""  # the failed one was closed, not left hanging
+        assert any("accepting a connection from" in r.getMessage() for r in caplog.records)
+    finally:
+        first.close()
