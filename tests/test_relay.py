@@ -524,9 +524,11 @@ def test_the_thread_that_takes_the_lead_back_is_the_network_thread(peers):
 
     s, rec, c = _pair(peers)
     seen = []
+    pid = s.registry.get_id("relay:msg")
 
     def on_recv(event, data):  # runs on the network thread of the moment
-        seen.append(s._reactor.in_loop() and threading.get_ident() == s._relay.leader)
+        if data["pid"] == pid:  # (not the client's last handshake packet, which may come after the subscription)
+            seen.append(s._reactor.in_loop() and threading.get_ident() == s._relay.leader)
 
     events.subscribe("peng3dnet:server.connection.recv", on_recv, sender=s)
     try:
