@@ -57,12 +57,6 @@ def _percentile(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
-def _proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads)."""
-    user, system = _proc_cpu_split(pid)
-    return user + system
-
-
 def _proc_cpu_split(pid: int) -> tuple[float, float]:
     """``(user, system)`` CPU seconds of process ``pid`` (all its threads):
     user is the interpreter's own work, system the kernel's (the socket
