@@ -38,7 +38,7 @@ from .protocol.framing import LENGTH
 from .protocol.handshake import HandshakeState
 from .relay import Relay
 from .session import Session, valid_request
-from .transport import Channel, Reactor
+from .transport import Channel, Reactor, frame_selves
 from .transport import connect as transport_connect
 from .userlog import report_user_error
 
@@ -746,12 +746,8 @@ class NetworkLoop:
         with self._lock:
             ours = {id(c): c for c in self._clients if c._loop_started and not c._loop_done.is_set()}
         found = None
-        tb = exc.__traceback__
-        while tb is not None:
-            owner = ours.get(id(tb.tb_frame.f_locals.get("self")))
-            if owner is not None:
-                found = owner
-            tb = tb.tb_next
+        for obj in frame_selves(exc):  # the innermost of our clients wins
+            found = ours.get(id(obj), found)
         if found is None:
             return False
         log.warning("! shared loop: %s escaped a hook or event handler of the client of %s; stopping that client",

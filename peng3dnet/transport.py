@@ -42,12 +42,12 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import InvalidAddressError, NetworkError, TLSError
 
-__all__ = ["Reactor", "Channel", "Timer", "Listener", "Datagram", "WOULD_BLOCK", "connect", "prepare", "map_oserror"]
+__all__ = ["Reactor", "Channel", "Timer", "Listener", "Datagram", "WOULD_BLOCK", "connect", "prepare", "map_oserror", "frame_selves"]
 
 log = logging.getLogger(__name__)
 
@@ -674,6 +674,16 @@ class Channel:
 WOULD_BLOCK = _WOULD_BLOCK
 
 
+def frame_selves(exc: BaseException) -> Iterator[Any]:
+    """The ``self`` of each frame of ``exc``'s traceback, outermost first
+    (``None`` for frames without one): which objects the error passed
+    through (a half-made socket to close, the client whose hook raised)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        yield tb.tb_frame.f_locals.get("self")
+        tb = tb.tb_next
+
+
 def _nothing(*args: Any) -> None:
     """What a cancelled timer or a closed channel calls."""
 
@@ -807,14 +817,11 @@ class Listener:
             # A failure inside wrap_socket() after it took the descriptor over
             # (a peer that reset the connection before the wrap) leaves a
             # half-made SSLSocket owning it, and ``sock`` detached: close that one.
-            tb = exc.__traceback__
-            while tb is not None:
-                made = tb.tb_frame.f_locals.get("self")
+            for made in frame_selves(exc):
                 if isinstance(made, ssl.SSLSocket):
                     with contextlib.suppress(OSError):
                         made.close()
                     break
-                tb = tb.tb_next
             sock.close()
             err = map_oserror(exc, "wrap")
             raise (err if isinstance(err, TLSError) else TLSError(str(err))) from exc
