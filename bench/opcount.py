@@ -1,0 +1,159 @@
+"""Python bytecodes per round trip, per function: the default API against
+asyncio streams, counted exactly (run by hand, never in CI).
+
+    python -m bench.opcount [--n 1000] [--top 40] [--lines] [--asyncio]
+
+N round trips over loopback between a default ``Server`` and a default
+``Client`` in one process (both with ``runAsync()`` + ``process_async()``,
+handlers answering in ``Packet.receive``: the scenario of bench.instr's
+"round trip over loopback, default API"), traced with ``sys.settrace``
+opcode events after 200 warm-up round trips.  Prints the bytecodes per
+round trip (both sides together) and the functions (``--lines``: the
+lines) that execute the most of them.  ``--asyncio`` counts bench/peers.py's
+asyncio-streams client and server on one event loop instead (issue #13's
+yardstick).
+
+Bytecodes are not instructions (a bytecode that calls into C, such as
+``sock.send``, counts one), but the count is exact and the same on every
+run: a change to the per-packet path shows up to the last bytecode, where
+wall-clock rows on this VM move by 10-30 %.  bench.instr counts CPU
+instructions with callgrind (minutes per scenario).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import linecache
+import sys
+import threading
+
+WARM = 200
+
+
+def _tracer(ops: collections.Counter, active: list[bool], lines: bool):
+    def tracer(frame, event, arg):
+        if not active[0]:
+            return None
+        frame.f_trace_opcodes = True
+        code = frame.f_code
+        name = (code.co_filename, code.co_firstlineno, code.co_name)
+
+        def local(frame, event, arg):
+            if event == "opcode":
+                ops[(name, frame.f_lineno) if lines else name] += 1
+            return local
+
+        return local
+
+    return tracer
+
+
+def count_default_api(n: int, lines: bool) -> collections.Counter:
+    """Bytecodes of N round trips between a default Server and Client."""
+    from peng3dnet.net import Client, Server
+    from peng3dnet.packet import Packet
+
+    ops: collections.Counter = collections.Counter()
+    active = [False]
+    done = threading.Event()
+
+    class Back(Packet):
+        def receive(self, msg, cid=None):
+            self.peer.send_message("b:msg", msg, cid)
+
+    class Again(Packet):
+        def receive(self, msg, cid=None):
+            if msg[0] == WARM:
+                active[0] = True
+            if msg[0] >= WARM + n:
+                active[0] = False
+                done.set()
+                return
+            self.peer.send_message("b:msg", [msg[0] + 1, "x"])
+
+    tracer = _tracer(ops, active, lines)
+    threading.settrace(tracer)
+    sys.settrace(tracer)
+    try:
+        srv = Server(addr=("127.0.0.1", 0))
+        srv.register_packet("b:msg", Back(srv.registry, srv))
+        srv.runAsync()
+        srv.process_async()
+        cl = Client(addr=("127.0.0.1", srv.addr[1]))
+        cl.register_packet("b:msg", Again(cl.registry, cl))
+        cl.runAsync()
+        cl.process_async()
+        cl.wait_for_connection(60)
+        cl.send_message("b:msg", [1, "x"])
+        if not done.wait(600):
+            raise SystemExit("the round trips did not finish")
+    finally:
+        sys.settrace(None)
+        threading.settrace(None)
+    cl.close()
+    srv.shutdown(timeout=5)
+    return ops
+
+
+def count_asyncio(n: int, lines: bool) -> collections.Counter:
+    """Bytecodes of N round trips between bench/peers.py's asyncio-streams
+    server and client on one event loop."""
+    import asyncio
+    import socket
+
+    from bench.peers import _aio_read, _frame
+
+    ops: collections.Counter = collections.Counter()
+    active = [False]
+
+    async def rounds():
+        async def handle(reader, writer):
+            try:
+                while True:
+                    _pid, msg = await _aio_read(reader)
+                    writer.write(_frame(64, msg))
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(WARM + n):
+            active[0] = i >= WARM
+            w.write(_frame(64, [i, "x"]))
+            await _aio_read(r)
+        active[0] = False
+        w.close()
+        server.close()
+
+    tracer = _tracer(ops, active, lines)
+    sys.settrace(tracer)
+    try:
+        asyncio.run(rounds())
+    finally:
+        sys.settrace(None)
+    return ops
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1000, help="round trips counted (after 200 warm-up ones)")
+    ap.add_argument("--top", type=int, default=40, help="functions (or lines) listed")
+    ap.add_argument("--lines", action="store_true", help="list lines, not functions")
+    ap.add_argument("--asyncio", action="store_true", help="count the asyncio-streams pair instead")
+    args = ap.parse_args()
+    ops = (count_asyncio if args.asyncio else count_default_api)(args.n, args.lines)
+    print(f"bytecodes per round trip: {sum(ops.values()) / args.n:.1f}")
+    for key, v in ops.most_common(args.top):
+        if args.lines:
+            (path, _first, func), line = key
+            src = linecache.getline(path, line).strip()[:80]
+            print(f"{v / args.n:8.1f}  {path.rsplit('/', 1)[-1]}:{line} {func}: {src}")
+        else:
+            path, first, func = key
+            print(f"{v / args.n:8.1f}  {path.rsplit('/', 1)[-1]}:{first} {func}")
+
+
+if __name__ == "__main__":
+    main()
