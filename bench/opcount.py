@@ -148,7 +148,7 @@ def main() -> None:
     for key, v in ops.most_common(args.top):
         if args.lines:
             (path, _first, func), line = key
-            src = linecache.getline(path, line).strip()[:80]
+            src = linecache.getline(path, line or 0).strip()[:80]
             print(f"{v / args.n:8.1f}  {path.rsplit('/', 1)[-1]}:{line} {func}: {src}")
         else:
             path, first, func = key

@@ -46,11 +46,14 @@ LOG = "peng3dnet.transport"
 # --- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def reactor() -> Iterator[Reactor]:
-    """A reactor started on the test's thread (step it with run_once)."""
+@pytest.fixture(params=["epoll", "poll"])
+def reactor(request: pytest.FixtureRequest) -> Iterator[Reactor]:
+    """A reactor started on the test's thread (step it with run_once), once
+    with the default selector (epoll: run_once calls ``epoll.poll``
+    itself) and once with another (``select()`` of the selector)."""
     r = Reactor("test")
-    r.start(selectors.DefaultSelector, lambda: None)
+    r.start(selectors.DefaultSelector if request.param == "epoll" else selectors.PollSelector, lambda: None)
+    assert (r._epoll is not None) == (request.param == "epoll")
     try:
         yield r
     finally:
@@ -1227,6 +1230,96 @@ def test_run_once_waits_for_the_next_timer_within_the_timeout(reactor):
     far.cancel()
 
 
+def test_the_wait_handed_to_select(reactor, monkeypatch):
+    """What run_once() asks select() (or epoll.poll(): -1 is "no limit")
+    to wait, on a fake clock: the timeout, the next timer within it, 0
+    when a timer is overdue or work is queued."""
+    clock = FakeClock(100.0)
+    monkeypatch.setattr(tr, "time", clock)
+    waits: list[Any] = []
+    if reactor._epoll is not None:
+        real_poll = reactor._epoll
+        monkeypatch.setattr(reactor, "_epoll", lambda t, n: (waits.append(t), real_poll(0, n))[1])
+        forever = -1
+    else:
+        real = reactor.selector.select  # type: ignore[union-attr]
+        monkeypatch.setattr(reactor.selector, "select", lambda t=None: (waits.append(t), real(0))[1])
+        forever = None
+    reactor.run_once(0.25)
+    reactor.run_once(None)
+    t = reactor.call_later(2.0, lambda: None)
+    reactor.run_once(0)  # (queued: 0, and adds the timer)
+    reactor.run_once(None)
+    reactor.run_once(0.5)
+    reactor.run_once(3.0)
+    clock.now = 103.0  # overdue: it runs in this round, which does not wait
+    reactor.run_once(None)
+    assert waits == [0.25, forever, 0, 2.0, 0.5, 2.0, 0]
+    assert t.fn is not None
+
+
+@pytest.mark.parametrize("registered, ready, expected", [
+    (EVENT_READ, "in", EVENT_READ),
+    (EVENT_READ | EVENT_WRITE, "out", EVENT_WRITE),
+    (EVENT_READ | EVENT_WRITE, "in+out", EVENT_READ | EVENT_WRITE),
+    (EVENT_READ, "hup", EVENT_READ),  # an error or hang-up wakes both, within what was asked for
+    (EVENT_WRITE, "hup", EVENT_WRITE),
+])
+def test_epoll_events_become_the_selector_masks(registered, ready, expected):
+    import select as _select
+    bits = {"in": _select.EPOLLIN, "out": _select.EPOLLOUT, "in+out": _select.EPOLLIN | _select.EPOLLOUT,
+            "hup": _select.EPOLLHUP}[ready]
+    r = Reactor("test")
+    r.start(selectors.DefaultSelector, lambda: None)
+    a, b = socket.socketpair()
+    try:
+        seen: list[int] = []
+        r.register(a, registered, seen.append)
+        r._epoll = lambda t, n: [(a.fileno(), bits)]
+        r.run_once(0)
+        assert seen == [expected]
+    finally:
+        r.close()
+        a.close()
+        b.close()
+
+
+def test_a_socket_unregistered_by_an_earlier_callback_of_the_round_is_not_called():
+    r = Reactor("test")
+    r.start(selectors.DefaultSelector, lambda: None)
+    (a, b), (c, d) = socket.socketpair(), socket.socketpair()
+    try:
+        seen: list[str] = []
+        r.register(a, EVENT_READ, lambda m: (seen.append("a"), r.unregister(c)))
+        r.register(c, EVENT_READ, lambda m: seen.append("c"))
+        import select as _select
+        r._epoll = lambda t, n: [(a.fileno(), _select.EPOLLIN), (c.fileno(), _select.EPOLLIN)]
+        r.run_once(0)
+        assert seen == ["a"]
+    finally:
+        r.close()
+        for s_ in (a, b, c, d):
+            s_.close()
+
+
+def test_only_the_stdlib_epoll_selector_itself_is_bypassed():
+    class Mine(selectors.EpollSelector):
+        selects = 0
+
+        def select(self, timeout=None):
+            Mine.selects += 1
+            return super().select(timeout)
+
+    r = Reactor("test")
+    r.start(Mine, lambda: None)
+    try:
+        assert r._epoll is None
+        r.run_once(0)
+        assert Mine.selects == 1
+    finally:
+        r.close()
+
+
 def test_a_timer_runs_when_its_time_has_come_not_before(reactor, monkeypatch):
     clock = FakeClock(100.0)
     monkeypatch.setattr(tr, "time", clock)
@@ -1321,20 +1414,20 @@ def test_io_callback_gets_the_mask(reactor, pair):
 
 
 def test_select_interrupted_is_an_empty_round(reactor, monkeypatch):
-    real = reactor.selector.select  # type: ignore[union-attr]
     calls: list[Any] = []
 
-    def select(timeout: Any = None) -> Any:
-        calls.append(timeout)
-        if len(calls) == 1:
-            raise InterruptedError(4, "Interrupted system call")
-        return real(timeout)
+    def interrupted(*args: Any) -> Any:
+        calls.append(args)
+        raise InterruptedError(4, "Interrupted system call")
 
-    monkeypatch.setattr(reactor.selector, "select", select)
+    if reactor._epoll is not None:
+        monkeypatch.setattr(reactor, "_epoll", interrupted)
+    else:
+        monkeypatch.setattr(reactor.selector, "select", interrupted)
     ran: list[str] = []
     reactor.call_soon(ran.append, "call")
     reactor.run_once(0)
-    assert ran == ["call"] and reactor._selecting is False
+    assert len(calls) == 1 and ran == ["call"] and reactor._selecting is False
 
 
 def test_wake_writes_one_byte_while_someone_selects(reactor):
