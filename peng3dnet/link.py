@@ -74,7 +74,7 @@ class Link:
         "proto", "chan", "owner", "cid", "ctobj", "n_in", "n_out", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
-        "auth", "auth_timer", "session", "vanished", "infl_counted",
+        "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -83,6 +83,12 @@ class Link:
         self.owner = owner
         self.cid = cid
         self.ctobj: ConnectionType | None = None
+        """The connection type chosen (set with :meth:`set_type`)."""
+        self.ct_send = False
+        """Whether :attr:`ctobj`'s class overrides ``send`` (then every
+        application packet sent is shown to it)."""
+        self.ct_recv = False
+        """Whether :attr:`ctobj`'s class overrides ``receive``."""
         # Packets handed to the inbox and handled by process(): one writer
         # each (the network thread; the process side under the inbox lock),
         # so neither needs a lock on the per-packet path.
@@ -116,6 +122,14 @@ class Link:
         # (the per-packet paths skip them then).
         self.on_recv = _hook(owner, "on_receive")
         self.on_send = _hook(owner, "on_send")
+
+    def set_type(self, ct: ConnectionType | None) -> None:
+        """The connection type was chosen (network thread): its object, and
+        whether its class overrides ``send``/``receive`` (looked at once
+        here, not per packet)."""
+        self.ctobj = ct
+        self.ct_send = ct is not None and type(ct).send is not ConnectionType.send
+        self.ct_recv = ct is not None and type(ct).receive is not ConnectionType.receive
 
     @property
     def queued(self) -> int:

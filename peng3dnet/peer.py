@@ -528,7 +528,7 @@ class Peer:
         # "Anyone listening to recv?" once per read, not per packet: a
         # subscription made while a read's packets are handled applies from
         # the next read.
-        listen = self._h_events and (bool(self._sig_recv.receivers) or self.peng is not None)
+        listen = self._h_events and (self._sig_recv.receivers or self.peng is not None)  # (truthy or not)
         session = link.session
         for o in outs:
             if isinstance(o, PacketReceived):
@@ -556,7 +556,7 @@ class Peer:
                     # the connection to it.  The extensions are known now.
                     link.strict_keys = "mapkeys" not in link.proto.negotiated
                     ct = self.conntypes.get(link.proto.conntype)
-                    link.ctobj = ct
+                    link.set_type(ct)
                     if ct is not None:
                         self._type_chosen(link, ct)
                         self._ct_call(link, ct.init, link.cid)
@@ -712,13 +712,12 @@ class Peer:
         if isinstance(ct, PingConnectionType):
             self._lib_state(link, STATE_ACTIVE)
 
-    def _on_app_packet(self, link: Link, o: PacketReceived, listen: bool) -> bool:
+    def _on_app_packet(self, link: Link, o: PacketReceived, listen: Any) -> bool:
         """Check, announce and queue (or, inline, dispatch) one application
         packet; return whether it was queued for process() (network thread)."""
         pid, flags, msg, state = o
-        ct = link.ctobj
-        if ct is not None and type(ct).receive is not ConnectionType.receive:
-            if not self._ct_call(link, ct.receive, msg, pid, flags, link.cid):
+        if link.ct_recv:
+            if not self._ct_call(link, link.ctobj.receive, msg, pid, flags, link.cid):  # type: ignore[union-attr]
                 return False
         if state is not _ACTIVE and (state is not _TYPESET or link.proto.conntype == CONNTYPE_CLASSIC):
             # Application packets come after the handshake (a connection type
@@ -1020,10 +1019,9 @@ class Peer:
             )
         if link.strict_keys:  # a 0.1.x peer: refuse here what it would close the connection for
             check_keys(data)
-        ct = link.ctobj
         announce = True
-        if ct is not None and type(ct).send is not ConnectionType.send:
-            announce = ct.send(data, pid, link.cid)
+        if link.ct_send:
+            announce = link.ctobj.send(data, pid, link.cid)  # type: ignore[union-attr]
         frame = link.proto.encode_packet(pid, data, thread_pack)  # outside the lock
         self._send_frame(link, frame, pid, data if announce else NO_EVENT)
         if hooks:
@@ -1080,7 +1078,8 @@ class Peer:
                     self._session_keep(link, session, frame)
                     return
                 raise ConnectionClosedError("connection is closed", link.proto.close_reason)
-            if cork and self._h_write_block and len(chan.out) > self._h_write_block and self._flow.may_block():
+            # (chan.out first: empty, the common case, it decides both tests)
+            if chan.out and cork and self._h_write_block and len(chan.out) > self._h_write_block and self._flow.may_block():
                 try:
                     self._flow.wait_drained(link)
                 except ConnectionClosedError:

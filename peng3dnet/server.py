@@ -485,7 +485,7 @@ class Server(Peer):
             log.info("! server cid=%s: unknown connection type %.64r", link.cid, conntype)
             self._close_link(link, "unknownconntype")
             return
-        link.ctobj = ct
+        link.set_type(ct)
         link.owner.conntype = conntype
         self._lib_state(link, STATE_HANDSHAKE_WAIT1)
         self._type_chosen(link, ct)

@@ -36,7 +36,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import math
 import select
 import selectors
 import socket
@@ -291,9 +290,9 @@ class Reactor:
                 # EpollSelector.select(), inlined (epoll.poll() itself rounds
                 # the timeout up to the millisecond); the events are mapped
                 # and dispatched below.
-                ready = epoll(-1 if wait is None else wait, len(self._fd_keys) or 1)
+                events = epoll(-1 if wait is None else wait, len(self._fd_keys) or 1)
         except InterruptedError:
-            ready = []
+            ready, events = [], []
         finally:
             self._selecting = False
         if epoll is None:
@@ -307,13 +306,13 @@ class Reactor:
                         raise
         else:
             keys = self._fd_keys
-            for fd, event in ready:
-                key = keys.get(fd)  # (None: unregistered by an earlier callback of this round)
-                if key is None:
+            for fd, event in events:
+                found = keys.get(fd)  # (None: unregistered by an earlier callback of this round)
+                if found is None:
                     continue
                 try:
-                    key.data(((EVENT_WRITE if event & _NOT_EPOLLIN else 0) | (EVENT_READ if event & _NOT_EPOLLOUT else 0))
-                             & key.events)
+                    found.data(((EVENT_WRITE if event & _NOT_EPOLLIN else 0) | (EVENT_READ if event & _NOT_EPOLLOUT else 0))
+                               & found.events)
                 except Exception:
                     log.exception("! %s: unexpected error in I/O callback", self.name)
                 except BaseException as exc:
@@ -322,7 +321,7 @@ class Reactor:
         # Let go of the keys before blocking again: a key of a channel
         # closed in this round would keep the connection alive until
         # the next wake-up.
-        ready = key = None  # type: ignore[assignment]
+        ready = events = key = found = None  # type: ignore[assignment]
         if calls:
             self.run_calls()
         if timers:

@@ -61,3 +61,26 @@ def test_a_new_link_starts_empty_unlimited_and_at_the_first_state():
     assert link.on_recv is not None and link.on_send is None
     link.n_in, link.n_out = 9, 4
     assert link.queued == 5
+
+
+def test_set_type_notes_which_hooks_the_types_class_overrides():
+    from peng3dnet.conntypes import ClassicConnectionType, ConnectionType
+
+    class Sends(ConnectionType):
+        def send(self, msg, pid, cid=None):
+            return True
+
+    class Receives(ConnectionType):
+        def receive(self, msg, pid, flags, cid):
+            return True
+
+    link = Link("proto", "chan", _Owner(), 5)  # type: ignore[arg-type]
+    assert link.ctobj is None and (link.ct_send, link.ct_recv) == (False, False)
+    for ct, expected in ((Sends(None), (True, False)), (Receives(None), (False, True)),
+                         (ClassicConnectionType(None), (False, False)), (None, (False, False))):
+        link.set_type(ct)
+        assert link.ctobj is ct and (link.ct_send, link.ct_recv) == expected
+    obj = Sends(None)
+    obj.receive = lambda *a: False  # an instance attribute is not the class's: not looked at (as before)
+    link.set_type(obj)
+    assert (link.ct_send, link.ct_recv) == (True, False)

@@ -653,7 +653,12 @@ class ProtocolConnection:
         Raises:
             LocalProtocolError: The message cannot be encoded.
         """
-        return self._encode(pid, msg, encode)
+        # _encode() with codec.pack() inlined (once per packet sent).
+        try:
+            body = encode(msg)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise LocalProtocolError(f"cannot encode message: {exc}") from exc
+        return frame_body(pid, body, compress=self.compress, threshold=self.compress_threshold, level=self.compress_level)
 
     def send_packet(self, pid: int, msg: Any) -> None:
         """Queue an application packet (or a raw one, e.g. for ``ping``).

@@ -35,6 +35,7 @@ HEADER = struct.Struct(STRUCT_FORMAT_HEADER)
 PREFIX_SIZE = LENGTH.size  # 4
 HEADER_SIZE = HEADER.size  # 6
 _PREFIX_AND_HEADER = struct.Struct("!IIH")
+_FRAME_MIN = PREFIX_SIZE + HEADER_SIZE  # 10: the smallest frame (an empty body)
 
 Frame = tuple[int, int, bytes]
 """A decoded frame: ``(pid, flags, body)``."""
@@ -107,6 +108,14 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
+        if not self._buf and len(data) >= _FRAME_MIN:
+            # The common case first: the data is exactly one whole, valid
+            # frame and nothing is held (one read, one packet).  Anything
+            # else, errors included, takes the general loop below.
+            length, pid, flags = _PREFIX_AND_HEADER.unpack_from(data)
+            if length + PREFIX_SIZE == len(data) and length <= self.max_frame_size and not flags & ~KNOWN_FLAGS:
+                out.append((pid, flags, bytes(data[_FRAME_MIN:])))
+                return
         buf: bytes | bytearray | memoryview
         if self._buf:
             self._buf += data

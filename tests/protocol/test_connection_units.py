@@ -24,7 +24,7 @@ from peng3dnet.constants import (
     SIDE_CLIENT,
     SIDE_SERVER,
 )
-from peng3dnet.errors import DecodeError
+from peng3dnet.errors import DecodeError, LocalProtocolError
 from peng3dnet.protocol.codec import unpack
 from peng3dnet.protocol.connection import (
     ConnectionClosed,
@@ -243,6 +243,30 @@ def test_the_encoder_given_is_the_one_used():
     p.client.encode_call(5, 64, "c", encode)
     p.client.encode_reply(6, 0, "r", encode)
     assert used == [{"a": 1}, [5, 64, "c"], [6, 0, "r"]]
+
+
+@pytest.mark.parametrize("error", [TypeError("no type"), ValueError("no value"), OverflowError("too big")])
+def test_an_encoder_error_becomes_a_local_protocol_error(error):
+    p = _pair()
+    p.start()
+
+    def encode(value):
+        raise error
+
+    with pytest.raises(LocalProtocolError, match=f"^cannot encode message: {error}$") as info:
+        p.client.encode_packet(64, {"a": 1}, encode)
+    assert info.value.__cause__ is error
+    assert p.client.data_to_send() == b""  # nothing half-queued
+
+
+def test_encode_packet_compresses_by_the_connection_settings():
+    p = _pair()
+    p.start()
+    big = "x" * 100
+    p.client.compress_threshold = 50
+    assert p.client.encode_packet(64, big)[8:10] == b"\x00\x01"
+    p.client.compress = False
+    assert p.client.encode_packet(64, big) == encode_frame(64, 0, msgpack.packb(big))
 
 
 # --- the quota and the inflate budget for internal packets -------------------------------------

@@ -174,3 +174,21 @@ def test_a_frame_that_ends_exactly_at_the_read_end_leaves_nothing_buffered():
     assert out == [(64, 0, b"abc")] and dec.buffered == 0
     out, dec = decode_all(frame + frame[:3])  # a prefix cut inside: kept
     assert out == [(64, 0, b"abc")] and dec.buffered == 3
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_a_body_is_a_copy_that_outlives_the_read_buffer(kind):
+    """The transport reuses one read buffer and feeds a memoryview of it:
+    a decoded body must be its own bytes (one whole frame, two frames,
+    and a frame completed across two reads)."""
+    frame = encode_frame(64, 0, b"abc")
+    for data, expected in ((frame, [(64, 0, b"abc")]), (frame + frame, [(64, 0, b"abc")] * 2)):
+        buf = bytearray(data)
+        dec, out = FrameDecoder(MAX), []
+        dec.feed(kind(buf) if kind is not bytes else bytes(buf), out)
+        buf[:] = b"\xff" * len(buf)
+        assert out == expected and all(type(body) is bytes for _, _, body in out)
+    dec, out = FrameDecoder(MAX), []
+    dec.feed(kind(frame[:5]), out)
+    dec.feed(kind(frame[5:]), out)
+    assert out == [(64, 0, b"abc")] and type(out[0][2]) is bytes
