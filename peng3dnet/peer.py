@@ -408,8 +408,12 @@ class Peer:
             # bucket): the core decodes no more packets than that and holds
             # the rest of the read back.
             quota = proto.packet_quota = self._read_quota(link, now)
-            if self._h_inflate:  # the decompression budget, refilled before this read is judged
-                self._refill_inflate(link, now)
+            if self._h_inflate and proto.inflate_budget is not None:
+                # The decompression budget, refilled before this read is judged.
+                if proto.inflate_budget >= self._h_inflate_cap:
+                    link.infl_t = now  # full (the common case, inlined): the time until now earns nothing
+                else:
+                    self._refill_inflate(link, now)
             try:
                 n = chan.read_into(buf)
                 if n > 0 and link.plain and not chan.closing:

@@ -44,7 +44,7 @@ from .packet import smart_check
 from .peer import Peer, resolve_addr
 from .plans import NO_EVENT, thread_pack
 from .protocol.codec import check_keys, frame_body, pack
-from .protocol.connection import CallRequested, Output, PacketReceived
+from .protocol.connection import NO_QUOTA, CallRequested, Output, PacketReceived
 from .protocol.framing import LENGTH, encode_frame
 from .protocol.handshake import HandshakeState
 from .session import Session, new_token, valid_request
@@ -561,7 +561,7 @@ class Server(Peer):
         link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
 
     def _read_quota(self, link: Link, now: float) -> int:
-        room = super()._read_quota(link, now)
+        room = NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out  # (Peer's, inlined)
         if self._h_rate_throttle and self._h_rate_p > 0:
             # Throttling is exact for packets: the core decodes no more
             # than the bucket holds; the rest waits undecoded.
@@ -574,12 +574,13 @@ class Server(Peer):
             return (1 - link.rate_p) / self._h_rate_p
         return 0.0
 
-    def _rate_ok(self, link: Link, nbytes: int, outs: list[Output], npackets: int, now: float) -> bool:
+    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output], npackets: int, now: float) -> bool:
         """Token buckets per connection (server side).  Return whether to go on."""
         rate_p = self._h_rate_p
         rate_b = self._h_rate_b
         burst = self._h_rate_burst
-        self._refill(link, now)  # (a no-op when _read_quota refilled at this same time)
+        if link.rate_t != now:  # (else _read_quota refilled at this same time)
+            self._refill(link, now)
         if self._h_rate_throttle:
             # Lossless: the packets of this read are within the packet
             # bucket (see _read_quota); bytes already read go on, and
@@ -659,8 +660,6 @@ class Server(Peer):
             return True
         return False
 
-    def _read_allowed(self, link: Link, nbytes: int, outs: list[Output], npackets: int, now: float) -> bool:
-        return self._rate_ok(link, nbytes, outs, npackets, now)
 
     def _start_protocol(self, link: Link) -> None:
         proto = link.proto

@@ -391,7 +391,7 @@ class ProtocolConnection:
             error = exc
         finally:
             self.packet_quota = quota
-            if error is not None or self._done or taken >= len(frames):
+            if taken >= len(frames) or error is not None or self._done:
                 frames.clear()
             else:
                 del frames[:taken]
