@@ -14,7 +14,7 @@ Areas (sources -> the tests run against their mutants):
     protocol    peng3dnet/protocol/            tests/protocol/            (~5 min on 2 cores)
     sync        peng3dnet/ext/sync/            tests/ext/
     session     peng3dnet/session.py, calls.py, login.py  tests/test_session_units.py, test_session.py, test_calls.py, test_login.py
-    relay       peng3dnet/relay.py             tests/test_relay.py, test_shared_loop.py
+    relay       peng3dnet/relay.py             tests/test_relay_units.py, test_relay.py, test_shared_loop.py
     events      peng3dnet/events/              tests/events/
     flow        peng3dnet/flow.py, inbox.py, link.py  tests/test_flow_units.py, test_link_units.py, test_peer.py, test_server.py, test_poll.py
     transport   peng3dnet/transport.py         tests/test_transport.py, test_transport_units.py
@@ -44,7 +44,8 @@ AREAS = {
     "sync": (["peng3dnet/ext/sync/"], ["tests/ext/"]),
     "session": (["peng3dnet/session.py", "peng3dnet/calls.py", "peng3dnet/login.py"],
                 ["tests/test_session_units.py", "tests/test_session.py", "tests/test_calls.py", "tests/test_login.py"]),
-    "relay": (["peng3dnet/relay.py"], ["tests/test_relay.py", "tests/test_shared_loop.py"]),
+    "relay": (["peng3dnet/relay.py"],
+              ["tests/test_relay_units.py", "tests/test_relay.py", "tests/test_shared_loop.py"]),
     "events": (["peng3dnet/events/"], ["tests/events/"]),
     "flow": (["peng3dnet/flow.py", "peng3dnet/inbox.py", "peng3dnet/link.py"],
              ["tests/test_flow_units.py", "tests/test_link_units.py", "tests/test_peer.py", "tests/test_server.py",
