@@ -248,14 +248,17 @@ class Relay:
                     return
             leading = self._run(me, peer)
 
-    def _start_batch(self, me: int) -> Any:
+    def _start_batch(self, me: int, peer: Any = None) -> Any:
         """Become the runner of a member with packets waiting and return
-        it, or ``None`` when none waits (cond held)."""
-        peer = self._runnable()
-        if peer is not None:
-            self.busy.add(peer)
-            self.batch += 1
-            self.runners[me] = self.batch
+        it, or ``None`` when none waits (cond held).  ``peer``: the member
+        a peek without the lock found (checked again here)."""
+        if peer is None or not peer._inbox.items or peer in self.busy:
+            peer = self._runnable()
+            if peer is None:
+                return None
+        self.busy.add(peer)
+        self.batch += 1
+        self.runners[me] = self.batch
         return peer
 
     def _lead(self, me: int, home: Any) -> Any:
@@ -263,27 +266,36 @@ class Relay:
         return the member to run, no longer leading) or the loop stops (end
         it) or the thread leaves (hand the lead on; both return ``None``)."""
         reactor = self.reactor
-        cond = self.cond
         try:
             while not reactor.stopping:
                 if home is not None and home._loop_done.is_set():
+                    cond = self.cond
                     with cond:  # our peer left a shared loop: the others lead on
                         self.leader = None
                         reactor.thread_id = None
                         cond.notify_all()
                     return None
                 reactor.run_once(None)
-                # (peeked without the lock, checked again with it; _free() inlined: per round)
-                if len(self.stuck) >= len(self.runners) and self._runnable() is not None:
-                    with self.lock:
-                        if len(self.stuck) < len(self.runners) or reactor.stopping:
-                            continue
-                        peer = self._start_batch(me)
-                        if peer is None:
-                            continue
-                        self.leader = None
-                        reactor.thread_id = None
-                    return peer
+                # Per round (most calls of _lead have one): a peek without
+                # the lock (_free() and _runnable() inlined), checked again
+                # with it.
+                if len(self.stuck) < len(self.runners):
+                    continue
+                busy = self.busy
+                for peer in self.members:
+                    if peer._inbox.items and peer not in busy:
+                        break
+                else:
+                    continue
+                with self.lock:
+                    if len(self.stuck) < len(self.runners) or reactor.stopping:
+                        continue
+                    peer = self._start_batch(me, peer)
+                    if peer is None:
+                        continue
+                    self.leader = None
+                    reactor.thread_id = None
+                return peer
         except BaseException:
             self._end()
             raise
@@ -309,14 +321,22 @@ class Relay:
                     cond.notify_all()
                 raise
             with self.lock:  # (cond's lock)
-                self.busy.discard(peer)
+                busy = self.busy
+                busy.discard(peer)
                 if peer._loop_done.is_set():
                     cond.notify_all()  # its process thread may wait to leave
-                self.stuck.discard(me)
-                del self.runners[me]
-                peer = self._start_batch(me)
+                stuck = self.stuck
+                stuck.discard(me)
+                runners = self.runners
+                del runners[me]
+                for peer in self.members:  # (_runnable(), inlined)
+                    if peer._inbox.items and peer not in busy:
+                        peer = self._start_batch(me, peer)
+                        break
+                else:
+                    peer = None
                 if peer is None:
-                    lead = self.leader is None and self._free() and not self.loop_done.is_set()
+                    lead = self.leader is None and len(stuck) >= len(runners) and not self.loop_done.is_set()  # (_free())
                     if lead:
                         self.leader = me
                         self.reactor.thread_id = me

@@ -122,7 +122,8 @@ class Reactor:
         """Ident of the thread running :meth:`run`, ``None`` when not running."""
         self.running = False
         """Whether :meth:`run` is executing."""
-        self._stopping = False
+        self.stopping = False
+        """Whether :meth:`stop` was asked for (set by it; read it, do not set it)."""
         self.closed = False
         self.read_buffer = bytearray(256 * 1024)
         """Scratch buffer for ``recv_into`` (network thread only)."""
@@ -228,7 +229,7 @@ class Reactor:
         """Run until :meth:`stop`; calls ``on_start()`` on the loop thread first."""
         self.start(selector_cls, on_start)
         try:
-            while not self._stopping:
+            while not self.stopping:
                 self.run_once(None)
         finally:
             self.running = False
@@ -257,11 +258,6 @@ class Reactor:
             self.running = False
             raise
 
-    @property
-    def stopping(self) -> bool:
-        """Whether :meth:`stop` was asked for."""
-        return self._stopping
-
     def run_once(self, timeout: float | None = 0.0) -> None:
         """One iteration: ``select()`` (waiting at most ``timeout`` seconds,
         less when a call or a timer is due; ``None``: until something
@@ -272,7 +268,7 @@ class Reactor:
         calls = self._calls
         timers = self._timers
         self._selecting = True  # (before looking at the calls: see wake())
-        if calls or self._after_io or self._stopping:
+        if calls or self._after_io or self.stopping:
             wait: float | None = 0
         elif timers:
             wait = timers[0][0] - time.monotonic()
@@ -372,7 +368,7 @@ class Reactor:
 
     def stop(self) -> None:
         """Ask the loop to return (any thread); also before :meth:`run` started."""
-        self._stopping = True
+        self.stopping = True
         self.wake()
 
     def close(self) -> None:
