@@ -42,13 +42,14 @@ import socket
 import ssl
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import InvalidAddressError, NetworkError, TLSError
 
-__all__ = ["Reactor", "Channel", "Timer", "Listener", "Datagram", "WOULD_BLOCK", "connect", "prepare", "map_oserror", "frame_selves"]
+__all__ = ["Reactor", "EpollSelector", "Channel", "Timer", "Listener", "Datagram", "WOULD_BLOCK", "connect", "prepare", "map_oserror", "frame_selves"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,93 @@ class Timer:
 _LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {l_onoff=1, l_linger=0}
 
 
+class EpollSelector(selectors.BaseSelector):
+    """``selectors.EpollSelector``'s behaviour, with its poll and its
+    fd-to-key map public: :class:`Reactor` calls :attr:`poll` itself and
+    maps the events inline (the stdlib's ``select()`` is Python code run
+    once per round).  :meth:`Reactor.start` uses it in place of
+    ``selectors.EpollSelector`` (``DefaultSelector`` on Linux).
+
+    Thread safety: like any selector, the network thread's (or before the
+    loop runs).
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self.keys: dict[int, selectors.SelectorKey] = {}
+        """File descriptor -> key of every registered file object."""
+        self.poll = self._epoll.poll
+        """``epoll.poll(timeout, maxevents)``: ``(fd, epoll mask)`` pairs."""
+        self._closed = False
+
+    def _fd(self, fileobj: Any) -> int:
+        """The registered descriptor of ``fileobj`` (a closed socket is
+        found by identity, as the stdlib does).  Raises KeyError."""
+        try:
+            fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            fd = -1
+        if fd < 0:
+            for key in self.keys.values():
+                if key.fileobj is fileobj:
+                    return key.fd
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        return fd
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(EVENT_READ | EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+        if fd < 0:
+            raise ValueError(f"Invalid file descriptor: {fd}")
+        if fd in self.keys:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._epoll.register(fd, _epoll_mask(events))
+        self.keys[fd] = key
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key = self.keys.pop(self._fd(fileobj))
+        with contextlib.suppress(OSError):  # (closed already: the kernel forgot it)
+            self._epoll.unregister(key.fd)
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        fd = self._fd(fileobj)
+        key = self.keys[fd]
+        if events != key.events:
+            try:
+                self._epoll.modify(fd, _epoll_mask(events))
+            except BaseException:
+                self.unregister(fileobj)  # (as the stdlib does)
+                raise
+        key = selectors.SelectorKey(key.fileobj, fd, events, data)
+        self.keys[fd] = key
+        return key
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = []
+        for fd, event in self.poll(-1 if timeout is None else max(timeout, 0), len(self.keys) or 1):
+            key = self.keys.get(fd)
+            if key is not None:
+                mask = (EVENT_WRITE if event & _NOT_EPOLLIN else 0) | (EVENT_READ if event & _NOT_EPOLLOUT else 0)
+                ready.append((key, mask & key.events))
+        return ready
+
+    def get_map(self) -> Any:
+        return None if self._closed else types.MappingProxyType(self.keys)
+
+    def close(self) -> None:
+        self._closed = True
+        self._epoll.close()
+        self.keys.clear()
+
+
+def _epoll_mask(events: int) -> int:
+    return (select.EPOLLIN if events & EVENT_READ else 0) | (select.EPOLLOUT if events & EVENT_WRITE else 0)
+
+
 class Reactor:
     """A selector loop with cross-thread calls and timers.
 
@@ -101,11 +189,11 @@ class Reactor:
         self.name = name
         self.selector: selectors.BaseSelector | None = None
         self._epoll: Callable[[float, int], list[tuple[int, int]]] | None = None
-        """An :class:`selectors.EpollSelector`'s ``epoll.poll``, called
+        """With :class:`EpollSelector` (what ``selectors.EpollSelector``,
+        the default on Linux, is replaced by), its ``epoll.poll``, called
         directly by :meth:`run_once` (with :attr:`_fd_keys`, the selector's
-        own fd-to-key map): the selector's Python ``select()`` is a fifth of
-        the reactor's bytecodes per packet.  ``None`` for other selectors
-        (and if a Python version's EpollSelector lacks the two)."""
+        fd-to-key map): a selector's Python ``select()`` was a tenth of a
+        round trip's bytecodes.  ``None`` for other selectors."""
         self._fd_keys: dict[int, selectors.SelectorKey] = {}
         # The wake-up pair exists only while run() does (nothing to wake before).
         self._wake_r: socket.socket | None = None
@@ -243,13 +331,12 @@ class Reactor:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        if selector_cls is getattr(selectors, "EpollSelector", None):  # (DefaultSelector on Linux)
+            selector_cls = EpollSelector
         self.selector = selector_cls()
         self.selector.register(self._wake_r, EVENT_READ, self._on_wake)
-        if type(self.selector) is getattr(selectors, "EpollSelector", None):
-            epoll = getattr(self.selector, "_selector", None)
-            keys = getattr(self.selector, "_fd_to_key", None)
-            if isinstance(epoll, select.epoll) and isinstance(keys, dict):
-                self._epoll, self._fd_keys = epoll.poll, keys
+        if isinstance(self.selector, EpollSelector):
+            self._epoll, self._fd_keys = self.selector.poll, self.selector.keys
         self.thread_id = threading.get_ident()
         self.running = True
         try:

@@ -1302,6 +1302,65 @@ def test_a_socket_unregistered_by_an_earlier_callback_of_the_round_is_not_called
             s_.close()
 
 
+@pytest.mark.parametrize("cls", [tr.EpollSelector, selectors.EpollSelector], ids=["ours", "stdlib"])
+def test_our_epoll_selector_behaves_as_the_stdlib_one(cls):
+    """Register, modify, unregister, select, get_map, close: the same
+    results and errors as selectors.EpollSelector (run on both)."""
+    sel = cls()
+    (a, b), (c, d) = socket.socketpair(), socket.socketpair()
+    try:
+        key = sel.register(a, EVENT_READ, "A")
+        assert (key.fileobj, key.fd, key.events, key.data) == (a, a.fileno(), EVENT_READ, "A")
+        with pytest.raises(KeyError):
+            sel.register(a, EVENT_READ)
+        with pytest.raises(KeyError):
+            sel.register(a.fileno(), EVENT_WRITE)  # the same descriptor as an int
+        for bad in (0, 4, EVENT_READ | 8):
+            with pytest.raises(ValueError):
+                sel.register(c, bad)
+        assert sel.get_map()[a.fileno()] == key and len(sel.get_map()) == 1
+        assert sel.select(0) == []
+        b.send(b"x")
+        assert sel.select(1) == [(key, EVENT_READ)]
+        key2 = sel.modify(a, EVENT_READ | EVENT_WRITE, "A2")
+        assert (key2.events, key2.data) == (EVENT_READ | EVENT_WRITE, "A2") and sel.get_map()[a.fileno()] == key2
+        assert sel.select(1) == [(key2, EVENT_READ | EVENT_WRITE)]
+        key3 = sel.modify(a, EVENT_WRITE, "A3")  # (events changed: the kernel is told)
+        assert sel.select(1) == [(key3, EVENT_WRITE)]
+        with pytest.raises(KeyError):
+            sel.modify(c, EVENT_READ)
+        with pytest.raises(KeyError):
+            sel.unregister(c)
+        sel.register(c, EVENT_READ, "C")
+        c.close()  # a closed socket is still found (by identity) and forgotten
+        assert sel.unregister(c).data == "C"
+        e, f = socket.socketpair()
+        sel.register(e, EVENT_READ, "E")
+        fd = e.fileno()
+        e.close()
+        with pytest.raises(OSError):
+            sel.modify(e, EVENT_WRITE)  # the kernel refuses: the key is dropped too
+        assert fd not in sel.get_map()
+        f.close()
+        assert sel.unregister(a) == key3 and len(sel.get_map()) == 0
+        with pytest.raises(KeyError):
+            sel.unregister(a)
+        sel.close()
+        assert sel.get_map() is None
+    finally:
+        for s_ in (a, b, c, d):
+            s_.close()
+
+
+def test_the_default_selector_is_ours_on_linux():
+    r = Reactor("test")
+    r.start(selectors.DefaultSelector, lambda: None)
+    try:
+        assert type(r.selector) is tr.EpollSelector and r._epoll == r.selector.poll and r._fd_keys is r.selector.keys
+    finally:
+        r.close()
+
+
 def test_only_the_stdlib_epoll_selector_itself_is_bypassed():
     class Mine(selectors.EpollSelector):
         selects = 0
