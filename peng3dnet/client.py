@@ -117,6 +117,11 @@ class Client(Peer):
         self._link_obj: Link | None = None
         self._handshake_done = threading.Event()
         self._closed = threading.Event()
+        self._reconnect_lock = threading.Lock()
+        self._reconnect_sock: Any = None
+        """The socket of a reconnect attempt on its way to the network thread
+        (guarded by ``_reconnect_lock``): :meth:`_reconnected` takes it, or
+        whoever sees the loop's end first closes it."""
         self._flush_cond = threading.Condition()  # close_connection() waits on it for the flush
         self.close_reason: str | None = None
         """Why the connection closed (``None`` while open)."""
@@ -267,6 +272,9 @@ class Client(Peer):
             return
         link.chan.update_interest()
 
+    def _loop_ended(self) -> None:
+        self._drop_reconnect_sock(None)  # (after _loop_done: see _reconnect_connect)
+
     def _on_loop_exit(self) -> None:
         link = self._link_obj
         if link is not None:
@@ -382,7 +390,25 @@ class Client(Peer):
             log.info("! client: reconnect attempt %d failed: %s", session.attempt, exc)
             self._on_network_thread(self._reconnect_failed, session)
             return
+        with self._reconnect_lock:
+            self._reconnect_sock = sock
         self._on_network_thread(self._reconnected, session, sock)
+        # A loop that ended after the call was queued never runs it: then
+        # one of us closes the socket (the loop's end looks after setting
+        # _loop_done, we look after queueing: one of the two sees the other).
+        if self._loop_done.is_set():
+            self._drop_reconnect_sock(sock)
+
+    def _drop_reconnect_sock(self, sock: Any) -> None:
+        """Close the reconnect attempt's socket unless :meth:`_reconnected`
+        took it (``None``: whichever is in flight; any thread)."""
+        with self._reconnect_lock:
+            pending = self._reconnect_sock
+            if pending is None or (sock is not None and pending is not sock):
+                return
+            self._reconnect_sock = None
+        log.debug("= client: the loop ended before the reconnected socket was handed over; closing it")
+        pending.close()
 
     def _reconnect_failed(self, session: Session) -> None:
         if not session.ended:
@@ -390,6 +416,10 @@ class Client(Peer):
 
     def _reconnected(self, session: Session, sock: Any) -> None:
         """The socket of a reconnect attempt (network thread)."""
+        with self._reconnect_lock:
+            if self._reconnect_sock is not sock:
+                return  # the loop's end closed it
+            self._reconnect_sock = None
         if session.ended or not self._loop_active() or self._reactor.stopping:
             sock.close()
             return

@@ -1567,6 +1567,10 @@ class Peer:
         finally:
             self._end_loop()
 
+    def _loop_ended(self) -> None:
+        """Called right after ``_loop_done`` is set, on the thread that ended
+        the loop (or left the shared one): queued calls will not run now."""
+
     def _end_loop(self) -> None:
         """End the loop on the thread running it when it stops: runBlocking(),
         the last poll(), or whichever thread of runAsync()'s relay leads
@@ -1578,6 +1582,7 @@ class Peer:
             reactor.running = False
             reactor.close()
             self._loop_done.set()
+            self._loop_ended()
 
     def _loop_active(self) -> bool:
         return self._loop_started and not self._loop_done.is_set()
@@ -1616,6 +1621,7 @@ class Peer:
             self._on_loop_exit()
         finally:
             self._loop_done.set()
+            self._loop_ended()
             self._relay.wake_all()  # our process thread, waiting in the loop's relay, leaves it
 
     def _after_handshake(self, link: Link) -> None:
