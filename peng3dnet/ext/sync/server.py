@@ -192,8 +192,9 @@ class SyncServer:
             "inputs": 0,
             "inputs_dropped": 0,
         }
-        """Counters (any thread); ``inputs_dropped`` counts input messages
-        over ``max_input_size``."""
+        """Counters (any thread); ``snapshots`` and ``full_snapshots`` (of
+        them, the ones without a base) count snapshots sent;
+        ``inputs_dropped`` counts input messages over ``max_input_size``."""
         self._clients: dict[int, _ClientSync] = {}
         self._inputs: deque[tuple[int, Any]] = deque()
         self._dropped_lock = threading.Lock()
@@ -389,7 +390,6 @@ class SyncServer:
             base = None if cs.resync else cs.history.get(cs.acked)
             if base is None:
                 cs.resync = False
-                self.stats["full_snapshots"] += 1
             body = batch.encode(view, base, cs.acked, cs.last_seq, own)
             cs.history[tick] = view
             old = tick - self.history
@@ -398,6 +398,8 @@ class SyncServer:
             try:
                 server.send_encoded(SNAPSHOT_PACKET, body, cid)
                 self.stats["snapshots"] += 1
+                if base is None:  # (counted when sent, like "snapshots": full <= all)
+                    self.stats["full_snapshots"] += 1
             except Peng3dNetError as exc:
                 log.debug("sync: snapshot to cid=%d not sent: %s", cid, exc)
 
