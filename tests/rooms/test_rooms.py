@@ -368,3 +368,15 @@ def test_join_by_kind_picks_the_fullest_room_with_a_seat(world):
     d = w.client()  # both rooms have a free seat (the Arena takes 3)
     assert len(w.rooms.rooms["quiet"].members) == 1 and len(w.rooms.rooms["busy"].members) == 2
     assert d[1].join(kind="arena")["room"] == "busy"
+
+
+def test_a_refresh_after_stop_puts_nothing_back_in_the_directory(world):
+    w = world()
+    presence, sid = w.rooms.presence, w.rooms.server_id
+    assert sid in presence.servers()
+    w.rooms.stop()
+    assert sid not in presence.servers()
+    w.rooms.refresh()  # late: the rooms thread's last one, or a program's
+    assert sid not in presence.servers()
+    w.rooms.start()  # started again: in the directory again
+    assert sid in presence.servers()

@@ -411,6 +411,8 @@ class RoomServer:
         """Tell the directory we are alive, with our rooms (the rooms thread
         does it every ``ttl / 3``)."""
         with self.lock:  # (held: a join's count and a refresh's cannot cross)
+            if self._stop.is_set():
+                return  # stopped (or stopping): a late refresh must not put us back in the directory
             self.presence.register_server(self.server_id, self.server_info(), self.ttl)
             for room in list(self.rooms.values()):
                 self._publish_room(room)
@@ -434,15 +436,17 @@ class RoomServer:
     # --- the rooms thread ---------------------------------------------------------------------------
     def start(self) -> threading.Thread:
         """Register in the directory and start ticking (thread "peng3dnet rooms")."""
-        self.refresh()
         self._stop.clear()
+        self.refresh()
         t = threading.Thread(target=self._run, name="peng3dnet rooms", daemon=True)
         self._thread = t
         t.start()
         return t
 
     def stop(self) -> None:
-        """Stop ticking, dispose of every room, leave the directory."""
+        """Stop ticking, dispose of every room, leave the directory (a
+        refresh that ran late, on the rooms thread or another, puts
+        nothing back: refreshes after this do nothing)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
