@@ -660,7 +660,6 @@ class Server(Peer):
             return True
         return False
 
-
     def _start_protocol(self, link: Link) -> None:
         proto = link.proto
         with link.chan.lock:
