@@ -22,7 +22,8 @@ from tests import pythons
 pytestmark = pytest.mark.pythons
 
 SUBSET = ["tests/protocol", "tests/compat", "tests/test_peer.py", "tests/test_public_api.py",
-          "tests/test_util.py", "tests/test_transport.py", "tests/test_relay.py", "tests/test_shared_loop.py"]
+          "tests/test_util.py", "tests/test_transport.py", "tests/test_transport_units.py", "tests/test_relay.py",
+          "tests/test_relay_units.py", "tests/test_shared_loop.py"]
 # The original-against-original runs of tests/compat run the original on its
 # own virtualenv's Python whatever the interpreter here: nothing to re-run.
 # The million-message burst (20 s) runs once, on the main Python; its
