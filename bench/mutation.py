@@ -19,13 +19,20 @@ Areas (sources -> the tests run against their mutants):
     flow        peng3dnet/flow.py, inbox.py, link.py  tests/test_flow_units.py, test_link_units.py, test_peer.py, test_server.py, test_poll.py
     transport   peng3dnet/transport.py         tests/test_transport.py, test_transport_units.py
     ext         peng3dnet/ext/ping/, ext/discovery.py  tests/ext/test_ping_units.py, test_discovery_units.py, test_tools.py, test_peer.py, test_cli.py, compat/test_semantics.py
+    peers       peng3dnet/peer.py, server.py, client.py  the network tests of peers, servers, clients, sessions, calls, login, TLS, events (use --sample)
+
+``--sample N`` runs N mutants drawn at random (``--seed``, default 1)
+instead of all: mutmut makes every mutant and runs the tests once for its
+statistics, then only the drawn ones; the report gives the sample's kill
+rate and a 95 % interval for the area's.  mutmut runs a mutant's tests
+fastest first and stops at the first failure.
 
 The connection layer's network tests make one mutant cost seconds: its
 areas are ``flow`` (flow control, the process queue, links), ``session``
 (sessions, calls, login), ``relay`` and ``transport`` (the reactor and the
 channels, against their own tests); the peer, server and client modules
-themselves are not run yet.  See the README's Mutation testing for the kill
-rates and what is left.
+themselves are the ``peers`` area, run by sample.  See the README's
+Mutation testing for the kill rates and what is left.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import random
 import re
 import subprocess
 import sys
@@ -51,12 +59,19 @@ AREAS = {
              ["tests/test_flow_units.py", "tests/test_link_units.py", "tests/test_peer.py", "tests/test_server.py",
               "tests/test_poll.py"]),
     "transport": (["peng3dnet/transport.py"], ["tests/test_transport.py", "tests/test_transport_units.py"]),
+    # Too big to run whole (about 2,000 mutants, each minutes of network
+    # tests when it survives): run with --sample.
+    "peers": (["peng3dnet/peer.py", "peng3dnet/server.py", "peng3dnet/client.py"],
+              ["tests/test_peer.py", "tests/test_server.py", "tests/test_client.py", "tests/test_poll.py",
+               "tests/test_shared_loop.py", "tests/test_session.py", "tests/test_calls.py", "tests/test_login.py",
+               "tests/test_tls.py", "tests/test_api_misc.py", "tests/compat/test_semantics.py", "tests/events/"]),
     "ext": (["peng3dnet/ext/ping/", "peng3dnet/ext/discovery.py"],
             ["tests/ext/test_ping_units.py", "tests/ext/test_discovery_units.py", "tests/ext/test_tools.py",
              "tests/test_peer.py", "tests/test_cli.py",
              "tests/compat/test_semantics.py"]),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_MUTANT = "peng3dnet.no_such_mutant_*"  # a filter matching nothing: mutmut makes the mutants and stops
 STATUS_ORDER = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault")
 
 
@@ -78,7 +93,39 @@ def _config(sources: list[str], tests: list[str]) -> str:
     ).replace("'", '"')
 
 
-def run_area(area: str, children: int, diffs: bool) -> tuple[dict[str, collections.Counter], list[tuple[str, str]], float]:
+def _results(tmp: str, env: dict[str, str]) -> list[tuple[str, str]]:
+    """``(mutant name, status)`` of every mutant mutmut knows in ``tmp``."""
+    res = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"],
+                         cwd=tmp, env=env, capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in res.splitlines():
+        m = re.match(r"\s*(\S+): (.+)$", line)
+        if m:
+            found.append((m.group(1), m.group(2)))
+    return found
+
+
+def choose_sample(names: list[str], size: int, seed: int) -> list[str]:
+    """``size`` of ``names`` drawn at random (the same for the same seed
+    and names), in name order."""
+    return sorted(random.Random(seed).sample(sorted(names), min(size, len(names))))
+
+
+def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a kill rate measured on a sample."""
+    if n == 0:
+        return 0.0, 1.0
+    p = killed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def run_area(area: str, children: int, diffs: bool, sample: int = 0,
+             seed: int = 0) -> tuple[dict[str, collections.Counter], list[tuple[str, str]], float, int]:
+    """Run an area's mutants (all, or ``sample`` of them drawn with
+    ``seed``); return the counts per module, the survivors' diffs, the
+    time taken and the number of mutants the area has."""
     sources, tests = AREAS[area]
     with tempfile.TemporaryDirectory(prefix=f"mutation-{area}-") as tmp:
         archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
@@ -87,20 +134,29 @@ def run_area(area: str, children: int, diffs: bool) -> tuple[dict[str, collectio
             f.write(_config(sources, tests))
         env = dict(os.environ, PYTHONPATH=tmp)
         t0 = time.monotonic()
-        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
+        chosen: list[str] = []
+        if sample:
+            # Make the mutants and the test statistics only (a filter that
+            # matches no mutant: mutmut stops after them), then draw.
+            subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), NO_MUTANT],
+                           cwd=tmp, env=env, capture_output=True, text=True)
+            every = [name for name, _ in _results(tmp, env)]
+            if not every:
+                raise SystemExit("mutmut made no mutants for this area")
+            chosen = choose_sample(every, sample, seed)
+        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *chosen],
                              cwd=tmp, env=env, capture_output=True, text=True)
         elapsed = time.monotonic() - t0
         if run.returncode != 0:
             raise SystemExit(f"mutmut run failed ({run.returncode}):\n{run.stderr[-3000:]}")
-        res = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"],
-                             cwd=tmp, env=env, capture_output=True, text=True, check=True).stdout
+        found = _results(tmp, env)
+        total_mutants = len(found)
+        if chosen:
+            wanted = set(chosen)
+            found = [(name, status) for name, status in found if name in wanted]
         counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         survivors = []
-        for line in res.splitlines():
-            m = re.match(r"\s*(\S+): (.+)$", line)
-            if not m:
-                continue
-            name, status = m.groups()
+        for name, status in found:
             module = name.split(".x")[0].split(".xǁ")[0]
             counts[module][status] += 1
             if status == "survived":
@@ -112,11 +168,16 @@ def run_area(area: str, children: int, diffs: bool) -> tuple[dict[str, collectio
                                      capture_output=True, text=True).stdout
                 body = "\n".join(ln for ln in out.splitlines() if ln[:1] in "+-@" or ln.startswith("#"))
                 shown.append((name, body))
-        return counts, shown, elapsed
+        return counts, shown, elapsed, total_mutants
 
 
-def report(area: str, counts: dict[str, collections.Counter], shown: list[tuple[str, str]], elapsed: float) -> str:
-    lines = [f"## {area} ({elapsed:.0f} s)", "", "| module | mutants | killed | survived | no tests | timeout | kill rate |",
+def report(area: str, counts: dict[str, collections.Counter], shown: list[tuple[str, str]], elapsed: float,
+           total_mutants: int = 0, seed: int | None = None) -> str:
+    title = f"## {area} ({elapsed:.0f} s)"
+    if seed is not None:
+        n = sum(sum(c.values()) for c in counts.values())
+        title = f"## {area}, a sample of {n} of its {total_mutants} mutants (seed {seed}; {elapsed:.0f} s)"
+    lines = [title, "", "| module | mutants | killed | survived | no tests | timeout | kill rate |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     total: collections.Counter = collections.Counter()
     for module in sorted(counts):
@@ -130,6 +191,10 @@ def report(area: str, counts: dict[str, collections.Counter], shown: list[tuple[
                  f"**{100 * (total['killed'] + total['timeout']) / max(1, n):.0f} %** |")
     lines.append("")
     lines.append("Kill rate: killed (or timed out) / all mutants; \"no tests\": no test runs that code.")
+    if seed is not None:
+        low, high = wilson(total["killed"] + total["timeout"], n)
+        lines.append(f"The area's kill rate, estimated from this sample: {100 * low:.0f}-{100 * high:.0f} % "
+                     "(95 % Wilson interval).")
     if shown:
         lines += ["", "### Survivors", ""]
         for name, body in shown:
@@ -140,10 +205,13 @@ def report(area: str, counts: dict[str, collections.Counter], shown: list[tuple[
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.mutation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--area", default="protocol", choices=[*AREAS, "all"])
+    ap.add_argument("--area", default="protocol", choices=[*AREAS, "all"])  # ("all": every area, peers too)
     ap.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--diffs", action="store_true", help="show every surviving mutant in the report")
     ap.add_argument("--out", default="mutation-report.md")
+    ap.add_argument("--sample", type=int, default=0, metavar="N",
+                    help="run N mutants drawn at random (for areas too big to run whole; default: all)")
+    ap.add_argument("--seed", type=int, default=1, help="the draw's seed (with --sample)")
     args = ap.parse_args(argv)
     try:
         import mutmut  # noqa: F401
@@ -153,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     areas = list(AREAS) if args.area == "all" else [args.area]
     parts = [f"# Mutation testing report ({time.strftime('%Y-%m-%d')}, mutmut, {os.cpu_count()} cores)", ""]
     for area in areas:
-        counts, shown, elapsed = run_area(area, args.max_children, args.diffs)
-        text = report(area, counts, shown, elapsed)
+        counts, shown, elapsed, total_mutants = run_area(area, args.max_children, args.diffs, args.sample, args.seed)
+        text = report(area, counts, shown, elapsed, total_mutants, args.seed if args.sample else None)
         print(text.split("### Survivors")[0])
         parts.append(text)
     with open(args.out, "w", encoding="utf-8") as f:
