@@ -111,6 +111,27 @@ def test_idle_timeout_for_version2_peers(net):
     assert peer.recv_until_close()[-1] == (16, {"reason": "timeout"})
 
 
+def test_idle_timeout_counts_from_the_last_byte_received_not_the_connection_start(net):
+    """A connection that keeps talking outlives net.timeout.idle many times
+    over; once it falls silent it is closed ("timeout")."""
+    idle = 0.4
+    s, rec = net.server(**{"net.timeout.idle": idle})
+    c = net.client(s)
+    echo = c.registry.get_obj("test:echo")
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < 3 * idle:  # ping-pong, no pause: never idle
+        assert not c.closed, f"closed ({c.close_reason!r}) after {time.monotonic() - t0:.2f} s of steady traffic"
+        c.send_message("test:echo", n)
+        n += 1
+        wait_for(lambda: len(echo.got) >= n or c.closed, timeout=5, what=f"echo {n}")
+    assert c.close_reason is None and "peng3dnet:server.connection.close" not in rec.names()
+    (d,) = rec.wait_for("peng3dnet:server.connection.close", timeout=5)  # silent now
+    assert d["reason"] == "timeout"
+    c.wait_for_close(5)
+    assert c.close_reason == "timeout"
+
+
 def test_300_silent_connections_are_bounded_and_reaped(net):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 1024:
