@@ -680,6 +680,56 @@ def test_a_blocked_send_times_out_with_a_clear_error(net):
     assert c.close_reason is None  # the connection stays; the program decides
 
 
+def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net):
+    """A program thread blocked in send_message() over
+    net.limits.write_buffer_block learns of the close at once
+    (ConnectionClosedError), not when the socket finally goes (the close
+    linger, 2 s, for a peer that does not read) nor after net.timeout.send."""
+    block = 64 * 1024
+    s = make_server(**{"net.limits.recv_queue": 10, "net.limits.rate.packets": 0.0})
+    net.servers.append(s)
+    rec = net.recorder(s, "peng3dnet:server.connection.close")
+    s.bind()
+    # Small kernel buffers on both ends (accepted sockets inherit the
+    # listener's): once the sender blocks, what the kernels still take is far
+    # less than the way down to the low-water mark, so only the close can wake it.
+    s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.runAsync()  # no process(): the server stops reading once 10 packets wait
+    c = net.client(s, **{"net.limits.write_buffer_block": block, "net.timeout.send": 30.0})
+    chan = c._link_obj.chan
+    chan.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    woke = threading.Event()
+    seen: list = []
+
+    def sender():
+        try:
+            for _ in range(100_000):
+                c.send_message("test:echo", "x" * 4000)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            seen.append(exc)
+        woke.set()
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    (link,) = s._links.values()
+    wait_for(lambda: link.chan.paused and chan.drain_waiters > 0 and len(chan.out) > block // 2 + 16 * 1024,
+             what="the server no longer reading, the sender blocked")
+    assert not woke.is_set()
+    closer = threading.Thread(target=c.close, args=("bye",), daemon=True)  # (waits for its flush, up to 2 s)
+    closer.start()
+    assert woke.wait(1.0), "the blocked sender was not woken by the close"
+    assert [type(e) for e in seen] == [errors.ConnectionClosedError]
+    assert not chan.closed  # woken by the close itself, not by the socket going
+    t.join(5)
+    deadline = time.monotonic() + 10
+    while not chan.closed and time.monotonic() < deadline:  # the server reads again: the close completes
+        s.process(wait=True, timeout=0.05)
+    closer.join(5)
+    assert chan.closed and c.close_reason == "bye"
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "bye"
+
+
 def test_fan_out_and_handler_threads_never_block(net):
     """broadcast() and handlers on the process thread keep the cap-and-close
     policy: they serve every connection and must not wait for one."""
