@@ -119,6 +119,20 @@ def test_a_drop_is_resumed_with_nothing_lost(pairs):
     assert "peng3dnet:client.close" not in p.crec.names()
 
 
+def test_every_drop_gets_the_full_reconnect_budget(pairs):
+    """A successful resume starts the next drop's count afresh: attempt 1,
+    the first back-off, and all net.client.reconnect attempts (here one)."""
+    p = pairs(proxy=True, client_cfg={"net.client.reconnect": 1})
+    for n in (1, 2, 3):
+        p.proxy.cut()
+        p.crec.wait_for("peng3dnet:client.resumed", n)
+        p.c.send_message("t:num", n)  # and the session carries on
+        assert p.s_got.wait_count(n) == list(range(1, n + 1))
+    attempts = [(d["attempt"], d["delay"] <= 0.02) for d in p.crec.wait_for("peng3dnet:client.reconnecting", 3)]
+    assert attempts == [(1, True)] * 3
+    assert not p.c.closed and "peng3dnet:client.close" not in p.crec.names()
+
+
 def test_calls_survive_a_drop(pairs):
     """A call whose request got through before the cut is answered after the resume."""
     gate = threading.Event()
