@@ -109,6 +109,27 @@ def test_mutual_auth_required_and_present(net, pki):
     assert c.ssl_seclevel == SSLSEC_BOTHAUTH
 
 
+def test_optional_client_certificate_levels(net, pki):
+    """With net.ssl.cafile and without force_verify a client certificate is
+    optional: a client that presents one is SSLSEC_BOTHAUTH on the server, a
+    client without one gets in as SSLSEC_ENCRYPTED (not BOTHAUTH)."""
+    s = tls_server(net, pki, **{"net.ssl.cafile": pki["ca"]})
+    bare = tls_client(net, s, pki)
+    bare.runAsync()
+    bare.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    assert s.clients[cid].ssl_seclevel == SSLSEC_ENCRYPTED
+    assert bare.ssl_seclevel == SSLSEC_SERVERAUTH
+    certified = tls_client(
+        net, s, pki, **{"net.ssl.client.certfile": pki["client"][0], "net.ssl.client.keyfile": pki["client"][1]}
+    )
+    certified.runAsync()
+    certified.wait_for_connection(10)
+    (cid2,) = [c for c in active_cids(s, 2) if c != cid]
+    assert s.clients[cid2].ssl_seclevel == SSLSEC_BOTHAUTH
+    assert certified.ssl_seclevel == SSLSEC_BOTHAUTH
+
+
 @pytest.mark.parametrize("cert", [None, "rogue"])
 def test_mutual_auth_required_and_missing_or_untrusted(net, pki, cert):
     s = tls_server(net, pki, **{"net.ssl.server.force_verify": True, "net.ssl.cafile": pki["ca"]})
