@@ -124,7 +124,7 @@ def test_idle_timeout_counts_from_the_last_byte_received_not_the_connection_star
         assert not c.closed, f"closed ({c.close_reason!r}) after {time.monotonic() - t0:.2f} s of steady traffic"
         c.send_message("test:echo", n)
         n += 1
-        wait_for(lambda: len(echo.got) >= n or c.closed, timeout=5, what=f"echo {n}")
+        wait_for(lambda n=n: len(echo.got) >= n or c.closed, timeout=5, what=f"echo {n}")
     assert c.close_reason is None and "peng3dnet:server.connection.close" not in rec.names()
     (d,) = rec.wait_for("peng3dnet:server.connection.close", timeout=5)  # silent now
     assert d["reason"] == "timeout"
