@@ -414,7 +414,11 @@ def test_tls_connect_and_server_handshake_step_by_step(pki):
     try:
         assert isinstance(ch, Channel), ch
         assert isinstance(client, ssl.SSLSocket), client  # verified: certificate and host name
-        assert pendings[-1] == 0 and all(p == EVENT_READ for p in pendings[:-1]) and len(pendings) >= 2
+        # Usually a step or more waits for the client's next flight; the
+        # first step may also finish alone (do_handshake() releases the GIL:
+        # the client's thread can answer between the server's write and its
+        # read).  The waits themselves are tested with a fake socket below.
+        assert pendings[-1] == 0 and all(p == EVENT_READ for p in pendings[:-1])
         assert not client.getblocking() and client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         assert ch.tls_version() == client.version() and ch.tls_version() in ("TLSv1.2", "TLSv1.3")
         assert client.server_hostname == "localhost"
