@@ -78,38 +78,9 @@ if mode == "round trip over loopback, asyncio streams":
     asyncio.run(rounds())
     raise SystemExit(0)
 if mode == "round trip over loopback, default API":
-    import threading
+    from bench.roundtrip import default_api_round_trips
 
-    from peng3dnet.net import Client, Server
-    from peng3dnet.packet import Packet
-
-    class Back(Packet):
-        def receive(self, msg, cid=None):
-            self.peer.send_message("b:msg", msg, cid)
-
-    done = threading.Event()
-
-    class Again(Packet):
-        def receive(self, msg, cid=None):
-            if msg[0] >= n:
-                done.set()
-                return
-            self.peer.send_message("b:msg", [msg[0] + 1, "x"])
-
-    srv = Server(addr=("127.0.0.1", 0))
-    srv.register_packet("b:msg", Back(srv.registry, srv))
-    srv.runAsync()
-    srv.process_async()
-    cl = Client(addr=("127.0.0.1", srv.addr[1]))
-    cl.register_packet("b:msg", Again(cl.registry, cl))
-    cl.runAsync()
-    cl.process_async()
-    cl.wait_for_connection(60)
-    cl.send_message("b:msg", [1, "x"])
-    if not done.wait(600):
-        raise SystemExit("the round trips did not finish")
-    cl.close()
-    srv.shutdown(timeout=5)
+    default_api_round_trips(n)
     raise SystemExit(0)
 if mode.startswith("echo"):
     from peng3dnet.packet import Packet

@@ -51,48 +51,25 @@ def _tracer(ops: collections.Counter, active: list[bool], lines: bool):
 
 def count_default_api(n: int, lines: bool) -> collections.Counter:
     """Bytecodes of N round trips between a default Server and Client."""
-    from peng3dnet.net import Client, Server
-    from peng3dnet.packet import Packet
+    from bench.roundtrip import default_api_round_trips
 
     ops: collections.Counter = collections.Counter()
     active = [False]
-    done = threading.Event()
-
-    class Back(Packet):
-        def receive(self, msg, cid=None):
-            self.peer.send_message("b:msg", msg, cid)
-
-    class Again(Packet):
-        def receive(self, msg, cid=None):
-            if msg[0] == WARM:
-                active[0] = True
-            if msg[0] >= WARM + n:
-                active[0] = False
-                done.set()
-                return
-            self.peer.send_message("b:msg", [msg[0] + 1, "x"])
-
     tracer = _tracer(ops, active, lines)
+
+    def start() -> None:
+        active[0] = True
+
+    def end() -> None:
+        active[0] = False
+
     threading.settrace(tracer)
     sys.settrace(tracer)
     try:
-        srv = Server(addr=("127.0.0.1", 0))
-        srv.register_packet("b:msg", Back(srv.registry, srv))
-        srv.runAsync()
-        srv.process_async()
-        cl = Client(addr=("127.0.0.1", srv.addr[1]))
-        cl.register_packet("b:msg", Again(cl.registry, cl))
-        cl.runAsync()
-        cl.process_async()
-        cl.wait_for_connection(60)
-        cl.send_message("b:msg", [1, "x"])
-        if not done.wait(600):
-            raise SystemExit("the round trips did not finish")
+        default_api_round_trips(n, WARM, start, end)
     finally:
         sys.settrace(None)
         threading.settrace(None)
-    cl.close()
-    srv.shutdown(timeout=5)
     return ops
 
 

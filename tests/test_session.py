@@ -524,9 +524,11 @@ def test_session_tokens_never_reach_events(pairs, net):
 # --- a reconnect attempt's socket and the loop's end (no network: the attempt's connect is faked) ----
 
 
-def _attempt(monkeypatch):
+@pytest.fixture
+def attempt(monkeypatch):
     """A client whose reconnect attempt connects at once to one end of a
-    socketpair; the other end is returned to the test."""
+    socketpair: (client, session, that end, the other end); both ends are
+    closed after the test."""
     import socket as _socket
 
     import peng3dnet.client as client_mod
@@ -536,55 +538,47 @@ def _attempt(monkeypatch):
     monkeypatch.setattr(client_mod, "transport_connect", lambda *args, **kw: a)
     c = Client(addr=("127.0.0.1", 1))
     session = Session(b"t" * 16, 1 << 20)
-    return c, session, a, b
-
-
-def test_a_reconnected_socket_queued_to_a_loop_that_then_ends_is_closed(monkeypatch):
-    c, session, a, b = _attempt(monkeypatch)
     try:
-        c._loop_started = True  # a loop runs (on another thread: the call is queued, not run)
-        c._reconnect_connect(session)
-        assert len(c._reactor._calls) == 1 and a.fileno() != -1  # handed over, not yet taken
-        c._end_loop()  # the loop ends without running its queued calls
-        assert a.fileno() == -1 and c._reconnect_sock is None
-        fn, args = c._reactor._calls.popleft()
-        fn(*args)  # had it run after all: the socket is not taken again (nor closed twice)
-        assert c._link_obj is None
+        yield c, session, a, b
     finally:
         a.close()
         b.close()
 
 
-def test_a_reconnected_socket_whose_loop_ended_before_the_hand_over_is_closed_by_its_thread(monkeypatch):
-    c, session, a, b = _attempt(monkeypatch)
-    try:
-        c._loop_started = True
-        real = c._on_network_thread
-
-        def queue_then_the_loop_ends(fn, *args):  # the loop ends between the queueing and the thread's look
-            real(fn, *args)
-            c._end_loop()
-
-        monkeypatch.setattr(c, "_on_network_thread", queue_then_the_loop_ends)
-        c._reconnect_connect(session)
-        assert a.fileno() == -1 and c._reconnect_sock is None
-    finally:
-        a.close()
-        b.close()
+def test_a_reconnected_socket_queued_to_a_loop_that_then_ends_is_closed(attempt, monkeypatch):
+    c, session, a, b = attempt
+    c._loop_started = True  # a loop runs (on another thread: the call is queued, not run)
+    c._reconnect_connect(session)
+    assert len(c._reactor._calls) == 1 and a.fileno() != -1  # handed over, not yet taken
+    c._end_loop()  # the loop ends without running its queued calls
+    assert a.fileno() == -1 and c._reconnect_sock is None
+    fn, args = c._reactor._calls.popleft()
+    fn(*args)  # had it run after all: the socket is not taken again (nor closed twice)
+    assert c._link_obj is None
 
 
-def test_a_reconnected_socket_taken_by_the_network_thread_is_not_closed_at_the_loops_end(monkeypatch):
-    c, session, a, b = _attempt(monkeypatch)
-    try:
-        session.link = type("Old", (), {"sslsec": 0, "chan": type("Chan", (), {"lock": threading.Lock()})()})()
-        c._loop_started = True
-        c._reactor.thread_id = threading.get_ident()  # the attempt's call runs at once, as on the network thread
-        c._reactor.running = True
-        monkeypatch.setattr(c._reactor, "selector", None)  # (no selector: the channel registers when the loop starts)
-        c._reconnect_connect(session)
-        assert c._reconnect_sock is None and c._link_obj is not None and c._link_obj.chan.sock is a
-        c._loop_ended()
-        assert a.fileno() != -1  # the new connection's socket: not the loop end's to close
-    finally:
-        a.close()
-        b.close()
+def test_a_reconnected_socket_whose_loop_ended_before_the_hand_over_is_closed_by_its_thread(attempt, monkeypatch):
+    c, session, a, b = attempt
+    c._loop_started = True
+    real = c._on_network_thread
+
+    def queue_then_the_loop_ends(fn, *args):  # the loop ends between the queueing and the thread's look
+        real(fn, *args)
+        c._end_loop()
+
+    monkeypatch.setattr(c, "_on_network_thread", queue_then_the_loop_ends)
+    c._reconnect_connect(session)
+    assert a.fileno() == -1 and c._reconnect_sock is None
+
+
+def test_a_reconnected_socket_taken_by_the_network_thread_is_not_closed_at_the_loops_end(attempt, monkeypatch):
+    c, session, a, b = attempt
+    session.link = type("Old", (), {"sslsec": 0, "chan": type("Chan", (), {"lock": threading.Lock()})()})()
+    c._loop_started = True
+    c._reactor.thread_id = threading.get_ident()  # the attempt's call runs at once, as on the network thread
+    c._reactor.running = True
+    monkeypatch.setattr(c._reactor, "selector", None)  # (no selector: the channel registers when the loop starts)
+    c._reconnect_connect(session)
+    assert c._reconnect_sock is None and c._link_obj is not None and c._link_obj.chan.sock is a
+    c._loop_ended()
+    assert a.fileno() != -1  # the new connection's socket: not the loop end's to close

@@ -1,0 +1,54 @@
+"""The default-API round trip that bench.instr and bench.opcount measure.
+
+A default ``Server`` and a default ``Client`` in one process, both with
+``runAsync()`` + ``process_async()``, each answering from
+``Packet.receive``: the client sends ``[1, "x"]``, the server echoes it,
+the client sends the next number, until ``warm + n`` round trips are done.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+def default_api_round_trips(n: int, warm: int = 0, at_start: Callable[[], None] | None = None,
+                            at_end: Callable[[], None] | None = None) -> None:
+    """Run ``warm + n`` round trips; ``at_start()`` runs (on the client's
+    handler thread) when the warm-up ones are done, ``at_end()`` after the
+    last one.  Raises SystemExit when they do not finish in 600 s."""
+    from peng3dnet.net import Client, Server
+    from peng3dnet.packet import Packet
+
+    done = threading.Event()
+    last = warm + n
+
+    class Back(Packet):
+        def receive(self, msg, cid=None):
+            self.peer.send_message("b:msg", msg, cid)
+
+    class Again(Packet):
+        def receive(self, msg, cid=None):
+            if msg[0] == warm and at_start is not None:
+                at_start()
+            if msg[0] >= last:
+                if at_end is not None:
+                    at_end()
+                done.set()
+                return
+            self.peer.send_message("b:msg", [msg[0] + 1, "x"])
+
+    srv = Server(addr=("127.0.0.1", 0))
+    srv.register_packet("b:msg", Back(srv.registry, srv))
+    srv.runAsync()
+    srv.process_async()
+    cl = Client(addr=("127.0.0.1", srv.addr[1]))
+    cl.register_packet("b:msg", Again(cl.registry, cl))
+    cl.runAsync()
+    cl.process_async()
+    cl.wait_for_connection(60)
+    cl.send_message("b:msg", [1, "x"])
+    if not done.wait(600):
+        raise SystemExit("the round trips did not finish")
+    cl.close()
+    srv.shutdown(timeout=5)
