@@ -52,30 +52,9 @@ from peng3dnet.protocol.framing import encode_frame
 
 mode, n = sys.argv[1], int(sys.argv[2])
 if mode == "round trip over loopback, asyncio streams":
-    import asyncio
-    import socket
+    from bench.roundtrip import asyncio_round_trips
 
-    from bench.peers import _aio_read, _frame
-
-    async def rounds():
-        async def handle(reader, writer):
-            try:
-                while True:
-                    _pid, msg = await _aio_read(reader)
-                    writer.write(_frame(64, msg))
-            except (asyncio.IncompleteReadError, ConnectionError):
-                writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for i in range(n):
-            w.write(_frame(64, [i, "x"]))
-            await _aio_read(r)
-        w.close()
-        server.close()
-
-    asyncio.run(rounds())
+    asyncio_round_trips(n)
     raise SystemExit(0)
 if mode == "round trip over loopback, default API":
     from bench.roundtrip import default_api_round_trips

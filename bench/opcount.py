@@ -14,9 +14,10 @@ asyncio-streams client and server on one event loop instead (issue #13's
 yardstick).
 
 Bytecodes are not instructions (a bytecode that calls into C, such as
-``sock.send``, counts one), but the count is exact and the same on every
-run: a change to the per-packet path shows up to the last bytecode, where
-wall-clock rows on this VM move by 10-30 %.  bench.instr counts CPU
+``sock.send``, counts one), but the count is exact and nearly the same on
+every run (a heartbeat or a watchdog look may fall within the counted round
+trips: about 10 bytecodes in 3,000): a change to the per-packet path shows
+up to a few bytecodes, where wall-clock rows on this VM move by 10-30 %.  bench.instr counts CPU
 instructions with callgrind (minutes per scenario).
 """
 
@@ -76,38 +77,20 @@ def count_default_api(n: int, lines: bool) -> collections.Counter:
 def count_asyncio(n: int, lines: bool) -> collections.Counter:
     """Bytecodes of N round trips between bench/peers.py's asyncio-streams
     server and client on one event loop."""
-    import asyncio
-    import socket
-
-    from bench.peers import _aio_read, _frame
+    from bench.roundtrip import asyncio_round_trips
 
     ops: collections.Counter = collections.Counter()
     active = [False]
 
-    async def rounds():
-        async def handle(reader, writer):
-            try:
-                while True:
-                    _pid, msg = await _aio_read(reader)
-                    writer.write(_frame(64, msg))
-            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-                writer.close()
+    def start() -> None:
+        active[0] = True
 
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for i in range(WARM + n):
-            active[0] = i >= WARM
-            w.write(_frame(64, [i, "x"]))
-            await _aio_read(r)
+    def end() -> None:
         active[0] = False
-        w.close()
-        server.close()
 
-    tracer = _tracer(ops, active, lines)
-    sys.settrace(tracer)
+    sys.settrace(_tracer(ops, active, lines))
     try:
-        asyncio.run(rounds())
+        asyncio_round_trips(n, WARM, start, end)
     finally:
         sys.settrace(None)
     return ops

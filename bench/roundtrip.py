@@ -52,3 +52,38 @@ def default_api_round_trips(n: int, warm: int = 0, at_start: Callable[[], None] 
         raise SystemExit("the round trips did not finish")
     cl.close()
     srv.shutdown(timeout=5)
+
+
+def asyncio_round_trips(n: int, warm: int = 0, at_start: Callable[[], None] | None = None,
+                        at_end: Callable[[], None] | None = None) -> None:
+    """The same ``warm + n`` round trips between bench/peers.py's
+    asyncio-streams server and client on one event loop (the yardstick of
+    issue #13); ``at_start()``/``at_end()`` as above."""
+    import asyncio
+    import socket
+
+    from bench.peers import _aio_read, _frame
+
+    async def rounds() -> None:
+        async def handle(reader, writer):
+            try:
+                while True:
+                    _pid, msg = await _aio_read(reader)
+                    writer.write(_frame(64, msg))
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(warm + n):
+            if i == warm and at_start is not None:
+                at_start()
+            w.write(_frame(64, [i, "x"]))
+            await _aio_read(r)
+        if at_end is not None:
+            at_end()
+        w.close()
+        server.close()
+
+    asyncio.run(rounds())
