@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 
 pkgs="libgl1 libglu1-mesa libgl1-mesa-dri fontconfig fonts-dejavu-core"
 [ -z "${DISPLAY:-}" ] && pkgs="$pkgs xvfb xauth"
+python3 -m pip --version >/dev/null 2>&1 || pkgs="$pkgs python3-pip"  # (a bare system python3)
+# A Debian/Ubuntu python3 refuses pip installs outside a virtualenv (PEP 668);
+# this installs into whatever python3 is first on the PATH, as the README says.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 missing=""
 if command -v dpkg >/dev/null 2>&1; then
   for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
