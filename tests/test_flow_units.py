@@ -28,6 +28,7 @@ class FakeReactor:
     def __init__(self) -> None:
         self.soon: list = []
         self.later: list = []
+        self.looping = False  # whether in_loop() says the caller is the network thread
 
     def call_soon(self, fn: Any, *args: Any) -> None:
         self.soon.append((fn, args))
@@ -36,7 +37,7 @@ class FakeReactor:
         self.later.append((delay, fn))
 
     def in_loop(self) -> bool:
-        return False
+        return self.looping
 
 
 class FakeChan:
@@ -80,6 +81,7 @@ class FakePeer:
         self._reactor = FakeReactor()
         self.links = list(links)
         self.throttle_wait = 0.0
+        self.throttle_asked: list = []
         self._h_inflate = h.get("inflate", 0)
         self._h_inflate_rate = h.get("inflate_rate", 1.0)
         self._h_write_total = h.get("write_total", 100)
@@ -88,6 +90,7 @@ class FakePeer:
         self._process_thread = None
 
     def _throttled_for(self, link: FakeLink) -> float:
+        self.throttle_asked.append(link)
         return self.throttle_wait
 
     def _all_links(self) -> list[FakeLink]:
@@ -134,6 +137,7 @@ def test_held_frames_wait_for_the_longer_of_the_rate_limit_and_the_inflate_budge
     peer.throttle_wait = 2.0
     flow.frames_held(link)
     assert [d for d, _ in peer._reactor.later] == [2.0]
+    assert peer.throttle_asked == [link]  # the rate limit of this connection
     flow2, peer2, link2 = _flow(inflate=1000, inflate_rate=2.0)
     link2.proto.inflate_budget = 0.5
     peer2.throttle_wait = 0.3
@@ -563,3 +567,164 @@ def test_a_drain_racing_another_counts_what_it_dispatched():
     got: list = []
     assert inbox.drain(lambda *item: got.append(item)) == 1
     assert got == [(link, "f", 64, "m1")]
+
+
+# --- the running total of buffered bytes: recount() and released() --------------------------------------
+
+
+def test_a_new_flow_counts_no_buffered_bytes():
+    link = FakeLink(1, out=40)
+    flow = Flow(FakePeer([link], write_total=100))  # type: ignore[arg-type]
+    assert flow.buffered == 0
+    flow.account(link)  # type: ignore[arg-type]
+    assert flow.buffered == 40
+
+
+def test_recount_counts_each_open_buffer_exactly_and_a_closed_one_as_empty():
+    links = _links(30, 20, 5)
+    links[1].chan.closed = True  # its buffer is gone with the socket
+    for lk, stale in zip(links, (7, 9, 11)):  # drifted counts (corked flushes, racing senders)
+        lk.acct = stale
+    peer = FakePeer(links)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    flow.buffered = 999
+    flow.recount()
+    assert flow.buffered == 35
+    assert [lk.acct for lk in links] == [30, 0, 5]
+
+
+def test_a_released_connection_takes_its_counted_bytes_out_of_the_total():
+    link = FakeLink(1, out=30)
+    flow = Flow(FakePeer([link]))  # type: ignore[arg-type]
+    flow.buffered = 100
+    link.acct = 30
+    flow.released(link)  # type: ignore[arg-type]
+    assert (flow.buffered, link.acct) == (70, 0)
+
+
+def test_a_slow_consumers_drop_takes_the_dropped_bytes_out_of_the_total():
+    flow, peer, link = _flow()
+    link.acct = 100
+    flow.buffered = 150  # 50 of another connection
+
+    def drop_unsent() -> int:  # all but the frame partly sent
+        link.chan.out = bytearray(10)
+        return 90
+
+    link.chan.drop_unsent = drop_unsent  # type: ignore[attr-defined]
+    closed: list = []
+    peer._close_link = lambda lk, reason: closed.append((lk, reason))  # type: ignore[attr-defined]
+    flow.close_slow(link)  # type: ignore[arg-type]
+    assert (flow.buffered, link.acct) == (60, 10)
+    assert closed == [(link, "slowconsumer")]
+
+
+def test_a_send_accounted_on_another_thread_while_shed_closes_a_victim_does_not_fail():
+    links = _links(30, 50)
+    other = FakeLink(9, out=4)  # a connection of another sending thread
+    peer = FakePeer([*links, other], write_total=60)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    accounted: list = []
+
+    def call_soon(fn: Any, *args: Any) -> None:  # the other thread's buffer drains, it runs account() now
+        other.chan.out = bytearray(0)
+        with other.chan.lock:
+            flow.account(other)  # type: ignore[arg-type]
+        accounted.append(other.acct)
+        peer._reactor.soon.append((fn, args))
+
+    peer._reactor.call_soon = call_soon  # type: ignore[method-assign]
+    assert flow.shed() == 1
+    assert accounted == [0] and peer._reactor.soon == [(flow.close_slow, (links[1],))]
+
+
+# --- may_block(): which threads may wait for a full buffer ------------------------------------------------
+
+
+def test_only_a_program_thread_outside_process_may_block():
+    flow, peer, _ = _flow()
+    assert flow.may_block() is True  # the test's thread: a program thread
+    peer._reactor.looping = True  # the network thread would wait for itself
+    assert flow.may_block() is False
+    peer._reactor.looping = False
+    peer._process_thread = threading.current_thread()  # the process thread serves every connection
+    assert flow.may_block() is False
+    peer._process_thread = None
+    assert flow.may_block() is True
+
+
+def test_a_thread_running_handlers_may_not_block_and_other_threads_still_may():
+    flow, peer, _ = _flow()
+    flow.dispatching.active = True  # this thread runs process()'s handlers
+    assert flow.may_block() is False
+    other: list = []
+    t = threading.Thread(target=lambda: other.append(flow.may_block()))
+    t.start()
+    t.join(10)
+    assert other == [True]  # the mark is per thread
+    flow.dispatching.active = False
+    assert flow.may_block() is True
+
+
+# --- wait_drained() at its deadline --------------------------------------------------------------------
+
+
+class _Clock:
+    """Hands out the given monotonic readings, then one second more at each reading."""
+
+    def __init__(self, *readings: float) -> None:
+        self.readings = list(readings)
+        self.now = readings[0]
+
+    def monotonic(self) -> float:
+        self.now = self.readings.pop(0) if self.readings else self.now + 1.0
+        return self.now
+
+
+class _Drained:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return False
+
+
+@pytest.mark.parametrize("readings, waits", [
+    ((100.0, 100.125, 100.25), [0.125]),  # before the deadline: waits what is left, then fails at it
+    ((100.0, 100.25), []),  # exactly at the deadline: fails without waiting again
+])
+def test_a_blocked_sender_waits_what_is_left_of_its_timeout_and_fails_at_the_deadline(monkeypatch, readings, waits):
+    import peng3dnet.flow
+
+    flow, peer, link = _flow(write_block=64, timeout=0.25)
+    link.chan.out = bytearray(40)
+    drained = link.chan.drained = _Drained()  # type: ignore[assignment]
+    monkeypatch.setattr(peng3dnet.flow, "time", _Clock(*readings))
+    with pytest.raises(WriteBufferFullError):
+        flow.wait_drained(link)  # type: ignore[arg-type]
+    assert drained.waits == waits and link.chan.drain_waiters == 0
+
+
+# --- Inbox.put(): when reading pauses ---------------------------------------------------------------------
+
+
+def test_put_pauses_reading_once_when_exactly_limit_packets_wait_and_resumes_at_half():
+    inbox = Inbox()
+    link = FakeLink(1)
+    link.n_in, link.n_out, link.resume_at = 3, 3, 0  # 3 packets came and were handled before
+    pauses = [inbox.put(link, "f", 64, i, limit=5) for i in range(4)]
+    assert pauses == [False] * 4 and link.n_in == 7 and not link.chan.paused  # 4 wait
+    assert inbox.put(link, "f", 64, 4, limit=5) is True  # the fifth: pause
+    assert link.chan.paused and link.resume_at == 2 and link.n_in == 8
+    assert inbox.put(link, "f", 64, 5, limit=5) is False  # paused already: not again
+    assert link.chan.paused and link.resume_at == 2 and link.n_in == 9
+    assert [item[3] for item in inbox.items] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_new_inbox_has_no_wake_up_pending_and_notify_clears_it():
+    inbox = Inbox()
+    assert not inbox.notify_pending  # the network thread schedules the first wake-up itself
+    inbox.notify_pending = True  # scheduled (Peer: reactor.after_io(inbox.notify))
+    inbox.notify()
+    assert not inbox.notify_pending
