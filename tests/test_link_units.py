@@ -47,8 +47,9 @@ class _Owner:
 
 
 def test_a_new_link_starts_empty_unlimited_and_at_the_first_state():
-    link = Link("proto", "chan", _Owner(), 5)  # type: ignore[arg-type]
-    assert (link.proto, link.chan, link.cid) == ("proto", "chan", 5)
+    owner = _Owner()
+    link = Link("proto", "chan", owner, 5)  # type: ignore[arg-type]
+    assert (link.proto, link.chan, link.cid) == ("proto", "chan", 5) and link.owner is owner
     assert link.queued == 0 and (link.n_in, link.n_out, link.resume_at) == (0, 0, 0)
     assert link.strict_keys is True  # until the peer says it takes other map keys (0.1.x does not)
     assert link.lib_state == STATE_INIT and link.sslsec == SSLSEC_NONE
@@ -61,6 +62,17 @@ def test_a_new_link_starts_empty_unlimited_and_at_the_first_state():
     assert link.on_recv is not None and link.on_send is None
     link.n_in, link.n_out = 9, 4
     assert link.queued == 5
+
+
+class _Sender:
+    def on_send(self, ptype, data):  # overridden: shown every packet sent
+        pass
+
+
+def test_a_new_link_takes_the_owners_overridden_send_hook():
+    owner = _Sender()
+    link = Link("proto", "chan", owner, 5)  # type: ignore[arg-type]
+    assert link.on_send == owner.on_send and link.on_recv is None
 
 
 def test_set_type_notes_which_hooks_the_types_class_overrides():
