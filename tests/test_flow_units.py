@@ -302,6 +302,30 @@ def test_a_stopped_inbox_does_not_wait_and_an_idle_one_waits_its_timeout():
     assert time.monotonic() - t0 < 5
 
 
+def test_an_idle_inbox_waits_with_the_callers_timeout():
+    class Cond:  # records the wait instead of sleeping
+        def __init__(self) -> None:
+            self.waits: list = []
+
+        def __enter__(self) -> None:
+            pass
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+        def wait(self, timeout: float | None) -> bool:
+            self.waits.append(timeout)
+            return False
+
+    inbox = Inbox()
+    cond = inbox._cond = Cond()  # type: ignore[assignment]
+    inbox.wait(0.25)
+    assert cond.waits == [0.25] and inbox._waiters == 0
+    inbox.items.append(("link", "f", 64, "m"))
+    inbox.wait(0.25)  # something is queued: no wait
+    assert cond.waits == [0.25]
+
+
 def test_drain_counts_packets_not_the_closes_queued_behind_them():
     inbox = Inbox()
     link = FakeLink(3)
@@ -682,11 +706,14 @@ class _Clock:
 
 
 class _Drained:
+    """Records each wait's time-out; nothing drains, so the wait only times out."""
+
     def __init__(self) -> None:
         self.waits: list[float] = []
 
     def wait(self, timeout: float) -> bool:
         self.waits.append(timeout)
+        assert len(self.waits) < 10, f"the sender waits on and on: {self.waits}"
         return False
 
 
