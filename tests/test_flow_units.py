@@ -56,6 +56,31 @@ class FakeChan:
         self.interest_updates += 1
 
 
+class _Drained:
+    """A channel's ``drained`` condition that records each wait's time-out
+    instead of sleeping (nothing drains: each wait times out)."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        assert len(self.waits) < 10, f"the sender waits on and on: {self.waits}"
+        return False
+
+
+class _CountingCondition(threading.Condition):
+    """A real condition that counts the waits begun on it."""
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__(lock)
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
 class FakeProto:
     def __init__(self) -> None:
         self.inflate_budget: float | None = None
@@ -167,10 +192,10 @@ def test_a_throttle_pauses_reading_once_and_its_end_resumes_it():
 def test_a_sender_at_the_low_water_mark_does_not_wait():
     flow, peer, link = _flow(write_block=65, timeout=10)
     link.chan.out = bytearray(32)  # half the mark, rounded down: the low-water mark itself
+    drained = link.chan.drained = _Drained()  # type: ignore[assignment]
     with link.chan.lock:
-        t0 = time.monotonic()
         flow.wait_drained(link)
-    assert time.monotonic() - t0 < 5 and link.chan.low_water == 32 and link.chan.drain_waiters == 0
+    assert drained.waits == [] and link.chan.low_water == 32 and link.chan.drain_waiters == 0
 
 
 def test_a_sender_over_the_low_water_mark_waits_its_timeout_then_fails_naming_the_connection():
@@ -191,6 +216,7 @@ def test_a_waiting_sender_is_counted_while_it_waits_and_released_by_the_drain():
     chan = link.chan
     chan.out = bytearray(40)
     chan.drain_waiters = 1  # another sender already waits
+    drained = chan.drained = _CountingCondition(chan.lock)
     done = threading.Event()
 
     def sender() -> None:
@@ -200,11 +226,14 @@ def test_a_waiting_sender_is_counted_while_it_waits_and_released_by_the_drain():
 
     t = threading.Thread(target=sender, daemon=True)
     t.start()
-    wait_for(lambda: chan.drain_waiters == 2, what="the sender counted as a waiter")
+    wait_for(lambda: drained.waits or not t.is_alive(), what="the sender waiting")
+    assert drained.waits == 1 and chan.drain_waiters == 2  # counted while it waits
     with chan.lock:  # the network thread drains to the low-water mark and tells the waiters
         chan.out = bytearray(32)
-        chan.drained.notify_all()
-    assert done.wait(10)
+        drained.notify_all()
+    # Released (not waiting again until its time-out):
+    wait_for(lambda: done.is_set() or drained.waits > 1 or not t.is_alive(), what="the sender released")
+    assert done.is_set() and drained.waits == 1
     t.join(10)
     assert chan.drain_waiters == 1  # the other one still waits
 
@@ -216,10 +245,11 @@ def test_a_sender_whose_connection_closes_gets_the_close_reason(chan_closed, pro
     link.chan.closed = chan_closed
     link.proto.closed = proto_closed
     link.proto.close_reason = "slowconsumer"
+    drained = link.chan.drained = _Drained()  # type: ignore[assignment]
     with link.chan.lock, pytest.raises(ConnectionClosedError) as err:
         flow.wait_drained(link)
     assert str(err.value) == "connection closed while waiting to send" and err.value.reason == "slowconsumer"
-    assert link.chan.drain_waiters == 0
+    assert link.chan.drain_waiters == 0 and drained.waits == []  # failed at once
 
 
 # --- the server-wide cap -----------------------------------------------------------------------------
@@ -291,39 +321,35 @@ def test_connections_already_closing_are_not_counted_nor_closed_again():
 # --- the process queue -------------------------------------------------------------------------------
 
 
-def test_a_stopped_inbox_does_not_wait_and_an_idle_one_waits_its_timeout():
+class _RecordingCond:
+    """The inbox's condition, recording each wait's time-out instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list = []
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def wait(self, timeout: float | None) -> bool:
+        self.waits.append(timeout)
+        return False
+
+
+def test_an_idle_inbox_waits_its_timeout_and_a_busy_or_stopped_one_does_not_wait():
     inbox = Inbox()
-    t0 = time.monotonic()
-    inbox.wait(0.2)
-    assert time.monotonic() - t0 >= 0.19
-    inbox.stopped = True
-    t0 = time.monotonic()
-    inbox.wait(10)
-    assert time.monotonic() - t0 < 5
-
-
-def test_an_idle_inbox_waits_with_the_callers_timeout():
-    class Cond:  # records the wait instead of sleeping
-        def __init__(self) -> None:
-            self.waits: list = []
-
-        def __enter__(self) -> None:
-            pass
-
-        def __exit__(self, *exc: Any) -> None:
-            pass
-
-        def wait(self, timeout: float | None) -> bool:
-            self.waits.append(timeout)
-            return False
-
-    inbox = Inbox()
-    cond = inbox._cond = Cond()  # type: ignore[assignment]
+    cond = inbox._cond = _RecordingCond()  # type: ignore[assignment]
     inbox.wait(0.25)
     assert cond.waits == [0.25] and inbox._waiters == 0
     inbox.items.append(("link", "f", 64, "m"))
-    inbox.wait(0.25)  # something is queued: no wait
+    inbox.wait(0.25)  # something is queued
     assert cond.waits == [0.25]
+    inbox.items.clear()
+    inbox.stopped = True  # stop(): waits return at once
+    inbox.wait(0.25)
+    assert cond.waits == [0.25] and inbox._waiters == 0
 
 
 def test_drain_counts_packets_not_the_closes_queued_behind_them():
@@ -341,11 +367,12 @@ def test_drain_counts_packets_not_the_closes_queued_behind_them():
 
 def test_the_inbox_counts_every_waiter_until_it_leaves():
     inbox = Inbox()
+    cond = inbox._cond = _CountingCondition(threading.Lock())
     threads = [threading.Thread(target=inbox.wait, args=(10,), daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
-    wait_for(lambda: inbox._waiters == 2, what="both waiters counted")
-    assert inbox.has_waiters
+    wait_for(lambda: cond.waits >= 2 or not all(t.is_alive() for t in threads), what="both threads waiting")
+    assert cond.waits == 2 and inbox._waiters == 2 and inbox.has_waiters
     inbox.stopped = True
     inbox.notify()
     for t in threads:
@@ -651,10 +678,12 @@ def test_a_send_accounted_on_another_thread_while_shed_closes_a_victim_does_not_
     accounted: list = []
 
     def call_soon(fn: Any, *args: Any) -> None:  # the other thread's buffer drains, it runs account() now
-        other.chan.out = bytearray(0)
-        with other.chan.lock:
-            flow.account(other)  # type: ignore[arg-type]
-        accounted.append(other.acct)
+        if not accounted:  # once
+            other.chan.out = bytearray(0)
+            accounted.append(None)
+            with other.chan.lock:
+                flow.account(other)  # type: ignore[arg-type]
+            accounted[0] = other.acct
         peer._reactor.soon.append((fn, args))
 
     peer._reactor.call_soon = call_soon  # type: ignore[method-assign]
@@ -703,18 +732,6 @@ class _Clock:
     def monotonic(self) -> float:
         self.now = self.readings.pop(0) if self.readings else self.now + 1.0
         return self.now
-
-
-class _Drained:
-    """Records each wait's time-out; nothing drains, so the wait only times out."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def wait(self, timeout: float) -> bool:
-        self.waits.append(timeout)
-        assert len(self.waits) < 10, f"the sender waits on and on: {self.waits}"
-        return False
 
 
 @pytest.mark.parametrize("readings, waits", [
