@@ -28,11 +28,12 @@ rate and a 95 % interval for the area's.  mutmut runs a mutant's tests
 fastest first and stops at the first failure.
 
 The connection layer's network tests make one mutant cost seconds: its
-areas are ``flow`` (flow control, the process queue, links), ``session``
-(sessions, calls, login), ``relay`` and ``transport`` (the reactor and the
-channels, against their own tests); the peer, server and client modules
-themselves are the ``peers`` area, run by sample.  See the README's
-Mutation testing for the kill rates and what is left.
+areas are ``flow`` (flow control, the process queue, links; run against
+its unit tests only, which kill all that the network tests killed),
+``session`` (sessions, calls, login), ``relay`` and ``transport`` (the
+reactor and the channels, against their own tests); the peer, server and
+client modules themselves are the ``peers`` area, run by sample.  See the
+README's Mutation testing for the kill rates and what is left.
 """
 
 from __future__ import annotations
