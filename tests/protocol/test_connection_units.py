@@ -356,3 +356,21 @@ def test_the_budget_error_names_the_packet_and_the_bytes_left():
 
 def test_the_default_missing_packet_action_closes():
     assert ProtocolConnection(SIDE_CLIENT).missing_packet_action == "closeconnection"
+
+
+def test_internal_packets_follow_the_compression_settings_too():
+    """The core's own frames (here the server's hello) are compressed by the
+    same rule as application packets: above the threshold, at the level."""
+    sreg = ConnectionPair().sreg
+    frames = {}
+    for level in (1, 9):
+        server = ProtocolConnection(SIDE_SERVER, registry=sreg, compress=True, compress_threshold=0, compress_level=level)
+        server.initiate()
+        frames[level] = server.data_to_send()
+    for frame in frames.values():
+        flags = int.from_bytes(frame[8:10], "big")
+        assert flags == FLAG_COMPRESSED
+        assert msgpack.unpackb(zlib.decompress(frame[10:]))["protoversion"] == PROTOVERSION
+    off = ProtocolConnection(SIDE_SERVER, registry=sreg, compress=False, compress_threshold=0)
+    off.initiate()
+    assert off.data_to_send()[8:10] == b"\x00\x00"

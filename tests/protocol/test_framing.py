@@ -192,3 +192,32 @@ def test_a_body_is_a_copy_that_outlives_the_read_buffer(kind):
     dec.feed(kind(frame[:5]), out)
     dec.feed(kind(frame[5:]), out)
     assert out == [(64, 0, b"abc")] and type(out[0][2]) is bytes
+
+
+def test_a_held_partial_frame_is_never_bypassed_by_a_read_that_parses_as_a_frame_alone():
+    """The one-whole-frame fast path is for an empty buffer only: here the
+    rest of a frame, read after its first 5 bytes, happens to parse as a
+    complete frame by itself (bytes 5-8 of the first read's frame, 00 00
+    01 00, announce exactly what follows)."""
+    body = b"\xaa" * 3 + b"\x00\x00" + b"\xbb" * 250  # 255 bytes; its bytes 3-4 make valid flags for the impostor
+    frame = encode_frame(1, 0, body)
+    rest = frame[5:]
+    impostor, _ = decode_all(rest)
+    assert len(impostor) == 1 and impostor != [(1, 0, body)]  # (the premise: the rest alone is a frame)
+    dec, out = FrameDecoder(MAX), []
+    dec.feed(frame[:5], out)
+    dec.feed(rest, out)
+    assert out == [(1, 0, body)] and dec.buffered == 0
+
+
+def test_a_frame_exactly_at_the_limit_passes_also_in_pieces_and_behind_another():
+    limit = 6 + 10
+    at = encode_frame(64, 0, b"x" * 10)
+    small = encode_frame(65, 0, b"")
+    for chunks in ([1] * len(at), [3, 9]):  # cut anywhere: the general path's test
+        out, _ = decode_all(at, chunks, max_size=limit)
+        assert out == [(64, 0, b"x" * 10)]
+    out, _ = decode_all(small + at, max_size=limit)  # two frames in one read
+    assert out == [(65, 0, b""), (64, 0, b"x" * 10)]
+    with pytest.raises(FrameTooLargeError):
+        decode_all(small + encode_frame(64, 0, b"x" * 11), max_size=limit)
