@@ -1,0 +1,279 @@
+"""Server, Client and their shared Peer core method by method, without a
+running loop: a real ProtocolConnection (a socket-free pair) or fakes for
+the channel and the collaborators, so each step's outputs, arguments and
+log lines are checked value by value (the ``peers`` mutation area)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import msgpack
+import pytest
+
+from peng3dnet.client import Client, NetworkLoop
+from peng3dnet.constants import PID_FIRST_FREE
+from peng3dnet.link import Link
+from peng3dnet.protocol.connection import ConnectionClosed
+from peng3dnet.protocol.framing import FrameDecoder
+from peng3dnet.server import Server
+from peng3dnet.session import TOKEN_BYTES, Session
+from tests.helpers import ConnectionPair
+
+TOKEN = b"t" * TOKEN_BYTES
+
+
+class FakeChan:
+    """What the peer core uses of a Channel, recording the writes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.written: list[bytes] = []
+        self.closed = False
+        self.out = b""
+
+    def write(self, data: bytes, cork: bool = True) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Owner:
+    pass
+
+
+def _server(**cfg) -> Server:
+    return Server(cfg={"net.server.addr": ("127.0.0.1", 0), **cfg})
+
+
+def _active_link(cid: int = 7) -> tuple[Link, FakeChan, ConnectionPair]:
+    """A Link on the server side of a handshaken socket-free pair."""
+    pair = ConnectionPair()
+    pair.start()
+    pair.server.drain_received()
+    pair.server.data_to_send()
+    chan = FakeChan()
+    return Link(pair.server, chan, Owner(), cid), chan, pair  # type: ignore[arg-type]
+
+
+def _frames(data: bytes) -> list[tuple[int, object]]:
+    out: list = []
+    FrameDecoder(1 << 20).feed(data, out)
+    return [(pid, msgpack.unpackb(body, raw=False, strict_map_key=False)) for pid, _flags, body in out]
+
+
+# --- Peer._abort: a socket error closes the connection with its reason --------------------------
+
+def test_abort_closes_with_the_reason_given_and_closes_the_channel_once():
+    s = _server()
+    link, chan, _ = _active_link()
+    outs: list = []
+    closed: list = []
+    s._handle_outputs = lambda lk, o: outs.append((lk, o))  # type: ignore[method-assign]
+    s._channel_closed = closed.append  # type: ignore[method-assign]
+    s._abort(link, "socketerror")
+    assert link.eof is True
+    assert link.proto.close_reason == "socketerror"
+    assert outs == [(link, [ConnectionClosed("socketerror", by_peer=True, eof=True)])]
+    assert chan.closed is True and closed == [link]
+
+
+# --- Peer.send_raw: counted in a session only for application packet ids ------------------------
+
+@pytest.mark.parametrize("with_session", [False, True])
+@pytest.mark.parametrize("pid", [PID_FIRST_FREE - 1, PID_FIRST_FREE, PID_FIRST_FREE + 5])
+def test_send_raw_goes_through_the_session_only_for_application_ids(with_session, pid):
+    s = _server()
+    link, chan, _ = _active_link()
+    if with_session:
+        link.session = Session(TOKEN, cap=1000)
+    s._link = lambda cid: link  # type: ignore[method-assign]
+    framed: list = []
+    s._send_frame = lambda lk, frame, p, data, cork=True: framed.append((lk, frame, p, data))  # type: ignore[method-assign]
+    s.send_raw(7, pid, {"x": 1})
+    if with_session and pid >= PID_FIRST_FREE:
+        # counted as the peer counts it: through the session's send path, no event
+        ((lk, frame, p, data),) = framed
+        assert lk is link and p == pid and _frames(frame) == [(pid, {"x": 1})]
+        from peng3dnet.peer import NO_EVENT
+        assert data is NO_EVENT
+        assert chan.written == [] and link.stats.packets_out == 0
+    else:
+        # straight to the socket, outside the session's count
+        assert framed == []
+        assert _frames(b"".join(chan.written)) == [(pid, {"x": 1})]
+        assert link.stats.packets_out == 1 and link.stats.bytes_out == len(b"".join(chan.written))
+
+
+# --- Peer._handler_failed: what a failing handler leads to ---------------------------------------
+
+def _fail_on_thread(s: Server, link: Link, exc: BaseException) -> None:
+    def run():
+        try:
+            raise exc
+        except BaseException:
+            s._handler_failed(link, "the-handler")
+
+    t = threading.Thread(target=run, name="not-main")
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+
+
+def test_a_base_exception_of_a_handler_on_a_library_thread_is_reported_and_stops_the_peer(caplog):
+    s = _server()
+    link = Link(None, None, Owner(), 9)  # type: ignore[arg-type]
+    stops: list = []
+    s.stop = lambda: stops.append(True)  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO):
+        _fail_on_thread(s, link, SystemExit(3))
+    assert stops == [True]
+    msgs = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("peng3dnet.user", "ERROR", "! server cid=9: packet handler 'the-handler' raised") in msgs
+    assert ("peng3dnet.peer", "WARNING",
+            "! server: stopping: a handler on a library thread raised a BaseException") in msgs
+
+
+def test_an_exception_of_a_handler_on_a_library_thread_is_reported_only(caplog):
+    s = _server()
+    link = Link(None, None, Owner(), 9)  # type: ignore[arg-type]
+    stops: list = []
+    s.stop = lambda: stops.append(True)  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO):
+        _fail_on_thread(s, link, ValueError("x"))
+    assert stops == []
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("peng3dnet.user", "! server cid=9: packet handler 'the-handler' raised")]
+
+
+# --- Server._session_dropped without a grace period ------------------------------------------
+
+@pytest.mark.parametrize(("reason", "ended_with"), [(None, "socketclose"), ("socketerror", "socketerror")])
+def test_without_a_grace_period_a_dropped_session_ends_at_once(reason, ended_with):
+    s = _server(**{"net.session.grace": 0})
+    session = Session(TOKEN, cap=100)
+    link = Link(None, FakeChan(), Owner(), 4)  # type: ignore[arg-type]
+    ended: list = []
+    s._session_end = lambda sess, why: ended.append((sess, why))  # type: ignore[method-assign]
+    s._session_dropped(link, session, reason)
+    assert ended == [(session, ended_with)]
+    assert session.suspended is False and session.timer is None
+
+
+# --- Client: reconnect attempts and their log lines ----------------------------------------------
+
+def test_a_client_out_of_reconnect_attempts_ends_its_session(caplog):
+    c = Client(addr=("127.0.0.1", 1), cfg={"net.client.reconnect": 2})
+    session = Session(TOKEN, cap=100)
+    session.attempt = 2
+    ended: list = []
+    c._session_end = lambda sess, why: ended.append((sess, why))  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.client"):
+        c._schedule_reconnect(session)
+    assert ended == [(session, "resume:failed")]
+    assert session.attempt == 2 and session.timer is None
+    assert [r.getMessage() for r in caplog.records] == ["! client: could not reconnect after 2 attempts"]
+
+
+def test_a_failed_reconnect_attempt_is_logged_and_handed_to_the_network_thread(caplog):
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    c = Client(addr=("127.0.0.1", port), cfg={"net.client.connect_timeout": 5})
+    session = Session(TOKEN, cap=100)
+    session.attempt = 3
+    handed: list = []
+    c._on_network_thread = lambda fn, *args: handed.append((fn, args))  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.client"):
+        c._reconnect_connect(session)
+    assert handed == [(c._reconnect_failed, (session,))]
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert msg.startswith("! client: reconnect attempt 3 failed: ") and len(msg) > len(
+        "! client: reconnect attempt 3 failed: ")
+
+
+def test_a_client_without_a_connection_has_no_links():
+    c = Client(addr=("127.0.0.1", 1))
+    assert c._all_links() == []
+    link = Link(None, FakeChan(), c, None)  # type: ignore[arg-type]
+    c._link_obj = link
+    assert c._all_links() == [link]
+
+
+# --- NetworkLoop._contain: which client a BaseException stops --------------------------------------
+
+class _Hooked(Client):
+    def hook(self, exc: BaseException) -> None:
+        raise exc
+
+
+def _caught(c: _Hooked, exc: BaseException) -> BaseException:
+    try:
+        c.hook(exc)
+    except BaseException as e:  # noqa: BLE001
+        return e
+    raise AssertionError("not raised")
+
+
+def test_ctrl_c_on_the_main_thread_ends_the_shared_loop_while_elsewhere_it_stops_its_client():
+    loop = NetworkLoop()
+    c = _Hooked(addr=("127.0.0.1", 1))
+    c._loop_started = True
+    loop._clients.append(c)
+    stops: list = []
+    c._request_stop = stops.append  # type: ignore[method-assign]
+    # Ctrl-C on the main thread: not the client's failure, the loop ends
+    assert loop._contain(_caught(c, KeyboardInterrupt())) is False
+    assert stops == []
+    # the same on another thread: only the client it came from stops
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(loop._contain(_caught(c, KeyboardInterrupt()))))
+    t.start()
+    t.join(10)
+    assert got == [True] and stops == ["method"]
+    # a SystemExit on the main thread stops the client too
+    assert loop._contain(_caught(c, SystemExit(1))) is True
+    assert stops == ["method", "method"]
+
+
+# --- Server.send_encoded and broadcast on a handshaken link ---------------------------------------
+
+def _server_with_link(**cfg) -> tuple[Server, Link, FakeChan]:
+    from peng3dnet.packet import Packet
+
+    s = _server(**cfg)
+    s.register_packet("t:x", Packet(s.registry, s))
+    s._register_internal()
+    link, chan, _ = _active_link(7)
+    s._links[7] = link
+    return s, link, chan
+
+
+def test_send_encoded_emits_no_send_event_while_send_message_does():
+    from tests.conftest import Recorder
+
+    s, link, chan = _server_with_link()
+    rec = Recorder(s, "peng3dnet:server.connection.send")
+    try:
+        s.send_encoded("t:x", msgpack.packb({"a": 1}), 7)
+        assert rec.items == []
+        assert _frames(b"".join(chan.written)) == [(s.registry.get_id("t:x"), {"a": 1})]
+        s.send_message("t:x", {"b": 2}, 7)
+        assert [(e, d["data"]) for e, d in rec.items] == [("peng3dnet:server.connection.send", {"b": 2})]
+    finally:
+        rec.close()
+
+
+def test_broadcast_with_map_keys_a_0_1_peer_refuses_skips_it_and_says_so(caplog):
+    s, link, chan = _server_with_link()
+    assert link.strict_keys is True  # a peer without the mapkeys extension (0.1.x)
+    with caplog.at_level(logging.WARNING, logger="peng3dnet.server"):
+        assert s.broadcast("t:x", {1: "a"}) == 0
+    assert chan.written == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "! server: broadcast of 't:x' skips 0.1.x peers: a map key they refuse"]
+    link.strict_keys = False  # a peer that takes them
+    assert s.broadcast("t:x", {1: "a"}) == 1
+    assert _frames(b"".join(chan.written)) == [(s.registry.get_id("t:x"), {1: "a"})]
