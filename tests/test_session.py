@@ -86,8 +86,9 @@ def pairs(net):
         p.close()
 
 
-def test_a_drop_is_resumed_with_nothing_lost(pairs):
+def test_a_drop_is_resumed_with_nothing_lost(pairs, caplog):
     Counted.handshakes = 0
+    caplog.set_level("INFO", logger="peng3dnet.client")
     p = pairs(proxy=True)
     owner = p.s.clients[p.cid]
     owner.state = STATE_LOGGEDIN  # the application's state survives the drop
@@ -117,6 +118,8 @@ def test_a_drop_is_resumed_with_nothing_lost(pairs):
     assert [(d["reason"], d["client"] is owner) for d in closes] == [("resumed", False)]
     assert not p.c.closed and not p.c.reconnecting
     assert "peng3dnet:client.close" not in p.crec.names()
+    assert (f"= client: reconnected to {p.proxy.addr} (attempt 1), resuming"
+            in [r.getMessage() for r in caplog.records if r.name == "peng3dnet.client"])
 
 
 def test_every_drop_gets_the_full_reconnect_budget(pairs):
@@ -582,3 +585,26 @@ def test_a_reconnected_socket_taken_by_the_network_thread_is_not_closed_at_the_l
     assert c._reconnect_sock is None and c._link_obj is not None and c._link_obj.chan.sock is a
     c._loop_ended()
     assert a.fileno() != -1  # the new connection's socket: not the loop end's to close
+
+
+def test_a_resume_while_the_old_socket_is_still_open_closes_the_old_one(net, caplog):
+    """The server learns of the drop only from the new socket: the old one
+    (open, silent) is closed with "resumed", and the log says why."""
+    s, rec = net.server(**RESUME)
+    old = RawPeer(s.addr)
+    old.recv_packet()
+    old.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"]})
+    _, hs = old.recv_packet()
+    token = hs["peng3dnet.session"]["token"]
+    old.send_packet(4, {"success": True})
+    (cid,) = active_cids(s)
+    new = RawPeer(s.addr)
+    new.recv_packet()
+    with caplog.at_level("INFO", logger="peng3dnet.server"):
+        new.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"],
+                            RESUME_KEY: {"token": token, "received": 0}})
+        assert old.recv_until_close() == [(16, {"reason": "resumed"})]
+        assert new.recv_packet()[1]["peng3dnet.session"]["token"] == token
+    assert (f"= server cid={cid}: the client resumed on a new socket; closing the old one"
+            in [r.getMessage() for r in caplog.records])
+    assert list(s.clients) == [cid]
