@@ -277,3 +277,22 @@ def test_broadcast_with_map_keys_a_0_1_peer_refuses_skips_it_and_says_so(caplog)
     link.strict_keys = False  # a peer that takes them
     assert s.broadcast("t:x", {1: "a"}) == 1
     assert _frames(b"".join(chan.written)) == [(s.registry.get_id("t:x"), {1: "a"})]
+
+
+# --- Peer._on_app_packet: packets that close the connection -------------------------------------
+
+@pytest.mark.parametrize(("state", "pid", "reason", "message"), [
+    ("HELLO", 70, "smartpacketinvalid", "! server cid=7: packet 70 before the handshake completed, closing"),
+    ("ACTIVE", 99, "unknownpacket", "! server cid=7: unknown packet id 99"),
+])
+def test_an_application_packet_too_early_or_unknown_closes_and_says_why(caplog, state, pid, reason, message):
+    from peng3dnet.protocol.connection import PacketReceived
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    s, link, chan = _server_with_link()
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
+        queued = s._on_app_packet(link, PacketReceived(pid, 0, {"m": 1}, HandshakeState[state]), None)
+    assert queued is False and closes == [(link, reason)]
+    assert [r.getMessage() for r in caplog.records] == [message]
