@@ -296,3 +296,25 @@ def test_an_application_packet_too_early_or_unknown_closes_and_says_why(caplog, 
         queued = s._on_app_packet(link, PacketReceived(pid, 0, {"m": 1}, HandshakeState[state]), None)
     assert queued is False and closes == [(link, reason)]
     assert [r.getMessage() for r in caplog.records] == [message]
+
+
+# --- Peer._housekeeping: the handshake time-out and its hint -------------------------------------
+
+@pytest.mark.parametrize(("bytes_in", "hint"), [(0, " (a TLS peer on a plaintext port, or the reverse?)"), (5, "")])
+def test_a_handshake_time_out_closes_and_hints_at_tls_when_nothing_was_received(caplog, bytes_in, hint):
+    from peng3dnet.constants import SIDE_SERVER
+    from peng3dnet.protocol.connection import ProtocolConnection
+    from tests.helpers import make_registry
+
+    s = _server(**{"net.timeout.handshake": 2.5})
+    link = Link(ProtocolConnection(SIDE_SERVER, registry=make_registry()), FakeChan(), Owner(), 3)  # type: ignore[arg-type]
+    link.stats._since -= 10  # made 10 s ago, still not handshaken
+    link.stats.bytes_in = bytes_in
+    s._links[3] = link
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
+    s._schedule_housekeeping = lambda: None  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
+        s._housekeeping()
+    assert closes == [(link, "handshaketimeout")]
+    assert [r.getMessage() for r in caplog.records] == [f"! server cid=3: handshake not complete after 2.5 s{hint}"]

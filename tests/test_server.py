@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import socket
 import struct
@@ -156,13 +157,16 @@ def test_300_silent_connections_are_bounded_and_reaped(net):
 # --- limits -------------------------------------------------------------------------------------
 
 
-def test_max_clients(net):
+def test_max_clients(net, caplog):
+    caplog.set_level("INFO", logger="peng3dnet.server")
     s, rec = net.server(**{"net.limits.max_clients": 2})
     a, b = RawPeer(s.addr), RawPeer(s.addr)
     a.handshake()
     b.handshake()
     third = RawPeer(s.addr)
+    third_addr = third.sock.getsockname()
     assert third.recv_until_close() == [(16, {"reason": "serverfull"})]
+    assert f"! server: refusing {third_addr}, 2 connections is the limit" in [r.getMessage() for r in caplog.records]
     assert s.stats.connections_refused == 1 and s.stats.connections_open == 2
     a.close()
     rec.wait_for("peng3dnet:server.connection.close")
@@ -211,7 +215,8 @@ def test_rate_limit_close(net):
     good_client_works(s)
 
 
-def test_rate_limit_drop_keeps_connection(net):
+def test_rate_limit_drop_keeps_connection(net, caplog):
+    caplog.set_level("DEBUG", logger="peng3dnet.server")
     s, _ = net.server(**{"net.limits.rate.packets": 100, "net.limits.rate.burst": 1.0, "net.limits.rate.action": "drop"})
     peer = RawPeer(s.addr)
     reg = peer.handshake()
@@ -227,6 +232,11 @@ def test_rate_limit_drop_keeps_connection(net):
     # the connection stays open; the burst (100) and a little refill got through
     assert link.proto.is_open and cid in s.clients
     assert 90 <= len(echo.got) < 1000
+    # each read's drop is logged with its count: together, what did not get through
+    drops = [re.fullmatch(r"! server cid=(\d+): over the rate limit, dropped (\d+) packets", r.getMessage())
+             for r in caplog.records if r.name == "peng3dnet.server" and "over the rate limit" in r.getMessage()]
+    assert drops and all(m is not None and int(m[1]) == cid for m in drops)
+    assert sum(int(m[2]) for m in drops) == 5000 - len(echo.got)
 
 
 def test_one_gib_zlib_bomb_is_refused_with_bounded_memory(net):
