@@ -318,3 +318,15 @@ def test_a_handshake_time_out_closes_and_hints_at_tls_when_nothing_was_received(
         s._housekeeping()
     assert closes == [(link, "handshaketimeout")]
     assert [r.getMessage() for r in caplog.records] == [f"! server cid=3: handshake not complete after 2.5 s{hint}"]
+
+
+# --- Peer._new_proto: the connection core is made from the config --------------------------------
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_new_connection_core_takes_its_limits_and_compression_from_the_config(compress):
+    s = _server(**{"net.compress.enabled": compress, "net.compress.threshold": 1234, "net.compress.level": 3,
+                   "net.limits.max_packet_size": 5000, "net.limits.max_decompressed_size": 7000})
+    proto = s._new_proto()
+    assert proto.compress is compress
+    assert (proto.compress_threshold, proto.compress_level) == (1234, 3)
+    assert proto.max_decompressed_size == 7000
