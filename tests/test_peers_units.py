@@ -32,6 +32,8 @@ class FakeChan:
         self.written: list[bytes] = []
         self.closed = False
         self.out = b""
+        self.drain_waiters = 0
+        self.tls_pending = 0
 
     def write(self, data: bytes, cork: bool = True) -> None:
         self.written.append(bytes(data))
@@ -330,3 +332,75 @@ def test_a_new_connection_core_takes_its_limits_and_compression_from_the_config(
     assert proto.compress is compress
     assert (proto.compress_threshold, proto.compress_level) == (1234, 3)
     assert proto.max_decompressed_size == 7000
+
+
+# --- the server's admission and rate limits, a local close ----------------------------------------
+
+def test_the_per_address_limits_refuse_with_the_limit_and_the_group_in_the_log(caplog):
+    from peng3dnet.util import address_group
+
+    s = _server(**{"net.limits.per_address.exempt_loopback": False, "net.limits.per_address.connections": 2,
+                   "net.limits.per_address.handshakes": 0})
+    group = address_group("10.1.2.3", int(s.cfg["net.limits.per_address.ipv6_prefix"]))
+    assert s._admit(("10.1.2.3", 1)) == group and s._admit(("10.1.2.3", 2)) == group
+    with caplog.at_level(logging.INFO, logger="peng3dnet.server"):
+        assert s._admit(("10.1.2.3", 3)) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"! server: refusing ('10.1.2.3', 3), 2 connections from {group} is the limit"]
+
+
+def test_a_clientcls_that_raises_drops_the_connection_and_names_the_class(caplog):
+    class Boom:
+        def __init__(self, *args):
+            raise RuntimeError("no")
+
+    s = _server()
+    s.clientcls = Boom
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        with socket.create_connection(lst.getsockname(), timeout=10) as peer:
+            sock, _ = lst.accept()
+            with caplog.at_level(logging.ERROR, logger="peng3dnet.user"):
+                s._accepted(sock, ("127.0.0.1", 4242))
+            peer.settimeout(10)
+            assert peer.recv(10) == b""  # dropped: closed without a word
+    assert s._links == {} and s.clients == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"! server: {Boom!r}(...) raised; connection from ('127.0.0.1', 4242) dropped"]
+
+
+def test_over_the_packet_rate_with_close_the_reads_application_packets_are_not_handed_on():
+    from peng3dnet.protocol.connection import PacketReceived
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    s, link, _ = _server_with_link(**{"net.limits.rate.packets": 1, "net.limits.rate.burst": 1.0,
+                                      "net.limits.rate.action": "close"})
+    handed: list = []
+    closes: list = []
+    s._handle_outputs = lambda lk, outs: handed.append(list(outs))  # type: ignore[method-assign]
+    s._close_link = lambda lk, why, polite=False: closes.append(why)  # type: ignore[method-assign]
+    app = [PacketReceived(PID_FIRST_FREE + 1, 0, i, HandshakeState.ACTIVE) for i in range(5)]
+    internal = PacketReceived(PID_FIRST_FREE - 1, 0, "x", HandshakeState.ACTIVE)
+    assert s._read_allowed(link, 100, [*app, internal], 5, link.rate_t + 0.001) is False
+    assert handed == [[internal]] and closes == ["ratelimit"]
+
+
+def test_packets_read_after_a_local_close_are_not_handed_to_the_application():
+    from peng3dnet.protocol.connection import PacketReceived
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    s, link, _ = _server_with_link()
+    s.handler("t:y")(lambda msg, cid: None)
+    pid = s.registry.get_id("t:y")
+    s._handle_outputs(link, [PacketReceived(pid, 0, 1, HandshakeState.ACTIVE)])
+    assert link.queued == 1  # open: queued for process()
+    forced: list = []
+    closing: list = []
+    s._force_close = forced.append  # type: ignore[method-assign]
+    s._handle_outputs = lambda lk, outs: closing.append(outs)  # type: ignore[method-assign]
+    assert s._close_link(link, "kicked") is True
+    del s._handle_outputs  # the real one again
+    assert link.proto.close_reason == "kicked" and forced == [link] and len(closing) == 1
+    s._handle_outputs(link, [PacketReceived(pid, 0, 2, HandshakeState.ACTIVE)])
+    assert link.queued == 1  # what was still in the read after our close: dropped
