@@ -151,8 +151,8 @@ def run_area(area: str, children: int, diffs: bool, sample: int = 0,
         run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *chosen],
                              cwd=tmp, env=env, capture_output=True, text=True)
         elapsed = time.monotonic() - t0
-        if run.returncode != 0:
-            raise SystemExit(f"mutmut run failed ({run.returncode}):\n{run.stderr[-3000:]}")
+        if run.returncode != 0:  # (mutmut says why on stdout: "Failed to run clean test" for a flaky test)
+            raise SystemExit(f"mutmut run failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
         found = _results(tmp, env)
         total_mutants = len(found)
         if chosen:
