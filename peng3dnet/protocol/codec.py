@@ -33,7 +33,7 @@ __all__ = ["pack", "unpack", "check_keys", "compress_body", "decompress_body", "
 def pack(value: Any, encode: Any = msgpack.packb) -> bytes:
     """Serialize one value with msgpack: the library's one encoder (the
     core's frames, broadcasts and sync snapshots come through here;
-    ``Connection.encode_packet``, once per ``send_message``, does the same
+    ``ProtocolConnection.encode_packet``, once per ``send_message``, does the same
     inline).
 
     Args:
