@@ -108,25 +108,21 @@ class EpollSelector(selectors.BaseSelector):
         self._closed = False
 
     def _fd(self, fileobj: Any) -> int:
-        """The registered descriptor of ``fileobj`` (a closed socket is
-        found by identity, as the stdlib does).  Raises KeyError."""
+        """The descriptor of ``fileobj``; a closed socket (or any object
+        without a descriptor) is found among the keys by identity, as the
+        stdlib does.  Raises ValueError when it is not there either."""
         try:
-            fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
-        except (AttributeError, TypeError, ValueError):
-            fd = -1
-        if fd < 0:
+            return _fileobj_to_fd(fileobj)
+        except ValueError:
             for key in self.keys.values():
                 if key.fileobj is fileobj:
                     return key.fd
-            raise KeyError(f"{fileobj!r} is not registered") from None
-        return fd
+            raise
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         if not events or events & ~(EVENT_READ | EVENT_WRITE):
             raise ValueError(f"Invalid events: {events!r}")
-        fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
-        if fd < 0:
-            raise ValueError(f"Invalid file descriptor: {fd}")
+        fd = _fileobj_to_fd(fileobj)
         if fd in self.keys:
             raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
         key = selectors.SelectorKey(fileobj, fd, events, data)
@@ -135,22 +131,27 @@ class EpollSelector(selectors.BaseSelector):
         return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        key = self.keys.pop(self._fd(fileobj))
+        try:
+            key = self.keys.pop(self._fd(fileobj))
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
         with contextlib.suppress(OSError):  # (closed already: the kernel forgot it)
             self._epoll.unregister(key.fd)
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        fd = self._fd(fileobj)
-        key = self.keys[fd]
+        try:
+            key = self.keys[self._fd(fileobj)]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
         if events != key.events:
             try:
-                self._epoll.modify(fd, _epoll_mask(events))
+                self._epoll.modify(key.fd, _epoll_mask(events))
             except BaseException:
                 self.unregister(fileobj)  # (as the stdlib does)
                 raise
-        key = selectors.SelectorKey(key.fileobj, fd, events, data)
-        self.keys[fd] = key
+        key = selectors.SelectorKey(key.fileobj, key.fd, events, data)
+        self.keys[key.fd] = key
         return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
@@ -169,6 +170,21 @@ class EpollSelector(selectors.BaseSelector):
         self._closed = True
         self._epoll.close()
         self.keys.clear()
+
+
+def _fileobj_to_fd(fileobj: Any) -> int:
+    """A file object's descriptor (an int is one), as the stdlib's selectors
+    find it.  Raises ValueError for an object without one or a closed one."""
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
 
 
 def _epoll_mask(events: int) -> int:

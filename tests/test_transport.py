@@ -456,11 +456,11 @@ def _raise_exit() -> None:
     raise SystemExit(5)
 
 
-@pytest.mark.parametrize("site", ["call", "timer", "after_io", "io callback"])
+@pytest.mark.parametrize("site", ["call", "timer", "after_io", "io callback", "io callback (poll selector)"])
 @pytest.mark.parametrize("answer", [None, False, True])
 def test_a_base_exception_ends_the_round_unless_contain_deals_with_it(site, answer):
     r = Reactor("test")
-    r.start(selectors.DefaultSelector, lambda: None)
+    r.start(selectors.PollSelector if "poll" in site else selectors.DefaultSelector, lambda: None)
     a, b = socket.socketpair()
     seen: list[BaseException] = []
     ran_after: list[str] = []

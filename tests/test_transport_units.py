@@ -1264,6 +1264,7 @@ def test_the_wait_handed_to_select(reactor, monkeypatch):
 
 @pytest.mark.parametrize("registered, ready, expected", [
     (EVENT_READ, "in", EVENT_READ),
+    (EVENT_READ | EVENT_WRITE, "in", EVENT_READ),
     (EVENT_READ | EVENT_WRITE, "out", EVENT_WRITE),
     (EVENT_READ | EVENT_WRITE, "in+out", EVENT_READ | EVENT_WRITE),
     (EVENT_READ, "hup", EVENT_READ),  # an error or hang-up wakes both, within what was asked for
@@ -1291,18 +1292,20 @@ def test_epoll_events_become_the_selector_masks(registered, ready, expected):
 def test_a_socket_unregistered_by_an_earlier_callback_of_the_round_is_not_called():
     r = Reactor("test")
     r.start(selectors.DefaultSelector, lambda: None)
-    (a, b), (c, d) = socket.socketpair(), socket.socketpair()
+    (a, b), (c, d), (e, f) = socket.socketpair(), socket.socketpair(), socket.socketpair()
     try:
         seen: list[str] = []
         r.register(a, EVENT_READ, lambda m: (seen.append("a"), r.unregister(c)))
         r.register(c, EVENT_READ, lambda m: seen.append("c"))
+        r.register(e, EVENT_READ, lambda m: seen.append("e"))
         import select as _select
-        r._epoll = lambda t, n: [(a.fileno(), _select.EPOLLIN), (c.fileno(), _select.EPOLLIN)]
+        r._epoll = lambda t, n: [(a.fileno(), _select.EPOLLIN), (c.fileno(), _select.EPOLLIN),
+                                 (e.fileno(), _select.EPOLLIN)]
         r.run_once(0)
-        assert seen == ["a"]
+        assert seen == ["a", "e"]  # c skipped, the round goes on
     finally:
         r.close()
-        for s_ in (a, b, c, d):
+        for s_ in (a, b, c, d, e, f):
             s_.close()
 
 
@@ -1354,6 +1357,110 @@ def test_our_epoll_selector_behaves_as_the_stdlib_one(cls):
     finally:
         for s_ in (a, b, c, d):
             s_.close()
+
+
+@pytest.mark.parametrize("registered, ready, expected", [
+    (EVENT_READ, "in", EVENT_READ),
+    (EVENT_READ | EVENT_WRITE, "in", EVENT_READ),
+    (EVENT_READ | EVENT_WRITE, "out", EVENT_WRITE),
+    (EVENT_READ | EVENT_WRITE, "in+out", EVENT_READ | EVENT_WRITE),
+    (EVENT_READ, "hup", EVENT_READ),
+    (EVENT_WRITE, "hup", EVENT_WRITE),
+])
+def test_our_selectors_select_maps_epoll_events_as_the_stdlib_does(registered, ready, expected):
+    import select as _select
+    bits = {"in": _select.EPOLLIN, "out": _select.EPOLLOUT, "in+out": _select.EPOLLIN | _select.EPOLLOUT,
+            "hup": _select.EPOLLHUP}[ready]
+    sel = tr.EpollSelector()
+    a, b = socket.socketpair()
+    try:
+        key = sel.register(a, registered)
+        sel.poll = lambda t, n: [(a.fileno(), bits), (9999, _select.EPOLLIN)]  # (an fd not registered: skipped)
+        assert sel.select(0) == [(key, expected)]
+    finally:
+        sel.close()
+        a.close()
+        b.close()
+
+
+def test_our_selectors_select_hands_epoll_the_timeout_and_room_for_every_key():
+    sel = tr.EpollSelector()
+    (a, b), (c, d) = socket.socketpair(), socket.socketpair()
+    asked: list[tuple[Any, int]] = []
+    try:
+        sel.poll = lambda t, n: (asked.append((t, n)), [])[1]
+        sel.select(None)
+        sel.select(0)
+        sel.select(-3)
+        sel.select(0.25)
+        sel.register(a, EVENT_READ)
+        sel.register(c, EVENT_WRITE)
+        sel.select(1.5)
+        assert asked == [(-1, 1), (0, 1), (0, 1), (0.25, 1), (1.5, 2)]  # (-1: no limit; at least room for 1)
+    finally:
+        sel.close()
+        for s_ in (a, b, c, d):
+            s_.close()
+
+
+@pytest.mark.parametrize("cls", [tr.EpollSelector, selectors.EpollSelector], ids=["ours", "stdlib"])
+def test_our_epoll_selector_asks_the_kernel_for_what_was_registered_only(cls):
+    """A socket registered for writing only, readable but not writable (its
+    send buffer full): no event, although it has bytes to read."""
+    sel = cls()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                a.send(b"x" * 4096)
+        b.send(b"y")
+        sel.register(a, EVENT_WRITE)
+        assert sel.select(0) == []
+        sel.modify(a, EVENT_READ)
+        assert [mask for _, mask in sel.select(0)] == [EVENT_READ]
+    finally:
+        sel.close()
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("cls", [tr.EpollSelector, selectors.EpollSelector], ids=["ours", "stdlib"])
+def test_our_epoll_selector_takes_descriptors_and_says_what_is_wrong_as_the_stdlib_does(cls):
+    sel = cls()
+    a, b = socket.socketpair()
+    try:
+        with pytest.raises(ValueError, match=r"^Invalid events: 0$"):
+            sel.register(a, 0)
+        closed = socket.socket()
+        closed.close()
+        with pytest.raises(ValueError, match=r"^Invalid file descriptor: -1$"):
+            sel.register(closed, EVENT_READ)
+        key = sel.register(a.fileno(), EVENT_READ, "by number")  # a descriptor, not a socket
+        with pytest.raises(KeyError, match=r"is already registered"):
+            sel.register(a, EVENT_READ)
+        assert sel.modify(a.fileno(), EVENT_WRITE, "changed").fileobj == a.fileno()
+        assert sel.get_map()[a.fileno()].data == "changed"
+        assert sel.unregister(a.fileno()).fd == key.fd and a.fileno() not in sel.get_map()
+        key = sel.register(a, EVENT_READ)
+        assert sel.modify(a, EVENT_READ, "same events").fileobj is a  # (the kernel not asked: the key still whole)
+        thing = object()
+        with pytest.raises(ValueError, match=r"^Invalid file object: <object object at "):
+            sel.unregister(thing)  # no fileno(): looked for among the keys, not found
+        with pytest.raises(ValueError, match=r"^Invalid file object: "):
+            sel.modify(thing, EVENT_READ)
+        with pytest.raises(KeyError, match=r"^'.*(FD|fd=)?.* is not registered'$"):
+            sel.unregister(b)  # open, never registered
+        with pytest.raises(KeyError, match=r" is not registered"):
+            sel.modify(b, EVENT_READ)
+        with pytest.raises(ValueError, match=r"^Invalid file descriptor: -1$"):
+            sel.unregister(closed)  # closed and never registered
+    finally:
+        sel.close()
+        a.close()
+        b.close()
 
 
 def test_the_default_selector_is_ours_on_linux():
@@ -1516,10 +1623,11 @@ def _boom() -> None:
     raise ValueError("boom")
 
 
-def test_errors_in_callbacks_calls_timers_and_after_io_are_logged(pair, caplog):
+@pytest.mark.parametrize("selector", [selectors.DefaultSelector, selectors.PollSelector], ids=["epoll", "poll"])
+def test_errors_in_callbacks_calls_timers_and_after_io_are_logged(pair, caplog, selector):
     a, b = pair
     r = Reactor()  # the default name is in the messages
-    r.start(selectors.DefaultSelector, lambda: None)
+    r.start(selector, lambda: None)
     try:
         r.register(a, EVENT_READ, lambda mask: _boom())
         b.send(b"x")
