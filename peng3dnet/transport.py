@@ -120,6 +120,9 @@ class EpollSelector(selectors.BaseSelector):
             raise
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        """Watch ``fileobj`` (a socket or a descriptor) for ``events``
+        (``EVENT_READ``, ``EVENT_WRITE`` or both); return its key.  Raises
+        ValueError (bad events, no descriptor) or KeyError (registered)."""
         if not events or events & ~(EVENT_READ | EVENT_WRITE):
             raise ValueError(f"Invalid events: {events!r}")
         fd = _fileobj_to_fd(fileobj)
@@ -131,6 +134,8 @@ class EpollSelector(selectors.BaseSelector):
         return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        """Stop watching ``fileobj`` (closed already is fine); return its key.
+        Raises KeyError when it is not registered."""
         try:
             key = self.keys.pop(self._fd(fileobj))
         except KeyError:
@@ -140,6 +145,8 @@ class EpollSelector(selectors.BaseSelector):
         return key
 
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        """Change what ``fileobj`` is watched for and its data; return the
+        new key.  Raises KeyError when it is not registered."""
         try:
             key = self.keys[self._fd(fileobj)]
         except KeyError:
@@ -155,6 +162,8 @@ class EpollSelector(selectors.BaseSelector):
         return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Wait at most ``timeout`` seconds (``None``: no limit) for events;
+        return ``(key, events)`` pairs (:class:`Reactor` polls itself)."""
         ready = []
         for fd, event in self.poll(-1 if timeout is None else max(timeout, 0), len(self.keys) or 1):
             key = self.keys.get(fd)
@@ -164,9 +173,11 @@ class EpollSelector(selectors.BaseSelector):
         return ready
 
     def get_map(self) -> Any:
+        """A read-only mapping descriptor -> key (``None`` once closed)."""
         return None if self._closed else types.MappingProxyType(self.keys)
 
     def close(self) -> None:
+        """Release the epoll object and forget every key."""
         self._closed = True
         self._epoll.close()
         self.keys.clear()
