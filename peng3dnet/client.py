@@ -36,7 +36,7 @@ from .peer import CLOSE_LINGER, Peer, resolve_addr
 from .protocol.codec import pack
 from .protocol.framing import LENGTH
 from .protocol.handshake import HandshakeState
-from .relay import Relay
+from .relay import Flag, Relay
 from .session import Session, valid_request
 from .transport import Channel, Reactor, frame_selves
 from .transport import connect as transport_connect
@@ -729,7 +729,7 @@ class NetworkLoop:
         """The reactor whose thread serves the clients."""
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
-        self._done = threading.Event()
+        self._done = Flag()
         self._clients: list[Client] = []
         self._lock = threading.Lock()  # guards _clients and _ending (add() and the loop's end)
         self._ending = False

@@ -29,16 +29,19 @@ __all__ = ["Inbox"]
 class Inbox:
     """The queue between the network thread and ``process()``."""
 
-    __slots__ = ("items", "_cond", "_waiters", "notify_pending", "_lock", "stopped")
+    __slots__ = ("items", "_cond", "waiters", "notify_pending", "lock", "stopped")
 
     def __init__(self) -> None:
         self.items: deque[tuple[Any, Any, int, Any]] = deque()
         """The waiting items, oldest first."""
         self._cond = threading.Condition(threading.Lock())
-        self._waiters = 0
+        self.waiters = 0
+        """Threads waiting in :meth:`wait` (a plain attribute: tested per read)."""
         self.notify_pending = False
         """A wake-up of the waiters is scheduled (network thread)."""
-        self._lock = threading.Lock()  # serializes done() (process() may run on several threads)
+        self.lock = threading.Lock()
+        """Serializes :meth:`done` and its inlined copy in ``Peer._dispatch``
+        (``process()`` may run on several threads)."""
         self.stopped = False
         """Set by stop(): waits return at once, process_forever() ends."""
 
@@ -61,7 +64,7 @@ class Inbox:
     @property
     def has_waiters(self) -> bool:
         """Whether a thread waits in :meth:`wait`."""
-        return self._waiters > 0
+        return self.waiters > 0
 
     def notify(self) -> None:
         """Wake every thread waiting in :meth:`wait` (any thread)."""
@@ -75,12 +78,12 @@ class Inbox:
         if self.items:
             return
         with self._cond:
-            self._waiters += 1
+            self.waiters += 1
             try:
                 if not self.items and not self.stopped:
                     self._cond.wait(timeout)
             finally:
-                self._waiters -= 1
+                self.waiters -= 1
 
     def drain(self, dispatch: Callable[[Any, Any, int, Any], None]) -> int:
         """Dispatch what is queued now (not what arrives meanwhile); return
@@ -111,7 +114,7 @@ class Inbox:
 
     def done(self, link: Any) -> bool:
         """One packet of ``link`` was handled; return whether its reading must resume."""
-        with self._lock:
+        with self.lock:  # (inlined in Peer._dispatch: keep the two alike)
             link.n_out += 1
             resume: bool = link.chan.paused and link.n_in - link.n_out <= link.resume_at
             if resume:

@@ -60,7 +60,7 @@ from .protocol.connection import (
 )
 from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
-from .relay import Relay
+from .relay import Flag, Relay
 from .session import ACK_DELAY, ACK_EVERY, Session, redacted
 from .transport import EVENT_READ, EVENT_WRITE, Reactor
 from .userlog import report_user_error
@@ -114,8 +114,11 @@ class Peer:
     _h_rate_p: float
     _h_rate_b: float
     _h_rate_burst: float
+    _h_rate_cap_p: float
+    _h_rate_cap_b: float
     _h_rate_drop: bool
     _h_rate_throttle: bool
+    _h_rate_quota: bool
     _h_rate: bool
     _h_rate_reads: bool
     _h_inline: bool
@@ -142,7 +145,7 @@ class Peer:
         self._process_thread: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._loop_started = False
-        self._loop_done = threading.Event()
+        self._loop_done = Flag()
         # The roles of the runAsync() and process_async() threads (a client
         # on a NetworkLoop takes the loop's relay instead).
         self._relay = Relay(self._reactor, self._loop_done, self._end_loop)
@@ -601,7 +604,7 @@ class Peer:
             if session.rx != session.ack_sent and session.link is link:
                 self._maybe_ack(link, session)
         inbox = self._inbox
-        if queued and inbox.has_waiters and not inbox.notify_pending:
+        if queued and inbox.waiters and not inbox.notify_pending:
             reactor = self._reactor
             if reactor.running and reactor.in_loop():
                 # One wake-up per select(), after every socket it returned
@@ -1332,7 +1335,13 @@ class Peer:
         except BaseException:
             self._handler_failed(link, fn)
         finally:
-            if self._inbox.done(link):
+            with self._inbox.lock:  # (Inbox.done(), inlined: once per packet)
+                link.n_out += 1
+                chan = link.chan
+                resume = chan.paused and link.n_in - link.n_out <= link.resume_at
+                if resume:
+                    chan.paused = False
+            if resume:
                 self._reactor.call_soon(self._flow.resume_reading, link)
 
     def process(self, wait: bool = False, timeout: float | None = None) -> int:

@@ -111,8 +111,11 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
         "_h_rate_p": rate_p,
         "_h_rate_b": rate_b,
         "_h_rate_burst": float(cfg["net.limits.rate.burst"]),
+        "_h_rate_cap_p": rate_p * float(cfg["net.limits.rate.burst"]),  # the buckets' sizes
+        "_h_rate_cap_b": rate_b * float(cfg["net.limits.rate.burst"]),
         "_h_rate_drop": cfg["net.limits.rate.action"] == "drop",
         "_h_rate_throttle": cfg["net.limits.rate.action"] == "throttle",
+        "_h_rate_quota": cfg["net.limits.rate.action"] == "throttle" and rate_p > 0,  # the packet bucket sets the read's quota
         "_h_rate": rate,
         "_h_rate_reads": rate and rate_reads,
         "_h_inline": bool(cfg["net.process.inline"]),

@@ -58,7 +58,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Relay", "WATCH_PERIOD"]
+__all__ = ["Flag", "Relay", "WATCH_PERIOD"]
 
 _STARTING = -1  # the leader's ident while the loop's thread starts the reactor
 
@@ -68,6 +68,29 @@ handler blocking outside the library holds the network for at most about
 two periods before another thread takes it over.  Each look takes the GIL
 from the packet path for a moment: at 10 ms the round trip's p99 on
 loopback rose from about 140 to 180-230 us, at 50 ms to 150-175 us."""
+
+
+class Flag(threading.Event):
+    """A :class:`threading.Event` whose state is also the plain attribute
+    :attr:`value`: read once or twice per batch of handlers, where
+    ``is_set()`` would be a Python call each time.  ``value`` turns true
+    before the event is set and false before it is cleared, so a thread
+    that saw the event set sees ``value`` true.  Any thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = False
+        """Whether the flag is set (see the class docstring)."""
+
+    def set(self) -> None:
+        """Set the flag (and wake :meth:`wait`)."""
+        self.value = True
+        super().set()
+
+    def clear(self) -> None:
+        """Clear the flag."""
+        self.value = False
+        super().clear()
 
 
 class Relay:
@@ -84,7 +107,7 @@ class Relay:
     __slots__ = ("reactor", "loop_done", "end_loop", "cond", "lock", "enabled", "members", "threads", "leader",
                  "runners", "stuck", "busy", "batch", "ended", "__weakref__")
 
-    def __init__(self, reactor: Any, loop_done: threading.Event, end_loop: Callable[[], None]) -> None:
+    def __init__(self, reactor: Any, loop_done: Flag, end_loop: Callable[[], None]) -> None:
         self.reactor = reactor
         self.loop_done = loop_done
         self.end_loop = end_loop
@@ -268,7 +291,7 @@ class Relay:
         reactor = self.reactor
         try:
             while not reactor.stopping:
-                if home is not None and home._loop_done.is_set():
+                if home is not None and home._loop_done.value:
                     cond = self.cond
                     with cond:  # our peer left a shared loop: the others lead on
                         self.leader = None
@@ -323,7 +346,7 @@ class Relay:
             with self.lock:  # (cond's lock)
                 busy = self.busy
                 busy.discard(peer)
-                if peer._loop_done.is_set():
+                if peer._loop_done.value:
                     cond.notify_all()  # its process thread may wait to leave
                 stuck = self.stuck
                 stuck.discard(me)
@@ -336,7 +359,7 @@ class Relay:
                 else:
                     peer = None
                 if peer is None:
-                    lead = self.leader is None and len(stuck) >= len(runners) and not self.loop_done.is_set()  # (_free())
+                    lead = self.leader is None and len(stuck) >= len(runners) and not self.loop_done.value  # (_free())
                     if lead:
                         self.leader = me
                         self.reactor.thread_id = me

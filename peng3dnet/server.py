@@ -548,25 +548,28 @@ class Server(Peer):
 
     def _refill(self, link: Link, now: float) -> None:
         """Refill a connection's token buckets (network thread)."""
-        rate_p = self._h_rate_p
-        rate_b = self._h_rate_b
-        burst = self._h_rate_burst
         if link.rate_t == 0.0:
-            link.rate_p, link.rate_b, link.rate_t = rate_p * burst, rate_b * burst, now
+            link.rate_p, link.rate_b, link.rate_t = self._h_rate_cap_p, self._h_rate_cap_b, now
         dt = now - link.rate_t
         if dt <= 0:  # (refilled later already)
             return
         link.rate_t = now
-        link.rate_p = min(rate_p * burst, link.rate_p + dt * rate_p)
-        link.rate_b = min(rate_b * burst, link.rate_b + dt * rate_b)
+        cap = self._h_rate_cap_p
+        tokens = link.rate_p + dt * self._h_rate_p
+        link.rate_p = tokens if tokens < cap else cap
+        cap = self._h_rate_cap_b
+        tokens = link.rate_b + dt * self._h_rate_b
+        link.rate_b = tokens if tokens < cap else cap
 
     def _read_quota(self, link: Link, now: float) -> int:
         room = NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out  # (Peer's, inlined)
-        if self._h_rate_throttle and self._h_rate_p > 0:
+        if self._h_rate_quota:
             # Throttling is exact for packets: the core decodes no more
             # than the bucket holds; the rest waits undecoded.
             self._refill(link, now)
-            return min(room, max(0, int(link.rate_p)))
+            tokens = link.rate_p
+            if tokens < room:
+                return int(tokens) if tokens > 0 else 0
         return room
 
     def _throttled_for(self, link: Link) -> float:
@@ -576,21 +579,20 @@ class Server(Peer):
 
     def _read_allowed(self, link: Link, nbytes: int, outs: list[Output], npackets: int, now: float) -> bool:
         """Token buckets per connection (server side).  Return whether to go on."""
-        rate_p = self._h_rate_p
-        rate_b = self._h_rate_b
-        burst = self._h_rate_burst
         if link.rate_t != now:  # (else _read_quota refilled at this same time)
             self._refill(link, now)
+        rate_b = self._h_rate_b
         if self._h_rate_throttle:
             # Lossless: the packets of this read are within the packet
             # bucket (see _read_quota); bytes already read go on, and
             # reading pauses until the byte bucket is back above zero.
             link.rate_p -= npackets
-            link.rate_b -= nbytes
-            wait = -link.rate_b / rate_b if rate_b > 0 else 0.0
-            if wait > 0:
-                self._flow.throttle(link, wait)
+            tokens = link.rate_b = link.rate_b - nbytes
+            if tokens < 0 and rate_b > 0:
+                self._flow.throttle(link, -tokens / rate_b)
             return True
+        rate_p = self._h_rate_p
+        burst = self._h_rate_burst
         if self._h_rate_drop:
             # Let through what the buckets allow, drop the rest of this read's
             # application packets; dropped packets cost no tokens.

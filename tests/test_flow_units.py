@@ -342,14 +342,14 @@ def test_an_idle_inbox_waits_its_timeout_and_a_busy_or_stopped_one_does_not_wait
     inbox = Inbox()
     cond = inbox._cond = _RecordingCond()  # type: ignore[assignment]
     inbox.wait(0.25)
-    assert cond.waits == [0.25] and inbox._waiters == 0
+    assert cond.waits == [0.25] and inbox.waiters == 0
     inbox.items.append(("link", "f", 64, "m"))
     inbox.wait(0.25)  # something is queued
     assert cond.waits == [0.25]
     inbox.items.clear()
     inbox.stopped = True  # stop(): waits return at once
     inbox.wait(0.25)
-    assert cond.waits == [0.25] and inbox._waiters == 0
+    assert cond.waits == [0.25] and inbox.waiters == 0
 
 
 def test_drain_counts_packets_not_the_closes_queued_behind_them():
@@ -372,12 +372,12 @@ def test_the_inbox_counts_every_waiter_until_it_leaves():
     for t in threads:
         t.start()
     wait_for(lambda: cond.waits >= 2 or not all(t.is_alive() for t in threads), what="both threads waiting")
-    assert cond.waits == 2 and inbox._waiters == 2 and inbox.has_waiters
+    assert cond.waits == 2 and inbox.waiters == 2 and inbox.has_waiters
     inbox.stopped = True
     inbox.notify()
     for t in threads:
         t.join(10)
-    assert inbox._waiters == 0 and not inbox.has_waiters
+    assert inbox.waiters == 0 and not inbox.has_waiters
 
 
 # --- hooks -------------------------------------------------------------------------------------------

@@ -343,7 +343,7 @@ def test_a_base_exception_in_a_queued_on_close_stops_the_server_cleanly(peers):
 
 def _watched():
     wd = relay_mod._Watchdog()
-    r = relay_mod.Relay(None, threading.Event(), lambda: None)
+    r = relay_mod.Relay(None, relay_mod.Flag(), lambda: None)
     wd.relays.add(r)
     wd.idle = False
     return wd, r
@@ -407,12 +407,12 @@ class _FakePeer:
     def __init__(self, items=()):
         self._inbox = type("Inbox", (), {})()
         self._inbox.items = list(items)
-        self._loop_done = threading.Event()
+        self._loop_done = relay_mod.Flag()
 
 
 def _bare():
     ended = []
-    r = relay_mod.Relay(None, threading.Event(), lambda: ended.append(1))
+    r = relay_mod.Relay(None, relay_mod.Flag(), lambda: ended.append(1))
     return r, ended
 
 

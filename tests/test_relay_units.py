@@ -127,7 +127,7 @@ class FakePeer:
         self.name = name
         self.ran = ran
         self._inbox = FakeInbox(list(items))
-        self._loop_done = threading.Event()
+        self._loop_done = relay_mod.Flag()
         self.during: Any = None
 
     def _dispatch(self, item: Any) -> None:  # (handed to _dispatching; the fake drains itself)
@@ -181,7 +181,7 @@ def _relay(reactor: Any = None, scripted: bool = True) -> tuple[relay_mod.Relay,
         ended.append("end_loop")
         r.loop_done.set()
 
-    r = relay_mod.Relay(reactor if reactor is not None else FakeReactor(), threading.Event(), end_loop)
+    r = relay_mod.Relay(reactor if reactor is not None else FakeReactor(), relay_mod.Flag(), end_loop)
     if scripted:
         r.cond = ScriptedCond(r.lock)  # type: ignore[assignment]
     return r, ended
