@@ -12,15 +12,15 @@ An item is ``(link, what to call, pid, msg)`` (see ``plans.RecvPlan``); ``(link,
 is a connection's close, queued behind the packets that came before it.
 
 Thread safety: :meth:`Inbox.put` and :meth:`Inbox.notify` on the network
-thread; :meth:`Inbox.wait`, :meth:`Inbox.drain`, :meth:`Inbox.take_for` and
-:meth:`Inbox.done` on the thread(s) calling ``process()``.
+thread; :meth:`Inbox.wait`, :meth:`Inbox.take_for` and :meth:`Inbox.done` on the
+thread(s) calling ``process()``, which takes the items out of
+:attr:`Inbox.items` itself (``Peer._run_batch``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Inbox"]
@@ -84,21 +84,6 @@ class Inbox:
                     self._cond.wait(timeout)
             finally:
                 self.waiters -= 1
-
-    def drain(self, dispatch: Callable[[Any, Any, int, Any], None]) -> int:
-        """Dispatch what is queued now (not what arrives meanwhile); return
-        how many packets (queued closes are dispatched, not counted)."""
-        items = self.items
-        n = 0
-        for _ in range(len(items)):
-            try:
-                item = items.popleft()
-            except IndexError:  # another thread drained concurrently
-                break
-            dispatch(*item)
-            if item[1] is not None:
-                n += 1
-        return n
 
     def take_for(self, link: Any) -> tuple[Any, Any, int, Any] | None:
         """Remove and return the oldest item of ``link``, or ``None``."""

@@ -1362,7 +1362,32 @@ class Peer:
             self._inbox.wait(timeout)
         if not self._inbox.items:
             return 0
-        return self._dispatching(self._inbox.drain, self._dispatch)
+        return self._run_batch()
+
+    def _run_batch(self) -> int:
+        """Dispatch what is queued now (not what arrives meanwhile), marked
+        as running handlers (see :meth:`_dispatching`); return how many
+        packets (queued closes are dispatched, not counted).  The thread
+        calling ``process()``, or the relay's runner (once per batch: the
+        marking is inlined)."""
+        local = self._flow.dispatching
+        outer = getattr(local, "active", False)
+        local.active = True
+        dispatch = self._dispatch
+        items = self._inbox.items
+        n = 0
+        try:
+            for _ in range(len(items)):
+                try:
+                    item = items.popleft()
+                except IndexError:  # another thread drained concurrently
+                    break
+                dispatch(*item)
+                if item[1] is not None:
+                    n += 1
+        finally:
+            local.active = outer
+        return n
 
     def _dispatching(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` marked as running handlers: they serve every

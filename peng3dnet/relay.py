@@ -334,7 +334,7 @@ class Relay:
             _WATCHDOG.running()
         while True:
             try:
-                peer._dispatching(peer._inbox.drain, peer._dispatch)
+                peer._run_batch()
             except BaseException:
                 # (handlers' errors are reported by _dispatch; this escaped it)
                 with cond:  # this thread ends: not a runner, and never the leader

@@ -21,6 +21,7 @@ from peng3dnet.errors import ConnectionClosedError, WriteBufferFullError
 from peng3dnet.flow import Flow
 from peng3dnet.inbox import Inbox
 from peng3dnet.link import link_hooks, noop_hook
+from peng3dnet.peer import Peer
 from tests.helpers import wait_for
 
 
@@ -352,17 +353,67 @@ def test_an_idle_inbox_waits_its_timeout_and_a_busy_or_stopped_one_does_not_wait
     assert cond.waits == [0.25] and inbox.waiters == 0
 
 
-def test_drain_counts_packets_not_the_closes_queued_behind_them():
+class Batch:
+    """What ``Peer._run_batch`` uses of its peer: the inbox, the
+    dispatching mark and ``_dispatch`` (recorded, with the mark it saw)."""
+
+    def __init__(self, inbox: Inbox, fail_on: Any = None) -> None:
+        self._inbox = inbox
+        self._flow = type("F", (), {"dispatching": threading.local()})()
+        self.seen: list = []
+        self.fail_on = fail_on
+
+    def _dispatch(self, *item: Any) -> None:
+        self.seen.append((item, self._flow.dispatching.active))
+        if item[3] == self.fail_on:
+            raise KeyboardInterrupt  # (what escapes _dispatch: not a handler's Exception)
+
+    def run(self) -> int:
+        return Peer._run_batch(self)  # type: ignore[arg-type]
+
+
+def test_a_batch_counts_packets_not_the_closes_queued_behind_them():
     inbox = Inbox()
     link = FakeLink(3)
     link.n_in = link.n_out = 0
     inbox.put(link, "handler", 64, "a", limit=100)
     inbox.put(link, "handler", 64, "b", limit=100)
     inbox.put_close(link, "bye")
-    seen: list = []
-    assert inbox.drain(lambda *item: seen.append(item)) == 2
-    assert seen == [(link, "handler", 64, "a"), (link, "handler", 64, "b"), (link, None, -1, "bye")]
-    assert inbox.drain(lambda *item: seen.append(item)) == 0 and len(seen) == 3
+    b = Batch(inbox)
+    assert b.run() == 2
+    # each dispatched marked as running handlers, the mark taken off after
+    assert b.seen == [((link, "handler", 64, "a"), True), ((link, "handler", 64, "b"), True),
+                      ((link, None, -1, "bye"), True)]
+    assert b._flow.dispatching.active is False
+    assert b.run() == 0 and len(b.seen) == 3
+
+
+def test_a_batch_runs_what_was_queued_when_it_began_and_keeps_an_outer_mark():
+    inbox = Inbox()
+    link = FakeLink(3)
+    b = Batch(inbox)
+    inbox.items.extend([(link, "f", 64, "m1"), (link, "f", 64, "m2")])
+
+    def dispatch(*item: Any) -> None:
+        b.seen.append(item)
+        inbox.items.append((link, "f", 64, "later"))  # arrives meanwhile: the next batch's
+
+    b._dispatch = dispatch  # type: ignore[method-assign]
+    b._flow.dispatching.active = True  # a batch run from a handler (process() inside a handler)
+    assert b.run() == 2
+    assert [item[3] for item in b.seen] == ["m1", "m2"] and len(inbox.items) == 2
+    assert b._flow.dispatching.active is True
+
+
+def test_a_batch_that_a_dispatch_escapes_takes_its_mark_off_and_leaves_the_rest():
+    inbox = Inbox()
+    link = FakeLink(3)
+    inbox.items.extend([(link, "f", 64, "m1"), (link, "f", 64, "m2"), (link, "f", 64, "m3")])
+    b = Batch(inbox, fail_on="m2")
+    with pytest.raises(KeyboardInterrupt):
+        b.run()
+    assert [item[3] for item, _ in b.seen] == ["m1", "m2"] and list(inbox.items) == [(link, "f", 64, "m3")]
+    assert b._flow.dispatching.active is False
 
 
 def test_the_inbox_counts_every_waiter_until_it_leaves():
@@ -605,7 +656,7 @@ def test_take_for_removes_the_oldest_item_of_that_link_only():
     assert inbox.take_for(b) is None and len(inbox.items) == 1
 
 
-def test_a_drain_racing_another_counts_what_it_dispatched():
+def test_a_batch_racing_another_counts_what_it_dispatched():
     class Racing(deque):  # another thread empties the queue after our first item
         def popleft(self):
             item = super().popleft()
@@ -615,9 +666,9 @@ def test_a_drain_racing_another_counts_what_it_dispatched():
     inbox = Inbox()
     link = FakeLink(1)
     inbox.items = Racing([(link, "f", 64, "m1"), (link, "f", 64, "m2"), (link, "f", 64, "m3")])
-    got: list = []
-    assert inbox.drain(lambda *item: got.append(item)) == 1
-    assert got == [(link, "f", 64, "m1")]
+    b = Batch(inbox)
+    assert b.run() == 1
+    assert b.seen == [((link, "f", 64, "m1"), True)]
 
 
 # --- the running total of buffered bytes: recount() and released() --------------------------------------

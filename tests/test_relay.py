@@ -481,11 +481,11 @@ def test_a_runner_that_waited_is_not_stuck_after_its_batch():
     me = threading.get_ident()
     p = _FakePeer([1])
 
-    def dispatching(drain, dispatch):
+    def run_batch():
         p._inbox.items.clear()
         r.before_wait()  # the handler waited in the library
 
-    p._dispatching, p._inbox.drain, p._dispatch = dispatching, None, None
+    p._run_batch = run_batch
     r.members = [p]
     r.leader = 7  # another thread leads
     assert r._start_batch(me) is p

@@ -130,12 +130,8 @@ class FakePeer:
         self._loop_done = relay_mod.Flag()
         self.during: Any = None
 
-    def _dispatch(self, item: Any) -> None:  # (handed to _dispatching; the fake drains itself)
-        raise AssertionError("not called by the fake")
-
-    def _dispatching(self, drain: Any, dispatch: Any) -> None:
-        assert drain == self._inbox.drain and dispatch == self._dispatch
-        got = drain()
+    def _run_batch(self) -> None:
+        got = self._inbox.drain()
         self.ran.append((self.name, got, self.during() if self.during is not None else None))
 
     def __repr__(self) -> str:

@@ -28,6 +28,7 @@ frames that preceded the bad one.  Anything else escaping is our bug.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
 
@@ -41,6 +42,7 @@ from ..constants import (
     EXTENSION_PACKETS,
     EXTENSIONS_KEY,
     FLAG_COMPRESSED,
+    MAX_PACKETLENGTH,
     PID_CALL,
     PID_CALL_REPLY,
     PID_CLOSECONN,
@@ -66,7 +68,7 @@ from ..errors import (
 from ..registry import PacketRegistry
 from ..version import PROTOVERSION, VERSION
 from .codec import decode_body, decompress_body, frame_body, pack, unpack
-from .framing import Frame, FrameDecoder
+from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, Frame, FrameDecoder
 from .handshake import SENDER, HandshakeInput, HandshakeMachine, HandshakeState
 
 __all__ = [
@@ -653,11 +655,19 @@ class ProtocolConnection:
         Raises:
             LocalProtocolError: The message cannot be encoded.
         """
-        # _encode() with codec.pack() inlined (once per packet sent).
+        # _encode() with codec.pack() inlined (once per packet sent), and
+        # frame_body()'s uncompressed case too.
         try:
-            body = encode(msg)
+            body: bytes = encode(msg)
         except (TypeError, ValueError, OverflowError) as exc:
             raise LocalProtocolError(f"cannot encode message: {exc}") from exc
+        if not self.compress or len(body) <= self.compress_threshold:
+            length = len(body) + HEADER_SIZE
+            if length <= MAX_PACKETLENGTH:
+                try:
+                    return _PREFIX_AND_HEADER.pack(length, pid, 0) + body
+                except struct.error:
+                    pass  # (a pid out of range: frame_body raises the right error)
         return frame_body(pid, body, compress=self.compress, threshold=self.compress_threshold, level=self.compress_level)
 
     def send_packet(self, pid: int, msg: Any) -> None:

@@ -374,3 +374,24 @@ def test_internal_packets_follow_the_compression_settings_too():
     off = ProtocolConnection(SIDE_SERVER, registry=sreg, compress=False, compress_threshold=0)
     off.initiate()
     assert off.data_to_send()[8:10] == b"\x00\x00"
+
+
+@pytest.mark.parametrize("pid", [-1, 2**32])
+def test_encode_packet_refuses_an_id_that_does_not_fit_as_encode_frame_does(pid):
+    p = _pair()
+    p.start()
+    with pytest.raises(LocalProtocolError) as mine:
+        p.client.encode_packet(pid, "x")
+    with pytest.raises(LocalProtocolError) as frame:
+        encode_frame(pid, 0, msgpack.packb("x"))
+    assert str(mine.value) == str(frame.value) == f"invalid packet id {pid} or flags 0"
+
+
+def test_encode_packet_frames_a_short_body_uncompressed_while_compression_is_on():
+    p = _pair()
+    p.start()
+    p.client.compress_threshold = 4
+    four = msgpack.packb("abc")  # 4 bytes: at the threshold, not above it
+    assert len(four) == 4
+    assert p.client.encode_packet(70000, "abc") == encode_frame(70000, 0, four)
+    assert p.client.encode_packet(64, "abcd")[8:10] == b"\x00\x01"  # 5 bytes: compressed
