@@ -347,10 +347,26 @@ class ProtocolConnection:
         frames = self._frames
         error: RemoteProtocolError | None = None
         if data:
-            try:
-                self._decoder.feed(data, frames)
-            except RemoteProtocolError as exc:
-                error = exc
+            frame = None if frames else self._decoder.one_frame(data)
+            if frame is None:
+                try:
+                    self._decoder.feed(data, frames)
+                except RemoteProtocolError as exc:
+                    error = exc
+            else:
+                # The common case, the loop below's first branch inlined: one
+                # read, one uncompressed application packet within the quota.
+                pid, flags, body = frame
+                if pid >= PID_FIRST_FREE and not flags and self.packet_quota > 0:
+                    try:
+                        msg = _unpackb(body, raw=False, strict_map_key=False)
+                    except Exception:
+                        pass  # (the loop below raises its DecodeError)
+                    else:
+                        self.packet_quota -= 1
+                        self._outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, self._machine.state)))
+                        return
+                frames.append(frame)
         # A broken stream ends here: what came before it is delivered first.
         quota = self.packet_quota if error is None else NO_QUOTA
         call_pid = self._call_pid

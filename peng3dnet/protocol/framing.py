@@ -94,6 +94,18 @@ class FrameDecoder:
         """Drop the bytes held for an incomplete frame."""
         self._buf = bytearray()
 
+    def one_frame(self, data: bytes | bytearray | memoryview) -> Frame | None:
+        """The common case of :meth:`feed`, for one read that is one packet:
+        when nothing is held and ``data`` is exactly one whole, valid frame,
+        return it; else return ``None`` and take nothing (``feed(data)``
+        then decodes it, errors included)."""
+        if self._buf or self._error is not None or len(data) < _FRAME_MIN:
+            return None
+        length, pid, flags = _PREFIX_AND_HEADER.unpack_from(data)
+        if length + PREFIX_SIZE == len(data) and length <= self.max_frame_size and not flags & ~KNOWN_FLAGS:
+            return pid, flags, bytes(data[_FRAME_MIN:])
+        return None
+
     def feed(self, data: bytes | bytearray | memoryview, out: list[Frame]) -> None:
         """Decode as many complete frames as possible.
 
@@ -108,14 +120,6 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
-        if not self._buf and len(data) >= _FRAME_MIN:
-            # The common case first: the data is exactly one whole, valid
-            # frame and nothing is held (one read, one packet).  Anything
-            # else, errors included, takes the general loop below.
-            length, pid, flags = _PREFIX_AND_HEADER.unpack_from(data)
-            if length + PREFIX_SIZE == len(data) and length <= self.max_frame_size and not flags & ~KNOWN_FLAGS:
-                out.append((pid, flags, bytes(data[_FRAME_MIN:])))
-                return
         buf: bytes | bytearray | memoryview
         if self._buf:
             self._buf += data

@@ -395,3 +395,64 @@ def test_encode_packet_frames_a_short_body_uncompressed_while_compression_is_on(
     assert len(four) == 4
     assert p.client.encode_packet(70000, "abc") == encode_frame(70000, 0, four)
     assert p.client.encode_packet(64, "abcd")[8:10] == b"\x00\x01"  # 5 bytes: compressed
+
+
+# --- one read, one packet: the receive path's common case --------------------------------------
+
+def _active():
+    p = _pair(frozenset({"heartbeat"}))
+    p.start()
+    p.server.drain_received()
+    return p.server
+
+
+def test_one_read_of_one_packet_outputs_it_and_takes_one_from_the_quota():
+    s = _active()
+    s.packet_quota = 5
+    s.receive_data(memoryview(bytearray(encode_frame(64, 0, msgpack.packb({1: "x"})))))
+    assert s.drain_received() == [PacketReceived(64, 0, {1: "x"}, S.ACTIVE)]
+    assert s.packet_quota == 4 and s.frames_waiting == 0
+    s.packet_quota = 1
+    s.receive_data(encode_frame(2**32 - 1, 0, msgpack.packb(None)))  # the last id, the last of the quota
+    assert s.drain_received() == [PacketReceived(2**32 - 1, 0, None, S.ACTIVE)] and s.packet_quota == 0
+
+
+def test_one_read_of_one_packet_over_the_quota_is_held_until_it_is_raised():
+    s = _active()
+    s.packet_quota = 0
+    s.receive_data(encode_frame(64, 0, msgpack.packb("a")))
+    assert s.drain_received() == [] and s.frames_waiting == 1 and s.packet_quota == 0
+    s.packet_quota = 1
+    s.receive_data(b"")
+    assert s.drain_received() == [PacketReceived(64, 0, "a", S.ACTIVE)] and s.frames_waiting == 0
+
+
+def test_a_whole_packet_read_behind_held_ones_waits_its_turn():
+    s = _active()
+    s.packet_quota = 0
+    s.receive_data(encode_frame(64, 0, msgpack.packb("first")))
+    s.packet_quota = 1  # room for one: the held one, not the one read now
+    s.receive_data(encode_frame(65, 0, msgpack.packb("second")))
+    assert s.drain_received() == [PacketReceived(64, 0, "first", S.ACTIVE)] and s.frames_waiting == 1
+    s.packet_quota = 1
+    s.receive_data(b"")
+    assert s.drain_received() == [PacketReceived(65, 0, "second", S.ACTIVE)]
+
+
+def test_one_read_of_one_compressed_or_internal_packet_takes_the_general_way():
+    s = _active()
+    s.packet_quota = 5
+    s.receive_data(_compressed(64, "z" * 50))
+    assert s.drain_received() == [PacketReceived(64, FLAG_COMPRESSED, "z" * 50, S.ACTIVE)] and s.packet_quota == 4
+    s.receive_data(encode_frame(PID_HEARTBEAT, 0, msgpack.packb({"t": 1.5})))
+    assert s.drain_received() == [] and s.packet_quota == 4  # internal: answered by the core, no quota
+    assert [pid for pid, _, _ in frames_of(s.data_to_send())] == [PID_HEARTBEAT + 1]  # answered
+
+
+def test_one_read_of_one_packet_that_is_not_msgpack_closes_with_invalidmsgpack():
+    s = _active()
+    s.packet_quota = 5
+    s.receive_data(encode_frame(64, 0, b"\xc1"))
+    outs, closed = _closed(s)
+    assert outs == [PacketSent(PID_CLOSECONN, {"reason": "invalidmsgpack"}), closed]
+    assert closed.reason == "invalidmsgpack" and s.closed

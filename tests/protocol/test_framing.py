@@ -221,3 +221,72 @@ def test_a_frame_exactly_at_the_limit_passes_also_in_pieces_and_behind_another()
     assert out == [(65, 0, b""), (64, 0, b"x" * 10)]
     with pytest.raises(FrameTooLargeError):
         decode_all(small + encode_frame(64, 0, b"x" * 11), max_size=limit)
+
+
+# --- one_frame(): feed()'s common case, taken by the core before feed() ------------------------
+
+def test_one_frame_returns_exactly_one_whole_frame_as_its_own_bytes():
+    frame = encode_frame(64, 1, b"abc")
+    buf = bytearray(frame)
+    dec = FrameDecoder(MAX)
+    got = dec.one_frame(memoryview(buf))
+    buf[:] = b"\xff" * len(buf)
+    assert got == (64, 1, b"abc") and type(got[2]) is bytes and dec.buffered == 0
+    assert FrameDecoder(MAX).one_frame(encode_frame(70000, 0, b"")) == (70000, 0, b"")  # the smallest frame: 10 bytes
+
+
+def test_one_frame_takes_a_frame_exactly_at_the_limit_and_not_one_byte_more():
+    assert FrameDecoder(6 + 10).one_frame(encode_frame(64, 0, b"x" * 10)) == (64, 0, b"x" * 10)
+    dec = FrameDecoder(6 + 10)
+    too_big = encode_frame(64, 0, b"x" * 11)
+    assert dec.one_frame(too_big) is None
+    with pytest.raises(FrameTooLargeError):  # feed() then refuses it
+        dec.feed(too_big, [])
+
+
+@pytest.mark.parametrize("case", ["short", "two frames", "frame and a part", "part", "unknown flags", "held", "failed"])
+def test_one_frame_leaves_everything_else_to_feed_and_takes_nothing(case):
+    frame = encode_frame(64, 0, b"abc")
+    dec = FrameDecoder(MAX)
+    data = {"short": frame[:9], "two frames": frame + frame, "frame and a part": frame + frame[:4],
+            "part": frame[:-1], "unknown flags": encode_frame(64, 0x8000, b"abc"), "held": frame,
+            "failed": frame}[case]
+    if case == "held":
+        dec.feed(frame[:3], [])
+    if case == "failed":
+        with pytest.raises(DecodeError):
+            dec.feed(b"\x00\x00\x00\x01", [])  # a length below the header's
+    held = dec.buffered
+    assert dec.one_frame(data) is None
+    assert dec.buffered == held  # nothing taken
+
+
+_frames = st.builds(encode_frame, st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 0x8000]), st.binary(max_size=12))
+_streams = st.one_of(st.binary(max_size=30), _frames, st.tuples(_frames, st.binary(max_size=12)).map(b"".join),
+                     _frames.map(lambda f: f[:-1]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.just(b""), st.binary(max_size=14), _frames.map(lambda f: f[:5])), _streams)
+def test_one_frame_agrees_with_feed(before, data):
+    """Whatever came before (held bytes, an error), one_frame() gives a
+    frame only when feed() would give exactly that one frame and hold
+    nothing; otherwise it takes nothing."""
+    one, ref = FrameDecoder(20), FrameDecoder(20)
+    for dec in (one, ref):
+        try:
+            dec.feed(before, [])
+        except RemoteProtocolError:
+            pass
+    held = one.buffered
+    got = one.one_frame(data)
+    out: list = []
+    try:
+        ref.feed(data, out)
+    except RemoteProtocolError:
+        assert got is None
+        return
+    if got is not None:
+        assert out == [got] and ref.buffered == 0 and one.buffered == 0
+    else:
+        assert one.buffered == held and not (len(out) == 1 and ref.buffered == 0 and held == 0)
