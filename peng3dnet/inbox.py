@@ -47,7 +47,8 @@ class Inbox:
 
     # --- network thread ------------------------------------------------------------------
     def put(self, link: Any, pobj: Any, pid: int, msg: Any, limit: int) -> bool:
-        """Queue one packet; return whether reading from ``link`` must pause now."""
+        """Queue one packet; return whether reading from ``link`` must pause now.
+        (Inlined in ``Peer._on_app_packet``: keep the two alike.)"""
         link.n_in += 1  # the network thread is its only writer: no lock
         self.items.append((link, pobj, pid, msg))
         if link.n_in - link.n_out >= limit and not link.chan.paused:

@@ -410,7 +410,11 @@ class Peer:
             # Room left in the process queue (and, throttling, in the packet
             # bucket): the core decodes no more packets than that and holds
             # the rest of the read back.
-            quota = proto.packet_quota = self._read_quota(link, now)
+            if self._h_rate_quota:
+                quota = self._read_quota(link, now)
+            else:  # (_read_quota(), inlined)
+                quota = NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out
+            proto.packet_quota = quota
             if self._h_inflate and proto.inflate_budget is not None:
                 # The decompression budget, refilled before this read is judged.
                 if proto.inflate_budget >= self._h_inflate_cap:
@@ -479,7 +483,8 @@ class Peer:
     def _read_quota(self, link: Link, now: float) -> int:
         """How many application packets the next read may decode: the room
         left in the process queue (network thread; the server also counts
-        its packet bucket when throttling)."""
+        its packet bucket when throttling: ``_h_rate_quota``; else
+        :meth:`_read` computes this itself)."""
         return NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out
 
     def _refill_inflate(self, link: Link, now: float) -> None:
@@ -756,9 +761,17 @@ class Peer:
             except BaseException:
                 self._handler_failed(link, fn)
             return False
-        if self._inbox.put(link, fn, pid, msg, self._h_recv_queue):
-            link.chan.update_interest()
-            log.debug("= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued)
+        # Inbox.put(), inlined (once per packet): keep the two alike.
+        link.n_in += 1  # the network thread is its only writer: no lock
+        self._inbox.items.append((link, fn, pid, msg))
+        limit = self._h_recv_queue
+        if link.n_in - link.n_out >= limit:
+            chan = link.chan
+            if not chan.paused:
+                chan.paused = True
+                link.resume_at = limit // 2
+                chan.update_interest()
+                log.debug("= %s cid=%s: reading paused, %d packets wait for process()", self._role, link.cid, link.queued)
         return True
 
     def _on_call(self, link: Link, o: CallRequested) -> bool:

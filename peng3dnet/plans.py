@@ -115,7 +115,8 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
         "_h_rate_cap_b": rate_b * float(cfg["net.limits.rate.burst"]),
         "_h_rate_drop": cfg["net.limits.rate.action"] == "drop",
         "_h_rate_throttle": cfg["net.limits.rate.action"] == "throttle",
-        "_h_rate_quota": cfg["net.limits.rate.action"] == "throttle" and rate_p > 0,  # the packet bucket sets the read's quota
+        # the packet bucket sets the reads' quota (Server._read_quota)
+        "_h_rate_quota": rate_reads and cfg["net.limits.rate.action"] == "throttle" and rate_p > 0,
         "_h_rate": rate,
         "_h_rate_reads": rate and rate_reads,
         "_h_inline": bool(cfg["net.process.inline"]),

@@ -566,7 +566,18 @@ class Server(Peer):
         if self._h_rate_quota:
             # Throttling is exact for packets: the core decodes no more
             # than the bucket holds; the rest waits undecoded.
-            self._refill(link, now)
+            last = link.rate_t
+            if last == 0.0 or now <= last:
+                self._refill(link, now)
+            else:  # (_refill()'s common case, inlined: once per read)
+                link.rate_t = now
+                dt = now - last
+                cap = self._h_rate_cap_p
+                tokens = link.rate_p + dt * self._h_rate_p
+                link.rate_p = tokens if tokens < cap else cap
+                cap = self._h_rate_cap_b
+                tokens = link.rate_b + dt * self._h_rate_b
+                link.rate_b = tokens if tokens < cap else cap
             tokens = link.rate_p
             if tokens < room:
                 return int(tokens) if tokens > 0 else 0
