@@ -538,7 +538,10 @@ class Client(Peer):
 
         Thread safety: any thread; never blocks on the network.
         """
-        self._send(self._link(None), ptype, data)
+        link = self._link_obj
+        if link is None or link.proto.closed:  # (_link()'s test, inlined: once per message)
+            link = self._link(None)
+        self._send(link, ptype, data)
 
     def call(self, ptype: Any, data: Any, timeout: float | None = None) -> Any:
         """Send a message to the server and return its handler's answer.

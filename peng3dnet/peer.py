@@ -1029,7 +1029,14 @@ class Peer:
         raise LocalProtocolError(f"cannot send yet (connection state {state.name}); wait for the handshake")
 
     def _send(self, link: Link, ptype: Any, data: Any) -> None:
-        _, pid, pobj, hooks, smart, _ = self._lookup(ptype)
+        try:  # (_lookup(), inlined: once per message)
+            plan = self._send_plans[ptype]
+        except (KeyError, TypeError):
+            plan = self._send_plan(ptype)
+        else:
+            if plan[0] != self.registry.version or plan[5] is not type(ptype):
+                plan = self._send_plan(ptype)
+        _, pid, pobj, hooks, smart, _ = plan
         if link.proto.state is not _ACTIVE:
             self._check_sendable(link)
         if smart and self._h_strict_send and not smart_check(pobj, link.cid, receiving=False):

@@ -300,9 +300,10 @@ class Relay:
                     return None
                 reactor.run_once(None)
                 # Per round (most calls of _lead have one): a peek without
-                # the lock (_free() and _runnable() inlined), checked again
-                # with it.
-                if len(self.stuck) < len(self.runners):
+                # the lock (_free() and _runnable() inlined; no runner is
+                # the common case), checked again with it.
+                runners = self.runners
+                if runners and len(self.stuck) < len(runners):
                     continue
                 busy = self.busy
                 for peer in self.members:
@@ -311,11 +312,15 @@ class Relay:
                 else:
                     continue
                 with self.lock:
-                    if len(self.stuck) < len(self.runners) or reactor.stopping:
+                    if (runners and len(self.stuck) < len(runners)) or reactor.stopping:
                         continue
-                    peer = self._start_batch(me, peer)
-                    if peer is None:
-                        continue
+                    if not peer._inbox.items or peer in busy:  # (_start_batch(), inlined)
+                        peer = self._runnable()
+                        if peer is None:
+                            continue
+                    busy.add(peer)
+                    self.batch += 1
+                    runners[me] = self.batch
                     self.leader = None
                     reactor.thread_id = None
                 return peer
@@ -349,7 +354,8 @@ class Relay:
                 if peer._loop_done.value:
                     cond.notify_all()  # its process thread may wait to leave
                 stuck = self.stuck
-                stuck.discard(me)
+                if stuck:  # (rarely: a runner that waited or was stuck)
+                    stuck.discard(me)
                 runners = self.runners
                 del runners[me]
                 for peer in self.members:  # (_runnable(), inlined)
@@ -359,7 +365,8 @@ class Relay:
                 else:
                     peer = None
                 if peer is None:
-                    lead = self.leader is None and len(stuck) >= len(runners) and not self.loop_done.value  # (_free())
+                    lead = (self.leader is None and (not runners or len(stuck) >= len(runners))  # (_free())
+                            and not self.loop_done.value)
                     if lead:
                         self.leader = me
                         self.reactor.thread_id = me

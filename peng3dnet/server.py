@@ -905,7 +905,10 @@ class Server(Peer):
         Thread safety: any thread, including packet handlers; never blocks on
         the network.
         """
-        self._send(self._link(cid), ptype, data)
+        link = self._links.get(cid)  # (_link()'s test, inlined: once per message)
+        if link is None or link.proto.closed:
+            link = self._link(cid)
+        self._send(link, ptype, data)
 
     def broadcast(self, ptype: Any, data: Any, cids: Any = None) -> int:
         """Send one message to many clients, encoding it once.
