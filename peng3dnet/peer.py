@@ -1355,7 +1355,7 @@ class Peer:
         except BaseException:
             self._handler_failed(link, fn)
         finally:
-            with self._inbox.lock:  # (Inbox.done(), inlined: once per packet)
+            with self._inbox.lock:  # (Inbox.done(), inlined; _run_batch() inlines this method: keep them alike)
                 link.n_out += 1
                 chan = link.chan
                 resume = chan.paused and link.n_in - link.n_out <= link.resume_at
@@ -1393,18 +1393,36 @@ class Peer:
         local = self._flow.dispatching
         outer = getattr(local, "active", False)
         local.active = True
-        dispatch = self._dispatch
-        items = self._inbox.items
+        inbox = self._inbox
+        items = inbox.items
+        lock = inbox.lock
         n = 0
         try:
             for _ in range(len(items)):
                 try:
-                    item = items.popleft()
+                    link, fn, pid, msg = items.popleft()
                 except IndexError:  # another thread drained concurrently
                     break
-                dispatch(*item)
-                if item[1] is not None:
-                    n += 1
+                if fn is None:
+                    self._dispatch(link, fn, pid, msg)  # the close
+                    continue
+                # _dispatch(), inlined (once per packet): keep the two alike.
+                try:
+                    fn(msg, link.cid)
+                    if link.on_recv is not None and pid >= 0:
+                        link.on_recv(pid, msg)
+                except BaseException:
+                    self._handler_failed(link, fn)
+                finally:
+                    with lock:
+                        link.n_out += 1
+                        chan = link.chan
+                        resume = chan.paused and link.n_in - link.n_out <= link.resume_at
+                        if resume:
+                            chan.paused = False
+                    if resume:
+                        self._reactor.call_soon(self._flow.resume_reading, link)
+                n += 1
         finally:
             local.active = outer
         return n

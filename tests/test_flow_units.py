@@ -10,6 +10,7 @@ paused read hands on (the held frames first, the quota, the rate charge)."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -355,65 +356,119 @@ def test_an_idle_inbox_waits_its_timeout_and_a_busy_or_stopped_one_does_not_wait
 
 class Batch:
     """What ``Peer._run_batch`` uses of its peer: the inbox, the
-    dispatching mark and ``_dispatch`` (recorded, with the mark it saw)."""
+    dispatching mark, ``_dispatch`` (for queued closes), ``_handler_failed``,
+    the reactor's ``call_soon`` and the flow's ``resume_reading``.  Its
+    ``handler`` records ``(msg, cid, the mark it saw)``; a message equal to
+    ``fail`` raises ``fail_with``."""
 
-    def __init__(self, inbox: Inbox, fail_on: Any = None) -> None:
+    def __init__(self, inbox: Inbox, fail: Any = None, fail_with: BaseException | None = None) -> None:
         self._inbox = inbox
-        self._flow = type("F", (), {"dispatching": threading.local()})()
+        self._flow = type("F", (), {"dispatching": threading.local(), "resume_reading": "resume"})()
+        self._reactor = type("R", (), {})()
+        self.soon: list = []
+        self._reactor.call_soon = lambda fn, *args: self.soon.append((fn, *args))
         self.seen: list = []
-        self.fail_on = fail_on
+        self.failed: list = []
+        self.fail, self.fail_with = fail, fail_with
 
-    def _dispatch(self, *item: Any) -> None:
-        self.seen.append((item, self._flow.dispatching.active))
-        if item[3] == self.fail_on:
-            raise KeyboardInterrupt  # (what escapes _dispatch: not a handler's Exception)
+    def handler(self, msg: Any, cid: Any) -> None:
+        self.seen.append((msg, cid, self._flow.dispatching.active))
+        if msg == self.fail:
+            raise self.fail_with  # type: ignore[misc]
+
+    def _dispatch(self, link: Any, fn: Any, pid: int, msg: Any) -> None:
+        self.seen.append(("close", link.cid, fn, pid, msg, self._flow.dispatching.active))
+
+    def _handler_failed(self, link: Any, fn: Any) -> None:
+        self.failed.append((link.cid, fn))
+        if not isinstance(sys.exc_info()[1], Exception):
+            raise  # (as on the main thread)
 
     def run(self) -> int:
         return Peer._run_batch(self)  # type: ignore[arg-type]
 
 
+def _batch_link(cid: int = 3) -> FakeLink:
+    link = FakeLink(cid)
+    link.n_in = link.n_out = 0
+    link.on_recv = None
+    link.resume_at = 0
+    return link
+
+
 def test_a_batch_counts_packets_not_the_closes_queued_behind_them():
     inbox = Inbox()
-    link = FakeLink(3)
-    link.n_in = link.n_out = 0
-    inbox.put(link, "handler", 64, "a", limit=100)
-    inbox.put(link, "handler", 64, "b", limit=100)
-    inbox.put_close(link, "bye")
+    link = _batch_link()
     b = Batch(inbox)
+    inbox.put(link, b.handler, 64, "a", limit=100)
+    inbox.put(link, b.handler, 64, "b", limit=100)
+    inbox.put_close(link, "bye")
     assert b.run() == 2
-    # each dispatched marked as running handlers, the mark taken off after
-    assert b.seen == [((link, "handler", 64, "a"), True), ((link, "handler", 64, "b"), True),
-                      ((link, None, -1, "bye"), True)]
-    assert b._flow.dispatching.active is False
+    # each one dispatched marked as running handlers, the mark taken off after
+    assert b.seen == [("a", 3, True), ("b", 3, True), ("close", 3, None, -1, "bye", True)]
+    assert b._flow.dispatching.active is False and link.n_out == 2 and b.soon == []
     assert b.run() == 0 and len(b.seen) == 3
+
+
+def test_a_batch_calls_the_owners_hook_after_each_packet_but_not_for_a_calls_callback():
+    inbox = Inbox()
+    link = _batch_link()
+    b = Batch(inbox)
+    link.on_recv = lambda pid, msg: b.seen.append(("hook", pid, msg))
+    inbox.items.extend([(link, b.handler, 64, "a"), (link, b.handler, 0, "zero"), (link, b.handler, -2, "cb")])
+    assert b.run() == 3
+    assert b.seen == [("a", 3, True), ("hook", 64, "a"), ("zero", 3, True), ("hook", 0, "zero"), ("cb", 3, True)]
 
 
 def test_a_batch_runs_what_was_queued_when_it_began_and_keeps_an_outer_mark():
     inbox = Inbox()
-    link = FakeLink(3)
+    link = _batch_link()
     b = Batch(inbox)
-    inbox.items.extend([(link, "f", 64, "m1"), (link, "f", 64, "m2")])
 
-    def dispatch(*item: Any) -> None:
-        b.seen.append(item)
-        inbox.items.append((link, "f", 64, "later"))  # arrives meanwhile: the next batch's
+    def handler(msg: Any, cid: Any) -> None:
+        b.seen.append(msg)
+        inbox.items.append((link, handler, 64, "later"))  # arrives meanwhile: the next batch's
 
-    b._dispatch = dispatch  # type: ignore[method-assign]
+    inbox.items.extend([(link, handler, 64, "m1"), (link, handler, 64, "m2")])
     b._flow.dispatching.active = True  # a batch run from a handler (process() inside a handler)
     assert b.run() == 2
-    assert [item[3] for item in b.seen] == ["m1", "m2"] and len(inbox.items) == 2
+    assert b.seen == ["m1", "m2"] and len(inbox.items) == 2
     assert b._flow.dispatching.active is True
 
 
-def test_a_batch_that_a_dispatch_escapes_takes_its_mark_off_and_leaves_the_rest():
+def test_a_handler_error_is_reported_counted_and_the_batch_goes_on():
     inbox = Inbox()
-    link = FakeLink(3)
-    inbox.items.extend([(link, "f", 64, "m1"), (link, "f", 64, "m2"), (link, "f", 64, "m3")])
-    b = Batch(inbox, fail_on="m2")
+    link = _batch_link()
+    b = Batch(inbox, fail="m1", fail_with=ValueError("bad"))
+    inbox.items.extend([(link, b.handler, 64, "m1"), (link, b.handler, 64, "m2")])
+    assert b.run() == 2
+    assert b.failed == [(3, b.handler)] and [m for m, _, _ in b.seen] == ["m1", "m2"] and link.n_out == 2
+
+
+def test_a_batch_that_a_handler_escapes_counts_it_done_takes_its_mark_off_and_leaves_the_rest():
+    inbox = Inbox()
+    link = _batch_link()
+    b = Batch(inbox, fail="m2", fail_with=KeyboardInterrupt())
+    inbox.items.extend([(link, b.handler, 64, "m1"), (link, b.handler, 64, "m2"), (link, b.handler, 64, "m3")])
     with pytest.raises(KeyboardInterrupt):
         b.run()
-    assert [item[3] for item, _ in b.seen] == ["m1", "m2"] and list(inbox.items) == [(link, "f", 64, "m3")]
-    assert b._flow.dispatching.active is False
+    assert [m for m, _, _ in b.seen] == ["m1", "m2"] and list(inbox.items) == [(link, b.handler, 64, "m3")]
+    assert b._flow.dispatching.active is False and link.n_out == 2 and b.failed == [(3, b.handler)]
+
+
+def test_a_batch_resumes_a_paused_connection_once_at_its_mark():
+    inbox = Inbox()
+    link = _batch_link()
+    b = Batch(inbox)
+    for m in range(6):
+        inbox.put(link, b.handler, 64, m, limit=6)  # the 6th pauses reading; resume at 3 waiting
+    assert link.chan.paused is True and link.resume_at == 3
+    seen_paused = []
+    link.on_recv = lambda pid, msg: seen_paused.append(link.chan.paused)
+    assert b.run() == 6
+    # done with the 3rd packet (3 left waiting): resumed then, once
+    assert seen_paused == [True, True, True, False, False, False]
+    assert link.chan.paused is False and b.soon == [("resume", link)]
 
 
 def test_the_inbox_counts_every_waiter_until_it_leaves():
@@ -664,11 +719,11 @@ def test_a_batch_racing_another_counts_what_it_dispatched():
             return item
 
     inbox = Inbox()
-    link = FakeLink(1)
-    inbox.items = Racing([(link, "f", 64, "m1"), (link, "f", 64, "m2"), (link, "f", 64, "m3")])
+    link = _batch_link(1)
     b = Batch(inbox)
+    inbox.items = Racing([(link, b.handler, 64, "m1"), (link, b.handler, 64, "m2"), (link, b.handler, 64, "m3")])
     assert b.run() == 1
-    assert b.seen == [((link, "f", 64, "m1"), True)]
+    assert b.seen == [("m1", 1, True)]
 
 
 # --- the running total of buffered bytes: recount() and released() --------------------------------------
