@@ -244,9 +244,6 @@ class Reactor:
         """Scratch buffer for ``recv_into`` (network thread only)."""
         self.read_view = memoryview(self.read_buffer)
         """A view of :attr:`read_buffer`, to slice without copying."""
-        self.last_write = 0.0
-        """Monotonic time the last direct write from another thread ended
-        (see :meth:`Channel.write`)."""
         self.contain: Callable[[BaseException], bool] | None = None
         """Asked (network thread) when a callback, call or timer raised a
         BaseException that is not an Exception (``SystemExit``...): return
@@ -533,6 +530,7 @@ class Channel:
         "drained",
         "drain_waiters",
         "low_water",
+        "last_write",
         "__weakref__",
     )
 
@@ -573,20 +571,23 @@ class Channel:
         self.throttled = False
         """Reading is paused by a rate limit (see :attr:`paused` for the
         process queue's pause); either one stops reading."""
+        self.last_write = 0.0
+        """Monotonic time the last direct write from another thread than
+        the network thread ended (see :meth:`write`); 0.0 after a flush."""
 
     def write(self, data: bytes, cork: bool = True) -> None:
         """Send ``data`` now if possible, buffer the rest (lock held).
 
-        Writes from other threads that come in a burst (less than
-        :data:`CORK_GAP` after the previous one from such a thread, to any
-        connection of this reactor) are buffered and flushed by the network
-        thread, one ``send()`` per connection: a loop of ``send_message``
-        calls costs one syscall per socket-buffer-full instead of one per
-        message, and a thread running many handlers in a row (``process()``)
-        does not hand the GIL to the network thread at every message.  A lone
-        message (a request, an RTT probe) still goes out at once.  Fan-out
-        paths (one message to each of many connections) pass ``cork=False``:
-        they gain nothing from it.  A socket error is stored in
+        Writes from other threads that come in a burst to one connection
+        (less than :data:`CORK_GAP` after the previous direct write to it
+        from such a thread) are buffered and flushed by the network
+        thread, one ``send()`` for the lot: a loop of ``send_message``
+        calls to one peer costs one syscall per socket-buffer-full instead
+        of one per message.  A lone message (a request, an RTT probe, one
+        answer to each of many clients from a batch of handlers) still goes
+        out at once: buffering it would save no syscall and cost a call
+        and a flush on the network thread.  Fan-out paths (one message to
+        each of many connections) pass ``cork=False``.  A socket error is stored in
         :attr:`error` and the channel is handed to the network thread to be
         closed; it is not raised.
         """
@@ -602,7 +603,7 @@ class Channel:
             not in_loop
             and cork
             and reactor.selector is not None
-            and time.monotonic() - reactor.last_write < CORK_GAP
+            and time.monotonic() - self.last_write < CORK_GAP
         ):
             self.out += data
             self._mark()
@@ -617,7 +618,7 @@ class Channel:
             reactor.call_soon(self.on_ready, EVENT_WRITE)
             return
         if not in_loop:
-            reactor.last_write = time.monotonic()
+            self.last_write = time.monotonic()
         if n < len(data):
             self.out += memoryview(data)[n:]
             self.head += n
@@ -710,7 +711,7 @@ class Channel:
     def _flush_soon(self) -> None:
         with self.lock:
             self.flush()
-            self.reactor.last_write = 0.0
+            self.last_write = 0.0
         if self.error is not None:
             self.on_ready(EVENT_WRITE)
         else:

@@ -222,17 +222,17 @@ def test_lone_writes_go_out_bursts_are_corked_fan_out_writes_are_not():
                 b.settimeout(5)
                 chans.append(Channel(a, r, lambda mask: None))
             corked, direct = chans
-            r.last_write = 0.0  # no burst under way: a lone message goes out at once
+            corked.last_write = 0.0  # no burst under way: a lone message goes out at once
             with corked.lock:
                 corked.write(b"lone")
                 assert not corked.out
             assert pairs[0][1].recv(16) == b"lone"
-            r.last_write = time.monotonic()  # another thread's write just ended: a burst
+            corked.last_write = time.monotonic()  # another thread's write to it just ended: a burst
             with corked.lock:  # the network thread cannot flush while we look
                 corked.write(b"corked")
                 assert bytes(corked.out) == b"corked"  # buffered for the network thread
             with direct.lock:
-                r.last_write = time.monotonic()
+                direct.last_write = time.monotonic()
                 direct.write(b"direct", cork=False)
                 assert not direct.out  # sent at once
             assert pairs[1][1].recv(16) == b"direct"

@@ -666,6 +666,7 @@ def test_fresh_channel_state(pair):
     assert ch.throttled is False and ch.error is None and ch.linger is None
     assert ch.tls_pending == 0 and ch.head == 0 and not ch.marks and ch.out == bytearray()
     assert ch.drain_waiters == 0 and ch.low_water == 0
+    assert ch.last_write == 0.0 and type(ch.last_write) is float
     assert isinstance(ch.drained, threading.Condition)
 
 
@@ -674,7 +675,7 @@ def test_write_to_a_closed_channel_or_of_nothing_does_nothing(reactor):
     seen: list[int] = []
     ch = Channel(sock, reactor, seen.append)  # type: ignore[arg-type]
     _in_thread(_locked_write, ch, b"")
-    assert sock.send_sizes == [] and reactor.last_write == 0.0
+    assert sock.send_sizes == [] and ch.last_write == 0.0
     ch.close()
     _locked_write(ch, b"data")
     assert sock.send_sizes == [] and ch.out == b"" and ch.error is None
@@ -707,7 +708,7 @@ def test_write_send_error_is_stored_and_handed_to_the_network_thread(reactor):
     ch = Channel(sock, reactor, seen.append)  # type: ignore[arg-type]
     _locked_write(ch, b"abc")
     assert type(ch.error) is NetworkError and str(ch.error) == "send: [Errno 32] Broken pipe"
-    assert ch.out == b"" and reactor.last_write == 0.0
+    assert ch.out == b"" and ch.last_write == 0.0
     assert seen == []  # not called from write() itself ...
     reactor.run_once(0)
     assert seen == [EVENT_WRITE]  # ... but from the loop, with the write event
@@ -720,7 +721,7 @@ def test_write_partial_send_on_the_network_thread_updates_interest_at_once(react
     _locked_write(ch, b"hello")
     assert ch.out == b"llo" and ch.head == 2 and list(ch.marks) == [5]
     assert ch.mask == EVENT_READ | EVENT_WRITE and _key(reactor, sock) == (EVENT_READ | EVENT_WRITE, ch.on_ready)
-    assert reactor.last_write == 0.0  # only writes from other threads count for corking
+    assert ch.last_write == 0.0  # only writes from other threads count for corking
     # the rest goes, then a second partial write: head counts every byte through ``out``
     sock.takes = [100, 3]
     with ch.lock:
@@ -738,7 +739,7 @@ def test_write_partial_send_from_another_thread_asks_the_loop(reactor, pair):
     t0 = time.monotonic()
     _in_thread(_locked_write, ch, b"hello")
     assert ch.out == b"llo" and ch.head == 2
-    assert isinstance(reactor.last_write, float) and t0 <= reactor.last_write <= time.monotonic()
+    assert isinstance(ch.last_write, float) and t0 <= ch.last_write <= time.monotonic()
     assert ch.mask == 0  # the network thread does it
     reactor.run_once(0)
     assert ch.mask == EVENT_READ | EVENT_WRITE and _key(reactor, sock) == (EVENT_READ | EVENT_WRITE, ch.on_ready)
@@ -751,10 +752,10 @@ def test_write_from_another_thread_within_cork_gap_is_buffered(reactor, pair, mo
     seen: list[int] = []
     ch = Channel(a, reactor, seen.append)
     # exactly CORK_GAP after the last write: not a burst, sent at once
-    reactor.last_write = 0.0
+    ch.last_write = 0.0
     clock.now = CORK_GAP
     _in_thread(_locked_write, ch, b"lone")
-    assert ch.out == b"" and _recv_all(b) == b"lone" and reactor.last_write == CORK_GAP
+    assert ch.out == b"" and _recv_all(b) == b"lone" and ch.last_write == CORK_GAP
     # less than CORK_GAP: buffered (two writes, one buffer), flushed by the loop
     clock.now = CORK_GAP * 1.5
     _in_thread(_locked_write, ch, b"one")
@@ -765,23 +766,48 @@ def test_write_from_another_thread_within_cork_gap_is_buffered(reactor, pair, mo
     assert ch.out == b"onetwonow"
     reactor.run_once(0)
     assert _recv_all(b) == b"onetwonow" and ch.out == b""
-    assert reactor.last_write == 0.0  # the burst is over
+    assert ch.last_write == 0.0  # the burst is over
     assert seen == [] and ch.mask == EVENT_READ  # no error: just the interest
+
+
+def test_a_burst_counts_per_connection_one_write_to_each_of_two_goes_out_at_once(reactor, monkeypatch):
+    """One answer to each of many clients (a batch of handlers) is no burst:
+    the gap is measured from the last write to the same connection."""
+    clock = FakeClock(1000.0)
+    monkeypatch.setattr(tr, "time", clock)
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        chans = []
+        for a, _ in pairs:
+            a.setblocking(False)
+            chans.append(Channel(a, reactor, lambda mask: None))
+        one, two = chans
+        _in_thread(_locked_write, one, b"to one")
+        assert one.out == b"" and one.last_write == 1000.0 and two.last_write == 0.0
+        _in_thread(_locked_write, two, b"to two")  # at the same time, another connection: sent
+        assert two.out == b"" and two.last_write == 1000.0
+        assert _recv_all(pairs[0][1]) == b"to one" and _recv_all(pairs[1][1]) == b"to two"
+        _in_thread(_locked_write, one, b"again")  # the same connection at once: a burst, corked
+        assert one.out == b"again" and two.out == b""
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
 
 
 def test_corked_write_whose_flush_fails_hands_the_error_to_on_ready(reactor, pair, monkeypatch):
     a, _ = pair
     clock = FakeClock(1000.0)
     monkeypatch.setattr(tr, "time", clock)
-    reactor.last_write = 1000.0
     sock = FakeSock([ConnectionResetError(104, "Connection reset by peer")], fd_of=a)
     seen: list[int] = []
     ch = Channel(sock, reactor, seen.append)  # type: ignore[arg-type]
+    ch.last_write = 1000.0
     _in_thread(_locked_write, ch, b"data")
     assert ch.out == b"data" and sock.send_sizes == []
     reactor.run_once(0)
     assert str(ch.error) == "send: [Errno 104] Connection reset by peer"
-    assert seen == [EVENT_WRITE] and ch.mask == 0 and reactor.last_write == 0.0
+    assert seen == [EVENT_WRITE] and ch.mask == 0 and ch.last_write == 0.0
 
 
 # --- _mark, drop_unsent ---------------------------------------------------------------------
@@ -1122,7 +1148,6 @@ def test_fresh_reactor_state():
     assert r.running is False and r.stopping is False and r.closed is False and not r.in_loop()
     assert type(r.read_buffer) is bytearray and len(r.read_buffer) == 256 * 1024
     assert r.read_view.obj is r.read_buffer and len(r.read_view) == 256 * 1024
-    assert r.last_write == 0.0 and type(r.last_write) is float
     assert Timer(1.0, print).cancelled is False
     r.close()  # never started: nothing to release
     assert r.closed is True and r.selector is None
