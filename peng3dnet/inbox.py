@@ -29,11 +29,17 @@ __all__ = ["Inbox"]
 class Inbox:
     """The queue between the network thread and ``process()``."""
 
-    __slots__ = ("items", "_cond", "waiters", "notify_pending", "lock", "stopped")
+    __slots__ = ("items", "_cond", "waiters", "notify_pending", "lock", "stopped", "owner", "ready")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: Any = None) -> None:
         self.items: deque[tuple[Any, Any, int, Any]] = deque()
         """The waiting items, oldest first."""
+        self.owner = owner
+        """The peer whose packets these are."""
+        self.ready: deque[Any] | None = None
+        """While :attr:`owner`'s handlers are run by a relay: the relay's
+        ready queue (``Relay.ready``), where every item put appends
+        :attr:`owner`; else ``None``."""
         self._cond = threading.Condition(threading.Lock())
         self.waiters = 0
         """Threads waiting in :meth:`wait` (a plain attribute: tested per read)."""
@@ -51,6 +57,9 @@ class Inbox:
         (Inlined in ``Peer._on_app_packet``: keep the two alike.)"""
         link.n_in += 1  # the network thread is its only writer: no lock
         self.items.append((link, pobj, pid, msg))
+        ready = self.ready
+        if ready is not None:
+            ready.append(self.owner)
         if link.n_in - link.n_out >= limit and not link.chan.paused:
             link.chan.paused = True
             link.resume_at = limit // 2
@@ -60,6 +69,9 @@ class Inbox:
     def put_close(self, link: Any, reason: str | None) -> None:
         """Queue a connection's close behind its packets and wake the waiters."""
         self.items.append((link, None, -1, reason))
+        ready = self.ready
+        if ready is not None:
+            ready.append(self.owner)
         self.notify()
 
     @property

@@ -141,7 +141,7 @@ class Peer:
         """Connection types by name."""
         self._initialized = False
         self._reactor = Reactor(self._thread_name)
-        self._inbox = Inbox()
+        self._inbox = Inbox(self)
         self._process_thread: threading.Thread | None = None
         self._thread: threading.Thread | None = None
         self._loop_started = False
@@ -763,7 +763,11 @@ class Peer:
             return False
         # Inbox.put(), inlined (once per packet): keep the two alike.
         link.n_in += 1  # the network thread is its only writer: no lock
-        self._inbox.items.append((link, fn, pid, msg))
+        inbox = self._inbox
+        inbox.items.append((link, fn, pid, msg))
+        ready = inbox.ready
+        if ready is not None:
+            ready.append(self)
         limit = self._h_recv_queue
         if link.n_in - link.n_out >= limit:
             chan = link.chan

@@ -471,6 +471,21 @@ def test_a_batch_resumes_a_paused_connection_once_at_its_mark():
     assert link.chan.paused is False and b.soon == [("resume", link)]
 
 
+def test_the_inbox_puts_its_owner_on_the_ready_queue_at_every_item_while_it_has_one():
+    from collections import deque
+
+    owner = object()
+    inbox = Inbox(owner)
+    assert inbox.owner is owner and inbox.ready is None
+    link = FakeLink(1)
+    link.n_in = link.n_out = 0
+    inbox.put(link, "f", 64, "a", limit=100)  # not a relay's member: no queue
+    inbox.ready = ready = deque()
+    inbox.put(link, "f", 64, "b", limit=100)
+    inbox.put_close(link, "bye")
+    assert list(ready) == [owner, owner] and len(inbox.items) == 3
+
+
 def test_the_inbox_counts_every_waiter_until_it_leaves():
     inbox = Inbox()
     cond = inbox._cond = _CountingCondition(threading.Lock())

@@ -34,9 +34,14 @@ class FakeChan:
         self.out = b""
         self.drain_waiters = 0
         self.tls_pending = 0
+        self.paused = False
+        self.interest_updates = 0
 
     def write(self, data: bytes, cork: bool = True) -> None:
         self.written.append(bytes(data))
+
+    def update_interest(self) -> None:
+        self.interest_updates += 1
 
     def close(self) -> None:
         self.closed = True
@@ -298,6 +303,34 @@ def test_an_application_packet_too_early_or_unknown_closes_and_says_why(caplog, 
         queued = s._on_app_packet(link, PacketReceived(pid, 0, {"m": 1}, HandshakeState[state]), None)
     assert queued is False and closes == [(link, reason)]
     assert [r.getMessage() for r in caplog.records] == [message]
+
+
+def test_an_application_packet_is_queued_put_on_the_relays_ready_queue_and_pauses_reading_at_the_limit(caplog):
+    from collections import deque
+
+    from peng3dnet.packet import Packet
+    from peng3dnet.protocol.connection import PacketReceived
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    class Handled(Packet):
+        def receive(self, msg, cid=None):
+            pass
+
+    s, link, chan = _server_with_link(**{"net.limits.recv_queue": 3})
+    s.register_packet("t:h", Handled(s.registry, s))
+    pid = s.registry.get_id("t:h")
+    fn = s._recv_plan(pid)[2]
+    link.n_in = link.n_out = 0
+    assert s._on_app_packet(link, PacketReceived(pid, 0, "a", HandshakeState.ACTIVE), None) is True
+    assert list(s._inbox.items) == [(link, fn, pid, "a")] and s._inbox.ready is None  # not a relay's member
+    s._inbox.ready = ready = deque()
+    with caplog.at_level(logging.DEBUG, logger="peng3dnet.peer"):
+        assert s._on_app_packet(link, PacketReceived(pid, 0, "b", HandshakeState.ACTIVE), None) is True
+        assert list(ready) == [s] and link.n_in == 2 and chan.paused is False and caplog.records == []
+        assert s._on_app_packet(link, PacketReceived(pid, 0, "c", HandshakeState.ACTIVE), None) is True
+    assert list(ready) == [s, s] and link.n_in == 3
+    assert chan.paused is True and link.resume_at == 1 and chan.interest_updates == 1  # 3 waiting: the limit
+    assert [r.getMessage() for r in caplog.records] == ["= server cid=7: reading paused, 3 packets wait for process()"]
 
 
 # --- Peer._housekeeping: the handshake time-out and its hint -------------------------------------

@@ -407,7 +407,17 @@ class _FakePeer:
     def __init__(self, items=()):
         self._inbox = type("Inbox", (), {})()
         self._inbox.items = list(items)
+        self._inbox.ready = None
         self._loop_done = relay_mod.Flag()
+
+
+def _members(r, *peers):
+    """Make ``peers`` members, as run_process_thread() does (without a thread)."""
+    for p in peers:
+        r.members.append(p)
+        p._inbox.ready = r.ready
+        if p._inbox.items:
+            r.ready.append(p)
 
 
 def _bare():
@@ -416,21 +426,29 @@ def _bare():
     return r, ended
 
 
-def test_runnable_is_the_first_waiting_member_nobody_runs():
+def test_runnable_takes_the_first_ready_member_with_packets_and_no_runner_dropping_stale_entries():
     r, _ = _bare()
     a, b, c = _FakePeer(), _FakePeer([1]), _FakePeer([2])
-    r.members = [a, b, c]
-    assert r._runnable() is b
-    r.busy.add(b)
-    assert r._runnable() is c
+    _members(r, a, b, c)
+    r.ready.appendleft(a)  # a stale entry: packets a had were taken by a program's process()
+    assert r._runnable() is b and list(r.ready) == [c]  # a dropped, b taken
     r.busy.add(c)
-    assert r._runnable() is None
+    assert r._runnable() is None and not r.ready  # c runs elsewhere: dropped (its runner puts it back)
     assert r._start_batch(5) is None and r.runners == {} and r.batch == 0
     r.busy.clear()
+    r.ready.extend([b, c])
     assert r._start_batch(5) is b
     assert r.busy == {b} and r.runners == {5: 1} and r.batch == 1
     assert r._start_batch(6) is c
     assert r.runners == {5: 1, 6: 2} and r.batch == 2
+
+
+def test_runnable_skips_a_peer_that_left_the_relay():
+    r, _ = _bare()
+    gone, stays = _FakePeer([1]), _FakePeer([2])
+    _members(r, gone, stays)
+    gone._inbox.ready = None  # its process thread left (packets wait for the program's process())
+    assert r._runnable() is stays and not r.ready
 
 
 def test_free_means_no_runner_or_every_runner_stuck():
@@ -486,7 +504,7 @@ def test_a_runner_that_waited_is_not_stuck_after_its_batch():
         r.before_wait()  # the handler waited in the library
 
     p._run_batch = run_batch
-    r.members = [p]
+    _members(r, p)
     r.leader = 7  # another thread leads
     assert r._start_batch(me) is p
     assert r._run(me, p) is False

@@ -82,6 +82,26 @@ class ScriptedCond:
     notify = notify_all
 
 
+class HookLock:
+    """The relay's lock; ``before`` runs once, at the next acquisition,
+    before the lock is taken (another thread acting between a peek without
+    the lock and the taking of it)."""
+
+    def __init__(self) -> None:
+        self.real = threading.Lock()
+        self.before: Any = None
+
+    def __enter__(self) -> HookLock:
+        if self.before is not None:
+            hook, self.before = self.before, None
+            hook()
+        self.real.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.real.release()
+
+
 class CountingLock:
     """A lock that counts its acquisitions."""
 
@@ -101,21 +121,22 @@ class CountingLock:
 class FakeInbox:
     def __init__(self, items: list) -> None:
         self._items = list(items)
-        self.after_peek: Any = None
-        """Runs once, at the next read of :attr:`items`, after the read
-        (another thread acting right after somebody looked)."""
+        self.owner: Any = None
+        self.ready: Any = None  # the relay's ready queue while the owner is a member (Inbox.ready)
 
     @property
     def items(self) -> list:
-        now = list(self._items)
-        if self.after_peek is not None:
-            hook, self.after_peek = self.after_peek, None
-            hook()
-        return now
+        return list(self._items)
 
     def drain(self) -> list:
         got, self._items = self._items, []
         return got
+
+    def put(self, item: Any) -> None:
+        """The network thread queues a packet (as Inbox.put: the owner goes on the relay's ready queue)."""
+        self._items.append(item)
+        if self.ready is not None:
+            self.ready.append(self.owner)
 
 
 class FakePeer:
@@ -127,6 +148,7 @@ class FakePeer:
         self.name = name
         self.ran = ran
         self._inbox = FakeInbox(list(items))
+        self._inbox.owner = self
         self._loop_done = relay_mod.Flag()
         self.during: Any = None
 
@@ -183,6 +205,15 @@ def _relay(reactor: Any = None, scripted: bool = True) -> tuple[relay_mod.Relay,
     return r, ended
 
 
+def _join(r: relay_mod.Relay, *peers: FakePeer) -> None:
+    """Make ``peers`` members, as run_process_thread() does (without a thread)."""
+    for p in peers:
+        r.members.append(p)
+        p._inbox.ready = r.ready
+        if p._inbox._items:
+            r.ready.append(p)
+
+
 def _state(r: relay_mod.Relay) -> dict:
     return {"leader": r.leader, "thread_id": r.reactor.thread_id, "runners": dict(r.runners), "busy": set(r.busy),
             "stuck": set(r.stuck), "threads": set(r.threads)}
@@ -230,12 +261,13 @@ def test_a_process_thread_runs_its_peers_batch_and_leaves_when_its_loop_ends(wat
 
     def handler():
         p._loop_done.set()  # (the peer is closed from its handler: its loop ends)
-        return (_state(r), list(r.members), r in watchdog.relays)
+        return (_state(r), list(r.members), r in watchdog.relays, p._inbox.ready is r.ready)
 
     p.during = handler
     r.run_process_thread(p)
     inside = {"leader": LEADER, "thread_id": LEADER, "runners": {ME: 1}, "busy": {p}, "stuck": set(), "threads": {ME}}
-    assert ran == [("p", [1, 2], (inside, [p], True))]
+    assert ran == [("p", [1, 2], (inside, [p], True, True))]
+    assert p._inbox.ready is None and not r.ready  # left: its packets no longer go on the relay's queue
     assert r.batch == 1
     assert _state(r) == {"leader": LEADER, "thread_id": LEADER, "runners": {}, "busy": set(), "stuck": set(),
                          "threads": set()}
@@ -246,8 +278,8 @@ def test_a_process_thread_runs_its_peers_batch_and_leaves_when_its_loop_ends(wat
 
 def _busy_elsewhere(r: relay_mod.Relay, p: FakePeer) -> None:
     """Another thread (OTHER) runs a batch of member ``p``."""
-    r.members.append(p)
-    p._inbox._items.append("last")
+    _join(r, p)
+    p._inbox.put("last")
     assert r._start_batch(OTHER) is p
 
 
@@ -255,7 +287,7 @@ def test_a_leaving_process_thread_waits_while_its_peers_last_batch_runs_elsewher
     ran: list = []
     r, _ = _relay()
     p, q = FakePeer("p", ran), FakePeer("q", ran)
-    r.members = [q]
+    _join(r, q)
     r.leader = LEADER
     _busy_elsewhere(r, p)
     p._loop_done.set()
@@ -298,7 +330,7 @@ def test_a_follower_takes_the_lead_when_nobody_leads_and_nothing_waits(watchdog)
 
     reactor = FakeReactor([round_1])
     r, ended = _relay(reactor)
-    r.members = [home]
+    _join(r, home)
     r._serve(home, leading=False)
     assert reactor.seen == [ME]
     assert at_round == [{"leader": ME, "thread_id": ME, "runners": {}, "busy": set(), "stuck": set(), "threads": set()}]
@@ -311,7 +343,7 @@ def test_a_follower_sleeps_while_a_runner_is_active_then_runs_what_waits(watchdo
     ran: list = []
     home, q = FakePeer("home", ran), FakePeer("q", ran, ["q1"])
     r, _ = _relay()
-    r.members = [home, q]
+    _join(r, home, q)
     r.leader = LEADER
     r.runners[OTHER] = 1  # another thread runs a batch of some member: not free
     r.batch = 1
@@ -335,11 +367,37 @@ def test_a_follower_sleeps_while_a_runner_is_active_then_runs_what_waits(watchdo
 def test_a_follower_with_a_leader_and_nothing_to_run_sleeps(watchdog):
     r, _ = _relay()
     home = FakePeer("home", [])
-    r.members = [home]
+    _join(r, home)
     r.leader = LEADER
     with pytest.raises(WouldSleepError):
         r._serve(home, leading=False)
     assert r.leader == LEADER and r.runners == {} and r.cond.waits == [None]  # type: ignore[attr-defined]
+
+
+def test_a_process_thread_joining_puts_its_peer_on_the_ready_queue_only_with_packets_waiting(watchdog):
+    r, _ = _relay()
+    r.leader = LEADER
+    idle, busy_one = FakePeer("idle", []), FakePeer("busy", [], ["b1"])
+    seen: list = []
+
+    def first_wait():  # (each process thread, once it waits for a role)
+        seen.append((list(r.ready), idle._inbox.ready is r.ready))
+        idle._loop_done.set()
+        r.cond.notify_all()
+
+    r.cond.steps = [first_wait]  # type: ignore[attr-defined]
+    r.run_process_thread(idle)
+    assert seen == [([], True)]  # nothing queued: not on the queue, but its inbox will put it there
+    r.runners[OTHER] = 1  # (somebody else's batch: busy_one's thread only joins and waits)
+
+    def second_wait():
+        seen.append(list(r.ready))
+        busy_one._loop_done.set()
+        r.cond.notify_all()
+
+    r.cond.steps = [second_wait]  # type: ignore[attr-defined]
+    r.run_process_thread(busy_one)
+    assert seen[1] == [busy_one]  # a packet queued before it joined
 
 
 # --- the leader ------------------------------------------------------------------------------------
@@ -348,7 +406,7 @@ def test_a_follower_with_a_leader_and_nothing_to_run_sleeps(watchdog):
 def _leading(rounds: list, *peers: FakePeer) -> tuple[relay_mod.Relay, list, FakeReactor]:
     reactor = FakeReactor(rounds)
     r, ended = _relay(reactor)
-    r.members = list(peers)
+    _join(r, *peers)
     r.leader = ME
     reactor.thread_id = ME
     return r, ended, reactor
@@ -361,7 +419,7 @@ def test_the_leader_lets_go_of_the_reactor_to_run_waiting_packets_then_leads_aga
     def stop():
         reactor.stopping = True
 
-    r, ended, reactor = _leading([lambda: p._inbox._items.append("x"), stop], p)
+    r, ended, reactor = _leading([lambda: p._inbox.put("x"), stop], p)
     p.during = lambda: _state(r)
     r._serve(None, leading=True)
     assert ran == [("p", ["x"], {"leader": None, "thread_id": None, "runners": {ME: 1}, "busy": {p}, "stuck": set(),
@@ -380,14 +438,15 @@ def test_a_runner_starting_between_the_leaders_peek_and_its_lock_keeps_the_leade
         r.runners[OTHER] = r.batch
 
     def round_1():
-        p._inbox._items.append("p1")
-        p._inbox.after_peek = another_thread_starts_a_batch
+        p._inbox.put("p1")
+        r.lock.before = another_thread_starts_a_batch  # type: ignore[attr-defined]
 
     def round_2():  # the other runner's batch ended meanwhile
         r.busy.discard(q)
         del r.runners[OTHER]
 
     r, ended, reactor = _leading([round_1, round_2], p, q)
+    r.lock = HookLock()  # type: ignore[assignment]
     assert r._lead(ME, None) is p
     assert reactor.seen == [ME, ME]  # a second round at the network: never two active runners at once
     assert r.runners == {ME: 2} and r.busy == {p} and r.leader is None and reactor.thread_id is None
@@ -402,10 +461,11 @@ def test_packets_taken_by_another_thread_between_the_leaders_peek_and_its_lock_k
         p._inbox._items.clear()
 
     def round_1():
-        p._inbox._items.append("p1")
-        p._inbox.after_peek = another_thread_drains_p
+        p._inbox.put("p1")
+        r.lock.before = another_thread_drains_p  # type: ignore[attr-defined]
 
-    r, ended, reactor = _leading([round_1, lambda: p._inbox._items.append("p2")], p)
+    r, ended, reactor = _leading([round_1, lambda: p._inbox.put("p2")], p)
+    r.lock = HookLock()  # type: ignore[assignment]
     assert r._lead(ME, None) is p
     assert reactor.seen == [ME, ME]
     assert r.runners == {ME: 1} and r.batch == 1 and ended == []
@@ -416,7 +476,7 @@ def test_a_leader_whose_reactor_stops_with_packets_waiting_ends_the_loop_instead
     p = FakePeer("p", ran)
 
     def round_1():
-        p._inbox._items.append("p1")
+        p._inbox.put("p1")
         reactor.stopping = True
 
     r, ended, reactor = _leading([round_1], p)
@@ -434,7 +494,7 @@ def test_a_leaders_rounds_take_no_lock_while_nothing_waits_or_a_runner_is_active
     def a_runner_starts():
         r.busy.add(q)
         r.runners[OTHER] = 1
-        p._inbox._items.append("p1")  # waits behind the active runner
+        p._inbox.put("p1")  # waits behind the active runner
 
     def stop():
         reactor.stopping = True
@@ -453,7 +513,7 @@ def test_a_runner_runs_the_waiting_members_one_at_a_time_then_takes_the_lead(wat
     ran: list = []
     p, q, s = FakePeer("p", ran, ["p1"]), FakePeer("q", ran, ["q1"]), FakePeer("s", ran)
     r, ended = _relay()
-    r.members = [p, q, s]
+    _join(r, p, q, s)
     for peer in (p, q):
         peer.during = lambda: (dict(r.runners), set(r.busy))
     assert r._start_batch(ME) is p
@@ -468,7 +528,7 @@ def test_a_runner_that_another_thread_replaced_at_the_network_wakes_nobody(watch
     ran: list = []
     p = FakePeer("p", ran, ["p1"])
     r, _ = _relay()
-    r.members = [p]
+    _join(r, p)
     r.leader = LEADER
     assert r._start_batch(ME) is p
     assert r._run(ME, p) is False
@@ -480,7 +540,7 @@ def test_a_runner_beside_an_active_one_leaves_the_lead_to_it(watchdog):
     ran: list = []
     p = FakePeer("p", ran, ["p1"])
     r, _ = _relay()
-    r.members = [p]
+    _join(r, p)
     r.runners[OTHER] = 5  # active, not stuck: it leads after its batch
     assert r._start_batch(ME) is p
     assert r._run(ME, p) is False
@@ -491,7 +551,7 @@ def test_the_runner_of_a_peer_whose_loop_ended_wakes_its_process_thread(watchdog
     ran: list = []
     p = FakePeer("p", ran, ["p1"])
     r, _ = _relay()
-    r.members = [p]
+    _join(r, p)
     r.leader = LEADER
     p.during = p._loop_done.set
     assert r._start_batch(ME) is p
@@ -503,7 +563,7 @@ def test_a_base_exception_out_of_a_batch_leaves_no_runner_busy_peer_or_stuck_run
     ran: list = []
     p, q = FakePeer("p", ran, ["p1"]), FakePeer("q", ran, ["q1"])
     r, _ = _relay()
-    r.members = [p, q]
+    _join(r, p, q)
 
     def handler_waits_then_escapes():
         r.before_wait()  # (it waited in the library first: stuck)
@@ -520,16 +580,75 @@ def test_a_base_exception_out_of_a_batch_leaves_no_runner_busy_peer_or_stuck_run
     assert r.cond.notifies == 2  # before_wait's, and this thread's leaving  # type: ignore[attr-defined]
 
 
+def test_packets_queued_during_a_batch_are_run_after_the_members_that_waited_before_them(watchdog):
+    ran: list = []
+    p, q = FakePeer("p", ran, ["p1"]), FakePeer("q", ran)
+    r, _ = _relay()
+    _join(r, p, q)
+    r.leader = LEADER
+
+    def meanwhile():  # the network thread queues while p's (first) handlers run
+        p.during = None
+        q._inbox.put("q1")
+        p._inbox.put("p2")
+        return list(r.ready)
+
+    p.during = meanwhile
+    assert r._start_batch(ME) is p
+    assert r._run(ME, p) is False
+    assert ran == [("p", ["p1"], [q, p]), ("q", ["q1"], None), ("p", ["p2"], None)]
+    assert not r.ready and r.runners == {} and r.busy == set() and r.batch == 3
+
+
+def test_a_member_whose_entries_were_dropped_while_it_ran_is_put_back_after_its_batch(watchdog):
+    ran: list = []
+    p = FakePeer("p", ran, ["p1"])
+    r, _ = _relay()
+    _join(r, p)
+    r.leader = LEADER
+
+    def another_thread_looks():  # a packet for p, and another thread finds p running: entry dropped
+        p.during = None
+        p._inbox.put("p2")
+        with r.lock:
+            assert r._runnable() is None
+        return list(r.ready)
+
+    p.during = another_thread_looks
+    assert r._start_batch(ME) is p
+    assert r._run(ME, p) is False
+    assert ran == [("p", ["p1"], []), ("p", ["p2"], None)]  # put back by its runner, and run
+
+
+def test_a_base_exception_out_of_a_batch_puts_the_member_back_when_packets_came_meanwhile(watchdog):
+    ran: list = []
+    p = FakePeer("p", ran, ["p1"])
+    r, _ = _relay()
+    _join(r, p)
+
+    def queued_then_escapes():
+        p._inbox.put("p2")
+        with r.lock:
+            assert r._runnable() is None  # (p runs: its entry dropped)
+        raise Escape
+
+    p.during = queued_then_escapes
+    assert r._start_batch(ME) is p
+    with pytest.raises(Escape):
+        r._run(ME, p)
+    assert list(r.ready) == [p] and r._runnable() is p  # another thread runs p2
+
+
 def test_the_first_batch_after_a_quiet_period_wakes_the_watchdog_later_ones_do_not(watchdog):
     ran: list = []
     p = FakePeer("p", ran)
     r, _ = _relay()
-    r.members = [p]
+    _join(r, p)
     r.leader = LEADER
     watchdog.cond = ScriptedCond(threading.Lock())  # type: ignore[assignment]
     assert watchdog.idle  # (a new watchdog sleeps)
     for batch in range(3):
-        p._inbox._items.append(batch)
+        p._inbox.put(batch)
         assert r._start_batch(ME) is p
         assert r._run(ME, p) is False
     assert [packets for _, packets, _ in ran] == [[0], [1], [2]]
