@@ -219,6 +219,15 @@ def _state(r: relay_mod.Relay) -> dict:
             "stuck": set(r.stuck), "threads": set(r.threads)}
 
 
+def test_a_flags_value_follows_set_and_clear_exactly():
+    flag = relay_mod.Flag()
+    assert flag.value is False and not flag.is_set()
+    flag.set()
+    assert flag.value is True and flag.is_set() and flag.wait(0)
+    flag.clear()
+    assert flag.value is False and not flag.is_set()
+
+
 # --- the threads joining and leaving -------------------------------------------------------------
 
 
@@ -506,6 +515,22 @@ def test_a_leaders_rounds_take_no_lock_while_nothing_waits_or_a_runner_is_active
     assert len(reactor.seen) == 5 and ended == ["end_loop"]
 
 
+def test_a_leader_runs_waiting_packets_beside_a_runner_that_is_stuck():
+    """Every runner stuck: the relay is free, and the leader starts a batch
+    beside them (not only when no runner exists at all)."""
+    ran: list = []
+    p = FakePeer("p", ran)
+
+    def round_1():
+        r.runners[OTHER] = 1
+        r.stuck.add(OTHER)  # (the watchdog's take-over)
+        p._inbox.put("p1")
+
+    r, ended, reactor = _leading([round_1], p)
+    assert r._lead(ME, None) is p
+    assert r.runners == {OTHER: 1, ME: 1} and r.busy == {p} and r.leader is None and reactor.seen == [ME]
+
+
 # --- a runner ----------------------------------------------------------------------------------------
 
 
@@ -547,6 +572,19 @@ def test_a_runner_beside_an_active_one_leaves_the_lead_to_it(watchdog):
     assert r.leader is None and r.runners == {OTHER: 5}
 
 
+def test_a_runner_beside_a_stuck_one_with_nobody_leading_takes_the_lead(watchdog):
+    ran: list = []
+    p = FakePeer("p", ran, ["p1"])
+    r, _ = _relay()
+    _join(r, p)
+    r.runners[OTHER] = 5
+    r.stuck.add(OTHER)  # stuck in a handler: somebody must serve the network
+    assert r._start_batch(ME) is p
+    assert r._run(ME, p) is True
+    assert r.leader == ME and r.reactor.thread_id == ME and r.runners == {OTHER: 5}
+    assert r.cond.notifies == 0  # type: ignore[attr-defined]
+
+
 def test_the_runner_of_a_peer_whose_loop_ended_wakes_its_process_thread(watchdog):
     ran: list = []
     p = FakePeer("p", ran, ["p1"])
@@ -576,6 +614,7 @@ def test_a_base_exception_out_of_a_batch_leaves_no_runner_busy_peer_or_stuck_run
         r._run(ME, p)
     assert r.runners == {} and r.busy == set() and r.stuck == set()
     assert r.leader is None  # this thread ends: never the leader
+    assert list(r.ready) == [q]  # p has nothing left: not queued again
     assert r._runnable() is q  # (q's packets wait for another thread)
     assert r.cond.notifies == 2  # before_wait's, and this thread's leaving  # type: ignore[attr-defined]
 
