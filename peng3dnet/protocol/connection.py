@@ -315,6 +315,12 @@ class ProtocolConnection:
         self.close_reason: str | None = None
         """Why the connection closed (``None`` while open, or if the peer gave none)."""
         self._machine = HandshakeMachine()
+        self.state: HandshakeState = self._machine.state
+        """Current :class:`HandshakeState` (a plain attribute: read for every
+        packet sent; it follows the handshake machine, see :meth:`_step`)."""
+        self.has_data_to_send = False
+        """Whether :meth:`data_to_send` would return bytes (a plain
+        attribute: read after every read)."""
         self._done = False  # ConnectionClosed was output (exactly once)
         self.closed = False
         """Whether the connection is closed (a plain attribute: cheap to test)."""
@@ -324,11 +330,6 @@ class ProtocolConnection:
         self._out: list[bytes] = []
 
     # --- state ------------------------------------------------------------------------
-    @property
-    def state(self) -> HandshakeState:
-        """Current :class:`HandshakeState`."""
-        return self._machine.state
-
     @property
     def is_open(self) -> bool:
         """Whether the connection is open (not closed, not failed)."""
@@ -364,7 +365,7 @@ class ProtocolConnection:
                         pass  # (the loop below raises its DecodeError)
                     else:
                         self.packet_quota -= 1
-                        self._outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, self._machine.state)))
+                        self._outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, self.state)))
                         return
                 frames.append(frame)
         # A broken stream ends here: what came before it is delivered first.
@@ -373,7 +374,7 @@ class ProtocolConnection:
         taken = 0
         try:
             outputs = self._outputs
-            state = self._machine.state
+            state = self.state
             for pid, flags, body in frames:
                 if self._done:
                     break
@@ -404,7 +405,7 @@ class ProtocolConnection:
                 taken += 1
                 self._handle_frame(pid, flags, body)
                 outputs = self._outputs
-                state = self._machine.state
+                state = self.state
         except RemoteProtocolError as exc:
             error = exc
         finally:
@@ -441,7 +442,7 @@ class ProtocolConnection:
             self.receive_data(b"")
             if self._done:
                 return
-        self._machine.process(I.EOF)
+        self._step(I.EOF)
         self._done = self.closed = True
         self.close_reason = reason
         self._outputs.append(ConnectionClosed(reason, by_peer=True, eof=True))
@@ -471,15 +472,15 @@ class ProtocolConnection:
                 self._on_call(pid, msg)
                 return
             if pid == PID_SESSION_ACK and "resume" in self.negotiated:
-                if self._machine.state is not HandshakeState.ACTIVE:
+                if self.state is not HandshakeState.ACTIVE:
                     raise HandshakeError("session ack before the handshake completed", "invalidstate")
                 if type(msg) is not int or not 0 <= msg < _MAX_CALL_ID:
                     raise HandshakeError(f"malformed session ack {msg!r}", "invalidpacket")
-                self._machine.process(I.APPLICATION)
+                self._step(I.APPLICATION)
                 self._outputs.append(SessionAcked(msg))
                 return
             # Rule 3: application packets are judged by their packet class.
-            self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
+            self._outputs.append(PacketReceived(pid, flags, msg, self.state))
             return
         if not isinstance(msg, dict):
             raise HandshakeError(f"malformed {inp.value} packet: body is not a map", "invalidpacket")
@@ -489,8 +490,8 @@ class ProtocolConnection:
                 reason = repr(reason)
             if reason is not None and len(reason) > _MAX_REASON:
                 reason = reason[:_MAX_REASON]
-            self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
-            self._machine.process(I.CLOSECONN)
+            self._outputs.append(PacketReceived(pid, flags, msg, self.state))
+            self._step(I.CLOSECONN)
             self._done = self.closed = True
             self.close_reason = reason
             self._outputs.append(ConnectionClosed(reason, by_peer=True))
@@ -499,8 +500,8 @@ class ProtocolConnection:
             raise HandshakeError(
                 f"peer sent {inp.value}, which only the {_SIDE_NAMES[self.side]} may send", "invalidside"
             )
-        self._machine.process(inp)
-        self._outputs.append(PacketReceived(pid, flags, msg, self._machine.state))
+        self._step(inp)
+        self._outputs.append(PacketReceived(pid, flags, msg, self.state))
         if inp is I.HELLO:
             self._on_hello(msg)
         elif inp is I.SETTYPE:
@@ -520,23 +521,24 @@ class ProtocolConnection:
         self.peer_version = version if isinstance(version, str) else None
 
     def _on_heartbeat(self, pid: int, msg: Any) -> None:
-        if self._machine.state is not HandshakeState.ACTIVE:
+        if self.state is not HandshakeState.ACTIVE:
             raise HandshakeError("heartbeat before the handshake completed", "invalidstate")
-        self._machine.process(I.APPLICATION)
+        self._step(I.APPLICATION)
         if pid == PID_HEARTBEAT:
             self._out.append(self._encode(PID_HEARTBEAT_ACK, msg))
+            self.has_data_to_send = True
         else:
             self._outputs.append(HeartbeatAcked(msg))
 
     def _on_call(self, pid: int, msg: Any) -> None:
-        if self._machine.state is not HandshakeState.ACTIVE:
+        if self.state is not HandshakeState.ACTIVE:
             raise HandshakeError("call before the handshake completed", "invalidstate")
         if not isinstance(msg, (list, tuple)) or len(msg) != 3:
             raise HandshakeError("malformed call packet: not [id, x, value]", "invalidpacket")
         call_id, what, value = msg
         if type(call_id) is not int or not 0 <= call_id < _MAX_CALL_ID or type(what) is not int:
             raise HandshakeError(f"malformed call packet: id {call_id!r}, {what!r}", "invalidpacket")
-        self._machine.process(I.APPLICATION)
+        self._step(I.APPLICATION)
         if pid == PID_CALL:
             if not PID_FIRST_FREE <= what < 2**32:
                 raise HandshakeError(f"call of packet id {what}, not an application packet", "invalidpacket")
@@ -637,8 +639,8 @@ class ProtocolConnection:
         Raises:
             LocalProtocolError: Not in the ``TYPESET`` state.
         """
-        if self.side != SIDE_SERVER or self._machine.state is not HandshakeState.TYPESET:
-            raise LocalProtocolError(f"cannot begin the handshake in state {self._machine.state.name}")
+        if self.side != SIDE_SERVER or self.state is not HandshakeState.TYPESET:
+            raise LocalProtocolError(f"cannot begin the handshake in state {self.state.name}")
         if self.negotiated:
             registry = {**registry, **self._ext_names()}
         msg = {"version": self.version, "protoversion": PROTOVERSION, "registry": registry}
@@ -647,8 +649,9 @@ class ProtocolConnection:
         self._send_internal(I.HANDSHAKE, PID_HANDSHAKE, msg)
 
     def _send_internal(self, inp: HandshakeInput, pid: int, msg: dict[str, Any]) -> None:
-        self._machine.process(inp)
+        self._step(inp)
         self._out.append(self._encode(pid, msg))
+        self.has_data_to_send = True
         self._outputs.append(PacketSent(pid, msg))
 
     def _encode(self, pid: int, msg: Any, encode: Any = _packb) -> bytes:
@@ -696,13 +699,15 @@ class ProtocolConnection:
         if not self._machine.is_open:
             raise ConnectionClosedError("connection is closed", self.close_reason)
         self._out.append(self._encode(pid, msg))
+        self.has_data_to_send = True
 
     def send_ack(self, count: int) -> bool:
         """Send a session ack (extension ``resume``) if it was negotiated
         and the connection is active.  Returns whether one was queued."""
-        if "resume" not in self.negotiated or self._machine.state is not HandshakeState.ACTIVE or self._done:
+        if "resume" not in self.negotiated or self.state is not HandshakeState.ACTIVE or self._done:
             return False
         self._out.append(self._encode(PID_SESSION_ACK, count))
+        self.has_data_to_send = True
         return True
 
     def send_heartbeat(self, msg: Any) -> bool:
@@ -712,9 +717,10 @@ class ProtocolConnection:
         Returns:
             Whether a probe was queued.
         """
-        if "heartbeat" not in self.negotiated or self._machine.state is not HandshakeState.ACTIVE or self._done:
+        if "heartbeat" not in self.negotiated or self.state is not HandshakeState.ACTIVE or self._done:
             return False
         self._out.append(self._encode(PID_HEARTBEAT, msg))
+        self.has_data_to_send = True
         return True
 
     def encode_call(self, call_id: int, pid: int, msg: Any, encode: Any = _packb) -> bytes:
@@ -740,18 +746,23 @@ class ProtocolConnection:
         if "calls" not in self.negotiated:
             raise LocalProtocolError("the peer does not support calls (a peng3dnet 0.1.x peer?)")
 
-    @property
-    def has_data_to_send(self) -> bool:
-        """Whether :meth:`data_to_send` would return bytes."""
-        return bool(self._out)
-
     def data_to_send(self) -> bytes:
         """Return and forget the bytes to write to the peer."""
         out = self._out
         if not out:
             return b""
         self._out = []
+        self.has_data_to_send = False
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _step(self, inp: HandshakeInput) -> None:
+        """Feed the handshake machine one input; :attr:`state` follows it
+        (also when the input is refused: the machine is in ``ERROR`` then)."""
+        try:
+            self.state = self._machine.process(inp)
+        except HandshakeError:
+            self.state = self._machine.state
+            raise
 
     def close(self, reason: str | None = None) -> None:
         """Send ``closeconn`` with ``reason`` and close.  Idempotent."""
@@ -761,8 +772,9 @@ class ProtocolConnection:
         self._done = self.closed = True
         msg = {"reason": reason}
         self._out.append(self._encode(PID_CLOSECONN, msg))
+        self.has_data_to_send = True
         self._outputs.append(PacketSent(PID_CLOSECONN, msg))
-        self._machine.process(I.CLOSECONN)
+        self._step(I.CLOSECONN)
         self.close_reason = reason
         self._outputs.append(ConnectionClosed(reason, by_peer=False))
 
@@ -794,7 +806,9 @@ class ProtocolConnection:
         self._frames.clear()
         msg = {"reason": error.reason}
         self._out.append(self._encode(PID_CLOSECONN, msg))
+        self.has_data_to_send = True
         self._outputs.append(PacketSent(PID_CLOSECONN, msg))
         self._machine.fail()
+        self.state = self._machine.state
         self.close_reason = error.reason
         self._outputs.append(ConnectionClosed(error.reason, by_peer=False, error=error))

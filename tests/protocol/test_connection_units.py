@@ -456,3 +456,37 @@ def test_one_read_of_one_packet_that_is_not_msgpack_closes_with_invalidmsgpack()
     outs, closed = _closed(s)
     assert outs == [PacketSent(PID_CLOSECONN, {"reason": "invalidmsgpack"}), closed]
     assert closed.reason == "invalidmsgpack" and s.closed
+
+
+# --- has_data_to_send and state: plain attributes kept in step -----------------------------------
+
+def test_has_data_to_send_is_true_exactly_while_data_to_send_has_bytes():
+    p = _pair(frozenset({"heartbeat"}))
+    s, c = p.server, p.client
+    assert s.has_data_to_send is False and s.data_to_send() == b""
+    p.start()
+    assert s.has_data_to_send is False and c.has_data_to_send is False  # (the pair moved every byte)
+    s.packet_quota = 5
+    s.receive_data(encode_frame(64, 0, msgpack.packb("app")))
+    assert s.has_data_to_send is False  # an application packet needs no answer
+    assert s.send_heartbeat({"t": 1.0}) is True and s.has_data_to_send is True
+    assert frames_of(s.data_to_send())[0][0] == PID_HEARTBEAT and s.has_data_to_send is False
+    c.receive_data(encode_frame(PID_HEARTBEAT, 0, msgpack.packb({"t": 2.0})))
+    assert c.has_data_to_send is True  # the ack
+    c.data_to_send()
+    c.close("bye")
+    assert c.has_data_to_send is True and frames_of(c.data_to_send())[0][0] == PID_CLOSECONN
+    assert c.has_data_to_send is False and c.data_to_send() == b""
+
+
+def test_state_follows_the_handshake_also_into_error():
+    p = _pair()
+    assert p.client.state is S.INIT and p.server.state is S.INIT
+    p.start()
+    assert p.client.state is S.ACTIVE and p.server.state is S.ACTIVE
+    c = ProtocolConnection(SIDE_CLIENT)
+    c.receive_data(encode_frame(PID_HANDSHAKE_ACCEPT, 0, msgpack.packb({})))  # accept before hello: refused
+    assert c.state is S.ERROR and c.closed
+    s = _active()
+    s.close("done")
+    assert s.state is S.CLOSED
