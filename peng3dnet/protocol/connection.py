@@ -321,6 +321,10 @@ class ProtocolConnection:
         self.has_data_to_send = False
         """Whether :meth:`data_to_send` would return bytes (a plain
         attribute: read after every read)."""
+        self.frames_waiting = 0
+        """Frames received but held back (by :attr:`packet_quota` or the
+        inflate budget); 0 once the connection is closed (a plain
+        attribute: read after every read)."""
         self._done = False  # ConnectionClosed was output (exactly once)
         self.closed = False
         """Whether the connection is closed (a plain attribute: cheap to test)."""
@@ -414,14 +418,9 @@ class ProtocolConnection:
                 frames.clear()
             else:
                 del frames[:taken]
+            self.frames_waiting = len(frames)
         if error is not None and not self._done:
             self._fail(error)
-
-    @property
-    def frames_waiting(self) -> int:
-        """Frames received but held back (by :attr:`packet_quota` or the
-        inflate budget); 0 once the connection is closed."""
-        return 0 if self._done else len(self._frames)
 
     def receive_eof(self, reason: str = "socketclose", discard_held: bool = False) -> None:
         """The socket ended without ``closeconn`` (EOF, or broke: give the
@@ -432,6 +431,7 @@ class ProtocolConnection:
             return
         if discard_held:
             self._frames.clear()
+            self.frames_waiting = 0
         if self._frames:
             # What was held back comes first.  Over the inflate budget a
             # compressed packet is dropped now (the peer is gone; inflating
@@ -769,6 +769,7 @@ class ProtocolConnection:
         if self._done:
             return
         self._frames.clear()  # held back, not yet delivered: they come after our close
+        self.frames_waiting = 0
         self._done = self.closed = True
         msg = {"reason": reason}
         self._out.append(self._encode(PID_CLOSECONN, msg))
@@ -804,6 +805,7 @@ class ProtocolConnection:
     def _fail(self, error: RemoteProtocolError) -> None:
         self._done = self.closed = True
         self._frames.clear()
+        self.frames_waiting = 0
         msg = {"reason": error.reason}
         self._out.append(self._encode(PID_CLOSECONN, msg))
         self.has_data_to_send = True
