@@ -490,3 +490,31 @@ def test_state_follows_the_handshake_also_into_error():
     s = _active()
     s.close("done")
     assert s.state is S.CLOSED
+
+
+def test_every_way_of_queueing_bytes_sets_has_data_to_send():
+    s = ProtocolConnection(SIDE_SERVER, extensions=frozenset({"resume"}))
+    s.initiate()  # hello (an internal send)
+    assert s.has_data_to_send is True and frames_of(s.data_to_send())[0][0] == PID_HELLO
+    assert s.has_data_to_send is False
+    p = _pair(frozenset({"resume"}))
+    p.start()
+    a = p.server
+    a.send_packet(64, "raw")
+    assert a.has_data_to_send is True and frames_of(a.data_to_send()) == [(64, 0, "raw")]
+    assert a.send_ack(3) is True and a.has_data_to_send is True
+    a.data_to_send()
+    a.packet_quota = 5
+    a.receive_data(encode_frame(64, 0, b"\xc1"))  # not msgpack: the core fails and queues its closeconn
+    assert a.closed and a.has_data_to_send is True
+    assert frames_of(a.data_to_send())[0][0] == PID_CLOSECONN
+
+
+def test_a_refused_handshake_input_leaves_state_in_error():
+    from peng3dnet.errors import HandshakeError
+    from peng3dnet.protocol.handshake import HandshakeInput
+
+    c = ProtocolConnection(SIDE_CLIENT)
+    with pytest.raises(HandshakeError):
+        c._step(HandshakeInput.HANDSHAKE_ACCEPT)  # (not allowed before hello)
+    assert c.state is S.ERROR
