@@ -46,7 +46,7 @@ class Inbox:
         self.notify_pending = False
         """A wake-up of the waiters is scheduled (network thread)."""
         self.lock = threading.Lock()
-        """Serializes :meth:`done` and its inlined copy in ``Peer._dispatch``
+        """Serializes :meth:`done` and its inlined copies in ``Peer._dispatch`` and ``Peer._run_batch``
         (``process()`` may run on several threads)."""
         self.stopped = False
         """Set by stop(): waits return at once, process_forever() ends."""

@@ -45,7 +45,10 @@ Only the threads made by ``runAsync()``, :class:`NetworkLoop` and
 its own thread.
 
 Thread safety: every field is read and written with :attr:`Relay.cond` held
-(a few are peeked at without it first, then checked again with it).
+(a few are peeked at without it first, then checked again with it), but
+:attr:`Relay.ready`, which the members' inboxes append to from the network
+thread without it (a deque's ``append`` and ``popleft`` are atomic; entries
+are taken off only with the lock held).
 """
 
 from __future__ import annotations
