@@ -437,3 +437,168 @@ def test_packets_read_after_a_local_close_are_not_handed_to_the_application():
     assert link.proto.close_reason == "kicked" and forced == [link] and len(closing) == 1
     s._handle_outputs(link, [PacketReceived(pid, 0, 2, HandshakeState.ACTIVE)])
     assert link.queued == 1  # what was still in the read after our close: dropped
+
+
+# --- Peer._on_ready: a closing connection whose last bytes are written ----------------------------
+
+class _FlushChan(FakeChan):
+    """A channel whose buffer is empty after flush(), closing after our closeconn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error = None
+        self.closing = True
+        self.calls: list[str] = []
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+
+    def update_interest(self) -> None:
+        self.calls.append("update_interest")
+
+    def shutdown_write(self) -> None:
+        self.calls.append("shutdown_write")
+
+
+@pytest.mark.parametrize(("polite", "calls"), [(False, ["flush", "shutdown_write", "update_interest"]),
+                                               (True, ["flush", "update_interest"])])
+def test_a_closing_connection_flushed_to_the_end_half_closes_unless_polite(polite, calls):
+    from peng3dnet.transport import EVENT_WRITE
+
+    s = _server()
+    link, _, _ = _active_link()
+    chan = _FlushChan()
+    link.chan = chan  # type: ignore[assignment]
+    link.polite = polite
+    s._on_ready(link, EVENT_WRITE)
+    assert chan.calls == calls
+
+
+# --- Peer._housekeeping: the idle time-out's log line ---------------------------------------------
+
+def test_an_idle_connection_is_closed_and_the_log_says_how_long_it_was_silent(caplog, monkeypatch):
+    import types
+
+    import peng3dnet.peer
+
+    s, link, _ = _server_with_link(**{"net.timeout.idle": 5.0})
+    monkeypatch.setattr(peng3dnet.peer, "time", types.SimpleNamespace(monotonic=lambda: 1000.0))
+    link.stats._seen = 1000.0 - 12.5
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
+    s._schedule_housekeeping = lambda: None  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
+        s._housekeeping()
+    assert closes == [(link, "timeout")]
+    assert [r.getMessage() for r in caplog.records] == ["! server cid=7: nothing received for 12.5 s"]
+
+
+# --- Peer._on_app_packet with net.debug.print.recv -----------------------------------------------
+
+def test_print_recv_logs_a_received_packet_with_the_receive_arrow(caplog):
+    from peng3dnet.protocol.connection import PacketReceived
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    s, link, _ = _server_with_link(**{"net.debug.print.recv": True})
+    s.handler("t:y")(lambda msg, cid: None)
+    pid = s.registry.get_id("t:y")
+    with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
+        assert s._on_app_packet(link, PacketReceived(pid, 0, {"a": 1}, HandshakeState.ACTIVE), None) is True
+    assert [r.getMessage() for r in caplog.records] == [f"< server cid=7 pid={pid} {{'a': 1}}"]
+
+
+# --- Peer._app_closed: an on_close that raises ------------------------------------------------------
+
+def test_an_on_close_that_raises_is_reported_with_the_cid_and_the_close_goes_on(caplog):
+    from peng3dnet.constants import MODE_CLOSED, STATE_CLOSED
+
+    class Raising:
+        def on_close(self, reason):
+            raise ValueError(reason)
+
+    s = _server()
+    owner = Raising()
+    link = Link(None, FakeChan(), owner, 7)  # type: ignore[arg-type]
+    s.clients[7] = owner  # type: ignore[assignment]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.user"):
+        s._app_closed(link, "kicked")
+    assert [(r.getMessage(), r.exc_info[0]) for r in caplog.records] == [  # type: ignore[index]
+        ("! server cid=7: on_close raised", ValueError)]
+    assert getattr(owner, s._state_attr) == STATE_CLOSED and owner.mode == MODE_CLOSED  # type: ignore[attr-defined]
+    assert link.app_closed is True and s.clients == {}
+
+
+# --- Server._take_over: a resume refused ---------------------------------------------------------
+
+@pytest.mark.parametrize(("request_", "reason"), [
+    ({"token": b"short", "received": 0}, "resume:invalid"),
+    ({"token": TOKEN, "received": 0}, "resume:unknown"),
+])
+def test_a_resume_that_cannot_be_taken_over_closes_and_says_why(caplog, request_, reason):
+    s, link, _ = _server_with_link()
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.server"):
+        assert s._take_over(link, request_) is False
+    assert closes == [(link, reason)]
+    assert [r.getMessage() for r in caplog.records] == [f"! server cid=7: cannot resume ({reason})"]
+
+
+# --- Server.broadcast: which connections it skips, and that it goes on after one -----------------
+
+def test_broadcast_skips_links_not_handshaken_unless_their_session_waits_for_a_socket():
+    from peng3dnet.constants import SIDE_SERVER
+    from peng3dnet.protocol.connection import ProtocolConnection
+    from tests.helpers import make_registry
+
+    s, _, _ = _server_with_link()
+    for cid in (8, 9, 10):  # handshake not complete
+        s._links[cid] = Link(ProtocolConnection(SIDE_SERVER, registry=make_registry()), FakeChan(), Owner(), cid)  # type: ignore[arg-type]
+    s._links[9].session = Session(TOKEN, cap=100)  # a session on its socket: skipped too
+    s._links[10].session = Session(TOKEN, cap=100)
+    s._links[10].session.suspended = True  # between sockets: kept for the next one
+    sent: list = []
+    s._send_frame = lambda lk, frame, pid, data, cork=True: sent.append((lk.cid, data, cork))  # type: ignore[method-assign]
+    assert s.broadcast("t:x", {"a": 1}) == 2
+    assert sent == [(7, {"a": 1}, False), (10, {"a": 1}, False)]
+
+
+def test_broadcast_skipping_a_0_1_peer_goes_on_to_the_next():
+    s, link, chan = _server_with_link()
+    other, other_chan, _ = _active_link(8)
+    other.strict_keys = False
+    s._links[8] = other
+    assert link.strict_keys is True
+    assert s.broadcast("t:x", {1: "a"}) == 1
+    assert chan.written == [] and _frames(b"".join(other_chan.written)) == [(s.registry.get_id("t:x"), {1: "a"})]
+
+
+# --- NetworkLoop._contain: the client a BaseException came through ---------------------------------
+
+def _free_function_raises(exc: BaseException) -> None:
+    raise exc
+
+
+def test_contain_stops_the_client_whose_frame_the_exception_passed_and_no_other():
+    loop = NetworkLoop()
+    a = _Hooked(addr=("127.0.0.1", 1))
+    b = _Hooked(addr=("127.0.0.1", 2))
+    stops: list = []
+    for c in (a, b):
+        c._loop_started = True
+        c._request_stop = lambda why, c=c: stops.append((c, why))  # type: ignore[method-assign]
+        loop._clients.append(c)
+    got: list = []
+
+    def run():
+        got.append(loop._contain(_caught(a, SystemExit(1))))  # through a's hook, b joined after it
+        try:
+            _free_function_raises(SystemExit(2))  # through no client's frame
+        except SystemExit as e:
+            got.append(loop._contain(e))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(10)
+    assert got == [True, False]
+    assert stops == [(a, "method")]
