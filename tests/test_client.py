@@ -81,3 +81,13 @@ def test_the_loop_survives_a_server_closing_many_of_its_clients_at_once(net):
         for rec in recs:
             rec.close()
         loop.stop()
+
+
+def test_stop_on_a_running_client_ends_its_loop_with_the_reason_method(net):
+    s, _ = net.server(record=None)
+    c = net.client(s)
+    rec = net.recorder(c, "peng3dnet:client.*")
+    c.stop()
+    c.join(10)
+    assert [d["reason"] for d in rec.wait_for("peng3dnet:client.stop")] == ["method"]
+    assert [d["reason"] for d in rec.wait_for("peng3dnet:client.close")] == ["clientstop"]
