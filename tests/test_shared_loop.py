@@ -305,6 +305,11 @@ def test_network_loop_stop_from_a_handler_ends_the_loop_at_once(monkeypatch):
         assert where == [42, pt.name]
         assert took[0] < 2 and loop._done.is_set()
     finally:
+        # The period back first, then wake the watchdog: woken with 60 s
+        # still set, it would look once and sleep a minute again, and the
+        # next tests' stuck handlers would go unwatched (a handler blocked
+        # on the leader thread then holds the network for that long).
+        monkeypatch.undo()
         with wd.cond:
             wd.cond.notify()
         s.shutdown(join=True, timeout=5)
