@@ -233,10 +233,16 @@ def test_rate_limit_drop_keeps_connection(net, caplog):
     assert link.proto.is_open and cid in s.clients
     assert 90 <= len(echo.got) < 1000
     # each read's drop is logged with its count: together, what did not get through
-    drops = [re.fullmatch(r"! server cid=(\d+): over the rate limit, dropped (\d+) packets", r.getMessage())
-             for r in caplog.records if r.name == "peng3dnet.server" and "over the rate limit" in r.getMessage()]
-    assert drops and all(m is not None and int(m[1]) == cid for m in drops)
-    assert sum(int(m[2]) for m in drops) == 5000 - len(echo.got)
+    # (a read's bytes are counted before its drop is logged: wait for the sum)
+    def drops():
+        return [re.fullmatch(r"! server cid=(\d+): over the rate limit, dropped (\d+) packets", r.getMessage())
+                for r in list(caplog.records)
+                if r.name == "peng3dnet.server" and "over the rate limit" in r.getMessage()]
+
+    wait_for(lambda: sum(int(m[2]) for m in drops() if m is not None) + len(echo.got) == 5000,
+             what="every packet of the flood dropped or handled")
+    assert drops() and all(m is not None and int(m[1]) == cid for m in drops())
+    assert sum(int(m[2]) for m in drops()) == 5000 - len(echo.got)
 
 
 def test_one_gib_zlib_bomb_is_refused_with_bounded_memory(net):
