@@ -602,3 +602,80 @@ def test_contain_stops_the_client_whose_frame_the_exception_passed_and_no_other(
     t.join(10)
     assert got == [True, False]
     assert stops == [(a, "method")]
+
+
+# --- poll() and the waits it drives -------------------------------------------------------------
+
+def test_poll_on_a_peer_whose_loop_runs_on_a_thread_is_refused_with_why():
+    from peng3dnet.errors import LocalProtocolError
+
+    c = Client(addr=("127.0.0.1", 1))
+    c._loop_started = True  # runAsync() or a NetworkLoop has it
+    with pytest.raises(LocalProtocolError) as ei:
+        c.poll(0)
+    assert str(ei.value) == "the loop already runs on a thread (runAsync or a NetworkLoop)"
+
+
+@pytest.mark.parametrize(("timeout", "polls"), [(None, [0.05, 0.05, 0.05]), (60.0, [0.05, 0.05, 0.05])])
+def test_a_wait_on_the_polling_thread_polls_in_steps_until_done(timeout, polls):
+    c = Client(addr=("127.0.0.1", 1))
+    seen: list = []
+    processed: list = []
+    c._poll_io = seen.append  # type: ignore[method-assign]
+    c._process_polled = lambda: processed.append(True) or 0  # type: ignore[method-assign]
+    assert c._drive(lambda: len(seen) == 3, timeout) is True
+    assert seen == polls and len(processed) == 3
+
+
+def test_a_wait_on_the_polling_thread_gives_up_at_its_timeout():
+    c = Client(addr=("127.0.0.1", 1))
+    seen: list = []
+    c._poll_io = seen.append  # type: ignore[method-assign]
+    c._process_polled = lambda: 0  # type: ignore[method-assign]
+    assert c._drive(lambda: False, 0) is False
+    assert seen == []
+
+
+# --- Client._reconnected: a socket that comes when the loop is not running -----------------------
+
+def test_a_reconnected_socket_is_closed_when_the_loop_does_not_run():
+    c = Client(addr=("127.0.0.1", 1))
+    session = Session(TOKEN, cap=100)
+    old = Link(None, FakeChan(), c, None)  # type: ignore[arg-type]
+    session.link = old
+    a, b = socket.socketpair()
+    try:
+        c._reconnect_sock = a
+        assert not c._loop_active() and not c._reactor.stopping
+        c._reconnected(session, a)
+        assert a.fileno() == -1  # closed
+        assert c._reconnect_sock is None and c._link_obj is None and session.link is old
+    finally:
+        a.close()
+        b.close()
+
+
+# --- Server._tls_step: a failed TLS handshake ------------------------------------------------------
+
+def test_a_failed_tls_handshake_closes_with_its_reason_and_logs_it(caplog):
+    from peng3dnet.errors import TLSError
+
+    class TLSChan(FakeChan):
+        def tls_step(self):
+            raise TLSError("TLS handshake failed: no shared cipher")
+
+    s = _server()
+    link, _, _ = _active_link()
+    chan = TLSChan()
+    link.chan = chan  # type: ignore[assignment]
+    outs: list = []
+    closed: list = []
+    s._handle_outputs = lambda lk, o: outs.append(list(o))  # type: ignore[method-assign]
+    s._channel_closed = closed.append  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.server"):
+        s._tls_step(link)
+    assert [r.getMessage() for r in caplog.records] == [
+        "! server cid=7: TLS handshake failed: TLS handshake failed: no shared cipher"]
+    assert link.local_closed is True and chan.closed is True and closed == [link]
+    assert link.proto.close_reason == "tlserror"
+    assert outs == [[ConnectionClosed("tlserror", by_peer=True, eof=True)]]
