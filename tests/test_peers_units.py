@@ -679,3 +679,29 @@ def test_a_failed_tls_handshake_closes_with_its_reason_and_logs_it(caplog):
     assert link.local_closed is True and chan.closed is True and closed == [link]
     assert link.proto.close_reason == "tlserror"
     assert outs == [[ConnectionClosed("tlserror", by_peer=True, eof=True)]]
+
+
+# --- Client: sends after the close, a session left between sockets at the loop's end ---------------
+
+def test_a_send_on_a_closed_client_says_why_it_was_closed():
+    from peng3dnet.errors import ConnectionClosedError
+
+    c = Client(addr=("127.0.0.1", 1))
+    c.close_reason = "kicked"
+    with pytest.raises(ConnectionClosedError) as ei:
+        c._link(None)
+    assert str(ei.value) == "client is not connected" and ei.value.reason == "kicked"
+
+
+def test_the_loop_ending_between_sockets_ends_the_session_with_clientstop():
+    c = Client(addr=("127.0.0.1", 1))
+    session = Session(TOKEN, cap=100)
+    link = Link(None, FakeChan(), c, None)  # type: ignore[arg-type]
+    link.session = session
+    c._link_obj = link
+    at_exit: list = []
+    ended: list = []
+    c._close_at_exit = lambda lk, why: at_exit.append((lk, why))  # type: ignore[method-assign]
+    c._session_end = lambda sess, why: ended.append((sess, why))  # type: ignore[method-assign]
+    c._on_loop_exit()
+    assert at_exit == [(link, "clientstop")] and ended == [(session, "clientstop")]
