@@ -705,3 +705,18 @@ def test_the_loop_ending_between_sockets_ends_the_session_with_clientstop():
     c._session_end = lambda sess, why: ended.append((sess, why))  # type: ignore[method-assign]
     c._on_loop_exit()
     assert at_exit == [(link, "clientstop")] and ended == [(session, "clientstop")]
+
+
+def test_print_connect_logs_the_connection_made_after_the_library_line(caplog):
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        addr = lst.getsockname()
+        c = Client(addr=addr, cfg={"net.debug.print.connect": True})
+        with caplog.at_level(logging.INFO, logger="peng3dnet.client"):
+            c.connect()
+        try:
+            assert [r.getMessage() for r in caplog.records] == [
+                f"= client: connected to {addr!r}", f"= client connected to {addr!r}"]
+        finally:
+            c.sock.close()
