@@ -720,3 +720,24 @@ def test_print_connect_logs_the_connection_made_after_the_library_line(caplog):
                 f"= client: connected to {addr!r}", f"= client connected to {addr!r}"]
         finally:
             c.sock.close()
+
+
+# --- Server: the log lines of bind and accept ------------------------------------------------------
+
+def test_bind_and_accept_log_the_address_and_the_cid(caplog):
+    s = _server()
+    try:
+        with caplog.at_level(logging.INFO, logger="peng3dnet.server"):
+            s.bind()
+            with socket.create_connection(s.addr, timeout=10) as peer:
+                s.sock.settimeout(10)
+                sock, addr = s.sock.accept()
+                s._accepted(sock, addr)
+                cid = next(iter(s._links))
+                msgs = [r.getMessage() for r in caplog.records]
+                assert msgs[0] == f"= server listening on {s.addr!r}"
+                assert f"= server cid={cid}: connection from {peer.getsockname()!r}" in msgs
+                s._links[cid].chan.close()
+    finally:
+        if s.sock is not None:
+            s.sock.close()
