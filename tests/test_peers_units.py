@@ -17,6 +17,7 @@ from peng3dnet.constants import PID_FIRST_FREE
 from peng3dnet.link import Link
 from peng3dnet.protocol.connection import ConnectionClosed
 from peng3dnet.protocol.framing import FrameDecoder
+from peng3dnet.protocol.handshake import HandshakeState
 from peng3dnet.server import Server
 from peng3dnet.session import TOKEN_BYTES, Session
 from tests.helpers import ConnectionPair
@@ -741,3 +742,46 @@ def test_bind_and_accept_log_the_address_and_the_cid(caplog):
     finally:
         if s.sock is not None:
             s.sock.close()
+
+
+# --- Peer._read: an EOF with packets held back by the quota ---------------------------------------
+
+class _ReadChan(_FlushChan):
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.closing = False
+        self.paused = True  # (reading paused: the held frames wait for room)
+        self.reads = [data, b""]
+
+    def read_into(self, buf) -> int:
+        data = self.reads.pop(0)
+        buf[:len(data)] = data
+        return len(data)
+
+    def pending(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("with_session", [False, True])
+def test_an_eof_forgets_packets_held_back_only_when_a_session_resends_them(with_session):
+    from peng3dnet.protocol.connection import PacketReceived
+    from peng3dnet.protocol.framing import encode_frame
+
+    s, link, _ = _server_with_link()
+    pid = s.registry.get_id("t:x")
+    chan = _ReadChan(b"".join(encode_frame(pid, 0, msgpack.packb(i)) for i in range(3)))
+    link.chan = chan  # type: ignore[assignment]
+    if with_session:
+        link.session = Session(TOKEN, cap=1000)
+    handed: list = []
+    s._read_quota = lambda lk, now: 0  # type: ignore[method-assign]
+    s._handle_outputs = lambda lk, outs: handed.append(list(outs))  # type: ignore[method-assign]
+    s._channel_closed = lambda lk: None  # type: ignore[method-assign]
+    s._read(link)
+    assert handed == []  # all three held back
+    s._read(link)
+    closed = ConnectionClosed("socketclose", by_peer=True, eof=True)
+    if with_session:
+        assert handed == [[closed]]  # the peer sends them again on its next socket
+    else:
+        assert handed == [[*(PacketReceived(pid, 0, i, HandshakeState.ACTIVE) for i in range(3)), closed]]
