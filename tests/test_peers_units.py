@@ -365,7 +365,7 @@ def test_a_new_connection_core_takes_its_limits_and_compression_from_the_config(
     proto = s._new_proto()
     assert proto.compress is compress
     assert (proto.compress_threshold, proto.compress_level) == (1234, 3)
-    assert proto.max_decompressed_size == 7000
+    assert (proto.max_packet_size, proto.max_decompressed_size) == (5000, 7000)
 
 
 # --- the server's admission and rate limits, a local close ----------------------------------------
@@ -785,3 +785,17 @@ def test_an_eof_forgets_packets_held_back_only_when_a_session_resends_them(with_
         assert handed == [[closed]]  # the peer sends them again on its next socket
     else:
         assert handed == [[*(PacketReceived(pid, 0, i, HandshakeState.ACTIVE) for i in range(3)), closed]]
+
+
+def test_a_server_shut_down_before_it_ran_stops_with_the_reason_method_each_time():
+    from tests.conftest import Recorder
+
+    s = _server()
+    rec = Recorder(s, "peng3dnet:server.stop")
+    try:
+        s.shutdown()  # no loop yet
+        s.runAsync()  # the stop asked for holds: the loop ends at once
+        s.join(10)
+        assert [d["reason"] for d in rec.wait_for("peng3dnet:server.stop", 2)] == ["method", "method"]
+    finally:
+        rec.close()
