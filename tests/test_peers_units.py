@@ -799,3 +799,16 @@ def test_a_server_shut_down_before_it_ran_stops_with_the_reason_method_each_time
         assert [d["reason"] for d in rec.wait_for("peng3dnet:server.stop", 2)] == ["method", "method"]
     finally:
         rec.close()
+
+
+def test_an_ack_of_more_packets_than_were_sent_closes_and_says_how_many(caplog):
+    from peng3dnet.protocol.connection import SessionAcked
+
+    s, link, _ = _server_with_link()
+    link.session = Session(TOKEN, cap=1000)  # nothing sent on it yet
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
+        s._handle_outputs(link, [SessionAcked(5)])
+    assert closes == [(link, "invalidpacket")]
+    assert [r.getMessage() for r in caplog.records] == ["! server cid=7: acknowledged 5 packets, more than were sent"]
