@@ -812,3 +812,14 @@ def test_an_ack_of_more_packets_than_were_sent_closes_and_says_how_many(caplog):
         s._handle_outputs(link, [SessionAcked(5)])
     assert closes == [(link, "invalidpacket")]
     assert [r.getMessage() for r in caplog.records] == ["! server cid=7: acknowledged 5 packets, more than were sent"]
+
+
+def test_the_internal_packets_belong_to_the_peers_registry_and_the_peer():
+    from peng3dnet.peer import INTERNAL_PACKETS
+
+    s = _server()
+    s._register_internal()
+    for name, pid, cls in INTERNAL_PACKETS:
+        obj = s.registry.get_obj(name)
+        assert type(obj) is cls and s.registry.get_id(name) == pid
+        assert obj.reg is s.registry and obj.peer is s
