@@ -518,3 +518,20 @@ def test_a_refused_handshake_input_leaves_state_in_error():
     with pytest.raises(HandshakeError):
         c._step(HandshakeInput.HANDSHAKE_ACCEPT)  # (not allowed before hello)
     assert c.state is S.ERROR
+
+
+def test_frames_waiting_is_0_when_new_and_after_the_held_frames_are_discarded():
+    assert ProtocolConnection(SIDE_CLIENT).frames_waiting == 0 and type(ProtocolConnection(SIDE_SERVER).frames_waiting) is int
+    s = _active()
+    s.packet_quota = 0
+    s.receive_data(encode_frame(64, 0, msgpack.packb("a")) + encode_frame(65, 0, msgpack.packb("b")))
+    assert s.frames_waiting == 2 and s.drain_received() == []
+    s.receive_eof("socketclose", discard_held=True)  # a session's socket broke: the peer sends them again
+    assert s.frames_waiting == 0
+    assert [type(o).__name__ for o in s.drain_received()] == ["ConnectionClosed"]
+    kept = _active()
+    kept.packet_quota = 0
+    kept.receive_data(encode_frame(64, 0, msgpack.packb("a")))
+    kept.receive_eof("socketclose")  # no session: what was held comes first
+    assert kept.frames_waiting == 0
+    assert [o.msg for o in kept.drain_received() if isinstance(o, PacketReceived)] == ["a"]
