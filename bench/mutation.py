@@ -66,7 +66,7 @@ AREAS = {
     # tests when it survives): run with --sample.
     "peers": (["peng3dnet/peer.py", "peng3dnet/server.py", "peng3dnet/client.py"],
               ["tests/test_peers_units.py", "tests/test_peer.py", "tests/test_server.py", "tests/test_client.py",
-               "tests/test_poll.py", "tests/test_plans.py",
+               "tests/test_poll.py", "tests/test_plans.py", "tests/test_flow_units.py",
                "tests/test_shared_loop.py", "tests/test_session.py", "tests/test_calls.py", "tests/test_login.py",
                "tests/test_tls.py", "tests/test_api_misc.py", "tests/compat/test_semantics.py", "tests/events/"]),
     "ext": (["peng3dnet/ext/ping/", "peng3dnet/ext/discovery.py"],

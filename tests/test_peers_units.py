@@ -16,6 +16,7 @@ from peng3dnet.client import Client, NetworkLoop
 from peng3dnet.constants import PID_FIRST_FREE
 from peng3dnet.link import Link
 from peng3dnet.protocol.connection import ConnectionClosed
+from peng3dnet.protocol.connection import PacketReceived as PacketReceived_
 from peng3dnet.protocol.framing import FrameDecoder
 from peng3dnet.protocol.handshake import HandshakeState
 from peng3dnet.server import Server
@@ -354,6 +355,36 @@ def test_a_handshake_time_out_closes_and_hints_at_tls_when_nothing_was_received(
         s._housekeeping()
     assert closes == [(link, "handshaketimeout")]
     assert [r.getMessage() for r in caplog.records] == [f"! server cid=3: handshake not complete after 2.5 s{hint}"]
+
+
+def test_a_handshake_time_out_of_0_is_off():
+    from peng3dnet.constants import SIDE_SERVER
+    from peng3dnet.protocol.connection import ProtocolConnection
+    from tests.helpers import make_registry
+
+    s = _server(**{"net.timeout.handshake": 0})
+    link = Link(ProtocolConnection(SIDE_SERVER, registry=make_registry()), FakeChan(), Owner(), 3)  # type: ignore[arg-type]
+    link.stats._since -= 1000  # made long ago, still not handshaken
+    s._links[3] = link
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
+    s._schedule_housekeeping = lambda: None  # type: ignore[method-assign]
+    s._housekeeping()
+    assert closes == []
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_recv_event_follows_net_events_enable_whoever_listens(enabled):
+    from tests.conftest import Recorder
+
+    s, link, chan = _server_with_link(**{"net.events.enable": enabled})
+    pid = s.registry.get_id("t:x")
+    rec = Recorder(s, "peng3dnet:server.connection.recv")
+    try:
+        s._handle_outputs(link, [PacketReceived_(pid, 0, {"m": 1}, HandshakeState.ACTIVE)])
+        assert [d["msg"] for _, d in rec.items] == ([{"m": 1}] if enabled else [])
+    finally:
+        rec.close()
 
 
 # --- Peer._new_proto: the connection core is made from the config --------------------------------
