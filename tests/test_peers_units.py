@@ -854,3 +854,28 @@ def test_the_internal_packets_belong_to_the_peers_registry_and_the_peer():
         obj = s.registry.get_obj(name)
         assert type(obj) is cls and s.registry.get_id(name) == pid
         assert obj.reg is s.registry and obj.peer is s
+
+
+# --- Peer._read: a socket that fails closes with the failure's reason ------------------------------
+
+@pytest.mark.parametrize("reason", ["socketerror", "tlserror"])
+def test_a_read_that_fails_closes_with_the_errors_reason_and_logs_it(caplog, reason):
+    from peng3dnet.errors import NetworkError
+
+    s, link, chan = _server_with_link()
+    chan.closing = False
+    chan.paused = False
+    chan.error = None
+    chan.pending = lambda: 0
+
+    def read_into(buf):
+        raise NetworkError("recv: [Errno 104] Connection reset by peer", reason)
+
+    chan.read_into = read_into
+    closed: list = []
+    s._channel_closed = lambda lk: closed.append(lk)  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
+        s._read(link)
+    assert link.proto.closed and link.proto.close_reason == reason and link.eof is True
+    assert chan.closed is True and closed == [link]
+    assert "! server cid=7: recv failed: recv: [Errno 104] Connection reset by peer" in [r.getMessage() for r in caplog.records]
