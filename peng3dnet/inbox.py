@@ -46,7 +46,7 @@ class Inbox:
         self.notify_pending = False
         """A wake-up of the waiters is scheduled (network thread)."""
         self.lock = threading.Lock()
-        """Serializes :meth:`done` and its inlined copies in ``Peer._dispatch`` and ``Peer._run_batch``
+        """Serializes :meth:`done` and its inlined copy in ``Peer._run_batch``
         (``process()`` may run on several threads)."""
         self.stopped = False
         """Set by stop(): waits return at once, process_forever() ends."""
@@ -112,7 +112,7 @@ class Inbox:
 
     def done(self, link: Any) -> bool:
         """One packet of ``link`` was handled; return whether its reading must resume."""
-        with self.lock:  # (inlined in Peer._dispatch: keep the two alike)
+        with self.lock:  # (inlined in Peer._run_batch: keep the two alike)
             link.n_out += 1
             resume: bool = link.chan.paused and link.n_in - link.n_out <= link.resume_at
             if resume:

@@ -1359,13 +1359,7 @@ class Peer:
         except BaseException:
             self._handler_failed(link, fn)
         finally:
-            with self._inbox.lock:  # (Inbox.done(), inlined; _run_batch() inlines this method: keep them alike)
-                link.n_out += 1
-                chan = link.chan
-                resume = chan.paused and link.n_in - link.n_out <= link.resume_at
-                if resume:
-                    chan.paused = False
-            if resume:
+            if self._inbox.done(link):
                 self._reactor.call_soon(self._flow.resume_reading, link)
 
     def process(self, wait: bool = False, timeout: float | None = None) -> int:
@@ -1410,7 +1404,7 @@ class Peer:
                 if fn is None:
                     self._dispatch(link, fn, pid, msg)  # the close
                     continue
-                # _dispatch(), inlined (once per packet): keep the two alike.
+                # _dispatch() and Inbox.done(), inlined (once per packet): keep them alike.
                 try:
                     fn(msg, link.cid)
                     if link.on_recv is not None and pid >= 0:

@@ -94,6 +94,7 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
     """
     rate_p = float(cfg["net.limits.rate.packets"])
     rate_b = float(cfg["net.limits.rate.bytes"])
+    burst = float(cfg["net.limits.rate.burst"])
     rate = rate_p > 0 or rate_b > 0
     inflate_rate = float(cfg["net.limits.inflate.rate"])
     return {
@@ -110,9 +111,9 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
         "_h_write_raise": cfg["net.limits.write_buffer_action"] == "raise",
         "_h_rate_p": rate_p,
         "_h_rate_b": rate_b,
-        "_h_rate_burst": float(cfg["net.limits.rate.burst"]),
-        "_h_rate_cap_p": rate_p * float(cfg["net.limits.rate.burst"]),  # the buckets' sizes
-        "_h_rate_cap_b": rate_b * float(cfg["net.limits.rate.burst"]),
+        "_h_rate_burst": burst,
+        "_h_rate_cap_p": rate_p * burst,  # the buckets' sizes
+        "_h_rate_cap_b": rate_b * burst,
         "_h_rate_drop": cfg["net.limits.rate.action"] == "drop",
         "_h_rate_throttle": cfg["net.limits.rate.action"] == "throttle",
         # the packet bucket sets the reads' quota (Server._read_quota)

@@ -430,8 +430,7 @@ class ProtocolConnection:
         if self._done:
             return
         if discard_held:
-            self._frames.clear()
-            self.frames_waiting = 0
+            self._forget_held()
         if self._frames:
             # What was held back comes first.  Over the inflate budget a
             # compressed packet is dropped now (the peer is gone; inflating
@@ -525,8 +524,7 @@ class ProtocolConnection:
             raise HandshakeError("heartbeat before the handshake completed", "invalidstate")
         self._step(I.APPLICATION)
         if pid == PID_HEARTBEAT:
-            self._out.append(self._encode(PID_HEARTBEAT_ACK, msg))
-            self.has_data_to_send = True
+            self._queue_out(self._encode(PID_HEARTBEAT_ACK, msg))
         else:
             self._outputs.append(HeartbeatAcked(msg))
 
@@ -650,8 +648,7 @@ class ProtocolConnection:
 
     def _send_internal(self, inp: HandshakeInput, pid: int, msg: dict[str, Any]) -> None:
         self._step(inp)
-        self._out.append(self._encode(pid, msg))
-        self.has_data_to_send = True
+        self._queue_out(self._encode(pid, msg))
         self._outputs.append(PacketSent(pid, msg))
 
     def _encode(self, pid: int, msg: Any, encode: Any = _packb) -> bytes:
@@ -698,16 +695,14 @@ class ProtocolConnection:
         """
         if not self._machine.is_open:
             raise ConnectionClosedError("connection is closed", self.close_reason)
-        self._out.append(self._encode(pid, msg))
-        self.has_data_to_send = True
+        self._queue_out(self._encode(pid, msg))
 
     def send_ack(self, count: int) -> bool:
         """Send a session ack (extension ``resume``) if it was negotiated
         and the connection is active.  Returns whether one was queued."""
         if "resume" not in self.negotiated or self.state is not HandshakeState.ACTIVE or self._done:
             return False
-        self._out.append(self._encode(PID_SESSION_ACK, count))
-        self.has_data_to_send = True
+        self._queue_out(self._encode(PID_SESSION_ACK, count))
         return True
 
     def send_heartbeat(self, msg: Any) -> bool:
@@ -719,8 +714,7 @@ class ProtocolConnection:
         """
         if "heartbeat" not in self.negotiated or self.state is not HandshakeState.ACTIVE or self._done:
             return False
-        self._out.append(self._encode(PID_HEARTBEAT, msg))
-        self.has_data_to_send = True
+        self._queue_out(self._encode(PID_HEARTBEAT, msg))
         return True
 
     def encode_call(self, call_id: int, pid: int, msg: Any, encode: Any = _packb) -> bytes:
@@ -755,6 +749,18 @@ class ProtocolConnection:
         self.has_data_to_send = False
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def _queue_out(self, frame: bytes) -> None:
+        """Queue an encoded frame for :meth:`data_to_send` (the one place
+        that sets :attr:`has_data_to_send`)."""
+        self._out.append(frame)
+        self.has_data_to_send = True
+
+    def _forget_held(self) -> None:
+        """Drop the frames held back by the quota (the one place, with the
+        end of :meth:`receive_data`, that sets :attr:`frames_waiting`)."""
+        self._frames.clear()
+        self.frames_waiting = 0
+
     def _step(self, inp: HandshakeInput) -> None:
         """Feed the handshake machine one input; :attr:`state` follows it
         (also when the input is refused: the machine is in ``ERROR`` then)."""
@@ -768,12 +774,10 @@ class ProtocolConnection:
         """Send ``closeconn`` with ``reason`` and close.  Idempotent."""
         if self._done:
             return
-        self._frames.clear()  # held back, not yet delivered: they come after our close
-        self.frames_waiting = 0
+        self._forget_held()  # held back, not yet delivered: they come after our close
         self._done = self.closed = True
         msg = {"reason": reason}
-        self._out.append(self._encode(PID_CLOSECONN, msg))
-        self.has_data_to_send = True
+        self._queue_out(self._encode(PID_CLOSECONN, msg))
         self._outputs.append(PacketSent(PID_CLOSECONN, msg))
         self._step(I.CLOSECONN)
         self.close_reason = reason
@@ -804,11 +808,9 @@ class ProtocolConnection:
 
     def _fail(self, error: RemoteProtocolError) -> None:
         self._done = self.closed = True
-        self._frames.clear()
-        self.frames_waiting = 0
+        self._forget_held()
         msg = {"reason": error.reason}
-        self._out.append(self._encode(PID_CLOSECONN, msg))
-        self.has_data_to_send = True
+        self._queue_out(self._encode(PID_CLOSECONN, msg))
         self._outputs.append(PacketSent(PID_CLOSECONN, msg))
         self._machine.fail()
         self.state = self._machine.state
