@@ -112,7 +112,9 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
         "_h_rate_p": rate_p,
         "_h_rate_b": rate_b,
         "_h_rate_burst": burst,
-        "_h_rate_cap_p": rate_p * burst,  # the buckets' sizes
+        # the buckets' sizes; the packet bucket holds one packet at least
+        # (else int(tokens) stays 0 and a throttled connection stalls for good)
+        "_h_rate_cap_p": max(rate_p * burst, 1.0) if rate_p > 0 else 0.0,
         "_h_rate_cap_b": rate_b * burst,
         "_h_rate_drop": cfg["net.limits.rate.action"] == "drop",
         "_h_rate_throttle": cfg["net.limits.rate.action"] == "throttle",

@@ -650,6 +650,20 @@ def test_throttle_is_the_default_and_slows_a_flood_without_losing_anything(net):
     assert c.close_reason is None
 
 
+@pytest.mark.timeout(30)
+def test_a_packet_bucket_smaller_than_one_packet_still_lets_the_rate_through(net):
+    """rate.packets 10/s with a burst of 0.05 s is a bucket of half a
+    packet: it holds one packet at least, or the throttled reads' quota
+    (int(tokens)) would stay 0 and the connection stall for good."""
+    s, rec = net.server(**{"net.limits.rate.packets": 10.0, "net.limits.rate.burst": 0.05})
+    assert s._h_rate_cap_p == 1.0
+    c = net.client(s)
+    for i in range(3):
+        c.send_message("test:echo", i)
+    assert c.registry.get_obj("test:echo").wait_count(3, timeout=5) == [0, 1, 2]
+    assert "peng3dnet:server.connection.close" not in rec.names()
+
+
 def test_throttle_holds_compressed_packets_until_the_inflate_budget_refills(net):
     s, rec = net.server(**{"net.limits.inflate.rate": 8 << 20, "net.limits.inflate.burst": 1.0})
     peer = RawPeer(s.addr)
