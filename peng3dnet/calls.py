@@ -90,6 +90,7 @@ class Calls:
         frame = link.proto.encode_call(call_id, pid, data, thread_pack)
         if callback is not None:
             fut.add_done_callback(lambda f: peer._queue_call(link, callback, fut))
+        fut.add_done_callback(self._on_done)  # (a cancel() forgets the call)
         key = _key(link)
         with self._lock:
             self._pending[call_id] = (key, fut, None)
@@ -108,11 +109,18 @@ class Calls:
                     timer.cancel()
         return fut
 
+    def _on_done(self, fut: CallFuture) -> None:
+        """A call's future is done: when the program cancelled it, forget
+        the call (a late reply is then dropped as unknown) (the thread that
+        called ``cancel()``, or the network thread)."""
+        if fut.cancelled():
+            self.forget(fut.call_id)
+
     def _expire(self, call_id: int, timeout: float) -> None:
         with self._lock:
             entry = self._pending.pop(call_id, None)
         if entry is not None:
-            entry[1].set_exception(TimedOutError(f"call {call_id} got no reply within {timeout} s"))
+            _settle(entry[1], exc=TimedOutError(f"call {call_id} got no reply within {timeout} s"))
 
     def on_reply(self, link: Link, o: CallReplied) -> None:
         """An answer arrived (network thread)."""
@@ -129,17 +137,18 @@ class Calls:
         if timer is not None:
             timer.cancel()
         if o.status == CALL_OK:
-            fut.set_result(o.value)
+            _settle(fut, o.value)
             return
         value = o.value if isinstance(o.value, dict) else {}
         rtype = value.get("type")
         message = value.get("message")
-        fut.set_exception(
-            RemoteCallError(
+        _settle(
+            fut,
+            exc=RemoteCallError(
                 str(message)[:_MAX_MESSAGE] if message is not None else "remote error",
                 remote_type=str(rtype)[:100] if rtype is not None else "",
                 unanswered=o.status == CALL_UNANSWERED,
-            )
+            ),
         )
 
     def closed(self, link: Link, reason: str | None) -> None:
@@ -151,7 +160,7 @@ class Calls:
         for _, fut, timer in entries:
             if timer is not None:
                 timer.cancel()
-            fut.set_exception(ConnectionClosedError(f"connection closed before the reply ({reason})", reason))
+            _settle(fut, exc=ConnectionClosedError(f"connection closed before the reply ({reason})", reason))
 
     def forget(self, call_id: int) -> None:
         """Drop a call nobody waits for any more (any thread)."""
@@ -227,6 +236,19 @@ class Calls:
             pass  # the caller is gone; its side fails the call
         except Peng3dNetError as exc:  # e.g. WriteBufferFullError: the caller times out
             log.info("! %s cid=%s: the answer to call %d cannot be sent: %s", self.peer._role, link.cid, call_id, exc)
+
+
+def _settle(fut: CallFuture, value: Any = None, exc: BaseException | None = None) -> None:
+    """Set a call's outcome, unless the program cancelled its future
+    meanwhile (then nobody wants it: a cancel racing the reply must not
+    raise InvalidStateError into the network thread)."""
+    try:
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def _key(link: Link) -> Any:

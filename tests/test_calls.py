@@ -339,6 +339,75 @@ def test_reply_from_another_connection_is_dropped(net):
     assert fut.result(10) == "from the right client"
 
 
+def _calls_peer(s):
+    """A raw client that negotiated calls; returns (peer, its registry)."""
+    peer = RawPeer(s.addr)
+    peer.recv_packet()
+    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["calls"]})
+    _, hs = peer.recv_packet()
+    peer.send_packet(4, {"success": True})
+    return peer, hs["registry"]
+
+
+@pytest.mark.timeout(30)
+def test_a_reply_to_a_cancelled_call_is_dropped_and_the_packets_read_with_it_are_handled(net):
+    """A call's future may be cancel()ed by the program: the call is
+    forgotten, and its late answer (once raising InvalidStateError on the
+    network thread, which lost the rest of that read) is dropped; a packet
+    read with it is delivered."""
+    s, _ = _server(net)
+    s.runAsync()
+    s.process_async()
+    peer, reg = _calls_peer(s)
+    (cid,) = active_cids(s)
+    fut = s.call_async("test:echo", "question", cid, timeout=0)
+    pid, (call_id, called_pid, data) = peer.recv_packet()
+    assert (pid, called_pid, data) == (PID_CALL, reg["test:echo"], "question")
+    assert fut.cancel()  # the program no longer wants the answer
+    wait_for(lambda: s._calls.pending == 0, what="the cancelled call forgotten")
+    # The late answer and a plain message, in one write (one read on the server).
+    peer.send(encode_frame(PID_CALL_REPLY, 0, msgpack.packb([call_id, 0, "answer"]))
+              + encode_frame(reg["test:echo"], 0, msgpack.packb("after the answer")))
+    echo = s.registry.get_obj("test:echo")
+    assert echo.wait_count(1, timeout=5) == ["after the answer"]
+    assert fut.cancelled()
+
+
+@pytest.mark.timeout(30)
+def test_a_close_with_a_cancelled_call_pending_fails_the_other_calls_and_delivers_on_close(net):
+    """A close fails every pending call of the connection; a cancelled one
+    among them (once raising InvalidStateError there) neither keeps the
+    calls after it waiting for ever nor stops on_close."""
+    s, gate = _server(net)
+    s.runAsync()
+    s.process_async()
+    closed = threading.Event()
+
+    class MyClient(Client):
+        def on_close(self, reason=None):
+            closed.set()
+
+    c = MyClient(addr=s.addr)
+    for name, cls in (("test:echo", EchoPacket), ("calc:double", Double), ("calc:smart", Packet),
+                      ("calc:info", Packet)):
+        c.register_packet(name, cls(c.registry, c))
+    net.clients.append(c)
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    try:
+        first = c.call_async("calc:info", "slow", timeout=0)
+        second = c.call_async("calc:info", "slow", timeout=0)
+        assert first.cancel()
+        c.close("bye")
+        exc = second.exception(timeout=5)
+        assert isinstance(exc, errors.ConnectionClosedError) and exc.reason == "bye"
+        assert closed.wait(5), "on_close never ran"
+        assert first.cancelled()
+    finally:
+        gate.set()
+
+
 def test_malformed_call_closes_only_that_connection(net):
     s, _ = _server(net)
     s.runAsync()
