@@ -99,14 +99,22 @@ class Inbox:
                 self.waiters -= 1
 
     def take_for(self, link: Any) -> tuple[Any, Any, int, Any] | None:
-        """Remove and return the oldest item of ``link``, or ``None``."""
+        """Remove and return the oldest item of ``link``, or ``None``.
+
+        Searches a snapshot (``list()`` of a deque is one step under the
+        GIL), since the network thread appends while we look and another
+        ``process()`` thread may take items from the left; then removes the
+        item it found by identity (``deque.remove`` tests identity first,
+        and an item of another link never equals it), trying the next one
+        of ``link`` when another thread took it meanwhile.
+        """
         items = self.items
-        for i, item in enumerate(items):
+        for item in list(items):
             if item[0] is link:
                 try:
-                    del items[i]
-                except IndexError:
-                    return None
+                    items.remove(item)
+                except ValueError:  # another process() thread took it
+                    continue
                 return item
         return None
 

@@ -41,6 +41,47 @@ def test_process_single_packet_and_receive_packet(pair):
     assert c.registry.get_obj("test:echo").got == ["injected"]
 
 
+@pytest.mark.timeout(60)
+def test_process_single_packet_while_packets_arrive(net):
+    """process_single_packet (any thread) looks for the client's oldest
+    item while the network thread appends to the queue: it once iterated
+    the deque itself and raised 'deque mutated during iteration'."""
+    import sys
+    import threading
+
+    s, _ = net.server(process=False, record=None,
+                      **{"net.limits.rate.packets": 0, "net.limits.recv_queue": 10_000_000})
+    flooder = net.client(s)
+    other = net.client(s)
+    active_cids(s, 2)
+    echo = s.registry.get_obj("test:echo")
+    stop = threading.Event()
+
+    def flood():
+        i = 0
+        while not stop.is_set():
+            flooder.send_message("test:echo", i)
+            i += 1
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    wait_for(lambda: len(s._inbox.items) > 5000, what="a long queue")
+    flink = max(s._links.values(), key=lambda link: link.n_in)
+    olink = next(link for link in s._links.values() if link is not flink)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # (the threads take turns often: the race shows at once)
+    try:
+        for k in range(100):
+            other.send_message("test:echo", f"o{k}")
+            wait_for(lambda k=k: olink.n_in > k, what="its packet queued")
+            assert s.process_single_packet(olink.owner) is True
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+        t.join(10)
+    assert [m for m in echo.got if isinstance(m, str)] == [f"o{k}" for k in range(100)]
+
+
 def test_client_receive_packet_dispatches_like_the_socket(pair):
     s, c, cid = pair
     pid = c.registry.get_id("test:echo")

@@ -726,6 +726,23 @@ def test_take_for_removes_the_oldest_item_of_that_link_only():
     assert inbox.take_for(b) is None and len(inbox.items) == 1
 
 
+def test_take_for_tries_the_next_item_of_that_link_when_another_thread_took_the_first():
+    a, b = FakeLink(1), FakeLink(2)
+    first, second = (a, "fa", 64, "a1"), (a, "fa", 65, "a2")
+
+    class Racing(deque):  # another process() thread takes the oldest item as we remove it
+        def remove(self, value):
+            if value is first and self and self[0] is first:
+                self.popleft()
+            super().remove(value)
+
+    inbox = Inbox()
+    inbox.items = Racing([first, (b, "fb", 64, "b1"), second])
+    assert inbox.take_for(a) is second
+    assert list(inbox.items) == [(b, "fb", 64, "b1")]
+    assert inbox.take_for(a) is None
+
+
 def test_a_batch_racing_another_counts_what_it_dispatched():
     class Racing(deque):  # another thread empties the queue after our first item
         def popleft(self):
