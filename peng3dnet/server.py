@@ -422,6 +422,14 @@ class Server(Peer):
                     sock.close()
 
     def _accepted(self, sock: socket.socket, addr: Any) -> None:
+        info = self._shutdown_info
+        if info is not None:
+            # shutdown() began: a late arrival is refused with its reason (it
+            # would keep a joining shutdown() waiting for it to close).
+            self.stats.connections_refused += 1
+            log.info("! server: refusing %s, shutting down", addr)
+            Listener.refuse(sock, encode_frame(PID_CLOSECONN, 0, pack({"reason": info["reason"]})))
+            return
         max_clients = int(self.cfg["net.limits.max_clients"])
         if max_clients > 0 and len(self._links) >= max_clients:
             # Refused before it becomes a connection: no events, one closeconn.
@@ -475,6 +483,9 @@ class Server(Peer):
         else:
             link.chan.update_interest()
             self._start_protocol(link)
+        info = self._shutdown_info
+        if info is not None:  # shutdown() began while we accepted: its sweep may have missed us
+            self._close_link(link, info["reason"], polite=True)
 
     def _on_conntype(self, link: Link, conntype: str) -> None:
         if conntype == CONNTYPE_CLASSIC and RESUME_KEY in link.proto.peer_settype and "resume" in link.proto.negotiated:
@@ -870,11 +881,13 @@ class Server(Peer):
         # Whatever is still open is closed now, so every connection gets its
         # close event before stop (and shutdown).
         self._login.stop()
+        info = self._shutdown_info
+        reason = info["reason"] if info is not None else "servershutdown"  # (shutdown()'s, or a stop's)
         for session in list(self._sessions.values()):
             if session.suspended:
-                self._session_end(session, "servershutdown")
+                self._session_end(session, reason)
         for link in list(self._links.values()):
-            self._close_at_exit(link, "servershutdown")
+            self._close_at_exit(link, reason)
         self._reactor.run_calls()
         self._close_listener()
         self._emit("peng3dnet:server.stop", {"reason": self._stop_reason or "method"})

@@ -153,6 +153,37 @@ def test_shutdown_delivers_everything_and_closeconn_to_every_client():
     s.join(5)
 
 
+@pytest.mark.timeout(30)
+def test_a_client_connecting_while_shutdown_waits_is_refused_with_its_reason_and_the_wait_ends():
+    """shutdown(join=True) waits for every open connection to close; the
+    listening socket still accepts meanwhile.  A client that connects then
+    is refused with shutdown()'s reason (it was accepted, handshaken and
+    never closed: the wait, with timeout 0, never ended)."""
+    s = make_server()
+    s.runAsync()
+    s.process_async()
+    done = threading.Event()
+    lingerer = RawPeer(s.addr)  # handshaken, then never closes: the server's close lingers
+    lingerer.handshake()
+    late = None
+    t = threading.Thread(target=lambda: (s.shutdown(join=True, timeout=0, reason="maintenance"), done.set()),
+                         daemon=True)
+    try:
+        t.start()
+        assert lingerer.recv_packet() == (PID_CLOSECONN, {"reason": "maintenance"})  # shutdown() waits now
+        late = RawPeer(s.addr)  # connects during that wait
+        assert late.recv_until_close() == [(PID_CLOSECONN, {"reason": "maintenance"})]
+        assert done.wait(10), "shutdown(join=True) still waits 10 s after a client connected during it"
+        assert s.stats.connections_refused == 1
+    finally:
+        if not done.is_set():
+            s.stop()
+        t.join(10)
+        lingerer.close()
+        if late is not None:
+            late.close()
+
+
 def test_unknown_conntype_is_refused(server):
     peer = RawPeer(server.addr)
     assert peer.recv_packet()[0] == 1

@@ -350,6 +350,20 @@ def test_closing_a_suspended_session_ends_it(pairs):
     wait_for(lambda: not p.s._links and not p.s._sessions, what="nothing left")
 
 
+def test_shutdown_ends_a_suspended_session_with_its_reason(pairs):
+    """shutdown(reason=...) closes every client with its reason, a session
+    waiting for its client's next socket too (it was ended at the loop's
+    end with a fixed 'servershutdown')."""
+    p = pairs(client_cfg={"net.client.reconnect": 0})
+    owner = p.s.clients[p.cid]
+    p.c._link_obj.chan.sock.shutdown(2)  # the client's socket dies; it does not come back
+    p.srec.wait_for("peng3dnet:server.connection.suspended")
+    p.s.shutdown(join=True, timeout=5, reason="maintenance")
+    (closed,) = p.srec.wait_for("peng3dnet:server.connection.close")
+    assert closed["reason"] == "maintenance" and closed["client"] is owner
+    assert not p.s._sessions
+
+
 def test_a_drop_before_the_handshake_completed_is_not_suspended(net):
     s, rec = net.server(**RESUME)
     peer = RawPeer(s.addr)
