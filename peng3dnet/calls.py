@@ -109,11 +109,11 @@ class Calls:
                     timer.cancel()
         return fut
 
-    def _on_done(self, fut: CallFuture) -> None:
+    def _on_done(self, fut: concurrent.futures.Future[Any]) -> None:
         """A call's future is done: when the program cancelled it, forget
         the call (a late reply is then dropped as unknown) (the thread that
         called ``cancel()``, or the network thread)."""
-        if fut.cancelled():
+        if fut.cancelled() and isinstance(fut, CallFuture):
             self.forget(fut.call_id)
 
     def _expire(self, call_id: int, timeout: float) -> None:
