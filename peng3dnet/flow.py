@@ -91,6 +91,7 @@ class Flow:
         proto = link.proto
         if chan.closed:
             return
+        link.held_at = time.monotonic()  # held until now: silence counts from here (Peer._housekeeping)
         if proto.frames_waiting and not chan.paused and not chan.throttled and not proto.closed:
             now = time.monotonic()  # one clock reading for every bucket
             if peer._h_inflate:

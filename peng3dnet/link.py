@@ -74,7 +74,7 @@ class Link:
         "proto", "chan", "owner", "cid", "ctobj", "n_in", "n_out", "resume_at", "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
-        "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv",
+        "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -110,6 +110,10 @@ class Link:
         self.auth_timer: Any = None  # the net.timeout.auth timer while pending
         self.session: Any = None  # the resumable Session this connection carries (extension "resume")
         self.vanished = False  # closed because the peer went silent (heartbeat): a drop, not a close
+        # Monotonic time our own flow control last held reading from it
+        # (process queue full, a rate or inflate throttle): the peer's
+        # silence is counted from the later of this and the last read.
+        self.held_at = 0.0
         self.infl_counted = 0  # proto.inflate_dropped already counted in the session
         self.acct = 0  # bytes of chan.out counted in the peer's total (Peer._account)
         self.infl_t = self.stats._since  # last refill of the decompression budget (proto.inflate_budget)

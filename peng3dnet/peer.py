@@ -653,7 +653,13 @@ class Peer:
                 log.info("! %s cid=%s: handshake not complete after %.1f s%s", self._role, link.cid, hs_timeout, hint)
                 self._close_link(link, "handshaketimeout")
                 continue
-            silent = now - stats._seen
+            chan = link.chan
+            if chan.paused or chan.throttled or proto.frames_waiting:
+                # We do not read from it (our own flow control): what it
+                # sends waits in the socket, so it is not silent.
+                link.held_at = now
+            seen = stats._seen
+            silent = now - (seen if seen > link.held_at else link.held_at)
             if idle > 0 and silent > idle:
                 log.info("! %s cid=%s: nothing received for %.1f s", self._role, link.cid, silent)
                 self._close_link(link, "timeout")

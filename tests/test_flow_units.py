@@ -607,6 +607,21 @@ def test_resume_hands_on_what_the_quota_allows_and_reads_again():
     assert link.chan.interest_updates == 1 and peer._reactor.soon == [] and peer._reactor.later == []
 
 
+@pytest.mark.parametrize("closed", [False, True])
+def test_resume_marks_when_reading_was_held_until(closed):
+    """The peer's silence (heartbeat and idle time-outs) counts from the
+    later of its last read and the end of our own hold (Peer._housekeeping)."""
+    flow, peer, link = _resume(held=0, quota=5)
+    link.held_at = -1.0
+    link.chan.closed = closed
+    t0 = time.monotonic()
+    flow.resume_reading(link)  # type: ignore[arg-type]
+    if closed:
+        assert link.held_at == -1.0
+    else:
+        assert t0 <= link.held_at <= time.monotonic()
+
+
 def test_resume_with_frames_left_over_the_quota_waits_again_instead_of_reading():
     flow, peer, link = _resume(held=5, quota=2)
     flow.resume_reading(link)  # type: ignore[arg-type]

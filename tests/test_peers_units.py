@@ -37,6 +37,7 @@ class FakeChan:
         self.drain_waiters = 0
         self.tls_pending = 0
         self.paused = False
+        self.throttled = False
         self.interest_updates = 0
 
     def write(self, data: bytes, cork: bool = True) -> None:

@@ -664,6 +664,44 @@ def test_a_packet_bucket_smaller_than_one_packet_still_lets_the_rate_through(net
     assert "peng3dnet:server.connection.close" not in rec.names()
 
 
+@pytest.mark.timeout(30)
+def test_a_connection_whose_reading_we_paused_is_not_closed_as_silent(net):
+    """A full process queue pauses reading from that connection (the sender
+    is slowed, never cut off).  The heartbeat check measured silence from
+    the last read: a live client, probing all along, looked silent while
+    the server itself did not read, and was closed with 'timeout'."""
+    import threading
+
+    from peng3dnet.packet import Packet
+
+    gate = threading.Event()
+
+    class Slow(Packet):
+        def receive(self, msg, cid=None):
+            gate.wait(10)  # a handler slower than net.heartbeat.timeout
+
+    hb = {"net.heartbeat.interval": 0.05, "net.heartbeat.timeout": 0.5}
+    s, rec = net.server(packets={"test:slow": Slow}, **hb, **{"net.limits.recv_queue": 2})
+    c = net.client(s, packets={"test:slow": Packet}, **hb)
+    try:
+        for i in range(10):  # more than the queue takes: reading from it pauses
+            c.send_message("test:slow", i)
+        (link,) = s._links.values()
+        wait_for(lambda: link.chan.paused, what="reading paused")
+        # Three times the heartbeat timeout, the client alive all along (a
+        # close ends the wait at once: it is waited for, not slept over).
+        close = "peng3dnet:server.connection.close"
+        with rec.cond:
+            rec.cond.wait_for(lambda: close in [e for e, _ in rec.items], 1.5)
+            reasons = [d["reason"] for e, d in rec.items if e == close]
+        assert reasons == [], "closed while its reading was paused"
+        assert link.chan.paused and c.close_reason is None
+    finally:
+        gate.set()
+    wait_for(lambda: link.n_out == 10, what="all ten handled once the handler is quick again")
+    assert link.proto.is_open
+
+
 def test_throttle_holds_compressed_packets_until_the_inflate_budget_refills(net):
     s, rec = net.server(**{"net.limits.inflate.rate": 8 << 20, "net.limits.inflate.burst": 1.0})
     peer = RawPeer(s.addr)
