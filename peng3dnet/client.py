@@ -589,9 +589,10 @@ class Client(Peer):
         """Send ``closeconn`` with ``reason`` after what is queued, then close.
 
         Called from a thread other than the network thread while the loop
-        runs, it waits (up to 2 s) until what was queued and the
-        ``closeconn`` were handed to the kernel, so a program may exit right
-        after it without losing its last messages (as 0.1.x programs do).
+        runs, or on the polling thread (it polls meanwhile), it waits (up to
+        2 s) until what was queued and the ``closeconn`` were handed to the
+        kernel, so a program may exit right after it without losing its last
+        messages (as 0.1.x programs do).
 
         Thread safety: any thread.
         """
@@ -605,8 +606,10 @@ class Client(Peer):
             if session is not None and not session.ended:
                 self._on_network_thread(self._end_waiting_session, session, reason)
             return
-        if self._loop_active() and not self._reactor.in_loop():
-            chan = link.chan
+        chan = link.chan
+        if self._polled_here():  # the polling thread: nobody else would flush
+            self._drive(lambda: not chan.out or chan.closed, CLOSE_LINGER)
+        elif self._loop_active() and not self._reactor.in_loop():
             if chan.out:
                 self._relay.before_wait()  # (from a handler: another thread writes meanwhile)
             with self._flush_cond:

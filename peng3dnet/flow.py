@@ -125,7 +125,7 @@ class Flow:
         """Block (channel lock held; it is released while waiting) until the
         write buffer is down to half the high-water mark
         (``net.limits.write_buffer_block``), for at most ``net.timeout.send``
-        seconds: lossless flow control for a program thread that sends
+        seconds (0: no limit): lossless flow control for a program thread that sends
         faster than the peer reads.
 
         Raises:
@@ -135,13 +135,13 @@ class Flow:
         peer = self.peer
         chan = link.chan
         timeout = float(peer.cfg["net.timeout.send"])
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout if timeout > 0 else None  # (0: no limit)
         chan.low_water = peer._h_write_block // 2
         chan.drain_waiters += 1
         try:
             while len(chan.out) > chan.low_water and not chan.closed and not link.proto.closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     raise WriteBufferFullError(
                         f"cid={link.cid}: {len(chan.out)} bytes still wait to be sent after {timeout} s "
                         "(net.timeout.send); the peer does not read"

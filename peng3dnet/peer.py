@@ -1116,9 +1116,13 @@ class Peer:
                     return
                 raise ConnectionClosedError("connection is closed", link.proto.close_reason)
             # (chan.out first: empty, the common case, it decides both tests)
-            if chan.out and cork and self._h_write_block and len(chan.out) > self._h_write_block and self._flow.may_block():
+            if (chan.out and cork and self._h_write_block and len(chan.out) > self._h_write_block
+                    and (self._flow.may_block() or self._polled_here())):
                 try:
-                    self._flow.wait_drained(link)
+                    if self._polling:  # (the polling thread: nobody else does the I/O we wait for)
+                        self._drain_polled(link)
+                    else:
+                        self._flow.wait_drained(link)
                 except ConnectionClosedError:
                     if session is None or session.ended:
                         raise
@@ -1599,6 +1603,32 @@ class Peer:
             self._in_poll = False
         if reactor.stopping and not self._loop_done.is_set():
             self._end_loop()
+
+    def _drain_polled(self, link: Link) -> None:
+        """``Flow.wait_drained()`` on the polling thread (channel lock held;
+        the I/O re-enters it): rounds of network I/O, no handlers (they
+        would run inside this send), until the write buffer is down to half
+        ``net.limits.write_buffer_block``, for at most ``net.timeout.send``
+        seconds (0: no limit).  Received packets wait for the next poll().
+
+        Raises:
+            WriteBufferFullError: Still over the mark after the timeout.
+            ConnectionClosedError: The connection closed meanwhile.
+        """
+        chan = link.chan
+        timeout = float(self.cfg["net.timeout.send"])
+        deadline = time.monotonic() + timeout if timeout > 0 else None
+        low = self._h_write_block // 2
+        while len(chan.out) > low and not chan.closed and not link.proto.closed and not self._loop_done.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WriteBufferFullError(
+                    f"cid={link.cid}: {len(chan.out)} bytes still wait to be sent after {timeout} s "
+                    "(net.timeout.send); the peer does not read"
+                )
+            self._poll_io(left)  # (returns when the socket takes more, at a timer, or after left)
+        if link.proto.closed or chan.closed or self._loop_done.is_set():
+            raise ConnectionClosedError("connection closed while waiting to send", link.proto.close_reason)
 
     def _polled_here(self) -> bool:
         """Whether the caller is the thread that polls this peer, outside

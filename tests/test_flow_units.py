@@ -240,6 +240,27 @@ def test_a_waiting_sender_is_counted_while_it_waits_and_released_by_the_drain():
     assert chan.drain_waiters == 1  # the other one still waits
 
 
+def test_a_send_timeout_of_0_waits_without_a_limit_until_the_drain():
+    """net.timeout.send 0 is no limit (as for the other time-outs): it
+    raised WriteBufferFullError at once."""
+    flow, peer, link = _flow(write_block=64, timeout=0)
+    chan = link.chan
+    chan.out = bytearray(40)
+
+    class Drains:
+        waits: list = []
+
+        def wait(self, timeout):
+            self.waits.append(timeout)
+            chan.out = bytearray(32)  # the network thread drained it meanwhile
+            return True
+
+    drained = chan.drained = Drains()  # type: ignore[assignment]
+    with chan.lock:
+        flow.wait_drained(link)
+    assert drained.waits == [None]
+
+
 @pytest.mark.parametrize("chan_closed, proto_closed", [(False, True), (True, False)])
 def test_a_sender_whose_connection_closes_gets_the_close_reason(chan_closed, proto_closed):
     flow, peer, link = _flow(write_block=64, timeout=10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -11,6 +12,7 @@ from peng3dnet.errors import LocalProtocolError
 from peng3dnet.events.dispatch import MainThreadDispatcher
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
+from peng3dnet.protocol.handshake import HandshakeState
 from tests.conftest import EchoPacket, make_client, make_server
 
 
@@ -194,3 +196,112 @@ def test_waiting_inside_a_polled_handler_does_not_nest_polls():
     assert not s.run  # the shutdown asked for in the handler finished on the next polls
     while c.run:
         c.poll(0.005)
+
+
+class _Sink(Packet):
+    """Counts what it receives; ``all`` is set at ``want``."""
+
+    def __init__(self, reg, peer, obj=None):
+        super().__init__(reg, peer, obj)
+        self.n = 0
+        self.all = threading.Event()
+        self.want = 0
+
+    def receive(self, msg, cid=None):
+        self.n += 1
+        if self.n >= self.want:
+            self.all.set()
+
+
+def _polled_client(s, **cfg) -> Client:
+    c = Client(addr=s.addr, cfg={"net.compress.enabled": False, **cfg})
+    c.register_packet("test:echo", EchoPacket(c.registry, c))
+    c.register_packet("test:sink", _Sink(c.registry, c))
+    c.poll()
+    c.wait_for_connection(10)  # (polls while it waits)
+    return c
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_sent_from_the_polling_thread_is_slowed_not_cut_off(net):
+    """send_message from the game loop waits (polling the network, no
+    handlers) while the connection's buffer is over
+    net.limits.write_buffer_block, as from a program thread: 40 MiB sent in
+    one frame of the loop went over net.limits.write_buffer and the client
+    closed its own connection with 'slowconsumer'."""
+    n, size = 40, 1 << 20
+    s, rec = net.server(packets={"test:sink": _Sink})
+    sink = s.registry.get_obj("test:sink")
+    sink.want = n
+    c = _polled_client(s)
+    net.clients.append(c)
+    got_here = c.registry.get_obj("test:echo")
+    blob = b"\x00" * size
+    for _ in range(n):  # one frame of the game loop: a level streamed at once
+        c.send_message("test:sink", blob)
+    assert c.write_buffer_size <= 4 << 20  # (net.limits.write_buffer_block: waited while over it)
+    assert got_here.got == []  # no handler ran inside the sends
+    while not sink.all.is_set() and c.run:  # the next frames: the game loop polls
+        c.poll(0.01)
+    assert c.close_reason is None
+    assert sink.n == n
+    assert "peng3dnet:server.connection.close" not in rec.names()
+
+
+@pytest.mark.timeout(30)
+def test_a_send_from_the_polling_thread_to_a_peer_that_does_not_read_times_out(net):
+    from peng3dnet.errors import WriteBufferFullError
+    from tests.conftest import RawPeer
+
+    s = make_server()
+    s.register_packet("test:sink", Packet(s.registry, s))
+    net.servers.append(s)
+    s.poll()
+    peer = RawPeer(s.addr)  # handshakes (on a thread: we poll the server), then never reads again
+    shaken = threading.Thread(target=peer.handshake, daemon=True)
+    shaken.start()
+    t0 = time.monotonic()
+    while shaken.is_alive() and time.monotonic() - t0 < 10:
+        s.poll(0.01)
+    (cid,) = s.clients
+    while s.clients[cid].protocol_state is not HandshakeState.ACTIVE and time.monotonic() - t0 < 10:
+        s.poll(0.01)
+    s.cfg["net.timeout.send"] = 0.5
+    blob = os.urandom(1 << 20)  # (incompressible: the server compresses by default)
+    with pytest.raises(WriteBufferFullError, match=r"after 0\.5 s \(net\.timeout\.send\)"):
+        for _ in range(100):
+            s.send_message("test:sink", blob, cid)
+    assert time.monotonic() - t0 < 10
+    peer.close()
+
+
+@pytest.mark.timeout(30)
+def test_close_on_the_polling_thread_flushes_what_was_queued(net):
+    """client.close() on the polling thread polls while it waits (up to 2 s)
+    for what was queued and the closeconn to reach the kernel: it returned
+    at once, and a program ending its loop there lost its last messages and
+    the server never learned why."""
+    n, size = 8, 1 << 20
+    gate = threading.Event()
+
+    class GatedSink(_Sink):
+        def receive(self, msg, cid=None):
+            gate.wait(10)  # the server is busy a moment: reading pauses, the client's buffer fills
+            super().receive(msg, cid)
+
+    s, rec = net.server(packets={"test:sink": GatedSink}, **{"net.limits.recv_queue": 1})
+    sink = s.registry.get_obj("test:sink")
+    sink.want = n
+    c = _polled_client(s)
+    net.clients.append(c)
+    for _ in range(n):
+        c.send_message("test:sink", b"\x00" * size)
+    assert c.write_buffer_size > 0  # a backlog the kernels did not take
+    threading.Timer(0.3, gate.set).start()  # the server catches up soon
+    try:
+        c.close("bye")  # the game ends: no poll() after this
+        assert sink.all.wait(10), f"{sink.n} of {n} delivered"
+        (closed,) = rec.wait_for("peng3dnet:server.connection.close", timeout=10)
+        assert closed["reason"] == "bye"
+    finally:
+        gate.set()
