@@ -209,7 +209,7 @@ def make_client(addr, cfg: dict | None = None, packets: dict | None = None, loop
 
 
 def server_threads(s) -> list:
-    return [t for t in (s._thread, s._process_thread) if t is not None]
+    return [t for t in (s._net_thread, s._process_thread) if t is not None]
 
 
 def close_reasons(s) -> list:
@@ -489,7 +489,7 @@ def attack_netloop(quick: bool, rep: Report) -> None:
         want = len(kicked) + kick
         wait_until(lambda want=want: sum(c.closed for c in clients) >= want, 10)
         kicked = {i for i, c in enumerate(clients) if c.closed}
-        alive_all = alive_all and loop._thread.is_alive()
+        alive_all = alive_all and loop._net_thread.is_alive()
         for i, c in enumerate(clients):
             if i in kicked:
                 continue
@@ -506,8 +506,8 @@ def attack_netloop(quick: bool, rep: Report) -> None:
     bad = {i: dict(counts[i]) for i in kicked
            if counts[i]["close"] != 1 or counts[i]["stop"] != 1 or clients[i].close_reason != "kick"}
     rep.check(f"{n} clients on one NetworkLoop, the server closes {kick} at once, {rounds} rounds: the loop thread lives",
-              alive_all and loop._thread.is_alive() and len(kicked) == kick * rounds,
-              f"loop thread alive: {loop._thread.is_alive()}, {len(kicked)} of {kick * rounds} closed")
+              alive_all and loop._net_thread.is_alive() and len(kicked) == kick * rounds,
+              f"loop thread alive: {loop._net_thread.is_alive()}, {len(kicked)} of {kick * rounds} closed")
     rep.check("the others still get echoes after each round",
               survivors_ok == survivors_total and survivors_total > 0,
               f"{survivors_ok}/{survivors_total} echoes, p50 {ms(pct(rtts, 50))}")
@@ -1046,7 +1046,7 @@ def attack_baseexception(quick: bool, rep: Report) -> None:
         except OSError:
             listening = False
         problems = []
-        if not stopped or s._thread.is_alive():
+        if not stopped or s._net_thread.is_alive():
             problems.append("network thread still running")
         if pt is not None and pt.is_alive():
             problems.append("process thread still running")

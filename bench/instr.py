@@ -21,13 +21,16 @@ round trips between bench/peers.py's asyncio-streams server and client on
 one event loop, the yardstick of issue #13.  Cost per
 packet = (Ir(N2) - Ir(N1)) / (N2 - N1), so start-up cancels out.
 
-    python -m bench.instr [--rev REV ...] [--n1 2000 --n2 12000]
+    python -m bench.instr [--rev REV ...] [--compiled] [--n1 2000 --n2 12000]
 
 ``--rev`` measures other commits too (each exported with ``git archive``
 into a temporary folder; the same scenario code, bench.events_cost's
 ``handshaken_server`` from this checkout, runs against each); the
 ratios in parentheses are against the last ``--rev`` (give the baseline
 last).
+``--compiled`` also measures a copy of this checkout whose per-packet
+modules (``HOT_MODULES``) are compiled by mypyc (an experiment: the package
+ships pure Python; it needs mypy and a C compiler).
 Needs valgrind (Debian: ``apt-get install valgrind``).  Run by hand.
 """
 
@@ -153,12 +156,53 @@ def warm_up(tree: str, mode: str) -> None:
         subprocess.run([sys.executable, script, mode, "10"], env=env, check=True, capture_output=True, cwd=tmp)
 
 
+# The modules a packet passes through, for --compiled (mypyc): the sans-I/O
+# core, the transport, the relay, the process queue and flow control, the
+# peer core and its facades.
+HOT_MODULES = [
+    "peng3dnet/protocol/codec.py", "peng3dnet/protocol/connection.py", "peng3dnet/protocol/framing.py",
+    "peng3dnet/protocol/handshake.py", "peng3dnet/transport.py", "peng3dnet/relay.py", "peng3dnet/inbox.py",
+    "peng3dnet/flow.py", "peng3dnet/link.py", "peng3dnet/plans.py", "peng3dnet/peer.py", "peng3dnet/server.py",
+    "peng3dnet/client.py",
+]
+MYPY_INI = """[mypy]
+python_version = 3.11
+[mypy-msgpack.*]
+ignore_missing_imports = True
+[mypy-msgpack]
+ignore_missing_imports = True
+[mypy-blinker]
+ignore_missing_imports = True
+[mypy-pyglet.*]
+ignore_missing_imports = True
+[mypy-peng3d.*]
+ignore_missing_imports = True
+"""
+
+
+def compiled_copy(into: str) -> str:
+    """A copy of this checkout's package with :data:`HOT_MODULES` compiled
+    by mypyc (an experiment: peng3dnet ships pure Python).  Needs mypy
+    (the test extra) and a C compiler."""
+    tree = os.path.join(into, "compiled")
+    shutil.copytree(os.path.join(ROOT, "peng3dnet"), os.path.join(tree, "peng3dnet"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    with open(os.path.join(tree, "mypy.ini"), "w") as f:
+        f.write(MYPY_INI)
+    p = subprocess.run([sys.executable, "-m", "mypyc", *HOT_MODULES], cwd=tree, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"mypyc failed:\n{(p.stdout + p.stderr)[-3000:]}")
+    return tree
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", action="append", default=[], help="also measure this commit (repeatable)")
     ap.add_argument("--n1", type=int, default=2000)
     ap.add_argument("--n2", type=int, default=12000)
     ap.add_argument("--mode", action="append", choices=MODES, help="only these scenarios")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also measure this checkout with its per-packet modules compiled by mypyc (an experiment)")
     args = ap.parse_args()
     if not 0 <= args.n1 < args.n2:
         ap.error("need 0 <= --n1 < --n2")
@@ -166,7 +210,10 @@ def main() -> None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     tmp = tempfile.mkdtemp(prefix="peng3dnet-instr-")
     try:
-        trees = [("working tree", ROOT)] + [(rev, export(rev, tmp)) for rev in args.rev]
+        trees = [("working tree", ROOT)]
+        if args.compiled:
+            trees.append(("working tree, compiled by mypyc", compiled_copy(tmp)))
+        trees += [(rev, export(rev, tmp)) for rev in args.rev]
         modes = args.mode or list(MODES)
         print("| scenario | " + " | ".join(name for name, _ in trees) + " |")
         print("| --- |" + " ---: |" * len(trees))

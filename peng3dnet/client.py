@@ -80,7 +80,7 @@ class Client(Peer):
     _ev_recv = "peng3dnet:client.recv"
     _ev_send = "peng3dnet:client.send"
     _ev_heartbeat = "peng3dnet:client.heartbeat"
-    _owner_key = None
+    _owner_key: str | None = None
 
     def __init__(
         self,
@@ -165,7 +165,7 @@ class Client(Peer):
                 and self.sock is None):
             loop = default_loop()
             loop.add(self)
-            self._thread = loop._thread
+            self._net_thread = loop._net_thread
             return SharedLoopThread(self, loop.name)
         self.initialize()
         self.connect()
@@ -733,7 +733,7 @@ class NetworkLoop:
         self.name = name
         self.reactor = Reactor(name)
         """The reactor whose thread serves the clients."""
-        self._thread: threading.Thread | None = None
+        self._net_thread: threading.Thread | None = None
         self._started = threading.Event()
         self._done = Flag()
         self._clients: list[Client] = []
@@ -749,7 +749,7 @@ class NetworkLoop:
         reactor = self.reactor
         t = threading.Thread(target=self.relay.run_loop_thread,
                              args=(lambda: reactor.start(selector, self._started.set),), name=self.name, daemon=True)
-        self._thread = t
+        self._net_thread = t
         self.relay.starting()
         t.start()
         self._started.wait(10)
@@ -822,7 +822,7 @@ class NetworkLoop:
     def stop(self, timeout: float | None = 10.0) -> None:
         """Close every client still on the loop and end the thread."""
         self.reactor.stop()
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._net_thread is not None and self._net_thread is not threading.current_thread():
             self.relay.before_wait()
             self._done.wait(timeout)  # (the loop may end on a process thread that leads)
 

@@ -141,10 +141,13 @@ class Link:
         return self.n_in - self.n_out
 
 
+_NOOP_HOOKS: set[Any] = set()  # (a set, not a mark on the function: a compiled method takes no attributes)
+
+
 def noop_hook(fn: Any) -> Any:
     """Mark a base class's empty hook: a :class:`Link` skips calling it
     per packet unless a subclass overrides it."""
-    fn._peng3dnet_noop = True
+    _NOOP_HOOKS.add(fn)
     return fn
 
 
@@ -156,6 +159,11 @@ def link_hooks(owner: Any) -> tuple[Any, Any]:
 
 def _hook(owner: Any, name: str) -> Any:
     fn = getattr(type(owner), name, None)
-    if fn is None or getattr(fn, "_peng3dnet_noop", False):
+    if fn is None:
         return None
+    try:
+        if fn in _NOOP_HOOKS:
+            return None
+    except TypeError:  # an unhashable callable of the program's: not ours
+        pass
     return getattr(owner, name)

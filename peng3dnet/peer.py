@@ -143,7 +143,7 @@ class Peer:
         self._reactor = Reactor(self._thread_name)
         self._inbox = Inbox(self)
         self._process_thread: threading.Thread | None = None
-        self._thread: threading.Thread | None = None
+        self._net_thread: threading.Thread | None = None
         self._loop_started = False
         self._loop_done = Flag()
         # The roles of the runAsync() and process_async() threads (a client
@@ -204,7 +204,8 @@ class Peer:
         the housekeeping timer (so a change in a Peng's config is seen within
         a second).
         """
-        self.__dict__.update(hot_settings(self.cfg, self.is_server))
+        for name, value in hot_settings(self.cfg, self.is_server).items():
+            setattr(self, name, value)  # (not __dict__.update(): a compiled class has no __dict__)
 
     def _emit_packet(self, route: _Route, link: Link, pid: int, key: str, msg: Any) -> None:
         """Emit a per-packet event (recv/send) through a cached route: no
@@ -1168,14 +1169,15 @@ class Peer:
         while True:
             target: Link = session.link
             with target.chan.lock:
-                if session.link is not target:
-                    continue  # moved to a new socket meanwhile
-                if session.ended or session.overflowed:
-                    raise ConnectionClosedError("connection is closed", target.proto.close_reason or "replayoverflow")
-                if session.waiting or target.proto.closed:
-                    self._session_keep(target, session, frame)
-                    return None
-                return target
+                # (no continue inside the with: mypyc cannot compile that)
+                if session.link is target:  # else moved to a new socket meanwhile: look again
+                    if session.ended or session.overflowed:
+                        raise ConnectionClosedError("connection is closed",
+                                                    target.proto.close_reason or "replayoverflow")
+                    if session.waiting or target.proto.closed:
+                        self._session_keep(target, session, frame)
+                        return None
+                    return target
 
     def _session_keep(self, link: Link, session: Session, frame: bytes) -> None:
         """Keep a frame for the session's next socket (channel lock held).
@@ -1405,6 +1407,7 @@ class Peer:
         items = inbox.items
         lock = inbox.lock
         n = 0
+        fn: Any
         try:
             for _ in range(len(items)):
                 try:
@@ -1535,7 +1538,7 @@ class Peer:
         t = threading.Thread(target=relay.run_loop_thread,
                              args=(lambda: reactor.start(selector, self._on_loop_start),),
                              name=self._thread_name, daemon=True)
-        self._thread = t
+        self._net_thread = t
         self._loop_started = True
         self._loop_done.clear()
         relay.starting()

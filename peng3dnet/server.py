@@ -311,7 +311,7 @@ class Server(Peer):
     _ev_recv = "peng3dnet:server.connection.recv"
     _ev_send = "peng3dnet:server.connection.send"
     _ev_heartbeat = "peng3dnet:server.connection.heartbeat"
-    _owner_key = "client"
+    _owner_key: str | None = "client"
 
     def __init__(
         self,

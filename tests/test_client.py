@@ -68,7 +68,7 @@ def test_the_loop_survives_a_server_closing_many_of_its_clients_at_once(net):
         for c in clients[:-1]:
             c.join(10)
         survivor = [c for c in clients if not c.closed]
-        assert len(survivor) == 1 and loop._thread.is_alive()
+        assert len(survivor) == 1 and loop._net_thread.is_alive()
         survivor[0].send_message("test:echo", "still served")
         assert survivor[0].registry.get_obj("test:echo").wait_count(1) == ["still served"]
         for c, rec in zip(clients, recs):

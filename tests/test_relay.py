@@ -187,12 +187,12 @@ def test_stop_while_a_handler_blocks(fresh_watchdog, peers):
     c.send_message("relay:msg", "block")
     assert rec.blocked.wait(10)
     blocker = rec.blocker
-    assert blocker in (s._thread, pt)
+    assert blocker in (s._net_thread, pt)
     s.stop()
     s.join(10)  # the other thread took the network and ended the loop
     assert blocker.is_alive()  # still in the handler
     rec.release.set()
-    for t in (s._thread, pt):
+    for t in (s._net_thread, pt):
         t.join(10)
         assert not t.is_alive()
     assert rec.got == [(rec.got[0][0], "block")]
@@ -334,7 +334,7 @@ def test_a_base_exception_in_a_queued_on_close_stops_the_server_cleanly(peers):
     c.join(5)
     s.join(10)  # the BaseException stopped the server (as one from a handler does), it did not hang it
     pt.join(10)
-    assert not pt.is_alive() and not s._thread.is_alive()
+    assert not pt.is_alive() and not s._net_thread.is_alive()
     assert [m for _, m in rec.got] == list(range(50))
 
 

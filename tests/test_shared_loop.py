@@ -84,10 +84,10 @@ def test_run_async_clients_share_one_network_thread(server, clients):
     # A process thread each, no network thread each (a thread of an earlier
     # test ending meanwhile is not counted; the loop's own may be new: it
     # ends when its last client leaves, and starts again with the next).
-    new = _threads() - before - {loop._thread}
+    new = _threads() - before - {loop._net_thread}
     assert len(new) == 5 and {t.name for t in new} == {"peng3dnet process Thread"}
     assert {c._reactor for c in clients} == {loop.reactor}
-    assert all(c._thread is loop._thread for c in clients)
+    assert all(c._net_thread is loop._net_thread for c in clients)
     for i, c in enumerate(clients):
         c.wait_for_connection(10)
         c.send_message("test:echo", i)
@@ -100,7 +100,7 @@ def test_run_async_clients_share_one_network_thread(server, clients):
     handles[0].join(10)
     assert not handles[0].is_alive()
     assert all(h.is_alive() for h in handles[1:])
-    assert loop._thread.is_alive()
+    assert loop._net_thread.is_alive()
     clients[1].send_message("test:echo", "again")
     assert clients[1].registry.get_obj("test:echo").wait_count(2)[-1] == "again"
     with pytest.raises(RuntimeError):
@@ -457,7 +457,7 @@ def test_a_system_exit_in_one_clients_hook_stops_that_client_only(server, client
             loop.add(bad)
             bad.join(10)  # its part of the shared loop ended
             assert bad._loop_done.is_set()
-        assert loop._thread is not None and loop._thread.is_alive() and not loop._done.is_set()
+        assert loop._net_thread is not None and loop._net_thread.is_alive() and not loop._done.is_set()
         assert not good._loop_done.is_set()
         (rec,) = [r for r in caplog.records if "shared loop" in r.getMessage()]
         assert "SystemExit" in rec.getMessage() and str(bad.addr) in rec.getMessage()
