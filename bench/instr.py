@@ -47,7 +47,17 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCENARIO = r'''
+import os
 import sys
+
+
+def _done():
+    # Leave without the interpreter's teardown (the same for every tree;
+    # a mypyc-compiled copy may crash in it: see --compiled).
+    sys.stdout.flush()
+    os._exit(0)
+
+
 import msgpack
 from bench.events_cost import handshaken_server
 from peng3dnet import events
@@ -58,12 +68,12 @@ if mode == "round trip over loopback, asyncio streams":
     from bench.roundtrip import asyncio_round_trips
 
     asyncio_round_trips(n)
-    raise SystemExit(0)
+    _done()
 if mode == "round trip over loopback, default API":
     from bench.roundtrip import default_api_round_trips
 
     default_api_round_trips(n)
-    raise SystemExit(0)
+    _done()
 if mode.startswith("echo"):
     from peng3dnet.packet import Packet
 
@@ -85,7 +95,7 @@ if mode.startswith("echo"):
                     pass
             except BlockingIOError:
                 pass
-    raise SystemExit(0)
+    _done()
 # a peer of ours negotiates mapkeys: str-only map keys need no check
 s, cid, pid, a, b = handshaken_server(mode != "recv, events off",
                                       ["mapkeys"] if mode.endswith("(mapkeys)") else None)
@@ -108,6 +118,7 @@ else:
                     pass
             except BlockingIOError:
                 pass
+_done()
 '''
 
 MODES = ("recv, events off", "recv, events on, no subscriber", "recv, one subscriber", "send_message",
@@ -183,7 +194,10 @@ ignore_missing_imports = True
 def compiled_copy(into: str) -> str:
     """A copy of this checkout's package with :data:`HOT_MODULES` compiled
     by mypyc (an experiment: peng3dnet ships pure Python).  Needs mypy
-    (the test extra) and a C compiler."""
+    (the test extra) and a C compiler.  Not fit to ship as it is: the
+    copy crashes at interpreter exit in about one run of three (a segfault
+    in the garbage collector's pass of the teardown; not investigated),
+    which the scenarios skip (they leave with ``os._exit``)."""
     tree = os.path.join(into, "compiled")
     shutil.copytree(os.path.join(ROOT, "peng3dnet"), os.path.join(tree, "peng3dnet"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.so"))
