@@ -623,6 +623,37 @@ def test_a_call_times_out_on_its_timer_and_is_forgotten(peer):
     assert calls.pending == 0
 
 
+def test_cancelling_a_call_forgets_it_and_cancels_its_timer(peer):
+    calls = Calls(peer)
+    fut = calls.start(FakeLink(), "app:a", None, 2.5)
+    (timer,) = peer._reactor.timers
+    assert fut.cancel()
+    assert calls.pending == 0 and timer.cancelled
+
+
+@pytest.mark.parametrize("outcome", ["reply ok", "reply error", "close", "time-out"])
+def test_a_call_cancelled_after_its_outcome_was_taken_is_left_alone(peer, outcome, monkeypatch):
+    """The program may cancel a call's future between the network thread
+    taking the call from the pending ones and setting its outcome: the
+    outcome is dropped, nothing is raised into the network thread."""
+    calls = Calls(peer)
+    link = FakeLink()
+    fut = calls.start(link, "app:a", None, 2.5)
+    monkeypatch.setattr(calls, "forget", lambda call_id: None)  # the cancel comes too late to forget it
+    assert fut.cancel()
+    assert calls.pending == 1
+    if outcome == "reply ok":
+        calls.on_reply(link, CallReplied(fut.call_id, CALL_OK, "answer"))
+    elif outcome == "reply error":
+        calls.on_reply(link, CallReplied(fut.call_id, CALL_ERROR, {"type": "KeyError", "message": "x"}))
+    elif outcome == "close":
+        calls.closed(link, "bye")
+    else:
+        (timer,) = peer._reactor.timers
+        timer.fn()
+    assert calls.pending == 0 and fut.cancelled()
+
+
 @pytest.mark.parametrize("timeout", [None, 0, -1])
 def test_a_call_without_a_positive_timeout_has_no_timer(peer, timeout):
     calls = Calls(peer)

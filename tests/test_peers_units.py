@@ -526,6 +526,53 @@ def test_an_idle_connection_is_closed_and_the_log_says_how_long_it_was_silent(ca
     assert [r.getMessage() for r in caplog.records] == ["! server cid=7: nothing received for 12.5 s"]
 
 
+@pytest.mark.parametrize("held", ["paused", "throttled", "frames waiting", None])
+@pytest.mark.parametrize("key", ["net.timeout.idle", "net.heartbeat.timeout"])
+def test_a_connection_whose_reading_we_hold_is_not_silent_and_its_silence_counts_from_the_hold(held, key, monkeypatch):
+    """Heartbeat and idle time-outs: while our own flow control holds the
+    connection's reading (a full process queue, a rate or inflate throttle,
+    frames held undecoded), it is not silent (held_at is now); afterwards
+    its silence counts from the later of the last read and the hold."""
+    import types
+
+    import peng3dnet.peer
+
+    cfg = {key: 5.0}
+    if key == "net.heartbeat.timeout":
+        cfg["net.heartbeat.interval"] = 100.0  # (no heartbeat sent: only the silence check)
+    s, link, chan = _server_with_link(**cfg)
+    if key == "net.heartbeat.timeout":
+        link.proto.negotiated = frozenset(link.proto.negotiated | {"heartbeat"})
+        link.hb_sent = 1000.0
+    clock = types.SimpleNamespace(monotonic=lambda: 1000.0)
+    monkeypatch.setattr(peng3dnet.peer, "time", clock)
+    link.stats._seen = 1000.0 - 12.5  # silent for longer than the time-out
+    if held == "paused":
+        chan.paused = True
+    elif held == "throttled":
+        chan.throttled = True
+    elif held == "frames waiting":
+        link.proto.frames_waiting = 3
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
+    s._schedule_housekeeping = lambda: None  # type: ignore[method-assign]
+    s._housekeeping()
+    if held is None:
+        assert closes == [(link, "timeout")] and link.held_at == 0.0
+        return
+    assert closes == [] and link.held_at == 1000.0
+    # Reading goes on; 4 s later it is still within the time-out (counted
+    # from the hold, not from the read 12.5 s before it), 6 s later not.
+    chan.paused = chan.throttled = False
+    link.proto.frames_waiting = 0
+    clock.monotonic = lambda: 1004.0
+    s._housekeeping()
+    assert closes == []
+    clock.monotonic = lambda: 1006.0
+    s._housekeeping()
+    assert closes == [(link, "timeout")]
+
+
 # --- Peer._on_app_packet with net.debug.print.recv -----------------------------------------------
 
 def test_print_recv_logs_a_received_packet_with_the_receive_arrow(caplog):
