@@ -12,7 +12,7 @@ import functools
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .errors import ConnectionClosedError, WriteBufferFullError
 
@@ -121,16 +121,22 @@ class Flow:
         return (not peer._reactor.in_loop() and threading.current_thread() is not peer._process_thread
                 and not getattr(self.dispatching, "active", False))
 
-    def wait_drained(self, link: Link) -> None:
+    def wait_drained(self, link: Link, poll: Callable[[float | None], bool] | None = None) -> None:
         """Block (channel lock held; it is released while waiting) until the
         write buffer is down to half the high-water mark
         (``net.limits.write_buffer_block``), for at most ``net.timeout.send``
         seconds (0: no limit): lossless flow control for a program thread that sends
         faster than the peer reads.
 
+        ``poll``: on the polling thread (poll mode), where nobody else does
+        the I/O we wait for, each wait is ``poll(seconds or None)`` instead
+        (a round of network I/O, no handlers; the channel lock is re-entered
+        by it), which returns ``False`` when the loop has ended.
+
         Raises:
             WriteBufferFullError: Still over the mark after the timeout.
-            ConnectionClosedError: The connection closed meanwhile.
+            ConnectionClosedError: The connection closed (or, polling, the
+                loop ended) meanwhile.
         """
         peer = self.peer
         chan = link.chan
@@ -138,6 +144,7 @@ class Flow:
         deadline = time.monotonic() + timeout if timeout > 0 else None  # (0: no limit)
         chan.low_water = peer._h_write_block // 2
         chan.drain_waiters += 1
+        ended = False
         try:
             while len(chan.out) > chan.low_water and not chan.closed and not link.proto.closed:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -146,10 +153,14 @@ class Flow:
                         f"cid={link.cid}: {len(chan.out)} bytes still wait to be sent after {timeout} s "
                         "(net.timeout.send); the peer does not read"
                     )
-                chan.drained.wait(left)
+                if poll is None:
+                    chan.drained.wait(left)
+                elif not poll(left):
+                    ended = True
+                    break
         finally:
             chan.drain_waiters -= 1
-        if link.proto.closed or chan.closed:
+        if link.proto.closed or chan.closed or ended:
             raise ConnectionClosedError("connection closed while waiting to send", link.proto.close_reason)
 
     def account(self, link: Link) -> None:

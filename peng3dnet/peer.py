@@ -1120,10 +1120,8 @@ class Peer:
             if (chan.out and cork and self._h_write_block and len(chan.out) > self._h_write_block
                     and (self._flow.may_block() or self._polled_here())):
                 try:
-                    if self._polling:  # (the polling thread: nobody else does the I/O we wait for)
-                        self._drain_polled(link)
-                    else:
-                        self._flow.wait_drained(link)
+                    # (on the polling thread nobody else does the I/O we wait for: we do)
+                    self._flow.wait_drained(link, self._poll_for_drain if self._polled_here() else None)
                 except ConnectionClosedError:
                     if session is None or session.ended:
                         raise
@@ -1607,31 +1605,14 @@ class Peer:
         if reactor.stopping and not self._loop_done.is_set():
             self._end_loop()
 
-    def _drain_polled(self, link: Link) -> None:
-        """``Flow.wait_drained()`` on the polling thread (channel lock held;
-        the I/O re-enters it): rounds of network I/O, no handlers (they
-        would run inside this send), until the write buffer is down to half
-        ``net.limits.write_buffer_block``, for at most ``net.timeout.send``
-        seconds (0: no limit).  Received packets wait for the next poll().
-
-        Raises:
-            WriteBufferFullError: Still over the mark after the timeout.
-            ConnectionClosedError: The connection closed meanwhile.
-        """
-        chan = link.chan
-        timeout = float(self.cfg["net.timeout.send"])
-        deadline = time.monotonic() + timeout if timeout > 0 else None
-        low = self._h_write_block // 2
-        while len(chan.out) > low and not chan.closed and not link.proto.closed and not self._loop_done.is_set():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise WriteBufferFullError(
-                    f"cid={link.cid}: {len(chan.out)} bytes still wait to be sent after {timeout} s "
-                    "(net.timeout.send); the peer does not read"
-                )
-            self._poll_io(left)  # (returns when the socket takes more, at a timer, or after left)
-        if link.proto.closed or chan.closed or self._loop_done.is_set():
-            raise ConnectionClosedError("connection closed while waiting to send", link.proto.close_reason)
+    def _poll_for_drain(self, timeout: float | None) -> bool:
+        """One wait of ``Flow.wait_drained()`` on the polling thread: a round
+        of network I/O (no handlers: they would run inside the send; what
+        arrives waits for the next poll()); ``False`` once the loop ended."""
+        if self._loop_done.is_set():
+            return False
+        self._poll_io(timeout)
+        return not self._loop_done.is_set()
 
     def _polled_here(self) -> bool:
         """Whether the caller is the thread that polls this peer, outside

@@ -240,6 +240,35 @@ def test_a_waiting_sender_is_counted_while_it_waits_and_released_by_the_drain():
     assert chan.drain_waiters == 1  # the other one still waits
 
 
+@pytest.mark.parametrize("ends", [False, True])
+def test_a_polling_sender_runs_the_io_itself_until_the_drain_or_the_loops_end(ends):
+    """On the polling thread each wait is a round of I/O (the poll
+    function, given what is left of the time-out); a loop that ended ends
+    the wait with ConnectionClosedError."""
+    flow, peer, link = _flow(write_block=64, timeout=10)
+    chan = link.chan
+    chan.out = bytearray(40)
+    drained = chan.drained = _Drained()  # type: ignore[assignment]
+    polls: list = []
+
+    def poll(left):
+        polls.append(left)
+        if ends:
+            return False
+        if len(polls) == 2:
+            chan.out = bytearray(32)  # the second round flushed down to the low-water mark
+        return True
+
+    with chan.lock:
+        if ends:
+            with pytest.raises(ConnectionClosedError, match="^connection closed while waiting to send$"):
+                flow.wait_drained(link, poll)
+        else:
+            flow.wait_drained(link, poll)
+    assert len(polls) == (1 if ends else 2) and all(0 < left <= 10 for left in polls)
+    assert drained.waits == [] and chan.drain_waiters == 0
+
+
 def test_a_send_timeout_of_0_waits_without_a_limit_until_the_drain():
     """net.timeout.send 0 is no limit (as for the other time-outs): it
     raised WriteBufferFullError at once."""

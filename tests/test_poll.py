@@ -308,3 +308,51 @@ def test_close_on_the_polling_thread_flushes_what_was_queued(net):
         assert closed["reason"] == "bye"
     finally:
         gate.set()
+
+
+@pytest.mark.timeout(60)
+def test_a_program_thread_sending_to_a_polled_server_waits_for_the_polls(net):
+    """Over net.limits.write_buffer_block, a send from a thread other than
+    the polling one waits for the polls to drain the buffer (it must not
+    run the polling thread's I/O itself)."""
+    from tests.conftest import RawPeer
+
+    s = make_server()
+    s.register_packet("test:sink", Packet(s.registry, s))
+    net.servers.append(s)
+    s.poll()
+    peer = RawPeer(s.addr)
+    shaken = threading.Thread(target=peer.handshake, daemon=True)
+    shaken.start()
+    t0 = time.monotonic()
+    while shaken.is_alive() and time.monotonic() - t0 < 10:
+        s.poll(0.01)
+    (cid,) = s.clients
+    while s.clients[cid].protocol_state is not HandshakeState.ACTIVE and time.monotonic() - t0 < 10:
+        s.poll(0.01)
+    n = 64  # MiB: more than the kernel's buffers on loopback take, and the mark on top
+    failed: list = []
+    sent = threading.Event()
+
+    def sender() -> None:
+        try:
+            for _ in range(n):
+                s.send_message("test:sink", os.urandom(1 << 20), cid)  # (incompressible)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+        sent.set()
+
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(peer.recv_packet() for _ in range(n)), daemon=True)
+    threading.Thread(target=sender, daemon=True).start()
+    chan = s._links[cid].chan
+    while not chan.drain_waiters and not sent.is_set() and time.monotonic() - t0 < 20:
+        s.poll(0.01)  # (the peer does not read yet: the buffer fills over the mark, the sender waits)
+    assert chan.drain_waiters == 1 and not sent.is_set() and failed == []
+    reader.start()
+    while (not sent.is_set() or reader.is_alive()) and time.monotonic() - t0 < 40:
+        s.poll(0.01)
+    assert failed == [] and sent.is_set()
+    reader.join(10)
+    assert len(got) == n and {len(m) for _, m in got} == {1 << 20}
+    peer.close()
