@@ -122,7 +122,7 @@ def default_api_bursts(rounds: int, active: list[bool]) -> None:
     """``BURST_WARM + rounds`` bursts of ``BURST`` echo requests from the
     main thread of a default Client to a default Server (one process);
     ``active[0]`` is true during the counted ones."""
-    from peng3dnet.net import Client, Server
+    from bench.roundtrip import default_pair
     from peng3dnet.packet import Packet
 
     got = [0]
@@ -138,15 +138,7 @@ def default_api_bursts(rounds: int, active: list[bool]) -> None:
             if got[0] == BURST:
                 done.set()
 
-    srv = Server(addr=("127.0.0.1", 0))
-    srv.register_packet("b:msg", Back(srv.registry, srv))
-    srv.runAsync()
-    srv.process_async()
-    cl = Client(addr=("127.0.0.1", srv.addr[1]))
-    cl.register_packet("b:msg", Count(cl.registry, cl))
-    cl.runAsync()
-    cl.process_async()
-    cl.wait_for_connection(60)
+    srv, cl = default_pair(Back, Count)
     for r in range(BURST_WARM + rounds):
         active[0] = r >= BURST_WARM
         got[0] = 0

@@ -10,6 +10,25 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
+
+
+def default_pair(server_packet: Any, client_packet: Any) -> tuple[Any, Any]:
+    """A default ``Server`` and a default ``Client`` connected to it, both
+    with ``runAsync()`` + ``process_async()``, packet ``b:msg`` handled by
+    an instance of ``server_packet`` / ``client_packet`` (Packet classes)."""
+    from peng3dnet.net import Client, Server
+
+    srv = Server(addr=("127.0.0.1", 0))
+    srv.register_packet("b:msg", server_packet(srv.registry, srv))
+    srv.runAsync()
+    srv.process_async()
+    cl = Client(addr=("127.0.0.1", srv.addr[1]))
+    cl.register_packet("b:msg", client_packet(cl.registry, cl))
+    cl.runAsync()
+    cl.process_async()
+    cl.wait_for_connection(60)
+    return srv, cl
 
 
 def default_api_round_trips(n: int, warm: int = 0, at_start: Callable[[], None] | None = None,
@@ -17,7 +36,6 @@ def default_api_round_trips(n: int, warm: int = 0, at_start: Callable[[], None] 
     """Run ``warm + n`` round trips; ``at_start()`` runs (on the client's
     handler thread) when the warm-up ones are done, ``at_end()`` after the
     last one.  Raises SystemExit when they do not finish in 600 s."""
-    from peng3dnet.net import Client, Server
     from peng3dnet.packet import Packet
 
     done = threading.Event()
@@ -38,15 +56,7 @@ def default_api_round_trips(n: int, warm: int = 0, at_start: Callable[[], None] 
                 return
             self.peer.send_message("b:msg", [msg[0] + 1, "x"])
 
-    srv = Server(addr=("127.0.0.1", 0))
-    srv.register_packet("b:msg", Back(srv.registry, srv))
-    srv.runAsync()
-    srv.process_async()
-    cl = Client(addr=("127.0.0.1", srv.addr[1]))
-    cl.register_packet("b:msg", Again(cl.registry, cl))
-    cl.runAsync()
-    cl.process_async()
-    cl.wait_for_connection(60)
+    srv, cl = default_pair(Back, Again)
     cl.send_message("b:msg", [1, "x"])
     if not done.wait(600):
         raise SystemExit("the round trips did not finish")

@@ -251,16 +251,17 @@ def test_a_burst_sent_from_the_polling_thread_is_slowed_not_cut_off(net, send_ti
     assert "peng3dnet:server.connection.close" not in rec.names()
 
 
-@pytest.mark.timeout(30)
-def test_a_send_from_the_polling_thread_to_a_peer_that_does_not_read_times_out(net):
-    from peng3dnet.errors import WriteBufferFullError
+def _polled_server_and_raw_peer(net):
+    """A polled server (packet test:sink) and a RawPeer handshaken with it
+    (on a thread: this thread polls the server meanwhile); ``(server,
+    peer, cid)``."""
     from tests.conftest import RawPeer
 
     s = make_server()
     s.register_packet("test:sink", Packet(s.registry, s))
     net.servers.append(s)
     s.poll()
-    peer = RawPeer(s.addr)  # handshakes (on a thread: we poll the server), then never reads again
+    peer = RawPeer(s.addr)
     shaken = threading.Thread(target=peer.handshake, daemon=True)
     shaken.start()
     t0 = time.monotonic()
@@ -269,6 +270,16 @@ def test_a_send_from_the_polling_thread_to_a_peer_that_does_not_read_times_out(n
     (cid,) = s.clients
     while s.clients[cid].protocol_state is not HandshakeState.ACTIVE and time.monotonic() - t0 < 10:
         s.poll(0.01)
+    assert s.clients[cid].protocol_state is HandshakeState.ACTIVE
+    return s, peer, cid
+
+
+@pytest.mark.timeout(30)
+def test_a_send_from_the_polling_thread_to_a_peer_that_does_not_read_times_out(net):
+    from peng3dnet.errors import WriteBufferFullError
+
+    s, peer, cid = _polled_server_and_raw_peer(net)  # the peer never reads after its handshake
+    t0 = time.monotonic()
     s.cfg["net.timeout.send"] = 0.5
     blob = os.urandom(1 << 20)  # (incompressible: the server compresses by default)
     with pytest.raises(WriteBufferFullError, match=r"after 0\.5 s \(net\.timeout\.send\)"):
@@ -315,21 +326,8 @@ def test_a_program_thread_sending_to_a_polled_server_waits_for_the_polls(net):
     """Over net.limits.write_buffer_block, a send from a thread other than
     the polling one waits for the polls to drain the buffer (it must not
     run the polling thread's I/O itself)."""
-    from tests.conftest import RawPeer
-
-    s = make_server()
-    s.register_packet("test:sink", Packet(s.registry, s))
-    net.servers.append(s)
-    s.poll()
-    peer = RawPeer(s.addr)
-    shaken = threading.Thread(target=peer.handshake, daemon=True)
-    shaken.start()
+    s, peer, cid = _polled_server_and_raw_peer(net)
     t0 = time.monotonic()
-    while shaken.is_alive() and time.monotonic() - t0 < 10:
-        s.poll(0.01)
-    (cid,) = s.clients
-    while s.clients[cid].protocol_state is not HandshakeState.ACTIVE and time.monotonic() - t0 < 10:
-        s.poll(0.01)
     n = 64  # MiB: more than the kernel's buffers on loopback take, and the mark on top
     failed: list = []
     sent = threading.Event()
