@@ -158,17 +158,10 @@ def asyncio_bursts(rounds: int, active: list[bool]) -> None:
     import asyncio
 
     from bench.peers import _aio_read, _frame
+    from bench.roundtrip import aio_echo
 
     async def run() -> None:
-        async def handle(reader, writer):
-            try:
-                while True:
-                    _pid, msg = await _aio_read(reader)
-                    writer.write(_frame(64, msg))
-            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-                writer.close()  # (cancelled: asyncio.run() ending)
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(aio_echo, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for r in range(BURST_WARM + rounds):

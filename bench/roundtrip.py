@@ -64,6 +64,21 @@ def default_api_round_trips(n: int, warm: int = 0, at_start: Callable[[], None] 
     srv.shutdown(timeout=5)
 
 
+async def aio_echo(reader: Any, writer: Any) -> None:
+    """The asyncio-streams echo server's connection handler (bench/peers.py's
+    framing): every message back as packet 64, until the peer leaves."""
+    import asyncio
+
+    from bench.peers import _aio_read, _frame
+
+    try:
+        while True:
+            _pid, msg = await _aio_read(reader)
+            writer.write(_frame(64, msg))
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+        writer.close()  # (cancelled: asyncio.run() ending)
+
+
 def asyncio_round_trips(n: int, warm: int = 0, at_start: Callable[[], None] | None = None,
                         at_end: Callable[[], None] | None = None) -> None:
     """The same ``warm + n`` round trips between bench/peers.py's
@@ -75,15 +90,7 @@ def asyncio_round_trips(n: int, warm: int = 0, at_start: Callable[[], None] | No
     from bench.peers import _aio_read, _frame
 
     async def rounds() -> None:
-        async def handle(reader, writer):
-            try:
-                while True:
-                    _pid, msg = await _aio_read(reader)
-                    writer.write(_frame(64, msg))
-            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-                writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(aio_echo, "127.0.0.1", 0)
         r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
         w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(warm + n):
