@@ -927,3 +927,143 @@ def test_a_read_that_fails_closes_with_the_errors_reason_and_logs_it(caplog, rea
     assert link.proto.closed and link.proto.close_reason == reason and link.eof is True
     assert chan.closed is True and closed == [link]
     assert "! server cid=7: recv failed: recv: [Errno 104] Connection reset by peer" in [r.getMessage() for r in caplog.records]
+
+
+# --- Peer._abort: packets held back by the quota when the socket breaks -------------------------
+
+@pytest.mark.parametrize("with_session", [False, True])
+def test_a_broken_socket_forgets_packets_held_back_only_when_a_session_resends_them(with_session):
+    from peng3dnet.protocol.framing import encode_frame
+
+    s, link, chan = _server_with_link()
+    pid = s.registry.get_id("t:x")
+    if with_session:
+        link.session = Session(TOKEN, cap=1000)
+    link.proto.packet_quota = 0  # the process queue is full: all three held back
+    link.proto.receive_data(b"".join(encode_frame(pid, 0, msgpack.packb(i)) for i in range(3)))
+    assert link.proto.drain_received() == [] and link.proto.frames_waiting == 3
+    handed: list = []
+    s._handle_outputs = lambda lk, outs: handed.append(list(outs))  # type: ignore[method-assign]
+    s._channel_closed = lambda lk: None  # type: ignore[method-assign]
+    s._abort(link, "socketerror")
+    closed = ConnectionClosed("socketerror", by_peer=True, eof=True)
+    if with_session:
+        assert handed == [[closed]]  # the peer sends them again on its next socket
+    else:
+        assert handed == [[*(PacketReceived_(pid, 0, i, HandshakeState.ACTIVE) for i in range(3)), closed]]
+    assert link.eof is True and chan.closed is True
+
+
+# --- Peer._handle_outputs: packets dropped over the decompression budget count as received ----------
+
+def test_packets_dropped_over_the_inflate_budget_are_added_to_the_sessions_received_count():
+    import zlib
+
+    from peng3dnet.constants import FLAG_COMPRESSED
+    from peng3dnet.protocol.framing import encode_frame
+
+    s, link, _ = _server_with_link()
+    pid = s.registry.get_id("t:x")
+    session = Session(TOKEN, cap=1000)
+    session.rx = 5  # received on this session before
+    link.session = session
+    session.link = link
+    acks: list = []
+    s._maybe_ack = lambda lk, sess: acks.append(sess.rx)  # type: ignore[method-assign]
+    s._on_app_packet = lambda lk, o, listen: False  # type: ignore[method-assign]
+    proto = link.proto
+    proto.inflate_action, proto.inflate_budget = "drop", 10
+    big = encode_frame(pid, FLAG_COMPRESSED, zlib.compress(msgpack.packb("z" * 100)))
+    proto.receive_data(encode_frame(pid, 0, msgpack.packb(1)) + big + big)
+    outs = proto.drain_received()
+    assert [type(o) for o in outs] == [PacketReceived_] and proto.inflate_dropped == 2
+    s._handle_outputs(link, outs)
+    assert session.rx == 5 + 1 + 2 and link.infl_counted == 2 and acks == [8]
+    s._handle_outputs(link, [])  # counted once
+    assert session.rx == 8 and acks == [8, 8]
+
+
+# --- Peer._send_frame: a peer that does not read, past the write buffer's cap ---------------------
+
+def test_a_frame_past_the_write_buffer_cap_closes_the_slow_peer_and_says_how_much_waits(caplog):
+    from peng3dnet.peer import NO_EVENT
+
+    s, link, chan = _server_with_link(**{"net.limits.write_buffer": 100, "net.limits.write_buffer_block": 0,
+                                         "net.limits.write_buffer_action": "close"})
+    chan.out = b"q" * 90  # what the peer has not read
+    slow: list = []
+    s._flow.close_slow = slow.append  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
+        s._send_frame(link, b"f" * 20, s.registry.get_id("t:x"), NO_EVENT)
+    assert slow == [link] and chan.written == [] and link.stats.packets_out == 0
+    assert [r.getMessage() for r in caplog.records] == ["! server cid=7: peer does not read (90 bytes queued), closing"]
+
+
+# --- Peer._start_thread: runAsync() on a peer driven by poll() ------------------------------------
+
+def test_run_async_on_a_polled_peer_is_refused_with_why():
+    from peng3dnet.errors import LocalProtocolError
+
+    s = _server()
+    s.poll(0)  # binds; this thread drives it from now on
+    try:
+        with pytest.raises(LocalProtocolError) as ei:
+            s.runAsync()
+        assert str(ei.value) == "this peer is driven by poll(); runAsync() would run its loop a second time"
+        assert s._thread is None
+    finally:
+        s.shutdown(timeout=5)
+    assert not s.run
+
+
+# --- Server._handshake_over: the per-address counts ---------------------------------------------
+
+def test_a_connection_stops_counting_as_a_handshake_then_as_a_connection_of_its_address_group():
+    s = _server(**{"net.limits.per_address.exempt_loopback": False, "net.limits.per_address.connections": 5,
+                   "net.limits.per_address.handshakes": 5})
+    group = s._admit(("10.1.2.3", 1))
+    assert group and s._admit(("10.1.2.3", 2)) == group
+    links = []
+    for cid in (1, 2):
+        link = Link(None, FakeChan(), Owner(), cid)  # type: ignore[arg-type]
+        link.group, link.hs_pending = group, True
+        links.append(link)
+    assert s._groups[group] == [2, 2]
+    s._handshake_over(links[0])  # handshaken
+    assert s._groups[group] == [2, 1] and links[0].hs_pending is False and links[0].group == group
+    s._handshake_over(links[0])  # (again: counted once)
+    assert s._groups[group] == [2, 1]
+    s._handshake_over(links[0], closed=True)
+    assert s._groups[group] == [1, 1] and links[0].group is None
+    s._handshake_over(links[1], closed=True)  # closed during its handshake: both counts
+    assert group not in s._groups and links[1].group is None and links[1].hs_pending is False
+
+
+# --- Server.broadcast: each connection's on_send hook ----------------------------------------------
+
+def test_broadcast_calls_each_connections_on_send_with_the_packet_and_the_data(caplog):
+    s, link, _ = _server_with_link()
+    other, _, _ = _active_link(8)
+    other.strict_keys = False
+    s._links[8] = other
+    calls: list = []
+    link.on_send = lambda ptype, data: calls.append((7, ptype, data))
+    other.on_send = lambda ptype, data: calls.append((8, ptype, data))
+    with caplog.at_level(logging.INFO, logger="peng3dnet.user"):
+        assert s.broadcast("t:x", {"a": 1}) == 2
+    assert calls == [(7, "t:x", {"a": 1}), (8, "t:x", {"a": 1})]
+    assert caplog.records == []
+
+
+# --- NetworkLoop: its thread ---------------------------------------------------------------------
+
+def test_a_network_loop_serves_on_a_daemon_thread_named_after_it():
+    assert NetworkLoop().name == "peng3dnet Client Thread"
+    loop = NetworkLoop("t-named").start()
+    try:
+        t = loop._thread
+        assert t is not None and t.name == "t-named" and t.daemon is True
+        assert loop.reactor.running is True
+    finally:
+        loop.stop(10)
+    assert loop._done.is_set() and loop.reactor.running is False
