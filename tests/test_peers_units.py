@@ -1067,3 +1067,124 @@ def test_a_network_loop_serves_on_a_daemon_thread_named_after_it():
     finally:
         loop.stop(10)
     assert loop._done.is_set() and loop.reactor.running is False
+
+
+# --- Client.process_single_packet: the oldest queued packet of its connection ----------------------
+
+def test_a_clients_process_single_packet_runs_the_oldest_queued_handler_once():
+    c = Client(addr=("127.0.0.1", 1))
+    got: list = []
+    c.handler("t:y")(lambda msg, cid: got.append((msg, cid)))
+    c._register_internal()
+    pid = c.registry.get_id("t:y")
+    assert c.process_single_packet() is False  # no connection
+    pair = ConnectionPair()
+    pair.start()
+    link = Link(pair.client, FakeChan(), c, None)  # type: ignore[arg-type]
+    c._link_obj = link
+    assert c.process_single_packet() is False  # nothing queued
+    c._handle_outputs(link, [PacketReceived_(pid, 0, i, HandshakeState.ACTIVE) for i in ("a", "b")])
+    assert c.process_single_packet() is True and got == [("a", None)]
+    assert c.process_single_packet() is True and got == [("a", None), ("b", None)]
+    assert c.process_single_packet() is False
+
+
+# --- Server._on_conntype and _take_over: a client resuming its session on a new socket ------------
+
+class _Temp:
+    """The ClientOnServer a new connection gets at accept, recording its close."""
+
+    def __init__(self, addr) -> None:
+        self.conn, self.addr, self.closes = object(), addr, []
+
+    def on_close(self, reason=None) -> None:
+        self.closes.append(reason)
+
+
+class _Timer:
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@pytest.mark.parametrize("old_open", [False, True])
+def test_a_resume_moves_the_session_and_its_cid_onto_the_new_connection(old_open):
+    from peng3dnet.server import ClientOnServer
+
+    s = _server()
+    kept = ClientOnServer(s, None, ("10.0.0.1", 5), 3)  # type: ignore[arg-type]
+    session = Session(TOKEN, cap=1000)
+    session.cid, session.owner, session.suspended = 3, kept, True
+    session.timer = timer = _Timer()
+    old = Link(None, FakeChan(), kept, 3)  # type: ignore[arg-type]
+    old.chan.closed = not old_open
+    old.session, session.link = session, old
+    temp = _Temp(("10.0.0.1", 6))
+    new = Link(None, FakeChan(), temp, 9)  # type: ignore[arg-type]
+    s._sessions[TOKEN] = session
+    s._links.update({3: old, 9: new})
+    s.clients[9] = temp  # type: ignore[assignment]
+    events: list = []
+    closes: list = []
+    s._emit = lambda event, data: events.append((event, data))  # type: ignore[method-assign]
+    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
+    assert s._take_over(new, {"token": TOKEN, "received": 4}) is True
+    assert new.cid == 3 and new.owner is kept and new.session is session and s._links == {3: new}
+    assert 9 not in s.clients and temp.closes == ["resumed"]
+    assert events == [("peng3dnet:server.connection.close", {"client": temp, "reason": "resumed"})]
+    assert kept._link is new and (kept.conn, kept.addr) == (temp.conn, ("10.0.0.1", 6))
+    assert session.link is new and session.suspended is False and session.resuming is True
+    assert session.peer_rx == 4 and timer.cancelled and session.timer is None
+    assert closes == ([(old, "resumed")] if old_open else [])
+
+
+@pytest.mark.parametrize(("negotiated", "taken_over"), [(frozenset({"resume"}), True), (frozenset(), False)])
+def test_a_classic_settype_with_a_resume_request_is_a_take_over_only_when_resume_was_negotiated(negotiated,
+                                                                                                taken_over):
+    import types
+
+    from peng3dnet.constants import CONNTYPE_CLASSIC, RESUME_KEY
+
+    s = _server()
+    s.initialize()  # the connection types
+    request = {"token": TOKEN, "received": 0}
+    link = Link(types.SimpleNamespace(peer_settype={RESUME_KEY: request}, negotiated=negotiated),  # type: ignore[arg-type]
+                FakeChan(), Owner(), 9)
+    asked: list = []
+    s._take_over = lambda lk, req: asked.append((lk, req)) or False  # type: ignore[method-assign]
+    steps: list = []
+    s._lib_state = lambda lk, value: steps.append("state")  # type: ignore[method-assign]
+    s._type_chosen = lambda lk, ct: steps.append("chosen")  # type: ignore[method-assign]
+    s._ct_call = lambda lk, fn, *args: steps.append("init")  # type: ignore[method-assign]
+    s._on_conntype(link, CONNTYPE_CLASSIC)
+    if taken_over:  # refused here: the connection is closed, nothing more
+        assert asked == [(link, request)] and steps == [] and not hasattr(link.owner, "conntype")
+    else:  # not a resume: a classic connection of its own
+        assert asked == [] and steps == ["state", "chosen", "init"] and link.owner.conntype == CONNTYPE_CLASSIC
+
+
+# --- Server._session_dropped with a grace period -------------------------------------------------
+
+def test_a_dropped_session_is_kept_for_the_grace_period_then_expires(caplog):
+    s = _server(**{"net.session.grace": 2.5})
+    session = Session(TOKEN, cap=100)
+    session.owner = owner = object()
+    session.cid = 4
+    link = Link(None, FakeChan(), Owner(), 4)  # type: ignore[arg-type]
+    timers: list = []
+    s._reactor.call_later = lambda delay, fn: timers.append((delay, fn)) or "the-timer"  # type: ignore[method-assign]
+    events: list = []
+    s._emit = lambda event, data: events.append((event, data))  # type: ignore[method-assign]
+    ended: list = []
+    s._session_end = lambda sess, why: ended.append((sess, why))  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.server"):
+        s._session_dropped(link, session, "socketerror")
+        assert session.suspended is True and session.timer == "the-timer" and [d for d, _ in timers] == [2.5]
+        assert events == [("peng3dnet:server.connection.suspended", {"client": owner, "reason": "socketerror"})]
+        assert ended == []
+        timers[0][1]()  # the grace period is over
+    assert ended == [(session, "sessionexpired")] and session.timer is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "= server cid=4: socket dropped (socketerror), session kept for 2.5 s",
+        "! server cid=4: the client did not come back, session closed"]
