@@ -1188,3 +1188,121 @@ def test_a_dropped_session_is_kept_for_the_grace_period_then_expires(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "= server cid=4: socket dropped (socketerror), session kept for 2.5 s",
         "! server cid=4: the client did not come back, session closed"]
+
+
+# --- Peer._handle_outputs: the handshake's end and its log line ------------------------------------
+
+def test_a_completed_handshake_is_logged_with_the_connection_type_and_tells_the_owner(caplog):
+    from peng3dnet.protocol.connection import HandshakeCompleted
+
+    s, link, _ = _server_with_link()
+    assert link.proto.conntype == "classic"
+    done: list = []
+    link.owner.on_handshake_complete = lambda: done.append("owner")  # type: ignore[attr-defined]
+    s._session_handshake = lambda lk: False  # type: ignore[method-assign]
+    s._after_handshake = lambda lk: done.append("after")  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
+        s._handle_outputs(link, [HandshakeCompleted()])
+    assert done == ["owner", "after"]
+    assert [r.getMessage() for r in caplog.records] == ["= server cid=7: handshake complete (classic)"]
+
+
+# --- Peer._send_plan: an unknown packet id ------------------------------------------------------------
+
+def test_an_unknown_packet_id_is_refused_as_an_id_and_a_bool_as_a_name():
+    from peng3dnet.errors import UnknownPacketError
+
+    s, _, _ = _server_with_link()
+    with pytest.raises(UnknownPacketError) as ei:
+        s.broadcast(999, {})
+    assert str(ei.value) == "packet id 999 is not registered"
+    with pytest.raises(UnknownPacketError) as ei:
+        s.broadcast(True, {})  # not the id 1
+    assert str(ei.value) == "unknown packet True"
+
+
+# --- Peer._send_frame: a session's frame when its socket drops while the sender waits for room ------
+
+def test_a_frame_of_a_session_whose_socket_dropped_during_the_wait_for_room_is_kept_for_the_next():
+    from peng3dnet.errors import ConnectionClosedError
+    from peng3dnet.peer import NO_EVENT
+
+    s, link, chan = _server_with_link(**{"net.limits.write_buffer_block": 10})
+    session = Session(TOKEN, cap=1000)
+    link.session, session.link = session, link
+    chan.out = b"q" * 50  # over the mark: a program thread waits for it to drain
+    waits: list = []
+
+    def dropped_meanwhile(lk):
+        waits.append(lk)
+        raise ConnectionClosedError("connection is closed", "socketclose")
+
+    s._flow.may_block = lambda: True  # type: ignore[method-assign]
+    s._flow.wait_drained = dropped_meanwhile  # type: ignore[method-assign]
+    s._send_frame(link, b"frame", s.registry.get_id("t:x"), NO_EVENT)  # not raised: kept
+    assert waits == [link] and chan.written == []
+    assert list(session.replay) == [b"frame"] and session.tx == 1 and link.stats.packets_out == 1
+
+
+# --- Peer._session_end: the close waits behind the packets still queued ---------------------------
+
+def test_a_session_ended_with_packets_queued_closes_for_the_application_after_them():
+    from peng3dnet.server import ClientOnServer
+
+    got: list = []
+
+    class Closing(ClientOnServer):
+        def on_close(self, reason=None):
+            got.append(("close", reason, self.cid))
+
+    s, link, _ = _server_with_link()
+    s.handler("t:y")(lambda msg, cid: got.append(("packet", msg, cid)))
+    pid = s.registry.get_id("t:y")
+    owner = Closing(s, None, ("10.0.0.1", 5), 7)  # type: ignore[arg-type]
+    link.owner = owner
+    s.clients[7] = owner
+    session = Session(TOKEN, cap=1000)
+    session.cid, session.owner, session.link, link.session = 7, owner, link, session
+    s._maybe_ack = lambda lk, sess: None  # type: ignore[method-assign]
+    s._handle_outputs(link, [PacketReceived_(pid, 0, "last", HandshakeState.ACTIVE)])
+    assert link.queued == 1
+    s._session_end(session, "sessionexpired")
+    assert session.ended and 7 not in s._links and got == []  # the close waits for the packet
+    s.process()
+    assert got == [("packet", "last", 7), ("close", "sessionexpired", 7)] and 7 not in s.clients
+
+
+# --- Server._read_allowed with "close": a bucket down to exactly 0 ----------------------------------
+
+def test_the_packet_rate_with_close_lets_a_read_empty_the_bucket_and_closes_past_it():
+    s, link, _ = _server_with_link(**{"net.limits.rate.packets": 2, "net.limits.rate.bytes": 0,
+                                      "net.limits.rate.burst": 1.0, "net.limits.rate.action": "close"})
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append(why)  # type: ignore[method-assign]
+    app = [PacketReceived_(PID_FIRST_FREE + 1, 0, i, HandshakeState.ACTIVE) for i in range(2)]
+    now = link.rate_t + 5.0
+    assert s._read_allowed(link, 100, app, 2, now) is True  # the whole burst: the bucket is at 0
+    assert link.rate_p == 0.0 and closes == []
+    assert s._read_allowed(link, 50, app[:1], 1, now) is False  # one more at the same time
+    assert closes == ["ratelimit"]
+
+
+# --- Client.connect: an on_connect that raises -----------------------------------------------------
+
+def test_an_on_connect_that_raises_is_reported_and_the_connection_stays(caplog):
+    class Raising(Client):
+        def on_connect(self):
+            raise ValueError("no")
+
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        c = Raising(addr=lst.getsockname())
+        with caplog.at_level(logging.INFO, logger="peng3dnet.user"):
+            c.connect()
+        try:
+            assert c._link_obj is not None
+            assert [(r.getMessage(), r.exc_info[0]) for r in caplog.records] == [  # type: ignore[index]
+                ("! client: on_connect raised", ValueError)]
+        finally:
+            c.sock.close()
