@@ -1306,3 +1306,26 @@ def test_an_on_connect_that_raises_is_reported_and_the_connection_stays(caplog):
                 ("! client: on_connect raised", ValueError)]
         finally:
             c.sock.close()
+
+
+# --- Client.runBlocking ------------------------------------------------------------------------------
+
+def test_run_blocking_refuses_a_client_on_a_network_loop_and_else_runs_until_the_connection_closes():
+    from peng3dnet.errors import LocalProtocolError
+
+    c = Client(addr=("127.0.0.1", 1))
+    c._shared = NetworkLoop()  # (attached: its loop is the shared one)
+    with pytest.raises(LocalProtocolError) as ei:
+        c.runBlocking()
+    assert str(ei.value) == "this client runs on a NetworkLoop" and c.sock is None  # nothing done
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        c = Client(addr=lst.getsockname())
+        t = threading.Thread(target=c.runBlocking, daemon=True)
+        t.start()
+        lst.settimeout(10)
+        peer, _ = lst.accept()
+        peer.close()  # the server goes away: the connection closes, and the loop ends
+        t.join(10)
+    assert not t.is_alive() and c._loop_done.is_set() and c.close_reason == "socketclose"
