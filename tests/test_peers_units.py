@@ -1066,7 +1066,8 @@ def test_a_network_loop_serves_on_a_daemon_thread_named_after_it():
         assert loop.reactor.running is True
     finally:
         loop.stop(10)
-    assert loop._done.is_set() and loop.reactor.running is False
+    t.join(10)
+    assert not t.is_alive() and loop._done.is_set() and loop.reactor.running is False
 
 
 # --- Client.process_single_packet: the oldest queued packet of its connection ----------------------
