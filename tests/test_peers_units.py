@@ -1330,3 +1330,27 @@ def test_run_blocking_refuses_a_client_on_a_network_loop_and_else_runs_until_the
         peer.close()  # the server goes away: the connection closes, and the loop ends
         t.join(10)
     assert not t.is_alive() and c._loop_done.is_set() and c.close_reason == "socketclose"
+
+
+# --- Peer._dispatch (process_single_packet): the on_receive hook after the handler ----------------
+
+def test_process_single_packet_calls_the_on_receive_hook_with_the_packet_id_after_the_handler():
+    from peng3dnet.server import ClientOnServer
+
+    got: list = []
+
+    class Hooked(ClientOnServer):
+        def on_receive(self, pid, msg):
+            got.append(("on_receive", pid, msg))
+
+    s, link, _ = _server_with_link()
+    s.handler("t:y")(lambda msg, cid: got.append(("handler", msg, cid)))
+    pid = s.registry.get_id("t:y")
+    owner = Hooked(s, None, ("10.0.0.1", 5), 7)  # type: ignore[arg-type]
+    owner._link = link
+    link.owner = owner
+    link.on_recv = owner.on_receive
+    s._handle_outputs(link, [PacketReceived_(pid, 0, {"a": 1}, HandshakeState.ACTIVE)])
+    assert s.process_single_packet(owner) is True
+    assert got == [("handler", {"a": 1}, 7), ("on_receive", pid, {"a": 1})]
+    assert s.process_single_packet(owner) is False and link.queued == 0
