@@ -1007,10 +1007,11 @@ def test_run_async_on_a_polled_peer_is_refused_with_why():
     s = _server()
     s.poll(0)  # binds; this thread drives it from now on
     try:
+        before = set(threading.enumerate())
         with pytest.raises(LocalProtocolError) as ei:
             s.runAsync()
         assert str(ei.value) == "this peer is driven by poll(); runAsync() would run its loop a second time"
-        assert s._thread is None
+        assert set(threading.enumerate()) - before == set()  # no thread started
     finally:
         s.shutdown(timeout=5)
     assert not s.run
@@ -1059,10 +1060,11 @@ def test_broadcast_calls_each_connections_on_send_with_the_packet_and_the_data(c
 
 def test_a_network_loop_serves_on_a_daemon_thread_named_after_it():
     assert NetworkLoop().name == "peng3dnet Client Thread"
+    before = set(threading.enumerate())
     loop = NetworkLoop("t-named").start()
     try:
-        t = loop._thread
-        assert t is not None and t.name == "t-named" and t.daemon is True
+        (t,) = [t for t in set(threading.enumerate()) - before if t.name == "t-named"]  # the loop's thread
+        assert t.daemon is True
         assert loop.reactor.running is True
     finally:
         loop.stop(10)
