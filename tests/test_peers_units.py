@@ -1236,14 +1236,14 @@ def test_a_frame_of_a_session_whose_socket_dropped_during_the_wait_for_room_is_k
     chan.out = b"q" * 50  # over the mark: a program thread waits for it to drain
     waits: list = []
 
-    def dropped_meanwhile(lk):
-        waits.append(lk)
+    def dropped_meanwhile(lk, poll=None):
+        waits.append((lk, poll))
         raise ConnectionClosedError("connection is closed", "socketclose")
 
     s._flow.may_block = lambda: True  # type: ignore[method-assign]
     s._flow.wait_drained = dropped_meanwhile  # type: ignore[method-assign]
     s._send_frame(link, b"frame", s.registry.get_id("t:x"), NO_EVENT)  # not raised: kept
-    assert waits == [link] and chan.written == []
+    assert waits == [(link, None)] and chan.written == []  # (None: not the polling thread)
     assert list(session.replay) == [b"frame"] and session.tx == 1 and link.stats.packets_out == 1
 
 
