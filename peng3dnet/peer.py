@@ -1650,6 +1650,13 @@ class Peer:
 
     # --- loop ----------------------------------------------------------------------------------
     def _run_loop(self, selector: Any) -> None:
+        """runBlocking(): the calling thread runs the loop until it ends."""
+        if self._loop_started:
+            # (a second run would end the running loop from this thread)
+            raise LocalProtocolError(
+                "the loop already runs (runAsync(), poll() or a NetworkLoop)" if not self._loop_done.is_set()
+                else "the loop has ended; a peer runs its loop once"
+            )
         self._loop_started = True
         self._loop_done.clear()
         try:

@@ -1017,6 +1017,30 @@ def test_run_async_on_a_polled_peer_is_refused_with_why():
     assert not s.run
 
 
+@pytest.mark.parametrize("how", ["runAsync", "poll"])
+def test_run_blocking_on_a_peer_whose_loop_runs_is_refused_and_leaves_the_loop_alone(how):
+    """runBlocking() once the loop runs raised the reactor's bare
+    RuntimeError, and its clean-up then ended the running loop from the
+    wrong thread (closed the reactor, set the loop done, ran the exit
+    hooks)."""
+    from peng3dnet.errors import LocalProtocolError
+
+    s = _server()
+    if how == "runAsync":
+        s.runAsync()
+    else:
+        s.poll(0)
+    try:
+        with pytest.raises(LocalProtocolError, match=r"^the loop already runs \(runAsync\(\), poll\(\) or a NetworkLoop\)$"):
+            s.runBlocking()
+        assert s.run and not s._loop_done.is_set() and not s._reactor.closed
+    finally:
+        s.shutdown(timeout=5)
+    assert not s.run
+    with pytest.raises(LocalProtocolError, match="^the loop has ended; a peer runs its loop once$"):
+        s.runBlocking()
+
+
 # --- Server._handshake_over: the per-address counts ---------------------------------------------
 
 def test_a_connection_stops_counting_as_a_handshake_then_as_a_connection_of_its_address_group():
