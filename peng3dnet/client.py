@@ -745,14 +745,21 @@ class NetworkLoop:
         take turns at the network and the handlers (see peng3dnet.relay)."""
 
     def start(self, selector: Any = selectors.DefaultSelector) -> NetworkLoop:
-        """Start the shared thread (daemon); returns ``self``."""
+        """Start the shared thread (daemon); returns ``self`` once it serves.
+
+        Raises:
+            NetworkError: The thread could not start its loop (e.g. the
+                selector could not be made), or did not within 10 s.
+        """
         reactor = self.reactor
         t = threading.Thread(target=self.relay.run_loop_thread,
                              args=(lambda: reactor.start(selector, self._started.set),), name=self.name, daemon=True)
         self._net_thread = t
         self.relay.starting()
         t.start()
-        self._started.wait(10)
+        # (_end() sets _started too: a loop that failed to start ends at once)
+        if not self._started.wait(10) or self._done.is_set():
+            raise NetworkError(f"the NetworkLoop {self.name!r} could not start its thread's loop")
         return self
 
     def _end(self) -> None:
@@ -770,6 +777,7 @@ class NetworkLoop:
             self.reactor.running = False
             self.reactor.close()
             self._done.set()
+            self._started.set()  # (start() waits for it: a loop that could not start ends here)
 
     def _contain(self, exc: BaseException) -> bool:
         """A BaseException (``SystemExit``...) escaped a hook or an event

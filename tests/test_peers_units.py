@@ -1096,6 +1096,29 @@ def test_a_network_loop_serves_on_a_daemon_thread_named_after_it():
     assert not t.is_alive() and loop._done.is_set() and loop.reactor.running is False
 
 
+def test_a_network_loop_whose_thread_cannot_start_its_loop_says_so_at_once(monkeypatch):
+    import selectors
+    import time
+
+    from peng3dnet.errors import NetworkError
+
+    raised: list = []  # (the thread ends with the error: threading's excepthook reports it)
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append((args.exc_type, str(args.exc_value))))
+
+    class Broken(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+        def __init__(self):
+            raise OSError("no more file descriptors")
+
+    t0 = time.monotonic()
+    loop = NetworkLoop("t-broken")
+    with pytest.raises(NetworkError, match="^the NetworkLoop 't-broken' could not start its thread's loop$"):
+        loop.start(Broken)
+    assert time.monotonic() - t0 < 5  # not after start()'s 10 s wait
+    assert loop._done.is_set()
+    loop._net_thread.join(10)
+    assert raised == [(OSError, "no more file descriptors")]
+
+
 # --- Client.process_single_packet: the oldest queued packet of its connection ----------------------
 
 def test_a_clients_process_single_packet_runs_the_oldest_queued_handler_once():
