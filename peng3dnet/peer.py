@@ -204,8 +204,20 @@ class Peer:
         the housekeeping timer (so a change in a Peng's config is seen within
         a second).
         """
+        old = getattr(self, "_h_compress", None)
         for name, value in hot_settings(self.cfg, self.is_server).items():
             setattr(self, name, value)  # (not __dict__.update(): a compiled class has no __dict__)
+        if old is not None and self._h_compress != old:
+            # The open connections send with the new compression settings
+            # too (as broadcast does): the receiver goes by each frame's flag.
+            enabled, threshold, level = self._h_compress
+            try:
+                links = self._all_links()
+            except AttributeError:  # (a subclass still in its __init__: no connections yet)
+                links = []
+            for link in links:
+                proto = link.proto
+                proto.compress, proto.compress_threshold, proto.compress_level = enabled, threshold, level
 
     def _emit_packet(self, route: _Route, link: Link, pid: int, key: str, msg: Any) -> None:
         """Emit a per-packet event (recv/send) through a cached route: no

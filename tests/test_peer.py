@@ -589,6 +589,37 @@ def test_config_change_at_runtime_is_seen(net):
     c.join(5)
 
 
+def test_a_compression_change_at_runtime_applies_to_open_connections_as_to_broadcast(net):
+    """cfg["net.compress.*"] set at run time reached broadcast() at once
+    but not send_message() on the connections already open."""
+    s, _ = net.server(record=None)
+    peer = RawPeer(s.addr)
+    reg = peer.handshake()
+    (cid,) = active_cids(s)
+    body = "z" * 20000  # compressible, over the default threshold
+
+    def flags_of_next_frame() -> int:
+        frames: list = []
+        while not frames:
+            peer.dec.feed(peer.sock.recv(65536), frames)
+        ((pid, flags, _),) = frames
+        assert pid == reg["test:echo"]
+        return flags
+
+    s.send_message("test:echo", body, cid)
+    assert flags_of_next_frame() & 1  # compressed (the default)
+    s.cfg["net.compress.enabled"] = False
+    s.send_message("test:echo", body, cid)
+    assert flags_of_next_frame() == 0
+    s.broadcast("test:echo", body)
+    assert flags_of_next_frame() == 0
+    s.cfg["net.compress.enabled"] = True
+    s.cfg["net.compress.threshold"] = 40000  # the body is under it now
+    s.send_message("test:echo", body, cid)
+    assert flags_of_next_frame() == 0
+    peer.close()
+
+
 def test_burst_from_another_thread_is_coalesced_and_complete(net):
     got: list = []
     n = 20000
