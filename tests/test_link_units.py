@@ -59,6 +59,7 @@ def test_a_new_link_starts_empty_unlimited_and_at_the_first_state():
     assert not (link.eof or link.local_closed or link.vanished or link.polite or link.app_closed
                 or link.plain or link.tls_server or link.hs_pending)
     assert (link.acct, link.infl_counted, link.hb_sent) == (0, 0, 0.0)
+    assert link.held_at == 0.0  # never held: silence counts from the last read alone
     assert link.on_recv is not None and link.on_send is None
     link.n_in, link.n_out = 9, 4
     assert link.queued == 5
