@@ -328,24 +328,19 @@ class Relay:
                 ready = self.ready
                 if (runners and len(self.stuck) < len(runners)) or not ready:
                     continue
-                peer = None  # (no continue inside the with: mypyc cannot compile that)
-                with self.lock:
+                with self.lock:  # (no continue inside it: mypyc cannot compile that)
                     if not ((runners and len(self.stuck) < len(runners)) or reactor.stopping):
                         busy = self.busy
                         while ready:  # (_start_batch() and _runnable(), inlined)
-                            member = ready.popleft()
-                            inbox = member._inbox
-                            if inbox.items and member not in busy and inbox.ready is ready:
-                                peer = member
-                                break
-                        if peer is not None:
-                            busy.add(peer)
-                            self.batch += 1
-                            runners[me] = self.batch
-                            self.leader = None
-                            reactor.thread_id = None
-                if peer is not None:
-                    return peer
+                            peer = ready.popleft()
+                            inbox = peer._inbox
+                            if inbox.items and peer not in busy and inbox.ready is ready:
+                                busy.add(peer)
+                                self.batch += 1
+                                runners[me] = self.batch
+                                self.leader = None
+                                reactor.thread_id = None
+                                return peer
         except BaseException:
             self._end()
             raise
