@@ -222,10 +222,17 @@ def _main(args: argparse.Namespace) -> int:
                 keys.append((float(a), float(b), name))
             try:
                 game = ArenaGame(player, duration=args.duration, screenshot=args.screenshot, test_keys=keys)
-                print(f"playing as {args.name} on {my_addr[0]}:{my_addr[1]} (window)", flush=True)
-                game.run()
+                # Ctrl-C in the terminal quits like Escape, between frames: a
+                # KeyboardInterrupt in the middle of pyglet's drawing left
+                # half-made objects whose __del__ printed tracebacks.
+                previous = signal.signal(signal.SIGINT, lambda signum, frame: game.request_quit())
+                try:
+                    print(f"playing as {args.name} on {my_addr[0]}:{my_addr[1]} (window)", flush=True)
+                    game.run()
+                finally:
+                    signal.signal(signal.SIGINT, previous)
             except KeyboardInterrupt:
-                pass  # Ctrl-C in the terminal quits like Escape
+                pass  # (Ctrl-C while the window opened)
             report = player.report()
             player.stop()
     finally:

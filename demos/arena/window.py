@@ -143,6 +143,7 @@ class ArenaGame:
         self.status = "connected"
         self.start_time = time.monotonic()
         self._shot_pending = False
+        self.quit_requested = False  # (request_quit(): Ctrl-C in the terminal)
         self.peng = peng3d.Peng()
         self.window = self.peng.createWindow(caption="peng3dnet arena", width=int(ARENA_W) + PANEL_W, height=int(ARENA_H) + HUD_H,
                                              resizable=False, vsync=False)
@@ -178,7 +179,17 @@ class ArenaGame:
             return pyglet.event.EVENT_HANDLED
         return None
 
+    def request_quit(self) -> None:
+        """Leave the game as Escape does, between frames (main thread: a
+        signal handler's; also before the loop runs, which would clear
+        pyglet's exit flag: update() asks again)."""
+        self.quit_requested = True
+        pyglet.app.exit()
+
     def update(self, dt: float) -> None:
+        if self.quit_requested:
+            pyglet.app.exit()
+            return
         k = self.keys
         dx = (k[key.RIGHT] or k[key.D]) - (k[key.LEFT] or k[key.A])
         dy = (k[key.UP] or k[key.W]) - (k[key.DOWN] or k[key.S])
