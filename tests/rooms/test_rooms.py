@@ -110,6 +110,20 @@ def test_full_room_refuses_by_name_and_the_room_can_refuse(world):
     assert ps[3][1].join("nowhere", kind="arena")["room"] == "nowhere"  # join or create
 
 
+def test_a_room_is_full_at_exactly_max_clients_members(world):
+    """Room.full at the boundary (a join through a reserved seat skips the
+    presence's own count, so the room's test is the one that holds)."""
+    w = world()
+    room = w.rooms.create("arena", "edge")
+    for cid in range(Arena.max_clients - 1):
+        room.members[cid] = object()
+    assert room.full is False  # one seat left
+    room.members[99] = object()
+    assert room.full is True  # exactly max_clients
+    del room.members[99]
+    assert room.full is False
+
+
 def test_leave_close_and_dispose(world):
     w = world()
     (_, rc1, _), (c2, rc2, _) = w.client(), w.client()
