@@ -250,6 +250,15 @@ def test_ctrl_c_on_the_main_thread_ends_the_shared_loop_while_elsewhere_it_stops
 
 # --- Server.send_encoded and broadcast on a handshaken link ---------------------------------------
 
+def _recording_closes(s: Server) -> list:
+    """For driving ``_housekeeping()`` by hand: the closes it asks for,
+    recorded as ``(link, reason)`` (not done), and no timer rescheduled."""
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
+    s._schedule_housekeeping = lambda: None  # type: ignore[method-assign]
+    return closes
+
+
 def _server_with_link(**cfg) -> tuple[Server, Link, FakeChan]:
     from peng3dnet.packet import Packet
 
@@ -349,9 +358,7 @@ def test_a_handshake_time_out_closes_and_hints_at_tls_when_nothing_was_received(
     link.stats._since -= 10  # made 10 s ago, still not handshaken
     link.stats.bytes_in = bytes_in
     s._links[3] = link
-    closes: list = []
-    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
-    s._schedule_housekeeping = lambda: None  # type: ignore[method-assign]
+    closes = _recording_closes(s)
     with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
         s._housekeeping()
     assert closes == [(link, "handshaketimeout")]
@@ -367,9 +374,7 @@ def test_a_handshake_time_out_of_0_is_off():
     link = Link(ProtocolConnection(SIDE_SERVER, registry=make_registry()), FakeChan(), Owner(), 3)  # type: ignore[arg-type]
     link.stats._since -= 1000  # made long ago, still not handshaken
     s._links[3] = link
-    closes: list = []
-    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
-    s._schedule_housekeeping = lambda: None  # type: ignore[method-assign]
+    closes = _recording_closes(s)
     s._housekeeping()
     assert closes == []
 
@@ -517,9 +522,7 @@ def test_an_idle_connection_is_closed_and_the_log_says_how_long_it_was_silent(ca
     s, link, _ = _server_with_link(**{"net.timeout.idle": 5.0})
     monkeypatch.setattr(peng3dnet.peer, "time", types.SimpleNamespace(monotonic=lambda: 1000.0))
     link.stats._seen = 1000.0 - 12.5
-    closes: list = []
-    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
-    s._schedule_housekeeping = lambda: None  # type: ignore[method-assign]
+    closes = _recording_closes(s)
     with caplog.at_level(logging.INFO, logger="peng3dnet.peer"):
         s._housekeeping()
     assert closes == [(link, "timeout")]
@@ -553,9 +556,7 @@ def test_a_connection_whose_reading_we_hold_is_not_silent_and_its_silence_counts
         chan.throttled = True
     elif held == "frames waiting":
         link.proto.frames_waiting = 3
-    closes: list = []
-    s._close_link = lambda lk, why, polite=False: closes.append((lk, why))  # type: ignore[method-assign]
-    s._schedule_housekeeping = lambda: None  # type: ignore[method-assign]
+    closes = _recording_closes(s)
     s._housekeeping()
     if held is None:
         assert closes == [(link, "timeout")] and link.held_at == 0.0
