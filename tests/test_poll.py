@@ -14,6 +14,7 @@ from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
 from peng3dnet.protocol.handshake import HandshakeState
 from tests.conftest import EchoPacket, make_client, make_server
+from tests.helpers import active_cids
 
 
 def _threads() -> set[threading.Thread]:
@@ -237,15 +238,20 @@ def test_a_burst_sent_from_the_polling_thread_is_slowed_not_cut_off(net, send_ti
     c = _polled_client(s, **{"net.timeout.send": send_timeout})
     net.clients.append(c)
     got_here = c.registry.get_obj("test:echo")
+    (cid,) = active_cids(s)
+    s.send_message("test:echo", "hello", cid)  # waits in the client's socket: read by the first wait's I/O
     blob = b"\x00" * size
     for _ in range(n):  # one frame of the game loop: a level streamed at once
         c.send_message("test:sink", blob)
     # (net.limits.write_buffer_block, 4 MiB: a send waits while the buffer is
     # over it, then adds its frame)
     assert c.write_buffer_size <= (4 << 20) + size + 64
-    assert got_here.got == []  # no handler ran inside the sends
+    # The waits ran the network I/O (the hello was read and queued) but no
+    # handler: that is the next poll()'s work.
+    assert len(c._inbox.items) == 1 and got_here.got == []
     while not sink.all.is_set() and c.run:  # the next frames: the game loop polls
         c.poll(0.01)
+    assert got_here.got == ["hello"]
     assert c.close_reason is None
     assert sink.n == n
     assert "peng3dnet:server.connection.close" not in rec.names()
