@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 
@@ -214,6 +215,21 @@ class _Sink(Packet):
             self.all.set()
 
 
+class _GatedSink(_Sink):
+    """A _Sink whose first receive waits (at most 20 s) for ``gate``: the
+    server stops taking, its inbox fills and its reading pauses, so the
+    sender's buffer must grow (on a fast machine it may never have)."""
+
+    def __init__(self, reg, peer, obj=None):
+        super().__init__(reg, peer, obj)
+        self.gate = threading.Event()
+
+    def receive(self, msg, cid=None):
+        if self.n == 0:
+            self.gate.wait(20)
+        super().receive(msg, cid)
+
+
 def _polled_client(s, **cfg) -> Client:
     c = Client(addr=s.addr, cfg={"net.compress.enabled": False, **cfg})
     c.register_packet("test:echo", EchoPacket(c.registry, c))
@@ -232,7 +248,7 @@ def test_a_burst_sent_from_the_polling_thread_is_slowed_not_cut_off(net, send_ti
     one frame of the loop went over net.limits.write_buffer and the client
     closed its own connection with 'slowconsumer'."""
     n, size = 40, 1 << 20
-    s, rec = net.server(packets={"test:sink": _Sink})
+    s, rec = net.server(packets={"test:sink": _GatedSink})
     sink = s.registry.get_obj("test:sink")
     sink.want = n
     c = _polled_client(s, **{"net.timeout.send": send_timeout})
@@ -240,9 +256,20 @@ def test_a_burst_sent_from_the_polling_thread_is_slowed_not_cut_off(net, send_ti
     got_here = c.registry.get_obj("test:echo")
     (cid,) = active_cids(s)
     s.send_message("test:echo", "hello", cid)  # waits in the client's socket: read by the first wait's I/O
+    assert select.select([c.sock], [], [], 10)[0], "the hello did not reach the client's socket"
+    waits = []
+    poll_for_drain = c._poll_for_drain
+
+    def counted(timeout):
+        waits.append(timeout)
+        sink.gate.set()  # the client waits: the server may take again
+        return poll_for_drain(timeout)
+
+    c._poll_for_drain = counted
     blob = b"\x00" * size
     for _ in range(n):  # one frame of the game loop: a level streamed at once
         c.send_message("test:sink", blob)
+    assert waits, "no send waited: the server's gated handler should have filled the buffers"
     # (net.limits.write_buffer_block, 4 MiB: a send waits while the buffer is
     # over it, then adds its frame)
     assert c.write_buffer_size <= (4 << 20) + size + 64
