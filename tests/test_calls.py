@@ -180,6 +180,26 @@ def test_an_async_call_times_out_on_its_own_timer_with_a_clear_message(net):
     assert c.call("calc:double", 4, timeout=10) == 8
 
 
+def test_a_call_without_a_timeout_uses_net_timeout_call(net):
+    """No timeout given: the config's net.timeout.call (here 0.3 s) limits
+    the call, not the 10 s default; it fires no earlier than that and within
+    a stated slack (2 s, for a loaded machine)."""
+    import time
+
+    s, gate = _server(net)
+    s.runAsync()
+    s.process_async()
+    c = _client(net, s, **{"net.timeout.call": 0.3})
+    t0 = time.monotonic()
+    fut = c.call_async("calc:info", "slow")
+    exc = fut.exception(10)
+    took = time.monotonic() - t0
+    assert isinstance(exc, errors.TimedOutError)
+    assert re.fullmatch(r"call \d+ got no reply within 0\.3 s", str(exc)), str(exc)
+    assert 0.3 <= took < 2.3, took
+    gate.set()
+
+
 def test_a_call_with_timeout_zero_waits_for_its_answer(net):
     """timeout=0 means no time-out: the call's future is still open after
     the client's network thread has run the timers due when it was made

@@ -1,7 +1,8 @@
 """The session's bookkeeping unit by unit (no sockets): the replay buffer's
 cap exactly, the counters through sends, acknowledgements and a resume's
 "what is still needed", the request validation's bounds and the
-redaction of secrets in what events and logs show."""
+redaction of secrets in what events and logs show; the client's reconnect
+back-off schedule (a recording reactor)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,44 @@ def test_secrets_are_redacted_and_nothing_else():
     assert redacted(plain) is plain  # nothing secret: shown as is
     assert redacted(["peng3dnet.session"]) == ["peng3dnet.session"]  # only a dict's keys are secrets
     assert redacted("peng3dnet.session") == "peng3dnet.session"
+
+
+class _Timers:
+    """A reactor stand-in for the client's back-off: records call_later."""
+
+    stopping = False
+
+    def __init__(self):
+        self.later = []
+
+    def call_later(self, delay, fn):
+        self.later.append(delay)
+
+
+@pytest.mark.parametrize("jitter", ["low", "high"])
+def test_the_reconnect_back_off_doubles_from_its_delay_up_to_max_delay_then_gives_up(monkeypatch, jitter):
+    """Attempt n waits net.client.reconnect.delay * 2**(n-1), at most
+    net.client.reconnect.max_delay, times a jitter in [0.5, 1.0]; after
+    net.client.reconnect attempts the session ends with 'resume:failed'."""
+    import peng3dnet.client as client_mod
+    from peng3dnet.net import Client
+
+    monkeypatch.setattr(client_mod.random, "uniform", lambda a, b: a if jitter == "low" else b)
+    c = Client(addr=("127.0.0.1", 1), cfg={"net.client.reconnect": 6, "net.client.reconnect.delay": 0.1,
+                                           "net.client.reconnect.max_delay": 1.0})
+    timers = _Timers()
+    events, ended = [], []
+    monkeypatch.setattr(c, "_reactor", timers)
+    monkeypatch.setattr(c, "_emit", lambda name, data: events.append((name, dict(data))))
+    monkeypatch.setattr(c, "_session_end", lambda session, reason: ended.append(reason))
+    s = Session(TOKEN, cap=100)
+    for _ in range(6):
+        c._schedule_reconnect(s)
+    k = 0.5 if jitter == "low" else 1.0
+    want = [round(d * k, 9) for d in (0.1, 0.2, 0.4, 0.8, 1.0, 1.0)]
+    assert [round(d, 9) for d in timers.later] == want
+    assert [(e[0], e[1]["attempt"], round(e[1]["delay"], 9)) for e in events] == [
+        ("peng3dnet:client.reconnecting", i + 1, d) for i, d in enumerate(want)]
+    assert ended == [] and s.attempt == 6
+    c._schedule_reconnect(s)  # a seventh: no more attempts
+    assert ended == ["resume:failed"] and len(timers.later) == 6 and s.attempt == 6
