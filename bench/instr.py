@@ -194,10 +194,13 @@ ignore_missing_imports = True
 def compiled_copy(into: str) -> str:
     """A copy of this checkout's package with :data:`HOT_MODULES` compiled
     by mypyc (an experiment: peng3dnet ships pure Python).  Needs mypy
-    (the test extra) and a C compiler.  Not fit to ship as it is: the
-    copy crashes at interpreter exit in about one run of three (a segfault
-    in the garbage collector's pass of the teardown; not investigated),
-    which the scenarios skip (they leave with ``os._exit``)."""
+    (the test extra) and a C compiler.  ``peng3dnet/loopthread.py`` stays
+    interpreted: mypyc's traverse of a compiled ``threading.Thread``
+    subclass visits its weak reference list as if it owned it, and
+    ``threading`` keeps a weak reference to every thread, so the garbage
+    collector freed that reference while still in use (the crash at exit
+    seen before; see the README).  The scenarios still leave with
+    ``os._exit``."""
     tree = os.path.join(into, "compiled")
     shutil.copytree(os.path.join(ROOT, "peng3dnet"), os.path.join(tree, "peng3dnet"),
                     ignore=shutil.ignore_patterns("__pycache__", "*.so"))

@@ -32,6 +32,7 @@ from .errors import (
     TimedOutError,
 )
 from .link import ConnectionStats, Link, noop_hook
+from .loopthread import SharedLoopThread
 from .peer import CLOSE_LINGER, Peer, resolve_addr
 from .protocol.codec import pack
 from .protocol.framing import LENGTH
@@ -833,33 +834,6 @@ class NetworkLoop:
         if self._net_thread is not None and self._net_thread is not threading.current_thread():
             self.relay.before_wait()
             self._done.wait(timeout)  # (the loop may end on a process thread that leads)
-
-
-class SharedLoopThread(threading.Thread):
-    """What ``Client.runAsync()`` returns for a client on the shared loop:
-    a :class:`threading.Thread` whose :meth:`join` and :meth:`is_alive`
-    follow that client (the shared thread itself serves others too and
-    never ends).  It is never started; ``start()`` raises.
-
-    Thread safety: any thread.
-    """
-
-    def __init__(self, client: Client, name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self._client = client
-
-    def start(self) -> None:
-        raise RuntimeError("the client is served by the shared network thread already")
-
-    def is_alive(self) -> bool:
-        """Whether the client is still served (has not left the loop)."""
-        return not self._client._loop_done.is_set()
-
-    def join(self, timeout: float | None = None) -> None:
-        """Wait until the client has left the loop (at most ``timeout`` s;
-        like ``Thread.join`` it does not raise when that passes)."""
-        client = self._client
-        client._wait_event(client._loop_done, timeout)
 
 
 _default: NetworkLoop | None = None

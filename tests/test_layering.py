@@ -85,7 +85,7 @@ SOCKET_CALLS = {"recv", "recv_into", "recvfrom", "sendall", "sendto", "accept", 
 # (contexts, certificates).  LAN discovery (UDP) and the lag proxy (a test
 # tool) go through the transport's Datagram, Listener, connect and Channel.
 SOCKET_MODULES = {"transport.py", "tls.py"}
-FACADE_MODULES = {"net.py", "peer.py", "server.py", "client.py", "link.py", "plans.py", "inbox.py", "flow.py", "login.py", "calls.py", "relay.py"}
+FACADE_MODULES = {"net.py", "loopthread.py", "peer.py", "server.py", "client.py", "link.py", "plans.py", "inbox.py", "flow.py", "login.py", "calls.py", "relay.py"}
 
 
 def package_files():
