@@ -394,3 +394,30 @@ def test_a_refresh_after_stop_puts_nothing_back_in_the_directory(world):
     assert sid not in presence.servers()
     w.rooms.start()  # started again: in the directory again
     assert sid in presence.servers()
+
+
+class Picky(Room):
+    """A room whose on_join trips on a client's options (a game's bug that a
+    client's input reaches: here a missing key)."""
+
+    def on_join(self, client, options):
+        return {"team": options["team"]}
+
+
+@pytest.mark.timeout(30)
+def test_a_join_whose_on_join_raises_an_error_leaves_no_room_behind(world):
+    """README: "a join that fails leaves no room behind".  A room's
+    ``on_join`` that raises something else than CallError (a bug the
+    client's options reach: KeyError) fails the join all the same
+    (RemoteCallError), but the room made for that join stays, empty, with
+    no member to ever dispose of it: a client making one per name grows
+    the server's rooms (and the directory) without bound."""
+    w = world()
+    w.rooms.define("picky", Picky)
+    _, rc, _ = w.client()
+    for i in range(3):
+        with pytest.raises(errors.RemoteCallError) as info:
+            rc.join(f"trap{i}", kind="picky")
+        assert info.value.remote_type == "KeyError"
+    assert w.rooms.rooms == {}
+    assert w.rooms.presence.rooms() == []

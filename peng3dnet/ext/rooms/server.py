@@ -338,7 +338,7 @@ class RoomServer:
                         own_seat = None
                         raise CallError(f"room {room.name!r} is full (its last seats are reserved)")
                 data = room.on_join(client, options)
-            except (CallError, Peng3dNetError) as exc:
+            except Exception as exc:  # (a bug of the room's on_join too: it must leave nothing behind)
                 self.stats["refused"] += 1
                 if seat is not None:
                     self._release(seat.room, seat.seat)
@@ -346,9 +346,9 @@ class RoomServer:
                     self._release(room.name, own_seat)  # type: ignore[union-attr]
                 if made is not None and not made.members:
                     self._dispose(made)
-                if isinstance(exc, CallError):
-                    raise
-                raise CallError(f"the directory is unavailable: {exc}") from None
+                if isinstance(exc, Peng3dNetError) and not isinstance(exc, CallError):
+                    raise CallError(f"the directory is unavailable: {exc}") from None
+                raise
             if cid in self._room_of:
                 self._leave(cid)
             room.members[cid] = client
