@@ -542,3 +542,29 @@ def test_tick_rate_is_a_float(tick_rate):
     sync = SyncServer(FakeServer(), tick_rate=int(tick_rate), history=8.0)  # type: ignore[arg-type]
     assert type(sync.tick_rate) is float and sync.tick_rate == tick_rate
     assert type(sync.history) is int and sync.history == 8
+
+
+def test_the_history_of_a_client_stays_bounded_across_suspensions():
+    """The server keeps ``history`` ticks of sent views per client (plus
+    the acknowledged base).  Pruning happens only in ``_send_snapshots``
+    and only for the one tick ``tick - history``; a suspended client is
+    skipped before it, so every tick of a suspension skips that tick's
+    pruning and the views from before the drop are never dropped.  A
+    client that drops and resumes again and again (a bad link, or a peer
+    doing it on purpose) grows the server's memory by up to ``history``
+    views per drop, without bound."""
+    w = joined(history=4)
+    cs = w.sync._clients[1]
+    for _cycle in range(5):
+        for _ in range(6):  # connected: acknowledges every tick
+            w.server.deliver(1, {"ack": w.sync.tick})
+            w.sync.step()
+        w.server.clients[1].suspended = True
+        for _ in range(6):  # its socket dropped: no snapshots
+            w.sync.step()
+        w.server.clients[1].suspended = False
+    for _ in range(6):
+        w.server.deliver(1, {"ack": w.sync.tick})
+        w.sync.step()
+    # at most the last `history` ticks and the acknowledged base
+    assert len(cs.history) <= 4 + 1, sorted(cs.history)

@@ -395,6 +395,9 @@ class SyncServer:
             old = tick - self.history
             if old in cs.history and old != cs.acked:
                 del cs.history[old]
+            if len(cs.history) > self.history + 1:  # ticks whose pruning was skipped (suspended): all of them
+                for t in [t for t in cs.history if t <= old and t != cs.acked]:
+                    del cs.history[t]
             try:
                 server.send_encoded(SNAPSHOT_PACKET, body, cid)
                 self.stats["snapshots"] += 1
