@@ -331,3 +331,32 @@ def test_inputs_not_yet_applied_are_replayed_on_each_snapshot():
     c.deliver(snapshot(3, v, v, 2, ai=2))  # 1 and 2 applied (and the server ignored them): 3 replayed
     assert sc.predicted_own() == {"x": 10.0, "y": 0.0}
     assert [s for s, _ in sc._pending] == [3] and sorted(sc._pred_by_seq) == [3]
+
+
+def test_render_view_interpolates_again_right_after_switching_to_a_newer_synced_room():
+    """Rooms (``ext.rooms``): each synced room has a SyncServer of its own,
+    its ticks counted from 1, and a client that joins another room keeps
+    its SyncClient.  The clock offset is "the smallest seen" and may grow
+    by only 1 ms per snapshot, so after moving from a room at tick 200 to
+    a fresh one, the new room's server times look 10 s old: the rendered
+    time lies past every buffered snapshot and ``render_view()`` shows the
+    newest snapshot as it is (no interpolation: other players jump a
+    whole tick at a time) until the offset has crept up, here 10 s at 1 ms
+    per snapshot: some 8 minutes at 20 Hz."""
+    clock = Clock()
+    c = FakeClient()
+    sc = SyncClient(c, clock=clock)  # 20 Hz, 0.1 s behind
+    for tick in range(1, 201):  # room one, up to tick 200 (server time 10 s)
+        feed(c, sc, clock, tick, {"a": {"x": float(tick)}})
+    start = clock.now
+    for tick in range(1, 21):  # joined room two, made just now: its ticks start at 1
+        clock.now = start + tick / 20
+        c.deliver(snapshot(tick, {"b": {"x": float(tick)}}))
+    # drawn at server time 0.925 - 0.1 = 0.825: halfway between ticks 16 and 17, as a fresh SyncClient draws it
+    fresh_c, fresh_clock = FakeClient(), Clock(start)
+    fresh = SyncClient(fresh_c, clock=fresh_clock)
+    for tick in range(1, 21):
+        fresh_clock.now = start + tick / 20
+        fresh_c.deliver(snapshot(tick, {"b": {"x": float(tick)}}))
+    assert fresh.render_view(start + 0.925) == {"b": {"x": pytest.approx(16.5)}}
+    assert sc.render_view(start + 0.925) == {"b": {"x": pytest.approx(16.5)}}

@@ -197,6 +197,13 @@ class SyncClient:
             if checksum(view) != msg.checksum:
                 self._desync(tick, "checksum")
                 return
+            if tick <= self.tick:
+                # The ticks went back: another server's timeline (a room
+                # joined, a server restarted).  What was buffered and the
+                # clock offset belong to the old one: start afresh.
+                self._states.clear()
+                self._buffer.clear()
+                self._offset = None
             self._states[tick] = view
             for old in [t for t in self._states if t <= tick - self.history]:
                 del self._states[old]
