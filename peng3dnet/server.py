@@ -52,6 +52,7 @@ from .transport import EVENT_READ, Channel, Listener
 from .userlog import report_user_error
 from .util import address_group
 
+ACCEPT_PAUSE = 1.0  # seconds without accepting after accept() ran out of descriptors or memory
 _SERVERFULL = encode_frame(PID_CLOSECONN, 0, b"\x81\xa6reason\xaaserverfull")  # the refusal, pre-encoded
 def _is_loopback(host: str) -> bool:
     try:
@@ -103,6 +104,9 @@ class ServerStats:
         """Connections accepted so far."""
         self.connections_refused = 0
         """Connections refused because of ``net.limits.max_clients``."""
+        self.accept_pauses = 0
+        """Times the server stopped accepting for ``ACCEPT_PAUSE`` s because
+        ``accept()`` ran out of descriptors or memory."""
         self._closed = {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
 
     def _add_closed(self, stats: ConnectionStats) -> None:
@@ -140,8 +144,8 @@ class ServerStats:
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict of every counter."""
-        keys = ("connections_total", "connections_refused", "connections_open", "bytes_in", "bytes_out",
-                "packets_in", "packets_out")
+        keys = ("connections_total", "connections_refused", "accept_pauses", "connections_open", "bytes_in",
+                "bytes_out", "packets_in", "packets_out")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -412,14 +416,29 @@ class Server(Peer):
         self._emit("peng3dnet:server.start", {})
 
     def _on_accept(self, mask: int) -> None:
-        assert self._listener is not None
-        for sock, addr in self._listener.accept_waiting():
+        listener = self._listener
+        assert listener is not None
+        for sock, addr in listener.accept_waiting():
             try:
                 self._accepted(sock, addr)
             except Exception:  # (a bug of ours): that connection is lost, the rest of the batch is not
                 log.exception("! server: accepting a connection from %s failed; dropped", addr)
                 with contextlib.suppress(OSError):
                     sock.close()
+        if listener.starved is not None:
+            # Out of descriptors (or memory): the connection waits in the
+            # backlog and the listener stays readable; listening on would
+            # spin.  Stop listening for ACCEPT_PAUSE s (what asyncio does).
+            self.stats.accept_pauses += 1
+            log.warning("! server: cannot accept (%s); not accepting for %.0f s", listener.starved, ACCEPT_PAUSE)
+            self._reactor.unregister(listener.sock)
+            self._reactor.call_later(ACCEPT_PAUSE, lambda: self._resume_accepting(listener))
+
+    def _resume_accepting(self, listener: Listener) -> None:
+        """Listen again after an accept pause (network thread), unless the
+        listener was closed meanwhile."""
+        if self._listener is listener and listener.sock.fileno() != -1 and not self._reactor.stopping:
+            self._reactor.register(listener.sock, EVENT_READ, self._on_accept)
 
     def _accepted(self, sock: socket.socket, addr: Any) -> None:
         info = self._shutdown_info

@@ -33,6 +33,7 @@ transport never looks at payloads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -891,6 +892,12 @@ def connect(addr: tuple[Any, ...], timeout: float, ctx: ssl.SSLContext | None = 
     return sock
 
 
+# accept() errors that say the process or the system ran out of descriptors
+# or memory: listening again at once would only spin.
+STARVED_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"))
+                           if e is not None)
+
+
 class Listener:
     """A listening TCP socket (bind, listen, accept).
 
@@ -928,19 +935,29 @@ class Listener:
         """The listening socket."""
         self.addr: tuple[Any, ...] = sock.getsockname()[:2]
         """The address bound."""
+        self.starved: OSError | None = None
+        """The last :meth:`accept_waiting` ended for want of descriptors or
+        memory (the error), else ``None``."""
 
     def accept_waiting(self, limit: int = 64) -> list[tuple[socket.socket, Any]]:
         """Accept up to ``limit`` waiting connections, each :func:`prepare` d.
-        An error such as ``EMFILE`` is logged and ends this round (the
-        selector reports the listener again)."""
+        An error ends this round: one that says the process or the system
+        is out of descriptors or memory (``EMFILE``, ``ENFILE``,
+        ``ENOBUFS``, ``ENOMEM``) is kept in :attr:`starved` (the caller
+        should stop listening for a while: the connection still waits, and
+        the selector would report it again at once); any other is logged."""
         out = []
+        self.starved = None
         for _ in range(limit):
             try:
                 sock, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.warning("! accept failed: %s", exc)
+                if exc.errno in STARVED_ERRNOS:
+                    self.starved = exc
+                else:
+                    log.warning("! accept failed: %s", exc)
                 break
             prepare(sock)
             out.append((sock, addr))

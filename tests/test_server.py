@@ -774,3 +774,101 @@ def test_an_unexpected_error_accepting_one_connection_closes_it_and_the_server_g
         assert any("accepting a connection from" in r.getMessage() for r in caplog.records)
     finally:
         first.close()
+
+
+_EMFILE_SERVER = r"""
+import logging, resource, sys, threading, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+failed = []
+first = threading.Event()
+class Count(logging.Handler):
+    def emit(self, record):
+        if "accept" in record.getMessage():  # ("accept failed" before the fix, "cannot accept" after)
+            failed.append(time.monotonic())
+            first.set()
+logging.getLogger("peng3dnet").addHandler(Count())
+from peng3dnet.net import Server
+s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+s.runAsync()
+print(s.addr[1], flush=True)
+assert first.wait(30), "the descriptors never ran out"
+time.sleep(1.0)  # (a measurement window, not a synchronisation)
+print(sum(1 for t in failed if t <= failed[0] + 1.0), s.stats.accept_pauses, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_running_out_of_descriptors_does_not_spin_the_network_thread():
+    """More connections than the process may open descriptors for (the
+    default ``net.limits.max_clients`` is 2048, a common ``ulimit -n`` is
+    1024; per-address limits do not stop several addresses): ``accept()``
+    fails with EMFILE and the server stops listening for ACCEPT_PAUSE
+    (1 s), one warning each time, as asyncio does.  It used to log and
+    listen on: the listener, still readable, was reported again at once,
+    and the network thread spun (some 30,000 warnings a second and most of
+    a core for as long as the peers kept their connections)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    p = subprocess.Popen([sys.executable, "-c", _EMFILE_SERVER], stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    socks = []
+    try:
+        port = int(p.stdout.readline())
+        for _ in range(100):  # the server's limit is 64 descriptors
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        warnings_in_one_second, pauses = map(int, p.stdout.readline().split())
+    finally:
+        for so in socks:
+            so.close()
+        p.kill()
+        p.wait(10)
+        p.stdout.close()
+    # One warning per pause of ACCEPT_PAUSE (1 s): at most two in a second.
+    assert 1 <= warnings_in_one_second <= 2 and pauses >= 1, (warnings_in_one_second, pauses)
+
+
+@pytest.mark.timeout(30)
+def test_an_accept_out_of_descriptors_pauses_listening_then_accepts_the_waiting_connection(monkeypatch):
+    """The pause itself, on a polled server: the accept that runs out of
+    descriptors takes the listener off the selector (stats.accept_pauses
+    counts it); ACCEPT_PAUSE later it listens again and the connection
+    that waited in the backlog is accepted, not lost."""
+    import errno
+
+    import peng3dnet.server as server_mod
+    from peng3dnet.transport import Listener
+
+    monkeypatch.setattr(server_mod, "ACCEPT_PAUSE", 0.3)
+    real = Listener.accept_waiting
+    starve = [True]
+
+    def accept_waiting(self, limit=64):
+        if starve[0]:  # the first round: out of descriptors, nothing accepted
+            starve[0] = False
+            self.starved = OSError(errno.EMFILE, "Too many open files")
+            return []
+        return real(self, limit)
+
+    monkeypatch.setattr(Listener, "accept_waiting", accept_waiting)
+    s = make_server()
+    s.poll()
+    try:
+        peer = socket.create_connection(s.addr, timeout=10)  # (the kernel's backlog completes it)
+        t0 = time.monotonic()
+        while s.stats.accept_pauses == 0 and time.monotonic() - t0 < 10:
+            s.poll(0.05)
+        paused_at = time.monotonic()
+        assert s.stats.accept_pauses == 1 and s.stats.connections_total == 0
+        while s.stats.connections_total == 0 and time.monotonic() - t0 < 10:
+            s.poll(0.05)
+        waited = time.monotonic() - paused_at
+        assert s.stats.connections_total == 1 and s.stats.accept_pauses == 1
+        assert waited >= 0.3 - 0.05, waited  # not listening meanwhile (a poll would have accepted it)
+        peer.close()
+    finally:
+        s.shutdown(join=False)
+        while s.run:
+            s.poll(0.05)

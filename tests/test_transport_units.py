@@ -1795,22 +1795,47 @@ class _AcceptSock:
         return self.real.accept()
 
 
-def test_accept_error_is_logged_and_ends_the_round(caplog):
+@pytest.mark.parametrize("err", [24, 23, 105, 12])  # EMFILE, ENFILE, ENOBUFS, ENOMEM
+def test_an_accept_out_of_descriptors_or_memory_ends_the_round_as_starved(caplog, err):
+    """Out of descriptors or memory: the round ends, the error is kept in
+    ``starved`` (the server pauses listening; no log here), and the next
+    round starts with ``starved`` cleared."""
     listener = Listener("127.0.0.1", 0)
     real = listener.sock
     c1 = socket.create_connection(listener.addr, timeout=5)
     c2 = socket.create_connection(listener.addr, timeout=5)
     try:
-        listener.sock = _AcceptSock(real, ["ok", OSError(24, "Too many open files"), "ok"])  # type: ignore[assignment]
+        assert listener.starved is None
+        listener.sock = _AcceptSock(real, ["ok", OSError(err, "starved"), "ok"])  # type: ignore[assignment]
+        with caplog.at_level(logging.WARNING, LOG):
+            got = listener.accept_waiting()
+        assert len(got) == 1
+        got[0][0].close()
+        assert isinstance(listener.starved, OSError) and listener.starved.errno == err
+        assert not [r for r in caplog.records if r.name == LOG]
+        listener.sock = _AcceptSock(real, [InterruptedError(4, "Interrupted system call")])  # type: ignore[assignment]
+        assert listener.accept_waiting() == [] and listener.starved is None and not caplog.records
+    finally:
+        c1.close()
+        c2.close()
+        real.close()
+
+
+def test_another_accept_error_is_logged_and_ends_the_round(caplog):
+    listener = Listener("127.0.0.1", 0)
+    real = listener.sock
+    c1 = socket.create_connection(listener.addr, timeout=5)
+    c2 = socket.create_connection(listener.addr, timeout=5)
+    try:
+        listener.sock = _AcceptSock(real, ["ok", OSError(103, "Software caused connection abort"), "ok"])  # type: ignore[assignment]
         with caplog.at_level(logging.WARNING, LOG):
             got = listener.accept_waiting()
         assert len(got) == 1
         got[0][0].close()
         (rec,) = [r for r in caplog.records if r.name == LOG]
-        assert rec.levelno == logging.WARNING and rec.getMessage() == "! accept failed: [Errno 24] Too many open files"
-        caplog.clear()
-        listener.sock = _AcceptSock(real, [InterruptedError(4, "Interrupted system call")])  # type: ignore[assignment]
-        assert listener.accept_waiting() == [] and not caplog.records
+        assert rec.levelno == logging.WARNING
+        assert rec.getMessage() == "! accept failed: [Errno 103] Software caused connection abort"
+        assert listener.starved is None
     finally:
         c1.close()
         c2.close()
