@@ -317,6 +317,20 @@ def test_refused_joins_leave_no_rooms_behind_and_names_are_bounded(world):
     assert rc.join("ok.name:1-x", kind="arena")["room"] == "ok.name:1-x"
 
 
+def test_a_room_name_of_exactly_64_characters_is_accepted_and_65_refused(world):
+    # The bound is "1-64 characters": 64 is in, 65 out (and nothing is left behind by the refusal).
+    w = world()
+    _, rc, _ = w.client()
+    longest = "n" * 64
+    with pytest.raises(errors.RemoteCallError, match="room names are 1-64 characters"):
+        rc.join(longest + "n", kind="arena")
+    assert w.rooms.rooms == {}
+    joined = rc.join(longest, kind="arena")
+    assert (joined["room"], joined["kind"], joined["clients"]) == (longest, "arena", 1)
+    assert list(w.rooms.rooms) == [longest]
+    assert [r["id"] for r in w.rooms.presence.rooms()] == [longest]
+
+
 def test_a_room_name_is_one_room_across_servers(net):
     presence = LocalPresence()
     made = [room_server(net, presence, Arena, secret=b"x" * 32) for _ in range(2)]
