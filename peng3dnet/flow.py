@@ -217,6 +217,8 @@ class Flow:
         peer = self.peer
         chan = link.chan
         with chan.lock:
+            if link.proto.closed:  # closed meanwhile (twice scheduled): its closeconn must stay
+                return
             dropped = chan.drop_unsent()
             if link.acct:
                 self.account(link)

@@ -1302,13 +1302,24 @@ class Peer:
         next one (the sides override this)."""
         self._session_end(session, reason or "socketclose")
 
-    @staticmethod
-    def _push(link: Link) -> None:
-        """Write what the core queued and count it (channel lock held)."""
+    def _push(self, link: Link) -> None:
+        """Write what the core queued and count it (channel lock held).
+        What the core answers by itself (heartbeats, pings, acks) is held to
+        the same cap as sends (``net.limits.write_buffer``): a peer that
+        sends probes and never reads is closed with ``slowconsumer`` (on the
+        network thread, soon: not under this lock)."""
         data = link.proto.data_to_send()
         if data:
-            link.chan.write(data)
+            chan = link.chan
+            chan.write(data)
             link.stats.bytes_out += len(data)
+            if len(chan.out) > self._h_write_cap:
+                if not link.proto.closed:
+                    log.info("! %s cid=%s: peer does not read (%d bytes queued), closing",
+                             self._role, link.cid, len(chan.out))
+                    self._reactor.call_soon(self._flow.close_slow, link)
+            elif (chan.out or link.acct) and self._h_write_total:
+                self._flow.account(link)
 
     def _feed(self, link: Link, data: bytes) -> None:
         """receive_data() of both facades: bytes in as if read from the socket."""

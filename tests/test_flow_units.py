@@ -873,6 +873,20 @@ def test_a_slow_consumers_drop_takes_the_dropped_bytes_out_of_the_total():
     assert closed == [(link, "slowconsumer")]
 
 
+def test_a_slow_consumer_closed_meanwhile_keeps_what_is_queued():
+    """close_slow() on a connection closed meanwhile (a second close
+    scheduled by the core's own replies) drops nothing: what waits is the
+    closeconn the first close queued."""
+    flow, peer, link = _flow()
+    link.proto.closed = True
+    dropped: list = []
+    link.chan.drop_unsent = lambda: dropped.append(1) or 0  # type: ignore[attr-defined]
+    closed: list = []
+    peer._close_link = lambda lk, reason: closed.append((lk, reason))  # type: ignore[attr-defined]
+    flow.close_slow(link)  # type: ignore[arg-type]
+    assert dropped == [] and closed == []
+
+
 def test_a_send_accounted_on_another_thread_while_shed_closes_a_victim_does_not_fail():
     links = _links(30, 50)
     other = FakeLink(9, out=4)  # a connection of another sending thread

@@ -1404,3 +1404,31 @@ def test_process_single_packet_calls_the_on_receive_hook_with_the_packet_id_afte
     assert s.process_single_packet(owner) is True
     assert got == [("handler", {"a": 1}, 7), ("on_receive", pid, {"a": 1})]
     assert s.process_single_packet(owner) is False and link.queued == 0
+
+
+class _Replies:
+    """A core with one reply of its own queued (a heartbeat echo, a pong)."""
+
+    def __init__(self, data: bytes, closed: bool = False) -> None:
+        self.data = data
+        self.closed = closed
+
+    def data_to_send(self) -> bytes:
+        data, self.data = self.data, b""
+        return data
+
+
+@pytest.mark.parametrize("queued, closed, closes", [(1000, False, False), (1001, False, True), (1001, True, False)])
+def test_what_the_core_answers_by_itself_is_held_to_the_write_buffer_cap(queued, closed, closes):
+    """_push: a core reply that leaves more than net.limits.write_buffer
+    queued closes the connection as a slow consumer (on the network thread,
+    soon); exactly at the cap it does not; an already closed one is left
+    alone (its closeconn waits)."""
+    s, link, chan = _server_with_link(**{"net.limits.write_buffer": 1000, "net.limits.write_buffer_total": 0})
+    chan.out = b"x" * queued  # (what is queued after the write: FakeChan.write does not grow it)
+    link.proto = _Replies(b"pong", closed)  # type: ignore[assignment]
+    soon: list = []
+    s._reactor.call_soon = lambda fn, *a: soon.append((fn, a))  # type: ignore[method-assign]
+    s._push(link)
+    assert chan.written == [b"pong"] and link.stats.bytes_out == 4
+    assert soon == ([(s._flow.close_slow, (link,))] if closes else [])

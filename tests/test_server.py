@@ -776,6 +776,41 @@ def test_an_unexpected_error_accepting_one_connection_closes_it_and_the_server_g
         first.close()
 
 
+@pytest.mark.timeout(60)
+def test_a_peer_that_never_reads_cannot_grow_our_buffer_with_heartbeat_probes(net):
+    """README, Security: "Memory per connection is bounded: the write
+    buffer by net.limits.write_buffer"; a peer that does not read is
+    closed with ``slowconsumer``.  Application sends are held to the cap
+    (``Peer._send_frame``), but what the protocol core answers by itself
+    goes out through ``Peer._push`` with no cap: every heartbeat probe is
+    echoed whole (its body is the peer's choice, up to
+    ``max_packet_size``).  A peer that sends probes and never reads grows
+    our write buffer without bound (here 16 MiB against a 1 MiB cap, and
+    the connection stays open)."""
+    s, rec = net.server(**{"net.limits.write_buffer": 1 << 20})  # (the default rate limits let 16 MiB through)
+    peer = RawPeer(s.addr)
+    assert peer.recv_packet()[0] == 1
+    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["heartbeat"]})
+    pid, _ = peer.recv_packet()
+    assert pid == 3
+    peer.send_packet(4, {"success": True})
+    (cid,) = active_cids(s)
+    link = s._links[cid]
+    assert "heartbeat" in link.proto.negotiated
+    probe = encode_frame(32, 0, msgpack.packb(os.urandom(256 * 1024)))  # incompressible
+    sent = 0
+    peer.sock.settimeout(0.5)
+    for _ in range(64):  # 16 MiB of probes; we read none of the echoes
+        try:
+            peer.send(probe)
+        except (socket.timeout, OSError):
+            break  # the server stopped reading us: fine too
+        sent += len(probe)
+    wait_for(lambda: link.stats.bytes_in >= sent or link.proto.closed, what="the probes read")
+    queued = len(link.chan.out)
+    assert link.proto.closed and link.proto.close_reason == "slowconsumer", f"{queued} bytes queued, cap 1 MiB"
+
+
 _EMFILE_SERVER = r"""
 import logging, resource, sys, threading, time
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
