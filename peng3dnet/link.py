@@ -75,6 +75,7 @@ class Link:
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
         "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
+        "provisional", "held",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -106,6 +107,11 @@ class Link:
         self.strict_keys = True  # the peer accepts only str/bytes map keys (no mapkeys extension)
         self.group: str | None = None  # the address group it counts in (server: per-address limits)
         self.hs_pending = False  # counted as a handshake in progress of its group
+        # Server, per-address counts: admitted over the group's connection
+        # limit because the group has suspended sessions (it may resume
+        # one; nothing else); and, suspended, its place still counted.
+        self.provisional = False
+        self.held = False
         self.auth: Any = None  # server login: None undecided, AUTH_PENDING, True accepted
         self.auth_timer: Any = None  # the net.timeout.auth timer while pending
         self.session: Any = None  # the resumable Session this connection carries (extension "resume")

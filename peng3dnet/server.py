@@ -339,7 +339,9 @@ class Server(Peer):
         self._cids = itertools.count(1)
         self._cid_lock = threading.Lock()
         self._links: dict[int, Link] = {}
-        self._groups: dict[str, list[int]] = {}  # address group -> [connections, handshakes in progress]
+        # address group -> [connections (suspended sessions included),
+        # handshakes in progress, suspended sessions]
+        self._groups: dict[str, list[int]] = {}
         self._open_channels = 0
         self._chan_cond = threading.Condition()
         self._shutdown_info: dict[str, Any] | None = None
@@ -456,17 +458,18 @@ class Server(Peer):
             log.info("! server: refusing %s, %d connections is the limit", addr, max_clients)
             Listener.refuse(sock, _SERVERFULL)
             return
-        group = self._admit(addr)
-        if group is None:
+        admitted = self._admit(addr)
+        if admitted is None:
             self.stats.connections_refused += 1
             Listener.refuse(sock, _ADDRESSLIMIT)
             return
+        group, provisional = admitted
         if self._ssl_ctx is not None:
             try:
                 sock = Listener.wrap_tls(sock, self._ssl_ctx)
             except TLSError as exc:
                 log.info("! server: cannot start TLS with %s: %s", addr, exc)
-                self._unadmit(group)
+                self._unadmit(group, provisional)
                 return
         cid = self.genCID()
         proto = self._new_proto()
@@ -474,13 +477,13 @@ class Server(Peer):
             client = self.clientcls(self, sock, addr, cid)
         except Exception:  # the program's ClientOnServer subclass
             report_user_error("! server: %r(...) raised; connection from %s dropped", self.clientcls, addr)
-            self._unadmit(group)
+            self._unadmit(group, provisional)
             Listener.refuse(sock, b"")
             return
         link = Link(proto, None, client, cid)  # type: ignore[arg-type]
         link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
         client._link = link
-        link.group, link.hs_pending = group, True
+        link.group, link.hs_pending, link.provisional = group, True, provisional
         self._lib_state(link, STATE_HELLOWAIT)
         self.clients[cid] = client
         self._links[cid] = link
@@ -510,6 +513,10 @@ class Server(Peer):
         if conntype == CONNTYPE_CLASSIC and RESUME_KEY in link.proto.peer_settype and "resume" in link.proto.negotiated:
             if not self._take_over(link, link.proto.peer_settype[RESUME_KEY]):
                 return
+        if link.provisional:  # admitted over its address's limit to resume a session, and did not
+            log.info("! server cid=%s: %s is at its connection limit (suspended sessions held)", link.cid, link.group)
+            self._close_link(link, "addresslimit")
+            return
         ct = self.conntypes.get(conntype)
         if ct is None:
             log.info("! server cid=%s: unknown connection type %.64r", link.cid, conntype)
@@ -526,43 +533,56 @@ class Server(Peer):
     def _after_handshake(self, link: Link) -> None:
         self._handshake_over(link)
 
-    def _admit(self, addr: Any) -> str | None:
-        """Count a new connection in its address group, or return ``None``
-        when the group is at a per-address limit (network thread)."""
+    def _admit(self, addr: Any) -> tuple[str, bool] | None:
+        """Count a new connection in its address group: ``(group,
+        provisional)``, or ``None`` when the group is at a per-address
+        limit (network thread).  A group at its connection limit that holds
+        suspended sessions still admits a connection provisionally (counted
+        as a handshake only): it may be a client resuming one of them, and
+        it must present a session at ``settype`` (else ``addresslimit``)."""
         cfg = self.cfg
         host = str(addr[0])
         if cfg["net.limits.per_address.exempt_loopback"] and _is_loopback(host):
-            return ""  # local bots and load tests: not limited (the group "" is never counted)
+            return "", False  # local bots and load tests: not limited (the group "" is never counted)
         group = address_group(host, int(cfg["net.limits.per_address.ipv6_prefix"]))
         counts = self._groups.get(group)
         if counts is None:
-            counts = self._groups[group] = [0, 0]
+            counts = self._groups[group] = [0, 0, 0]
         max_conns = int(cfg["net.limits.per_address.connections"])
         max_hs = int(cfg["net.limits.per_address.handshakes"])
-        if max_conns > 0 and counts[0] >= max_conns:
+        provisional = max_conns > 0 and counts[0] >= max_conns
+        if provisional and not counts[2]:
             log.info("! server: refusing %s, %d connections from %s is the limit", addr, max_conns, group)
+            self._forget_group(group, counts)
             return None
         if max_hs > 0 and counts[1] >= max_hs:
             log.info("! server: refusing %s, %d handshakes in progress from %s is the limit", addr, max_hs, group)
+            self._forget_group(group, counts)
             return None
-        counts[0] += 1
+        if not provisional:
+            counts[0] += 1
         counts[1] += 1
-        return group
+        return group, provisional
 
-    def _unadmit(self, group: str) -> None:
+    def _forget_group(self, group: str, counts: list[int]) -> None:
+        if counts[0] <= 0 and counts[1] <= 0:
+            del self._groups[group]
+
+    def _unadmit(self, group: str, provisional: bool = False) -> None:
         """Give back what :meth:`_admit` counted, for a connection that
         never became a Link (network thread)."""
         counts = self._groups.get(group) if group else None
         if counts is None:
             return
-        counts[0] -= 1
+        if not provisional:
+            counts[0] -= 1
         counts[1] -= 1
-        if counts[0] <= 0:
-            del self._groups[group]
+        self._forget_group(group, counts)
 
     def _handshake_over(self, link: Link, closed: bool = False) -> None:
         """A connection stops counting as a handshake in progress (and, when
-        ``closed``, as a connection) of its address group (network thread)."""
+        ``closed``, as a connection, or as a suspended session) of its
+        address group (network thread)."""
         group = link.group
         if not group:  # None, or "" (exempt)
             return
@@ -572,9 +592,23 @@ class Server(Peer):
             counts[1] -= 1
         if closed:
             link.group = None
-            counts[0] -= 1
-            if counts[0] <= 0:
-                del self._groups[group]
+            if link.provisional:
+                link.provisional = False
+            else:
+                counts[0] -= 1
+                if link.held:
+                    link.held = False
+                    counts[2] -= 1
+            self._forget_group(group, counts)
+
+    def _hold_place(self, link: Link) -> None:
+        """Its socket dropped and its session waits (network thread): the
+        connection keeps its place in its address group, as suspended."""
+        self._handshake_over(link)
+        group = link.group
+        if group and not link.held and not link.provisional:
+            link.held = True
+            self._groups[group][2] += 1
 
     def _refill(self, link: Link, now: float) -> None:
         """Refill a connection's token buckets (network thread)."""
@@ -822,6 +856,11 @@ class Server(Peer):
         if not old.chan.closed:  # the old socket is not known dead yet: it is now
             log.info("= server cid=%s: the client resumed on a new socket; closing the old one", session.cid)
             self._close_link(old, "resumed")
+        else:  # suspended: its place for the address passes to the new socket
+            self._handshake_over(old, closed=True)
+        if link.provisional and link.group:  # admitted to resume: a connection of its group now
+            link.provisional = False
+            self._groups[link.group][0] += 1
         return True
 
     def _session_dropped(self, link: Link, session: Session, reason: str | None) -> None:
@@ -855,6 +894,8 @@ class Server(Peer):
         if cid is not None and self._links.get(cid) is link:  # kept while it waited
             del self._links[cid]
             self.stats._add_closed(link.stats)
+        if link.chan.closed:  # (a link still open is released by its _channel_closed)
+            self._handshake_over(link, closed=True)
 
     def _connection_closed(self, link: Link, reason: str | None) -> None:
         self._emit("peng3dnet:server.connection.close", {"client": link.owner, "reason": reason})
@@ -868,7 +909,13 @@ class Server(Peer):
         if not keep and self._links.get(link.cid) is link:  # type: ignore[arg-type]
             del self._links[link.cid]  # type: ignore[arg-type]
             self.stats._add_closed(link.stats)
-        self._handshake_over(link, closed=True)
+        # A suspended session still takes a place (max_clients): it counts
+        # for its address until it ends or is taken over, so one address
+        # cannot fill the server with dropped sessions.
+        if keep:
+            self._hold_place(link)
+        else:
+            self._handshake_over(link, closed=True)
         self._flow.released(link)  # its buffer was released with the channel
         with self._chan_cond:
             self._open_channels -= 1
@@ -880,6 +927,7 @@ class Server(Peer):
         if self._links.get(link.cid) is link:  # type: ignore[arg-type]
             del self._links[link.cid]  # type: ignore[arg-type]
             self.stats._add_closed(link.stats)
+        self._handshake_over(link, closed=True)
         self._release(link)
 
     def _release(self, link: Link) -> None:

@@ -413,7 +413,7 @@ def test_the_per_address_limits_refuse_with_the_limit_and_the_group_in_the_log(c
     s = _server(**{"net.limits.per_address.exempt_loopback": False, "net.limits.per_address.connections": 2,
                    "net.limits.per_address.handshakes": 0})
     group = address_group("10.1.2.3", int(s.cfg["net.limits.per_address.ipv6_prefix"]))
-    assert s._admit(("10.1.2.3", 1)) == group and s._admit(("10.1.2.3", 2)) == group
+    assert s._admit(("10.1.2.3", 1)) == (group, False) and s._admit(("10.1.2.3", 2)) == (group, False)
     with caplog.at_level(logging.INFO, logger="peng3dnet.server"):
         assert s._admit(("10.1.2.3", 3)) is None
     assert [r.getMessage() for r in caplog.records] == [
@@ -1047,22 +1047,52 @@ def test_run_blocking_on_a_peer_whose_loop_runs_is_refused_and_leaves_the_loop_a
 def test_a_connection_stops_counting_as_a_handshake_then_as_a_connection_of_its_address_group():
     s = _server(**{"net.limits.per_address.exempt_loopback": False, "net.limits.per_address.connections": 5,
                    "net.limits.per_address.handshakes": 5})
-    group = s._admit(("10.1.2.3", 1))
-    assert group and s._admit(("10.1.2.3", 2)) == group
+    group, provisional = s._admit(("10.1.2.3", 1))
+    assert group and not provisional and s._admit(("10.1.2.3", 2)) == (group, False)
     links = []
     for cid in (1, 2):
         link = Link(None, FakeChan(), Owner(), cid)  # type: ignore[arg-type]
         link.group, link.hs_pending = group, True
         links.append(link)
-    assert s._groups[group] == [2, 2]
+    assert s._groups[group] == [2, 2, 0]
     s._handshake_over(links[0])  # handshaken
-    assert s._groups[group] == [2, 1] and links[0].hs_pending is False and links[0].group == group
+    assert s._groups[group] == [2, 1, 0] and links[0].hs_pending is False and links[0].group == group
     s._handshake_over(links[0])  # (again: counted once)
-    assert s._groups[group] == [2, 1]
+    assert s._groups[group] == [2, 1, 0]
     s._handshake_over(links[0], closed=True)
-    assert s._groups[group] == [1, 1] and links[0].group is None
+    assert s._groups[group] == [1, 1, 0] and links[0].group is None
     s._handshake_over(links[1], closed=True)  # closed during its handshake: both counts
     assert group not in s._groups and links[1].group is None and links[1].hs_pending is False
+
+
+def test_a_suspended_session_keeps_its_place_and_a_full_group_admits_only_provisionally():
+    """A connection whose session waits (_hold_place) still counts for its
+    address, as suspended; a group at its connection limit that holds
+    suspended sessions admits provisionally (a handshake, not a
+    connection: it may resume one); without suspended sessions it refuses;
+    the held place is given back when the session's link is released."""
+    s = _server(**{"net.limits.per_address.exempt_loopback": False, "net.limits.per_address.connections": 2,
+                   "net.limits.per_address.handshakes": 3})
+    links = []
+    for cid in (1, 2):
+        group, provisional = s._admit(("10.1.2.3", cid))
+        assert not provisional
+        link = Link(None, FakeChan(), Owner(), cid)  # type: ignore[arg-type]
+        link.group, link.hs_pending = group, True
+        s._handshake_over(link)
+        links.append(link)
+    assert s._groups[group] == [2, 0, 0]
+    assert s._admit(("10.1.2.3", 3)) is None  # full, nothing suspended
+    s._hold_place(links[0])  # its socket dropped, its session waits
+    s._hold_place(links[0])  # (again: held once)
+    assert s._groups[group] == [2, 0, 1] and links[0].held and links[0].group == group
+    assert s._admit(("10.1.2.3", 4)) == (group, True)  # may be resuming: a handshake only
+    assert s._groups[group] == [2, 1, 1]
+    s._unadmit(group, True)  # (it never became a connection)
+    assert s._groups[group] == [2, 0, 1]
+    s._handshake_over(links[0], closed=True)  # its session ended: the place is given back
+    assert s._groups[group] == [1, 0, 0] and not links[0].held and links[0].group is None
+    assert s._admit(("10.1.2.3", 5)) == (group, False)
 
 
 # --- Server.broadcast: each connection's on_send hook ----------------------------------------------

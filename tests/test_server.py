@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peng3dnet import errors
-from peng3dnet.constants import EXTENSIONS_KEY, STATE_ACTIVE
+from peng3dnet.constants import EXTENSIONS_KEY, RESUME_KEY, STATE_ACTIVE
 from peng3dnet.net import Server
 from peng3dnet.protocol.framing import FrameDecoder, encode_frame
 from peng3dnet.util import address_group
@@ -585,7 +585,7 @@ def test_connections_per_address_count_handshaken_ones_too(net):
         p.handshake()
         peers.append(p)
     wait_for(lambda: len(active_cids(s)) == 3, what="three handshakes")
-    assert s._groups == {"127.0.0.2": [3, 0]}  # three connections, no handshake in progress
+    assert s._groups == {"127.0.0.2": [3, 0, 0]}  # three connections, no handshake in progress, none suspended
     assert _closeconn_reason(_from(s.addr))[-1] == (16, {"reason": "addresslimit"})
     good_client_works(s)
     for p in peers:
@@ -774,6 +774,86 @@ def test_an_unexpected_error_accepting_one_connection_closes_it_and_the_server_g
         assert any("accepting a connection from" in r.getMessage() for r in caplog.records)
     finally:
         first.close()
+
+
+def _peer_from(addr, host="127.0.0.2"):
+    p = RawPeer.__new__(RawPeer)
+    p.sock, p.dec, p.frames = _from(addr, host), FrameDecoder(1 << 20), []
+    return p
+
+
+def _resumable_from(s, rec, n):
+    """A classic connection from 127.0.0.2 with a session, handshaken (the
+    n-th such); returns ``(peer, token)``."""
+    p = _peer_from(s.addr)
+    pid, hello = p.recv_packet()
+    assert pid == 1 and "resume" in hello[EXTENSIONS_KEY]
+    p.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"]})
+    pid, hs = p.recv_packet()
+    assert pid == 3 and "peng3dnet.session" in hs
+    p.send_packet(4, {"success": True})
+    rec.wait_for("peng3dnet:server.connection.handshakecomplete", n)
+    return p, hs["peng3dnet.session"]["token"]
+
+
+_DROPPED = {"net.session.resume": True, "net.limits.per_address.connections": 2, "net.limits.max_clients": 4,
+            "net.limits.per_address.exempt_loopback": False}
+
+
+@pytest.mark.timeout(60)
+def test_dropped_sessions_from_one_address_cannot_lock_others_out(net):
+    """A connection whose socket dropped stays for its session
+    (net.session.grace), counted against max_clients, and against its
+    address: one address that handshakes with resume and drops, again and
+    again, stops at its per-address limit (it used to fill max_clients with
+    suspended sessions and lock every other address out with serverfull).
+    A further connection from it is let in only to resume: one that does
+    not is closed with addresslimit at settype."""
+    s, rec = net.server(**_DROPPED)
+    for i in range(2):  # 127.0.0.2 stands for one remote host
+        p, _ = _resumable_from(s, rec, i + 1)
+        p.close()  # the socket drops: the session waits for the client
+        rec.wait_for("peng3dnet:server.connection.suspended", i + 1)
+    assert len(s._links) == 2 and s._groups["127.0.0.2"] == [2, 0, 2]
+    p = _peer_from(s.addr)  # the address is at its limit, with suspended sessions: may resume, nothing else
+    assert p.recv_packet()[0] == 1
+    p.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"]})
+    assert p.recv_until_close() == [(16, {"reason": "addresslimit"})]
+    wait_for(lambda: s._groups["127.0.0.2"] == [2, 0, 2], what="the provisional handshake given back")
+    c = make_client(s)  # another address (127.0.0.1): served
+    net.clients.append(c)
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    assert c.close_reason is None
+
+
+@pytest.mark.timeout(60)
+def test_a_client_resumes_from_an_address_at_its_limit_and_an_ended_session_gives_its_place_back(net):
+    """The address's only place is held by its suspended session: the
+    client comes back from that address and resumes (the held place passes
+    to the new socket); once a session ends (grace over), its place is
+    free for a new connection."""
+    s, rec = net.server(**{**_DROPPED, "net.limits.per_address.connections": 1, "net.session.grace": 30.0})
+    p, token = _resumable_from(s, rec, 1)
+    (cid,) = active_cids(s)
+    p.close()
+    rec.wait_for("peng3dnet:server.connection.suspended", 1)
+    back = _peer_from(s.addr)
+    assert back.recv_packet()[0] == 1
+    back.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"], RESUME_KEY: {"token": token, "received": 0}})
+    pid, hs = back.recv_packet()
+    assert pid == 3 and hs["peng3dnet.session"]["token"] == token
+    back.send_packet(4, {"success": True})
+    rec.wait_for("peng3dnet:server.connection.resumed", 1)
+    assert list(s.clients) == [cid] and s._groups["127.0.0.2"] == [1, 0, 0]
+    s.cfg["net.session.grace"] = 0.2  # (read when the socket drops)
+    back.close()
+    rec.wait_for("peng3dnet:server.connection.suspended", 2)
+    wait_for(lambda: "127.0.0.2" not in s._groups, what="the expired session's place given back")
+    again = _peer_from(s.addr)
+    assert again.recv_packet()[0] == 1  # hello, not addresslimit
+    again.close()
 
 
 @pytest.mark.timeout(60)
