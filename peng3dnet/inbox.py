@@ -61,9 +61,11 @@ class Inbox:
         if ready is not None:
             ready.append(self.owner)
         if link.n_in - link.n_out >= limit and not link.chan.paused:
-            link.chan.paused = True
-            link.resume_at = limit // 2
-            return True
+            with self.lock:  # (done() counts and resumes under it: test and set in one step)
+                if link.n_in - link.n_out >= limit and not link.chan.paused:
+                    link.resume_at = limit // 2
+                    link.chan.paused = True
+                    return True
         return False
 
     def put_close(self, link: Any, reason: str | None) -> None:
