@@ -70,6 +70,12 @@ __all__ = ['Peer', 'resolve_addr', 'INTERNAL_IDS', 'CLOSE_LINGER']
 
 log = logging.getLogger(__name__)
 
+
+class _RerouteSignal(Exception):  # noqa: N818 (a signal inside _send_frame, not an error)
+    """Inside ``Peer._send_frame``: the frame's session moved to a new
+    socket while the sender waited; send it again from outside the old
+    socket's lock."""
+
 INTERNAL_IDS = frozenset(pid for _, pid, _ in INTERNAL_PACKETS)
 _ACTIVE = HandshakeState.ACTIVE  # module constants: one lookup less on the per-packet paths
 _TYPESET = HandshakeState.TYPESET
@@ -1130,43 +1136,58 @@ class Peer:
         chan = link.chan
         slow = False
         overflow = False
-        with chan.lock:
-            if link.proto.closed:
-                if session is not None and not session.ended:  # dropped just now: kept for the next socket
-                    self._session_keep(link, session, frame)
-                    return
-                raise ConnectionClosedError("connection is closed", link.proto.close_reason)
-            # (chan.out first: empty, the common case, it decides both tests)
-            if (chan.out and cork and self._h_write_block and len(chan.out) > self._h_write_block
-                    and (self._flow.may_block() or self._polled_here())):
-                try:
-                    # (on the polling thread nobody else does the I/O we wait for: we do)
-                    self._flow.wait_drained(link, self._poll_for_drain if self._polled_here() else None)
-                except ConnectionClosedError:
-                    if session is None or session.ended:
-                        raise
-                    self._session_keep(link, session, frame)  # dropped while we waited: the next socket has it
-                    return
-            if chan.out and len(chan.out) + len(frame) > self._h_write_cap:
-                if self._h_write_raise:
-                    raise WriteBufferFullError(
-                        f"{len(chan.out)} bytes wait for cid={link.cid}; the cap is {self._h_write_cap}"
-                    )
-                log.info("! %s cid=%s: peer does not read (%d bytes queued), closing", self._role, link.cid, len(chan.out))
-                slow = True
-            else:
-                chan.write(frame, cork)
-                if session is not None and not session.sent(frame):
-                    overflow = True
-                if (chan.out or link.acct) and self._h_write_total:
-                    self._flow.account(link)
-                stats = link.stats
-                stats.packets_out += 1
-                stats.bytes_out += len(frame)
-                if data is not NO_EVENT and self._h_events and (self._sig_send.receivers or self.peng is not None):
-                    # Emitted under the lock so it cannot come after the close event;
-                    # marked as dispatching: a subscriber's own sends must not block here.
-                    self._dispatching(self._emit_packet, self._route_send, link, pid, "data", data)
+        try:
+            with chan.lock:
+                if link.proto.closed:
+                    if session is not None and not session.ended:  # dropped just now: kept for the next socket
+                        # (a session moves to a new socket under this lock: still
+                        # here, its replay has not been taken; else follow it)
+                        if session.link is not link:
+                            raise _RerouteSignal
+                        self._session_keep(link, session, frame)
+                        return
+                    raise ConnectionClosedError("connection is closed", link.proto.close_reason)
+                # (chan.out first: empty, the common case, it decides both tests)
+                if (chan.out and cork and self._h_write_block and len(chan.out) > self._h_write_block
+                        and (self._flow.may_block() or self._polled_here())):
+                    try:
+                        # (on the polling thread nobody else does the I/O we wait for: we do)
+                        self._flow.wait_drained(link, self._poll_for_drain if self._polled_here() else None)
+                    except ConnectionClosedError:
+                        if session is None or session.ended:
+                            raise
+                        if session.link is not link:  # resumed on a new socket meanwhile (replayed already)
+                            raise _RerouteSignal from None
+                        self._session_keep(link, session, frame)  # dropped while we waited: the next socket has it
+                        return
+                if chan.out and len(chan.out) + len(frame) > self._h_write_cap:
+                    if self._h_write_raise:
+                        raise WriteBufferFullError(
+                            f"{len(chan.out)} bytes wait for cid={link.cid}; the cap is {self._h_write_cap}"
+                        )
+                    log.info("! %s cid=%s: peer does not read (%d bytes queued), closing", self._role, link.cid, len(chan.out))
+                    slow = True
+                else:
+                    chan.write(frame, cork)
+                    if session is not None and not session.sent(frame):
+                        overflow = True
+                    if (chan.out or link.acct) and self._h_write_total:
+                        self._flow.account(link)
+                    stats = link.stats
+                    stats.packets_out += 1
+                    stats.bytes_out += len(frame)
+                    if data is not NO_EVENT and self._h_events and (self._sig_send.receivers or self.peng is not None):
+                        # Emitted under the lock so it cannot come after the close event;
+                        # marked as dispatching: a subscriber's own sends must not block here.
+                        self._dispatching(self._emit_packet, self._route_send, link, pid, "data", data)
+        except _RerouteSignal:
+            # Not under the old socket's lock: the session's current socket,
+            # or its replay buffer (the resume's replay is taken under that
+            # socket's lock, so nothing kept now comes after it).
+            target = self._session_target(session, frame)  # type: ignore[arg-type]
+            if target is not None:
+                self._send_frame(target, frame, pid, data, cork)
+            return
         if slow:
             self._flow.close_slow(link)
             return

@@ -5,6 +5,7 @@ proxy's cut and stall faults."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -622,3 +623,84 @@ def test_a_resume_while_the_old_socket_is_still_open_closes_the_old_one(net, cap
     assert (f"= server cid={cid}: the client resumed on a new socket; closing the old one"
             in [r.getMessage() for r in caplog.records])
     assert list(s.clients) == [cid]
+
+
+@pytest.mark.timeout(60)
+def test_a_send_blocked_on_a_full_buffer_across_a_drop_is_delivered_after_the_resume(net):
+    """A program thread blocked in send_message() over
+    ``net.limits.write_buffer_block`` when the socket drops wakes with the
+    old connection closed and keeps its frame for "the next socket"
+    (``Peer._send_frame``: ``_session_keep(link, ...)`` on the old link).
+    If the session has already resumed by then (the thread was slow to
+    get the lock back: here held in that window until the ``resumed`` event), the
+    resume's replay went out without that frame: it is appended to the
+    replay buffer behind what was already replayed and never written.
+    The message was lost (and the two sides' packet counts no longer
+    described the same packets).  Now the frame follows the session to its
+    new socket (or its replay buffer, if not replayed yet)."""
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME, "net.limits.recv_queue": 8,
+                    "net.limits.rate.packets": 0.0})
+    s.register_packet("t:num", Sink(s.registry, s))
+    net.servers.append(s)
+    s.runAsync()  # no handlers yet: reading pauses at 8 queued packets
+    c = Client(addr=s.addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02,
+                                 "net.limits.write_buffer_block": 64 * 1024, "net.timeout.send": 30.0})
+    c.register_packet("t:num", Sink(c.registry, c))
+    net.clients.append(c)
+    resumed = threading.Event()
+    rec = net.recorder(c, "peng3dnet:client.resumed")
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(s)
+
+    chan = c._link_obj.chan
+
+    class SlowToWake:
+        """``chan.drained`` of the client's socket: a waiter woken by the
+        drop gets the channel's lock back only after the session resumed
+        (the thread was not scheduled in between: a few ms of load)."""
+
+        def __init__(self, cond):
+            self.cond = cond
+
+        def wait(self, timeout=None):
+            woke = self.cond.wait(timeout)  # (returns with chan.lock held again)
+            if chan.closed:
+                chan.lock.release()
+                resumed.wait(10)
+                chan.lock.acquire()
+            return woke
+
+        def notify_all(self):
+            self.cond.notify_all()
+
+    chan.drained = SlowToWake(chan.drained)
+    blob = os.urandom(16384)  # (incompressible)
+    count = 2000
+    errs: list = []
+
+    def sender():
+        try:
+            for i in range(count):
+                c.send_message("t:num", [i, blob])
+        except Exception as exc:  # noqa: BLE001
+            errs.append(exc)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    wait_for(lambda: chan.drain_waiters > 0, what="the sender blocked on the full buffer")
+    import socket as _socket
+
+    s._links[cid].chan.sock.shutdown(_socket.SHUT_RDWR)  # the socket drops (no closeconn)
+    rec.wait_for("peng3dnet:client.resumed")
+    resumed.set()
+    s.process_async()
+    t.join(30)
+    assert not t.is_alive() and errs == []
+    got = s.registry.get_obj("t:num")
+    with got.cond:
+        got.cond.wait_for(lambda: len(got.got) >= count, 10)
+        nums = [m[0] for m in got.got]
+    assert sorted(set(range(count)) - set(nums)) == []  # fails: [the one blocked at the drop]
+    assert nums == list(range(count))
