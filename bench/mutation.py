@@ -69,6 +69,7 @@ AREAS = {
                "tests/test_poll.py", "tests/test_plans.py", "tests/test_flow_units.py",
                "tests/test_shared_loop.py", "tests/test_session.py", "tests/test_calls.py", "tests/test_login.py",
                "tests/test_tls.py", "tests/test_api_misc.py", "tests/compat/test_semantics.py", "tests/events/"]),
+    "rooms": (["peng3dnet/ext/rooms/"], ["tests/rooms/"]),
     "ext": (["peng3dnet/ext/ping/", "peng3dnet/ext/discovery.py"],
             ["tests/ext/test_ping_units.py", "tests/ext/test_discovery_units.py", "tests/ext/test_tools.py",
              "tests/test_peer.py", "tests/test_cli.py",
