@@ -75,7 +75,7 @@ class Link:
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
         "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
-        "provisional", "held",
+        "provisional", "held", "core_over",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -108,10 +108,14 @@ class Link:
         self.group: str | None = None  # the address group it counts in (server: per-address limits)
         self.hs_pending = False  # counted as a handshake in progress of its group
         # Server, per-address counts: admitted over the group's connection
-        # limit because the group has suspended sessions (it may resume
-        # one; nothing else); and, suspended, its place still counted.
+        # limit because the group has resumable sessions (it may resume one;
+        # nothing else); and counted as carrying a resumable session (live
+        # or suspended: a suspended one keeps its place in the group).
         self.provisional = False
         self.held = False
+        # Bytes the core queued by itself (heartbeat echoes, pongs, acks)
+        # while the write buffer was over net.limits.write_buffer (Peer._push).
+        self.core_over = 0
         self.auth: Any = None  # server login: None undecided, AUTH_PENDING, True accepted
         self.auth_timer: Any = None  # the net.timeout.auth timer while pending
         self.session: Any = None  # the resumable Session this connection carries (extension "resume")

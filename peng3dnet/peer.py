@@ -1333,21 +1333,30 @@ class Peer:
 
     def _push(self, link: Link) -> None:
         """Write what the core queued and count it (channel lock held).
-        What the core answers by itself (heartbeats, pings, acks) is held to
-        the same cap as sends (``net.limits.write_buffer``): a peer that
-        sends probes and never reads is closed with ``slowconsumer`` (on the
-        network thread, soon: not under this lock)."""
+
+        What the core answers by itself (heartbeat echoes, pongs, acks) is
+        always written, but bounded: while the write buffer is over
+        ``net.limits.write_buffer`` (one large frame accepted into an empty
+        buffer, or sends that stopped just under the cap, may put it there
+        with a peer that reads), such replies may add up to that much again;
+        past it the peer, which sends and does not read, is closed with
+        ``slowconsumer`` (on the network thread, soon: not under this lock).
+        """
         data = link.proto.data_to_send()
         if data:
             chan = link.chan
+            over = len(chan.out) > self._h_write_cap
             chan.write(data)
             link.stats.bytes_out += len(data)
-            if len(chan.out) > self._h_write_cap:
-                if not link.proto.closed:
-                    log.info("! %s cid=%s: peer does not read (%d bytes queued), closing",
-                             self._role, link.cid, len(chan.out))
+            if not over:
+                link.core_over = 0
+            else:
+                link.core_over += len(data)
+                if link.core_over > self._h_write_cap and not link.proto.closed:
+                    log.info("! %s cid=%s: peer does not read (%d bytes queued, %d of them our own replies), closing",
+                             self._role, link.cid, len(chan.out), link.core_over)
                     self._reactor.call_soon(self._flow.close_slow, link)
-            elif (chan.out or link.acct) and self._h_write_total:
+            if (chan.out or link.acct) and self._h_write_total:
                 self._flow.account(link)
 
     def _feed(self, link: Link, data: bytes) -> None:

@@ -471,17 +471,21 @@ class Server(Peer):
                 log.info("! server: cannot start TLS with %s: %s", addr, exc)
                 self._unadmit(group, provisional)
                 return
-        cid = self.genCID()
-        proto = self._new_proto()
         try:
-            client = self.clientcls(self, sock, addr, cid)
-        except Exception:  # the program's ClientOnServer subclass
-            report_user_error("! server: %r(...) raised; connection from %s dropped", self.clientcls, addr)
+            cid = self.genCID()
+            proto = self._new_proto()
+            try:
+                client = self.clientcls(self, sock, addr, cid)
+            except Exception:  # the program's ClientOnServer subclass
+                report_user_error("! server: %r(...) raised; connection from %s dropped", self.clientcls, addr)
+                self._unadmit(group, provisional)
+                Listener.refuse(sock, b"")
+                return
+            link = Link(proto, None, client, cid)  # type: ignore[arg-type]
+            link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
+        except Exception:  # (a bug of ours: _on_accept closes the socket) the address's count is given back
             self._unadmit(group, provisional)
-            Listener.refuse(sock, b"")
-            return
-        link = Link(proto, None, client, cid)  # type: ignore[arg-type]
-        link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))  # a C-level call per event
+            raise
         client._link = link
         link.group, link.hs_pending, link.provisional = group, True, provisional
         self._lib_state(link, STATE_HELLOWAIT)
@@ -537,9 +541,10 @@ class Server(Peer):
         """Count a new connection in its address group: ``(group,
         provisional)``, or ``None`` when the group is at a per-address
         limit (network thread).  A group at its connection limit that holds
-        suspended sessions still admits a connection provisionally (counted
-        as a handshake only): it may be a client resuming one of them, and
-        it must present a session at ``settype`` (else ``addresslimit``)."""
+        resumable sessions (live or suspended) still admits as many
+        connections provisionally (counted as handshakes, not connections):
+        each may be a client coming back to one of them, and must present
+        a session at ``settype`` (else ``addresslimit``)."""
         cfg = self.cfg
         host = str(addr[0])
         if cfg["net.limits.per_address.exempt_loopback"] and _is_loopback(host):
@@ -547,11 +552,11 @@ class Server(Peer):
         group = address_group(host, int(cfg["net.limits.per_address.ipv6_prefix"]))
         counts = self._groups.get(group)
         if counts is None:
-            counts = self._groups[group] = [0, 0, 0]
+            counts = self._groups[group] = [0, 0, 0, 0]
         max_conns = int(cfg["net.limits.per_address.connections"])
         max_hs = int(cfg["net.limits.per_address.handshakes"])
         provisional = max_conns > 0 and counts[0] >= max_conns
-        if provisional and not counts[2]:
+        if provisional and counts[3] >= counts[2]:
             log.info("! server: refusing %s, %d connections from %s is the limit", addr, max_conns, group)
             self._forget_group(group, counts)
             return None
@@ -559,8 +564,7 @@ class Server(Peer):
             log.info("! server: refusing %s, %d handshakes in progress from %s is the limit", addr, max_hs, group)
             self._forget_group(group, counts)
             return None
-        if not provisional:
-            counts[0] += 1
+        counts[3 if provisional else 0] += 1
         counts[1] += 1
         return group, provisional
 
@@ -574,15 +578,14 @@ class Server(Peer):
         counts = self._groups.get(group) if group else None
         if counts is None:
             return
-        if not provisional:
-            counts[0] -= 1
+        counts[3 if provisional else 0] -= 1
         counts[1] -= 1
         self._forget_group(group, counts)
 
     def _handshake_over(self, link: Link, closed: bool = False) -> None:
         """A connection stops counting as a handshake in progress (and, when
-        ``closed``, as a connection, or as a suspended session) of its
-        address group (network thread)."""
+        ``closed``, as a connection, a resumable one, or a provisional one)
+        of its address group (network thread)."""
         group = link.group
         if not group:  # None, or "" (exempt)
             return
@@ -594,21 +597,22 @@ class Server(Peer):
             link.group = None
             if link.provisional:
                 link.provisional = False
+                counts[3] -= 1
             else:
                 counts[0] -= 1
-                if link.held:
-                    link.held = False
-                    counts[2] -= 1
+            if link.held:
+                link.held = False
+                counts[2] -= 1
             self._forget_group(group, counts)
 
-    def _hold_place(self, link: Link) -> None:
-        """Its socket dropped and its session waits (network thread): the
-        connection keeps its place in its address group, as suspended."""
-        self._handshake_over(link)
+    def _resumable(self, link: Link, yes: bool) -> None:
+        """Count ``link`` as carrying a resumable session of its address
+        group, or no longer (network thread): a client may come back to it
+        from a full address (see :meth:`_admit`)."""
         group = link.group
-        if group and not link.held and not link.provisional:
-            link.held = True
-            self._groups[group][2] += 1
+        if group and link.held != yes and not link.provisional:
+            link.held = yes
+            self._groups[group][2] += 1 if yes else -1
 
     def _refill(self, link: Link, now: float) -> None:
         """Refill a connection's token buckets (network thread)."""
@@ -774,6 +778,7 @@ class Server(Peer):
                 session = link.session = Session(new_token(), int(self.cfg["net.session.replay_buffer"]))
                 session.link, session.owner, session.cid = link, link.owner, link.cid
                 self._sessions[session.token] = session
+                self._resumable(link, True)
             extra = {SESSION_KEY: {"token": session.token, "received": session.rx}}
         with link.chan.lock:
             link.proto.begin_handshake(self.registry.mapping(), extra)
@@ -860,7 +865,10 @@ class Server(Peer):
             self._handshake_over(old, closed=True)
         if link.provisional and link.group:  # admitted to resume: a connection of its group now
             link.provisional = False
-            self._groups[link.group][0] += 1
+            counts = self._groups[link.group]
+            counts[3] -= 1
+            counts[0] += 1
+        self._resumable(link, True)
         return True
 
     def _session_dropped(self, link: Link, session: Session, reason: str | None) -> None:
@@ -896,6 +904,8 @@ class Server(Peer):
             self.stats._add_closed(link.stats)
         if link.chan.closed:  # (a link still open is released by its _channel_closed)
             self._handshake_over(link, closed=True)
+        else:  # nothing to come back to any more
+            self._resumable(link, False)
 
     def _connection_closed(self, link: Link, reason: str | None) -> None:
         self._emit("peng3dnet:server.connection.close", {"client": link.owner, "reason": reason})
@@ -912,10 +922,7 @@ class Server(Peer):
         # A suspended session still takes a place (max_clients): it counts
         # for its address until it ends or is taken over, so one address
         # cannot fill the server with dropped sessions.
-        if keep:
-            self._hold_place(link)
-        else:
-            self._handshake_over(link, closed=True)
+        self._handshake_over(link, closed=not keep)
         self._flow.released(link)  # its buffer was released with the channel
         with self._chan_cond:
             self._open_channels -= 1

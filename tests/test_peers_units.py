@@ -1054,25 +1054,26 @@ def test_a_connection_stops_counting_as_a_handshake_then_as_a_connection_of_its_
         link = Link(None, FakeChan(), Owner(), cid)  # type: ignore[arg-type]
         link.group, link.hs_pending = group, True
         links.append(link)
-    assert s._groups[group] == [2, 2, 0]
+    assert s._groups[group] == [2, 2, 0, 0]
     s._handshake_over(links[0])  # handshaken
-    assert s._groups[group] == [2, 1, 0] and links[0].hs_pending is False and links[0].group == group
+    assert s._groups[group] == [2, 1, 0, 0] and links[0].hs_pending is False and links[0].group == group
     s._handshake_over(links[0])  # (again: counted once)
-    assert s._groups[group] == [2, 1, 0]
+    assert s._groups[group] == [2, 1, 0, 0]
     s._handshake_over(links[0], closed=True)
-    assert s._groups[group] == [1, 1, 0] and links[0].group is None
+    assert s._groups[group] == [1, 1, 0, 0] and links[0].group is None
     s._handshake_over(links[1], closed=True)  # closed during its handshake: both counts
     assert group not in s._groups and links[1].group is None and links[1].hs_pending is False
 
 
-def test_a_suspended_session_keeps_its_place_and_a_full_group_admits_only_provisionally():
-    """A connection whose session waits (_hold_place) still counts for its
-    address, as suspended; a group at its connection limit that holds
-    suspended sessions admits provisionally (a handshake, not a
-    connection: it may resume one); without suspended sessions it refuses;
-    the held place is given back when the session's link is released."""
+def test_a_full_group_admits_provisionally_only_as_many_as_its_resumable_sessions():
+    """A group at its connection limit admits a connection provisionally
+    (a handshake, not a connection: it may be a client coming back) only
+    while it has fewer provisional connections than resumable sessions
+    (live or suspended), whatever the handshake limit (here off); a
+    session that ends stops counting as resumable, and its closed link
+    gives its place back."""
     s = _server(**{"net.limits.per_address.exempt_loopback": False, "net.limits.per_address.connections": 2,
-                   "net.limits.per_address.handshakes": 3})
+                   "net.limits.per_address.handshakes": 0})
     links = []
     for cid in (1, 2):
         group, provisional = s._admit(("10.1.2.3", cid))
@@ -1081,18 +1082,25 @@ def test_a_suspended_session_keeps_its_place_and_a_full_group_admits_only_provis
         link.group, link.hs_pending = group, True
         s._handshake_over(link)
         links.append(link)
-    assert s._groups[group] == [2, 0, 0]
-    assert s._admit(("10.1.2.3", 3)) is None  # full, nothing suspended
-    s._hold_place(links[0])  # its socket dropped, its session waits
-    s._hold_place(links[0])  # (again: held once)
-    assert s._groups[group] == [2, 0, 1] and links[0].held and links[0].group == group
-    assert s._admit(("10.1.2.3", 4)) == (group, True)  # may be resuming: a handshake only
-    assert s._groups[group] == [2, 1, 1]
+    assert s._groups[group] == [2, 0, 0, 0]
+    assert s._admit(("10.1.2.3", 3)) is None  # full, nothing to come back to
+    s._resumable(links[0], True)  # a session was made on it
+    s._resumable(links[0], True)  # (again: counted once)
+    assert s._groups[group] == [2, 0, 1, 0] and links[0].held
+    assert s._admit(("10.1.2.3", 4)) == (group, True)  # may be its client coming back
+    assert s._groups[group] == [2, 1, 1, 1]
+    assert [s._admit(("10.1.2.3", 10 + i)) for i in range(50)] == [None] * 50  # one per resumable session
     s._unadmit(group, True)  # (it never became a connection)
-    assert s._groups[group] == [2, 0, 1]
-    s._handshake_over(links[0], closed=True)  # its session ended: the place is given back
-    assert s._groups[group] == [1, 0, 0] and not links[0].held and links[0].group is None
-    assert s._admit(("10.1.2.3", 5)) == (group, False)
+    assert s._groups[group] == [2, 0, 1, 0]
+    s._handshake_over(links[0])  # suspended: it keeps its place and stays resumable
+    assert s._groups[group] == [2, 0, 1, 0]
+    s._resumable(links[0], False)  # its session ended, the socket still open
+    assert s._groups[group] == [2, 0, 0, 0] and not links[0].held
+    assert s._admit(("10.1.2.3", 5)) is None
+    s._resumable(links[1], True)
+    s._handshake_over(links[1], closed=True)  # closed: its place and its resumable count given back
+    assert s._groups[group] == [1, 0, 0, 0] and not links[1].held and links[1].group is None
+    assert s._admit(("10.1.2.3", 6)) == (group, False)
 
 
 # --- Server.broadcast: each connection's on_send hook ----------------------------------------------
@@ -1448,17 +1456,43 @@ class _Replies:
         return data
 
 
-@pytest.mark.parametrize("queued, closed, closes", [(1000, False, False), (1001, False, True), (1001, True, False)])
-def test_what_the_core_answers_by_itself_is_held_to_the_write_buffer_cap(queued, closed, closes):
-    """_push: a core reply that leaves more than net.limits.write_buffer
-    queued closes the connection as a slow consumer (on the network thread,
-    soon); exactly at the cap it does not; an already closed one is left
-    alone (its closeconn waits)."""
+@pytest.mark.parametrize("queued, before, closed, after, closes", [
+    (1000, 997, False, 0, False),  # not over the cap: the count starts afresh
+    (1001, 0, False, 4, False),  # over it: our replies counted, well within their allowance
+    (1001, 996, False, 1000, False),  # exactly the allowance (as much again as the cap)
+    (1001, 997, False, 1001, True),  # one byte more: the peer sends and does not read
+    (1001, 997, True, 1001, False),  # closed already: its closeconn waits
+])
+def test_what_the_core_answers_by_itself_is_bounded_while_over_the_write_buffer_cap(queued, before, closed, after,
+                                                                                    closes):
+    """_push: the core's own replies are always written; while the buffer is
+    over net.limits.write_buffer (a large frame accepted into an empty
+    buffer, sends stopped just under the cap) they may add as much again;
+    one byte past that the connection is closed as a slow consumer (on the
+    network thread, soon)."""
     s, link, chan = _server_with_link(**{"net.limits.write_buffer": 1000, "net.limits.write_buffer_total": 0})
-    chan.out = b"x" * queued  # (what is queued after the write: FakeChan.write does not grow it)
+    chan.out = b"x" * queued  # (what is queued before the write: FakeChan.write does not grow it)
+    link.core_over = before
     link.proto = _Replies(b"pong", closed)  # type: ignore[assignment]
     soon: list = []
     s._reactor.call_soon = lambda fn, *a: soon.append((fn, a))  # type: ignore[method-assign]
     s._push(link)
-    assert chan.written == [b"pong"] and link.stats.bytes_out == 4
+    assert chan.written == [b"pong"] and link.stats.bytes_out == 4 and link.core_over == after
     assert soon == ([(s._flow.close_slow, (link,))] if closes else [])
+
+
+def test_a_frame_over_the_cap_accepted_into_an_empty_buffer_is_not_closed_by_a_core_reply():
+    """(The review's case) one frame larger than net.limits.write_buffer is
+    accepted into an empty buffer; a heartbeat echo behind it does not make
+    a reading peer a slow consumer."""
+    import os
+
+    s, link, chan = _server_with_link(**{"net.limits.write_buffer": 1000, "net.limits.write_buffer_total": 0})
+    soon: list = []
+    s._reactor.call_soon = lambda fn, *a: soon.append((fn, a))  # type: ignore[method-assign]
+    s.send_message("t:x", {"blob": os.urandom(5000)}, 7)  # accepted: the buffer was empty
+    assert chan.written and not link.proto.closed
+    chan.out = b"".join(chan.written)  # what waits while the peer reads it
+    link.proto = _Replies(b"pong")  # type: ignore[assignment]
+    s._push(link)
+    assert soon == [] and link.core_over == 4

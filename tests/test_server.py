@@ -585,7 +585,7 @@ def test_connections_per_address_count_handshaken_ones_too(net):
         p.handshake()
         peers.append(p)
     wait_for(lambda: len(active_cids(s)) == 3, what="three handshakes")
-    assert s._groups == {"127.0.0.2": [3, 0, 0]}  # three connections, no handshake in progress, none suspended
+    assert s._groups == {"127.0.0.2": [3, 0, 0, 0]}  # three connections, no handshake, none resumable or provisional
     assert _closeconn_reason(_from(s.addr))[-1] == (16, {"reason": "addresslimit"})
     good_client_works(s)
     for p in peers:
@@ -814,18 +814,42 @@ def test_dropped_sessions_from_one_address_cannot_lock_others_out(net):
         p, _ = _resumable_from(s, rec, i + 1)
         p.close()  # the socket drops: the session waits for the client
         rec.wait_for("peng3dnet:server.connection.suspended", i + 1)
-    assert len(s._links) == 2 and s._groups["127.0.0.2"] == [2, 0, 2]
+    assert len(s._links) == 2 and s._groups["127.0.0.2"] == [2, 0, 2, 0]
     p = _peer_from(s.addr)  # the address is at its limit, with suspended sessions: may resume, nothing else
     assert p.recv_packet()[0] == 1
     p.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"]})
     assert p.recv_until_close() == [(16, {"reason": "addresslimit"})]
-    wait_for(lambda: s._groups["127.0.0.2"] == [2, 0, 2], what="the provisional handshake given back")
+    wait_for(lambda: s._groups["127.0.0.2"] == [2, 0, 2, 0], what="the provisional handshake given back")
     c = make_client(s)  # another address (127.0.0.1): served
     net.clients.append(c)
     c.runAsync()
     c.process_async()
     c.wait_for_connection(10)
     assert c.close_reason is None
+
+
+@pytest.mark.timeout(60)
+def test_a_client_comes_back_from_a_full_address_while_its_old_socket_still_looks_open(net):
+    """(The review's case) the old socket died silently: the server has
+    not noticed, the session is live, not suspended.  The client comes
+    back from the same address, at its limit: let in provisionally (a
+    live resumable session counts), it resumes, and the old socket is
+    closed with "resumed"."""
+    s, rec = net.server(**{**_DROPPED, "net.limits.per_address.connections": 1})
+    old, token = _resumable_from(s, rec, 1)
+    (cid,) = active_cids(s)
+    assert s._groups["127.0.0.2"] == [1, 0, 1, 0]
+    back = _peer_from(s.addr)
+    assert back.recv_packet()[0] == 1  # the hello, not closeconn addresslimit
+    back.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"], RESUME_KEY: {"token": token, "received": 0}})
+    pid, hs = back.recv_packet()
+    assert pid == 3 and hs["peng3dnet.session"]["token"] == token
+    assert old.recv_until_close() == [(16, {"reason": "resumed"})]
+    back.send_packet(4, {"success": True})
+    rec.wait_for("peng3dnet:server.connection.resumed", 1)
+    wait_for(lambda: s._groups["127.0.0.2"] == [1, 0, 1, 0], what="the old socket's place given back")
+    assert list(s.clients) == [cid]
+    back.close()
 
 
 @pytest.mark.timeout(60)
@@ -846,7 +870,7 @@ def test_a_client_resumes_from_an_address_at_its_limit_and_an_ended_session_give
     assert pid == 3 and hs["peng3dnet.session"]["token"] == token
     back.send_packet(4, {"success": True})
     rec.wait_for("peng3dnet:server.connection.resumed", 1)
-    assert list(s.clients) == [cid] and s._groups["127.0.0.2"] == [1, 0, 0]
+    assert list(s.clients) == [cid] and s._groups["127.0.0.2"] == [1, 0, 1, 0]
     s.cfg["net.session.grace"] = 0.2  # (read when the socket drops)
     back.close()
     rec.wait_for("peng3dnet:server.connection.suspended", 2)
@@ -889,6 +913,32 @@ def test_a_peer_that_never_reads_cannot_grow_our_buffer_with_heartbeat_probes(ne
     wait_for(lambda: link.stats.bytes_in >= sent or link.proto.closed, what="the probes read")
     queued = len(link.chan.out)
     assert link.proto.closed and link.proto.close_reason == "slowconsumer", f"{queued} bytes queued, cap 1 MiB"
+
+
+@pytest.mark.timeout(60)
+def test_a_heartbeat_echo_behind_one_large_accepted_message_does_not_close_a_reading_peer(net):
+    """(The review's case, end to end) net.limits.write_buffer 256 KiB;
+    the server sends one 12 MiB message (accepted: the buffer was empty);
+    the peer sends a heartbeat probe, then reads everything: it gets the
+    message and then the echo, not closeconn slowconsumer."""
+    s, rec = net.server(**{"net.limits.write_buffer": 256 * 1024, "net.limits.write_buffer_total": 0})
+    peer = RawPeer(s.addr)
+    assert peer.recv_packet()[0] == 1
+    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["heartbeat"]})
+    assert peer.recv_packet()[0] == 3
+    peer.send_packet(4, {"success": True})
+    (cid,) = active_cids(s)
+    link = s._links[cid]
+    wait_for(lambda: link.proto.is_open and "heartbeat" in link.proto.negotiated, what="handshaken")
+    s.send_message("test:echo", os.urandom(12 << 20), cid)
+    before = link.stats.bytes_in
+    probe = encode_frame(32, 0, msgpack.packb(b"probe"))
+    peer.send(probe)
+    wait_for(lambda: link.stats.bytes_in >= before + len(probe), what="the probe read")
+    got = []
+    while not got or got[-1] not in (16, 32):
+        got.append(peer.recv_packet()[0])
+    assert got[-1] == 32 and link.proto.close_reason is None, (got, link.proto.close_reason)
 
 
 _EMFILE_SERVER = r"""
