@@ -360,3 +360,44 @@ def test_render_view_interpolates_again_right_after_switching_to_a_newer_synced_
         fresh_c.deliver(snapshot(tick, {"b": {"x": float(tick)}}))
     assert fresh.render_view(start + 0.925) == {"b": {"x": pytest.approx(16.5)}}
     assert sc.render_view(start + 0.925) == {"b": {"x": pytest.approx(16.5)}}
+
+
+def test_reset_forgets_the_timeline_so_a_room_whose_ticks_are_ahead_interpolates_at_once():
+    """reset() (a room change the ticks cannot show: the new room's ticks
+    are ahead of the old one's): the view, the states, the render buffer,
+    the clock estimate and the inputs sent to the old server are
+    forgotten; the new room's snapshots are drawn as a fresh SyncClient
+    draws them."""
+    clock = Clock()
+    c = FakeClient()
+    sc = SyncClient(c, clock=clock, predict=move)
+    for tick in range(1, 21):  # room one, ticks 1..20
+        feed(c, sc, clock, tick, {"a": {"x": float(tick)}})
+    sc.send_input({"dx": 1, "dt": 0.1})  # sent to room one's server, never applied
+    sc.reset()
+    assert (sc.tick, sc.view, sc.own, sc.authoritative()) == (-1, {}, None, (-1, {}))
+    assert not sc._states and not sc._buffer and sc._offset is None and not sc._pending and not sc._pred_by_seq
+    assert sc.render_view(clock.now) == {}
+    start = clock.now
+    fresh_c = FakeClient()
+    fresh = SyncClient(fresh_c, clock=Clock(start), predict=move)
+    for tick in range(500, 520):  # room two, its ticks ahead of room one's
+        clock.now = fresh.clock.now = start + (tick - 499) / 20
+        c.deliver(snapshot(tick, {"b": {"x": float(tick)}}))
+        fresh_c.deliver(snapshot(tick, {"b": {"x": float(tick)}}))
+    at = start + 0.925
+    assert fresh.render_view(at) == {"b": {"x": pytest.approx(515.5)}}
+    assert sc.render_view(at) == fresh.render_view(at)
+
+
+def test_a_tick_that_goes_back_also_forgets_the_inputs_sent_to_the_old_server():
+    c = FakeClient()
+    sc = SyncClient(c, predict=move)
+    v = {"me": {"x": 0.0, "y": 0.0}}
+    for tick in (7, 8):
+        c.deliver(snapshot(tick, v, ai=None))
+    sc.send_input({"dx": 1, "dt": 0.1})
+    assert [s for s, _ in sc._pending] == [1] and sc.predicted_own() == {"x": 10.0, "y": 0.0}
+    c.deliver(snapshot(1, v, ai=None))  # another server's timeline
+    assert sc.tick == 1 and not sc._pending and not sc._pred_by_seq
+    assert sc.predicted_own() == {"x": 0.0, "y": 0.0}  # not replayed on the new room's state

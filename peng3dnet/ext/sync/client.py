@@ -157,6 +157,32 @@ class SyncClient:
         client.register_packet(SNAPSHOT_PACKET, _SnapshotPacket(client.registry, client, self))
         client.register_packet(INPUT_PACKET, Packet(client.registry, client))
 
+    def reset(self) -> None:
+        """Forget the current server's timeline: the states, the render
+        buffer, the clock estimate, the view and the inputs not yet
+        applied.  Call it when the client moves to another room (another
+        ``SyncServer``): the next snapshot starts a new timeline, so
+        interpolation goes on at once.  (A snapshot whose tick is not after
+        the last one does this by itself; a room whose ticks are ahead of
+        the old one's cannot be told apart without it.)
+
+        Thread safety: any thread.
+        """
+        with self.lock:
+            self._forget_timeline()
+            self.tick = -1
+            self.view = {}
+            self.own = None
+
+    def _forget_timeline(self) -> None:
+        """(lock held) What belongs to one server's timeline."""
+        self._states.clear()
+        self._buffer.clear()
+        self._offset = None
+        self._pending.clear()  # sent to the old server: never applied by the new one
+        self._pred_by_seq.clear()
+        self._predicted = None
+
     def close(self) -> None:
         """Stop applying snapshots (the packets stay registered; later
         snapshots are ignored).
@@ -199,11 +225,8 @@ class SyncClient:
                 return
             if tick <= self.tick:
                 # The ticks went back: another server's timeline (a room
-                # joined, a server restarted).  What was buffered and the
-                # clock offset belong to the old one: start afresh.
-                self._states.clear()
-                self._buffer.clear()
-                self._offset = None
+                # joined, a server restarted): start afresh.
+                self._forget_timeline()
             self._states[tick] = view
             for old in [t for t in self._states if t <= tick - self.history]:
                 del self._states[old]
