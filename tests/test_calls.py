@@ -190,14 +190,16 @@ def test_a_call_without_a_timeout_uses_net_timeout_call(net):
     s.runAsync()
     s.process_async()
     c = _client(net, s, **{"net.timeout.call": 0.3})
-    t0 = time.monotonic()
-    fut = c.call_async("calc:info", "slow")
-    exc = fut.exception(10)
-    took = time.monotonic() - t0
-    assert isinstance(exc, errors.TimedOutError)
-    assert re.fullmatch(r"call \d+ got no reply within 0\.3 s", str(exc)), str(exc)
-    assert 0.3 <= took < 2.3, took
-    gate.set()
+    try:
+        t0 = time.monotonic()
+        fut = c.call_async("calc:info", "slow")
+        exc = fut.exception(10)
+        took = time.monotonic() - t0
+        assert isinstance(exc, errors.TimedOutError)
+        assert re.fullmatch(r"call \d+ got no reply within 0\.3 s", str(exc)), str(exc)
+        assert 0.3 <= took < 2.3, took  # (issue #17: a time-out fires within it plus a stated slack)
+    finally:
+        gate.set()
 
 
 def test_a_call_with_timeout_zero_waits_for_its_answer(net):

@@ -217,8 +217,9 @@ class _Sink(Packet):
 
 class _GatedSink(_Sink):
     """A _Sink whose first receive waits (at most 20 s) for ``gate``: the
-    server stops taking, its inbox fills and its reading pauses, so the
-    sender's buffer must grow (on a fast machine it may never have)."""
+    server stops taking, its inbox fills (a server with a small
+    net.limits.recv_queue) and its reading pauses, so the sender's buffer
+    must grow (on a fast machine it may never have)."""
 
     def __init__(self, reg, peer, obj=None):
         super().__init__(reg, peer, obj)
@@ -248,7 +249,7 @@ def test_a_burst_sent_from_the_polling_thread_is_slowed_not_cut_off(net, send_ti
     one frame of the loop went over net.limits.write_buffer and the client
     closed its own connection with 'slowconsumer'."""
     n, size = 40, 1 << 20
-    s, rec = net.server(packets={"test:sink": _GatedSink})
+    s, rec = net.server(packets={"test:sink": _GatedSink}, **{"net.limits.recv_queue": 4})
     sink = s.registry.get_obj("test:sink")
     sink.want = n
     c = _polled_client(s, **{"net.timeout.send": send_timeout})
