@@ -1,0 +1,44 @@
+"""Bug hunt 3: rooms under a directory outage."""
+
+from __future__ import annotations
+
+import pytest
+
+from peng3dnet import errors
+from peng3dnet.ext.rooms import LocalPresence, Room
+from tests.rooms import room_client, room_server
+
+
+class FlakyPresence(LocalPresence):
+    """A LocalPresence whose reserve_seat fails as a Redis outage does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def reserve_seat(self, room_id, seat_id, ttl, info=None):
+        if self.down:
+            raise errors.NetworkError("redis at redis://x: ConnectionError: down")
+        return super().reserve_seat(room_id, seat_id, ttl, info)
+
+
+class Big(Room):
+    max_clients = 4
+
+
+@pytest.mark.timeout(30)
+def test_a_join_by_kind_during_a_directory_outage_says_the_directory_is_unavailable(net):
+    presence = FlakyPresence()
+    rooms = room_server(net, presence, Big)
+    try:
+        _c1, rc1 = room_client(net, rooms.server.addr)
+        assert rc1.join(kind="arena")["clients"] == 1  # a room of the kind with free seats
+        _c2, rc2 = room_client(net, rooms.server.addr)
+        presence.down = True
+        with pytest.raises(errors.RemoteCallError) as info:
+            rc2.join(kind="arena", timeout=10)
+        assert "the directory is unavailable" in str(info.value), str(info.value)
+        assert rooms.stats["refused"] == 1
+    finally:
+        presence.down = False
+        rooms.stop()
