@@ -1,0 +1,36 @@
+"""Bug hunt 3: the event bus and the main-thread dispatcher."""
+
+from __future__ import annotations
+
+import pytest
+
+from peng3dnet import events
+from peng3dnet.events import MainThreadDispatcher
+
+
+@pytest.mark.timeout(10)
+def test_a_dispatcher_handler_never_runs_after_its_unsubscribe_returned():
+    disp = MainThreadDispatcher()
+    calls: list = []
+
+    def on_b(event, data):
+        calls.append(("b", data["n"]))
+
+    def on_a(event, data):
+        calls.append(("a", data["n"]))
+        disp.unsubscribe("peng3dnet:test.hunt3", on_b)  # e.g. the scene that owns on_b closes
+
+    disp.subscribe("peng3dnet:test.hunt3", on_a)
+    disp.subscribe("peng3dnet:test.hunt3", on_b)
+    try:
+        for n in (1, 2):
+            events.emit("peng3dnet:test.hunt3", None, {"n": n})
+        order = [h for h, _ in calls]  # nothing ran yet: queued until pump
+        assert order == []
+        disp.pump()
+        # on_a's first call unsubscribed on_b: on_b may have run before it
+        # (same event), but never after the unsubscribe returned.
+        first_a = calls.index(("a", 1))
+        assert [c for c in calls[first_a + 1:] if c[0] == "b"] == [], calls
+    finally:
+        disp.close()
