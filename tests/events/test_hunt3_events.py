@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from peng3dnet import events
@@ -34,3 +36,21 @@ def test_a_dispatcher_handler_never_runs_after_its_unsubscribe_returned():
         assert [c for c in calls[first_a + 1:] if c[0] == "b"] == [], calls
     finally:
         disp.close()
+
+
+@pytest.mark.timeout(10)
+def test_a_weak_subscription_goes_when_its_object_dies():
+    class Scene:
+        def on_event(self, event, data):
+            pass
+
+    before = len(events.bus._subs)
+    scene = Scene()
+    events.subscribe("peng3dnet:test.hunt3weak", scene.on_event, weak=True)
+    assert events.has_receivers("peng3dnet:test.hunt3weak")
+    del scene
+    gc.collect()
+    # README/bus doc: "a bound method is then dropped when its object dies,
+    # and the subscription with it" (no event of that name was emitted).
+    assert not events.has_receivers("peng3dnet:test.hunt3weak")
+    assert len(events.bus._subs) == before
