@@ -1,0 +1,51 @@
+"""Bug hunt 3: the command line against hostile LAN answers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import msgpack
+import pytest
+
+from tests.test_cli import cli
+
+
+class FakeResponder:
+    """Answers every discovery query on loopback with ``answer`` (a hostile LAN host)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            try:
+                data, addr = self.sock.recvfrom(64)
+            except OSError:
+                continue
+            if data == b"peng3dnet?":
+                self.sock.sendto(self.answer, addr)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.timeout(60)
+def test_discover_json_survives_an_answer_with_a_bytes_key():
+    fake = FakeResponder(msgpack.packb({"port": 9, "name": "lan", b"evil": 1}))
+    try:
+        out = cli("discover", "--addr", "127.0.0.1", "--port", str(fake.port), "--timeout", "1", "--json")
+    finally:
+        fake.close()
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 1 and '"port": 9' in out.stdout, out.stdout
