@@ -49,3 +49,22 @@ def test_discover_json_survives_an_answer_with_a_bytes_key():
     assert "Traceback" not in out.stderr, out.stderr
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 1 and '"port": 9' in out.stdout, out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_ping_json_survives_ping_data_with_an_integer_key():
+    from peng3dnet.ext.ping import PingableServerMixin
+    from peng3dnet.net import Server
+
+    class S(PingableServerMixin, Server):
+        pingdata = {"name": "odd", 1: "one"}  # any server's ping data: msgpack allows int keys
+
+    s = S(addr=("127.0.0.1", 0))
+    s.runAsync()
+    try:
+        out = cli("ping", f"127.0.0.1:{s.addr[1]}", "--json", "--timeout", "10")
+    finally:
+        s.shutdown(timeout=5)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 1 and '"name": "odd"' in out.stdout, out.stdout
