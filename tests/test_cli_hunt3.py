@@ -68,3 +68,16 @@ def test_ping_json_survives_ping_data_with_an_integer_key():
     assert "Traceback" not in out.stderr, out.stderr
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.splitlines()) == 1 and '"name": "odd"' in out.stdout, out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_discover_prints_one_line_per_server_whatever_its_name():
+    forged = "x\n10.6.6.6:8080  peng3dnet 0.9.9  name=forged"
+    fake = FakeResponder(msgpack.packb({"port": 9, "name": forged}))
+    try:
+        out = cli("discover", "--addr", "127.0.0.1", "--port", str(fake.port), "--timeout", "1")
+    finally:
+        fake.close()
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("127.0.0.1:9  "), out.stdout
