@@ -36,3 +36,42 @@ def test_stop_during_a_redis_outage_with_a_subscribed_channel_completes(redis_ns
         assert rooms._channels == set()
     finally:
         presence.close()
+
+
+@pytest.mark.timeout(60)
+def test_subscribe_retried_after_a_redis_outage_delivers_messages(redis_ns, net):
+    import threading
+
+    from peng3dnet import errors, events
+
+    url, ns = redis_ns
+    proxy, purl = _proxied(url)
+    real_target = proxy.target
+    presence = RedisPresence(purl, ns)
+    direct = RedisPresence(url, ns)
+    got = threading.Event()
+
+    def on_msg(event, data):
+        if data["channel"] == "chat" and data["data"] == "hello":
+            got.set()
+
+    try:
+        rooms = room_server(net, presence, Room)
+        events.subscribe("peng3dnet:cluster.message", on_msg, sender=rooms.server)
+        port = proxy.addr[1]
+        proxy.stop()  # Redis unreachable (connections refused)
+        with pytest.raises(errors.NetworkError):
+            rooms.subscribe("chat")  # documented: Redis errors raise NetworkError
+        proxy = LagProxy(("127.0.0.1", port), real_target).start()  # Redis is back, same address
+        rooms.subscribe("chat")  # the program retries
+        for _ in range(50):  # Redis pub/sub keeps nothing: publish until heard (5 s)
+            direct.publish("chat", "hello")
+            if got.wait(0.1):
+                break
+        assert got.is_set(), "subscribed again after the outage, but no message on the channel arrives"
+    finally:
+        events.unsubscribe("peng3dnet:cluster.message", on_msg, sender=rooms.server)
+        rooms.stop()
+        direct.close()
+        presence.close()
+        proxy.stop()
