@@ -42,3 +42,26 @@ def test_a_join_by_kind_during_a_directory_outage_says_the_directory_is_unavaila
     finally:
         presence.down = False
         rooms.stop()
+
+
+class Duo(Room):
+    max_clients = 2
+
+
+@pytest.mark.timeout(30)
+def test_a_matchmake_refused_for_oversized_options_keeps_no_seat_reserved(net):
+    from peng3dnet.ext.rooms import Lobby
+
+    presence = LocalPresence()
+    secret = b"s" * 32
+    rooms = room_server(net, presence, Duo, secret=secret)
+    try:
+        lobby = Lobby(presence, secret)
+        for _ in range(2):  # a player's request with options too large for a token
+            with pytest.raises(ValueError):
+                lobby.matchmake("arena", options={"blob": "x" * 5000}, room="red")
+        # the two seats of "red" must still be free for real players
+        t = lobby.matchmake("arena", room="red")
+        assert t["room"] == "red"
+    finally:
+        rooms.stop()
