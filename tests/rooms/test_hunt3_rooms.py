@@ -65,3 +65,25 @@ def test_a_matchmake_refused_for_oversized_options_keeps_no_seat_reserved(net):
         assert t["room"] == "red"
     finally:
         rooms.stop()
+
+
+@pytest.mark.timeout(30)
+def test_room_names_placed_by_the_lobby_are_bounded_like_direct_joins(net):
+    from peng3dnet.ext.rooms import Lobby
+
+    presence = LocalPresence()
+    secret = b"s" * 32
+    rooms = room_server(net, presence, Duo, secret=secret)
+    try:
+        lobby = Lobby(presence, secret)
+        bad = "x" * 65 + " ../\n"
+        try:
+            t = lobby.matchmake("arena", room=bad)
+        except (ValueError, errors.Peng3dNetError):
+            return  # refused by the lobby: fine
+        _c, rc = room_client(net, t["addr"])
+        with pytest.raises(errors.RemoteCallError):
+            rc.join(seat=t["token"], timeout=10)  # README: names are 1-64 letters, digits and _ . : -
+        assert bad not in rooms.rooms
+    finally:
+        rooms.stop()
