@@ -75,3 +75,45 @@ def test_subscribe_retried_after_a_redis_outage_delivers_messages(redis_ns, net)
         direct.close()
         presence.close()
         proxy.stop()
+
+
+class Ticker(Room):
+    auto_dispose = False
+    ticks = 0
+
+    def on_tick(self, dt):
+        type(self).ticks += 1
+
+
+@pytest.mark.timeout(60)
+def test_rooms_keep_ticking_while_redis_does_not_answer(redis_ns, net):
+    import threading
+    import time
+
+    from peng3dnet.ext.rooms import RoomServer
+    from peng3dnet.net import Server
+
+    url, ns = redis_ns
+    proxy, purl = _proxied(url)
+    presence = RedisPresence(purl, ns)
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+    net.servers.append(s)
+    rooms = RoomServer(s, presence, tick_rate=20, ttl=0.6)  # a directory refresh every 0.2 s
+    rooms.define("arena", Ticker)
+    s.runAsync()
+    try:
+        rooms.create("arena", "lobby-1")
+        rooms.start()
+        proxy.stall(4.0)  # Redis stops answering (a partition): nothing refused, nothing answered
+        start, t0 = Ticker.ticks, time.monotonic()
+        deadline = t0 + 3.0
+        idle = threading.Event()
+        while time.monotonic() < deadline and Ticker.ticks - start < 20:
+            idle.wait(0.05)  # (polling a counter; the bound is the deadline)
+        got = Ticker.ticks - start
+        # 20 Hz: about 60 ticks in 3 s; the directory being slow must not stop the game
+        assert got >= 20, f"only {got} ticks in {time.monotonic() - t0:.1f} s while Redis stalled"
+    finally:
+        proxy.stop()
+        rooms.stop()  # (Redis refused now: each call fails at once, logged)
+        presence.close()
