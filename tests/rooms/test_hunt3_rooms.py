@@ -87,3 +87,30 @@ def test_room_names_placed_by_the_lobby_are_bounded_like_direct_joins(net):
         assert bad not in rooms.rooms
     finally:
         rooms.stop()
+
+
+class HostedRoom(Room):
+    """Closes when its first member (the host) leaves: a common pattern."""
+
+    auto_dispose = False
+    max_clients = 4
+
+    def on_leave(self, client):
+        if client is not None and client.cid == min([client.cid, *self.members]):
+            self.rooms.dispose(self)
+
+
+@pytest.mark.timeout(30)
+def test_a_room_disposed_from_on_leave_does_not_come_back_in_the_directory(net):
+    presence = LocalPresence()
+    rooms = room_server(net, presence, HostedRoom)
+    try:
+        _h, host = room_client(net, rooms.server.addr)
+        _g, guest = room_client(net, rooms.server.addr)
+        assert host.join("party", kind="arena")["clients"] == 1
+        assert guest.join("party")["clients"] == 2
+        assert host.leave(timeout=10) is True  # the host leaves: on_leave disposes the room
+        assert "party" not in rooms.rooms
+        assert [r["id"] for r in presence.rooms()] == [], presence.rooms()
+    finally:
+        rooms.stop()
