@@ -8,7 +8,7 @@ from typing import Any
 
 from ...errors import Peng3dNetError
 from .presence import Presence
-from .tokens import Seat, make_token
+from .tokens import Seat, make_token, valid_room_name
 
 __all__ = ["Lobby", "NoServerError"]
 
@@ -46,7 +46,12 @@ class Lobby:
 
         Raises:
             NoServerError: No live server offers ``kind`` (or ``room`` is full).
+            ValueError: ``room`` is not a room name (1-64 characters of
+                letters, digits and ``_ . : -``), or ``options`` make a token
+                over its size limit (the seat is released again).
         """
+        if room is not None and not valid_room_name(room):
+            raise ValueError("room names are 1-64 characters of letters, digits, and _ . : -")
         servers = {sid: s for sid, s in self.presence.servers().items() if kind in (s.get("kinds") or {})}
         if not servers:
             raise NoServerError(f"no live server offers rooms of kind {kind!r}")
@@ -96,5 +101,11 @@ class Lobby:
         return self._ticket(name, sid, seat_id, kind, options, servers[sid]["addr"])
 
     def _ticket(self, room: str, server: str, seat: str, kind: str, options: Any, addr: str) -> dict[str, Any]:
-        token = make_token(self.secret, Seat(room, server, seat, kind, time.time() + self.seat_ttl, options or {}))
+        """The ticket for a seat reserved; the seat is released again when
+        no token can be made of it (options too large or not msgpack)."""
+        try:
+            token = make_token(self.secret, Seat(room, server, seat, kind, time.time() + self.seat_ttl, options or {}))
+        except (ValueError, TypeError):
+            self.presence.release_seat(room, seat)
+            raise
         return {"addr": addr, "token": token, "room": room, "server": server, "kind": kind}

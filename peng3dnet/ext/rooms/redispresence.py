@@ -203,12 +203,11 @@ class RedisPresence(Presence):
 
     def subscribe(self, channel: str, callback: Callable[[str, Any], None]) -> None:
         with self._lock:
-            first = channel not in self._subs
-            self._subs.setdefault(channel, []).append(callback)
             if self._pubsub is None:
                 self._pubsub = self.r.pubsub(ignore_subscribe_messages=True)
-            if first:
+            if channel not in self._subs:  # (recorded once subscribed: a failure is retried by the next call)
                 self._call(self._pubsub.subscribe, self._k("ch", channel))
+            self._subs.setdefault(channel, []).append(callback)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._listen, name="peng3dnet presence", daemon=True)
                 self._thread.start()
@@ -219,7 +218,7 @@ class RedisPresence(Presence):
             if callback in subs:
                 subs.remove(callback)
             if not subs and channel in self._subs:
-                del self._subs[channel]
+                del self._subs[channel]  # (forgotten here whatever Redis says: no callback to deliver to)
                 if self._pubsub is not None:
                     self._call(self._pubsub.unsubscribe, self._k("ch", channel))
 

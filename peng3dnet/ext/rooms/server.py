@@ -24,7 +24,7 @@ from ...packet import Packet
 from ...userlog import report_user_error
 from ..sync import INPUT_PACKET, SNAPSHOT_PACKET, SyncServer
 from .presence import LocalPresence, Presence
-from .tokens import Seat, TokenError, read_token
+from .tokens import Seat, TokenError, read_token, valid_room_name
 
 __all__ = ["Room", "RoomServer", "JOIN_PACKET", "LEAVE_PACKET", "CLUSTER_EVENT"]
 
@@ -36,11 +36,7 @@ LEAVE_PACKET = "peng3dnet:rooms.leave"
 CLUSTER_EVENT = "peng3dnet:cluster.message"
 
 
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
-
-
-def _valid_name(name: str) -> bool:
-    return 0 < len(name) <= 64 and all(ch in _NAME_CHARS for ch in name)
+_valid_name = valid_room_name
 
 
 class Room:
@@ -205,6 +201,8 @@ class RoomServer:
                 raise CallError(f"no rooms of kind {kind!r} here")
             explicit = name is not None
             name = name or f"{kind}-{uuid.uuid4().hex[:8]}"
+            if not _valid_name(name):  # (every way in: a direct join, a lobby's seat, the program)
+                raise CallError("room names are 1-64 characters of letters, digits, and _ . : -")
             if name in self.rooms:
                 raise CallError(f"room {name!r} exists")
             elsewhere = [r for r in self.presence.rooms() if r["id"] == name and r.get("server") != self.server_id] \
@@ -316,11 +314,10 @@ class RoomServer:
                         if self._room_of.get(cid) is r:
                             room = r
                             break
-                        own_seat = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
-                        if self.presence.reserve_seat(r.name, own_seat, 30.0):
-                            room = r
+                        token = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
+                        if self.presence.reserve_seat(r.name, token, 30.0):
+                            room, own_seat = r, token  # (set once reserved: a failed reservation has none to release)
                             break
-                        own_seat = None
                     if room is None:
                         room = made = self.create(kind, None, options)
                 else:
@@ -383,7 +380,9 @@ class RoomServer:
         except Exception:
             report_user_error("! rooms: on_leave of %s raised", room.name)
         self.server.sendEvent("peng3dnet:room.leave", {"room": room, "client": client})
-        if not room.members and room.auto_dispose and self.rooms.get(room.name) is room:
+        if self.rooms.get(room.name) is not room:
+            pass  # disposed meanwhile (by its on_leave, or a room.leave handler): not published again
+        elif not room.members and room.auto_dispose:
             self._dispose(room)
         else:
             self._publish_room(room)
@@ -423,8 +422,8 @@ class RoomServer:
         ``peng3dnet:cluster.message`` events ``{channel, data}`` of this
         server (on the presence's thread)."""
         if channel not in self._channels:
+            self.presence.subscribe(channel, self._on_message)  # (raises in an outage: not recorded, retry later)
             self._channels.add(channel)
-            self.presence.subscribe(channel, self._on_message)
 
     def _on_message(self, channel: str, data: Any) -> None:
         self.server.sendEvent(CLUSTER_EVENT, {"channel": channel, "data": data})
@@ -454,7 +453,10 @@ class RoomServer:
             for room in list(self.rooms.values()):
                 self.dispose(room)
         for channel in list(self._channels):
-            self.presence.unsubscribe(channel, self._on_message)
+            try:
+                self.presence.unsubscribe(channel, self._on_message)
+            except Peng3dNetError as exc:  # (a directory outage: we leave anyway)
+                log.warning("rooms: cannot unsubscribe from %s: %s", channel, exc)
         self._channels.clear()
         try:
             self.presence.unregister_server(self.server_id)

@@ -23,6 +23,15 @@ MAX_TOKEN = 4096
 """Largest token accepted (and made)."""
 
 
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+
+
+def valid_room_name(name: Any) -> bool:
+    """Whether ``name`` is a room name: 1-64 characters of letters, digits
+    and ``_ . : -``."""
+    return isinstance(name, str) and 0 < len(name) <= 64 and all(ch in _NAME_CHARS for ch in name)
+
+
 class TokenError(ValueError):
     """A token that is malformed, forged or expired (the message says which)."""
 
