@@ -104,6 +104,25 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _TerminatedError()
 
 
+# --- what a server says, shown safely --------------------------------------------------------------
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with every map key a string (msgpack allows int and bytes
+    keys, JSON does not; a hostile answer must not crash the output)."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else repr(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _printable(value: Any) -> str:
+    """``str(value)`` with control characters escaped: one server, one line,
+    no terminal escapes from the network."""
+    text = str(value)
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 # --- ping -----------------------------------------------------------------------------------------
 
 def _cmd_ping(args: argparse.Namespace) -> int:
@@ -119,7 +138,7 @@ def _cmd_ping(args: argparse.Namespace) -> int:
         raise _UserError(f"cannot ping {_fmt_addr(addr)}: {exc}") from exc
     info = {"address": _fmt_addr(addr), **reply}
     if args.json:
-        print(json.dumps(info, default=repr, sort_keys=True), flush=True)
+        print(json.dumps(_jsonable(info), default=repr, sort_keys=True), flush=True)
         return 0
     rows: list[tuple[str, str]] = [("address", info["address"])]
     delay = info.get("delay")
@@ -127,9 +146,9 @@ def _cmd_ping(args: argparse.Namespace) -> int:
         rows.append(("delay", f"{delay * 1000:.1f} ms"))
     ver = info.get("peng3dnet")
     if isinstance(ver, dict):
-        rows.append(("version", f"{ver.get('version', '?')} (protocol {ver.get('protoversion', '?')})"))
+        rows.append(("version", _printable(f"{ver.get('version', '?')} (protocol {ver.get('protoversion', '?')})")))
     skip = {"address", "delay", "peng3dnet", "oldmsg", "recvtime"}
-    rows += [(str(k), str(v)) for k, v in sorted(info.items(), key=lambda kv: str(kv[0])) if k not in skip]
+    rows += [(_printable(k), _printable(v)) for k, v in sorted(info.items(), key=lambda kv: str(kv[0])) if k not in skip]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -141,12 +160,12 @@ def _cmd_ping(args: argparse.Namespace) -> int:
 
 def _server_line(info: dict[str, Any], as_json: bool) -> str:
     if as_json:
-        return json.dumps(info, default=repr, sort_keys=True)
-    parts = [_fmt_addr((info.get("host"), info.get("port")))]
+        return json.dumps(_jsonable(info), default=repr, sort_keys=True)
+    parts = [_printable(_fmt_addr((info.get("host"), info.get("port"))))]
     ver = info.get("peng3dnet")
     if isinstance(ver, dict):
-        parts.append(f"peng3dnet {ver.get('version', '?')}")
-    parts += [f"{k}={v}" for k, v in sorted(info.items(), key=lambda kv: str(kv[0]))
+        parts.append(f"peng3dnet {_printable(ver.get('version', '?'))}")
+    parts += [f"{_printable(k)}={_printable(v)}" for k, v in sorted(info.items(), key=lambda kv: str(kv[0]))
               if k not in ("host", "port", "peng3dnet")]
     return "  ".join(parts)
 

@@ -1,4 +1,4 @@
-"""Bug hunt 3: the command line against hostile LAN answers."""
+"""The command line against hostile LAN answers and ping data (found by a bug hunt)."""
 
 from __future__ import annotations
 
