@@ -63,10 +63,19 @@ class _Subscription:
         self._strong: Handler | None = None
         self._ref: Callable[[], Handler | None] | None = None
         if weak:
+            # Dropped with its object, at once (not at the next event it
+            # matches): the weak reference's callback removes it.
+            me = weakref.ref(self)
+
+            def gone(_ref: Any) -> None:
+                sub = me()
+                if sub is not None:
+                    _remove(sub)
+
             if hasattr(handler, "__self__") and hasattr(handler, "__func__"):
-                self._ref = weakref.WeakMethod(handler)  # type: ignore[arg-type]
+                self._ref = weakref.WeakMethod(handler, gone)  # type: ignore[arg-type]
             else:
-                self._ref = weakref.ref(handler)
+                self._ref = weakref.ref(handler, gone)
         else:
             self._strong = handler
 

@@ -50,13 +50,16 @@ class MainThreadDispatcher:
         """Servers/Clients processed by every :meth:`pump`."""
         self.poll = poll
         """Whether :meth:`pump` polls the peers (see the class arguments)."""
-        self._queue: deque[tuple[Handler, str, dict[str, Any]]] = deque()
+        # (handler, event, data, live): ``live`` is the subscription's
+        # one-item list, [False] once unsubscribed (its queued calls are
+        # skipped), or None (the peng forwarder).
+        self._queue: deque[tuple[Handler, str, dict[str, Any], list[bool] | None]] = deque()
         if peng_events:
             for peer in self.peers:
                 peng = peer.peng
                 if peng is not None:
                     peer.set_peng_forwarder(self._peng_forwarder(peng))
-        self._subs: list[tuple[str, Any, Any]] = []
+        self._subs: list[tuple[str, Any, Any, Any, list[bool]]] = []
         self._clock: Any = None
 
     def subscribe(self, pattern: str, handler: Handler | None = None, *, sender: Any = ANY) -> Any:
@@ -71,11 +74,12 @@ class MainThreadDispatcher:
             return lambda func: self.subscribe(pattern, func, sender=sender)
         queue = self._queue
         target: Handler = handler
+        live = [True]
 
         def enqueue(event: str, data: dict[str, Any]) -> None:
-            queue.append((target, event, data))
+            queue.append((target, event, data, live))
 
-        self._subs.append((pattern, enqueue, sender, handler))  # type: ignore[arg-type]
+        self._subs.append((pattern, enqueue, sender, handler, live))  # type: ignore[arg-type]
         subscribe(pattern, enqueue, sender=sender)
         return handler
 
@@ -86,9 +90,10 @@ class MainThreadDispatcher:
         """
         removed = False
         for entry in list(self._subs):
-            pat, enqueue, snd, orig = entry  # type: ignore[misc]
+            pat, enqueue, snd, orig, live = entry  # type: ignore[misc]
             if pat == pattern and orig == handler and snd is sender:
                 unsubscribe(pat, enqueue, sender=snd)
+                live[0] = False  # its calls still queued do not run
                 self._subs.remove(entry)
                 removed = True
         return removed
@@ -98,7 +103,7 @@ class MainThreadDispatcher:
         send = peng.sendEvent
 
         def forward(event: str, data: dict[str, Any]) -> None:
-            queue.append((send, event, data))  # sendEvent(event, data) inside pump()
+            queue.append((send, event, data, None))  # sendEvent(event, data) inside pump()
 
         return forward
 
@@ -129,9 +134,11 @@ class MainThreadDispatcher:
         n = 0
         while max_events is None or n < max_events:
             try:
-                handler, event, data = queue.popleft()
+                handler, event, data, live = queue.popleft()
             except IndexError:
                 break
+            if live is not None and not live[0]:  # unsubscribed since it was queued
+                continue
             n += 1
             try:
                 handler(event, data)
@@ -179,8 +186,9 @@ class MainThreadDispatcher:
     def close(self) -> None:
         """Detach and remove every subscription of this dispatcher."""
         self.detach()
-        for pat, enqueue, snd, _orig in self._subs:  # type: ignore[misc]
+        for pat, enqueue, snd, _orig, live in self._subs:  # type: ignore[misc]
             unsubscribe(pat, enqueue, sender=snd)
+            live[0] = False
         self._subs.clear()
         self._queue.clear()
         for peer in self.peers:

@@ -1,4 +1,6 @@
-"""Bug hunt 3: the event bus and the main-thread dispatcher."""
+"""Unsubscribing: a main-thread dispatcher never runs a handler after its
+unsubscribe returned; a weak subscription goes with its object (found by a
+bug hunt)."""
 
 from __future__ import annotations
 
