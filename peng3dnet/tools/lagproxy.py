@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 _CHUNK = 65536
 """The most bytes read from a socket at a time."""
 
+HOLD_MIN = 4 * 1024 * 1024
+"""Bytes a pipe holds at least (in flight and waiting to be written)
+before it stops reading its sender: the proxy pushes back like a network
+(TCP) instead of taking everything into memory; with a bandwidth, one
+second of it if that is more."""
+
 
 def _nothing(mask: int) -> None:
     """A channel's callback until its pipe exists."""
@@ -47,7 +53,7 @@ class _Pipe:
     """One direction: src -> dst (two channels; the bytes in flight to
     ``dst`` wait in ``dst.out``)."""
 
-    __slots__ = ("src", "dst", "last_due", "peer", "closed_src")
+    __slots__ = ("src", "dst", "last_due", "peer", "closed_src", "inflight", "held", "stalled")
 
     def __init__(self, src: Channel, dst: Channel) -> None:
         self.src = src
@@ -55,6 +61,9 @@ class _Pipe:
         self.last_due = 0.0
         self.peer: _Pipe | None = None
         self.closed_src = False
+        self.inflight = 0  # bytes read from src, not yet handed to dst.out
+        self.held = False  # reading from src paused: too much in flight (back-pressure)
+        self.stalled: list[bytes] | None = None  # chunks that came due during a stall, in order
 
 
 class LagProxy:
@@ -96,6 +105,7 @@ class LagProxy:
         self.delay = delay
         self.jitter = jitter
         self.bandwidth = bandwidth
+        self._hold = max(HOLD_MIN, int(bandwidth))  # (see HOLD_MIN)
         self._rng = random.Random(seed)
         host, port = normalize_addr_socketstyle(listen, 0)[:2]
         self._listener = Listener(host, port)
@@ -213,15 +223,41 @@ class LagProxy:
                 due = max(due, pipe.last_due + len(chunk) / self.bandwidth)
             due = max(due, pipe.last_due, self._stall_until)  # keep TCP order; wait out a stall
             pipe.last_due = due
+            pipe.inflight += len(chunk)
             if not chunk:
                 pipe.closed_src = True
                 src.paused = True  # read no more from it
+                src.update_interest()
+            elif pipe.inflight + len(pipe.dst.out) > self._hold:
+                pipe.held = True  # back-pressure: read again once half of it is gone
+                src.paused = True
                 src.update_interest()
             # call_at keeps the order of equal due times: TCP order per pipe
             self._reactor.call_at(due, functools.partial(self._deliver, pipe, chunk))
 
     def _deliver(self, pipe: _Pipe, data: bytes) -> None:
-        """A chunk is due at ``pipe.dst`` (proxy thread)."""
+        """A chunk is due at ``pipe.dst`` (proxy thread); during a stall it
+        waits, in order, until the stall ends (chunks already in flight
+        when it began too)."""
+        if pipe.stalled is not None or time.monotonic() < self._stall_until:
+            if pipe.stalled is None:
+                pipe.stalled = []
+                self._reactor.call_at(self._stall_until, functools.partial(self._release, pipe))
+            pipe.stalled.append(data)
+            return
+        self._deliver_now(pipe, data)
+
+    def _release(self, pipe: _Pipe) -> None:
+        """A stall ended (or was made longer): deliver what waited, in order."""
+        if time.monotonic() < self._stall_until:
+            self._reactor.call_at(self._stall_until, functools.partial(self._release, pipe))
+            return
+        waiting, pipe.stalled = pipe.stalled or [], None
+        for data in waiting:
+            self._deliver_now(pipe, data)
+
+    def _deliver_now(self, pipe: _Pipe, data: bytes) -> None:
+        pipe.inflight -= len(data)
         if data and not pipe.dst.closed:
             with pipe.dst.lock:
                 pipe.dst.out += data
@@ -236,6 +272,10 @@ class LagProxy:
             dst.flush()
             if dst.error is not None:
                 dst.out.clear()  # a broken socket: what it would have got is dropped
+        if pipe.held and pipe.inflight + len(dst.out) <= self._hold // 2 and not pipe.src.closed:
+            pipe.held = False  # half of it gone: read from the sender again
+            pipe.src.paused = pipe.closed_src
+            pipe.src.update_interest()
         if not dst.out and pipe.closed_src and pipe.last_due <= time.monotonic():
             self._shut(pipe)
         dst.update_interest()
