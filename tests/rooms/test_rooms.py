@@ -132,7 +132,8 @@ def test_leave_close_and_dispose(world):
     assert rc1.leave() is True and rc1.room is None
     c2.close("bye")  # closing leaves the room too (the rooms thread notices)
     w.rec.wait_for("peng3dnet:room.dispose")
-    assert name not in w.rooms.rooms and w.rooms.presence.rooms() == []
+    assert name not in w.rooms.rooms
+    wait_for(lambda: w.rooms.presence.rooms() == [], what="the room gone from the directory (its directory thread)")
     events = [e for e in w.rec.names()]
     assert events == ["peng3dnet:room.create", "peng3dnet:room.join", "peng3dnet:room.join", "peng3dnet:room.leave",
                       "peng3dnet:room.leave", "peng3dnet:room.dispose"]

@@ -34,6 +34,7 @@ JOIN_PACKET = "peng3dnet:rooms.join"
 """Called by a client: ``{"room", "kind", "options", "seat"}`` -> ``{"room", "kind", "clients", "data"}``."""
 LEAVE_PACKET = "peng3dnet:rooms.leave"
 CLUSTER_EVENT = "peng3dnet:cluster.message"
+_REMOVE = object()  # a room's directory entry to remove (RoomServer._dir_queue)
 
 
 _valid_name = valid_room_name
@@ -168,6 +169,14 @@ class RoomServer:
         self._channels: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Directory writes off the rooms thread (a slow or stalled Redis must
+        # not stop the ticks): the latest of each room's entry (its info, or
+        # _REMOVE) for the directory thread, which also refreshes; _dir_lock
+        # serializes its writes with refresh() and stop()'s leaving.
+        self._dir_queue: dict[str, Any] = {}
+        self._dir_cond = threading.Condition(threading.Lock())
+        self._dir_lock = threading.Lock()
+        self._dir_thread: threading.Thread | None = None
         self.stats = {"joins": 0, "leaves": 0, "created": 0, "disposed": 0, "refused": 0, "ticks": 0}
         server.handler(JOIN_PACKET)(self._join_call)
         server.handler(LEAVE_PACKET)(self._leave_call)
@@ -241,10 +250,8 @@ class RoomServer:
             room.on_dispose()
         except Exception:
             report_user_error("! rooms: on_dispose of %s raised", room.name)
-        try:
-            self.presence.remove_room(room.name)
-        except Peng3dNetError as exc:
-            log.warning("rooms: cannot remove %s from the directory: %s", room.name, exc)
+        if not self._directory_later(room.name, _REMOVE):
+            self._write_entry(room.name, _REMOVE)
         self.server.sendEvent("peng3dnet:room.dispose", {"room": room})
 
     # --- join / leave (the calls) ------------------------------------------------------------------
@@ -384,19 +391,51 @@ class RoomServer:
             pass  # disposed meanwhile (by its on_leave, or a room.leave handler): not published again
         elif not room.members and room.auto_dispose:
             self._dispose(room)
-        else:
+        elif not self._directory_later(room.name, room.info()):  # (the rooms thread must not wait for it)
             self._publish_room(room)
         return True
 
     # --- the directory ---------------------------------------------------------------------------
     def _publish_room(self, room: Room) -> bool:
-        """Show the room's count in the directory (lock held); whether it worked."""
+        """Show the room's count in the directory now (lock held: a join
+        needs it there before it gives its seat back); whether it worked.
+        What the directory thread still has to write for the room is
+        replaced by this count."""
+        info = room.info()
+        with self._dir_cond:
+            if room.name in self._dir_queue:
+                self._dir_queue[room.name] = info
         try:
-            self.presence.set_room(room.name, room.info(), self.ttl)
+            self.presence.set_room(room.name, info, self.ttl)
         except Peng3dNetError as exc:
             log.warning("rooms: cannot publish %s: %s", room.name, exc)
             return False
         return True
+
+    def _directory_later(self, name: str, what: Any) -> bool:
+        """Leave a room's directory entry (its info, or ``_REMOVE``) to the
+        directory thread, if it runs (any thread); whether it does."""
+        with self._dir_cond:
+            if self._dir_thread is None:
+                return False
+            self._dir_queue[name] = what
+            self._dir_cond.notify()
+        return True
+
+    def _write_entry(self, name: str, what: Any) -> None:
+        """Write one room's directory entry (not under the rooms lock).  A
+        room disposed while its count was written is removed again: no
+        ghost stays in the directory."""
+        try:
+            if what is _REMOVE:
+                self.presence.remove_room(name)
+                return
+            self.presence.set_room(name, what, self.ttl)
+            if name not in self.rooms:
+                self.presence.remove_room(name)
+        except Peng3dNetError as exc:
+            log.warning("rooms: cannot %s %s in the directory: %s",
+                        "remove" if what is _REMOVE else "publish", name, exc)
 
     def server_info(self) -> dict[str, Any]:
         players = len(self._room_of)
@@ -407,14 +446,59 @@ class RoomServer:
         }
 
     def refresh(self) -> None:
-        """Tell the directory we are alive, with our rooms (the rooms thread
-        does it every ``ttl / 3``)."""
-        with self.lock:  # (held: a join's count and a refresh's cannot cross)
+        """Tell the directory we are alive, with our rooms (the directory
+        thread does it every ``ttl / 3``).  What it writes is taken under
+        the rooms lock and written outside it; a join's count written
+        meanwhile is written again after it (a join's count and a
+        refresh's cannot cross).
+
+        Raises:
+            NetworkError: The directory is unreachable (the rooms that were
+                written stay written).
+        """
+        with self._dir_lock:
+            with self.lock:
+                if self._stop.is_set():
+                    return  # stopped (or stopping): a late refresh must not put us back in the directory
+                info = self.server_info()
+                rooms = {room.name: room.info() for room in self.rooms.values()}
+            self.presence.register_server(self.server_id, info, self.ttl)
+            for name, rinfo in rooms.items():
+                if self._stop.is_set():
+                    return
+                self._write_entry(name, rinfo)
+            with self.lock:  # counts that changed while we wrote: the newer one last
+                changed = {room.name: room.info() for room in self.rooms.values()
+                           if rooms.get(room.name) != room.info()}
+            for name, rinfo in changed.items():
+                self._write_entry(name, rinfo)
+
+    def _run_directory(self) -> None:
+        """The directory thread ("peng3dnet rooms directory"): the rooms'
+        entries left to it, and a refresh every ``ttl / 3``."""
+        next_refresh = time.monotonic() + self.ttl / 3
+        cond = self._dir_cond
+        while not self._stop.is_set():
+            with cond:
+                while not self._dir_queue and not self._stop.is_set():
+                    left = next_refresh - time.monotonic()
+                    if left <= 0:
+                        break
+                    cond.wait(left)
+                batch, self._dir_queue = self._dir_queue, {}
             if self._stop.is_set():
-                return  # stopped (or stopping): a late refresh must not put us back in the directory
-            self.presence.register_server(self.server_id, self.server_info(), self.ttl)
-            for room in list(self.rooms.values()):
-                self._publish_room(room)
+                return
+            with self._dir_lock:
+                for name, what in batch.items():
+                    if self._stop.is_set():  # (stop() writes its own, under _dir_lock: not behind ours)
+                        return
+                    self._write_entry(name, what)
+            if time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + self.ttl / 3
+                try:
+                    self.refresh()
+                except Exception as exc:  # noqa: BLE001 - the thread must live on: retried next time
+                    log.warning("rooms: directory refresh failed: %s", exc)
 
     # --- messages between processes -------------------------------------------------------------
     def subscribe(self, channel: str) -> None:
@@ -437,6 +521,10 @@ class RoomServer:
         """Register in the directory and start ticking (thread "peng3dnet rooms")."""
         self._stop.clear()
         self.refresh()
+        with self._dir_cond:
+            self._dir_thread = threading.Thread(target=self._run_directory, name="peng3dnet rooms directory",
+                                                daemon=True)
+        self._dir_thread.start()
         t = threading.Thread(target=self._run, name="peng3dnet rooms", daemon=True)
         self._thread = t
         t.start()
@@ -449,6 +537,12 @@ class RoomServer:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
+        with self._dir_cond:  # the directory's last writes are ours now, made here
+            dthread, self._dir_thread = self._dir_thread, None
+            self._dir_queue.clear()
+            self._dir_cond.notify_all()
+        if dthread is not None and dthread is not threading.current_thread():
+            dthread.join(1)  # (a write waiting for a stalled Redis ends by itself: _dir_lock orders it before ours)
         with self.lock:
             for room in list(self.rooms.values()):
                 self.dispose(room)
@@ -459,26 +553,19 @@ class RoomServer:
                 log.warning("rooms: cannot unsubscribe from %s: %s", channel, exc)
         self._channels.clear()
         try:
-            self.presence.unregister_server(self.server_id)
+            with self._dir_lock:
+                self.presence.unregister_server(self.server_id)
         except Peng3dNetError as exc:
             log.warning("rooms: cannot leave the directory: %s", exc)
 
     def _run(self) -> None:
         period = 1.0 / self.tick_rate
         next_tick = time.monotonic()
-        next_refresh = next_tick + self.ttl / 3
         while not self._stop.is_set():
             try:
                 self.step(period)
             except Exception:
                 report_user_error("! rooms: a tick raised")
-            now = time.monotonic()
-            if now >= next_refresh:
-                next_refresh = now + self.ttl / 3
-                try:
-                    self.refresh()
-                except Exception as exc:  # noqa: BLE001 - the thread must live on: retried next time
-                    log.warning("rooms: directory refresh failed: %s", exc)
             next_tick += period
             delay = next_tick - time.monotonic()
             if delay < -period:

@@ -1,4 +1,4 @@
-"""Bug hunt 3: the Redis directory through an outage (a LagProxy in front of
+"""The Redis directory through an outage (a LagProxy in front of
 our redis-server stands for the network between them)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Bug hunt 3: rooms under a directory outage."""
+"""Rooms under a directory outage, room names from the lobby, rooms disposed
+from on_leave (found by a bug hunt)."""
 
 from __future__ import annotations
 
