@@ -7,6 +7,7 @@ import pytest
 
 from peng3dnet import errors
 from peng3dnet.ext.rooms import LocalPresence, Room
+from tests.helpers import wait_for
 from tests.rooms import room_client, room_server
 
 
@@ -110,6 +111,35 @@ def test_a_room_disposed_from_on_leave_does_not_come_back_in_the_directory(net):
         assert guest.join("party")["clients"] == 2
         assert host.leave(timeout=10) is True  # the host leaves: on_leave disposes the room
         assert "party" not in rooms.rooms
+        wait_for(lambda: presence.rooms() == [], what="the room gone from the directory")
+        rooms.refresh()  # (a refresh, and what the directory thread had left, put nothing back)
         assert [r["id"] for r in presence.rooms()] == [], presence.rooms()
+    finally:
+        rooms.stop()
+
+
+class Kept(Room):
+    """Not disposed when empty."""
+
+    auto_dispose = False
+
+
+@pytest.mark.timeout(30)
+def test_a_server_holds_at_most_max_rooms_and_a_join_that_would_make_one_more_is_refused(net):
+    """Clients make rooms by joining (a kind not disposed when empty stays):
+    RoomServer(max_rooms=N) bounds them; exactly N are made, the next join
+    that would make one is refused with the reason, and joining a room
+    that exists still works."""
+    presence = LocalPresence()
+    rooms = room_server(net, presence, Kept, max_rooms=3)
+    try:
+        _c, rc = room_client(net, rooms.server.addr)
+        for i in range(3):
+            assert rc.join(f"r{i}", kind="arena")["room"] == f"r{i}"
+        assert sorted(rooms.rooms) == ["r0", "r1", "r2"]
+        with pytest.raises(errors.RemoteCallError, match="holds 3 rooms, its most"):
+            rc.join("r3", kind="arena")
+        assert sorted(rooms.rooms) == ["r0", "r1", "r2"]
+        assert rc.join("r1")["room"] == "r1"  # an existing room: fine
     finally:
         rooms.stop()

@@ -137,6 +137,10 @@ class RoomServer:
         sync: Register ``ext.sync``'s packets, routed to each room's own
             SyncServer (rooms with ``synced = True``); clients then need a
             ``SyncClient``.
+        max_rooms: The most rooms this server holds at once (a client's
+            join may make one: without a bound, clients could make rooms
+            of a kind that is not disposed when empty until memory runs
+            out); a join that would make one more is refused.
 
     Thread safety: every method from any thread.
     """
@@ -152,8 +156,10 @@ class RoomServer:
         tick_rate: float = 20.0,
         ttl: float = 5.0,
         sync: bool = False,
+        max_rooms: int = 1024,
     ) -> None:
         self.server = server
+        self.max_rooms = int(max_rooms)
         self.presence = presence if presence is not None else LocalPresence()
         self.server_id = server_id or uuid.uuid4().hex[:12]
         self._public_addr = public_addr
@@ -214,6 +220,8 @@ class RoomServer:
                 raise CallError("room names are 1-64 characters of letters, digits, and _ . : -")
             if name in self.rooms:
                 raise CallError(f"room {name!r} exists")
+            if len(self.rooms) >= self.max_rooms:
+                raise CallError(f"this server holds {self.max_rooms} rooms, its most (max_rooms)")
             elsewhere = [r for r in self.presence.rooms() if r["id"] == name and r.get("server") != self.server_id] \
                 if explicit else []
             if elsewhere:  # names are the cluster's: one room of that name
