@@ -181,15 +181,17 @@ def _cmd_discover(args: argparse.Namespace) -> int:
         if not found:
             raise _UserError(f"no server answered on {args.addr} udp port {args.port} within {args.timeout} s")
         return 0
-    seen: dict[tuple[Any, Any], Any] = {}
+    seen: dict[tuple[Any, Any], Any] = {}  # the last round's answers only: bounded, whatever the LAN sends
     try:
         while True:
             started = time.monotonic()
+            now: dict[tuple[Any, Any], Any] = {}
             for info in discover_servers(port=args.port, timeout=args.timeout, addr=args.addr):
                 key = (info.get("host"), info.get("port"))
-                if seen.get(key) != info:  # new, or its data changed
-                    seen[key] = info
+                now[key] = info
+                if seen.get(key) != info:  # new (or back), or its data changed
                     print(_server_line(info, args.json), flush=True)
+            seen = now
             rest = args.interval - (time.monotonic() - started)
             if rest > 0:
                 time.sleep(rest)

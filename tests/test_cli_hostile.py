@@ -81,3 +81,28 @@ def test_discover_prints_one_line_per_server_whatever_its_name():
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("127.0.0.1:9  "), out.stdout
+
+
+def test_discover_watch_prints_new_changed_and_returning_servers_and_keeps_only_the_last_round(monkeypatch, capsys):
+    """--watch prints a server when it is new, changed, or back after a
+    round without it (what it remembers is the last round's answers only:
+    a LAN flooding it with fake servers cannot grow its memory)."""
+    import argparse
+
+    import peng3dnet.ext.discovery as discovery
+    from peng3dnet import cli as cli_mod
+
+    a, b, b2 = {"host": "10.0.0.1", "port": 1, "name": "a"}, {"host": "10.0.0.2", "port": 2, "name": "b"}, \
+        {"host": "10.0.0.2", "port": 2, "name": "b, renamed"}
+    rounds = [[a, b], [a, b], [a, b2], [b2], [a, b2]]
+
+    def fake(**kw):
+        if not rounds:
+            raise KeyboardInterrupt
+        return rounds.pop(0)
+
+    monkeypatch.setattr(discovery, "discover_servers", fake)
+    args = argparse.Namespace(watch=True, interval=0.0, port=8089, timeout=0.1, addr="127.0.0.1", json=True)
+    assert cli_mod._cmd_discover(args) == 0
+    names = [line.split('"name": ')[1].split('"')[1] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["a", "b", "b, renamed", "a"]  # a again: it was missing from the round before
