@@ -50,43 +50,42 @@ class Duo(Room):
     max_clients = 2
 
 
-@pytest.mark.timeout(30)
-def test_a_matchmake_refused_for_oversized_options_keeps_no_seat_reserved(net):
+@pytest.fixture
+def lobby_world(net):
+    """``(presence, rooms, lobby)``: a room server of Duo rooms (2 seats)
+    and a lobby over one LocalPresence, sharing a secret."""
     from peng3dnet.ext.rooms import Lobby
 
     presence = LocalPresence()
     secret = b"s" * 32
     rooms = room_server(net, presence, Duo, secret=secret)
     try:
-        lobby = Lobby(presence, secret)
-        for _ in range(2):  # a player's request with options too large for a token
-            with pytest.raises(ValueError):
-                lobby.matchmake("arena", options={"blob": "x" * 5000}, room="red")
-        # the two seats of "red" must still be free for real players
-        t = lobby.matchmake("arena", room="red")
-        assert t["room"] == "red"
+        yield presence, rooms, Lobby(presence, secret)
     finally:
         rooms.stop()
 
 
 @pytest.mark.timeout(30)
-def test_room_names_placed_by_the_lobby_are_bounded_like_direct_joins(net):
-    from peng3dnet.ext.rooms import Lobby
+def test_a_matchmake_refused_for_oversized_options_keeps_no_seat_reserved(lobby_world):
+    _presence, _rooms, lobby = lobby_world
+    for _ in range(2):  # a player's request with options too large for a token
+        with pytest.raises(ValueError):
+            lobby.matchmake("arena", options={"blob": "x" * 5000}, room="red")
+    # the two seats of "red" must still be free for real players
+    t = lobby.matchmake("arena", room="red")
+    assert t["room"] == "red"
 
-    presence = LocalPresence()
-    secret = b"s" * 32
-    rooms = room_server(net, presence, Duo, secret=secret)
-    try:
-        lobby = Lobby(presence, secret)
-        for bad in ("x" * 65, "a b", "x\n", ""):  # README: names are 1-64 letters, digits and _ . : -
-            with pytest.raises(ValueError, match="^room names are 1-64 characters"):
-                lobby.matchmake("arena", room=bad)
-        assert lobby.matchmake("arena", room="x" * 64)["room"] == "x" * 64
-        with pytest.raises(errors.CallError, match="^room names are 1-64 characters"):
-            rooms.create("arena", "x" * 65)  # the room server refuses it too, whichever way it comes
-        assert presence.rooms() == [] or all(r["id"] == "x" * 64 for r in presence.rooms())
-    finally:
-        rooms.stop()
+
+@pytest.mark.timeout(30)
+def test_room_names_placed_by_the_lobby_are_bounded_like_direct_joins(lobby_world):
+    presence, rooms, lobby = lobby_world
+    for bad in ("x" * 65, "a b", "x\n", ""):  # README: names are 1-64 letters, digits and _ . : -
+        with pytest.raises(ValueError, match="^room names are 1-64 characters"):
+            lobby.matchmake("arena", room=bad)
+    assert lobby.matchmake("arena", room="x" * 64)["room"] == "x" * 64
+    with pytest.raises(errors.CallError, match="^room names are 1-64 characters"):
+        rooms.create("arena", "x" * 65)  # the room server refuses it too, whichever way it comes
+    assert presence.rooms() == [] or all(r["id"] == "x" * 64 for r in presence.rooms())
 
 
 class HostedRoom(Room):
