@@ -490,14 +490,15 @@ def test_the_decompression_budget_refills_at_its_rate(net):
     peer = RawPeer(s.addr)
     reg = peer.handshake()
     frame = encode_frame(reg["test:echo"], 1, zlib.compress(body))
+    t0 = time.monotonic()  # (before the bucket is spent: a lower bound that load cannot break)
     peer.send(frame * 3)  # a bucket of 2 MiB: two pass, the third is dropped (action drop)
     assert [len(peer.recv_packet()[1]) for _ in range(2)] == [size] * 2
     (cid,) = active_cids(s)
     link = s._links[cid]
     wait_for(lambda: link.proto.inflate_dropped == 1, what="the third dropped")
     assert link.proto.is_open
-    # Refilled at 2 MiB/s (on each read): 1 MiB is back after half a second, not before.
-    t0 = time.monotonic()
+    # Refilled at 2 MiB/s (on each read): 1 MiB is back half a second after
+    # it was spent, not before.
 
     def refilled():
         peer.send_packet(reg["test:echo"], "tick")
