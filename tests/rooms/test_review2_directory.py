@@ -1,0 +1,113 @@
+"""Review 2 of the directory thread (ext/rooms/server.py): failing tests."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+
+from peng3dnet import errors
+from peng3dnet.ext.rooms import LocalPresence, Room
+from tests.helpers import wait_for
+from tests.rooms import room_server
+
+
+def _dir_thread_in_refresh(rooms) -> bool:
+    t = rooms._dir_thread
+    if t is None or t.ident is None:
+        return False
+    f = sys._current_frames().get(t.ident)
+    while f is not None:
+        if f.f_code.co_name == "refresh":
+            return True
+        f = f.f_back
+    return False
+
+
+class StopsFromItsTick(Room):
+    """A room that stops its room server from on_tick (a match that ends the
+    server), at a moment the directory thread is in refresh()."""
+
+    go = threading.Event()
+    done = threading.Event()
+
+    def on_tick(self, dt):
+        if not self.go.is_set() or self.done.is_set():
+            return
+        self.go.clear()
+        deadline = time.monotonic() + 10
+        # (we hold RoomServer.lock: on_tick runs under it) wait for a refresh to begin
+        while not _dir_thread_in_refresh(self.rooms) and time.monotonic() < deadline:
+            threading.Event().wait(0.002)
+        assert _dir_thread_in_refresh(self.rooms)
+        self.rooms.stop()  # "every method from any thread"; stop() itself expects the rooms thread
+        self.done.set()
+
+
+@pytest.mark.timeout(60)
+def test_stop_from_a_room_hook_does_not_deadlock_with_the_directory_threads_refresh(net):
+    # refresh() takes _dir_lock then RoomServer.lock; stop() called under
+    # RoomServer.lock (any room hook, or a program holding rooms.lock) takes
+    # _dir_lock for unregister_server: the two threads wait for each other.
+    rooms = room_server(net, LocalPresence(), StopsFromItsTick, ttl=0.3)  # a refresh every 0.1 s
+    rooms.create("arena", "r1")
+    StopsFromItsTick.done.clear()
+    StopsFromItsTick.go.set()
+    assert StopsFromItsTick.done.wait(20), "stop() from on_tick never returned (deadlock: _dir_lock vs rooms.lock)"
+
+
+@pytest.mark.timeout(30)
+def test_kinds_whose_names_are_not_room_names_still_make_rooms(net):
+    # create() now checks every name, generated ones too: f"{kind}-{hex8}".
+    # A kind with a space (or of more than 55 characters) can no longer
+    # make a single room, by join(kind=...) or create(kind): it did before.
+    rooms = room_server(net, LocalPresence(), Room)
+    try:
+        rooms.define("capture the flag", Room)
+        room = rooms.create("capture the flag")
+        assert room.kind == "capture the flag"
+        rooms.define("k" * 60, Room)
+        assert rooms.create("k" * 60).kind == "k" * 60
+    finally:
+        rooms.stop()
+
+
+class UnpackableOnce(LocalPresence):
+    """set_room fails once, as RedisPresence's msgpack does on a room info
+    it cannot pack (TypeError: not a Peng3dNetError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+        self.registered = 0
+
+    def set_room(self, room_id, info, ttl):
+        if self.fail and threading.current_thread().name == "peng3dnet rooms directory":
+            self.fail = False
+            raise TypeError("can not serialize 'set' object")
+        return super().set_room(room_id, info, ttl)
+
+    def register_server(self, server_id, info, ttl):
+        self.registered += 1
+        return super().register_server(server_id, info, ttl)
+
+
+@pytest.mark.timeout(30)
+def test_the_directory_thread_outlives_one_write_that_raises(net):
+    presence = UnpackableOnce()
+    rooms = room_server(net, presence, Room, ttl=0.3)
+    try:
+        rooms.define("keep", type("Keep", (Room,), {"auto_dispose": False}))
+        room = rooms.create("keep", "k1")
+        presence.fail = True
+        with rooms.lock:  # a leave's count goes to the directory thread
+            assert rooms._directory_later(room.name, room.info())
+        wait_for(lambda: not presence.fail, what="the write")
+        before = presence.registered
+        # the thread must live on (refreshes every 0.1 s): else the server
+        # drops out of the directory after ttl and no count is ever written
+        wait_for(lambda: presence.registered > before + 2, timeout=5, what="refreshes after the failed write")
+    finally:
+        rooms.stop()
