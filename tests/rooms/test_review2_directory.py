@@ -111,3 +111,60 @@ def test_the_directory_thread_outlives_one_write_that_raises(net):
         wait_for(lambda: presence.registered > before + 2, timeout=5, what="refreshes after the failed write")
     finally:
         rooms.stop()
+
+
+class GatedPresence(LocalPresence):
+    """set_room on the directory thread waits for ``gate`` while ``hold``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.written = threading.Event()
+
+    def set_room(self, room_id, info, ttl):
+        if self.hold and threading.current_thread().name == "peng3dnet rooms directory":
+            self.hold = False
+            self.entered.set()
+            self.gate.wait(20)
+            super().set_room(room_id, info, ttl)
+            self.written.set()
+            return
+        return super().set_room(room_id, info, ttl)
+
+
+class Trio(Room):
+    max_clients = 3
+    auto_dispose = False
+
+
+@pytest.mark.timeout(60)
+def test_a_leaves_count_written_late_does_not_overwrite_a_later_joins_count(net):
+    # A leave's count is queued; the directory thread takes it and writes
+    # it while a join writes its (newer) count directly: the old count
+    # lands last.  The directory shows more free seats than the room has
+    # until the next refresh (ttl/3; 20 s here, 1.7 s by default): the
+    # lobby reserves them and their players are refused ("full").
+    from tests.rooms import room_client
+
+    presence = GatedPresence()
+    rooms = room_server(net, presence, Trio, ttl=60.0)
+    try:
+        rcs = [room_client(net, rooms.server.addr)[1] for _ in range(4)]
+        for rc in rcs[:3]:
+            rc.join("t1", kind="arena")
+        count = lambda: [r for r in presence.rooms("arena") if r["id"] == "t1"][0]["clients"]  # noqa: E731
+        assert rcs[0].leave(timeout=10)
+        wait_for(lambda: count() == 2, what="the first leave's count")
+        presence.hold = True
+        assert rcs[1].leave(timeout=10)  # count 1 -> the directory thread, which waits in set_room
+        assert presence.entered.wait(10)
+        assert rcs[3].join("t1", kind="arena")["clients"] == 2  # count 2, written by the join itself
+        presence.gate.set()
+        assert presence.written.wait(10)
+        wait_for(lambda: not rooms._dir_queue, what="the directory queue")
+        assert count() == len(rooms.rooms["t1"].members) == 2
+    finally:
+        presence.gate.set()
+        rooms.stop()
