@@ -1,0 +1,56 @@
+"""Review 2 of the lag proxy: a direction is closed while its data is in flight."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from peng3dnet.tools.lagproxy import LagProxy
+from tests.helpers import wait_for
+
+
+def _pipes(proxy):
+    return {ch.on_ready.args[0] for ch in list(proxy._chans)}
+
+
+@pytest.mark.timeout(30)
+def test_the_other_directions_eof_does_not_close_a_direction_with_data_still_in_flight():
+    # The server half-closes first; then the client sends a request and
+    # half-closes.  Both are read during a stall and come due together: the
+    # server's EOF is delivered first, and _shut() closes both sockets
+    # because the client's direction has closed_src and an empty out buffer,
+    # though its request (and EOF) are still scheduled (pipe.inflight > 0).
+    target = socket.create_server(("127.0.0.1", 0))
+    proxy = LagProxy(("127.0.0.1", 0), target.getsockname()[:2], delay=0.0).start()
+    try:
+        client = socket.create_connection(proxy.addr, timeout=10)
+        target.settimeout(10)
+        server, _ = target.accept()
+        server.settimeout(10)
+        wait_for(lambda: len(_pipes(proxy)) == 2, what="the proxied connection")
+        proxy.stall(3.0)
+        wait_for(lambda: proxy._stall_until > 0, what="the stall")
+        up = next(p for p in _pipes(proxy) if p.src.sock.getpeername() == client.getsockname())
+        down = up.peer
+        server.shutdown(socket.SHUT_WR)
+        wait_for(lambda: down.closed_src, what="the server's EOF read")
+        client.sendall(b"hello")
+        client.shutdown(socket.SHUT_WR)
+        wait_for(lambda: up.closed_src, what="the client's request and EOF read")
+        if time.monotonic() >= proxy._stall_until:
+            pytest.skip("too slow for the stall")
+        got = b""
+        try:
+            while True:
+                b = server.recv(4096)
+                if not b:
+                    break
+                got += b
+        except ConnectionResetError:
+            pass
+        assert got == b"hello"
+    finally:
+        proxy.stop()
+        target.close()
