@@ -224,3 +224,53 @@ def test_rooms_keep_ticking_while_a_join_waits_for_a_stalled_directory(net):
     finally:
         presence.gate.set()
         rooms.stop()
+
+
+class GatedRemove(LocalPresence):
+    """remove_room on the directory thread waits for ``gate`` while ``hold``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.done = threading.Event()
+
+    def remove_room(self, room_id):
+        if self.hold and threading.current_thread().name == "peng3dnet rooms directory":
+            self.hold = False
+            self.entered.set()
+            self.gate.wait(20)
+            super().remove_room(room_id)
+            self.done.set()
+            return
+        return super().remove_room(room_id)
+
+
+@pytest.mark.timeout(60)
+def test_a_room_made_again_under_its_name_is_not_removed_by_the_old_rooms_late_removal(net):
+    # README's own pattern: rc.join("lobby-chat", kind="chat"), a room
+    # disposed when its last member leaves and made again by the next join.
+    # The directory thread took the old room's removal; the new room is
+    # published by its join; then the removal lands: the live room (and its
+    # seat reservations) is gone from the directory until the next refresh.
+    from tests.rooms import room_client
+
+    presence = GatedRemove()
+    rooms = room_server(net, presence, Room, ttl=60.0)
+    try:
+        _a, ra = room_client(net, rooms.server.addr)
+        _b, rb = room_client(net, rooms.server.addr)
+        ra.join("chat1", kind="arena")
+        presence.hold = True
+        assert ra.leave(timeout=10)  # disposed: its removal -> the directory thread
+        assert presence.entered.wait(10)
+        assert rb.join("chat1", kind="arena")["clients"] == 1  # made again, published by the join
+        presence.gate.set()
+        assert presence.done.wait(10)
+        wait_for(lambda: not rooms._dir_queue, what="the directory queue")
+        assert "chat1" in rooms.rooms
+        assert [r["id"] for r in presence.rooms("arena")] == ["chat1"], "a live room missing from the directory"
+    finally:
+        presence.gate.set()
+        rooms.stop()
