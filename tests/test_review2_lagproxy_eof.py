@@ -54,3 +54,46 @@ def test_the_other_directions_eof_does_not_close_a_direction_with_data_still_in_
     finally:
         proxy.stop()
         target.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_direction_whose_eof_waits_in_a_stall_is_not_shut_when_its_out_buffer_drains():
+    # _flush() shuts a direction once dst.out is empty, closed_src is set
+    # and last_due has passed.  With the EOF held in pipe.stalled (due
+    # during the stall, delivered when it ends), last_due has passed though
+    # the tail and the EOF were not delivered: the receiver draining what
+    # it had (a write event) shuts the direction, and the tail is lost.
+    target = socket.socket()
+    target.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # (inherited: a small window)
+    target.bind(("127.0.0.1", 0))
+    target.listen()
+    proxy = LagProxy(("127.0.0.1", 0), target.getsockname()[:2], delay=1.0).start()
+    try:
+        client = socket.create_connection(proxy.addr, timeout=10)
+        target.settimeout(10)
+        server, _ = target.accept()
+        server.settimeout(10)
+        wait_for(lambda: len(_pipes(proxy)) == 2, what="the proxied connection")
+        up = next(p for p in _pipes(proxy) if p.src.sock.getpeername() == client.getsockname())
+        up.dst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)  # (the proxy's kernel buffer small too)
+        blob = b"x" * (1024 * 1024)  # the server does not read yet: most of it waits in up.dst.out
+        client.sendall(blob)
+        wait_for(lambda: len(up.dst.out) > 0, what="the blob waiting in the proxy's out buffer")
+        client.sendall(b"tail")
+        client.shutdown(socket.SHUT_WR)
+        wait_for(lambda: up.closed_src, what="the tail and the EOF read")
+        proxy.stall(5.0)
+        wait_for(lambda: up.stalled is not None and len(up.stalled) >= 2 or up.inflight == 0 and up.last_due
+                 <= time.monotonic(), what="the tail and the EOF come due")
+        if up.stalled is None:
+            pytest.skip("too slow: the tail came due before the stall began")
+        got = bytearray()
+        while True:  # the server reads now: up.dst.out drains during the stall
+            b = server.recv(65536)
+            if not b:
+                break
+            got += b
+        assert bytes(got[-4:]) == b"tail" and len(got) == len(blob) + 4, (len(got), bytes(got[-8:]))
+    finally:
+        proxy.stop()
+        target.close()
