@@ -274,3 +274,48 @@ def test_a_room_made_again_under_its_name_is_not_removed_by_the_old_rooms_late_r
     finally:
         presence.gate.set()
         rooms.stop()
+
+
+class SlowSubscribe(LocalPresence):
+    """The first subscribe waits for ``gate`` (a Redis round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def subscribe(self, channel, callback):
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            self.gate.wait(20)
+        super().subscribe(channel, callback)
+
+
+@pytest.mark.timeout(30)
+def test_two_threads_subscribing_to_one_channel_get_each_message_once(net):
+    # RoomServer.subscribe records the channel only after presence.subscribe
+    # returned (a620d1b: so a failure is retried): a second subscribe()
+    # meanwhile ("every method from any thread") subscribes again, and each
+    # message of the channel is delivered twice, forever (stop() removes one).
+    from peng3dnet import events
+
+    presence = SlowSubscribe()
+    rooms = room_server(net, presence, Room)
+    got = []
+    handler = lambda event, data: got.append(data["data"])  # noqa: E731
+    events.subscribe("peng3dnet:cluster.message", handler, sender=rooms.server)
+    try:
+        t = threading.Thread(target=rooms.subscribe, args=("chat",), daemon=True)
+        t.start()
+        assert presence.entered.wait(10)
+        rooms.subscribe("chat")  # another thread, while the first one's SUBSCRIBE is under way
+        presence.gate.set()
+        t.join(10)
+        rooms.publish("chat", "hello")  # (LocalPresence delivers on the publishing thread)
+        assert got == ["hello"], got
+    finally:
+        presence.gate.set()
+        events.unsubscribe("peng3dnet:cluster.message", handler, sender=rooms.server)
+        rooms.stop()
