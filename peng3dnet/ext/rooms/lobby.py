@@ -84,6 +84,8 @@ class Lobby:
         turn = int(self.presence.incr_score("peng3dnet:lobby", kind, 1))
         sid = ties[turn % len(ties)]
         name = room or f"{kind}-{uuid.uuid4().hex[:8]}"
+        if not valid_room_name(name):  # (a kind whose name is not a room name's beginning)
+            name = f"room-{uuid.uuid4().hex[:8]}"
         info = {"server": sid, "kind": kind, "clients": 0, "max_clients": int(servers[sid]["kinds"][kind]),
                 "addr": servers[sid]["addr"], "created": time.time()}
         if not self.presence.reserve_seat(name, seat_id, self.seat_ttl, info):
@@ -106,6 +108,9 @@ class Lobby:
         try:
             token = make_token(self.secret, Seat(room, server, seat, kind, time.time() + self.seat_ttl, options or {}))
         except (ValueError, TypeError):
-            self.presence.release_seat(room, seat)
+            try:
+                self.presence.release_seat(room, seat)
+            except Peng3dNetError:  # (it expires by itself; the caller hears of the real error)
+                pass
             raise
         return {"addr": addr, "token": token, "room": room, "server": server, "kind": kind}

@@ -34,7 +34,6 @@ JOIN_PACKET = "peng3dnet:rooms.join"
 """Called by a client: ``{"room", "kind", "options", "seat"}`` -> ``{"room", "kind", "clients", "data"}``."""
 LEAVE_PACKET = "peng3dnet:rooms.leave"
 CLUSTER_EVENT = "peng3dnet:cluster.message"
-_REMOVE = object()  # a room's directory entry to remove (RoomServer._dir_queue)
 
 
 _valid_name = valid_room_name
@@ -176,13 +175,13 @@ class RoomServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # Directory writes off the rooms thread (a slow or stalled Redis must
-        # not stop the ticks): the latest of each room's entry (its info, or
-        # _REMOVE) for the directory thread, which also refreshes; _dir_lock
-        # serializes its writes with refresh() and stop()'s leaving.
-        self._dir_queue: dict[str, Any] = {}
+        # not stop the ticks): the names of the rooms whose directory entry
+        # the directory thread brings up to date (their count now, or their
+        # removal), which also refreshes.
+        self._dir_queue: set[str] = set()
         self._dir_cond = threading.Condition(threading.Lock())
-        self._dir_lock = threading.Lock()
         self._dir_thread: threading.Thread | None = None
+        self._sub_lock = threading.Lock()  # subscribe()/unsubscribe(): one presence subscription per channel
         self.stats = {"joins": 0, "leaves": 0, "created": 0, "disposed": 0, "refused": 0, "ticks": 0}
         server.handler(JOIN_PACKET)(self._join_call)
         server.handler(LEAVE_PACKET)(self._leave_call)
@@ -216,7 +215,7 @@ class RoomServer:
                 raise CallError(f"no rooms of kind {kind!r} here")
             explicit = name is not None
             name = name or f"{kind}-{uuid.uuid4().hex[:8]}"
-            if not _valid_name(name):  # (every way in: a direct join, a lobby's seat, the program)
+            if explicit and not _valid_name(name):  # (every way in: a direct join, a lobby's seat, the program)
                 raise CallError("room names are 1-64 characters of letters, digits, and _ . : -")
             if name in self.rooms:
                 raise CallError(f"room {name!r} exists")
@@ -258,8 +257,8 @@ class RoomServer:
             room.on_dispose()
         except Exception:
             report_user_error("! rooms: on_dispose of %s raised", room.name)
-        if not self._directory_later(room.name, _REMOVE):
-            self._write_entry(room.name, _REMOVE)
+        if not self._directory_later(room.name):
+            self._write_entry(room.name)
         self.server.sendEvent("peng3dnet:room.dispose", {"room": room})
 
     # --- join / leave (the calls) ------------------------------------------------------------------
@@ -399,51 +398,55 @@ class RoomServer:
             pass  # disposed meanwhile (by its on_leave, or a room.leave handler): not published again
         elif not room.members and room.auto_dispose:
             self._dispose(room)
-        elif not self._directory_later(room.name, room.info()):  # (the rooms thread must not wait for it)
+        elif not self._directory_later(room.name):  # (the rooms thread must not wait for it)
             self._publish_room(room)
         return True
 
     # --- the directory ---------------------------------------------------------------------------
     def _publish_room(self, room: Room) -> bool:
         """Show the room's count in the directory now (lock held: a join
-        needs it there before it gives its seat back); whether it worked.
-        What the directory thread still has to write for the room is
-        replaced by this count."""
-        info = room.info()
-        with self._dir_cond:
-            if room.name in self._dir_queue:
-                self._dir_queue[room.name] = info
+        needs it there before it gives its seat back); whether it worked."""
         try:
-            self.presence.set_room(room.name, info, self.ttl)
+            self.presence.set_room(room.name, room.info(), self.ttl)
         except Peng3dNetError as exc:
             log.warning("rooms: cannot publish %s: %s", room.name, exc)
             return False
         return True
 
-    def _directory_later(self, name: str, what: Any) -> bool:
-        """Leave a room's directory entry (its info, or ``_REMOVE``) to the
-        directory thread, if it runs (any thread); whether it does."""
+    def _directory_later(self, name: str) -> bool:
+        """Leave a room's directory entry to the directory thread, if it
+        runs (any thread); whether it does."""
         with self._dir_cond:
             if self._dir_thread is None:
                 return False
-            self._dir_queue[name] = what
+            self._dir_queue.add(name)
             self._dir_cond.notify()
         return True
 
-    def _write_entry(self, name: str, what: Any) -> None:
-        """Write one room's directory entry (not under the rooms lock).  A
-        room disposed while its count was written is removed again: no
-        ghost stays in the directory."""
-        try:
-            if what is _REMOVE:
-                self.presence.remove_room(name)
+    def _write_entry(self, name: str) -> None:
+        """Bring one room's directory entry up to date (not under the rooms
+        lock): its count as it is now, or its removal when there is no room
+        of that name now.  Read again after the write, and written again
+        if it changed meanwhile (a join's count written since, a room
+        disposed, or made again under that name): what the directory
+        keeps is the room's last state, never an older one."""
+        written: Any = None
+        for _ in range(4):  # (changes while we write: each round is rare; the next refresh settles the rest)
+            with self.lock:
+                room = self.rooms.get(name)
+                now = room.info() if room is not None else None
+            if written is not None and now == written[0]:
                 return
-            self.presence.set_room(name, what, self.ttl)
-            if name not in self.rooms:
-                self.presence.remove_room(name)
-        except Peng3dNetError as exc:
-            log.warning("rooms: cannot %s %s in the directory: %s",
-                        "remove" if what is _REMOVE else "publish", name, exc)
+            try:
+                if now is None:
+                    self.presence.remove_room(name)
+                else:
+                    self.presence.set_room(name, now, self.ttl)
+            except Peng3dNetError as exc:
+                log.warning("rooms: cannot %s %s in the directory: %s", "remove" if now is None else "publish",
+                            name, exc)
+                return
+            written = (now,)
 
     def server_info(self) -> dict[str, Any]:
         players = len(self._room_of)
@@ -455,35 +458,30 @@ class RoomServer:
 
     def refresh(self) -> None:
         """Tell the directory we are alive, with our rooms (the directory
-        thread does it every ``ttl / 3``).  What it writes is taken under
-        the rooms lock and written outside it; a join's count written
-        meanwhile is written again after it (a join's count and a
-        refresh's cannot cross).
+        thread does it every ``ttl / 3``).  The rooms are read under the
+        rooms lock and written outside it (see :meth:`_write_entry`); a
+        refresh that ends after :meth:`stop` takes the server out again.
 
         Raises:
-            NetworkError: The directory is unreachable (the rooms that were
-                written stay written).
+            NetworkError: The directory is unreachable.
         """
-        with self._dir_lock:
-            with self.lock:
-                if self._stop.is_set():
-                    return  # stopped (or stopping): a late refresh must not put us back in the directory
-                info = self.server_info()
-                rooms = {room.name: room.info() for room in self.rooms.values()}
-            self.presence.register_server(self.server_id, info, self.ttl)
-            for name, rinfo in rooms.items():
-                if self._stop.is_set():
-                    return
-                self._write_entry(name, rinfo)
-            with self.lock:  # counts that changed while we wrote: the newer one last
-                changed = {room.name: room.info() for room in self.rooms.values()
-                           if rooms.get(room.name) != room.info()}
-            for name, rinfo in changed.items():
-                self._write_entry(name, rinfo)
+        with self.lock:
+            if self._stop.is_set():
+                return  # stopped (or stopping): a late refresh must not put us back in the directory
+            info = self.server_info()
+            names = list(self.rooms)
+        self.presence.register_server(self.server_id, info, self.ttl)
+        for name in names:
+            if self._stop.is_set():
+                break
+            self._write_entry(name)
+        if self._stop.is_set():  # stop() ran meanwhile: its leaving may have come before our registering
+            self.presence.unregister_server(self.server_id)
 
     def _run_directory(self) -> None:
         """The directory thread ("peng3dnet rooms directory"): the rooms'
-        entries left to it, and a refresh every ``ttl / 3``."""
+        entries left to it, and a refresh every ``ttl / 3``.  It never
+        holds the rooms lock while it waits for the directory."""
         next_refresh = time.monotonic() + self.ttl / 3
         cond = self._dir_cond
         while not self._stop.is_set():
@@ -493,14 +491,14 @@ class RoomServer:
                     if left <= 0:
                         break
                     cond.wait(left)
-                batch, self._dir_queue = self._dir_queue, {}
-            if self._stop.is_set():
-                return
-            with self._dir_lock:
-                for name, what in batch.items():
-                    if self._stop.is_set():  # (stop() writes its own, under _dir_lock: not behind ours)
-                        return
-                    self._write_entry(name, what)
+                batch, self._dir_queue = self._dir_queue, set()
+            for name in sorted(batch):
+                if self._stop.is_set():
+                    return
+                try:
+                    self._write_entry(name)
+                except Exception:  # (a room's info() msgpack cannot pack...): this thread must live on
+                    log.exception("! rooms: writing %s to the directory failed", name)
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + self.ttl / 3
                 try:
@@ -513,9 +511,10 @@ class RoomServer:
         """Deliver messages published on ``channel`` (by any process) as
         ``peng3dnet:cluster.message`` events ``{channel, data}`` of this
         server (on the presence's thread)."""
-        if channel not in self._channels:
-            self.presence.subscribe(channel, self._on_message)  # (raises in an outage: not recorded, retry later)
-            self._channels.add(channel)
+        with self._sub_lock:  # (two threads subscribing at once: one presence subscription)
+            if channel not in self._channels:
+                self.presence.subscribe(channel, self._on_message)  # (raises in an outage: not recorded, retry later)
+                self._channels.add(channel)
 
     def _on_message(self, channel: str, data: Any) -> None:
         self.server.sendEvent(CLUSTER_EVENT, {"channel": channel, "data": data})
@@ -529,10 +528,10 @@ class RoomServer:
         """Register in the directory and start ticking (thread "peng3dnet rooms")."""
         self._stop.clear()
         self.refresh()
+        dthread = threading.Thread(target=self._run_directory, name="peng3dnet rooms directory", daemon=True)
         with self._dir_cond:
-            self._dir_thread = threading.Thread(target=self._run_directory, name="peng3dnet rooms directory",
-                                                daemon=True)
-        self._dir_thread.start()
+            self._dir_thread = dthread
+        dthread.start()
         t = threading.Thread(target=self._run, name="peng3dnet rooms", daemon=True)
         self._thread = t
         t.start()
@@ -550,19 +549,22 @@ class RoomServer:
             self._dir_queue.clear()
             self._dir_cond.notify_all()
         if dthread is not None and dthread is not threading.current_thread():
-            dthread.join(1)  # (a write waiting for a stalled Redis ends by itself: _dir_lock orders it before ours)
+            # (It may wait for the rooms lock, held by our caller (a room
+            # hook), or for a stalled Redis: not for ever.  A refresh it
+            # ends after our leaving takes the server out again.)
+            dthread.join(1)
         with self.lock:
             for room in list(self.rooms.values()):
                 self.dispose(room)
-        for channel in list(self._channels):
-            try:
-                self.presence.unsubscribe(channel, self._on_message)
-            except Peng3dNetError as exc:  # (a directory outage: we leave anyway)
-                log.warning("rooms: cannot unsubscribe from %s: %s", channel, exc)
-        self._channels.clear()
+        with self._sub_lock:
+            for channel in list(self._channels):
+                try:
+                    self.presence.unsubscribe(channel, self._on_message)
+                except Peng3dNetError as exc:  # (a directory outage: we leave anyway)
+                    log.warning("rooms: cannot unsubscribe from %s: %s", channel, exc)
+            self._channels.clear()
         try:
-            with self._dir_lock:
-                self.presence.unregister_server(self.server_id)
+            self.presence.unregister_server(self.server_id)
         except Peng3dNetError as exc:
             log.warning("rooms: cannot leave the directory: %s", exc)
 
