@@ -55,22 +55,22 @@ def test_a_bandwidth_capped_proxy_pushes_back_on_a_fast_sender_instead_of_buffer
 @pytest.mark.timeout(30)
 def test_a_stall_holds_data_already_in_flight_too():
     target = socket.create_server(("127.0.0.1", 0))
-    proxy = LagProxy(("127.0.0.1", 0), target.getsockname()[:2], delay=0.5).start()
+    proxy = LagProxy(("127.0.0.1", 0), target.getsockname()[:2], delay=2.0).start()  # (time to start the stall)
     sender = socket.create_connection(proxy.addr, timeout=5)
     target.settimeout(5)
     receiver, _ = target.accept()
     try:
-        sender.sendall(b"a")  # in flight for 0.5 s
+        sender.sendall(b"a")  # in flight for 2 s
         from tests.helpers import wait_for
 
         wait_for(lambda: proxy._reactor._timers, timeout=5, what="the byte read by the proxy, its delivery scheduled")
         stalled_at = time.monotonic()
-        proxy.stall(2.0)  # README: stops forwarding both ways for 2 s
+        proxy.stall(3.0)  # README: stops forwarding both ways for 3 s
         sender.sendall(b"b")  # read during the stall: after "a"
         receiver.settimeout(5)
         assert receiver.recv(1) == b"a"
         arrived = time.monotonic() - stalled_at
-        assert arrived >= 1.9, f"delivered {arrived:.2f} s into a 2 s stall"
+        assert arrived >= 2.9, f"delivered {arrived:.2f} s into a 3 s stall"
         assert receiver.recv(1) == b"b"  # in order
     finally:
         proxy.stop()

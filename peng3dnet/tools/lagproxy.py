@@ -53,7 +53,7 @@ class _Pipe:
     """One direction: src -> dst (two channels; the bytes in flight to
     ``dst`` wait in ``dst.out``)."""
 
-    __slots__ = ("src", "dst", "last_due", "peer", "closed_src", "inflight", "held", "stalled")
+    __slots__ = ("src", "dst", "last_due", "peer", "closed_src", "inflight", "held", "stalled", "eof_delivered")
 
     def __init__(self, src: Channel, dst: Channel) -> None:
         self.src = src
@@ -64,6 +64,7 @@ class _Pipe:
         self.inflight = 0  # bytes read from src, not yet handed to dst.out
         self.held = False  # reading from src paused: too much in flight (back-pressure)
         self.stalled: list[bytes] | None = None  # chunks that came due during a stall, in order
+        self.eof_delivered = False  # src's EOF handed to dst, behind all its data: dst may be shut once flushed
 
 
 class LagProxy:
@@ -258,7 +259,9 @@ class LagProxy:
 
     def _deliver_now(self, pipe: _Pipe, data: bytes) -> None:
         pipe.inflight -= len(data)
-        if data and not pipe.dst.closed:
+        if not data:
+            pipe.eof_delivered = True
+        elif not pipe.dst.closed:
             with pipe.dst.lock:
                 pipe.dst.out += data
         self._flush(pipe)  # an EOF (empty chunk) shuts the other side once flushed
@@ -276,7 +279,7 @@ class LagProxy:
             pipe.held = False  # half of it gone: read from the sender again
             pipe.src.paused = pipe.closed_src
             pipe.src.update_interest()
-        if not dst.out and pipe.closed_src and pipe.last_due <= time.monotonic():
+        if not dst.out and pipe.eof_delivered:
             self._shut(pipe)
         dst.update_interest()
 
@@ -285,7 +288,7 @@ class LagProxy:
         are done (proxy thread)."""
         pipe.dst.shutdown_write()
         peer = pipe.peer
-        if peer is not None and peer.closed_src and not peer.dst.out:
+        if peer is not None and peer.eof_delivered and not peer.dst.out:
             for ch in (pipe.src, pipe.dst):
                 self._chans.discard(ch)
                 ch.close()
