@@ -106,20 +106,31 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 # --- what a server says, shown safely --------------------------------------------------------------
 
-def _jsonable(value: Any) -> Any:
-    """``value`` with every map key a string (msgpack allows int and bytes
-    keys, JSON does not; a hostile answer must not crash the output)."""
+_DEPTH = 32
+"""How deep a server's answer is shown; deeper containers are shown as "..."."""
+
+
+def _jsonable(value: Any, depth: int = _DEPTH) -> Any:
+    """``value`` made safe to show: every map key a string (msgpack allows
+    int and bytes keys, JSON does not; a key that is not a string is shown
+    as ``type:repr``, so it cannot collide with a string key), and nothing
+    nested deeper than :data:`_DEPTH` (a hostile answer must not crash the
+    output, nor recurse without bound)."""
+    if isinstance(value, (dict, list, tuple)) and depth <= 0:
+        return "..."
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else repr(k): _jsonable(v) for k, v in value.items()}
+        return {k if isinstance(k, str) else f"{type(k).__name__}:{k!r}": _jsonable(v, depth - 1)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, depth - 1) for v in value]
     return value
 
 
 def _printable(value: Any) -> str:
-    """``str(value)`` with control characters escaped: one server, one line,
-    no terminal escapes from the network."""
-    text = str(value)
+    """``value`` as text with control characters escaped (one server, one
+    line, no terminal escapes from the network), nested no deeper than
+    :data:`_DEPTH`."""
+    text = str(_jsonable(value))
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
