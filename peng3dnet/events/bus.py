@@ -193,8 +193,10 @@ def signal(name: str, doc: str | None = None) -> blinker.NamedSignal:
         sig = namespace.get(name)
         if sig is None:
             sig = namespace[name] = _Signal(name, doc)
-            for sub in _subs:
-                if sub.matches(name):
+            # (over a copy: a weak subscription whose object dies meanwhile,
+            # the collector running inside blinker's connect, removes itself)
+            for sub in list(_subs):
+                if sub.matches(name) and sub in _subs:
                     _connect(sig, sub)
         return sig
 
@@ -241,7 +243,7 @@ def unsubscribe(pattern: str, handler: Handler, *, sender: Any = ANY) -> bool:
     Thread safety: any thread.
     """
     with _lock:
-        found = [s for s in _subs if s.pattern == pattern and s.sender is sender and s.handler == handler]
+        found = [s for s in list(_subs) if s.pattern == pattern and s.sender is sender and s.handler == handler]
         for sub in found:
             _remove(sub)
     return bool(found)

@@ -1,4 +1,4 @@
-"""Review 2: the weak subscription's weakref callback (bus._Subscription
+"""(Found by a review.) The weak subscription's weakref callback (bus._Subscription
 ``gone``) runs _remove() wherever the object dies, on the same thread too,
 under the bus's RLock: when that is inside signal()'s ``for sub in _subs``
 (the cyclic GC runs at any allocation, e.g. in blinker's connect), _subs
