@@ -109,8 +109,9 @@ class MainThreadDispatcher:
 
     @property
     def pending(self) -> int:
-        """Number of queued handler calls."""
-        return len(self._queue)
+        """Number of queued handler calls (those of handlers unsubscribed
+        since they were queued, which will not run, not counted)."""
+        return sum(1 for *_, live in list(self._queue) if live is None or live[0])
 
     def pump(self, max_events: int | None = None) -> int:
         """Process the peers' packets, then run queued handlers in order.

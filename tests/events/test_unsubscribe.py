@@ -56,3 +56,26 @@ def test_a_weak_subscription_goes_when_its_object_dies():
     # and the subscription with it" (no event of that name was emitted).
     assert not events.has_receivers("peng3dnet:test.hunt3weak")
     assert len(events.bus._subs) == before
+
+
+def test_pending_does_not_count_the_calls_of_a_handler_unsubscribed_since():
+    disp = MainThreadDispatcher()
+    got: list = []
+
+    def on_a(event, data):
+        got.append(("a", data["n"]))
+
+    def on_b(event, data):
+        got.append(("b", data["n"]))
+
+    disp.subscribe("peng3dnet:test.pending", on_a)
+    disp.subscribe("peng3dnet:test.pending", on_b)
+    try:
+        for n in (1, 2):
+            events.emit("peng3dnet:test.pending", None, {"n": n})
+        assert disp.pending == 4
+        assert disp.unsubscribe("peng3dnet:test.pending", on_b)
+        assert disp.pending == 2
+        assert disp.pump() == 2 and got == [("a", 1), ("a", 2)] and disp.pending == 0
+    finally:
+        disp.close()

@@ -484,7 +484,8 @@ class RoomServer:
         holds the rooms lock while it waits for the directory."""
         next_refresh = time.monotonic() + self.ttl / 3
         cond = self._dir_cond
-        while not self._stop.is_set():
+        me = threading.current_thread()
+        while not self._stop.is_set() and self._dir_thread is me:  # (a start() after a stop() has its own)
             with cond:
                 while not self._dir_queue and not self._stop.is_set():
                     left = next_refresh - time.monotonic()
