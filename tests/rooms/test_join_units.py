@@ -1,0 +1,167 @@
+"""RoomServer's join call unit by unit, on a stand-in server and a
+LocalPresence (no sockets): every way a join goes, what it answers, what
+it refuses and with which reason, and what a refusal leaves behind (the
+rooms area's mutation run left most of ``_join_call``'s branches to whole
+joins over sockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from peng3dnet.errors import CallError
+from peng3dnet.ext.rooms import LocalPresence, Room, RoomServer
+
+
+class FakeServer:
+    """What a RoomServer uses of a Server."""
+
+    def __init__(self) -> None:
+        self.clients: dict[int, Any] = {}
+        self.handlers: dict[str, Any] = {}
+        self.events: list[tuple[str, dict]] = []
+        self.cfg = {"net.limits.max_clients": 100}
+        self.addr = ("127.0.0.1", 4000)
+        self.registry = None
+
+    def handler(self, name: str) -> Any:
+        def register(fn: Any) -> Any:
+            self.handlers[name] = fn
+            return fn
+
+        return register
+
+    def register_packet(self, *args: Any) -> None:
+        pass
+
+    def sendEvent(self, event: str, data: dict) -> None:  # noqa: N802 (the fixed API)
+        self.events.append((event, dict(data)))
+
+
+class Client:
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+
+class Trio(Room):
+    max_clients = 3
+
+    def on_join(self, client: Any, options: dict[str, Any]) -> Any:
+        if options.get("refuse"):
+            raise CallError("not today")
+        if options.get("bug"):
+            raise KeyError("bug")
+        return {"seat": len(self.members)}
+
+
+def _world(presence: LocalPresence | None = None, **kw: Any) -> tuple[RoomServer, FakeServer]:
+    server = FakeServer()
+    rooms = RoomServer(server, presence or LocalPresence(), server_id="s1", **kw)  # type: ignore[arg-type]
+    rooms.define("trio", Trio)
+    for cid in range(1, 9):
+        server.clients[cid] = Client(cid)
+    rooms.refresh()  # in the directory (its rooms are listed while it is)
+    return rooms, server
+
+
+def _join(rooms: RoomServer, cid: int, **msg: Any) -> Any:
+    return rooms._join_call(msg, cid)
+
+
+def test_a_malformed_request_an_unknown_client_and_a_bad_name_are_refused_with_the_reason():
+    rooms, _ = _world()
+    with pytest.raises(CallError, match="^bad join request$"):
+        rooms._join_call(["trio"], 1)
+    with pytest.raises(CallError, match="^gone$"):
+        _join(rooms, 99, kind="trio")
+    with pytest.raises(CallError, match="^room names are 1-64 characters"):
+        _join(rooms, 1, room="a b", kind="trio")
+    with pytest.raises(CallError, match="^join needs a room, a kind or a seat$"):
+        _join(rooms, 1)
+    with pytest.raises(CallError, match="^no room 'nowhere'$"):
+        _join(rooms, 1, room="nowhere")
+    assert rooms.rooms == {} and rooms.stats["joins"] == 0
+
+
+def test_a_join_by_name_makes_the_room_with_a_kind_and_answers_with_its_count_and_data():
+    rooms, server = _world()
+    assert _join(rooms, 1, room="red", kind="trio") == {"room": "red", "kind": "trio", "clients": 1,
+                                                         "data": {"seat": 0}}
+    assert _join(rooms, 2, room="red") == {"room": "red", "kind": "trio", "clients": 2, "data": {"seat": 1}}
+    assert list(rooms.rooms["red"].members) == [1, 2] and rooms.room_of(2) is rooms.rooms["red"]
+    assert rooms.stats["joins"] == 2 and rooms.stats["created"] == 1
+    assert [e for e, _ in server.events] == ["peng3dnet:room.create", "peng3dnet:room.join", "peng3dnet:room.join"]
+    info = next(r for r in rooms.presence.rooms() if r["id"] == "red")
+    assert (info["clients"], info["seats"]) == (2, 1)  # published, the seats given back
+
+
+def test_joining_the_room_one_is_in_answers_without_a_second_membership():
+    rooms, _ = _world()
+    _join(rooms, 1, room="red", kind="trio")
+    assert _join(rooms, 1, room="red") == {"room": "red", "kind": "trio", "clients": 1, "data": None}
+    assert rooms.stats["joins"] == 1 and next(r for r in rooms.presence.rooms())["seats"] == 2
+
+
+def test_a_full_room_is_refused_and_a_join_by_kind_goes_to_the_fullest_room_with_a_seat():
+    rooms, _ = _world()
+    for cid in (1, 2, 3):
+        _join(rooms, cid, room="full", kind="trio")
+    _join(rooms, 4, room="one", kind="trio")
+    _join(rooms, 5, room="two", kind="trio")
+    _join(rooms, 6, room="two")
+    with pytest.raises(CallError, match="^room 'full' is full$"):
+        _join(rooms, 7, room="full")
+    assert _join(rooms, 7, kind="trio")["room"] == "two"  # two members: the fullest with a free seat
+    assert _join(rooms, 8, kind="trio")["room"] == "one"
+
+
+def test_a_join_by_kind_with_no_free_seat_anywhere_makes_a_room():
+    rooms, _ = _world()
+    for cid in (1, 2, 3):
+        _join(rooms, cid, kind="trio")
+    assert len(rooms.rooms) == 1
+    got = _join(rooms, 4, kind="trio")
+    assert got["clients"] == 1 and got["room"].startswith("trio-") and len(rooms.rooms) == 2
+
+
+def test_a_seat_reserved_by_the_lobby_is_not_given_to_a_direct_join():
+    rooms, _ = _world()
+    _join(rooms, 1, room="red", kind="trio")
+    _join(rooms, 2, room="red")
+    assert rooms.presence.reserve_seat("red", "lobby-seat", 30.0)  # the room's last seat, for someone else
+    with pytest.raises(CallError, match=r"^room 'red' is full \(its last seats are reserved\)$"):
+        _join(rooms, 3, room="red")
+    got = _join(rooms, 3, kind="trio")  # by kind: another room, not red's reserved seat
+    assert got["room"] != "red" and len(rooms.rooms["red"].members) == 2
+
+
+def test_a_refused_join_leaves_no_room_no_seat_and_no_membership_behind():
+    rooms, server = _world()
+    for opts, exc, text in (({"refuse": True}, CallError, "^not today$"), ({"bug": True}, KeyError, "bug")):
+        with pytest.raises(exc, match=text):
+            _join(rooms, 1, room="red", kind="trio", options=opts)
+        assert rooms.rooms == {} and rooms.room_of(1) is None
+    assert rooms.stats["refused"] == 2 and rooms.stats["joins"] == 0
+    assert rooms.presence.rooms() == []
+    _join(rooms, 2, room="blue", kind="trio")
+    with pytest.raises(CallError, match="^not today$"):
+        _join(rooms, 3, room="blue", options={"refuse": True})
+    assert list(rooms.rooms) == ["blue"] and next(r for r in rooms.presence.rooms())["seats"] == 2  # its seat back
+
+
+def test_joining_another_room_leaves_the_first_which_goes_when_empty():
+    rooms, server = _world()
+    _join(rooms, 1, room="a", kind="trio")
+    _join(rooms, 1, room="b", kind="trio")
+    assert "a" not in rooms.rooms and list(rooms.rooms["b"].members) == [1]
+    assert rooms.stats["leaves"] == 1 and rooms.stats["disposed"] == 1
+    assert [r["id"] for r in rooms.presence.rooms()] == ["b"]
+
+
+def test_a_server_at_max_rooms_refuses_a_join_that_would_make_one():
+    rooms, _ = _world(max_rooms=1)
+    _join(rooms, 1, room="a", kind="trio")
+    with pytest.raises(CallError, match="^this server holds 1 rooms, its most"):
+        _join(rooms, 2, room="b", kind="trio")
+    assert _join(rooms, 2, room="a")["clients"] == 2
