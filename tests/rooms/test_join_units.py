@@ -165,3 +165,97 @@ def test_a_server_at_max_rooms_refuses_a_join_that_would_make_one():
     with pytest.raises(CallError, match="^this server holds 1 rooms, its most"):
         _join(rooms, 2, room="b", kind="trio")
     assert _join(rooms, 2, room="a")["clients"] == 2
+
+
+class Hooked(Room):
+    """Records its hooks; raises from those its options say."""
+
+    auto_dispose = False
+    log: list = []
+
+    def on_create(self, options):
+        Hooked.log.append(("create", self.name, dict(options)))
+        if options.get("create_raises"):
+            raise RuntimeError("create")
+
+    def on_tick(self, dt):
+        Hooked.log.append(("tick", self.name, dt))
+        if self.options.get("tick_raises"):
+            raise RuntimeError("tick")
+
+    def on_leave(self, client):
+        Hooked.log.append(("leave", self.name, client.cid))
+
+    def on_dispose(self):
+        Hooked.log.append(("dispose", self.name))
+        if self.options.get("dispose_raises"):
+            raise RuntimeError("dispose")
+
+
+@pytest.fixture
+def hooked():
+    Hooked.log = []
+    rooms, server = _world()
+    rooms.define("hooked", Hooked, colour="red")
+    return rooms, server
+
+
+def test_create_merges_the_kinds_defaults_and_refuses_an_unknown_kind_or_a_taken_name(hooked):
+    rooms, server = hooked
+    with pytest.raises(CallError, match="^no rooms of kind 'nope' here$"):
+        rooms.create("nope")
+    room = rooms.create("hooked", "h1", {"size": 2})
+    assert room.options == {"colour": "red", "size": 2} and (room.name, room.kind) == ("h1", "hooked")
+    assert rooms.create("hooked", "h2", {"colour": "blue"}).options == {"colour": "blue"}
+    with pytest.raises(CallError, match="^room 'h1' exists$"):
+        rooms.create("hooked", "h1")
+    assert Hooked.log == [("create", "h1", {"colour": "red", "size": 2}), ("create", "h2", {"colour": "blue"})]
+    assert rooms.stats["created"] == 2 and [e for e, _ in server.events] == ["peng3dnet:room.create"] * 2
+    assert sorted(r["id"] for r in rooms.presence.rooms()) == ["h1", "h2"]
+
+
+def test_a_name_taken_by_another_servers_room_is_refused():
+    rooms, _ = _world()
+    rooms.presence.register_server("s2", {"addr": "s2:1", "kinds": {"trio": 3}}, 60)
+    rooms.presence.set_room("shared", {"server": "s2", "kind": "trio", "clients": 1, "max_clients": 3,
+                                       "addr": "s2:1"}, 60)
+    with pytest.raises(CallError, match=r"^room 'shared' exists on another server \(s2:1\)$"):
+        rooms.create("trio", "shared")
+    assert rooms.rooms == {}
+
+
+def test_hooks_that_raise_are_reported_and_the_room_lives_on_or_goes_as_asked(hooked, caplog):
+    rooms, server = hooked
+    a = rooms.create("hooked", "a", {"create_raises": True, "tick_raises": True, "dispose_raises": True})
+    rooms.create("hooked", "b")
+    assert "a" in rooms.rooms  # on_create raised: reported, the room made all the same
+    rooms.step(0.25)  # a's tick raises: b still ticks
+    assert [e for e in Hooked.log if e[0] == "tick"] == [("tick", "a", 0.25), ("tick", "b", 0.25)]
+    assert rooms.stats["ticks"] == 1
+    rooms.dispose(a)  # on_dispose raises: reported, the room gone all the same
+    assert "a" not in rooms.rooms and rooms.stats["disposed"] == 1
+    assert ("peng3dnet:room.dispose", {"room": a}) in server.events
+    raised = [r.getMessage() for r in caplog.records if "raised" in r.getMessage()]
+    assert raised == ["! rooms: on_create of a raised", "! rooms: the tick of a raised", "! rooms: on_dispose of a raised"]
+
+
+def test_a_tick_lets_the_closed_members_leave_then_ticks_each_room_with_its_dt(hooked):
+    rooms, server = hooked
+    _join(rooms, 1, room="h", kind="hooked")
+    _join(rooms, 2, room="h")
+    del server.clients[1]  # its connection closed
+    rooms.step()
+    room = rooms.rooms["h"]
+    assert list(room.members) == [2] and rooms.room_of(1) is None and rooms.stats["leaves"] == 1
+    assert Hooked.log[-2:] == [("leave", "h", 1), ("tick", "h", 1.0 / rooms.tick_rate)]
+
+
+def test_dispose_makes_its_members_leave_first(hooked):
+    rooms, server = hooked
+    _join(rooms, 1, room="h", kind="hooked")
+    _join(rooms, 2, room="h")
+    rooms.dispose(rooms.rooms["h"])
+    assert [e for e in Hooked.log if e[0] in ("leave", "dispose")] == [("leave", "h", 1), ("leave", "h", 2),
+                                                                      ("dispose", "h")]
+    assert rooms.room_of(1) is None and rooms.room_of(2) is None and rooms.rooms == {}
+    assert rooms.presence.rooms() == []
