@@ -21,7 +21,7 @@ def _dir_thread_in_refresh(rooms) -> bool:
         return False
     f = sys._current_frames().get(t.ident)
     while f is not None:
-        if f.f_code.co_name == "refresh":
+        if "refresh" in f.f_code.co_name:  # (mutmut renames it: xǁRoomServerǁrefresh__mutmut_orig)
             return True
         f = f.f_back
     return False
