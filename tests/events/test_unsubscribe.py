@@ -79,3 +79,33 @@ def test_pending_does_not_count_the_calls_of_a_handler_unsubscribed_since():
         assert disp.pump() == 2 and got == [("a", 1), ("a", 2)] and disp.pending == 0
     finally:
         disp.close()
+
+
+@pytest.mark.timeout(10)
+def test_pump_max_events_counts_only_the_calls_it_runs_not_the_unsubscribed_ones_it_skips():
+    disp = MainThreadDispatcher()
+    calls: list = []
+
+    def on_a(event, data):
+        calls.append(("a", data["n"]))
+
+    def on_b(event, data):
+        calls.append(("b", data["n"]))
+
+    disp.subscribe("peng3dnet:test.maxev", on_a)
+    disp.subscribe("peng3dnet:test.maxev", on_b)
+    try:
+        events.emit("peng3dnet:test.maxev", None, {"n": 1})
+        events.emit("peng3dnet:test.maxev", None, {"n": 2})
+        assert calls == []
+        assert disp.unsubscribe("peng3dnet:test.maxev", on_a)
+        # on_a's two queued calls are skipped; they are not events handled:
+        # pump(max_events=1) runs exactly one call, on_b's first.
+        assert disp.pump(max_events=1) == 1
+        assert calls == [("b", 1)]
+        assert disp.pump(max_events=1) == 1
+        assert calls == [("b", 1), ("b", 2)]
+        assert disp.pump() == 0
+        assert calls == [("b", 1), ("b", 2)]
+    finally:
+        disp.close()

@@ -3,6 +3,8 @@ from on_leave (found by a bug hunt)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from peng3dnet import errors
@@ -142,3 +144,54 @@ def test_a_server_holds_at_most_max_rooms_and_a_join_that_would_make_one_more_is
         assert rc.join("r1")["room"] == "r1"  # an existing room: fine
     finally:
         rooms.stop()
+
+
+class GatedPresence(LocalPresence):
+    """A LocalPresence whose set_room of one room waits for a gate (a slow
+    directory write), once armed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed: str | None = None
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def set_room(self, room_id, info, ttl):
+        if room_id == self.armed:
+            self.armed = None
+            self.entered.set()
+            assert self.gate.wait(10)
+        super().set_room(room_id, info, ttl)
+
+
+@pytest.mark.timeout(30)
+def test_a_room_disposed_while_a_refresh_writes_its_count_does_not_stay_in_the_directory(net):
+    """A refresh (here the program's, rooms not started: no directory
+    thread) writes a room's count outside the rooms lock; the room is
+    disposed (and removed from the directory) while that write waits: the
+    refresh must not leave it there (a ghost the lobby places players in)."""
+    from peng3dnet.ext.rooms import RoomServer
+    from peng3dnet.net import Server
+
+    presence = GatedPresence()
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0)})
+    net.servers.append(s)
+    rooms = RoomServer(s, presence, public_addr="127.0.0.1:1")
+    rooms.define("arena", Kept)
+    rooms.refresh()  # in the directory (its rooms are listed while it is)
+    room = rooms.create("arena", "party")
+    assert [r["id"] for r in presence.rooms()] == ["party"]
+    presence.armed = "party"
+    t = threading.Thread(target=rooms.refresh, daemon=True)
+    t.start()
+    try:
+        assert presence.entered.wait(10)  # the refresh is writing party's count now
+        rooms.dispose(room)
+        assert "party" not in rooms.rooms
+        assert presence.rooms() == []  # removed at once
+    finally:
+        presence.gate.set()
+        t.join(10)
+    assert not t.is_alive()
+    assert presence.rooms() == [], presence.rooms()
+    assert rooms.server_id in presence.servers()
