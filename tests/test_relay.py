@@ -334,6 +334,9 @@ def test_a_base_exception_in_a_queued_on_close_stops_the_server_cleanly(peers):
     c.join(5)
     s.join(10)  # the BaseException stopped the server (as one from a handler does), it did not hang it
     pt.join(10)
+    # (join() returns once the loop ended; the thread that ran it may still
+    # be leaving the relay then: wait for it, bounded)
+    s._net_thread.join(10)
     assert not pt.is_alive() and not s._net_thread.is_alive()
     assert [m for _, m in rec.got] == list(range(50))
 
