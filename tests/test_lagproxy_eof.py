@@ -17,6 +17,17 @@ def _pipes(proxy):
     return {ch.on_ready.args[0] for ch in list(proxy._chans)}
 
 
+def _connected(proxy, target):
+    """``(client, server)``: a connection through ``proxy`` to ``target``'s
+    listener, both ends with a 10 s time-out, its two pipes made."""
+    client = socket.create_connection(proxy.addr, timeout=10)
+    target.settimeout(10)
+    server, _ = target.accept()
+    server.settimeout(10)
+    wait_for(lambda: len(_pipes(proxy)) == 2, what="the proxied connection")
+    return client, server
+
+
 @pytest.mark.timeout(30)
 def test_the_other_directions_eof_does_not_close_a_direction_with_data_still_in_flight():
     # The server half-closes first; then the client sends a request and
@@ -27,11 +38,7 @@ def test_the_other_directions_eof_does_not_close_a_direction_with_data_still_in_
     target = socket.create_server(("127.0.0.1", 0))
     proxy = LagProxy(("127.0.0.1", 0), target.getsockname()[:2], delay=0.0).start()
     try:
-        client = socket.create_connection(proxy.addr, timeout=10)
-        target.settimeout(10)
-        server, _ = target.accept()
-        server.settimeout(10)
-        wait_for(lambda: len(_pipes(proxy)) == 2, what="the proxied connection")
+        client, server = _connected(proxy, target)
         proxy.stall(3.0)
         wait_for(lambda: proxy._stall_until > 0, what="the stall")
         up = next(p for p in _pipes(proxy) if p.src.sock.getpeername() == client.getsockname())
@@ -72,11 +79,7 @@ def test_a_direction_whose_eof_waits_in_a_stall_is_not_shut_when_its_out_buffer_
     target.listen()
     proxy = LagProxy(("127.0.0.1", 0), target.getsockname()[:2], delay=1.0).start()
     try:
-        client = socket.create_connection(proxy.addr, timeout=10)
-        target.settimeout(10)
-        server, _ = target.accept()
-        server.settimeout(10)
-        wait_for(lambda: len(_pipes(proxy)) == 2, what="the proxied connection")
+        client, server = _connected(proxy, target)
         up = next(p for p in _pipes(proxy) if p.src.sock.getpeername() == client.getsockname())
         up.dst.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)  # (the proxy's kernel buffer small too)
         blob = b"x" * (1024 * 1024)  # the server does not read yet: most of it waits in up.dst.out
