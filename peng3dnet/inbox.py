@@ -60,12 +60,20 @@ class Inbox:
         ready = self.ready
         if ready is not None:
             ready.append(self.owner)
-        if link.n_in - link.n_out >= limit and not link.chan.paused:
-            with self.lock:  # (done() counts and resumes under it: test and set in one step)
-                if link.n_in - link.n_out >= limit and not link.chan.paused:
-                    link.resume_at = limit // 2
-                    link.chan.paused = True
-                    return True
+        return link.n_in - link.n_out >= limit and not link.chan.paused and self.pause(link, limit)
+
+    def pause(self, link: Any, limit: int) -> bool:
+        """``link``'s queue looked full (``limit`` packets): pause its
+        reading unless the handlers caught up meanwhile; return whether it
+        paused (network thread; the rare path of :meth:`put` and of
+        ``Peer._on_app_packet``).  Tested again and set under :attr:`lock`,
+        under which :meth:`done` counts and decides to resume: a pause set
+        after the last handler ran would never be lifted."""
+        with self.lock:
+            if link.n_in - link.n_out >= limit and not link.chan.paused:
+                link.resume_at = limit // 2
+                link.chan.paused = True
+                return True
         return False
 
     def put_close(self, link: Any, reason: str | None) -> None:

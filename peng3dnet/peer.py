@@ -796,19 +796,10 @@ class Peer:
         limit = self._h_recv_queue
         if link.n_in - link.n_out >= limit:
             chan = link.chan
-            if not chan.paused:
-                # Tested again and set under the lock under which the handlers'
-                # side counts n_out and decides to resume: had they caught up
-                # in between, the pause would never be lifted.
-                with inbox.lock:
-                    pause = link.n_in - link.n_out >= limit and not chan.paused
-                    if pause:
-                        link.resume_at = limit // 2
-                        chan.paused = True
-                if pause:
-                    chan.update_interest()
-                    log.debug("= %s cid=%s: reading paused, %d packets wait for process()",
-                              self._role, link.cid, link.queued)
+            if not chan.paused and inbox.pause(link, limit):
+                chan.update_interest()
+                log.debug("= %s cid=%s: reading paused, %d packets wait for process()",
+                          self._role, link.cid, link.queued)
         return True
 
     def _on_call(self, link: Link, o: CallRequested) -> bool:
