@@ -600,8 +600,8 @@ class Server(Peer):
                 counts[3] -= 1
             else:
                 counts[0] -= 1
-            if link.held:
-                link.held = False
+            if link.resumable:
+                link.resumable = False
                 counts[2] -= 1
             self._forget_group(group, counts)
 
@@ -610,8 +610,8 @@ class Server(Peer):
         group, or no longer (network thread): a client may come back to it
         from a full address (see :meth:`_admit`)."""
         group = link.group
-        if group and link.held != yes and not link.provisional:
-            link.held = yes
+        if group and link.resumable != yes and not link.provisional:
+            link.resumable = yes
             self._groups[group][2] += 1 if yes else -1
 
     def _refill(self, link: Link, now: float) -> None:

@@ -1086,7 +1086,7 @@ def test_a_full_group_admits_provisionally_only_as_many_as_its_resumable_session
     assert s._admit(("10.1.2.3", 3)) is None  # full, nothing to come back to
     s._resumable(links[0], True)  # a session was made on it
     s._resumable(links[0], True)  # (again: counted once)
-    assert s._groups[group] == [2, 0, 1, 0] and links[0].held
+    assert s._groups[group] == [2, 0, 1, 0] and links[0].resumable
     assert s._admit(("10.1.2.3", 4)) == (group, True)  # may be its client coming back
     assert s._groups[group] == [2, 1, 1, 1]
     assert [s._admit(("10.1.2.3", 10 + i)) for i in range(50)] == [None] * 50  # one per resumable session
@@ -1095,11 +1095,11 @@ def test_a_full_group_admits_provisionally_only_as_many_as_its_resumable_session
     s._handshake_over(links[0])  # suspended: it keeps its place and stays resumable
     assert s._groups[group] == [2, 0, 1, 0]
     s._resumable(links[0], False)  # its session ended, the socket still open
-    assert s._groups[group] == [2, 0, 0, 0] and not links[0].held
+    assert s._groups[group] == [2, 0, 0, 0] and not links[0].resumable
     assert s._admit(("10.1.2.3", 5)) is None
     s._resumable(links[1], True)
     s._handshake_over(links[1], closed=True)  # closed: its place and its resumable count given back
-    assert s._groups[group] == [1, 0, 0, 0] and not links[1].held and links[1].group is None
+    assert s._groups[group] == [1, 0, 0, 0] and not links[1].resumable and links[1].group is None
     assert s._admit(("10.1.2.3", 6)) == (group, False)
 
 

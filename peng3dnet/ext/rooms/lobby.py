@@ -8,7 +8,7 @@ from typing import Any
 
 from ...errors import Peng3dNetError
 from .presence import Presence
-from .tokens import Seat, make_token, valid_room_name
+from .tokens import ROOM_NAME_RULE, Seat, make_token, valid_room_name
 
 __all__ = ["Lobby", "NoServerError"]
 
@@ -51,7 +51,7 @@ class Lobby:
                 over its size limit (the seat is released again).
         """
         if room is not None and not valid_room_name(room):
-            raise ValueError("room names are 1-64 characters of letters, digits, and _ . : -")
+            raise ValueError(ROOM_NAME_RULE)
         servers = {sid: s for sid, s in self.presence.servers().items() if kind in (s.get("kinds") or {})}
         if not servers:
             raise NoServerError(f"no live server offers rooms of kind {kind!r}")

@@ -24,7 +24,7 @@ from ...packet import Packet
 from ...userlog import report_user_error
 from ..sync import INPUT_PACKET, SNAPSHOT_PACKET, SyncServer
 from .presence import LocalPresence, Presence
-from .tokens import Seat, TokenError, read_token, valid_room_name
+from .tokens import ROOM_NAME_RULE, Seat, TokenError, read_token, valid_room_name
 
 __all__ = ["Room", "RoomServer", "JOIN_PACKET", "LEAVE_PACKET", "CLUSTER_EVENT"]
 
@@ -36,7 +36,6 @@ LEAVE_PACKET = "peng3dnet:rooms.leave"
 CLUSTER_EVENT = "peng3dnet:cluster.message"
 
 
-_valid_name = valid_room_name
 
 
 class Room:
@@ -215,8 +214,8 @@ class RoomServer:
                 raise CallError(f"no rooms of kind {kind!r} here")
             explicit = name is not None
             name = name or f"{kind}-{uuid.uuid4().hex[:8]}"
-            if explicit and not _valid_name(name):  # (every way in: a direct join, a lobby's seat, the program)
-                raise CallError("room names are 1-64 characters of letters, digits, and _ . : -")
+            if explicit and not valid_room_name(name):  # (every way in: a direct join, a lobby's seat, the program)
+                raise CallError(ROOM_NAME_RULE)
             if name in self.rooms:
                 raise CallError(f"room {name!r} exists")
             if len(self.rooms) >= self.max_rooms:
@@ -295,8 +294,8 @@ class RoomServer:
         options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
         name = msg.get("room") if isinstance(msg.get("room"), str) else None
         kind = msg.get("kind") if isinstance(msg.get("kind"), str) else None
-        if name is not None and not _valid_name(name):
-            raise CallError("room names are 1-64 characters of letters, digits, and _ . : -")
+        if name is not None and not valid_room_name(name):
+            raise CallError(ROOM_NAME_RULE)
         seat: Seat | None = None
         auth = getattr(client, "auth_data", None)
         if isinstance(auth, dict) and isinstance(auth.get("seat"), Seat) and msg.get("seat") is None and not name:

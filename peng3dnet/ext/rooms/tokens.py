@@ -26,6 +26,10 @@ MAX_TOKEN = 4096
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
 
 
+ROOM_NAME_RULE = "room names are 1-64 characters of letters, digits, and _ . : -"
+"""What a refused room name is told (``CallError`` or ``ValueError``)."""
+
+
 def valid_room_name(name: Any) -> bool:
     """Whether ``name`` is a room name: 1-64 characters of letters, digits
     and ``_ . : -``."""
