@@ -29,3 +29,35 @@ def room_server(net: Any, presence: Any, room_cls: Any, **kw: Any) -> RoomServer
     s.process_async()
     rooms.start()
     return rooms
+
+
+class FakeServer:
+    """What a RoomServer uses of a Server (for unit tests without sockets):
+    handlers and packets registered, events sent recorded."""
+
+    def __init__(self) -> None:
+        self.clients: dict[int, Any] = {}
+        self.handlers: dict[str, Any] = {}
+        self.events: list[tuple[str, dict]] = []
+        self.cfg = {"net.limits.max_clients": 100}
+        self.addr = ("127.0.0.1", 4000)
+        self.registry = object()
+        self.packets: dict[str, Any] = {}
+
+    def handler(self, name: str) -> Any:
+        def register(fn: Any) -> Any:
+            self.handlers[name] = fn
+            return fn
+
+        return register
+
+    def register_packet(self, name: str, packet: Any) -> None:
+        self.packets[name] = packet
+
+    def sendEvent(self, event: str, data: dict) -> None:  # noqa: N802 (the fixed API)
+        self.events.append((event, dict(data)))
+
+
+class FakeClient:
+    def __init__(self, cid: int) -> None:
+        self.cid = cid

@@ -12,36 +12,7 @@ import pytest
 
 from peng3dnet.errors import CallError
 from peng3dnet.ext.rooms import LocalPresence, Room, RoomServer
-
-
-class FakeServer:
-    """What a RoomServer uses of a Server."""
-
-    def __init__(self) -> None:
-        self.clients: dict[int, Any] = {}
-        self.handlers: dict[str, Any] = {}
-        self.events: list[tuple[str, dict]] = []
-        self.cfg = {"net.limits.max_clients": 100}
-        self.addr = ("127.0.0.1", 4000)
-        self.registry = None
-
-    def handler(self, name: str) -> Any:
-        def register(fn: Any) -> Any:
-            self.handlers[name] = fn
-            return fn
-
-        return register
-
-    def register_packet(self, *args: Any) -> None:
-        pass
-
-    def sendEvent(self, event: str, data: dict) -> None:  # noqa: N802 (the fixed API)
-        self.events.append((event, dict(data)))
-
-
-class Client:
-    def __init__(self, cid: int) -> None:
-        self.cid = cid
+from tests.rooms import FakeClient, FakeServer
 
 
 class Trio(Room):
@@ -60,7 +31,7 @@ def _world(presence: LocalPresence | None = None, **kw: Any) -> tuple[RoomServer
     rooms = RoomServer(server, presence or LocalPresence(), server_id="s1", **kw)  # type: ignore[arg-type]
     rooms.define("trio", Trio)
     for cid in range(1, 9):
-        server.clients[cid] = Client(cid)
+        server.clients[cid] = FakeClient(cid)
     rooms.refresh()  # in the directory (its rooms are listed while it is)
     return rooms, server
 

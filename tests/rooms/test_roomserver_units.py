@@ -1,0 +1,226 @@
+"""RoomServer and Room outside the join call, unit by unit on a stand-in
+server (no sockets): the defaults, what a room shows the directory, the
+server's entry, the address it advertises, leaving (its answer, hook and
+event), a synced room's own SyncServer, the threads' names, and what
+stop() takes down (ticks, rooms, subscriptions, the directory entry)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from peng3dnet.errors import NetworkError
+from peng3dnet.ext.rooms import LocalPresence, Room, RoomServer
+from peng3dnet.ext.rooms.server import JOIN_PACKET, LEAVE_PACKET
+from peng3dnet.ext.sync import INPUT_PACKET, SNAPSHOT_PACKET
+from tests.rooms import FakeClient, FakeServer
+
+
+class Pair(Room):
+    max_clients = 2
+    left: list = []
+
+    def on_leave(self, client: Any) -> None:
+        Pair.left.append((self.name, client))
+
+
+class Kept(Pair):
+    auto_dispose = False
+
+
+class Synced(Room):
+    synced = True
+
+
+def _rooms(**kw: Any) -> tuple[RoomServer, FakeServer]:
+    Pair.left = []
+    server = FakeServer()
+    for cid in range(1, 6):
+        server.clients[cid] = FakeClient(cid)
+    rooms = RoomServer(server, kw.pop("presence", None) or LocalPresence(), **kw)  # type: ignore[arg-type]
+    rooms.define("pair", Pair)
+    rooms.define("kept", Kept)
+    return rooms, server
+
+
+def test_defaults():
+    rooms, server = _rooms()
+    assert (rooms.tick_rate, rooms.ttl, rooms.max_rooms) == (20.0, 5.0, 1024)
+    assert re.fullmatch(r"[0-9a-f]{12}", rooms.server_id)
+    assert isinstance(rooms.secret, bytes) and len(rooms.secret) == 32
+    assert rooms.stats == {"joins": 0, "leaves": 0, "created": 0, "disposed": 0, "refused": 0, "ticks": 0}
+    assert set(server.handlers) == {JOIN_PACKET, LEAVE_PACKET}
+    assert server.packets == {}  # no sync: no sync packets
+    other, _ = _rooms()
+    assert other.server_id != rooms.server_id and other.secret != rooms.secret
+    given, _ = _rooms(server_id="me", secret=b"k" * 32, tick_rate=30, ttl=9, public_addr="example.org:7")
+    assert (given.server_id, given.secret, given.tick_rate, given.ttl, given.public_addr) == \
+        ("me", b"k" * 32, 30.0, 9.0, "example.org:7")
+
+
+def test_a_room_shows_the_directory_its_server_kind_count_seats_address_and_birth():
+    rooms, _ = _rooms(server_id="s1")
+    before = time.time()
+    room = rooms.create("pair", "p", {"x": 1})
+    after = time.time()
+    assert room.options == {"x": 1} and room.sync is None and room.members == {}
+    assert before <= room.created <= after
+    assert room.info() == {"server": "s1", "kind": "pair", "clients": 0, "max_clients": 2,
+                           "addr": "127.0.0.1:4000", "created": room.created}
+    rooms._join_call({"room": "p"}, 1)
+    assert room.info()["clients"] == 1
+    rooms.refresh()
+    (listed,) = rooms.presence.rooms()
+    assert listed == {**room.info(), "id": "p", "seats": 1}
+
+
+def test_a_generated_room_name_needs_no_directory():
+    class Down(LocalPresence):
+        def rooms(self, kind=None):
+            raise NetworkError("down")
+
+    rooms, _ = _rooms(presence=Down())
+    room = rooms.create("pair")
+    assert re.fullmatch(r"pair-[0-9a-f]{8}", room.name) and rooms.rooms == {room.name: room}
+    with pytest.raises(NetworkError):
+        rooms.create("pair", "named")  # an explicit name is the cluster's: it must ask
+
+
+@pytest.mark.parametrize(("bound", "advertised"), [
+    (("0.0.0.0", 4000), "127.0.0.1:4000"), (("", 4001), "127.0.0.1:4001"), (("::", 4002), "127.0.0.1:4002"),
+    (("10.1.2.3", 4003), "10.1.2.3:4003"), (("::1", 4004, 0, 0), "[::1]:4004"),
+])
+def test_the_advertised_address(bound, advertised):
+    rooms, server = _rooms()
+    server.addr = bound
+    assert rooms.public_addr == advertised
+    assert rooms.server_info()["addr"] == advertised
+
+
+def test_the_servers_entry_counts_players_rooms_and_load():
+    rooms, server = _rooms(public_addr="pub:1")
+    rooms._join_call({"room": "a", "kind": "pair"}, 1)
+    rooms._join_call({"room": "a"}, 2)
+    rooms._join_call({"room": "b", "kind": "kept"}, 3)
+    assert rooms.server_info() == {"addr": "pub:1", "kinds": {"pair": 2, "kept": 2}, "players": 3, "rooms": 2,
+                                   "load": 3 / 100}
+    server.cfg["net.limits.max_clients"] = 0  # no limit: the load is the players
+    assert rooms.server_info()["load"] == 3.0
+    rooms.refresh()
+    assert rooms.presence.servers() == {rooms.server_id: rooms.server_info()}
+
+
+def test_leaving_answers_whether_one_was_in_a_room_and_tells_the_room_and_the_bus():
+    rooms, server = _rooms()
+    leave = server.handlers[LEAVE_PACKET]
+    assert leave(None, 1) is False
+    rooms._join_call({"room": "k", "kind": "kept"}, 1)
+    rooms._join_call({"room": "k"}, 2)
+    server.events.clear()
+    assert leave(None, 1) is True
+    assert leave(None, 1) is False
+    room = rooms.rooms["k"]
+    assert Pair.left == [("k", server.clients[1])]
+    assert server.events == [("peng3dnet:room.leave", {"room": room, "client": server.clients[1]})]
+    assert rooms.stats["leaves"] == 1 and list(room.members) == [2]
+    assert [(r["id"], r["clients"]) for r in rooms.presence.rooms()] == []  # (not refreshed: not listed)
+    rooms.refresh()
+    assert leave(None, 2) is True
+    # auto_dispose False: the empty room stays, and the directory shows it empty
+    assert rooms.rooms == {"k": room} and [(r["id"], r["clients"]) for r in rooms.presence.rooms()] == [("k", 0)]
+    assert rooms.stats["leaves"] == 2
+
+
+def test_the_last_member_leaving_disposes_an_auto_disposed_room():
+    rooms, server = _rooms()
+    rooms.refresh()
+    rooms._join_call({"room": "p", "kind": "pair"}, 1)
+    room = rooms.rooms["p"]
+    server.events.clear()
+    assert server.handlers[LEAVE_PACKET](None, 1) is True
+    assert rooms.rooms == {} and rooms.presence.rooms() == []
+    assert server.events == [("peng3dnet:room.leave", {"room": room, "client": server.clients[1]}),
+                             ("peng3dnet:room.dispose", {"room": room})]
+    assert (rooms.stats["disposed"], rooms.stats["created"]) == (1, 1)
+
+
+def test_an_on_leave_that_raises_is_reported_and_the_client_still_leaves(caplog):
+    class Raising(Room):
+        def on_leave(self, client):
+            raise RuntimeError("leave bug")
+
+    rooms, server = _rooms()
+    rooms.define("raising", Raising)
+    rooms._join_call({"room": "r", "kind": "raising"}, 1)
+    with caplog.at_level(logging.ERROR, logger="peng3dnet.user"):
+        assert server.handlers[LEAVE_PACKET](None, 1) is True
+    assert rooms.room_of(1) is None and rooms.rooms == {}
+    assert [r.getMessage() for r in caplog.records if r.name == "peng3dnet.user"] == \
+        ["! rooms: on_leave of r raised"]
+
+
+def test_a_synced_room_has_its_own_sync_for_its_members_at_the_rooms_rate():
+    rooms, server = _rooms(sync=True, tick_rate=25)
+    assert set(server.packets) == {SNAPSHOT_PACKET, INPUT_PACKET}
+    for packet in server.packets.values():
+        assert packet.reg is server.registry and packet.peer is server
+    rooms.define("synced", Synced)
+    room = rooms.create("synced", "s")
+    assert room.sync is not None and room.sync.server is server and room.sync.tick_rate == 25.0
+    rooms._join_call({"room": "s"}, 3)
+    assert room.sync.members is not None and list(room.sync.members()) == [3]
+
+
+def test_start_names_its_threads_and_stop_takes_everything_down():
+    presence = LocalPresence()
+    rooms, server = _rooms(presence=presence, tick_rate=200)
+    ticked = threading.Event()
+
+    class Ticking(Room):
+        def on_tick(self, dt):
+            ticks.put(dt)
+            ticked.set()
+
+    ticks: queue.Queue = queue.Queue()
+    rooms.define("ticking", Ticking)
+    before = set(threading.enumerate())
+    t = rooms.start()
+    started = {th.name: th for th in set(threading.enumerate()) - before}
+    assert set(started) == {"peng3dnet rooms", "peng3dnet rooms directory"}
+    assert t is started["peng3dnet rooms"] and all(th.daemon for th in started.values())
+    assert rooms.server_id in presence.servers()
+    rooms.create("ticking", "t")
+    rooms._join_call({"room": "t"}, 1)
+    rooms.subscribe("news")
+    assert ticked.wait(10)
+    assert ticks.get_nowait() == 1 / 200  # each tick's dt is the period
+    rooms.stop()
+    assert not any(th.is_alive() for th in started.values())
+    assert rooms.rooms == {} and rooms.room_of(1) is None
+    assert presence.servers() == {} and presence.rooms() == []
+    assert presence.publish("news", 1) == 0  # unsubscribed
+
+
+def test_stop_leaves_anyway_when_the_directory_is_down(caplog):
+    class Down(LocalPresence):
+        def unregister_server(self, server_id):
+            raise NetworkError("directory down")
+
+        def unsubscribe(self, channel, callback):
+            raise NetworkError("directory down")
+
+    rooms, _ = _rooms(presence=Down())
+    rooms.subscribe("c")
+    rooms.create("pair", "p")
+    with caplog.at_level(logging.WARNING, logger="peng3dnet.ext.rooms.server"):
+        rooms.stop()
+    assert rooms.rooms == {}
+    messages = [r.getMessage() for r in caplog.records if r.name == "peng3dnet.ext.rooms.server"]
+    assert "rooms: cannot unsubscribe from c: directory down" in messages
+    assert "rooms: cannot leave the directory: directory down" in messages
