@@ -27,6 +27,13 @@ statistics, then only the drawn ones; the report gives the sample's kill
 rate and a 95 % interval for the area's.  mutmut runs a mutant's tests
 fastest first and stops at the first failure.
 
+``--again REPORT`` runs again only what an earlier full report of the
+area left: its survivors, and every mutant of a module that had mutants
+no test reached; the mutants it killed count as killed (the code must be
+the same: the report's own commit, with tests added since), and the
+report gives the area's counts as they are now.  A run of the survivors
+takes a fraction of the whole area's time.
+
 The connection layer's network tests make one mutant cost seconds: its
 areas are ``flow`` (flow control, the process queue, links; run against
 its unit tests only, which kill all that the network tests killed),
@@ -126,11 +133,50 @@ def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def read_report(path: str, area: str) -> tuple[dict[str, collections.Counter], list[str]]:
+    """An earlier report's counts per module and survivors for ``area``
+    (a full run of it, not a sample)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    m = re.search(rf"^## {re.escape(area)} \(.*?(?=^## |\Z)", text, re.M | re.S)
+    if m is None or ", a sample of" in m.group(0).splitlines()[0]:
+        raise SystemExit(f"{path} has no full run of the area {area!r}")
+    section = m.group(0)
+    counts: dict[str, collections.Counter] = {}
+    for row in re.finditer(r"^\| `([^`]+)` \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|", section, re.M):
+        module, _, killed, survived, no_tests, timeout = row.groups()
+        counts[module] = collections.Counter({"killed": int(killed), "survived": int(survived),
+                                              "no tests": int(no_tests), "timeout": int(timeout)})
+    survivors = re.findall(r"^# (\S+): survived$", section, re.M)
+    if sum(c["survived"] for c in counts.values()) != len(survivors):
+        raise SystemExit(f"{path}: the survivors' diffs are not all there (made without --diffs?)")
+    return counts, survivors
+
+
+def again_counts(before: dict[str, collections.Counter], found: list[tuple[str, str]],
+                 whole: set[str]) -> dict[str, collections.Counter]:
+    """The area's counts after a run of an earlier report's leftovers:
+    the modules in ``whole`` as ``found`` has them, the others as before
+    with their survivors replaced by what ``found`` says of them."""
+    counts: dict[str, collections.Counter] = {}
+    for module, c in before.items():
+        counts[module] = collections.Counter() if module in whole else \
+            collections.Counter({k: v for k, v in c.items() if k != "survived"})
+    for name, status in found:
+        counts.setdefault(_module(name), collections.Counter())[status] += 1
+    return counts
+
+
+def _module(name: str) -> str:
+    return name.split(".x")[0].split(".xǁ")[0]
+
+
 def run_area(area: str, children: int, diffs: bool, sample: int = 0,
-             seed: int = 0) -> tuple[dict[str, collections.Counter], list[tuple[str, str]], float, int]:
-    """Run an area's mutants (all, or ``sample`` of them drawn with
-    ``seed``); return the counts per module, the survivors' diffs, the
-    time taken and the number of mutants the area has."""
+             seed: int = 0, again: str | None = None) -> tuple[dict[str, collections.Counter], list[tuple[str, str]], float, int]:
+    """Run an area's mutants (all, ``sample`` of them drawn with ``seed``,
+    or what the report ``again`` left); return the counts per module, the
+    survivors' diffs, the time taken and the number of mutants the area
+    has."""
     sources, tests = AREAS[area]
     with tempfile.TemporaryDirectory(prefix=f"mutation-{area}-") as tmp:
         archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
@@ -149,6 +195,12 @@ def run_area(area: str, children: int, diffs: bool, sample: int = 0,
             if not every:
                 raise SystemExit("mutmut made no mutants for this area")
             chosen = choose_sample(every, sample, seed)
+        before: dict[str, collections.Counter] = {}
+        whole: set[str] = set()
+        if again:
+            before, survivors = read_report(again, area)
+            whole = {module for module, c in before.items() if c["no tests"]}
+            chosen = sorted(survivors) + [f"{module}.*" for module in sorted(whole)]
         run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *chosen],
                              cwd=tmp, env=env, capture_output=True, text=True)
         elapsed = time.monotonic() - t0
@@ -158,14 +210,13 @@ def run_area(area: str, children: int, diffs: bool, sample: int = 0,
         total_mutants = len(found)
         if chosen:
             wanted = set(chosen)
-            found = [(name, status) for name, status in found if name in wanted]
+            found = [(name, status) for name, status in found if name in wanted or _module(name) in whole]
         counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-        survivors = []
         for name, status in found:
-            module = name.split(".x")[0].split(".xǁ")[0]
-            counts[module][status] += 1
-            if status == "survived":
-                survivors.append(name)
+            counts[_module(name)][status] += 1
+        if again:
+            counts = again_counts(before, found, whole)
+        survivors = [name for name, status in found if status == "survived"]
         shown = []
         if diffs:
             for name in survivors:
@@ -217,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, default=0, metavar="N",
                     help="run N mutants drawn at random (for areas too big to run whole; default: all)")
     ap.add_argument("--seed", type=int, default=1, help="the draw's seed (with --sample)")
+    ap.add_argument("--again", metavar="REPORT",
+                    help="run only what this earlier full report of the area left (its survivors, and the modules "
+                         "with mutants no test reached); its killed mutants count as killed")
     args = ap.parse_args(argv)
     try:
         import mutmut  # noqa: F401
@@ -224,9 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         print("mutmut is not installed: pip install mutmut", file=sys.stderr)
         return 2
     areas = list(AREAS) if args.area == "all" else [args.area]
+    if args.again and (args.sample or len(areas) != 1):
+        ap.error("--again takes one area and no --sample")
     parts = [f"# Mutation testing report ({time.strftime('%Y-%m-%d')}, mutmut, {os.cpu_count()} cores)", ""]
     for area in areas:
-        counts, shown, elapsed, total_mutants = run_area(area, args.max_children, args.diffs, args.sample, args.seed)
+        counts, shown, elapsed, total_mutants = run_area(area, args.max_children, args.diffs, args.sample, args.seed,
+                                                         args.again)
         text = report(area, counts, shown, elapsed, total_mutants, args.seed if args.sample else None)
         print(text.split("### Survivors")[0])
         parts.append(text)

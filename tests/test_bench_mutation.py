@@ -3,7 +3,11 @@ by hand, out of CI)."""
 
 from __future__ import annotations
 
-from bench.mutation import choose_sample, wilson
+import collections
+
+import pytest
+
+from bench.mutation import again_counts, choose_sample, read_report, report, wilson
 
 
 def test_a_sample_is_the_same_for_the_same_seed_and_in_name_order():
@@ -22,3 +26,36 @@ def test_the_wilson_interval_matches_its_textbook_values():
     assert wilson(0, 0) == (0.0, 1.0)
     low, high = wilson(10, 10)
     assert high == 1.0 and 0.69 < low < 0.73
+
+
+def _full_report(tmp_path):
+    counts = {"pkg.a": collections.Counter({"killed": 8, "survived": 2}),
+              "pkg.b": collections.Counter({"killed": 5, "survived": 1, "no tests": 3})}
+    shown = [("pkg.a.x_f__mutmut_1", "# pkg.a.x_f__mutmut_1: survived\n-x\n+y"),
+             ("pkg.a.x_g__mutmut_4", "# pkg.a.x_g__mutmut_4: survived\n-x\n+y"),
+             ("pkg.b.x_h__mutmut_2", "# pkg.b.x_h__mutmut_2: survived\n-x\n+y")]
+    path = tmp_path / "r.md"
+    path.write_text("# Mutation testing report\n\n" + report("area", counts, shown, 12.0)
+                    + report("other", {"pkg.z": collections.Counter({"survived": 4})}, [], 1.0))
+    return path
+
+
+def test_an_earlier_report_is_read_back_for_its_area_only(tmp_path):
+    counts, survivors = read_report(str(_full_report(tmp_path)), "area")
+    assert counts == {"pkg.a": {"killed": 8, "survived": 2, "no tests": 0, "timeout": 0},
+                      "pkg.b": {"killed": 5, "survived": 1, "no tests": 3, "timeout": 0}}
+    assert survivors == ["pkg.a.x_f__mutmut_1", "pkg.a.x_g__mutmut_4", "pkg.b.x_h__mutmut_2"]
+    with pytest.raises(SystemExit, match="diffs are not all there"):
+        read_report(str(_full_report(tmp_path)), "other")  # survivors counted, none shown
+    with pytest.raises(SystemExit, match="no full run"):
+        read_report(str(_full_report(tmp_path)), "missing")
+
+
+def test_a_run_again_keeps_the_kills_and_recounts_what_it_ran():
+    before = {"pkg.a": collections.Counter({"killed": 8, "survived": 2}),
+              "pkg.b": collections.Counter({"killed": 5, "survived": 1, "no tests": 3})}
+    found = [("pkg.a.x_f__mutmut_1", "killed"), ("pkg.a.x_g__mutmut_4", "survived"),
+             *[(f"pkg.b.x_h__mutmut_{i}", "killed") for i in range(7)], ("pkg.b.x_h__mutmut_9", "no tests"),
+             ("pkg.b.x_h__mutmut_8", "survived")]
+    counts = again_counts(before, found, whole={"pkg.b"})
+    assert counts == {"pkg.a": {"killed": 9, "survived": 1}, "pkg.b": {"killed": 7, "no tests": 1, "survived": 1}}
