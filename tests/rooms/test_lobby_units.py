@@ -167,3 +167,114 @@ def test_a_named_room_on_a_server_that_is_gone_is_refused_and_its_seat_released(
         Lobby(p, SECRET).matchmake("arena", room="duel")
     room_id, seat_id = p.last
     assert seat_id not in p._seats.get(room_id, {})  # released
+
+
+def test_a_named_room_of_another_kind_is_refused_and_takes_no_seat():
+    p = LocalPresence()
+    p.register_server("s1", {"addr": "s1:1", "kinds": {"arena": 4, "duel": 2}}, 60)
+    _room(p, "red", "s1", clients=1, kind="arena")
+    lobby = Lobby(p, SECRET)
+    with pytest.raises(NoServerError, match="^room 'red' is a room of kind 'arena', not 'duel'$"):
+        lobby.matchmake("duel", room="red")
+    assert [(r["id"], r["seats"]) for r in p.rooms()] == [("red", 3)]
+
+
+def test_a_named_room_of_another_kind_placed_at_once_by_another_lobby_is_refused_and_its_seat_released():
+    class Racing(LocalPresence):
+        def reserve_seat(self, room_id, seat_id, ttl, info=None):
+            if info is not None and room_id == "red" and "red" not in [r["id"] for r in self.rooms()]:
+                # another lobby placed "red" as an arena between our look and our reservation
+                self.set_room("red", {"server": "s1", "kind": "arena", "clients": 0, "max_clients": 4}, 60)
+            return super().reserve_seat(room_id, seat_id, ttl, info)
+
+    p = Racing()
+    p.register_server("s1", {"addr": "s1:1", "kinds": {"arena": 4, "duel": 2}}, 60)
+    with pytest.raises(NoServerError, match="^room 'red' is a room of kind 'arena', not 'duel'$"):
+        Lobby(p, SECRET).matchmake("duel", room="red")
+    assert [(r["id"], r["seats"]) for r in p.rooms()] == [("red", 4)]
+
+
+def test_a_join_by_kind_looks_at_that_kind_only_and_rooms_of_servers_that_offer_it():
+    p = LocalPresence()
+    p.register_server("s1", {"addr": "s1:1", "kinds": {"arena": 4, "duel": 2}, "load": 0.0}, 60)
+    p.register_server("old", {"addr": "old:1", "kinds": {"duel": 2}, "load": 0.0}, 60)
+    _room(p, "big-arena", "s1", clients=3, kind="arena")  # fuller, but another kind
+    _room(p, "stale", "old", clients=3, kind="arena")  # an arena on a server that offers no arenas now
+    _room(p, "d", "s1", clients=1, max_clients=2, kind="duel")
+    assert Lobby(p, SECRET).matchmake("duel")["room"] == "d"
+    ticket = Lobby(p, SECRET).matchmake("arena")
+    assert ticket["room"] == "big-arena" and ticket["server"] == "s1"
+
+
+def test_equally_full_rooms_go_to_the_server_whose_load_is_lowest_a_missing_load_being_none():
+    p = LocalPresence()
+    p.register_server("busy", {"addr": "busy:1", "kinds": {"arena": 4}, "load": 0.5}, 60)
+    p.register_server("quiet", {"addr": "quiet:1", "kinds": {"arena": 4}}, 60)  # says no load: 0
+    _room(p, "on-busy", "busy", clients=2)
+    _room(p, "on-quiet", "quiet", clients=2)
+    assert Lobby(p, SECRET).matchmake("arena")["room"] == "on-quiet"
+
+
+def test_a_listed_room_whose_last_seat_goes_meanwhile_is_passed_over_for_a_new_room():
+    class Raced(LocalPresence):
+        def reserve_seat(self, room_id, seat_id, ttl, info=None):
+            if info is None:
+                return False  # another lobby took the listed seats between our look and our reservation
+            return super().reserve_seat(room_id, seat_id, ttl, info)
+
+    p = Raced()
+    _server(p, "s1")
+    _room(p, "a", "s1", clients=1)
+    ticket = Lobby(p, SECRET).matchmake("arena")
+    assert ticket["room"] not in ("a",) and ticket["room"].startswith("arena-")
+
+
+def test_the_least_loaded_server_counts_every_room_it_holds():
+    p = LocalPresence()
+    _server(p, "A")
+    _server(p, "B")
+    _room(p, "a1", "A", clients=3, max_clients=4)  # A: 3 taken in one room
+    _room(p, "b1", "B", clients=2, max_clients=3)  # B: 2 + 2 taken in two rooms
+    _room(p, "b2", "B", clients=2, max_clients=3)
+    p.reserve_seat("a1", "x", 60)
+    p.reserve_seat("b1", "y", 60)
+    p.reserve_seat("b2", "z", 60)  # every room full now: a new room is placed
+    ticket = Lobby(p, SECRET).matchmake("arena")
+    assert ticket["server"] == "A"  # 4 taken on A against 6 on B
+
+
+def test_ties_on_seats_go_to_the_server_with_fewer_rooms():
+    p = LocalPresence()
+    _server(p, "A")
+    _server(p, "B")
+    _room(p, "a1", "A", clients=0, max_clients=0)  # (no seats: held, nothing taken)
+    for i in range(3):
+        _room(p, f"b{i}", "B", clients=0, max_clients=0)
+    assert Lobby(p, SECRET).matchmake("arena")["server"] == "A"  # 1 room against 3
+
+
+def test_placements_count_their_turns_per_kind_and_the_room_is_listed_with_its_address():
+    p = LocalPresence()
+    _server(p, "s1")
+    before = time.time()
+    ticket = Lobby(p, SECRET).matchmake("arena")
+    assert p.top("peng3dnet:lobby") == [("arena", 1.0)]
+    (listed,) = p.rooms()
+    assert listed["id"] == ticket["room"] and listed["addr"] == "s1.example:1"
+    assert before <= listed["created"] <= time.time()
+    assert len(ticket["room"]) == len("arena-") + 8
+
+
+def test_a_ticket_and_its_reservation_last_seat_ttl():
+    clock = [1000.0]
+    p = LocalPresence(clock=lambda: clock[0])
+    _server(p, "s1")
+    _room(p, "a", "s1", clients=0)
+    before = time.time()
+    ticket = Lobby(p, SECRET).matchmake("arena")
+    assert ticket["room"] == "a"
+    assert 15 - 1 <= read_token(SECRET, ticket["token"]).expires - before <= 15 + 1
+    clock[0] += 14.5
+    assert p.rooms()[0]["seats"] == 3
+    clock[0] += 0.5
+    assert p.rooms()[0]["seats"] == 4  # the reservation lasted 15 s

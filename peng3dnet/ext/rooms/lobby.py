@@ -45,7 +45,8 @@ class Lobby:
             ``{"addr": "host:port", "token": bytes, "room", "server", "kind"}``.
 
         Raises:
-            NoServerError: No live server offers ``kind`` (or ``room`` is full).
+            NoServerError: No live server offers ``kind`` (or ``room`` is
+                full, or is a room of another kind).
             ValueError: ``room`` is not a room name (1-64 characters of
                 letters, digits and ``_ . : -``), or ``options`` make a token
                 over its size limit (the seat is released again).
@@ -56,10 +57,14 @@ class Lobby:
         if not servers:
             raise NoServerError(f"no live server offers rooms of kind {kind!r}")
         seat_id = uuid.uuid4().hex
-        rooms = self.presence.rooms(kind)
         if room is not None:
-            candidates = [r for r in rooms if r["id"] == room]
+            candidates = [r for r in self.presence.rooms() if r["id"] == room]
+            for r in candidates:  # (a name is one room in the cluster, of one kind)
+                if r.get("kind") != kind:
+                    raise NoServerError(f"room {room!r} is a room of kind {r.get('kind')!r}, not {kind!r}")
+            candidates = [r for r in candidates if r["server"] in servers]
         else:
+            rooms = self.presence.rooms(kind)
             # Fill rooms first (most players first), then the least-loaded server.
             candidates = sorted((r for r in rooms if r["seats"] > 0 and r["server"] in servers),
                                 key=lambda r: (-r["clients"], servers[r["server"]].get("load", 0.0)))
@@ -94,7 +99,11 @@ class Lobby:
             # Another lobby may have placed a room of that name at the same
             # moment: the reservation went to the room that exists, wherever
             # it is.  (Generated names are unique.)
-            owner = next((r["server"] for r in self.presence.rooms(kind) if r["id"] == name), sid)
+            found = next((r for r in self.presence.rooms() if r["id"] == name), None)
+            owner = sid if found is None else found["server"]
+            if found is not None and found.get("kind") != kind:
+                self.presence.release_seat(name, seat_id)
+                raise NoServerError(f"room {name!r} is a room of kind {found.get('kind')!r}, not {kind!r}")
             if owner != sid:
                 if owner not in servers:
                     self.presence.release_seat(name, seat_id)
