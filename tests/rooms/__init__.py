@@ -43,6 +43,7 @@ class FakeServer:
         self.addr = ("127.0.0.1", 4000)
         self.registry = object()
         self.packets: dict[str, Any] = {}
+        self.broadcasts: list[tuple[Any, Any, Any]] = []
 
     def handler(self, name: str) -> Any:
         def register(fn: Any) -> Any:
@@ -56,6 +57,10 @@ class FakeServer:
 
     def sendEvent(self, event: str, data: dict) -> None:  # noqa: N802 (the fixed API)
         self.events.append((event, dict(data)))
+
+    def broadcast(self, ptype: Any, data: Any, cids: Any = None) -> int:
+        self.broadcasts.append((ptype, data, cids))
+        return len(cids or ())
 
 
 class FakeClient:

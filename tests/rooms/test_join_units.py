@@ -6,12 +6,15 @@ joins over sockets)."""
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import pytest
 
-from peng3dnet.errors import CallError
+from peng3dnet.errors import AuthenticationError, CallError
 from peng3dnet.ext.rooms import LocalPresence, Room, RoomServer
+from peng3dnet.ext.rooms.tokens import Seat, make_token, read_token
 from tests.rooms import FakeClient, FakeServer
 
 
@@ -230,3 +233,120 @@ def test_dispose_makes_its_members_leave_first(hooked):
                                                                       ("dispose", "h")]
     assert rooms.room_of(1) is None and rooms.room_of(2) is None and rooms.rooms == {}
     assert rooms.presence.rooms() == []
+
+
+# --- the seat of a join: which one is used, and given back ----------------------------------------
+
+def _seat(rooms: RoomServer, room: str, kind: str = "trio", seat_id: str = "S1", server: str | None = None,
+          options: dict | None = None) -> bytes:
+    """A lobby's seat: reserved in the directory, and its signed token."""
+    seat = Seat(room, server or rooms.server_id, seat_id, kind, time.time() + 30, options or {})
+    return make_token(rooms.secret, seat)
+
+
+def test_a_joins_event_names_the_room_and_the_client():
+    rooms, server = _world()
+    _join(rooms, 1, room="red", kind="trio", options={"x": 1})
+    room = rooms.rooms["red"]
+    assert server.events == [("peng3dnet:room.create", {"room": room}),
+                             ("peng3dnet:room.join", {"room": room, "client": server.clients[1]})]
+    assert room.options == {"x": 1}  # the join's options made the room
+    got = _join(rooms, 2, kind="trio", options={"y": 2})
+    assert got["room"] == "red" and room.options == {"x": 1}  # joined: nothing made
+
+
+def test_a_join_by_kind_makes_its_room_with_the_joins_options():
+    rooms, _ = _world()
+    got = _join(rooms, 1, kind="trio", options={"y": 2})
+    assert rooms.rooms[got["room"]].options == {"y": 2}
+
+
+def test_room_and_kind_that_are_not_strings_count_as_not_given():
+    rooms, _ = _world()
+    got = _join(rooms, 1, room=5, kind="trio")  # no name: by kind
+    assert re.fullmatch(r"trio-[0-9a-f]{8}", got["room"])
+    with pytest.raises(CallError, match="^no room 'red'$"):
+        _join(rooms, 2, room="red", kind=7)  # no kind: not made
+
+
+def test_a_join_by_kind_keeps_one_in_its_own_room_and_skips_other_kinds():
+    rooms, _ = _world()
+    rooms.define("other", Trio)
+    _join(rooms, 1, room="mine", kind="trio")
+    _join(rooms, 2, room="o", kind="other")
+    assert _join(rooms, 1, kind="trio") == {"room": "mine", "kind": "trio", "clients": 1, "data": None}
+    got = _join(rooms, 3, kind="trio")
+    assert got["room"] == "mine"  # not "o", a room of another kind with the same free seats
+    got = _join(rooms, 4, kind="other")
+    assert got["room"] == "o"
+
+
+def _free_seats(rooms: RoomServer, name: str) -> int:
+    return next(r["seats"] for r in rooms.presence.rooms() if r["id"] == name)
+
+
+def test_a_seat_token_is_used_and_given_back_once_its_holder_is_in():
+    rooms, _ = _world()
+    _join(rooms, 1, room="red", kind="trio")
+    assert rooms.presence.reserve_seat("red", "S1", 30.0)
+    assert _free_seats(rooms, "red") == 1
+    got = _join(rooms, 2, seat=_seat(rooms, "red"))
+    assert got["room"] == "red" and got["clients"] == 2
+    assert _free_seats(rooms, "red") == 1  # the reservation given back: the count has the holder now
+    # A seat for the room one is in already: given back at once
+    assert rooms.presence.reserve_seat("red", "S2", 30.0)
+    assert _join(rooms, 2, seat=_seat(rooms, "red", seat_id="S2"))["clients"] == 2
+    assert _free_seats(rooms, "red") == 1
+
+
+def test_a_refused_seat_join_gives_the_seat_back():
+    rooms, _ = _world()
+    _join(rooms, 1, room="red", kind="trio")
+    assert rooms.presence.reserve_seat("red", "S1", 30.0)
+    with pytest.raises(CallError, match="^not today$"):
+        _join(rooms, 2, seat=_seat(rooms, "red", options={"refuse": True}), options={"refuse": True})
+    assert _free_seats(rooms, "red") == 2
+
+
+def test_the_seat_of_the_request_comes_before_the_one_checked_at_login():
+    rooms, server = _world()
+    _join(rooms, 1, room="a", kind="trio")
+    _join(rooms, 2, room="b", kind="trio")
+    login_seat = Seat("a", rooms.server_id, "LOGIN", "trio", time.time() + 30, {})
+    server.clients[3].auth_data = {"seat": login_seat}
+    assert _join(rooms, 3, seat=_seat(rooms, "b", seat_id="REQ"))["room"] == "b"
+    assert server.clients[3].auth_data == {"seat": login_seat}  # not used: still there
+    with pytest.raises(CallError, match="^join needs a room, a kind or a seat$"):
+        _join(rooms, 4)
+    server.clients[4].auth_data = {"seat": Seat("a", rooms.server_id, "L4", "trio", time.time() + 30, {})}
+    assert _join(rooms, 4, kind="trio")["room"] == "a"  # the login's seat, used by a join without one
+    assert server.clients[4].auth_data == {}
+
+
+def test_seat_checks_name_their_reason_and_claim_for_the_tokens_life_and_a_minute():
+    class Recording(LocalPresence):
+        claims: list = []
+
+        def claim(self, token_id, ttl):
+            Recording.claims.append((token_id, ttl))
+            return super().claim(token_id, ttl)
+
+    rooms, _ = _world(presence=Recording())
+    with pytest.raises(CallError, match="^the seat is on another server$"):
+        _join(rooms, 1, seat=_seat(rooms, "red", server="elsewhere"))
+    expires = time.time() + 30
+    token = make_token(rooms.secret, Seat("red", rooms.server_id, "S9", "trio", expires, {}))
+    _join(rooms, 1, seat=token)
+    ((seat_id, ttl),) = Recording.claims
+    assert seat_id == "S9" and abs(ttl - (expires - time.time() + 60)) < 0.5
+    with pytest.raises(CallError, match="^the seat token was used already$"):
+        _join(rooms, 2, seat=token)
+
+
+def test_authenticate_refuses_credentials_that_are_not_a_seat():
+    rooms, server = _world()
+    for credentials in (None, ["seat"], {"seat": b"forged"}, {}):
+        with pytest.raises(AuthenticationError):
+            rooms.authenticate(server.clients[1], credentials)
+    token = _seat(rooms, "red")
+    assert rooms.authenticate(server.clients[1], {"seat": token}) == {"seat": read_token(rooms.secret, token)}

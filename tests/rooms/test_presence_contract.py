@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 
+import msgpack
 import pytest
 
 from peng3dnet import errors
@@ -192,6 +193,9 @@ def test_scores_add_and_top_orders_best_first(store: Presence):
     assert store.top("board") == [("ann", 7.0), ("bob", 3.5)]
     assert store.top("board", 1) == [("ann", 7.0)]
     assert store.top("nothing") == []
+    for i in range(12):
+        store.incr_score("many", f"m{i:02d}", i)
+    assert [m for m, _ in store.top("many")] == [f"m{i:02d}" for i in range(11, 1, -1)]  # ten by default
 
 
 def test_delete_takes_keys_and_sorted_sets(store: Presence):
@@ -313,7 +317,18 @@ def test_redis_keys_carry_the_namespace_and_ttls(rp: RedisPresence):
     assert rp.r.pttl(f"{ns}:kv:w") == -1  # no TTL
     assert 39_000 < rp.r.pttl(f"{ns}:seats:r") <= 40_000  # the reservations' set lives as long as its longest
     assert 49_000 < rp.r.pttl(f"{ns}:claim:tok") <= 50_000
-    assert rp.r.hget(f"{ns}:room:r", "server") == b"s" and rp.r.hget(f"{ns}:room:r", "kind") == b"k"
+    assert rp.r.hgetall(f"{ns}:room:r") == {b"info": msgpack.packb(room("s", "k", 0, 2)), b"max_clients": b"2",
+                                             b"clients": b"0", b"server": b"s", b"kind": b"k"}
+    assert rp.reserve_seat("made", "y", ttl=25, info=room("s", "duel", 0, 3))
+    assert rp.r.hgetall(f"{ns}:room:made") == {b"info": msgpack.packb(room("s", "duel", 0, 3)), b"max_clients": b"3",
+                                                b"clients": b"0", b"server": b"s", b"kind": b"duel"}
+    assert 24_000 < rp.r.pttl(f"{ns}:room:made") <= 25_000
+    assert rp.r.smembers(f"{ns}:rooms") == {b"r", b"made"}
+    rp.remove_room("made")
+    assert rp.r.exists(f"{ns}:room:made", f"{ns}:seats:made") == 0 and rp.r.smembers(f"{ns}:rooms") == {b"r"}
+    rp.unregister_server("s")
+    assert rp.r.exists(f"{ns}:server:s", f"{ns}:room:r", f"{ns}:seats:r") == 0
+    assert rp.r.smembers(f"{ns}:servers") == set() and rp.r.smembers(f"{ns}:rooms") == set()
 
 
 def test_redis_errors_name_the_server_and_the_cause():
@@ -355,6 +370,7 @@ def test_redis_listener_survives_bad_messages_raising_subscribers_and_a_dropped_
     rp.r.client_kill_filter(_type="pubsub")
     wait_for(lambda: rp.publish("c", "probe") == 1, timeout=15, what="subscribed again")
     wait_for(lambda: any(d == "probe" for _, d in _drain(got)), timeout=10, what="a message after the drop")
+    assert any(r.getMessage().startswith("presence: subscription lost (") for r in caplog.records)
     assert thread.is_alive()
     rp.close()
     thread.join(5)

@@ -224,3 +224,192 @@ def test_stop_leaves_anyway_when_the_directory_is_down(caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "peng3dnet.ext.rooms.server"]
     assert "rooms: cannot unsubscribe from c: directory down" in messages
     assert "rooms: cannot leave the directory: directory down" in messages
+
+
+# --- the room's tools, sync inputs, counts ---------------------------------------------------------
+
+def test_broadcast_goes_to_the_members_and_inputs_to_the_senders_synced_room_only():
+    rooms, server = _rooms(sync=True)
+    rooms.define("synced", Synced)
+    rooms._join_call({"room": "p", "kind": "pair"}, 1)
+    rooms._join_call({"room": "p"}, 2)
+    assert rooms.rooms["p"].broadcast("chat", {"t": "hi"}) == 2
+    assert server.broadcasts == [("chat", {"t": "hi"}, [1, 2])]
+    route = server.packets[INPUT_PACKET]
+    got = []
+    room = rooms.create("synced", "s")
+    room.sync.input_received = lambda cid, msg: got.append((cid, msg))  # type: ignore[method-assign]
+    rooms._join_call({"room": "s"}, 3)
+    route.receive({"in": 1}, None)  # no sender
+    route.receive({"in": 2}, 4)  # in no room
+    route.receive({"in": 3}, 1)  # in a room without sync
+    route.receive({"in": 4}, 3)
+    assert got == [(3, {"in": 4})]
+
+
+def test_counts_and_a_synced_rooms_tick_length():
+    rooms, _ = _rooms(sync=True)
+    rooms.define("synced", Synced)
+    room = rooms.create("synced", "s")
+    steps = []
+    room.sync.on_step = lambda dt, tick: steps.append((dt, tick))
+    rooms.create("pair", "a")
+    rooms.step(0.25)
+    rooms.step()
+    assert steps == [(0.25, 1), (1 / 20, 2)] and rooms.stats["ticks"] == 2
+    rooms.dispose(rooms.rooms["a"])
+    rooms.dispose(room)
+    assert rooms.stats["disposed"] == 2 and rooms.stats["created"] == 2
+
+
+def test_directory_failures_are_logged_with_the_room_and_the_cause(caplog):
+    class Down(LocalPresence):
+        down = False
+
+        def set_room(self, room_id, info, ttl):
+            if self.down:
+                raise NetworkError("down")
+            super().set_room(room_id, info, ttl)
+
+        def remove_room(self, room_id):
+            if self.down:
+                raise NetworkError("down")
+            super().remove_room(room_id)
+
+        def release_seat(self, room_id, seat_id):
+            if self.down:
+                raise NetworkError("down")
+            super().release_seat(room_id, seat_id)
+
+    presence = Down()
+    rooms, _ = _rooms(presence=presence)
+    rooms.refresh()
+    rooms._join_call({"room": "p", "kind": "kept"}, 1)
+    presence.down = True
+    with caplog.at_level(logging.WARNING, logger="peng3dnet.ext.rooms.server"):
+        rooms._join_call({"room": "p"}, 2)  # its count cannot be published: its reservation is kept
+        rooms._write_entry("p")
+        rooms._write_entry("gone")
+        rooms._release("p", "x")
+    presence.down = False
+    assert [r.getMessage() for r in caplog.records if r.name == "peng3dnet.ext.rooms.server"] == [
+        "rooms: cannot publish p: down", "rooms: cannot publish p in the directory: down",
+        "rooms: cannot remove gone in the directory: down", "rooms: cannot release a seat of p: down"]
+    (listed,) = presence.rooms()
+    assert (listed["clients"], listed["seats"]) == (1, 0)  # the directory's count is old; the seat held for 2
+
+
+def test_a_refresh_that_stop_overtakes_takes_the_server_out_again():
+    written = []
+
+    class Slow(LocalPresence):
+        armed = False
+
+        def set_room(self, room_id, info, ttl):
+            super().set_room(room_id, info, ttl)
+            if self.armed:
+                written.append(room_id)
+                rooms._stop.set()  # stop() comes while the refresh writes its rooms
+
+    presence = Slow()
+    rooms, _ = _rooms(presence=presence)
+    rooms.create("kept", "a")
+    rooms.create("kept", "b")
+    presence.armed = True
+    rooms.refresh()
+    assert written == ["a"]  # the rooms after stop() are not written
+    assert presence.servers() == {}
+
+
+# --- the threads' pace -----------------------------------------------------------------------------
+
+def test_the_rooms_and_directory_threads_wait_between_rounds():
+    class Counting(LocalPresence):
+        def register_server(self, server_id, info, ttl):
+            registered.put(time.monotonic())
+            super().register_server(server_id, info, ttl)
+
+    registered: queue.Queue = queue.Queue()
+    rooms, _ = _rooms(presence=Counting(), tick_rate=50, ttl=0.6)
+    ticks: queue.Queue = queue.Queue()
+
+    class Ticking(Room):
+        auto_dispose = False
+
+        def on_tick(self, dt):
+            ticks.put(time.monotonic())
+
+    rooms.define("ticking", Ticking)
+    rooms.create("ticking", "t")
+    cpu0 = time.process_time()
+    rooms.start()
+    try:
+        # ticks every 1/50 s: ten ticks take at least nine periods
+        stamps = [ticks.get(timeout=10) for _ in range(10)]
+        assert stamps[-1] - stamps[0] >= 9 / 50 * 0.9
+        # a refresh every ttl/3 = 0.2 s (the first at start())
+        refreshes = [registered.get(timeout=10) for _ in range(4)]
+        gaps = [b - a for a, b in zip(refreshes, refreshes[1:])]
+        assert all(g >= 0.2 * 0.9 for g in gaps[1:]) and gaps[0] <= 5, gaps
+        # neither thread spins: far less CPU than the time that passed
+        wall = refreshes[-1] - refreshes[0]
+        assert time.process_time() - cpu0 < 0.5 * wall + 0.1, (time.process_time() - cpu0, wall)
+    finally:
+        rooms.stop()
+
+
+def test_a_tick_that_raises_outside_the_rooms_is_reported_and_ticking_goes_on(caplog):
+    class Flaky(FakeServer):
+        raised = threading.Event()
+
+        @property
+        def clients(self):
+            if not Flaky.raised.is_set():
+                Flaky.raised.set()
+                raise RuntimeError("table gone")
+            return {}
+
+        @clients.setter
+        def clients(self, value):
+            pass
+
+    server = Flaky()
+    rooms = RoomServer(server, LocalPresence(), tick_rate=100)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="peng3dnet.user"):
+        rooms.start()
+        try:
+            from tests.helpers import wait_for
+
+            wait_for(lambda: rooms.stats["ticks"] >= 3, timeout=10, what="ticks after the error")
+        finally:
+            rooms.stop()
+    assert [r.getMessage() for r in caplog.records if r.name == "peng3dnet.user"] == ["! rooms: a tick raised"]
+
+
+def test_a_directory_write_that_raises_is_logged_and_a_disposed_room_leaves_the_directory(caplog):
+    rooms, _ = _rooms()
+    rooms.start()
+    try:
+        from tests.helpers import wait_for
+
+        room = rooms.create("kept", "k")
+        wait_for(lambda: [r["id"] for r in rooms.presence.rooms()] == ["k"], what="k listed")
+        rooms.dispose(room)  # the directory thread removes it
+        wait_for(lambda: rooms.presence.rooms() == [], what="k removed")
+
+        class Bad(Kept):
+            def info(self):
+                raise TypeError("cannot pack")
+
+        rooms.define("bad", Bad)
+        with caplog.at_level(logging.ERROR, logger="peng3dnet.ext.rooms.server"):
+            bad = rooms.rooms.setdefault("b", Bad(rooms, "b", "bad", {}))
+            rooms._directory_later("b")
+            wait_for(lambda: any("writing b to the directory failed" in r.getMessage() for r in caplog.records),
+                     what="the failure logged")
+        del rooms.rooms["b"]
+        assert bad.name == "b"
+        rooms.create("kept", "after")  # the thread lives on
+        wait_for(lambda: [r["id"] for r in rooms.presence.rooms()] == ["after"], what="after listed")
+    finally:
+        rooms.stop()

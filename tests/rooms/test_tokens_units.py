@@ -62,3 +62,8 @@ def test_make_token_refuses_a_seat_over_the_size_limit_exactly():
                                       ("A-z_0.9:", True), ("a b", False), ("é", False), (None, False), (5, False)])
 def test_room_names(name, ok):
     assert valid_room_name(name) is ok
+
+
+def test_options_with_int_keys_and_bytes_read_back_as_they_were():
+    seat = Seat("red", "s1", "seat-1", "arena", 1000.0, {1: "one", "raw": b"\x00\xff", "s": "text"})
+    assert read_token(SECRET, make_token(SECRET, seat), now=0.0) == seat
