@@ -30,7 +30,8 @@ fastest first and stops at the first failure.
 ``--again REPORT`` runs again only what an earlier full report of the
 area left: its survivors, and every mutant of a module that had mutants
 no test reached; the mutants it killed count as killed (the code must be
-the same: the report's own commit, with tests added since), and the
+the same as the report's, with tests added since: a module changed since
+goes with ``--whole MODULE``, which runs all its mutants again), and the
 report gives the area's counts as they are now.  A run of the survivors
 takes a fraction of the whole area's time.
 
@@ -172,7 +173,8 @@ def _module(name: str) -> str:
 
 
 def run_area(area: str, children: int, diffs: bool, sample: int = 0,
-             seed: int = 0, again: str | None = None) -> tuple[dict[str, collections.Counter], list[tuple[str, str]], float, int]:
+             seed: int = 0, again: str | None = None,
+             rerun_whole: tuple[str, ...] = ()) -> tuple[dict[str, collections.Counter], list[tuple[str, str]], float, int]:
     """Run an area's mutants (all, ``sample`` of them drawn with ``seed``,
     or what the report ``again`` left); return the counts per module, the
     survivors' diffs, the time taken and the number of mutants the area
@@ -199,8 +201,8 @@ def run_area(area: str, children: int, diffs: bool, sample: int = 0,
         whole: set[str] = set()
         if again:
             before, survivors = read_report(again, area)
-            whole = {module for module, c in before.items() if c["no tests"]}
-            chosen = sorted(survivors) + [f"{module}.*" for module in sorted(whole)]
+            whole = {module for module, c in before.items() if c["no tests"]} | set(rerun_whole)
+            chosen = sorted(s for s in survivors if _module(s) not in whole) + [f"{m}.*" for m in sorted(whole)]
         run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *chosen],
                              cwd=tmp, env=env, capture_output=True, text=True)
         elapsed = time.monotonic() - t0
@@ -268,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, default=0, metavar="N",
                     help="run N mutants drawn at random (for areas too big to run whole; default: all)")
     ap.add_argument("--seed", type=int, default=1, help="the draw's seed (with --sample)")
+    ap.add_argument("--whole", action="append", default=[], metavar="MODULE",
+                    help="with --again: run all of this module's mutants (its code changed since the report)")
     ap.add_argument("--again", metavar="REPORT",
                     help="run only what this earlier full report of the area left (its survivors, and the modules "
                          "with mutants no test reached); its killed mutants count as killed")
@@ -280,10 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     areas = list(AREAS) if args.area == "all" else [args.area]
     if args.again and (args.sample or len(areas) != 1):
         ap.error("--again takes one area and no --sample")
-    parts = [f"# Mutation testing report ({time.strftime('%Y-%m-%d')}, mutmut, {os.cpu_count()} cores)", ""]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    parts = [f"# Mutation testing report ({time.strftime('%Y-%m-%d')}, mutmut, {os.cpu_count()} cores, "
+             f"commit {head or 'unknown'})", ""]
     for area in areas:
         counts, shown, elapsed, total_mutants = run_area(area, args.max_children, args.diffs, args.sample, args.seed,
-                                                         args.again)
+                                                         args.again, tuple(args.whole))
         text = report(area, counts, shown, elapsed, total_mutants, args.seed if args.sample else None)
         print(text.split("### Survivors")[0])
         parts.append(text)
