@@ -655,7 +655,7 @@ class Channel:
         self.marks.append(self.head + keep)
         return dropped
 
-    def read_into(self, buf: bytearray) -> int:
+    def read_into(self, buf: bytearray | memoryview) -> int:
         """Read into ``buf`` (network thread, lock held): the number of
         bytes, 0 at EOF, -1 when nothing can be read now.
 

@@ -212,7 +212,7 @@ class LagProxy:
             view = self._reactor.read_view[:_CHUNK]
             try:
                 with src.lock:
-                    n = src.read_into(view)  # type: ignore[arg-type]
+                    n = src.read_into(view)
             except NetworkError:
                 n = 0  # an error ends this direction like an EOF
             if n < 0:
