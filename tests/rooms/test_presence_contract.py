@@ -88,6 +88,9 @@ def test_a_room_without_counts_has_no_clients_and_no_seats(store: Presence):
     assert store.reserve_seat("no-max", "x", ttl=60) is False
     assert store.reserve_seat("no-clients", "x", ttl=60) is True
     assert by_id(store.rooms("k"))["no-clients"]["seats"] == 2
+    store.set_room("one-seat", {"server": "s1", "kind": "k", "max_clients": 1}, ttl=60)
+    assert store.reserve_seat("one-seat", "x", ttl=60) is True
+    assert store.reserve_seat("one-seat", "y", ttl=60) is False
 
 
 def test_unregistering_a_server_takes_its_rooms_and_their_seats_only(store: Presence):
@@ -206,6 +209,8 @@ def test_delete_takes_keys_and_sorted_sets(store: Presence):
     store.delete("k")
     assert store.get("k") is None and store.get("k", "dflt") == "dflt"
     assert store.top("k") == []
+    assert store.get("keep") == "x"
+    store.delete("never there")  # nothing to delete: nothing happens
     assert store.get("keep") == "x"
 
 
@@ -362,15 +367,18 @@ def test_redis_listener_survives_bad_messages_raising_subscribers_and_a_dropped_
     assert got.get(timeout=10) == ("c", [1])
     assert rp.publish("other", "o") == 1
     assert got.get(timeout=10) == ("other", "o")
-    assert any("undecodable message on c dropped" in r.getMessage() for r in caplog.records)
-    assert any("subscriber of c raised" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "presence: undecodable message on c dropped" in messages
+    assert "presence: subscriber of c raised" in messages
     thread = rp._thread
-    assert thread is not None and thread.name == "peng3dnet presence"
+    assert thread is not None and thread.name == "peng3dnet presence" and thread.daemon
     # Redis drops the subscription's connection: the listener says so and subscribes again
     rp.r.client_kill_filter(_type="pubsub")
     wait_for(lambda: rp.publish("c", "probe") == 1, timeout=15, what="subscribed again")
     wait_for(lambda: any(d == "probe" for _, d in _drain(got)), timeout=10, what="a message after the drop")
-    assert any(r.getMessage().startswith("presence: subscription lost (") for r in caplog.records)
+    lost = [r.getMessage() for r in caplog.records if "subscription lost" in r.getMessage()]
+    assert lost and all(m.startswith("presence: subscription lost (") and m.endswith("); retrying")
+                        and "(None)" not in m for m in lost), lost
     assert thread.is_alive()
     rp.close()
     thread.join(5)
@@ -384,3 +392,43 @@ def _drain(q: queue.Queue) -> list:
             out.append(q.get_nowait())
         except queue.Empty:
             return out
+
+
+def test_redis_defaults_namespace_and_time_outs(redis_url):
+    p = RedisPresence(redis_url)
+    try:
+        assert p.ns == "peng3dnet" and p.url == redis_url
+        kw = p.r.connection_pool.connection_kwargs
+        assert (kw["socket_timeout"], kw["socket_connect_timeout"]) == (10, 5)  # a stalled Redis: 10 s per call at most
+    finally:
+        p.close()
+
+
+def test_redis_a_room_made_by_a_reservation_without_counts_has_no_seat(rp: RedisPresence):
+    assert rp.reserve_seat("m", "x", ttl=60, info={"note": 1}) is False  # no max_clients: no seat
+    assert rp.r.hgetall(rp._k("room", "m")) == {b"info": msgpack.packb({"note": 1}), b"max_clients": b"0",
+                                                 b"clients": b"0", b"server": b"", b"kind": b""}
+    rp.set_room("n", {"max_clients": 2}, ttl=60)
+    assert rp.r.hget(rp._k("room", "n"), "server") == b"" and rp.r.hget(rp._k("room", "n"), "kind") == b""
+
+
+def test_redis_unsubscribing_one_channel_keeps_the_others_and_close_ends_the_subscriptions(rp, redis_ns):
+    url, ns = redis_ns
+    got: queue.Queue = queue.Queue()
+
+    def cb(ch, data):
+        got.put((ch, data))
+
+    rp.subscribe("a", cb)
+    rp.subscribe("b", cb)
+    rp.unsubscribe("a", cb)
+    wait_for(lambda: rp.r.pubsub_numsub(f"{ns}:ch:a", f"{ns}:ch:b") == [(f"{ns}:ch:a".encode(), 0),
+                                                                        (f"{ns}:ch:b".encode(), 1)],
+             what="b only")
+    assert rp.publish("b", 1) == 1 and got.get(timeout=10) == ("b", 1)
+    other = RedisPresence(url, ns)
+    try:
+        rp.close()  # without unsubscribing: its connection goes, and its subscription with it
+        wait_for(lambda: other.r.pubsub_numsub(f"{ns}:ch:b")[0][1] == 0, what="no subscription after close")
+    finally:
+        other.close()

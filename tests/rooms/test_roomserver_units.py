@@ -405,7 +405,7 @@ def test_a_directory_write_that_raises_is_logged_and_a_disposed_room_leaves_the_
         with caplog.at_level(logging.ERROR, logger="peng3dnet.ext.rooms.server"):
             bad = rooms.rooms.setdefault("b", Bad(rooms, "b", "bad", {}))
             rooms._directory_later("b")
-            wait_for(lambda: any("writing b to the directory failed" in r.getMessage() for r in caplog.records),
+            wait_for(lambda: "! rooms: writing b to the directory failed" in [r.getMessage() for r in caplog.records],
                      what="the failure logged")
         del rooms.rooms["b"]
         assert bad.name == "b"
