@@ -75,7 +75,7 @@ class Link:
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
         "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
-        "provisional", "resumable", "core_over",
+        "provisional", "resumable", "over_max", "core_over",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -113,6 +113,9 @@ class Link:
         # or suspended: a suspended one keeps its place in the group).
         self.provisional = False
         self.resumable = False
+        # Server: admitted over net.limits.max_clients because sessions are
+        # resumable (it may resume one of them at settype; nothing else).
+        self.over_max = False
         # Bytes the core queued by itself (heartbeat echoes, pongs, acks)
         # while the write buffer was over net.limits.write_buffer (Peer._push).
         self.core_over = 0

@@ -349,6 +349,7 @@ class Server(Peer):
         """Server totals (accepted, refused, open, bytes and packets)."""
         self._listener: Listener | None = None
         self._sessions: dict[bytes, Session] = {}  # token -> session (extension "resume")
+        self._over_max = 0  # connections admitted over max_clients to resume a session (network thread)
         self._ssl_ctx: ssl.SSLContext | None = None
         if self.cfg["net.ssl.enabled"]:
             self._ssl_ctx = _tls.server_context(self.cfg)
@@ -452,7 +453,8 @@ class Server(Peer):
             Listener.refuse(sock, encode_frame(PID_CLOSECONN, 0, pack({"reason": info["reason"]})))
             return
         max_clients = int(self.cfg["net.limits.max_clients"])
-        if max_clients > 0 and len(self._links) >= max_clients:
+        over_max = max_clients > 0 and len(self._links) >= max_clients
+        if over_max and self._over_max >= self._resumable_sessions():
             # Refused before it becomes a connection: no events, one closeconn.
             self.stats.connections_refused += 1
             log.info("! server: refusing %s, %d connections is the limit", addr, max_clients)
@@ -488,6 +490,9 @@ class Server(Peer):
             raise
         client._link = link
         link.group, link.hs_pending, link.provisional = group, True, provisional
+        if over_max:  # full, but sessions may come back: this may be one of them (settype tells)
+            link.over_max = True
+            self._over_max += 1
         self._lib_state(link, STATE_HELLOWAIT)
         self.clients[cid] = client
         self._links[cid] = link
@@ -520,6 +525,10 @@ class Server(Peer):
         if link.provisional:  # admitted over its address's limit to resume a session, and did not
             log.info("! server cid=%s: %s is at its connection limit (suspended sessions held)", link.cid, link.group)
             self._close_link(link, "addresslimit")
+            return
+        if link.over_max:  # admitted over max_clients to resume a session, and did not
+            log.info("! server cid=%s: the server is full (sessions held for their clients)", link.cid)
+            self._close_link(link, "serverfull")
             return
         ct = self.conntypes.get(conntype)
         if ct is None:
@@ -567,6 +576,12 @@ class Server(Peer):
         counts[3 if provisional else 0] += 1
         counts[1] += 1
         return group, provisional
+
+    def _resumable_sessions(self) -> int:
+        """How many sessions a client may still resume (live or suspended;
+        network thread): a full server admits as many connections over
+        ``max_clients``, each of which must resume one at ``settype``."""
+        return sum(1 for session in self._sessions.values() if not session.ended)
 
     def _forget_group(self, group: str, counts: list[int]) -> None:
         if counts[0] <= 0 and counts[1] <= 0:
@@ -863,6 +878,9 @@ class Server(Peer):
             self._close_link(old, "resumed")
         else:  # suspended: its place for the address passes to the new socket
             self._handshake_over(old, closed=True)
+        if link.over_max:  # admitted over max_clients to resume: it has the session's place now
+            link.over_max = False
+            self._over_max -= 1
         if link.provisional and link.group:  # admitted to resume: a connection of its group now
             link.provisional = False
             counts = self._groups[link.group]
@@ -923,6 +941,9 @@ class Server(Peer):
         # for its address until it ends or is taken over, so one address
         # cannot fill the server with dropped sessions.
         self._handshake_over(link, closed=not keep)
+        if link.over_max:
+            link.over_max = False
+            self._over_max -= 1
         self._flow.released(link)  # its buffer was released with the channel
         with self._chan_cond:
             self._open_channels -= 1
