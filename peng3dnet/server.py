@@ -349,7 +349,11 @@ class Server(Peer):
         """Server totals (accepted, refused, open, bytes and packets)."""
         self._listener: Listener | None = None
         self._sessions: dict[bytes, Session] = {}  # token -> session (extension "resume")
-        self._over_max = 0  # connections admitted over max_clients to resume a session (network thread)
+        # A full server (max_clients) admits as many connections as it holds
+        # suspended sessions, each of which must resume one at settype
+        # (network thread): those admitted, and the sessions suspended now.
+        self._over_max = 0
+        self._suspended_n = 0
         self._ssl_ctx: ssl.SSLContext | None = None
         if self.cfg["net.ssl.enabled"]:
             self._ssl_ctx = _tls.server_context(self.cfg)
@@ -454,7 +458,7 @@ class Server(Peer):
             return
         max_clients = int(self.cfg["net.limits.max_clients"])
         over_max = max_clients > 0 and len(self._links) >= max_clients
-        if over_max and self._over_max >= self._resumable_sessions():
+        if over_max and self._over_max >= self._suspended_n:
             # Refused before it becomes a connection: no events, one closeconn.
             self.stats.connections_refused += 1
             log.info("! server: refusing %s, %d connections is the limit", addr, max_clients)
@@ -490,7 +494,7 @@ class Server(Peer):
             raise
         client._link = link
         link.group, link.hs_pending, link.provisional = group, True, provisional
-        if over_max:  # full, but sessions may come back: this may be one of them (settype tells)
+        if over_max:  # full, but suspended sessions wait: this may be one of their clients (settype tells)
             link.over_max = True
             self._over_max += 1
         self._lib_state(link, STATE_HELLOWAIT)
@@ -527,7 +531,8 @@ class Server(Peer):
             self._close_link(link, "addresslimit")
             return
         if link.over_max:  # admitted over max_clients to resume a session, and did not
-            log.info("! server cid=%s: the server is full (sessions held for their clients)", link.cid)
+            log.info("! server cid=%s: the server is full (suspended sessions held for their clients)", link.cid)
+            self.stats.connections_refused += 1
             self._close_link(link, "serverfull")
             return
         ct = self.conntypes.get(conntype)
@@ -576,12 +581,6 @@ class Server(Peer):
         counts[3 if provisional else 0] += 1
         counts[1] += 1
         return group, provisional
-
-    def _resumable_sessions(self) -> int:
-        """How many sessions a client may still resume (live or suspended;
-        network thread): a full server admits as many connections over
-        ``max_clients``, each of which must resume one at ``settype``."""
-        return sum(1 for session in self._sessions.values() if not session.ended)
 
     def _forget_group(self, group: str, counts: list[int]) -> None:
         if counts[0] <= 0 and counts[1] <= 0:
@@ -868,6 +867,8 @@ class Server(Peer):
         owner.conn, owner.addr = temp.conn, temp.addr
         self._links[session.cid] = link
         link.session = session
+        if session.suspended:
+            self._suspended_n -= 1
         with old.chan.lock, session.lock:
             session.link = link
             session.suspended = False
@@ -896,6 +897,7 @@ class Server(Peer):
             return
         with link.chan.lock, session.lock:
             session.suspended = True
+        self._suspended_n += 1
         log.info("= server cid=%s: socket dropped (%s), session kept for %.1f s", link.cid, reason, grace)
         session.timer = self._reactor.call_later(grace, lambda: self._session_expired(session))
         self._emit("peng3dnet:server.connection.suspended", {"client": session.owner, "reason": reason})
@@ -914,6 +916,8 @@ class Server(Peer):
         self._sessions.pop(session.token, None)
 
     def _session_end(self, session: Session, reason: str) -> None:
+        if session.suspended and not session.ended:
+            self._suspended_n -= 1
         link: Link = session.link
         cid = link.cid
         super()._session_end(session, reason)

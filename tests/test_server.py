@@ -885,39 +885,63 @@ def test_a_client_resumes_from_an_address_at_its_limit_and_an_ended_session_give
 def test_a_full_server_lets_clients_back_to_their_sessions_and_no_one_else(net):
     """A server at max_clients whose places include suspended sessions
     still lets their clients come back: it admits as many connections as
-    it holds resumable sessions (live or suspended), each of which must
-    resume one at settype; anything else is closed with serverfull then,
-    and once that many wait, further connections are refused at once."""
+    it holds suspended sessions, each of which must resume one at settype;
+    anything else is closed with serverfull then (counted as refused), and
+    once that many wait, further connections are refused at once.  Live
+    sessions grant nothing (a stranger cannot use them to hold places)."""
     s, rec = net.server(**{"net.session.resume": True, "net.limits.max_clients": 2, "net.session.grace": 30.0,
                            "net.limits.per_address.connections": 0})
     kept, _ = _resumable_from(s, rec, 1)
     (kept_cid,) = active_cids(s)
     dropped, token = _resumable_from(s, rec, 2)
-    (cid,) = set(active_cids(s)) - {kept_cid}
+    (cid,) = set(active_cids(s, 2)) - {kept_cid}
+    live = _peer_from(s.addr)  # full, two live sessions, none suspended: refused at once
+    assert live.recv_until_close() == [(16, {"reason": "serverfull"})]
     dropped.close()
     rec.wait_for("peng3dnet:server.connection.suspended", 1)
-    assert len(s._links) == 2  # the suspended session keeps its place
+    assert len(s._links) == 2 and s._suspended_n == 1  # the suspended session keeps its place
     stranger = _peer_from(s.addr)
     assert stranger.recv_packet()[0] == 1  # let in: it might be coming back
     stranger.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"]})
     assert stranger.recv_until_close() == [(16, {"reason": "serverfull"})]
     wait_for(lambda: s._over_max == 0, what="its place given back")
     back = _peer_from(s.addr)
-    waiting = _peer_from(s.addr)  # two sessions (one live, one suspended): two may try at once
-    assert back.recv_packet()[0] == 1 and waiting.recv_packet()[0] == 1
-    third = _peer_from(s.addr)
-    assert third.recv_until_close() == [(16, {"reason": "serverfull"})]  # refused at once
+    assert back.recv_packet()[0] == 1
+    third = _peer_from(s.addr)  # one suspended session, one connection waiting for it: no more
+    assert third.recv_until_close() == [(16, {"reason": "serverfull"})]
     back.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"], RESUME_KEY: {"token": token, "received": 0}})
     pid, hs = back.recv_packet()
     assert pid == 3 and hs["peng3dnet.session"]["token"] == token
     back.send_packet(4, {"success": True})
     rec.wait_for("peng3dnet:server.connection.resumed", 1)
-    assert sorted(active_cids(s, 2)) == sorted([kept_cid, cid]) and s._over_max == 1  # back; "waiting" waits
-    waiting.close()
-    wait_for(lambda: s._over_max == 0 and len(s._links) == 2, what="the waiting one gone")
-    assert s.stats.connections_refused == 1
+    assert sorted(active_cids(s, 2)) == sorted([kept_cid, cid]) and len(s._links) == 2
+    assert (s._over_max, s._suspended_n) == (0, 0)
+    after = _peer_from(s.addr)  # full again, nothing suspended
+    assert after.recv_until_close() == [(16, {"reason": "serverfull"})]
+    assert s.stats.connections_refused == 4  # three at accept, one at settype
     kept.close()
     back.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_count_of_suspended_sessions_follows_expiry_kicks_and_shutdown(net):
+    s, rec = net.server(**{"net.session.resume": True, "net.session.grace": 30.0,
+                           "net.limits.per_address.connections": 0})
+    peers = [_resumable_from(s, rec, i + 1)[0] for i in range(3)]
+    cids = active_cids(s, 3)
+    for i, p in enumerate(peers):
+        p.close()
+        rec.wait_for("peng3dnet:server.connection.suspended", i + 1)
+    assert s._suspended_n == 3
+    s.close_connection(cids[0], "kicked")  # a kicked client must not resume
+    wait_for(lambda: s._suspended_n == 2, what="the kicked session counted off")
+    s.cfg["net.session.grace"] = 0.2  # (read when a socket drops)
+    again = _resumable_from(s, rec, 4)[0]
+    again.close()
+    rec.wait_for("peng3dnet:server.connection.suspended", 4)
+    wait_for(lambda: s._suspended_n == 2, timeout=10, what="the expired session counted off")
+    s.stop()
+    wait_for(lambda: s._suspended_n == 0, what="the sessions ended at stop")
 
 
 @pytest.mark.timeout(60)

@@ -441,7 +441,9 @@ CONFIG: dict[str, str] = {
                              "from that connection pauses until ``process()`` has brought it down to half "
                              "(TCP back-pressure, nothing dropped).",
     "net.limits.max_clients": "Server: connections at once; more get ``closeconn`` ``serverfull`` and are "
-                              "closed at once.",
+                              "closed at once, except as many as there are suspended sessions, which "
+                              "are let in to resume one (closed with ``serverfull`` at ``settype`` if "
+                              "they do not).",
     "net.limits.per_address.connections": "Server: connections from one address (an IPv6 address counts as "
                                           "its network, :netconf:`net.limits.per_address.ipv6_prefix`); more "
                                           "get ``addresslimit``.  0: off.",
