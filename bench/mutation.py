@@ -134,11 +134,13 @@ def wilson(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def read_report(path: str, area: str) -> tuple[dict[str, collections.Counter], list[str]]:
-    """An earlier report's counts per module and survivors for ``area``
-    (a full run of it, not a sample)."""
+def read_report(path: str, area: str) -> tuple[dict[str, collections.Counter], list[str], str | None]:
+    """An earlier report's counts per module, survivors and commit (when
+    it names one) for ``area`` (a full run of it, not a sample)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
+    named = re.search(r"^# Mutation testing report \(.*commit (\w+)\)", text, re.M)
+    commit = named.group(1) if named and named.group(1) != "unknown" else None
     m = re.search(rf"^## {re.escape(area)} \(.*?(?=^## |\Z)", text, re.M | re.S)
     if m is None or ", a sample of" in m.group(0).splitlines()[0]:
         raise SystemExit(f"{path} has no full run of the area {area!r}")
@@ -151,7 +153,24 @@ def read_report(path: str, area: str) -> tuple[dict[str, collections.Counter], l
     survivors = re.findall(r"^# (\S+): survived$", section, re.M)
     if sum(c["survived"] for c in counts.values()) != len(survivors):
         raise SystemExit(f"{path}: the survivors' diffs are not all there (made without --diffs?)")
-    return counts, survivors
+    return counts, survivors, commit
+
+
+def module_path(module: str) -> str:
+    """The source file of a dotted module name (a package's ``__init__.py``)."""
+    base = os.path.join(ROOT, *module.split("."))
+    return base + ".py" if os.path.exists(base + ".py") else os.path.join(base, "__init__.py")
+
+
+def changed_since(commit: str, modules: list[str]) -> list[str]:
+    """The modules whose source differs between ``commit`` and HEAD."""
+    out = []
+    for module in modules:
+        rel = os.path.relpath(module_path(module), ROOT)
+        diff = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", rel], cwd=ROOT)
+        if diff.returncode != 0:
+            out.append(module)
+    return out
 
 
 def again_counts(before: dict[str, collections.Counter], found: list[tuple[str, str]],
@@ -200,9 +219,22 @@ def run_area(area: str, children: int, diffs: bool, sample: int = 0,
         before: dict[str, collections.Counter] = {}
         whole: set[str] = set()
         if again:
-            before, survivors = read_report(again, area)
+            before, survivors, commit = read_report(again, area)
+            unknown = set(rerun_whole) - set(before)
+            if unknown:
+                raise SystemExit(f"--whole: {', '.join(sorted(unknown))} not in the report's modules")
+            if commit is None:
+                print(f"note: {again} names no commit: the code is taken to be unchanged except --whole's",
+                      file=sys.stderr)
+            else:
+                changed = set(changed_since(commit, sorted(before))) - set(rerun_whole)
+                if changed:
+                    raise SystemExit(f"changed since {commit}, the report's commit: {', '.join(sorted(changed))} "
+                                     "(its mutants are not the report's: name it with --whole)")
             whole = {module for module, c in before.items() if c["no tests"]} | set(rerun_whole)
             chosen = sorted(s for s in survivors if _module(s) not in whole) + [f"{m}.*" for m in sorted(whole)]
+            if not chosen:  # nothing left: the report's counts stand (an empty list would run every mutant)
+                return before, [], 0.0, sum(sum(c.values()) for c in before.values())
         run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *chosen],
                              cwd=tmp, env=env, capture_output=True, text=True)
         elapsed = time.monotonic() - t0
@@ -284,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     areas = list(AREAS) if args.area == "all" else [args.area]
     if args.again and (args.sample or len(areas) != 1):
         ap.error("--again takes one area and no --sample")
+    if args.whole and not args.again:
+        ap.error("--whole goes with --again")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     parts = [f"# Mutation testing report ({time.strftime('%Y-%m-%d')}, mutmut, {os.cpu_count()} cores, "
              f"commit {head or 'unknown'})", ""]

@@ -7,7 +7,7 @@ import collections
 
 import pytest
 
-from bench.mutation import again_counts, choose_sample, read_report, report, wilson
+from bench.mutation import again_counts, changed_since, choose_sample, module_path, read_report, report, wilson
 
 
 def test_a_sample_is_the_same_for_the_same_seed_and_in_name_order():
@@ -35,13 +35,14 @@ def _full_report(tmp_path):
              ("pkg.a.x_g__mutmut_4", "# pkg.a.x_g__mutmut_4: survived\n-x\n+y"),
              ("pkg.b.x_h__mutmut_2", "# pkg.b.x_h__mutmut_2: survived\n-x\n+y")]
     path = tmp_path / "r.md"
-    path.write_text("# Mutation testing report\n\n" + report("area", counts, shown, 12.0)
+    path.write_text("# Mutation testing report (2026-12-01, mutmut, 2 cores)\n\n" + report("area", counts, shown, 12.0)
                     + report("other", {"pkg.z": collections.Counter({"survived": 4})}, [], 1.0))
     return path
 
 
 def test_an_earlier_report_is_read_back_for_its_area_only(tmp_path):
-    counts, survivors = read_report(str(_full_report(tmp_path)), "area")
+    counts, survivors, commit = read_report(str(_full_report(tmp_path)), "area")
+    assert commit is None  # (this report names none)
     assert counts == {"pkg.a": {"killed": 8, "survived": 2, "no tests": 0, "timeout": 0},
                       "pkg.b": {"killed": 5, "survived": 1, "no tests": 3, "timeout": 0}}
     assert survivors == ["pkg.a.x_f__mutmut_1", "pkg.a.x_g__mutmut_4", "pkg.b.x_h__mutmut_2"]
@@ -59,3 +60,14 @@ def test_a_run_again_keeps_the_kills_and_recounts_what_it_ran():
              ("pkg.b.x_h__mutmut_8", "survived")]
     counts = again_counts(before, found, whole={"pkg.b"})
     assert counts == {"pkg.a": {"killed": 9, "survived": 1}, "pkg.b": {"killed": 7, "no tests": 1, "survived": 1}}
+
+
+def test_a_report_names_its_commit_and_changed_modules_are_found(tmp_path):
+    path = tmp_path / "r.md"
+    path.write_text("# Mutation testing report (2026-12-01, mutmut, 2 cores, commit c73e752)\n\n"
+                    + report("area", {"pkg.a": collections.Counter({"killed": 1})}, [], 1.0))
+    assert read_report(str(path), "area")[2] == "c73e752"
+    # peng3dnet/ext/rooms/lobby.py changed after c73e752 (the kind check); tokens.py did not
+    assert changed_since("c73e752", ["peng3dnet.ext.rooms.lobby", "peng3dnet.ext.rooms.tokens"]) == \
+        ["peng3dnet.ext.rooms.lobby"]
+    assert module_path("peng3dnet.ext.rooms").endswith("peng3dnet/ext/rooms/__init__.py")
