@@ -278,3 +278,15 @@ def test_a_ticket_and_its_reservation_last_seat_ttl():
     assert p.rooms()[0]["seats"] == 3
     clock[0] += 0.5
     assert p.rooms()[0]["seats"] == 4  # the reservation lasted 15 s
+
+
+def test_a_named_room_on_a_live_server_that_no_longer_offers_its_kind_is_refused_as_such():
+    p = LocalPresence()
+    p.register_server("s1", {"addr": "s1:1", "kinds": {"arena": 4}}, 60)
+    p.register_server("s2", {"addr": "s2:1", "kinds": {"duel": 2}}, 60)  # was a duel server once
+    _room(p, "red", "s2", clients=1, max_clients=2, kind="duel")
+    p.register_server("s3", {"addr": "s3:1", "kinds": {"duel": 2}}, 60)
+    p.register_server("s2", {"addr": "s2:1", "kinds": {"arena": 4}}, 60)  # s2 offers arenas only now
+    with pytest.raises(NoServerError, match="^room 'red' is on a server that no longer offers rooms of kind 'duel'$"):
+        Lobby(p, SECRET).matchmake("duel", room="red")
+    assert p.top("peng3dnet:lobby") == [] and [(r["id"], r["seats"]) for r in p.rooms()] == [("red", 1)]

@@ -372,8 +372,10 @@ def test_redis_listener_survives_bad_messages_raising_subscribers_and_a_dropped_
     assert "presence: subscriber of c raised" in messages
     thread = rp._thread
     assert thread is not None and thread.name == "peng3dnet presence" and thread.daemon
-    # Redis drops the subscription's connection: the listener says so and subscribes again
-    rp.r.client_kill_filter(_type="pubsub")
+    # Redis drops the subscription's connection (this one only: the Redis is shared), the listener
+    # says so and subscribes again
+    host, port = rp._pubsub.connection._sock.getsockname()[:2]
+    assert rp.r.client_kill_filter(addr=f"{host}:{port}") == 1
     wait_for(lambda: rp.publish("c", "probe") == 1, timeout=15, what="subscribed again")
     wait_for(lambda: any(d == "probe" for _, d in _drain(got)), timeout=10, what="a message after the drop")
     lost = [r.getMessage() for r in caplog.records if "subscription lost" in r.getMessage()]

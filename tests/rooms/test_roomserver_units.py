@@ -196,12 +196,14 @@ def test_start_names_its_threads_and_stop_takes_everything_down():
     assert set(started) == {"peng3dnet rooms", "peng3dnet rooms directory"}
     assert t is started["peng3dnet rooms"] and all(th.daemon for th in started.values())
     assert rooms.server_id in presence.servers()
-    rooms.create("ticking", "t")
-    rooms._join_call({"room": "t"}, 1)
-    rooms.subscribe("news")
-    assert ticked.wait(10)
-    assert ticks.get_nowait() == 1 / 200  # each tick's dt is the period
-    rooms.stop()
+    try:
+        rooms.create("ticking", "t")
+        rooms._join_call({"room": "t"}, 1)
+        rooms.subscribe("news")
+        assert ticked.wait(10)
+        assert ticks.get_nowait() == 1 / 200  # each tick's dt is the period
+    finally:
+        rooms.stop()
     assert not any(th.is_alive() for th in started.values())
     assert rooms.rooms == {} and rooms.room_of(1) is None
     assert presence.servers() == {} and presence.rooms() == []
@@ -354,13 +356,14 @@ def test_the_rooms_and_directory_threads_wait_between_rounds():
     ours = [t for t in set(threading.enumerate()) - before if t.name.startswith("peng3dnet rooms")]
     cpu0 = sum(_thread_cpu(t) for t in ours)
     try:
-        # ticks every 1/50 s: ten ticks take at least nine periods
+        # ticks every 1/50 s: ten ticks take about nine periods (at least half that: a late tick is
+        # caught up at once, which may bunch a few; a loop that does not wait takes next to nothing)
         stamps = [ticks.get(timeout=10) for _ in range(10)]
-        assert stamps[-1] - stamps[0] >= 9 / 50 * 0.9
+        assert stamps[-1] - stamps[0] >= 9 / 50 * 0.5
         # a refresh every ttl/3 = 0.2 s (the first at start())
         refreshes = [registered.get(timeout=10) for _ in range(4)]
         gaps = [b - a for a, b in zip(refreshes, refreshes[1:])]
-        assert all(g >= 0.2 * 0.9 for g in gaps[1:]) and gaps[0] <= 5, gaps
+        assert all(g >= 0.2 * 0.5 for g in gaps[1:]) and gaps[0] <= 5, gaps
         # neither thread spins: far less CPU than the time that passed
         wall = refreshes[-1] - refreshes[0]
         cpu = sum(_thread_cpu(t) for t in ours) - cpu0

@@ -62,7 +62,8 @@ class Lobby:
             for r in candidates:  # (a name is one room in the cluster, of one kind)
                 if r.get("kind") != kind:
                     raise NoServerError(f"room {room!r} is a room of kind {r.get('kind')!r}, not {kind!r}")
-            candidates = [r for r in candidates if r["server"] in servers]
+            if candidates and all(r["server"] not in servers for r in candidates):
+                raise NoServerError(f"room {room!r} is on a server that no longer offers rooms of kind {kind!r}")
         else:
             rooms = self.presence.rooms(kind)
             # Fill rooms first (most players first), then the least-loaded server.
