@@ -434,3 +434,17 @@ def test_redis_unsubscribing_one_channel_keeps_the_others_and_close_ends_the_sub
         wait_for(lambda: other.r.pubsub_numsub(f"{ns}:ch:b")[0][1] == 0, what="no subscription after close")
     finally:
         other.close()
+
+
+def test_redis_a_message_for_a_channel_without_callbacks_is_dropped_and_the_listener_lives_on(rp, redis_ns):
+    url, ns = redis_ns
+    got: queue.Queue = queue.Queue()
+    rp.subscribe("gone", lambda ch, d: None)
+    rp.subscribe("kept", lambda ch, d: got.put(d))
+    wait_for(lambda: rp.r.pubsub_numsub(f"{ns}:ch:gone")[0][1] == 1, what="subscribed")
+    with rp._lock:  # the moment in unsubscribe() between forgetting the callbacks and telling Redis
+        del rp._subs["gone"]
+    assert rp.publish("gone", 1) == 1  # still subscribed at Redis: delivered to a listener with no callback
+    assert rp.publish("kept", 2) == 1
+    assert got.get(timeout=10) == 2
+    assert rp._thread is not None and rp._thread.is_alive()
