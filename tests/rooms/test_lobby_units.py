@@ -290,3 +290,20 @@ def test_a_named_room_on_a_live_server_that_no_longer_offers_its_kind_is_refused
     with pytest.raises(NoServerError, match="^room 'red' is on a server that no longer offers rooms of kind 'duel'$"):
         Lobby(p, SECRET).matchmake("duel", room="red")
     assert p.top("peng3dnet:lobby") == [] and [(r["id"], r["seats"]) for r in p.rooms()] == [("red", 1)]
+
+
+def test_a_new_rooms_server_is_chosen_by_the_seats_taken_in_its_rooms_not_their_size():
+    p = LocalPresence()
+    p.register_server("A", {"addr": "A:1", "kinds": {"arena": 8}}, 60)
+    p.register_server("B", {"addr": "B:1", "kinds": {"arena": 8}}, 60)
+    _room(p, "a1", "A", clients=3, max_clients=4)  # A: 3 seats taken of 4
+    _room(p, "b1", "B", clients=0, max_clients=8)  # B: a bigger room, none taken
+    ticket = Lobby(p, SECRET).matchmake("arena", room="new")  # a named new room: placed, not filled
+    assert (ticket["room"], ticket["server"]) == ("new", "B")
+
+
+def test_a_server_whose_rooms_of_the_kind_have_no_seats_cannot_take_a_new_one():
+    p = LocalPresence()
+    p.register_server("s1", {"addr": "s1:1", "kinds": {"arena": 0}}, 60)
+    with pytest.raises(NoServerError, match=r"^room 'arena-[0-9a-f]{8}' is full$"):
+        Lobby(p, SECRET).matchmake("arena")
