@@ -36,10 +36,7 @@ def store(request):
     if request.param == "local":
         yield LocalPresence(clock=Clock())
         return
-    url, ns = request.getfixturevalue("redis_ns")
-    p = RedisPresence(url, ns)
-    yield p
-    p.close()
+    yield request.getfixturevalue("rp")
 
 
 def room(server: str, kind: str, clients: int, max_clients: int, **extra) -> dict:
@@ -282,14 +279,6 @@ def test_local_ties_in_top_are_by_name():
 
 
 # --- RedisPresence specifics ------------------------------------------------------------------------
-
-@pytest.fixture
-def rp(redis_ns):
-    url, ns = redis_ns
-    p = RedisPresence(url, ns)
-    yield p
-    p.close()
-
 
 def test_redis_servers_prunes_the_index_of_expired_ones(rp: RedisPresence):
     rp.register_server("live", {"a": 1}, ttl=60)

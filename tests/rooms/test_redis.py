@@ -23,11 +23,8 @@ from tests.rooms import room_client
 
 
 @pytest.fixture
-def presence(redis_ns):
-    url, ns = redis_ns
-    p = RedisPresence(url, ns)
-    yield p
-    p.close()
+def presence(rp):
+    return rp
 
 
 def test_servers_register_with_a_ttl(presence):
