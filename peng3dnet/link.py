@@ -114,7 +114,7 @@ class Link:
         self.provisional = False
         self.resumable = False
         # Server: admitted over net.limits.max_clients because sessions are
-        # resumable (it may resume one of them at settype; nothing else).
+        # suspended (it may resume one of them at settype; nothing else).
         self.over_max = False
         # Bytes the core queued by itself (heartbeat echoes, pongs, acks)
         # while the write buffer was over net.limits.write_buffer (Peer._push).
