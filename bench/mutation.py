@@ -156,19 +156,23 @@ def read_report(path: str, area: str) -> tuple[dict[str, collections.Counter], l
     return counts, survivors, commit
 
 
-def module_path(module: str) -> str:
+def module_path(module: str, root: str = ROOT) -> str:
     """The source file of a dotted module name (a package's ``__init__.py``)."""
-    base = os.path.join(ROOT, *module.split("."))
+    base = os.path.join(root, *module.split("."))
     return base + ".py" if os.path.exists(base + ".py") else os.path.join(base, "__init__.py")
 
 
-def changed_since(commit: str, modules: list[str]) -> list[str]:
-    """The modules whose source differs between ``commit`` and HEAD."""
+def changed_since(commit: str, modules: list[str], root: str = ROOT) -> list[str]:
+    """The modules whose source differs between ``commit`` and HEAD of
+    the repository at ``root``."""
     out = []
     for module in modules:
-        rel = os.path.relpath(module_path(module), ROOT)
-        diff = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", rel], cwd=ROOT)
-        if diff.returncode != 0:
+        rel = os.path.relpath(module_path(module, root), root)
+        diff = subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", rel], cwd=root,
+                              capture_output=True, text=True)
+        if diff.returncode not in (0, 1):  # (an unknown commit: a shallow clone, another repository)
+            raise SystemExit(f"cannot compare with {commit}: {diff.stderr.strip()}")
+        if diff.returncode == 1:
             out.append(module)
     return out
 

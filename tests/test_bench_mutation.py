@@ -4,6 +4,7 @@ by hand, out of CI)."""
 from __future__ import annotations
 
 import collections
+import subprocess
 
 import pytest
 
@@ -67,7 +68,23 @@ def test_a_report_names_its_commit_and_changed_modules_are_found(tmp_path):
     path.write_text("# Mutation testing report (2026-12-01, mutmut, 2 cores, commit c73e752)\n\n"
                     + report("area", {"pkg.a": collections.Counter({"killed": 1})}, [], 1.0))
     assert read_report(str(path), "area")[2] == "c73e752"
-    # peng3dnet/ext/rooms/lobby.py changed after c73e752 (the kind check); tokens.py did not
-    assert changed_since("c73e752", ["peng3dnet.ext.rooms.lobby", "peng3dnet.ext.rooms.tokens"]) == \
-        ["peng3dnet.ext.rooms.lobby"]
-    assert module_path("peng3dnet.ext.rooms").endswith("peng3dnet/ext/rooms/__init__.py")
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "__init__.py").write_text("")
+    (repo / "pkg" / "a.py").write_text("x = 1\n")
+    (repo / "pkg" / "b.py").write_text("y = 1\n")
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    first = git("rev-parse", "HEAD")
+    (repo / "pkg" / "a.py").write_text("x = 2\n")
+    git("commit", "-qam", "two")
+    assert changed_since(first, ["pkg.a", "pkg.b", "pkg"], root=str(repo)) == ["pkg.a"]
+    assert module_path("pkg", str(repo)).endswith("pkg/__init__.py")
+    with pytest.raises(SystemExit, match="cannot compare with 0123abc"):
+        changed_since("0123abc", ["pkg.a"], root=str(repo))  # unknown here (a shallow clone)
