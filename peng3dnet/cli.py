@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -90,14 +92,36 @@ def _until_stopped(ready: str) -> None:
     """Print ``ready`` (the line a caller waits for before it may signal
     us), then block the main thread until Ctrl-C or SIGTERM.  The line is
     printed inside the ``try``: a Ctrl-C that follows it at once is a clean
-    stop, never an interrupted exit."""
-    forever = threading.Event()
+    stop, never an interrupted exit.
+
+    The wait is a ``select()`` on the signal wake-up pipe
+    (:func:`signal.set_wakeup_fd`): the kernel may deliver the signal to
+    any thread of the process (the server's network thread, say), and a
+    lock wait in the main thread is interrupted only by a signal delivered
+    to the main thread itself: it slept on (for an hour), and Ctrl-C hung.
+    The handler writes to the pipe whichever thread took the signal, the
+    main thread wakes and runs it (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():  # (no signals here: main() called by a program)
+        try:
+            print(ready, flush=True)
+            threading.Event().wait()
+        except (KeyboardInterrupt, _TerminatedError):
+            pass
+        return
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+    old_fd = signal.set_wakeup_fd(wfd)
     try:
         print(ready, flush=True)
-        while not forever.wait(3600):  # a lock wait: signals interrupt it
-            pass
+        while True:
+            select.select([rfd], [], [])
+            os.read(rfd, 512)  # (a signal without a Python handler that raises: wait on)
     except (KeyboardInterrupt, _TerminatedError):
         pass
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        os.close(rfd)
+        os.close(wfd)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

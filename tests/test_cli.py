@@ -153,6 +153,38 @@ def test_serve_ctrl_c_exits_0(server):
     assert "Traceback" not in server.stderr()
 
 
+_OTHER_THREAD_SIGINT = r"""
+import signal, sys, threading
+from peng3dnet import cli
+
+def worker():
+    sys.stdin.readline()  # the test read the ready line
+    signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # delivered to this thread, not the main one
+
+threading.Thread(target=worker, daemon=True).start()
+cli._until_stopped("ready")
+print("stopped", flush=True)
+"""
+
+
+def test_a_signal_taken_by_another_thread_still_stops_the_wait():
+    """The kernel may deliver Ctrl-C to any thread of the process (the
+    server's network thread, say): the main thread's wait must end all the
+    same (it slept on in a lock wait, and `serve` hung now and then)."""
+    p = subprocess.Popen([sys.executable, "-c", _OTHER_THREAD_SIGINT], cwd=ROOT, env=ENV, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert (p.returncode, out, err) == (0, "stopped\n", "")
+
+
 def test_serve_on_a_port_in_use_fails_with_one_line(server):
     out = cli("serve", "--host", "127.0.0.1", "--port", str(server.port))
     assert out.returncode == 1
