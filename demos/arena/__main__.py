@@ -146,10 +146,18 @@ def _main(args: argparse.Namespace) -> int:
         # client gets "servershutdown", the report is written, exit 0.
         signal.signal(signal.SIGTERM, _raise_interrupt)
         srv: Any
-        if args.cluster:
-            srv = ClusterArenaServer(args.cluster, host=args.host, port=args.port).start()
-        else:
-            srv = ArenaServer(host=args.host, port=args.port, lan=True, lan_port=lan_port).start()
+        # The server's threads start with SIGINT and SIGTERM blocked, so the
+        # kernel delivers them to this thread: its wait below is interrupted
+        # only by a signal delivered to it (else Ctrl-C could hang).
+        stop_signals = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+        try:
+            if args.cluster:
+                srv = ClusterArenaServer(args.cluster, host=args.host, port=args.port).start()
+            else:
+                srv = ArenaServer(host=args.host, port=args.port, lan=True, lan_port=lan_port).start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
         print(f"arena server on port {srv.port}", flush=True)
         if getattr(srv, "lan_addr", None) is not None:
             print(f"LAN discovery on udp port {srv.lan_addr[1]}", flush=True)
