@@ -190,13 +190,21 @@ class Sink(Packet):
             return list(self.got)
 
 
+def default_sigint() -> None:
+    """(In a child before exec) SIGINT back to its default: a test run
+    started in the background by a shell without job control ignores it,
+    children inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class LineProcess:
     """A program in a subprocess whose stdout lines are read by a thread,
     so waiting for a line is bounded.  Lines taken are kept in ``lines``."""
 
     def __init__(self, cmd: list[str], *, cwd: str, env: dict[str, str], name: str | None = None) -> None:
         self.name = name or " ".join(cmd[1:3])
-        self.p = subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.p = subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  preexec_fn=default_sigint)
         self.lines: list[str] = []
         self._q: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -17,7 +17,7 @@ import pytest
 
 from peng3dnet.net import Client
 from peng3dnet.packet import Packet
-from tests.helpers import LineProcess
+from tests.helpers import LineProcess, default_sigint
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -172,7 +172,7 @@ def test_a_signal_taken_by_another_thread_still_stops_the_wait():
     server's network thread, say): the main thread's wait must end all the
     same (it slept on in a lock wait, and `serve` hung now and then)."""
     p = subprocess.Popen([sys.executable, "-c", _OTHER_THREAD_SIGINT], cwd=ROOT, env=ENV, text=True,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     try:
         assert p.stdout.readline() == "ready\n"
         p.stdin.write("go\n")
