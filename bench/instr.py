@@ -29,8 +29,8 @@ into a temporary folder; the same scenario code, bench.events_cost's
 ratios in parentheses are against the last ``--rev`` (give the baseline
 last).
 ``--compiled`` also measures a copy of this checkout whose per-packet
-modules (``HOT_MODULES``) are compiled by mypyc (an experiment: the package
-ships pure Python; it needs mypy and a C compiler).
+modules (``HOT_MODULES``) are compiled by mypyc, as the optional compiled
+build compiles them (it needs mypy and a C compiler).
 Needs valgrind (Debian: ``apt-get install valgrind``).  Run by hand.
 """
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -167,15 +168,9 @@ def warm_up(tree: str, mode: str) -> None:
         subprocess.run([sys.executable, script, mode, "10"], env=env, check=True, capture_output=True, cwd=tmp)
 
 
-# The modules a packet passes through, for --compiled (mypyc): the sans-I/O
-# core, the transport, the relay, the process queue and flow control, the
-# peer core and its facades.
-HOT_MODULES = [
-    "peng3dnet/protocol/codec.py", "peng3dnet/protocol/connection.py", "peng3dnet/protocol/framing.py",
-    "peng3dnet/protocol/handshake.py", "peng3dnet/transport.py", "peng3dnet/relay.py", "peng3dnet/inbox.py",
-    "peng3dnet/flow.py", "peng3dnet/link.py", "peng3dnet/plans.py", "peng3dnet/peer.py", "peng3dnet/server.py",
-    "peng3dnet/client.py",
-]
+# The modules the optional compiled build compiles (peng3dnet/_mypyc.py),
+# for --compiled.
+HOT_MODULES = runpy.run_path(os.path.join(ROOT, "peng3dnet", "_mypyc.py"))["COMPILED_MODULES"]
 MYPY_INI = """[mypy]
 python_version = 3.11
 [mypy-msgpack.*]
@@ -193,7 +188,7 @@ ignore_missing_imports = True
 
 def compiled_copy(into: str) -> str:
     """A copy of this checkout's package with :data:`HOT_MODULES` compiled
-    by mypyc (an experiment: peng3dnet ships pure Python).  Needs mypy
+    by mypyc (as the optional compiled build compiles them).  Needs mypy
     (the test extra) and a C compiler.  ``peng3dnet/loopthread.py`` stays
     interpreted: mypyc's traverse of a compiled ``threading.Thread``
     subclass visits its weak reference list as if it owned it, and
@@ -219,7 +214,7 @@ def main() -> None:
     ap.add_argument("--n2", type=int, default=12000)
     ap.add_argument("--mode", action="append", choices=MODES, help="only these scenarios")
     ap.add_argument("--compiled", action="store_true",
-                    help="also measure this checkout with its per-packet modules compiled by mypyc (an experiment)")
+                    help="also measure this checkout with its per-packet modules compiled by mypyc (the optional compiled build)")
     args = ap.parse_args()
     if not 0 <= args.n1 < args.n2:
         ap.error("need 0 <= --n1 < --n2")

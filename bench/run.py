@@ -11,7 +11,11 @@ Each scenario runs the server and the client in two processes on loopback
 - peng3dnet inline (tuned): net.process.inline, rate and per-address limits
   off, many clients on one NetworkLoop (the rows measured since issue #6);
 - a minimal asyncio-streams loop (the baseline of the ratios);
-- a bare one-thread selectors loop.
+- a bare one-thread selectors loop;
+- with --compiled, the first two again on the optional compiled build
+  (mypyc; README "Optional compiled build"), made by
+  ``python3 tests/compiled.py build`` (``.build-compiled/``; this command
+  refuses one older than the sources).
 
 Values are medians over --repeat runs; the implementations alternate within
 each repeat.  Not run in CI.
@@ -26,15 +30,20 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMPLS = ("default", "ours", "asyncio", "selectors")
+IMPLS = ("default", "ours", "default-compiled", "ours-compiled", "asyncio", "selectors")
 BASE = "asyncio"
+COMPILED = {"default-compiled": "default", "ours-compiled": "ours"}  # (on the compiled build: as these)
+COMPILED_TREE: str | None = None  # (main(): a run tree of the compiled build, with --compiled)
 COLUMNS = {
     "default": "peng3dnet default API",
     "ours": "peng3dnet inline (tuned)",
+    "default-compiled": "default API, compiled build",
+    "ours-compiled": "tuned, compiled build",
     "asyncio": "asyncio streams",
     "selectors": "bare selectors",
 }
@@ -46,10 +55,14 @@ def run_one(impl: str, scenario: str, opts: dict, server_opts: dict | None = Non
     ``cpu``: the client also measures the server process's CPU time (it is
     given the server's pid).
     """
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    root = ROOT
+    if impl in COMPILED:
+        assert COMPILED_TREE is not None
+        impl, root = COMPILED[impl], COMPILED_TREE
+    env = dict(os.environ, PYTHONPATH=root)
     srv = subprocess.Popen(
         [sys.executable, "-m", "bench.peers", f"{impl}-server", json.dumps(server_opts or {})],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root,
     )
     try:
         port = int(srv.stdout.readline())
@@ -57,7 +70,7 @@ def run_one(impl: str, scenario: str, opts: dict, server_opts: dict | None = Non
             opts = dict(opts, server_pid=srv.pid)
         out = subprocess.run(
             [sys.executable, "-m", "bench.peers", f"{impl}-client", scenario, str(port), json.dumps(opts)],
-            capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+            capture_output=True, text=True, timeout=300, env=env, cwd=root,
         )
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-2000:])
@@ -120,7 +133,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--only", help="comma-separated implementations to run (default: all): " + ",".join(IMPLS))
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also run the default API and the tuned path on the compiled build (.build-compiled/)")
     args = ap.parse_args()
+    global COMPILED_TREE
+    if args.compiled:
+        sys.path.insert(0, ROOT)
+        from tests import compiled
+
+        why = compiled.stale()
+        if why:
+            ap.error(f"{why}: run `python3 tests/compiled.py build` first")
+        COMPILED_TREE = compiled.run_tree(os.path.join(tempfile.mkdtemp(prefix="peng3dnet-bench-"), "run"))
     n = 20_000 if args.quick else 100_000
     secs = 1.0 if args.quick else 3.0
     rtt_n = 1000 if args.quick else 5000
@@ -128,7 +152,9 @@ def main() -> None:
     # one-way rows fit in it (a join-time burst), a sustained stream is held to the rate
     count_n = 50_000 if args.quick else 100_000
     only = set(args.only.split(",")) | {BASE} if args.only else set(IMPLS)
-    process_thread = {"ours": {"inline": False}, "asyncio": None}
+    if not args.compiled:
+        only -= set(COMPILED)
+    process_thread = {"ours": {"inline": False}, "ours-compiled": {"inline": False}, "asyncio": None}
     rows = [
         Row("one-way small msgs/s", "oneway", {"n": n}, "msgs_per_s"),
         Row("one-way 1 KiB msgs/s", "oneway", {"n": n, "size": 1024}, "msgs_per_s"),

@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
+from ._mypyc import mypyc_attr
 from .calls import CallFuture
 from .constants import (
     CONNTYPE_CLASSIC,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 _FROM_CONFIG: Any = object()  # Client(credentials=...) not given: net.auth.credentials
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Client(Peer):
     """A peng3dnet client: one connection to a server.
 

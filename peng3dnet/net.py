@@ -47,14 +47,17 @@ when the socket becomes writable.  It never blocks on the network.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
+from . import client as _client
 from . import conntypes, errors, packet, registry, util, version  # noqa: F401  (0.1.x: net.packet, ...)
-from .client import Client, NetworkLoop
+from . import server as _server
+from .client import NetworkLoop
 from .constants import *  # noqa: F403  (0.1.x: peng3dnet.net exposes the constants)
 from .constants import STRUCT_FORMAT_HEADER, STRUCT_FORMAT_LENGTH32
 from .constants import __all__ as _constants_all
 from .link import ConnectionStats
-from .server import ClientOnServer, Server, ServerStats
+from .server import ServerStats
 
 __all__ = [
     "STRUCT_HEADER",
@@ -72,3 +75,35 @@ STRUCT_HEADER = struct.Struct(STRUCT_FORMAT_HEADER)
 """The 6-byte packet header: id and flags (``!IH``)."""
 STRUCT_LENGTH32 = struct.Struct(STRUCT_FORMAT_LENGTH32)
 """The 4-byte length prefix (``!I``)."""
+
+
+# The public classes are subclasses of the ones in peng3dnet.server and
+# peng3dnet.client, defined here in a module that is never compiled: in the
+# optional compiled build (README, "Optional compiled build") the classes
+# they extend are native classes, which have no __dict__, take no weak
+# references and no instance attributes or methods set from outside; these
+# subclasses are ordinary Python classes, so programs see the same objects
+# in both builds.  They add nothing else.
+
+
+class ClientOnServer(_server.ClientOnServer):
+    __doc__ = _server.ClientOnServer.__doc__
+
+
+class Server(_server.Server):
+    __doc__ = _server.Server.__doc__
+
+    def __init__(
+        self,
+        peng: Any = None,
+        addr: Any = None,
+        clientcls: type[_server.ClientOnServer] | None = None,
+        cfg: dict[str, Any] | None = None,
+        authenticate: Any = None,
+    ) -> None:
+        # (the default per-connection class is this module's ClientOnServer)
+        super().__init__(peng, addr, clientcls if clientcls is not None else ClientOnServer, cfg, authenticate)
+
+
+class Client(_client.Client):
+    __doc__ = _client.Client.__doc__

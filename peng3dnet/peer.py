@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 from . import events as _events
+from ._mypyc import mypyc_attr
 from .calls import CallFuture, Calls, wait_result
 from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
 from .constants import (
@@ -91,6 +92,7 @@ CLOSE_LINGER = 2.0  # seconds to wait for the peer's EOF after our closeconn
 _DRAIN_WAIT = 10.0  # seconds process_forever() waits for the loop's end before its last drain
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Peer:
     """What Server and Client share: config, registry, events, the process
     queue, the send path and the handling of the core's outputs."""

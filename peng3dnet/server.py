@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
+from ._mypyc import mypyc_attr
 from .calls import CallFuture
 from .constants import (
     CONNTYPE_CLASSIC,
@@ -151,6 +152,7 @@ class ServerStats:
 
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ClientOnServer:
     """The server's view of one connected client.
 
@@ -289,6 +291,7 @@ class ClientOnServer:
         ``send_message``."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Server(Peer):
     """A peng3dnet server: accepts clients and exchanges packets with them.
 

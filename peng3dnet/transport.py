@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._mypyc import caused
 from .errors import InvalidAddressError, NetworkError, TLSError
 
 __all__ = ["Reactor", "EpollSelector", "Channel", "Timer", "Listener", "Datagram", "WOULD_BLOCK", "connect", "prepare", "map_oserror", "frame_selves"]
@@ -671,7 +672,7 @@ class Channel:
             err = map_oserror(exc, "recv")
             if not isinstance(err, NetworkError):
                 err = NetworkError(str(exc))
-            raise err from exc
+            raise caused(err, exc) from exc
 
     def pending(self) -> bool:
         """Whether TLS holds decrypted bytes that the selector will not
@@ -701,7 +702,7 @@ class Channel:
         except (ssl.SSLError, OSError) as exc:
             self.tls_pending = 0
             err = map_oserror(exc, "handshake")
-            raise (err if isinstance(err, TLSError) else TLSError(str(exc))) from exc
+            raise caused(err if isinstance(err, TLSError) else TLSError(str(exc)), exc) from exc
         self.tls_pending = 0
 
     def tls_version(self) -> str | None:
@@ -879,15 +880,15 @@ def connect(addr: tuple[Any, ...], timeout: float, ctx: ssl.SSLContext | None = 
     try:
         sock = socket.create_connection(addr[:2], timeout=timeout)
     except socket.gaierror as exc:
-        raise InvalidAddressError(f"cannot resolve {addr[0]!r}: {exc}") from exc
+        raise caused(InvalidAddressError(f"cannot resolve {addr[0]!r}: {exc}"), exc) from exc
     except OSError as exc:
-        raise NetworkError(f"cannot connect to {addr}: {exc}") from exc
+        raise caused(NetworkError(f"cannot connect to {addr}: {exc}"), exc) from exc
     if ctx is not None:
         try:
             sock = ctx.wrap_socket(sock, server_hostname=str(addr[0]))
         except (ssl.SSLError, OSError) as exc:
             sock.close()
-            raise map_oserror(exc, f"handshake with {addr}") from exc
+            raise caused(map_oserror(exc, f"handshake with {addr}"), exc) from exc
     prepare(sock)
     return sock
 
@@ -918,7 +919,7 @@ class Listener:
         try:  # an empty host: every interface
             infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         except socket.gaierror as exc:
-            raise InvalidAddressError(f"cannot resolve {host!r}: {exc}") from exc
+            raise caused(InvalidAddressError(f"cannot resolve {host!r}: {exc}"), exc) from exc
         family, socktype, proto, _, sockaddr = infos[0]
         sock = socket.socket(family, socktype, proto)
         try:
@@ -929,7 +930,7 @@ class Listener:
             sock.listen(backlog)
         except OSError as exc:
             sock.close()
-            raise NetworkError(f"cannot bind {host!r}:{port}: {exc}") from exc
+            raise caused(NetworkError(f"cannot bind {host!r}:{port}: {exc}"), exc) from exc
         sock.setblocking(False)
         self.sock = sock
         """The listening socket."""
@@ -992,7 +993,7 @@ class Listener:
                     break
             sock.close()
             err = map_oserror(exc, "wrap")
-            raise (err if isinstance(err, TLSError) else TLSError(str(err))) from exc
+            raise caused(err if isinstance(err, TLSError) else TLSError(str(err)), exc) from exc
 
     def close(self) -> None:
         """Close the listening socket."""
@@ -1026,7 +1027,7 @@ class Datagram:
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         except OSError as exc:
-            raise map_oserror(exc, "socket") from exc
+            raise caused(map_oserror(exc, "socket"), exc) from exc
         try:
             if reuseaddr:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1037,7 +1038,7 @@ class Datagram:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            raise map_oserror(exc, f"bind {host!r}:{port}") from exc
+            raise caused(map_oserror(exc, f"bind {host!r}:{port}"), exc) from exc
         self.sock = sock
         """The UDP socket (to register with a reactor)."""
         self.addr: tuple[Any, ...] = sock.getsockname()[:2]
@@ -1073,7 +1074,7 @@ class Datagram:
         except (TimeoutError, *_WOULD_BLOCK):
             return None
         except OSError as exc:
-            raise map_oserror(exc, "recvfrom") from exc
+            raise caused(map_oserror(exc, "recvfrom"), exc) from exc
         finally:
             if timeout > 0:
                 with contextlib.suppress(OSError):
@@ -1096,7 +1097,7 @@ class Datagram:
         except _WOULD_BLOCK:
             return False
         except OSError as exc:
-            raise map_oserror(exc, f"sendto {addr}") from exc
+            raise caused(map_oserror(exc, f"sendto {addr}"), exc) from exc
         return True
 
     def close(self) -> None:

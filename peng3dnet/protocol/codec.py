@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from .._mypyc import caused
 from ..constants import FLAG_COMPRESSED, MAX_PACKETLENGTH
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
 from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, encode_frame
@@ -49,7 +50,7 @@ def pack(value: Any, encode: Any = msgpack.packb) -> bytes:
     try:
         return encode(value)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
-        raise LocalProtocolError(f"cannot encode message: {exc}") from exc
+        raise caused(LocalProtocolError(f"cannot encode message: {exc}"), exc) from exc
 
 
 def unpack(body: bytes) -> Any:
@@ -70,7 +71,7 @@ def unpack(body: bytes) -> Any:
     try:
         return msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises many types (TypeError: an unhashable key); all mean "malformed"
-        raise DecodeError(f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack") from exc
+        raise caused(DecodeError(f"malformed msgpack body: {type(exc).__name__}: {exc}", "invalidmsgpack"), exc) from exc
 
 
 _LEAVES = frozenset((str, bytes, int, float, bool, type(None), bytearray, memoryview))
@@ -128,7 +129,7 @@ def decompress_body(body: bytes, max_size: int) -> bytes:
     try:
         out = d.decompress(body, max_size)
     except zlib.error as exc:
-        raise DecodeError(f"malformed zlib body: {exc}", "invalidcompression") from exc
+        raise caused(DecodeError(f"malformed zlib body: {exc}", "invalidcompression"), exc) from exc
     if d.unconsumed_tail:
         raise FrameTooLargeError(f"compressed body expands beyond {max_size} bytes", "packettoolarge")
     if not d.eof:
@@ -136,7 +137,7 @@ def decompress_body(body: bytes, max_size: int) -> bytes:
         try:
             rest = d.decompress(b"", 1)
         except zlib.error as exc:
-            raise DecodeError(f"malformed zlib body: {exc}", "invalidcompression") from exc
+            raise caused(DecodeError(f"malformed zlib body: {exc}", "invalidcompression"), exc) from exc
         if rest:
             raise FrameTooLargeError(f"compressed body expands beyond {max_size} bytes", "packettoolarge")
         if not d.eof:

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple, Union
 from msgpack import packb as _packb
 from msgpack import unpackb as _unpackb
 
+from .._mypyc import caused
 from ..constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
@@ -676,7 +677,7 @@ class ProtocolConnection:
         try:
             body: bytes = encode(msg)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise LocalProtocolError(f"cannot encode message: {exc}") from exc
+            raise caused(LocalProtocolError(f"cannot encode message: {exc}"), exc) from exc
         if not self.compress or len(body) <= self.compress_threshold:
             length = len(body) + HEADER_SIZE
             if length <= MAX_PACKETLENGTH:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 
+from .._mypyc import caused
 from ..constants import KNOWN_FLAGS, MAX_PACKETLENGTH, STRUCT_FORMAT_HEADER, STRUCT_FORMAT_LENGTH32
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
 
@@ -61,7 +62,7 @@ def encode_frame(pid: int, flags: int, body: bytes) -> bytes:
     try:
         return _PREFIX_AND_HEADER.pack(length, pid, flags) + body
     except struct.error as exc:
-        raise LocalProtocolError(f"invalid packet id {pid!r} or flags {flags!r}") from exc
+        raise caused(LocalProtocolError(f"invalid packet id {pid!r} or flags {flags!r}"), exc) from exc
 
 
 class FrameDecoder:

@@ -255,9 +255,17 @@ def test_two_threads_subscribing_to_one_channel_get_each_message_once(net):
         t = threading.Thread(target=rooms.subscribe, args=("chat",), daemon=True)
         t.start()
         assert presence.entered.wait(10)
-        rooms.subscribe("chat")  # another thread, while the first one's SUBSCRIBE is under way
+        # another thread, while the first one's SUBSCRIBE is under way: it
+        # waits for the first (with the old code it subscribed again at once)
+        t2 = threading.Thread(target=rooms.subscribe, args=("chat",), daemon=True)
+        t2.start()
+        t2.join(0.5)
+        assert t2.is_alive(), "the second subscribe() did not wait for the first one's"
         presence.gate.set()
         t.join(10)
+        t2.join(10)
+        assert not t.is_alive() and not t2.is_alive()
+        assert presence.calls == 1
         rooms.publish("chat", "hello")  # (LocalPresence delivers on the publishing thread)
         assert got == ["hello"], got
     finally:
