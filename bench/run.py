@@ -24,9 +24,11 @@ each repeat.  Not run in CI.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -144,7 +146,9 @@ def main() -> None:
         why = compiled.stale()
         if why:
             ap.error(f"{why}: run `python3 tests/compiled.py build` first")
-        COMPILED_TREE = compiled.run_tree(os.path.join(tempfile.mkdtemp(prefix="peng3dnet-bench-"), "run"))
+        tmp = tempfile.mkdtemp(prefix="peng3dnet-bench-")
+        atexit.register(shutil.rmtree, tmp, True)  # (symbolic links only: the build stays)
+        COMPILED_TREE = compiled.run_tree(os.path.join(tmp, "run"))
     n = 20_000 if args.quick else 100_000
     secs = 1.0 if args.quick else 3.0
     rtt_n = 1000 if args.quick else 5000
@@ -152,7 +156,11 @@ def main() -> None:
     # one-way rows fit in it (a join-time burst), a sustained stream is held to the rate
     count_n = 50_000 if args.quick else 100_000
     only = set(args.only.split(",")) | {BASE} if args.only else set(IMPLS)
+    if only - set(IMPLS):
+        ap.error(f"unknown implementations: {', '.join(sorted(only - set(IMPLS)))}")
     if not args.compiled:
+        if args.only and only & set(COMPILED):
+            ap.error("the compiled columns need --compiled")
         only -= set(COMPILED)
     process_thread = {"ours": {"inline": False}, "ours-compiled": {"inline": False}, "asyncio": None}
     rows = [

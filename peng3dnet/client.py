@@ -709,6 +709,7 @@ class Client(Peer):
             self._emit("peng3dnet:client.stop", {"reason": "method"})
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class NetworkLoop:
     """One network thread serving many :class:`Client` objects.
 

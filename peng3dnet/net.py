@@ -54,7 +54,7 @@ from . import conntypes, errors, packet, registry, util, version  # noqa: F401  
 from . import server as _server
 from .client import NetworkLoop
 from .constants import *  # noqa: F403  (0.1.x: peng3dnet.net exposes the constants)
-from .constants import STRUCT_FORMAT_HEADER, STRUCT_FORMAT_LENGTH32
+from .constants import CONNTYPE_CLASSIC, STRUCT_FORMAT_HEADER, STRUCT_FORMAT_LENGTH32
 from .constants import __all__ as _constants_all
 from .link import ConnectionStats
 from .server import ServerStats
@@ -107,3 +107,14 @@ class Server(_server.Server):
 
 class Client(_client.Client):
     __doc__ = _client.Client.__doc__
+
+    def __init__(
+        self,
+        peng: Any = None,
+        addr: Any = None,
+        cfg: dict[str, Any] | None = None,
+        conntype: str = CONNTYPE_CLASSIC,
+        credentials: Any = _client._FROM_CONFIG,
+    ) -> None:
+        # (the same parameters: inspect.signature() reads them here in the compiled build too)
+        super().__init__(peng, addr, cfg, conntype, credentials)

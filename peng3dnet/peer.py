@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 from . import events as _events
 from ._mypyc import mypyc_attr
@@ -98,11 +98,11 @@ class Peer:
     queue, the send path and the handling of the core's outputs."""
 
     # What a side sets (Server, Client): the core itself has no side.
-    side: int
+    side: ClassVar[int]
     """``SIDE_SERVER`` or ``SIDE_CLIENT`` (0.1.x API)."""
-    is_server: bool
+    is_server: ClassVar[bool]
     """Whether this peer is a server (0.1.x API)."""
-    is_client: bool
+    is_client: ClassVar[bool]
     """Whether this peer is a client (0.1.x API)."""
     _role: str  # "server" / "client": event prefix and log name
     _state_attr: str  # the owner's application state: ClientOnServer.state / Client.remote_state

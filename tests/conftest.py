@@ -18,6 +18,21 @@ from peng3dnet.packet import Packet
 from peng3dnet.protocol.framing import FrameDecoder, encode_frame
 
 
+def pytest_sessionstart(session):
+    """Under tests/test_compiled.py (``PENG3DNET_TEST_COMPILED`` names its
+    run tree) the package must be the compiled one of that tree, not the
+    pure one of a checkout found some other way."""
+    import os
+
+    tree = os.environ.get("PENG3DNET_TEST_COMPILED")
+    if tree:
+        import peng3dnet.peer
+
+        where = peng3dnet.peer.__file__ or ""
+        if not (where.startswith(tree) and where.endswith(".so")):
+            raise pytest.UsageError(f"PENG3DNET_TEST_COMPILED={tree}, but peng3dnet.peer is {where}")
+
+
 class EchoPacket(Packet):
     """Server: echo back. Client: record."""
 

@@ -19,7 +19,7 @@ from peng3dnet.net import Client
 from peng3dnet.packet import Packet
 from tests.helpers import LineProcess, default_sigint
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

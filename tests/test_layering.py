@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "peng3dnet")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "peng3dnet"))
 FORBIDDEN_CORE = {"socket", "select", "selectors", "threading", "queue", "time", "pyglet", "peng3d", "blinker", "asyncio", "ssl"}
 
 

@@ -93,7 +93,8 @@ def dists(tmp_path_factory) -> Dists:
     # that lost something, and a stale build/lib/ can leak into a wheel.
     src = tmp_path_factory.mktemp("src") / "peng3dnet"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
-        ".git", "*.egg-info", "build", "dist", ".venv*", "__pycache__", "*.py[co]", ".hypothesis", ".pytest_cache"))
+        ".git", "*.egg-info", "build", "dist", ".venv*", ".build-compiled", "__pycache__", "*.py[co]", ".hypothesis",
+        ".pytest_cache"))
     # No --sdist/--wheel: the sdist first, then the wheel from the unpacked sdist
     # (as pip builds one from PyPI), so the sdist is proven to build.
     ok(run([sys.executable, "-m", "build", "--outdir", str(out), str(src)], 180, cwd=src), "python -m build")

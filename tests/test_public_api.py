@@ -121,3 +121,22 @@ def test_network_loop():
 def test_package_exports():
     for name in peng3dnet.__all__:
         assert hasattr(peng3dnet, name), name
+
+
+def test_the_public_classes_take_the_parameters_of_the_classes_they_extend():
+    """net.Server/net.Client repeat their base's __init__ parameters (so
+    inspect.signature() reads them in the compiled build too): a parameter
+    added to the base must be added here as well."""
+    from peng3dnet import client as client_mod
+    from peng3dnet import server as server_mod
+
+    def params(func):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(func).parameters.values()]
+
+    for public, base in ((net.Server, server_mod.Server), (net.Client, client_mod.Client)):
+        assert public.__mro__[1] is base
+        assert params(public.__init__) == params(base.__init__), public
+    assert net.ClientOnServer.__mro__[1] is server_mod.ClientOnServer and "__init__" not in vars(net.ClientOnServer)
+    assert net.Server(cfg={"net.server.addr": ("127.0.0.1", 0)}).clientcls is net.ClientOnServer
+    assert net.Server.is_server is True and net.Server.is_client is False and net.Client.is_client is True
+    assert (net.Server.side, net.Client.side) == (peng3dnet.SIDE_SERVER, peng3dnet.SIDE_CLIENT)

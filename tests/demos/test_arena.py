@@ -16,7 +16,7 @@ import pytest
 
 from demos.arena.game import ARENA_W, COIN_HUE, RADIUS, pick_color, player_color
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 TOL = 1e-6  # the stated tolerance: clients report exactly the server's state at that tick
 
 

@@ -21,7 +21,7 @@ from peng3dnet.packet import Packet  # noqa: E402
 from tests.conftest import Recorder, make_client, make_server  # noqa: E402
 from tests.helpers import active_cids, wait_for  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 
 def test_clock_delivery_in_order_on_main_thread_none_lost_or_doubled():
