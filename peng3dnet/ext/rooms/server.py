@@ -7,7 +7,11 @@ calls: ``peng3dnet:rooms.join``/``.leave``); ticks, the membership check
 (a client that closed leaves its room) and the presence refresh run on the
 thread "peng3dnet rooms" (:meth:`RoomServer.start`).  Room hooks run under
 :attr:`RoomServer.lock`, so a room's state is only ever touched by one
-thread at a time.
+thread at a time.  The lock is never held while the directory is asked (a
+slow or stalled Redis must not stop the ticks): a join reserves its seat
+outside it, takes the client in under it, and writes the room's count
+outside it again; other directory entries are written by the thread
+"peng3dnet rooms directory", or by the caller once it let the lock go.
 """
 
 from __future__ import annotations
@@ -165,7 +169,8 @@ class RoomServer:
         self.tick_rate = float(tick_rate)
         self.ttl = float(ttl)
         self.lock = threading.RLock()
-        """Guards the rooms; room hooks run under it."""
+        """Guards the rooms; room hooks run under it (never held while the
+        directory is asked, unless the caller holds it itself)."""
         self.kinds: dict[str, tuple[type[Room], dict[str, Any]]] = {}
         self.rooms: dict[str, Room] = {}
         """name -> room."""
