@@ -248,13 +248,15 @@ def test_no_join_leave_create_dispose_or_tick_asks_the_directory_under_the_lock(
     assert _join(rooms, 7, kind="trio")["room"] == "made"
     assert _join(rooms, 8, kind="trio")["room"] not in ("red", "made")  # all full: a new room
     assert rooms._leave_call(None, 8)  # that room goes (empty)
+    assert _join(rooms, 2, room="other", kind="trio")["clients"] == 1  # 2 leaves red (which stays) for other
+    rooms.dispose(rooms.create("trio", "lonely"))  # no members: disposed by dispose() itself
     del server.clients[3]  # its connection closed: it leaves at the next tick
     rooms.step()
     rooms.dispose(rooms.rooms["made"])
     rooms.refresh()
     assert presence.under_lock == []
     assert {"rooms", "reserve_seat", "set_room", "release_seat", "remove_room", "claim"} <= set(presence.calls)
-    assert sorted(r["id"] for r in presence.rooms()) == ["red"]
+    assert sorted(r["id"] for r in presence.rooms()) == ["other", "red"]
 
 
 # --- what the join checks again once its reservation is made -------------------------------------
@@ -389,3 +391,115 @@ def test_a_directory_error_of_the_reservation_is_the_directorys_and_the_made_roo
         _join(rooms, 1, room="red", kind="trio")
     assert rooms.rooms == {} and rooms.presence.rooms() == [] and rooms.stats["refused"] == 1
     assert [e for e, _ in server.events] == ["peng3dnet:room.create", "peng3dnet:room.dispose"]
+
+
+# --- the checks before the directory is asked, and what the directory keeps ------------------------
+
+class NoListing(LocalPresence):
+    """A directory whose listing is down (other calls work)."""
+
+    def rooms(self, kind=None):
+        raise NetworkError("listing down")
+
+
+def test_a_bad_name_is_refused_before_the_directory_is_asked():
+    rooms, _ = _world(NoListing())
+    rule = "^room names are 1-64 characters"
+    with pytest.raises(CallError, match=rule):
+        rooms.create("trio", "a b")
+    token = make_token(rooms.secret, Seat("a b", "s1", "S1", "trio", time.time() + 30, {}))
+    with pytest.raises(CallError, match=rule):
+        _join(rooms, 1, seat=token)
+    with pytest.raises(CallError, match="^no rooms of kind 'nope' here$"):
+        _join(rooms, 1, room="red", kind="nope")
+    assert rooms.rooms == {}
+    with pytest.raises(CallError, match="^the directory is unavailable: listing down$"):
+        _join(rooms, 1, room="red", kind="trio")  # a good new name: the directory must be asked
+    assert rooms.rooms == {}
+
+
+def test_a_join_that_would_make_another_servers_room_is_refused():
+    rooms, _ = _world(LocalPresence())
+    rooms.presence.register_server("s2", {"addr": "s2:1", "kinds": {"trio": 3}}, 60)
+    rooms.presence.set_room("blue", {"server": "s2", "kind": "trio", "clients": 1, "max_clients": 3,
+                                     "addr": "s2:1"}, 60)
+    with pytest.raises(CallError, match=r"^room 'blue' exists on another server \(s2:1\)$"):
+        _join(rooms, 1, room="blue", kind="trio")
+    assert rooms.rooms == {} and rooms.stats["refused"] == 1
+
+
+def test_a_join_by_kind_does_not_list_again_a_listed_room_whose_entry_is_gone():
+    rooms, _ = _world(LocalPresence())
+    _join(rooms, 1, room="red", kind="trio")
+    rooms.presence.remove_room("red")  # (expired in an outage)
+    got = _join(rooms, 2, kind="trio")
+    assert got["room"] != "red" and list(rooms.rooms["red"].members) == [1]
+    assert _listed(rooms.presence, "red") is None
+
+
+def test_a_join_by_kind_keeps_one_in_its_own_room_whose_last_seat_is_reserved_for_another():
+    rooms, _ = _world(LocalPresence())
+    _join(rooms, 1, room="red", kind="trio")
+    _join(rooms, 2, room="red")
+    assert rooms.presence.reserve_seat("red", "lobby-seat", 30.0)  # red's last seat, for someone else
+    assert _join(rooms, 1, kind="trio") == {"room": "red", "kind": "trio", "clients": 2, "data": None}
+    assert rooms.room_of(1) is rooms.rooms["red"] and len(rooms.rooms) == 1
+
+
+def test_a_member_of_a_full_room_joining_it_again_is_answered_as_in_it():
+    rooms, _ = _world(LocalPresence())
+    for cid in (1, 2, 3):
+        _join(rooms, cid, room="red", kind="trio")
+    assert _join(rooms, 3, room="red") == {"room": "red", "kind": "trio", "clients": 3, "data": None}
+    assert rooms.stats["joins"] == 3 and rooms.stats["refused"] == 0
+
+
+def test_a_room_not_listed_yet_and_disposed_while_a_join_reserves_is_not_left_in_the_directory():
+    presence = GatedPresence()
+    rooms, _ = _world(presence)
+    rooms.create("trio", "red")
+    presence.remove_room("red")
+    rooms._unlisted.add("red")  # (its maker's write failed: the join's reservation lists it)
+    presence.arm("reserve_seat", "red")
+    join = Background(_join, rooms, 1, room="red")
+    try:
+        assert presence.entered.wait(10) and _lock_is_free(rooms)
+        rooms.dispose(rooms.rooms["red"])
+    finally:
+        presence.gate.set()
+    with pytest.raises(CallError, match="^room 'red' is closed$"):
+        join.result()
+    assert presence.rooms() == [] and rooms._unlisted == set()
+
+
+def test_a_room_whose_entry_was_never_written_is_forgotten_when_disposed():
+    class NoWrites(LocalPresence):
+        def set_room(self, room_id, info, ttl):
+            raise NetworkError("down")
+
+    rooms, _ = _world(NoWrites())
+    room = rooms.create("trio", "red")
+    assert rooms._unlisted == {"red"}
+    rooms.dispose(room)
+    assert rooms._unlisted == set()
+
+
+def test_a_joins_count_that_keeps_changing_is_written_four_times_then_its_seat_given_back():
+    class Busy(LocalPresence):
+        writes = 0
+
+        def set_room(self, room_id, info, ttl):
+            super().set_room(room_id, info, ttl)
+            if armed:
+                Busy.writes += 1
+                room.created += 1  # (another change, every time: the entry is written again)
+
+    armed = False
+    presence = Busy()
+    rooms, _ = _world(presence)
+    _join(rooms, 1, room="red", kind="trio")
+    room = rooms.rooms["red"]
+    armed = True
+    assert _join(rooms, 2, room="red")["clients"] == 2
+    assert Busy.writes == 4  # (the next refresh settles the rest)
+    assert _listed(presence, "red") == (2, 1) and _reservations(presence, "red") == 0

@@ -235,7 +235,8 @@ class RoomServer:
         return room
 
     def _check_new(self, kind: str, name: str, explicit: bool) -> None:
-        """Refuse a new room for what needs no directory (lock held)."""
+        """Refuse a new room for what needs no directory (lock held);
+        ``explicit``: the name is given, not made here (its rule)."""
         if kind not in self.kinds:
             raise CallError(f"no rooms of kind {kind!r} here")
         if explicit and not valid_room_name(name):  # (every way in: a direct join, a lobby's seat, the program)
@@ -255,11 +256,11 @@ class RoomServer:
 
     def _make(self, kind: str, name: str | None, options: dict[str, Any] | None, pending: list[str]) -> Room:
         """Make a room, with no directory call (lock held; an explicit name
-        was looked up in the directory before): its name goes to
+        was checked before, its rule and the directory, by
+        :meth:`_check_new` and :meth:`_not_elsewhere`): its name goes to
         ``pending``, the entries the caller writes once it let the lock go."""
-        explicit = name is not None
         name = name or f"{kind}-{uuid.uuid4().hex[:8]}"
-        self._check_new(kind, name, explicit)
+        self._check_new(kind, name, False)  # (again: the rooms may have changed since)
         cls, defaults = self.kinds[kind]
         opts = {**defaults, **(options or {})}
         room = cls(self, name, kind, opts)
@@ -289,7 +290,7 @@ class RoomServer:
                 self._dispose(room, pending)
         self._write_entries(pending)
 
-    def _dispose(self, room: Room, pending: list[str] | None = None) -> None:
+    def _dispose(self, room: Room, pending: list[str]) -> None:
         """Take a room away (lock held); its directory entry: see :meth:`_entry_changed`."""
         del self.rooms[room.name]
         self._unlisted.discard(room.name)
@@ -463,7 +464,7 @@ class RoomServer:
         self._write_entries(pending)
         return left
 
-    def _leave(self, cid: int, pending: list[str] | None = None) -> bool:
+    def _leave(self, cid: int, pending: list[str]) -> bool:
         """Take ``cid`` out of its room (lock held); its room's directory
         entry: see :meth:`_entry_changed`."""
         room = self._room_of.pop(cid, None)
@@ -485,17 +486,13 @@ class RoomServer:
         return True
 
     # --- the directory ---------------------------------------------------------------------------
-    def _entry_changed(self, name: str, pending: list[str] | None) -> None:
+    def _entry_changed(self, name: str, pending: list[str]) -> None:
         """A room's directory entry is out of date (lock held): the
         directory thread writes it if it runs (the rooms thread must not
         wait for the directory), else the caller once it let the lock go
-        (``pending``), else (no caller's list) now."""
-        if self._directory_later(name):
-            return
-        if pending is not None:
+        (``pending``, see :meth:`_write_entries`)."""
+        if not self._directory_later(name):
             pending.append(name)
-        else:
-            self._write_entry(name)
 
     def _write_entries(self, names: list[str]) -> None:
         """Write the entries of ``names`` (each once) now (not under the rooms lock)."""
