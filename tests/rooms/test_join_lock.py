@@ -503,3 +503,20 @@ def test_a_joins_count_that_keeps_changing_is_written_four_times_then_its_seat_g
     assert _join(rooms, 2, room="red")["clients"] == 2
     assert Busy.writes == 4  # (the next refresh settles the rest)
     assert _listed(presence, "red") == (2, 1) and _reservations(presence, "red") == 0
+
+
+def test_a_name_made_here_while_create_asked_the_directory_about_it_is_refused():
+    class Racing(LocalPresence):
+        race = False
+
+        def rooms(self, kind=None):
+            if Racing.race:  # (the lookup runs outside the lock: another thread makes that room meanwhile)
+                Racing.race = False
+                Background(rooms.create, "trio", "red").result()
+            return super().rooms(kind)
+
+    rooms, _ = _world(Racing())
+    Racing.race = True
+    with pytest.raises(CallError, match="^room 'red' exists$"):
+        rooms.create("trio", "red")
+    assert list(rooms.rooms) == ["red"] and rooms.stats["created"] == 1
