@@ -296,7 +296,7 @@ def test_directory_failures_are_logged_with_the_room_and_the_cause(caplog):
         rooms._release("p", "x")
     presence.down = False
     assert [r.getMessage() for r in caplog.records if r.name == "peng3dnet.ext.rooms.server"] == [
-        "rooms: cannot publish p: down", "rooms: cannot publish p in the directory: down",
+        "rooms: cannot publish p in the directory: down", "rooms: cannot publish p in the directory: down",
         "rooms: cannot remove gone in the directory: down", "rooms: cannot release a seat of p: down"]
     (listed,) = presence.rooms()
     assert (listed["clients"], listed["seats"]) == (1, 0)  # the directory's count is old; the seat held for 2

@@ -7,7 +7,11 @@ calls: ``peng3dnet:rooms.join``/``.leave``); ticks, the membership check
 (a client that closed leaves its room) and the presence refresh run on the
 thread "peng3dnet rooms" (:meth:`RoomServer.start`).  Room hooks run under
 :attr:`RoomServer.lock`, so a room's state is only ever touched by one
-thread at a time.
+thread at a time.  The lock is never held while the directory is asked (a
+slow or stalled Redis must not stop the ticks): a join reserves its seat
+outside it, takes the client in under it, and writes the room's count
+outside it again; other directory entries are written by the thread
+"peng3dnet rooms directory", or by the caller once it let the lock go.
 """
 
 from __future__ import annotations
@@ -165,7 +169,8 @@ class RoomServer:
         self.tick_rate = float(tick_rate)
         self.ttl = float(ttl)
         self.lock = threading.RLock()
-        """Guards the rooms; room hooks run under it."""
+        """Guards the rooms; room hooks run under it (never held while the
+        directory is asked, unless the caller holds it itself)."""
         self.kinds: dict[str, tuple[type[Room], dict[str, Any]]] = {}
         self.rooms: dict[str, Room] = {}
         """name -> room."""
@@ -180,6 +185,10 @@ class RoomServer:
         self._dir_queue: set[str] = set()
         self._dir_cond = threading.Condition(threading.Lock())
         self._dir_thread: threading.Thread | None = None
+        # Rooms made whose entry was not written yet (under the rooms lock):
+        # a join's reservation puts such a room in the directory (a join
+        # reserves outside the lock, maybe before the room's maker wrote it).
+        self._unlisted: set[str] = set()
         self._sub_lock = threading.Lock()  # subscribe()/unsubscribe(): one presence subscription per channel
         self.stats = {"joins": 0, "leaves": 0, "created": 0, "disposed": 0, "refused": 0, "ticks": 0}
         server.handler(JOIN_PACKET)(self._join_call)
@@ -204,60 +213,93 @@ class RoomServer:
             self.kinds[kind] = (room_cls, options)
 
     def create(self, kind: str, name: str | None = None, options: dict[str, Any] | None = None) -> Room:
-        """Make a room (``name``: default a new unique one).
+        """Make a room (``name``: default a new unique one); any thread.
+
+        The directory is asked about an explicit name (names are the
+        cluster's) and given the room's entry before this returns, both
+        outside the rooms lock (under it only when the caller holds the
+        lock itself, as a room hook does).
 
         Raises:
             CallError: Unknown kind, or the name is taken.
+            NetworkError: The directory cannot be asked about the name.
         """
+        if name:
+            with self.lock:
+                self._check_new(kind, name, True)  # (the refusals that need no directory come first)
+            self._not_elsewhere(name)
+        pending: list[str] = []
         with self.lock:
-            if kind not in self.kinds:
-                raise CallError(f"no rooms of kind {kind!r} here")
-            explicit = name is not None
-            name = name or f"{kind}-{uuid.uuid4().hex[:8]}"
-            if explicit and not valid_room_name(name):  # (every way in: a direct join, a lobby's seat, the program)
-                raise CallError(ROOM_NAME_RULE)
-            if name in self.rooms:
-                raise CallError(f"room {name!r} exists")
-            if len(self.rooms) >= self.max_rooms:
-                raise CallError(f"this server holds {self.max_rooms} rooms, its most (max_rooms)")
-            elsewhere = [r for r in self.presence.rooms() if r["id"] == name and r.get("server") != self.server_id] \
-                if explicit else []
-            if elsewhere:  # names are the cluster's: one room of that name
-                raise CallError(f"room {name!r} exists on another server ({elsewhere[0].get('addr')})")
-            cls, defaults = self.kinds[kind]
-            opts = {**defaults, **(options or {})}
-            room = cls(self, name, kind, opts)
-            self.rooms[name] = room
-            self.stats["created"] += 1
-            try:
-                room.on_create(opts)
-            except Exception:
-                report_user_error("! rooms: on_create of %s raised", name)
-            self._publish_room(room)
-            self.server.sendEvent("peng3dnet:room.create", {"room": room})
-            return room
+            room = self._make(kind, name, options, pending)
+        self._write_entries(pending)
+        return room
+
+    def _check_new(self, kind: str, name: str, explicit: bool) -> None:
+        """Refuse a new room for what needs no directory (lock held);
+        ``explicit``: the name is given, not made here (its rule)."""
+        if kind not in self.kinds:
+            raise CallError(f"no rooms of kind {kind!r} here")
+        if explicit and not valid_room_name(name):  # (every way in: a direct join, a lobby's seat, the program)
+            raise CallError(ROOM_NAME_RULE)
+        if name in self.rooms:
+            raise CallError(f"room {name!r} exists")
+        if len(self.rooms) >= self.max_rooms:
+            raise CallError(f"this server holds {self.max_rooms} rooms, its most (max_rooms)")
+
+    def _not_elsewhere(self, name: str) -> None:
+        """Refuse a name that a room of another server has (names are the
+        cluster's: one room of a name).  It asks the directory: never under
+        the rooms lock (any thread)."""
+        elsewhere = [r for r in self.presence.rooms() if r["id"] == name and r.get("server") != self.server_id]
+        if elsewhere:
+            raise CallError(f"room {name!r} exists on another server ({elsewhere[0].get('addr')})")
+
+    def _make(self, kind: str, name: str | None, options: dict[str, Any] | None, pending: list[str]) -> Room:
+        """Make a room, with no directory call (lock held; an explicit name
+        was checked before, its rule and the directory, by
+        :meth:`_check_new` and :meth:`_not_elsewhere`): its name goes to
+        ``pending``, the entries the caller writes once it let the lock go."""
+        name = name or f"{kind}-{uuid.uuid4().hex[:8]}"
+        self._check_new(kind, name, False)  # (again: the rooms may have changed since)
+        cls, defaults = self.kinds[kind]
+        opts = {**defaults, **(options or {})}
+        room = cls(self, name, kind, opts)
+        self.rooms[name] = room
+        self._unlisted.add(name)
+        self.stats["created"] += 1
+        try:
+            room.on_create(opts)
+        except Exception:
+            report_user_error("! rooms: on_create of %s raised", name)
+        pending.append(name)
+        self.server.sendEvent("peng3dnet:room.create", {"room": room})
+        return room
 
     def room_of(self, cid: int) -> Room | None:
         """The room client ``cid`` is in."""
         return self._room_of.get(cid)
 
     def dispose(self, room: Room) -> None:
-        """Close a room: its members leave it first."""
+        """Close a room: its members leave it first (any thread; the
+        directory is told outside the lock, or by the directory thread)."""
+        pending: list[str] = []
         with self.lock:
             for cid in list(room.members):
-                self._leave(cid)
+                self._leave(cid, pending)
             if self.rooms.get(room.name) is room:
-                self._dispose(room)
+                self._dispose(room, pending)
+        self._write_entries(pending)
 
-    def _dispose(self, room: Room) -> None:
+    def _dispose(self, room: Room, pending: list[str]) -> None:
+        """Take a room away (lock held); its directory entry: see :meth:`_entry_changed`."""
         del self.rooms[room.name]
+        self._unlisted.discard(room.name)
         self.stats["disposed"] += 1
         try:
             room.on_dispose()
         except Exception:
             report_user_error("! rooms: on_dispose of %s raised", room.name)
-        if not self._directory_later(room.name):
-            self._write_entry(room.name)
+        self._entry_changed(room.name, pending)
         self.server.sendEvent("peng3dnet:room.dispose", {"room": room})
 
     # --- join / leave (the calls) ------------------------------------------------------------------
@@ -302,74 +344,110 @@ class RoomServer:
             seat = auth.pop("seat")  # checked and claimed at login
         elif msg.get("seat") is not None:
             seat = self._check_seat(msg.get("seat"))
-        with self.lock:
-            made: Room | None = None  # a room made for this join: gone again if the join fails
-            own_seat: str | None = None  # a direct join reserves its seat too: reservations are honoured
-            try:
-                room: Room | None
-                if seat is not None:
-                    room = self.rooms.get(seat.room)
-                    if room is None:
-                        room = made = self.create(seat.kind, seat.room, seat.options or {})
-                elif name is not None:
-                    room = self.rooms.get(name)
-                    if room is None and kind:
-                        room = made = self.create(kind, name, options)
-                    if room is None:
-                        raise CallError(f"no room {name!r}")
-                elif kind is not None:
-                    # The fullest room of that kind whose seat we can reserve
-                    # (a seat the lobby reserved for someone else is not free).
-                    room = None
-                    free = sorted((r for r in self.rooms.values() if r.kind == kind and not r.full),
-                                  key=lambda r: -len(r.members))
-                    for r in free:
-                        if self._room_of.get(cid) is r:
-                            room = r
-                            break
-                        token = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
-                        if self.presence.reserve_seat(r.name, token, 30.0):
-                            room, own_seat = r, token  # (set once reserved: a failed reservation has none to release)
-                            break
-                    if room is None:
-                        room = made = self.create(kind, None, options)
+        made: Room | None = None  # a room made for this join: gone again if the join fails
+        room: Room | None = None
+        own_seat: str | None = None  # a direct join reserves its seat too: reservations are honoured
+        pending: list[str] = []  # directory entries to write once the lock is let go
+        # The directory is never asked under the lock (a stalled Redis would
+        # stop every room's tick): (1) under the lock, the room (made if it
+        # must be: a new name is looked up in the directory first, outside);
+        # (2) outside, its seat is reserved; (3) under the lock, the room is
+        # checked again and the client taken in (on_join); (4) outside, the
+        # room's count is written, then the reservation given back.
+        try:
+            want = seat.room if seat is not None else name
+            makes = seat is not None or bool(kind)
+            if want is None and kind is None:
+                raise CallError("join needs a room, a kind or a seat")
+            if want is not None and makes:
+                with self.lock:
+                    new = want not in self.rooms
+                    if new:
+                        self._check_new(seat.kind if seat is not None else kind, want, True)  # type: ignore[arg-type]
+                if new:  # (made below if still not here: one gone meanwhile is made again unasked, a rare race)
+                    self._not_elsewhere(want)
+            free: list[tuple[Room, dict[str, Any] | None]] = []
+            mine: Room | None = None
+            with self.lock:
+                if want is None:  # by kind: the fullest room of that kind whose seat we can reserve
+                    kind_rooms = (r for r in self.rooms.values() if r.kind == kind and not r.full)
+                    free = [(r, r.info() if r.name in self._unlisted else None)
+                            for r in sorted(kind_rooms, key=lambda r: -len(r.members))]
+                    mine = self._room_of.get(cid)
                 else:
-                    raise CallError("join needs a room, a kind or a seat")
-                if self._room_of.get(cid) is room:
-                    for taken in (seat.seat if seat is not None else None, own_seat):
-                        if taken is not None:
-                            self._release(room.name, taken)
-                    return {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": None}
-                if room.full:
+                    room = self.rooms.get(want)
+                    if room is None and seat is not None:
+                        room = made = self._make(seat.kind, want, seat.options or {}, pending)
+                    elif room is None and kind:
+                        room = made = self._make(kind, want, options, pending)
+                    if room is None:
+                        raise CallError(f"no room {want!r}")
+            # A reservation puts a room made here in the directory if it is
+            # not there yet (``info``: its maker has not written it yet).
+            for r, r_info in free:  # (a seat the lobby reserved for someone else is not free)
+                if r is mine:
+                    room = r
+                    break
+                token = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
+                if self.presence.reserve_seat(r.name, token, 30.0, r_info):
+                    room, own_seat = r, token  # (set once reserved: a failed reservation has none to release)
+                    break
+            with self.lock:
+                if room is None:
+                    room = made = self._make(kind, None, options, pending)  # type: ignore[arg-type]
+                inside = self._room_of.get(cid) is room
+                if inside:
+                    answer = {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": None}
+                elif room.full:
                     raise CallError(f"room {room.name!r} is full")
-                if seat is None and own_seat is None:
-                    own_seat = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
-                    if not self.presence.reserve_seat(room.name, own_seat, 30.0):
-                        own_seat = None
-                        raise CallError(f"room {room.name!r} is full (its last seats are reserved)")
-                data = room.on_join(client, options)
-            except Exception as exc:  # (a bug of the room's on_join too: it must leave nothing behind)
+                info = room.info() if room.name in self._unlisted else None
+            if not inside and seat is None and own_seat is None:
+                token = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
+                if not self.presence.reserve_seat(room.name, token, 30.0, info):
+                    raise CallError(f"room {room.name!r} is full (its last seats are reserved)")
+                own_seat = token
+            if not inside:
+                with self.lock:  # the room may have gone, filled, or had us join it meanwhile
+                    if self.rooms.get(room.name) is not room:
+                        raise CallError(f"room {room.name!r} is closed")
+                    inside = self._room_of.get(cid) is room
+                    data = None
+                    if not inside:
+                        if room.full:
+                            raise CallError(f"room {room.name!r} is full")
+                        data = room.on_join(client, options)
+                        if cid in self._room_of:
+                            self._leave(cid, pending)
+                        room.members[cid] = client
+                        self._room_of[cid] = room
+                        self.stats["joins"] += 1
+                        self.server.sendEvent("peng3dnet:room.join", {"room": room, "client": client})
+                    answer = {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": data}
+        except Exception as exc:  # (a bug of the room's on_join too: it must leave nothing behind)
+            with self.lock:
                 self.stats["refused"] += 1
-                if seat is not None:
-                    self._release(seat.room, seat.seat)
-                if own_seat is not None:
-                    self._release(room.name, own_seat)  # type: ignore[union-attr]
-                if made is not None and not made.members:
-                    self._dispose(made)
-                if isinstance(exc, Peng3dNetError) and not isinstance(exc, CallError):
-                    raise CallError(f"the directory is unavailable: {exc}") from None
-                raise
-            if cid in self._room_of:
-                self._leave(cid)
-            room.members[cid] = client
-            self._room_of[cid] = room
-            self.stats["joins"] += 1
-            published = self._publish_room(room)
-            taken = seat.seat if seat is not None else own_seat
-            if taken is not None and published:  # (after the count went up: never double booked)
-                self._release(room.name, taken)
-            self.server.sendEvent("peng3dnet:room.join", {"room": room, "client": client})
-            return {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": data}
+                if made is not None and not made.members and self.rooms.get(made.name) is made:
+                    self._dispose(made, pending)
+                gone = room is not None and self.rooms.get(room.name) is not room
+            if seat is not None:
+                self._release(seat.room, seat.seat)
+            if own_seat is not None:
+                self._release(room.name, own_seat)  # type: ignore[union-attr]
+            if gone:  # (our reservation may have put it in the directory again after its disposal)
+                pending.append(room.name)  # type: ignore[union-attr]
+            self._write_entries(pending)
+            if isinstance(exc, Peng3dNetError) and not isinstance(exc, CallError):
+                raise CallError(f"the directory is unavailable: {exc}") from None
+            raise
+        taken = seat.seat if seat is not None else own_seat
+        if not inside:
+            published = self._write_entry(room.name)
+            if not published:
+                taken = None  # (released only after the count went up: never double booked; it expires)
+        if taken is not None:
+            self._release(room.name, taken)
+        self._write_entries([n for n in pending if n != room.name])
+        return answer
 
     def _release(self, room: str, seat: str) -> None:
         try:
@@ -378,11 +456,17 @@ class RoomServer:
             log.warning("rooms: cannot release a seat of %s: %s", room, exc)
 
     def _leave_call(self, msg: Any, cid: int) -> Any:
+        """The leave call (the server's handler thread; the directory is
+        told outside the lock)."""
+        pending: list[str] = []
         with self.lock:
-            return self._leave(cid)
+            left = self._leave(cid, pending)
+        self._write_entries(pending)
+        return left
 
-    def _leave(self, cid: int) -> bool:
-        """Take ``cid`` out of its room (lock held)."""
+    def _leave(self, cid: int, pending: list[str]) -> bool:
+        """Take ``cid`` out of its room (lock held); its room's directory
+        entry: see :meth:`_entry_changed`."""
         room = self._room_of.pop(cid, None)
         if room is None:
             return False
@@ -396,21 +480,24 @@ class RoomServer:
         if self.rooms.get(room.name) is not room:
             pass  # disposed meanwhile (by its on_leave, or a room.leave handler): not published again
         elif not room.members and room.auto_dispose:
-            self._dispose(room)
-        elif not self._directory_later(room.name):  # (the rooms thread must not wait for it)
-            self._publish_room(room)
+            self._dispose(room, pending)
+        else:
+            self._entry_changed(room.name, pending)
         return True
 
     # --- the directory ---------------------------------------------------------------------------
-    def _publish_room(self, room: Room) -> bool:
-        """Show the room's count in the directory now (lock held: a join
-        needs it there before it gives its seat back); whether it worked."""
-        try:
-            self.presence.set_room(room.name, room.info(), self.ttl)
-        except Peng3dNetError as exc:
-            log.warning("rooms: cannot publish %s: %s", room.name, exc)
-            return False
-        return True
+    def _entry_changed(self, name: str, pending: list[str]) -> None:
+        """A room's directory entry is out of date (lock held): the
+        directory thread writes it if it runs (the rooms thread must not
+        wait for the directory), else the caller once it let the lock go
+        (``pending``, see :meth:`_write_entries`)."""
+        if not self._directory_later(name):
+            pending.append(name)
+
+    def _write_entries(self, names: list[str]) -> None:
+        """Write the entries of ``names`` (each once) now (not under the rooms lock)."""
+        for name in dict.fromkeys(names):
+            self._write_entry(name)
 
     def _directory_later(self, name: str) -> bool:
         """Leave a room's directory entry to the directory thread, if it
@@ -422,30 +509,35 @@ class RoomServer:
             self._dir_cond.notify()
         return True
 
-    def _write_entry(self, name: str) -> None:
+    def _write_entry(self, name: str) -> bool:
         """Bring one room's directory entry up to date (not under the rooms
         lock): its count as it is now, or its removal when there is no room
         of that name now.  Read again after the write, and written again
         if it changed meanwhile (a join's count written since, a room
         disposed, or made again under that name): what the directory
-        keeps is the room's last state, never an older one."""
+        keeps is the room's last state, never an older one.  Whether the
+        last write went through (a join gives its seat back only then)."""
         written: Any = None
         for _ in range(4):  # (changes while we write: each round is rare; the next refresh settles the rest)
             with self.lock:
                 room = self.rooms.get(name)
                 now = room.info() if room is not None else None
             if written is not None and now == written[0]:
-                return
+                return True
             try:
                 if now is None:
                     self.presence.remove_room(name)
                 else:
                     self.presence.set_room(name, now, self.ttl)
+                    with self.lock:
+                        if self.rooms.get(name) is room:
+                            self._unlisted.discard(name)
             except Peng3dNetError as exc:
                 log.warning("rooms: cannot %s %s in the directory: %s", "remove" if now is None else "publish",
                             name, exc)
-                return
+                return False
             written = (now,)
+        return True
 
     def server_info(self) -> dict[str, Any]:
         players = len(self._room_of)
@@ -587,11 +679,12 @@ class RoomServer:
         """One tick of every room: members that closed leave, then each
         room's sync and ``on_tick`` (the rooms thread, or a test's)."""
         dt = 1.0 / self.tick_rate if dt is None else dt
+        pending: list[str] = []  # (only while the directory thread does not run: a test's ticks)
         with self.lock:
             self.stats["ticks"] += 1
             clients = self.server.clients
             for cid in [c for c in self._room_of if c not in clients]:
-                self._leave(cid)
+                self._leave(cid, pending)
             for room in list(self.rooms.values()):
                 try:  # one room's error never stops the others' ticks
                     if room.sync is not None:
@@ -599,3 +692,4 @@ class RoomServer:
                     room.on_tick(dt)
                 except Exception:
                     report_user_error("! rooms: the tick of %s raised", room.name)
+        self._write_entries(pending)
