@@ -39,6 +39,15 @@ JOIN_PACKET = "peng3dnet:rooms.join"
 LEAVE_PACKET = "peng3dnet:rooms.leave"
 CLUSTER_EVENT = "peng3dnet:cluster.message"
 
+JOIN_TRIES = 3
+"""How many times a join by kind chooses its room: again when the room it
+chose closed or filled while it reserved its seat (then it is refused)."""
+
+
+class _LostRaceError(CallError):
+    """A join by kind's room closed or filled while it reserved its seat
+    (it chooses again; never seen outside :meth:`RoomServer._join_call`)."""
+
 
 
 
@@ -344,6 +353,27 @@ class RoomServer:
             seat = auth.pop("seat")  # checked and claimed at login
         elif msg.get("seat") is not None:
             seat = self._check_seat(msg.get("seat"))
+        # A join by kind (no room, no seat) whose room closed or filled while
+        # it reserved its seat chooses again, JOIN_TRIES times in all; a
+        # join naming its room (or holding a seat for it) is refused then.
+        by_kind = seat is None and name is None and bool(kind)
+        for _ in range(JOIN_TRIES):
+            answer = self._join_once(client, cid, options, name, kind, seat, by_kind)
+            if answer is not None:
+                return answer
+        with self.lock:
+            self.stats["refused"] += 1
+        raise CallError(f"the rooms of kind {kind!r} closed or filled while the join reserved its seat, "
+                        f"{JOIN_TRIES} times: try again")
+
+    def _join_once(self, client: Any, cid: int, options: dict[str, Any], name: str | None, kind: str | None,
+                   seat: Seat | None, by_kind: bool) -> Any:
+        """One attempt of a join (the server's handler thread): its answer;
+        or, for a join ``by_kind``, ``None`` when the room it chose closed
+        or filled while it reserved its seat outside the lock: then it left
+        nothing behind (its reservation given back, a room it made that
+        nobody joined disposed, not counted as refused) and may choose
+        again.  Raises CallError (refused)."""
         made: Room | None = None  # a room made for this join: gone again if the join fails
         room: Room | None = None
         own_seat: str | None = None  # a direct join reserves its seat too: reservations are honoured
@@ -399,7 +429,7 @@ class RoomServer:
                 if inside:
                     answer = {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": None}
                 elif room.full:
-                    raise CallError(f"room {room.name!r} is full")
+                    raise (_LostRaceError if by_kind else CallError)(f"room {room.name!r} is full")
                 info = room.info() if room.name in self._unlisted else None
             if not inside and seat is None and own_seat is None:
                 token = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
@@ -409,12 +439,12 @@ class RoomServer:
             if not inside:
                 with self.lock:  # the room may have gone, filled, or had us join it meanwhile
                     if self.rooms.get(room.name) is not room:
-                        raise CallError(f"room {room.name!r} is closed")
+                        raise (_LostRaceError if by_kind else CallError)(f"room {room.name!r} is closed")
                     inside = self._room_of.get(cid) is room
                     data = None
                     if not inside:
                         if room.full:
-                            raise CallError(f"room {room.name!r} is full")
+                            raise (_LostRaceError if by_kind else CallError)(f"room {room.name!r} is full")
                         data = room.on_join(client, options)
                         if cid in self._room_of:
                             self._leave(cid, pending)
@@ -424,8 +454,10 @@ class RoomServer:
                         self.server.sendEvent("peng3dnet:room.join", {"room": room, "client": client})
                     answer = {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": data}
         except Exception as exc:  # (a bug of the room's on_join too: it must leave nothing behind)
+            lost = isinstance(exc, _LostRaceError)  # (chosen again: not refused yet)
             with self.lock:
-                self.stats["refused"] += 1
+                if not lost:
+                    self.stats["refused"] += 1
                 if made is not None and not made.members and self.rooms.get(made.name) is made:
                     self._dispose(made, pending)
                 gone = room is not None and self.rooms.get(room.name) is not room
@@ -436,6 +468,9 @@ class RoomServer:
             if gone:  # (our reservation may have put it in the directory again after its disposal)
                 pending.append(room.name)  # type: ignore[union-attr]
             self._write_entries(pending)
+            if lost:
+                log.debug("rooms: a join by kind chooses again: %s", exc)
+                return None
             if isinstance(exc, Peng3dNetError) and not isinstance(exc, CallError):
                 raise CallError(f"the directory is unavailable: {exc}") from None
             raise
