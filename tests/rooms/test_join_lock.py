@@ -622,3 +622,70 @@ def test_a_join_naming_its_room_is_still_refused_when_the_room_goes_while_it_res
     with pytest.raises(CallError, match="^room 'red' is closed$"):
         _join(rooms, 2, room="red", kind="trio")
     assert presence.reserved == ["red"] and rooms.stats["refused"] == 1 and sorted(rooms.rooms) == ["blue"]
+
+
+# --- a join's seat while an older write of its room's entry is in flight ---------------------------
+
+class Recording(GatedPresence):
+    """Records what the directory shows of red, (clients, free seats), after
+    each write of its entry; ``fail``: the held write fails once let go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: list[tuple[int, int] | None] = []
+        self.fail = False
+
+    def set_room(self, room_id, info, ttl):
+        held = self.armed == ("set_room", room_id, False)
+        self._wait("set_room", room_id, False)
+        if held and self.fail:
+            self.fail = False
+            raise NetworkError("redis: down")
+        LocalPresence.set_room(self, room_id, info, ttl)
+        if room_id == "red":
+            self.shown.append(_listed(self, "red"))
+
+
+def _full_while_an_older_write_is_held(presence: Recording) -> tuple[RoomServer, Background]:
+    """red with 2 members; a refresh read that count and its write is held;
+    a join then fills red and writes its count (3) before that write lands."""
+    rooms, _ = _world(presence)
+    _join(rooms, 1, room="red", kind="trio")
+    _join(rooms, 2, room="red")
+    presence.arm("set_room", "red")
+    refresh = Background(rooms.refresh)
+    assert presence.entered.wait(10) and _lock_is_free(rooms)
+    presence.shown.clear()
+    try:
+        assert _join(rooms, 3, room="red")["clients"] == 3
+    except BaseException:
+        presence.gate.set()
+        raise
+    return rooms, refresh
+
+
+def test_a_joins_seat_stays_reserved_until_an_older_write_of_its_rooms_count_is_over():
+    presence = Recording()
+    rooms, refresh = _full_while_an_older_write_is_held(presence)
+    # The join's count is written; its seat stays reserved: the refresh's
+    # older count (2) may land after it
+    assert presence.shown == [(3, 0)]
+    presence.gate.set()
+    refresh.result()
+    # The older count landed, then the refresh saw the change and wrote the
+    # room again: the join's reservation kept its seat counted meanwhile
+    # (never a free seat shown in the full room: never double booked), and
+    # the directory keeps the room's real count
+    assert presence.shown == [(3, 0), (2, 0), (3, 0)]
+    assert _listed(presence, "red") == (len(rooms.rooms["red"].members), 0) == (3, 0)
+    assert _reservations(presence, "red") == 0  # given back by the refresh's write, once over
+
+
+def test_a_joins_seat_held_for_an_older_write_that_fails_is_given_back_when_it_ends():
+    presence = Recording()
+    presence.fail = True  # (the held write only)
+    rooms, refresh = _full_while_an_older_write_is_held(presence)
+    presence.gate.set()
+    refresh.result()  # (its write failed: logged, the next refresh retries)
+    assert presence.shown == [(3, 0)] and _listed(presence, "red") == (3, 0)
+    assert _reservations(presence, "red") == 0

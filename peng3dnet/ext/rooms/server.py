@@ -16,6 +16,7 @@ outside it again; other directory entries are written by the thread
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import threading
@@ -198,6 +199,17 @@ class RoomServer:
         # a join's reservation puts such a room in the directory (a join
         # reserves outside the lock, maybe before the room's maker wrote it).
         self._unlisted: set[str] = set()
+        # The writes of a room's entry in flight (name -> their ids), and the
+        # seats of joins given back only once the writes of their room that
+        # were in flight when the join's own count was written are over:
+        # such a write may have read an older count and land after the
+        # join's (it writes the room again once it sees the change), and
+        # the join's reservation keeps its seat counted until then (never
+        # double booked).  Under _writes_lock (nothing else taken under it).
+        self._writing: dict[str, set[int]] = {}
+        self._held_seats: list[tuple[set[int], str, str]] = []
+        self._write_ids = itertools.count(1)
+        self._writes_lock = threading.Lock()
         self._sub_lock = threading.Lock()  # subscribe()/unsubscribe(): one presence subscription per channel
         self.stats = {"joins": 0, "leaves": 0, "created": 0, "disposed": 0, "refused": 0, "ticks": 0}
         server.handler(JOIN_PACKET)(self._join_call)
@@ -480,9 +492,20 @@ class RoomServer:
             if not published:
                 taken = None  # (released only after the count went up: never double booked; it expires)
         if taken is not None:
-            self._release(room.name, taken)
+            self._release_after_writes(room.name, taken)
         self._write_entries([n for n in pending if n != room.name])
         return answer
+
+    def _release_after_writes(self, room: str, seat: str) -> None:
+        """Give a join's seat back once the writes of its room's entry in
+        flight now are over (any thread, not under the rooms lock): now
+        if there are none, else by the last of them (see ``_writing``)."""
+        with self._writes_lock:
+            waits = set(self._writing.get(room, ()))
+            if waits:
+                self._held_seats.append((waits, room, seat))
+                return
+        self._release(room, seat)
 
     def _release(self, room: str, seat: str) -> None:
         try:
@@ -550,8 +573,43 @@ class RoomServer:
         of that name now.  Read again after the write, and written again
         if it changed meanwhile (a join's count written since, a room
         disposed, or made again under that name): what the directory
-        keeps is the room's last state, never an older one.  Whether the
-        last write went through (a join gives its seat back only then)."""
+        keeps is the room's last state, never an older one (a write that
+        read the room earlier may land after a later one, until it writes
+        again: a join's seat stays reserved until such writes are over, see
+        ``_writing``).  Whether the last write went through (a join gives
+        its seat back only then)."""
+        wid = self._write_starts(name)
+        try:
+            return self._write_rounds(name)
+        finally:
+            self._write_ends(name, wid)
+
+    def _write_starts(self, name: str) -> int:
+        """A write of ``name``'s entry begins, before it reads the room (any thread): its id."""
+        with self._writes_lock:
+            wid = next(self._write_ids)
+            self._writing.setdefault(name, set()).add(wid)
+            return wid
+
+    def _write_ends(self, name: str, wid: int) -> None:
+        """Write ``wid`` of ``name``'s entry is over (its thread): the
+        joins' seats that waited for it (and no other) are given back."""
+        with self._writes_lock:
+            ids = self._writing[name]
+            ids.discard(wid)
+            if not ids:
+                del self._writing[name]
+            ready = []
+            for held in self._held_seats:
+                held[0].discard(wid)
+                if not held[0]:
+                    ready.append(held)
+            self._held_seats = [h for h in self._held_seats if h[0]]
+        for _, room, seat in ready:
+            self._release(room, seat)
+
+    def _write_rounds(self, name: str) -> bool:
+        """:meth:`_write_entry`'s writes (registered in ``_writing``)."""
         written: Any = None
         for _ in range(4):  # (changes while we write: each round is rare; the next refresh settles the rest)
             with self.lock:
