@@ -520,3 +520,172 @@ def test_a_name_made_here_while_create_asked_the_directory_about_it_is_refused()
     with pytest.raises(CallError, match="^room 'red' exists$"):
         rooms.create("trio", "red")
     assert list(rooms.rooms) == ["red"] and rooms.stats["created"] == 1
+
+
+# --- a join by kind whose room closed or filled while it reserved chooses again ------------------
+
+def test_a_join_by_kind_whose_room_is_disposed_while_it_reserves_lands_in_another_room_of_the_kind():
+    presence = GatedPresence()
+    rooms, server = _world(presence)
+    _join(rooms, 1, room="red", kind="trio")
+    _join(rooms, 2, room="red")  # red: the fullest, chosen first
+    _join(rooms, 3, room="blue", kind="trio")
+    presence.arm("reserve_seat", "red", after=True)  # reserved, then red goes
+    join = Background(_join, rooms, 4, kind="trio")
+    try:
+        assert presence.entered.wait(10) and _lock_is_free(rooms)
+        rooms.dispose(rooms.rooms["red"])
+    finally:
+        presence.gate.set()
+    assert join.result() == {"room": "blue", "kind": "trio", "clients": 2, "data": {"seat": 1}}
+    assert sorted(rooms.rooms) == ["blue"] and rooms.room_of(4) is rooms.rooms["blue"]
+    assert rooms.stats["refused"] == 0 and rooms.stats["created"] == 2 and rooms.stats["joins"] == 4
+    assert _listed(presence, "red") is None and presence.reserve_seat("red", "after", 30.0) is False
+    assert _listed(presence, "blue") == (2, 1) and _reservations(presence, "blue") == 0
+
+
+def test_a_join_by_kind_whose_room_fills_while_it_reserves_makes_a_new_room():
+    clock = Clock()
+    presence = GatedPresence(clock)
+    rooms, _ = _world(presence, ttl=600)  # (only the reservation expires)
+    _join(rooms, 1, room="red", kind="trio")
+    _join(rooms, 2, room="red")
+    presence.arm("reserve_seat", "red", after=True)  # reserved, then stalled
+    first = Background(_join, rooms, 3, kind="trio")
+    try:
+        assert presence.entered.wait(10) and _lock_is_free(rooms)
+        clock.now += 31  # its reservation expired: another join takes red's last seat
+        assert Background(_join, rooms, 4, room="red").result()["clients"] == 3
+    finally:
+        presence.gate.set()
+    got = first.result()
+    assert got["room"] != "red" and got["clients"] == 1 and rooms.room_of(3) is rooms.rooms[got["room"]]
+    assert list(rooms.rooms["red"].members) == [1, 2, 4] and len(rooms.rooms) == 2
+    assert rooms.stats["refused"] == 0 and rooms.stats["created"] == 2
+    assert _listed(presence, "red") == (3, 0) and _reservations(presence, "red") == 0
+    assert _listed(presence, got["room"]) == (1, 2) and _reservations(presence, got["room"]) == 0
+
+
+class Racing(LocalPresence):
+    """A directory whose next ``races`` reservations each see their room
+    disposed right after it (another thread's dispose, while the join is
+    outside the lock)."""
+
+    def __init__(self, races: int) -> None:
+        super().__init__()
+        self.races = races
+        self.rooms_server: RoomServer | None = None
+        self.reserved: list[str] = []
+
+    def reserve_seat(self, room_id, seat_id, ttl, info=None):
+        got = super().reserve_seat(room_id, seat_id, ttl, info)
+        if self.rooms_server is None:
+            return got  # (not armed yet)
+        self.reserved.append(room_id)
+        if self.races > 0:
+            self.races -= 1
+            Background(self.rooms_server.dispose, self.rooms_server.rooms[room_id]).result()
+        return got
+
+
+@pytest.mark.parametrize("races", [2, 3, 10])
+def test_a_join_by_kind_chooses_again_at_most_three_times_then_is_refused(races):
+    presence = Racing(races)
+    rooms, server = _world(presence)
+    _join(rooms, 1, room="red", kind="trio")
+    presence.rooms_server = rooms
+    if races < 3:  # the third choice (a room it makes: red went) holds
+        got = _join(rooms, 2, kind="trio")
+        assert got["clients"] == 1 and rooms.room_of(2) is rooms.rooms[got["room"]]
+        assert len(presence.reserved) == 3 and presence.reserved[0] == "red"
+        assert list(rooms.rooms) == [got["room"]] and rooms.stats["refused"] == 0
+        assert sorted(r["id"] for r in presence.rooms()) == [got["room"]]
+        assert _reservations(presence, got["room"]) == 0
+    else:
+        with pytest.raises(CallError, match="^the rooms of kind 'trio' closed or filled while the join reserved "
+                                            "its seat, 3 times: try again$"):
+            _join(rooms, 2, kind="trio")
+        assert len(presence.reserved) == 3 and presence.races == races - 3  # bounded: no fourth try
+        assert rooms.rooms == {} and presence.rooms() == [] and rooms.room_of(2) is None
+        assert rooms.stats["refused"] == 1 and rooms.stats["created"] == 3 and rooms.stats["disposed"] == 3
+    # the rooms it made and nobody joined are gone, their entries too; no join event of a failed try
+    assert [e for e, d in server.events if d.get("client") is server.clients[2]] == (
+        ["peng3dnet:room.join"] if races < 3 else [])
+
+
+def test_a_join_naming_its_room_is_still_refused_when_the_room_goes_while_it_reserves():
+    presence = Racing(1)
+    rooms, _ = _world(presence)
+    _join(rooms, 1, room="red", kind="trio")
+    _join(rooms, 3, room="blue", kind="trio")
+    presence.rooms_server = rooms
+    with pytest.raises(CallError, match="^room 'red' is closed$"):
+        _join(rooms, 2, room="red", kind="trio")
+    assert presence.reserved == ["red"] and rooms.stats["refused"] == 1 and sorted(rooms.rooms) == ["blue"]
+
+
+# --- a join's seat while an older write of its room's entry is in flight ---------------------------
+
+class Recording(GatedPresence):
+    """Records what the directory shows of red, (clients, free seats), after
+    each write of its entry; ``fail``: the held write fails once let go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: list[tuple[int, int] | None] = []
+        self.fail = False
+
+    def set_room(self, room_id, info, ttl):
+        held = self.armed == ("set_room", room_id, False)
+        self._wait("set_room", room_id, False)
+        if held and self.fail:
+            self.fail = False
+            raise NetworkError("redis: down")
+        LocalPresence.set_room(self, room_id, info, ttl)
+        if room_id == "red":
+            self.shown.append(_listed(self, "red"))
+
+
+def _full_while_an_older_write_is_held(presence: Recording) -> tuple[RoomServer, Background]:
+    """red with 2 members; a refresh read that count and its write is held;
+    a join then fills red and writes its count (3) before that write lands."""
+    rooms, _ = _world(presence)
+    _join(rooms, 1, room="red", kind="trio")
+    _join(rooms, 2, room="red")
+    presence.arm("set_room", "red")
+    refresh = Background(rooms.refresh)
+    assert presence.entered.wait(10) and _lock_is_free(rooms)
+    presence.shown.clear()
+    try:
+        assert _join(rooms, 3, room="red")["clients"] == 3
+    except BaseException:
+        presence.gate.set()
+        raise
+    return rooms, refresh
+
+
+def test_a_joins_seat_stays_reserved_until_an_older_write_of_its_rooms_count_is_over():
+    presence = Recording()
+    rooms, refresh = _full_while_an_older_write_is_held(presence)
+    # The join's count is written; its seat stays reserved: the refresh's
+    # older count (2) may land after it
+    assert presence.shown == [(3, 0)]
+    presence.gate.set()
+    refresh.result()
+    # The older count landed, then the refresh saw the change and wrote the
+    # room again: the join's reservation kept its seat counted meanwhile
+    # (never a free seat shown in the full room: never double booked), and
+    # the directory keeps the room's real count
+    assert presence.shown == [(3, 0), (2, 0), (3, 0)]
+    assert _listed(presence, "red") == (len(rooms.rooms["red"].members), 0) == (3, 0)
+    assert _reservations(presence, "red") == 0  # given back by the refresh's write, once over
+
+
+def test_a_joins_seat_held_for_an_older_write_that_fails_is_given_back_when_it_ends():
+    presence = Recording()
+    presence.fail = True  # (the held write only)
+    rooms, refresh = _full_while_an_older_write_is_held(presence)
+    presence.gate.set()
+    refresh.result()  # (its write failed: logged, the next refresh retries)
+    assert presence.shown == [(3, 0)] and _listed(presence, "red") == (3, 0)
+    assert _reservations(presence, "red") == 0

@@ -16,6 +16,7 @@ outside it again; other directory entries are written by the thread
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import threading
@@ -38,6 +39,15 @@ JOIN_PACKET = "peng3dnet:rooms.join"
 """Called by a client: ``{"room", "kind", "options", "seat"}`` -> ``{"room", "kind", "clients", "data"}``."""
 LEAVE_PACKET = "peng3dnet:rooms.leave"
 CLUSTER_EVENT = "peng3dnet:cluster.message"
+
+JOIN_TRIES = 3
+"""How many times a join by kind chooses its room: again when the room it
+chose closed or filled while it reserved its seat (then it is refused)."""
+
+
+class _LostRaceError(CallError):
+    """A join by kind's room closed or filled while it reserved its seat
+    (it chooses again; never seen outside :meth:`RoomServer._join_call`)."""
 
 
 
@@ -189,6 +199,17 @@ class RoomServer:
         # a join's reservation puts such a room in the directory (a join
         # reserves outside the lock, maybe before the room's maker wrote it).
         self._unlisted: set[str] = set()
+        # The writes of a room's entry in flight (name -> their ids), and the
+        # seats of joins given back only once the writes of their room that
+        # were in flight when the join's own count was written are over:
+        # such a write may have read an older count and land after the
+        # join's (it writes the room again once it sees the change), and
+        # the join's reservation keeps its seat counted until then (never
+        # double booked).  Under _writes_lock (nothing else taken under it).
+        self._writing: dict[str, set[int]] = {}
+        self._held_seats: list[tuple[set[int], str, str]] = []
+        self._write_ids = itertools.count(1)
+        self._writes_lock = threading.Lock()
         self._sub_lock = threading.Lock()  # subscribe()/unsubscribe(): one presence subscription per channel
         self.stats = {"joins": 0, "leaves": 0, "created": 0, "disposed": 0, "refused": 0, "ticks": 0}
         server.handler(JOIN_PACKET)(self._join_call)
@@ -344,6 +365,27 @@ class RoomServer:
             seat = auth.pop("seat")  # checked and claimed at login
         elif msg.get("seat") is not None:
             seat = self._check_seat(msg.get("seat"))
+        # A join by kind (no room, no seat) whose room closed or filled while
+        # it reserved its seat chooses again, JOIN_TRIES times in all; a
+        # join naming its room (or holding a seat for it) is refused then.
+        by_kind = seat is None and name is None and bool(kind)
+        for _ in range(JOIN_TRIES):
+            answer = self._join_once(client, cid, options, name, kind, seat, by_kind)
+            if answer is not None:
+                return answer
+        with self.lock:
+            self.stats["refused"] += 1
+        raise CallError(f"the rooms of kind {kind!r} closed or filled while the join reserved its seat, "
+                        f"{JOIN_TRIES} times: try again")
+
+    def _join_once(self, client: Any, cid: int, options: dict[str, Any], name: str | None, kind: str | None,
+                   seat: Seat | None, by_kind: bool) -> Any:
+        """One attempt of a join (the server's handler thread): its answer;
+        or, for a join ``by_kind``, ``None`` when the room it chose closed
+        or filled while it reserved its seat outside the lock: then it left
+        nothing behind (its reservation given back, a room it made that
+        nobody joined disposed, not counted as refused) and may choose
+        again.  Raises CallError (refused)."""
         made: Room | None = None  # a room made for this join: gone again if the join fails
         room: Room | None = None
         own_seat: str | None = None  # a direct join reserves its seat too: reservations are honoured
@@ -399,7 +441,7 @@ class RoomServer:
                 if inside:
                     answer = {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": None}
                 elif room.full:
-                    raise CallError(f"room {room.name!r} is full")
+                    raise (_LostRaceError if by_kind else CallError)(f"room {room.name!r} is full")
                 info = room.info() if room.name in self._unlisted else None
             if not inside and seat is None and own_seat is None:
                 token = f"direct-{cid}-{uuid.uuid4().hex[:8]}"
@@ -409,12 +451,12 @@ class RoomServer:
             if not inside:
                 with self.lock:  # the room may have gone, filled, or had us join it meanwhile
                     if self.rooms.get(room.name) is not room:
-                        raise CallError(f"room {room.name!r} is closed")
+                        raise (_LostRaceError if by_kind else CallError)(f"room {room.name!r} is closed")
                     inside = self._room_of.get(cid) is room
                     data = None
                     if not inside:
                         if room.full:
-                            raise CallError(f"room {room.name!r} is full")
+                            raise (_LostRaceError if by_kind else CallError)(f"room {room.name!r} is full")
                         data = room.on_join(client, options)
                         if cid in self._room_of:
                             self._leave(cid, pending)
@@ -424,8 +466,10 @@ class RoomServer:
                         self.server.sendEvent("peng3dnet:room.join", {"room": room, "client": client})
                     answer = {"room": room.name, "kind": room.kind, "clients": len(room.members), "data": data}
         except Exception as exc:  # (a bug of the room's on_join too: it must leave nothing behind)
+            lost = isinstance(exc, _LostRaceError)  # (chosen again: not refused yet)
             with self.lock:
-                self.stats["refused"] += 1
+                if not lost:
+                    self.stats["refused"] += 1
                 if made is not None and not made.members and self.rooms.get(made.name) is made:
                     self._dispose(made, pending)
                 gone = room is not None and self.rooms.get(room.name) is not room
@@ -436,6 +480,9 @@ class RoomServer:
             if gone:  # (our reservation may have put it in the directory again after its disposal)
                 pending.append(room.name)  # type: ignore[union-attr]
             self._write_entries(pending)
+            if lost:
+                log.debug("rooms: a join by kind chooses again: %s", exc)
+                return None
             if isinstance(exc, Peng3dNetError) and not isinstance(exc, CallError):
                 raise CallError(f"the directory is unavailable: {exc}") from None
             raise
@@ -445,9 +492,20 @@ class RoomServer:
             if not published:
                 taken = None  # (released only after the count went up: never double booked; it expires)
         if taken is not None:
-            self._release(room.name, taken)
+            self._release_after_writes(room.name, taken)
         self._write_entries([n for n in pending if n != room.name])
         return answer
+
+    def _release_after_writes(self, room: str, seat: str) -> None:
+        """Give a join's seat back once the writes of its room's entry in
+        flight now are over (any thread, not under the rooms lock): now
+        if there are none, else by the last of them (see ``_writing``)."""
+        with self._writes_lock:
+            waits = set(self._writing.get(room, ()))
+            if waits:
+                self._held_seats.append((waits, room, seat))
+                return
+        self._release(room, seat)
 
     def _release(self, room: str, seat: str) -> None:
         try:
@@ -515,8 +573,43 @@ class RoomServer:
         of that name now.  Read again after the write, and written again
         if it changed meanwhile (a join's count written since, a room
         disposed, or made again under that name): what the directory
-        keeps is the room's last state, never an older one.  Whether the
-        last write went through (a join gives its seat back only then)."""
+        keeps is the room's last state, never an older one (a write that
+        read the room earlier may land after a later one, until it writes
+        again: a join's seat stays reserved until such writes are over, see
+        ``_writing``).  Whether the last write went through (a join gives
+        its seat back only then)."""
+        wid = self._write_starts(name)
+        try:
+            return self._write_rounds(name)
+        finally:
+            self._write_ends(name, wid)
+
+    def _write_starts(self, name: str) -> int:
+        """A write of ``name``'s entry begins, before it reads the room (any thread): its id."""
+        with self._writes_lock:
+            wid = next(self._write_ids)
+            self._writing.setdefault(name, set()).add(wid)
+            return wid
+
+    def _write_ends(self, name: str, wid: int) -> None:
+        """Write ``wid`` of ``name``'s entry is over (its thread): the
+        joins' seats that waited for it (and no other) are given back."""
+        with self._writes_lock:
+            ids = self._writing[name]
+            ids.discard(wid)
+            if not ids:
+                del self._writing[name]
+            ready = []
+            for held in self._held_seats:
+                held[0].discard(wid)
+                if not held[0]:
+                    ready.append(held)
+            self._held_seats = [h for h in self._held_seats if h[0]]
+        for _, room, seat in ready:
+            self._release(room, seat)
+
+    def _write_rounds(self, name: str) -> bool:
+        """:meth:`_write_entry`'s writes (registered in ``_writing``)."""
         written: Any = None
         for _ in range(4):  # (changes while we write: each round is rare; the next refresh settles the rest)
             with self.lock:
