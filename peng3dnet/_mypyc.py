@@ -7,9 +7,9 @@ never compiled: in a compiled module the ``else`` branch below would be
 taken for unreachable code.
 
 ``@mypyc_attr(allow_interpreted_subclasses=True)`` marks the classes
-programs subclass (``Server``, ``ClientOnServer``, ``Client`` and their
-core ``Peer``): in a compiled build their subclasses stay ordinary Python
-classes.  See the README's "Optional compiled build".
+programs subclass (``Server``, ``ClientOnServer``, ``Client``, their core
+``Peer`` and ``NetworkLoop``): in a compiled build their subclasses stay
+ordinary Python classes.  See the README's "Optional compiled build".
 """
 
 from __future__ import annotations

@@ -108,6 +108,9 @@ class ServerStats:
         self.accept_pauses = 0
         """Times the server stopped accepting for ``ACCEPT_PAUSE`` s because
         ``accept()`` ran out of descriptors or memory."""
+        self.resumed_over_max = 0
+        """Connections let in over ``net.limits.max_clients`` that resumed a
+        suspended session (its place passed to them)."""
         self._closed = {"bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0}
 
     def _add_closed(self, stats: ConnectionStats) -> None:
@@ -122,6 +125,19 @@ class ServerStats:
     def connections_open(self) -> int:
         """Connections open now."""
         return len(self._server._links)
+
+    @property
+    def sessions_suspended(self) -> int:
+        """Sessions suspended now, waiting for their clients to resume them
+        (``net.session.resume``); each keeps its connection's place."""
+        return self._server._suspended_n
+
+    @property
+    def waiting_over_max(self) -> int:
+        """Connections let in over ``net.limits.max_clients`` now (a full
+        server admits as many as it holds suspended sessions), each to be
+        closed with ``serverfull`` at its settype unless it resumes one."""
+        return self._server._over_max
 
     @property
     def bytes_in(self) -> int:
@@ -145,8 +161,9 @@ class ServerStats:
 
     def as_dict(self) -> dict[str, Any]:
         """A plain dict of every counter."""
-        keys = ("connections_total", "connections_refused", "accept_pauses", "connections_open", "bytes_in",
-                "bytes_out", "packets_in", "packets_out")
+        keys = ("connections_total", "connections_refused", "accept_pauses", "connections_open",
+                "sessions_suspended", "waiting_over_max", "resumed_over_max", "bytes_in", "bytes_out", "packets_in",
+                "packets_out")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -885,6 +902,7 @@ class Server(Peer):
         if link.over_max:  # admitted over max_clients to resume: it has the session's place now
             link.over_max = False
             self._over_max -= 1
+            self.stats.resumed_over_max += 1
         if link.provisional and link.group:  # admitted to resume: a connection of its group now
             link.provisional = False
             counts = self._groups[link.group]

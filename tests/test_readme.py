@@ -46,6 +46,8 @@ def test_the_sync_example_runs_and_moves_the_players_entity():
         "    if xs and xs[0] > 0: break\n"
         "    time.sleep(0.01)\n"
         "assert xs and abs(xs[0] - 200 / 60) < 1e-9, xs\n"
+        "deadline = time.monotonic() + 10\n"  # (the client learns its entity from the next snapshot)
+        "while view.own is None and time.monotonic() < deadline: time.sleep(0.01)\n"
         "assert view.own is not None and drawn\n"
         "client.close('bye'); client.wait_for_close(5)\n"
         "deadline = time.monotonic() + 10\n"

@@ -899,12 +899,13 @@ def test_a_full_server_lets_clients_back_to_their_sessions_and_no_one_else(net):
     assert live.recv_until_close() == [(16, {"reason": "serverfull"})]
     dropped.close()
     rec.wait_for("peng3dnet:server.connection.suspended", 1)
-    assert len(s._links) == 2 and s._suspended_n == 1  # the suspended session keeps its place
+    assert s.stats.connections_open == 2 and s.stats.sessions_suspended == 1  # the suspended session keeps its place
     stranger = _peer_from(s.addr)
     assert stranger.recv_packet()[0] == 1  # let in: it might be coming back
+    assert s.stats.waiting_over_max == 1
     stranger.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"]})
     assert stranger.recv_until_close() == [(16, {"reason": "serverfull"})]
-    wait_for(lambda: s._over_max == 0, what="its place given back")
+    wait_for(lambda: s.stats.waiting_over_max == 0, what="its place given back")
     back = _peer_from(s.addr)
     assert back.recv_packet()[0] == 1
     third = _peer_from(s.addr)  # one suspended session, one connection waiting for it: no more
@@ -915,7 +916,8 @@ def test_a_full_server_lets_clients_back_to_their_sessions_and_no_one_else(net):
     back.send_packet(4, {"success": True})
     rec.wait_for("peng3dnet:server.connection.resumed", 1)
     assert sorted(active_cids(s, 2)) == sorted([kept_cid, cid]) and len(s._links) == 2
-    assert (s._over_max, s._suspended_n) == (0, 0)
+    st = s.stats.as_dict()
+    assert (st["waiting_over_max"], st["sessions_suspended"], st["resumed_over_max"]) == (0, 0, 1)
     after = _peer_from(s.addr)  # full again, nothing suspended
     assert after.recv_until_close() == [(16, {"reason": "serverfull"})]
     assert s.stats.connections_refused == 4  # three at accept, one at settype
@@ -932,16 +934,16 @@ def test_the_count_of_suspended_sessions_follows_expiry_kicks_and_shutdown(net):
     for i, p in enumerate(peers):
         p.close()
         rec.wait_for("peng3dnet:server.connection.suspended", i + 1)
-    assert s._suspended_n == 3
+    assert s.stats.sessions_suspended == 3
     s.close_connection(cids[0], "kicked")  # a kicked client must not resume
-    wait_for(lambda: s._suspended_n == 2, what="the kicked session counted off")
+    wait_for(lambda: s.stats.sessions_suspended == 2, what="the kicked session counted off")
     s.cfg["net.session.grace"] = 0.2  # (read when a socket drops)
     again = _resumable_from(s, rec, 4)[0]
     again.close()
     rec.wait_for("peng3dnet:server.connection.suspended", 4)
-    wait_for(lambda: s._suspended_n == 2, timeout=10, what="the expired session counted off")
+    wait_for(lambda: s.stats.sessions_suspended == 2, timeout=10, what="the expired session counted off")
     s.stop()
-    wait_for(lambda: s._suspended_n == 0, what="the sessions ended at stop")
+    wait_for(lambda: s.stats.sessions_suspended == 0, what="the sessions ended at stop")
 
 
 @pytest.mark.timeout(60)
