@@ -174,6 +174,7 @@ class ArenaRoom(Room):
         self.game = ArenaLogic(self.sync, seed=abs(hash(self.name)) % 1000)
         self._board_at = 0.0
         self._scores: dict[str, int] = {}  # each player's score at the last tick, by entity
+        self._names: dict[str, str] = {}  # and its name then
         self.sync.on_join = self.game.join
         self.sync.on_input = self.game.input
         self.sync.on_step = self._step
@@ -185,18 +186,28 @@ class ArenaRoom(Room):
     def _step(self, dt: float, tick: int) -> None:
         assert self.sync is not None
         self.game.step(dt, tick)
-        scores = {}
+        scores, names = {}, {}
+        board = self.rooms.presence
         for eid, e in self.sync.entities.items():  # points scored this tick go to the cluster's leaderboard
             if e.get("kind") == "player":
-                scores[eid] = e["score"]
-                gained = e["score"] - self._scores.get(eid, 0)  # by entity: a rename in this tick loses nothing
+                scores[eid], names[eid] = e["score"], e["name"]
+                before = self._scores.get(eid, 0)
+                old = self._names.get(eid)
+                if old is not None and old != e["name"] and before > 0:
+                    # Renamed (a player's name arrives after it joined, and a
+                    # coin under its spawn point may score first): its points
+                    # go with it, off the old name.
+                    board.incr_score(BOARD_KEY, old, -before)
+                    board.incr_score(BOARD_KEY, e["name"], before)
+                gained = e["score"] - before  # by entity: a rename in this tick loses nothing
                 if gained > 0:
-                    self.rooms.presence.incr_score(BOARD_KEY, e["name"], gained)
-        self._scores = scores
+                    board.incr_score(BOARD_KEY, e["name"], gained)
+        self._scores, self._names = scores, names
         t = time.monotonic()
         if t - self._board_at >= 1.0:
             self._board_at = t
-            self.broadcast(BOARD_PACKET, [list(x) for x in self.rooms.presence.top(BOARD_KEY, 5)])
+            top = [list(x) for x in board.top(BOARD_KEY, 5) if x[1] > 0]  # (a renamed player's old name keeps 0)
+            self.broadcast(BOARD_PACKET, top)
 
     def report(self) -> dict[str, Any]:
         return self.game.report()

@@ -522,3 +522,31 @@ def test_ping_counts_the_players_not_the_ping_connection():
         for b in bots:
             b.stop()
         srv.stop()
+
+
+def test_a_renamed_players_points_move_with_it_on_the_leaderboard():
+    """A player's name arrives after it joined; a point it scored before
+    (a coin under its spawn point) moves to its name on the cluster's
+    leaderboard, and the board sent to players leaves the old name out."""
+    from types import SimpleNamespace
+
+    from demos.arena.netgame import BOARD_KEY, ArenaRoom
+    from peng3dnet.ext.rooms.presence import LocalPresence
+
+    presence = LocalPresence()
+    sent = []
+    entities = {"p1": {"kind": "player", "name": "player1", "score": 0}}
+    room = SimpleNamespace(sync=SimpleNamespace(entities=entities), game=SimpleNamespace(step=lambda dt, tick: None),
+                           rooms=SimpleNamespace(presence=presence), _scores={}, _names={}, _board_at=-1e9,
+                           broadcast=lambda ptype, data: sent.append(data))
+    step = ArenaRoom._step.__get__(room)
+    step(0.05, 1)
+    entities["p1"] = {**entities["p1"], "score": 1}  # the coin under its spawn point
+    step(0.05, 2)
+    entities["p1"] = {**entities["p1"], "name": "blue3"}  # its name arrives
+    step(0.05, 3)
+    entities["p1"] = {**entities["p1"], "score": 3}
+    room._board_at = -1e9
+    step(0.05, 4)
+    assert dict(presence.top(BOARD_KEY, 10)) == {"blue3": 3.0, "player1": 0.0}
+    assert sent[-1] == [["blue3", 3.0]]
