@@ -16,6 +16,7 @@ refuses (see the README).
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import runpy
@@ -62,7 +63,7 @@ def test_the_run_tree_imports_the_compiled_modules_and_the_interpreted_rest(tree
         print(json.dumps(out))
     """)
     assert p.returncode == 0, p.stderr
-    files = eval(p.stdout)  # (json of str: str)
+    files = json.loads(p.stdout)
     for m in mods:
         assert files[m].startswith(tree) and files[m].endswith(".so"), (m, files[m])
     for m in ("peng3dnet.net", "peng3dnet._mypyc", "peng3dnet.loopthread"):
