@@ -212,12 +212,17 @@ class Client(Peer):
 
     def _detach_unserved(self) -> None:
         """Forget a socket that no loop serves (attach() failed after the
-        connect): close it, so that it does not linger until collected."""
+        connect): close it, so that it does not linger until collected, and
+        emit ``close`` (reason ``clientstop``): ``connect`` was emitted, and
+        every connection that was connected is closed exactly once
+        (caller's thread: no loop runs for this client)."""
         sock, self.sock = self.sock, None
-        self._link_obj = None
+        link, self._link_obj = self._link_obj, None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
+            if link is not None:
+                self._connection_closed(link, "clientstop")
 
     def _prepare_loop(self) -> None:
         if self._shared is not None:

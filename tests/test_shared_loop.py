@@ -399,6 +399,7 @@ def test_an_add_racing_stop_either_is_served_or_gives_up(side):
 
     c.connect = slow_connect  # type: ignore[method-assign]
     result: list = []
+    rec = Recorder(c, "peng3dnet:client.close")
 
     def add():
         try:
@@ -421,6 +422,8 @@ def test_an_add_racing_stop_either_is_served_or_gives_up(side):
             assert sock is not None and sock.fileno() == -1  # closed, not left for the collector
             assert c.sock is None and c._shared is None and not c._loop_started
             assert c not in loop._clients
+            # It was connected ("connect" was emitted), so it is closed, once:
+            assert [d["reason"] for _, d in rec.items] == ["clientstop"] and c.close_reason == "clientstop"
         else:
             go.set()
             t.start()
@@ -429,9 +432,11 @@ def test_an_add_racing_stop_either_is_served_or_gives_up(side):
             loop.stop(timeout=10)
             c.join(5)  # the loop's end ended it
             assert c._loop_done.is_set()
+            assert len(rec.wait_for("peng3dnet:client.close")) == 1
     finally:
         go.set()
         t.join(10)
+        rec.close()
         loop.stop(timeout=5)
         s.stop()
         s.join(5)
