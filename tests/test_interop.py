@@ -81,6 +81,9 @@ def test_original_client_against_our_server():
     try:
         r = run_peer("client", s.addr[1])
         assert r == {"handshake": True, "all": True, "echoed_equal": 6, "n": 6}
+        # The client's close first (its process has exited, the server may
+        # not have read the end yet): then closes[1] is the ping's.
+        wait_for(lambda: len(closes) == 1, what="the client's close")
         r = run_peer("ping", s.addr[1])
         assert r["name"] == "ours" and r["players"] == 5 and r["peng3dnet"]["protoversion"] == 2
         assert r["delay"] >= 0

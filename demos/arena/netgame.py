@@ -153,6 +153,8 @@ BOARD_PACKET = "arena:board"
 BOARD_KEY = "arena:board"
 CHAT_CHANNEL = "arena:chat"
 DEMO_SECRET = b"peng3dnet arena demo secret: set PENG3DNET_CLUSTER_SECRET"
+DISPOSED_KEPT = 16
+"""How many disposed rooms' reports a cluster server keeps for its ``--report``."""
 
 
 def cluster_secret() -> bytes:
@@ -234,11 +236,24 @@ class ClusterArenaServer:
         self.rooms.define(KIND, ArenaRoom)
         self.server.register_packet(CHAT_PACKET, _ChatIn(self.server.registry, self.server, self.rooms))
         self.server.register_packet(BOARD_PACKET, Packet(self.server.registry, self.server))
+        self.disposed: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        """The report of each room at its disposal, by name (the last ``DISPOSED_KEPT``;
+        the rooms' lock guards it): a room goes when its last player leaves,
+        before the server's report is written."""
         events.subscribe("peng3dnet:cluster.message", self._on_cluster, sender=self.server)
+        events.subscribe("peng3dnet:room.dispose", self._on_dispose, sender=self.server)
 
     def _on_cluster(self, event: str, data: dict[str, Any]) -> None:  # the presence's thread
         if data["channel"] == CHAT_CHANNEL:
             self.server.broadcast(CHAT_PACKET, data["data"])
+
+    def _on_dispose(self, event: str, data: dict[str, Any]) -> None:  # under the rooms' lock
+        room = data["room"]
+        if isinstance(room, ArenaRoom):
+            self.disposed.pop(room.name, None)
+            self.disposed[room.name] = room.report()
+            while len(self.disposed) > DISPOSED_KEPT:
+                self.disposed.popitem(last=False)
 
     def start(self) -> ClusterArenaServer:
         self.server.runAsync()
@@ -253,6 +268,7 @@ class ClusterArenaServer:
 
     def stop(self) -> None:
         events.unsubscribe("peng3dnet:cluster.message", self._on_cluster, sender=self.server)
+        events.unsubscribe("peng3dnet:room.dispose", self._on_dispose, sender=self.server)
         self.rooms.stop()
         self.server.shutdown(timeout=5)
         self.presence.close()
@@ -260,7 +276,9 @@ class ClusterArenaServer:
     def report(self) -> dict[str, Any]:
         with self.rooms.lock:
             rooms = {name: r.report() for name, r in self.rooms.rooms.items() if isinstance(r, ArenaRoom)}
-        return {"role": "server", "addr": self.rooms.public_addr, "rooms": rooms, "stats": dict(self.rooms.stats)}
+            disposed = dict(self.disposed)
+        return {"role": "server", "addr": self.rooms.public_addr, "rooms": rooms, "disposed": disposed,
+                "stats": dict(self.rooms.stats)}
 
 
 def matchmake(url: str, room: str | None) -> dict[str, Any]:

@@ -291,20 +291,27 @@ def test_a_cluster_of_two_servers_and_six_bots_in_two_rooms(tmp_path, redis_url)
         r = json.loads((tmp_path / f"s{i}.json").read_text())
         srv[r["addr"]] = r
     assert {int(a.rsplit(":", 1)[1]) for a in srv} == ports
+    compared = []
     for room in ("red", "blue"):
         mine = [r for r in reps if r["room"] == room]
         assert len(mine) == 3 and len({r["server"] for r in mine}) == 1  # one server holds the room
         server = srv[mine[0]["server"]]
-        history = server["rooms"][room]["history"] if room in server["rooms"] else None
+        # The room usually went when its last bot left, before the server's
+        # report: the server's report keeps the rooms it disposed of.
+        kept = server["rooms"].get(room) or server["disposed"].get(room)
+        assert kept is not None, (set(server["rooms"]), set(server["disposed"]))
+        history = kept["history"]
         for r in mine:
             assert r["stats"]["desyncs"] == 0
-            truth = (history or {}).get(str(r["tick"]))
-            if truth is None:  # the room was disposed when its last bot left; its history went with it
-                continue
-            assert set(r["players"]) <= set(truth) | {r["name"]}
-            for name, p in r["players"].items():
-                if name in truth:
-                    assert p["score"] == truth[name]["score"]
+            truth = history.get(str(r["tick"]))
+            assert truth is not None, f"{r['name']}'s last tick {r['tick']} is not in the history of {room}"
+            assert set(r["players"]) == set(truth), r["name"]
+            for name, p in r["players"].items():  # the bot's view is the room's, tick for tick
+                for k in ("x", "y"):
+                    assert abs(p[k] - truth[name][k]) <= TOL, (r["name"], name, k)
+                assert p["score"] == truth[name]["score"], (r["name"], name)
+            compared.append(r["name"])
+    assert sorted(compared) == sorted(r["name"] for r in reps)  # every bot's view was checked, all six
     # The lobby put the two rooms on the two servers (the least loaded each time) ...
     assert {r["server"] for r in reps if r["room"] == "red"} != {r["server"] for r in reps if r["room"] == "blue"}
     # ... so a red bot hearing the blue ones is the chat crossing servers (through Redis).
