@@ -28,6 +28,7 @@ from .constants import (
     SIDE_CLIENT,
     SIDE_SERVER,
 )
+from .protocol.describe import fits
 from .userlog import report_user_error
 from .version import PROTOVERSION, RELEASE, VERSION
 
@@ -103,6 +104,12 @@ class ClassicConnectionType(ConnectionType):
             self.peer.begin_handshake(cid)
 
 
+MAX_PING_REQUEST = 16 * 1024
+"""A ping request's size at most (strings' and bytes' lengths plus one per
+item, see :func:`~peng3dnet.protocol.describe.fits`): the server echoes it
+(``oldmsg``), and a bigger one is closed with ``invalidpingpacket``."""
+
+
 class PingConnectionType(ConnectionType):
     """Query a server without a handshake: raw request 64, raw reply 65.
 
@@ -133,6 +140,10 @@ class PingConnectionType(ConnectionType):
         peer = self.peer
         if peer.side == SIDE_SERVER:
             if pid != PID_PING_REQUEST or not isinstance(msg, dict):
+                peer.close_connection(cid, "invalidpingpacket")
+                return False
+            if not fits(msg, MAX_PING_REQUEST):  # echoed in the reply: encoding it again is work for the peer
+                log.info("! server cid=%s: ping request larger than %d bytes, closing", cid, MAX_PING_REQUEST)
                 peer.close_connection(cid, "invalidpingpacket")
                 return False
             reply: dict[str, Any] = {"oldmsg": msg}

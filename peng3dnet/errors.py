@@ -44,6 +44,7 @@ __all__ = [
     "RemoteProtocolError",
     "FrameTooLargeError",
     "DecodeError",
+    "UnhandledPacketError",
     "InflateBudgetError",
     "HandshakeError",
     "RegistryError",
@@ -110,6 +111,14 @@ class DecodeError(RemoteProtocolError):
     """A header, a compressed body or a msgpack body could not be decoded."""
 
     default_reason = "invalidpacket"
+
+
+class UnhandledPacketError(DecodeError):
+    """A received packet whose handling raised an unexpected exception (its
+    ``__cause__``: a value Python cannot handle, such as a msgpack value too
+    deep for ``repr()``, or a bug): its connection is closed with
+    ``"invalidpacket"`` and the traceback is logged; the network thread,
+    the server and the other connections go on."""
 
 
 class InflateBudgetError(RemoteProtocolError):

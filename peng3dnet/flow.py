@@ -36,6 +36,9 @@ class Flow:
         self.buffered = 0
         """Bytes waiting in the write buffers of all the peer's connections
         (kept by :meth:`account`; recounted by :meth:`recount`)."""
+        self.read_held = 0
+        """Bytes of incomplete frames the decoders of all the peer's
+        connections hold (a server's; kept by :meth:`hold_read`)."""
 
     def recount(self) -> None:
         """Count the buffered bytes exactly (the housekeeping timer)."""
@@ -46,9 +49,52 @@ class Flow:
         self.buffered = total
 
     def released(self, link: Link) -> None:
-        """A connection's channel closed: its buffer is gone."""
+        """A connection's channel closed: its buffers are gone."""
         self.buffered -= link.acct
         link.acct = 0
+        self.read_held -= link.held_in
+        link.held_in = 0
+
+    def hold_read(self, link: Link, held: int) -> None:
+        """A read left ``held`` bytes of an incomplete frame in a
+        connection's decoder (network thread, a server's): keep the total,
+        and hold the server-wide cap (``net.limits.read_buffer_total``)."""
+        delta = held - link.held_in
+        link.held_in = held
+        self.read_held += delta
+        if delta > 0 and self.read_held > self.peer._h_read_total:
+            self.shed_reads()
+
+    def shed_reads(self) -> int:
+        """Over the server-wide cap on incomplete frames: close the
+        connections that hold one, the one whose last read is the oldest
+        first (a peer that sent most of a large packet and went quiet; a
+        large packet arriving at speed reads all the time), until the rest
+        fit; ``slowproducer`` (network thread).  Returns how many were
+        closed."""
+        peer = self.peer
+        links = [link for link in peer._all_links() if not link.chan.closed]
+        total = 0
+        for link in links:
+            total += link.held_in
+        cap = peer._h_read_total
+        closed = 0
+        if total > cap:
+            holders = sorted((link for link in links if link.held_in and not link.local_closed),
+                             key=lambda link: link.stats._seen)
+            for link in holders:
+                if total <= cap:
+                    break
+                log.info("! %s cid=%s: holds %d bytes of an incomplete packet while all connections hold %d "
+                         "(cap %d): closing the one that waited longest", peer._role, link.cid, link.held_in,
+                         total, cap)
+                total -= link.held_in
+                link.held_in = 0
+                link.proto._decoder.clear()  # (its memory now, not after the close linger)
+                closed += 1
+                peer._close_link(link, "slowproducer")
+        self.read_held = total
+        return closed
 
     def frames_held(self, link: Link) -> None:
         """The core holds frames back, and the process queue has room (or

@@ -34,6 +34,7 @@ from .errors import (
     NetworkError,
     RegistryError,
     TimedOutError,
+    UnhandledPacketError,
     UnknownPacketError,
     WriteBufferFullError,
 )
@@ -134,6 +135,7 @@ class Peer:
     _h_compress: tuple[bool, int, int]
     _h_inflate: bool
     _h_write_total: int
+    _h_read_total: int
     _h_write_block: int
     _h_inflate_rate: float
     _h_inflate_cap: int
@@ -486,6 +488,10 @@ class Peer:
         stats = link.stats
         stats.bytes_in += total
         stats._seen = now
+        if self._h_read_total:  # (FrameDecoder.buffered, inlined: the bytes of an incomplete frame)
+            held = len(proto._decoder._buf)
+            if held != link.held_in:
+                self._flow.hold_read(link, held)
         # Every byte read is charged (the server's byte bucket), whether or
         # not it completed a packet.
         used = quota - proto.packet_quota  # application packets this read decoded
@@ -886,7 +892,13 @@ class Peer:
     def _on_closed(self, link: Link, o: ConnectionClosed) -> None:
         chan = link.chan
         if o.error is not None:
-            log.info("! %s cid=%s: protocol error, closing (%s): %s", self._role, link.cid, o.reason, o.error)
+            cause = o.error.__cause__
+            if isinstance(o.error, UnhandledPacketError) and cause is not None:
+                # Not a refusal of the core's own: show where it came from.
+                log.warning("! %s cid=%s: protocol error, closing (%s): %s", self._role, link.cid, o.reason, o.error,
+                            exc_info=(type(cause), cause, cause.__traceback__))
+            else:
+                log.info("! %s cid=%s: protocol error, closing (%s): %s", self._role, link.cid, o.reason, o.error)
         else:
             log.info(
                 "= %s cid=%s: connection closed by %s (%s)",

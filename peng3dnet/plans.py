@@ -99,6 +99,7 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
     inflate_rate = float(cfg["net.limits.inflate.rate"])
     return {
         "_h_write_total": int(cfg["net.limits.write_buffer_total"]),
+        "_h_read_total": int(cfg["net.limits.read_buffer_total"]) if rate_reads else 0,
         "_h_write_block": int(cfg["net.limits.write_buffer_block"]),
         "_h_inflate": inflate_rate > 0,
         "_h_inflate_rate": inflate_rate,

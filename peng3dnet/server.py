@@ -46,6 +46,7 @@ from .peer import Peer, resolve_addr
 from .plans import NO_EVENT, thread_pack
 from .protocol.codec import check_keys, frame_body, pack
 from .protocol.connection import NO_QUOTA, CallRequested, Output, PacketReceived
+from .protocol.describe import describe
 from .protocol.framing import LENGTH, encode_frame
 from .protocol.handshake import HandshakeState
 from .session import Session, new_token, valid_request
@@ -557,7 +558,7 @@ class Server(Peer):
             return
         ct = self.conntypes.get(conntype)
         if ct is None:
-            log.info("! server cid=%s: unknown connection type %.64r", link.cid, conntype)
+            log.info("! server cid=%s: unknown connection type %s", link.cid, describe(conntype))
             self._close_link(link, "unknownconntype")
             return
         link.set_type(ct)

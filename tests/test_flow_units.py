@@ -98,6 +98,7 @@ class FakeLink:
         self.chan = FakeChan(out)
         self.proto = FakeProto()
         self.acct = 0
+        self.held_in = 0
         self.local_closed = False
 
 

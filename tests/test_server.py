@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from peng3dnet import errors
 from peng3dnet.constants import EXTENSIONS_KEY, RESUME_KEY, STATE_ACTIVE
 from peng3dnet.net import Server
+from peng3dnet.protocol.connection import MAX_HEARTBEAT_BODY
 from peng3dnet.protocol.framing import FrameDecoder, encode_frame
 from peng3dnet.util import address_group
 from tests.conftest import RawPeer, make_client, make_server
@@ -967,7 +968,8 @@ def test_a_peer_that_never_reads_cannot_grow_our_buffer_with_heartbeat_probes(ne
     (cid,) = active_cids(s)
     link = s._links[cid]
     assert "heartbeat" in link.proto.negotiated
-    probe = encode_frame(32, 0, msgpack.packb(os.urandom(256 * 1024)))  # incompressible
+    # 256 probes of the largest size echoed (MAX_HEARTBEAT_BODY), incompressible, per send
+    probe = b"".join(encode_frame(32, 0, msgpack.packb(os.urandom(MAX_HEARTBEAT_BODY - 5))) for _ in range(256))
     sent = 0
     peer.sock.settimeout(0.5)
     for _ in range(64):  # 16 MiB of probes; we read none of the echoes
@@ -979,6 +981,23 @@ def test_a_peer_that_never_reads_cannot_grow_our_buffer_with_heartbeat_probes(ne
     wait_for(lambda: link.stats.bytes_in >= sent or link.proto.closed, what="the probes read")
     queued = len(link.chan.out)
     assert link.proto.closed and link.proto.close_reason == "slowconsumer", f"{queued} bytes queued, cap 1 MiB"
+
+
+def test_a_heartbeat_probe_too_large_to_echo_closes_the_connection(net):
+    """The core echoes a probe whole, encoding (and compressing) it again
+    with no budget charged: a probe over MAX_HEARTBEAT_BODY is refused
+    (``invalidpacket``) and not echoed; one at the limit is echoed."""
+    s, rec = net.server()
+    peer = RawPeer(s.addr)
+    assert peer.recv_packet()[0] == 1
+    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["heartbeat"]})
+    assert peer.recv_packet()[0] == 3
+    peer.send_packet(4, {"success": True})
+    (cid,) = active_cids(s)
+    peer.send_packet(32, "y" * (MAX_HEARTBEAT_BODY - 1))
+    assert peer.recv_packet() == (33, "y" * (MAX_HEARTBEAT_BODY - 1))
+    peer.send_packet(32, "y" * MAX_HEARTBEAT_BODY)
+    assert peer.recv_until_close() == [(16, {"reason": "invalidpacket"})]
 
 
 @pytest.mark.timeout(60)

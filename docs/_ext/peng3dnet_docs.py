@@ -461,6 +461,9 @@ CONFIG: dict[str, str] = {
     "net.limits.write_buffer_total": "Server: all connections' write buffers together; over it the "
                                      "connections with the largest buffers are closed (``slowconsumer``) "
                                      "until the rest fit.  0: off.",
+    "net.limits.read_buffer_total": "Server: the bytes of incomplete packets all connections hold together; "
+                                    "over it the connections holding one are closed (``slowproducer``), the "
+                                    "one whose last read is the oldest first, until the rest fit.  0: off.",
     "net.limits.write_buffer_block": "``send_message`` from a program thread waits while its connection's "
                                      "write buffer is over this many bytes, until it is down to half "
                                      "(lossless flow control; see :netconf:`net.timeout.send`).  0: never "

@@ -55,6 +55,7 @@ from ..constants import (
     PID_HELLO,
     PID_SESSION_ACK,
     PID_SETTYPE,
+    RESUME_KEY,
     SIDE_CLIENT,
     SIDE_SERVER,
 )
@@ -65,10 +66,12 @@ from ..errors import (
     InflateBudgetError,
     LocalProtocolError,
     RemoteProtocolError,
+    UnhandledPacketError,
 )
 from ..registry import PacketRegistry
 from ..version import PROTOVERSION, VERSION
 from .codec import decode_body, decompress_body, frame_body, pack, unpack
+from .describe import describe, fits
 from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, Frame, FrameDecoder
 from .handshake import SENDER, HandshakeInput, HandshakeMachine, HandshakeState
 
@@ -101,6 +104,16 @@ _tuple_new = tuple.__new__
 
 _SIDE_NAMES = {SIDE_SERVER: "server", SIDE_CLIENT: "client"}
 _MAX_REASON = 256
+_MAX_VERSION = 64
+"""Characters of the peer's version string kept (:attr:`ProtocolConnection.peer_version`)."""
+MAX_HEARTBEAT_BODY = 1024
+"""A heartbeat probe's size at most (strings' and bytes' lengths plus one
+per item, see :func:`~peng3dnet.protocol.describe.fits`): it is echoed.
+Ours carry a time stamp."""
+_SETTYPE_KEPT = ("conntype", EXTENSIONS_KEY, CREDENTIALS_KEY, RESUME_KEY)
+"""The keys of the peer's ``settype`` that :attr:`ProtocolConnection.peer_settype` keeps."""
+_HELLO_KEPT = ("version", "protoversion", EXTENSIONS_KEY)
+"""The keys of the peer's ``hello`` that :attr:`ProtocolConnection.peer_hello` keeps."""
 
 
 class PacketReceived(NamedTuple):
@@ -281,9 +294,11 @@ class ProtocolConnection:
         self.peer_version: str | None = None
         """Version string the peer announced."""
         self.peer_hello: dict[str, Any] = {}
-        """Client side: the server's ``hello`` message."""
+        """Client side: the server's ``hello`` message (its ``version``,
+        ``protoversion`` and extensions keys only)."""
         self.peer_settype: dict[str, Any] = {}
-        """Server side: the client's ``settype`` message."""
+        """Server side: the client's ``settype`` message (its conntype,
+        extensions, credentials and resume keys only)."""
         self.peer_handshake: dict[str, Any] = {}
         """Client side: the server's ``handshake`` message."""
         self.extensions = frozenset(e for e in extensions if e in EXTENSION_PACKETS)
@@ -413,6 +428,11 @@ class ProtocolConnection:
                 state = self.state
         except RemoteProtocolError as exc:
             error = exc
+        except Exception as exc:  # noqa: BLE001 - a frame we could not handle closes its connection, not the thread
+            # (a value Python cannot handle, say a RecursionError, or a bug of
+            # ours: the connection fails with the cause kept for the log)
+            error = UnhandledPacketError(f"a packet could not be handled: {type(exc).__name__}: {describe(str(exc))}")
+            error.__cause__ = exc
         finally:
             self.packet_quota = quota
             if taken >= len(frames) or error is not None or self._done:
@@ -475,7 +495,7 @@ class ProtocolConnection:
                 if self.state is not HandshakeState.ACTIVE:
                     raise HandshakeError("session ack before the handshake completed", "invalidstate")
                 if type(msg) is not int or not 0 <= msg < _MAX_CALL_ID:
-                    raise HandshakeError(f"malformed session ack {msg!r}", "invalidpacket")
+                    raise HandshakeError(f"malformed session ack {describe(msg)}", "invalidpacket")
                 self._step(I.APPLICATION)
                 self._outputs.append(SessionAcked(msg))
                 return
@@ -487,7 +507,7 @@ class ProtocolConnection:
         if inp is I.CLOSECONN:
             reason = msg.get("reason")
             if reason is not None and not isinstance(reason, str):
-                reason = repr(reason)
+                reason = describe(reason)
             if reason is not None and len(reason) > _MAX_REASON:
                 reason = reason[:_MAX_REASON]
             self._outputs.append(PacketReceived(pid, flags, msg, self.state))
@@ -514,17 +534,21 @@ class ProtocolConnection:
     def _check_version(self, msg: dict[str, Any]) -> None:
         if msg.get("protoversion") != PROTOVERSION:
             raise HandshakeError(
-                f"peer speaks protocol version {msg.get('protoversion')!r}, we speak {PROTOVERSION}",
+                f"peer speaks protocol version {describe(msg.get('protoversion'))}, we speak {PROTOVERSION}",
                 "protoversionmismatch",
             )
         version = msg.get("version")
-        self.peer_version = version if isinstance(version, str) else None
+        self.peer_version = version[:_MAX_VERSION] if isinstance(version, str) else None
 
     def _on_heartbeat(self, pid: int, msg: Any) -> None:
         if self.state is not HandshakeState.ACTIVE:
             raise HandshakeError("heartbeat before the handshake completed", "invalidstate")
         self._step(I.APPLICATION)
         if pid == PID_HEARTBEAT:
+            # Echoed: encoding (and compressing) it again is work done for
+            # the peer that no budget charges, so it must be small.
+            if not fits(msg, MAX_HEARTBEAT_BODY):
+                raise HandshakeError(f"heartbeat probe larger than {MAX_HEARTBEAT_BODY} bytes", "invalidpacket")
             self._queue_out(self._encode(PID_HEARTBEAT_ACK, msg))
         else:
             self._outputs.append(HeartbeatAcked(msg))
@@ -536,7 +560,7 @@ class ProtocolConnection:
             raise HandshakeError("malformed call packet: not [id, x, value]", "invalidpacket")
         call_id, what, value = msg
         if type(call_id) is not int or not 0 <= call_id < _MAX_CALL_ID or type(what) is not int:
-            raise HandshakeError(f"malformed call packet: id {call_id!r}, {what!r}", "invalidpacket")
+            raise HandshakeError(f"malformed call packet: id {describe(call_id)}, {describe(what)}", "invalidpacket")
         self._step(I.APPLICATION)
         if pid == PID_CALL:
             if not PID_FIRST_FREE <= what < 2**32:
@@ -544,7 +568,7 @@ class ProtocolConnection:
             self._outputs.append(CallRequested(call_id, what, value))
         else:
             if what not in (CALL_OK, CALL_ERROR, CALL_UNANSWERED):
-                raise HandshakeError(f"malformed call reply: status {what!r}", "invalidpacket")
+                raise HandshakeError(f"malformed call reply: status {describe(what)}", "invalidpacket")
             self._outputs.append(CallReplied(call_id, what, value))
 
     def _negotiated_now(self) -> None:
@@ -566,7 +590,7 @@ class ProtocolConnection:
 
     def _on_hello(self, msg: dict[str, Any]) -> None:
         self._check_version(msg)
-        self.peer_hello = msg
+        self.peer_hello = {k: msg[k] for k in _HELLO_KEPT if k in msg}  # (as peer_settype: only what is read)
         self.negotiated = self.extensions & self._ext_list(msg)
         self._negotiated_now()
         settype: dict[str, Any] = {"conntype": self.conntype}
@@ -580,9 +604,11 @@ class ProtocolConnection:
     def _on_settype(self, msg: dict[str, Any]) -> None:
         conntype = msg.get("conntype", CONNTYPE_CLASSIC)
         if not isinstance(conntype, str):
-            raise HandshakeError(f"malformed settype packet: conntype {conntype!r}", "invalidpacket")
+            raise HandshakeError(f"malformed settype packet: conntype {describe(conntype)}", "invalidpacket")
         self.conntype = conntype
-        self.peer_settype = msg
+        # Only what is read later is kept: a settype may carry any number of
+        # keys of any size, and this lives as long as the connection.
+        self.peer_settype = {k: msg[k] for k in _SETTYPE_KEPT if k in msg}
         self.negotiated = self.extensions & self._ext_list(msg)
         self._negotiated_now()
         self._outputs.append(ConnTypeRequested(conntype))

@@ -1,0 +1,139 @@
+"""A live server against peers that send values which decode and are still
+hostile (fault hunt, 2026-12-02): a msgpack value too deep for ``repr()``,
+a ping request too large to echo, a settype with a megabyte conntype, and
+many incomplete packets held at once.  The bad peer is closed with a
+reason; the server, its thread and a well-behaved client go on."""
+
+from __future__ import annotations
+
+import logging
+
+import msgpack
+
+from peng3dnet.conntypes import MAX_PING_REQUEST
+from peng3dnet.constants import EXTENSIONS_KEY, PID_PING_REPLY, PID_PING_REQUEST
+from peng3dnet.protocol.framing import encode_frame
+from tests.conftest import RawPeer
+from tests.helpers import active_cids, wait_for
+
+DEEP = b"\x91" * 1000 + b"\x01"  # 1,000 levels: decodes, and repr() of it raises RecursionError
+
+
+def handshaken(addr, extensions=()) -> RawPeer:
+    peer = RawPeer(addr)
+    assert peer.recv_packet()[0] == 1
+    settype = {"conntype": "classic"}
+    if extensions:
+        settype[EXTENSIONS_KEY] = list(extensions)
+    peer.send_packet(2, settype)
+    pid, msg = peer.recv_packet()
+    assert pid == 3
+    peer.send_packet(4, {"success": True})
+    peer.registry = msg["registry"]
+    return peer
+
+
+def unexpected(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "unexpected error" in r.getMessage()]
+
+
+def echoes(client, n: int) -> list:
+    return client.registry.get_obj("test:echo").wait_count(n)
+
+
+def test_a_deep_call_id_closes_that_peer_and_the_server_goes_on(net, caplog):
+    caplog.set_level(logging.INFO)
+    s, rec = net.server()
+    good = net.client(s)
+    bad = handshaken(s.addr, ["calls"])
+    bad.send(encode_frame(34, 0, b"\x93" + DEEP + b"\x40\xc0"))  # a call: [id, pid, value], the id 1,000 deep
+    assert bad.recv_until_close() == [(16, {"reason": "invalidpacket"})]
+    assert unexpected(caplog) == []
+    (data,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert data["reason"] == "invalidpacket"
+    good.send_message("test:echo", "still here")
+    assert echoes(good, 1) == ["still here"]
+
+
+def test_a_deep_closeconn_reason_is_recorded_short(net, caplog):
+    caplog.set_level(logging.INFO)
+    s, rec = net.server()
+    bad = handshaken(s.addr)
+    bad.send(encode_frame(16, 0, b"\x81\xa6reason" + DEEP))
+    (data,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert data["reason"].startswith("[[[") and len(data["reason"]) <= 120
+    assert unexpected(caplog) == []
+
+
+def test_many_packets_then_a_deep_one_close_the_peer_instead_of_piling_up(net, caplog):
+    """Every read ended with a frame whose handling raised: the read's
+    packets stayed decoded in the core, uncharged and unqueued, read after
+    read (800,000 held, +100 MiB, in the fault hunt)."""
+    caplog.set_level(logging.INFO)
+    s, rec = net.server()
+    bad = handshaken(s.addr, ["calls"])
+    echo = bad.registry["test:echo"]
+    small = encode_frame(echo, 0, msgpack.packb(1))
+    bad.send(small * 2000 + encode_frame(34, 0, b"\x93" + DEEP + b"\x40\xc0"))
+    frames = bad.recv_until_close()
+    assert frames[-1] == (16, {"reason": "invalidpacket"})
+    (cid,) = [d["client"].cid for d in rec.wait_for("peng3dnet:server.connection.close")]
+    assert cid not in s._links or s._links[cid].proto.closed
+    assert unexpected(caplog) == []
+
+
+def test_a_ping_request_too_large_to_echo_is_refused(net):
+    s, _ = net.server()
+    for request, expect in (({"time": 1.0, "x": "y" * 100}, PID_PING_REPLY),
+                            ({"time": 1.0, "x": "y" * MAX_PING_REQUEST}, 16)):
+        peer = RawPeer(s.addr)
+        assert peer.recv_packet()[0] == 1
+        peer.send_packet(2, {"conntype": "ping"})
+        peer.send_packet(PID_PING_REQUEST, request)
+        pid, msg = peer.recv_packet()
+        assert pid == expect
+        if pid == PID_PING_REPLY:
+            assert msg["oldmsg"] == request
+        else:
+            assert msg == {"reason": "invalidpingpacket"}
+        peer.close()
+
+
+def test_a_megabyte_conntype_is_refused_and_logged_short(net, caplog):
+    caplog.set_level(logging.INFO, logger="peng3dnet.server")
+    s, _ = net.server()
+    peer = RawPeer(s.addr)
+    assert peer.recv_packet()[0] == 1
+    peer.send_packet(2, {"conntype": "z" * (1 << 20)})
+    assert peer.recv_until_close() == [(16, {"reason": "unknownconntype"})]
+    (line,) = [r.getMessage() for r in caplog.records if "unknown connection type" in r.getMessage()]
+    assert len(line) < 200
+
+
+def test_incomplete_packets_over_the_server_wide_cap_close_the_one_that_waited_longest(net):
+    cap = 2 << 20
+    s, rec = net.server(**{"net.limits.read_buffer_total": cap})
+    good = net.client(s)
+    a = handshaken(s.addr)
+    b = handshaken(s.addr)
+    cid_a, cid_b = sorted(active_cids(s, 3))[1:]  # (the good client came first)
+    echo = a.registry["test:echo"]
+    size = 3 << 19  # 1.5 MiB each: either fits under the cap, the two parts together do not
+    body_a = msgpack.packb(b"a" * size)
+    body_b = msgpack.packb(b"b" * size)
+    frame_a = encode_frame(echo, 0, body_a)
+    frame_b = encode_frame(echo, 0, body_b)
+    part = 1200 * 1024
+    a.send(frame_a[:part])
+    wait_for(lambda: s._flow.read_held >= part - 64 * 1024 and s._links[cid_a].held_in > 0, what="a's part held")
+    b.send(frame_b[:part])  # the total goes over the cap: a, quiet since, is closed
+    assert a.recv_until_close() == [(16, {"reason": "slowproducer"})]
+    b.send(frame_b[part:])
+    pid, msg = b.recv_packet()
+    assert (pid, msg) == (echo, b"b" * size)  # b's packet, whole
+    assert s._links[cid_b].proto.is_open
+    wait_for(lambda: s._flow.read_held == 0, what="nothing held any more")
+    closes = {d["client"].cid: d["reason"] for d in rec.wait_for("peng3dnet:server.connection.close")}
+    assert closes == {cid_a: "slowproducer"}
+    good.send_message("test:echo", "still served")
+    assert echoes(good, 1) == ["still served"]
