@@ -34,9 +34,14 @@ COMPILED_MODULES: list[str] = runpy.run_path(os.path.join(REPO, "peng3dnet", "_m
 SUBSET = ["tests/compat", "tests/protocol", "tests/test_interop.py",
           "tests/demos/test_arena.py::test_headless_server_and_three_bots_agree"]
 # A stand-in for bytes with a huge len() (compiled code takes real bytes
-# only); and the original-against-original runs, which do not run our code.
-DESELECT = "not test_a_frame_of_exactly_the_largest_length_is_framed_and_one_byte_more_refused and not orig-server-orig-client"
-DESELECTED = 6
+# only); two tests that patch a method of the core to raise (a compiled
+# class's methods cannot be patched); and the original-against-original
+# runs, which do not run our code.
+DESELECT = ("not test_a_frame_of_exactly_the_largest_length_is_framed_and_one_byte_more_refused"
+            " and not test_an_exception_handling_a_frame_closes_that_connection_with_its_cause"
+            " and not test_frames_before_the_unhandled_one_are_delivered_first"
+            " and not orig-server-orig-client")
+DESELECTED = 8
 
 
 @pytest.fixture(scope="module")
