@@ -105,9 +105,10 @@ class ClassicConnectionType(ConnectionType):
 
 
 MAX_PING_REQUEST = 16 * 1024
-"""A ping request's size at most (strings' and bytes' lengths plus one per
-item, see :func:`~peng3dnet.protocol.describe.fits`): the server echoes it
-(``oldmsg``), and a bigger one is closed with ``invalidpingpacket``."""
+"""The largest ping request the server echoes whole in its reply's
+``oldmsg`` (its strings' and bytes' lengths plus one per value, see
+:func:`~peng3dnet.protocol.describe.fits`); of a larger one it echoes
+only ``time`` (what 0.1.x and our clients read of it)."""
 
 
 class PingConnectionType(ConnectionType):
@@ -142,10 +143,12 @@ class PingConnectionType(ConnectionType):
             if pid != PID_PING_REQUEST or not isinstance(msg, dict):
                 peer.close_connection(cid, "invalidpingpacket")
                 return False
-            if not fits(msg, MAX_PING_REQUEST):  # echoed in the reply: encoding it again is work for the peer
-                log.info("! server cid=%s: ping request larger than %d bytes, closing", cid, MAX_PING_REQUEST)
-                peer.close_connection(cid, "invalidpingpacket")
-                return False
+            if not fits(msg, MAX_PING_REQUEST):
+                # Echoed in the reply: encoding (and compressing) it again is
+                # work done for the peer.  0.1.x clients read only its time.
+                log.info("! server cid=%s: ping request larger than %d bytes: echoing its time only", cid,
+                         MAX_PING_REQUEST)
+                msg = {"time": msg.get("time")}
             reply: dict[str, Any] = {"oldmsg": msg}
             get = getattr(peer, "getPingData", None)
             if get is not None:

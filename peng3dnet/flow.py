@@ -39,6 +39,8 @@ class Flow:
         self.read_held = 0
         """Bytes of incomplete frames the decoders of all the peer's
         connections hold (a server's; kept by :meth:`hold_read`)."""
+        self._holders: set[Link] = set()
+        """The connections counted in :attr:`read_held` (network thread)."""
 
     def recount(self) -> None:
         """Count the buffered bytes exactly (the housekeeping timer)."""
@@ -52,47 +54,67 @@ class Flow:
         """A connection's channel closed: its buffers are gone."""
         self.buffered -= link.acct
         link.acct = 0
-        self.read_held -= link.held_in
-        link.held_in = 0
+        if link.held_in:
+            self.read_held -= link.held_in
+            link.held_in = 0
+        self._holders.discard(link)
 
     def hold_read(self, link: Link, held: int) -> None:
-        """A read left ``held`` bytes of an incomplete frame in a
-        connection's decoder (network thread, a server's): keep the total,
-        and hold the server-wide cap (``net.limits.read_buffer_total``)."""
+        """A connection's decoder now holds ``held`` bytes of an incomplete
+        frame (0: none; a closed connection's are gone): keep the total,
+        and hold the server-wide cap (``net.limits.read_buffer_total``)
+        (network thread, a server's)."""
         delta = held - link.held_in
         link.held_in = held
         self.read_held += delta
+        if held:
+            self._holders.add(link)
+        else:
+            self._holders.discard(link)
         if delta > 0 and self.read_held > self.peer._h_read_total:
             self.shed_reads()
 
     def shed_reads(self) -> int:
-        """Over the server-wide cap on incomplete frames: close the
-        connections that hold one, the one whose last read is the oldest
-        first (a peer that sent most of a large packet and went quiet; a
-        large packet arriving at speed reads all the time), until the rest
-        fit; ``slowproducer`` (network thread).  Returns how many were
-        closed."""
+        """Over the server-wide cap on incomplete frames: count what each
+        holder really holds now, then close the holders, the quietest
+        first, until the rest fit; ``slowproducer`` (network thread).
+        Quiet is the time since the last read, as the idle timeout counts
+        it: a connection we stopped reading (its process queue full, its
+        rate spent, frames waiting) is not quiet, a large packet arriving
+        at speed is not either; a peer that sent most of one and stopped
+        is.  Returns how many were closed."""
         peer = self.peer
-        links = [link for link in peer._all_links() if not link.chan.closed]
+        now = time.monotonic()
         total = 0
-        for link in links:
-            total += link.held_in
+        ranked = []
+        for link in list(self._holders):
+            proto = link.proto
+            held = 0 if link.chan.closed or proto.closed else len(proto._decoder._buf)
+            link.held_in = held
+            if not held:
+                self._holders.discard(link)
+                continue
+            total += held
+            chan = link.chan
+            if chan.paused or chan.throttled or proto.frames_waiting:
+                quiet = 0.0  # (our own flow control: what it sends waits in the socket)
+            else:
+                seen = link.stats._seen
+                quiet = now - (seen if seen > link.held_at else link.held_at)
+            ranked.append((quiet, held, link))
+        ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
         cap = peer._h_read_total
         closed = 0
-        if total > cap:
-            holders = sorted((link for link in links if link.held_in and not link.local_closed),
-                             key=lambda link: link.stats._seen)
-            for link in holders:
-                if total <= cap:
-                    break
-                log.info("! %s cid=%s: holds %d bytes of an incomplete packet while all connections hold %d "
-                         "(cap %d): closing the one that waited longest", peer._role, link.cid, link.held_in,
-                         total, cap)
-                total -= link.held_in
-                link.held_in = 0
-                link.proto._decoder.clear()  # (its memory now, not after the close linger)
-                closed += 1
-                peer._close_link(link, "slowproducer")
+        for quiet, held, link in ranked:
+            if total <= cap:
+                break
+            log.info("! %s cid=%s: holds %d bytes of an incomplete packet, quiet for %.1f s, while all "
+                     "connections hold %d (cap %d): closing it", peer._role, link.cid, held, quiet, total, cap)
+            total -= held
+            link.held_in = 0
+            self._holders.discard(link)
+            closed += 1
+            peer._close_link(link, "slowproducer")  # (its decoder is emptied by the close)
         self.read_held = total
         return closed
 

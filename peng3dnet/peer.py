@@ -60,6 +60,7 @@ from .protocol.connection import (
     ProtocolConnection,
     SessionAcked,
 )
+from .protocol.describe import describe
 from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
 from .relay import Flag, Relay
@@ -488,10 +489,6 @@ class Peer:
         stats = link.stats
         stats.bytes_in += total
         stats._seen = now
-        if self._h_read_total:  # (FrameDecoder.buffered, inlined: the bytes of an incomplete frame)
-            held = len(proto._decoder._buf)
-            if held != link.held_in:
-                self._flow.hold_read(link, held)
         # Every byte read is charged (the server's byte bucket), whether or
         # not it completed a packet.
         used = quota - proto.packet_quota  # application packets this read decoded
@@ -501,6 +498,12 @@ class Peer:
             outs = []
         if outs:
             self._handle_outputs(link, outs)
+        if self._h_read_total and not chan.closed:
+            # (after the outputs: a connection closed for this read's bytes
+            # still gets the packets before them; FrameDecoder.buffered, inlined)
+            held = 0 if proto.closed else len(proto._decoder._buf)
+            if held != link.held_in:
+                self._flow.hold_read(link, held)
         if link.eof and not chan.closed:
             chan.close()
             self._channel_closed(link)
@@ -722,7 +725,8 @@ class Peer:
 
     def _debug_print(self, kind: str, link: Link, pid: int, msg: Any) -> None:
         if self._h_print_recv if kind == "recv" else self._h_print_send:
-            log.info("%s %s cid=%s pid=%d %.200r", "<" if kind == "recv" else ">", self._role, link.cid, pid, msg)
+            log.info("%s %s cid=%s pid=%d %s", "<" if kind == "recv" else ">", self._role, link.cid, pid,
+                     describe(msg, 200))
 
     def _on_conntype(self, link: Link, conntype: str) -> None:
         """A client asked for a connection type (only a server gets this)."""
@@ -891,6 +895,8 @@ class Peer:
 
     def _on_closed(self, link: Link, o: ConnectionClosed) -> None:
         chan = link.chan
+        if link.held_in:  # (the core emptied its decoder: the bytes are not held any more)
+            self._flow.hold_read(link, 0)
         if o.error is not None:
             cause = o.error.__cause__
             if isinstance(o.error, UnhandledPacketError) and cause is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -142,6 +143,32 @@ def close_raw_peers() -> None:
 def _close_raw_peers():
     yield
     close_raw_peers()
+
+
+class _UnhandledPackets(logging.Handler):
+    """Collects the WARNING a peer logs when a packet's handling raised an
+    exception the library did not expect (``UnhandledPacketError``): the
+    catch-all keeps the thread alive, so a bug of ours would otherwise show
+    only as a closed connection with ``invalidpacket``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "protocol error, closing" in str(record.msg):
+            self.seen.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def _no_unhandled_packets(request):
+    watch = _UnhandledPackets()
+    logger = logging.getLogger("peng3dnet")
+    logger.addHandler(watch)
+    yield
+    logger.removeHandler(watch)
+    if watch.seen and request.node.get_closest_marker("unhandled_packets") is None:
+        pytest.fail(f"a peer could not handle a packet (UnhandledPacketError): {watch.seen[:3]}")
 
 
 class RawPeer:

@@ -106,6 +106,9 @@ _SIDE_NAMES = {SIDE_SERVER: "server", SIDE_CLIENT: "client"}
 _MAX_REASON = 256
 _MAX_VERSION = 64
 """Characters of the peer's version string kept (:attr:`ProtocolConnection.peer_version`)."""
+MAX_EARLY_INFLATE = 1024 * 1024
+"""Server side: the most a compressed packet may inflate to before the
+client's ``settype`` (which carries 64 KiB of credentials at most)."""
 MAX_HEARTBEAT_BODY = 1024
 """A heartbeat probe's size at most (strings' and bytes' lengths plus one
 per item, see :func:`~peng3dnet.protocol.describe.fits`): it is echoed.
@@ -431,7 +434,7 @@ class ProtocolConnection:
         except Exception as exc:  # noqa: BLE001 - a frame we could not handle closes its connection, not the thread
             # (a value Python cannot handle, say a RecursionError, or a bug of
             # ours: the connection fails with the cause kept for the log)
-            error = UnhandledPacketError(f"a packet could not be handled: {type(exc).__name__}: {describe(str(exc))}")
+            error = UnhandledPacketError(f"a packet could not be handled: {type(exc).__name__}{describe(exc.args)}")
             error.__cause__ = exc
         finally:
             self.packet_quota = quota
@@ -477,13 +480,19 @@ class ProtocolConnection:
 
     def _handle_frame(self, pid: int, flags: int, body: bytes) -> None:
         inp = _INTERNAL_INPUTS.get(pid)
+        cap = self.max_decompressed_size
+        if self.state is HandshakeState.HELLO and self.side == SIDE_SERVER:
+            # Before settype a client sends settype (credentials of 64 KiB
+            # at most), nothing large: a new connection's decompression
+            # budget is full, so reconnecting would buy a fresh one per bomb.
+            cap = min(cap, MAX_EARLY_INFLATE)
         if flags & FLAG_COMPRESSED and self.inflate_budget is not None:
-            raw = self._inflate_budgeted(pid, body)
+            raw = self._inflate_budgeted(pid, body, cap)
             if raw is None:
                 return  # dropped over the budget
             msg = unpack(raw)
         else:
-            msg = decode_body(flags, body, self.max_decompressed_size)
+            msg = decode_body(flags, body, cap)
         if inp is None:
             if (pid == PID_HEARTBEAT or pid == PID_HEARTBEAT_ACK) and "heartbeat" in self.negotiated:
                 self._on_heartbeat(pid, msg)
@@ -810,18 +819,18 @@ class ProtocolConnection:
         self.close_reason = reason
         self._outputs.append(ConnectionClosed(reason, by_peer=False))
 
-    def _inflate_budgeted(self, pid: int, body: bytes) -> bytes | None:
-        """Inflate a body within the budget (charged); ``None``: dropped."""
+    def _inflate_budgeted(self, pid: int, body: bytes, cap: int) -> bytes | None:
+        """Inflate a body within the budget (charged) and ``cap``; ``None``: dropped."""
         budget = self.inflate_budget or 0
         if self.inflate_action == "hold":  # (receive_data held it back at <= 0)
-            raw = decompress_body(body, self.max_decompressed_size)
+            raw = decompress_body(body, cap)
             self.inflate_budget = budget - len(raw)
             return raw
-        limit = min(self.max_decompressed_size, budget)
+        limit = min(cap, budget)
         try:
             raw = decompress_body(body, limit)
         except FrameTooLargeError:
-            if limit >= self.max_decompressed_size:
+            if limit >= cap:
                 raise  # too large whatever the budget
             self.inflate_budget = 0  # what was inflated is charged
             if self.inflate_action == "drop" and pid >= PID_FIRST_FREE:

@@ -45,15 +45,15 @@ class _Bounded(reprlib.Repr):
 _bounded = _Bounded()
 
 
-def describe(value: Any) -> str:
-    """A short, safe ``repr()`` of ``value``: at most :data:`MAX_DESCRIBED`
-    characters, 3 levels deep, 6 items of a container; never raises."""
+def describe(value: Any, width: int = MAX_DESCRIBED) -> str:
+    """A short, safe ``repr()`` of ``value``: at most ``width`` characters,
+    3 levels deep, 6 items of a container; never raises."""
     try:
         text = _bounded.repr(value)
     except Exception:  # noqa: BLE001 - a value of the peer's that cannot be shown
         return f"<{type(value).__name__}>"
-    if len(text) > MAX_DESCRIBED:
-        text = text[: MAX_DESCRIBED - 3] + "..."
+    if len(text) > width:
+        text = text[: width - 3] + "..."
     return text
 
 

@@ -242,3 +242,25 @@ def test_hello_keeps_only_the_keys_it_reads_and_a_short_version():
     c.drain_received()
     assert set(c.peer_hello) == {"version", "protoversion"}
     assert c.peer_version == "v" * 64
+
+
+# --- before settype ----------------------------------------------------------------------------
+
+def test_before_settype_a_compressed_packet_inflates_to_1_mib_at_most():
+    """A new connection's decompression budget is full: without a cap of
+    its own, reconnecting would buy a fresh 16 MiB inflate per bomb."""
+    import zlib
+
+    from peng3dnet.constants import FLAG_COMPRESSED
+    from peng3dnet.protocol.connection import MAX_EARLY_INFLATE
+
+    for pad, closed_with in ((MAX_EARLY_INFLATE - 100, None), (MAX_EARLY_INFLATE, "packettoolarge")):
+        s = ProtocolConnection(SIDE_SERVER)
+        s.inflate_budget = 16 << 20  # (as a server's peer sets it: full)
+        s.initiate()
+        s.drain_received()
+        body = msgpack.packb({"conntype": "classic", "pad": "x" * pad})  # (+ 27 bytes of the rest)
+        s.receive_data(encode_frame(PID_SETTYPE, FLAG_COMPRESSED, zlib.compress(body)))
+        outs = s.drain_received()
+        closed = [o for o in outs if isinstance(o, ConnectionClosed)]
+        assert [c.reason for c in closed] == ([closed_with] if closed_with else []), (pad, closed)
