@@ -363,7 +363,7 @@ def test_redis_listener_survives_bad_messages_raising_subscribers_and_a_dropped_
     assert thread is not None and thread.name == "peng3dnet presence" and thread.daemon
     # Redis drops the subscription's connection (this one only: the Redis is shared), the listener
     # says so and subscribes again
-    host, port = rp._pubsub.connection._sock.getsockname()[:2]
+    host, port = rp._conn._sock.getsockname()[:2]  # (the listener's connection)
     assert rp.r.client_kill_filter(addr=f"{host}:{port}") == 1
     wait_for(lambda: rp.publish("c", "probe") == 1, timeout=15, what="subscribed again")
     wait_for(lambda: any(d == "probe" for _, d in _drain(got)), timeout=10, what="a message after the drop")
@@ -431,8 +431,14 @@ def test_redis_a_message_for_a_channel_without_callbacks_is_dropped_and_the_list
     rp.subscribe("gone", lambda ch, d: None)
     rp.subscribe("kept", lambda ch, d: got.put(d))
     wait_for(lambda: rp.r.pubsub_numsub(f"{ns}:ch:gone")[0][1] == 1, what="subscribed")
-    with rp._lock:  # the moment in unsubscribe() between forgetting the callbacks and telling Redis
+    forgot = threading.Event()
+
+    def forget(ch, d):  # (on the listener thread, the owner of _subs): callbacks forgotten, Redis not told
         del rp._subs["gone"]
+        forgot.set()
+
+    rp.subscribe("ctl", forget)
+    assert rp.publish("ctl", 0) == 1 and forgot.wait(10)
     assert rp.publish("gone", 1) == 1  # still subscribed at Redis: delivered to a listener with no callback
     assert rp.publish("kept", 2) == 1
     assert got.get(timeout=10) == 2

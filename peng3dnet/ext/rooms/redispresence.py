@@ -14,13 +14,22 @@ Keys live under a namespace (default ``peng3dnet``):
 * channels ``NS:ch:NAME`` (``PUBLISH``), keys ``NS:kv:KEY``, sorted sets
   ``NS:z:KEY``.
 
-Thread safety: any thread (redis-py's connection pool); subscription
-callbacks run on the thread "peng3dnet presence".
+Thread safety: any thread (redis-py's connection pool).  Subscriptions
+belong to one thread, "peng3dnet presence" (started by the first
+:meth:`RedisPresence.subscribe`): it alone uses redis-py's ``PubSub``
+(which is not thread-safe).  :meth:`~RedisPresence.subscribe` and
+:meth:`~RedisPresence.unsubscribe` hand it a request and wait for the
+outcome.  It runs a :class:`~peng3dnet.transport.Reactor`: it waits on a
+selector (the subscription's socket and a wake-up socketpair, no time-out),
+reads every reply redis-py buffered before it blocks again, runs the
+callbacks, and after a lost connection subscribes to the recorded
+channels again (an attempt a second, a timer).
 """
 
 from __future__ import annotations
 
 import logging
+import selectors
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +37,7 @@ from typing import Any
 import msgpack
 
 from ...errors import NetworkError
+from ...transport import EVENT_READ, Reactor
 from .presence import Presence
 
 __all__ = ["RedisPresence"]
@@ -59,6 +69,43 @@ return redis.call('ZCOUNT', KEYS[1], now, '+inf')
 """
 
 
+_REQUEST_TIMEOUT = 10.0  # subscribe()/unsubscribe() wait this long for the listener (the socket time-out)
+_READ_TIMEOUT = 10.0  # a message begun is read to its end within this
+_RETRY_DELAY = 1.0  # subscribing again after a lost connection: attempts this far apart
+_CLOSE_JOIN = 5.0  # close() waits this long for a callback the listener is running
+
+
+class _Request:
+    """A subscribe() or unsubscribe() for the listener thread; ``done`` is
+    set (under the presence's lock) unless the caller gave up first."""
+
+    __slots__ = ("op", "channel", "callback", "done", "error", "cancelled")
+
+    def __init__(self, op: str, channel: str, callback: Callable[[str, Any], None]) -> None:
+        self.op = op
+        self.channel = channel
+        self.callback = callback
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+
+def _nothing() -> None:
+    pass
+
+
+def _selectable(base: Any) -> Any:
+    """``base`` (a redis-py connection class) with ``fileno()``: its socket's
+    descriptor (-1 while not connected), for a selector."""
+
+    class SelectableConnection(base):  # type: ignore[misc,valid-type]
+        def fileno(self) -> int:
+            sock = self._sock
+            return -1 if sock is None else int(sock.fileno())
+
+    return SelectableConnection
+
+
 def _pack(value: Any) -> bytes:
     return msgpack.packb(value)  # type: ignore[no-any-return]
 
@@ -82,24 +129,45 @@ class RedisPresence(Presence):
         import redis  # optional dependency: only this class needs it
 
         self._redis_mod = redis
+        self._errors = (redis.exceptions.RedisError,)
         self.url = url
         self.ns = namespace
         self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self._reserve = self.r.register_script(_RESERVE)
         self._free = self.r.register_script(_FREE)
-        self._lock = threading.Lock()
-        self._subs: dict[str, list[Callable[[str, Any], None]]] = {}
-        self._pubsub: Any = None
+        # Subscriptions: a client of its own, without redis-py's retries (the
+        # listener thread reconnects, and subscribes again, itself).
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # (its connections have a fileno(): the listener's selector watches them)
+        cls = _selectable(redis.connection.parse_url(url).get("connection_class", redis.connection.Connection))
+        self._ps_client = redis.Redis.from_url(url, connection_class=cls, socket_timeout=_READ_TIMEOUT,
+                                               socket_connect_timeout=5, retry=Retry(NoBackoff(), 0, supported_errors=()))
+        self._ps: Any = self._ps_client.pubsub()  # (touched by the listener thread only, from its start on)
+        self._lock = threading.Lock()  # guards _requests, _thread and the requests' completion
+        self._requests: list[_Request] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._reactor = Reactor("peng3dnet presence")
+        # the listener thread's own (see "The listener thread runs a Reactor" below)
+        self._subs: dict[str, list[Callable[[str, Any], None]]] = {}
+        self._conn: Any = None
+        self._requested: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._waiting: dict[str, list[_Request]] = {}
+        self._retry_timer: Any = None
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
 
+    def _ch(self, channel: str) -> str:
+        return self._k("ch", channel)
+
     def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         try:
             return fn(*args, **kw)
-        except self._redis_mod.exceptions.RedisError as exc:  # unreachable, time-out, read-only, out of memory...
+        except self._errors as exc:  # unreachable, time-out, read-only, out of memory...
             raise NetworkError(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc
 
     # --- servers -----------------------------------------------------------------------------
@@ -199,55 +267,238 @@ class RedisPresence(Presence):
 
     # --- messages ------------------------------------------------------------------------------
     def publish(self, channel: str, data: Any) -> int:
-        return int(self._call(self.r.publish, self._k("ch", channel), _pack(data)))
+        return int(self._call(self.r.publish, self._ch(channel), _pack(data)))
 
     def subscribe(self, channel: str, callback: Callable[[str, Any], None]) -> None:
-        with self._lock:
-            if self._pubsub is None:
-                self._pubsub = self.r.pubsub(ignore_subscribe_messages=True)
-            if channel not in self._subs:  # (recorded once subscribed: a failure is retried by the next call)
-                self._call(self._pubsub.subscribe, self._k("ch", channel))
-            self._subs.setdefault(channel, []).append(callback)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._listen, name="peng3dnet presence", daemon=True)
-                self._thread.start()
+        """Call ``callback(channel, data)`` for every message published on
+        ``channel`` from now on: when this returns, Redis has confirmed the
+        subscription (from a callback, on the listener thread itself: it has
+        been sent, not yet confirmed).
+
+        Thread safety: any thread; the listener thread carries it out.
+
+        Raises:
+            NetworkError: Redis cannot be reached or did not confirm within
+                the socket time-out (10 s); the callback is not recorded.
+        """
+        self._request(_Request("subscribe", channel, callback))
 
     def unsubscribe(self, channel: str, callback: Callable[[str, Any], None]) -> None:
-        with self._lock:
-            subs = self._subs.get(channel, [])
-            if callback in subs:
-                subs.remove(callback)
-            if not subs and channel in self._subs:
-                del self._subs[channel]  # (forgotten here whatever Redis says: no callback to deliver to)
-                if self._pubsub is not None:
-                    self._call(self._pubsub.unsubscribe, self._k("ch", channel))
+        """Stop calling ``callback`` for ``channel``: not called once this
+        returns.  The callback is forgotten even when Redis cannot be told
+        (the error is raised after).
 
-    def _listen(self) -> None:
-        prefix = self._k("ch", "")
-        while not self._stop.is_set():
-            try:
-                msg = self._pubsub.get_message(timeout=1.0)  # blocks on the socket, at most 1 s
-            except Exception as exc:  # noqa: BLE001 - the connection broke: say so, try again
-                if self._stop.is_set():
-                    return
-                log.warning("presence: subscription lost (%s); retrying", exc)
-                self._stop.wait(1.0)
-                continue
-            if msg is None or msg.get("type") != "message":
-                continue
-            channel = msg["channel"].decode()[len(prefix):]
-            try:
-                data = _unpack(msg["data"])
-            except Exception:  # noqa: BLE001 - not ours
-                log.info("presence: undecodable message on %s dropped", channel)
-                continue
+        Thread safety: any thread; the listener thread carries it out.
+
+        Raises:
+            NetworkError: Redis could not be told (or the listener thread
+                did not answer within the socket time-out).
+        """
+        self._request(_Request("unsubscribe", channel, callback))
+
+    def _request(self, req: _Request) -> None:
+        if self._reactor.in_loop():  # a callback (un)subscribing: no one else to wait for
+            self._serve(req, inline=True)
+        else:
             with self._lock:
-                subs = list(self._subs.get(channel, ()))
-            for cb in subs:
-                try:
-                    cb(channel, data)
-                except Exception:
-                    log.exception("presence: subscriber of %s raised", channel)
+                if self._stop.is_set():
+                    raise NetworkError(f"redis at {self.url}: the presence is closed")
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="peng3dnet presence", daemon=True)
+                    self._thread.start()
+                self._requests.append(req)
+            self._reactor.call_soon(self._take_requests)  # (wakes it)
+            if not req.done.wait(_REQUEST_TIMEOUT):
+                with self._lock:
+                    if not req.done.is_set():
+                        req.cancelled = True  # (a late confirmation records nothing)
+                        raise NetworkError(f"redis at {self.url}: no answer to {req.op} {req.channel!r} "
+                                           f"within {_REQUEST_TIMEOUT:g} s")
+        if req.error is not None:
+            exc = req.error
+            if isinstance(exc, NetworkError):
+                raise exc
+            raise NetworkError(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc
+
+    # The listener thread runs a Reactor (peng3dnet.transport: a selector,
+    # a wake-up socketpair, cross-thread calls, timers).  It alone touches
+    # the PubSub (redis-py's is not thread-safe): it serves the requests of
+    # subscribe()/unsubscribe(), reads replies and messages when the
+    # subscription's socket is readable (never on a clock), and reconnects.
+    # State, all its own:
+    #   _subs       channel -> callbacks (recorded: subscribed again after a reconnect)
+    #   _conn       the subscription's redis-py connection, registered (None: down)
+    #   _requested  channels SUBSCRIBE was sent for on that connection
+    #   _confirmed  ... and Redis confirmed
+    #   _waiting    channel -> subscribe requests waiting for that confirmation
+    # A subscribe completes (and its callback is recorded) on Redis's
+    # confirmation, under _lock, unless its caller gave up (cancelled).
+
+    def _run(self) -> None:
+        try:
+            self._reactor.run(selectors.DefaultSelector, _nothing)
+        except Exception:
+            log.exception("presence: the listener failed")
+        finally:
+            self._disconnect()
+            self._reactor.close()
+            with self._lock:
+                requests, self._requests = self._requests, []
+            closed = NetworkError(f"redis at {self.url}: the presence is closed")
+            for req in requests:
+                self._complete(req, closed)
+            for reqs in self._waiting.values():
+                for req in reqs:
+                    self._complete(req, closed)
+
+    def _take_requests(self) -> None:
+        with self._lock:
+            requests, self._requests = self._requests, []
+        for req in requests:
+            self._serve(req)
+
+    def _complete(self, req: _Request, error: BaseException | None = None) -> bool:
+        with self._lock:
+            if req.cancelled:
+                return False
+            if error is None and req.op == "subscribe":
+                self._subs.setdefault(req.channel, []).append(req.callback)
+            req.error = error
+            req.done.set()
+            return True
+
+    def _send(self, *args: str) -> None:
+        self._ps.execute_command(*args)
+        self._reactor.after_io(self._drain)  # (a reply redis-py holds already: not on the socket)
+
+    def _serve(self, req: _Request, inline: bool = False) -> None:
+        ch, key = req.channel, self._ch(req.channel)
+        try:
+            if req.op == "unsubscribe":
+                subs = self._subs.get(ch)
+                if subs is not None and req.callback in subs:
+                    subs.remove(req.callback)
+                if subs is not None and not subs:
+                    del self._subs[ch]  # (forgotten here whatever Redis says: no callback to deliver to)
+                    if ch in self._requested and not self._waiting.get(ch):
+                        self._requested.discard(ch)
+                        self._confirmed.discard(ch)
+                        if self._conn is not None:
+                            self._send("UNSUBSCRIBE", key)
+                self._complete(req)
+                return
+            if self._conn is None:
+                self._connect(ch)  # (raises: Redis is not there now)
+            if ch in self._confirmed:
+                self._complete(req)
+            else:
+                if ch not in self._requested:
+                    self._send("SUBSCRIBE", key)
+                    self._requested.add(ch)
+                if inline:
+                    self._complete(req)  # (sent; its confirmation cannot be waited for on this thread)
+                else:
+                    self._waiting.setdefault(ch, []).append(req)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller (as NetworkError)
+            self._complete(req, exc)
+            if self._conn is not None and isinstance(exc, (*self._errors, OSError)):
+                self._lost(exc)
+
+    def _connect(self, extra: str | None = None) -> None:
+        # (Re)connect and subscribe to every recorded channel (and ``extra``).
+        channels = list(self._subs)
+        if extra is not None and extra not in self._subs:
+            channels.append(extra)
+        self._ps.reset()
+        self._ps.execute_command("SUBSCRIBE", *[self._ch(c) for c in channels])
+        self._requested = set(channels)
+        self._confirmed = set()
+        self._conn = self._ps.connection
+        self._reactor.register(self._conn, EVENT_READ, self._on_readable)
+        self._reactor.after_io(self._drain)
+
+    def _lost(self, exc: BaseException) -> None:
+        log.warning("presence: subscription lost (%s: %s); retrying", type(exc).__name__, exc)
+        self._disconnect()
+        waiting, self._waiting = self._waiting, {}
+        for reqs in waiting.values():
+            for req in reqs:
+                self._complete(req, exc)
+        self._retry_soon()
+
+    def _retry_soon(self) -> None:
+        if self._retry_timer is None:
+            self._retry_timer = self._reactor.call_later(_RETRY_DELAY, self._retry)
+
+    def _retry(self) -> None:
+        self._retry_timer = None
+        if self._conn is not None or not self._subs:
+            return  # (connected by a request meanwhile, or nothing to subscribe to)
+        try:
+            self._connect()
+            log.info("presence: subscribed again to %d channel(s)", len(self._subs))
+        except Exception as exc:  # noqa: BLE001 - Redis is not back yet
+            log.info("presence: cannot subscribe again yet (%s: %s)", type(exc).__name__, exc)
+            self._disconnect()
+            self._retry_soon()
+
+    def _disconnect(self) -> None:
+        if self._conn is not None:
+            self._reactor.unregister(self._conn)
+            self._conn = None
+        self._requested = set()
+        self._confirmed = set()
+        try:
+            self._ps.reset()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            log.debug("presence: closing the subscription's connection failed", exc_info=True)
+
+    def _on_readable(self, mask: int) -> None:
+        self._drain()
+
+    def _drain(self) -> None:
+        # Everything readable now, redis-py's buffer first (data it read
+        # already is not on the socket any more); a message begun is read to
+        # its end (socket time-out).
+        try:
+            while self._conn is not None and self._conn.can_read(timeout=0):
+                msg = self._ps.handle_message(self._ps.parse_response(block=False, timeout=_READ_TIMEOUT))
+                if msg is None:
+                    continue
+                kind = msg.get("type")
+                if kind == "message":
+                    self._deliver(msg)
+                elif kind == "subscribe":
+                    self._confirm(msg["channel"].decode()[len(self._ch("")):])
+        except Exception as exc:  # noqa: BLE001 - the connection broke: say so, try again
+            if self._conn is not None:
+                self._lost(exc)
+            else:
+                log.debug("presence: reading after the connection went", exc_info=True)
+
+    def _confirm(self, ch: str) -> None:
+        if ch not in self._requested:
+            return  # (unsubscribed since)
+        self._confirmed.add(ch)
+        for req in self._waiting.pop(ch, ()):
+            self._complete(req)
+        if ch not in self._subs:  # every caller gave up: no one to deliver to
+            self._requested.discard(ch)
+            self._confirmed.discard(ch)
+            self._send("UNSUBSCRIBE", self._ch(ch))
+
+    def _deliver(self, msg: dict[str, Any]) -> None:
+        channel = msg["channel"].decode()[len(self._ch("")):]
+        try:
+            data = _unpack(msg["data"])
+        except Exception:  # noqa: BLE001 - not ours
+            log.info("presence: undecodable message on %s dropped", channel)
+            return
+        for cb in list(self._subs.get(channel, ())):
+            try:
+                cb(channel, data)
+            except Exception:
+                log.exception("presence: subscriber of %s raised", channel)
 
     # --- shared data ---------------------------------------------------------------------------
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
@@ -268,12 +519,18 @@ class RedisPresence(Presence):
         return [(m.decode(), float(s)) for m, s in rows]
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(3)
-        if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except Exception:  # noqa: BLE001 - closing
-                pass
+        """Stop the listener thread (at once, unless it is running a
+        callback: waited for 5 s at most) and close the connections.
+
+        Thread safety: any thread, a callback's too."""
+        with self._lock:
+            self._stop.set()
+            thread = self._thread
+        self._reactor.stop()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_CLOSE_JOIN)
+            if thread.is_alive():
+                log.warning("presence: the listener thread is still in a callback; it ends after it")
+        if thread is None or not thread.is_alive():
+            self._ps_client.close()
         self.r.close()
