@@ -1,18 +1,25 @@
 """Presence on Redis (or Valkey), with redis-py: many server processes, on
 one machine or many, share one directory (``pip install peng3dnet[redis]``).
 
-Keys live under a namespace (default ``peng3dnet``):
+Keys live under a namespace (default ``peng3dnet``), all of them under
+one hash tag ``{NS}``, so that they share one slot of a Redis Cluster (the
+Lua scripts and multi-key commands need that; a directory is small):
 
-* ``NS:server:ID`` (msgpack info, expires after its TTL) and the set
-  ``NS:servers``;
-* ``NS:room:ID`` (a hash: ``info`` msgpack, ``max_clients``, ``clients``,
-  ``server``, ``kind``; expires) and the set ``NS:rooms``;
-* ``NS:seats:ROOM``, a sorted set of reservations scored by their expiry
+* ``{NS}:server:ID`` (msgpack info, expires after its TTL) and the set
+  ``{NS}:servers``;
+* ``{NS}:room:ID`` (a hash: ``info`` msgpack, ``max_clients``, ``clients``,
+  ``server``, ``kind``; expires) and the set ``{NS}:rooms``;
+* ``{NS}:seats:ROOM``, a sorted set of reservations scored by their expiry
   (Redis ``TIME``, so the clocks of the processes do not matter);
   :meth:`RedisPresence.reserve_seat` is one Lua script: no double booking;
-* ``NS:claim:TOKEN`` (``SET NX``): a used reservation token;
-* channels ``NS:ch:NAME`` (``PUBLISH``), keys ``NS:kv:KEY``, sorted sets
-  ``NS:z:KEY``.
+* ``{NS}:claim:TOKEN`` (``SET NX``): a used reservation token;
+* keys ``{NS}:kv:KEY``, sorted sets ``{NS}:z:KEY``;
+* channels ``NS:ch:NAME`` (``PUBLISH``; channels are not keys).
+
+On a cluster (``cluster=True``) messages are published, and subscribed to,
+on the primary that holds the namespace's slot (classic pub/sub reaches
+every node either way; there :meth:`RedisPresence.publish` counts every
+subscribed process); when it cannot be reached, on another primary.
 
 Thread safety: any thread (redis-py's connection pool).  Subscriptions
 belong to one thread, "peng3dnet presence" (started by the first
@@ -31,6 +38,7 @@ from __future__ import annotations
 import logging
 import selectors
 import threading
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -65,7 +73,9 @@ return 1
 _FREE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZCOUNT', KEYS[1], now, '+inf')
+local out = {}
+for i, seats in ipairs(KEYS) do out[i] = redis.call('ZCOUNT', seats, now, '+inf') end
+return out
 """
 
 
@@ -118,21 +128,34 @@ class RedisPresence(Presence):
     """Presence on a Redis server.
 
     Args:
-        url: ``redis://host:port/db`` (``rediss://`` for TLS).
-        namespace: Prefix of every key and channel.
+        url: ``redis://host:port/db`` (``rediss://`` for TLS); with
+            ``cluster``, any node of the cluster (``redis://host:port``).
+        namespace: Prefix of every key and channel (not empty).
+        cluster: Talk to a Redis Cluster (redis-py's ``RedisCluster``).
 
     Raises:
         ImportError: redis-py is not installed (``pip install peng3dnet[redis]``).
+        ValueError: ``namespace`` is empty.
+        NetworkError: (``cluster``) no node of the cluster answers (it is
+            asked for its slots at once).
     """
 
-    def __init__(self, url: str, namespace: str = "peng3dnet") -> None:
+    def __init__(self, url: str, namespace: str = "peng3dnet", *, cluster: bool = False) -> None:
         import redis  # optional dependency: only this class needs it
+        from redis.cluster import RedisCluster
 
+        if not namespace:
+            raise ValueError("RedisPresence: the namespace must not be empty (it is the keys' hash tag)")
         self._redis_mod = redis
-        self._errors = (redis.exceptions.RedisError,)
+        # (a cluster's own errors, e.g. no node reachable, are not RedisErrors)
+        self._errors = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
         self.url = url
         self.ns = namespace
-        self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.cluster = cluster
+        """Whether this talks to a Redis Cluster."""
+        self._tag = "{" + namespace + "}"
+        self.r: Any = self._call((RedisCluster if cluster else redis.Redis).from_url,
+                                 url, socket_timeout=10, socket_connect_timeout=5)
         self._reserve = self.r.register_script(_RESERVE)
         self._free = self.r.register_script(_FREE)
         # Subscriptions: a client of its own, without redis-py's retries (the
@@ -140,12 +163,11 @@ class RedisPresence(Presence):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        # (its connections have a fileno(): the listener's selector watches them)
-        cls = _selectable(redis.connection.parse_url(url).get("connection_class", redis.connection.Connection))
-        self._ps_client = redis.Redis.from_url(url, connection_class=cls, socket_timeout=_READ_TIMEOUT,
-                                               socket_connect_timeout=5, retry=Retry(NoBackoff(), 0, supported_errors=()))
-        self._ps: Any = self._ps_client.pubsub()  # (touched by the listener thread only, from its start on)
-        self._lock = threading.Lock()  # guards _requests, _thread and the requests' completion
+        self._ps_kw = {"socket_timeout": _READ_TIMEOUT, "socket_connect_timeout": 5,
+                       "retry": Retry(NoBackoff(), 0, supported_errors=())}
+        self._ps_clients: dict[str, Any] = {}  # node url -> its client (one without a cluster)
+        self._lock = threading.Lock()  # guards _requests, _thread, _ps_clients and the requests' completion
+        self._ps: Any = self._ps_client(url).pubsub()  # (touched by the listener thread only, from its start on)
         self._requests: list[_Request] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -159,10 +181,32 @@ class RedisPresence(Presence):
         self._retry_timer: Any = None
 
     def _k(self, *parts: str) -> str:
-        return ":".join((self.ns, *parts))
+        return ":".join((self._tag, *parts))
 
     def _ch(self, channel: str) -> str:
-        return self._k("ch", channel)
+        return f"{self.ns}:ch:{channel}"
+
+    def _ps_client(self, url: str) -> Any:
+        with self._lock:
+            client = self._ps_clients.get(url)
+            if client is None:
+                # (its connections have a fileno(): the listener's selector watches them)
+                cls = _selectable(self._redis_mod.connection.parse_url(url).get(
+                    "connection_class", self._redis_mod.connection.Connection))
+                client = self._ps_clients[url] = self._redis_mod.Redis.from_url(url, connection_class=cls, **self._ps_kw)
+            return client
+
+    def _msg_nodes(self) -> list[Any]:
+        # (cluster) the namespace slot's primary first, then the other primaries
+        owner = self.r.get_node_from_key(self._k())
+        return [owner] + [n for n in self.r.get_primaries() if n.name != owner.name]
+
+    def _node_url(self, node: Any) -> str:
+        parts = urllib.parse.urlsplit(self.url)
+        user = parts.netloc.rpartition("@")[0]
+        host = f"[{node.host}]" if ":" in node.host else node.host
+        return urllib.parse.urlunsplit((parts.scheme, f"{user}@{host}:{node.port}" if user else f"{host}:{node.port}",
+                                        "/0", parts.query, ""))
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         try:
@@ -172,7 +216,7 @@ class RedisPresence(Presence):
 
     # --- servers -----------------------------------------------------------------------------
     def register_server(self, server_id: str, info: dict[str, Any], ttl: float) -> None:
-        p = self.r.pipeline()
+        p = self.r.pipeline(transaction=True)
         p.set(self._k("server", server_id), _pack(info), px=max(1, int(ttl * 1000)))
         p.sadd(self._k("servers"), server_id)
         self._call(p.execute)
@@ -181,7 +225,7 @@ class RedisPresence(Presence):
         for room in self.rooms():
             if room.get("server") == server_id:
                 self.remove_room(room["id"])
-        p = self.r.pipeline()
+        p = self.r.pipeline(transaction=True)
         p.delete(self._k("server", server_id))
         p.srem(self._k("servers"), server_id)
         self._call(p.execute)
@@ -205,7 +249,7 @@ class RedisPresence(Presence):
     # --- rooms -------------------------------------------------------------------------------
     def set_room(self, room_id: str, info: dict[str, Any], ttl: float) -> None:
         key = self._k("room", room_id)
-        p = self.r.pipeline()
+        p = self.r.pipeline(transaction=True)
         p.hset(key, mapping={
             "info": _pack(info), "max_clients": int(info.get("max_clients", 0)), "clients": int(info.get("clients", 0)),
             "server": str(info.get("server", "")), "kind": str(info.get("kind", "")),
@@ -215,8 +259,9 @@ class RedisPresence(Presence):
         self._call(p.execute)
 
     def remove_room(self, room_id: str) -> None:
-        p = self.r.pipeline()
-        p.delete(self._k("room", room_id), self._k("seats", room_id))
+        p = self.r.pipeline(transaction=True)
+        p.delete(self._k("room", room_id))  # (one key per DELETE: a cluster's pipeline has no multi-key one)
+        p.delete(self._k("seats", room_id))
         p.srem(self._k("rooms"), room_id)
         self._call(p.execute)
 
@@ -224,15 +269,12 @@ class RedisPresence(Presence):
         ids = sorted(x.decode() for x in self._call(self.r.smembers, self._k("rooms")))
         if not ids:
             return []
-        p = self.r.pipeline()
+        p = self.r.pipeline(transaction=True)
         for rid in ids:
             p.hgetall(self._k("room", rid))
         rows = self._call(p.execute)
         live = self.servers()
-        p = self.r.pipeline()  # every room's live reservations in one round trip
-        for rid in ids:
-            self._free(keys=[self._k("seats", rid)], client=p)
-        reserved_counts = self._call(p.execute)
+        reserved_counts = self._call(self._free, keys=[self._k("seats", rid) for rid in ids])  # one round trip
         out = []
         gone = []
         for rid, row, reserved_raw in zip(ids, rows, reserved_counts):
@@ -267,6 +309,9 @@ class RedisPresence(Presence):
 
     # --- messages ------------------------------------------------------------------------------
     def publish(self, channel: str, data: Any) -> int:
+        if self.cluster:  # where the processes subscribe: their count (each node counts its own)
+            return int(self._call(lambda: self.r.publish(self._ch(channel), _pack(data),
+                                                         target_nodes=self.r.get_node_from_key(self._k()))))
         return int(self._call(self.r.publish, self._ch(channel), _pack(data)))
 
     def subscribe(self, channel: str, callback: Callable[[str, Any], None]) -> None:
@@ -405,12 +450,28 @@ class RedisPresence(Presence):
                 self._lost(exc)
 
     def _connect(self, extra: str | None = None) -> None:
-        # (Re)connect and subscribe to every recorded channel (and ``extra``).
+        # (Re)connect and subscribe to every recorded channel (and ``extra``);
+        # on a cluster, on the namespace slot's primary, else another one.
         channels = list(self._subs)
         if extra is not None and extra not in self._subs:
             channels.append(extra)
-        self._ps.reset()
-        self._ps.execute_command("SUBSCRIBE", *[self._ch(c) for c in channels])
+        args = [self._ch(c) for c in channels]
+        if not self.cluster:
+            self._ps.reset()
+            self._ps.execute_command("SUBSCRIBE", *args)
+        else:
+            failure: Exception | None = None
+            for node in self._msg_nodes():
+                self._ps.reset()
+                self._ps = self._ps_client(self._node_url(node)).pubsub()
+                try:
+                    self._ps.execute_command("SUBSCRIBE", *args)
+                    break
+                except self._errors as exc:
+                    failure = exc
+            else:
+                assert failure is not None
+                raise failure
         self._requested = set(channels)
         self._confirmed = set()
         self._conn = self._ps.connection
@@ -532,5 +593,8 @@ class RedisPresence(Presence):
             if thread.is_alive():
                 log.warning("presence: the listener thread is still in a callback; it ends after it")
         if thread is None or not thread.is_alive():
-            self._ps_client.close()
+            with self._lock:
+                clients = list(self._ps_clients.values())
+            for client in clients:
+                client.close()
         self.r.close()
