@@ -5,10 +5,12 @@ idle on a selector (no polling), close(), an outage and a Redis restart."""
 from __future__ import annotations
 
 import queue
+import select
+import selectors
 import socket
-import sys
 import threading
 
+import msgpack
 import pytest
 
 from peng3dnet import errors
@@ -132,7 +134,8 @@ def test_a_callback_is_not_called_once_unsubscribe_returned_even_for_a_message_b
     def gate(ch, n):
         if n == 1:
             in_gate.set()
-            returned.wait(0.5)  # (a correct unsubscribe() cannot return while this runs: a bound, not a sync)
+            # until the unsubscribe() is queued for the listener (it cannot return while this runs)
+            wait_for(rp._reactor.has_pending, timeout=10, what="the unsubscribe request queued")
         gate_got.put(n)
 
     def victim(ch, n):
@@ -150,36 +153,53 @@ def test_a_callback_is_not_called_once_unsubscribe_returned_even_for_a_message_b
     assert late == []
 
 
-def _listener_frames(thread):
-    frame = sys._current_frames().get(thread.ident)
-    out = []
-    while frame is not None:
-        out.append(frame)
-        frame = frame.f_back
-    return out
+class _CountingSelector(selectors.DefaultSelector):
+    """The listener's selector, counting its waits (and their time-outs)."""
+
+    waits: list = []
+    inside = threading.Event()  # a thread is in select() now
+
+    def select(self, timeout=None):
+        type(self).waits.append(timeout)
+        type(self).inside.set()
+        try:
+            return super().select(timeout)
+        finally:
+            type(self).inside.clear()
 
 
-def _idle_on_selector(thread):
-    # blocked in its Reactor's run_once() (peng3dnet.transport), in the selector's wait
-    # (epoll's, a builtin: no frame of its own), with no time-out (wait=None)
-    frames = _listener_frames(thread)  # innermost first
-    names = [(f.f_code.co_name, f.f_code.co_filename.rsplit("/", 1)[-1]) for f in frames]
-    if ("_run", "redispresence.py") not in names:
-        return False
-    i = 1 if names[0] == ("select", "selectors.py") else 0
-    return names[i] == ("run_once", "transport.py") and frames[i].f_locals.get("wait", "?") is None
+@pytest.fixture
+def counting_selector(monkeypatch):
+    class Counting(_CountingSelector):
+        waits: list = []
+        inside = threading.Event()
+
+    monkeypatch.setattr(RedisPresence, "_selector", Counting)
+    return Counting
+
+
+def _idle(sel, period=0.3):
+    # In select() with no time-out, and no further wait over an idle period
+    # (an observation window, not a synchronisation).
+    wait_for(lambda: sel.inside.is_set() and sel.waits and sel.waits[-1] is None, timeout=5,
+             what="the listener in select(timeout=None)")
+    n = len(sel.waits)
+    threading.Event().wait(period)
+    return len(sel.waits) == n and sel.inside.is_set()
 
 
 @pytest.mark.timeout(30)
-def test_the_listener_waits_on_a_selector_without_a_time_out_and_close_ends_it_at_once(rp, redis_ns):
+def test_the_listener_waits_on_a_selector_without_a_time_out_and_close_ends_it_at_once(counting_selector, redis_ns):
+    url, ns = redis_ns
+    rp = RedisPresence(url, ns)
     got: queue.Queue = queue.Queue()
     rp.subscribe("a", lambda ch, d: got.put(d))
     thread = rp._thread
     assert thread is not None and thread.name == "peng3dnet presence" and thread.daemon
     # Idle: blocked in select() with no time-out (woken by Redis or by a request, never by a clock).
-    wait_for(lambda: _idle_on_selector(thread), timeout=5, what="the listener idle in select(timeout=None)")
+    assert _idle(counting_selector)
     assert rp.publish("a", 1) == 1 and got.get(timeout=10) == 1
-    wait_for(lambda: _idle_on_selector(thread), timeout=5, what="idle again after a message")
+    assert _idle(counting_selector)  # idle again after a message
     rp.close()
     assert not thread.is_alive()  # close() woke it and joined it: ended, not left to notice later
     with pytest.raises(errors.NetworkError, match="closed"):
@@ -247,3 +267,195 @@ def test_subscribe_in_an_outage_raises_is_not_recorded_and_a_restart_resubscribe
         if direct is not None:
             direct.close()
         server.stop()
+
+
+def _flood(url, ns, channel, stop):
+    """Publish on ``channel`` until ``stop``, faster than a slow callback takes them."""
+    pub = RedisPresence(url, ns)
+
+    def run():
+        pipe = pub.r.pipeline(transaction=False)
+        n = 0
+        while not stop.is_set():
+            for _ in range(100):
+                n += 1
+                pipe.publish(f"{ns}:ch:{channel}", msgpack.packb(n))
+            pipe.execute()
+            stop.wait(0.02)  # (pacing: ~5000 messages a second; the callbacks take ~300)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, pub
+
+
+@pytest.mark.timeout(60)
+def test_a_message_flood_holds_up_neither_unsubscribe_nor_close(redis_ns):
+    """Slow callbacks (3 ms) under a flood: the listener always has something
+    to read, and still serves unsubscribe() and close() promptly (they raised
+    "no answer" after 10 s, and close() left the thread running); no callback
+    is called after its unsubscribe(), nor any after close(), returned."""
+    url, ns = redis_ns
+    p = RedisPresence(url, ns)
+    late: list[str] = []
+    unsubscribed = threading.Event()
+    closed = threading.Event()
+    busy = threading.Event()
+    count = [0]
+
+    def slow(ch, n):
+        if unsubscribed.is_set():
+            late.append(f"slow {n}")
+        count[0] += 1
+        if count[0] >= 50:
+            busy.set()
+        threading.Event().wait(0.003)  # (a slow callback: this is the load, not a synchronisation)
+
+    def other(ch, n):
+        if closed.is_set():
+            late.append(f"other {n}")
+        threading.Event().wait(0.003)
+
+    stop = threading.Event()
+    p.subscribe("a", slow)
+    p.subscribe("a", other)
+    thread = p._thread
+    flood, pub = _flood(url, ns, "a", stop)
+    try:
+        assert busy.wait(20)  # a backlog builds up: the listener has always more to read
+        p.unsubscribe("a", slow)  # (raised NetworkError "no answer" after 10 s)
+        unsubscribed.set()
+        p.close()
+        closed.set()
+        assert not thread.is_alive()  # (alive after close()'s 5 s: the stop was never seen)
+        with pytest.raises(errors.NetworkError, match="closed"):
+            p.subscribe("b", lambda ch, d: None)
+    finally:
+        stop.set()
+        flood.join(10)
+        pub.close()
+        p.close()
+    assert late == []
+
+
+@pytest.mark.timeout(30)
+def test_a_callback_unsubscribed_by_a_sibling_is_not_called_for_the_same_message(rp):
+    order: list[str] = []
+    done = threading.Event()
+
+    def first(ch, d):
+        order.append("first")
+        rp.unsubscribe("a", second)  # (on the listener thread: done when this returns)
+
+    def second(ch, d):
+        order.append("second")
+
+    def last(ch, d):
+        order.append("last")
+        done.set()
+
+    rp.subscribe("a", first)
+    rp.subscribe("a", second)
+    rp.subscribe("a", last)
+    assert rp.publish("a", 1) == 1
+    assert done.wait(10)
+    assert order == ["first", "last"]
+
+
+@pytest.mark.timeout(30)
+def test_close_from_a_callback_stops_the_delivery_of_that_message_and_the_next_ones(redis_ns):
+    url, ns = redis_ns
+    p = RedisPresence(url, ns)
+    other = RedisPresence(url, ns)
+    called: list[str] = []
+
+    def closer(ch, n):
+        called.append(f"closer {n}")
+        p.close()
+        with pytest.raises(errors.NetworkError, match="closed"):
+            p.subscribe("b", lambda ch, d: None)  # (from a callback too)
+
+    def after(ch, n):
+        called.append(f"after {n}")
+
+    try:
+        p.subscribe("x", closer)
+        p.subscribe("x", after)
+        thread = p._thread
+        pipe = other.r.pipeline(transaction=False)
+        for i in range(20):  # (one round trip: they arrive together, read in one drain)
+            pipe.publish(f"{ns}:ch:x", msgpack.packb(i))
+        assert pipe.execute()[0] == 1
+        thread.join(10)
+        assert not thread.is_alive()
+        assert called == ["closer 0"]
+    finally:
+        p.close()
+        other.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_later_subscribe_does_not_complete_on_the_confirmation_of_an_earlier_subscribe(redis_ns):
+    """A callback subscribes to x (sent, not confirmed: a slow link), and
+    unsubscribes again; another thread subscribes to x while that first
+    confirmation is on its way back.  Its subscribe() returns on the
+    confirmation of a SUBSCRIBE Redis still has: a message published right
+    after it returned arrives.  (Before, an UNSUBSCRIBE was sent in between,
+    the second SUBSCRIBE only after it, and the first confirmation completed
+    the later subscribe(): the message came before Redis had it, lost.)"""
+    url, ns = redis_ns
+    host, port = url.split("//", 1)[1].rsplit("/", 1)[0].rsplit(":", 1)
+    proxy = LagProxy(("127.0.0.1", 0), (host, int(port)), delay=0.2).start()
+    slow = RedisPresence(f"redis://127.0.0.1:{proxy.addr[1]}/0", ns)
+    direct = RedisPresence(url, ns)
+    want_subscribe = threading.Event()
+    got: queue.Queue = queue.Queue()
+    problems: list[str] = []
+    fd = [-1]
+
+    def first(ch, d):
+        pass
+
+    def readable():
+        r, _, _ = select.select([fd[0]], [], [], 0)
+        return bool(r)
+
+    def trigger(ch, d):
+        try:
+            slow.subscribe("x", first)  # inline: SUBSCRIBE sent, its confirmation 0.4 s away
+            slow.unsubscribe("x", first)
+            fd[0] = slow._conn.fileno()
+            # Hold the listener until the confirmation is back, with another
+            # subscribe("x") queued for it.
+            wait_for(readable, timeout=10, what="the confirmation back on the socket")
+            want_subscribe.set()
+            wait_for(slow._reactor.has_pending, timeout=10, what="the subscribe request queued")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            problems.append(repr(exc))
+            want_subscribe.set()
+
+    try:
+        slow.subscribe("t", trigger)
+        assert direct.publish("t", 0) == 1
+        assert want_subscribe.wait(10)
+        slow.subscribe("x", lambda ch, d: got.put(d))
+        direct.publish("x", "right after")
+        assert got.get(timeout=5) == "right after"
+        assert problems == []
+    finally:
+        slow.close()
+        direct.close()
+        proxy.stop()
+
+
+@pytest.mark.timeout(30)
+def test_when_the_listener_thread_dies_requests_fail_at_once(rp):
+    """SystemExit from a callback ends the listener thread: later requests
+    raise NetworkError saying so (they waited 10 s for an answer before)."""
+    rp.subscribe("a", lambda ch, d: (_ for _ in ()).throw(SystemExit("callback quit")))
+    thread = rp._thread
+    assert rp.publish("a", 1) == 1
+    thread.join(10)
+    assert not thread.is_alive()
+    for op in (rp.subscribe, rp.unsubscribe):
+        with pytest.raises(errors.NetworkError, match="listener thread ended .*SystemExit"):
+            op("b", lambda ch, d: None)

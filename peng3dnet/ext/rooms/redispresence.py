@@ -28,9 +28,14 @@ belong to one thread, "peng3dnet presence" (started by the first
 :meth:`~RedisPresence.unsubscribe` hand it a request and wait for the
 outcome.  It runs a :class:`~peng3dnet.transport.Reactor`: it waits on a
 selector (the subscription's socket and a wake-up socketpair, no time-out),
-reads every reply redis-py buffered before it blocks again, runs the
-callbacks, and after a lost connection subscribes to the recorded
-channels again (an attempt a second, a timer).
+reads the replies redis-py buffered before it blocks again (at most
+``_DRAIN_MAX`` at a time, and it stops early for queued requests or
+:meth:`~RedisPresence.close`: a steady flow of messages cannot hold them
+up), runs the callbacks, and after a lost connection subscribes to the
+recorded channels again (an attempt a second, a timer).  If the thread
+dies (an exception that is not an ``Exception``, e.g. ``SystemExit`` from a
+callback), the presence's subscriptions are failed: requests raise
+``NetworkError`` at once.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ _REQUEST_TIMEOUT = 10.0  # subscribe()/unsubscribe() wait this long for the list
 _READ_TIMEOUT = 10.0  # a message begun is read to its end within this
 _RETRY_DELAY = 1.0  # subscribing again after a lost connection: attempts this far apart
 _CLOSE_JOIN = 5.0  # close() waits this long for a callback the listener is running
+_CONNECT_TIMEOUT = 1.0  # the listener's own connect time-out (requests wait behind it)
+_DRAIN_MAX = 64  # messages read in one go before the listener looks at its requests again
 
 
 class _Request:
@@ -163,18 +170,22 @@ class RedisPresence(Presence):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self._ps_kw = {"socket_timeout": _READ_TIMEOUT, "socket_connect_timeout": 5,
+        self._ps_kw = {"socket_timeout": _READ_TIMEOUT, "socket_connect_timeout": _CONNECT_TIMEOUT,
                        "retry": Retry(NoBackoff(), 0, supported_errors=())}
         self._ps_clients: dict[str, Any] = {}  # node url -> its client (one without a cluster)
-        self._lock = threading.Lock()  # guards _requests, _thread, _ps_clients and the requests' completion
-        self._ps: Any = self._ps_client(url).pubsub()  # (touched by the listener thread only, from its start on)
+        self._lock = threading.Lock()  # guards _requests, _thread, _failed, _ps_clients and the requests' completion
+        # (touched by the listener thread only, from its start on; on a cluster made by _connect)
+        self._ps: Any = None if cluster else self._ps_client(url).pubsub()
         self._requests: list[_Request] = []
         self._thread: threading.Thread | None = None
+        self._failed: str | None = None  # why the listener thread ended, when it did without close()
+        self._doing = "idle"  # what the listener thread is doing (for close()'s warning)
         self._stop = threading.Event()
         self._reactor = Reactor("peng3dnet presence")
         # the listener thread's own (see "The listener thread runs a Reactor" below)
         self._subs: dict[str, list[Callable[[str, Any], None]]] = {}
         self._conn: Any = None
+        self._fd = -1  # _conn's socket's descriptor when it was registered
         self._requested: set[str] = set()
         self._confirmed: set[str] = set()
         self._waiting: dict[str, list[_Request]] = {}
@@ -324,30 +335,40 @@ class RedisPresence(Presence):
 
         Raises:
             NetworkError: Redis cannot be reached or did not confirm within
-                the socket time-out (10 s); the callback is not recorded.
+                the socket time-out (10 s; the confirmation comes after the
+                messages Redis queued for this process before it, a
+                backlog when the callbacks are slower than the flow); the
+                callback is not recorded.
         """
         self._request(_Request("subscribe", channel, callback))
 
     def unsubscribe(self, channel: str, callback: Callable[[str, Any], None]) -> None:
         """Stop calling ``callback`` for ``channel``: not called once this
         returns.  The callback is forgotten even when Redis cannot be told
-        (the error is raised after).
+        (the error is raised after): in an outage nothing is sent (the
+        subscription went with the connection, and is not made again).
 
         Thread safety: any thread; the listener thread carries it out.
 
         Raises:
-            NetworkError: Redis could not be told (or the listener thread
-                did not answer within the socket time-out).
+            NetworkError: Redis could not be told; or the listener thread
+                did not answer within 10 s (it is still queued then, and
+                carried out when the listener gets to it: the callback may
+                be called until then); or the presence is closed.
         """
         self._request(_Request("unsubscribe", channel, callback))
 
     def _request(self, req: _Request) -> None:
         if self._reactor.in_loop():  # a callback (un)subscribing: no one else to wait for
+            if self._stop.is_set():
+                raise NetworkError(f"redis at {self.url}: the presence is closed")
             self._serve(req, inline=True)
         else:
             with self._lock:
                 if self._stop.is_set():
                     raise NetworkError(f"redis at {self.url}: the presence is closed")
+                if self._failed is not None:
+                    raise NetworkError(f"redis at {self.url}: {self._failed}")
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="peng3dnet presence", daemon=True)
                     self._thread.start()
@@ -359,10 +380,10 @@ class RedisPresence(Presence):
                         req.cancelled = True  # (a late confirmation records nothing)
                         raise NetworkError(f"redis at {self.url}: no answer to {req.op} {req.channel!r} "
                                            f"within {_REQUEST_TIMEOUT:g} s")
-        if req.error is not None:
+        if req.error is not None:  # (a new exception for each caller: one object is not raised on two threads)
             exc = req.error
             if isinstance(exc, NetworkError):
-                raise exc
+                raise NetworkError(str(exc)) from exc.__cause__
             raise NetworkError(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc
 
     # The listener thread runs a Reactor (peng3dnet.transport: a selector,
@@ -379,22 +400,34 @@ class RedisPresence(Presence):
     # A subscribe completes (and its callback is recorded) on Redis's
     # confirmation, under _lock, unless its caller gave up (cancelled).
 
+    _selector: Callable[[], selectors.BaseSelector] = selectors.DefaultSelector  # (tests count its waits)
+
     def _run(self) -> None:
+        why = "the presence is closed"
         try:
-            self._reactor.run(selectors.DefaultSelector, _nothing)
-        except Exception:
+            self._reactor.run(self._selector, _nothing)
+        except Exception as exc:
+            why = f"the listener thread failed ({type(exc).__name__}: {exc})"
             log.exception("presence: the listener failed")
+        except BaseException as exc:  # (SystemExit from a callback...: it ends the thread, said here)
+            why = f"the listener thread ended ({type(exc).__name__}: {exc})"
+            log.warning("presence: %s; subscriptions fail from now on", why, exc_info=True)
         finally:
+            with self._lock:  # (before the requests are failed: no new one waits for this thread)
+                if not self._stop.is_set():
+                    self._failed = why
+                requests, self._requests = self._requests, []
+                clients = list(self._ps_clients.values())
             self._disconnect()
             self._reactor.close()
-            with self._lock:
-                requests, self._requests = self._requests, []
-            closed = NetworkError(f"redis at {self.url}: the presence is closed")
             for req in requests:
-                self._complete(req, closed)
+                self._complete(req, NetworkError(f"redis at {self.url}: {why}"))
             for reqs in self._waiting.values():
                 for req in reqs:
-                    self._complete(req, closed)
+                    self._complete(req, NetworkError(f"redis at {self.url}: {why}"))
+            self._waiting = {}
+            for client in clients:
+                client.close()
 
     def _take_requests(self) -> None:
         with self._lock:
@@ -425,7 +458,10 @@ class RedisPresence(Presence):
                     subs.remove(req.callback)
                 if subs is not None and not subs:
                     del self._subs[ch]  # (forgotten here whatever Redis says: no callback to deliver to)
-                    if ch in self._requested and not self._waiting.get(ch):
+                    # Only a confirmed SUBSCRIBE is undone here: one still on its way
+                    # is undone by _confirm (a later subscribe() must not take that
+                    # SUBSCRIBE's confirmation for its own one after an UNSUBSCRIBE).
+                    if ch in self._confirmed and not self._waiting.get(ch):
                         self._requested.discard(ch)
                         self._confirmed.discard(ch)
                         if self._conn is not None:
@@ -456,26 +492,37 @@ class RedisPresence(Presence):
         if extra is not None and extra not in self._subs:
             channels.append(extra)
         args = [self._ch(c) for c in channels]
-        if not self.cluster:
-            self._ps.reset()
-            self._ps.execute_command("SUBSCRIBE", *args)
-        else:
-            failure: Exception | None = None
-            for node in self._msg_nodes():
+        doing = self._doing  # (a callback subscribing: back to that after)
+        try:
+            if not self.cluster:
+                self._doing = f"connecting to {self.url}"
                 self._ps.reset()
-                self._ps = self._ps_client(self._node_url(node)).pubsub()
-                try:
-                    self._ps.execute_command("SUBSCRIBE", *args)
-                    break
-                except self._errors as exc:
-                    failure = exc
+                self._ps.execute_command("SUBSCRIBE", *args)
             else:
-                assert failure is not None
-                raise failure
+                failure: Exception | None = None
+                self._doing = f"looking up the cluster's nodes at {self.url}"
+                for node in self._msg_nodes():
+                    if self._ps is not None:
+                        self._ps.reset()
+                    self._doing = f"connecting to {node.host}:{node.port}"
+                    self._ps = self._ps_client(self._node_url(node)).pubsub()
+                    try:
+                        self._ps.execute_command("SUBSCRIBE", *args)
+                        break
+                    except self._errors as exc:
+                        failure = exc
+                else:
+                    assert failure is not None
+                    raise failure
+        finally:
+            self._doing = doing
         self._requested = set(channels)
         self._confirmed = set()
         self._conn = self._ps.connection
-        self._reactor.register(self._conn, EVENT_READ, self._on_readable)
+        # (registered by its descriptor: were redis-py to reconnect it by itself,
+        # a new one, the old one must still be found to unregister it)
+        self._fd = self._conn.fileno()
+        self._reactor.register(self._fd, EVENT_READ, self._on_readable)  # type: ignore[arg-type]  # (selectors take a descriptor)
         self._reactor.after_io(self._drain)
 
     def _lost(self, exc: BaseException) -> None:
@@ -505,10 +552,13 @@ class RedisPresence(Presence):
 
     def _disconnect(self) -> None:
         if self._conn is not None:
-            self._reactor.unregister(self._conn)
+            self._reactor.unregister(self._fd)  # type: ignore[arg-type]
             self._conn = None
+            self._fd = -1
         self._requested = set()
         self._confirmed = set()
+        if self._ps is None:
+            return
         try:
             self._ps.reset()
         except Exception:  # noqa: BLE001 - closing a broken connection
@@ -518,11 +568,24 @@ class RedisPresence(Presence):
         self._drain()
 
     def _drain(self) -> None:
-        # Everything readable now, redis-py's buffer first (data it read
+        # What is readable now, redis-py's buffer first (data it read
         # already is not on the socket any more); a message begun is read to
-        # its end (socket time-out).
+        # its end (socket time-out).  At most _DRAIN_MAX messages, and none
+        # while requests (or stop()) are queued: the rest waits for the next
+        # round of the loop (after_io: redis-py's buffer is invisible to the
+        # selector), after the queued calls ran.
+        reactor = self._reactor
         try:
+            if self._conn is not None and self._conn.fileno() != self._fd:
+                # redis-py connected again by itself (a command sent while it was
+                # down): a new connection, subscribed to nothing we know of
+                raise self._redis_mod.exceptions.ConnectionError("the connection was replaced")
+            n = 0
             while self._conn is not None and self._conn.can_read(timeout=0):
+                if n >= _DRAIN_MAX or reactor.has_pending():
+                    reactor.after_io(self._drain)
+                    return
+                n += 1
                 msg = self._ps.handle_message(self._ps.parse_response(block=False, timeout=_READ_TIMEOUT))
                 if msg is None:
                     continue
@@ -556,10 +619,16 @@ class RedisPresence(Presence):
             log.info("presence: undecodable message on %s dropped", channel)
             return
         for cb in list(self._subs.get(channel, ())):
+            # (not a callback unsubscribed by an earlier one of this message, nor after close())
+            if self._reactor.stopping or cb not in self._subs.get(channel, ()):
+                continue
+            self._doing = "in a callback"
             try:
                 cb(channel, data)
             except Exception:
                 log.exception("presence: subscriber of %s raised", channel)
+            finally:
+                self._doing = "idle"
 
     # --- shared data ---------------------------------------------------------------------------
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
@@ -581,20 +650,21 @@ class RedisPresence(Presence):
 
     def close(self) -> None:
         """Stop the listener thread (at once, unless it is running a
-        callback: waited for 5 s at most) and close the connections.
+        callback or connecting: waited for 5 s at most) and close the
+        connections (the listener closes its own as it ends).  No callback
+        is called once this returned (but one running may still be, when
+        the 5 s passed).
 
         Thread safety: any thread, a callback's too."""
         with self._lock:
             self._stop.set()
             thread = self._thread
+            clients = list(self._ps_clients.values()) if thread is None else []
         self._reactor.stop()
         if thread is not None and thread is not threading.current_thread():
             thread.join(_CLOSE_JOIN)
             if thread.is_alive():
-                log.warning("presence: the listener thread is still in a callback; it ends after it")
-        if thread is None or not thread.is_alive():
-            with self._lock:
-                clients = list(self._ps_clients.values())
-            for client in clients:
-                client.close()
+                log.warning("presence: the listener thread is still busy (%s); it ends after that", self._doing)
+        for client in clients:  # (no listener thread ever: nobody else closes them)
+            client.close()
         self.r.close()
