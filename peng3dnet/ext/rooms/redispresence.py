@@ -16,10 +16,13 @@ Lua scripts and multi-key commands need that; a directory is small):
 * keys ``{NS}:kv:KEY``, sorted sets ``{NS}:z:KEY``;
 * channels ``NS:ch:NAME`` (``PUBLISH``; channels are not keys).
 
-On a cluster (``cluster=True``) messages are published, and subscribed to,
-on the primary that holds the namespace's slot (classic pub/sub reaches
-every node either way; there :meth:`RedisPresence.publish` counts every
-subscribed process); when it cannot be reached, on another primary.
+On a cluster (``cluster=True``) :meth:`RedisPresence.publish` publishes on
+the primary that holds the namespace's slot, only there (it raises
+``NetworkError`` when that node cannot be reached), and counts the
+processes subscribed on that node.  The listener subscribes on that
+primary too, or, when it cannot be reached, on another one (classic
+pub/sub reaches every node, so the messages still arrive, but publish()
+does not count that process; it stays there until its connection is lost).
 
 Thread safety: any thread (redis-py's connection pool).  Subscriptions
 belong to one thread, "peng3dnet presence" (started by the first
