@@ -116,12 +116,16 @@ def _nothing() -> None:
 
 def _selectable(base: Any) -> Any:
     """``base`` (a redis-py connection class) with ``fileno()``: its socket's
-    descriptor (-1 while not connected), for a selector."""
+    descriptor (-1 while not connected), for a selector; and ``socket()``:
+    the socket object (``None`` while not connected)."""
 
     class SelectableConnection(base):  # type: ignore[misc,valid-type]
         def fileno(self) -> int:
             sock = self._sock
             return -1 if sock is None else int(sock.fileno())
+
+        def socket(self) -> Any:
+            return self._sock
 
     return SelectableConnection
 
@@ -189,6 +193,7 @@ class RedisPresence(Presence):
         self._subs: dict[str, list[Callable[[str, Any], None]]] = {}
         self._conn: Any = None
         self._fd = -1  # _conn's socket's descriptor when it was registered
+        self._sock: Any = None  # ... and that socket (held: a new one is never taken for it)
         self._requested: set[str] = set()
         self._confirmed: set[str] = set()
         self._waiting: dict[str, list[_Request]] = {}
@@ -525,6 +530,7 @@ class RedisPresence(Presence):
         # (registered by its descriptor: were redis-py to reconnect it by itself,
         # a new one, the old one must still be found to unregister it)
         self._fd = self._conn.fileno()
+        self._sock = self._conn.socket()
         self._reactor.register(self._fd, EVENT_READ, self._on_readable)  # type: ignore[arg-type]  # (selectors take a descriptor)
         self._reactor.after_io(self._drain)
 
@@ -558,6 +564,7 @@ class RedisPresence(Presence):
             self._reactor.unregister(self._fd)  # type: ignore[arg-type]
             self._conn = None
             self._fd = -1
+            self._sock = None
         self._requested = set()
         self._confirmed = set()
         if self._ps is None:
@@ -579,12 +586,16 @@ class RedisPresence(Presence):
         # selector), after the queued calls ran.
         reactor = self._reactor
         try:
-            if self._conn is not None and self._conn.fileno() != self._fd:
-                # redis-py connected again by itself (a command sent while it was
-                # down): a new connection, subscribed to nothing we know of
-                raise self._redis_mod.exceptions.ConnectionError("the connection was replaced")
             n = 0
-            while self._conn is not None and self._conn.can_read(timeout=0):
+            while self._conn is not None:
+                if self._conn.socket() is not self._sock:
+                    # redis-py connected again by itself (a command sent while it was
+                    # down, a callback's): a new socket (maybe with the old
+                    # descriptor's number, so not told by fileno()), subscribed to
+                    # nothing we know of, not watched
+                    raise self._redis_mod.exceptions.ConnectionError("the connection was replaced")
+                if not self._conn.can_read(timeout=0):
+                    break
                 if n >= _DRAIN_MAX or reactor.has_pending():
                     reactor.after_io(self._drain)
                     return
