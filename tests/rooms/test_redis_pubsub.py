@@ -495,3 +495,38 @@ def test_a_connection_redis_py_replaced_by_itself_is_taken_as_lost_and_subscribe
     finally:
         p.close()
         other.close()
+
+
+@pytest.mark.timeout(60)
+def test_close_says_the_listener_is_connecting_when_it_is(redis_ns, caplog):
+    """The listener's connection handshake is slow (a 2 s link, two round
+    trips at least: HELLO/CLIENT SETINFO): close()
+    gives up after its 5 s and its warning says what the thread is doing
+    (it said "still in a callback")."""
+    url, ns = redis_ns
+    host, port = url.split("//", 1)[1].rsplit("/", 1)[0].rsplit(":", 1)
+    proxy = LagProxy(("127.0.0.1", 0), (host, int(port)), delay=2.0).start()
+    p = RedisPresence(f"redis://127.0.0.1:{proxy.addr[1]}/0", ns)
+    outcome: queue.Queue = queue.Queue()
+
+    def subscriber():
+        try:
+            p.subscribe("a", lambda ch, d: None)
+            outcome.put("subscribed")
+        except errors.NetworkError as exc:
+            outcome.put(str(exc))
+
+    t = threading.Thread(target=subscriber, daemon=True)
+    try:
+        t.start()
+        wait_for(lambda: p._doing.startswith("connecting"), timeout=10, what="the listener connecting")
+        thread = p._thread
+        p.close()
+        assert any(r.getMessage().startswith("presence: the listener thread is still busy (connecting to ")
+                   for r in caplog.records)
+        thread.join(30)  # (it ends once its connect is done)
+        assert not thread.is_alive()
+        assert outcome.get(timeout=20).startswith("redis at ")  # (a NetworkError: closed, or no answer)
+    finally:
+        p.close()
+        proxy.stop()
