@@ -284,10 +284,11 @@ class Reactor:
         self.call_soon(_nothing)
 
     def has_pending(self) -> bool:
-        """Whether calls are queued (:meth:`call_soon`, :meth:`call_later`)
-        or :meth:`stop` was asked for: a callback that could go on working
-        (a loop over a buffer) returns early to let them run (network
-        thread; not used by :meth:`run_once`).
+        """Whether calls are queued (:meth:`call_soon`, and :meth:`call_later`
+        until its timer is on the heap; timers waiting to come due are not
+        counted) or :meth:`stop` was asked for: a callback that could go on
+        working (a loop over a buffer) returns early to let them run (any
+        thread: a snapshot; not used by :meth:`run_once`).
         """
         return bool(self._calls) or self.stopping
 

@@ -194,6 +194,7 @@ class RedisPresence(Presence):
         self._conn: Any = None
         self._fd = -1  # _conn's socket's descriptor when it was registered
         self._sock: Any = None  # ... and that socket (held: a new one is never taken for it)
+        self._drain_queued = False  # a _drain is queued with after_io (once at most)
         self._requested: set[str] = set()
         self._confirmed: set[str] = set()
         self._waiting: dict[str, list[_Request]] = {}
@@ -455,7 +456,14 @@ class RedisPresence(Presence):
 
     def _send(self, *args: str) -> None:
         self._ps.execute_command(*args)
-        self._reactor.after_io(self._drain)  # (a reply redis-py holds already: not on the socket)
+        self._drain_soon()  # (a reply redis-py holds already: not on the socket)
+
+    def _drain_soon(self) -> None:
+        """Queue :meth:`_drain` at the end of this round of the loop, once
+        (listener thread)."""
+        if not self._drain_queued:
+            self._drain_queued = True
+            self._reactor.after_io(self._drain)
 
     def _serve(self, req: _Request, inline: bool = False) -> None:
         ch, key = req.channel, self._ch(req.channel)
@@ -532,7 +540,7 @@ class RedisPresence(Presence):
         self._fd = self._conn.fileno()
         self._sock = self._conn.socket()
         self._reactor.register(self._fd, EVENT_READ, self._on_readable)  # type: ignore[arg-type]  # (selectors take a descriptor)
-        self._reactor.after_io(self._drain)
+        self._drain_soon()
 
     def _lost(self, exc: BaseException) -> None:
         log.warning("presence: subscription lost (%s: %s); retrying", type(exc).__name__, exc)
@@ -580,11 +588,12 @@ class RedisPresence(Presence):
     def _drain(self) -> None:
         # What is readable now, redis-py's buffer first (data it read
         # already is not on the socket any more); a message begun is read to
-        # its end (socket time-out).  At most _DRAIN_MAX messages, and none
-        # while requests (or stop()) are queued: the rest waits for the next
+        # its end (socket time-out).  At most _DRAIN_MAX messages, and one
+        # only while requests (or stop()) are queued: the rest waits for the next
         # round of the loop (after_io: redis-py's buffer is invisible to the
         # selector), after the queued calls ran.
         reactor = self._reactor
+        self._drain_queued = False
         try:
             n = 0
             while self._conn is not None:
@@ -596,8 +605,8 @@ class RedisPresence(Presence):
                     raise self._redis_mod.exceptions.ConnectionError("the connection was replaced")
                 if not self._conn.can_read(timeout=0):
                     break
-                if n >= _DRAIN_MAX or reactor.has_pending():
-                    reactor.after_io(self._drain)
+                if n >= _DRAIN_MAX or (n and reactor.has_pending()):  # (one message a round at least)
+                    self._drain_soon()
                     return
                 n += 1
                 msg = self._ps.handle_message(self._ps.parse_response(block=False, timeout=_READ_TIMEOUT))
