@@ -283,6 +283,15 @@ class Reactor:
         is in ``select()`` now (a queued empty call; any thread)."""
         self.call_soon(_nothing)
 
+    def has_pending(self) -> bool:
+        """Whether calls are queued (:meth:`call_soon`, and :meth:`call_later`
+        until its timer is on the heap; timers waiting to come due are not
+        counted) or :meth:`stop` was asked for: a callback that could go on
+        working (a loop over a buffer) returns early to let them run (any
+        thread: a snapshot; not used by :meth:`run_once`).
+        """
+        return bool(self._calls) or self.stopping
+
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the network thread soon (any thread)."""
         self._calls.append((fn, args))

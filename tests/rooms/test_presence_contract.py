@@ -31,12 +31,21 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "cluster"])
 def store(request):
     if request.param == "local":
         yield LocalPresence(clock=Clock())
         return
-    yield request.getfixturevalue("rp")
+    yield request.getfixturevalue("rp" if request.param == "redis" else "rp_cluster")
+
+
+def numsub(p: RedisPresence, channel: str) -> int:
+    """Subscribers of ``channel`` at Redis (on a cluster: every node's)."""
+    if p.cluster:
+        from redis.cluster import RedisCluster
+
+        return int(p.r.pubsub_numsub(p._ch(channel), target_nodes=RedisCluster.ALL_NODES)[0][1])
+    return int(p.r.pubsub_numsub(p._ch(channel))[0][1])
 
 
 def room(server: str, kind: str, clients: int, max_clients: int, **extra) -> dict:
@@ -171,13 +180,13 @@ def test_unsubscribe_leaves_the_other_subscribers(store: Presence):
     store.unsubscribe("chan", a)
     store.unsubscribe("other", b)
     if isinstance(store, RedisPresence):
-        wait_for(lambda: store.r.pubsub_numsub(store._k("ch", "chan"))[0][1] == 1, what="one subscription")
+        wait_for(lambda: numsub(store, "chan") == 1, what="one subscription")
     assert store.publish("chan", {1: "int keys", "k": [1, 2.5, b"raw"]}) == 1
     assert got.get(timeout=10) == ("b", "chan", {1: "int keys", "k": [1, 2.5, b"raw"]})
     assert store.publish("nobody listens", 1) == 0
     store.unsubscribe("chan", b)
     if isinstance(store, RedisPresence):
-        wait_for(lambda: store.r.pubsub_numsub(store._k("ch", "chan"))[0][1] == 0, what="no subscription")
+        wait_for(lambda: numsub(store, "chan") == 0, what="no subscription")
     assert store.publish("chan", 2) == 0
     assert got.empty()
 
@@ -305,24 +314,24 @@ def test_redis_keys_carry_the_namespace_and_ttls(rp: RedisPresence):
     assert rp.reserve_seat("r", "x", ttl=40)
     assert rp.claim("tok", 50)
     ns = rp.ns
-    assert 29_000 < rp.r.pttl(f"{ns}:server:s") <= 30_000
-    assert 19_000 < rp.r.pttl(f"{ns}:room:r") <= 20_000
-    assert 9_000 < rp.r.pttl(f"{ns}:kv:v") <= 10_000
-    assert rp.r.pttl(f"{ns}:kv:w") == -1  # no TTL
-    assert 39_000 < rp.r.pttl(f"{ns}:seats:r") <= 40_000  # the reservations' set lives as long as its longest
-    assert 49_000 < rp.r.pttl(f"{ns}:claim:tok") <= 50_000
-    assert rp.r.hgetall(f"{ns}:room:r") == {b"info": msgpack.packb(room("s", "k", 0, 2)), b"max_clients": b"2",
+    assert 29_000 < rp.r.pttl(f"{{{ns}}}:server:s") <= 30_000
+    assert 19_000 < rp.r.pttl(f"{{{ns}}}:room:r") <= 20_000
+    assert 9_000 < rp.r.pttl(f"{{{ns}}}:kv:v") <= 10_000
+    assert rp.r.pttl(f"{{{ns}}}:kv:w") == -1  # no TTL
+    assert 39_000 < rp.r.pttl(f"{{{ns}}}:seats:r") <= 40_000  # the reservations' set lives as long as its longest
+    assert 49_000 < rp.r.pttl(f"{{{ns}}}:claim:tok") <= 50_000
+    assert rp.r.hgetall(f"{{{ns}}}:room:r") == {b"info": msgpack.packb(room("s", "k", 0, 2)), b"max_clients": b"2",
                                              b"clients": b"0", b"server": b"s", b"kind": b"k"}
     assert rp.reserve_seat("made", "y", ttl=25, info=room("s", "duel", 0, 3))
-    assert rp.r.hgetall(f"{ns}:room:made") == {b"info": msgpack.packb(room("s", "duel", 0, 3)), b"max_clients": b"3",
+    assert rp.r.hgetall(f"{{{ns}}}:room:made") == {b"info": msgpack.packb(room("s", "duel", 0, 3)), b"max_clients": b"3",
                                                 b"clients": b"0", b"server": b"s", b"kind": b"duel"}
-    assert 24_000 < rp.r.pttl(f"{ns}:room:made") <= 25_000
-    assert rp.r.smembers(f"{ns}:rooms") == {b"r", b"made"}
+    assert 24_000 < rp.r.pttl(f"{{{ns}}}:room:made") <= 25_000
+    assert rp.r.smembers(f"{{{ns}}}:rooms") == {b"r", b"made"}
     rp.remove_room("made")
-    assert rp.r.exists(f"{ns}:room:made", f"{ns}:seats:made") == 0 and rp.r.smembers(f"{ns}:rooms") == {b"r"}
+    assert rp.r.exists(f"{{{ns}}}:room:made", f"{{{ns}}}:seats:made") == 0 and rp.r.smembers(f"{{{ns}}}:rooms") == {b"r"}
     rp.unregister_server("s")
-    assert rp.r.exists(f"{ns}:server:s", f"{ns}:room:r", f"{ns}:seats:r") == 0
-    assert rp.r.smembers(f"{ns}:servers") == set() and rp.r.smembers(f"{ns}:rooms") == set()
+    assert rp.r.exists(f"{{{ns}}}:server:s", f"{{{ns}}}:room:r", f"{{{ns}}}:seats:r") == 0
+    assert rp.r.smembers(f"{{{ns}}}:servers") == set() and rp.r.smembers(f"{{{ns}}}:rooms") == set()
 
 
 def test_redis_errors_name_the_server_and_the_cause():
@@ -363,7 +372,7 @@ def test_redis_listener_survives_bad_messages_raising_subscribers_and_a_dropped_
     assert thread is not None and thread.name == "peng3dnet presence" and thread.daemon
     # Redis drops the subscription's connection (this one only: the Redis is shared), the listener
     # says so and subscribes again
-    host, port = rp._pubsub.connection._sock.getsockname()[:2]
+    host, port = rp._conn._sock.getsockname()[:2]  # (the listener's connection)
     assert rp.r.client_kill_filter(addr=f"{host}:{port}") == 1
     wait_for(lambda: rp.publish("c", "probe") == 1, timeout=15, what="subscribed again")
     wait_for(lambda: any(d == "probe" for _, d in _drain(got)), timeout=10, what="a message after the drop")
@@ -431,8 +440,14 @@ def test_redis_a_message_for_a_channel_without_callbacks_is_dropped_and_the_list
     rp.subscribe("gone", lambda ch, d: None)
     rp.subscribe("kept", lambda ch, d: got.put(d))
     wait_for(lambda: rp.r.pubsub_numsub(f"{ns}:ch:gone")[0][1] == 1, what="subscribed")
-    with rp._lock:  # the moment in unsubscribe() between forgetting the callbacks and telling Redis
+    forgot = threading.Event()
+
+    def forget(ch, d):  # (on the listener thread, the owner of _subs): callbacks forgotten, Redis not told
         del rp._subs["gone"]
+        forgot.set()
+
+    rp.subscribe("ctl", forget)
+    assert rp.publish("ctl", 0) == 1 and forgot.wait(10)
     assert rp.publish("gone", 1) == 1  # still subscribed at Redis: delivered to a listener with no callback
     assert rp.publish("kept", 2) == 1
     assert got.get(timeout=10) == 2

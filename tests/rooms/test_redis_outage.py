@@ -31,7 +31,7 @@ def test_stop_during_a_redis_outage_with_a_subscribed_channel_completes(redis_ns
 
         # the outage is noticed (the subscription's connection dropped), as
         # it is in any outage longer than a moment
-        wait_for(lambda: presence._pubsub.connection._sock is None, timeout=10, what="the subscription lost")
+        wait_for(lambda: presence._conn is None, timeout=10, what="the subscription lost")
         rooms.stop()  # documented: Redis errors are logged; stopping must still finish
         assert rooms._channels == set()
     finally:
