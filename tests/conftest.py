@@ -17,6 +17,7 @@ from peng3dnet import events
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
 from peng3dnet.protocol.framing import FrameDecoder, encode_frame
+from tests.helpers import RedisServer
 
 
 def pytest_sessionstart(session):
@@ -230,8 +231,6 @@ def xvfb_display():
     Fails (never skips) with a clear message when Xvfb is not installed.
     """
     import os
-    import shutil
-    import subprocess
 
     exe = shutil.which("Xvfb")
     if exe is None:
@@ -334,50 +333,18 @@ def _redis_free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    exe = shutil.which("redis-server") or shutil.which("valkey-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed: apt-get install redis-server (bash .ci/run does it)")
     try:
         import redis
     except ImportError:
         pytest.fail("redis-py is not installed: pip install -e '.[test]' (bash .ci/run does it)")
-    port = _redis_free_port()
-    data = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(data), "--daemonize", "no", "--protected-mode", "yes", "--loglevel", "notice"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    ready = threading.Event()
-    lines: list[str] = []
-
-    def read() -> None:  # the server says when it accepts connections
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ready to accept connections" in line:
-                ready.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    if not ready.wait(15):
-        proc.kill()
-        proc.wait(5)
-        pytest.fail(f"redis-server did not start on port {port}: {''.join(lines)[-2000:]}")
-    url = f"redis://127.0.0.1:{port}/0"
-    r = redis.Redis.from_url(url, socket_connect_timeout=1)
-    assert r.ping()
-    r.close()
-    yield url
-    proc.terminate()
+    server = RedisServer(_redis_free_port(), tmp_path_factory.mktemp("redis"), "--protected-mode", "yes").start()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    reader.join(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
+        r = redis.Redis.from_url(server.url, socket_connect_timeout=1)
+        assert r.ping()
+        r.close()
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture

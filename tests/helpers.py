@@ -294,3 +294,62 @@ class FakeTimer:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class RedisServer:
+    """A redis-server of a test's own on ``port`` (loopback, nothing saved):
+    stopped and started again on the same port to stand for a Redis restart,
+    or one node of a cluster (``*extra`` arguments)."""
+
+    def __init__(self, port: int, data_dir: Any, *extra: str) -> None:
+        import shutil
+
+        exe = shutil.which("redis-server") or shutil.which("valkey-server")
+        if exe is None:
+            raise AssertionError("redis-server is not installed: apt-get install redis-server (bash .ci/run does it)")
+        self.exe, self.port, self.dir, self.extra = exe, port, str(data_dir), extra
+        self.proc: Any = None
+        self.reader: Any = None
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def start(self) -> RedisServer:
+        import subprocess
+        import threading
+
+        self.proc = proc = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, "--daemonize", "no", "--loglevel", "notice", *self.extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        ready = threading.Event()
+        lines: list[str] = []
+
+        def read() -> None:  # the server says when it accepts connections
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if "Ready to accept connections" in line:
+                    ready.set()
+
+        self.reader = threading.Thread(target=read, daemon=True)
+        self.reader.start()
+        if not ready.wait(15):
+            self.stop()
+            raise AssertionError(f"redis-server did not start on port {self.port}: {''.join(lines)[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        import subprocess
+
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        self.reader.join(5)  # (at the end of its output)
+        if proc.stdout is not None:
+            proc.stdout.close()
