@@ -39,6 +39,7 @@ from .._mypyc import caused
 from ..constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_NOTSET,
+    CONNTYPE_PING,
     CREDENTIALS_KEY,
     EXTENSION_PACKETS,
     EXTENSIONS_KEY,
@@ -108,7 +109,8 @@ _MAX_VERSION = 64
 """Characters of the peer's version string kept (:attr:`ProtocolConnection.peer_version`)."""
 MAX_EARLY_INFLATE = 1024 * 1024
 """Server side: the most a compressed packet may inflate to before the
-client's ``settype`` (which carries 64 KiB of credentials at most)."""
+client's ``settype`` (which carries 64 KiB of credentials at most), and on
+a ``ping`` connection (one small request)."""
 MAX_HEARTBEAT_BODY = 1024
 """A heartbeat probe's size at most (strings' and bytes' lengths plus one
 per item, see :func:`~peng3dnet.protocol.describe.fits`): it is echoed.
@@ -481,10 +483,14 @@ class ProtocolConnection:
     def _handle_frame(self, pid: int, flags: int, body: bytes) -> None:
         inp = _INTERNAL_INPUTS.get(pid)
         cap = self.max_decompressed_size
-        if self.state is HandshakeState.HELLO and self.side == SIDE_SERVER:
+        if self.side == SIDE_SERVER and (
+            self.state is HandshakeState.HELLO
+            or (self.state is HandshakeState.TYPESET and self.conntype == CONNTYPE_PING)
+        ):
             # Before settype a client sends settype (credentials of 64 KiB
-            # at most), nothing large: a new connection's decompression
-            # budget is full, so reconnecting would buy a fresh one per bomb.
+            # at most), and a ping connection one small request: nothing
+            # large.  A new connection's decompression budget is full, so
+            # reconnecting would buy a fresh one per bomb.
             cap = min(cap, MAX_EARLY_INFLATE)
         if flags & FLAG_COMPRESSED and self.inflate_budget is not None:
             raw = self._inflate_budgeted(pid, body, cap)

@@ -264,3 +264,23 @@ def test_before_settype_a_compressed_packet_inflates_to_1_mib_at_most():
         outs = s.drain_received()
         closed = [o for o in outs if isinstance(o, ConnectionClosed)]
         assert [c.reason for c in closed] == ([closed_with] if closed_with else []), (pad, closed)
+
+
+def test_on_a_ping_connection_a_compressed_request_inflates_to_1_mib_at_most():
+    import zlib
+
+    from peng3dnet.constants import FLAG_COMPRESSED, PID_PING_REQUEST
+    from peng3dnet.protocol.connection import MAX_EARLY_INFLATE
+
+    for conntype, pad, closed_with in (("ping", MAX_EARLY_INFLATE - 100, None),
+                                       ("ping", MAX_EARLY_INFLATE, "packettoolarge"),
+                                       ("custom", MAX_EARLY_INFLATE, None)):  # (its own packets may be large)
+        s = ProtocolConnection(SIDE_SERVER)
+        s.inflate_budget = 16 << 20
+        s.initiate()
+        s.receive_data(encode_frame(PID_SETTYPE, 0, msgpack.packb({"conntype": conntype})))
+        s.drain_received()
+        body = msgpack.packb({"time": 1.0, "pad": "x" * pad})
+        s.receive_data(encode_frame(PID_PING_REQUEST, FLAG_COMPRESSED, zlib.compress(body)))
+        closed = [o.reason for o in s.drain_received() if isinstance(o, ConnectionClosed)]
+        assert closed == ([closed_with] if closed_with else []), (conntype, pad, closed)
