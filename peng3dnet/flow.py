@@ -65,6 +65,8 @@ class Flow:
         and hold the server-wide cap (``net.limits.read_buffer_total``)
         (network thread, a server's)."""
         delta = held - link.held_in
+        if held and not link.held_in:
+            link.held_since = time.monotonic()
         link.held_in = held
         self.read_held += delta
         if held:
@@ -76,13 +78,15 @@ class Flow:
 
     def shed_reads(self) -> int:
         """Over the server-wide cap on incomplete frames: count what each
-        holder really holds now, then close the holders, the quietest
-        first, until the rest fit; ``slowproducer`` (network thread).
-        Quiet is the time since the last read, as the idle timeout counts
-        it: a connection we stopped reading (its process queue full, its
-        rate spent, frames waiting) is not quiet, a large packet arriving
-        at speed is not either; a peer that sent most of one and stopped
-        is.  Returns how many were closed."""
+        holder really holds now, then close the holders, the slowest
+        producer first, until the rest fit; ``slowproducer`` (network
+        thread).  Slow is the bytes held per second since it began holding
+        them: a peer that sent most of a packet and stopped gets slower by
+        the second, and so does one that trickles a byte now and then to
+        look alive; a large packet arriving at speed is fast.  A
+        connection we stopped reading (its process queue full, its rate
+        spent, frames waiting) goes last: its slowness is ours.  Returns
+        how many were closed."""
         peer = self.peer
         now = time.monotonic()
         total = 0
@@ -96,20 +100,18 @@ class Flow:
                 continue
             total += held
             chan = link.chan
-            if chan.paused or chan.throttled or proto.frames_waiting:
-                quiet = 0.0  # (our own flow control: what it sends waits in the socket)
-            else:
-                seen = link.stats._seen
-                quiet = now - (seen if seen > link.held_at else link.held_at)
-            ranked.append((quiet, held, link))
-        ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
+            ours = bool(chan.paused or chan.throttled or proto.frames_waiting)  # (what it sends waits in the socket)
+            rate = held / max(now - link.held_since, 1e-3)
+            ranked.append((ours, rate, link))
+        ranked.sort(key=lambda r: (r[0], r[1]))
         cap = peer._h_read_total
         closed = 0
-        for quiet, held, link in ranked:
+        for _ours, rate, link in ranked:
             if total <= cap:
                 break
-            log.info("! %s cid=%s: holds %d bytes of an incomplete packet, quiet for %.1f s, while all "
-                     "connections hold %d (cap %d): closing it", peer._role, link.cid, held, quiet, total, cap)
+            held = link.held_in
+            log.info("! %s cid=%s: holds %d bytes of an incomplete packet (%.0f bytes/s since it began) while "
+                     "all connections hold %d (cap %d): closing it", peer._role, link.cid, held, rate, total, cap)
             total -= held
             link.held_in = 0
             self._holders.discard(link)

@@ -75,7 +75,7 @@ class Link:
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
         "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
-        "provisional", "resumable", "over_max", "core_over", "held_in",
+        "provisional", "resumable", "over_max", "core_over", "held_in", "held_since",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -130,6 +130,7 @@ class Link:
         self.infl_counted = 0  # proto.inflate_dropped already counted in the session
         self.acct = 0  # bytes of chan.out counted in the peer's total (Peer._account)
         self.held_in = 0  # bytes of an incomplete frame counted in the server's total (Flow.hold_read)
+        self.held_since = 0.0  # monotonic time it began holding them (Flow.shed_reads ranks by it)
         self.infl_t = self.stats._since  # last refill of the decompression budget (proto.inflate_budget)
         self.plain = False  # plaintext, first read checked: _read's fast path
         self.tls_server = False

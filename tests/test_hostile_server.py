@@ -7,6 +7,7 @@ reason; the server, its thread and a well-behaved client go on."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import msgpack
 import pytest
@@ -207,3 +208,44 @@ def test_a_peer_that_disconnects_mid_packet_leaves_the_total(net):
     a.close()  # EOF in the middle of the packet
     rec.wait_for("peng3dnet:server.connection.close")
     wait_for(lambda: s._flow.read_held == 0 and not s._flow._holders, what="nothing counted any more")
+
+
+def test_a_peer_trickling_bytes_to_look_alive_is_still_the_slowest_producer(net):
+    """Shedding goes by bytes held per second since a connection began
+    holding them: a peer that sent most of a packet and then trickles a
+    byte now and then (its last read always recent) is closed before a
+    peer that sent its part fast and paused a moment (ranked by the time
+    since the last read, that peer would have gone instead)."""
+    s, rec = net.server(**{"net.limits.read_buffer_total": 2 << 20})
+    a, b, c = handshaken(s.addr), handshaken(s.addr), handshaken(s.addr)
+    cid_a, cid_b, cid_c = sorted(active_cids(s, 3))
+    echo = a.registry["test:echo"]
+    frame = encode_frame(echo, 0, msgpack.packb(b"x" * (3 << 19)))  # 1.5 MiB: one fits under the cap
+    a.send(frame[:1200 * 1024])
+    wait_for(lambda: s._links[cid_a].held_in == 1200 * 1024, what="a's part held")
+    stop = threading.Event()
+
+    def trickle():
+        i = 1200 * 1024
+        while not stop.wait(0.02):
+            try:
+                a.send(frame[i:i + 1])
+            except OSError:
+                return
+            i += 1
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        stop.wait(1.0)  # (the scenario: a has held its part for a second, looking alive)
+        b.send(frame[:700 * 1024])
+        wait_for(lambda: s._links[cid_b].held_in == 700 * 1024, what="b's part held")
+        stop.wait(0.1)  # (b pauses a moment)
+        c.send(frame[:300 * 1024])  # the total goes over the cap
+        assert a.recv_until_close()[-1] == (16, {"reason": "slowproducer"})
+    finally:
+        stop.set()
+        t.join(5)
+    closes = {d["client"].cid: d["reason"] for d in rec.wait_for("peng3dnet:server.connection.close")}
+    assert closes == {cid_a: "slowproducer"}
+    assert s._links[cid_b].proto.is_open and s._links[cid_c].proto.is_open

@@ -463,7 +463,8 @@ CONFIG: dict[str, str] = {
                                      "until the rest fit.  0: off.",
     "net.limits.read_buffer_total": "Server: the bytes of incomplete packets all connections hold together; "
                                     "over it the connections holding one are closed (``slowproducer``), the "
-                                    "one whose last read is the oldest first, until the rest fit.  0: off.",
+                                    "slowest producer first (bytes held per second since it began), until "
+                                    "the rest fit.  0: off.",
     "net.limits.write_buffer_block": "``send_message`` from a program thread waits while its connection's "
                                      "write buffer is over this many bytes, until it is down to half "
                                      "(lossless flow control; see :netconf:`net.timeout.send`).  0: never "
