@@ -498,9 +498,10 @@ class Peer:
             outs = []
         if outs:
             self._handle_outputs(link, outs)
-        if self._h_read_total and not chan.closed:
+        if self._h_read_total and (proto._decoder._buf or link.held_in) and not chan.closed:
             # (after the outputs: a connection closed for this read's bytes
-            # still gets the packets before them; FrameDecoder.buffered, inlined)
+            # still gets the packets before them; FrameDecoder.buffered, inlined;
+            # the common case, nothing held before or now, costs two looks)
             held = 0 if proto.closed else len(proto._decoder._buf)
             if held != link.held_in:
                 self._flow.hold_read(link, held)
