@@ -8,6 +8,7 @@ Hierarchy::
     |   +-- RemoteProtocolError     the peer sent something illegal
     |       +-- FrameTooLargeError
     |       +-- DecodeError         bad header / msgpack / compressed data
+    |       |   +-- UnhandledPacketError  handling a packet raised something unexpected
     |       +-- HandshakeError      version or conntype mismatch, wrong state
     +-- RegistryError(ValueError)
     |   +-- AlreadyRegisteredError
@@ -30,7 +31,9 @@ The built-in bases are those of peng3dnet 0.1.x (``except ValueError`` or
 :class:`Peng3dNetError` and, where it helps, a more precise built-in.
 
 Contract: the receive path of the protocol core raises only
-:class:`RemoteProtocolError`; encoders raise :class:`LocalProtocolError`.
+:class:`RemoteProtocolError` (anything else raised while handling a packet
+fails its connection as :class:`UnhandledPacketError`); encoders raise
+:class:`LocalProtocolError`.
 Every :class:`RemoteProtocolError` has a :attr:`~RemoteProtocolError.reason`,
 the short string sent to the peer in ``closeconn``.
 """
