@@ -234,6 +234,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.limits.max_clients": 2048,
     "net.limits.per_address.connections": 256,
     "net.limits.per_address.handshakes": 64,
+    "net.limits.per_address.connect_rate": 20.0,
+    "net.limits.per_address.connect_burst": 60.0,
     "net.limits.per_address.ipv6_prefix": 64,
     "net.limits.per_address.exempt_loopback": True,
     "net.limits.write_buffer": 32 * 1024 * 1024,

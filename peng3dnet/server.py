@@ -10,6 +10,7 @@ import itertools
 import logging
 import selectors
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import tls as _tls
@@ -66,6 +67,8 @@ def _is_loopback(host: str) -> bool:
 
 
 _ADDRESSLIMIT = encode_frame(PID_CLOSECONN, 0, pack({"reason": "addresslimit"}))
+MAX_CONNECT_BUCKETS = 65536
+"""Addresses whose new-connection rate a server remembers (see ``Server._connect_allowed``)."""
 
 if TYPE_CHECKING:  # annotations only: socket calls live in transport
     import socket
@@ -363,6 +366,9 @@ class Server(Peer):
         # address group -> [connections (suspended sessions included),
         # handshakes in progress, suspended sessions]
         self._groups: dict[str, list[int]] = {}
+        # address group -> (tokens, monotonic time): the new-connection rate
+        # (net.limits.per_address.connect_rate), least recently used first
+        self._connect_buckets: dict[str, tuple[float, float]] = {}
         self._open_channels = 0
         self._chan_cond = threading.Condition()
         self._shutdown_info: dict[str, Any] | None = None
@@ -585,6 +591,10 @@ class Server(Peer):
         if cfg["net.limits.per_address.exempt_loopback"] and _is_loopback(host):
             return "", False  # local bots and load tests: not limited (the group "" is never counted)
         group = address_group(host, int(cfg["net.limits.per_address.ipv6_prefix"]))
+        if not self._connect_allowed(group):
+            log.info("! server: refusing %s, more than %g new connections a second from %s", addr,
+                     float(cfg["net.limits.per_address.connect_rate"]), group)
+            return None
         counts = self._groups.get(group)
         if counts is None:
             counts = self._groups[group] = [0, 0, 0, 0]
@@ -602,6 +612,28 @@ class Server(Peer):
         counts[3 if provisional else 0] += 1
         counts[1] += 1
         return group, provisional
+
+    def _connect_allowed(self, group: str) -> bool:
+        """Take a token from ``group``'s new-connection bucket
+        (``net.limits.per_address.connect_rate``/``connect_burst``); False
+        when it is empty (network thread).  A reconnect loop is held to the
+        rate whatever it does on each connection (each costs an accept, a
+        ``hello``, a ``settype`` and a fresh decompression budget).  At most
+        :data:`MAX_CONNECT_BUCKETS` addresses are remembered, the least
+        recently seen forgotten first (a forgotten one starts full again)."""
+        rate = float(self.cfg["net.limits.per_address.connect_rate"])
+        if rate <= 0:
+            return True
+        burst = max(float(self.cfg["net.limits.per_address.connect_burst"]), 1.0)
+        now = time.monotonic()
+        buckets = self._connect_buckets
+        bucket = buckets.pop(group, None)  # (put back last: the order is the use)
+        tokens = burst if bucket is None else min(burst, bucket[0] + (now - bucket[1]) * rate)
+        allowed = tokens >= 1.0
+        buckets[group] = (tokens - 1.0 if allowed else tokens, now)
+        if len(buckets) > MAX_CONNECT_BUCKETS:
+            del buckets[next(iter(buckets))]
+        return allowed
 
     def _forget_group(self, group: str, counts: list[int]) -> None:
         if counts[0] <= 0 and counts[1] <= 0:

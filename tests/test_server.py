@@ -578,6 +578,52 @@ def test_silent_connections_from_one_address_cannot_lock_others_out(net):
         so.close()
 
 
+def test_new_connections_per_address_are_held_to_a_rate(net, monkeypatch):
+    """A reconnect loop (each connection opened and dropped at once) is
+    refused at accept once its address's bucket is empty, whatever the
+    per-address caps on open connections say; another address is not
+    held up; the bucket refills at the rate."""
+    s, rec = net.server(**{"net.limits.per_address.exempt_loopback": False,
+                           "net.limits.per_address.connect_rate": 0.001,  # (no refill within the test)
+                           "net.limits.per_address.connect_burst": 3})
+    for _ in range(3):  # the burst: each accepted (hello), then dropped
+        so = _from(s.addr)
+        p = RawPeer.__new__(RawPeer)
+        p.sock, p.dec, p.frames = so, FrameDecoder(1 << 20), []
+        assert p.recv_packet()[0] == 1
+        so.close()
+    assert _closeconn_reason(_from(s.addr))[-1] == (16, {"reason": "addresslimit"})
+    assert s.stats.connections_refused == 1
+    other = _from(s.addr, "127.0.0.3")  # another address: its own bucket
+    p = RawPeer.__new__(RawPeer)
+    p.sock, p.dec, p.frames = other, FrameDecoder(1 << 20), []
+    assert p.recv_packet()[0] == 1
+    other.close()
+    good_client_works(s)  # (127.0.0.1: a bucket of its own, full)
+    # The refill: a bucket that earned a token over time lets one in again.
+    tokens, t = s._connect_buckets["127.0.0.2"]
+    s._connect_buckets["127.0.0.2"] = (tokens, t - 2000.0)  # 2,000 s at 0.001/s: two tokens
+    so = _from(s.addr)
+    p = RawPeer.__new__(RawPeer)
+    p.sock, p.dec, p.frames = so, FrameDecoder(1 << 20), []
+    assert p.recv_packet()[0] == 1
+    so.close()
+
+
+def test_the_new_connection_buckets_are_bounded(net, monkeypatch):
+    from peng3dnet import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_CONNECT_BUCKETS", 2)
+    s, rec = net.server(**{"net.limits.per_address.exempt_loopback": False})
+    for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        so = _from(s.addr, host)
+        p = RawPeer.__new__(RawPeer)
+        p.sock, p.dec, p.frames = so, FrameDecoder(1 << 20), []
+        assert p.recv_packet()[0] == 1
+        so.close()
+    assert list(s._connect_buckets) == ["127.0.0.3", "127.0.0.4"]  # the least recently seen forgotten
+
+
 def test_connections_per_address_count_handshaken_ones_too(net):
     s, rec = net.server(**{"net.limits.per_address.connections": 3, "net.limits.per_address.exempt_loopback": False})
     peers = []

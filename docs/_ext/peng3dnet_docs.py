@@ -449,6 +449,11 @@ CONFIG: dict[str, str] = {
                                           "get ``addresslimit``.  0: off.",
     "net.limits.per_address.handshakes": "Server: connections from one address whose handshake is not "
                                          "complete yet; more get ``addresslimit``.  0: off.",
+    "net.limits.per_address.connect_rate": "Server: new connections per second from one address (a token "
+                                           "bucket of :netconf:`net.limits.per_address.connect_burst`); more "
+                                           "are refused at accept with ``addresslimit``.  0: off.",
+    "net.limits.per_address.connect_burst": "Server: new connections one address may open at once before "
+                                            ":netconf:`net.limits.per_address.connect_rate` holds it.",
     "net.limits.per_address.ipv6_prefix": "Server: the IPv6 prefix length that counts as one address (an "
                                           "IPv4-mapped address counts as its IPv4 address).",
     "net.limits.per_address.exempt_loopback": "Server: connections from loopback addresses (local bots, "
