@@ -284,3 +284,31 @@ def test_on_a_ping_connection_a_compressed_request_inflates_to_1_mib_at_most():
         s.receive_data(encode_frame(PID_PING_REQUEST, FLAG_COMPRESSED, zlib.compress(body)))
         closed = [o.reason for o in s.drain_received() if isinstance(o, ConnectionClosed)]
         assert closed == ([closed_with] if closed_with else []), (conntype, pad, closed)
+
+
+# --- describe() and fits() at their edges (mutation run, 2026-12-02) -------------------------------
+
+def test_describe_shows_an_ext_type_by_code_and_data():
+    assert describe(msgpack.ExtType(5, b"ab")) == "ExtType(5, b'ab')"
+
+
+def test_describe_of_a_value_its_own_helpers_cannot_show_is_its_type_name():
+    class ExtType:  # (named like msgpack's, without its code and data)
+        pass
+
+    assert describe(ExtType()) == "<ExtType>"
+
+
+def test_describe_cuts_at_exactly_its_width():
+    assert describe("abc", 5) == "'abc'"  # 5 characters: as it is
+    assert describe("abcd", 5) == "'a..."  # 6: cut to 5, the ellipsis included
+
+
+def test_bytes_are_marked_cut_only_when_they_were():
+    assert describe(b"x" * 48) == "b'" + "x" * 48 + "'"
+    assert describe(b"x" * 49) == "b'" + "x" * 48 + "'..."
+
+
+def test_fits_takes_a_map_at_exactly_its_limit():
+    assert fits({"": None}, 3)  # the map, its key, its value
+    assert not fits({"": None}, 2)
