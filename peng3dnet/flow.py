@@ -93,7 +93,7 @@ class Flow:
         ranked = []
         for link in list(self._holders):
             proto = link.proto
-            held = 0 if link.chan.closed or proto.closed else len(proto._decoder._buf)
+            held = 0 if link.chan.closed or proto.closed else proto._decoder.buffered
             link.held_in = held
             if not held:
                 self._holders.discard(link)

@@ -14,6 +14,7 @@ import msgpack
 import pytest
 
 from peng3dnet import events
+from peng3dnet.constants import EXTENSIONS_KEY
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
 from peng3dnet.protocol.framing import FrameDecoder, encode_frame
@@ -212,9 +213,14 @@ class RawPeer:
                 self.close()
                 return out
 
-    def handshake(self) -> dict[str, int]:
+    def handshake(self, extensions: Any = ()) -> dict[str, int]:
+        """hello, settype classic (asking for ``extensions``), handshake,
+        accept: returns the registry the server sent."""
         assert self.recv_packet()[0] == 1
-        self.send_packet(2, {"conntype": "classic"})
+        settype: dict[str, Any] = {"conntype": "classic"}
+        if extensions:
+            settype[EXTENSIONS_KEY] = list(extensions)
+        self.send_packet(2, settype)
         pid, msg = self.recv_packet()
         assert pid == 3
         self.send_packet(4, {"success": True})

@@ -14,7 +14,7 @@ import pytest
 
 from peng3dnet import server as server_module
 from peng3dnet.conntypes import MAX_PING_REQUEST
-from peng3dnet.constants import EXTENSIONS_KEY, PID_PING_REPLY, PID_PING_REQUEST
+from peng3dnet.constants import PID_PING_REPLY, PID_PING_REQUEST
 from peng3dnet.protocol.framing import encode_frame
 from tests.conftest import RawPeer
 from tests.helpers import Sink, active_cids, wait_for
@@ -24,15 +24,7 @@ DEEP = b"\x91" * 1000 + b"\x01"  # 1,000 levels: decodes, and repr() of it raise
 
 def handshaken(addr, extensions=()) -> RawPeer:
     peer = RawPeer(addr)
-    assert peer.recv_packet()[0] == 1
-    settype = {"conntype": "classic"}
-    if extensions:
-        settype[EXTENSIONS_KEY] = list(extensions)
-    peer.send_packet(2, settype)
-    pid, msg = peer.recv_packet()
-    assert pid == 3
-    peer.send_packet(4, {"success": True})
-    peer.registry = msg["registry"]
+    peer.registry = peer.handshake(extensions)
     return peer
 
 

@@ -1006,11 +1006,7 @@ def test_a_peer_that_never_reads_cannot_grow_our_buffer_with_heartbeat_probes(ne
     the connection stays open)."""
     s, rec = net.server(**{"net.limits.write_buffer": 1 << 20})  # (the default rate limits let 16 MiB through)
     peer = RawPeer(s.addr)
-    assert peer.recv_packet()[0] == 1
-    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["heartbeat"]})
-    pid, _ = peer.recv_packet()
-    assert pid == 3
-    peer.send_packet(4, {"success": True})
+    peer.handshake(["heartbeat"])
     (cid,) = active_cids(s)
     link = s._links[cid]
     assert "heartbeat" in link.proto.negotiated
@@ -1035,10 +1031,7 @@ def test_a_heartbeat_probe_too_large_to_echo_closes_the_connection(net):
     (``invalidpacket``) and not echoed; one at the limit is echoed."""
     s, rec = net.server()
     peer = RawPeer(s.addr)
-    assert peer.recv_packet()[0] == 1
-    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["heartbeat"]})
-    assert peer.recv_packet()[0] == 3
-    peer.send_packet(4, {"success": True})
+    peer.handshake(["heartbeat"])
     (cid,) = active_cids(s)
     peer.send_packet(32, "y" * (MAX_HEARTBEAT_BODY - 1))
     assert peer.recv_packet() == (33, "y" * (MAX_HEARTBEAT_BODY - 1))
@@ -1054,10 +1047,7 @@ def test_a_heartbeat_echo_behind_one_large_accepted_message_does_not_close_a_rea
     message and then the echo, not closeconn slowconsumer."""
     s, rec = net.server(**{"net.limits.write_buffer": 256 * 1024, "net.limits.write_buffer_total": 0})
     peer = RawPeer(s.addr)
-    assert peer.recv_packet()[0] == 1
-    peer.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["heartbeat"]})
-    assert peer.recv_packet()[0] == 3
-    peer.send_packet(4, {"success": True})
+    peer.handshake(["heartbeat"])
     (cid,) = active_cids(s)
     link = s._links[cid]
     wait_for(lambda: link.proto.is_open and "heartbeat" in link.proto.negotiated, what="handshaken")
