@@ -761,6 +761,13 @@ def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net):
     c = net.client(s, **{"net.limits.write_buffer_block": block, "net.timeout.send": 30.0})
     chan = c._link_obj.chan
     chan.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    (link,) = s._links.values()
+    # The server stops reading first: were it still reading when the sender
+    # blocked, its last reads could take the buffer under the margin below
+    # (but not under the low-water mark), and the wait would never end.
+    for _ in range(12):
+        c.send_message("test:echo", "p")
+    wait_for(lambda: link.chan.paused, what="the server no longer reading")
     woke = threading.Event()
     seen: list = []
 
@@ -774,9 +781,8 @@ def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net):
 
     t = threading.Thread(target=sender, daemon=True)
     t.start()
-    (link,) = s._links.values()
-    wait_for(lambda: link.chan.paused and chan.drain_waiters > 0 and len(chan.out) > block // 2 + 16 * 1024,
-             what="the server no longer reading, the sender blocked")
+    wait_for(lambda: chan.drain_waiters > 0 and len(chan.out) > block // 2 + 16 * 1024, what="the sender blocked")
+    assert link.chan.paused
     assert not woke.is_set()
     closer = threading.Thread(target=c.close, args=("bye",), daemon=True)  # (waits for its flush, up to 2 s)
     closer.start()
