@@ -178,6 +178,10 @@ def test_create_merges_the_kinds_defaults_and_refuses_an_unknown_kind_or_a_taken
     rooms, server = hooked
     with pytest.raises(CallError, match="^no rooms of kind 'nope' here$"):
         rooms.create("nope")
+    with pytest.raises(CallError) as info:  # a client's kind of any length is cut short in the answer
+        rooms.create("k" * 100_000)
+    text = str(info.value)
+    assert text.startswith("no rooms of kind 'kkk") and text.endswith("' here") and "..." in text and len(text) < 200
     room = rooms.create("hooked", "h1", {"size": 2})
     assert room.options == {"colour": "red", "size": 2} and (room.name, room.kind) == ("h1", "hooked")
     assert rooms.create("hooked", "h2", {"colour": "blue"}).options == {"colour": "blue"}

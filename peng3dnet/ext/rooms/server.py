@@ -26,6 +26,7 @@ from typing import Any
 
 from ...errors import AuthenticationError, CallError, Peng3dNetError
 from ...packet import Packet
+from ...protocol.describe import describe
 from ...userlog import report_user_error
 from ..sync import INPUT_PACKET, SNAPSHOT_PACKET, SyncServer
 from .presence import LocalPresence, Presence
@@ -259,7 +260,7 @@ class RoomServer:
         """Refuse a new room for what needs no directory (lock held);
         ``explicit``: the name is given, not made here (its rule)."""
         if kind not in self.kinds:
-            raise CallError(f"no rooms of kind {kind!r} here")
+            raise CallError(f"no rooms of kind {describe(kind)} here")  # (a client's string: cut short)
         if explicit and not valid_room_name(name):  # (every way in: a direct join, a lobby's seat, the program)
             raise CallError(ROOM_NAME_RULE)
         if name in self.rooms:
@@ -375,7 +376,7 @@ class RoomServer:
                 return answer
         with self.lock:
             self.stats["refused"] += 1
-        raise CallError(f"the rooms of kind {kind!r} closed or filled while the join reserved its seat, "
+        raise CallError(f"the rooms of kind {describe(kind)} closed or filled while the join reserved its seat, "
                         f"{JOIN_TRIES} times: try again")
 
     def _join_once(self, client: Any, cid: int, options: dict[str, Any], name: str | None, kind: str | None,
