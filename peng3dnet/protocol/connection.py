@@ -57,6 +57,7 @@ from ..constants import (
     PID_SESSION_ACK,
     PID_SETTYPE,
     RESUME_KEY,
+    SESSION_KEY,
     SIDE_CLIENT,
     SIDE_SERVER,
 )
@@ -119,6 +120,8 @@ _SETTYPE_KEPT = ("conntype", EXTENSIONS_KEY, CREDENTIALS_KEY, RESUME_KEY)
 """The keys of the peer's ``settype`` that :attr:`ProtocolConnection.peer_settype` keeps."""
 _HELLO_KEPT = ("version", "protoversion", EXTENSIONS_KEY)
 """The keys of the peer's ``hello`` that :attr:`ProtocolConnection.peer_hello` keeps."""
+_HANDSHAKE_KEPT = ("version", "protoversion", "registry", SESSION_KEY)
+"""The keys of the peer's ``handshake`` that :attr:`ProtocolConnection.peer_handshake` keeps."""
 
 
 class PacketReceived(NamedTuple):
@@ -305,7 +308,8 @@ class ProtocolConnection:
         """Server side: the client's ``settype`` message (its conntype,
         extensions, credentials and resume keys only)."""
         self.peer_handshake: dict[str, Any] = {}
-        """Client side: the server's ``handshake`` message."""
+        """Client side: the server's ``handshake`` message (its ``version``,
+        ``protoversion``, registry and session keys only)."""
         self.extensions = frozenset(e for e in extensions if e in EXTENSION_PACKETS)
         """Extensions we support."""
         self.negotiated: frozenset[str] = frozenset()
@@ -637,7 +641,7 @@ class ProtocolConnection:
 
     def _on_handshake(self, msg: dict[str, Any]) -> None:
         self._check_version(msg)
-        self.peer_handshake = msg
+        self.peer_handshake = {k: msg[k] for k in _HANDSHAKE_KEPT if k in msg}
         reg = msg.get("registry")
         if not isinstance(reg, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32

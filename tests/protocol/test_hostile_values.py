@@ -23,6 +23,7 @@ from peng3dnet.constants import (
     PID_SESSION_ACK,
     PID_SETTYPE,
     RESUME_KEY,
+    SESSION_KEY,
     SIDE_CLIENT,
     SIDE_SERVER,
 )
@@ -242,6 +243,18 @@ def test_hello_keeps_only_the_keys_it_reads_and_a_short_version():
     c.drain_received()
     assert set(c.peer_hello) == {"version", "protoversion"}
     assert c.peer_version == "v" * 64
+
+
+def test_handshake_keeps_only_the_keys_it_reads():
+    p = ConnectionPair()
+    p.auto_handshake = False
+    p.start()
+    session = {"token": "t", "received": 0}
+    p.server.begin_handshake(p.sreg.mapping(), {SESSION_KEY: session, "junk": HUGE})
+    p.pump()
+    assert p.client.is_open
+    assert p.client.peer_handshake == {"version": p.server.version, "protoversion": PROTOVERSION,
+                                       "registry": p.sreg.mapping(), SESSION_KEY: session}
 
 
 # --- before settype ----------------------------------------------------------------------------
