@@ -231,11 +231,19 @@ def check_value(key: str, value: Any) -> None:
         raise ConfigError(f"config {key} = {value!r} ({type(value).__name__}): must be {want}")
 
 
-def check_config(cfg: Mapping[str, Any]) -> None:
+def check_config(cfg: Mapping[str, Any], server: bool = False) -> None:
     """:func:`check_value` for every key peng3dnet knows, as ``cfg`` layers
-    them (overrides, a Peng's config, defaults)."""
+    them (overrides, a Peng's config, defaults); for a ``server``, also
+    that ``net.limits.read_buffer_total`` (when on) holds a packet of
+    ``net.limits.max_packet_size``: one that large could never arrive."""
+    from .errors import ConfigError
+
     for key in DEFAULT_CONFIG:
         check_value(key, cfg[key])
+    total, size = cfg["net.limits.read_buffer_total"], cfg["net.limits.max_packet_size"]
+    if server and 0 < total < size:
+        raise ConfigError(f"config net.limits.read_buffer_total = {total!r}: must be 0 (off) or at least "
+                          f"net.limits.max_packet_size ({size!r}), or a packet that large could never arrive")
 
 
 class ConfigWarning(UserWarning):

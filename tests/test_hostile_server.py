@@ -111,7 +111,7 @@ def test_a_holder_closed_another_way_is_not_counted_any_more(net):
     another reason (here by the application) leaves the total at once,
     before its socket goes (the close linger): else the next holder would
     be closed to pay for memory already freed."""
-    s, rec = net.server(**{"net.limits.read_buffer_total": 2 << 20})
+    s, rec = net.server(**{"net.limits.read_buffer_total": 2 << 20, "net.limits.max_packet_size": 2 << 20})
     a = handshaken(s.addr)
     (cid_a,) = active_cids(s)
     part = 300 * 1024
@@ -124,19 +124,32 @@ def test_a_holder_closed_another_way_is_not_counted_any_more(net):
 
 def test_the_packets_of_the_read_that_went_over_the_cap_are_delivered_first(net):
     """A read that takes the total over the cap closes its own connection
-    (the only holder): the whole packets of that read still reach the
+    (the slowest producer): the whole packets of that read still reach the
     handler, and their answers the peer, before the closeconn."""
-    s, rec = net.server(**{"net.limits.read_buffer_total": 64 * 1024, "net.process.inline": True})
-    a = handshaken(s.addr)
+    cap = 128 * 1024  # (at least the packet size, or the server refuses the config)
+    s, rec = net.server(**{"net.limits.read_buffer_total": cap, "net.limits.max_packet_size": cap,
+                           "net.process.inline": True})
+    a, b = handshaken(s.addr), handshaken(s.addr)
+    cid_a, cid_b = sorted(active_cids(s, 2))
     echo = a.registry["test:echo"]
-    big = encode_frame(echo, 0, msgpack.packb(b"a" * (256 * 1024)))
-    a.send(encode_frame(echo, 0, msgpack.packb("hello")) + big[:100 * 1024])
-    assert a.recv_until_close() == [(echo, "hello"), (16, {"reason": "slowproducer"})]
+    first = encode_frame(echo, 0, msgpack.packb(b"1" * (20 * 1024)))
+    a.send(first[:10 * 1024])
+    wait_for(lambda: s._flow.read_held == 10 * 1024, what="a's part held")
+    b.send(encode_frame(echo, 0, msgpack.packb(b"b" * (120 * 1024)))[:100 * 1024])
+    wait_for(lambda: s._flow.read_held == 110 * 1024, what="b's part held")
+    # a's read ends its first packet and begins a second one: the total goes
+    # over the cap, and a, holding bytes for longer and fewer of them, is the slower
+    a.send(first[10 * 1024:] + encode_frame(echo, 0, msgpack.packb(b"2" * (100 * 1024)))[:30 * 1024])
+    assert a.recv_until_close() == [(echo, b"1" * (20 * 1024)), (16, {"reason": "slowproducer"})]
+    wait_for(lambda: s._flow.read_held == 100 * 1024, what="b's part alone counted")  # (set after the closeconn went)
+    assert s._links[cid_b].proto.is_open
+    closes = {d["client"].cid: d["reason"] for d in rec.wait_for("peng3dnet:server.connection.close")}
+    assert closes == {cid_a: "slowproducer"}
 
 
 def test_incomplete_packets_over_the_server_wide_cap_close_the_one_that_waited_longest(net):
     cap = 2 << 20
-    s, rec = net.server(**{"net.limits.read_buffer_total": cap})
+    s, rec = net.server(**{"net.limits.read_buffer_total": cap, "net.limits.max_packet_size": cap})
     good = net.client(s)
     a = handshaken(s.addr)
     b = handshaken(s.addr)
@@ -192,7 +205,7 @@ def test_an_unexpected_error_handling_a_packet_is_logged_with_its_traceback(net,
 
 
 def test_a_peer_that_disconnects_mid_packet_leaves_the_total(net):
-    s, rec = net.server(**{"net.limits.read_buffer_total": 2 << 20})
+    s, rec = net.server(**{"net.limits.read_buffer_total": 2 << 20, "net.limits.max_packet_size": 2 << 20})
     a = handshaken(s.addr)
     part = 300 * 1024
     a.send(encode_frame(a.registry["test:echo"], 0, msgpack.packb(b"a" * (1 << 20)))[:part])
@@ -208,7 +221,7 @@ def test_a_peer_trickling_bytes_to_look_alive_is_still_the_slowest_producer(net)
     byte now and then (its last read always recent) is closed before a
     peer that sent its part fast and paused a moment (ranked by the time
     since the last read, that peer would have gone instead)."""
-    s, rec = net.server(**{"net.limits.read_buffer_total": 2 << 20})
+    s, rec = net.server(**{"net.limits.read_buffer_total": 2 << 20, "net.limits.max_packet_size": 2 << 20})
     a, b, c = handshaken(s.addr), handshaken(s.addr), handshaken(s.addr)
     cid_a, cid_b, cid_c = sorted(active_cids(s, 3))
     echo = a.registry["test:echo"]

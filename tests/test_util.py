@@ -129,6 +129,19 @@ def test_a_wrong_value_fails_at_creation_naming_the_key(key, value, message):
         assert message in str(ei.value) and isinstance(ei.value, ValueError)
 
 
+def test_a_read_buffer_total_below_the_packet_size_fails_on_a_server_only():
+    from peng3dnet.net import Client, Server
+
+    small = {"net.limits.max_packet_size": 1024 * 1024, "net.limits.read_buffer_total": 1024 * 1024 - 1}
+    with _pytest.raises(ConfigError, match=r"^config net.limits.read_buffer_total = 1048575: must be 0 \(off\) "
+                                           r"or at least net.limits.max_packet_size \(1048576\)"):
+        Server(addr=("127.0.0.1", 0), cfg=small)
+    Client(addr=("127.0.0.1", 1), cfg=small)  # (not used by a client)
+    for fine in ({**small, "net.limits.read_buffer_total": 1024 * 1024}, {**small, "net.limits.read_buffer_total": 0}):
+        assert Server(addr=("127.0.0.1", 0), cfg=fine).cfg["net.limits.read_buffer_total"] == fine[
+            "net.limits.read_buffer_total"]
+
+
 def test_right_values_pass_and_setting_a_key_is_checked():
     from peng3dnet.net import Server
 
