@@ -5,7 +5,7 @@ client is still served.
     python -m bench.faults [--quick] [--only NAME[,NAME...]] [--timeout 90]
 
 Attacks: netloop, slowconsumers, inflate, byterate, flood, syncfake,
-baseexception, recvqueue, slowreason (see ATTACKS at the bottom).
+baseexception, recvqueue, slowreason, reconnect (see ATTACKS at the bottom).
 
 Each attack runs in a process of its own (``--attack NAME``): the server
 lives there, so its counters, its RSS and the CPU time of its threads are
@@ -1176,6 +1176,63 @@ def attack_slowreason(quick: bool, rep: Report) -> None:
     s.shutdown(timeout=5)
 
 
+# --- 10. a reconnect loop ----------------------------------------------------------------------
+
+
+def attack_reconnect(quick: bool, rep: Report) -> None:
+    """One address reconnecting as fast as it can (connect, read, close):
+    each accepted connection costs a hello, a settype's worth of state and
+    a fresh decompression budget; ``per_address.connect_rate`` holds them
+    to a rate (the caps on connections open at once do not: none stays open)."""
+    seconds = 1.0 if quick else 3.0
+    # 127.0.0.2 stands for a remote host (loopback is exempt by default); the rest default.
+    s = make_server({"net.limits.per_address.exempt_loopback": False})
+    rate = float(s.cfg["net.limits.per_address.connect_rate"])
+    burst = float(s.cfg["net.limits.per_address.connect_burst"])
+    probe = Probe(s.addr[1])
+    idle = probe.rtt(0.5)
+    kinds: Counter = Counter()
+    done = threading.Event()
+
+    def loop():
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                peer = Raw(s.addr, src="127.0.0.2", timeout=5.0)
+            except OSError as exc:
+                kinds[f"connect {type(exc).__name__}"] += 1
+                continue
+            try:
+                pid, msg = peer.recv_packet()
+                kinds["hello (accepted)" if pid == 1 else (msg.get("reason") if pid == 16 else f"pid {pid}")] += 1
+            except Exception as exc:  # noqa: BLE001 - counted: what we measure
+                kinds[type(exc).__name__] += 1
+            peer.close()
+        done.set()
+
+    probe.start(seconds)
+    t0 = time.monotonic()
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    mid = echo_ok(s)  # 127.0.0.1 joins while 127.0.0.2 reconnects
+    th.join(seconds + 30)
+    took = time.monotonic() - t0
+    during = probe.result()
+    accepted = kinds.get("hello (accepted)", 0)
+    allowed = burst + rate * took
+    rep.check(f"a reconnect loop from 127.0.0.2 for {seconds:g} s: accepted at most connect_burst + "
+              f"connect_rate x seconds ({burst:g} + {rate:g}/s), the rest closeconn addresslimit",
+              done.is_set() and accepted <= allowed + 1 and kinds.get("addresslimit", 0) > accepted
+              and set(kinds) <= {"hello (accepted)", "addresslimit"},
+              f"{dict(kinds)} in {took:.2f} s (allowed {allowed:.0f}); server refused {s.stats.connections_refused}")
+    rep.check("a client from 127.0.0.1 joins at once during the loop (< 1 s)",
+              mid["ok"] and mid["join_s"] < 1.0, describe_echo(mid))
+    rep.check("another client's echo RTT during the loop (p50 <= 20 ms, none lost)",
+              rtt_ok(idle, during, 20.0), f"idle {rtt_text(idle)}; during {rtt_text(during)}")
+    probe.close()
+    s.shutdown(timeout=10)
+
+
 ATTACKS: dict[str, tuple[Callable[[bool, Report], None], str]] = {
     "netloop": (attack_netloop, "1. NetworkLoop, 5 clients closed at once"),
     "slowconsumers": (attack_slowconsumers, "2. closed slow consumers"),
@@ -1186,6 +1243,7 @@ ATTACKS: dict[str, tuple[Callable[[bool, Report], None], str]] = {
     "baseexception": (attack_baseexception, "7. SystemExit in a handler"),
     "recvqueue": (attack_recvqueue, "8. recv_queue vs slow process()"),
     "slowreason": (attack_slowreason, "9. slow consumer close reason"),
+    "reconnect": (attack_reconnect, "10. reconnect loop vs connect rate"),
 }
 
 
