@@ -76,21 +76,27 @@ class ConnectionType:
         ``settype`` arrived; client: after ``settype`` was sent)."""
 
     def receive(self, msg: Any, pid: int, flags: int, cid: int | None) -> bool:
-        """See a received non-internal packet first.
+        """See a received application packet first (network thread).
 
         Returns:
-            ``True`` to process it normally (registry, events, handlers),
-            ``False`` if this type consumed it.
+            ``True`` if this type consumed it: nothing more is done with it
+            (no ``recv`` event, no packet handler, no ``on_receive``);
+            ``False`` (or ``None``) to process it normally.  As in 0.1.x.
         """
-        return True
+        return False
 
-    def send(self, data: Any, pid: int, cid: int | None) -> bool:
-        """See an application packet before it is sent.
+    def send(self, data: Any, pid: Any, cid: int | None) -> bool:
+        """See an application packet before it is sent (the sending
+        thread); ``pid`` is the packet as the program named it (id, name or
+        packet object, as given to ``send_message``).
 
         Returns:
-            Whether the ``send`` event is emitted for it.
+            ``True`` to send it quietly: it is sent, but no ``send`` event
+            is emitted and neither ``on_send`` nor the packet's
+            ``_send``/``send`` hook is called; ``False`` (or ``None``) for
+            all of them.  As in 0.1.x.
         """
-        return True
+        return False
 
 
 class ClassicConnectionType(ConnectionType):
@@ -142,7 +148,7 @@ class PingConnectionType(ConnectionType):
         if peer.side == SIDE_SERVER:
             if pid != PID_PING_REQUEST or not isinstance(msg, dict):
                 peer.close_connection(cid, "invalidpingpacket")
-                return False
+                return True
             if not fits(msg, MAX_PING_REQUEST):
                 # Echoed in the reply: encoding (and compressing) it again is
                 # work done for the peer.  0.1.x clients read only its time.
@@ -158,10 +164,10 @@ class PingConnectionType(ConnectionType):
                     report_user_error("! getPingData raised; replying without server data")
             reply["peng3dnet"] = {"version": VERSION, "release": RELEASE, "protoversion": PROTOVERSION}
             peer.send_raw(cid, PID_PING_REPLY, reply)
-            return False
+            return True
         if pid != PID_PING_REPLY or not isinstance(msg, dict):
             peer.close_connection(None, "invalidpingpacket")
-            return False
+            return True
         now = time.time()
         result = dict(msg)
         old = msg.get("oldmsg")
@@ -170,4 +176,4 @@ class PingConnectionType(ConnectionType):
         result["delay"] = now - sent if isinstance(sent, (int, float)) else None
         self.result = result
         peer.close_connection(None, "pingcomplete")
-        return False
+        return True

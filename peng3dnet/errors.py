@@ -19,12 +19,14 @@ Hierarchy::
     +-- UnsupportedAddressError(NotImplementedError)
     +-- InvalidSmartPacketActionError(ValueError)
     +-- ConnectionClosedError
-    +-- NetworkError                wraps OSError at the transport boundary
+    +-- NetworkError(OSError)       wraps OSError at the transport boundary
     |   +-- TLSError                TLS handshake failed (bad certificate, no TLS peer)
     +-- TLSConfigError(ValueError)  TLS enabled with missing/unusable files
     +-- WriteBufferFullError        a slow reader's write buffer is at its cap
     +-- TimedOutError(TimeoutError, RuntimeError)
         +-- FailedPingError         no ping reply in time
+            +-- PingUnreachableError(NetworkError)     the server cannot be reached
+            +-- PingClosedError(ConnectionClosedError)  it closed without a reply
 
 The built-in bases are those of peng3dnet 0.1.x (``except ValueError`` or
 ``except RuntimeError`` written for it keeps working); ours add
@@ -69,6 +71,8 @@ __all__ = [
     "WriteBufferFullError",
     "TimedOutError",
     "FailedPingError",
+    "PingUnreachableError",
+    "PingClosedError",
 ]
 
 
@@ -232,8 +236,10 @@ class RemoteCallError(CallError):
         """Whether no handler ran at all."""
 
 
-class NetworkError(Peng3dNetError):
-    """An operating-system level network error (wraps :class:`OSError`).
+class NetworkError(Peng3dNetError, OSError):
+    """An operating-system level network error (wraps :class:`OSError`,
+    the cause, and is one: ``except OSError`` written for 0.1.x, which let
+    the socket's error through, keeps working; its ``errno`` is ``None``).
 
     Args:
         message: Human readable description.
@@ -277,3 +283,16 @@ class TimedOutError(Peng3dNetError, TimeoutError, RuntimeError):
 class FailedPingError(TimedOutError):
     """A ping got no reply within its timeout (:func:`peng3dnet.ext.ping.pingServer`,
     :meth:`~peng3dnet.ext.ping.PingableClientMixin.wait_for_pong`)."""
+
+
+class PingUnreachableError(FailedPingError, NetworkError):
+    """:func:`~peng3dnet.ext.ping.pingServer` could not reach the server:
+    a :class:`FailedPingError`, as 0.1.x reported every failed ping (``except
+    FailedPingError`` in a server browser keeps working), and a
+    :class:`NetworkError` (the cause)."""
+
+
+class PingClosedError(FailedPingError, ConnectionClosedError):
+    """The server closed the ping connection without a reply: a
+    :class:`FailedPingError` (as in 0.1.x) and a
+    :class:`ConnectionClosedError` with the close ``reason``."""

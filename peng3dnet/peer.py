@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from typing import Any, ClassVar
 
 from . import events as _events
@@ -65,13 +66,17 @@ from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
 from .relay import Flag, Relay
 from .session import ACK_DELAY, ACK_EVERY, Session, redacted
-from .transport import EVENT_READ, EVENT_WRITE, Reactor
+from .transport import EVENT_READ, EVENT_WRITE, Reactor, wait_any
 from .userlog import report_user_error
 from .util import ConfigView, ConfigWarning, check_config, normalize_addr_socketstyle
 
 __all__ = ['Peer', 'resolve_addr', 'INTERNAL_IDS', 'CLOSE_LINGER']
 
 log = logging.getLogger(__name__)
+
+_polled_on: dict[int, Any] = {}
+"""Thread id -> the peers that thread polls (a ``weakref.WeakSet``):
+a wait on the polling thread polls them all (see ``Peer._drive``)."""
 
 
 class _RerouteSignal(Exception):  # noqa: N818 (a signal inside _send_frame, not an error)
@@ -741,7 +746,7 @@ class Peer:
         except Exception:
             report_user_error("! %s cid=%s: connection type hook %r raised", self._role, link.cid, fn)
             self._close_link(link, "conntypeerror")
-            return False
+            return True  # (for receive(): nothing more is done with the packet)
 
     def _lib_state(self, link: Link, value: int) -> None:
         """Move the application state through the handshake, unless the
@@ -766,8 +771,8 @@ class Peer:
         """Check, announce and queue (or, inline, dispatch) one application
         packet; return whether it was queued for process() (network thread)."""
         pid, flags, msg, state = o
-        if link.ct_recv:
-            if not self._ct_call(link, link.ctobj.receive, msg, pid, flags, link.cid):  # type: ignore[union-attr]
+        if link.ct_recv:  # (0.1.x: a true result means the type consumed it; an error, too)
+            if self._ct_call(link, link.ctobj.receive, msg, pid, flags, link.cid):  # type: ignore[union-attr]
                 return False
         if state is not _ACTIVE and (state is not _TYPESET or link.proto.conntype == CONNTYPE_CLASSIC):
             # Application packets come after the handshake (a connection type
@@ -994,12 +999,18 @@ class Peer:
         """Everything up to our ``closeconn`` was written (network thread).
 
         Answering the peer's close, or closing a peer for what it did, we
-        half-close at once.  When the application closed (or stopped) we do not: we wait for the peer to close
-        after it handled our ``closeconn`` (bounded by the linger timer), as
-        some peers (0.1.x) take a half-close for a dead socket and drop the
-        packets still waiting for their ``process()``."""
+        half-close at once, and so we do with a peer of ours (one that
+        negotiated extensions: it hands every packet before our
+        ``closeconn`` to its application before the close).  When the
+        application closed (or stopped) a connection to a 0.1.x peer we do
+        not: we wait for it to close after it handled our ``closeconn``
+        (bounded by the linger timer), as 0.1.x takes a half-close for a
+        dead socket and drops the packets still waiting for its
+        ``process()``.  (Waiting with a peer of ours too, two closes that
+        crossed, each side waiting for the other's end, took the whole
+        linger: 2 s.)"""
         chan = link.chan
-        if not link.polite:
+        if not link.polite or not link.strict_keys:
             chan.shutdown_write()
         chan.update_interest()
 
@@ -1095,15 +1106,16 @@ class Peer:
             )
         if link.strict_keys:  # a 0.1.x peer: refuse here what it would close the connection for
             check_keys(data)
-        announce = True
-        if link.ct_send:
-            announce = link.ctobj.send(data, pid, link.cid)  # type: ignore[union-attr]
+        if link.ct_send and link.ctobj.send(data, ptype, link.cid):  # type: ignore[union-attr]
+            # (0.1.x: a true result sends it with no send event, on_send or packet hook)
+            self._send_frame(link, link.proto.encode_packet(pid, data, thread_pack), pid, NO_EVENT)
+            return
         frame = link.proto.encode_packet(pid, data, thread_pack)  # outside the lock
-        self._send_frame(link, frame, pid, data if announce else NO_EVENT)
-        if hooks:
-            pobj._send(data, link.cid)
+        self._send_frame(link, frame, pid, data)
         if link.on_send is not None:
             link.on_send(ptype, data)
+        if hooks:
+            pobj._send(data, link.cid)
 
     def _send_plan(self, ptype: Any) -> SendPlan:
         """Look up what sending ``ptype`` needs and cache it (any thread).
@@ -1651,6 +1663,7 @@ class Peer:
             self._loop_started = True
             self._loop_done.clear()
             self._reactor.start(selectors.DefaultSelector, self._on_loop_start)
+            _polled_on.setdefault(threading.get_ident(), weakref.WeakSet()).add(self)
         self._poll_io(timeout)
         return self._process_polled()
 
@@ -1680,12 +1693,29 @@ class Peer:
 
     def _poll_for_drain(self, timeout: float | None) -> bool:
         """One wait of ``Flow.wait_drained()`` on the polling thread: a round
-        of network I/O (no handlers: they would run inside the send; what
-        arrives waits for the next poll()); ``False`` once the loop ended."""
+        of network I/O, of this peer and of the others this thread polls
+        (no handlers: they would run inside the send; what arrives waits for
+        the next poll()); ``False`` once the loop ended."""
         if self._loop_done.is_set():
             return False
-        self._poll_io(timeout)
+        others = self._polled_with()
+        if others:
+            peers = [self, *others]
+            wait_any([p._reactor for p in peers], 0.05 if timeout is None else timeout)
+            for p in peers:
+                p._poll_io(0)
+        else:
+            self._poll_io(timeout)
         return not self._loop_done.is_set()
+
+    def _polled_with(self) -> list[Peer]:
+        """The other peers the calling thread polls, running and not inside
+        a poll of their own (polling thread)."""
+        peers = _polled_on.get(threading.get_ident())
+        if peers is None or len(peers) < 2:
+            return []
+        return [p for p in list(peers)
+                if p is not self and not p._in_poll and not p._loop_done.is_set() and p._reactor.in_loop()]
 
     def _polled_here(self) -> bool:
         """Whether the caller is the thread that polls this peer, outside
@@ -1702,6 +1732,18 @@ class Peer:
             left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
             if left <= 0:
                 break
+            others = self._polled_with()
+            if others:
+                # The thread polls other peers too (a game's own server and
+                # client): what we wait for may need them (the handshake
+                # with our own server), so they are polled meanwhile.
+                peers = [self, *others]
+                wait_any([p._reactor for p in peers], left)
+                for p in peers:
+                    if not p._loop_done.is_set():
+                        p._poll_io(0)
+                        p._process_polled()
+                continue
             self._poll_io(left)
             self._process_polled()
         if self._reactor.stopping and not self._loop_done.is_set():
@@ -1752,6 +1794,12 @@ class Peer:
             reactor.running = False
             reactor.close()
             self._loop_done.set()
+            if self._polling:
+                peers = _polled_on.get(threading.get_ident())
+                if peers is not None:
+                    peers.discard(self)
+                    if not peers:
+                        del _polled_on[threading.get_ident()]
             self._loop_ended()
 
     def _loop_active(self) -> bool:

@@ -1094,11 +1094,14 @@ class Server(Peer):
             RegistryError: Unknown packet.
             LocalProtocolError: The message cannot be encoded.
 
-        Thread safety: any thread.  The packet's ``_send`` (and so a
-        SmartPacket's check and ``send`` hook) and each client's ``on_send``
-        run once per connection it was queued on, after queueing; an error
-        raised there is reported (see Logging in the README), not raised,
-        so it cannot cut the broadcast short.
+        Thread safety: any thread.  A connection type's ``send()`` hook
+        runs once per connection before queueing (a true result sends it
+        quietly there, as ``send_message`` does); each client's
+        ``on_send`` and the packet's ``_send`` (and so a SmartPacket's
+        check and ``send`` hook) once per connection it was queued on,
+        after queueing; an error raised in any of them is reported (see
+        Logging in the README), not raised, so it cannot cut the broadcast
+        short.
 
         .. versionadded:: 0.2
         """
@@ -1125,16 +1128,23 @@ class Server(Peer):
                     continue
             if smart and self._h_strict_send and not smart_check(pobj, cid, receiving=False):
                 continue
+            quiet = False
+            try:  # a raising hook must not cut the broadcast short
+                quiet = bool(link.ct_send and link.ctobj.send(data, ptype, cid))  # type: ignore[union-attr]
+            except Exception:
+                report_user_error("! server cid=%s: a connection type's send hook raised during broadcast", cid)
             try:
-                self._send_frame(link, frame, pid, data, False)
+                self._send_frame(link, frame, pid, NO_EVENT if quiet else data, False)
             except (ConnectionClosedError, WriteBufferFullError):
                 continue
             sent += 1
+            if quiet:  # (0.1.x: sent with no send event, on_send or packet hook)
+                continue
             try:  # a raising hook must not cut the broadcast short
-                if hooks:
-                    pobj._send(data, cid)
                 if link.on_send is not None:
                     link.on_send(ptype, data)
+                if hooks:
+                    pobj._send(data, cid)
             except Exception:
                 report_user_error("! server cid=%s: a send hook raised during broadcast", cid)
         return sent

@@ -101,6 +101,11 @@ class EpollSelector(selectors.BaseSelector):
     loop runs).
     """
 
+    def fileno(self) -> int:
+        """The epoll descriptor: readable while an event is pending (poll
+        mode waits on several reactors' selectors at once with it)."""
+        return self._epoll.fileno()
+
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self.keys: dict[int, selectors.SelectorKey] = {}
@@ -507,6 +512,53 @@ class Reactor:
         if r is not None:
             r.close()
         self.thread_id = None
+
+
+def wait_any(reactors: list[Reactor], timeout: float) -> None:
+    """Wait until any of ``reactors`` has something to do (I/O, a queued
+    call, a due timer, a stop), at most ``timeout`` seconds, without doing
+    it: the caller then runs ``run_once(0)`` on each.  For poll mode, where
+    one thread runs several peers' loops (a game polling its own server and
+    client) and a wait of one must not starve the others.
+
+    The wait is on the selectors' own descriptors (epoll, kqueue), which
+    are readable while an event is pending, wake-up sockets included.  A
+    selector without one (``SelectSelector``, Windows) cannot be waited on
+    with the others: then the wait is cut to 5 ms slices.
+
+    Thread safety: the thread that runs every one of ``reactors``.
+    """
+    fds: list[int] = []
+    for r in reactors:
+        r._selecting = True  # (before looking at the calls: see wake())
+    try:
+        wait = timeout
+        now = time.monotonic()
+        for r in reactors:
+            if r._calls or r._after_io or r.stopping:
+                return
+            if r._timers:
+                wait = min(wait, r._timers[0][0] - now)
+            fileno = getattr(r.selector, "fileno", None)
+            if fileno is None:
+                wait = min(wait, 0.005)
+            else:
+                fds.append(fileno())
+        if wait <= 0:
+            return
+        if fds:
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            try:
+                poller.poll(wait * 1000.0)
+            except InterruptedError:
+                pass
+        else:
+            time.sleep(wait)
+    finally:
+        for r in reactors:
+            r._selecting = False
 
 
 class Channel:

@@ -38,7 +38,7 @@ def test_the_ping_result_holds_the_round_trip_in_seconds(monkeypatch):
     ((cid, pid, request),) = peer.sent
     assert (cid, pid, request) == (None, PID_PING_REQUEST, {"who": "me", "time": 1000.0})
     clock[0] = 1000.25  # the reply comes a quarter of a second later
-    assert ct.receive({"oldmsg": request, "name": "srv"}, PID_PING_REPLY, 0, None) is False
+    assert ct.receive({"oldmsg": request, "name": "srv"}, PID_PING_REPLY, 0, None) is True  # (consumed: 0.1.x reads a true result as "stop here")
     assert ct.result is not None
     assert ct.result["delay"] == pytest.approx(0.25) and ct.result["recvtime"] == 1000.25
     assert ct.result["name"] == "srv" and ct.result["oldmsg"] == request

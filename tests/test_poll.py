@@ -72,6 +72,36 @@ def test_server_and_client_polled_from_one_thread_without_any_library_thread():
     assert not s.run and s.stats.connections_open == 0
 
 
+def test_a_wait_on_the_polling_thread_polls_the_other_peers_it_polls(monkeypatch):
+    """A game polling its own server and a client on one thread: the
+    client's waits (wait_for_connection, call) need the server polled too,
+    and the two closes that cross at the end (the client's, the server's
+    shutdown before it read the client's) end without the linger."""
+    from peng3dnet import peer as peer_mod
+
+    monkeypatch.setattr(peer_mod, "CLOSE_LINGER", 60.0)  # (a close that waited for it would hang the test)
+    s = make_server()
+    c = make_client(s)
+    c.register_packet("t:double", Packet(c.registry, c))
+
+    @s.handler("t:double")
+    def double(msg, cid):
+        return msg * 2
+
+    s.poll()
+    c.addr = s.addr
+    c.poll()
+    c.wait_for_connection(10)  # nobody polls the server but this wait
+    assert c.call("t:double", 21, timeout=10) == 42  # the handler runs on this thread, in the wait
+    (cid,) = active_cids(s)
+    c.close("bye")  # closeconn written; the server has not read it ...
+    s.shutdown(timeout=0)  # ... when it closes too (no time limit: only the closes end it)
+    assert not s.run and s.stats.connections_open == 0 and s._open_channels == 0
+    while c.run:
+        c.poll(0.01)
+    assert c.close_reason == "bye"
+
+
 def test_poll_and_runasync_exclude_each_other():
     s = make_server()
     s.runAsync()

@@ -202,7 +202,10 @@ def test_ping_connection_is_active_in_ping_mode(net):
 # --- packets: hooks, close ordering, invalid actions -------------------------------------
 
 
-def test_receive_then_on_receive_send_then_on_send_for_application_packets_only(net):
+def test_receive_then_on_receive_on_send_then_send_for_application_packets_only(net):
+    """0.1.x's order (checked against the original in test_conntype_hooks.py):
+    a received packet's handler, then on_receive; a sent one's on_send, then
+    the packet's send hook."""
     order = []
 
     class Hooked(Packet):
@@ -231,7 +234,7 @@ def test_receive_then_on_receive_send_then_on_send_for_application_packets_only(
     wait_for(lambda: len(order) >= 3, what="handlers")
     s.send_message("t:h", "out", cid)
     assert order == [("_receive", "in"), ("receive", "in"), ("on_receive", pid, "in"),
-                     ("send", "out"), ("on_send", "t:h", "out")]
+                     ("on_send", "t:h", "out"), ("send", "out")]
 
 
 def test_close_comes_after_the_packets_received_before_it(net):
@@ -332,6 +335,40 @@ def test_ping_client_mixin_and_failed_ping(net):
         with pytest.raises(FailedPingError) as ei:
             pingServer(addr=silent.getsockname(), timeout=0.3)
     assert isinstance(ei.value, TimedOutError) and isinstance(ei.value, RuntimeError)
+
+
+def test_every_failed_ping_is_a_failed_ping_error(net):
+    """0.1.x raised FailedPingError for every ping that failed (a server
+    browser catches that one): a server that is not there, or that closes
+    without a reply, too; each error is also the precise one."""
+    from peng3dnet.errors import ConnectionClosedError, NetworkError, PingClosedError, PingUnreachableError
+
+    with socket.socket() as gone:  # (bound, not listening: refused)
+        gone.bind(("127.0.0.1", 0))
+        with pytest.raises(FailedPingError) as ei:
+            pingServer(addr=gone.getsockname(), timeout=5)
+    assert type(ei.value) is PingUnreachableError and isinstance(ei.value, NetworkError)
+    assert isinstance(ei.value, OSError) and ei.value.reason == "socketerror"
+    assert isinstance(ei.value.__cause__, NetworkError) and "refused" in str(ei.value)
+    s, _ = net.server(record=None)  # a classic-only server: no ping connection type
+    del s.conntypes["ping"]
+    with pytest.raises(FailedPingError) as ei:
+        pingServer(addr=s.addr, timeout=5)
+    assert type(ei.value) is PingClosedError and isinstance(ei.value, ConnectionClosedError)
+    assert ei.value.reason == "unknownconntype"
+
+
+def test_a_client_that_cannot_connect_raises_an_oserror():
+    """The socket's error came through in 0.1.x (on its network thread, or
+    to a program calling connect() itself): ``except OSError`` keeps working."""
+    from peng3dnet.errors import NetworkError
+
+    with socket.socket() as gone:
+        gone.bind(("127.0.0.1", 0))
+        c = Client(addr=gone.getsockname())
+        with pytest.raises(OSError) as ei:
+            c.connect()
+    assert isinstance(ei.value, NetworkError) and isinstance(ei.value.__cause__, ConnectionRefusedError)
 
 
 def test_packets_and_on_close_are_not_lost_when_the_loop_ends_after_the_process_thread(net):

@@ -13,7 +13,7 @@ from typing import Any
 from ...conntypes import PingConnectionType
 from ...constants import *  # noqa: F403  (0.1.x: peng3dnet.ext.ping exposes the constants)
 from ...constants import CONNTYPE_PING
-from ...errors import ConnectionClosedError, FailedPingError, TimedOutError
+from ...errors import FailedPingError, NetworkError, PingClosedError, PingUnreachableError, TimedOutError
 from ...net import Client
 
 __all__ = ["pingServer", "PingableServerMixin", "PingableClientMixin", "PingConnectionType"]
@@ -62,8 +62,10 @@ class PingableClientMixin:
 
         Raises:
             FailedPingError: No reply within ``timeout`` seconds (a
-                :class:`~peng3dnet.errors.TimedOutError`).
-            ConnectionClosedError: The connection closed without a reply.
+                :class:`~peng3dnet.errors.TimedOutError`); its subclass
+                :class:`~peng3dnet.errors.PingClosedError` (also a
+                ``ConnectionClosedError``) when the connection closed
+                without a reply.
 
         Thread safety: any thread but the network thread.
         """
@@ -74,7 +76,7 @@ class PingableClientMixin:
         result = self.ping_result
         if result is None:
             reason = self.close_reason  # type: ignore[attr-defined]
-            raise ConnectionClosedError(f"server closed without a ping reply ({reason})", reason)
+            raise PingClosedError(f"server closed without a ping reply ({reason})", reason)
         return result
 
     @property
@@ -113,16 +115,22 @@ def pingServer(  # noqa: N802
         ``recvtime``.
 
     Raises:
-        FailedPingError: No reply within ``timeout`` (a
-            :class:`~peng3dnet.errors.TimedOutError`).
-        ConnectionClosedError: The server closed without replying.
-        NetworkError: The server could not be reached.
+        FailedPingError: Every failure, as in 0.1.x (``except
+            FailedPingError`` in a server browser catches them all): no
+            reply within ``timeout`` (a :class:`~peng3dnet.errors.TimedOutError`);
+            :class:`~peng3dnet.errors.PingUnreachableError` (also a
+            ``NetworkError``) when the server could not be reached;
+            :class:`~peng3dnet.errors.PingClosedError` (also a
+            ``ConnectionClosedError``) when it closed without replying.
 
     Thread safety: any thread; blocks the caller.
     """
     client = clientcls(peng, addr, cfg, conntype=CONNTYPE_PING)
     client.ping_request_data = dict(data or {})  # type: ignore[attr-defined]
-    client.runAsync()
+    try:
+        client.runAsync()
+    except NetworkError as exc:
+        raise PingUnreachableError(f"cannot ping {client.addr}: {exc}", exc.reason) from exc
     try:
         client.wait_for_close(timeout)
     except TimedOutError:
@@ -133,5 +141,5 @@ def pingServer(  # noqa: N802
     ct = client.conntypes.get(CONNTYPE_PING)
     result = ct.result if isinstance(ct, PingConnectionType) else None
     if result is None:
-        raise ConnectionClosedError(f"server closed without a ping reply ({client.close_reason})", client.close_reason)
+        raise PingClosedError(f"server closed without a ping reply ({client.close_reason})", client.close_reason)
     return result
