@@ -41,6 +41,7 @@ from .errors import (
 from .packet import Packet, SmartPacket, smart_check
 from .plans import NO_EVENT, thread_pack
 from .protocol.connection import CALL_ERROR, CALL_OK, CALL_UNANSWERED, CallReplied, CallRequested
+from .protocol.describe import describe
 
 if TYPE_CHECKING:  # pragma: no cover
     from .link import Link
@@ -51,6 +52,12 @@ __all__ = ["Calls", "CallFuture"]
 log = logging.getLogger("peng3dnet.calls")
 
 _MAX_MESSAGE = 1000  # characters of a remote error's message kept
+
+
+def _text(value: Any, width: int) -> str:
+    """A peer's string cut to ``width``; any other value described
+    (bounded: a 1,000-level value must not make ``str()`` recurse)."""
+    return value[:width] if isinstance(value, str) else describe(value, width)
 
 
 class CallFuture(concurrent.futures.Future):  # type: ignore[type-arg]
@@ -145,8 +152,8 @@ class Calls:
         _settle(
             fut,
             exc=RemoteCallError(
-                str(message)[:_MAX_MESSAGE] if message is not None else "remote error",
-                remote_type=str(rtype)[:100] if rtype is not None else "",
+                _text(message, _MAX_MESSAGE) if message is not None else "remote error",
+                remote_type=_text(rtype, 100) if rtype is not None else "",
                 unanswered=o.status == CALL_UNANSWERED,
             ),
         )

@@ -67,6 +67,14 @@ PID_PING_REPLY = 65
 EXTENSIONS_KEY = "peng3dnet.extensions"
 """Key of ``hello`` (server offer) and ``settype`` (client choice) listing
 extensions; a version-2 peer ignores it."""
+INTERNAL_PACKET_IDS: dict[str, int] = {
+    "peng3dnet:internal.hello": PID_HELLO,
+    "peng3dnet:internal.settype": PID_SETTYPE,
+    "peng3dnet:internal.handshake": PID_HANDSHAKE,
+    "peng3dnet:internal.handshake.accept": PID_HANDSHAKE_ACCEPT,
+    "peng3dnet:internal.closeconn": PID_CLOSECONN,
+}
+"""The internal packets' names and fixed ids (every registry has them)."""
 EXTENSION_PACKETS: dict[str, dict[str, int]] = {
     "heartbeat": {"peng3dnet:ext.heartbeat": PID_HEARTBEAT, "peng3dnet:ext.heartbeat.ack": PID_HEARTBEAT_ACK},
     "mapkeys": {},  # no packets: "I accept map keys other than str/bytes" (see protocol.codec.unpack)

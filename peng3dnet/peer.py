@@ -12,7 +12,7 @@ import weakref
 from typing import Any, ClassVar
 
 from . import events as _events
-from ._mypyc import mypyc_attr
+from ._mypyc import caused, mypyc_attr
 from .calls import CallFuture, Calls, wait_result
 from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
 from .constants import (
@@ -578,65 +578,73 @@ class Peer:
         # the next read.
         listen = self._h_events and (self._sig_recv.receivers or self.peng is not None)  # (truthy or not)
         session = link.session
-        for o in outs:
-            if isinstance(o, PacketReceived):
-                link.stats.packets_in += 1
-                if session is not None and o.pid >= PID_FIRST_FREE:
-                    session.rx += 1  # counted even when dropped below: it was received
-                if o.pid in INTERNAL_IDS:
-                    if o.pid == PID_HELLO:  # (only a server sends hello)
-                        self._lib_state(link, STATE_HANDSHAKE_WAIT1)
+        try:
+            for o in outs:
+                if isinstance(o, PacketReceived):
+                    link.stats.packets_in += 1
+                    if session is not None and o.pid >= PID_FIRST_FREE:
+                        session.rx += 1  # counted even when dropped below: it was received
+                    if o.pid in INTERNAL_IDS:
+                        if o.pid == PID_HELLO:  # (only a server sends hello)
+                            self._lib_state(link, STATE_HANDSHAKE_WAIT1)
+                        shown = redacted(o.msg)
+                        self._debug_print("recv", link, o.pid, shown)
+                        if self._h_events:
+                            self._emit_packet(self._route_recv, link, o.pid, "msg", shown)
+                    elif not link.local_closed:
+                        # Packets that preceded the peer's closeconn are delivered.
+                        queued = self._on_app_packet(link, o, listen) or queued
+                elif isinstance(o, PacketSent):
+                    link.stats.packets_out += 1
                     shown = redacted(o.msg)
-                    self._debug_print("recv", link, o.pid, shown)
+                    self._debug_print("send", link, o.pid, shown)
                     if self._h_events:
-                        self._emit_packet(self._route_recv, link, o.pid, "msg", shown)
-                elif not link.local_closed:
-                    # Packets that preceded the peer's closeconn are delivered.
-                    queued = self._on_app_packet(link, o, listen) or queued
-            elif isinstance(o, PacketSent):
-                link.stats.packets_out += 1
-                shown = redacted(o.msg)
-                self._debug_print("send", link, o.pid, shown)
-                if self._h_events:
-                    self._emit_packet(self._route_send, link, o.pid, "data", shown)
-                if o.pid == PID_SETTYPE:
-                    # (Only a client sends settype.) It chose its type: hand
-                    # the connection to it.  The extensions are known now.
+                        self._emit_packet(self._route_send, link, o.pid, "data", shown)
+                    if o.pid == PID_SETTYPE:
+                        # (Only a client sends settype.) It chose its type: hand
+                        # the connection to it.  The extensions are known now.
+                        link.strict_keys = "mapkeys" not in link.proto.negotiated
+                        ct = self.conntypes.get(link.proto.conntype)
+                        link.set_type(ct)
+                        if ct is not None:
+                            self._type_chosen(link, ct)
+                            self._ct_call(link, ct.init, link.cid)
+                elif isinstance(o, ConnTypeRequested):
                     link.strict_keys = "mapkeys" not in link.proto.negotiated
-                    ct = self.conntypes.get(link.proto.conntype)
-                    link.set_type(ct)
-                    if ct is not None:
-                        self._type_chosen(link, ct)
-                        self._ct_call(link, ct.init, link.cid)
-            elif isinstance(o, ConnTypeRequested):
-                link.strict_keys = "mapkeys" not in link.proto.negotiated
-                self._on_conntype(link, o.conntype)
-            elif isinstance(o, HandshakeCompleted):
-                log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
-                if not self._session_handshake(link):
-                    try:
-                        link.owner.on_handshake_complete()
-                    except Exception:
-                        report_user_error("! %s cid=%s: on_handshake_complete raised", self._role, link.cid)
-                self._after_handshake(link)
-                session = link.session
-            elif isinstance(o, HeartbeatAcked):
-                self._on_heartbeat_ack(link, o.msg)
-            elif isinstance(o, CallReplied):
-                if session is not None:
-                    session.rx += 1
-                self._calls.on_reply(link, o)
-            elif isinstance(o, CallRequested):
-                if session is not None:
-                    session.rx += 1
-                if not link.local_closed:
-                    queued = self._on_call(link, o) or queued
-            elif isinstance(o, SessionAcked):
-                if session is not None and not session.ack(o.count):
-                    log.info("! %s cid=%s: acknowledged %d packets, more than were sent", self._role, link.cid, o.count)
-                    self._close_link(link, "invalidpacket")
-            elif isinstance(o, ConnectionClosed):
-                self._on_closed(link, o)
+                    self._on_conntype(link, o.conntype)
+                elif isinstance(o, HandshakeCompleted):
+                    log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
+                    if not self._session_handshake(link):
+                        try:
+                            link.owner.on_handshake_complete()
+                        except Exception:
+                            report_user_error("! %s cid=%s: on_handshake_complete raised", self._role, link.cid)
+                    self._after_handshake(link)
+                    session = link.session
+                elif isinstance(o, HeartbeatAcked):
+                    self._on_heartbeat_ack(link, o.msg)
+                elif isinstance(o, CallReplied):
+                    if session is not None:
+                        session.rx += 1
+                    self._calls.on_reply(link, o)
+                elif isinstance(o, CallRequested):
+                    if session is not None:
+                        session.rx += 1
+                    if not link.local_closed:
+                        queued = self._on_call(link, o) or queued
+                elif isinstance(o, SessionAcked):
+                    if session is not None and not session.ack(o.count):
+                        log.info("! %s cid=%s: acknowledged %d packets, more than were sent", self._role, link.cid, o.count)
+                        self._close_link(link, "invalidpacket")
+                elif isinstance(o, ConnectionClosed):
+                    self._on_closed(link, o)
+        except Exception as exc:  # noqa: BLE001 - a bug of ours, or a peer's value we did not foresee
+            # The connection goes (invalidpacket), never the loop; the
+            # outputs after the failed one are still handled (a close among them).
+            i = next(k for k, x in enumerate(outs) if x is o)
+            self._output_failed(link, o, exc)
+            if i + 1 < len(outs):
+                self._handle_outputs(link, outs[i + 1:])
         if session is not None:
             dropped = link.proto.inflate_dropped
             if dropped != link.infl_counted:  # received, dropped over the budget: counted all the same
@@ -655,6 +663,17 @@ class Peer:
                 reactor.after_io(inbox.notify)
             else:
                 inbox.notify()
+
+    def _output_failed(self, link: Link, o: Any, exc: Exception) -> None:
+        """Handling one of the core's outputs raised what nothing expected
+        (network thread): log it with its traceback as the core's catch-all
+        does (:class:`~peng3dnet.errors.UnhandledPacketError`) and close
+        that connection with ``invalidpacket``."""
+        err = caused(UnhandledPacketError(f"handling {type(o).__name__} raised {type(exc).__name__}: "
+                                          f"{describe(exc)}"), exc)
+        log.warning("! %s cid=%s: protocol error, closing (invalidpacket): %s", self._role, link.cid, err,
+                    exc_info=(type(exc), exc, exc.__traceback__))
+        self._close_link(link, "invalidpacket")
 
     def _on_heartbeat_ack(self, link: Link, msg: Any) -> None:
         sent = msg.get("t") if isinstance(msg, dict) else None

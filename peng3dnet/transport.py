@@ -37,6 +37,7 @@ import errno
 import heapq
 import itertools
 import logging
+import math
 import select
 import selectors
 import socket
@@ -472,6 +473,29 @@ class Reactor:
                     if not self._contained(exc):
                         raise
 
+    def begin_wait(self, timeout: float) -> float:
+        """A wait for this reactor outside :meth:`run_once` begins (see
+        :func:`wait_any`): from now on a waker writes to the wake-up socket;
+        returns how long this reactor lets the caller wait, at most
+        ``timeout`` (0: something is to do now).  Pair it with
+        :meth:`end_wait` (network thread)."""
+        self._selecting = True  # (before looking at the calls: see wake())
+        if self._calls or self._after_io or self.stopping:
+            return 0.0
+        if self._timers:
+            return min(timeout, self._timers[0][0] - time.monotonic())
+        return timeout
+
+    def end_wait(self) -> None:
+        """The wait that :meth:`begin_wait` began is over (network thread)."""
+        self._selecting = False
+
+    def wait_fileno(self) -> int | None:
+        """The selector's own descriptor, readable while an event is pending
+        (epoll, kqueue), or ``None`` (network thread)."""
+        fileno = getattr(self.selector, "fileno", None)
+        return None if fileno is None else int(fileno())
+
     def run_calls(self) -> None:
         """Run the queued cross-thread calls (network thread)."""
         calls = self._calls
@@ -529,21 +553,15 @@ def wait_any(reactors: list[Reactor], timeout: float) -> None:
     Thread safety: the thread that runs every one of ``reactors``.
     """
     fds: list[int] = []
-    for r in reactors:
-        r._selecting = True  # (before looking at the calls: see wake())
+    wait = timeout
     try:
-        wait = timeout
-        now = time.monotonic()
         for r in reactors:
-            if r._calls or r._after_io or r.stopping:
-                return
-            if r._timers:
-                wait = min(wait, r._timers[0][0] - now)
-            fileno = getattr(r.selector, "fileno", None)
-            if fileno is None:
+            wait = min(wait, r.begin_wait(timeout))
+            fd = r.wait_fileno()
+            if fd is None:
                 wait = min(wait, 0.005)
             else:
-                fds.append(fileno())
+                fds.append(fd)
         if wait <= 0:
             return
         if fds:
@@ -551,14 +569,14 @@ def wait_any(reactors: list[Reactor], timeout: float) -> None:
             for fd in fds:
                 poller.register(fd, select.POLLIN)
             try:
-                poller.poll(wait * 1000.0)
+                poller.poll(math.ceil(wait * 1000.0))  # (rounded up: a timer due then is due on return)
             except InterruptedError:
                 pass
         else:
             time.sleep(wait)
     finally:
         for r in reactors:
-            r._selecting = False
+            r.end_wait()
 
 
 class Channel:

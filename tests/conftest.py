@@ -174,11 +174,13 @@ def _no_unhandled_packets(request):
 
 
 class RawPeer:
-    """A hand-driven socket speaking (or abusing) the protocol."""
+    """A hand-driven socket speaking (or abusing) the protocol: a client
+    (``RawPeer(addr)``) or, accepted by a :class:`RawListener`, a server."""
 
-    def __init__(self, addr) -> None:
+    def __init__(self, addr, sock: socket.socket | None = None) -> None:
         _raw_peers.append(self)
-        self.sock = socket.create_connection(addr[:2], timeout=10)
+        self.sock = sock if sock is not None else socket.create_connection(addr[:2], timeout=10)
+        self.sock.settimeout(10)
         self.dec = FrameDecoder(64 << 20)
         self.frames: list = []
 
@@ -226,8 +228,49 @@ class RawPeer:
         self.send_packet(4, {"success": True})
         return msg["registry"]
 
+    def serve_handshake(self, registry: dict[str, int], extensions: Any = ("calls", "mapkeys")) -> dict[str, Any]:
+        """The server's side: hello (offering ``extensions``), the client's
+        settype, a handshake with ``registry`` (the internal packets and the
+        negotiated extensions' added), the client's accept; returns the settype."""
+        from peng3dnet.constants import EXTENSION_PACKETS, INTERNAL_PACKET_IDS
+
+        self.send_packet(1, {"version": "raw", "protoversion": 2, EXTENSIONS_KEY: list(extensions)})
+        pid, settype = self.recv_packet()
+        assert pid == 2, (pid, settype)
+        full = dict(INTERNAL_PACKET_IDS)
+        for ext in settype.get(EXTENSIONS_KEY, ()):
+            full.update(EXTENSION_PACKETS[ext])
+        full.update(registry)
+        self.send_packet(3, {"version": "raw", "protoversion": 2, "registry": full})
+        assert self.recv_packet() == (4, {"success": True})
+        return settype
+
     def close(self) -> None:
         self.sock.close()
+
+
+class RawListener:
+    """A listening socket on loopback whose connections are :class:`RawPeer` s
+    (a hostile server for a real Client)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.addr = self.sock.getsockname()
+
+    def accept(self, timeout: float = 10.0) -> RawPeer:
+        self.sock.settimeout(timeout)
+        conn, _ = self.sock.accept()
+        return RawPeer(None, conn)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def raw_listener():
+    lst = RawListener()
+    yield lst
+    lst.close()
 
 
 @pytest.fixture(scope="session")

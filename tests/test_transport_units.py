@@ -37,6 +37,7 @@ from peng3dnet.transport import (
     connect,
     map_oserror,
     prepare,
+    wait_any,
 )
 from tests.certs import make_ca, make_leaf
 
@@ -1963,3 +1964,57 @@ def test_datagram_errors_on_a_closed_socket():
     with pytest.raises(NetworkError) as ei:
         d.send_to(b"x", ("127.0.0.1", 9))
     assert str(ei.value) == f"sendto ('127.0.0.1', 9): {ei.value.__cause__}"
+
+
+# --- wait_any: one wait for the reactors a polling thread runs --------------------------------
+
+
+@pytest.fixture
+def two_reactors() -> Iterator[tuple[Reactor, Reactor]]:
+    a, b = Reactor("a"), Reactor("b")
+    a.start(selectors.DefaultSelector, lambda: None)
+    b.start(selectors.DefaultSelector, lambda: None)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def test_wait_any_returns_when_any_reactor_has_io(two_reactors, pair):
+    a, b = two_reactors
+    x, y = pair
+    got = []
+    b.register(y, tr.EVENT_READ, got.append)
+    x.send(b"!")  # ready before the wait: the wait returns at once, nothing run yet
+    wait_any([a, b], 30.0)
+    assert got == []
+    b.run_once(0)
+    assert got == [tr.EVENT_READ]
+    assert not a._selecting and not b._selecting  # (a waker writes again only inside a wait)
+
+
+def test_wait_any_is_woken_from_another_thread(two_reactors):
+    a, b = two_reactors
+    ran = []
+    waker = threading.Timer(0.05, lambda: b.call_soon(ran.append, 1))
+    waker.start()
+    wait_any([a, b], 30.0)  # (the test's time-out ends it if the wake-up is lost)
+    waker.join()
+    b.run_once(0)
+    assert ran == [1]
+
+
+def test_wait_any_waits_no_longer_than_the_first_due_timer_or_a_queued_call(two_reactors):
+    a, b = two_reactors
+    fired = []
+    b.call_later(0.05, lambda: fired.append(True))
+    b.run_once(0)  # (the timer is queued as a call, then set)
+    assert fired == []
+    wait_any([a, b], 30.0)
+    b.run_once(0)
+    assert fired == [True]
+    a.call_soon(fired.append, False)  # something to do now: no wait at all
+    wait_any([a, b], 30.0)
+    a.run_once(0)
+    assert fired == [True, False]

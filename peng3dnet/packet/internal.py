@@ -8,7 +8,7 @@ receive anything through ``process()``.
 
 from __future__ import annotations
 
-from ..constants import PID_CLOSECONN, PID_HANDSHAKE, PID_HANDSHAKE_ACCEPT, PID_HELLO, PID_SETTYPE
+from ..constants import INTERNAL_PACKET_IDS, PID_CLOSECONN, PID_HANDSHAKE, PID_HANDSHAKE_ACCEPT, PID_HELLO, PID_SETTYPE
 from . import Packet
 
 __all__ = [
@@ -45,11 +45,14 @@ class CloseConnectionPacket(_InternalPacket):
     """``peng3dnet:internal.closeconn``: either side, with a reason."""
 
 
-INTERNAL_PACKETS: tuple[tuple[str, int, type[Packet]], ...] = (
-    ("peng3dnet:internal.hello", PID_HELLO, HelloPacket),
-    ("peng3dnet:internal.settype", PID_SETTYPE, SetTypePacket),
-    ("peng3dnet:internal.handshake", PID_HANDSHAKE, HandshakePacket),
-    ("peng3dnet:internal.handshake.accept", PID_HANDSHAKE_ACCEPT, HandshakeAcceptPacket),
-    ("peng3dnet:internal.closeconn", PID_CLOSECONN, CloseConnectionPacket),
+_CLASSES: dict[int, type[Packet]] = {
+    PID_HELLO: HelloPacket,
+    PID_SETTYPE: SetTypePacket,
+    PID_HANDSHAKE: HandshakePacket,
+    PID_HANDSHAKE_ACCEPT: HandshakeAcceptPacket,
+    PID_CLOSECONN: CloseConnectionPacket,
+}
+INTERNAL_PACKETS: tuple[tuple[str, int, type[Packet]], ...] = tuple(
+    (name, pid, _CLASSES[pid]) for name, pid in INTERNAL_PACKET_IDS.items()
 )
 """``(name, id, class)`` of every internal packet, registered by ``initialize()``."""

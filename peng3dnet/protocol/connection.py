@@ -28,6 +28,7 @@ frames that preceded the bad one.  Anything else escaping is our bug.
 
 from __future__ import annotations
 
+import heapq
 import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
@@ -44,6 +45,7 @@ from ..constants import (
     EXTENSION_PACKETS,
     EXTENSIONS_KEY,
     FLAG_COMPRESSED,
+    INTERNAL_PACKET_IDS,
     MAX_PACKETLENGTH,
     PID_CALL,
     PID_CALL_REPLY,
@@ -120,6 +122,9 @@ _SETTYPE_KEPT = ("conntype", EXTENSIONS_KEY, CREDENTIALS_KEY, RESUME_KEY)
 """The keys of the peer's ``settype`` that :attr:`ProtocolConnection.peer_settype` keeps."""
 _HELLO_KEPT = ("version", "protoversion", EXTENSIONS_KEY)
 """The keys of the peer's ``hello`` that :attr:`ProtocolConnection.peer_hello` keeps."""
+_MAX_RESUME = 1024
+"""A session value's size at most (a token and a count; see
+:func:`~peng3dnet.protocol.describe.fits`)."""
 _HANDSHAKE_KEPT = ("version", "protoversion", "registry", SESSION_KEY)
 """The keys of the peer's ``handshake`` that :attr:`ProtocolConnection.peer_handshake` keeps."""
 
@@ -232,6 +237,13 @@ Output = Union[
 
 NO_QUOTA = 1 << 62
 """``ProtocolConnection.packet_quota`` when nothing limits it."""
+
+
+def _some(names: set[str], shown: int = 6) -> str:
+    """The first names of a set (sorted) for a message, all of them when
+    few: a peer's registry may hold a million, each as long as a packet."""
+    first = describe(heapq.nsmallest(shown, names), 400)
+    return first if len(names) <= shown else f"{first} and {len(names) - shown} more"
 
 
 class ProtocolConnection:
@@ -601,6 +613,23 @@ class ProtocolConnection:
             return frozenset()
         return frozenset(e for e in offered if isinstance(e, str))
 
+    def _kept(self, msg: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        """What a connection keeps of the peer's hello, settype or
+        handshake (it lives as long as the connection): only ``keys``, the
+        version cut to 64 characters, the extensions offered that we know
+        of, a session (resume request, new session) only if small (a
+        large one is no session: kept as ``None``, refused as invalid)."""
+        kept = {k: msg[k] for k in keys if k in msg}
+        version = kept.get("version")
+        if version is not None:
+            kept["version"] = version[:_MAX_VERSION] if isinstance(version, str) else None
+        if EXTENSIONS_KEY in kept:
+            kept[EXTENSIONS_KEY] = sorted(self._ext_list(msg) & EXTENSION_PACKETS.keys())
+        for key in (RESUME_KEY, SESSION_KEY):
+            if key in kept and not fits(kept[key], _MAX_RESUME):
+                kept[key] = None
+        return kept
+
     def _ext_names(self) -> dict[str, int]:
         names: dict[str, int] = {}
         for ext in sorted(self.negotiated):
@@ -609,7 +638,7 @@ class ProtocolConnection:
 
     def _on_hello(self, msg: dict[str, Any]) -> None:
         self._check_version(msg)
-        self.peer_hello = {k: msg[k] for k in _HELLO_KEPT if k in msg}  # (as peer_settype: only what is read)
+        self.peer_hello = self._kept(msg, _HELLO_KEPT)
         self.negotiated = self.extensions & self._ext_list(msg)
         self._negotiated_now()
         settype: dict[str, Any] = {"conntype": self.conntype}
@@ -627,7 +656,7 @@ class ProtocolConnection:
         self.conntype = conntype
         # Only what is read later is kept: a settype may carry any number of
         # keys of any size, and this lives as long as the connection.
-        self.peer_settype = {k: msg[k] for k in _SETTYPE_KEPT if k in msg}
+        self.peer_settype = self._kept(msg, _SETTYPE_KEPT)
         self.negotiated = self.extensions & self._ext_list(msg)
         self._negotiated_now()
         self._outputs.append(ConnTypeRequested(conntype))
@@ -641,7 +670,7 @@ class ProtocolConnection:
 
     def _on_handshake(self, msg: dict[str, Any]) -> None:
         self._check_version(msg)
-        self.peer_handshake = {k: msg[k] for k in _HANDSHAKE_KEPT if k in msg}
+        self.peer_handshake = self._kept(msg, _HANDSHAKE_KEPT)
         reg = msg.get("registry")
         if not isinstance(reg, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32
@@ -653,12 +682,18 @@ class ProtocolConnection:
         ext = self._ext_names()
         if any(reg.get(name) != pid for name, pid in ext.items()):
             raise HandshakeError("handshake registry lacks the negotiated extensions", "invalidpacket")
+        # Ids 0-63 are the protocol's: only its own names, at their fixed ids.
+        fixed = {**INTERNAL_PACKET_IDS, **ext}
+        for name, pid in reg.items():
+            if (pid < PID_FIRST_FREE or name in fixed) and fixed.get(name) != pid:
+                raise HandshakeError(f"handshake registry gives {describe(name)} the id {pid} "
+                                     f"(ids below {PID_FIRST_FREE} are the protocol's)", "invalidpacket")
         if self.autosync:
             ours = self.registry.names() | set(ext)
             theirs = set(reg)
             if ours != theirs and self.missing_packet_action != "ignore":
                 raise HandshakeError(
-                    f"packet registries differ: only ours {sorted(ours - theirs)}, only theirs {sorted(theirs - ours)}",
+                    f"packet registries differ: only ours {_some(ours - theirs)}, only theirs {_some(theirs - ours)}",
                     "packetregmismatch",
                 )
             self.registry.remap({k: v for k, v in reg.items() if k not in ext})

@@ -146,8 +146,8 @@ def _client_at_handshake():
     return c
 
 
-@pytest.mark.parametrize("pid", [0, 2**32 - 1])
-def test_registry_ids_from_0_to_2_to_the_32_minus_1_are_accepted(pid):
+@pytest.mark.parametrize("pid", [64, 2**32 - 1])
+def test_registry_ids_from_64_to_2_to_the_32_minus_1_are_accepted(pid):
     c = _client_at_handshake()
     c.receive_data(encode_frame(PID_HANDSHAKE, 0, msgpack.packb(
         {"version": "x", "protoversion": PROTOVERSION, "registry": {"app:a": pid}})))
@@ -161,6 +161,29 @@ def test_registry_ids_outside_32_bits_are_refused(pid):
         {"version": "x", "protoversion": PROTOVERSION, "registry": {"app:a": pid}})))
     _, closed = _closed(c)
     assert (closed.reason, str(closed.error)) == ("invalidpacket", "malformed handshake packet: bad registry")
+
+
+@pytest.mark.parametrize(("registry", "shown"), [
+    ({"app:a": 0}, "'app:a' the id 0"),  # an application packet on a reserved id
+    ({"app:a": 63}, "'app:a' the id 63"),
+    ({"app:a": 16}, "'app:a' the id 16"),  # on an internal packet's id
+    ({"peng3dnet:internal.closeconn": 64}, "'peng3dnet:internal.closeconn' the id 64"),  # an internal one moved
+])
+def test_registry_ids_below_64_are_the_protocols_own(registry, shown):
+    c = _client_at_handshake()
+    c.receive_data(encode_frame(PID_HANDSHAKE, 0, msgpack.packb(
+        {"version": "x", "protoversion": PROTOVERSION, "registry": registry})))
+    _, closed = _closed(c)
+    assert closed.reason == "invalidpacket"
+    assert str(closed.error) == f"handshake registry gives {shown} (ids below 64 are the protocol's)"
+
+
+def test_registry_with_the_internal_packets_at_their_ids_is_accepted():
+    c = _client_at_handshake()
+    c.receive_data(encode_frame(PID_HANDSHAKE, 0, msgpack.packb(
+        {"version": "x", "protoversion": PROTOVERSION,
+         "registry": {"peng3dnet:internal.hello": 1, "peng3dnet:internal.closeconn": 16, "app:a": 64}})))
+    assert c.drain_received()[-1] == HandshakeCompleted()
 
 
 # --- closing ------------------------------------------------------------------------------
