@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 import warnings
-import weakref
 from typing import Any, ClassVar
 
 from . import events as _events
@@ -74,9 +73,10 @@ __all__ = ['Peer', 'resolve_addr', 'INTERNAL_IDS', 'CLOSE_LINGER']
 
 log = logging.getLogger(__name__)
 
-_polled_on: dict[int, Any] = {}
-"""Thread id -> the peers that thread polls (a ``weakref.WeakSet``):
-a wait on the polling thread polls them all (see ``Peer._drive``)."""
+_polled_on: dict[int, set[Any]] = {}
+"""Thread id -> the peers that thread polls: a wait on the polling thread
+polls them all (see ``Peer._drive``).  Strong references (compiled classes
+take no weak ones): a peer leaves when its loop ends (``_end_loop``)."""
 
 
 class _RerouteSignal(Exception):  # noqa: N818 (a signal inside _send_frame, not an error)
@@ -578,73 +578,81 @@ class Peer:
         # the next read.
         listen = self._h_events and (self._sig_recv.receivers or self.peng is not None)  # (truthy or not)
         session = link.session
-        try:
-            for o in outs:
-                if isinstance(o, PacketReceived):
-                    link.stats.packets_in += 1
-                    if session is not None and o.pid >= PID_FIRST_FREE:
-                        session.rx += 1  # counted even when dropped below: it was received
-                    if o.pid in INTERNAL_IDS:
-                        if o.pid == PID_HELLO:  # (only a server sends hello)
-                            self._lib_state(link, STATE_HANDSHAKE_WAIT1)
+        while True:  # (once, unless an output fails: then again for the rest)
+            try:
+                for o in outs:
+                    if isinstance(o, PacketReceived):
+                        link.stats.packets_in += 1
+                        if session is not None and o.pid >= PID_FIRST_FREE:
+                            session.rx += 1  # counted even when dropped below: it was received
+                        if o.pid in INTERNAL_IDS:
+                            if o.pid == PID_HELLO:  # (only a server sends hello)
+                                self._lib_state(link, STATE_HANDSHAKE_WAIT1)
+                            shown = redacted(o.msg)
+                            self._debug_print("recv", link, o.pid, shown)
+                            if self._h_events:
+                                self._emit_packet(self._route_recv, link, o.pid, "msg", shown)
+                        elif not link.local_closed:
+                            # Packets that preceded the peer's closeconn are delivered.
+                            queued = self._on_app_packet(link, o, listen) or queued
+                    elif isinstance(o, PacketSent):
+                        link.stats.packets_out += 1
                         shown = redacted(o.msg)
-                        self._debug_print("recv", link, o.pid, shown)
+                        self._debug_print("send", link, o.pid, shown)
                         if self._h_events:
-                            self._emit_packet(self._route_recv, link, o.pid, "msg", shown)
-                    elif not link.local_closed:
-                        # Packets that preceded the peer's closeconn are delivered.
-                        queued = self._on_app_packet(link, o, listen) or queued
-                elif isinstance(o, PacketSent):
-                    link.stats.packets_out += 1
-                    shown = redacted(o.msg)
-                    self._debug_print("send", link, o.pid, shown)
-                    if self._h_events:
-                        self._emit_packet(self._route_send, link, o.pid, "data", shown)
-                    if o.pid == PID_SETTYPE:
-                        # (Only a client sends settype.) It chose its type: hand
-                        # the connection to it.  The extensions are known now.
+                            self._emit_packet(self._route_send, link, o.pid, "data", shown)
+                        if o.pid == PID_SETTYPE:
+                            # (Only a client sends settype.) It chose its type: hand
+                            # the connection to it.  The extensions are known now.
+                            link.strict_keys = "mapkeys" not in link.proto.negotiated
+                            ct = self.conntypes.get(link.proto.conntype)
+                            link.set_type(ct)
+                            if ct is not None:
+                                self._type_chosen(link, ct)
+                                self._ct_call(link, ct.init, link.cid)
+                    elif isinstance(o, ConnTypeRequested):
                         link.strict_keys = "mapkeys" not in link.proto.negotiated
-                        ct = self.conntypes.get(link.proto.conntype)
-                        link.set_type(ct)
-                        if ct is not None:
-                            self._type_chosen(link, ct)
-                            self._ct_call(link, ct.init, link.cid)
-                elif isinstance(o, ConnTypeRequested):
-                    link.strict_keys = "mapkeys" not in link.proto.negotiated
-                    self._on_conntype(link, o.conntype)
-                elif isinstance(o, HandshakeCompleted):
-                    log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
-                    if not self._session_handshake(link):
-                        try:
-                            link.owner.on_handshake_complete()
-                        except Exception:
-                            report_user_error("! %s cid=%s: on_handshake_complete raised", self._role, link.cid)
-                    self._after_handshake(link)
-                    session = link.session
-                elif isinstance(o, HeartbeatAcked):
-                    self._on_heartbeat_ack(link, o.msg)
-                elif isinstance(o, CallReplied):
-                    if session is not None:
-                        session.rx += 1
-                    self._calls.on_reply(link, o)
-                elif isinstance(o, CallRequested):
-                    if session is not None:
-                        session.rx += 1
-                    if not link.local_closed:
-                        queued = self._on_call(link, o) or queued
-                elif isinstance(o, SessionAcked):
-                    if session is not None and not session.ack(o.count):
-                        log.info("! %s cid=%s: acknowledged %d packets, more than were sent", self._role, link.cid, o.count)
-                        self._close_link(link, "invalidpacket")
-                elif isinstance(o, ConnectionClosed):
-                    self._on_closed(link, o)
-        except Exception as exc:  # noqa: BLE001 - a bug of ours, or a peer's value we did not foresee
-            # The connection goes (invalidpacket), never the loop; the
-            # outputs after the failed one are still handled (a close among them).
+                        self._on_conntype(link, o.conntype)
+                    elif isinstance(o, HandshakeCompleted):
+                        log.info("= %s cid=%s: handshake complete (%s)", self._role, link.cid, link.proto.conntype)
+                        if not self._session_handshake(link):
+                            try:
+                                link.owner.on_handshake_complete()
+                            except Exception:
+                                report_user_error("! %s cid=%s: on_handshake_complete raised", self._role, link.cid)
+                        self._after_handshake(link)
+                        session = link.session
+                    elif isinstance(o, HeartbeatAcked):
+                        self._on_heartbeat_ack(link, o.msg)
+                    elif isinstance(o, CallReplied):
+                        if session is not None:
+                            session.rx += 1
+                        self._calls.on_reply(link, o)
+                    elif isinstance(o, CallRequested):
+                        if session is not None:
+                            session.rx += 1
+                        if not link.local_closed:
+                            queued = self._on_call(link, o) or queued
+                    elif isinstance(o, SessionAcked):
+                        if session is not None and not session.ack(o.count):
+                            log.info("! %s cid=%s: acknowledged %d packets, more than were sent", self._role, link.cid, o.count)
+                            self._close_link(link, "invalidpacket")
+                    elif isinstance(o, ConnectionClosed):
+                        self._on_closed(link, o)
+                break
+            except Exception as exc:  # noqa: BLE001 - a bug of ours, or a peer's value we did not foresee
+                failed = exc
+            # The connection goes (invalidpacket), never the loop; the outputs
+            # after the failed one are still handled (a close among them), in
+            # this loop: outside the except, a failure's traceback does not
+            # carry the ones before it, and a read of many is no recursion.
             i = next(k for k, x in enumerate(outs) if x is o)
-            self._output_failed(link, o, exc)
-            if i + 1 < len(outs):
-                self._handle_outputs(link, outs[i + 1:])
+            if link.local_closed:
+                log.debug("! %s cid=%s: handling %s failed again: %s", self._role, link.cid, type(o).__name__,
+                          describe(failed))
+            else:
+                self._output_failed(link, o, failed)
+            outs = outs[i + 1:]
         if session is not None:
             dropped = link.proto.inflate_dropped
             if dropped != link.infl_counted:  # received, dropped over the budget: counted all the same
@@ -1682,7 +1690,7 @@ class Peer:
             self._loop_started = True
             self._loop_done.clear()
             self._reactor.start(selectors.DefaultSelector, self._on_loop_start)
-            _polled_on.setdefault(threading.get_ident(), weakref.WeakSet()).add(self)
+            _polled_on.setdefault(threading.get_ident(), set()).add(self)
         self._poll_io(timeout)
         return self._process_polled()
 

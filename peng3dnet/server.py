@@ -1129,10 +1129,11 @@ class Server(Peer):
             if smart and self._h_strict_send and not smart_check(pobj, cid, receiving=False):
                 continue
             quiet = False
-            try:  # a raising hook must not cut the broadcast short
-                quiet = bool(link.ct_send and link.ctobj.send(data, ptype, cid))  # type: ignore[union-attr]
-            except Exception:
-                report_user_error("! server cid=%s: a connection type's send hook raised during broadcast", cid)
+            if link.ct_send:
+                try:  # a raising hook must not cut the broadcast short
+                    quiet = bool(link.ctobj.send(data, ptype, cid))  # type: ignore[union-attr]
+                except Exception:
+                    report_user_error("! server cid=%s: a connection type's send hook raised during broadcast", cid)
             try:
                 self._send_frame(link, frame, pid, NO_EVENT if quiet else data, False)
             except (ConnectionClosedError, WriteBufferFullError):

@@ -42,6 +42,7 @@ import select
 import selectors
 import socket
 import ssl
+import sys
 import threading
 import time
 import types
@@ -538,6 +539,10 @@ class Reactor:
         self.thread_id = None
 
 
+_POLL_SELECTORS = sys.platform.startswith("linux")
+"""Whether poll(2) may wait on a selector's own descriptor (epoll)."""
+
+
 def wait_any(reactors: list[Reactor], timeout: float) -> None:
     """Wait until any of ``reactors`` has something to do (I/O, a queued
     call, a due timer, a stop), at most ``timeout`` seconds, without doing
@@ -564,14 +569,13 @@ def wait_any(reactors: list[Reactor], timeout: float) -> None:
                 fds.append(fd)
         if wait <= 0:
             return
-        if fds:
-            poller = select.poll()
+        if fds and _POLL_SELECTORS:
+            poller = select.poll()  # (not select(): no limit on the descriptors' numbers)
             for fd in fds:
                 poller.register(fd, select.POLLIN)
-            try:
-                poller.poll(math.ceil(wait * 1000.0))  # (rounded up: a timer due then is due on return)
-            except InterruptedError:
-                pass
+            poller.poll(math.ceil(wait * 1000.0))  # (rounded up: a timer due then is due on return)
+        elif fds:
+            select.select(fds, [], [], wait)  # (kqueue: select() is what it documents)
         else:
             time.sleep(wait)
     finally:

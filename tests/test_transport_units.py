@@ -1987,8 +1987,9 @@ def test_wait_any_returns_when_any_reactor_has_io(two_reactors, pair):
     got = []
     b.register(y, tr.EVENT_READ, got.append)
     x.send(b"!")  # ready before the wait: the wait returns at once, nothing run yet
+    t0 = time.monotonic()
     wait_any([a, b], 30.0)
-    assert got == []
+    assert time.monotonic() - t0 < 5.0 and got == []  # (not the 30 s)
     b.run_once(0)
     assert got == [tr.EVENT_READ]
     assert not a._selecting and not b._selecting  # (a waker writes again only inside a wait)
@@ -1999,7 +2000,9 @@ def test_wait_any_is_woken_from_another_thread(two_reactors):
     ran = []
     waker = threading.Timer(0.05, lambda: b.call_soon(ran.append, 1))
     waker.start()
-    wait_any([a, b], 30.0)  # (the test's time-out ends it if the wake-up is lost)
+    t0 = time.monotonic()
+    wait_any([a, b], 30.0)
+    assert time.monotonic() - t0 < 5.0  # woken, not the 30 s
     waker.join()
     b.run_once(0)
     assert ran == [1]
@@ -2011,10 +2014,14 @@ def test_wait_any_waits_no_longer_than_the_first_due_timer_or_a_queued_call(two_
     b.call_later(0.05, lambda: fired.append(True))
     b.run_once(0)  # (the timer is queued as a call, then set)
     assert fired == []
+    t0 = time.monotonic()
     wait_any([a, b], 30.0)
+    assert 0.04 <= time.monotonic() - t0 < 5.0  # until the timer, not the 30 s
     b.run_once(0)
     assert fired == [True]
     a.call_soon(fired.append, False)  # something to do now: no wait at all
+    t0 = time.monotonic()
     wait_any([a, b], 30.0)
+    assert time.monotonic() - t0 < 5.0
     a.run_once(0)
     assert fired == [True, False]

@@ -125,7 +125,7 @@ _HELLO_KEPT = ("version", "protoversion", EXTENSIONS_KEY)
 _MAX_RESUME = 1024
 """A session value's size at most (a token and a count; see
 :func:`~peng3dnet.protocol.describe.fits`)."""
-_HANDSHAKE_KEPT = ("version", "protoversion", "registry", SESSION_KEY)
+_HANDSHAKE_KEPT = ("version", "protoversion", SESSION_KEY)
 """The keys of the peer's ``handshake`` that :attr:`ProtocolConnection.peer_handshake` keeps."""
 
 
@@ -321,7 +321,7 @@ class ProtocolConnection:
         extensions, credentials and resume keys only)."""
         self.peer_handshake: dict[str, Any] = {}
         """Client side: the server's ``handshake`` message (its ``version``,
-        ``protoversion``, registry and session keys only)."""
+        ``protoversion`` and session keys only: the registry is applied, not kept)."""
         self.extensions = frozenset(e for e in extensions if e in EXTENSION_PACKETS)
         """Extensions we support."""
         self.negotiated: frozenset[str] = frozenset()

@@ -58,7 +58,60 @@ def _result(proc: subprocess.Popen, impl: str) -> tuple[dict, list]:
 
 
 def test_a_connection_types_hooks_decide_as_in_0_1():
-    procs = {impl: _start(impl) for impl in ("ours", "orig")}
-    got = {impl: _result(proc, impl) for impl, proc in procs.items()}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for impl in ("ours", "orig"):
+            procs[impl] = _start(impl)
+        got = {impl: _result(proc, impl) for impl, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
     assert got["ours"] == (SERVER_SEES, CLIENT_SEES)
     assert got["orig"] == got["ours"]
+
+
+def test_broadcast_asks_each_connections_type_too(net):
+    """(Server.broadcast is ours: it follows send_message's rules per connection.)"""
+    from peng3dnet.conntypes import ClassicConnectionType
+    from peng3dnet.net import Client, ClientOnServer
+    from peng3dnet.packet import Packet
+    from tests.helpers import active_cids
+
+    steps: list = []
+
+    class Chooser(ClassicConnectionType):
+        def send(self, data, pid, cid):
+            steps.append(("ct.send", cid, pid))
+            if cid == quiet_cid:
+                return True
+            if cid == broken_cid:
+                raise ZeroDivisionError("a bug in the program's type")
+            return False
+
+    class Hooked(Packet):
+        def send(self, msg, cid=None):
+            steps.append(("packet.send", cid))
+
+    class Cos(ClientOnServer):
+        def on_send(self, ptype, data):
+            steps.append(("on_send", self.cid))
+
+    s, _ = net.server(record=None, clientcls=Cos, packets={"t:b": Hooked})
+    s.addConnType("chooser", Chooser(s))
+    for _ in range(3):
+        c = Client(addr=s.addr, conntype="chooser")
+        c.register_packet("test:echo", Packet(c.registry, c))
+        c.register_packet("t:b", Packet(c.registry, c))
+        c.addConnType("chooser", ClassicConnectionType(c))
+        net.clients.append(c)
+        c.runAsync()
+        c.wait_for_connection(10)
+    cids = sorted(active_cids(s, 3))
+    quiet_cid, broken_cid, loud_cid = cids
+    assert s.broadcast("t:b", "hi") == 3  # sent to all three
+    per = {cid: [st[0] for st in steps if st[1] == cid] for cid in cids}
+    assert per == {quiet_cid: ["ct.send"], broken_cid: ["ct.send", "on_send", "packet.send"],
+                   loud_cid: ["ct.send", "on_send", "packet.send"]}
+    assert {st[2] for st in steps if st[0] == "ct.send"} == {"t:b"}  # as the program named it
