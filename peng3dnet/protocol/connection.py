@@ -624,7 +624,7 @@ class ProtocolConnection:
         if version is not None:
             kept["version"] = version[:_MAX_VERSION] if isinstance(version, str) else None
         if EXTENSIONS_KEY in kept:
-            kept[EXTENSIONS_KEY] = sorted(self._ext_list(msg) & EXTENSION_PACKETS.keys())
+            kept[EXTENSIONS_KEY] = sorted(e for e in self._ext_list(msg) if e in EXTENSION_PACKETS)
         for key in (RESUME_KEY, SESSION_KEY):
             if key in kept and not fits(kept[key], _MAX_RESUME):
                 kept[key] = None
