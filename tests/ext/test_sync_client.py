@@ -197,15 +197,20 @@ def test_interpolation_and_prediction_under_latency(world, delay, jitter):
     own_xs = []
     for _ in range(120):  # two seconds of a 60 fps game loop
         sc.send_input({"dx": 1, "dy": 0, "dt": frame})
-        view = sc.render_view()
+        now = sc.clock()
+        view = sc.render_view(now)
         if "npc" in view:
-            xs.append(view["npc"]["x"])
+            xs.append((now, view["npc"]["x"]))
         own_xs.append(view[sc.own]["x"])
         clock.wait(frame)  # the game's frame pacing, not synchronisation
     wait_for(lambda: sc.stats["reconciliations"] > 10, what="reconciliations")
     assert sc.stats["prediction_error_max"] <= 1e-6
-    jumps = [b - a for a, b in zip(xs, xs[1:])]
-    assert max(jumps) <= SPEED * frame * 3, max(jumps)
+    # Against the time that really passed between two frames (a loaded
+    # machine stretches some): never more than 3x the distance the entity
+    # covers in it, i.e. no snapshot-sized jumps.
+    over = [(b - a, t1 - t0) for (t0, a), (t1, b) in zip(xs, xs[1:]) if b - a > SPEED * max(t1 - t0, frame) * 3]
+    assert not over, over
+    jumps = [b - a for (_, a), (_, b) in zip(xs, xs[1:])]
     assert min(jumps) >= -1e-9  # never moves backwards
     assert sum(1 for j in jumps if j > 0) > len(jumps) // 2  # and it does move
     # the local player moves every frame, immediately (prediction), never back
