@@ -17,6 +17,7 @@ from .conntypes import ClassicConnectionType, ConnectionType, PingConnectionType
 from .constants import (
     CONNTYPE_CLASSIC,
     CONNTYPE_PING,
+    INTERNAL_PACKET_IDS,
     MODE_CLOSED,
     MODE_NOTSET,
     PID_FIRST_FREE,
@@ -300,10 +301,15 @@ class Peer:
 
         Raises:
             AlreadyRegisteredError: Name or id taken.
-            RegistryError: Invalid name or id.
+            RegistryError: Invalid name or id (ids 0-63 are the protocol's:
+                a peer of ours refuses a registry that gives one of them to
+                anything else).
 
         Thread safety: any thread, before connections are made.
         """
+        if isinstance(n, int) and 0 <= n < PID_FIRST_FREE and INTERNAL_PACKET_IDS.get(name) != n:
+            raise RegistryError(f"packet id {n} is reserved for the protocol's own packets (ids 0-63): "
+                                f"give {describe(name)} an id of 64 or more, or none")
         return self.registry.register(obj, name, n)
 
     def handler(self, name: str, n: int | None = None) -> Any:

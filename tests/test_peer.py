@@ -835,3 +835,17 @@ def test_int_and_other_scalar_map_keys_travel_both_ways(net):
     assert "mapkeys" in c.extensions and "mapkeys" in s.clients[cid].extensions
     s.broadcast("test:echo", {7: "all"})
     assert c.registry.get_obj("test:echo").wait_count(2)[-1] == {7: "all"}
+
+
+def test_register_packet_refuses_the_protocols_ids_for_other_names():
+    """Ids 0-63 are the protocol's: a peer of ours refuses a handshake
+    registry that gives one to anything else, so registering it fails here,
+    at once, not at the first connection."""
+    s = make_server()
+    s.initialize()  # (the internal packets are registered at their ids)
+    for n in (0, 5, 16, 63):
+        with pytest.raises(errors.RegistryError, match=f"packet id {n} is reserved for the protocol's own packets"):
+            s.register_packet("game:low", Packet(s.registry, s), n)
+    assert "game:low" not in s.registry
+    assert s.register_packet("game:low", Packet(s.registry, s), 1000) == 1000
+    assert s.registry.getID("peng3dnet:internal.closeconn") == 16
