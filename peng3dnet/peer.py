@@ -1033,8 +1033,9 @@ class Peer:
 
         Answering the peer's close, or closing a peer for what it did, we
         half-close at once, and so we do with a peer of ours (one that
-        negotiated extensions: it hands every packet before our
-        ``closeconn`` to its application before the close).  When the
+        negotiated ``mapkeys``, which every peng3dnet 0.2 peer offers: it
+        hands every packet before our ``closeconn`` to its application
+        before the close).  When the
         application closed (or stopped) a connection to a 0.1.x peer we do
         not: we wait for it to close after it handled our ``closeconn``
         (bounded by the linger timer), as 0.1.x takes a half-close for a
