@@ -250,6 +250,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.limits.write_buffer_action": "close",
     "net.limits.write_buffer_total": 256 * 1024 * 1024,
     "net.limits.read_buffer_total": 128 * 1024 * 1024,
+    "net.limits.min_read_rate": 1024.0,
+    "net.limits.min_read_grace": 10.0,
     "net.limits.write_buffer_block": 4 * 1024 * 1024,
     "net.limits.rate.packets": 20000.0,
     "net.limits.rate.bytes": 32 * 1024 * 1024.0,

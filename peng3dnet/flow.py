@@ -59,13 +59,14 @@ class Flow:
             link.held_in = 0
         self._holders.discard(link)
 
-    def hold_read(self, link: Link, held: int) -> None:
+    def hold_read(self, link: Link, held: int, fresh: bool = False) -> None:
         """A connection's decoder now holds ``held`` bytes of an incomplete
-        frame (0: none; a closed connection's are gone): keep the total,
-        and hold the server-wide cap (``net.limits.read_buffer_total``)
-        (network thread, a server's)."""
+        frame (0: none; a closed connection's are gone); ``fresh``: a frame
+        was completed by the read too, so the one held began in it: keep
+        the total, and hold the server-wide cap
+        (``net.limits.read_buffer_total``) (network thread, a server's)."""
         delta = held - link.held_in
-        if held and not link.held_in:
+        if held and (fresh or not link.held_in):
             link.held_since = time.monotonic()
         link.held_in = held
         self.read_held += delta
@@ -118,6 +119,29 @@ class Flow:
             closed += 1
             peer._close_link(link, "slowproducer")  # (its decoder is emptied by the close)
         self.read_held = total
+        return closed
+
+    def close_slow_producers(self, now: float, min_rate: float, grace: float) -> int:
+        """Close the connections that have held an incomplete packet for
+        more than ``grace`` seconds at fewer than ``min_rate`` bytes a
+        second since they began (``net.limits.min_read_rate``: a peer
+        trickling a byte now and then keeps the heartbeat time-out from
+        closing it, and holds its place for ever); not those we stopped
+        reading ourselves.  ``slowproducer`` (network thread, a server's,
+        from its housekeeping).  Returns how many were closed."""
+        closed = 0
+        for link in list(self._holders):
+            chan = link.chan
+            if chan.paused or chan.throttled or link.proto.frames_waiting:
+                link.held_since = now  # (its slowness is ours: its clock starts again when we read again)
+                continue
+            age = now - link.held_since
+            if age <= grace or link.held_in >= min_rate * age or chan.closed or link.proto.closed:
+                continue
+            log.info("! %s cid=%s: %d bytes of an incomplete packet in %.1f s (net.limits.min_read_rate %g): "
+                     "closing it", self.peer._role, link.cid, link.held_in, age, min_rate)
+            closed += 1
+            self.peer._close_link(link, "slowproducer")
         return closed
 
     def frames_held(self, link: Link) -> None:

@@ -514,8 +514,8 @@ class Peer:
             # still gets the packets before them; FrameDecoder.buffered, inlined;
             # the common case, nothing held before or now, costs two looks)
             held = 0 if proto.closed else len(proto._decoder._buf)
-            if held != link.held_in:
-                self._flow.hold_read(link, held)
+            if held != link.held_in or (held and outs):  # (outs: a frame completed, the one held is new)
+                self._flow.hold_read(link, held, bool(outs))
         if link.eof and not chan.closed:
             chan.close()
             self._channel_closed(link)
@@ -746,6 +746,9 @@ class Peer:
                             self._push(link)
         if self._h_write_total:  # recount (corked flushes and closing flushes are not counted)
             self._flow.recount()
+        min_rate = float(cfg["net.limits.min_read_rate"])
+        if self._h_read_total and min_rate > 0:  # (incomplete packets are counted only with that cap on)
+            self._flow.close_slow_producers(now, min_rate, float(cfg["net.limits.min_read_grace"]))
         self._schedule_housekeeping()
 
     def _schedule_housekeeping(self) -> None:

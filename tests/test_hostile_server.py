@@ -124,22 +124,25 @@ def test_a_holder_closed_another_way_is_not_counted_any_more(net):
 
 def test_the_packets_of_the_read_that_went_over_the_cap_are_delivered_first(net):
     """A read that takes the total over the cap closes its own connection
-    (the slowest producer): the whole packets of that read still reach the
-    handler, and their answers the peer, before the closeconn."""
+    (the slowest producer, here the only one we still read: the other holder
+    waits for our rate limit): the whole packets of that read still reach
+    the handler, and their answers the peer, before the closeconn."""
     cap = 128 * 1024  # (at least the packet size, or the server refuses the config)
     s, rec = net.server(**{"net.limits.read_buffer_total": cap, "net.limits.max_packet_size": cap,
-                           "net.process.inline": True})
+                           "net.process.inline": True, "net.limits.rate.packets": 1.0})  # (a bucket of 5 packets)
     a, b = handshaken(s.addr), handshaken(s.addr)
     cid_a, cid_b = sorted(active_cids(s, 2))
     echo = a.registry["test:echo"]
+    # b: more packets than its bucket holds, then most of a large one: we hold
+    # its packets back (our flow control), and its part is held
+    b.send(b"".join(encode_frame(echo, 0, msgpack.packb(i)) for i in range(8))
+           + encode_frame(echo, 0, msgpack.packb(b"b" * (120 * 1024)))[:100 * 1024])
+    wait_for(lambda: s._flow.read_held == 100 * 1024 and s._links[cid_b].proto.frames_waiting, what="b held back")
     first = encode_frame(echo, 0, msgpack.packb(b"1" * (20 * 1024)))
     a.send(first[:10 * 1024])
-    wait_for(lambda: s._flow.read_held == 10 * 1024, what="a's part held")
-    b.send(encode_frame(echo, 0, msgpack.packb(b"b" * (120 * 1024)))[:100 * 1024])
-    wait_for(lambda: s._flow.read_held == 110 * 1024, what="b's part held")
-    # a's read ends its first packet and begins a second one: the total goes
-    # over the cap, and a, holding bytes for longer and fewer of them, is the slower
-    a.send(first[10 * 1024:] + encode_frame(echo, 0, msgpack.packb(b"2" * (100 * 1024)))[:30 * 1024])
+    wait_for(lambda: s._flow.read_held == 110 * 1024, what="a's part held")
+    # a's read ends its first packet and begins a second one: over the cap
+    a.send(first[10 * 1024:] + encode_frame(echo, 0, msgpack.packb(b"2" * (60 * 1024)))[:40 * 1024])
     assert a.recv_until_close() == [(echo, b"1" * (20 * 1024)), (16, {"reason": "slowproducer"})]
     wait_for(lambda: s._flow.read_held == 100 * 1024, what="b's part alone counted")  # (set after the closeconn went)
     assert s._links[cid_b].proto.is_open
@@ -254,3 +257,47 @@ def test_a_peer_trickling_bytes_to_look_alive_is_still_the_slowest_producer(net)
     closes = {d["client"].cid: d["reason"] for d in rec.wait_for("peng3dnet:server.connection.close")}
     assert closes == {cid_a: "slowproducer"}
     assert s._links[cid_b].proto.is_open and s._links[cid_c].proto.is_open
+
+
+def test_an_incomplete_packet_trickled_below_the_minimum_rate_is_closed(net):
+    """net.limits.min_read_rate: a peer that sent part of a packet and then
+    trickles (or nothing) keeps its place for ever otherwise: a byte now and
+    then also keeps the heartbeat time-out from closing it."""
+    s, rec = net.server(**{"net.limits.min_read_rate": 50_000.0, "net.limits.min_read_grace": 0.3,
+                           "net.limits.rate.packets": 1.0})  # (a bucket of 5 packets)
+    good = net.client(s)
+    b = handshaken(s.addr)  # held back by us: more packets than its bucket, then part of one
+    echo = b.registry["test:echo"]
+    b.send(b"".join(encode_frame(echo, 0, msgpack.packb(i)) for i in range(8))
+           + encode_frame(echo, 0, msgpack.packb(b"b" * (1 << 20)))[:5000])
+    a = handshaken(s.addr)
+    cid_good, cid_b, cid_a = sorted(active_cids(s, 3))
+    wait_for(lambda: s._links[cid_b].proto.frames_waiting, what="b held back")
+    a.send(encode_frame(echo, 0, msgpack.packb(b"a" * (1 << 20)))[:5000])
+    assert a.recv_until_close() == [(16, {"reason": "slowproducer"})]
+    closes = {d["client"].cid: d["reason"] for d in rec.wait_for("peng3dnet:server.connection.close")}
+    assert closes == {cid_a: "slowproducer"}
+    assert s._links[cid_b].proto.is_open  # its slowness is ours: not measured while we hold it back
+    good.send_message("test:echo", "still served")
+    assert echoes(good, 1) == ["still served"]
+
+
+def test_large_packets_arriving_back_to_back_are_measured_from_the_one_in_flight(net):
+    """Every read ending inside a packet (the next one begun): the rate is
+    the packet in flight's, since its first byte, not since the first packet
+    of the stream (by which the stream would have got slower and slower)."""
+    s, rec = net.server(**{"net.limits.min_read_rate": 100_000.0, "net.limits.min_read_grace": 0.2,
+                           "net.process.inline": True})
+    a = handshaken(s.addr)
+    echo = a.registry["test:echo"]
+    frames = [encode_frame(echo, 0, msgpack.packb(bytes([i]) * (64 * 1024))) for i in range(12)]
+    half = len(frames[0]) // 2
+    pace = threading.Event()
+    a.send(frames[0][:half])
+    for i in range(1, len(frames)):  # the rest of one packet and half of the next, every 0.1 s: 320 KiB/s
+        pace.wait(0.1)  # (the traffic's shape, not synchronisation)
+        a.send(frames[i - 1][half:] + frames[i][:half])
+    a.send(frames[-1][half:])
+    got = [a.recv_packet() for _ in frames]
+    assert got == [(echo, bytes([i]) * (64 * 1024)) for i in range(12)]
+    assert s._links[min(active_cids(s, 1))].proto.is_open
