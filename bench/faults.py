@@ -748,10 +748,10 @@ def attack_byterate(quick: bool, rep: Report) -> None:
     from peng3dnet.protocol.framing import encode_frame
 
     secs = 1.5 if quick else 3.0
-    rate, burst = 4 * MIB, 2.0
+    rate, burst = 4 * MIB, 2.0  # (set: the default bucket is 5 s)
     frame_body = msgpack.packb(os.urandom(MIB))
     for action in ("close", "drop"):
-        s = make_server({"net.limits.rate.bytes": rate, "net.limits.rate.action": action})
+        s = make_server({"net.limits.rate.bytes": rate, "net.limits.rate.burst": burst, "net.limits.rate.action": action})
         sink = s.registry.get_obj(SINK)
         reasons = close_reasons(s)
         probe = Probe(s.addr[1])
@@ -808,7 +808,7 @@ def attack_byterate(quick: bool, rep: Report) -> None:
     # action drop again, paced: each message's last 100 bytes are sent 5 ms
     # after the server has read the rest (every read is to be charged)
     nmsg = 20 if quick else 40
-    s = make_server({"net.limits.rate.bytes": rate, "net.limits.rate.action": "drop"})
+    s = make_server({"net.limits.rate.bytes": rate, "net.limits.rate.burst": burst, "net.limits.rate.action": "drop"})
     sink = s.registry.get_obj(SINK)
     raw = Raw(s.addr)
     reg = raw.handshake()
