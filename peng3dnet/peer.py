@@ -1737,13 +1737,21 @@ class Peer:
             return False
         others = self._polled_with()
         if others:
-            peers = [self, *others]
-            wait_any([p._reactor for p in peers], 0.05 if timeout is None else timeout)
-            for p in peers:
-                p._poll_io(0)
+            self._poll_together(others, 0.05 if timeout is None else timeout, False)
         else:
             self._poll_io(timeout)
         return not self._loop_done.is_set()
+
+    def _poll_together(self, others: list[Peer], timeout: float, handlers: bool) -> None:
+        """One round for this peer and ``others`` (the other peers this
+        thread polls): one wait on all their selectors, then each one's I/O
+        and, with ``handlers``, its handlers (polling thread)."""
+        peers = [self, *others]
+        wait_any([p._reactor for p in peers], timeout)
+        for p in peers:
+            p._poll_io(0)
+            if handlers and not p._loop_done.is_set():
+                p._process_polled()
 
     def _polled_with(self) -> list[Peer]:
         """The other peers the calling thread polls, running and not inside
@@ -1774,12 +1782,7 @@ class Peer:
                 # The thread polls other peers too (a game's own server and
                 # client): what we wait for may need them (the handshake
                 # with our own server), so they are polled meanwhile.
-                peers = [self, *others]
-                wait_any([p._reactor for p in peers], left)
-                for p in peers:
-                    if not p._loop_done.is_set():
-                        p._poll_io(0)
-                        p._process_polled()
+                self._poll_together(others, left, True)
                 continue
             self._poll_io(left)
             self._process_polled()

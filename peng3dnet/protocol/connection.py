@@ -562,14 +562,18 @@ class ProtocolConnection:
         else:  # HANDSHAKE_ACCEPT
             self._outputs.append(HandshakeCompleted())
 
-    def _check_version(self, msg: dict[str, Any]) -> None:
+    def _versioned(self, msg: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        """The peer's ``hello`` or ``handshake``: check its protocol version,
+        note its version string (:attr:`peer_version`) and return what is
+        kept of it (:meth:`_kept`)."""
         if msg.get("protoversion") != PROTOVERSION:
             raise HandshakeError(
                 f"peer speaks protocol version {describe(msg.get('protoversion'))}, we speak {PROTOVERSION}",
                 "protoversionmismatch",
             )
-        version = msg.get("version")
-        self.peer_version = version[:_MAX_VERSION] if isinstance(version, str) else None
+        kept = self._kept(msg, keys)
+        self.peer_version = kept.get("version")
+        return kept
 
     def _on_heartbeat(self, pid: int, msg: Any) -> None:
         if self.state is not HandshakeState.ACTIVE:
@@ -637,8 +641,7 @@ class ProtocolConnection:
         return names
 
     def _on_hello(self, msg: dict[str, Any]) -> None:
-        self._check_version(msg)
-        self.peer_hello = self._kept(msg, _HELLO_KEPT)
+        self.peer_hello = self._versioned(msg, _HELLO_KEPT)
         self.negotiated = self.extensions & self._ext_list(msg)
         self._negotiated_now()
         settype: dict[str, Any] = {"conntype": self.conntype}
@@ -669,8 +672,7 @@ class ProtocolConnection:
         return self.peer_settype.get(CREDENTIALS_KEY) if "auth" in self.negotiated else None
 
     def _on_handshake(self, msg: dict[str, Any]) -> None:
-        self._check_version(msg)
-        self.peer_handshake = self._kept(msg, _HANDSHAKE_KEPT)
+        self.peer_handshake = self._versioned(msg, _HANDSHAKE_KEPT)
         reg = msg.get("registry")
         if not isinstance(reg, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32
