@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
 import time
 
@@ -100,6 +101,44 @@ def test_a_wait_on_the_polling_thread_polls_the_other_peers_it_polls(monkeypatch
     while c.run:
         c.poll(0.01)
     assert c.close_reason == "bye"
+
+
+def test_a_send_held_by_flow_control_on_the_polling_thread_lets_the_other_peers_read():
+    """A burst from a polled client to the game's own server polled on the
+    same thread: the client's send waits for its buffer to drain, and only
+    the server reading drains it (its I/O runs in that wait; without it the
+    send waited net.timeout.send and failed)."""
+    s = make_server()
+    c = make_client(s, **{"net.limits.write_buffer_block": 64 * 1024, "net.timeout.send": 30.0})
+    got = []
+
+    class Rec(Packet):
+        def receive(self, msg, cid=None):
+            got.append(msg)
+
+    s.register_packet("t:r", Rec(s.registry, s))
+    c.register_packet("t:r", Packet(c.registry, c))
+    s.poll()
+    s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (small kernel buffers: the
+    c.addr = s.addr                                               # burst meets the mark)
+    c.poll()
+    c.wait_for_connection(10)
+    chan = c._link_obj.chan
+    chan.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    waited = []
+    blob = "x" * 1024
+    for i in range(2000):  # 2 MiB: far over the 64 KiB mark and what the kernels hold
+        if len(chan.out) > 64 * 1024:
+            waited.append(i)  # (this send waits for the drain)
+        c.send_message("t:r", [i, blob])
+    assert waited  # the sends did wait for the drain ...
+    while len(got) < 2000:  # ... and the server, polled only in those waits and here, got everything
+        s.poll(0.01)
+        c.poll(0)
+    assert [m[0] for m in got] == list(range(2000))
+    c.close()
+    s.shutdown(timeout=0)
+    assert not s.run
 
 
 def test_poll_and_runasync_exclude_each_other():
