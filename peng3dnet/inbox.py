@@ -29,7 +29,7 @@ __all__ = ["Inbox"]
 class Inbox:
     """The queue between the network thread and ``process()``."""
 
-    __slots__ = ("items", "_cond", "waiters", "notify_pending", "lock", "stopped", "owner", "ready")
+    __slots__ = ("items", "_cond", "waiters", "notify_pending", "lock", "stopped", "owner", "ready", "wakes")
 
     def __init__(self, owner: Any = None) -> None:
         self.items: deque[tuple[Any, Any, int, Any]] = deque()
@@ -50,6 +50,10 @@ class Inbox:
         (``process()`` may run on several threads)."""
         self.stopped = False
         """Set by stop(): waits return at once, process_forever() ends."""
+        self.wakes = 0
+        """How many times :meth:`notify` ran: a thread that looked at its
+        state before waiting passes what it read to :meth:`wait`, and a
+        wake-up in between is not lost."""
 
     # --- network thread ------------------------------------------------------------------
     def put(self, link: Any, pobj: Any, pid: int, msg: Any, limit: int) -> bool:
@@ -93,17 +97,20 @@ class Inbox:
         """Wake every thread waiting in :meth:`wait` (any thread)."""
         self.notify_pending = False
         with self._cond:
+            self.wakes += 1
             self._cond.notify_all()
 
     # --- process() side ----------------------------------------------------------------------
-    def wait(self, timeout: float | None) -> None:
-        """Wait until something is queued, :meth:`notify`, or ``timeout``."""
+    def wait(self, timeout: float | None, seen: int = -1) -> None:
+        """Wait until something is queued, :meth:`notify`, or ``timeout``;
+        with ``seen`` (:attr:`wakes` as read before the caller looked at
+        what it waits for), not at all if :meth:`notify` ran since."""
         if self.items:
             return
         with self._cond:
             self.waiters += 1
             try:
-                if not self.items and not self.stopped:
+                if not self.items and not self.stopped and (seen < 0 or self.wakes == seen):
                     self._cond.wait(timeout)
             finally:
                 self.waiters -= 1

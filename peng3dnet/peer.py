@@ -1587,11 +1587,17 @@ class Peer:
         # thread: a program calling process_forever() itself keeps its handlers.
         ours = threading.current_thread() is self._process_thread
         while not inbox.stopped:
+            # (read before looking: runAsync() may start the loop and notify
+            # between the look and the wait; then the wait returns at once)
+            seen = inbox.wakes
             relay = self._relay
             if ours and relay.enabled and self._loop_active() and not relay.loop_done.is_set():
                 relay.run_process_thread(self)
                 continue
-            self.process(wait=True)
+            relay.before_wait()
+            inbox.wait(None, seen)
+            if inbox.items:
+                self._run_batch()
         # The network loop may still be closing connections: their on_close
         # is queued behind their last packets.  Drain once it has ended.
         if self._loop_started and not self._reactor.in_loop():

@@ -405,6 +405,19 @@ def test_an_idle_inbox_waits_its_timeout_and_a_busy_or_stopped_one_does_not_wait
     assert cond.waits == [0.25] and inbox.waiters == 0
 
 
+def test_a_wait_given_the_wake_count_it_saw_does_not_wait_after_a_notify_since():
+    inbox = Inbox()
+    seen = inbox.wakes
+    inbox.notify()  # (between the caller's look and its wait)
+    assert inbox.wakes == seen + 1
+    cond = inbox._cond = _RecordingCond()  # type: ignore[assignment]
+    inbox.wait(0.25, seen)
+    assert cond.waits == []
+    inbox.wait(0.25, inbox.wakes)  # nothing since: it waits
+    inbox.wait(0.25)  # no count given: it waits
+    assert cond.waits == [0.25, 0.25] and inbox.waiters == 0
+
+
 class Batch:
     """What ``Peer._run_batch`` uses of its peer: the inbox, the
     dispatching mark, ``_dispatch`` (for queued closes), ``_handler_failed``,

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from peng3dnet import relay as relay_mod
+from peng3dnet.inbox import Inbox
 from peng3dnet.net import ClientOnServer, Server
 from peng3dnet.packet import Packet
 from tests.conftest import EchoPacket, Recorder, make_client, make_server
@@ -206,6 +207,37 @@ def test_process_async_first_then_run_async(peers):
     assert [m for _, m in rec.got] == list(range(50))
     assert rec.where == {"handlers"}
     wait_for(lambda: s._relay.runs_handlers, what="the process thread in the relay")
+
+
+def test_a_process_thread_that_looked_before_run_async_still_joins_the_relay(peers, monkeypatch):
+    # process_async() then runAsync(): the process thread found no loop yet,
+    # and runAsync() started it and notified before that thread waited.  The
+    # wake-up must not be lost: the thread joins the relay with no packet
+    # arriving (it used to wait for the first packets and run them alone).
+    s, rec = _server()
+    peers.append(s)
+    looked = threading.Event()
+    go_on = threading.Event()
+    real_wait = Inbox.wait
+
+    def wait(inbox, *args):  # the process thread, between its look and its wait
+        if threading.current_thread() is s._process_thread and not looked.is_set():
+            looked.set()
+            assert go_on.wait(10)
+        return real_wait(inbox, *args)
+
+    monkeypatch.setattr(Inbox, "wait", wait)
+    s.process_async()
+    assert looked.wait(10)
+    s.runAsync()
+    go_on.set()
+    wait_for(lambda: s._relay.runs_handlers, what="the process thread in the relay")
+    c = _client(s)
+    peers.append(c)
+    for i in range(20):
+        c.send_message("relay:msg", i)
+    wait_for(lambda: len(rec.got) == 20, what="20 handled")
+    assert rec.where == {"handlers"}
 
 
 def test_a_program_that_processes_keeps_its_handlers(peers):
