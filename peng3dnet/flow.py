@@ -192,6 +192,7 @@ class Flow:
                 peer._refill_inflate(link, now)
             with chan.lock:
                 quota = proto.packet_quota = peer._read_quota(link, now)
+                proto.byte_quota = peer._byte_quota(link)
                 proto.receive_data(b"")
                 outs = proto.drain_received()
                 if proto.has_data_to_send:

@@ -23,7 +23,10 @@ import threading
 from collections import deque
 from typing import Any
 
-__all__ = ["Inbox"]
+__all__ = ["NO_LIMIT", "Inbox"]
+
+NO_LIMIT = 1 << 62
+"""A byte limit that is never reached (``net.limits.recv_queue_bytes`` 0)."""
 
 
 class Inbox:
@@ -32,8 +35,9 @@ class Inbox:
     __slots__ = ("items", "_cond", "waiters", "notify_pending", "lock", "stopped", "owner", "ready", "wakes")
 
     def __init__(self, owner: Any = None) -> None:
-        self.items: deque[tuple[Any, Any, int, Any]] = deque()
-        """The waiting items, oldest first."""
+        self.items: deque[tuple[Any, Any, int, Any, int]] = deque()
+        """The waiting items, oldest first: ``(link, handler, pid, msg,
+        size)``; a close is ``(link, None, -1, reason, 0)``."""
         self.owner = owner
         """The peer whose packets these are."""
         self.ready: deque[Any] | None = None
@@ -56,33 +60,41 @@ class Inbox:
         wake-up in between is not lost."""
 
     # --- network thread ------------------------------------------------------------------
-    def put(self, link: Any, pobj: Any, pid: int, msg: Any, limit: int) -> bool:
-        """Queue one packet; return whether reading from ``link`` must pause now.
-        (Inlined in ``Peer._on_app_packet``: keep the two alike.)"""
+    def put(self, link: Any, pobj: Any, pid: int, msg: Any, limit: int, size: int = 0,
+            byte_limit: int = NO_LIMIT) -> bool:
+        """Queue one packet (``size``: its decoded body's bytes); return
+        whether reading from ``link`` must pause now (``limit`` packets or
+        ``byte_limit`` bytes wait).  (Inlined in ``Peer._on_app_packet``:
+        keep the two alike.)"""
         link.n_in += 1  # the network thread is its only writer: no lock
-        self.items.append((link, pobj, pid, msg))
+        link.b_in += size
+        self.items.append((link, pobj, pid, msg, size))
         ready = self.ready
         if ready is not None:
             ready.append(self.owner)
-        return link.n_in - link.n_out >= limit and not link.chan.paused and self.pause(link, limit)
+        return ((link.n_in - link.n_out >= limit or link.b_in - link.b_out >= byte_limit)
+                and not link.chan.paused and self.pause(link, limit, byte_limit))
 
-    def pause(self, link: Any, limit: int) -> bool:
-        """``link``'s queue looked full (``limit`` packets): pause its
-        reading unless the handlers caught up meanwhile; return whether it
-        paused (network thread; the rare path of :meth:`put` and of
-        ``Peer._on_app_packet``).  Tested again and set under :attr:`lock`,
-        under which :meth:`done` counts and decides to resume: a pause set
-        after the last handler ran would never be lifted."""
+    def pause(self, link: Any, limit: int, byte_limit: int = NO_LIMIT) -> bool:
+        """``link``'s queue looked full (``limit`` packets or ``byte_limit``
+        bytes): pause its reading unless the handlers caught up meanwhile;
+        return whether it paused (network thread; the rare path of
+        :meth:`put` and of ``Peer._on_app_packet``).  Tested again and set
+        under :attr:`lock`, under which :meth:`done` counts and decides to
+        resume: a pause set after the last handler ran would never be
+        lifted.  Reading resumes when both are down to half."""
         with self.lock:
-            if link.n_in - link.n_out >= limit and not link.chan.paused:
+            if ((link.n_in - link.n_out >= limit or link.b_in - link.b_out >= byte_limit)
+                    and not link.chan.paused):
                 link.resume_at = limit // 2
+                link.b_resume_at = byte_limit // 2
                 link.chan.paused = True
                 return True
         return False
 
     def put_close(self, link: Any, reason: str | None) -> None:
         """Queue a connection's close behind its packets and wake the waiters."""
-        self.items.append((link, None, -1, reason))
+        self.items.append((link, None, -1, reason, 0))
         ready = self.ready
         if ready is not None:
             ready.append(self.owner)
@@ -115,7 +127,7 @@ class Inbox:
             finally:
                 self.waiters -= 1
 
-    def take_for(self, link: Any) -> tuple[Any, Any, int, Any] | None:
+    def take_for(self, link: Any) -> tuple[Any, Any, int, Any, int] | None:
         """Remove and return the oldest item of ``link``, or ``None``.
 
         Searches a snapshot (``list()`` of a deque is one step under the
@@ -135,11 +147,14 @@ class Inbox:
                 return item
         return None
 
-    def done(self, link: Any) -> bool:
-        """One packet of ``link`` was handled; return whether its reading must resume."""
+    def done(self, link: Any, size: int = 0) -> bool:
+        """One packet of ``link`` (``size`` bytes, as put) was handled;
+        return whether its reading must resume."""
         with self.lock:  # (inlined in Peer._run_batch: keep the two alike)
             link.n_out += 1
-            resume: bool = link.chan.paused and link.n_in - link.n_out <= link.resume_at
+            link.b_out += size
+            resume: bool = (link.chan.paused and link.n_in - link.n_out <= link.resume_at
+                            and link.b_in - link.b_out <= link.b_resume_at)
             if resume:
                 link.chan.paused = False
         return resume

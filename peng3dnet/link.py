@@ -71,7 +71,8 @@ class Link:
     """One connection's state: core, channel, connection type and owner."""
 
     __slots__ = (
-        "proto", "chan", "owner", "cid", "ctobj", "n_in", "n_out", "resume_at", "eof", "local_closed",
+        "proto", "chan", "owner", "cid", "ctobj", "n_in", "n_out", "resume_at", "b_in", "b_out", "b_resume_at",
+        "eof", "local_closed",
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
         "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
@@ -96,6 +97,10 @@ class Link:
         self.n_in = 0
         self.n_out = 0
         self.resume_at = 0
+        # The same in bytes (the decoded bodies' sizes: net.limits.recv_queue_bytes).
+        self.b_in = 0
+        self.b_out = 0
+        self.b_resume_at = 0
         self.eof = False
         self.local_closed = False  # we closed it: drop packets still in the batch
         self.stats = ConnectionStats()
@@ -154,6 +159,11 @@ class Link:
     def queued(self) -> int:
         """Packets of this connection waiting for ``process()``."""
         return self.n_in - self.n_out
+
+    @property
+    def queued_bytes(self) -> int:
+        """The decoded bodies' bytes of the packets in :attr:`queued`."""
+        return self.b_in - self.b_out
 
 
 _NOOP_HOOKS: set[Any] = set()  # (a set, not a mark on the function: a compiled method takes no attributes)

@@ -34,9 +34,9 @@ Application packets are decoded on the network thread (so a malformed one
 closes its connection at once and its ``recv`` event fires in order), then
 queued; ``process()`` runs their handlers (``Packet._receive``) on whichever
 thread calls it: a process thread (``process_async()``), or the game loop
-each frame.  When a connection has ``net.limits.recv_queue`` packets
-waiting, reading from it pauses until ``process()`` catches up
-(back-pressure, nothing dropped).
+each frame.  When a connection has ``net.limits.recv_queue`` packets (or
+``net.limits.recv_queue_bytes`` bytes) waiting, reading from it pauses until
+``process()`` catches up (back-pressure, nothing dropped).
 
 ``send_message()`` may be called from any thread: it encodes in the
 caller's thread, then appends to the connection under its lock and tries to

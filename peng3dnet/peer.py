@@ -125,6 +125,7 @@ class Peer:
     _h_print_recv: bool
     _h_print_send: bool
     _h_recv_queue: int
+    _h_recv_bytes: int
     _h_write_cap: int
     _h_write_raise: bool
     _h_rate_p: float
@@ -450,6 +451,7 @@ class Peer:
             else:  # (_read_quota(), inlined)
                 quota = NO_QUOTA if self._h_inline else self._h_recv_queue - link.n_in + link.n_out
             proto.packet_quota = quota
+            proto.byte_quota = self._h_recv_bytes - link.b_in + link.b_out  # (_byte_quota(), inlined)
             if self._h_inflate and proto.inflate_budget is not None:
                 # The decompression budget, refilled before this read is judged.
                 if proto.inflate_budget >= self._h_inflate_cap:
@@ -521,6 +523,12 @@ class Peer:
             self._channel_closed(link)
         elif proto.frames_waiting and not chan.paused:
             self._flow.frames_held(link)
+
+    def _byte_quota(self, link: Link) -> int:
+        """The decoded bytes the next read may hand on: the room left in
+        the process queue in bytes (network thread; inlined in :meth:`_read`;
+        inline handlers queue nothing and ``_h_recv_bytes`` is no limit)."""
+        return self._h_recv_bytes - link.b_in + link.b_out
 
     def _read_quota(self, link: Link, now: float) -> int:
         """How many application packets the next read may decode: the room
@@ -806,7 +814,7 @@ class Peer:
     def _on_app_packet(self, link: Link, o: PacketReceived, listen: Any) -> bool:
         """Check, announce and queue (or, inline, dispatch) one application
         packet; return whether it was queued for process() (network thread)."""
-        pid, flags, msg, state = o
+        pid, flags, msg, state, size = o
         if link.ct_recv:  # (0.1.x: a true result means the type consumed it; an error, too)
             if self._ct_call(link, link.ctobj.receive, msg, pid, flags, link.cid):  # type: ignore[union-attr]
                 return False
@@ -842,18 +850,19 @@ class Peer:
             return False
         # Inbox.put(), inlined (once per packet): keep the two alike.
         link.n_in += 1  # the network thread is its only writer: no lock
+        link.b_in += size
         inbox = self._inbox
-        inbox.items.append((link, fn, pid, msg))
+        inbox.items.append((link, fn, pid, msg, size))
         ready = inbox.ready
         if ready is not None:
             ready.append(self)
         limit = self._h_recv_queue
-        if link.n_in - link.n_out >= limit:
+        if link.n_in - link.n_out >= limit or link.b_in - link.b_out >= self._h_recv_bytes:
             chan = link.chan
-            if not chan.paused and inbox.pause(link, limit):
+            if not chan.paused and inbox.pause(link, limit, self._h_recv_bytes):
                 chan.update_interest()
-                log.debug("= %s cid=%s: reading paused, %d packets wait for process()",
-                          self._role, link.cid, link.queued)
+                log.debug("= %s cid=%s: reading paused, %d packets (%d bytes) wait for process()",
+                          self._role, link.cid, link.queued, link.queued_bytes)
         return True
 
     def _on_call(self, link: Link, o: CallRequested) -> bool:
@@ -866,7 +875,7 @@ class Peer:
         if self._h_inline:
             self._run_inline(link, answer, o.pid, o.msg)
             return False
-        if self._inbox.put(link, answer, o.pid, o.msg, self._h_recv_queue):
+        if self._inbox.put(link, answer, o.pid, o.msg, self._h_recv_queue, o.size, self._h_recv_bytes):
             link.chan.update_interest()
         return True
 
@@ -1423,7 +1432,7 @@ class Peer:
     def _feed(self, link: Link, data: bytes) -> None:
         """receive_data() of both facades: bytes in as if read from the socket."""
         with link.chan.lock:
-            link.proto.packet_quota = NO_QUOTA  # a replay is not flow-controlled
+            link.proto.packet_quota = link.proto.byte_quota = NO_QUOTA  # a replay is not flow-controlled
             link.proto.receive_data(data)
             outs = link.proto.drain_received()
             self._push(link)
@@ -1476,7 +1485,7 @@ class Peer:
             link.stats.packets_out += 1
 
     # --- process queue -----------------------------------------------------------------------
-    def _dispatch(self, link: Link, fn: Any, pid: int, msg: Any) -> None:
+    def _dispatch(self, link: Link, fn: Any, pid: int, msg: Any, size: int = 0) -> None:
         """Hand one queued packet to the application: the packet's
         ``_receive`` (see :class:`~peng3dnet.plans.RecvPlan`), then the
         owner's ``on_receive`` hook (the order of 0.1.x); errors as in
@@ -1491,7 +1500,7 @@ class Peer:
         except BaseException:
             self._handler_failed(link, fn)
         finally:
-            if self._inbox.done(link):
+            if self._inbox.done(link, size):
                 self._reactor.call_soon(self._flow.resume_reading, link)
 
     def process(self, wait: bool = False, timeout: float | None = None) -> int:
@@ -1531,7 +1540,7 @@ class Peer:
         try:
             for _ in range(len(items)):
                 try:
-                    link, fn, pid, msg = items.popleft()
+                    link, fn, pid, msg, size = items.popleft()
                 except IndexError:  # another thread drained concurrently
                     break
                 if fn is None:
@@ -1547,8 +1556,10 @@ class Peer:
                 finally:
                     with lock:
                         link.n_out += 1
+                        link.b_out += size
                         chan = link.chan
-                        resume = chan.paused and link.n_in - link.n_out <= link.resume_at
+                        resume = (chan.paused and link.n_in - link.n_out <= link.resume_at
+                                  and link.b_in - link.b_out <= link.b_resume_at)
                         if resume:
                             chan.paused = False
                     if resume:

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from .inbox import NO_LIMIT
 from .packet import Packet, SmartPacket
 
 __all__ = ['SendPlan', 'RecvPlan', 'BASE_RECEIVE', 'BASE_SEND', 'NO_EVENT', 'thread_pack', 'hot_settings', 'quiet_smart']
@@ -108,6 +109,8 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
         "_h_print_recv": bool(cfg["net.debug.print.recv"]),
         "_h_print_send": bool(cfg["net.debug.print.send"]),
         "_h_recv_queue": int(cfg["net.limits.recv_queue"]),
+        # (inline, nothing is queued: no limit, and the read path need not ask)
+        "_h_recv_bytes": NO_LIMIT if cfg["net.process.inline"] else int(cfg["net.limits.recv_queue_bytes"]) or NO_LIMIT,
         "_h_write_cap": int(cfg["net.limits.write_buffer"]),
         "_h_write_raise": cfg["net.limits.write_buffer_action"] == "raise",
         "_h_rate_p": rate_p,

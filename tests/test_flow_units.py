@@ -100,6 +100,7 @@ class FakeLink:
         self.acct = 0
         self.held_in = 0
         self.local_closed = False
+        self.b_in = self.b_out = self.b_resume_at = 0
 
 
 class FakePeer:
@@ -396,7 +397,7 @@ def test_an_idle_inbox_waits_its_timeout_and_a_busy_or_stopped_one_does_not_wait
     cond = inbox._cond = _RecordingCond()  # type: ignore[assignment]
     inbox.wait(0.25)
     assert cond.waits == [0.25] and inbox.waiters == 0
-    inbox.items.append(("link", "f", 64, "m"))
+    inbox.items.append(("link", "f", 64, "m", 0))
     inbox.wait(0.25)  # something is queued
     assert cond.waits == [0.25]
     inbox.items.clear()
@@ -440,7 +441,7 @@ class Batch:
         if msg == self.fail:
             raise self.fail_with  # type: ignore[misc]
 
-    def _dispatch(self, link: Any, fn: Any, pid: int, msg: Any) -> None:
+    def _dispatch(self, link: Any, fn: Any, pid: int, msg: Any, size: int = 0) -> None:
         self.seen.append(("close", link.cid, fn, pid, msg, self._flow.dispatching.active))
 
     def _handler_failed(self, link: Any, fn: Any) -> None:
@@ -479,7 +480,7 @@ def test_a_batch_calls_the_owners_hook_after_each_packet_but_not_for_a_calls_cal
     link = _batch_link()
     b = Batch(inbox)
     link.on_recv = lambda pid, msg: b.seen.append(("hook", pid, msg))
-    inbox.items.extend([(link, b.handler, 64, "a"), (link, b.handler, 0, "zero"), (link, b.handler, -2, "cb")])
+    inbox.items.extend([(link, b.handler, 64, "a", 0), (link, b.handler, 0, "zero", 0), (link, b.handler, -2, "cb", 0)])
     assert b.run() == 3
     assert b.seen == [("a", 3, True), ("hook", 64, "a"), ("zero", 3, True), ("hook", 0, "zero"), ("cb", 3, True)]
 
@@ -491,9 +492,9 @@ def test_a_batch_runs_what_was_queued_when_it_began_and_keeps_an_outer_mark():
 
     def handler(msg: Any, cid: Any) -> None:
         b.seen.append(msg)
-        inbox.items.append((link, handler, 64, "later"))  # arrives meanwhile: the next batch's
+        inbox.items.append((link, handler, 64, "later", 0))  # arrives meanwhile: the next batch's
 
-    inbox.items.extend([(link, handler, 64, "m1"), (link, handler, 64, "m2")])
+    inbox.items.extend([(link, handler, 64, "m1", 0), (link, handler, 64, "m2", 0)])
     b._flow.dispatching.active = True  # a batch run from a handler (process() inside a handler)
     assert b.run() == 2
     assert b.seen == ["m1", "m2"] and len(inbox.items) == 2
@@ -504,7 +505,7 @@ def test_a_handler_error_is_reported_counted_and_the_batch_goes_on():
     inbox = Inbox()
     link = _batch_link()
     b = Batch(inbox, fail="m1", fail_with=ValueError("bad"))
-    inbox.items.extend([(link, b.handler, 64, "m1"), (link, b.handler, 64, "m2")])
+    inbox.items.extend([(link, b.handler, 64, "m1", 0), (link, b.handler, 64, "m2", 0)])
     assert b.run() == 2
     assert b.failed == [(3, b.handler)] and [m for m, _, _ in b.seen] == ["m1", "m2"] and link.n_out == 2
 
@@ -513,10 +514,10 @@ def test_a_batch_that_a_handler_escapes_counts_it_done_takes_its_mark_off_and_le
     inbox = Inbox()
     link = _batch_link()
     b = Batch(inbox, fail="m2", fail_with=KeyboardInterrupt())
-    inbox.items.extend([(link, b.handler, 64, "m1"), (link, b.handler, 64, "m2"), (link, b.handler, 64, "m3")])
+    inbox.items.extend([(link, b.handler, 64, "m1", 0), (link, b.handler, 64, "m2", 0), (link, b.handler, 64, "m3", 0)])
     with pytest.raises(KeyboardInterrupt):
         b.run()
-    assert [m for m, _, _ in b.seen] == ["m1", "m2"] and list(inbox.items) == [(link, b.handler, 64, "m3")]
+    assert [m for m, _, _ in b.seen] == ["m1", "m2"] and list(inbox.items) == [(link, b.handler, 64, "m3", 0)]
     assert b._flow.dispatching.active is False and link.n_out == 2 and b.failed == [(3, b.handler)]
 
 
@@ -642,6 +643,9 @@ class ResumePeer(FakePeer):
     def _read_quota(self, link: FakeLink, now: float) -> int:
         self.calls.append(("read_quota", link.cid, now))
         return self.quota
+
+    def _byte_quota(self, link: FakeLink) -> int:
+        return 1 << 40
 
     def _push(self, link: FakeLink) -> None:
         self.calls.append(("push", link.cid))
@@ -832,7 +836,7 @@ def test_a_batch_racing_another_counts_what_it_dispatched():
     inbox = Inbox()
     link = _batch_link(1)
     b = Batch(inbox)
-    inbox.items = Racing([(link, b.handler, 64, "m1"), (link, b.handler, 64, "m2"), (link, b.handler, 64, "m3")])
+    inbox.items = Racing([(link, b.handler, 64, "m1", 0), (link, b.handler, 64, "m2", 0), (link, b.handler, 64, "m3", 0)])
     assert b.run() == 1
     assert b.seen == [("m1", 1, True)]
 
@@ -995,6 +999,34 @@ def test_put_pauses_reading_once_when_exactly_limit_packets_wait_and_resumes_at_
     assert inbox.put(link, "f", 64, 5, limit=5) is False  # paused already: not again
     assert link.chan.paused and link.resume_at == 2 and link.n_in == 9
     assert [item[3] for item in inbox.items] == [0, 1, 2, 3, 4, 5]
+
+
+def test_put_pauses_reading_when_exactly_the_byte_limit_waits_and_resumes_when_both_are_at_half():
+    inbox = Inbox()
+    link = FakeLink(1)
+    link.n_in = link.n_out = link.resume_at = 0
+    assert inbox.put(link, "f", 64, "a", 10, 599, 1000) is False
+    assert inbox.put(link, "f", 64, "b", 10, 400, 1000) is False  # 999 bytes wait: under
+    assert inbox.put(link, "f", 64, "c", 10, 1, 1000) is True  # 1,000: the limit
+    assert link.chan.paused and link.b_in == 1000 and link.b_resume_at == 500 and link.resume_at == 5
+    assert [item[4] for item in inbox.items] == [599, 400, 1]
+    assert inbox.done(link, 499) is False and link.b_out == 499  # 501 bytes wait
+    assert inbox.done(link, 1) is True and not link.chan.paused  # 500 bytes, 1 packet: both at half
+    # Packets at the packet limit pause too, and reading waits for the bytes as well.
+    link2 = FakeLink(2)
+    link2.n_in = link2.n_out = link2.resume_at = 0
+    assert [inbox.put(link2, "f", 64, i, 2, 700, 1000) for i in range(2)] == [False, True]
+    assert inbox.done(link2, 0) is False  # 1 packet waits (half of 2), but 1,400 bytes do too
+    assert link2.chan.paused and inbox.done(link2, 900) is True
+
+
+def test_pause_looks_again_under_the_lock_at_packets_and_bytes():
+    inbox = Inbox()
+    link = FakeLink(1)
+    link.n_in, link.n_out, link.b_in, link.b_out = 5, 5, 100, 100  # handled meanwhile
+    assert inbox.pause(link, 5, 100) is False and not link.chan.paused
+    link.b_in = 200
+    assert inbox.pause(link, 5, 100) is True and link.chan.paused and link.b_resume_at == 50
 
 
 def test_a_new_inbox_has_no_wake_up_pending_and_notify_clears_it():

@@ -374,6 +374,51 @@ def test_backpressure_pauses_reading_and_loses_nothing():
         s.shutdown(timeout=5)
 
 
+def test_backpressure_counts_bytes_too_and_loses_nothing():
+    """Large packets pause reading at net.limits.recv_queue_bytes, long
+    before the packet limit: what waits for process() (and what it decodes
+    to in memory) is bounded in bytes, whatever the packet count."""
+    got: list = []
+
+    class Slow(Packet):
+        def receive(self, msg, cid=None):
+            got.append(msg)
+
+    limit = 1024 * 1024
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.limits.recv_queue_bytes": limit})
+    s.register_packet("t:m", Slow(s.registry, s))
+    s.runAsync()  # nobody calls process() yet
+    try:
+        c = Client(addr=s.addr)
+        c.register_packet("t:m", Slow(c.registry, c))
+        c.runAsync()
+        c.wait_for_connection(10)
+        blob = b"b" * (100 * 1024)
+        for i in range(30):  # 3 MiB (under write_buffer_block: the sender never waits)
+            c.send_message("t:m", [i, blob])
+        link = next(iter(s._links.values()))
+        wait_for(lambda: link.chan.paused, what="reading to pause")
+        # Paused at the byte limit, not the packet limit (65,536), at most
+        # one packet past it: however many packets one read brings (these
+        # compress to almost nothing on the wire), the core decodes no more.
+        size = len(msgpack.packb([0, blob]))
+        assert limit <= link.queued_bytes < limit + size
+        assert link.queued == len(s._inbox.items) == -(-limit // size)
+        assert link.queued_bytes == sum(item[4] for item in s._inbox.items)
+        total = 0
+        peak = 0
+        while total < 30:
+            total += s.process(wait=True, timeout=10)
+            peak = max(peak, link.queued_bytes)
+        assert [m[0] for m in got] == list(range(30)) and all(m[1] == blob for m in got)  # nothing lost, in order
+        assert peak < limit + size
+        assert link.queued_bytes == 0 and link.b_in == 30 * len(msgpack.packb([29, blob]))
+        c.stop()
+        c.join(5)
+    finally:
+        s.shutdown(timeout=5)
+
+
 def test_process_wait_and_process_forever_stop_promptly():
     s = make_server()
     s.runAsync()

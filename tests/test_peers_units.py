@@ -334,7 +334,7 @@ def test_an_application_packet_is_queued_put_on_the_relays_ready_queue_and_pause
     fn = s._recv_plan(pid)[2]
     link.n_in = link.n_out = 0
     assert s._on_app_packet(link, PacketReceived(pid, 0, "a", HandshakeState.ACTIVE), None) is True
-    assert list(s._inbox.items) == [(link, fn, pid, "a")] and s._inbox.ready is None  # not a relay's member
+    assert list(s._inbox.items) == [(link, fn, pid, "a", 0)] and s._inbox.ready is None  # not a relay's member
     s._inbox.ready = ready = deque()
     with caplog.at_level(logging.DEBUG, logger="peng3dnet.peer"):
         assert s._on_app_packet(link, PacketReceived(pid, 0, "b", HandshakeState.ACTIVE), None) is True
@@ -342,7 +342,48 @@ def test_an_application_packet_is_queued_put_on_the_relays_ready_queue_and_pause
         assert s._on_app_packet(link, PacketReceived(pid, 0, "c", HandshakeState.ACTIVE), None) is True
     assert list(ready) == [s, s] and link.n_in == 3
     assert chan.paused is True and link.resume_at == 1 and chan.interest_updates == 1  # 3 waiting: the limit
-    assert [r.getMessage() for r in caplog.records] == ["= server cid=7: reading paused, 3 packets wait for process()"]
+    assert [r.getMessage() for r in caplog.records] == ["= server cid=7: reading paused, 3 packets (0 bytes) wait for process()"]
+
+
+def test_an_application_packet_pauses_reading_when_the_queued_bytes_reach_the_byte_limit(caplog):
+    from peng3dnet.packet import Packet
+    from peng3dnet.protocol.connection import PacketReceived
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    class Handled(Packet):
+        def receive(self, msg, cid=None):
+            pass
+
+    s, link, chan = _server_with_link(**{"net.limits.recv_queue": 100, "net.limits.recv_queue_bytes": 1000})
+    s.register_packet("t:h", Handled(s.registry, s))
+    pid = s.registry.get_id("t:h")
+    link.n_in = link.n_out = 0
+    assert s._on_app_packet(link, PacketReceived(pid, 0, "a", HandshakeState.ACTIVE, 600), None) is True
+    assert chan.paused is False and link.b_in == 600 and link.queued_bytes == 600
+    with caplog.at_level(logging.DEBUG, logger="peng3dnet.peer"):
+        assert s._on_app_packet(link, PacketReceived(pid, 0, "b", HandshakeState.ACTIVE, 400), None) is True
+    # 1,000 bytes of 2 packets wait: the byte limit, not the packet limit, pauses; resume at half of each
+    assert chan.paused is True and link.resume_at == 50 and link.b_resume_at == 500
+    assert [item[4] for item in s._inbox.items] == [600, 400]
+    assert [r.getMessage() for r in caplog.records] == ["= server cid=7: reading paused, 2 packets (1000 bytes) wait for process()"]
+    assert s._run_batch() == 2 and link.b_out == 1000 and chan.paused is False
+
+
+def test_a_byte_limit_of_0_is_no_limit():
+    from peng3dnet.packet import Packet
+    from peng3dnet.protocol.connection import PacketReceived
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    class Handled(Packet):
+        def receive(self, msg, cid=None):
+            pass
+
+    s, link, chan = _server_with_link(**{"net.limits.recv_queue_bytes": 0})
+    s.register_packet("t:h", Handled(s.registry, s))
+    pid = s.registry.get_id("t:h")
+    link.n_in = link.n_out = 0
+    assert s._on_app_packet(link, PacketReceived(pid, 0, "a", HandshakeState.ACTIVE, 2**40), None) is True
+    assert chan.paused is False and link.queued_bytes == 2**40
 
 
 # --- Peer._housekeeping: the handshake time-out and its hint -------------------------------------
@@ -864,7 +905,7 @@ def test_an_eof_forgets_packets_held_back_only_when_a_session_resends_them(with_
     if with_session:
         assert handed == [[closed]]  # the peer sends them again on its next socket
     else:
-        assert handed == [[*(PacketReceived(pid, 0, i, HandshakeState.ACTIVE) for i in range(3)), closed]]
+        assert handed == [[*(PacketReceived(pid, 0, i, HandshakeState.ACTIVE, 1) for i in range(3)), closed]]
 
 
 def test_a_server_shut_down_before_it_ran_stops_with_the_reason_method_each_time():
@@ -951,7 +992,7 @@ def test_a_broken_socket_forgets_packets_held_back_only_when_a_session_resends_t
     if with_session:
         assert handed == [[closed]]  # the peer sends them again on its next socket
     else:
-        assert handed == [[*(PacketReceived_(pid, 0, i, HandshakeState.ACTIVE) for i in range(3)), closed]]
+        assert handed == [[*(PacketReceived_(pid, 0, i, HandshakeState.ACTIVE, 1) for i in range(3)), closed]]
     assert link.eof is True and chan.closed is True
 
 

@@ -440,6 +440,10 @@ CONFIG: dict[str, str] = {
     "net.limits.recv_queue": "Packets of one connection waiting for ``process()``; at the limit, reading "
                              "from that connection pauses until ``process()`` has brought it down to half "
                              "(TCP back-pressure, nothing dropped).",
+    "net.limits.recv_queue_bytes": "The same in bytes (the decoded msgpack bodies' sizes; 0: no limit): "
+                                   "at the limit, reading from that connection pauses until both are down "
+                                   "to half.  The core decodes no packet past it (one packet may cross it); "
+                                   "what waits in memory is bounded by it, whatever the packet count.",
     "net.limits.max_clients": "Server: connections at once; more get ``closeconn`` ``serverfull`` and are "
                               "closed at once, except as many as there are suspended sessions, which "
                               "are let in to resume one (closed with ``serverfull`` at ``settype`` if "

@@ -74,7 +74,7 @@ from ..errors import (
 )
 from ..registry import PacketRegistry
 from ..version import PROTOVERSION, VERSION
-from .codec import decode_body, decompress_body, frame_body, pack, unpack
+from .codec import decompress_body, frame_body, pack, unpack
 from .describe import describe, fits
 from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, Frame, FrameDecoder
 from .handshake import SENDER, HandshakeInput, HandshakeMachine, HandshakeState
@@ -134,6 +134,9 @@ class PacketReceived(NamedTuple):
 
     ``state`` is the connection's state when the packet arrived (outputs are
     handled after a whole read, when the state may have moved on).
+    ``size`` is the length of the msgpack body that was decoded (after
+    inflating, for a compressed packet): what the process queue counts
+    against ``net.limits.recv_queue_bytes``.
 
     The one output made per packet, so it is an immutable NamedTuple rather
     than a frozen dataclass like the others: a frozen dataclass takes about
@@ -144,6 +147,7 @@ class PacketReceived(NamedTuple):
     flags: int
     msg: Any
     state: HandshakeState
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +187,8 @@ class CallRequested:
     call_id: int
     pid: int
     msg: Any
+    size: int = 0
+    """The length of the call packet's decoded body (see :class:`PacketReceived`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +339,13 @@ class ProtocolConnection:
         output; the owner sets it (the room left in its process queue) and
         the core counts it down.  At 0, further frames are held back
         undecoded (see :attr:`frames_waiting`)."""
+        self.byte_quota = NO_QUOTA
+        """The same in bytes: the decoded bodies (``PacketReceived.size``)
+        of application packets and calls :meth:`receive_data` may still
+        output.  A packet is decoded while it is above 0 (so it may go
+        below 0 by one body); at 0 or below the frames from there on are
+        held back.  A read that is one whole packet (the common case) is
+        not counted here: its owner counts what it queued."""
         self.inflate_budget: int | None = None
         """Bytes this connection may still produce by decompressing, or
         ``None`` (no budget; the default).  The owner refills it (a token
@@ -380,9 +393,10 @@ class ProtocolConnection:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes received from the peer.  Data after the close is ignored.
 
-        At most :attr:`packet_quota` application packets are decoded; the
-        frames after them wait here, undecoded (at most what was fed), until
-        the quota is raised and this is called again (``b""`` will do).
+        At most :attr:`packet_quota` application packets are decoded (and
+        while :attr:`byte_quota` is above 0); the frames after them wait
+        here, undecoded (at most what was fed), until the quota is raised
+        and this is called again (``b""`` will do).
         """
         if self._done:
             return
@@ -406,7 +420,7 @@ class ProtocolConnection:
                         pass  # (the loop below raises its DecodeError)
                     else:
                         self.packet_quota -= 1
-                        self._outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, self.state)))
+                        self._outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, self.state, len(body))))
                         return
                 frames.append(frame)
         # A broken stream ends here: what came before it is delivered first.
@@ -420,7 +434,7 @@ class ProtocolConnection:
                 if self._done:
                     break
                 if pid >= PID_FIRST_FREE:
-                    if quota <= 0:
+                    if quota <= 0 or self.byte_quota <= 0:
                         break
                     if not flags:
                         # The common case, inlined: an uncompressed application packet,
@@ -432,11 +446,13 @@ class ProtocolConnection:
                             msg = _unpackb(body, raw=False, strict_map_key=False)
                         except Exception:
                             msg = unpack(body)
-                        outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, state)))
+                        size = len(body)
+                        self.byte_quota -= size
+                        outputs.append(_tuple_new(PacketReceived, (pid, 0, msg, state, size)))
                         continue
                     quota -= 1
                 elif pid == call_pid:  # a call request waits for a handler like a packet
-                    if quota <= 0:
+                    if quota <= 0 or self.byte_quota <= 0:
                         break
                     quota -= 1
                 if flags and self.inflate_action == "hold" and self.inflate_budget is not None and self.inflate_budget <= 0:
@@ -477,7 +493,7 @@ class ProtocolConnection:
             # What was held back comes first.  Over the inflate budget a
             # compressed packet is dropped now (the peer is gone; inflating
             # past the budget is what the budget forbids).
-            self.packet_quota = NO_QUOTA
+            self.packet_quota = self.byte_quota = NO_QUOTA
             if self.inflate_action == "hold":
                 self.inflate_action = "drop"
             self.receive_data(b"")
@@ -508,19 +524,26 @@ class ProtocolConnection:
             # large.  A new connection's decompression budget is full, so
             # reconnecting would buy a fresh one per bomb.
             cap = min(cap, MAX_EARLY_INFLATE)
-        if flags & FLAG_COMPRESSED and self.inflate_budget is not None:
-            raw = self._inflate_budgeted(pid, body, cap)
-            if raw is None:
-                return  # dropped over the budget
+        if flags & FLAG_COMPRESSED:
+            if self.inflate_budget is not None:
+                raw = self._inflate_budgeted(pid, body, cap)
+                if raw is None:
+                    return  # dropped over the budget
+            else:
+                raw = decompress_body(body, cap)
+            size = len(raw)
             msg = unpack(raw)
         else:
-            msg = decode_body(flags, body, cap)
+            size = len(body)
+            msg = unpack(body)
+        if inp is None and (pid >= PID_FIRST_FREE or pid == self._call_pid):
+            self.byte_quota -= size  # (counted as receive_data() held it: application packets and calls)
         if inp is None:
             if (pid == PID_HEARTBEAT or pid == PID_HEARTBEAT_ACK) and "heartbeat" in self.negotiated:
                 self._on_heartbeat(pid, msg)
                 return
             if (pid == PID_CALL or pid == PID_CALL_REPLY) and "calls" in self.negotiated:
-                self._on_call(pid, msg)
+                self._on_call(pid, msg, size)
                 return
             if pid == PID_SESSION_ACK and "resume" in self.negotiated:
                 if self.state is not HandshakeState.ACTIVE:
@@ -531,7 +554,7 @@ class ProtocolConnection:
                 self._outputs.append(SessionAcked(msg))
                 return
             # Rule 3: application packets are judged by their packet class.
-            self._outputs.append(PacketReceived(pid, flags, msg, self.state))
+            self._outputs.append(PacketReceived(pid, flags, msg, self.state, size))
             return
         if not isinstance(msg, dict):
             raise HandshakeError(f"malformed {inp.value} packet: body is not a map", "invalidpacket")
@@ -588,7 +611,7 @@ class ProtocolConnection:
         else:
             self._outputs.append(HeartbeatAcked(msg))
 
-    def _on_call(self, pid: int, msg: Any) -> None:
+    def _on_call(self, pid: int, msg: Any, size: int = 0) -> None:
         if self.state is not HandshakeState.ACTIVE:
             raise HandshakeError("call before the handshake completed", "invalidstate")
         if not isinstance(msg, (list, tuple)) or len(msg) != 3:
@@ -600,7 +623,7 @@ class ProtocolConnection:
         if pid == PID_CALL:
             if not PID_FIRST_FREE <= what < 2**32:
                 raise HandshakeError(f"call of packet id {what}, not an application packet", "invalidpacket")
-            self._outputs.append(CallRequested(call_id, what, value))
+            self._outputs.append(CallRequested(call_id, what, value, size))
         else:
             if what not in (CALL_OK, CALL_ERROR, CALL_UNANSWERED):
                 raise HandshakeError(f"malformed call reply: status {describe(what)}", "invalidpacket")

@@ -47,8 +47,8 @@ def test_application_packets_both_ways():
     p.client.send_packet(pid, {"x": 1})
     p.server.send_packet(pid, [1, 2])
     p.pump()
-    assert p.s_out[-1] == PacketReceived(pid, 0, {"x": 1}, HandshakeState.ACTIVE)
-    assert p.c_out[-1] == PacketReceived(pid, 0, [1, 2], HandshakeState.ACTIVE)
+    assert p.s_out[-1] == PacketReceived(pid, 0, {"x": 1}, HandshakeState.ACTIVE, 4)
+    assert p.c_out[-1] == PacketReceived(pid, 0, [1, 2], HandshakeState.ACTIVE, 3)
 
 
 def test_registry_mismatch_closes_with_reason():
@@ -165,7 +165,7 @@ def test_outputs_of_frames_before_a_bad_one_are_kept():
     pid = p.sreg.get_id("app:a")
     p.server.receive_data(encode_frame(pid, 0, msgpack.packb(1)) + encode_frame(pid, 8, b""))
     outs = p.server.drain_received()
-    assert outs[0] == PacketReceived(pid, 0, 1, HandshakeState.ACTIVE)
+    assert outs[0] == PacketReceived(pid, 0, 1, HandshakeState.ACTIVE, 1)
     assert outs[-1].reason == "invalidflags"
 
 
@@ -552,7 +552,7 @@ def test_call_and_reply_round_trip(chunk):
     pid = p.sreg.get_id("app:a")
     p.client._out.append(p.client.encode_call(7, pid, {"q": 1}))
     p.pump(chunk)
-    assert p.s_out[-1] == CallRequested(7, pid, {"q": 1})
+    assert p.s_out[-1] == CallRequested(7, pid, {"q": 1}, 7)
     p.server._out.append(p.server.encode_reply(7, CALL_OK, [1, 2]))
     p.server._out.append(p.server.encode_reply(8, CALL_ERROR, {"type": "ValueError", "message": "no"}))
     p.pump(chunk)
@@ -567,7 +567,7 @@ def test_calls_need_the_extension():
     # Without the extension, id 34 is not a call: the peer judges it as an unknown packet.
     p.client._out.append(encode_frame(PID_CALL, 0, msgpack.packb([1, 64, None])))
     p.pump()
-    assert p.s_out[-1] == PacketReceived(PID_CALL, 0, [1, 64, None], HandshakeState.ACTIVE)
+    assert p.s_out[-1] == PacketReceived(PID_CALL, 0, [1, 64, None], HandshakeState.ACTIVE, 4)
 
 
 def test_call_before_the_handshake_is_refused():
@@ -691,7 +691,7 @@ def test_heartbeat_probe_is_answered_with_its_body_and_the_ack_is_output():
 def test_heartbeats_need_the_extension_and_an_active_connection():
     p = _ext_pair(set())
     p.server.receive_data(encode_frame(PID_HEARTBEAT, 0, msgpack.packb(1)))
-    assert p.server.drain_received() == [PacketReceived(PID_HEARTBEAT, 0, 1, HandshakeState.ACTIVE)]
+    assert p.server.drain_received() == [PacketReceived(PID_HEARTBEAT, 0, 1, HandshakeState.ACTIVE, 1)]
     assert p.server.send_heartbeat({"t": 0.0}) is False
     q = ConnectionPair()
     q.server = ProtocolConnection(SIDE_SERVER, registry=q.sreg, extensions={"heartbeat"})
@@ -725,7 +725,7 @@ def test_session_acks_need_the_extension_and_an_active_connection():
     p = _ext_pair(set())
     assert p.client.send_ack(1) is False
     p.server.receive_data(encode_frame(PID_SESSION_ACK, 0, msgpack.packb(1)))
-    assert p.server.drain_received() == [PacketReceived(PID_SESSION_ACK, 0, 1, HandshakeState.ACTIVE)]
+    assert p.server.drain_received() == [PacketReceived(PID_SESSION_ACK, 0, 1, HandshakeState.ACTIVE, 1)]
     q = ConnectionPair()
     q.server = ProtocolConnection(SIDE_SERVER, registry=q.sreg, extensions={"resume"})
     q.client = ProtocolConnection(SIDE_CLIENT, registry=q.creg, extensions={"resume"})
@@ -887,6 +887,6 @@ def test_the_state_stamped_on_packets_after_a_compressed_one_in_the_same_read():
     plain = encode_frame(pid, 0, msgpack.packb("p"))
     p.server.receive_data(compressed + plain)
     assert p.server.drain_received() == [
-        PacketReceived(pid, 1, "z", HandshakeState.ACTIVE),
-        PacketReceived(pid, 0, "p", HandshakeState.ACTIVE),
+        PacketReceived(pid, 1, "z", HandshakeState.ACTIVE, 2),  # (size: the inflated body)
+        PacketReceived(pid, 0, "p", HandshakeState.ACTIVE, 2),
     ]

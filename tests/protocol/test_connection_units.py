@@ -231,7 +231,7 @@ def test_a_call_with_id_0_is_a_call():
     p = _pair({"calls"})
     p.start()
     p.server.receive_data(p.client.encode_call(0, 64, "x"))
-    assert p.server.drain_received() == [CallRequested(0, 64, "x")]
+    assert p.server.drain_received() == [CallRequested(0, 64, "x", 5)]  # (5: the call body [0, 64, "x"])
     p.client.receive_data(p.server.encode_reply(0, 0, "y"))
     assert p.client.drain_received() == [CallReplied(0, 0, "y")]
 
@@ -307,11 +307,11 @@ def test_without_calls_an_id_1_or_34_frame_is_not_a_call():
     p.start()
     p.server.packet_quota = 5
     p.server.receive_data(encode_frame(PID_CALL, 0, msgpack.packb([1, 64, None])))
-    assert p.server.drain_received() == [PacketReceived(PID_CALL, 0, [1, 64, None], S.ACTIVE)]
+    assert p.server.drain_received() == [PacketReceived(PID_CALL, 0, [1, 64, None], S.ACTIVE, 4)]
     assert p.server.packet_quota == 5
     p.server.packet_quota = 0
     p.server.receive_data(encode_frame(PID_CALL, 0, msgpack.packb(2)))
-    assert p.server.drain_received() == [PacketReceived(PID_CALL, 0, 2, S.ACTIVE)]
+    assert p.server.drain_received() == [PacketReceived(PID_CALL, 0, 2, S.ACTIVE, 1)]
     p.server.receive_data(encode_frame(PID_HELLO, 0, msgpack.packb({"version": "x", "protoversion": PROTOVERSION})))
     _, closed = _closed(p.server)  # a hello to the server: refused, not held back
     assert closed.reason == "invalidside" and p.server.packet_quota == 0
@@ -333,7 +333,7 @@ def test_a_held_internal_frame_does_not_give_back_quota():
     assert p.server.frames_waiting == 2 and p.server.packet_quota == 5
     p.server.inflate_budget = 1000
     p.server.receive_data(b"")
-    assert p.server.drain_received() == [PacketReceived(64, FLAG_COMPRESSED, "y", S.ACTIVE)]
+    assert p.server.drain_received() == [PacketReceived(64, FLAG_COMPRESSED, "y", S.ACTIVE, 2)]
     assert p.server.packet_quota == 4 and p.server.frames_waiting == 0
 
 
@@ -434,11 +434,11 @@ def test_one_read_of_one_packet_outputs_it_and_takes_one_from_the_quota():
     s = _active()
     s.packet_quota = 5
     s.receive_data(memoryview(bytearray(encode_frame(64, 0, msgpack.packb({1: "x"})))))
-    assert s.drain_received() == [PacketReceived(64, 0, {1: "x"}, S.ACTIVE)]
+    assert s.drain_received() == [PacketReceived(64, 0, {1: "x"}, S.ACTIVE, 4)]
     assert s.packet_quota == 4 and s.frames_waiting == 0
     s.packet_quota = 1
     s.receive_data(encode_frame(2**32 - 1, 0, msgpack.packb(None)))  # the last id, the last of the quota
-    assert s.drain_received() == [PacketReceived(2**32 - 1, 0, None, S.ACTIVE)] and s.packet_quota == 0
+    assert s.drain_received() == [PacketReceived(2**32 - 1, 0, None, S.ACTIVE, 1)] and s.packet_quota == 0
 
 
 def test_one_read_of_one_packet_over_the_quota_is_held_until_it_is_raised():
@@ -448,7 +448,7 @@ def test_one_read_of_one_packet_over_the_quota_is_held_until_it_is_raised():
     assert s.drain_received() == [] and s.frames_waiting == 1 and s.packet_quota == 0
     s.packet_quota = 1
     s.receive_data(b"")
-    assert s.drain_received() == [PacketReceived(64, 0, "a", S.ACTIVE)] and s.frames_waiting == 0
+    assert s.drain_received() == [PacketReceived(64, 0, "a", S.ACTIVE, 2)] and s.frames_waiting == 0
 
 
 def test_a_whole_packet_read_behind_held_ones_waits_its_turn():
@@ -457,20 +457,68 @@ def test_a_whole_packet_read_behind_held_ones_waits_its_turn():
     s.receive_data(encode_frame(64, 0, msgpack.packb("first")))
     s.packet_quota = 1  # room for one: the held one, not the one read now
     s.receive_data(encode_frame(65, 0, msgpack.packb("second")))
-    assert s.drain_received() == [PacketReceived(64, 0, "first", S.ACTIVE)] and s.frames_waiting == 1
+    assert s.drain_received() == [PacketReceived(64, 0, "first", S.ACTIVE, 6)] and s.frames_waiting == 1
     s.packet_quota = 1
     s.receive_data(b"")
-    assert s.drain_received() == [PacketReceived(65, 0, "second", S.ACTIVE)]
+    assert s.drain_received() == [PacketReceived(65, 0, "second", S.ACTIVE, 7)]
 
 
 def test_one_read_of_one_compressed_or_internal_packet_takes_the_general_way():
     s = _active()
     s.packet_quota = 5
     s.receive_data(_compressed(64, "z" * 50))
-    assert s.drain_received() == [PacketReceived(64, FLAG_COMPRESSED, "z" * 50, S.ACTIVE)] and s.packet_quota == 4
+    assert s.drain_received() == [PacketReceived(64, FLAG_COMPRESSED, "z" * 50, S.ACTIVE, 52)] and s.packet_quota == 4
     s.receive_data(encode_frame(PID_HEARTBEAT, 0, msgpack.packb({"t": 1.5})))
     assert s.drain_received() == [] and s.packet_quota == 4  # internal: answered by the core, no quota
     assert [pid for pid, _, _ in frames_of(s.data_to_send())] == [PID_HEARTBEAT + 1]  # answered
+
+
+def test_the_byte_quota_holds_the_frames_after_the_packet_that_spent_it():
+    s = _active()
+    s.byte_quota = 3  # "first" is 6 bytes: decoded (the quota was above 0), then none
+    s.receive_data(encode_frame(64, 0, msgpack.packb("first")) + encode_frame(65, 0, msgpack.packb("second")))
+    assert s.drain_received() == [PacketReceived(64, 0, "first", S.ACTIVE, 6)]
+    assert s.byte_quota == -3 and s.frames_waiting == 1
+    s.receive_data(encode_frame(PID_HEARTBEAT, 0, msgpack.packb({"t": 1.5})))
+    assert s.drain_received() == [] and s.frames_waiting == 2  # behind the held one, in order
+    s.byte_quota = 1
+    s.receive_data(b"")
+    assert s.drain_received() == [PacketReceived(65, 0, "second", S.ACTIVE, 7)]
+    assert s.byte_quota == -6 and s.frames_waiting == 0  # the heartbeat after it answered, not counted
+    assert [pid for pid, _, _ in frames_of(s.data_to_send())] == [PID_HEARTBEAT + 1]
+
+
+def test_a_compressed_packet_spends_its_inflated_size_and_a_call_its_body():
+    p = _pair({"calls"})
+    p.start()
+    s = p.server
+    s.drain_received()
+    s.byte_quota = 100
+    s.receive_data(_compressed(64, "z" * 50) + p.client.encode_call(3, 64, "y" * 10))
+    outs = s.drain_received()
+    assert outs[0] == PacketReceived(64, FLAG_COMPRESSED, "z" * 50, S.ACTIVE, 52)
+    assert outs[1].call_id == 3 and outs[1].size == len(msgpack.packb([3, 64, "y" * 10]))
+    assert s.byte_quota == 100 - 52 - outs[1].size
+    s.byte_quota = 0
+    s.receive_data(p.client.encode_call(4, 64, "w") + _compressed(64, "v"))
+    assert s.drain_received() == [] and s.frames_waiting == 2
+
+
+def test_one_read_of_one_whole_packet_is_not_counted_in_bytes():
+    s = _active()
+    s.byte_quota = 0  # the owner counts what it queued from such a read
+    s.receive_data(encode_frame(64, 0, msgpack.packb("a")))
+    assert s.drain_received() == [PacketReceived(64, 0, "a", S.ACTIVE, 2)] and s.byte_quota == 0
+
+
+def test_an_eof_hands_on_what_the_byte_quota_held():
+    s = _active()
+    s.byte_quota = 1
+    s.receive_data(encode_frame(64, 0, msgpack.packb("a")) + encode_frame(64, 0, msgpack.packb("b")))
+    assert [o.msg for o in s.drain_received()] == ["a"] and s.frames_waiting == 1
+    s.receive_eof()
+    outs = s.drain_received()
+    assert [o.msg for o in outs[:-1]] == ["b"] and outs[-1].eof
 
 
 def test_one_read_of_one_packet_that_is_not_msgpack_closes_with_invalidmsgpack():
