@@ -209,6 +209,7 @@ class Client(Peer):
             self._reactor, self._relay = own  # not attached: runAsync() or add() may be tried again
             self._shared = None
             raise
+        self._inbox.notify()  # a process thread waiting already (process_async() first) joins the relay
 
     def _detach_unserved(self) -> None:
         """Forget a socket that no loop serves (attach() failed after the

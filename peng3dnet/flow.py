@@ -150,6 +150,14 @@ class Flow:
         Over the decompression budget (``"throttle"``), wait until it is
         refilled; else go on at once (network thread)."""
         peer = self.peer
+        if not peer._h_inline and (link.n_in - link.n_out >= peer._h_recv_queue
+                                   or link.b_in - link.b_out >= peer._h_recv_bytes):
+            # The queue is full although reading was not paused (its limits
+            # were lowered below what waits): pause until process() makes
+            # room; going on would find no room again, and again (a spin).
+            if peer._inbox.pause(link, peer._h_recv_queue, peer._h_recv_bytes):
+                link.chan.update_interest()
+                return
         budget = link.proto.inflate_budget
         wait = peer._throttled_for(link)
         if link.proto.inflate_action == "hold" and budget is not None and budget <= 0 and peer._h_inflate:

@@ -4,12 +4,14 @@ The network thread puts each application packet here (with the connection's
 :class:`~peng3dnet.link.Link`); whichever thread calls ``process()`` takes
 them out in order and runs the handlers.  Like websockets' ``Assembler``,
 the inbox also owns the flow control between the two: when a connection has
-``limit`` packets waiting, reading from its socket pauses, and it resumes
-once ``process()`` brought that connection down to half the limit.  Nothing
-is dropped; the sender sees TCP back-pressure.
+``limit`` packets (or ``byte_limit`` bytes of decoded bodies) waiting,
+reading from its socket pauses, and it resumes once ``process()`` brought
+that connection down to half of both.  Nothing is dropped; the sender sees
+TCP back-pressure.
 
-An item is ``(link, what to call, pid, msg)`` (see ``plans.RecvPlan``); ``(link, None, -1, reason)``
-is a connection's close, queued behind the packets that came before it.
+An item is ``(link, what to call, pid, msg, size)`` (see ``plans.RecvPlan``);
+``(link, None, -1, reason, 0)`` is a connection's close, queued behind the
+packets that came before it.
 
 Thread safety: :meth:`Inbox.put` and :meth:`Inbox.notify` on the network
 thread; :meth:`Inbox.wait`, :meth:`Inbox.take_for` and :meth:`Inbox.done` on the

@@ -890,8 +890,14 @@ class Peer:
         if self._h_inline:
             self._run_inline(link, run, -2, None)
             return
-        self._inbox.put(link, run, -2, None, NO_QUOTA)
-        self._inbox.notify()
+
+        def put() -> None:
+            self._inbox.put(link, run, -2, None, NO_QUOTA)
+            self._inbox.notify()
+
+        # (a future cancelled on a program thread settles there: the queue's
+        # counts have one writer, the network thread)
+        self._on_network_thread(put)
 
     def _run_inline(self, link: Link, fn: Any, pid: int, msg: Any) -> None:
         """Run a handler at once (network thread, ``net.process.inline``)."""

@@ -187,6 +187,8 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "net.limits.write_buffer_action": ("close", "raise"),
     "net.registry.missingpacketaction": ("closeconnection", "ignore"),
 }
+_MIN: dict[str, int] = {"net.limits.recv_queue": 1, "net.limits.recv_queue_bytes": 0}
+"""Keys whose values have a floor (a queue of no packets would never be read)."""
 _ANY = frozenset({"net.auth.credentials"})  # any msgpack value (checked by the Client)
 _ADDRESSES = frozenset({"net.server.addr", "net.client.addr"})
 
@@ -229,6 +231,9 @@ def check_value(key: str, value: Any) -> None:
         return
     if not ok:
         raise ConfigError(f"config {key} = {value!r} ({type(value).__name__}): must be {want}")
+    floor = _MIN.get(key)
+    if floor is not None and value < floor:
+        raise ConfigError(f"config {key} = {value!r}: must be at least {floor}")
 
 
 def check_config(cfg: Mapping[str, Any], server: bool = False) -> None:

@@ -115,6 +115,10 @@ class FakePeer:
         self._h_inflate_rate = h.get("inflate_rate", 1.0)
         self._h_write_total = h.get("write_total", 100)
         self._h_write_block = h.get("write_block", 64)
+        self._h_inline = h.get("inline", True)  # (frames_held's full-queue test: off unless asked)
+        self._h_recv_queue = h.get("recv_queue", 10)
+        self._h_recv_bytes = h.get("recv_bytes", 1000)
+        self._inbox = Inbox()
         self.cfg = {"net.timeout.send": h.get("timeout", 0.2)}
         self._process_thread = None
 
@@ -404,6 +408,27 @@ def test_an_idle_inbox_waits_its_timeout_and_a_busy_or_stopped_one_does_not_wait
     inbox.stopped = True  # stop(): waits return at once
     inbox.wait(0.25)
     assert cond.waits == [0.25] and inbox.waiters == 0
+
+
+@pytest.mark.parametrize(("n", "b"), [(10, 0), (0, 1000)])
+def test_frames_held_while_the_queue_is_full_pause_reading_instead_of_going_on(n, b):
+    # (the limits lowered below what waits while reading was not paused:
+    # going on would find no room again and again, a spin)
+    link = FakeLink(1)
+    link.n_in, link.n_out, link.b_in, link.b_out, link.resume_at = n, 0, b, 0, 0
+    peer = FakePeer([link], inline=False)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    flow.frames_held(link)  # type: ignore[arg-type]
+    assert link.chan.paused and peer._reactor.soon == [] and link.resume_at == 5 and link.b_resume_at == 500
+
+
+def test_frames_held_with_room_in_the_queue_go_on():
+    link = FakeLink(1)
+    link.n_in, link.n_out, link.b_in, link.b_out = 9, 0, 999, 0
+    peer = FakePeer([link], inline=False)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    flow.frames_held(link)  # type: ignore[arg-type]
+    assert not link.chan.paused and peer._reactor.soon == [(flow.resume_reading, (link,))]
 
 
 def test_a_wait_given_the_wake_count_it_saw_does_not_wait_after_a_notify_since():

@@ -240,6 +240,38 @@ def test_a_process_thread_that_looked_before_run_async_still_joins_the_relay(pee
     assert rec.where == {"handlers"}
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_clients_process_thread_that_looked_before_run_async_joins_the_relay(peers, monkeypatch, shared):
+    # The client's way in: runAsync() attaches to the shared NetworkLoop (the
+    # default) or starts a thread of its own; either wakes a process thread
+    # that waits already, so it joins the relay with no packet arriving.
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()
+    s.process_async()
+    c = make_client(s, **{"net.client.shared_loop": shared})
+    c.register_packet("relay:msg", Packet(c.registry, c))
+    c.register_packet("relay:double", Double(c.registry, c))
+    peers.append(c)
+    looked = threading.Event()
+    go_on = threading.Event()
+    real_wait = Inbox.wait
+
+    def wait(inbox, *args):  # the process thread, between its look and its wait
+        if threading.current_thread() is c._process_thread and not looked.is_set():
+            looked.set()
+            assert go_on.wait(10)
+        return real_wait(inbox, *args)
+
+    monkeypatch.setattr(Inbox, "wait", wait)
+    c.process_async()
+    assert looked.wait(10)
+    c.runAsync()
+    go_on.set()
+    wait_for(lambda: c in c._relay.members and c._process_thread.ident in c._relay.threads,
+             what="the client's process thread in the relay")
+
+
 def test_a_program_that_processes_keeps_its_handlers(peers):
     s, rec = _server()
     peers.append(s)

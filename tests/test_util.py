@@ -118,6 +118,8 @@ from peng3dnet.errors import ConfigError  # noqa: E402
         ("net.ssl.cafile", 5, "must be None or a path"),
         ("net.server.addr", 8080, "must be None"),
         ("net.registry.missingpacketaction", "drop", "must be one of"),
+        ("net.limits.recv_queue", 0, "must be at least 1"),
+        ("net.limits.recv_queue_bytes", -1, "must be at least 0"),
     ],
 )
 def test_a_wrong_value_fails_at_creation_naming_the_key(key, value, message):

@@ -624,7 +624,8 @@ def test_any_call_body_is_an_output_or_a_close(pid, body):
     else:
         ok = ok and type(body[1]) is int and body[1] in (0, 1, 2)
     if ok:
-        assert outs == [CallRequested(*body) if pid == PID_CALL else CallReplied(*body)]
+        size = len(msgpack.packb(body))
+        assert outs == [CallRequested(*body, size) if pid == PID_CALL else CallReplied(*body)]
         assert p.server.is_open
     else:
         assert isinstance(outs[-1], ConnectionClosed) and outs[-1].reason == "invalidpacket"
