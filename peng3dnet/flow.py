@@ -41,6 +41,46 @@ class Flow:
         connections hold (a server's; kept by :meth:`hold_read`)."""
         self._holders: set[Link] = set()
         """The connections counted in :attr:`read_held` (network thread)."""
+        self.queue_held: set[Link] = set()
+        """The connections whose reading :meth:`check_queue_total` holds
+        (network thread; read on any thread)."""
+
+    def check_queue_total(self) -> int:
+        """``net.limits.recv_queue_total``: when the decoded bytes waiting
+        for ``process()`` on all connections together are over it, stop
+        reading from every connection that has some waiting (its handlers
+        lag: what it sends waits in the socket, TCP back-pressure, nothing
+        lost); once the total is down to half, read from them all again.
+        Connections with nothing waiting go on.  Network thread: the
+        housekeeping timer, and after each batch of handlers while any
+        is held.  Returns the total."""
+        peer = self.peer
+        cap = peer._h_recv_total
+        links = peer._all_links()
+        total = 0
+        for link in links:
+            total += link.b_in - link.b_out
+        if self.queue_held and (total <= cap // 2 or not cap):
+            held, self.queue_held = self.queue_held, set()
+            log.debug("= %s: %d bytes wait for process() in all: reading from %d connections again",
+                      peer._role, total, len(held))
+            for link in held:
+                link.chan.held = False
+                self.resume_reading(link)
+            return total
+        if cap and total > cap:
+            more = 0
+            for link in links:
+                chan = link.chan
+                if link.b_in - link.b_out > 0 and not chan.held and not chan.closed:
+                    chan.held = True
+                    chan.update_interest()
+                    self.queue_held.add(link)
+                    more += 1
+            if more:
+                log.info("= %s: %d bytes wait for process() in all (net.limits.recv_queue_total %d): "
+                         "reading paused for %d more connections", peer._role, total, cap, more)
+        return total
 
     def recount(self) -> None:
         """Count the buffered bytes exactly (the housekeeping timer)."""
@@ -58,6 +98,7 @@ class Flow:
             self.read_held -= link.held_in
             link.held_in = 0
         self._holders.discard(link)
+        self.queue_held.discard(link)
 
     def hold_read(self, link: Link, held: int, fresh: bool = False) -> None:
         """A connection's decoder now holds ``held`` bytes of an incomplete
@@ -101,7 +142,7 @@ class Flow:
                 continue
             total += held
             chan = link.chan
-            ours = bool(chan.paused or chan.throttled or proto.frames_waiting)  # (what it sends waits in the socket)
+            ours = bool(chan.paused or chan.throttled or chan.held or proto.frames_waiting)  # (what it sends waits in the socket)
             rate = held / max(now - link.held_since, 1e-3)
             ranked.append((ours, rate, link))
         ranked.sort(key=lambda r: (r[0], r[1]))
@@ -132,7 +173,7 @@ class Flow:
         closed = 0
         for link in list(self._holders):
             chan = link.chan
-            if chan.paused or chan.throttled or link.proto.frames_waiting:
+            if chan.paused or chan.throttled or chan.held or link.proto.frames_waiting:
                 link.held_since = now  # (its slowness is ours: its clock starts again when we read again)
                 continue
             age = now - link.held_since
@@ -150,6 +191,8 @@ class Flow:
         Over the decompression budget (``"throttle"``), wait until it is
         refilled; else go on at once (network thread)."""
         peer = self.peer
+        if link.chan.held:
+            return  # check_queue_total() resumes it
         if not peer._h_inline and (link.n_in - link.n_out >= peer._h_recv_queue
                                    or link.b_in - link.b_out >= peer._h_recv_bytes):
             # The queue is full although reading was not paused (its limits
@@ -194,7 +237,7 @@ class Flow:
         if chan.closed:
             return
         link.held_at = time.monotonic()  # held until now: silence counts from here (Peer._housekeeping)
-        if proto.frames_waiting and not chan.paused and not chan.throttled and not proto.closed:
+        if proto.frames_waiting and not chan.paused and not chan.throttled and not chan.held and not proto.closed:
             now = time.monotonic()  # one clock reading for every bucket
             if peer._h_inflate:
                 peer._refill_inflate(link, now)

@@ -126,6 +126,7 @@ class Peer:
     _h_print_send: bool
     _h_recv_queue: int
     _h_recv_bytes: int
+    _h_recv_total: int
     _h_write_cap: int
     _h_write_raise: bool
     _h_rate_p: float
@@ -731,7 +732,7 @@ class Peer:
                 self._close_link(link, "handshaketimeout")
                 continue
             chan = link.chan
-            if chan.paused or chan.throttled or proto.frames_waiting:
+            if chan.paused or chan.throttled or chan.held or proto.frames_waiting:
                 # We do not read from it (our own flow control): what it
                 # sends waits in the socket, so it is not silent.
                 link.held_at = now
@@ -754,6 +755,8 @@ class Peer:
                             self._push(link)
         if self._h_write_total:  # recount (corked flushes and closing flushes are not counted)
             self._flow.recount()
+        if self._h_recv_total or self._flow.queue_held:
+            self._flow.check_queue_total()
         min_rate = float(cfg["net.limits.min_read_rate"])
         if self._h_read_total and min_rate > 0:  # (incomplete packets are counted only with that cap on)
             self._flow.close_slow_producers(now, min_rate, float(cfg["net.limits.min_read_grace"]))
@@ -1573,6 +1576,8 @@ class Peer:
                 n += 1
         finally:
             local.active = outer
+            if self._flow.queue_held:  # (all connections' queues were over their total: see if they are down)
+                self._reactor.call_soon(self._flow.check_queue_total)
         return n
 
     def _dispatching(self, fn: Any, *args: Any) -> Any:

@@ -612,6 +612,7 @@ class Channel:
         "head",
         "marks",
         "throttled",
+        "held",
         "drained",
         "drain_waiters",
         "low_water",
@@ -656,6 +657,9 @@ class Channel:
         self.throttled = False
         """Reading is paused by a rate limit (see :attr:`paused` for the
         process queue's pause); either one stops reading."""
+        self.held = False
+        """Reading is paused because the process queues of all connections
+        together are over ``net.limits.recv_queue_total`` (``Flow.check_queue_total``)."""
         self.last_write = 0.0
         """Monotonic time the last direct write from another thread than
         the network thread ended (see :meth:`write`); 0.0 after a flush."""
@@ -850,7 +854,7 @@ class Channel:
         if self.tls_pending:
             mask = self.tls_pending
         else:
-            reading = self.closing or not (self.paused or self.throttled)
+            reading = self.closing or not (self.paused or self.throttled or self.held)
             mask = (EVENT_READ if reading else 0) | (EVENT_WRITE if self.out and self.error is None else 0)
         if mask == self.mask:
             return

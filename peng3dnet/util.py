@@ -187,7 +187,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "net.limits.write_buffer_action": ("close", "raise"),
     "net.registry.missingpacketaction": ("closeconnection", "ignore"),
 }
-_MIN: dict[str, int] = {"net.limits.recv_queue": 1, "net.limits.recv_queue_bytes": 0}
+_MIN: dict[str, int] = {"net.limits.recv_queue": 1, "net.limits.recv_queue_bytes": 0, "net.limits.recv_queue_total": 0}
 """Keys whose values have a floor (a queue of no packets would never be read)."""
 _ANY = frozenset({"net.auth.credentials"})  # any msgpack value (checked by the Client)
 _ADDRESSES = frozenset({"net.server.addr", "net.client.addr"})

@@ -46,6 +46,7 @@ class FakeChan:
     def __init__(self, out: int = 0) -> None:
         self.throttled = False
         self.paused = False
+        self.held = False
         self.closed = False
         self.out = bytearray(out)
         self.interest_updates = 0
@@ -118,6 +119,7 @@ class FakePeer:
         self._h_inline = h.get("inline", True)  # (frames_held's full-queue test: off unless asked)
         self._h_recv_queue = h.get("recv_queue", 10)
         self._h_recv_bytes = h.get("recv_bytes", 1000)
+        self._h_recv_total = h.get("recv_total", 0)
         self._inbox = Inbox()
         self.cfg = {"net.timeout.send": h.get("timeout", 0.2)}
         self._process_thread = None
@@ -422,6 +424,75 @@ def test_frames_held_while_the_queue_is_full_pause_reading_instead_of_going_on(n
     assert link.chan.paused and peer._reactor.soon == [] and link.resume_at == 5 and link.b_resume_at == 500
 
 
+def _queues(*queued: int) -> list[FakeLink]:
+    links = []
+    for i, b in enumerate(queued):
+        link = FakeLink(i + 1)
+        link.b_in, link.b_out = b + 7, 7
+        links.append(link)
+    return links
+
+
+def test_over_the_total_every_connection_with_bytes_waiting_is_held_and_logged_once(caplog):
+    links = _queues(600, 500, 0)
+    peer = FakePeer(links, recv_total=1000)
+    peer._all_links = lambda: links  # type: ignore[attr-defined]
+    flow = Flow(peer)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="peng3dnet.flow"):
+        assert flow.check_queue_total() == 1100
+        assert flow.check_queue_total() == 1100  # held already: not again
+    assert [lk.chan.held for lk in links] == [True, True, False]  # the third has nothing waiting: it goes on
+    assert [lk.chan.interest_updates for lk in links] == [1, 1, 0] and flow.queue_held == set(links[:2])
+    assert [r.getMessage() for r in caplog.records] == [
+        "= server: 1100 bytes wait for process() in all (net.limits.recv_queue_total 1000): "
+        "reading paused for 2 more connections"]
+    links[2].b_in += 1  # the third queues meanwhile: held too, at the next look
+    assert flow.check_queue_total() == 1101 and links[2].chan.held
+
+
+def test_exactly_at_the_total_nothing_is_held_and_half_of_it_releases_them_all():
+    links = _queues(600, 400)
+    peer = FakePeer(links, recv_total=1000)
+    peer._all_links = lambda: links  # type: ignore[attr-defined]
+    flow = Flow(peer)  # type: ignore[arg-type]
+    flow.check_queue_total()
+    assert not any(lk.chan.held for lk in links)
+    links[0].b_in += 1
+    flow.check_queue_total()
+    assert all(lk.chan.held for lk in links)
+    links[0].b_out += 500  # 501 wait: over half
+    flow.check_queue_total()
+    assert all(lk.chan.held for lk in links)
+    links[1].b_out += 1  # 500: half
+    resumed: list = []
+    flow.resume_reading = resumed.append  # type: ignore[method-assign]
+    assert flow.check_queue_total() == 500
+    assert not any(lk.chan.held for lk in links) and flow.queue_held == set() and set(resumed) == set(links)
+
+
+def test_a_total_of_0_holds_nothing_and_releases_what_was_held():
+    links = _queues(5000)
+    peer = FakePeer(links, recv_total=0)
+    peer._all_links = lambda: links  # type: ignore[attr-defined]
+    flow = Flow(peer)  # type: ignore[arg-type]
+    flow.check_queue_total()
+    assert not links[0].chan.held
+    links[0].chan.held = True  # held under a total since turned off
+    flow.queue_held.add(links[0])
+    flow.resume_reading = lambda link: None  # type: ignore[method-assign]
+    flow.check_queue_total()
+    assert not links[0].chan.held and not flow.queue_held
+
+
+def test_frames_held_on_a_held_connection_wait_for_the_release():
+    link = FakeLink(1)
+    link.n_in = link.n_out = 0
+    link.chan.held = True
+    peer = FakePeer([link], inline=False)
+    Flow(peer).frames_held(link)  # type: ignore[arg-type]
+    assert peer._reactor.soon == [] and peer._reactor.later == [] and not link.chan.paused
+
+
 def test_frames_held_with_room_in_the_queue_go_on():
     link = FakeLink(1)
     link.n_in, link.n_out, link.b_in, link.b_out = 9, 0, 999, 0
@@ -453,7 +524,8 @@ class Batch:
 
     def __init__(self, inbox: Inbox, fail: Any = None, fail_with: BaseException | None = None) -> None:
         self._inbox = inbox
-        self._flow = type("F", (), {"dispatching": threading.local(), "resume_reading": "resume"})()
+        self._flow = type("F", (), {"dispatching": threading.local(), "resume_reading": "resume",
+                                    "queue_held": set(), "check_queue_total": "check total"})()
         self._reactor = type("R", (), {})()
         self.soon: list = []
         self._reactor.call_soon = lambda fn, *args: self.soon.append((fn, *args))
@@ -544,6 +616,17 @@ def test_a_batch_that_a_handler_escapes_counts_it_done_takes_its_mark_off_and_le
         b.run()
     assert [m for m, _, _ in b.seen] == ["m1", "m2"] and list(inbox.items) == [(link, b.handler, 64, "m3", 0)]
     assert b._flow.dispatching.active is False and link.n_out == 2 and b.failed == [(3, b.handler)]
+
+
+def test_a_batch_asks_for_a_look_at_the_total_while_connections_are_held_for_it():
+    inbox = Inbox()
+    link = _batch_link()
+    b = Batch(inbox)
+    inbox.put(link, b.handler, 64, "a", limit=100)
+    assert b.run() == 1 and b.soon == []  # nothing held: no look
+    b._flow.queue_held = {link}
+    inbox.put(link, b.handler, 64, "b", limit=100)
+    assert b.run() == 1 and b.soon == [("check total",)]
 
 
 def test_a_batch_resumes_a_paused_connection_once_at_its_mark():

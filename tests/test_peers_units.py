@@ -38,6 +38,7 @@ class FakeChan:
         self.tls_pending = 0
         self.paused = False
         self.throttled = False
+        self.held = False
         self.interest_updates = 0
 
     def write(self, data: bytes, cork: bool = True) -> None:
@@ -570,7 +571,7 @@ def test_an_idle_connection_is_closed_and_the_log_says_how_long_it_was_silent(ca
     assert [r.getMessage() for r in caplog.records] == ["! server cid=7: nothing received for 12.5 s"]
 
 
-@pytest.mark.parametrize("held", ["paused", "throttled", "frames waiting", None])
+@pytest.mark.parametrize("held", ["paused", "throttled", "held for the total", "frames waiting", None])
 @pytest.mark.parametrize("key", ["net.timeout.idle", "net.heartbeat.timeout"])
 def test_a_connection_whose_reading_we_hold_is_not_silent_and_its_silence_counts_from_the_hold(held, key, monkeypatch):
     """Heartbeat and idle time-outs: while our own flow control holds the
@@ -595,6 +596,8 @@ def test_a_connection_whose_reading_we_hold_is_not_silent_and_its_silence_counts
         chan.paused = True
     elif held == "throttled":
         chan.throttled = True
+    elif held == "held for the total":
+        chan.held = True
     elif held == "frames waiting":
         link.proto.frames_waiting = 3
     closes = _recording_closes(s)
@@ -605,7 +608,7 @@ def test_a_connection_whose_reading_we_hold_is_not_silent_and_its_silence_counts
     assert closes == [] and link.held_at == 1000.0
     # Reading goes on; 4 s later it is still within the time-out (counted
     # from the hold, not from the read 12.5 s before it), 6 s later not.
-    chan.paused = chan.throttled = False
+    chan.paused = chan.throttled = chan.held = False
     link.proto.frames_waiting = 0
     clock.monotonic = lambda: 1004.0
     s._housekeeping()

@@ -1096,6 +1096,12 @@ def test_update_interest_registers_modifies_and_unregisters(reactor, pair):
     ch.update_interest()
     assert ch.mask == EVENT_READ and _key(reactor, a) == (EVENT_READ, cb)
     ch.closing = ch.throttled = False
+    ch.held = True  # the process queues' total: not read either
+    ch.update_interest()
+    assert ch.mask == 0 and _key(reactor, a) is None
+    ch.held = False
+    ch.update_interest()
+    assert ch.mask == EVENT_READ
     ch.out += b"x"
     ch.error = NetworkError("send: x")  # a broken channel waits for nothing to write
     ch.update_interest()
