@@ -42,44 +42,53 @@ class Flow:
         self._holders: set[Link] = set()
         """The connections counted in :attr:`read_held` (network thread)."""
         self.queue_held: set[Link] = set()
-        """The connections whose reading :meth:`check_queue_total` holds
-        (network thread; read on any thread)."""
+        """The connections whose reading is held for
+        ``net.limits.recv_queue_total`` (network thread; read on any thread)."""
+        self.over_total = False
+        """The process queue's bytes went over ``net.limits.recv_queue_total``
+        and are not down to half yet (network thread)."""
+        self.total_check_pending = False
+        """A :meth:`check_queue_total` is scheduled (set on any thread)."""
+
+    def hold_queue(self, link: Link) -> None:
+        """``net.limits.recv_queue_total``: the bytes waiting for
+        ``process()`` (``Inbox.b_in - Inbox.b_out``: every connection's,
+        those closed since included) are over it, and ``link`` just queued
+        some: stop reading from it until the total is down to half (its
+        handlers lag: what it sends waits in the socket, TCP back-pressure,
+        nothing lost).  A connection with nothing to queue goes on.
+        Network thread, after a read that queued packets."""
+        chan = link.chan
+        if not self.over_total:
+            self.over_total = True
+            inbox = self.peer._inbox
+            log.info("= %s: %d bytes wait for process() in all (net.limits.recv_queue_total %d): "
+                     "reading pauses for the connections that add to them", self.peer._role,
+                     inbox.b_in - inbox.b_out, self.peer._h_recv_total)
+        if not chan.held and not chan.closed:
+            chan.held = True
+            chan.update_interest()
+            self.queue_held.add(link)
 
     def check_queue_total(self) -> int:
-        """``net.limits.recv_queue_total``: when the decoded bytes waiting
-        for ``process()`` on all connections together are over it, stop
-        reading from every connection that has some waiting (its handlers
-        lag: what it sends waits in the socket, TCP back-pressure, nothing
-        lost); once the total is down to half, read from them all again.
-        Connections with nothing waiting go on.  Network thread: the
-        housekeeping timer, and after each batch of handlers while any
-        is held.  Returns the total."""
+        """Once the process queue's bytes are down to half of
+        ``net.limits.recv_queue_total`` (or it was set to 0), read from
+        the connections :meth:`hold_queue` held again.  Network thread: the
+        housekeeping timer, and after a batch of handlers while any is
+        held.  Returns the bytes waiting."""
+        self.total_check_pending = False
         peer = self.peer
+        inbox = peer._inbox
+        total: int = inbox.b_in - inbox.b_out
         cap = peer._h_recv_total
-        links = peer._all_links()
-        total = 0
-        for link in links:
-            total += link.b_in - link.b_out
-        if self.queue_held and (total <= cap // 2 or not cap):
+        if self.over_total and total <= cap // 2:  # (0 in the config, no limit: NO_LIMIT)
+            self.over_total = False
             held, self.queue_held = self.queue_held, set()
             log.debug("= %s: %d bytes wait for process() in all: reading from %d connections again",
                       peer._role, total, len(held))
             for link in held:
                 link.chan.held = False
                 self.resume_reading(link)
-            return total
-        if cap and total > cap:
-            more = 0
-            for link in links:
-                chan = link.chan
-                if link.b_in - link.b_out > 0 and not chan.held and not chan.closed:
-                    chan.held = True
-                    chan.update_interest()
-                    self.queue_held.add(link)
-                    more += 1
-            if more:
-                log.info("= %s: %d bytes wait for process() in all (net.limits.recv_queue_total %d): "
-                         "reading paused for %d more connections", peer._role, total, cap, more)
         return total
 
     def recount(self) -> None:

@@ -34,7 +34,8 @@ NO_LIMIT = 1 << 62
 class Inbox:
     """The queue between the network thread and ``process()``."""
 
-    __slots__ = ("items", "_cond", "waiters", "notify_pending", "lock", "stopped", "owner", "ready", "wakes")
+    __slots__ = ("items", "_cond", "waiters", "notify_pending", "lock", "stopped", "owner", "ready", "wakes",
+                 "b_in", "b_out")
 
     def __init__(self, owner: Any = None) -> None:
         self.items: deque[tuple[Any, Any, int, Any, int]] = deque()
@@ -56,6 +57,11 @@ class Inbox:
         (``process()`` may run on several threads)."""
         self.stopped = False
         """Set by stop(): waits return at once, process_forever() ends."""
+        self.b_in = 0
+        """Bytes (decoded bodies) of every packet put, all connections
+        (the network thread writes it)."""
+        self.b_out = 0
+        """Of those, the bytes handled (written under :attr:`lock`)."""
         self.wakes = 0
         """How many times :meth:`notify` ran: a thread that looked at its
         state before waiting passes what it read to :meth:`wait`, and a
@@ -69,7 +75,9 @@ class Inbox:
         ``byte_limit`` bytes wait).  (Inlined in ``Peer._on_app_packet``:
         keep the two alike.)"""
         link.n_in += 1  # the network thread is its only writer: no lock
-        link.b_in += size
+        if size:
+            link.b_in += size
+            self.b_in += size
         self.items.append((link, pobj, pid, msg, size))
         ready = self.ready
         if ready is not None:
@@ -155,6 +163,7 @@ class Inbox:
         with self.lock:  # (inlined in Peer._run_batch: keep the two alike)
             link.n_out += 1
             link.b_out += size
+            self.b_out += size
             resume: bool = (link.chan.paused and link.n_in - link.n_out <= link.resume_at
                             and link.b_in - link.b_out <= link.b_resume_at)
             if resume:

@@ -676,6 +676,8 @@ class Peer:
             if session.rx != session.ack_sent and session.link is link:
                 self._maybe_ack(link, session)
         inbox = self._inbox
+        if queued and inbox.b_in - inbox.b_out > self._h_recv_total:  # (no limit: NO_LIMIT)
+            self._flow.hold_queue(link)
         if queued and inbox.waiters and not inbox.notify_pending:
             reactor = self._reactor
             if reactor.running and reactor.in_loop():
@@ -755,7 +757,7 @@ class Peer:
                             self._push(link)
         if self._h_write_total:  # recount (corked flushes and closing flushes are not counted)
             self._flow.recount()
-        if self._h_recv_total or self._flow.queue_held:
+        if self._flow.over_total:
             self._flow.check_queue_total()
         min_rate = float(cfg["net.limits.min_read_rate"])
         if self._h_read_total and min_rate > 0:  # (incomplete packets are counted only with that cap on)
@@ -855,6 +857,7 @@ class Peer:
         link.n_in += 1  # the network thread is its only writer: no lock
         link.b_in += size
         inbox = self._inbox
+        inbox.b_in += size
         inbox.items.append((link, fn, pid, msg, size))
         ready = inbox.ready
         if ready is not None:
@@ -1566,6 +1569,7 @@ class Peer:
                     with lock:
                         link.n_out += 1
                         link.b_out += size
+                        inbox.b_out += size
                         chan = link.chan
                         resume = (chan.paused and link.n_in - link.n_out <= link.resume_at
                                   and link.b_in - link.b_out <= link.b_resume_at)
@@ -1576,8 +1580,10 @@ class Peer:
                 n += 1
         finally:
             local.active = outer
-            if self._flow.queue_held:  # (all connections' queues were over their total: see if they are down)
-                self._reactor.call_soon(self._flow.check_queue_total)
+            flow = self._flow
+            if flow.over_total and not flow.total_check_pending:  # (over the total: see if it is down now)
+                flow.total_check_pending = True
+                self._reactor.call_soon(flow.check_queue_total)
         return n
 
     def _dispatching(self, fn: Any, *args: Any) -> Any:

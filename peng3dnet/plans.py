@@ -111,7 +111,7 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
         "_h_recv_queue": int(cfg["net.limits.recv_queue"]),
         # (inline, nothing is queued: no limit, and the read path need not ask)
         "_h_recv_bytes": NO_LIMIT if cfg["net.process.inline"] else int(cfg["net.limits.recv_queue_bytes"]) or NO_LIMIT,
-        "_h_recv_total": 0 if cfg["net.process.inline"] else int(cfg["net.limits.recv_queue_total"]),
+        "_h_recv_total": NO_LIMIT if cfg["net.process.inline"] else int(cfg["net.limits.recv_queue_total"]) or NO_LIMIT,
         "_h_write_cap": int(cfg["net.limits.write_buffer"]),
         "_h_write_raise": cfg["net.limits.write_buffer_action"] == "raise",
         "_h_rate_p": rate_p,

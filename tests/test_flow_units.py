@@ -20,7 +20,7 @@ import pytest
 
 from peng3dnet.errors import ConnectionClosedError, WriteBufferFullError
 from peng3dnet.flow import Flow
-from peng3dnet.inbox import Inbox
+from peng3dnet.inbox import NO_LIMIT, Inbox
 from peng3dnet.link import link_hooks, noop_hook
 from peng3dnet.peer import Peer
 from tests.helpers import wait_for
@@ -119,7 +119,7 @@ class FakePeer:
         self._h_inline = h.get("inline", True)  # (frames_held's full-queue test: off unless asked)
         self._h_recv_queue = h.get("recv_queue", 10)
         self._h_recv_bytes = h.get("recv_bytes", 1000)
-        self._h_recv_total = h.get("recv_total", 0)
+        self._h_recv_total = h.get("recv_total", NO_LIMIT)
         self._inbox = Inbox()
         self.cfg = {"net.timeout.send": h.get("timeout", 0.2)}
         self._process_thread = None
@@ -424,64 +424,69 @@ def test_frames_held_while_the_queue_is_full_pause_reading_instead_of_going_on(n
     assert link.chan.paused and peer._reactor.soon == [] and link.resume_at == 5 and link.b_resume_at == 500
 
 
-def _queues(*queued: int) -> list[FakeLink]:
-    links = []
-    for i, b in enumerate(queued):
-        link = FakeLink(i + 1)
-        link.b_in, link.b_out = b + 7, 7
-        links.append(link)
-    return links
+def _total_peer(cap: int, waiting: int) -> tuple[Flow, FakePeer]:
+    peer = FakePeer([], recv_total=cap)
+    peer._inbox.b_in, peer._inbox.b_out = waiting + 7, 7
+    return Flow(peer), peer  # type: ignore[arg-type]
 
 
-def test_over_the_total_every_connection_with_bytes_waiting_is_held_and_logged_once(caplog):
-    links = _queues(600, 500, 0)
-    peer = FakePeer(links, recv_total=1000)
-    peer._all_links = lambda: links  # type: ignore[attr-defined]
-    flow = Flow(peer)  # type: ignore[arg-type]
+def test_over_the_total_a_connection_that_queued_is_held_and_the_first_logs(caplog):
+    flow, peer = _total_peer(1000, 1100)
+    a, b = FakeLink(1), FakeLink(2)
     with caplog.at_level(logging.INFO, logger="peng3dnet.flow"):
-        assert flow.check_queue_total() == 1100
-        assert flow.check_queue_total() == 1100  # held already: not again
-    assert [lk.chan.held for lk in links] == [True, True, False]  # the third has nothing waiting: it goes on
-    assert [lk.chan.interest_updates for lk in links] == [1, 1, 0] and flow.queue_held == set(links[:2])
+        flow.hold_queue(a)  # type: ignore[arg-type]
+        flow.hold_queue(a)  # type: ignore[arg-type]  # held already: not again
+        flow.hold_queue(b)  # type: ignore[arg-type]
+    assert a.chan.held and b.chan.held and flow.over_total and flow.queue_held == {a, b}
+    assert a.chan.interest_updates == 1 and b.chan.interest_updates == 1
     assert [r.getMessage() for r in caplog.records] == [
         "= server: 1100 bytes wait for process() in all (net.limits.recv_queue_total 1000): "
-        "reading paused for 2 more connections"]
-    links[2].b_in += 1  # the third queues meanwhile: held too, at the next look
-    assert flow.check_queue_total() == 1101 and links[2].chan.held
+        "reading pauses for the connections that add to them"]
+    c = FakeLink(3)
+    c.chan.closed = True
+    flow.hold_queue(c)  # type: ignore[arg-type]
+    assert not c.chan.held and c not in flow.queue_held
 
 
-def test_exactly_at_the_total_nothing_is_held_and_half_of_it_releases_them_all():
-    links = _queues(600, 400)
-    peer = FakePeer(links, recv_total=1000)
-    peer._all_links = lambda: links  # type: ignore[attr-defined]
-    flow = Flow(peer)  # type: ignore[arg-type]
-    flow.check_queue_total()
-    assert not any(lk.chan.held for lk in links)
-    links[0].b_in += 1
-    flow.check_queue_total()
-    assert all(lk.chan.held for lk in links)
-    links[0].b_out += 500  # 501 wait: over half
-    flow.check_queue_total()
-    assert all(lk.chan.held for lk in links)
-    links[1].b_out += 1  # 500: half
+def test_half_the_total_releases_every_held_connection_and_over_half_none():
+    flow, peer = _total_peer(1000, 1001)
+    links = [FakeLink(1), FakeLink(2)]
+    for lk in links:
+        flow.hold_queue(lk)  # type: ignore[arg-type]
     resumed: list = []
     flow.resume_reading = resumed.append  # type: ignore[method-assign]
+    flow.total_check_pending = True
+    peer._inbox.b_out += 500  # 501 wait: over half
+    assert flow.check_queue_total() == 501
+    assert all(lk.chan.held for lk in links) and flow.over_total and not flow.total_check_pending
+    peer._inbox.b_out += 1  # 500: half
     assert flow.check_queue_total() == 500
-    assert not any(lk.chan.held for lk in links) and flow.queue_held == set() and set(resumed) == set(links)
+    assert not any(lk.chan.held for lk in links) and flow.queue_held == set() and not flow.over_total
+    assert set(resumed) == set(links)
+    assert flow.check_queue_total() == 500 and len(resumed) == 2  # nothing held: nothing to do
 
 
-def test_a_total_of_0_holds_nothing_and_releases_what_was_held():
-    links = _queues(5000)
-    peer = FakePeer(links, recv_total=0)
-    peer._all_links = lambda: links  # type: ignore[attr-defined]
-    flow = Flow(peer)  # type: ignore[arg-type]
+def test_a_total_set_to_0_releases_what_was_held():
+    flow, peer = _total_peer(1000, 5000)
+    link = FakeLink(1)
+    flow.hold_queue(link)  # type: ignore[arg-type]
+    peer._h_recv_total = NO_LIMIT  # (what 0 in the config becomes)
+    flow.resume_reading = lambda lk: None  # type: ignore[method-assign]
     flow.check_queue_total()
-    assert not links[0].chan.held
-    links[0].chan.held = True  # held under a total since turned off
-    flow.queue_held.add(links[0])
-    flow.resume_reading = lambda link: None  # type: ignore[method-assign]
-    flow.check_queue_total()
-    assert not links[0].chan.held and not flow.queue_held
+    assert not link.chan.held and not flow.queue_held and not flow.over_total
+
+
+def test_the_inbox_counts_the_bytes_of_all_connections_in_and_out():
+    inbox = Inbox()
+    a, b = FakeLink(1), FakeLink(2)
+    for lk in (a, b):
+        lk.n_in = lk.n_out = lk.resume_at = 0
+    inbox.put(a, "f", 64, "x", 10, 300)
+    inbox.put(b, "f", 64, "y", 10, 200)
+    inbox.put(b, "f", -2, None, 10)  # a call's callback: no bytes
+    assert inbox.b_in == 500 and (a.b_in, b.b_in) == (300, 200)
+    inbox.done(a, 300)
+    assert inbox.b_out == 300 and a.b_out == 300
 
 
 def test_frames_held_on_a_held_connection_wait_for_the_release():
@@ -525,7 +530,8 @@ class Batch:
     def __init__(self, inbox: Inbox, fail: Any = None, fail_with: BaseException | None = None) -> None:
         self._inbox = inbox
         self._flow = type("F", (), {"dispatching": threading.local(), "resume_reading": "resume",
-                                    "queue_held": set(), "check_queue_total": "check total"})()
+                                    "over_total": False, "total_check_pending": False,
+                                    "check_queue_total": "check total"})()
         self._reactor = type("R", (), {})()
         self.soon: list = []
         self._reactor.call_soon = lambda fn, *args: self.soon.append((fn, *args))
@@ -618,15 +624,18 @@ def test_a_batch_that_a_handler_escapes_counts_it_done_takes_its_mark_off_and_le
     assert b._flow.dispatching.active is False and link.n_out == 2 and b.failed == [(3, b.handler)]
 
 
-def test_a_batch_asks_for_a_look_at_the_total_while_connections_are_held_for_it():
+def test_a_batch_asks_for_one_look_at_the_total_while_it_is_over():
     inbox = Inbox()
     link = _batch_link()
     b = Batch(inbox)
-    inbox.put(link, b.handler, 64, "a", limit=100)
-    assert b.run() == 1 and b.soon == []  # nothing held: no look
-    b._flow.queue_held = {link}
-    inbox.put(link, b.handler, 64, "b", limit=100)
-    assert b.run() == 1 and b.soon == [("check total",)]
+    inbox.put(link, b.handler, 64, "a", limit=100, size=40)
+    assert b.run() == 1 and b.soon == [] and inbox.b_out == 40  # not over: no look
+    b._flow.over_total = True
+    for m in ("b", "c"):
+        inbox.put(link, b.handler, 64, m, limit=100, size=2)
+        assert b.run() == 1
+    assert b.soon == [("check total",)] and b._flow.total_check_pending  # one look scheduled, not two
+    assert inbox.b_out == 44
 
 
 def test_a_batch_resumes_a_paused_connection_once_at_its_mark():

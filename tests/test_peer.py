@@ -419,11 +419,11 @@ def test_backpressure_counts_bytes_too_and_loses_nothing():
         s.shutdown(timeout=5)
 
 
-def test_the_queues_total_holds_the_connections_with_bytes_waiting_and_loses_nothing():
-    """net.limits.recv_queue_total: over it (all connections' process
-    queues together), reading pauses for every connection with bytes
-    waiting (within a housekeeping period), not for one with none; down to
-    half, all read again; every packet arrives, in order."""
+def test_the_queues_total_holds_the_connections_that_add_to_it_and_loses_nothing():
+    """net.limits.recv_queue_total: once all connections' process queues
+    together are over it, a connection is held (not read) from its next
+    read that queues packets; one that sends nothing goes on; down to
+    half, all are read again; every packet arrives, in order."""
     from peng3dnet.transport import EVENT_READ
 
     got: list = []
@@ -432,7 +432,8 @@ def test_the_queues_total_holds_the_connections_with_bytes_waiting_and_loses_not
         def receive(self, msg, cid=None):
             got.append((cid, msg[0]))
 
-    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.limits.recv_queue_total": 1024 * 1024})
+    cap = 1024 * 1024
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.limits.recv_queue_total": cap})
     s.register_packet("t:m", Slow(s.registry, s))
     s.runAsync()  # nobody calls process() yet
     clients = []
@@ -443,31 +444,33 @@ def test_the_queues_total_holds_the_connections_with_bytes_waiting_and_loses_not
             c.runAsync()
             c.wait_for_connection(10)
             clients.append(c)
-        cids = active_cids(s, 4)
+        cids = sorted(active_cids(s, 4))
+        links = [s._links[cid] for cid in cids]
+        local = {c.sock.getsockname(): c for c in clients}
+        by_cid = {lk.cid: local[lk.chan.sock.getpeername()] for lk in links}
+        senders, quiet = links[:3], links[3]
         blob = bytes(range(256)) * 400  # 100 KiB
-        for c in clients[:3]:
+        for lk in senders:
             for i in range(5):
-                c.send_message("t:m", [i, blob])
-        links = [s._links[cid] for cid in sorted(cids)]
-        wait_for(lambda: sum(lk.queued_bytes for lk in links) >= 15 * 100 * 1024
-                 and sum(lk.chan.held for lk in links) == 3, what="three connections held")
-        quiet = next(lk for lk in links if lk.queued_bytes == 0)
-        assert not quiet.chan.held and quiet.chan.mask & EVENT_READ  # nothing waiting: it goes on
-        assert all(not lk.chan.mask & EVENT_READ for lk in links if lk is not quiet)
-        assert len(s._flow.queue_held) == 3
-        for c in clients[:3]:  # more while held: waits in the sockets
+                by_cid[lk.cid].send_message("t:m", [i, blob])
+        inbox = s._inbox
+        wait_for(lambda: inbox.b_in - inbox.b_out > cap and s._flow.over_total, what="the total over the cap")
+        for lk in senders:  # more: each one's next read holds it
             for i in range(5, 10):
-                c.send_message("t:m", [i, blob])
-        quiet_client = clients[[lk.cid for lk in links].index(quiet.cid)]
-        quiet_client.send_message("t:m", [0, b"q"])
-        wait_for(lambda: quiet.queued == 1, what="the quiet connection's packet read")
+                by_cid[lk.cid].send_message("t:m", [i, blob])
+        wait_for(lambda: all(lk.chan.held for lk in senders), what="the three senders held")
+        assert all(not lk.chan.mask & EVENT_READ for lk in senders) and s._flow.queue_held == set(senders)
+        assert not quiet.chan.held and quiet.chan.mask & EVENT_READ  # nothing queued: it goes on
+        by_cid[quiet.cid].send_message("t:m", [0, b"q"])
+        # (read, and since it added to the total, held from then on)
+        wait_for(lambda: quiet.queued == 1 and quiet.chan.held, what="the quiet connection's packet read, then held")
         while len(got) < 31:
             s.process(wait=True, timeout=10)
-        assert sorted(set(c for c, _ in got)) == sorted(cids)
         for cid in cids:
             mine = [m for c, m in got if c == cid]
             assert mine == ([0] if cid == quiet.cid else list(range(10)))  # all, in order
-        wait_for(lambda: not s._flow.queue_held and not any(lk.chan.held for lk in links), what="all released")
+        wait_for(lambda: not s._flow.over_total and not any(lk.chan.held for lk in links), what="all released")
+        assert inbox.b_in == inbox.b_out == sum(lk.b_in for lk in links)
     finally:
         for c in clients:
             c.stop()

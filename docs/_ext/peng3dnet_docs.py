@@ -441,9 +441,8 @@ CONFIG: dict[str, str] = {
                              "from that connection pauses until ``process()`` has brought it down to half "
                              "(TCP back-pressure, nothing dropped).",
     "net.limits.recv_queue_total": "The bytes waiting for ``process()`` on all connections together (0: no "
-                                   "limit): over it (looked at every second at most, and after every batch of "
-                                   "handlers while some are held), reading pauses for every connection with "
-                                   "bytes waiting, until the total is down to half.",
+                                   "limit): over it, reading pauses for each connection from its next read "
+                                   "that queues packets, until the total is down to half.",
     "net.limits.recv_queue_bytes": "The same in bytes (the decoded msgpack bodies' sizes; 0: no limit): "
                                    "at the limit, reading from that connection pauses until both are down "
                                    "to half.  The core decodes no packet past it (one packet may cross it); "
