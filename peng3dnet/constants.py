@@ -239,8 +239,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.limits.max_packet_size": 16 * 1024 * 1024,
     "net.limits.max_decompressed_size": 16 * 1024 * 1024,
     "net.limits.recv_queue": 65536,
-    "net.limits.recv_queue_bytes": 32 * 1024 * 1024,
-    "net.limits.recv_queue_total": 256 * 1024 * 1024,
+    # (decoded bodies' bytes; in memory up to ~70x that for empty maps: see the README's known limits)
+    "net.limits.recv_queue_bytes": 16 * 1024 * 1024,
+    "net.limits.recv_queue_total": 64 * 1024 * 1024,
     "net.limits.max_clients": 2048,
     "net.limits.per_address.connections": 256,
     "net.limits.per_address.handshakes": 64,
