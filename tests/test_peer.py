@@ -337,21 +337,32 @@ def test_application_packet_before_handshake_closes(server):
     assert peer.recv_until_close() == [(16, {"reason": "smartpacketinvalid"})]
 
 
-def test_backpressure_pauses_reading_and_loses_nothing():
+def _unprocessed_pair(**cfg):
+    """A server whose process() nobody calls (the test does), with one
+    client; packets "t:m" are appended to the returned list when handled."""
     got: list = []
 
     class Slow(Packet):
         def receive(self, msg, cid=None):
             got.append(msg)
 
-    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.limits.recv_queue": 100})
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **cfg})
     s.register_packet("t:m", Slow(s.registry, s))
-    s.runAsync()  # nobody calls process() yet
+    s.runAsync()
     try:
         c = Client(addr=s.addr)
         c.register_packet("t:m", Slow(c.registry, c))
         c.runAsync()
         c.wait_for_connection(10)
+    except BaseException:
+        s.shutdown(timeout=5)
+        raise
+    return s, c, got
+
+
+def test_backpressure_pauses_reading_and_loses_nothing():
+    s, c, got = _unprocessed_pair(**{"net.limits.recv_queue": 100})
+    try:
         for i in range(5000):
             c.send_message("t:m", {"i": i, "pad": "p" * 100})
         link = next(iter(s._links.values()))
@@ -376,23 +387,11 @@ def test_backpressure_pauses_reading_and_loses_nothing():
 
 def test_backpressure_counts_bytes_too_and_loses_nothing():
     """Large packets pause reading at net.limits.recv_queue_bytes, long
-    before the packet limit: what waits for process() (and what it decodes
-    to in memory) is bounded in bytes, whatever the packet count."""
-    got: list = []
-
-    class Slow(Packet):
-        def receive(self, msg, cid=None):
-            got.append(msg)
-
+    before the packet limit: what waits for process() is bounded in bytes,
+    whatever the packet count."""
     limit = 1024 * 1024
-    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.limits.recv_queue_bytes": limit})
-    s.register_packet("t:m", Slow(s.registry, s))
-    s.runAsync()  # nobody calls process() yet
+    s, c, got = _unprocessed_pair(**{"net.limits.recv_queue_bytes": limit})
     try:
-        c = Client(addr=s.addr)
-        c.register_packet("t:m", Slow(c.registry, c))
-        c.runAsync()
-        c.wait_for_connection(10)
         blob = b"b" * (100 * 1024)
         for i in range(30):  # 3 MiB (under write_buffer_block: the sender never waits)
             c.send_message("t:m", [i, blob])

@@ -346,19 +346,25 @@ def test_an_application_packet_is_queued_put_on_the_relays_ready_queue_and_pause
     assert [r.getMessage() for r in caplog.records] == ["= server cid=7: reading paused, 3 packets (0 bytes) wait for process()"]
 
 
-def test_an_application_packet_pauses_reading_when_the_queued_bytes_reach_the_byte_limit(caplog):
+def _handled_link(**cfg):
+    """A server with a link and a registered packet "t:h" whose handler does nothing: (server, link, channel, pid)."""
     from peng3dnet.packet import Packet
-    from peng3dnet.protocol.connection import PacketReceived
-    from peng3dnet.protocol.handshake import HandshakeState
 
     class Handled(Packet):
         def receive(self, msg, cid=None):
             pass
 
-    s, link, chan = _server_with_link(**{"net.limits.recv_queue": 100, "net.limits.recv_queue_bytes": 1000})
+    s, link, chan = _server_with_link(**cfg)
     s.register_packet("t:h", Handled(s.registry, s))
-    pid = s.registry.get_id("t:h")
     link.n_in = link.n_out = 0
+    return s, link, chan, s.registry.get_id("t:h")
+
+
+def test_an_application_packet_pauses_reading_when_the_queued_bytes_reach_the_byte_limit(caplog):
+    from peng3dnet.protocol.connection import PacketReceived
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    s, link, chan, pid = _handled_link(**{"net.limits.recv_queue": 100, "net.limits.recv_queue_bytes": 1000})
     assert s._on_app_packet(link, PacketReceived(pid, 0, "a", HandshakeState.ACTIVE, 600), None) is True
     assert chan.paused is False and link.b_in == 600 and link.queued_bytes == 600
     with caplog.at_level(logging.DEBUG, logger="peng3dnet.peer"):
@@ -371,18 +377,10 @@ def test_an_application_packet_pauses_reading_when_the_queued_bytes_reach_the_by
 
 
 def test_a_byte_limit_of_0_is_no_limit():
-    from peng3dnet.packet import Packet
     from peng3dnet.protocol.connection import PacketReceived
     from peng3dnet.protocol.handshake import HandshakeState
 
-    class Handled(Packet):
-        def receive(self, msg, cid=None):
-            pass
-
-    s, link, chan = _server_with_link(**{"net.limits.recv_queue_bytes": 0})
-    s.register_packet("t:h", Handled(s.registry, s))
-    pid = s.registry.get_id("t:h")
-    link.n_in = link.n_out = 0
+    s, link, chan, pid = _handled_link(**{"net.limits.recv_queue_bytes": 0})
     assert s._on_app_packet(link, PacketReceived(pid, 0, "a", HandshakeState.ACTIVE, 2**40), None) is True
     assert chan.paused is False and link.queued_bytes == 2**40
 

@@ -209,6 +209,26 @@ def test_process_async_first_then_run_async(peers):
     wait_for(lambda: s._relay.runs_handlers, what="the process thread in the relay")
 
 
+def _run_async_between_look_and_wait(peer, monkeypatch):
+    """process_async(), then runAsync() exactly while the process thread is
+    between its look (no loop yet) and its wait: the wake-up's race."""
+    looked = threading.Event()
+    go_on = threading.Event()
+    real_wait = Inbox.wait
+
+    def wait(inbox, *args):  # the process thread, between its look and its wait
+        if threading.current_thread() is peer._process_thread and not looked.is_set():
+            looked.set()
+            assert go_on.wait(10)
+        return real_wait(inbox, *args)
+
+    monkeypatch.setattr(Inbox, "wait", wait)
+    peer.process_async()
+    assert looked.wait(10)
+    peer.runAsync()
+    go_on.set()
+
+
 def test_a_process_thread_that_looked_before_run_async_still_joins_the_relay(peers, monkeypatch):
     # process_async() then runAsync(): the process thread found no loop yet,
     # and runAsync() started it and notified before that thread waited.  The
@@ -216,21 +236,7 @@ def test_a_process_thread_that_looked_before_run_async_still_joins_the_relay(pee
     # arriving (it used to wait for the first packets and run them alone).
     s, rec = _server()
     peers.append(s)
-    looked = threading.Event()
-    go_on = threading.Event()
-    real_wait = Inbox.wait
-
-    def wait(inbox, *args):  # the process thread, between its look and its wait
-        if threading.current_thread() is s._process_thread and not looked.is_set():
-            looked.set()
-            assert go_on.wait(10)
-        return real_wait(inbox, *args)
-
-    monkeypatch.setattr(Inbox, "wait", wait)
-    s.process_async()
-    assert looked.wait(10)
-    s.runAsync()
-    go_on.set()
+    _run_async_between_look_and_wait(s, monkeypatch)
     wait_for(lambda: s._relay.runs_handlers, what="the process thread in the relay")
     c = _client(s)
     peers.append(c)
@@ -253,21 +259,7 @@ def test_a_clients_process_thread_that_looked_before_run_async_joins_the_relay(p
     c.register_packet("relay:msg", Packet(c.registry, c))
     c.register_packet("relay:double", Double(c.registry, c))
     peers.append(c)
-    looked = threading.Event()
-    go_on = threading.Event()
-    real_wait = Inbox.wait
-
-    def wait(inbox, *args):  # the process thread, between its look and its wait
-        if threading.current_thread() is c._process_thread and not looked.is_set():
-            looked.set()
-            assert go_on.wait(10)
-        return real_wait(inbox, *args)
-
-    monkeypatch.setattr(Inbox, "wait", wait)
-    c.process_async()
-    assert looked.wait(10)
-    c.runAsync()
-    go_on.set()
+    _run_async_between_look_and_wait(c, monkeypatch)
     wait_for(lambda: c in c._relay.members and c._process_thread.ident in c._relay.threads,
              what="the client's process thread in the relay")
 
