@@ -127,24 +127,26 @@ def test_the_packets_of_the_read_that_went_over_the_cap_are_delivered_first(net)
     (the slowest producer, here the only one we still read: the other holder
     waits for our rate limit): the whole packets of that read still reach
     the handler, and their answers the peer, before the closeconn."""
-    cap = 128 * 1024  # (at least the packet size, or the server refuses the config)
+    cap = 64 * 1024  # (at least the packet size, or the server refuses the config)
     s, rec = net.server(**{"net.limits.read_buffer_total": cap, "net.limits.max_packet_size": cap,
                            "net.process.inline": True, "net.limits.rate.packets": 1.0})  # (a bucket of 5 packets)
     a, b = handshaken(s.addr), handshaken(s.addr)
     cid_a, cid_b = sorted(active_cids(s, 2))
     echo = a.registry["test:echo"]
-    # b: more packets than its bucket holds, then most of a large one: we hold
-    # its packets back (our flow control), and its part is held
+    # b: more packets than its bucket holds, then half of a large one: we hold
+    # its packets back (our flow control), and its part is held.  (Each send
+    # stays under loopback's 64 KiB segment, so the server reads it whole:
+    # while b's packets are held back, we read no more from it.)
     b.send(b"".join(encode_frame(echo, 0, msgpack.packb(i)) for i in range(8))
-           + encode_frame(echo, 0, msgpack.packb(b"b" * (120 * 1024)))[:100 * 1024])
-    wait_for(lambda: s._flow.read_held == 100 * 1024 and s._links[cid_b].proto.frames_waiting, what="b held back")
-    first = encode_frame(echo, 0, msgpack.packb(b"1" * (20 * 1024)))
-    a.send(first[:10 * 1024])
-    wait_for(lambda: s._flow.read_held == 110 * 1024, what="a's part held")
+           + encode_frame(echo, 0, msgpack.packb(b"b" * (60 * 1024)))[:30 * 1024])
+    wait_for(lambda: s._flow.read_held == 30 * 1024 and s._links[cid_b].proto.frames_waiting, what="b held back")
+    first = encode_frame(echo, 0, msgpack.packb(b"1" * (10 * 1024)))
+    a.send(first[:5 * 1024])
+    wait_for(lambda: s._flow.read_held == 35 * 1024, what="a's part held")
     # a's read ends its first packet and begins a second one: over the cap
-    a.send(first[10 * 1024:] + encode_frame(echo, 0, msgpack.packb(b"2" * (60 * 1024)))[:40 * 1024])
-    assert a.recv_until_close() == [(echo, b"1" * (20 * 1024)), (16, {"reason": "slowproducer"})]
-    wait_for(lambda: s._flow.read_held == 100 * 1024, what="b's part alone counted")  # (set after the closeconn went)
+    a.send(first[5 * 1024:] + encode_frame(echo, 0, msgpack.packb(b"2" * (60 * 1024)))[:40 * 1024])
+    assert a.recv_until_close() == [(echo, b"1" * (10 * 1024)), (16, {"reason": "slowproducer"})]
+    wait_for(lambda: s._flow.read_held == 30 * 1024, what="b's part alone counted")  # (set after the closeconn went)
     assert s._links[cid_b].proto.is_open
     closes = {d["client"].cid: d["reason"] for d in rec.wait_for("peng3dnet:server.connection.close")}
     assert closes == {cid_a: "slowproducer"}
