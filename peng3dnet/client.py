@@ -308,6 +308,7 @@ class Client(Peer):
     def _channel_closed(self, link: Link) -> None:
         # A client has one connection: when its socket is gone, the loop ends
         # (unless its session waits for the next socket).
+        self._flow.released(link)  # its buffers went with the channel (and no hold waits for it)
         session = link.session
         if session is not None and not session.ended:
             self._notify_flushed()

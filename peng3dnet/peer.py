@@ -183,6 +183,7 @@ class Peer:
         self._sig_recv = self._route_recv.sig  # for the "anyone listening?" test per packet
         self._sig_send = self._route_send.sig
         check_config(self.cfg, self.is_server)  # a wrong type fails here, naming the key, not at the first connection
+        self.cfg.server = self.is_server  # (a later change is checked by the same rules)
         self.cfg.on_change = self._refresh_hot
         self._refresh_hot()
         if self.cfg["net.encrypt.enabled"]:

@@ -151,6 +151,9 @@ class ConfigView(Mapping[str, Any]):
         self.on_change: Any = None
         """Called with no arguments after ``cfg[key] = value`` (the owning peer
         refreshes its cached copies of hot keys)."""
+        self.server = False
+        """Whether a server owns it: a change is also checked against the
+        server's rules of :func:`check_config` (set by the owner)."""
         self._pengcfg = getattr(peng, "cfg", None) if peng is not None else None
         for key in self.overrides:
             _check_key(key, 5)  # _check_key < ConfigView < Peer < Server/Client < the program
@@ -168,6 +171,9 @@ class ConfigView(Mapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         _check_key(key, 3)
         check_value(key, value)
+        if self.server and key in _READ_TOTAL_KEYS:
+            _check_read_total(value if key == _READ_TOTAL_KEYS[0] else self[_READ_TOTAL_KEYS[0]],
+                              value if key == _READ_TOTAL_KEYS[1] else self[_READ_TOTAL_KEYS[1]])
         self.overrides[key] = value
         if self.on_change is not None:
             self.on_change()
@@ -241,12 +247,21 @@ def check_config(cfg: Mapping[str, Any], server: bool = False) -> None:
     them (overrides, a Peng's config, defaults); for a ``server``, also
     that ``net.limits.read_buffer_total`` (when on) holds a packet of
     ``net.limits.max_packet_size``: one that large could never arrive."""
-    from .errors import ConfigError
-
     for key in DEFAULT_CONFIG:
         check_value(key, cfg[key])
-    total, size = cfg["net.limits.read_buffer_total"], cfg["net.limits.max_packet_size"]
-    if server and 0 < total < size:
+    if server:
+        _check_read_total(cfg[_READ_TOTAL_KEYS[0]], cfg[_READ_TOTAL_KEYS[1]])
+
+
+_READ_TOTAL_KEYS = ("net.limits.read_buffer_total", "net.limits.max_packet_size")
+
+
+def _check_read_total(total: int, size: int) -> None:
+    """A server's ``net.limits.read_buffer_total`` (when on) must hold a
+    packet of ``net.limits.max_packet_size``."""
+    from .errors import ConfigError
+
+    if 0 < total < size:
         raise ConfigError(f"config net.limits.read_buffer_total = {total!r}: must be 0 (off) or at least "
                           f"net.limits.max_packet_size ({size!r}), or a packet that large could never arrive")
 

@@ -385,6 +385,16 @@ def test_a_byte_limit_of_0_is_no_limit():
     assert chan.paused is False and link.queued_bytes == 2**40
 
 
+def test_a_clients_closed_channel_is_released_from_the_flows_counts_and_holds():
+    c = Client(addr=("127.0.0.1", 1))
+    link, chan, _ = _active_link(None)  # type: ignore[arg-type]
+    link.acct = 40
+    c._flow.buffered = 40
+    c._flow.queue_held.add(link)
+    c._channel_closed(link)
+    assert c._flow.buffered == 0 and link.acct == 0 and link not in c._flow.queue_held
+
+
 # --- Peer._housekeeping: the handshake time-out and its hint -------------------------------------
 
 @pytest.mark.parametrize(("bytes_in", "hint"), [(0, " (a TLS peer on a plaintext port, or the reverse?)"), (5, "")])

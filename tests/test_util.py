@@ -144,6 +144,23 @@ def test_a_read_buffer_total_below_the_packet_size_fails_on_a_server_only():
             "net.limits.read_buffer_total"]
 
 
+
+def test_a_later_change_that_breaks_the_read_total_rule_fails_on_a_server_only():
+    from peng3dnet.net import Client, Server
+
+    s = Server(addr=("127.0.0.1", 0), cfg={"net.limits.max_packet_size": 1024 * 1024})
+    with _pytest.raises(ConfigError, match=r"^config net.limits.read_buffer_total = 1048575: must be 0"):
+        s.cfg["net.limits.read_buffer_total"] = 1024 * 1024 - 1
+    with _pytest.raises(ConfigError, match=r"\(2097152\), or a packet that large could never arrive"):
+        s.cfg["net.limits.read_buffer_total"] = 1024 * 1024
+        s.cfg["net.limits.max_packet_size"] = 2 * 1024 * 1024  # (the other key of the pair)
+    assert s.cfg["net.limits.max_packet_size"] == 1024 * 1024  # refused: not set
+    s.cfg["net.limits.read_buffer_total"] = 0  # off: any packet size
+    s.cfg["net.limits.max_packet_size"] = 2 * 1024 * 1024
+    c = Client(addr=("127.0.0.1", 1))
+    c.cfg["net.limits.read_buffer_total"] = 1  # (not used by a client)
+
+
 def test_right_values_pass_and_setting_a_key_is_checked():
     from peng3dnet.net import Server
 
