@@ -1530,8 +1530,16 @@ class Peer:
         it from one thread only if handlers must not run concurrently.
         """
         if wait:
-            self._relay.before_wait()
-            self._inbox.wait(timeout)
+            return self._wait_then_run(timeout)
+        if not self._inbox.items:
+            return 0
+        return self._run_batch()
+
+    def _wait_then_run(self, timeout: float | None, seen: int = -1) -> int:
+        """``process(wait=True)``: let the relay know we wait, wait for
+        packets (``seen``: see :meth:`Inbox.wait`), run what is queued."""
+        self._relay.before_wait()
+        self._inbox.wait(timeout, seen)
         if not self._inbox.items:
             return 0
         return self._run_batch()
@@ -1623,10 +1631,7 @@ class Peer:
             if ours and relay.enabled and self._loop_active() and not relay.loop_done.is_set():
                 relay.run_process_thread(self)
                 continue
-            relay.before_wait()
-            inbox.wait(None, seen)
-            if inbox.items:
-                self._run_batch()
+            self._wait_then_run(None, seen)
         # The network loop may still be closing connections: their on_close
         # is queued behind their last packets.  Drain once it has ended.
         if self._loop_started and not self._reactor.in_loop():
