@@ -477,6 +477,31 @@ def test_the_queues_total_holds_the_connections_that_add_to_it_and_loses_nothing
         s.shutdown(timeout=5)
 
 
+def test_the_queues_total_lifted_at_run_time_releases_the_held_from_the_housekeeping():
+    """A connection held for net.limits.recv_queue_total while nobody runs
+    the handlers (no batch ends to look at the total): lifting the cap
+    (0, no limit) releases it from the housekeeping timer, and reading goes
+    on; nothing is lost."""
+    s, c, got = _unprocessed_pair(**{"net.limits.recv_queue_total": 256 * 1024})
+    try:
+        blob = bytes(range(256)) * 400  # 100 KiB
+        for i in range(10):
+            c.send_message("t:m", [i, blob])
+        link = next(iter(s._links.values()))
+        wait_for(lambda: link.chan.held and s._flow.over_total, what="the connection held for the total")
+        assert link.queued < 10  # held: the rest waits in the socket
+        s.cfg["net.limits.recv_queue_total"] = 0
+        wait_for(lambda: not link.chan.held and link.queued == 10, what="released and read without a batch")
+        assert not s._flow.over_total and not s._flow.queue_held and not got
+        while len(got) < 10:
+            s.process(wait=True, timeout=10)
+        assert [m[0] for m in got] == list(range(10)) and all(m[1] == blob for m in got)
+        c.stop()
+        c.join(5)
+    finally:
+        s.shutdown(timeout=5)
+
+
 def test_process_wait_and_process_forever_stop_promptly():
     s = make_server()
     s.runAsync()
