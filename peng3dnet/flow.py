@@ -114,7 +114,8 @@ class Flow:
         frame (0: none; a closed connection's are gone); ``fresh``: a frame
         was completed by the read too, so the one held began in it: keep
         the total, and hold the server-wide cap
-        (``net.limits.read_buffer_total``) (network thread, a server's)."""
+        (``net.limits.read_buffer_total``; a client counts them for
+        ``net.limits.min_read_rate`` only) (network thread)."""
         delta = held - link.held_in
         if held and (fresh or not link.held_in):
             link.held_since = time.monotonic()
@@ -124,7 +125,8 @@ class Flow:
             self._holders.add(link)
         else:
             self._holders.discard(link)
-        if delta > 0 and self.read_held > self.peer._h_read_total:
+        cap = self.peer._h_read_total
+        if delta > 0 and cap and self.read_held > cap:  # (0: off, or a client's: counted for the minimum rate)
             self.shed_reads()
 
     def shed_reads(self) -> int:
@@ -177,8 +179,9 @@ class Flow:
         second since they began (``net.limits.min_read_rate``: a peer
         trickling a byte now and then keeps the heartbeat time-out from
         closing it, and holds its place for ever); not those we stopped
-        reading ourselves.  ``slowproducer`` (network thread, a server's,
-        from its housekeeping).  Returns how many were closed."""
+        reading ourselves.  ``slowproducer`` (network thread, from the
+        housekeeping; a client's too: a hostile server can trickle).
+        Returns how many were closed."""
         closed = 0
         for link in list(self._holders):
             chan = link.chan

@@ -145,6 +145,7 @@ class Peer:
     _h_inflate: bool
     _h_write_total: int
     _h_read_total: int
+    _h_read_held: bool
     _h_write_block: int
     _h_inflate_rate: float
     _h_inflate_cap: int
@@ -513,7 +514,7 @@ class Peer:
             outs = []
         if outs:
             self._handle_outputs(link, outs)
-        if self._h_read_total and (proto._decoder._buf or link.held_in) and not chan.closed:
+        if self._h_read_held and (proto._decoder._buf or link.held_in) and not chan.closed:
             # (after the outputs: a connection closed for this read's bytes
             # still gets the packets before them; FrameDecoder.buffered, inlined;
             # the common case, nothing held before or now, costs two looks)
@@ -761,7 +762,7 @@ class Peer:
         if self._flow.over_total:
             self._flow.check_queue_total()
         min_rate = float(cfg["net.limits.min_read_rate"])
-        if self._h_read_total and min_rate > 0:  # (incomplete packets are counted only with that cap on)
+        if min_rate > 0 and self._h_read_held:  # (counted from the next read when just turned on)
             self._flow.close_slow_producers(now, min_rate, float(cfg["net.limits.min_read_grace"]))
         self._schedule_housekeeping()
 

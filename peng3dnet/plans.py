@@ -101,6 +101,10 @@ def hot_settings(cfg: Any, rate_reads: bool) -> dict[str, Any]:
     return {
         "_h_write_total": int(cfg["net.limits.write_buffer_total"]),
         "_h_read_total": int(cfg["net.limits.read_buffer_total"]) if rate_reads else 0,
+        # incomplete packets are counted (Flow.hold_read) for the server-wide
+        # cap or for the minimum rate (both sides: a server may trickle too)
+        "_h_read_held": bool((rate_reads and int(cfg["net.limits.read_buffer_total"]) > 0)
+                             or float(cfg["net.limits.min_read_rate"]) > 0),
         "_h_write_block": int(cfg["net.limits.write_buffer_block"]),
         "_h_inflate": inflate_rate > 0,
         "_h_inflate_rate": inflate_rate,

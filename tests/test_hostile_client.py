@@ -5,6 +5,7 @@ handling it closes that connection, never the client's loop."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 import msgpack
@@ -102,3 +103,53 @@ def test_an_output_whose_handling_raises_closes_that_connection_only(net, raw_li
     (record,) = [r for r in caplog.records if "protocol error, closing" in r.getMessage()]
     assert record.levelno == logging.WARNING and record.exc_info[0] is ZeroDivisionError
     assert "handling CallReplied raised ZeroDivisionError" in record.getMessage()
+
+
+def test_a_server_trickling_an_incomplete_packet_below_the_minimum_rate_is_left(net, raw_listener):
+    """net.limits.min_read_rate on the client side: a hostile server that
+    sends part of a packet and then a byte now and then (which keeps the
+    heartbeat time-out from closing it) no longer holds the client: it
+    leaves with ``slowproducer`` and says so."""
+    seen: list = []
+    stop = threading.Event()
+
+    def run():
+        peer = raw_listener.accept()
+        peer.serve_handshake(REGISTRY)
+        part = frame(65, b"x" * (1 << 20))
+        peer.send(part[:5000])
+        i = 5000
+        while not stop.wait(0.05):  # the attack's own pace: a byte every 50 ms
+            try:
+                peer.send(part[i:i + 1])
+            except OSError:
+                break
+            i += 1
+            peer.sock.setblocking(False)
+            try:
+                if peer.sock.recv(65536, socket.MSG_PEEK):
+                    break  # the client said something (its closeconn): read it below
+            except BlockingIOError:
+                pass
+            finally:
+                peer.sock.setblocking(True)
+                peer.sock.settimeout(10)
+        seen.extend(peer.recv_until_close())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        c = Client(addr=raw_listener.addr, cfg={"net.limits.min_read_rate": 50_000.0,
+                                                 "net.limits.min_read_grace": 0.3})
+        c.register_packet("app:q", Sink(c.registry, c))
+        c.register_packet("app:p", Sink(c.registry, c))
+        net.clients.append(c)
+        c.runAsync()
+        c.process_async()
+        c.wait_for_connection(10)
+        wait_for(lambda: c.close_reason is not None, what="the client to leave")
+        assert c.close_reason == "slowproducer"
+        t.join(10)
+        assert seen == [(16, {"reason": "slowproducer"})]
+    finally:
+        stop.set()

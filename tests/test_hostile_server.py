@@ -284,6 +284,18 @@ def test_an_incomplete_packet_trickled_below_the_minimum_rate_is_closed(net):
     assert echoes(good, 1) == ["still served"]
 
 
+def test_the_minimum_rate_holds_without_the_server_wide_cap(net):
+    """net.limits.min_read_rate does not need net.limits.read_buffer_total:
+    with that cap off, incomplete packets are still counted for the rate."""
+    s, rec = net.server(**{"net.limits.min_read_rate": 50_000.0, "net.limits.min_read_grace": 0.3,
+                           "net.limits.read_buffer_total": 0})
+    a = handshaken(s.addr)
+    a.send(encode_frame(a.registry["test:echo"], 0, msgpack.packb(b"a" * (1 << 20)))[:5000])
+    assert a.recv_until_close() == [(16, {"reason": "slowproducer"})]
+    (data,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert data["reason"] == "slowproducer" and s._flow.read_held == 0
+
+
 def test_large_packets_arriving_back_to_back_are_measured_from_the_one_in_flight(net):
     """Every read ending inside a packet (the next one begun): the rate is
     the packet in flight's, since its first byte, not since the first packet

@@ -477,11 +477,11 @@ CONFIG: dict[str, str] = {
                                     "over it the connections holding one are closed (``slowproducer``), the "
                                     "slowest producer first (bytes held per second since it began), until "
                                     "the rest fit.  0: off.",
-    "net.limits.min_read_rate": "Server: a connection holding an incomplete packet for longer than "
+    "net.limits.min_read_rate": "Both sides: a connection holding an incomplete packet for longer than "
                                 ":netconf:`net.limits.min_read_grace` at fewer bytes a second than this "
                                 "(since the packet's first byte) is closed (``slowproducer``); not one we "
-                                "stopped reading.  Needs :netconf:`net.limits.read_buffer_total`.  0: off.",
-    "net.limits.min_read_grace": "Server: seconds an incomplete packet may arrive below "
+                                "stopped reading.  0: off.",
+    "net.limits.min_read_grace": "Both sides: seconds an incomplete packet may arrive below "
                                  ":netconf:`net.limits.min_read_rate` before its connection is closed.",
     "net.limits.write_buffer_block": "``send_message`` from a program thread waits while its connection's "
                                      "write buffer is over this many bytes, until it is down to half "
