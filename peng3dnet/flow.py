@@ -358,10 +358,20 @@ class Flow:
                      peer._role, link.cid, size, total, peer._h_write_total)
             total -= size
             link.acct = 0
+            link.shed = True  # (from now on, its writers queue nothing more: see Peer._send_frame)
             closed += 1
-            # On the network thread, later: the caller holds its own channel's
-            # lock, and close_slow takes the victim's (two threads shedding at
-            # once must not wait for each other's locks).
+            # Its backlog goes now if its lock is free (or ours: the lock is
+            # reentrant), so the others may fill up to the cap meanwhile
+            # without the total held in memory passing it; never waiting for
+            # it: the caller holds its own channel's lock, and two threads
+            # shedding at once must not wait for each other's.
+            lock = link.chan.lock
+            if lock.acquire(blocking=False):
+                try:
+                    link.chan.drop_unsent()
+                finally:
+                    lock.release()
+            # The close on the network thread, later (close_slow takes the lock).
             peer._reactor.call_soon(self.close_slow, link)
         self.buffered = total
         return closed

@@ -76,7 +76,7 @@ class Link:
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
         "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
-        "provisional", "resumable", "over_max", "core_over", "held_in", "held_since",
+        "provisional", "resumable", "over_max", "core_over", "held_in", "held_since", "shed",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -136,6 +136,10 @@ class Link:
         self.acct = 0  # bytes of chan.out counted in the peer's total (Peer._account)
         self.held_in = 0  # bytes of an incomplete frame counted in the server's total (Flow.hold_read)
         self.held_since = 0.0  # monotonic time it began holding them (Flow.shed_reads ranks by it)
+        self.shed = False
+        """Chosen to be closed for ``net.limits.write_buffer_total``
+        (``Flow.shed``; set under no lock, read under the channel's): its
+        backlog is dropped when it is closed, so nothing more is queued on it."""
         self.infl_t = self.stats._since  # last refill of the decompression budget (proto.inflate_budget)
         self.plain = False  # plaintext, first read checked: _read's fast path
         self.tls_server = False

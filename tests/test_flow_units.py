@@ -54,9 +54,15 @@ class FakeChan:
         self.drained = threading.Condition(self.lock)
         self.drain_waiters = 0
         self.low_water = 0
+        self.dropped = 0
 
     def update_interest(self) -> None:
         self.interest_updates += 1
+
+    def drop_unsent(self) -> int:
+        assert self.lock.locked()
+        self.dropped, self.out = len(self.out), bytearray()
+        return self.dropped
 
 
 class _Drained:
@@ -327,6 +333,35 @@ def test_over_the_cap_the_largest_buffers_are_closed_until_the_rest_fit():
     assert peer._reactor.soon == [(flow.close_slow, (links[1],))]
     assert flow.buffered == 50
     assert [lk.acct for lk in links] == [30, 0, 20, 0]
+    # the one chosen: its backlog dropped at once, nothing more queued on it
+    assert [lk.chan.dropped for lk in links] == [0, 50, 0, 0] and links[1].chan.out == bytearray()
+    assert [getattr(lk, "shed", False) for lk in links] == [False, True, False, False]
+
+
+def test_a_victim_whose_lock_another_thread_holds_keeps_its_backlog_for_the_close():
+    """shed() never waits for a victim's lock (its caller holds its own
+    channel's: two threads shedding at once would wait for each other):
+    when another thread holds it, the backlog goes with the close, later."""
+    links = _links(30, 50)
+    peer = FakePeer(links, write_total=60)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    taken, done = threading.Event(), threading.Event()
+
+    def hold():
+        with links[1].chan.lock:
+            taken.set()
+            done.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert taken.wait(10)
+        assert flow.shed() == 1  # (returns: it did not wait)
+        assert links[1].shed and links[1].chan.dropped == 0 and len(links[1].chan.out) == 50
+        assert peer._reactor.soon == [(flow.close_slow, (links[1],))]
+    finally:
+        done.set()
+        t.join(10)
 
 
 def test_what_the_cap_closes_is_logged_with_its_numbers(caplog):

@@ -8,6 +8,7 @@ import re
 import resource
 import socket
 import struct
+import threading
 import time
 import zlib
 
@@ -542,6 +543,50 @@ def test_the_server_wide_buffer_cap_closes_the_largest_buffers_first(net):
     wait_for(lambda: s._flow.buffered <= 24 << 20, what="the total under the cap")
     good_client_works(s)
 
+
+
+def test_a_connection_chosen_for_the_buffer_cap_takes_no_more_bytes_until_it_is_closed(net):
+    """The close for write_buffer_total runs on the network thread, soon; a
+    program thread that goes on writing to the connection chosen meanwhile
+    (a broadcast loop) only added to a backlog about to be dropped (the
+    fault run: 1.7-2.4x the cap, for up to 220 ms): its backlog is dropped
+    when it is chosen, and nothing more is queued on it.  The network
+    thread is held here until the sends are done."""
+    s, rec = net.server(**{"net.limits.write_buffer": 64 << 20, "net.limits.write_buffer_total": 24 << 20,
+                          "net.limits.write_buffer_block": 0, "net.compress.enabled": False})
+    peers = []
+    for _ in range(3):
+        p = RawPeer(s.addr)
+        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        p.handshake()
+        peers.append(p)
+    wait_for(lambda: len(active_cids(s)) == 3, what="three handshakes")
+    a, b, c = sorted(active_cids(s))
+    gate, held = threading.Event(), threading.Event()
+    s._reactor.call_soon(lambda: (held.set(), gate.wait(30)))
+    assert held.wait(10)
+    try:
+        blob = os.urandom(1 << 20)
+        for _ in range(20):
+            s.send_message("test:echo", blob, a)
+        for _ in range(24):  # C grows until all buffers together pass 24 MiB: A is chosen
+            s.send_message("test:echo", blob, c)
+            if s._links[a].shed:
+                break
+        assert s._links[a].shed and not s._links[c].shed
+        # Its backlog dropped at once (its lock was free), but the frame
+        # partly sent; not closed yet: the network thread is held.
+        size = s.clients[a].write_buffer_size
+        assert 0 < size < (1 << 20) + (64 << 10) and a in active_cids(s)
+        for _ in range(10):
+            s.send_message("test:echo", blob, a)
+        assert s.clients[a].write_buffer_size == size
+    finally:
+        gate.set()
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "slowconsumer" and d["client"].cid == a
+    assert c in active_cids(s) and s.clients[c].write_buffer_size > 0
+    good_client_works(s)
 
 
 # --- per-address limits (127.0.0.2 floods; the good client comes from 127.0.0.1) ---------------
