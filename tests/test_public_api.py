@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+
 import peng3dnet
 from peng3dnet import constants, net
 from peng3dnet.ext import ping
@@ -140,3 +142,13 @@ def test_the_public_classes_take_the_parameters_of_the_classes_they_extend():
     assert net.Server(cfg={"net.server.addr": ("127.0.0.1", 0)}).clientcls is net.ClientOnServer
     assert net.Server.is_server is True and net.Server.is_client is False and net.Client.is_client is True
     assert (net.Server.side, net.Client.side) == (peng3dnet.SIDE_SERVER, peng3dnet.SIDE_CLIENT)
+
+
+def test_redis_presence_is_importable_from_the_rooms_package_on_demand():
+    import peng3dnet.ext.rooms as rooms
+    from peng3dnet.ext.rooms import RedisPresence
+    from peng3dnet.ext.rooms.redispresence import RedisPresence as direct
+
+    assert RedisPresence is direct and issubclass(RedisPresence, rooms.Presence)
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        rooms.Nope  # noqa: B018

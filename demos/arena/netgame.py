@@ -328,6 +328,14 @@ class ArenaClient:
         self.eids: list[str] = []  # every entity id this player was given (one, unless it rejoined)
         events.subscribe("peng3dnet:client.heartbeat", self._on_heartbeat, sender=self.client)
         events.subscribe("peng3dnet:client.resumed", self._on_resumed, sender=self.client)
+        events.subscribe("peng3dnet:sync.snapshot", self._on_snapshot, sender=self.client)
+
+    def _on_snapshot(self, event: str, data: dict[str, Any]) -> None:
+        """Note the entity id we were given (the thread that processes our
+        packets: a bot's process thread, a window's main thread)."""
+        own = self.sync.own
+        if own is not None and own not in self.eids:
+            self.eids.append(own)
 
     def _on_resumed(self, event: str, data: dict[str, Any]) -> None:
         self.resumes += 1
@@ -359,6 +367,7 @@ class ArenaClient:
         self.sync.close()
         events.unsubscribe("peng3dnet:client.heartbeat", self._on_heartbeat, sender=self.client)
         events.unsubscribe("peng3dnet:client.resumed", self._on_resumed, sender=self.client)
+        events.unsubscribe("peng3dnet:sync.snapshot", self._on_snapshot, sender=self.client)
         self.client.close("bye")
         try:
             self.client.join(5)
@@ -407,8 +416,6 @@ class Bot:
         _, view = sync.authoritative()
         if own is not None and sync.own is not None:
             view[sync.own] = own
-        if sync.own is not None and sync.own not in self.player.eids:
-            self.player.eids.append(sync.own)
         inp = bot_input(view, sync.own, dt)
         if self.player.client.closed:
             return False

@@ -170,6 +170,7 @@ def test_window_renders_players_and_a_key_moves_the_local_player(tmp_path, xvfb_
     data = json.loads(report.read_text())
     colors = {name: tuple(p["color"]) for name, p in data["players"].items()}
     assert set(colors) == {"tester", "bot1", "bot2"} and len(set(colors.values())) == 3  # one colour each
+    assert len(data["eids"]) == 1  # the window's player was given one avatar (it reported none once)
     for name, c in colors.items():  # a circle of radius 14 ~ 615 px
         assert hist.get(c, 0) >= 300, f"avatar colour {c} of {name} not drawn"
     assert hist.get((255, 210, 40), 0) >= 100  # coins

@@ -28,3 +28,14 @@ __all__ = [
     "Room", "RoomServer", "RoomClient", "Presence", "LocalPresence", "Lobby", "NoServerError",
     "Seat", "TokenError", "make_token", "read_token", "JOIN_PACKET", "LEAVE_PACKET", "CLUSTER_EVENT",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``from peng3dnet.ext.rooms import RedisPresence`` imports its module
+    (and redis) only then: the rest of the package needs no redis."""
+    if name == "RedisPresence":
+        from .redispresence import RedisPresence
+
+        return RedisPresence
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
