@@ -147,8 +147,8 @@ def test_the_public_classes_take_the_parameters_of_the_classes_they_extend():
 def test_redis_presence_is_importable_from_the_rooms_package_on_demand():
     import peng3dnet.ext.rooms as rooms
     from peng3dnet.ext.rooms import RedisPresence
-    from peng3dnet.ext.rooms.redispresence import RedisPresence as direct
+    from peng3dnet.ext.rooms import redispresence
 
-    assert RedisPresence is direct and issubclass(RedisPresence, rooms.Presence)
+    assert RedisPresence is redispresence.RedisPresence and issubclass(RedisPresence, rooms.Presence)
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
         rooms.Nope  # noqa: B018
