@@ -146,8 +146,7 @@ def test_the_public_classes_take_the_parameters_of_the_classes_they_extend():
 
 def test_redis_presence_is_importable_from_the_rooms_package_on_demand():
     import peng3dnet.ext.rooms as rooms
-    from peng3dnet.ext.rooms import RedisPresence
-    from peng3dnet.ext.rooms import redispresence
+    from peng3dnet.ext.rooms import RedisPresence, redispresence
 
     assert RedisPresence is redispresence.RedisPresence and issubclass(RedisPresence, rooms.Presence)
     with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
