@@ -514,7 +514,10 @@ def test_the_decompression_budget_refills_at_its_rate(net):
     wait_for(lambda: refilled() and link.proto.inflate_budget == 2 << 20, what="a full bucket")  # never above it
 
 
-def test_the_server_wide_buffer_cap_closes_the_largest_buffers_first(net):
+def _three_non_readers(net):
+    """A server with a 24 MiB write_buffer_total and three raw peers that
+    do not read (4 KiB receive buffers); returns ``(server, recorder, peers,
+    (cid_a, cid_b, cid_c))``."""
     s, rec = net.server(**{"net.limits.write_buffer": 64 << 20, "net.limits.write_buffer_total": 24 << 20,
                           "net.limits.write_buffer_block": 0,  # the main thread must not wait: test the cap
                           "net.compress.enabled": False})
@@ -525,7 +528,11 @@ def test_the_server_wide_buffer_cap_closes_the_largest_buffers_first(net):
         p.handshake()
         peers.append(p)
     wait_for(lambda: len(active_cids(s)) == 3, what="three handshakes")
-    a, b, c = sorted(active_cids(s))
+    return s, rec, peers, tuple(sorted(active_cids(s)))
+
+
+def test_the_server_wide_buffer_cap_closes_the_largest_buffers_first(net):
+    s, rec, _peers, (a, b, c) = _three_non_readers(net)
     blob = os.urandom(1 << 20)
     for _ in range(20):
         s.send_message("test:echo", blob, a)  # A: ~20 MiB queued (less what the kernel took)
@@ -552,16 +559,7 @@ def test_a_connection_chosen_for_the_buffer_cap_takes_no_more_bytes_until_it_is_
     fault run: 1.7-2.4x the cap, for up to 220 ms): its backlog is dropped
     when it is chosen, and nothing more is queued on it.  The network
     thread is held here until the sends are done."""
-    s, rec = net.server(**{"net.limits.write_buffer": 64 << 20, "net.limits.write_buffer_total": 24 << 20,
-                          "net.limits.write_buffer_block": 0, "net.compress.enabled": False})
-    peers = []
-    for _ in range(3):
-        p = RawPeer(s.addr)
-        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        p.handshake()
-        peers.append(p)
-    wait_for(lambda: len(active_cids(s)) == 3, what="three handshakes")
-    a, b, c = sorted(active_cids(s))
+    s, rec, _peers, (a, _b, c) = _three_non_readers(net)
     gate, held = threading.Event(), threading.Event()
     s._reactor.call_soon(lambda: (held.set(), gate.wait(30)))
     assert held.wait(10)
