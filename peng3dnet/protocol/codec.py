@@ -27,6 +27,9 @@ from .._mypyc import caused
 from ..constants import FLAG_COMPRESSED, MAX_PACKETLENGTH
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
 from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, encode_frame
+from .timestamp_hash import install as _install_timestamp_hash
+
+_install_timestamp_hash()  # (on import already; said here: the decoder below relies on it)
 
 __all__ = ["pack", "unpack", "check_keys", "compress_body", "decompress_body", "decode_body", "frame_body"]
 
@@ -57,9 +60,11 @@ def unpack(body: bytes) -> Any:
     """Deserialize exactly one msgpack value.
 
     Map keys may be any hashable scalar msgpack gives (str, bytes, int,
-    float, bool, None: entity ids as int keys work).  Their hashes collide
-    little: str and bytes hashes are randomised, and an int or a float
-    shares its hash with at most a handful of other 64-bit values.  Arrays
+    float, bool, None, msgpack.Timestamp: entity ids as int keys work).
+    Their hashes collide little: str and bytes hashes are randomised, an
+    int or a float shares its hash with at most a handful of other 64-bit
+    values, and a Timestamp's hash is its bytes' (see
+    :mod:`peng3dnet.protocol.timestamp_hash`: msgpack's own is not keyed).  Arrays
     and maps as keys are refused: a tuple's hash is built from its items',
     so arrays of colliding ints would make building the dict quadratic (a
     hash flood).
