@@ -151,10 +151,12 @@ class PingConnectionType(ConnectionType):
                 return True
             if not fits(msg, MAX_PING_REQUEST):
                 # Echoed in the reply: encoding (and compressing) it again is
-                # work done for the peer.  0.1.x clients read only its time.
+                # work done for the peer.  0.1.x clients read only its time,
+                # a number (anything else of any size would be echoed whole).
                 log.info("! server cid=%s: ping request larger than %d bytes: echoing its time only", cid,
                          MAX_PING_REQUEST)
-                msg = {"time": msg.get("time")}
+                sent = msg.get("time")
+                msg = {"time": sent if isinstance(sent, (int, float)) else None}
             reply: dict[str, Any] = {"oldmsg": msg}
             get = getattr(peer, "getPingData", None)
             if get is not None:
