@@ -288,6 +288,29 @@ def test_an_incomplete_packet_trickled_below_the_minimum_rate_is_closed(net):
     assert echoes(good, 1) == ["still served"]
 
 
+def test_a_heartbeat_flood_is_held_to_the_packet_rate_and_every_probe_answered(net):
+    """The protocol's own packets count against net.limits.rate.packets: a
+    peer flooding heartbeat probes (each decoded and answered on the network
+    thread) was held by nothing but the byte rate, 32 MiB/s of tiny packets
+    (a probe client's p50 went to 300 ms in the fault hunt); now they wait
+    for the bucket like any packet (throttled, lossless)."""
+    s, rec = net.server(**{"net.limits.rate.packets": 2000.0, "net.limits.rate.burst": 0.25})  # a bucket of 500
+    good = net.client(s)
+    bad = handshaken(s.addr, ["heartbeat"])
+    link = s._links[max(active_cids(s, 2))]  # (the later connection: cids increase)
+    bad.send(encode_frame(32, 0, msgpack.packb({"t": 1.0})) * 2000)
+    wait_for(lambda: link.proto.frames_waiting > 0, what="probes held back for the bucket")
+    acks = 0
+    while acks < 2000:
+        pid, msg = bad.recv_packet()
+        if pid == 33:  # (the server's own probes, 32, may come between)
+            assert msg == {"t": 1.0}
+            acks += 1
+    assert link.proto.is_open and link.proto.frames_waiting == 0
+    good.send_message("test:echo", "still served")
+    assert echoes(good, 1) == ["still served"]
+
+
 def test_the_minimum_rate_holds_without_the_server_wide_cap(net):
     """net.limits.min_read_rate does not need net.limits.read_buffer_total:
     with that cap off, incomplete packets are still counted for the rate."""

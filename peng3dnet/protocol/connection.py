@@ -335,10 +335,11 @@ class ProtocolConnection:
         self._call_pid = -1  # PID_CALL once "calls" is negotiated: counted like application packets
         self.credentials = credentials
         self.packet_quota = NO_QUOTA
-        """How many more application packets :meth:`receive_data` may
-        output; the owner sets it (the room left in its process queue) and
-        the core counts it down.  At 0, further frames are held back
-        undecoded (see :attr:`frames_waiting`)."""
+        """How many more packets :meth:`receive_data` may decode (the
+        application's, calls, and the protocol's own: heartbeats, replies,
+        the handshake's); the owner sets it (the room left in its process
+        queue, a rate limit's bucket) and the core counts it down.  At 0,
+        further frames are held back undecoded (see :attr:`frames_waiting`)."""
         self.byte_quota = NO_QUOTA
         """The same in bytes: the decoded bodies (``PacketReceived.size``)
         of application packets and calls :meth:`receive_data` may still
@@ -393,8 +394,8 @@ class ProtocolConnection:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes received from the peer.  Data after the close is ignored.
 
-        At most :attr:`packet_quota` application packets are decoded (and
-        while :attr:`byte_quota` is above 0); the frames after them wait
+        At most :attr:`packet_quota` packets are decoded (application
+        packets and calls while :attr:`byte_quota` is above 0); the frames after them wait
         here, undecoded (at most what was fed), until the quota is raised
         and this is called again (``b""`` will do).
         """
@@ -455,9 +456,16 @@ class ProtocolConnection:
                     if quota <= 0 or self.byte_quota <= 0:
                         break
                     quota -= 1
+                else:
+                    # The protocol's own packets (heartbeats and their echoes,
+                    # call replies, acks, the handshake's) count as packets too:
+                    # a rate limit that let them through unbounded let a peer
+                    # keep the network thread decoding and answering them.
+                    if quota <= 0:
+                        break
+                    quota -= 1
                 if flags and self.inflate_action == "hold" and self.inflate_budget is not None and self.inflate_budget <= 0:
-                    if pid >= PID_FIRST_FREE or pid == call_pid:
-                        quota += 1
+                    quota += 1
                     break  # held until the budget is refilled
                 taken += 1
                 self._handle_frame(pid, flags, body)

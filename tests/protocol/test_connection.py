@@ -399,11 +399,18 @@ def test_held_frames_come_before_the_eof_and_before_a_broken_frame():
     assert [o.reason for o in outs if isinstance(o, ConnectionClosed)] == ["packettoolarge"]
 
 
-def test_internal_packets_do_not_use_the_quota():
+def test_internal_packets_use_the_quota_too():
+    """The protocol's own packets count against the quota (the owner's
+    rate bucket: a flood of heartbeats went through it unbounded, each
+    decoded and answered on the network thread); held back in order."""
     p, pid = _active_server()
     p.server.packet_quota = 0
     p.server.receive_data(encode_frame(16, 0, msgpack.packb({"reason": "bye"})))  # closeconn
+    assert p.server.drain_received() == [] and p.server.frames_waiting == 1 and p.server.is_open
+    p.server.packet_quota = 1
+    p.server.receive_data(b"")
     assert [o.reason for o in p.server.drain_received() if isinstance(o, ConnectionClosed)] == ["bye"]
+    assert p.server.packet_quota == 0
 
 
 @given(st.lists(st.integers(0, 3), min_size=1, max_size=30), st.integers(1, 40), st.data())
@@ -434,6 +441,7 @@ def test_inflate_hold_holds_compressed_frames_until_the_budget_is_refilled():
     small = encode_frame(pid, 0, msgpack.packb("after"))
     p.server.inflate_action = "hold"
     p.server.inflate_budget = 1  # above 0: one body may take it below
+    quota = p.server.packet_quota  # (the handshake's packets counted too)
     p.server.receive_data(big + big + small)
     assert _received(p.server.drain_received()) == ["h" * 9000]
     assert p.server.inflate_budget == 1 - size and p.server.frames_waiting == 2
@@ -442,7 +450,7 @@ def test_inflate_hold_holds_compressed_frames_until_the_budget_is_refilled():
     p.server.inflate_budget = 1
     p.server.receive_data(b"")
     assert _received(p.server.drain_received()) == ["h" * 9000, "after"]  # in order, nothing lost
-    assert p.server.frames_waiting == 0 and p.server.packet_quota == NO_QUOTA - 3
+    assert p.server.frames_waiting == 0 and p.server.packet_quota == quota - 3
 
 
 def test_a_close_drops_held_frames_and_eof_hands_on_what_the_budget_held():
@@ -631,11 +639,11 @@ def test_any_call_body_is_an_output_or_a_close(pid, body):
         assert isinstance(outs[-1], ConnectionClosed) and outs[-1].reason == "invalidpacket"
 
 
-def test_call_requests_count_against_the_packet_quota():
+def test_call_requests_and_replies_count_against_the_packet_quota():
     p = _calls_pair()
     call = encode_frame(PID_CALL, 0, msgpack.packb([1, 64, None]))
     reply = encode_frame(PID_CALL_REPLY, 0, msgpack.packb([1, 0, None]))
-    p.server.packet_quota = 2
+    p.server.packet_quota = 3
     p.server.receive_data(call + reply + call + call + reply)
     outs = p.server.drain_received()
     assert [type(o).__name__ for o in outs] == ["CallRequested", "CallReplied", "CallRequested"]
@@ -643,7 +651,7 @@ def test_call_requests_count_against_the_packet_quota():
     p.server.packet_quota = 5
     p.server.receive_data(b"")
     assert [type(o).__name__ for o in p.server.drain_received()] == ["CallRequested", "CallReplied"]
-    assert p.server.frames_waiting == 0 and p.server.packet_quota == 4
+    assert p.server.frames_waiting == 0 and p.server.packet_quota == 3
 
 
 def test_eof_can_discard_held_frames_for_a_session():

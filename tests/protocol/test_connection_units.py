@@ -295,10 +295,13 @@ def test_encode_packet_compresses_by_the_connection_settings():
 
 # --- the quota and the inflate budget for internal packets -------------------------------------
 
-def test_before_calls_are_negotiated_no_internal_id_uses_the_quota():
+def test_the_handshakes_packets_use_the_quota_too():
     c = ProtocolConnection(SIDE_CLIENT)
     c.packet_quota = 0
     c.receive_data(encode_frame(PID_HELLO, 0, msgpack.packb({"version": "x", "protoversion": PROTOVERSION})))
+    assert c.state is S.INIT and c.frames_waiting == 1  # held back, like any packet
+    c.packet_quota = 1
+    c.receive_data(b"")
     assert c.state is S.TYPESET and c.frames_waiting == 0 and c.packet_quota == 0
 
 
@@ -308,13 +311,12 @@ def test_without_calls_an_id_1_or_34_frame_is_not_a_call():
     p.server.packet_quota = 5
     p.server.receive_data(encode_frame(PID_CALL, 0, msgpack.packb([1, 64, None])))
     assert p.server.drain_received() == [PacketReceived(PID_CALL, 0, [1, 64, None], S.ACTIVE, 4)]
-    assert p.server.packet_quota == 5
-    p.server.packet_quota = 0
+    assert p.server.packet_quota == 4  # (an internal packet: counted as any)
     p.server.receive_data(encode_frame(PID_CALL, 0, msgpack.packb(2)))
     assert p.server.drain_received() == [PacketReceived(PID_CALL, 0, 2, S.ACTIVE, 1)]
     p.server.receive_data(encode_frame(PID_HELLO, 0, msgpack.packb({"version": "x", "protoversion": PROTOVERSION})))
-    _, closed = _closed(p.server)  # a hello to the server: refused, not held back
-    assert closed.reason == "invalidside" and p.server.packet_quota == 0
+    _, closed = _closed(p.server)  # a hello to the server: refused
+    assert closed.reason == "invalidside" and p.server.packet_quota == 2
 
 
 def _compressed(pid, value):
@@ -334,7 +336,7 @@ def test_a_held_internal_frame_does_not_give_back_quota():
     p.server.inflate_budget = 1000
     p.server.receive_data(b"")
     assert p.server.drain_received() == [PacketReceived(64, FLAG_COMPRESSED, "y", S.ACTIVE, 2)]
-    assert p.server.packet_quota == 4 and p.server.frames_waiting == 0
+    assert p.server.packet_quota == 3 and p.server.frames_waiting == 0  # (the heartbeat counted when handled)
 
 
 def test_a_broken_stream_behind_a_held_frame_closes_the_connection():
@@ -469,7 +471,7 @@ def test_one_read_of_one_compressed_or_internal_packet_takes_the_general_way():
     s.receive_data(_compressed(64, "z" * 50))
     assert s.drain_received() == [PacketReceived(64, FLAG_COMPRESSED, "z" * 50, S.ACTIVE, 52)] and s.packet_quota == 4
     s.receive_data(encode_frame(PID_HEARTBEAT, 0, msgpack.packb({"t": 1.5})))
-    assert s.drain_received() == [] and s.packet_quota == 4  # internal: answered by the core, no quota
+    assert s.drain_received() == [] and s.packet_quota == 3  # internal: answered by the core, counted
     assert [pid for pid, _, _ in frames_of(s.data_to_send())] == [PID_HEARTBEAT + 1]  # answered
 
 
