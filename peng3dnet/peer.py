@@ -67,7 +67,7 @@ from .registry import PacketRegistry
 from .relay import Flag, Relay
 from .session import ACK_DELAY, ACK_EVERY, Session, redacted
 from .transport import EVENT_READ, EVENT_WRITE, Reactor, wait_any
-from .userlog import report_user_error
+from .userlog import failure_key, report_user_error
 from .util import ConfigView, ConfigWarning, check_config, normalize_addr_socketstyle
 
 __all__ = ['Peer', 'resolve_addr', 'INTERNAL_IDS', 'CLOSE_LINGER']
@@ -950,7 +950,10 @@ class Peer:
         main = threading.current_thread() is threading.main_thread()
         if isinstance(exc, KeyboardInterrupt) and main:
             raise  # noqa: PLE0704  (Ctrl-C landed in a handler: the user's, not the handler's failure)
-        report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, fn)
+        if isinstance(exc, Exception):  # (a flood of the same failure: one traceback per 10 s)
+            report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, fn, key=failure_key(fn))
+        else:
+            report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, fn)
         if isinstance(exc, Exception):
             return
         if main:

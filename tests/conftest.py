@@ -147,6 +147,17 @@ def _close_raw_peers():
     close_raw_peers()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_user_error_repeats():
+    """Each test sees its handlers' first failure logged in full: the same
+    failure within 10 s is only counted (peng3dnet.userlog), across tests too."""
+    from peng3dnet import userlog
+
+    with userlog._repeats_lock:
+        userlog._repeats.clear()
+    yield
+
+
 class _UnhandledPackets(logging.Handler):
     """Collects the WARNING a peer logs when a packet's handling raised an
     exception the library did not expect (``UnhandledPacketError``): the

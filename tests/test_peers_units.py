@@ -156,7 +156,8 @@ def test_an_exception_of_a_handler_on_a_library_thread_is_reported_only(caplog):
         _fail_on_thread(s, link, ValueError("x"))
     assert stops == []
     assert [(r.name, r.getMessage()) for r in caplog.records] == [
-        ("peng3dnet.user", "! server cid=9: packet handler 'the-handler' raised")]
+        ("peng3dnet.user", "! server cid=9: packet handler 'the-handler' raised "
+                           "(the same failure again within 10 s is counted, not shown)")]
 
 
 # --- Server._session_dropped without a grace period ------------------------------------------
