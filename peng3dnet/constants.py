@@ -221,6 +221,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "net.session.resume": False,
     "net.session.grace": 30.0,
     "net.session.replay_buffer": 48 * 1024 * 1024,
+    "net.session.replay_total": 256 * 1024 * 1024,
     # runAsync() puts a client on the process's shared network thread (one
     # NetworkLoop for every such client) instead of a thread of its own.
     "net.client.shared_loop": True,

@@ -65,7 +65,7 @@ from .protocol.describe import describe
 from .protocol.handshake import HandshakeState
 from .registry import PacketRegistry
 from .relay import Flag, Relay
-from .session import ACK_DELAY, ACK_EVERY, Session, redacted
+from .session import ACK_DELAY, ACK_EVERY, ReplayTotal, Session, redacted
 from .transport import EVENT_READ, EVENT_WRITE, Reactor, wait_any
 from .userlog import failure_key, report_user_error
 from .util import ConfigView, ConfigWarning, check_config, normalize_addr_socketstyle
@@ -1285,6 +1285,8 @@ class Peer:
             return
         if overflow:
             self._session_overflow(session)  # type: ignore[arg-type]
+        elif session is not None and session.totals is not None and session.totals.over:
+            self._replay_over(session.totals)
         if self._h_print_send:
             self._debug_print("send", link, pid, data)
 
@@ -1324,6 +1326,21 @@ class Peer:
                 "replayoverflow",
             )
         link.stats.packets_out += 1
+        if session.totals is not None and session.totals.over:
+            self._replay_over(session.totals)
+
+    def _replay_over(self, totals: ReplayTotal) -> None:
+        """The sessions' replay buffers together went over
+        ``net.session.replay_total``: have the largest closed, on the network
+        thread, once (any thread; a server's)."""
+        with totals.lock:
+            if totals.pending:
+                return
+            totals.pending = True
+        self._reactor.call_soon(self._replay_shed)
+
+    def _replay_shed(self) -> None:
+        """See :meth:`_replay_over` (network thread; the server's does it)."""
 
     def _session_overflow(self, session: Session) -> None:
         """The replay buffer went over ``net.session.replay_buffer``: the
@@ -1411,12 +1428,14 @@ class Peer:
             self._app_closed(link, reason)
 
     def _session_forget(self, session: Session) -> None:
-        """The session is over: drop its timers (network thread)."""
+        """The session is over: drop its timers and its replay buffer
+        (network thread)."""
         session.ended = True
         for timer in (session.timer, session.ack_timer):
             if timer is not None:
                 timer.cancel()
         session.timer = session.ack_timer = None
+        session.release()
 
     def _session_dropped(self, link: Link, session: Session, reason: str | None) -> None:
         """The socket of a session dropped (network thread): wait for the

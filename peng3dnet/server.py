@@ -50,7 +50,7 @@ from .protocol.connection import NO_QUOTA, CallRequested, Output, PacketReceived
 from .protocol.describe import describe
 from .protocol.framing import LENGTH, encode_frame
 from .protocol.handshake import HandshakeState
-from .session import Session, new_token, valid_request
+from .session import ReplayTotal, Session, new_token, valid_request
 from .transport import EVENT_READ, Channel, Listener
 from .userlog import report_user_error
 from .util import address_group
@@ -376,6 +376,7 @@ class Server(Peer):
         """Server totals (accepted, refused, open, bytes and packets)."""
         self._listener: Listener | None = None
         self._sessions: dict[bytes, Session] = {}  # token -> session (extension "resume")
+        self._replay_total = ReplayTotal(0)  # net.session.replay_total (its cap read at each new session)
         # A full server (max_clients) admits as many connections as it holds
         # suspended sessions, each of which must resume one at settype
         # (network thread): those admitted, and the sessions suspended now.
@@ -842,7 +843,9 @@ class Server(Peer):
         if "resume" in link.proto.negotiated and link.proto.conntype == CONNTYPE_CLASSIC:
             session = link.session
             if session is None:
-                session = link.session = Session(new_token(), int(self.cfg["net.session.replay_buffer"]))
+                self._replay_total.cap = int(self.cfg["net.session.replay_total"])
+                session = link.session = Session(new_token(), int(self.cfg["net.session.replay_buffer"]),
+                                                 self._replay_total)
                 session.link, session.owner, session.cid = link, link.owner, link.cid
                 self._sessions[session.token] = session
                 self._resumable(link, True)
@@ -968,6 +971,33 @@ class Server(Peer):
     def _session_forget(self, session: Session) -> None:
         super()._session_forget(session)
         self._sessions.pop(session.token, None)
+
+    def _replay_shed(self) -> None:
+        """Over ``net.session.replay_total``: close the sessions with the
+        largest replay buffers (``replayoverflow``) until the rest fit
+        (network thread)."""
+        totals = self._replay_total
+        with totals.lock:
+            totals.pending = False
+            totals.over = False
+            cap = totals.cap
+        # (counted again without the sessions closing already: their bytes
+        # leave the running total when they end, a moment later)
+        ranked = sorted((s for s in self._sessions.values() if not s.ended and not s.overflowed),
+                        key=lambda s: s.replay_bytes, reverse=True)
+        total = sum(s.replay_bytes for s in ranked)
+        if not cap or total <= cap:
+            return
+        for session in ranked:
+            if total <= cap:
+                break
+            size = session.replay_bytes
+            log.info("! server cid=%s: %d bytes kept for its session's replay while all sessions keep %d "
+                     "(net.session.replay_total %d): closing the largest", session.cid, size, total, cap)
+            total -= size
+            with session.lock:
+                session.overflowed = True
+            self._session_overflow(session)  # (its buffer leaves the total when the session ends)
 
     def _session_end(self, session: Session, reason: str) -> None:
         if session.suspended and not session.ended:

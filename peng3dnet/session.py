@@ -40,7 +40,7 @@ import threading
 from collections import deque
 from typing import Any
 
-__all__ = ["Session", "ACK_EVERY", "ACK_DELAY", "new_token", "valid_request", "redacted"]
+__all__ = ["Session", "ReplayTotal", "ACK_EVERY", "ACK_DELAY", "new_token", "valid_request", "redacted"]
 
 ACK_EVERY = 128
 """Acknowledge at the latest after this many counted packets received."""
@@ -79,23 +79,55 @@ def valid_request(value: Any) -> tuple[bytes, int] | None:
     return token, received
 
 
+class ReplayTotal:
+    """The replay buffers of all a server's sessions together
+    (``net.session.replay_total``): each session's is capped, the sum was
+    not (a client that reads and never acknowledges makes the server keep
+    everything it sends: 48 MiB a session, 256 connections from one
+    address).  Counted by the sessions (their lock held, then this one's);
+    over :attr:`cap`, :attr:`over` is set and the server closes the
+    largest (``Server._replay_shed``, network thread)."""
+
+    __slots__ = ("lock", "bytes", "cap", "over", "pending")
+
+    def __init__(self, cap: int) -> None:
+        self.lock = threading.Lock()
+        self.bytes = 0
+        """Bytes in all the sessions' replay buffers."""
+        self.cap = cap
+        """``net.session.replay_total`` (0: no limit)."""
+        self.over = False
+        """Went over :attr:`cap`; cleared by the shedding."""
+        self.pending = False
+        """A shedding is scheduled."""
+
+    def add(self, n: int) -> None:
+        """Count ``n`` bytes more (negative: fewer); any thread."""
+        with self.lock:
+            self.bytes += n
+            if n > 0 and self.cap and self.bytes > self.cap:
+                self.over = True
+
+
 class Session:
     """One resumable session: counters, replay buffer, where it is.
 
     Args:
         token: The session's secret.
         cap: Largest replay buffer in bytes.
+        totals: The server's :class:`ReplayTotal` (a client's: none).
     """
 
     __slots__ = (
         "token", "cap", "lock", "tx", "rx", "acked", "ack_sent", "replay", "replay_bytes",
         "suspended", "resuming", "peer_rx", "link", "timer", "ack_timer", "attempt", "owner", "cid",
-        "ended", "overflowed", "established",
+        "ended", "overflowed", "established", "totals",
     )
 
-    def __init__(self, token: bytes, cap: int) -> None:
+    def __init__(self, token: bytes, cap: int, totals: ReplayTotal | None = None) -> None:
         self.token = token
         self.cap = cap
+        self.totals = totals
         self.lock = threading.Lock()
         self.tx = 0
         """Counted packets sent (queued) on this session."""
@@ -138,12 +170,16 @@ class Session:
         over its cap: the session is over (:attr:`overflowed`; the caller
         closes it).  Any thread, channel lock held."""
         with self.lock:
+            if self.ended:
+                return True  # (over: nothing is kept any more, see release())
             if self.overflowed or self.replay_bytes + len(frame) > self.cap:
                 self.overflowed = True
                 return False
             self.tx += 1
             self.replay.append(frame)
             self.replay_bytes += len(frame)
+            if self.totals is not None:
+                self.totals.add(len(frame))
             return True
 
     def ack(self, count: int) -> bool:
@@ -153,9 +189,12 @@ class Session:
             if count > self.tx:
                 return False
             replay = self.replay
+            before = self.replay_bytes
             while self.acked < count:
                 self.replay_bytes -= len(replay.popleft())
                 self.acked += 1
+            if self.totals is not None and before != self.replay_bytes:
+                self.totals.add(self.replay_bytes - before)
             return True
 
     def unacked_from(self, count: int) -> bytes | None:
@@ -165,7 +204,19 @@ class Session:
         if count < self.acked or count > self.tx:
             return None
         replay = self.replay
+        before = self.replay_bytes
         while self.acked < count:
             self.replay_bytes -= len(replay.popleft())
             self.acked += 1
+        if self.totals is not None and before != self.replay_bytes:
+            self.totals.add(self.replay_bytes - before)
         return b"".join(replay)
+
+    def release(self) -> None:
+        """The session is over: forget the replay buffer and take it out of
+        the server's total (any thread; :attr:`ended` set before)."""
+        with self.lock:
+            self.replay.clear()
+            if self.totals is not None and self.replay_bytes:
+                self.totals.add(-self.replay_bytes)
+            self.replay_bytes = 0

@@ -707,3 +707,30 @@ def test_a_send_blocked_on_a_full_buffer_across_a_drop_is_delivered_after_the_re
         nums = [m[0] for m in got.got]
     assert sorted(set(range(count)) - set(nums)) == []  # fails: [the one blocked at the drop]
     assert nums == list(range(count))
+
+
+def test_the_replay_buffers_together_are_capped_the_largest_session_closed(net):
+    """net.session.replay_total: a client that reads and never acknowledges
+    makes the server keep all it sends for a resume (48 MiB a session, no
+    cap on the sum: 6 such clients took a server from 26 to 391 MiB in the
+    fault hunt); over the total the session keeping the most is closed."""
+    s, rec = net.server(**{"net.session.resume": True, "net.session.replay_total": 4 << 20,
+                          "net.compress.enabled": False})
+    peers = []
+    for _ in range(2):
+        p = RawPeer(s.addr)
+        p.handshake(["resume"])  # and never acknowledges anything
+        peers.append(p)
+    a, b = sorted(active_cids(s, 2))
+    blob = os.urandom(1 << 20)
+    for _ in range(3):
+        s.send_message("test:echo", blob, a)
+    assert s._replay_total.bytes > 3 << 20 and not s._replay_total.over
+    s.send_message("test:echo", blob, b)
+    s.send_message("test:echo", blob, b)  # 5 MiB kept in all
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "replayoverflow" and d["client"].cid == a  # the largest, not the one written to
+    assert b in active_cids(s)
+    wait_for(lambda: s._replay_total.bytes == s._links[b].session.replay_bytes, what="a's bytes out of the total")
+    assert (2 << 20) < s._replay_total.bytes < (3 << 20)
+

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from peng3dnet.session import TOKEN_BYTES, Session, redacted, valid_request
+from peng3dnet.session import TOKEN_BYTES, ReplayTotal, Session, redacted, valid_request
 
 TOKEN = b"t" * TOKEN_BYTES
 
@@ -41,6 +41,27 @@ def test_acknowledgements_forget_exactly_what_the_peer_received():
     assert s.ack(2) and s.acked == 2  # the same count again: nothing more forgotten
     assert s.ack(4) is False and (s.acked, s.replay_bytes) == (2, 3)  # more than was sent
     assert s.ack(3) and (s.acked, s.replay_bytes, list(s.replay)) == (3, 0, [])
+
+
+def test_the_servers_total_counts_what_every_session_keeps_and_lets_go():
+    totals = ReplayTotal(100)
+    a = Session(b"a" * TOKEN_BYTES, 1000, totals)
+    b = Session(b"b" * TOKEN_BYTES, 1000, totals)
+    assert a.sent(b"x" * 40) and a.sent(b"y" * 30) and b.sent(b"z" * 20)
+    assert totals.bytes == 90 and not totals.over
+    assert b.sent(b"w" * 20) and totals.bytes == 110 and totals.over  # over: the server sheds
+    assert a.ack(1) and totals.bytes == 70  # acknowledged: gone from both
+    assert a.unacked_from(2) == b"" and totals.bytes == 40
+    b.ended = True
+    b.release()
+    assert totals.bytes == 0 and b.replay_bytes == 0 and not b.replay
+    assert b.sent(b"v" * 10) and totals.bytes == 0 and not b.replay  # over: nothing kept any more
+
+
+def test_a_zero_total_is_no_limit():
+    totals = ReplayTotal(0)
+    s = Session(b"a" * TOKEN_BYTES, 1000, totals)
+    assert s.sent(b"x" * 500) and totals.bytes == 500 and not totals.over
 
 
 def test_a_resume_gets_the_frames_the_peer_did_not_receive_in_order():

@@ -415,6 +415,9 @@ CONFIG: dict[str, str] = {
                          "``sessionexpired``.",
     "net.session.replay_buffer": "Bytes sent and not yet acknowledged that a session keeps for a resume; "
                                  "over it the session closes with ``replayoverflow``.",
+    "net.session.replay_total": "Server: the replay buffers of all sessions together; over it the sessions "
+                                "with the largest are closed (``replayoverflow``) until the rest fit.  "
+                                "0: no limit.",
     "net.client.shared_loop": "Client: ``runAsync()`` serves the client on the process's one shared network "
                               "thread (see :class:`~peng3dnet.client.NetworkLoop`) instead of a thread of its "
                               "own; ``False``: a thread per client.",
