@@ -704,7 +704,9 @@ class Peer:
 
     def _on_heartbeat_ack(self, link: Link, msg: Any) -> None:
         sent = msg.get("t") if isinstance(msg, dict) else None
-        if not isinstance(sent, float):
+        if not isinstance(sent, float) or sent != link.hb_sent:
+            # Only the echo of our last probe counts: the peer chooses what it
+            # echoes, and any other time would be an RTT it made up.
             return
         rtt = max(0.0, time.monotonic() - sent)
         link.stats.rtt = rtt
