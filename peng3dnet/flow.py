@@ -343,7 +343,10 @@ class Flow:
         buffers ("slowconsumer") until the rest fit (any thread); return how
         many were closed."""
         peer = self.peer
-        links = [link for link in peer._all_links() if not link.chan.closed and not link.local_closed]
+        # (not those closing already: the core may have queued a closeconn
+        # with its reason, which close_slow keeps and a drop here would not)
+        links = [link for link in peer._all_links()
+                 if not link.chan.closed and not link.local_closed and not link.proto.closed]
         sizes = sorted(((len(link.chan.out), i) for i, link in enumerate(links)), reverse=True)
         total = sum(size for size, _ in sizes)
         self.buffered = total

@@ -76,7 +76,7 @@ class Link:
         "stats", "sslsec", "hb_sent", "rate_p", "rate_b", "rate_t", "plain", "tls_server",
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
         "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
-        "provisional", "resumable", "over_max", "core_over", "held_in", "held_since", "shed",
+        "provisional", "resumable", "over_max", "core_over", "held_in", "held_since", "shed", "hb_probes",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -106,6 +106,9 @@ class Link:
         self.stats = ConnectionStats()
         self.sslsec = SSLSEC_NONE
         self.hb_sent = 0.0
+        self.hb_probes: list[float] = []
+        """The times of our last few heartbeat probes not echoed yet (network
+        thread): an echo counts once, and only of one of these."""
         self.rate_p = 0.0  # token buckets (packets, bytes), refilled at rate_t
         self.rate_b = 0.0
         self.rate_t = 0.0

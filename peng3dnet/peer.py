@@ -704,10 +704,14 @@ class Peer:
 
     def _on_heartbeat_ack(self, link: Link, msg: Any) -> None:
         sent = msg.get("t") if isinstance(msg, dict) else None
-        if not isinstance(sent, float) or sent != link.hb_sent:
-            # Only the echo of our last probe counts: the peer chooses what it
-            # echoes, and any other time would be an RTT it made up.
+        probes = link.hb_probes
+        if not isinstance(sent, float) or sent not in probes:
+            # Only the echo of a probe of ours counts, once: the peer chooses
+            # what it echoes, and any other time would be an RTT it made up.
+            # (A few are kept: behind a large transfer an echo may come back
+            # after the next probe went out.)
             return
+        probes.remove(sent)
         rtt = max(0.0, time.monotonic() - sent)
         link.stats.rtt = rtt
         if self._h_events:
@@ -756,6 +760,10 @@ class Peer:
                     continue
                 if now - link.hb_sent >= hb_interval:
                     link.hb_sent = now
+                    probes = link.hb_probes
+                    if len(probes) >= 4:
+                        del probes[0]
+                    probes.append(now)
                     with link.chan.lock:
                         if proto.send_heartbeat({"t": now}):
                             self._push(link)
@@ -1241,6 +1249,14 @@ class Peer:
                     # To be closed for write_buffer_total, its backlog dropped: a
                     # program thread broadcasting meanwhile would only add to it
                     # (it held 1.7-2.4x the cap until the close, in the fault run).
+                    # A session keeps it for its replay all the same: a drop (EOF)
+                    # before the close leaves the session alive, and a resume
+                    # must miss nothing.
+                    if session is not None:
+                        if not session.sent(frame):
+                            self._reactor.call_soon(self._session_overflow, session)
+                        elif session.totals is not None and session.totals.over:
+                            self._replay_over(session.totals)
                     return
                 if (chan.out and cork and self._h_write_block and len(chan.out) > self._h_write_block
                         and (self._flow.may_block() or self._polled_here())):

@@ -740,6 +740,11 @@ class Server(Peer):
             return True
         rate_p = self._h_rate_p
         burst = self._h_rate_burst
+        # ("close" and "drop" charge the application's packets and calls only:
+        # the protocol's own, counted in npackets as the core decodes them,
+        # cannot be dropped, and must not close a peer sending just under the
+        # rate; only "throttle" holds those to the bucket too)
+        npackets = sum(1 for o in outs if _is_app(o))
         if self._h_rate_drop:
             # Let through what the buckets allow, drop the rest of this read's
             # application packets; dropped packets cost no tokens.

@@ -186,6 +186,8 @@ class Session:
         """The peer received ``count`` packets; forget them.  Returns
         ``False`` when ``count`` is impossible (more than we sent)."""
         with self.lock:
+            if self.ended:
+                return True  # (released: nothing to forget; an ack read with the close is harmless)
             if count > self.tx:
                 return False
             replay = self.replay
@@ -201,7 +203,7 @@ class Session:
         """What the peer, having received ``count``, still needs (the
         frames ``count+1 .. tx``, joined), and forget the rest; ``None``
         when the buffer no longer holds them (lock held by the caller)."""
-        if count < self.acked or count > self.tx:
+        if self.ended or count < self.acked or count > self.tx:
             return None
         replay = self.replay
         before = self.replay_bytes

@@ -73,6 +73,7 @@ REPEAT_WINDOW = 10.0
 """Seconds during which the same failure (see :func:`report_user_error`'s
 ``key``) is counted, not logged again."""
 
+_monotonic = time.monotonic  # (its own name: a test may set it without touching time.monotonic)
 _repeats: dict[Hashable, list[float]] = {}  # key -> [time of the last traceback, repeats since]
 _repeats_lock = threading.Lock()
 
@@ -90,7 +91,7 @@ def report_user_error(msg: str, *args: object, key: Hashable | None = None) -> N
     exception type and innermost line (:func:`failure_key`).
     """
     if key is not None:
-        now = time.monotonic()
+        now = _monotonic()
         with _repeats_lock:
             entry = _repeats.get(key)
             if entry is not None and now - entry[0] < REPEAT_WINDOW:

@@ -389,6 +389,18 @@ def test_a_throttle_and_a_slow_consumers_drop_are_logged(caplog):
     assert dropped == [(7, "slowconsumer")]
 
 
+def test_a_connection_the_core_closed_already_is_not_chosen():
+    """Its closeconn (the core queued it with the reason) must stay in its
+    buffer: close_slow keeps it, an immediate drop would not."""
+    links = _links(80, 30)
+    links[0].proto.closed = True
+    peer = FakePeer(links, write_total=20)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    assert flow.shed() == 1
+    assert [args[0].cid for _, args in peer._reactor.soon] == [1]
+    assert links[0].chan.dropped == 0 and len(links[0].chan.out) == 80 and not getattr(links[0], "shed", False)
+
+
 def test_exactly_at_the_cap_nothing_is_closed():
     links = _links(40, 20)
     peer = FakePeer(links, write_total=60)

@@ -1429,6 +1429,40 @@ def test_the_packet_rate_with_close_lets_a_read_empty_the_bucket_and_closes_past
     assert closes == ["ratelimit"]
 
 
+def test_with_close_the_protocols_own_packets_are_not_charged():
+    """Only "throttle" holds the protocol's own packets (heartbeats, replies)
+    to the packet bucket; "close" charges the application's only, as it
+    did: a peer sending just under the rate is not closed for its heartbeats."""
+    s, link, _ = _server_with_link(**{"net.limits.rate.packets": 2, "net.limits.rate.bytes": 0,
+                                      "net.limits.rate.burst": 1.0, "net.limits.rate.action": "close"})
+    closes: list = []
+    s._close_link = lambda lk, why, polite=False: closes.append(why)  # type: ignore[method-assign]
+    app = [PacketReceived_(PID_FIRST_FREE + 1, 0, i, HandshakeState.ACTIVE) for i in range(2)]
+    beat = PacketReceived_(PID_FIRST_FREE - 1, 0, "x", HandshakeState.ACTIVE)
+    now = link.rate_t + 5.0
+    assert s._read_allowed(link, 100, [*app, beat], 5, now) is True  # (5: what the core decoded, 3 heartbeats)
+    assert link.rate_p == 0.0 and closes == []
+
+
+def test_a_connection_chosen_for_the_buffer_cap_still_keeps_its_sessions_frames_for_a_resume():
+    """Nothing more is written to a connection chosen to be closed for
+    write_buffer_total, but a session keeps the frame for its replay: if the
+    socket drops before the close, the session lives on and a resume must
+    miss nothing."""
+    from peng3dnet.session import Session
+
+    s, link, chan = _server_with_link()
+    session = link.session = Session(b"t" * 16, 1 << 20)
+    session.link = link
+    link.shed = True
+    chan.out = b"backlog"
+    s._send_frame(link, b"frame-1", PID_FIRST_FREE, "x")
+    assert chan.written == [] and list(session.replay) == [b"frame-1"] and session.tx == 1
+    link.session = None
+    s._send_frame(link, b"frame-2", PID_FIRST_FREE, "x")  # no session: dropped, as its backlog is
+    assert chan.written == [] and list(session.replay) == [b"frame-1"]
+
+
 # --- Client.connect: an on_connect that raises -----------------------------------------------------
 
 def test_an_on_connect_that_raises_is_reported_and_the_connection_stays(caplog):

@@ -58,6 +58,17 @@ def test_the_servers_total_counts_what_every_session_keeps_and_lets_go():
     assert b.sent(b"v" * 10) and totals.bytes == 0 and not b.replay  # over: nothing kept any more
 
 
+def test_an_ack_or_a_resume_after_the_release_changes_nothing():
+    """(An ack read in the same read as the close that ended the session.)"""
+    totals = ReplayTotal(0)
+    s = Session(b"a" * TOKEN_BYTES, 1000, totals)
+    assert s.sent(b"x" * 10) and s.sent(b"y" * 10)
+    s.ended = True
+    s.release()
+    assert s.ack(2) is True and s.unacked_from(1) is None
+    assert totals.bytes == 0 and s.replay_bytes == 0
+
+
 def test_a_zero_total_is_no_limit():
     totals = ReplayTotal(0)
     s = Session(b"a" * TOKEN_BYTES, 1000, totals)

@@ -27,7 +27,7 @@ def _fail(kind: type[Exception] = ValueError, key_of=None) -> None:
 def test_the_same_failure_within_the_window_is_counted_then_reported(caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="peng3dnet.user")
     now = [1000.0]
-    monkeypatch.setattr(userlog.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(userlog, "_monotonic", lambda: now[0])
     _fail()
     for _ in range(5):
         now[0] += 1.0
