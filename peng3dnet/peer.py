@@ -960,10 +960,9 @@ class Peer:
         main = threading.current_thread() is threading.main_thread()
         if isinstance(exc, KeyboardInterrupt) and main:
             raise  # noqa: PLE0704  (Ctrl-C landed in a handler: the user's, not the handler's failure)
-        if isinstance(exc, Exception):  # (a flood of the same failure: one traceback per 10 s)
-            report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, fn, key=failure_key(fn))
-        else:
-            report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, fn)
+        # (the same Exception again within 10 s, a flood of bad values, is counted, not shown)
+        report_user_error("! %s cid=%s: packet handler %r raised", self._role, link.cid, fn,
+                          key=failure_key(fn) if isinstance(exc, Exception) else None)
         if isinstance(exc, Exception):
             return
         if main:
