@@ -5,7 +5,8 @@ client is still served.
     python -m bench.faults [--quick] [--only NAME[,NAME...]] [--timeout 90]
 
 Attacks: netloop, slowconsumers, inflate, byterate, flood, syncfake,
-baseexception, recvqueue, slowreason, reconnect (see ATTACKS at the bottom).
+baseexception, recvqueue, slowreason, reconnect, cheapwork (see ATTACKS at
+the bottom).
 
 Each attack runs in a process of its own (``--attack NAME``): the server
 lives there, so its counters, its RSS and the CPU time of its threads are
@@ -1233,6 +1234,116 @@ def attack_reconnect(quick: bool, rep: Report) -> None:
     s.shutdown(timeout=10)
 
 
+# --- 11. cheap for the peer, dear for the server: probe floods, a handler failing for each --
+
+
+def _raw_with(addr, extensions: list[str]) -> Raw:
+    """A raw client through the handshake, asking for ``extensions``."""
+    from peng3dnet.constants import EXTENSIONS_KEY
+
+    raw = Raw(addr)
+    assert raw.recv_packet()[0] == 1
+    raw.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: extensions})
+    pid, msg = raw.recv_packet()
+    assert pid == 3, pid
+    raw.send_packet(4, {"success": True})
+    raw.registry = msg["registry"]  # type: ignore[attr-defined]
+    return raw
+
+
+def attack_cheapwork(quick: bool, rep: Report) -> None:
+    """The fault hunt of 2026-12-02 (afternoon): heartbeat probes flooded
+    from one connection (each decoded and answered on the network thread;
+    the packet rate did not count them: a probe client's p50 went to 300
+    ms), and small packets whose handler fails for each (a traceback per
+    packet: 9 MB of them for 200 KB, every other connection's packets
+    waiting behind them)."""
+    from peng3dnet.protocol.framing import encode_frame
+
+    secs = 1.0 if quick else 3.0
+    failed: list = []
+
+    def fussy(msg, cid=None):
+        failed.append(cid)
+        raise LookupError(f"no entity {msg!r}")
+
+    s = make_server()
+    s.registry.get_obj(SINK).receive = fussy  # (before any packet: the handler its plan takes)
+    user_records: list = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            user_records.append(record)
+
+    counter = Count()
+    logging.getLogger("peng3dnet.user").addHandler(counter)  # (configured: the stderr fallback stays quiet)
+    probe = Probe(s.addr[1])
+    idle = probe.rtt(0.5)
+
+    raw = _raw_with(s.addr, ["heartbeat"])
+    burst = encode_frame(32, 0, msgpack.packb({"t": 1.0})) * 1000
+    stop = threading.Event()
+    acks = [0]
+    sent = [0]
+
+    def read():
+        raw.sock.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                pid, _ = raw.recv_packet()
+            except socket.timeout:
+                continue
+            except Exception:
+                return
+            if pid == 33:
+                acks[0] += 1
+
+    def write():
+        while not stop.is_set():
+            try:
+                raw.send(burst)
+            except OSError:
+                return
+            sent[0] += 1000
+
+    threads = [threading.Thread(target=read, daemon=True), threading.Thread(target=write, daemon=True)]
+    probe.start(secs)
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    during = probe.result()
+    dt = time.monotonic() - t0
+    stop.set()
+    rate = float(s.cfg["net.limits.rate.packets"])
+    allowed = rate * (float(s.cfg["net.limits.rate.burst"]) + dt + 1.0)
+    rep.check(f"heartbeat probes flooded from one connection for {secs:.0f} s (default config): answered "
+              "<= rate.packets x (burst + time), connection kept",
+              acks[0] <= allowed and raw.sock.fileno() >= 0,
+              f"sent {sent[0]:,}, answered {acks[0]:,} (allowed {allowed:,.0f})")
+    rep.check("another client's echo RTT during the probe flood (p50 <= 20 ms, none lost)",
+              rtt_ok(idle, during, 20.0), f"idle {rtt_text(idle)}; during {rtt_text(during)}")
+    raw.close()
+
+    raw = _raw_with(s.addr, [])
+    pid = raw.registry[SINK]  # type: ignore[attr-defined]
+    n = 5000 if quick else 20000
+    probe.start(secs)
+    raw.send(b"".join(encode_frame(pid, 0, msgpack.packb(i)) for i in range(n)))
+    during = probe.result()
+    wait_until(lambda: len(failed) >= n, 30)
+    shown = [r for r in user_records if "packet handler" in r.getMessage()]
+    rep.check(f"{n:,} packets whose handler raises for each: every one handled, one traceback shown "
+              "(the same failure within 10 s is counted)",
+              len(failed) == n and len(shown) == 1,
+              f"handled {len(failed):,}, tracebacks shown {len(shown)}")
+    rep.check("another client's echo RTT during them (p50 <= 20 ms, none lost)",
+              rtt_ok(idle, during, 20.0), f"idle {rtt_text(idle)}; during {rtt_text(during)}")
+    logging.getLogger("peng3dnet.user").removeHandler(counter)
+    raw.close()
+    probe.close()
+    s.shutdown(timeout=10)
+
+
 ATTACKS: dict[str, tuple[Callable[[bool, Report], None], str]] = {
     "netloop": (attack_netloop, "1. NetworkLoop, 5 clients closed at once"),
     "slowconsumers": (attack_slowconsumers, "2. closed slow consumers"),
@@ -1244,6 +1355,7 @@ ATTACKS: dict[str, tuple[Callable[[bool, Report], None], str]] = {
     "recvqueue": (attack_recvqueue, "8. recv_queue vs slow process()"),
     "slowreason": (attack_slowreason, "9. slow consumer close reason"),
     "reconnect": (attack_reconnect, "10. reconnect loop vs connect rate"),
+    "cheapwork": (attack_cheapwork, "11. probe flood, a handler failing for each"),
 }
 
 

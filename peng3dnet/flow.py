@@ -343,10 +343,7 @@ class Flow:
         buffers ("slowconsumer") until the rest fit (any thread); return how
         many were closed."""
         peer = self.peer
-        # (not those closing already: the core may have queued a closeconn
-        # with its reason, which close_slow keeps and a drop here would not)
-        links = [link for link in peer._all_links()
-                 if not link.chan.closed and not link.local_closed and not link.proto.closed]
+        links = [link for link in peer._all_links() if not link.chan.closed and not link.local_closed]
         sizes = sorted(((len(link.chan.out), i) for i, link in enumerate(links)), reverse=True)
         total = sum(size for size, _ in sizes)
         self.buffered = total
@@ -357,6 +354,12 @@ class Flow:
             if total <= peer._h_write_total or size == 0:
                 break
             link = links[i]
+            if link.proto.closed:
+                # Closing already (the core queued a closeconn with its reason,
+                # which must stay: no drop here): its buffer goes with it.
+                total -= size
+                link.acct = 0
+                continue
             log.info("! %s cid=%s: %d bytes queued while all connections hold %d (cap %d): closing the largest",
                      peer._role, link.cid, size, total, peer._h_write_total)
             total -= size
