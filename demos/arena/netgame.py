@@ -17,7 +17,7 @@ from peng3dnet.ext.sync import SyncClient, SyncServer
 from peng3dnet.net import Client, Server
 from peng3dnet.packet import Packet
 
-from .game import TICK_RATE, Rules, apply_input, bot_input, clean_name, new_player, pick_color, players_by_name
+from .game import MAX_DT, TICK_RATE, Rules, apply_input, bot_input, clean_name, new_player, pick_color, players_by_name
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +33,31 @@ class ArenaLogic:
     ``HISTORY`` ticks.  Shared by the single server and each cluster room
     (tick thread)."""
 
+    MAX_BUDGET = 0.25
+    """Seconds of movement a player may have saved up (inputs of a few
+    ticks arriving together); each tick adds its duration."""
+
     def __init__(self, sync: SyncServer, seed: int = 1) -> None:
         self.sync = sync
         self.rules = Rules(seed=seed)
         self.history: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
+        self.budget: dict[str, float] = {}
+        """eid -> seconds of movement left: ``apply_input`` clamps one input's
+        ``dt``, this clamps their sum (a burst of inputs each claiming the
+        longest frame moved a player 50 times faster than anyone, in the
+        fault hunt of 2026-12-02)."""
 
     def join(self, cid: int) -> None:
         eid = f"p{cid}"
         taken = [e.get("color") for e in self.sync.entities.values() if e.get("kind") == "player"]
         self.sync.entities[eid] = new_player(f"player{cid}", seed=cid, color=pick_color(taken))
         self.sync.owners[cid] = eid
+        self.budget[eid] = self.MAX_BUDGET
 
     def leave(self, eid: str | None) -> None:
         if eid:
             self.sync.entities.pop(eid, None)
+            self.budget.pop(eid, None)
 
     def input(self, cid: int, eid: str | None, inp: Any) -> None:
         entities = self.sync.entities
@@ -58,10 +69,19 @@ class ArenaLogic:
             name = clean_name(name, taken)
             entities[eid] = {**entities[eid], "name": name}  # the colour stays with the player
             return
-        entities[eid] = apply_input(entities[eid], inp)
+        try:
+            claimed = max(0.0, float(inp.get("dt", 0)))
+        except (TypeError, ValueError):
+            return
+        left = self.budget.get(eid, 0.0)
+        dt = min(claimed, left)
+        self.budget[eid] = left - min(dt, MAX_DT)  # (apply_input clamps it to MAX_DT too)
+        entities[eid] = apply_input(entities[eid], {**inp, "dt": dt})
 
     def step(self, dt: float, tick: int) -> dict[str, dict[str, Any]]:
         """Run the rules; return (and remember) the players at this tick."""
+        for eid, left in self.budget.items():
+            self.budget[eid] = min(self.MAX_BUDGET, left + dt)
         self.rules.step(self.sync.entities, dt, tick)
         now = players_by_name(self.sync.entities)
         self.history[tick] = now

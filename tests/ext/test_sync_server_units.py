@@ -43,6 +43,7 @@ def last_base(w: Log) -> int:
 def test_documented_defaults_and_initial_state():
     sync = SyncServer(FakeServer())
     assert (sync.tick_rate, sync.history, sync.max_input_size, sync.tick) == (20.0, 64, 4096, 0)
+    assert sync.max_inputs_per_tick == 16
     assert sync.interest is None and sync.members is None
     assert (sync.on_join, sync.on_input, sync.on_leave, sync.on_step) == (None, None, None, None)
     assert sync.stats == {"ticks": 0, "snapshots": 0, "full_snapshots": 0, "resyncs": 0, "inputs": 0, "inputs_dropped": 0}
@@ -227,6 +228,28 @@ def test_inputs_count_once_per_new_seq_and_ai_reports_the_last():
     w.sync.step()
     assert [c[3] for c in w.calls if c[0] == "input"] == ["a", None]
     assert w.sync.stats["inputs"] == 2 and w.server.sent[-1][1]["ai"] == 3
+
+
+def test_a_clients_inputs_beyond_max_inputs_per_tick_are_dropped_and_counted():
+    """One client sending faster than the game handles grew the queue
+    without bound and stalled every tick (the fault hunt): a tick takes at
+    most max_inputs_per_tick inputs of each client; the others' are not
+    touched, and the next tick takes as many again."""
+    w = joined(max_inputs_per_tick=3)
+    w.server.clients[2] = FakeConn(2)
+    w.sync.step()
+    for seq in range(1, 6):
+        w.server.deliver(1, {"seq": seq, "in": f"one-{seq}"})
+    w.server.deliver(2, {"seq": 1, "in": "two-1"})
+    w.sync.step()
+    assert [(c[1], c[3]) for c in w.calls if c[0] == "input"] == [
+        (1, "one-1"), (1, "one-2"), (1, "one-3"), (2, "two-1")]
+    assert w.sync.stats["inputs_dropped"] == 2 and w.sync.stats["inputs"] == 4
+    for seq in range(6, 9):  # the next tick: three again
+        w.server.deliver(1, {"seq": seq, "in": f"one-{seq}"})
+    w.sync.step()
+    assert [c[3] for c in w.calls if c[0] == "input"][-3:] == ["one-6", "one-7", "one-8"]
+    assert w.sync.stats["inputs_dropped"] == 2
 
 
 def test_inputs_after_one_of_an_unjoined_client_or_a_non_map_are_applied():

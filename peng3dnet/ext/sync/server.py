@@ -127,6 +127,15 @@ class SyncServer:
             ``stats["inputs_dropped"]``, and never reach ``on_input``.  The
             connection stays open.  (The packet itself was already bounded
             by ``net.limits.max_packet_size`` when it was decoded.)
+        max_inputs_per_tick: Input messages of one client queued for one
+            tick; more are dropped (counted in ``stats["inputs_dropped"]``):
+            a queue of a client's inputs bounded only by the rate limit let
+            one client that sends faster than the game handles grow it
+            without bound and stall every tick (8,400 inputs a second
+            through the default rate limit against a 150 us ``on_input``:
+            0-1 ticks a second, +320 MB in 10 s, in the fault hunt of
+            2026-12-02).  16 is 5 inputs a frame at 60 frames a second
+            and 20 ticks.
 
     Game hooks (attributes; all run on the tick thread, with :attr:`lock` held):
     ``on_join(cid)`` a client joined (give it an entity: set
@@ -160,6 +169,7 @@ class SyncServer:
         max_input_size: int = 4096,
         members: Callable[[], Any] | None = None,
         register: bool = True,
+        max_inputs_per_tick: int = 16,
     ) -> None:
         self.server = server
         self.tick_rate = float(tick_rate)
@@ -167,6 +177,8 @@ class SyncServer:
         self.interest = interest
         self.max_input_size = int(max_input_size)
         """Largest input message accepted, in bytes of msgpack."""
+        self.max_inputs_per_tick = int(max_inputs_per_tick)
+        """Input messages of one client queued for one tick; more are dropped."""
         self.members = members
         """``None`` (every classic connection of the server joins), or a
         callable returning the cids that may be joined (a room's members:
@@ -194,10 +206,12 @@ class SyncServer:
         }
         """Counters (any thread); ``snapshots`` and ``full_snapshots`` (of
         them, the ones without a base) count snapshots sent;
-        ``inputs_dropped`` counts input messages over ``max_input_size``."""
+        ``inputs_dropped`` counts input messages over ``max_input_size``
+        or ``max_inputs_per_tick``."""
         self._clients: dict[int, _ClientSync] = {}
         self._inputs: deque[tuple[int, Any]] = deque()
-        self._dropped_lock = threading.Lock()
+        self._queued: dict[int, int] = {}  # cid -> inputs queued for the next tick (guarded by _inputs_lock)
+        self._inputs_lock = threading.Lock()
         self._accepting = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -213,12 +227,18 @@ class SyncServer:
         if not self._accepting:
             return
         size = encoded_size(msg)
-        if size is None or size > self.max_input_size:
-            with self._dropped_lock:
+        with self._inputs_lock:
+            if size is None or size > self.max_input_size:
                 self.stats["inputs_dropped"] += 1
-            log.debug("! sync: input of cid=%d dropped (%s bytes > %d)", cid, size, self.max_input_size)
-            return
-        self._inputs.append((cid, msg))
+                log.debug("! sync: input of cid=%d dropped (%s bytes > %d)", cid, size, self.max_input_size)
+                return
+            queued = self._queued.get(cid, 0)
+            if queued >= self.max_inputs_per_tick:
+                self.stats["inputs_dropped"] += 1
+                log.debug("! sync: input of cid=%d dropped (%d queued for the next tick already)", cid, queued)
+                return
+            self._queued[cid] = queued + 1
+            self._inputs.append((cid, msg))
 
     # --- tick thread -------------------------------------------------------------------------
     def start(self) -> threading.Thread:
@@ -284,8 +304,10 @@ class SyncServer:
             # Inputs first, then the table: an input in this batch was handled
             # after its connection's handshake completed, so the table read
             # afterwards has its cid (ACTIVE, closing, or already gone).
-            q = self._inputs
-            inputs = [q.popleft() for _ in range(len(q))]
+            with self._inputs_lock:
+                inputs = list(self._inputs)
+                self._inputs.clear()
+                self._queued.clear()
             table = self.server.clients.copy()  # one C-level copy: the network thread may change it
             if self.members is not None:
                 allowed = self.members()
