@@ -265,6 +265,20 @@ def test_a_join_by_kind_makes_its_room_with_the_joins_options():
     assert rooms.rooms[got["room"]].options == {"y": 2}
 
 
+def test_join_options_over_max_options_size_are_refused_and_nothing_is_made():
+    """A room keeps its maker's options while it lives, decoded (up to some
+    70 times their bytes): 3 MB of empty maps kept 230 MB (the fault hunt)."""
+    rooms, _ = _world(max_options_size=64)
+    assert RoomServer(FakeServer()).max_options_size == 4096  # (the default)  # type: ignore[arg-type]
+    with pytest.raises(CallError, match=r"^join options of 101 bytes: at most 64 \(max_options_size\)$"):
+        _join(rooms, 1, kind="trio", options={"x": "y" * 96})
+    with pytest.raises(CallError, match=r"^join options of None bytes"):
+        _join(rooms, 1, kind="trio", options={"x": object()})  # (cannot be encoded: never a decoded value)
+    assert rooms.rooms == {} and rooms.stats["refused"] == 2 and rooms.stats["joins"] == 0
+    got = _join(rooms, 1, kind="trio", options={"x": "y" * 50})  # within: joined
+    assert rooms.rooms[got["room"]].options == {"x": "y" * 50}
+
+
 def test_room_and_kind_that_are_not_strings_count_as_not_given():
     rooms, _ = _world()
     got = _join(rooms, 1, room=5, kind="trio")  # no name: by kind

@@ -29,6 +29,7 @@ from ...packet import Packet
 from ...protocol.describe import describe
 from ...userlog import report_user_error
 from ..sync import INPUT_PACKET, SNAPSHOT_PACKET, SyncServer
+from ..sync.wire import encoded_size
 from .presence import LocalPresence, Presence
 from .tokens import ROOM_NAME_RULE, Seat, TokenError, read_token, valid_room_name
 
@@ -154,6 +155,11 @@ class RoomServer:
             join may make one: without a bound, clients could make rooms
             of a kind that is not disposed when empty until memory runs
             out); a join that would make one more is refused.
+        max_options_size: The largest ``options`` of a client's join, in
+            bytes of msgpack; a larger join is refused.  A room keeps the
+            options of the join that made it for as long as it lives, and
+            decoded msgpack takes up to some 70 times its size (3 MB of
+            empty maps kept 230 MB, in the fault hunt of 2026-12-02).
 
     Thread safety: every method from any thread.
     """
@@ -170,9 +176,11 @@ class RoomServer:
         ttl: float = 5.0,
         sync: bool = False,
         max_rooms: int = 1024,
+        max_options_size: int = 4096,
     ) -> None:
         self.server = server
         self.max_rooms = int(max_rooms)
+        self.max_options_size = int(max_options_size)
         self.presence = presence if presence is not None else LocalPresence()
         self.server_id = server_id or uuid.uuid4().hex[:12]
         self._public_addr = public_addr
@@ -356,6 +364,12 @@ class RoomServer:
             raise CallError("gone")
         raw_options = msg.get("options")
         options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
+        if options:
+            size = encoded_size(options)
+            if size is None or size > self.max_options_size:
+                with self.lock:
+                    self.stats["refused"] += 1
+                raise CallError(f"join options of {size} bytes: at most {self.max_options_size} (max_options_size)")
         name = msg.get("room") if isinstance(msg.get("room"), str) else None
         kind = msg.get("kind") if isinstance(msg.get("kind"), str) else None
         if name is not None and not valid_room_name(name):
