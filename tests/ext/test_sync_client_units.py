@@ -217,6 +217,28 @@ def test_a_message_that_cannot_be_sent_is_logged_at_debug(caplog):
     assert records(caplog) == [(logging.DEBUG, "sync: not sent: %s", (err,))]
 
 
+def test_a_stream_of_bad_snapshots_is_logged_ten_lines_a_second_and_all_counted(caplog):
+    """A server sending nothing but bad snapshots (20 bytes each) wrote a
+    log line per snapshot (the fault hunt of 2026-12-02)."""
+    from peng3dnet.ext.sync.client import DESYNC_LINES
+
+    c = FakeClient()
+    clock = Clock(100.0)
+    sc = SyncClient(c, clock=clock)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        for t in range(25):
+            c.deliver({"t": t + 5, "b": 4, "cs": 0})
+        clock.now += 1.0
+        c.deliver({"t": 40, "b": 4, "cs": 0})
+    lines = [r[1] % r[2] for r in records(caplog) if r[0] == logging.INFO]
+    assert DESYNC_LINES == 10 and len(lines) == 12 and sc.stats["desyncs"] == 26
+    assert lines[:2] == ["! sync: desync at tick 5 (missing base); asking for a full snapshot",
+                         "! sync: desync at tick 6 (missing base); asking for a full snapshot"]
+    assert lines[10:] == ["! sync: 15 more desyncs before this one were not logged",
+                          "! sync: desync at tick 40 (missing base); asking for a full snapshot"]
+    assert len(c.sent) == 26  # (each still asks for a full snapshot)
+
+
 def test_force_desync_corrupts_the_next_view_once_and_an_empty_one_not_at_all():
     c = FakeClient()
     sc = SyncClient(c)

@@ -67,6 +67,9 @@ __all__ = ["SyncClient"]
 
 log = logging.getLogger(__name__)
 
+DESYNC_LINES = 10
+"""Desyncs logged a second, at most (the rest are counted: ``stats``)."""
+
 
 class _SnapshotPacket(Packet):
     """The client's handler of ``SNAPSHOT_PACKET``: hands each message to its
@@ -145,6 +148,9 @@ class SyncClient:
             "prediction_error_last": 0.0,
         }
         """Counters (read them from any thread)."""
+        self._desync_window = float("-inf")  # a desync's log lines: at most DESYNC_LINES a second
+        self._desync_lines = 0
+        self._desync_quiet = 0
         self._states: dict[int, View] = {}
         self._buffer: deque[tuple[float, View]] = deque(maxlen=max(4, history))
         self._offset: float | None = None  # local time - server time, smallest seen
@@ -249,7 +255,21 @@ class SyncClient:
     def _desync(self, tick: int, why: str) -> None:
         with self.lock:
             self.stats["desyncs"] += 1
-        log.info("! sync: desync at tick %d (%s); asking for a full snapshot", tick, why)
+            # At most DESYNC_LINES log lines a second: a server sending nothing
+            # but bad snapshots (20 bytes each) wrote a line per snapshot.
+            now = self.clock()
+            quiet = 0
+            if now - self._desync_window >= 1.0:
+                self._desync_window, self._desync_lines = now, 0
+                quiet, self._desync_quiet = self._desync_quiet, 0
+            self._desync_lines += 1
+            shown = self._desync_lines <= DESYNC_LINES
+            if not shown:
+                self._desync_quiet += 1
+        if quiet:
+            log.info("! sync: %d more desyncs before this one were not logged", quiet)
+        if shown:
+            log.info("! sync: desync at tick %d (%s); asking for a full snapshot", tick, why)
         self._send(resync_message())
         self.client.sendEvent("peng3dnet:sync.desync", {"tick": tick, "reason": why})
 
