@@ -452,7 +452,9 @@ class Client(Peer):
         session = link.session
         if session is not None and session.resuming:
             parsed = valid_request(link.proto.peer_handshake.get(SESSION_KEY))
-            if parsed is None or parsed[0] != session.token:
+            # (and "resume" negotiated again: without it no ack can come on
+            # this socket, and everything sent would wait in the replay buffer)
+            if parsed is None or parsed[0] != session.token or "resume" not in link.proto.negotiated:
                 self._close_link(link, "resume:mismatch")
                 return True
             session.peer_rx = parsed[1]

@@ -153,3 +153,49 @@ def test_a_server_trickling_an_incomplete_packet_below_the_minimum_rate_is_left(
         assert seen == [(16, {"reason": "slowproducer"})]
     finally:
         stop.set()
+
+
+def test_a_resume_on_a_socket_that_did_not_negotiate_resume_again_is_refused(net, raw_listener):
+    """After a drop the server's new hello no longer offers "resume" but its
+    handshake carries the session: the client resumed anyway, and with no
+    acks possible on that socket everything it sent waited in the replay
+    buffer until replayoverflow (the fault hunt of 2026-12-02)."""
+    from peng3dnet.constants import EXTENSION_PACKETS, EXTENSIONS_KEY, INTERNAL_PACKET_IDS, SESSION_KEY
+
+    token = b"t" * 16
+    seen: list = []
+
+    def serve(peer, offer):
+        peer.send_packet(1, {"version": "raw", "protoversion": 2, EXTENSIONS_KEY: offer})
+        pid, settype = peer.recv_packet()
+        assert pid == 2, (pid, settype)
+        seen.append(settype)
+        registry = dict(INTERNAL_PACKET_IDS)
+        for ext in settype.get(EXTENSIONS_KEY, ()):
+            registry.update(EXTENSION_PACKETS[ext])
+        registry.update(REGISTRY)
+        peer.send_packet(3, {"version": "raw", "protoversion": 2, "registry": registry,
+                             SESSION_KEY: {"token": token, "received": 0}})
+
+    def run():
+        first = raw_listener.accept()
+        serve(first, ["resume"])
+        assert first.recv_packet() == (4, {"success": True})
+        first.close()  # a drop: the client comes back to resume
+        second = raw_listener.accept()
+        serve(second, [])  # no "resume" offered, the session in the handshake all the same
+        seen.extend(second.recv_until_close())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    c = Client(addr=raw_listener.addr, cfg={"net.session.resume": True})
+    c.register_packet("app:q", Sink(c.registry, c))
+    c.register_packet("app:p", Sink(c.registry, c))
+    net.clients.append(c)
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    wait_for(lambda: c.close_reason is not None, what="the client to give the session up")
+    assert c.close_reason == "resume:mismatch"
+    t.join(10)
+    assert "resume" in seen[0][EXTENSIONS_KEY] and seen[-1] == (16, {"reason": "resume:mismatch"})

@@ -368,3 +368,12 @@ def test_authenticate_refuses_credentials_that_are_not_a_seat():
             rooms.authenticate(server.clients[1], credentials)
     token = _seat(rooms, "red")
     assert rooms.authenticate(server.clients[1], {"seat": token}) == {"seat": read_token(rooms.secret, token)}
+
+
+def test_a_seat_whose_options_are_not_a_map_makes_its_room_with_none():
+    """(A game that passed a client's options to Lobby.matchmake unchecked
+    got a TypeError in the join handler, logged at ERROR.)"""
+    rooms, _ = _world()
+    token = make_token(rooms.secret, Seat("fresh", rooms.server_id, "S9", "trio", time.time() + 30, [1, 2]))
+    got = _join(rooms, 1, seat=token)
+    assert got["room"] == "fresh" and rooms.rooms["fresh"].options == {}

@@ -307,3 +307,11 @@ def test_a_server_whose_rooms_of_the_kind_have_no_seats_cannot_take_a_new_one():
     p.register_server("s1", {"addr": "s1:1", "kinds": {"arena": 0}}, 60)
     with pytest.raises(NoServerError, match=r"^room 'arena-[0-9a-f]{8}' is full$"):
         Lobby(p, SECRET).matchmake("arena")
+
+
+def test_options_that_are_not_a_map_are_refused_before_a_seat_is_taken():
+    p = LocalPresence()
+    _server(p, "s1")
+    with pytest.raises(TypeError, match="^options must be a dict, not list$"):
+        Lobby(p, SECRET).matchmake("arena", options=[1, 2])  # type: ignore[arg-type]
+    assert p.rooms() == []

@@ -50,9 +50,12 @@ class Lobby:
             ValueError: ``room`` is not a room name (1-64 characters of
                 letters, digits and ``_ . : -``), or ``options`` make a token
                 over its size limit (the seat is released again).
+            TypeError: ``options`` is not a dict (a room's options are).
         """
         if room is not None and not valid_room_name(room):
             raise ValueError(ROOM_NAME_RULE)
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"options must be a dict, not {type(options).__name__}")
         servers = {sid: s for sid, s in self.presence.servers().items() if kind in (s.get("kinds") or {})}
         if not servers:
             raise NoServerError(f"no live server offers rooms of kind {kind!r}")

@@ -434,7 +434,8 @@ class RoomServer:
                 else:
                     room = self.rooms.get(want)
                     if room is None and seat is not None:
-                        room = made = self._make(seat.kind, want, seat.options or {}, pending)
+                        room = made = self._make(seat.kind, want,
+                                                 seat.options if isinstance(seat.options, dict) else {}, pending)
                     elif room is None and kind:
                         room = made = self._make(kind, want, options, pending)
                     if room is None:
