@@ -50,8 +50,8 @@ def _serve(raw_listener, answer):
     return t, seen
 
 
-def _client(net, addr) -> tuple[Client, Sink]:
-    c = Client(addr=addr)
+def _client(net, addr, cfg=None) -> tuple[Client, Sink]:
+    c = Client(addr=addr, cfg=cfg)
     sink = Sink(c.registry, c)
     c.register_packet("app:q", Sink(c.registry, c))
     c.register_packet("app:p", sink)
@@ -139,14 +139,8 @@ def test_a_server_trickling_an_incomplete_packet_below_the_minimum_rate_is_left(
     t = threading.Thread(target=run, daemon=True)
     t.start()
     try:
-        c = Client(addr=raw_listener.addr, cfg={"net.limits.min_read_rate": 50_000.0,
-                                                 "net.limits.min_read_grace": 0.3})
-        c.register_packet("app:q", Sink(c.registry, c))
-        c.register_packet("app:p", Sink(c.registry, c))
-        net.clients.append(c)
-        c.runAsync()
-        c.process_async()
-        c.wait_for_connection(10)
+        c, _ = _client(net, raw_listener.addr, {"net.limits.min_read_rate": 50_000.0,
+                                                "net.limits.min_read_grace": 0.3})
         wait_for(lambda: c.close_reason is not None, what="the client to leave")
         assert c.close_reason == "slowproducer"
         t.join(10)
@@ -188,13 +182,7 @@ def test_a_resume_on_a_socket_that_did_not_negotiate_resume_again_is_refused(net
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    c = Client(addr=raw_listener.addr, cfg={"net.session.resume": True})
-    c.register_packet("app:q", Sink(c.registry, c))
-    c.register_packet("app:p", Sink(c.registry, c))
-    net.clients.append(c)
-    c.runAsync()
-    c.process_async()
-    c.wait_for_connection(10)
+    c, _ = _client(net, raw_listener.addr, {"net.session.resume": True})
     wait_for(lambda: c.close_reason is not None, what="the client to give the session up")
     assert c.close_reason == "resume:mismatch"
     t.join(10)
