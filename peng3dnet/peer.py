@@ -1676,7 +1676,14 @@ class Peer:
             if ours and relay.enabled and self._loop_active() and not relay.loop_done.is_set():
                 relay.run_process_thread(self)
                 continue
-            self._wait_then_run(None, seen)
+            if not inbox.items:
+                relay.before_wait()
+                inbox.wait(None, seen)
+                # Look again before running anything: the wake-up may be
+                # runAsync()'s, and packets that came meanwhile are then
+                # the relay's to run (not this thread's, outside it).
+                continue
+            self._run_batch()
         # The network loop may still be closing connections: their on_close
         # is queued behind their last packets.  Drain once it has ended.
         if self._loop_started and not self._reactor.in_loop():
