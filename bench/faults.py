@@ -326,9 +326,16 @@ class Raw:
         f = self.recv_frame()
         return f[0], self.decode(f)
 
-    def handshake(self) -> dict[str, int]:
+    def handshake(self, extensions: list[str] | None = None) -> dict[str, int]:
+        """Through the handshake as a classic client (asking for
+        ``extensions`` when given); return the server's registry."""
+        from peng3dnet.constants import EXTENSIONS_KEY
+
         assert self.recv_packet()[0] == 1
-        self.send_packet(2, {"conntype": "classic"})
+        hello: dict[str, Any] = {"conntype": "classic"}
+        if extensions is not None:
+            hello[EXTENSIONS_KEY] = extensions
+        self.send_packet(2, hello)
         pid, msg = self.recv_packet()
         assert pid == 3, pid
         self.send_packet(4, {"success": True})
@@ -1237,20 +1244,6 @@ def attack_reconnect(quick: bool, rep: Report) -> None:
 # --- 11. cheap for the peer, dear for the server: probe floods, a handler failing for each --
 
 
-def _raw_with(addr, extensions: list[str]) -> Raw:
-    """A raw client through the handshake, asking for ``extensions``."""
-    from peng3dnet.constants import EXTENSIONS_KEY
-
-    raw = Raw(addr)
-    assert raw.recv_packet()[0] == 1
-    raw.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: extensions})
-    pid, msg = raw.recv_packet()
-    assert pid == 3, pid
-    raw.send_packet(4, {"success": True})
-    raw.registry = msg["registry"]  # type: ignore[attr-defined]
-    return raw
-
-
 def attack_cheapwork(quick: bool, rep: Report) -> None:
     """The fault hunt of 2026-12-02 (afternoon): heartbeat probes flooded
     from one connection (each decoded and answered on the network thread;
@@ -1280,7 +1273,8 @@ def attack_cheapwork(quick: bool, rep: Report) -> None:
     probe = Probe(s.addr[1])
     idle = probe.rtt(0.5)
 
-    raw = _raw_with(s.addr, ["heartbeat"])
+    raw = Raw(s.addr)
+    raw.handshake(["heartbeat"])
     burst = encode_frame(32, 0, msgpack.packb({"t": 1.0})) * 1000
     stop = threading.Event()
     acks = [0]
@@ -1324,8 +1318,8 @@ def attack_cheapwork(quick: bool, rep: Report) -> None:
               rtt_ok(idle, during, 20.0), f"idle {rtt_text(idle)}; during {rtt_text(during)}")
     raw.close()
 
-    raw = _raw_with(s.addr, [])
-    pid = raw.registry[SINK]  # type: ignore[attr-defined]
+    raw = Raw(s.addr)
+    pid = raw.handshake([])[SINK]
     n = 5000 if quick else 20000
     probe.start(secs)
     raw.send(b"".join(encode_frame(pid, 0, msgpack.packb(i)) for i in range(n)))

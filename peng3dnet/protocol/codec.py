@@ -26,10 +26,8 @@ import msgpack
 from .._mypyc import caused
 from ..constants import FLAG_COMPRESSED, MAX_PACKETLENGTH
 from ..errors import DecodeError, FrameTooLargeError, LocalProtocolError
+from . import timestamp_hash  # noqa: F401 - gives msgpack.Timestamp a keyed hash on import (the decoder relies on it)
 from .framing import _PREFIX_AND_HEADER, HEADER_SIZE, encode_frame
-from .timestamp_hash import install as _install_timestamp_hash
-
-_install_timestamp_hash()  # (on import already; said here: the decoder below relies on it)
 
 __all__ = ["pack", "unpack", "check_keys", "compress_body", "decompress_body", "decode_body", "frame_body"]
 
