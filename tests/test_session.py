@@ -734,3 +734,35 @@ def test_the_replay_buffers_together_are_capped_the_largest_session_closed(net):
     wait_for(lambda: s._replay_total.bytes == s._links[b].session.replay_bytes, what="a's bytes out of the total")
     assert (2 << 20) < s._replay_total.bytes < (3 << 20)
 
+
+
+def test_a_suspended_sessions_replay_counts_toward_the_total_and_is_shed_first_if_largest(net):
+    """net.session.replay_total with a suspended session: what is sent to
+    it while it waits for a resume is kept (nobody can acknowledge it) and
+    counted; over the total it is the largest and ends with
+    replayoverflow, its bytes leave the total, the live session stays."""
+    s, rec = net.server(**{"net.session.resume": True, "net.session.replay_total": 4 << 20,
+                          "net.compress.enabled": False})
+    a_peer = RawPeer(s.addr)
+    a_peer.handshake(["resume"])
+    (a,) = active_cids(s, 1)
+    b_peer = RawPeer(s.addr)
+    b_peer.handshake(["resume"])
+    (b,) = set(active_cids(s, 2)) - {a}
+    a_peer.close()  # the socket drops, no closeconn: a waits for a resume
+    (sus,) = rec.wait_for("peng3dnet:server.connection.suspended")
+    assert sus["client"].cid == a
+    blob = os.urandom(1 << 20)
+    for _ in range(3):
+        s.send_message("test:echo", blob, a)  # kept for the resume
+    assert s._replay_total.bytes > 3 << 20 and not s._replay_total.over
+    s.send_message("test:echo", blob, b)
+    s.send_message("test:echo", blob, b)  # 5 MiB kept in all
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "replayoverflow" and d["client"].cid == a
+    wait_for(lambda: s._replay_total.bytes == s._links[b].session.replay_bytes, what="a's bytes out of the total")
+    assert (2 << 20) < s._replay_total.bytes < (3 << 20)
+    assert [x.cid for x in s._sessions.values()] == [b] and list(s.clients) == [b]
+    with pytest.raises(errors.ConnectionClosedError):
+        s.send_message("test:echo", 1, a)
+    b_peer.close()
