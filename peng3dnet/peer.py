@@ -1659,12 +1659,16 @@ class Peer:
         return True
 
     def process_forever(self) -> None:
-        """Process packets until :meth:`stop`, waiting (not polling) between batches.
+        """Process packets until :meth:`stop` or the end of the network loop,
+        waiting (not polling) between batches; then what is left, and return.
 
         Thread safety: run it on one thread (see :meth:`process_async`).
         """
         inbox = self._inbox
-        inbox.stopped = False
+        # (``stopped`` is never cleared: a stop() that came before this
+        # thread ran, or the end of the loop, holds.  It used to be cleared
+        # here, on the new thread: a process_async() followed at once by
+        # stop() could lose the stop, and the thread never ended.)
         # Only the thread of process_async() takes turns with the network
         # thread: a program calling process_forever() itself keeps its handlers.
         ours = threading.current_thread() is self._process_thread
@@ -1672,11 +1676,14 @@ class Peer:
             # (read before looking: runAsync() may start the loop and notify
             # between the look and the wait; then the wait returns at once)
             seen = inbox.wakes
+            # (and before the relay's test: packets come only from a loop
+            # that has started, so seen here, the test below sees it too)
+            queued = bool(inbox.items)
             relay = self._relay
             if ours and relay.enabled and self._loop_active() and not relay.loop_done.is_set():
                 relay.run_process_thread(self)
                 continue
-            if not inbox.items:
+            if not queued:
                 relay.before_wait()
                 inbox.wait(None, seen)
                 # Look again before running anything: the wake-up may be
@@ -1745,6 +1752,7 @@ class Peer:
         """Run the loop in a daemon thread named after the role (runAsync)."""
         if self._polling:
             raise LocalProtocolError("this peer is driven by poll(); runAsync() would run its loop a second time")
+        self._refuse_second_run()
         relay = self._relay
         reactor = self._reactor
         t = threading.Thread(target=relay.run_loop_thread,
@@ -1898,18 +1906,24 @@ class Peer:
     # --- loop ----------------------------------------------------------------------------------
     def _run_loop(self, selector: Any) -> None:
         """runBlocking(): the calling thread runs the loop until it ends."""
-        if self._loop_started:
-            # (a second run would end the running loop from this thread)
-            raise LocalProtocolError(
-                "the loop already runs (runAsync(), poll() or a NetworkLoop)" if not self._loop_done.is_set()
-                else "the loop has ended; a peer runs its loop once"
-            )
+        self._refuse_second_run()
         self._loop_started = True
         self._loop_done.clear()
         try:
             self._reactor.run(selector, self._on_loop_start)
         finally:
             self._end_loop()
+
+    def _refuse_second_run(self) -> None:
+        """runBlocking(), runAsync(): a peer runs its loop once.  A second
+        run would end the running loop from its own thread (the selector
+        closed under the first), or, after the end, never end (the relay's
+        end runs once): ``join()`` hung for ever."""
+        if self._loop_started:
+            raise LocalProtocolError(
+                "the loop already runs (runAsync(), poll() or a NetworkLoop)" if not self._loop_done.is_set()
+                else "the loop has ended; a peer runs its loop once"
+            )
 
     def _loop_ended(self) -> None:
         """Called right after ``_loop_done`` is set, on the thread that ended
@@ -1926,6 +1940,7 @@ class Peer:
             reactor.running = False
             reactor.close()
             self._loop_done.set()
+            self._processing_ends()
             if self._polling:
                 peers = _polled_on.get(threading.get_ident())
                 if peers is not None:
@@ -1950,6 +1965,17 @@ class Peer:
         if not self._wait_event(self._loop_done, timeout):
             raise TimedOutError(f"{self._role} loop still running after {timeout} s")
 
+    def _processing_ends(self) -> None:
+        """The loop has ended (set ``_loop_done`` first): process_forever()
+        drains what is left and returns, however the loop ended (a stop, or
+        a BaseException from a hook on the network thread, which requests
+        no stop: the process thread waited for ever, and :attr:`run` stayed
+        true)."""
+        if self._stop_reason is None:
+            self._stop_reason = "loopended"
+        self._inbox.stopped = True
+        self._inbox.notify()
+
     def _request_stop(self, reason: str) -> None:
         if self._stop_reason is None:
             self._stop_reason = reason
@@ -1971,6 +1997,7 @@ class Peer:
             self._on_loop_exit()
         finally:
             self._loop_done.set()
+            self._processing_ends()
             self._loop_ended()
             self._relay.wake_all()  # our process thread, waiting in the loop's relay, leaves it
 

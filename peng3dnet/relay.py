@@ -313,13 +313,17 @@ class Relay:
         reactor = self.reactor
         try:
             while not reactor.stopping:
-                if home is not None and home._loop_done.value:
+                if home is not None and home._loop_done.value and home not in self.busy:
                     cond = self.cond
                     with cond:  # our peer left a shared loop: the others lead on
-                        self.leader = None
-                        reactor.thread_id = None
-                        cond.notify_all()
-                    return None
+                        if home not in self.busy:
+                            self.leader = None
+                            reactor.thread_id = None
+                            cond.notify_all()
+                            return None
+                # (its last batch may still run on a stuck thread: we lead on
+                # until that ends, or nobody would serve the loop's other
+                # peers meanwhile; the batch's end interrupts our select())
                 reactor.run_once(None)
                 # Per round (most calls of _lead have one): a peek without
                 # the lock (_free() inlined; no runner is the common case),
@@ -343,7 +347,15 @@ class Relay:
                                 return peer
         except BaseException:
             self._end()
-            raise
+            if home is None:
+                raise
+            # A process thread leads: its peer's last packets and closes
+            # must still be handled (process_forever() drains them), so the
+            # thread does not die with it; said here, as an unhandled
+            # exception on the network thread would be.
+            log.error("! relay: the network loop ended: an exception escaped it on %s",
+                      threading.current_thread().name, exc_info=True)
+            return None
         self._end()
         return None
 
@@ -375,6 +387,8 @@ class Relay:
                     self.ready.append(peer)  # packets came during the batch (their entries were dropped while it ran)
                 if peer._loop_done.value:
                     cond.notify_all()  # its process thread may wait to leave
+                    if self.leader is not None:
+                        self.reactor.interrupt()  # or lead on until now (see _lead)
                 stuck = self.stuck
                 if stuck:  # (rarely: a runner that waited or was stuck)
                     stuck.discard(me)

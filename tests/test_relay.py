@@ -15,6 +15,7 @@ import time
 import pytest
 
 from peng3dnet import relay as relay_mod
+from peng3dnet.errors import LocalProtocolError
 from peng3dnet.inbox import Inbox
 from peng3dnet.net import ClientOnServer, Server
 from peng3dnet.packet import Packet
@@ -73,8 +74,8 @@ def _server(**cfg):
     return s, rec
 
 
-def _client(s, start=True):
-    c = make_client(s)
+def _client(s, start=True, **cfg):
+    c = make_client(s, **cfg)
     c.register_packet("relay:msg", Packet(c.registry, c))
     c.register_packet("relay:double", Double(c.registry, c))
     if start:
@@ -649,3 +650,150 @@ def test_the_thread_that_takes_the_lead_back_is_the_network_thread(peers):
     finally:
         events.unsubscribe("peng3dnet:server.connection.recv", on_recv, sender=s)
     assert seen == [True] * 20
+
+
+def test_packets_seen_by_the_process_threads_first_look_are_the_relays(peers):
+    # process_async() then runAsync(): the process thread reads whether
+    # packets wait before it looks for the loop.  Had it looked for the
+    # loop first (none yet) and then found packets, it ran them itself,
+    # outside the relay.  Here its read of the queue is held until 20 wait.
+    from collections import deque
+
+    looked = threading.Event()
+    go_on = threading.Event()
+    s, rec = _server()
+    peers.append(s)
+
+    class Held(deque):
+        def __bool__(self):
+            if threading.current_thread() is s._process_thread and not looked.is_set():
+                looked.set()
+                assert go_on.wait(10)
+            return len(self) > 0
+
+    s._inbox.items = Held()
+    s.process_async()
+    assert looked.wait(10)
+    s.runAsync()
+    c = _client(s)
+    peers.append(c)
+    for i in range(20):
+        c.send_message("relay:msg", i)
+    wait_for(lambda: len(s._inbox.items) == 20, what="20 queued, none run")
+    go_on.set()
+    wait_for(lambda: len(rec.got) == 20, what="20 handled")
+    assert [m for _, m in rec.got] == list(range(20))
+    assert rec.where == {"handlers"}
+
+
+def test_a_stop_before_the_process_thread_runs_still_ends_it(peers, monkeypatch):
+    # process_async(), then stop() before the new thread has run a line:
+    # the thread used to clear the stop as it began, and waited for ever.
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()
+    go_on = threading.Event()
+    real = Server.process_forever
+
+    def late(self):
+        assert go_on.wait(10)
+        real(self)
+
+    monkeypatch.setattr(Server, "process_forever", late)
+    pt = s.process_async()
+    s.stop()
+    s.join(5)
+    go_on.set()
+    pt.join(5)
+    assert not pt.is_alive()
+
+
+def test_process_async_after_the_clients_loop_ended_drains_and_ends(peers):
+    # The connection closed before the program called process_async(): the
+    # thread handles what is left (the close) and ends, as a stop() would.
+    s, rec = _server()
+    peers.append(s)
+    s.runAsync()
+    s.process_async()
+    c = _client(s, start=False, **{"net.client.reconnect": 0})
+    closes: list = []
+    c.on_close = lambda reason=None: closes.append(reason)
+    peers.append(c)
+    c.runAsync()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    s.close_connection(cid, "bye")
+    c.join(10)
+    pt = c.process_async()
+    pt.join(5)
+    assert not pt.is_alive()
+    assert closes == ["bye"] and not c.run
+
+
+def test_run_async_twice_is_refused_and_the_first_loop_serves_on(peers):
+    s, rec = _server()
+    peers.append(s)
+    net_thread = s.runAsync()
+    with pytest.raises(LocalProtocolError, match="already runs"):
+        s.runAsync()
+    s.process_async()
+    c = _client(s)  # the first loop still accepts and serves
+    peers.append(c)
+    c.send_message("relay:msg", 1)
+    wait_for(lambda: len(rec.got) == 1, what="handled")
+    s.stop()
+    s.join(5)
+    net_thread.join(5)
+    assert not net_thread.is_alive()
+    with pytest.raises(LocalProtocolError, match="has ended"):
+        s.runAsync()
+    s.join(1)  # (ended: a second runAsync() no longer reopens it for ever)
+    # a client's own thread, likewise
+    s2, _ = _server()
+    peers.append(s2)
+    s2.runAsync()
+    s2.process_async()
+    c2 = _client(s2, start=False, **{"net.client.shared_loop": False})
+    peers.append(c2)
+    c2.runAsync()
+    c2.wait_for_connection(10)
+    with pytest.raises(LocalProtocolError, match="already runs"):
+        c2.runAsync()
+    c2.send_message("relay:msg", 2)  # still served by its first thread
+    wait_for(lambda: len(s2.registry.get_obj("relay:msg").got) == 1, what="c2's message handled")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_base_exception_that_ends_the_loop_ends_the_process_thread_too(peers):
+    # A hook on the network thread raising SystemExit ends the server's
+    # loop on whichever relay thread leads; the process thread then
+    # handles what is left and ends (it waited for ever: nobody asked it
+    # to stop).
+    class Fatal(ClientOnServer):
+        def on_handshake_complete(self):
+            super().on_handshake_complete()
+            if fatal.is_set():
+                raise SystemExit("a hook gave up")
+
+    fatal = threading.Event()
+    s = make_server(**{"net.server.addr": ("127.0.0.1", 0)})
+    s.clientcls = Fatal
+    rec = Recording(s.registry, s)
+    s.register_packet("relay:msg", rec)
+    s.register_packet("relay:double", Double(s.registry, s))
+    peers.append(s)
+    s.runAsync()
+    pt = s.process_async()
+    c = _client(s)
+    peers.append(c)
+    c.send_message("relay:msg", 1)
+    wait_for(lambda: len(rec.got) == 1, what="handled")
+    fatal.set()
+    c2 = _client(s, start=False)
+    peers.append(c2)
+    c2.runAsync()
+    s.join(10)  # the loop ended
+    s._net_thread.join(5)  # (on it, the SystemExit ends the thread, as it would without a relay)
+    pt.join(5)
+    assert not pt.is_alive() and not s._net_thread.is_alive()
+    assert not s.run

@@ -169,6 +169,11 @@ class FakeReactor:
         self.thread_id: Any = None
         self.rounds = list(rounds or [])
         self.seen: list = []
+        self.interrupts = 0
+
+    def interrupt(self) -> None:
+        """Another thread ends the leader's select() (counted)."""
+        self.interrupts += 1
 
     def run_once(self, timeout: Any) -> None:
         assert timeout is None
@@ -323,6 +328,59 @@ def test_after_the_loop_ended_a_runner_wakes_the_process_thread_waiting_to_leave
     assert ran == [("p", ["last"], None)]
     assert r.leader is None and r.reactor.thread_id is None  # the runner did not lead the ended loop
     assert r.runners == {} and r.busy == set() and r.threads == set() and r.members == []
+
+
+def test_a_process_thread_whose_peer_left_leads_on_while_its_last_batch_runs_stuck_elsewhere(watchdog):
+    """A shared loop: its thread (OTHER) runs the batch of peer p and is
+    stuck in a handler, p's process thread (ME) took the lead meanwhile,
+    and p leaves the loop (stopped).  ME must not give up the lead while
+    p's batch still runs: the stuck thread cannot lead, ME waits to leave,
+    and the loop's other peers got no I/O until the handler returned."""
+    ran: list = []
+    r, ended = _relay()
+    p = FakePeer("p", ran)
+    _busy_elsewhere(r, p)
+    r.stuck.add(OTHER)  # (the watchdog saw it)
+    r.leader = ME
+    r.reactor.thread_id = ME
+    p._loop_done.set()
+    r.reactor.rounds = [lambda: None, lambda: r._run(OTHER, p)]  # the stuck batch ends in the second round
+    assert r._lead(ME, p) is None
+    assert r.reactor.seen == [ME, ME]  # led on for both rounds
+    assert ran == [("p", ["last"], None)]
+    assert r.reactor.interrupts == 1  # the batch's end ended our select() (its peer left: we may hand over)
+    assert _state(r) == {"leader": None, "thread_id": None, "runners": {}, "busy": set(), "stuck": set(),
+                         "threads": set()}
+    assert r.cond.notifies >= 1 and ended == []  # type: ignore[attr-defined]  # handed over, the loop goes on
+
+
+def test_a_base_exception_out_of_the_loop_on_a_process_thread_ends_the_loop_and_returns(caplog):
+    """A SystemExit out of a hook on the network thread while a process
+    thread leads: the loop ends there and the thread returns (its peer's
+    last packets and closes still to be drained), with the traceback logged;
+    the loop's own thread (home None) re-raises it."""
+    for home in (FakePeer("p", []), None):
+        def escape():
+            raise Escape("from a hook")
+
+        r, ended = _relay(FakeReactor([escape]))
+        r.leader = ME
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="peng3dnet.relay"):
+            if home is None:
+                with pytest.raises(Escape):
+                    r._lead(ME, home)
+            else:
+                assert r._lead(ME, home) is None
+        assert ended == ["end_loop"] and r.leader is None
+        logged = [rec for rec in caplog.records if rec.name == "peng3dnet.relay"]
+        if home is None:
+            assert logged == []
+        else:
+            (rec,) = logged
+            assert rec.getMessage() == (f"! relay: the network loop ended: an exception escaped it on "
+                                        f"{threading.current_thread().name}")
+            assert rec.exc_info is not None and isinstance(rec.exc_info[1], Escape)
 
 
 # --- a follower ------------------------------------------------------------------------------------
