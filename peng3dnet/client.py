@@ -601,10 +601,11 @@ class Client(Peer):
         """Send ``closeconn`` with ``reason`` after what is queued, then close.
 
         Called from a thread other than the network thread while the loop
-        runs, or on the polling thread (it polls meanwhile), it waits (up to
-        2 s) until what was queued and the ``closeconn`` were handed to the
-        kernel, so a program may exit right after it without losing its last
-        messages (as 0.1.x programs do).
+        runs, or on the polling thread (it polls meanwhile), it waits until
+        what was queued and the ``closeconn`` were handed to the kernel, so a
+        program may exit right after it without losing its last messages
+        (as 0.1.x programs do): 2 s at a time, on while the backlog drains
+        at ``net.limits.min_read_rate`` or faster.
 
         Thread safety: any thread.
         """
@@ -619,13 +620,24 @@ class Client(Peer):
                 self._on_network_thread(self._end_waiting_session, session, reason)
             return
         chan = link.chan
-        if self._polled_here():  # the polling thread: nobody else would flush
-            self._drive(lambda: not chan.out or chan.closed, CLOSE_LINGER)
-        elif self._loop_active() and not self._reactor.in_loop():
-            if chan.out:
-                self._relay.before_wait()  # (from a handler: another thread writes meanwhile)
-            with self._flush_cond:
-                self._flush_cond.wait_for(lambda: not chan.out or chan.closed, CLOSE_LINGER)
+        polled = self._polled_here()
+        if not polled and not (self._loop_active() and not self._reactor.in_loop()):
+            return
+        if chan.out and not polled:
+            self._relay.before_wait()  # (from a handler: another thread writes meanwhile)
+        # CLOSE_LINGER at a time, on while the backlog drains at the close
+        # linger's floor (see Peer._linger: the network thread closes the
+        # socket below it, which ends this wait too).
+        floor = max(1.0, float(self.cfg["net.limits.min_read_rate"]) * CLOSE_LINGER)
+        while True:
+            left = len(chan.out)
+            if polled:  # the polling thread: nobody else would flush
+                self._drive(lambda: not chan.out or chan.closed, CLOSE_LINGER)
+            else:
+                with self._flush_cond:
+                    self._flush_cond.wait_for(lambda: not chan.out or chan.closed, CLOSE_LINGER)
+            if not chan.out or chan.closed or left - len(chan.out) < floor:
+                return
 
     def _end_waiting_session(self, session: Session, reason: str | None) -> None:
         if session.ended:

@@ -1022,7 +1022,7 @@ class Peer:
                     self._closing_flushed(link)
                 else:
                     chan.update_interest()
-                chan.linger = self._reactor.call_later(CLOSE_LINGER, lambda: self._force_close(link))
+                self._linger(link)
         self._connection_closed(link, o.reason)
         if self._calls.pending:
             self._calls.closed(link, o.reason)
@@ -1096,6 +1096,28 @@ class Peer:
             with link.chan.lock:
                 link.chan.flush()
             self._force_close(link)
+
+    def _linger(self, link: Link) -> None:
+        """Close the socket in ``CLOSE_LINGER`` s unless what is queued
+        before our ``closeconn`` drains meanwhile at ``net.limits.min_read_rate``
+        or faster: then look again in ``CLOSE_LINGER`` s, and once all is
+        written give the peer a whole ``CLOSE_LINGER`` for its end (network
+        thread).  A close that only waited ``CLOSE_LINGER`` from the moment
+        the ``closeconn`` was queued dropped the backlog of a peer that was
+        reading it (2.9 MB at 640 KB/s: 23 of 50 messages, no ``closeconn``)."""
+        chan = link.chan
+        left = len(chan.out)
+        chan.linger = self._reactor.call_later(CLOSE_LINGER, lambda: self._linger_due(link, left))
+
+    def _linger_due(self, link: Link, left: int) -> None:
+        chan = link.chan
+        if chan.closed:
+            return
+        floor = max(1.0, float(self.cfg["net.limits.min_read_rate"]) * CLOSE_LINGER)
+        if left and left - len(chan.out) >= floor:
+            self._linger(link)  # draining: wait on
+            return
+        self._force_close(link)
 
     def _force_close(self, link: Link) -> None:
         if not link.chan.closed:

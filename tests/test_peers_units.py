@@ -1583,3 +1583,54 @@ def test_a_frame_over_the_cap_accepted_into_an_empty_buffer_is_not_closed_by_a_c
     link.proto = _Replies(b"pong")  # type: ignore[assignment]
     s._push(link)
     assert soon == [] and link.core_over == 4
+
+
+# --- Peer._linger: a close waits on while the backlog drains ------------------------------------
+
+class _Timers:
+    """Stands in for the reactor's call_later: records (delay, fn)."""
+
+    def __init__(self) -> None:
+        self.armed: list = []
+
+    def call_later(self, delay, fn):
+        self.armed.append((delay, fn))
+        return ("timer", len(self.armed))
+
+
+@pytest.mark.parametrize("rate", [1024.0, 0.0])
+def test_the_close_linger_waits_on_while_the_backlog_drains_at_the_floor_then_closes(monkeypatch, rate):
+    from peng3dnet import peer as peer_mod
+
+    s = _server(**{"net.limits.min_read_rate": rate})
+    link, chan, _ = _active_link()
+    timers = _Timers()
+    s._reactor = timers  # type: ignore[assignment]
+    closed: list = []
+    s._channel_closed = closed.append  # type: ignore[method-assign]
+    floor = max(1, int(rate * peer_mod.CLOSE_LINGER))  # bytes per linger: 2,048 (the default rate), or 1
+    chan.out = b"x" * 100_000
+    s._linger(link)
+    ((delay, due),) = timers.armed
+    assert delay == peer_mod.CLOSE_LINGER and chan.linger == ("timer", 1)
+    chan.out = b"x" * (100_000 - floor)  # drained exactly at the floor: wait on
+    due()
+    assert len(timers.armed) == 2 and not chan.closed
+    chan.out = b""  # all written (the closeconn too): a whole linger more for the peer's end
+    timers.armed[-1][1]()
+    assert len(timers.armed) == 3 and not chan.closed
+    timers.armed[-1][1]()  # no end from the peer within it
+    assert chan.closed and closed == [link] and len(timers.armed) == 3
+
+
+def test_the_close_linger_closes_a_backlog_that_drains_below_the_floor():
+    s = _server()  # min_read_rate 1 KiB/s: 2,048 bytes per linger
+    link, chan, _ = _active_link()
+    timers = _Timers()
+    s._reactor = timers  # type: ignore[assignment]
+    s._channel_closed = lambda lk: None  # type: ignore[method-assign]
+    chan.out = b"x" * 100_000
+    s._linger(link)
+    chan.out = b"x" * (100_000 - 2047)
+    timers.armed[-1][1]()
+    assert chan.closed and len(timers.armed) == 1

@@ -1201,3 +1201,45 @@ def test_an_accept_out_of_descriptors_pauses_listening_then_accepts_the_waiting_
         s.shutdown(join=False)
         while s.run:
             s.poll(0.05)
+
+
+def test_a_close_delivers_the_whole_backlog_to_a_peer_that_reads_it_slower_than_the_linger(monkeypatch):
+    # close_connection() with more queued than the peer reads within the
+    # close linger: the socket used to be closed CLOSE_LINGER after the
+    # closeconn was queued, the rest dropped (23 of 50 messages and no
+    # closeconn in the review's run); it now waits on while the backlog drains.
+    from peng3dnet import peer as peer_mod
+
+    monkeypatch.setattr(peer_mod, "CLOSE_LINGER", 0.2)
+    s = make_server(**{"net.heartbeat.interval": 0})
+    s.runAsync()
+    s.process_async()
+    p = RawPeer(s.addr)
+    try:
+        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        p.handshake()
+        (cid,) = active_cids(s)
+        s._links[cid].chan.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+        blob = os.urandom(30000)
+        n = 40  # 1.2 MB: some 0.6 s at the pace below, three lingers
+        for _ in range(n):
+            s.send_message("test:echo", blob, cid)
+        s.close_connection(cid, "bye")
+        p.sock.settimeout(10)
+        got, closeconn = 0, None
+        while True:
+            time.sleep(0.015)  # (the pace of a slow reader, not a wait for something: ~2 MB/s)
+            data = p.sock.recv(32768)
+            if not data:
+                break
+            frames: list = []
+            p.dec.feed(data, frames)
+            for pid, _flags, body in frames:
+                if pid == 16:
+                    closeconn = msgpack.unpackb(body, raw=False)["reason"]
+                else:
+                    got += 1
+        assert got == n and closeconn == "bye"
+    finally:
+        p.close()
+        s.shutdown(timeout=5)
