@@ -548,7 +548,10 @@ class Client(Peer):
             LocalProtocolError: The packet cannot be sent now (e.g. before the
                 handshake; see :meth:`wait_for_connection`).
 
-        Thread safety: any thread; never blocks on the network.
+        Thread safety: any thread.  A program thread blocks while the write
+        buffer is over ``net.limits.write_buffer_block`` (flow control, at most
+        ``net.timeout.send``: then ``WriteBufferFullError``); the network
+        thread and handlers never wait for the network.
         """
         link = self._link_obj
         if link is None or link.proto.closed:  # (_link()'s test, inlined: once per message)

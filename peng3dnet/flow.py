@@ -374,7 +374,8 @@ class Flow:
             lock = link.chan.lock
             if lock.acquire(blocking=False):
                 try:
-                    link.chan.drop_unsent()
+                    if not link.proto.closed:  # (closed by another thread since the look above: its closeconn stays)
+                        link.chan.drop_unsent()
                 finally:
                     lock.release()
             # The close on the network thread, later (close_slow takes the lock).

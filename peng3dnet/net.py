@@ -41,7 +41,12 @@ each frame.  When a connection has ``net.limits.recv_queue`` packets (or
 ``send_message()`` may be called from any thread: it encodes in the
 caller's thread, then appends to the connection under its lock and tries to
 send at once; what the kernel does not take is written by the network thread
-when the socket becomes writable.  It never blocks on the network.
+when the socket becomes writable.  Called from a program thread (not the
+network thread, not a handler's), it blocks while that connection's write
+buffer is over ``net.limits.write_buffer_block``, until it drains (at most
+``net.timeout.send``, then ``WriteBufferFullError``): lossless flow
+control.  Elsewhere it never waits for the network: over
+``net.limits.write_buffer`` the slow peer is closed (``slowconsumer``).
 """
 
 from __future__ import annotations

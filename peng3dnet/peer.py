@@ -756,7 +756,14 @@ class Peer:
                 if hb_timeout > 0 and silent > hb_timeout:
                     log.info("! %s cid=%s: peer silent for %.1f s", self._role, link.cid, silent)
                     link.vanished = True  # a session survives it: the peer may come back
-                    self._close_link(link, "timeout")
+                    session = link.session
+                    if session is not None and session.established and not session.ended:
+                        # A drop on both sides: the socket goes without a
+                        # closeconn (the peer, stalled, not gone, would read
+                        # it as a close and end its side of the session).
+                        self._abort(link, "timeout")
+                    else:
+                        self._close_link(link, "timeout")
                     continue
                 if now - link.hb_sent >= hb_interval:
                     link.hb_sent = now
@@ -1010,6 +1017,14 @@ class Peer:
                 # (made on another thread) before this output was handled,
                 # and _channel_closed ran while the session still seemed alive.
                 self._closed_before_session_ended(link)
+        if chan.drain_waiters:
+            # A sender blocked on this connection learns of the close now (a
+            # close of ours woke it already; the peer's closeconn or a
+            # protocol error did not: it slept until the socket went).
+            # After the session's end: it must not keep its frame for a
+            # socket that will not come.
+            with chan.lock:
+                chan.drained.notify_all()
         chan.closing = True
         if not chan.closed:
             if link.eof or chan.error is not None:
@@ -1257,7 +1272,8 @@ class Peer:
         try:
             with chan.lock:
                 if link.proto.closed:
-                    if session is not None and not session.ended:  # dropped just now: kept for the next socket
+                    # dropped just now: kept for the next socket (closed by us: over)
+                    if session is not None and not session.ended and not link.local_closed:
                         # (a session moves to a new socket under this lock: still
                         # here, its replay has not been taken; else follow it)
                         if session.link is not link:
@@ -1285,7 +1301,7 @@ class Peer:
                         # (on the polling thread nobody else does the I/O we wait for: we do)
                         self._flow.wait_drained(link, self._poll_for_drain if self._polled_here() else None)
                     except ConnectionClosedError:
-                        if session is None or session.ended:
+                        if session is None or session.ended or link.local_closed:
                             raise
                         if session.link is not link:  # resumed on a new socket meanwhile (replayed already)
                             raise _RerouteSignal from None
@@ -1343,7 +1359,8 @@ class Peer:
             with target.chan.lock:
                 # (no continue inside the with: mypyc cannot compile that)
                 if session.link is target:  # else moved to a new socket meanwhile: look again
-                    if session.ended or session.overflowed:
+                    if session.ended or session.overflowed or target.local_closed:
+                        # (closed by us, the session ends with it: not kept for a socket to come)
                         raise ConnectionClosedError("connection is closed",
                                                     target.proto.close_reason or "replayoverflow")
                     if session.waiting or target.proto.closed:

@@ -1103,8 +1103,14 @@ class Server(Peer):
             LocalProtocolError: The packet cannot be sent now (e.g. before the
                 handshake) or the message cannot be encoded.
 
-        Thread safety: any thread, including packet handlers; never blocks on
-        the network.
+            WriteBufferFullError: A program thread waited ``net.timeout.send``
+                for the connection's write buffer to drain (or the buffer is
+                full with ``net.limits.write_buffer_action = "raise"``).
+
+        Thread safety: any thread, including packet handlers.  A program
+        thread blocks while the connection's write buffer is over
+        ``net.limits.write_buffer_block`` (flow control); the network thread
+        and handlers never wait for the network.
         """
         link = self._links.get(cid)  # (_link()'s test, inlined: once per message)
         if link is None or link.proto.closed:

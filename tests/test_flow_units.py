@@ -364,6 +364,29 @@ def test_a_victim_whose_lock_another_thread_holds_keeps_its_backlog_for_the_clos
         t.join(10)
 
 
+def test_a_victim_closed_by_another_thread_before_its_lock_is_taken_keeps_its_closeconn():
+    """Between shed()'s look (not closed) and its taking of the victim's
+    lock, another thread closed it (close_connection(): the closeconn is
+    queued): the backlog is not dropped, or the closeconn went with it and
+    the peer never learned why."""
+    links = _links(30, 50)
+    peer = FakePeer(links, write_total=60)
+    flow = Flow(peer)  # type: ignore[arg-type]
+    real = links[1].chan.lock
+
+    class ClosedMeanwhile:
+        def acquire(self, blocking=True):
+            links[1].proto.closed = True  # the other thread's close_connection(), just before
+            return real.acquire(blocking)
+
+        def release(self):
+            real.release()
+
+    links[1].chan.lock = ClosedMeanwhile()
+    assert flow.shed() == 1
+    assert links[1].chan.dropped == 0 and len(links[1].chan.out) == 50
+
+
 def test_what_the_cap_closes_is_logged_with_its_numbers(caplog):
     links = _links(30, 50, 20)
     peer = FakePeer(links, write_total=60)

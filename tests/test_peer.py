@@ -871,13 +871,17 @@ def test_a_blocked_send_times_out_with_a_clear_error(net):
     assert c.close_reason is None  # the connection stays; the program decides
 
 
-def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net):
+@pytest.mark.parametrize("resume", [False, True])
+def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net, resume):
     """A program thread blocked in send_message() over
     net.limits.write_buffer_block learns of the close at once
     (ConnectionClosedError), not when the socket finally goes (the close
-    linger, 2 s, for a peer that does not read) nor after net.timeout.send."""
+    linger, 2 s, for a peer that does not read) nor after net.timeout.send.
+    With a session too: a close of ours ends it, so the send is not kept for
+    a next socket (907 sends "succeeded" after the close, all lost, before
+    2026-12-02)."""
     block = 64 * 1024
-    s = make_server(**{"net.limits.recv_queue": 10, "net.limits.rate.packets": 0.0})
+    s = make_server(**{"net.limits.recv_queue": 10, "net.limits.rate.packets": 0.0, "net.session.resume": resume})
     net.servers.append(s)
     rec = net.recorder(s, "peng3dnet:server.connection.close")
     s.bind()
@@ -886,7 +890,9 @@ def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net):
     # less than the way down to the low-water mark, so only the close can wake it.
     s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.runAsync()  # no process(): the server stops reading once 10 packets wait
-    c = net.client(s, **{"net.limits.write_buffer_block": block, "net.timeout.send": 30.0})
+    c = net.client(s, **{"net.limits.write_buffer_block": block, "net.timeout.send": 30.0,
+                         "net.session.resume": resume})
+    assert (c._link_obj.session is not None) is resume
     chan = c._link_obj.chan
     chan.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     (link,) = s._links.values()
@@ -897,12 +903,16 @@ def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net):
         c.send_message("test:echo", "p")
     wait_for(lambda: link.chan.paused, what="the server no longer reading")
     woke = threading.Event()
+    closing = threading.Event()
     seen: list = []
+    after_close = [0]
 
     def sender():
         try:
             for _ in range(100_000):
                 c.send_message("test:echo", "x" * 4000)
+                if closing.is_set():  # (it was blocked when the close came: this one went after it)
+                    after_close[0] += 1
         except Exception as exc:  # noqa: BLE001 - checked below
             seen.append(exc)
         woke.set()
@@ -913,9 +923,11 @@ def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net):
     assert link.chan.paused
     assert not woke.is_set()
     closer = threading.Thread(target=c.close, args=("bye",), daemon=True)  # (waits for its flush, up to 2 s)
+    closing.set()
     closer.start()
     assert woke.wait(1.0), "the blocked sender was not woken by the close"
-    assert [type(e) for e in seen] == [errors.ConnectionClosedError]
+    assert [(type(e), e.reason) for e in seen] == [(errors.ConnectionClosedError, "bye")]
+    assert after_close[0] == 0  # none "sent" after the close
     assert not chan.closed  # woken by the close itself, not by the socket going
     t.join(5)
     deadline = time.monotonic() + 10
@@ -977,3 +989,41 @@ def test_register_packet_refuses_the_protocols_ids_for_other_names():
     assert "game:low" not in s.registry
     assert s.register_packet("game:low", Packet(s.registry, s), 1000) == 1000
     assert s.registry.getID("peng3dnet:internal.closeconn") == 16
+
+
+def test_a_close_by_the_peer_wakes_a_sender_blocked_on_its_full_buffer(net):
+    """The peer sends closeconn and keeps its socket open (nor reads): a
+    program thread blocked in send_message() on that connection learns of
+    the close at once, not when the socket goes (the close linger, 2 s)."""
+    block = 64 * 1024
+    s = make_server(**{"net.limits.write_buffer_block": block, "net.timeout.send": 30.0,
+                       "net.heartbeat.interval": 0})
+    net.servers.append(s)
+    s.runAsync()
+    p = RawPeer(s.addr)
+    p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    p.handshake()
+    (cid,) = active_cids(s)
+    chan = s._links[cid].chan
+    chan.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    woke = threading.Event()
+    seen: list = []
+
+    def sender():
+        try:
+            for _ in range(100_000):
+                s.send_message("test:echo", "x" * 4000, cid)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            seen.append(exc)
+        woke.set()
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    wait_for(lambda: chan.drain_waiters > 0 and len(chan.out) > block // 2 + 16 * 1024, what="the sender blocked")
+    assert not woke.is_set()
+    p.send_packet(16, {"reason": "gone"})  # closeconn; the socket stays open, unread
+    assert woke.wait(1.0), "the blocked sender was not woken by the peer's close"
+    assert [(type(e), e.reason) for e in seen] == [(errors.ConnectionClosedError, "gone")]
+    assert not chan.closed  # woken by the close itself, not by the socket going
+    t.join(5)
+    p.close()

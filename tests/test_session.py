@@ -766,3 +766,27 @@ def test_a_suspended_sessions_replay_counts_toward_the_total_and_is_shed_first_i
     with pytest.raises(errors.ConnectionClosedError):
         s.send_message("test:echo", 1, a)
     b_peer.close()
+
+
+def test_a_heartbeat_time_out_is_a_drop_on_both_sides_the_session_resumes(pairs):
+    """The client's loop stalls (a long GC pause, a debugger) longer than
+    the server's heartbeat time-out while TCP stays up: the server drops
+    the socket and keeps the session.  It used to send a closeconn
+    "timeout", which the client, awake again, read as a close: it ended
+    its session and never came back (the server held it until
+    sessionexpired)."""
+    import time
+
+    p = pairs(server_cfg={"net.heartbeat.interval": 0.05, "net.heartbeat.timeout": 0.3},
+              client_cfg={"net.heartbeat.timeout": 30.0})
+    owner = p.s.clients[p.cid]
+    p.c._reactor.call_soon(time.sleep, 1.0)  # the client's network thread stalls
+    (sus,) = p.srec.wait_for("peng3dnet:server.connection.suspended")
+    assert sus["reason"] == "timeout" and sus["client"] is owner
+    p.crec.wait_for("peng3dnet:client.resumed")
+    p.srec.wait_for("peng3dnet:server.connection.resumed")
+    assert "peng3dnet:client.close" not in p.crec.names()
+    assert p.s.clients[p.cid] is owner
+    p.c.send_message("t:num", 1)
+    p.s.send_message("t:num", 2, p.cid)
+    assert p.s_got.wait_count(1) == [1] and p.c_got.wait_count(1) == [2]
