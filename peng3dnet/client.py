@@ -647,7 +647,8 @@ class Client(Peer):
             return
         link = session.link
         if link.proto.is_open:  # a new socket came meanwhile: close it, the session with it
-            session.resuming = False
+            # (resuming stays set: sends meanwhile go to the replay buffer, not
+            # onto a socket still in its handshake; after the close they raise)
             self._close_link(link, reason, polite=True)
         else:
             self._session_end(session, reason or "clientclose")

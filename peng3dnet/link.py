@@ -77,6 +77,7 @@ class Link:
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
         "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
         "provisional", "resumable", "over_max", "core_over", "held_in", "held_since", "shed", "hb_probes",
+        "replay_end",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -131,6 +132,10 @@ class Link:
         self.auth_timer: Any = None  # the net.timeout.auth timer while pending
         self.session: Any = None  # the resumable Session this connection carries (extension "resume")
         self.vanished = False  # closed because the peer went silent (heartbeat): a drop, not a close
+        # Where a resume's replay ends in the stream written to chan (its
+        # offset: chan.head + len(chan.out) after the write); what is left of
+        # it unsent is not held against net.limits.write_buffer (Peer._send_frame).
+        self.replay_end = 0
         # Monotonic time our own flow control last held reading from it
         # (process queue full, a rate or inflate throttle): the peer's
         # silence is counted from the later of this and the last read.

@@ -1307,7 +1307,11 @@ class Peer:
                             raise _RerouteSignal from None
                         self._session_keep(link, session, frame)  # dropped while we waited: the next socket has it
                         return
-                if chan.out and len(chan.out) + len(frame) > self._h_write_cap:
+                if (chan.out and len(chan.out) + len(frame) > self._h_write_cap
+                        # (a resume's replay still unsent is not the peer's slowness: 48 MiB may
+                        # come back at once, over the 32 MiB cap; the first send after it closed
+                        # the session as slowconsumer)
+                        and len(chan.out) - max(0, link.replay_end - chan.head) + len(frame) > self._h_write_cap):
                     if self._h_write_raise:
                         raise WriteBufferFullError(
                             f"{len(chan.out)} bytes wait for cid={link.cid}; the cap is {self._h_write_cap}"
@@ -1450,8 +1454,12 @@ class Peer:
                 session.resuming = False
                 session.ack_sent = session.rx
                 if missed:
-                    link.chan.write(missed, False)
+                    chan = link.chan
+                    chan.write(missed, False)
                     link.stats.bytes_out += len(missed)
+                    link.replay_end = chan.head + len(chan.out)
+                    if self._h_write_total:
+                        self._flow.account(link)
         if missed is None:
             log.info("! %s cid=%s: cannot resume: the peer's count %d is outside %d..%d", self._role, link.cid,
                      session.peer_rx, session.acked, session.tx)
@@ -1512,7 +1520,8 @@ class Peer:
         data = link.proto.data_to_send()
         if data:
             chan = link.chan
-            over = len(chan.out) > self._h_write_cap
+            over = (len(chan.out) > self._h_write_cap
+                    and len(chan.out) - max(0, link.replay_end - chan.head) > self._h_write_cap)  # (see _send_frame)
             chan.write(data)
             link.stats.bytes_out += len(data)
             if not over:

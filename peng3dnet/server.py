@@ -900,7 +900,7 @@ class Server(Peer):
         Returns ``False`` when refused (the connection is closed)."""
         parsed = valid_request(request)
         session = self._sessions.get(parsed[0]) if parsed is not None else None
-        if parsed is None or session is None or session.ended:
+        if parsed is None or session is None or session.ended or session.closing:
             reason = "resume:invalid" if parsed is None else "resume:unknown"
             log.info("! server cid=%s: cannot resume (%s)", link.cid, reason)
             self._close_link(link, reason)
@@ -927,6 +927,9 @@ class Server(Peer):
         owner._link = link
         owner.conn, owner.addr = temp.conn, temp.addr
         self._links[session.cid] = link
+        # The old socket leaves the table here, so its counts go to the
+        # totals of the closed (they were lost with every resume).
+        self.stats._add_closed(old.stats)
         link.session = session
         if session.suspended:
             self._suspended_n -= 1
@@ -1239,7 +1242,16 @@ class Server(Peer):
         return self._start_call(cid, ptype, data, timeout, callback)
 
     def _end_suspended(self, session: Session, reason: str | None) -> None:
-        if not session.ended and session.suspended:
+        """close_connection() of a session that had no socket (network
+        thread): it ends, whatever came meanwhile.  A resume that took it
+        before the close was seen (the close queued behind the client's
+        settype) is closed too: a kicked client must not come back."""
+        if session.ended:
+            return
+        link = session.link
+        if link.proto.is_open:
+            self._close_link(link, reason, polite=True)
+        else:
             self._session_end(session, reason or "closed")
 
     def close_connection(self, cid: int, reason: str | None = None) -> None:
@@ -1255,7 +1267,11 @@ class Server(Peer):
         session = link.session
         if not self._close_link(link, reason, polite=True) and session is not None and not session.ended:
             # Closed already (between sockets, or dropped a moment ago): the
-            # suspended session ends here (a kicked client must not resume).
+            # suspended session ends here (a kicked client must not resume:
+            # no resume takes it from now on, and one that did already is
+            # closed by _end_suspended).
+            with session.lock:
+                session.closing = True
             self._on_network_thread(self._end_suspended, session, reason)
 
     def process_single_packet(self, client: ClientOnServer) -> bool:

@@ -34,6 +34,7 @@ class FakeChan:
         self.written: list[bytes] = []
         self.closed = False
         self.out = b""
+        self.head = 0  # bytes written so far (the stream's offset of out[0])
         self.drain_waiters = 0
         self.tls_pending = 0
         self.paused = False

@@ -790,3 +790,111 @@ def test_a_heartbeat_time_out_is_a_drop_on_both_sides_the_session_resumes(pairs)
     p.c.send_message("t:num", 1)
     p.s.send_message("t:num", 2, p.cid)
     assert p.s_got.wait_count(1) == [1] and p.c_got.wait_count(1) == [2]
+
+
+def test_a_kick_between_sockets_refuses_a_resume_that_comes_before_the_kick_is_carried_out(pairs):
+    """close_connection() of a suspended session queues its end for the
+    network thread; a resume handled before that end (the client's settype
+    was read first) took the session back and the end did nothing: the
+    kicked client stayed.  The session is marked at once: the resume is
+    refused, and the end then runs with the kick's reason."""
+    p = pairs(proxy=True, client_cfg={"net.client.reconnect.delay": 0.3})
+    owner = p.s.clients[p.cid]
+    p.proxy.cut()
+    p.srec.wait_for("peng3dnet:server.connection.suspended")
+    held: list = []
+    p.s._on_network_thread = lambda fn, *args: held.append((fn, args))  # the end waits behind the resume
+    p.s.close_connection(p.cid, "kick")
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "resume:unknown"
+    assert "peng3dnet:client.resumed" not in p.crec.names()
+    ((fn, args),) = held
+    del p.s._on_network_thread
+    p.s._reactor.call_soon(fn, *args)
+    closes = p.srec.wait_for("peng3dnet:server.connection.close", count=2)  # the refused socket's, then the kick's
+    assert [(d["client"] is owner, d["reason"]) for d in closes][-1] == (True, "kick")
+    wait_for(lambda: p.cid not in p.s.clients, what="the kicked client forgotten")
+
+
+def test_a_kick_carried_out_after_a_resume_closes_the_resumed_socket(pairs):
+    """The other order: the resume took the session before the kick's
+    close_connection() looked (its socket was gone), and the kick's end
+    comes after it: the resumed socket is closed with the kick's reason."""
+    p = pairs(proxy=True)
+    owner = p.s.clients[p.cid]
+    session = p.s._links[p.cid].session
+    p.proxy.cut()
+    p.crec.wait_for("peng3dnet:client.resumed")
+    p.srec.wait_for("peng3dnet:server.connection.resumed")
+    p.s._reactor.call_soon(p.s._end_suspended, session, "kick")  # what close_connection() had queued
+    (cl,) = p.crec.wait_for("peng3dnet:client.close")
+    assert cl["reason"] == "kick"
+    closes = p.srec.wait_for("peng3dnet:server.connection.close", count=2)  # the resume's temporary client's, the kick's
+    assert [(d["client"] is owner, d["reason"]) for d in closes] == [(False, "resumed"), (True, "kick")]
+
+
+def test_a_replay_over_the_write_cap_is_not_the_peers_slowness(pairs):
+    """What a resume sends again may be larger than net.limits.write_buffer
+    (replay_buffer 48 MiB, write_buffer 32 MiB by default): the first send
+    after it, while the peer reads the replay, found the buffer over the cap
+    and closed the resumed session as slowconsumer.  The unsent replay is
+    not held against the cap now."""
+    from peng3dnet import events
+
+    p = pairs(server_cfg={"net.limits.write_buffer": 1 << 20, "net.compress.enabled": False},
+              client_cfg={"net.client.shared_loop": False})
+    gate = threading.Event()
+    sent_after: list = []
+    done = threading.Event()
+
+    def on_server(event, data):  # network thread, right after the replay was written
+        try:
+            sent_after.append((len(data["client"]._link.chan.out), p.s.send_message("t:num", "after", p.cid)))
+        except Exception as exc:  # noqa: BLE001 - checked below
+            sent_after.append(exc)
+        done.set()
+
+    def on_client(event, data):  # the client reads nothing until the test has looked
+        assert gate.wait(10)
+
+    events.subscribe("peng3dnet:server.connection.resumed", on_server, sender=p.s)
+    events.subscribe("peng3dnet:client.resumed", on_client, sender=p.c)
+    import socket as _socket
+
+    # (the resume's socket is accepted with the listener's small send buffer: the kernels take little)
+    p.s.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, 4096)
+    try:
+        p.c._link_obj.chan.sock.shutdown(2)  # the socket drops
+        p.srec.wait_for("peng3dnet:server.connection.suspended")
+        blob = os.urandom(65536)
+        for i in range(48):  # 3 MiB kept while suspended, three times the write cap
+            p.s.send_message("t:num", [i, blob], p.cid)
+        assert done.wait(10)
+        ((queued, none),) = sent_after
+        assert queued > 1 << 20 and none is None  # over the cap, and sent all the same
+        assert p.s._links[p.cid].proto.is_open
+    finally:
+        gate.set()
+        events.unsubscribe("peng3dnet:server.connection.resumed", on_server, sender=p.s)
+        events.unsubscribe("peng3dnet:client.resumed", on_client, sender=p.c)
+    got = p.c_got.wait_count(49)
+    assert [m[0] for m in got[:48]] == list(range(48)) and got[48] == "after"
+    assert "peng3dnet:client.close" not in p.crec.names()
+
+
+def test_the_servers_totals_keep_the_counts_of_a_resumed_sessions_old_socket(pairs):
+    p = pairs(proxy=True)
+    for i in range(20):
+        p.c.send_message("t:num", i)
+    p.s_got.wait_count(20)
+    old = p.s._links[p.cid].stats
+    before = (old.bytes_in, old.packets_in, old.bytes_out, old.packets_out)
+    assert before[1] >= 20
+    p.proxy.cut()
+    p.crec.wait_for("peng3dnet:client.resumed")
+    p.srec.wait_for("peng3dnet:server.connection.resumed")
+    new = p.s._links[p.cid].stats
+    assert new is not old
+    st = p.s.stats
+    assert st.bytes_in >= before[0] + new.bytes_in and st.packets_in >= before[1] + new.packets_in
+    assert st.bytes_out >= before[2] + new.bytes_out and st.packets_out >= before[3] + new.packets_out
