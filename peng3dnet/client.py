@@ -439,6 +439,7 @@ class Client(Peer):
         link.sslsec = old.sslsec
         link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))
         link.session = session
+        self._carry_queue(old, link)
         with old.chan.lock, session.lock:
             session.link = link
             session.suspended = False

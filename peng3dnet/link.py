@@ -77,7 +77,7 @@ class Link:
         "lib_state", "on_recv", "on_send", "polite", "app_closed", "infl_t", "acct", "group", "hs_pending", "strict_keys",
         "auth", "auth_timer", "session", "vanished", "infl_counted", "ct_send", "ct_recv", "held_at",
         "provisional", "resumable", "over_max", "core_over", "held_in", "held_since", "shed", "hb_probes",
-        "replay_end",
+        "replay_end", "earlier",
     )
 
     def __init__(self, proto: ProtocolConnection, chan: Channel, owner: Any, cid: int | None) -> None:
@@ -136,6 +136,10 @@ class Link:
         # offset: chan.head + len(chan.out) after the write); what is left of
         # it unsent is not held against net.limits.write_buffer (Peer._send_frame).
         self.replay_end = 0
+        # The session's earlier sockets whose packets still waited for
+        # process() when it moved to this one (Peer._carry_queue): the
+        # close comes after them, process_single_packet() takes them first.
+        self.earlier: tuple[Link, ...] = ()
         # Monotonic time our own flow control last held reading from it
         # (process queue full, a rate or inflate throttle): the peer's
         # silence is counted from the later of this and the last read.

@@ -1044,7 +1044,7 @@ class Peer:
         # The application's side of the close (on_close, STATE_CLOSED, the
         # server forgetting the client) comes after the packets that arrived
         # before it: behind them in the process queue when some wait there.
-        if link.queued > 0:
+        if self._has_queued(link):
             self._inbox.put_close(link, o.reason)
         else:
             self._app_closed(link, o.reason)
@@ -1486,7 +1486,7 @@ class Peer:
         self._connection_closed(link, reason)
         if self._calls.pending:
             self._calls.closed(link, reason)
-        if link.queued > 0:
+        if self._has_queued(link):
             self._inbox.put_close(link, reason)
         else:
             self._app_closed(link, reason)
@@ -1700,11 +1700,27 @@ class Peer:
             local.active = outer
 
     def _process_single(self, link: Link) -> bool:
-        item = self._inbox.take_for(link)
-        if item is None:
-            return False
-        self._dispatching(self._dispatch, *item)
-        return True
+        take_for = self._inbox.take_for
+        for source in (*link.earlier, link):  # (a resumed session's earlier sockets first: their packets came first)
+            item = take_for(source)
+            if item is not None:
+                self._dispatching(self._dispatch, *item)
+                return True
+        return False
+
+    @staticmethod
+    def _carry_queue(old: Link, new: Link) -> None:
+        """A session moves from socket ``old`` to ``new`` (network thread):
+        the packets of its earlier sockets that still wait for process()
+        stay theirs in the queue, and ``new`` knows of them (see
+        :attr:`Link.earlier`)."""
+        new.earlier = tuple(lk for lk in (*old.earlier, old) if lk.queued > 0)
+
+    @staticmethod
+    def _has_queued(link: Link) -> bool:
+        """Whether packets of this connection (or of its session's earlier
+        sockets) wait for process(): its close must come after them."""
+        return link.queued > 0 or any(lk.queued > 0 for lk in link.earlier)
 
     def process_forever(self) -> None:
         """Process packets until :meth:`stop` or the end of the network loop,

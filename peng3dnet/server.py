@@ -927,6 +927,7 @@ class Server(Peer):
         owner._link = link
         owner.conn, owner.addr = temp.conn, temp.addr
         self._links[session.cid] = link
+        self._carry_queue(old, link)
         # The old socket leaves the table here, so its counts go to the
         # totals of the closed (they were lost with every resume).
         self.stats._add_closed(old.stats)

@@ -594,7 +594,8 @@ def test_a_reconnected_socket_whose_loop_ended_before_the_hand_over_is_closed_by
 
 def test_a_reconnected_socket_taken_by_the_network_thread_is_not_closed_at_the_loops_end(attempt, monkeypatch):
     c, session, a, b = attempt
-    session.link = type("Old", (), {"sslsec": 0, "chan": type("Chan", (), {"lock": threading.Lock()})()})()
+    session.link = type("Old", (), {"sslsec": 0, "chan": type("Chan", (), {"lock": threading.Lock()})(),
+                                    "earlier": (), "queued": 0})()
     c._loop_started = True
     c._reactor.thread_id = threading.get_ident()  # the attempt's call runs at once, as on the network thread
     c._reactor.running = True
@@ -898,3 +899,76 @@ def test_the_servers_totals_keep_the_counts_of_a_resumed_sessions_old_socket(pai
     st = p.s.stats
     assert st.bytes_in >= before[0] + new.bytes_in and st.packets_in >= before[1] + new.packets_in
     assert st.bytes_out >= before[2] + new.bytes_out and st.packets_out >= before[3] + new.packets_out
+
+
+class _Logged(Packet):
+    """Records (msg, whether its cid is still a client of the server)."""
+
+    def __init__(self, reg, peer, log):
+        super().__init__(reg, peer)
+        self.log = log
+
+    def receive(self, msg, cid=None):
+        self.log.append(("msg", msg, cid in self.peer.clients))
+
+
+def _resume_with_packets_waiting(net, log):
+    """A server whose program calls process() itself, a client of it that
+    sent 0, 1, 2 (they wait in the server's queue), then lost its socket and
+    resumed on a new one."""
+    class Closing(ClientOnServer):
+        def on_close(self, reason=None):
+            if reason != "resumed":  # (the resume's temporary client gives way to the session's)
+                log.append(("on_close", reason))
+
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), **RESUME}, clientcls=Closing)
+    s.register_packet("t:num", _Logged(s.registry, s, log))
+    net.servers.append(s)
+    srec = net.recorder(s, "peng3dnet:server.connection.*")
+    s.runAsync()  # no process thread: the test's process() calls are the game loop's
+    proxy = LagProxy(("127.0.0.1", 0), s.addr).start()
+    c = Client(addr=proxy.addr, cfg={**RESUME, "net.client.reconnect.delay": 0.02})
+    c.register_packet("t:num", Sink(c.registry, c))
+    net.clients.append(c)
+    c.runAsync()
+    c.process_async()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    for i in range(3):
+        c.send_message("t:num", i)
+    wait_for(lambda: len(s._inbox.items) == 3, what="3 waiting for process()")
+    proxy.cut()
+    srec.wait_for("peng3dnet:server.connection.resumed")
+    return s, srec, c, cid, proxy
+
+
+def test_a_close_after_a_resume_comes_after_the_packets_of_the_earlier_socket(net):
+    """Packets of a resumed session's earlier socket still waiting for
+    process() were not counted as the new socket's: its close ran at once,
+    before them (on_close first, then handlers whose cid was gone)."""
+    log: list = []
+    s, srec, c, cid, proxy = _resume_with_packets_waiting(net, log)
+    try:
+        c.close("bye")
+        srec.wait_for("peng3dnet:server.connection.close", count=2)  # the resume's temporary client's, ours
+        assert log == []  # on_close waits behind the packets
+        s.process()
+        assert log == [("msg", 0, True), ("msg", 1, True), ("msg", 2, True), ("on_close", "bye")]
+    finally:
+        proxy.stop()
+
+
+def test_process_single_packet_takes_the_earlier_sockets_packets_first(net):
+    log: list = []
+    s, srec, c, cid, proxy = _resume_with_packets_waiting(net, log)
+    try:
+        c.send_message("t:num", 3)  # on the new socket
+        wait_for(lambda: len(s._inbox.items) == 4, what="4 waiting")
+        client = s.clients[cid]
+        n = 0
+        while s.process_single_packet(client):
+            n += 1
+        assert n == 4 and [m for _, m, _ in log] == [0, 1, 2, 3]
+        assert not s._inbox.items
+    finally:
+        proxy.stop()
