@@ -1894,14 +1894,29 @@ class Peer:
 
     def _poll_for_drain(self, timeout: float | None) -> bool:
         """One wait of ``Flow.wait_drained()`` on the polling thread: a round
-        of network I/O, of this peer and of the others this thread polls
-        (no handlers: they would run inside the send; what arrives waits for
-        the next poll()); ``False`` once the loop ended."""
+        of network I/O, of this peer and of the others this thread polls,
+        and the handlers of those others (not ours: they would run inside
+        our send; what arrives for us waits for the next poll()); ``False``
+        once the loop ended.
+
+        The others' handlers run because what we wait for may need them: the
+        game's own client, polled on this thread, stops reading once its
+        process queue is full (``net.limits.recv_queue``), and only its
+        handlers empty it (a level sent to it in one frame waited
+        ``net.timeout.send`` and failed).  Meanwhile this peer counts as
+        inside a poll: a send to it from their handlers does not wait."""
         if self._loop_done.is_set():
             return False
         others = self._polled_with()
         if others:
             self._poll_together(others, 0.05 if timeout is None else timeout, False)
+            self._in_poll = True
+            try:
+                for p in others:
+                    if not p._loop_done.is_set():
+                        p._process_polled()
+            finally:
+                self._in_poll = False
         else:
             self._poll_io(timeout)
         return not self._loop_done.is_set()

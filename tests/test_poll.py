@@ -141,6 +141,43 @@ def test_a_send_held_by_flow_control_on_the_polling_thread_lets_the_other_peers_
     assert not s.run
 
 
+@pytest.mark.timeout(60)
+def test_a_send_waiting_on_the_polling_thread_runs_the_other_polled_peers_handlers():
+    """The game's own server sends a level to the game's own client, both
+    polled on one thread: the client's process queue fills
+    (net.limits.recv_queue_bytes), its reading pauses, and only its
+    handlers empty it.  The server's send waits for its buffer to drain;
+    the wait runs the client's handlers too (it used to run I/O only: the
+    send waited net.timeout.send and raised WriteBufferFullError)."""
+    s = make_server(**{"net.limits.write_buffer_block": 64 * 1024, "net.timeout.send": 10.0,
+                       "net.compress.enabled": False})
+    c = make_client(s, **{"net.limits.recv_queue_bytes": 256 * 1024})
+    got = []
+
+    class Rec(Packet):
+        def receive(self, msg, cid=None):
+            got.append(msg[0])
+
+    s.register_packet("t:r", Packet(s.registry, s))
+    c.register_packet("t:r", Rec(c.registry, c))
+    s.poll()
+    c.addr = s.addr  # (bound by the first poll)
+    c.poll()
+    c.wait_for_connection(10)
+    (cid,) = active_cids(s)
+    blob = os.urandom(60000)
+    n = 200  # 12 MB: far over the client's queue, the server's mark and the kernels' buffers
+    for i in range(n):  # one frame of the game loop
+        s.send_message("t:r", [i, blob], cid)
+    assert 0 < len(got) < n  # the client's handlers ran in the server's waits
+    while len(got) < n:
+        s.poll(0.01)
+        c.poll(0)
+    assert got == list(range(n))
+    c.close()
+    s.shutdown(timeout=0)
+
+
 def test_poll_and_runasync_exclude_each_other():
     s = make_server()
     s.runAsync()
