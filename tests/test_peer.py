@@ -871,6 +871,28 @@ def test_a_blocked_send_times_out_with_a_clear_error(net):
     assert c.close_reason is None  # the connection stays; the program decides
 
 
+def _sender_until_it_fails(send, sent=None):
+    """A daemon thread calling ``send()`` (then ``sent()``) up to 100,000
+    times, until it raises: ``(thread, woke, seen)``, ``woke`` set when it
+    ended, ``seen`` the exception."""
+    woke = threading.Event()
+    seen: list = []
+
+    def sender():
+        try:
+            for _ in range(100_000):
+                send()
+                if sent is not None:
+                    sent()
+        except Exception as exc:  # noqa: BLE001 - checked by the caller
+            seen.append(exc)
+        woke.set()
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    return t, woke, seen
+
+
 @pytest.mark.parametrize("resume", [False, True])
 def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net, resume):
     """A program thread blocked in send_message() over
@@ -902,23 +924,14 @@ def test_closing_wakes_a_sender_blocked_on_a_full_buffer(net, resume):
     for _ in range(12):
         c.send_message("test:echo", "p")
     wait_for(lambda: link.chan.paused, what="the server no longer reading")
-    woke = threading.Event()
     closing = threading.Event()
-    seen: list = []
     after_close = [0]
 
-    def sender():
-        try:
-            for _ in range(100_000):
-                c.send_message("test:echo", "x" * 4000)
-                if closing.is_set():  # (it was blocked when the close came: this one went after it)
-                    after_close[0] += 1
-        except Exception as exc:  # noqa: BLE001 - checked below
-            seen.append(exc)
-        woke.set()
+    def sent():
+        if closing.is_set():  # (it was blocked when the close came: this one went after it)
+            after_close[0] += 1
 
-    t = threading.Thread(target=sender, daemon=True)
-    t.start()
+    t, woke, seen = _sender_until_it_fails(lambda: c.send_message("test:echo", "x" * 4000), sent)
     wait_for(lambda: chan.drain_waiters > 0 and len(chan.out) > block // 2 + 16 * 1024, what="the sender blocked")
     assert link.chan.paused
     assert not woke.is_set()
@@ -1006,19 +1019,7 @@ def test_a_close_by_the_peer_wakes_a_sender_blocked_on_its_full_buffer(net):
     (cid,) = active_cids(s)
     chan = s._links[cid].chan
     chan.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    woke = threading.Event()
-    seen: list = []
-
-    def sender():
-        try:
-            for _ in range(100_000):
-                s.send_message("test:echo", "x" * 4000, cid)
-        except Exception as exc:  # noqa: BLE001 - checked below
-            seen.append(exc)
-        woke.set()
-
-    t = threading.Thread(target=sender, daemon=True)
-    t.start()
+    t, woke, seen = _sender_until_it_fails(lambda: s.send_message("test:echo", "x" * 4000, cid))
     wait_for(lambda: chan.drain_waiters > 0 and len(chan.out) > block // 2 + 16 * 1024, what="the sender blocked")
     assert not woke.is_set()
     p.send_packet(16, {"reason": "gone"})  # closeconn; the socket stays open, unread

@@ -776,11 +776,8 @@ def test_a_base_exception_that_ends_the_loop_ends_the_process_thread_too(peers):
                 raise SystemExit("a hook gave up")
 
     fatal = threading.Event()
-    s = make_server(**{"net.server.addr": ("127.0.0.1", 0)})
+    s, rec = _server()
     s.clientcls = Fatal
-    rec = Recording(s.registry, s)
-    s.register_packet("relay:msg", rec)
-    s.register_packet("relay:double", Double(s.registry, s))
     peers.append(s)
     s.runAsync()
     pt = s.process_async()
