@@ -941,6 +941,7 @@ class Server(Peer):
             session.peer_rx = parsed[1]
         if not old.chan.closed:  # the old socket is not known dead yet: it is now
             log.info("= server cid=%s: the client resumed on a new socket; closing the old one", session.cid)
+            self._announce_suspended(session, "resumed")  # (its resumed event comes: they go in pairs)
             self._close_link(old, "resumed")
         else:  # suspended: its place for the address passes to the new socket
             self._handshake_over(old, closed=True)
@@ -966,7 +967,15 @@ class Server(Peer):
         self._suspended_n += 1
         log.info("= server cid=%s: socket dropped (%s), session kept for %.1f s", link.cid, reason, grace)
         session.timer = self._reactor.call_later(grace, lambda: self._session_expired(session))
-        self._emit("peng3dnet:server.connection.suspended", {"client": session.owner, "reason": reason})
+        self._announce_suspended(session, reason)
+
+    def _announce_suspended(self, session: Session, reason: str | None) -> None:
+        """Emit ``suspended`` unless it went out already with no ``resumed``
+        since (a new socket that dropped during its resume's handshake)
+        (network thread)."""
+        if not session.announced:
+            session.announced = True
+            self._emit("peng3dnet:server.connection.suspended", {"client": session.owner, "reason": reason})
 
     def _session_expired(self, session: Session) -> None:
         session.timer = None
@@ -975,6 +984,7 @@ class Server(Peer):
             self._session_end(session, "sessionexpired")
 
     def _session_resumed(self, link: Link, session: Session) -> None:
+        session.announced = False
         self._emit("peng3dnet:server.connection.resumed", {"client": session.owner})
 
     def _session_forget(self, session: Session) -> None:

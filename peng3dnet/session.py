@@ -121,7 +121,7 @@ class Session:
     __slots__ = (
         "token", "cap", "lock", "tx", "rx", "acked", "ack_sent", "replay", "replay_bytes",
         "suspended", "resuming", "peer_rx", "link", "timer", "ack_timer", "attempt", "owner", "cid",
-        "ended", "overflowed", "established", "totals", "closing",
+        "ended", "overflowed", "established", "totals", "closing", "announced",
     )
 
     def __init__(self, token: bytes, cap: int, totals: ReplayTotal | None = None) -> None:
@@ -158,6 +158,9 @@ class Session:
         """The replay buffer went over its cap: the session is closing."""
         self.established = False
         """A handshake completed with it once (before that a drop ends it)."""
+        self.announced = False
+        """Server: a ``suspended`` event went out and no ``resumed`` since
+        (the two come in pairs)."""
         self.closing = False
         """The application closed it while it had no socket (a kick between
         sockets): its end is on its way to the network thread, and no

@@ -972,3 +972,51 @@ def test_process_single_packet_takes_the_earlier_sockets_packets_first(net):
         assert not s._inbox.items
     finally:
         proxy.stop()
+
+
+def _server_events(rec) -> list:
+    return [(e.rsplit(".", 1)[1], d.get("reason")) for e, d in rec.items
+            if e in ("peng3dnet:server.connection.suspended", "peng3dnet:server.connection.resumed")]
+
+
+def test_suspended_and_resumed_come_in_pairs_when_the_old_socket_is_still_open(net):
+    """The client resumes before the server saw its old socket drop: the
+    old one is closed ("resumed") and the pair of events goes out (there
+    was a resumed with no suspended before it)."""
+    s, rec = net.server(**RESUME)
+    old = RawPeer(s.addr)
+    old.handshake(["resume"])
+    (cid,) = active_cids(s)
+    token = s._links[cid].session.token
+    new = RawPeer(s.addr)
+    new.recv_packet()
+    new.send_packet(2, {"conntype": "classic", EXTENSIONS_KEY: ["resume"], RESUME_KEY: {"token": token, "received": 0}})
+    assert old.recv_until_close() == [(16, {"reason": "resumed"})]
+    assert new.recv_packet()[0] == 3
+    new.send_packet(4, {"success": True})
+    rec.wait_for("peng3dnet:server.connection.resumed")
+    assert _server_events(rec) == [("suspended", "resumed"), ("resumed", None)]
+
+
+def test_a_new_socket_dropping_during_its_resume_does_not_announce_the_suspension_twice(net):
+    s, rec = net.server(**RESUME)
+    first = RawPeer(s.addr)
+    first.handshake(["resume"])
+    (cid,) = active_cids(s)
+    token = s._links[cid].session.token
+    first.close()
+    rec.wait_for("peng3dnet:server.connection.suspended")
+    hello = {"conntype": "classic", EXTENSIONS_KEY: ["resume"], RESUME_KEY: {"token": token, "received": 0}}
+    second = RawPeer(s.addr)
+    second.recv_packet()
+    second.send_packet(2, hello)
+    assert second.recv_packet()[0] == 3  # the server's handshake: the session is this socket's now
+    second.close()  # and it drops before its accept
+    wait_for(lambda: s._links[cid].session.suspended, what="suspended again")
+    third = RawPeer(s.addr)
+    third.recv_packet()
+    third.send_packet(2, hello)
+    assert third.recv_packet()[0] == 3
+    third.send_packet(4, {"success": True})
+    rec.wait_for("peng3dnet:server.connection.resumed")
+    assert _server_events(rec) == [("suspended", "socketclose"), ("resumed", None)]
