@@ -174,6 +174,7 @@ class Peer:
         self._leaving = False
         self._polling = False  # poll() drives the loop on the program's thread
         self._in_poll = False  # inside poll()'s I/O callbacks or handlers
+        self._in_io = False  # inside poll()'s I/O round (its callbacks): a nested round is refused
         self._peng_forwarder: Any = None  # see set_peng_forwarder
         self._flow = Flow(self)  # pausing/resuming reads, blocking senders, the buffered-bytes cap
         self._calls = Calls(self)  # requests that expect an answer (extension "calls")
@@ -1879,16 +1880,21 @@ class Peer:
             self._in_poll = False
 
     def _poll_io(self, timeout: float | None) -> None:
-        if self._loop_done.is_set():
+        # (not inside a round of ours: poll() from an event handler or an
+        # inline packet handler ran a nested round that read and handled
+        # the read's later packets before the rest of it: out of order)
+        if self._loop_done.is_set() or self._in_io:
             return
         reactor = self._reactor
         if not reactor.in_loop():
             raise LocalProtocolError("poll() must be called from the thread that called it first")
-        self._in_poll = True
+        was = self._in_poll  # (True when a handler of this poll polls: it stays so)
+        self._in_poll = self._in_io = True
         try:
             reactor.run_once(timeout)
         finally:
-            self._in_poll = False
+            self._in_io = False
+            self._in_poll = was
         if reactor.stopping and not self._loop_done.is_set():
             self._end_loop()
 

@@ -178,6 +178,66 @@ def test_a_send_waiting_on_the_polling_thread_runs_the_other_polled_peers_handle
     s.shutdown(timeout=0)
 
 
+@pytest.mark.parametrize("inline", [False, True])
+def test_poll_from_inside_a_polls_callbacks_does_not_run_a_nested_round(inline):
+    """poll() called from an event handler (or an inline packet handler)
+    inside a poll's I/O: a nested round read the socket again and ran the
+    later packets' handlers before the rest of the first read (order 100,
+    101, 102, 0, 1, 2).  It is a no-op there now: the order is kept."""
+    from peng3dnet import events
+
+    s = make_server(**{"net.process.inline": inline})
+    order: list = []
+    depth = [0, 0]
+
+    class Rec(Packet):
+        def receive(self, msg, cid=None):
+            depth[0] += 1
+            depth[1] = max(depth[1], depth[0])
+            try:
+                order.append(msg)
+                if inline and msg == 0:
+                    nested()
+            finally:
+                depth[0] -= 1
+
+    s.register_packet("t:r", Rec(s.registry, s))
+    c = make_client(s)
+    c.register_packet("t:r", Packet(c.registry, c))
+    s.poll()
+    c.addr = s.addr
+    c.poll()
+    c.wait_for_connection(10)
+    done = []
+
+    def nested():
+        if not done:
+            done.append(True)
+            for i in range(100, 103):
+                c.send_message("t:r", i)  # (written at once: poll mode)
+            assert s.poll() == 0  # inside a round of its own: nothing
+            assert s._in_poll  # (still inside the outer round)
+
+    def on_recv(event, data):
+        if data["pid"] >= 64 and data["msg"] == 0:
+            nested()
+
+    if not inline:
+        events.subscribe("peng3dnet:server.connection.recv", on_recv, sender=s)
+    try:
+        for i in range(3):
+            c.send_message("t:r", i)
+        t0 = time.monotonic()
+        while len(order) < 6 and time.monotonic() - t0 < 10:
+            s.poll(0.01)
+            c.poll(0)
+        assert order == [0, 1, 2, 100, 101, 102] and depth[1] == 1
+    finally:
+        events.unsubscribe("peng3dnet:server.connection.recv", on_recv, sender=s)
+        c.close()
+        s.shutdown(timeout=0)
+
+
 def test_poll_and_runasync_exclude_each_other():
     s = make_server()
     s.runAsync()
