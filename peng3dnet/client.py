@@ -726,9 +726,9 @@ class Client(Peer):
     def stop(self) -> None:
         """Close the connection if open (reason ``clientstop``), stop the loop
         and :meth:`process_forever`; the loop emits ``stop`` (reason ``"method"``)."""
-        active = self._loop_active()
+        started = self._loop_started
         self._request_stop("method")
-        if not active:
+        if not started:  # no loop to emit it (one that ended did: not again)
             link = self._link_obj
             if link is not None and link.proto.is_open:
                 self._close_link(link, "clientstop", polite=True)

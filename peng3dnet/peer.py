@@ -175,6 +175,7 @@ class Peer:
         self._polling = False  # poll() drives the loop on the program's thread
         self._in_poll = False  # inside poll()'s I/O callbacks or handlers
         self._in_io = False  # inside poll()'s I/O round (its callbacks): a nested round is refused
+        self._poll_starting = False  # the first poll() binds or connects now
         self._peng_forwarder: Any = None  # see set_peng_forwarder
         self._flow = Flow(self)  # pausing/resuming reads, blocking senders, the buffered-bytes cap
         self._calls = Calls(self)  # requests that expect an answer (extension "calls")
@@ -270,7 +271,7 @@ class Peer:
             try:
                 self.peng.sendEvent(event, data)
             except Exception:  # a peng3d event handler of the program
-                report_user_error("! peng.sendEvent(%r) raised", event)
+                report_user_error("! peng.sendEvent(%r) raised", event, key=failure_key(self.peng.sendEvent))
 
     def set_peng_forwarder(self, forward: Any) -> None:
         """Hand the events this peer forwards to ``peng.sendEvent`` to
@@ -1859,8 +1860,18 @@ class Peer:
         if not self._polling:
             if self._loop_started:
                 raise LocalProtocolError("the loop already runs on a thread (runAsync or a NetworkLoop)")
-            self.initialize()
-            self._prepare_loop()
+            if self._poll_starting:
+                # poll() from a handler of the first poll's own events
+                # (initialize, bind, connect): that poll starts the loop
+                # (it used to start here too, and the first then raised
+                # "a reactor runs only once")
+                return 0
+            self._poll_starting = True
+            try:
+                self.initialize()
+                self._prepare_loop()
+            finally:
+                self._poll_starting = False
             self._polling = True
             self._loop_started = True
             self._loop_done.clear()

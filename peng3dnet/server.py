@@ -1319,9 +1319,9 @@ class Server(Peer):
         loop emits ``stop`` (reason ``"method"``) and returns.  For a
         graceful stop that delivers everything queued, use :meth:`shutdown`.
         """
-        active = self._loop_active()
+        started = self._loop_started
         self._request_stop("method")
-        if not active:
+        if not started:  # no loop to emit it (one that ended did: not again)
             self._close_listener()
             self._emit("peng3dnet:server.stop", {"reason": "method"})
 
@@ -1337,6 +1337,8 @@ class Server(Peer):
         ``stop``.  Thread safety: any thread; from the network thread (e.g.
         a handler) it does not wait.
         """
+        if self._loop_started and self._loop_done.is_set():
+            return  # ended: its stop and shutdown went out (a second ones made handlers run twice)
         self._shutdown_info = {"reason": reason, "join": join, "timeout": timeout}
         for link in list(self._links.values()):
             self._close_link(link, reason, polite=True)

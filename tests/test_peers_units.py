@@ -1275,7 +1275,9 @@ def test_a_resume_moves_the_session_and_its_cid_onto_the_new_connection(old_open
     assert s._take_over(new, {"token": TOKEN, "received": 4}) is True
     assert new.cid == 3 and new.owner is kept and new.session is session and s._links == {3: new}
     assert 9 not in s.clients and temp.closes == ["resumed"]
-    assert events == [("peng3dnet:server.connection.close", {"client": temp, "reason": "resumed"})]
+    assert events == [("peng3dnet:server.connection.close", {"client": temp, "reason": "resumed"})] + (
+        # (the old socket still open: its loss is announced now, the resumed event comes)
+        [("peng3dnet:server.connection.suspended", {"client": kept, "reason": "resumed"})] if old_open else [])
     assert kept._link is new and (kept.conn, kept.addr) == (temp.conn, ("10.0.0.1", 6))
     assert session.link is new and session.suspended is False and session.resuming is True
     assert session.peer_rx == 4 and timer.cancelled and session.timer is None
@@ -1635,3 +1637,34 @@ def test_the_close_linger_closes_a_backlog_that_drains_below_the_floor():
     chan.out = b"x" * (100_000 - 2047)
     timers.armed[-1][1]()
     assert chan.closed and len(timers.armed) == 1
+
+
+def test_stop_and_shutdown_after_the_loop_ended_emit_nothing_more():
+    """Cleanup code calls stop() (or sets run = False) routinely: after the
+    loop's end it emitted a second stop (and shutdown() a second stop and
+    shutdown), so on-stop handlers ran twice, the second time with reason
+    "method" after the first's "connectionclosed"."""
+    from tests.conftest import Recorder, make_client, make_server
+
+    s = make_server()
+    srec = Recorder(s, "peng3dnet:server.*")
+    s.runAsync()
+    c = make_client(s, **{"net.client.reconnect": 0})
+    crec = Recorder(c, "peng3dnet:client.*")
+    try:
+        c.runAsync()
+        c.wait_for_connection(10)
+        s.shutdown(timeout=10)
+        c.join(10)
+        assert [d["reason"] for d in crec.wait_for("peng3dnet:client.stop")] == ["connectionclosed"]
+        c.stop()
+        c.run = False
+        s.stop()
+        s.shutdown(timeout=5)
+        s.run = False
+        assert [e for e in srec.names() if e in ("peng3dnet:server.stop", "peng3dnet:server.shutdown")] == [
+            "peng3dnet:server.stop", "peng3dnet:server.shutdown"]
+        assert crec.names().count("peng3dnet:client.stop") == 1
+    finally:
+        srec.close()
+        crec.close()

@@ -238,6 +238,32 @@ def test_poll_from_inside_a_polls_callbacks_does_not_run_a_nested_round(inline):
         s.shutdown(timeout=0)
 
 
+def test_poll_from_a_handler_of_the_first_polls_own_events_waits_for_it():
+    """A bind handler (an initialize or connect one likewise) that polls:
+    the nested poll started the loop itself, and the first poll then
+    raised RuntimeError ("a reactor runs only once")."""
+    from peng3dnet import events
+
+    s = make_server()
+    nested: list = []
+
+    def on_bind(event, data):
+        nested.append(s.poll())
+
+    events.subscribe("peng3dnet:server.bind", on_bind, sender=s)
+    try:
+        assert s.poll() == 0
+        assert nested == [0] and s._polling and s.addr[1] != 0
+        c = make_client(s)
+        c.addr = s.addr
+        c.poll()
+        c.wait_for_connection(10)  # (polls the server too: the loop the first poll started serves)
+        c.close()
+    finally:
+        events.unsubscribe("peng3dnet:server.bind", on_bind, sender=s)
+        s.shutdown(timeout=0)
+
+
 def test_poll_and_runasync_exclude_each_other():
     s = make_server()
     s.runAsync()

@@ -34,7 +34,7 @@ from typing import Any
 
 import blinker
 
-from ..userlog import report_user_error
+from ..userlog import failure_key, report_user_error
 from .catalog import CATALOG
 
 __all__ = ["ANY", "Handler", "Route", "signal", "subscribe", "unsubscribe", "emit", "has_receivers", "namespace"]
@@ -55,11 +55,15 @@ _MAGIC = frozenset("*?[")
 
 
 class _Subscription:
-    __slots__ = ("pattern", "sender", "_ref", "_strong", "__weakref__")
+    __slots__ = ("pattern", "sender", "_ref", "_strong", "live", "__weakref__")
 
     def __init__(self, pattern: str, handler: Handler, sender: Any, weak: bool) -> None:
         self.pattern = pattern
         self.sender = sender
+        self.live = True
+        """Until unsubscribed: an emission already under way (a peer's cached
+        receivers of recv/send) skips it from then on, as blinker's own
+        emission does."""
         self._strong: Handler | None = None
         self._ref: Callable[[], Handler | None] | None = None
         if weak:
@@ -92,6 +96,8 @@ class _Subscription:
         return fnmatch.fnmatchcase(name, self.pattern)
 
     def __call__(self, sender: Any, event: str, data: dict[str, Any]) -> None:  # blinker passes event=, data=
+        if not self.live:
+            return
         handler = self._strong
         if handler is None:
             handler = self._ref() if self._ref is not None else None
@@ -101,7 +107,9 @@ class _Subscription:
         try:
             handler(event, data)
         except Exception:
-            report_user_error("! event handler %r for %s raised", handler, event)
+            # (the same failure again within 10 s is counted: a handler
+            # failing for every packet of a flood wrote a traceback each)
+            report_user_error("! event handler %r for %s raised", handler, event, key=failure_key(handler))
 
 
 class _Signal(blinker.NamedSignal):
@@ -173,6 +181,7 @@ def _connect(sig: blinker.NamedSignal, sub: _Subscription) -> None:
 
 
 def _remove(sub: _Subscription) -> None:
+    sub.live = False
     with _lock:
         if sub in _subs:
             _subs.remove(sub)
@@ -192,12 +201,15 @@ def signal(name: str, doc: str | None = None) -> blinker.NamedSignal:
     with _lock:
         sig = namespace.get(name)
         if sig is None:
-            sig = namespace[name] = _Signal(name, doc)
+            sig = _Signal(name, doc)
             # (over a copy: a weak subscription whose object dies meanwhile,
             # the collector running inside blinker's connect, removes itself)
             for sub in list(_subs):
                 if sub.matches(name) and sub in _subs:
                     _connect(sig, sub)
+            # Published once wired: another thread's first emission of the
+            # name (found without the lock) reached no pattern subscriber.
+            namespace[name] = sig
         return sig
 
 

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from ..userlog import report_user_error
+from ..userlog import failure_key, report_user_error
 from .bus import ANY, Handler, subscribe, unsubscribe
 
 __all__ = ["MainThreadDispatcher", "attach_to_pyglet"]
@@ -54,11 +54,16 @@ class MainThreadDispatcher:
         # one-item list, [False] once unsubscribed (its queued calls are
         # skipped), or None (the peng forwarder).
         self._queue: deque[tuple[Handler, str, dict[str, Any], list[bool] | None]] = deque()
+        self._forwarders: list[tuple[Any, Any]] = []
+        """(peer, the forwarder installed on it) for ``peng_events``: only
+        those are removed by :meth:`close` (another dispatcher's stay)."""
         if peng_events:
             for peer in self.peers:
                 peng = peer.peng
                 if peng is not None:
-                    peer.set_peng_forwarder(self._peng_forwarder(peng))
+                    forward = self._peng_forwarder(peng)
+                    peer.set_peng_forwarder(forward)
+                    self._forwarders.append((peer, forward))
         self._subs: list[tuple[str, Any, Any, Any, list[bool]]] = []
         self._clock: Any = None
 
@@ -118,7 +123,10 @@ class MainThreadDispatcher:
 
         Args:
             max_events: Run at most this many queued handler calls (the rest
-                stay queued for the next pump); ``None`` for all.
+                stay queued for the next pump); ``None`` for all those queued
+                when it starts running them (what is queued meanwhile, by
+                the network thread or by the handlers, waits for the next
+                pump: a frame is bounded however fast events come).
 
         Returns:
             The number of handler calls run.
@@ -132,8 +140,12 @@ class MainThreadDispatcher:
             else:
                 peer.process()
         queue = self._queue
+        left = len(queue) if max_events is None else -1  # (None: the calls queued now, skipped ones too)
         n = 0
         while max_events is None or n < max_events:
+            if left == 0:
+                break
+            left -= 1
             try:
                 handler, event, data, live = queue.popleft()
             except IndexError:
@@ -144,7 +156,8 @@ class MainThreadDispatcher:
             try:
                 handler(event, data)
             except Exception:
-                report_user_error("! main-thread event handler %r for %s raised", handler, event)
+                report_user_error("! main-thread event handler %r for %s raised", handler, event,
+                                  key=failure_key(handler))
         return n
 
     def _tick(self, dt: float) -> None:
@@ -192,8 +205,13 @@ class MainThreadDispatcher:
             live[0] = False
         self._subs.clear()
         self._queue.clear()
-        for peer in self.peers:
-            peer.set_peng_forwarder(None)
+        # Only the forwarders this dispatcher installed, still in place: a
+        # dispatcher without peng_events, or one replaced since, used to
+        # send the peng3d events back to the network thread.
+        for peer, forward in self._forwarders:
+            if peer._peng_forwarder is forward:
+                peer.set_peng_forwarder(None)
+        self._forwarders.clear()
 
 
 def attach_to_pyglet(*peers: Any, clock: Any = None, interval: float | None = None, poll: bool = False,

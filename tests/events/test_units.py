@@ -226,11 +226,13 @@ def test_a_handler_error_is_reported_with_the_handler_and_the_event(caplog):
     try:
         with caplog.at_level(logging.ERROR):
             events.emit(name, None, {})
+            events.emit(name, None, {})  # the same failure again: counted, not shown
         (rec,) = [r for r in caplog.records if "raised" in r.getMessage()]
         msg = rec.getMessage()
-        assert msg.startswith("! event handler ") and repr(boom) in msg and msg.endswith(f"for {name} raised")
+        assert msg.startswith("! event handler ") and repr(boom) in msg
+        assert msg.endswith(f"for {name} raised (the same failure again within 10 s is counted, not shown)")
         assert rec.exc_info is not None and rec.exc_info[0] is RuntimeError
-        assert after.got == [(name, {})]  # the next handler still ran
+        assert after.got == [(name, {}), (name, {})]  # the next handler still ran
     finally:
         events.unsubscribe(name, boom)
         events.unsubscribe(name, after)
@@ -333,6 +335,7 @@ class FakePeer:
         self.peng = peng
         self.calls: list = []
         self.forwarders: list = []
+        self._peng_forwarder: Any = None
 
     def process(self) -> int:
         self.calls.append("process")
@@ -344,6 +347,7 @@ class FakePeer:
 
     def set_peng_forwarder(self, fwd: Any) -> None:
         self.forwarders.append(fwd)
+        self._peng_forwarder = fwd
 
 
 def test_the_dispatcher_processes_its_peers_or_polls_them_without_waiting():
@@ -360,7 +364,25 @@ def test_the_dispatcher_processes_its_peers_or_polls_them_without_waiting():
     assert p.forwarders == [] and q.forwarders == []  # peng_events is off by default
     d.close()
     d2.close()
-    assert p.forwarders == [None] and q.forwarders == [None]  # close() resets them
+    assert p.forwarders == [] and q.forwarders == []  # none installed: none removed
+
+
+def test_close_removes_only_the_peng_forwarders_this_dispatcher_installed_and_still_in_place():
+    """Closing a second dispatcher (no peng_events) used to reset the
+    peers' forwarders too: peng3d's events went back to the network thread
+    while the first dispatcher still ran."""
+    peng = FakePeng()
+    peer = FakePeer(peng)
+    gui = MainThreadDispatcher(peers=[peer], peng_events=True)
+    (mine,) = peer.forwarders
+    other = MainThreadDispatcher(peers=[peer])
+    other.close()
+    assert peer._peng_forwarder is mine and peer.forwarders == [mine]
+    newer = MainThreadDispatcher(peers=[peer], peng_events=True)  # replaces gui's forwarder
+    gui.close()
+    assert peer._peng_forwarder is peer.forwarders[-1] is not mine  # the newer one's stays
+    newer.close()
+    assert peer._peng_forwarder is None and peer.forwarders[-1] is None
 
 
 def test_peng_events_stay_where_they_are_unless_asked_for():
@@ -441,12 +463,16 @@ def test_a_main_thread_handler_error_is_reported_with_the_handler_and_the_event(
 
     d.subscribe(name, boom)
     events.emit(name, None, {})
-    with caplog.at_level(logging.ERROR):
-        assert d.pump() == 1
-    (rec,) = [r for r in caplog.records if "raised" in r.getMessage()]
-    msg = rec.getMessage()
-    assert msg.startswith("! main-thread event handler ") and repr(boom) in msg and msg.endswith(f"for {name} raised")
-    d.close()
+    events.emit(name, None, {})
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert d.pump() == 2
+        (rec,) = [r for r in caplog.records if "raised" in r.getMessage()]  # the second: counted
+        msg = rec.getMessage()
+        assert msg.startswith("! main-thread event handler ") and repr(boom) in msg
+        assert msg.endswith(f"for {name} raised (the same failure again within 10 s is counted, not shown)")
+    finally:
+        d.close()
 
 
 class FakeClock:
@@ -493,3 +519,75 @@ def test_attach_uses_pyglets_clock_by_default():
     pyglet.clock.tick()
     assert p.calls == ["process"]  # detached: no more pumps
     d.close()
+
+
+def test_a_handler_unsubscribed_during_a_routes_emission_is_not_called_for_the_rest_of_it():
+    """A route's receivers are a fixed tuple (the per-packet recv/send
+    events): a handler that unsubscribes a later one during the emission
+    used to see it called all the same (emit() skipped it)."""
+    name = _name()
+    later = Rec()
+
+    def first(event: str, data: Any) -> None:
+        events.unsubscribe(name, later)
+
+    events.subscribe(name, first)
+    events.subscribe(name, later)
+    try:
+        route = Route(name)
+        for receiver in _targets(route, None):  # what Peer._emit_packet does
+            receiver(None, name, {})
+        assert later.got == []
+    finally:
+        events.unsubscribe(name, first)
+
+
+def test_a_new_signal_is_published_only_once_its_pattern_subscriptions_are_wired(monkeypatch):
+    """Another thread's first emission of a new name finds the signal
+    without the lock: published before the wiring, it reached no pattern
+    subscriber."""
+    from peng3dnet.events import bus
+
+    name = _name()
+    prefix = name.split(":")[0]
+    h = Rec()
+    events.subscribe(f"{prefix}:*", h)
+    seen: list = []
+    real = bus._connect
+
+    def connect(sig, sub):
+        seen.append(sig.name in bus.namespace)
+        real(sig, sub)
+
+    monkeypatch.setattr(bus, "_connect", connect)
+    try:
+        events.signal(name)
+        assert seen == [False]
+        events.emit(name, None, {})
+        assert h.got == [(name, {})]
+    finally:
+        events.unsubscribe(f"{prefix}:*", h)
+
+
+def test_pump_runs_only_the_calls_queued_when_it_starts():
+    """A handler that makes another event each time (or a network thread
+    faster than the handlers) kept pump() running: one frame ran 9,884
+    handlers in 6 s in the review's run."""
+    name = _name()
+    d = MainThreadDispatcher()
+    ran: list = []
+
+    def again(event: str, data: Any) -> None:
+        ran.append(data["n"])
+        events.emit(name, None, {"n": data["n"] + 1})
+
+    d.subscribe(name, again)
+    try:
+        events.emit(name, None, {"n": 0})
+        events.emit(name, None, {"n": 100})
+        assert d.pump() == 2 and ran == [0, 100]
+        assert d.pending == 2  # what they queued: the next pump's
+        assert d.pump() == 2 and ran == [0, 100, 1, 101]
+        assert d.pump(max_events=5) == 5  # (a bound given: it runs what comes meanwhile too)
+    finally:
+        d.close()
