@@ -11,7 +11,9 @@ a packet of that type (same process queue, same flow control, same
 sends back ``[call id, status, value]`` (id 35): what the handler returned,
 or the exception it raised, or "nobody can answer".  Replies are taken on
 the network thread, never queued, so a handler that waits for a call of its
-own cannot deadlock the process thread.
+own does not wait behind itself: unless that connection's process queue is
+full (reading from it paused, the reply in the socket behind the queued
+packets): then the call times out (a known limit, in the README).
 
 Every call has a deadline (a reactor timer); a reply after it, or for a call
 of another connection, or for an unknown id, is dropped.  A call whose

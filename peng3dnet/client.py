@@ -435,8 +435,14 @@ class Client(Peer):
             return
         old = session.link
         proto = self._new_proto(self.conntype, {RESUME_KEY: {"token": session.token, "received": session.rx}})
+        # Until the server's hello, sends and calls are encoded as on the
+        # session's earlier socket (they wait in the replay buffer): calls
+        # raised "the peer does not support calls", int map keys the 0.1.x
+        # peer's refusal, from the connect until that hello.
+        proto.assume_negotiated(old.proto.negotiated)
         link = Link(proto, None, self, None)  # type: ignore[arg-type]
         link.sslsec = old.sslsec
+        link.strict_keys = old.strict_keys
         link.chan = Channel(sock, self._reactor, functools.partial(self._on_ready, link))
         link.session = session
         self._carry_queue(old, link)

@@ -179,6 +179,8 @@ class Login:
             owner.auth_data = data
             owner.authenticated = True
             server._emit("peng3dnet:server.connection.auth", {"client": owner, "ok": True, "reason": None})
+            if link.proto.closed:  # closed by a handler of that event (a policy of the program's)
+                return
             server._send_handshake(link)
             return
         log.info("server cid=%s: login refused (%s)", link.cid, reason)

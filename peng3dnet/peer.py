@@ -347,7 +347,18 @@ class Peer:
         link = self._link(cid)
         if link.proto.state is not _ACTIVE:
             self._check_sendable(link)
+        if self._h_strict_send:  # (as a plain send of that packet: calls skipped the check)
+            _, pid, pobj, _, smart, _ = self._send_plan(ptype)
+            if smart and not smart_check(pobj, link.cid, receiving=False):
+                self._refuse_strict(pid)
         return self._calls.start(link, ptype, data, self._call_timeout(timeout), callback)
+
+    def _refuse_strict(self, pid: int) -> None:
+        """``net.smartpacket.strict_send``: a SmartPacket not valid now is refused at the sender."""
+        raise LocalProtocolError(
+            f"packet {self.registry.get_name(pid)!r} is not valid on this connection now "
+            "(net.smartpacket.strict_send is on)"
+        )
 
     def _call(self, cid: int | None, ptype: Any, data: Any, timeout: float | None) -> Any:
         timeout = self._call_timeout(timeout)
@@ -844,9 +855,12 @@ class Peer:
         if link.ct_recv:  # (0.1.x: a true result means the type consumed it; an error, too)
             if self._ct_call(link, link.ctobj.receive, msg, pid, flags, link.cid):  # type: ignore[union-attr]
                 return False
-        if state is not _ACTIVE and (state is not _TYPESET or link.proto.conntype == CONNTYPE_CLASSIC):
+        if state is not _ACTIVE and (state is not _TYPESET or link.proto.conntype == CONNTYPE_CLASSIC
+                                     or (link.auth is not None and link.auth is not True)):
             # Application packets come after the handshake (a connection type
-            # of its own may exchange them after settype).
+            # of its own may exchange them after settype, but not while the
+            # login it asked for by beginning the handshake is pending or
+            # refused: its handlers ran for a client not let in).
             log.info("! %s cid=%s: packet %d before the handshake completed, closing", self._role, link.cid, pid)
             self._close_link(link, "smartpacketinvalid")
             return False
@@ -1211,10 +1225,7 @@ class Peer:
         if link.proto.state is not _ACTIVE:
             self._check_sendable(link)
         if smart and self._h_strict_send and not smart_check(pobj, link.cid, receiving=False):
-            raise LocalProtocolError(
-                f"packet {self.registry.get_name(pid)!r} is not valid on this connection now "
-                "(net.smartpacket.strict_send is on)"
-            )
+            self._refuse_strict(pid)
         if link.strict_keys:  # a 0.1.x peer: refuse here what it would close the connection for
             check_keys(data)
         if link.ct_send and link.ctobj.send(data, ptype, link.cid):  # type: ignore[union-attr]

@@ -665,3 +665,71 @@ def test_a_queued_job_of_a_pending_login_asks_and_hands_over():
     login._job(link, link.owner, "creds")
     assert server.asked == [(link.owner, "creds", threading.current_thread().name)]
     assert server._reactor.soon == [(login._decided, (link, False, None, "auth:refused"))]
+
+
+@pytest.mark.parametrize("workers", [2, 0])
+def test_a_client_closed_from_the_auth_event_is_closed_quietly(net, caplog, workers):
+    """A policy in the auth event (ban after the hook accepted) closing the
+    client: the server then began the handshake on the closed connection
+    and logged an error (an unexpected one in a queued call, or the
+    connection type's hook, the user blamed, with no workers)."""
+    from peng3dnet import events
+
+    s, rec = net.server(authenticate=Hook(), **{"net.auth.workers": workers})
+
+    def on_auth(event, data):
+        if data["ok"]:
+            data["client"].close("banned-by-policy")
+
+    events.subscribe("peng3dnet:server.connection.auth", on_auth, sender=s)
+    try:
+        with caplog.at_level(logging.WARNING):
+            c = Client(addr=s.addr)
+            net.clients.append(c)
+            c.runAsync()
+            c.process_async()
+            with pytest.raises(errors.ConnectionClosedError):
+                c.wait_for_connection(10)
+            assert c.close_reason == "banned-by-policy"
+            (d,) = rec.wait_for("peng3dnet:server.connection.close")
+            assert d["reason"] == "banned-by-policy"
+            later = threading.Event()
+            s._reactor.call_soon(later.set)  # runs once the network thread is past the decision
+            assert later.wait(10)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    finally:
+        events.unsubscribe("peng3dnet:server.connection.auth", on_auth, sender=s)
+
+
+def test_a_connection_type_that_asks_for_the_handshake_gets_no_packets_before_the_login(net):
+    """A connection type of the program's that begins the registry
+    handshake (which the login gates) may exchange packets after settype;
+    while its login was pending they reached their handlers (the client
+    was let in only to be refused a moment later).  Such a packet closes
+    the connection now, as before the handshake of a classic one."""
+    from peng3dnet.conntypes import ConnectionType
+
+    class Gated(ConnectionType):
+        def init(self, cid):
+            if cid is not None:  # (the server's side)
+                self.peer.begin_handshake(cid)
+
+    gate = threading.Event()
+    hook = Hook({"wrong": False}, gate=gate)
+    ran: list = []
+    s, rec = net.server(authenticate=hook)
+    s.addConnType("gated", Gated(s))
+    s.handler("game:cmd")(lambda msg, cid: ran.append(msg))
+    c = Client(addr=s.addr, conntype="gated", credentials="slow")  # the hook waits for the gate
+    c.register_packet("game:cmd", Packet(c.registry, c))
+    c.addConnType("gated", ConnectionType(c))
+    net.clients.append(c)
+    c.runAsync()
+    c.process_async()
+    wait_for(lambda: hook.calls, what="the login pending")
+    c.send_message("game:cmd", "drop table")
+    (d,) = rec.wait_for("peng3dnet:server.connection.close")
+    assert d["reason"] == "smartpacketinvalid"
+    gate.set()
+    s.process(wait=False)
+    assert ran == []

@@ -595,7 +595,8 @@ def test_a_reconnected_socket_whose_loop_ended_before_the_hand_over_is_closed_by
 def test_a_reconnected_socket_taken_by_the_network_thread_is_not_closed_at_the_loops_end(attempt, monkeypatch):
     c, session, a, b = attempt
     session.link = type("Old", (), {"sslsec": 0, "chan": type("Chan", (), {"lock": threading.Lock()})(),
-                                    "earlier": (), "queued": 0})()
+                                    "earlier": (), "queued": 0, "strict_keys": False,
+                                    "proto": type("Proto", (), {"negotiated": frozenset()})()})()
     c._loop_started = True
     c._reactor.thread_id = threading.get_ident()  # the attempt's call runs at once, as on the network thread
     c._reactor.running = True
@@ -1020,3 +1021,26 @@ def test_a_new_socket_dropping_during_its_resume_does_not_announce_the_suspensio
     third.send_packet(4, {"success": True})
     rec.wait_for("peng3dnet:server.connection.resumed")
     assert _server_events(rec) == [("suspended", "socketclose"), ("resumed", None)]
+
+
+def test_calls_and_int_keyed_maps_sent_while_reconnecting_wait_for_the_resume(pairs):
+    """From the new socket's connect until the server's hello, the client's
+    new connection knew no extensions: call() raised "the peer does not
+    support calls" and a map with int keys the 0.1.x peer's refusal, where
+    the README says sends wait in the replay buffer."""
+    from peng3dnet.packet import Packet
+
+    def setup(s):
+        s.handler("t:double")(lambda msg, cid: 2 * msg)
+
+    p = pairs(proxy=True, server_setup=setup, client_packets={"t:double": Packet})
+    old = p.c._link_obj
+    p.proxy.delay = 0.5  # (the new socket's hello comes half a second after its connect)
+    p.proxy.cut()
+    wait_for(lambda: p.c._link_obj is not old, what="the new socket connected")
+    assert p.c._link_obj.proto.peer_hello == {}  # before its hello
+    fut = p.c.call_async("t:double", 21, timeout=10)
+    p.c.send_message("t:num", {1: "one"})
+    assert fut.result(10) == 42
+    assert p.s_got.wait_count(1) == [{1: "one"}]
+    assert "peng3dnet:client.close" not in p.crec.names()

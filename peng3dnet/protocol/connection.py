@@ -637,6 +637,15 @@ class ProtocolConnection:
                 raise HandshakeError(f"malformed call reply: status {describe(what)}", "invalidpacket")
             self._outputs.append(CallReplied(call_id, what, value))
 
+    def assume_negotiated(self, extensions: frozenset[str]) -> None:
+        """Before the peer's ``hello``: encode as if ``extensions`` were
+        negotiated (a resumed session's new connection: what is sent
+        meanwhile waits in the replay buffer and goes out once the session
+        runs on it; the ``hello`` decides again, and a resume that does not
+        negotiate ``resume`` again is refused)."""
+        self.negotiated = frozenset(extensions)
+        self._negotiated_now()
+
     def _negotiated_now(self) -> None:
         """The extensions are known (both sides, at ``settype``)."""
         self._call_pid = PID_CALL if "calls" in self.negotiated else -1

@@ -304,6 +304,9 @@ def test_strict_send_refuses_before_sending(net):
     (cid,) = active_cids(s)
     with pytest.raises(peng3dnet.LocalProtocolError, match="strict_send"):
         c.send_message("t:li", "refused")
+    with pytest.raises(peng3dnet.LocalProtocolError, match="strict_send"):
+        c.call_async("t:li", "refused too")  # a call of it likewise (calls skipped the check)
+    assert not c._calls._pending  # nothing sent, nothing waits
     c.remote_state = STATE_LOGGEDIN
     s.clients[cid].state = STATE_LOGGEDIN
     c.send_message("t:li", "sent")
