@@ -1376,10 +1376,11 @@ class Peer:
             with target.chan.lock:
                 # (no continue inside the with: mypyc cannot compile that)
                 if session.link is target:  # else moved to a new socket meanwhile: look again
-                    if session.ended or session.overflowed or target.local_closed:
-                        # (closed by us, the session ends with it: not kept for a socket to come)
+                    if session.ended or session.overflowed or target.local_closed or session.closing:
+                        # (closed by us, the session ends with it, or a kick of it between
+                        # sockets is on its way: not kept for a socket that will not come)
                         raise ConnectionClosedError("connection is closed",
-                                                    target.proto.close_reason or "replayoverflow")
+                                                    session.closing or target.proto.close_reason or "replayoverflow")
                     if session.waiting or target.proto.closed:
                         self._session_keep(target, session, frame)
                         return None

@@ -1282,7 +1282,7 @@ class Server(Peer):
             # no resume takes it from now on, and one that did already is
             # closed by _end_suspended).
             with session.lock:
-                session.closing = True
+                session.closing = reason or "closed"
             self._on_network_thread(self._end_suspended, session, reason)
 
     def process_single_packet(self, client: ClientOnServer) -> bool:

@@ -161,10 +161,10 @@ class Session:
         self.announced = False
         """Server: a ``suspended`` event went out and no ``resumed`` since
         (the two come in pairs)."""
-        self.closing = False
-        """The application closed it while it had no socket (a kick between
-        sockets): its end is on its way to the network thread, and no
-        resume may take it meanwhile."""
+        self.closing: str | None = None
+        """The reason the application closed it with while it had no socket
+        (a kick between sockets): its end is on its way to the network
+        thread, no resume may take it meanwhile, and sends raise with it."""
 
     @property
     def waiting(self) -> bool:

@@ -807,6 +807,9 @@ def test_a_kick_between_sockets_refuses_a_resume_that_comes_before_the_kick_is_c
     held: list = []
     p.s._on_network_thread = lambda fn, *args: held.append((fn, args))  # the end waits behind the resume
     p.s.close_connection(p.cid, "kick")
+    with pytest.raises(errors.ConnectionClosedError) as closed:  # not kept for a resume that will not come
+        p.s.send_message("t:num", 1, p.cid)
+    assert closed.value.reason == "kick"
     (cl,) = p.crec.wait_for("peng3dnet:client.close")
     assert cl["reason"] == "resume:unknown"
     assert "peng3dnet:client.resumed" not in p.crec.names()
