@@ -273,6 +273,12 @@ class Peer:
             except Exception:  # a peng3d event handler of the program
                 report_user_error("! peng.sendEvent(%r) raised", event, key=failure_key(self.peng.sendEvent))
 
+    @property
+    def peng_forwarder(self) -> Any:
+        """What :meth:`set_peng_forwarder` installed (``None``: the direct
+        call).  Any thread."""
+        return self._peng_forwarder
+
     def set_peng_forwarder(self, forward: Any) -> None:
         """Hand the events this peer forwards to ``peng.sendEvent`` to
         ``forward(event, data)`` instead (e.g. a main-thread queue:

@@ -209,7 +209,7 @@ class MainThreadDispatcher:
         # dispatcher without peng_events, or one replaced since, used to
         # send the peng3d events back to the network thread.
         for peer, forward in self._forwarders:
-            if peer._peng_forwarder is forward:
+            if peer.peng_forwarder is forward:
                 peer.set_peng_forwarder(None)
         self._forwarders.clear()
 

@@ -335,7 +335,7 @@ class FakePeer:
         self.peng = peng
         self.calls: list = []
         self.forwarders: list = []
-        self._peng_forwarder: Any = None
+        self.peng_forwarder: Any = None
 
     def process(self) -> int:
         self.calls.append("process")
@@ -347,7 +347,7 @@ class FakePeer:
 
     def set_peng_forwarder(self, fwd: Any) -> None:
         self.forwarders.append(fwd)
-        self._peng_forwarder = fwd
+        self.peng_forwarder = fwd
 
 
 def test_the_dispatcher_processes_its_peers_or_polls_them_without_waiting():
@@ -377,12 +377,12 @@ def test_close_removes_only_the_peng_forwarders_this_dispatcher_installed_and_st
     (mine,) = peer.forwarders
     other = MainThreadDispatcher(peers=[peer])
     other.close()
-    assert peer._peng_forwarder is mine and peer.forwarders == [mine]
+    assert peer.peng_forwarder is mine and peer.forwarders == [mine]
     newer = MainThreadDispatcher(peers=[peer], peng_events=True)  # replaces gui's forwarder
     gui.close()
-    assert peer._peng_forwarder is peer.forwarders[-1] is not mine  # the newer one's stays
+    assert peer.peng_forwarder is peer.forwarders[-1] is not mine  # the newer one's stays
     newer.close()
-    assert peer._peng_forwarder is None and peer.forwarders[-1] is None
+    assert peer.peng_forwarder is None and peer.forwarders[-1] is None
 
 
 def test_peng_events_stay_where_they_are_unless_asked_for():
