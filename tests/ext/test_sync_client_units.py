@@ -423,3 +423,31 @@ def test_a_tick_that_goes_back_also_forgets_the_inputs_sent_to_the_old_server():
     c.deliver(snapshot(1, v, ai=None))  # another server's timeline
     assert sc.tick == 1 and not sc._pending and not sc._pred_by_seq
     assert sc.predicted_own() == {"x": 0.0, "y": 0.0}  # not replayed on the new room's state
+
+
+def test_without_predict_or_an_own_entity_the_inputs_kept_are_trimmed_by_the_servers_ack():
+    """Inputs kept for replay were trimmed only when predicting an own
+    entity in view: a client without prediction (the default) or a
+    spectator kept every input it ever sent (6,000 after 2,000 ticks)."""
+    for predict, you in ((None, "me"), (move, None)):
+        c = FakeClient()
+        sc = SyncClient(c, predict=predict)
+        v = {"me": {"x": 0.0, "y": 0.0}}
+        c.deliver(snapshot(1, v, you=you))
+        for tick in range(2, 200):
+            for _ in range(3):
+                sc.send_input({"dx": 1, "dt": 0.1})
+            c.deliver(snapshot(tick, v, v, tick - 1, ai=sc._seq, you=you))
+        assert len(sc._pending) == 0
+
+
+def test_the_own_entity_deleted_by_the_server_is_not_drawn_from_an_old_prediction():
+    c = FakeClient()
+    sc = SyncClient(c, predict=move)
+    v = {"me": {"x": 10.0, "y": 0.0}}
+    c.deliver(snapshot(1, v))
+    sc.send_input({"dx": 1, "dt": 0.1})
+    assert sc.predicted_own() == {"x": 20.0, "y": 0.0}
+    c.deliver(snapshot(2, {}, v, 1, ai=None))  # the server removed it (the player died); the owner entry stays
+    assert sc.authoritative() == (2, {})
+    assert sc.predicted_own() is None and "me" not in sc.render_view()

@@ -230,11 +230,13 @@ def test_inputs_count_once_per_new_seq_and_ai_reports_the_last():
     assert w.sync.stats["inputs"] == 2 and w.server.sent[-1][1]["ai"] == 3
 
 
-def test_a_clients_inputs_beyond_max_inputs_per_tick_are_dropped_and_counted():
+def test_a_clients_inputs_beyond_max_inputs_per_tick_wait_for_the_next_ticks_in_order():
     """One client sending faster than the game handles grew the queue
     without bound and stalled every tick (the fault hunt): a tick takes at
-    most max_inputs_per_tick inputs of each client; the others' are not
-    touched, and the next tick takes as many again."""
+    most max_inputs_per_tick inputs of each client; the rest wait for the
+    next ticks, in order (a burst after a resume was dropped, and the
+    client's prediction stayed ahead of the server); the others' are not
+    touched."""
     w = joined(max_inputs_per_tick=3)
     w.server.clients[2] = FakeConn(2)
     w.sync.step()
@@ -244,12 +246,30 @@ def test_a_clients_inputs_beyond_max_inputs_per_tick_are_dropped_and_counted():
     w.sync.step()
     assert [(c[1], c[3]) for c in w.calls if c[0] == "input"] == [
         (1, "one-1"), (1, "one-2"), (1, "one-3"), (2, "two-1")]
-    assert w.sync.stats["inputs_dropped"] == 2 and w.sync.stats["inputs"] == 4
-    for seq in range(6, 9):  # the next tick: three again
+    assert w.sync.stats["inputs_dropped"] == 0 and w.sync.stats["inputs"] == 4
+    for seq in range(6, 9):  # the next tick: the two left over first, then one of these
         w.server.deliver(1, {"seq": seq, "in": f"one-{seq}"})
     w.sync.step()
-    assert [c[3] for c in w.calls if c[0] == "input"][-3:] == ["one-6", "one-7", "one-8"]
-    assert w.sync.stats["inputs_dropped"] == 2
+    assert [c[3] for c in w.calls if c[0] == "input"][-3:] == ["one-4", "one-5", "one-6"]
+    w.sync.step()
+    assert [c[3] for c in w.calls if c[0] == "input"][-2:] == ["one-7", "one-8"]
+    assert w.sync.stats["inputs_dropped"] == 0 and w.sync.stats["inputs"] == 9
+    assert [m for c, m in w.server.sent if c == 1][-1]["ai"] == 8
+
+
+def test_a_clients_inputs_beyond_the_backlog_are_dropped_and_counted():
+    from peng3dnet.ext.sync.server import INPUT_BACKLOG_TICKS
+
+    w = joined(max_inputs_per_tick=2)
+    w.sync.step()
+    bound = 2 * INPUT_BACKLOG_TICKS
+    for seq in range(1, bound + 4):  # three over the backlog
+        w.server.deliver(1, {"seq": seq, "in": seq})
+    assert w.sync.stats["inputs_dropped"] == 3
+    for _ in range(INPUT_BACKLOG_TICKS + 1):
+        w.sync.step()
+    assert [c[3] for c in w.calls if c[0] == "input"] == list(range(1, bound + 1))
+    assert w.sync.stats["inputs"] == bound
 
 
 def test_inputs_after_one_of_an_unjoined_client_or_a_non_map_are_applied():
@@ -591,3 +611,26 @@ def test_the_history_of_a_client_stays_bounded_across_suspensions():
         w.sync.step()
     # at most the last `history` ticks and the acknowledged base
     assert len(cs.history) <= 4 + 1, sorted(cs.history)
+
+
+def test_an_interest_filter_that_raises_for_one_client_costs_only_that_clients_snapshot(caplog):
+    """It had no guard: one entity the filter could not read (x None)
+    stopped every client's snapshots (0 in 5 ticks)."""
+
+    def interest(cid, eid, st, ents, own):
+        if cid == 2:
+            return st["x"] < 10.0  # p2's x is None below
+        return True
+
+    w = joined(interest=interest)
+    w.server.clients[2] = FakeConn(2)
+    w.sync.step()
+    w.sync.entities["p2"]["x"] = None
+    before = len(w.server.sent)
+    with caplog.at_level(logging.ERROR, logger="peng3dnet.user"):
+        for _ in range(3):
+            w.sync.step()
+    sent = [cid for cid, _ in w.server.sent[before:]]
+    assert sent == [1, 1, 1]  # client 1 every tick, client 2 none
+    errors = [r for r in caplog.records if "interest raised for cid=2" in r.getMessage()]
+    assert len(errors) == 1  # (the same failure again is counted)

@@ -274,11 +274,19 @@ class SyncClient:
         self.client.sendEvent("peng3dnet:sync.desync", {"tick": tick, "reason": why})
 
     def _reconcile(self, acked_seq: int | None) -> None:
-        if self.predict is None or self.own is None or self.own not in self.view:
-            return
         if acked_seq is not None:
+            # (trimmed whatever follows: without prediction, or with no own
+            # entity in view (a spectator, a dead player), every input sent
+            # stayed here for good)
             while self._pending and self._pending[0][0] <= acked_seq:
                 self._pending.popleft()
+        if self.predict is None or self.own is None or self.own not in self.view:
+            # Nothing of ours to predict: a prediction kept from before (an
+            # entity the server deleted) is not drawn any more.
+            self._predicted = None
+            self._pred_by_seq.clear()
+            return
+        if acked_seq is not None:
             guess = self._pred_by_seq.get(acked_seq)
             if guess is not None:
                 err = distance(guess, self.view[self.own])

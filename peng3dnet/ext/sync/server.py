@@ -74,7 +74,7 @@ from ...constants import CONNTYPE_CLASSIC
 from ...errors import Peng3dNetError
 from ...packet import Packet
 from ...protocol.handshake import HandshakeState
-from ...userlog import report_user_error
+from ...userlog import failure_key, report_user_error
 from .algebra import View
 from .wire import INPUT_PACKET, SNAPSHOT_PACKET, SnapshotBatch, decode_input, encoded_size
 
@@ -83,6 +83,11 @@ __all__ = ["SyncServer"]
 log = logging.getLogger(__name__)
 
 _ACTIVE = HandshakeState.ACTIVE
+
+INPUT_BACKLOG_TICKS = 8
+"""A client's inputs beyond ``max_inputs_per_tick`` wait for the next
+ticks, up to this many ticks' worth; only the rest are dropped (a burst
+after a stall or a session's resume is applied in order over a few ticks)."""
 
 
 class _InputPacket(Packet):
@@ -127,8 +132,12 @@ class SyncServer:
             ``stats["inputs_dropped"]``, and never reach ``on_input``.  The
             connection stays open.  (The packet itself was already bounded
             by ``net.limits.max_packet_size`` when it was decoded.)
-        max_inputs_per_tick: Input messages of one client queued for one
-            tick; more are dropped (counted in ``stats["inputs_dropped"]``):
+        max_inputs_per_tick: Input messages of one client applied in one
+            tick; more wait for the next ticks, up to
+            :data:`INPUT_BACKLOG_TICKS` ticks' worth (a burst after a stall
+            or a resume: dropping it left the client's prediction ahead of
+            the server for good), and beyond that they are dropped
+            (counted in ``stats["inputs_dropped"]``):
             a queue of a client's inputs bounded only by the rate limit let
             one client that sends faster than the game handles grow it
             without bound and stall every tick (8,400 inputs a second
@@ -210,7 +219,7 @@ class SyncServer:
         or ``max_inputs_per_tick``."""
         self._clients: dict[int, _ClientSync] = {}
         self._inputs: deque[tuple[int, Any]] = deque()
-        self._queued: dict[int, int] = {}  # cid -> inputs queued for the next tick (guarded by _inputs_lock)
+        self._queued: dict[int, int] = {}  # cid -> inputs queued for the next ticks (guarded by _inputs_lock)
         self._inputs_lock = threading.Lock()
         self._accepting = True
         self._stop = threading.Event()
@@ -233,9 +242,9 @@ class SyncServer:
                 log.debug("! sync: input of cid=%d dropped (%s bytes > %d)", cid, size, self.max_input_size)
                 return
             queued = self._queued.get(cid, 0)
-            if queued >= self.max_inputs_per_tick:
+            if queued >= self.max_inputs_per_tick * INPUT_BACKLOG_TICKS:
                 self.stats["inputs_dropped"] += 1
-                log.debug("! sync: input of cid=%d dropped (%d queued for the next tick already)", cid, queued)
+                log.debug("! sync: input of cid=%d dropped (%d queued for the next ticks already)", cid, queued)
                 return
             self._queued[cid] = queued + 1
             self._inputs.append((cid, msg))
@@ -305,9 +314,7 @@ class SyncServer:
             # after its connection's handshake completed, so the table read
             # afterwards has its cid (ACTIVE, closing, or already gone).
             with self._inputs_lock:
-                inputs = list(self._inputs)
-                self._inputs.clear()
-                self._queued.clear()
+                inputs = self._take_inputs()
             table = self.server.clients.copy()  # one C-level copy: the network thread may change it
             if self.members is not None:
                 allowed = self.members()
@@ -349,6 +356,26 @@ class SyncServer:
                 report_user_error("! sync: on_leave raised for cid=%d", cid)
         self.server.sendEvent("peng3dnet:sync.leave", {"cid": cid, "eid": eid})
         self.owners.pop(cid, None)
+
+    def _take_inputs(self) -> list[tuple[int, Any]]:
+        """This tick's inputs: at most ``max_inputs_per_tick`` of each
+        client, in order; the rest stay queued for the next ticks, in order
+        (``_inputs_lock`` held)."""
+        limit = self.max_inputs_per_tick
+        taken: list[tuple[int, Any]] = []
+        kept: deque[tuple[int, Any]] = deque()
+        counts: dict[int, int] = {}
+        for item in self._inputs:
+            cid = item[0]
+            n = counts.get(cid, 0)
+            counts[cid] = n + 1
+            if n < limit:
+                taken.append(item)
+            else:
+                kept.append(item)
+        self._inputs = kept
+        self._queued = {cid: n - limit for cid, n in counts.items() if n > limit}
+        return taken
 
     def _apply_inputs(self, inputs: list[tuple[int, Any]]) -> None:
         for cid, raw in inputs:
@@ -408,7 +435,13 @@ class SyncServer:
             if interest is None:
                 view = snap
             else:
-                view = {eid: st for eid, st in snap.items() if interest(cid, eid, st, snap, own)}
+                try:
+                    view = {eid: st for eid, st in snap.items() if interest(cid, eid, st, snap, own)}
+                except Exception:
+                    # (this client gets no snapshot this tick; the others do: one
+                    # entity the filter cannot read stopped snapshots for everyone)
+                    report_user_error("! sync: interest raised for cid=%d", cid, key=failure_key(interest))
+                    continue
             base = None if cs.resync else cs.history.get(cs.acked)
             if base is None:
                 cs.resync = False
