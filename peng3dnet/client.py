@@ -400,6 +400,13 @@ class Client(Peer):
             log.info("! client: reconnect attempt %d failed: %s", session.attempt, exc)
             self._on_network_thread(self._reconnect_failed, session)
             return
+        except Exception as exc:  # noqa: BLE001 - a TLSConfigError (a file being rotated), a UnicodeError...
+            # An attempt failed all the same: the next one is scheduled.  This
+            # thread used to die with it, nothing scheduled: the client stayed
+            # reconnecting for ever, its sends piling up in the replay buffer.
+            log.warning("! client: reconnect attempt %d failed: %s: %s", session.attempt, type(exc).__name__, exc)
+            self._on_network_thread(self._reconnect_failed, session)
+            return
         with self._reconnect_lock:
             self._reconnect_sock = sock
         self._on_network_thread(self._reconnected, session, sock)

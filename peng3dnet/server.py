@@ -801,6 +801,11 @@ class Server(Peer):
         chan.update_interest()
         if chan.tls_pending:
             return
+        if not link.proto.is_open or link.local_closed or chan.error is not None:
+            # Closed from another thread during the handshake (its close is
+            # queued for this thread): the protocol does not start on it
+            # (initiate() on a closed connection raised here).
+            return
         link.sslsec = _tls.security_level(chan.sock, True)
         log.info("= server cid=%s: TLS established (%s, level %d)", link.cid, chan.tls_version(), link.sslsec)
         self._start_protocol(link)

@@ -58,6 +58,8 @@ __all__ = ["Reactor", "EpollSelector", "Channel", "Timer", "Listener", "Datagram
 log = logging.getLogger(__name__)
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+TLS_SEND_MAX = 16384
+"""Bytes passed to one TLS ``send()``: one record (see :attr:`Channel.tls_chunk`)."""
 """Exceptions meaning "try again later" on a non-blocking (TLS) socket."""
 
 CORK_GAP = 20e-6
@@ -609,6 +611,8 @@ class Channel:
         "linger",
         "shut",
         "tls_pending",
+        "tls_chunk",
+        "tls_inflight",
         "head",
         "marks",
         "throttled",
@@ -640,6 +644,17 @@ class Channel:
         self.tls_pending = 0
         """While a TLS handshake is in progress: the event it waits for
         (``EVENT_READ`` or ``EVENT_WRITE``); 0 otherwise."""
+        self.tls_chunk = TLS_SEND_MAX if isinstance(sock, ssl.SSLSocket) else 0
+        """A TLS socket's ``send()`` writes the whole buffer or raises
+        ``SSLWantWriteError`` (having written part of it: the retry must
+        start with the same bytes), never a part: so at most this much is
+        passed at once (one record), and what went out is counted as it
+        goes (the write-buffer caps, the close linger, :meth:`drop_unsent`).
+        0: plaintext."""
+        self.tls_inflight = 0
+        """The length of the TLS send that raised ``SSLWantWriteError`` and
+        must be retried from :attr:`out`'s start (OpenSSL holds part of it):
+        :meth:`drop_unsent` keeps at least that much."""
         # Frame boundaries in ``out``, for drop_unsent(): every write is whole
         # frames, so where a write ends a frame ends.  ``head`` is the offset
         # of out[0] on a running count of the bytes that went through ``out``
@@ -699,7 +714,7 @@ class Channel:
             reactor.call_soon(self._flush_soon)
             return
         try:
-            n = self.sock.send(data)
+            n = self._tls_send(data) if self.tls_chunk else self.sock.send(data)
         except _WOULD_BLOCK:
             n = 0
         except OSError as exc:
@@ -716,6 +731,28 @@ class Channel:
                 self.update_interest()
             else:
                 reactor.call_soon(self.update_interest)
+
+    def _tls_send(self, data: bytes | bytearray | memoryview) -> int:
+        """Send ``data`` on a TLS socket a record at a time (lock held):
+        the bytes sent; stops at ``SSLWantWriteError`` (noting
+        :attr:`tls_inflight`); raises ``OSError`` as ``send()`` does."""
+        sent = 0
+        size = len(data)
+        with memoryview(data) as view:
+            while sent < size:
+                chunk = view[sent:sent + max(self.tls_chunk, self.tls_inflight)]
+                try:
+                    n = self.sock.send(chunk)
+                except _WOULD_BLOCK:
+                    self.tls_inflight = len(chunk)
+                    break
+                finally:
+                    chunk.release()
+                self.tls_inflight = 0
+                if not n:
+                    break
+                sent += n
+        return sent
 
     def _mark(self) -> None:
         """Note that ``out`` ends at a frame boundary now (lock held)."""
@@ -737,6 +774,9 @@ class Channel:
         if not out:
             return 0
         keep = min(len(out), self.marks[0] - self.head) if self.marks else len(out)
+        if keep < self.tls_inflight:  # (OpenSSL holds part of that send: its retry needs those bytes)
+            keep = next((m - self.head for m in self.marks if m - self.head >= self.tls_inflight), len(out))
+            keep = min(keep, len(out))
         dropped = len(out) - keep
         del out[keep:]
         self.marks.clear()
@@ -816,18 +856,24 @@ class Channel:
         if out and self.error is None:
             sent = 0
             size = len(out)
-            with memoryview(out) as view:
-                while sent < size:
-                    try:
-                        n = self.sock.send(view[sent:])
-                    except _WOULD_BLOCK:
-                        break
-                    except OSError as exc:
-                        self.error = NetworkError(f"send: {exc}")
-                        break
-                    if not n:
-                        break
-                    sent += n
+            if self.tls_chunk:
+                try:
+                    sent = self._tls_send(out)
+                except OSError as exc:
+                    self.error = NetworkError(f"send: {exc}")
+            else:
+                with memoryview(out) as view:
+                    while sent < size:
+                        try:
+                            n = self.sock.send(view[sent:])
+                        except _WOULD_BLOCK:
+                            break
+                        except OSError as exc:
+                            self.error = NetworkError(f"send: {exc}")
+                            break
+                        if not n:
+                            break
+                        sent += n
             if sent:
                 del out[:sent]  # once per flush, not once per send()
                 head = self.head = self.head + sent

@@ -1047,3 +1047,16 @@ def test_calls_and_int_keyed_maps_sent_while_reconnecting_wait_for_the_resume(pa
     assert fut.result(10) == 42
     assert p.s_got.wait_count(1) == [{1: "one"}]
     assert "peng3dnet:client.close" not in p.crec.names()
+
+
+def test_a_reconnect_attempt_failing_for_a_tls_configuration_schedules_the_next_one(tmp_path):
+    """A CA file missing for a moment (rotated) when an attempt runs raised
+    TLSConfigError, which the attempt's thread did not catch: it died,
+    nothing was scheduled, and the client stayed reconnecting for ever."""
+    import types
+
+    c = Client(addr=("127.0.0.1", 1), cfg={"net.ssl.enabled": True, "net.ssl.cafile": str(tmp_path / "gone.pem")})
+    called: list = []
+    c._on_network_thread = lambda fn, *args: called.append(fn.__name__)
+    c._reconnect_connect(types.SimpleNamespace(attempt=1, ended=False))
+    assert called == ["_reconnect_failed"]

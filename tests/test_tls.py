@@ -338,3 +338,51 @@ def test_a_connection_reset_before_the_tls_wrap_is_dropped_and_its_address_slot_
     finally:
         lst.close()
 
+
+
+def test_a_close_from_another_thread_during_the_servers_tls_handshake_is_quiet(pki, caplog):
+    """close_connection() from a program thread while the server's side of
+    the TLS handshake is still running: the I/O callback that finished the
+    handshake then started the protocol on the closed connection
+    (HandshakeError "hello is not allowed in state CLOSED", logged as an
+    unexpected error, the state ERROR).  Poll mode: the order is the test's."""
+    import select
+    import socket
+    import ssl
+
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    s = Server(cfg={"net.server.addr": ("127.0.0.1", 0), "net.ssl.enabled": True,
+                    "net.ssl.server.certfile": pki["server"][0], "net.ssl.server.keyfile": pki["server"][1]})
+    s.poll()
+    ctx = ssl.create_default_context(cafile=pki["ca"])
+    raw = socket.create_connection(s.addr[:2])
+    done = threading.Event()
+    box: list = []
+
+    def handshake():
+        box.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+        done.set()
+
+    t = threading.Thread(target=handshake, daemon=True)
+    t.start()
+    try:
+        while not done.is_set():  # serve the handshake until the client's side is done (TLS 1.3: first)
+            s.poll(0.01)
+            done.wait(0.05)
+        (link,) = s._links.values()
+        assert link.chan.tls_pending  # the server's side waits for the client's Finished
+        closer = threading.Thread(target=s.close_connection, args=(link.cid, "kicked"))
+        closer.start()
+        closer.join(5)
+        assert select.select([link.chan.sock], [], [], 5)[0]  # the Finished is there
+        with caplog.at_level(logging.WARNING):
+            s.poll(0)
+            s.poll(0)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        assert link.proto.state is HandshakeState.CLOSED and link.chan.closed
+    finally:
+        for sock in box:
+            sock.close()
+        raw.close()
+        s.shutdown(timeout=0)

@@ -2031,3 +2031,64 @@ def test_wait_any_waits_no_longer_than_the_first_due_timer_or_a_queued_call(two_
     assert time.monotonic() - t0 < 5.0
     a.run_once(0)
     assert fired == [True, False]
+
+
+def test_a_tls_channel_counts_what_went_out_a_record_at_a_time_and_drops_only_whole_sends(pki):
+    """A TLS socket's send() writes all it is given or raises WantWrite
+    (having written part: OpenSSL holds it): flushing the whole buffer
+    moved nothing until it had all gone (2 MB read by the peer, 4.9 MB
+    still "queued"), so the caps and the close linger saw no progress, and
+    drop_unsent() then cut under what OpenSSL held: the next send failed
+    with BAD_LENGTH and the closeconn never went.  A record at a time:
+    progress counted, the stream whole, the closeconn out last."""
+    from peng3dnet.protocol.framing import FrameDecoder, encode_frame
+    from peng3dnet.transport import TLS_SEND_MAX
+
+    listener = Listener("127.0.0.1", 0)
+    port = listener.addr[1]
+    ch, client, _ = _tls_session(listener, _server_ctx(pki), lambda: connect(("localhost", port), 5, _client_ctx(pki)))
+    try:
+        assert isinstance(ch, Channel) and ch.tls_chunk == TLS_SEND_MAX
+        client.setblocking(False)
+        frames = [encode_frame(64, 0, bytes([i % 251]) * 3000) for i in range(3000)]  # 9 MB
+        got: list = []
+        dec = FrameDecoder(1 << 20)
+        read = 0
+
+        def drain_peer(limit: int) -> None:
+            nonlocal read
+            while read < limit:
+                try:
+                    data = client.recv(1 << 16)
+                except ssl.SSLWantReadError:
+                    return
+                read += len(data)
+                dec.feed(data, got)
+
+        with ch.lock:
+            for f in frames:
+                ch.write(f)
+            deadline = time.monotonic() + 10
+            while read < 2_000_000 and time.monotonic() < deadline:
+                drain_peer(2_000_000)
+                ch.flush()
+            assert read >= 2_000_000
+            assert ch.head > 0  # what went out through the buffer is counted (it stayed 0)
+            ch.drop_unsent()
+            ch.write(encode_frame(16, 0, b"\x81\xa6reason\xacslowconsumer"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with ch.lock:
+                empty = ch.flush()
+            before = read
+            drain_peer(1 << 40)
+            if (empty or ch.error is not None) and read == before and got and got[-1][0] == 16:
+                break
+        assert ch.error is None
+        assert got[-1][0] == 16 and all(pid == 64 for pid, _, _ in got[:-1])  # whole frames, then closeconn
+    finally:
+        if isinstance(ch, Channel):
+            ch.close()
+        if isinstance(client, ssl.SSLSocket):
+            client.close()
+        listener.close()
