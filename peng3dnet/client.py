@@ -642,19 +642,15 @@ class Client(Peer):
             return
         if chan.out and not polled:
             self._relay.before_wait()  # (from a handler: another thread writes meanwhile)
-        # CLOSE_LINGER at a time, on while the backlog drains at the close
-        # linger's floor (see Peer._linger: the network thread closes the
-        # socket below it, which ends this wait too).
-        floor = max(1.0, float(self.cfg["net.limits.min_read_rate"]) * CLOSE_LINGER)
-        while True:
-            left = len(chan.out)
+        # Until all is written or the socket is gone: the network thread's
+        # close linger (Peer._linger) decides how long a draining backlog
+        # may take; CLOSE_LINGER at a time, while the loop runs.
+        while chan.out and not chan.closed and self._loop_active():
             if polled:  # the polling thread: nobody else would flush
                 self._drive(lambda: not chan.out or chan.closed, CLOSE_LINGER)
             else:
                 with self._flush_cond:
                     self._flush_cond.wait_for(lambda: not chan.out or chan.closed, CLOSE_LINGER)
-            if not chan.out or chan.closed or left - len(chan.out) < floor:
-                return
 
     def _end_waiting_session(self, session: Session, reason: str | None) -> None:
         if session.ended:

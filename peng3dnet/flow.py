@@ -288,8 +288,9 @@ class Flow:
 
         ``poll``: on the polling thread (poll mode), where nobody else does
         the I/O we wait for, each wait is ``poll(seconds or None)`` instead
-        (a round of network I/O, no handlers; the channel lock is re-entered
-        by it), which returns ``False`` when the loop has ended.
+        (a round of network I/O, and the handlers of the other peers that
+        thread polls, not the sender's; the channel lock is re-entered by
+        it), which returns ``False`` when the loop has ended.
 
         Raises:
             WriteBufferFullError: Still over the mark after the timeout.

@@ -354,7 +354,7 @@ class Peer:
         if link.proto.state is not _ACTIVE:
             self._check_sendable(link)
         if self._h_strict_send:  # (as a plain send of that packet: calls skipped the check)
-            _, pid, pobj, _, smart, _ = self._send_plan(ptype)
+            _, pid, pobj, _, smart, _ = self._lookup(ptype)
             if smart and not smart_check(pobj, link.cid, receiving=False):
                 self._refuse_strict(pid)
         return self._calls.start(link, ptype, data, self._call_timeout(timeout), callback)
@@ -1148,6 +1148,12 @@ class Peer:
 
     def _linger_due(self, link: Link, left: int) -> None:
         chan = link.chan
+        if chan.out and not chan.closed:
+            # A write round first: the socket reports writable only once a
+            # good part of its (autotuned, megabytes) send buffer is free, so
+            # a peer reading steadily showed no progress for seconds (141 of
+            # 200 messages, no closeconn, in the review's run).
+            self._on_ready(link, EVENT_WRITE)
         if chan.closed:
             return
         floor = max(1.0, float(self.cfg["net.limits.min_read_rate"]) * CLOSE_LINGER)
@@ -1291,15 +1297,19 @@ class Peer:
         try:
             with chan.lock:
                 if link.proto.closed:
-                    # dropped just now: kept for the next socket (closed by us: over)
-                    if session is not None and not session.ended and not link.local_closed:
+                    if session is not None and not session.ended:
                         # (a session moves to a new socket under this lock: still
-                        # here, its replay has not been taken; else follow it)
+                        # here, its replay has not been taken; else follow it:
+                        # the old socket was closed by us ("resumed") then)
                         if session.link is not link:
                             raise _RerouteSignal
-                        self._session_keep(link, session, frame)
-                        return
-                    raise ConnectionClosedError("connection is closed", link.proto.close_reason)
+                        if not link.local_closed and not session.closing:
+                            self._session_keep(link, session, frame)  # dropped just now: for the next socket
+                            return
+                    reason = link.proto.close_reason
+                    if session is not None and session.closing:
+                        reason = session.closing
+                    raise ConnectionClosedError("connection is closed", reason)
                 # (chan.out first: empty, the common case, it decides the three tests)
                 if chan.out and link.shed:
                     # To be closed for write_buffer_total, its backlog dropped: a
@@ -1320,17 +1330,16 @@ class Peer:
                         # (on the polling thread nobody else does the I/O we wait for: we do)
                         self._flow.wait_drained(link, self._poll_for_drain if self._polled_here() else None)
                     except ConnectionClosedError:
-                        if session is None or session.ended or link.local_closed:
+                        if session is None or session.ended:
                             raise
                         if session.link is not link:  # resumed on a new socket meanwhile (replayed already)
                             raise _RerouteSignal from None
+                        if link.local_closed or session.closing:  # closed by us: over
+                            raise
                         self._session_keep(link, session, frame)  # dropped while we waited: the next socket has it
                         return
                 if (chan.out and len(chan.out) + len(frame) > self._h_write_cap
-                        # (a resume's replay still unsent is not the peer's slowness: 48 MiB may
-                        # come back at once, over the 32 MiB cap; the first send after it closed
-                        # the session as slowconsumer)
-                        and len(chan.out) - max(0, link.replay_end - chan.head) + len(frame) > self._h_write_cap):
+                        and self._backlog(link) + len(frame) > self._h_write_cap):
                     if self._h_write_raise:
                         raise WriteBufferFullError(
                             f"{len(chan.out)} bytes wait for cid={link.cid}; the cap is {self._h_write_cap}"
@@ -1540,8 +1549,7 @@ class Peer:
         data = link.proto.data_to_send()
         if data:
             chan = link.chan
-            over = (len(chan.out) > self._h_write_cap
-                    and len(chan.out) - max(0, link.replay_end - chan.head) > self._h_write_cap)  # (see _send_frame)
+            over = len(chan.out) > self._h_write_cap and self._backlog(link) > self._h_write_cap
             chan.write(data)
             link.stats.bytes_out += len(data)
             if not over:
@@ -1721,12 +1729,28 @@ class Peer:
 
     def _process_single(self, link: Link) -> bool:
         take_for = self._inbox.take_for
-        for source in (*link.earlier, link):  # (a resumed session's earlier sockets first: their packets came first)
-            item = take_for(source)
-            if item is not None:
-                self._dispatching(self._dispatch, *item)
-                return True
-        return False
+        item = None
+        if link.earlier:  # (a resumed session's earlier sockets first: their packets came first)
+            for source in link.earlier:
+                item = take_for(source)
+                if item is not None:
+                    break
+        if item is None:
+            item = take_for(link)
+            if item is None:
+                return False
+        self._dispatching(self._dispatch, *item)
+        return True
+
+    @staticmethod
+    def _backlog(link: Link) -> int:
+        """What waits in ``link``'s write buffer for the write cap
+        (``net.limits.write_buffer``): all of it but a resume's replay still
+        unsent (48 MiB may come back at once, over the 32 MiB cap: that is
+        not the peer's slowness; the first send after it closed the session
+        as slowconsumer).  Channel lock held."""
+        chan = link.chan
+        return len(chan.out) - max(0, link.replay_end - chan.head)
 
     @staticmethod
     def _carry_queue(old: Link, new: Link) -> None:

@@ -740,14 +740,17 @@ class Channel:
         size = len(data)
         with memoryview(data) as view:
             while sent < size:
-                chunk = view[sent:sent + max(self.tls_chunk, self.tls_inflight)]
+                end = sent + max(self.tls_chunk, self.tls_inflight)
+                # (a bytes copy of the record, not a slice of the view: nothing
+                # of ``data`` stays exported when an exception leaves here)
+                chunk = bytes(view[sent:end])
                 try:
                     n = self.sock.send(chunk)
                 except _WOULD_BLOCK:
                     self.tls_inflight = len(chunk)
+                    n = -1
+                if n < 0:
                     break
-                finally:
-                    chunk.release()
                 self.tls_inflight = 0
                 if not n:
                     break

@@ -42,8 +42,21 @@ class FakeChan:
         self.held = False
         self.interest_updates = 0
 
+    error = None
+    closing = True  # (the linger's channels are closing)
+    takes = 0
+    """How many bytes of ``out`` the next flush() hands to the kernel."""
+    shut = False
+
     def write(self, data: bytes, cork: bool = True) -> None:
         self.written.append(bytes(data))
+
+    def flush(self) -> bool:
+        self.out, self.takes = self.out[self.takes:], 0
+        return not self.out
+
+    def shutdown_write(self) -> None:
+        self.shut = True
 
     def update_interest(self) -> None:
         self.interest_updates += 1
@@ -1626,6 +1639,25 @@ def test_the_close_linger_waits_on_while_the_backlog_drains_at_the_floor_then_cl
     assert chan.closed and closed == [link] and len(timers.armed) == 3
 
 
+def test_the_close_linger_flushes_before_it_looks_a_peer_reading_steadily_keeps_its_socket():
+    """The socket reports writable only once much of its (megabytes) send
+    buffer is free: a peer reading steadily showed no progress between two
+    looks, and was cut (141 of 200 messages).  The look flushes first."""
+    s = _server()  # 2,048 bytes per linger at the default min_read_rate
+    link, chan, _ = _active_link()
+    timers = _Timers()
+    s._reactor = timers  # type: ignore[assignment]
+    s._channel_closed = lambda lk: None  # type: ignore[method-assign]
+    chan.out = b"x" * 100_000
+    s._linger(link)
+    chan.takes = 5000  # what the kernel takes now: no writable event came
+    timers.armed[-1][1]()
+    assert not chan.closed and len(chan.out) == 95_000 and len(timers.armed) == 2
+    chan.takes = 95_000  # all of it, the closeconn last: half-closed, a linger for the peer's end
+    timers.armed[-1][1]()
+    assert not chan.closed and chan.out == b"" and chan.shut and len(timers.armed) == 3
+
+
 def test_the_close_linger_closes_a_backlog_that_drains_below_the_floor():
     s = _server()  # min_read_rate 1 KiB/s: 2,048 bytes per linger
     link, chan, _ = _active_link()
@@ -1668,3 +1700,39 @@ def test_stop_and_shutdown_after_the_loop_ended_emit_nothing_more():
     finally:
         srec.close()
         crec.close()
+
+
+def test_a_send_on_a_socket_its_session_just_left_follows_the_session():
+    """The take-over of a resume closes the old socket itself ("resumed",
+    a close of ours) and moves the session: a send that looked at the old
+    socket before must follow the session to the new one, not raise
+    "resumed" (the checks for a close of ours came before the move's)."""
+    s = _server(**{"net.session.resume": True})
+    old, ochan, _ = _active_link(7)
+    new, nchan, _ = _active_link(7)
+    session = Session(TOKEN, cap=1 << 20)
+    session.established = True
+    session.link = old
+    old.session = new.session = session
+
+    class MovingLock:
+        """The network thread's take-over runs between the sender's look and its lock."""
+
+        def __init__(self) -> None:
+            self.real = threading.RLock()
+            self.done = False
+
+        def __enter__(self):
+            if not self.done:
+                self.done = True
+                session.link = new  # the session moves ...
+                old.local_closed = True  # ... and _close_link(old, "resumed")
+                old.proto.close("resumed")
+            return self.real.__enter__()
+
+        def __exit__(self, *exc):
+            return self.real.__exit__(*exc)
+
+    ochan.lock = MovingLock()  # type: ignore[assignment]
+    s._send_frame(old, b"frame", 64, None)
+    assert nchan.written == [b"frame"] and session.tx == 1

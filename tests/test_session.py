@@ -800,13 +800,22 @@ def test_a_kick_between_sockets_refuses_a_resume_that_comes_before_the_kick_is_c
     was read first) took the session back and the end did nothing: the
     kicked client stayed.  The session is marked at once: the resume is
     refused, and the end then runs with the kick's reason."""
-    p = pairs(proxy=True, client_cfg={"net.client.reconnect.delay": 0.3})
+    p = pairs(proxy=True)
     owner = p.s.clients[p.cid]
+    go = threading.Event()
+    real_connect = p.c._reconnect_connect
+
+    def held_connect(session):  # the attempt's thread: it connects once the kick is made
+        assert go.wait(10)
+        real_connect(session)
+
+    p.c._reconnect_connect = held_connect
     p.proxy.cut()
     p.srec.wait_for("peng3dnet:server.connection.suspended")
     held: list = []
     p.s._on_network_thread = lambda fn, *args: held.append((fn, args))  # the end waits behind the resume
     p.s.close_connection(p.cid, "kick")
+    go.set()
     with pytest.raises(errors.ConnectionClosedError) as closed:  # not kept for a resume that will not come
         p.s.send_message("t:num", 1, p.cid)
     assert closed.value.reason == "kick"
