@@ -1639,17 +1639,24 @@ def test_the_close_linger_waits_on_while_the_backlog_drains_at_the_floor_then_cl
     assert chan.closed and closed == [link] and len(timers.armed) == 3
 
 
-def test_the_close_linger_flushes_before_it_looks_a_peer_reading_steadily_keeps_its_socket():
-    """The socket reports writable only once much of its (megabytes) send
-    buffer is free: a peer reading steadily showed no progress between two
-    looks, and was cut (141 of 200 messages).  The look flushes first."""
-    s = _server()  # 2,048 bytes per linger at the default min_read_rate
+def _lingering() -> tuple[Link, FakeChan, _Timers]:
+    """A default server's connection closing with 100,000 bytes queued, its
+    close linger armed on a fake reactor's timers."""
+    s = _server()
     link, chan, _ = _active_link()
     timers = _Timers()
     s._reactor = timers  # type: ignore[assignment]
     s._channel_closed = lambda lk: None  # type: ignore[method-assign]
     chan.out = b"x" * 100_000
     s._linger(link)
+    return link, chan, timers
+
+
+def test_the_close_linger_flushes_before_it_looks_a_peer_reading_steadily_keeps_its_socket():
+    """The socket reports writable only once much of its (megabytes) send
+    buffer is free: a peer reading steadily showed no progress between two
+    looks, and was cut (141 of 200 messages).  The look flushes first."""
+    link, chan, timers = _lingering()  # 2,048 bytes per linger at the default min_read_rate
     chan.takes = 5000  # what the kernel takes now: no writable event came
     timers.armed[-1][1]()
     assert not chan.closed and len(chan.out) == 95_000 and len(timers.armed) == 2
@@ -1659,13 +1666,7 @@ def test_the_close_linger_flushes_before_it_looks_a_peer_reading_steadily_keeps_
 
 
 def test_the_close_linger_closes_a_backlog_that_drains_below_the_floor():
-    s = _server()  # min_read_rate 1 KiB/s: 2,048 bytes per linger
-    link, chan, _ = _active_link()
-    timers = _Timers()
-    s._reactor = timers  # type: ignore[assignment]
-    s._channel_closed = lambda lk: None  # type: ignore[method-assign]
-    chan.out = b"x" * 100_000
-    s._linger(link)
+    link, chan, timers = _lingering()  # min_read_rate 1 KiB/s: 2,048 bytes per linger
     chan.out = b"x" * (100_000 - 2047)
     timers.armed[-1][1]()
     assert chan.closed and len(timers.armed) == 1
