@@ -634,3 +634,23 @@ def test_an_interest_filter_that_raises_for_one_client_costs_only_that_clients_s
     assert sent == [1, 1, 1]  # client 1 every tick, client 2 none
     errors = [r for r in caplog.records if "interest raised for cid=2" in r.getMessage()]
     assert len(errors) == 1  # (the same failure again is counted)
+
+
+def test_a_member_that_left_and_came_back_between_two_ticks_leaves_and_joins_again():
+    """members() at two ticks cannot tell a client that left its room and
+    joined again (or hopped to another room and back) in between: the sync
+    saw neither, and a game that removes the player's entity on the room's
+    leave (the arena demo) left it with none.  member_left() (what
+    ext.rooms calls) makes the next tick run both."""
+    members = {1}
+    w = joined(members=lambda: members)
+    w.server.deliver(1, {"seq": 1, "in": "before"})  # queued before it left: dropped with it
+    members.discard(1)
+    w.sync.member_left(1)
+    del w.sync.entities["p1"]  # what the game's own leave did (Room.on_leave)
+    members.add(1)  # back before the tick
+    w.sync.step()
+    assert [c for c in w.calls if c[0] != "input"] == [("join", 1), ("leave", 1, "p1"), ("join", 1)]
+    assert [c for c in w.calls if c[0] == "input"] == []
+    assert "p1" in w.sync.entities and w.sync.owners == {1: "p1"}
+    assert [m for c, m in w.server.sent if c == 1][-1].get("b", -1) in (-1, None)  # a full snapshot: a new member

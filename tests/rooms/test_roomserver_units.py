@@ -474,3 +474,30 @@ def test_after_a_slow_tick_the_ticks_go_on_at_once_not_a_second_later():
     finally:
         rooms.stop()
     assert stamps[3] - stamps[2] < 0.5  # far behind: the schedule starts again now, it does not wait
+
+
+def test_a_client_that_leaves_its_synced_room_and_is_back_before_the_tick_leaves_and_joins_its_sync():
+    """Leave and join again (or a hop to another room and back) between two
+    ticks: the room's SyncServer, which compares its members tick to tick,
+    saw neither; the arena demo's player was left with no entity."""
+
+    class Tracked(Room):
+        synced = True
+        auto_dispose = False
+
+    from peng3dnet.protocol.handshake import HandshakeState
+
+    rooms, server = _rooms(sync=True)
+    server.clients[1].conntype = "classic"  # (what the sync joins: a classic connection, handshaken)
+    server.clients[1].protocol_state = HandshakeState.ACTIVE
+    rooms.define("tracked", Tracked)
+    room = rooms.create("tracked", "s")
+    calls: list = []
+    room.sync.on_join = lambda cid: calls.append(("join", cid))
+    room.sync.on_leave = lambda cid, eid: calls.append(("leave", cid))
+    rooms._join_call({"room": "s"}, 1)
+    rooms.step()
+    rooms._leave_call(None, 1)
+    rooms._join_call({"room": "s"}, 1)
+    rooms.step()
+    assert calls == [("join", 1), ("leave", 1), ("join", 1)]

@@ -545,6 +545,8 @@ class RoomServer:
         if room is None:
             return False
         client = room.members.pop(cid, None)
+        if room.sync is not None:
+            room.sync.member_left(cid)  # (a leave and a join again before its next tick: both seen)
         self.stats["leaves"] += 1
         try:
             room.on_leave(client)

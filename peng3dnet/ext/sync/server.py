@@ -220,6 +220,7 @@ class SyncServer:
         self._clients: dict[int, _ClientSync] = {}
         self._inputs: deque[tuple[int, Any]] = deque()
         self._queued: dict[int, int] = {}  # cid -> inputs queued for the next ticks (guarded by _inputs_lock)
+        self._gone: set[int] = set()  # cids that left the members since the last tick (guarded by _inputs_lock)
         self._inputs_lock = threading.Lock()
         self._accepting = True
         self._stop = threading.Event()
@@ -248,6 +249,20 @@ class SyncServer:
                 return
             self._queued[cid] = queued + 1
             self._inputs.append((cid, msg))
+
+    def member_left(self, cid: int) -> None:
+        """``cid`` left the members (what ``members()`` returns), perhaps to
+        come back before the next tick: its leave runs at the next tick all
+        the same (``on_leave``, then ``on_join`` if it is a member again),
+        and its inputs queued so far are dropped.  What ``ext.rooms`` calls
+        when a client leaves a room: a client that left and joined again
+        (or hopped to another room and back) between two ticks was the same
+        member to this server, with no leave and no join (the arena demo's
+        player was left with no entity).  Any thread."""
+        with self._inputs_lock:
+            self._gone.add(cid)
+            if self._queued.pop(cid, None):
+                self._inputs = deque(item for item in self._inputs if item[0] != cid)
 
     # --- tick thread -------------------------------------------------------------------------
     def start(self) -> threading.Thread:
@@ -315,10 +330,14 @@ class SyncServer:
             # afterwards has its cid (ACTIVE, closing, or already gone).
             with self._inputs_lock:
                 inputs = self._take_inputs()
+                gone, self._gone = self._gone, set()
             table = self.server.clients.copy()  # one C-level copy: the network thread may change it
             if self.members is not None:
                 allowed = self.members()
                 table = {cid: c for cid, c in table.items() if cid in allowed}
+            for cid in sorted(gone):  # (left since the last tick: gone, even if back already)
+                if cid in self._clients:
+                    self._leave(cid)
             left = self._update_membership(table)
             self._apply_inputs(inputs)
             for cid in left:
