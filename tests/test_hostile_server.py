@@ -172,6 +172,11 @@ def test_incomplete_packets_over_the_server_wide_cap_close_the_one_that_waited_l
     part = 1200 * 1024
     a.send(frame_a[:part])
     wait_for(lambda: s._flow.read_held == part, what="a's part held")
+    # a has been quiet for a second now (its hold's clock set back, not slept:
+    # the slowest producer goes first, and on a loaded machine b's part could
+    # arrive in reads spread over more time than a had waited: b was closed,
+    # and a's closeconn never came)
+    s._links[cid_a].held_since -= 1.0
     b.send(frame_b[:part])  # the total goes over the cap: a, quiet since, is closed
     assert a.recv_until_close() == [(16, {"reason": "slowproducer"})]
     b.send(frame_b[part:])
