@@ -1656,11 +1656,15 @@ class Peer:
             return 0
         return self._run_batch()
 
-    def _wait_then_run(self, timeout: float | None, seen: int = -1) -> int:
-        """``process(wait=True)``: let the relay know we wait, wait for
-        packets (``seen``: see :meth:`Inbox.wait`), run what is queued."""
+    def _wait(self, timeout: float | None, seen: int = -1) -> None:
+        """Let the relay know we wait, then wait for packets (``seen``: see
+        :meth:`Inbox.wait`)."""
         self._relay.before_wait()
         self._inbox.wait(timeout, seen)
+
+    def _wait_then_run(self, timeout: float | None, seen: int = -1) -> int:
+        """``process(wait=True)``: :meth:`_wait`, then run what is queued."""
+        self._wait(timeout, seen)
         if not self._inbox.items:
             return 0
         return self._run_batch()
@@ -1792,8 +1796,7 @@ class Peer:
                 relay.run_process_thread(self)
                 continue
             if not queued:
-                relay.before_wait()
-                inbox.wait(None, seen)
+                self._wait(None, seen)
                 # Look again before running anything: the wake-up may be
                 # runAsync()'s, and packets that came meanwhile are then
                 # the relay's to run (not this thread's, outside it).
@@ -1968,27 +1971,26 @@ class Peer:
             return False
         others = self._polled_with()
         if others:
-            self._poll_together(others, 0.05 if timeout is None else timeout, False)
             self._in_poll = True
             try:
-                for p in others:
-                    if not p._loop_done.is_set():
-                        p._process_polled()
+                self._poll_together(others, 0.05 if timeout is None else timeout, True, own_handlers=False)
             finally:
                 self._in_poll = False
         else:
             self._poll_io(timeout)
         return not self._loop_done.is_set()
 
-    def _poll_together(self, others: list[Peer], timeout: float, handlers: bool) -> None:
+    def _poll_together(self, others: list[Peer], timeout: float, handlers: bool,
+                       own_handlers: bool = True) -> None:
         """One round for this peer and ``others`` (the other peers this
         thread polls): one wait on all their selectors, then each one's I/O
-        and, with ``handlers``, its handlers (polling thread)."""
+        and, with ``handlers``, its handlers (ours too unless
+        ``own_handlers`` is false) (polling thread)."""
         peers = [self, *others]
         wait_any([p._reactor for p in peers], timeout)
         for p in peers:
             p._poll_io(0)
-            if handlers and not p._loop_done.is_set():
+            if handlers and (own_handlers or p is not self) and not p._loop_done.is_set():
                 p._process_polled()
 
     def _polled_with(self) -> list[Peer]:

@@ -19,6 +19,14 @@ from tests.conftest import EchoPacket, make_client, make_server
 from tests.helpers import active_cids
 
 
+def _poll_both(s: Server, c: Client) -> None:
+    """The first polls: the server binds, the client (made before the
+    server had its port) connects to it."""
+    s.poll()
+    c.addr = s.addr
+    c.poll()
+
+
 def _threads() -> set[threading.Thread]:
     return set(threading.enumerate())
 
@@ -89,9 +97,7 @@ def test_a_wait_on_the_polling_thread_polls_the_other_peers_it_polls(monkeypatch
     def double(msg, cid):
         return msg * 2
 
-    s.poll()
-    c.addr = s.addr
-    c.poll()
+    _poll_both(s, c)
     c.wait_for_connection(10)  # nobody polls the server but this wait
     assert c.call("t:double", 21, timeout=10) == 42  # the handler runs on this thread, in the wait
     (cid,) = active_cids(s)
@@ -160,9 +166,7 @@ def test_a_send_waiting_on_the_polling_thread_runs_the_other_polled_peers_handle
 
     s.register_packet("t:r", Packet(s.registry, s))
     c.register_packet("t:r", Rec(c.registry, c))
-    s.poll()
-    c.addr = s.addr  # (bound by the first poll)
-    c.poll()
+    _poll_both(s, c)
     c.wait_for_connection(10)
     (cid,) = active_cids(s)
     blob = os.urandom(60000)
@@ -204,9 +208,7 @@ def test_poll_from_inside_a_polls_callbacks_does_not_run_a_nested_round(inline):
     s.register_packet("t:r", Rec(s.registry, s))
     c = make_client(s)
     c.register_packet("t:r", Packet(c.registry, c))
-    s.poll()
-    c.addr = s.addr
-    c.poll()
+    _poll_both(s, c)
     c.wait_for_connection(10)
     done: list = []
 
@@ -370,9 +372,7 @@ def test_waiting_inside_a_polled_handler_does_not_nest_polls():
     s.register_packet("t:rude", Rude(s.registry, s))
     c = make_client(s)
     c.register_packet("t:rude", Packet(c.registry, c))
-    s.poll()
-    c.addr = s.addr
-    c.poll()
+    _poll_both(s, c)
     for _ in range(400):
         s.poll(0.005)
         c.poll(0.005)
